@@ -1,0 +1,73 @@
+"""Durable call cache: every model call goes through it, so a restarted run repays nothing.
+
+SQLite in WAL mode survives kill -9 of the process; a row is written as soon as its call finishes.
+Only successful calls are stored: a failure is retried on the next run (or `--retry-failed`).
+"""
+
+import hashlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+
+def request_key(request: dict) -> str:
+    """Hash of the full request (model, messages, sampling parameters...)."""
+    blob = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class CallCache:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, kind TEXT, request TEXT, response TEXT, "
+            "created REAL DEFAULT (unixepoch('subsec')))"
+        )
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT response FROM calls WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return json.loads(row[0])
+
+    def get_many(self, keys: list[str]) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, response in self._db.execute(f"SELECT key, response FROM calls WHERE key IN ({marks})", chunk):
+                    out[key] = json.loads(response)
+        self.hits += len(out)
+        self.misses += len(keys) - len(out)
+        return out
+
+    def put(self, key: str, request: dict, response: dict, kind: str = "") -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO calls (key, kind, request, response) VALUES (?, ?, ?, ?)",
+                (key, kind, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False)),
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM calls").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def run_cache(run_path: str | Path) -> CallCache:
+    return CallCache(Path(run_path) / "cache.sqlite")

@@ -1,0 +1,208 @@
+"""`prefab`: one CLI for every stage. Each command's docstring is its help."""
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.errors import ConfigError, PrefabError
+
+
+class PrefabGroup(click.Group):
+    """Prints user errors without a traceback and exits non-zero (PREFAB_DEBUG=1 re-raises)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PrefabError as e:
+            if os.environ.get("PREFAB_DEBUG"):
+                raise
+            click.secho(f"error: {e}", err=True, fg="red")
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.secho("interrupted: finished calls are cached; run the same command again to resume", err=True, fg="yellow")
+            ctx.exit(130)
+
+
+@click.group(cls=PrefabGroup)
+@click.version_option(package_name="prefab")
+def cli():
+    """prefab: preference data for LLM post-training, from prompts to a labeled, trained-on dataset."""
+
+
+run_option = click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory, e.g. runs/demo.")
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                             help="Run config (YAML); defaults to the snapshot stored in the run's manifest.")
+
+
+def load_run_config(run_dir: str, config_path: str | None):
+    """The config given, or the one the run was made with (its manifest snapshot)."""
+    from pipeline.config import Config, load_config
+    from pipeline.store import open_run
+
+    if config_path:
+        config = load_config(config_path)
+        config.run = run_dir
+        return config
+    run = open_run(run_dir)
+    snapshot = run.manifest().get("config")
+    if not snapshot:
+        raise ConfigError(f"{run.manifest_path} holds no config snapshot", hint="pass --config CONFIG.yaml")
+    config = Config.model_validate(snapshot)
+    if snapshot.get("source"):
+        config.source = Path(snapshot["source"])
+    return config
+
+
+def save_snapshot(config, run) -> None:
+    data = config.model_dump(mode="json")
+    data["source"] = str(config.source) if config.source else None
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.update_manifest(config=data)
+
+
+def stage_command(stage: str, config, run, **options) -> dict:
+    from pipeline.runner import run_step
+
+    save_snapshot(config, run)
+    return run_step(stage, config, run, **options)
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--from", "start", help="Start at this stage (re-running it).")
+@click.option("--until", help="Stop after this stage.")
+@click.option("--run", "run_dir", help="Override the run directory of the config.")
+@click.option("--force", is_flag=True, help="Re-run stages even when complete (model calls still come from the cache).")
+def run(config_path, start, until, run_dir, force):
+    """Run the configured stages in order, skipping what is already complete."""
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+    from pipeline.store import Run
+
+    config = load_config(config_path)
+    if run_dir:
+        config.run = run_dir
+    run = Run(config.run)
+    save_snapshot(config, run)
+    ran = run_pipeline(config, run, start=start, until=until, force=force)
+    click.echo(f"{run.path}: ran {', '.join(ran) if ran else 'nothing (all stages complete)'}")
+
+
+@cli.command()
+@run_option
+@config_option
+@click.argument("paths", nargs=-1)
+@click.option("--skip-bad-rows", is_flag=True, help="Record bad rows in bad_rows.parquet and keep going.")
+@click.option("--system-prompt", help="System prompt added to prompts that have none.")
+@click.option("--prompt-column", help="Column holding a plain-text prompt.")
+@click.option("--messages-column", help="Column holding a chat (list of {role, content}).")
+@click.option("--limit", type=int, help="Keep at most this many prompts.")
+def ingest(run_dir, config_path, paths, skip_bad_rows, system_prompt, prompt_column, messages_column, limit):
+    """Read prompts (JSONL, CSV, Parquet, a saved HF dataset dir, or hf:NAME) into the run."""
+    from pipeline.config import Config, IngestConfig
+    from pipeline.store import Run
+
+    if config_path or not paths:
+        config = load_run_config(run_dir, config_path)
+    else:
+        config = Config(run=run_dir, ingest=IngestConfig(paths=list(paths)))
+    overrides = {"paths": list(paths) or None, "skip_bad_rows": skip_bad_rows or None, "system_prompt": system_prompt,
+                 "prompt_column": prompt_column, "messages_column": messages_column, "limit": limit}
+    config.ingest = config.ingest.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    stage_command("ingest", config, Run(run_dir))
+
+
+@cli.command()
+@run_option
+@config_option
+@click.option("--retry-failed", is_flag=True, help="Call again the candidates whose call failed.")
+def generate(run_dir, config_path, retry_failed):
+    """Generate candidate responses: every generator x temperature x sample."""
+    from pipeline.store import Run
+
+    stage_command("generate", load_run_config(run_dir, config_path), Run(run_dir), retry_failed=retry_failed)
+
+
+def _simple_stage(stage: str, help_text: str):
+    @click.command(name=stage, help=help_text)
+    @run_option
+    @config_option
+    def command(run_dir, config_path):
+        from pipeline.store import Run
+
+        stage_command(stage, load_run_config(run_dir, config_path), Run(run_dir))
+
+    return command
+
+
+for _stage, _help in {
+    "dedup": "Drop exact and semantic near-duplicate prompts (kept as duplicate_of) and cluster topics.",
+    "judge": "Score every candidate with the LLM judge(s) on the configured rubric.",
+    "embed": "Embed prompts and candidates (sentence-transformers), cached by text and model.",
+    "pair": "Build chosen/rejected pairs from the judge scores.",
+    "route": "Judge pairs in both orders and route each to auto or human, with a reason.",
+    "report": "Write report.html with plots of scores, margins, routes, clusters and labels.",
+}.items():
+    cli.add_command(_simple_stage(_stage, _help))
+
+
+@cli.command()
+@run_option
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest's stage info as JSON.")
+def status(run_dir, as_json):
+    """Show what each stage of a run holds: status, rows, time."""
+    from rich.table import Table
+
+    from pipeline.progress import console
+    from pipeline.runner import STAGES
+    from pipeline.schema import TABLES
+    from pipeline.store import open_run
+
+    run = open_run(run_dir)
+    stages = run.manifest().get("stages", {})
+    if as_json:
+        click.echo(json.dumps(stages, indent=2))
+        return
+    table = Table(title=f"run {run.path}")
+    for col in ("stage", "status", "seconds", "counts"):
+        table.add_column(col)
+    for name in list(STAGES) + [s for s in stages if s not in STAGES]:
+        info = stages.get(name)
+        if not info:
+            continue
+        counts = {k: v for k, v in info.items() if isinstance(v, (int, float)) and k != "seconds"}
+        table.add_row(name, info.get("status", "?"), str(info.get("seconds", "")), ", ".join(f"{k}={v}" for k, v in counts.items()))
+    console.print(table)
+    tables = Table(title="tables")
+    tables.add_column("table")
+    tables.add_column("rows", justify="right")
+    import polars as pl
+
+    for name in TABLES:
+        if run.has(name):
+            tables.add_row(name, f"{pl.scan_parquet(run.table_path(name)).select(pl.len()).collect().item():,}")
+    console.print(tables)
+
+
+# commands that live with their part of the pipeline
+for _module in ("labeling.cli", "training.cli"):
+    try:
+        _mod = importlib.import_module(_module)
+    except ModuleNotFoundError as _e:
+        if _e.name != _module:
+            raise
+        continue
+    for _command in _mod.commands:
+        cli.add_command(_command)
+
+
+def main():
+    cli(prog_name="prefab")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

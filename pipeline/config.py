@@ -1,0 +1,322 @@
+"""One YAML file per run, validated with pydantic before any work starts.
+
+Errors name the file, the line, the key path in the YAML and a hint (the closest valid key for a typo).
+Secrets are referenced by environment-variable name (`api_key_env`), never stored.
+"""
+
+import difflib
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+EMBEDDED_LLM = "embedded:smollm2"
+EMBEDDED_EMBEDDER = "embedded:all-minilm-l6-v2"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelSpec(Strict):
+    """An LLM used as generator or judge."""
+
+    name: str | None = None  # label used in tables; defaults to `model`
+    backend: Literal["openai", "transformers"] = "transformers"
+    model: str = EMBEDDED_LLM
+    base_url: str | list[str] | None = None  # several URLs spread the load
+    api_key_env: str | None = None  # name of the env var holding the key
+    concurrency: int = Field(16, ge=1, le=4096)
+    rpm: float | None = Field(None, gt=0)  # requests per minute
+    tpm: float | None = Field(None, gt=0)  # tokens per minute
+    timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0, le=50)
+    batch_size: int = Field(8, ge=1)  # transformers backend
+    device: str | None = None  # transformers backend: cpu, cuda, cuda:1...
+    price_per_mtok_in: float = Field(0.0, ge=0)
+    price_per_mtok_out: float = Field(0.0, ge=0)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
+    @property
+    def base_urls(self) -> list[str]:
+        if self.base_url is None:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+
+    @model_validator(mode="after")
+    def _check_backend(self):
+        if self.backend == "openai" and self.model.startswith("embedded:"):
+            raise ValueError("the openai backend needs a served model name in `model`, not an embedded one")
+        return self
+
+
+class GeneratorSpec(ModelSpec):
+    temperatures: list[float] = Field(default_factory=lambda: [0.7], min_length=1)
+    n: int = Field(1, ge=1, le=64)  # samples per temperature
+    max_tokens: int = Field(256, ge=1)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = 0
+    stop: list[str] = Field(default_factory=list)
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temps(cls, v):
+        for t in v:
+            if not 0 <= t <= 2:
+                raise ValueError(f"temperature {t} is outside 0..2")
+        return v
+
+
+class IngestConfig(Strict):
+    paths: list[str] = Field(min_length=1)  # files, globs, saved HF dataset dirs, or hf:NAME
+    format: Literal["auto", "jsonl", "csv", "parquet", "hf"] = "auto"
+    prompt_column: str | None = None  # plain-text prompt column (default: prompt/instruction/question/text)
+    messages_column: str | None = None  # chat column (default: messages/conversation)
+    category_column: str | None = None
+    system_prompt: str | None = None
+    split: str = "train"  # HF datasets
+    skip_bad_rows: bool = False
+    limit: int | None = Field(None, ge=1)
+
+
+class DedupConfig(Strict):
+    enabled: bool = True
+    semantic: bool = True
+    threshold: float = Field(0.95, gt=0, le=1)  # cosine above which two prompts are duplicates
+    clusters: int | None = Field(8, ge=1)
+    max_per_cluster: int | None = Field(None, ge=1)  # at most this many prompts per topic cluster
+    target_size: int | None = Field(None, ge=1)  # keep about this many prompts, balanced across clusters
+    seed: int = 0  # k-means and cluster sampling
+
+
+class GenerateConfig(Strict):
+    generators: list[GeneratorSpec] = Field(min_length=1)
+
+
+class AspectSpec(Strict):
+    name: str
+    description: str = ""
+    weight: float = Field(1.0, ge=0)
+    min: float = 1
+    max: float = 5
+
+
+class JudgeConfig(Strict):
+    judges: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec()])
+    aspects: list[AspectSpec] = Field(
+        default_factory=lambda: [
+            AspectSpec(name="helpfulness"),
+            AspectSpec(name="honesty"),
+            AspectSpec(name="instruction_following"),
+            AspectSpec(name="truthfulness"),
+        ]
+    )
+    pairwise: bool = True
+    max_tokens: int = Field(512, ge=1)
+    parse_retries: int = Field(2, ge=0, le=10)
+    structured_output: bool = True  # send a JSON schema as response_format (openai backend)
+    temperature: float = Field(0.0, ge=0, le=2)  # first attempt; retries sample at retry_temperature
+    retry_temperature: float = Field(0.7, ge=0, le=2)
+    seed: int = 0  # retries use seed + attempt, so the call cache does not return the same bad answer
+    logprobs: bool = False  # ask for token logprobs in pairwise judging (confidence), where the backend has them
+
+
+class EmbedConfig(Strict):
+    model: str = EMBEDDED_EMBEDDER
+    batch_size: int = Field(64, ge=1)
+    device: str | None = None
+    near_identical: float = Field(0.98, gt=0, le=1)  # cosine at which two candidates of a prompt are flagged near-identical
+
+
+class PairConfig(Strict):
+    strategy: Literal["best_vs_worst", "best_vs_random", "all_above_margin"] = "best_vs_worst"
+    min_margin: float = Field(0.0, ge=0)
+    min_chosen_score: float | None = None
+    max_similarity: float | None = Field(None, gt=0, le=1)
+    seed: int = 0
+
+
+class RouteConfig(Strict):
+    margin_threshold: float = Field(1.0, ge=0)  # below this judge margin a pair goes to humans
+    audit_share: float = Field(0.05, ge=0, le=1)  # random share sent to humans anyway
+    human_budget: int | None = Field(None, ge=0)  # at most this many human pairs, most uncertain first
+    seed: int = 0
+
+
+class LabelingConfig(Strict):
+    dataset: str | None = None  # Argilla dataset name; defaults to the run name
+    workspace: str = "prefab"
+    guidelines: str = "Pick the response that better serves the user: correct, helpful, honest and safe."
+    min_submitted: int = Field(1, ge=1)
+    suggestions: bool = True  # show judge verdicts as suggestions; off for blind calibration sets
+    routes: list[Literal["human", "auto"]] = Field(default_factory=lambda: ["human"])
+    tie_rule: Literal["drop", "tie", "judge"] = "drop"
+
+
+class ExportConfig(Strict):
+    formats: list[Literal["trl-dpo", "openai-dpo", "sft"]] = Field(default_factory=lambda: ["trl-dpo", "openai-dpo", "sft"])
+    sources: list[Literal["human", "auto"]] = Field(default_factory=lambda: ["human", "auto"])
+    min_margin: float = 0.0
+    conversational: bool = True
+    test_share: float = Field(0.1, ge=0, lt=1)
+    max_tokens: int | None = Field(None, ge=1)
+    tokenizer: str | None = None
+    seed: int = 0
+
+
+class TrainConfig(Strict):
+    method: Literal["dpo", "sft"] = "dpo"
+    config: str | None = None  # training/configs/*.yaml
+    overrides: dict = Field(default_factory=dict)  # any TRL config field
+
+
+class Config(Strict):
+    run: str  # run directory
+    seed: int = 0
+    stages: list[str] | None = None  # default: every configured stage in pipeline order
+    ingest: IngestConfig
+    dedup: DedupConfig | None = None
+    generate: GenerateConfig | None = None
+    judge: JudgeConfig | None = None
+    embed: EmbedConfig | None = None
+    pair: PairConfig | None = None
+    route: RouteConfig | None = None
+    labeling: LabelingConfig | None = None
+    export: ExportConfig | None = None
+    train: TrainConfig | None = None
+
+    # where the YAML lives: relative paths in it are resolved from there
+    source: Path | None = Field(None, exclude=True)
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        if p.is_absolute() or self.source is None:
+            return p
+        here = Path.cwd() / p
+        return here if here.exists() else self.source.parent / p
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a run config; raise ConfigError naming file, line and key."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist", hint="pass the path of a YAML file, e.g. data/configs/demo.yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not valid UTF-8 ({e.reason} at byte {e.start})", where=str(path)) from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where, hint="check indentation and quoting") from e
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping of sections (run:, ingest:, generate:, ...)", where=str(path))
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as e:
+        raise _config_error(path, node, e) from None
+    config.source = path.resolve()
+    _check_secrets(config, path, node)
+    return config
+
+
+def _config_error(path: Path, node, error: ValidationError) -> ConfigError:
+    lines = []
+    first_line = None
+    hint = None
+    for err in error.errors():
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and "[" in p)]  # drop union branch tags
+        key = ".".join(str(p) for p in loc)
+        line = _line_of(node, loc)
+        first_line = first_line or line
+        where = f"line {line}, " if line else ""
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(Config, loc[:-1])
+            options = list(parent.model_fields) if parent else []
+            close = difflib.get_close_matches(str(loc[-1]), options, n=1)
+            msg = f"{where}{key}: unknown key"
+            if close:
+                msg += f" (did you mean {close[0]!r}?)"
+                hint = hint or f"rename {loc[-1]!r} to {close[0]!r}"
+            elif options:
+                msg += f"; valid keys here: {', '.join(options)}"
+        elif err["type"] == "missing":
+            msg = f"{where}{key}: required key is missing"
+            hint = hint or f"add `{loc[-1]}:` to the config"
+        else:
+            msg = f"{where}{key}: {err['msg']} (got {err.get('input')!r})"
+        lines.append(msg)
+    return ConfigError("invalid config:\n  " + "\n  ".join(lines), where=f"{path}:{first_line}" if first_line else str(path),
+                       hint=hint or "see data/configs/demo.yaml for a complete example")
+
+
+def _line_of(node, loc) -> int | None:
+    """1-based line of the YAML node at loc (or of its closest existing parent)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(part):
+                    line, node = k.start_mark.line + 1, v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _model_at(model, loc):
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+        if model is None:
+            return None
+    return model
+
+
+def _inner_model(annotation):
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found:
+            return found
+    return None
+
+
+def _check_secrets(config: Config, path: Path, node) -> None:
+    """A key written into the config would be copied into the run directory: refuse it."""
+    for section, specs in (("generate", config.generate and config.generate.generators), ("judge", config.judge and config.judge.judges)):
+        for i, spec in enumerate(specs or []):
+            env = spec.api_key_env
+            if env and (env.startswith("sk-") or len(env) > 64):
+                line = _line_of(node, [section, "generators" if section == "generate" else "judges", i, "api_key_env"])
+                raise ConfigError(f"{section}[{i}].api_key_env looks like a key itself, not a variable name",
+                                  where=f"{path}:{line}", hint="export the key as e.g. OPENAI_API_KEY and write `api_key_env: OPENAI_API_KEY`")
+
+
+def api_key(spec: ModelSpec) -> str:
+    if not spec.api_key_env:
+        return os.environ.get("OPENAI_API_KEY", "not-needed")
+    value = os.environ.get(spec.api_key_env)
+    if not value:
+        raise ConfigError(f"environment variable {spec.api_key_env} is not set (api_key_env of model {spec.label!r})",
+                          hint=f"export {spec.api_key_env}=... before running")
+    return value

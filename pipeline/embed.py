@@ -1,0 +1,225 @@
+"""Embeddings: sentence-transformers vectors for prompts and candidates, cached by (text hash, model).
+
+`embed_texts(texts, model, cache_dir)` is the one entry point every stage uses (dedup before generation,
+embed after judging, pair for similarity). Vectors are L2-normalised, so a dot product is a cosine.
+The vector cache is a SQLite file in the run directory (`vectors.sqlite`, WAL, one row per text and
+model): a second run over the same texts loads no model and encodes nothing, and a killed run keeps
+every chunk it had finished.
+
+The embed stage writes `embeddings` (vectors), `candidate_scores` (relevance to the prompt, near-identical
+siblings) and dataset-diversity numbers (Vendi score, cluster coverage and entropy) into the manifest.
+"""
+
+import functools
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline.config import EMBEDDED_EMBEDDER
+from pipeline.errors import ModelError
+from pipeline.progress import progress_bar, summary
+
+VECTOR_CACHE = "vectors.sqlite"
+CHUNK = 2048  # texts encoded between cache writes (and progress updates)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def prompt_text(messages: list[dict]) -> str:
+    """What a prompt is about: its user turns. A shared system prompt would make every prompt look alike."""
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return "\n\n".join(users or [m["content"] for m in messages])
+
+
+class VectorCache:
+    """SQLite store of float32 vectors keyed by (model, text hash)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vector BLOB, PRIMARY KEY (model, hash))")
+
+    def get_many(self, model: str, hashes: list[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for i in range(0, len(hashes), 900):
+            chunk = hashes[i : i + 900]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT hash, vector FROM vectors WHERE model = ? AND hash IN ({marks})", [model, *chunk])
+            out.update(rows)
+        return out
+
+    def put_many(self, model: str, hashes: list[str], vectors: np.ndarray) -> None:
+        rows = [(model, h, v.tobytes()) for h, v in zip(hashes, vectors.astype(np.float32, copy=False))]
+        self._db.execute("BEGIN")
+        self._db.executemany("INSERT OR REPLACE INTO vectors (model, hash, vector) VALUES (?, ?, ?)", rows)
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@functools.lru_cache(maxsize=4)
+def load_model(model: str = EMBEDDED_EMBEDDER, device: str | None = None):
+    """The SentenceTransformer for a name or path (the embedded one resolved locally); loaded once per process."""
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.models import resolve_embedder
+
+    path = resolve_embedder(model)
+    try:
+        return SentenceTransformer(path, device=device)
+    except Exception as e:  # missing files, bad config, no network for a hub name
+        raise ModelError(f"could not load embedding model {model!r}: {e}",
+                         hint="pass a sentence-transformers model directory, or embedded:all-minilm-l6-v2") from e
+
+
+def embed_texts(texts: list[str], model: str = EMBEDDED_EMBEDDER, cache_dir: str | Path | None = None, *,
+                batch_size: int = 64, device: str | None = None, description: str = "embed") -> np.ndarray:
+    """Normalised float32 vectors, one row per text; cached texts are not encoded again (nor the model loaded)."""
+    hashes = [text_hash(t) for t in texts]
+    cache = VectorCache(Path(cache_dir) / VECTOR_CACHE) if cache_dir is not None else None
+    found = cache.get_many(model, list(set(hashes))) if cache else {}
+    todo: dict[str, str] = {}
+    for h, t in zip(hashes, texts):
+        if h not in found and h not in todo:
+            todo[h] = t
+    if todo:
+        st = load_model(model, device)
+        # longest first, like encode() does inside one call, so chunking costs no extra padding
+        order = sorted(todo, key=lambda h: -len(todo[h]))
+        with progress_bar(description, len(order)) as advance:
+            for i in range(0, len(order), CHUNK):
+                chunk = order[i : i + CHUNK]
+                vecs = st.encode([todo[h] for h in chunk], batch_size=batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32, copy=False)
+                if cache:
+                    cache.put_many(model, chunk, vecs)
+                found.update((h, v.tobytes()) for h, v in zip(chunk, vecs))
+                advance(len(chunk))
+    if cache:
+        cache.close()
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.frombuffer(b"".join(found[h] for h in hashes), dtype=np.float32).reshape(len(texts), -1).copy()
+
+
+def embed_model(config) -> str:
+    """The embedding model a run uses (the embed section's, else the embedded default)."""
+    return config.embed.model if config.embed is not None else EMBEDDED_EMBEDDER
+
+
+def vectors_frame(ids: list[str], kind: str, model: str, vectors: np.ndarray) -> pl.DataFrame:
+    return pl.DataFrame({"id": ids, "kind": [kind] * len(ids), "model": [model] * len(ids),
+                         "vector": pl.Series("vector", vectors).cast(pl.List(pl.Float32))})
+
+
+def vector_matrix(embeddings: pl.DataFrame, ids: list[str]) -> np.ndarray | None:
+    """Rows of the embeddings table in the order of ids; None when any id has no vector."""
+    if embeddings.is_empty() or not ids:
+        return None
+    lookup = dict(zip(embeddings["id"].to_list(), range(embeddings.height)))
+    if any(i not in lookup for i in ids):
+        return None
+    rows = embeddings[[lookup[i] for i in ids]]
+    return np.asarray(rows["vector"].to_list(), dtype=np.float32)
+
+
+# embedding scores
+
+def relevance(prompt_vectors: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of each candidate with its prompt (both normalised)."""
+    return np.einsum("ij,ij->i", prompt_vectors, candidate_vectors)
+
+
+def near_identical(groups: list[str], vectors: np.ndarray, threshold: float) -> list[int | None]:
+    """For each row, the index of an earlier row of the same group with cosine >= threshold (else None)."""
+    out: list[int | None] = [None] * len(groups)
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    for rows in members.values():
+        if len(rows) < 2:
+            continue
+        sims = vectors[rows] @ vectors[rows].T
+        for a in range(1, len(rows)):
+            hits = np.nonzero(sims[a, :a] >= threshold)[0]
+            if len(hits):
+                out[rows[a]] = rows[int(hits[0])]
+    return out
+
+
+def vendi_score(vectors: np.ndarray) -> float:
+    """Vendi score (Friedman & Dieng 2023) with the cosine kernel: exp of the entropy of eig(K/n).
+
+    For normalised vectors the non-zero eigenvalues of X X^T / n equal those of X^T X / n (d x d), so the
+    exact score costs O(n d^2) with no n x n matrix. It reads as "the effective number of distinct prompts".
+    """
+    if len(vectors) == 0:
+        return 0.0
+    x = vectors.astype(np.float64)
+    eig = np.linalg.eigvalsh(x.T @ x / len(x))
+    eig = eig[eig > 1e-12]
+    eig = eig / eig.sum()
+    return float(np.exp(-(eig * np.log(eig)).sum()))
+
+
+def cluster_stats(clusters: list[int | None], covered: list[int | None] | None = None) -> dict:
+    """Cluster count, normalised entropy of their sizes (1 = balanced) and share of clusters covered."""
+    sizes = pl.Series([c for c in clusters if c is not None], dtype=pl.Int64).value_counts()
+    k = sizes.height
+    if k == 0:
+        return {}
+    p = sizes["count"].to_numpy() / sizes["count"].sum()
+    entropy = float(-(p * np.log(p)).sum() / np.log(k)) if k > 1 else 1.0
+    out = {"clusters": k, "cluster_entropy": round(entropy, 4)}
+    if covered is not None:
+        out["cluster_coverage"] = round(len({c for c in covered if c is not None}) / k, 4)
+    return out
+
+
+def step(config, run, **_) -> dict:
+    from pipeline.dedup import active_prompts
+
+    cfg = config.embed
+    model = cfg.model
+    prompts = run.read("prompts")
+    candidates = run.read_or_empty("candidates").filter(pl.col("text").is_not_null())
+    p_texts = [prompt_text(m) for m in prompts["messages"].to_list()]
+    c_texts = candidates["text"].to_list()
+    vecs = embed_texts(p_texts + c_texts, model, run.path, batch_size=cfg.batch_size, device=cfg.device, description="embed")
+    p_vecs, c_vecs = vecs[: len(p_texts)], vecs[len(p_texts):]
+    p_ids, c_ids = prompts["prompt_id"].to_list(), candidates["candidate_id"].to_list()
+    frames = [vectors_frame(p_ids, "prompt", model, p_vecs)]
+    if c_ids:
+        frames.append(vectors_frame(c_ids, "candidate", model, c_vecs))
+    run.write("embeddings", pl.concat(frames))
+
+    counts: dict = {"prompts": len(p_ids), "candidates": len(c_ids)}
+    if c_ids:
+        row_of = {pid: i for i, pid in enumerate(p_ids)}
+        c_prompts = candidates["prompt_id"].to_list()
+        rel = relevance(p_vecs[[row_of[p] for p in c_prompts]], c_vecs)
+        twins = near_identical(c_prompts, c_vecs, cfg.near_identical)
+        run.write("candidate_scores", pl.DataFrame({
+            "candidate_id": c_ids,
+            "relevance": rel.astype(np.float64),
+            "near_identical_to": [c_ids[t] if t is not None else None for t in twins],
+        }))
+        counts.update(mean_relevance=round(float(rel.mean()), 4), near_identical=sum(t is not None for t in twins))
+
+    active = active_prompts(prompts)
+    active_ids = set(active["prompt_id"].to_list())
+    counts["vendi_score"] = round(vendi_score(p_vecs[[i for i, p in enumerate(p_ids) if p in active_ids]]), 3)
+    generated = set(candidates["prompt_id"].to_list())
+    counts.update(cluster_stats(active["cluster"].to_list(),
+                                [c for p, c in zip(active["prompt_id"].to_list(), active["cluster"].to_list()) if p in generated]))
+    summary("embed", counts)
+    return counts

@@ -1,0 +1,50 @@
+"""The one errors module: every error meant for a user says what, where and how to fix it.
+
+The CLI prints these without a traceback and exits non-zero; set PREFAB_DEBUG=1 to re-raise.
+"""
+
+
+class PrefabError(Exception):
+    """Base for errors a user can act on."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.where = where
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class ConfigError(PrefabError):
+    """The YAML config or a CLI option is wrong."""
+
+
+class InputError(PrefabError):
+    """An input file (prompts, export, labels) is missing or malformed."""
+
+
+class RunError(PrefabError):
+    """The run directory is missing, incomplete or inconsistent."""
+
+
+class ModelError(PrefabError):
+    """A model could not be loaded or called."""
+
+    exit_code = 3
+
+
+class LabelingError(PrefabError):
+    """The Argilla server or its data is not as expected."""
+
+    exit_code = 4
+
+
+class ExportError(PrefabError):
+    """An export could not be written as asked."""

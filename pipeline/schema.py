@@ -1,0 +1,126 @@
+"""One schema per run-directory table (DESIGN.md), checked on every read and write.
+
+Columns may be added by a later stage only through this module, so every reader agrees.
+"""
+
+import polars as pl
+
+from pipeline.errors import RunError
+
+MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
+ASPECT = pl.Struct({"name": pl.String, "score": pl.Float64, "rationale": pl.String})
+
+TABLES: dict[str, dict[str, pl.DataType]] = {
+    "prompts": {
+        "prompt_id": pl.String,  # hash of the normalized messages
+        "messages": pl.List(MESSAGE),  # chat ending in a user turn
+        "source": pl.String,  # file (or dataset) it came from
+        "source_line": pl.Int64,  # 1-based line / row in the source
+        "category": pl.String,  # optional label carried from the source
+        "duplicate_of": pl.String,  # prompt_id of the kept copy, null when kept
+        "cluster": pl.Int32,  # topic cluster, null before clustering
+        "excluded_reason": pl.String,  # set by dedup: duplicate | near_duplicate | max_per_cluster | target_size
+    },
+    "bad_rows": {
+        "source": pl.String,
+        "source_line": pl.Int64,
+        "field": pl.String,
+        "error": pl.String,
+    },
+    "candidates": {
+        "candidate_id": pl.String,  # hash of prompt_id, model, sampling params, sample index
+        "prompt_id": pl.String,
+        "model": pl.String,  # generator name from the config
+        "temperature": pl.Float64,
+        "top_p": pl.Float64,
+        "sample_index": pl.Int32,
+        "text": pl.String,  # null when the call failed
+        "finish_reason": pl.String,
+        "prompt_tokens": pl.Int64,
+        "completion_tokens": pl.Int64,
+        "latency_s": pl.Float64,
+        "error": pl.String,  # reason of a failed call, null on success
+    },
+    "judgments": {
+        "candidate_id": pl.String,
+        "judge": pl.String,
+        "aspects": pl.List(ASPECT),
+        "overall": pl.Float64,  # weighted mean of aspect scores, null when unparseable
+        "rationale": pl.String,
+        "raw": pl.String,  # the judge's raw output, kept for audit
+        "error": pl.String,
+    },
+    "pair_judgments": {
+        "pair_id": pl.String,
+        "judge": pl.String,
+        "verdict_ab": pl.String,  # chosen shown first: "chosen" | "rejected" | "tie" | null
+        "verdict_ba": pl.String,  # rejected shown first, mapped back to the same words
+        "consistent": pl.Boolean,
+        "confidence": pl.Float64,
+        "raw": pl.String,
+        "error": pl.String,
+    },
+    "embeddings": {
+        "id": pl.String,  # prompt_id or candidate_id
+        "kind": pl.String,  # "prompt" | "candidate"
+        "model": pl.String,
+        "vector": pl.List(pl.Float32),
+    },
+    "candidate_scores": {  # embed: embedding-based scores of each candidate
+        "candidate_id": pl.String,
+        "relevance": pl.Float64,  # cosine of the candidate with its prompt
+        "near_identical_to": pl.String,  # an earlier candidate of the same prompt with cosine >= embed.near_identical
+    },
+    "pairs": {
+        "pair_id": pl.String,  # hash of the two candidate ids
+        "prompt_id": pl.String,
+        "chosen_id": pl.String,
+        "rejected_id": pl.String,
+        "chosen_score": pl.Float64,
+        "rejected_score": pl.Float64,
+        "margin": pl.Float64,
+        "similarity": pl.Float64,  # cosine of chosen and rejected vectors, null without embeddings
+        "strategy": pl.String,
+        "route": pl.String,  # "auto" | "human"
+        "route_reason": pl.String,
+    },
+    "labels": {
+        "pair_id": pl.String,
+        "annotator": pl.String,
+        "status": pl.String,  # "submitted" | "discarded"
+        "label": pl.String,  # "chosen" | "rejected" | "tie" | "both_bad", A/B already mapped back
+        "rationale": pl.String,
+        "updated_at": pl.Datetime("us", "UTC"),
+        "label_ab": pl.String,  # the answer as the annotator saw it: "a" | "b" | "tie" | "both_bad"
+        "rating_chosen": pl.Int32,  # optional 1..5 ratings, mapped back from A/B
+        "rating_rejected": pl.Int32,
+        "missing_since": pl.Datetime("us", "UTC"),  # set when the server no longer has it; the label is kept
+    },
+    "resolved": {
+        "pair_id": pl.String,
+        "n_labels": pl.Int32,
+        "preference": pl.String,  # majority label, "chosen" | "rejected" | "tie" | "both_bad" | null
+        "agreement": pl.Float64,  # share of annotators who gave the majority label
+        "status": pl.String,  # "resolved" | "split" (tied vote, dropped) | "pending" (< min_submitted) | "discarded"
+    },
+}
+
+
+def empty(name: str) -> pl.DataFrame:
+    return pl.DataFrame(schema=TABLES[name])
+
+
+def conform(name: str, df: pl.DataFrame) -> pl.DataFrame:
+    """Cast to the table's schema, in its column order; fail on a missing or extra column."""
+    schema = TABLES[name]
+    missing = [c for c in schema if c not in df.columns]
+    extra = [c for c in df.columns if c not in schema]
+    if missing or extra:
+        raise RunError(
+            f"table {name!r} does not match its schema (missing {missing}, unexpected {extra})",
+            hint="the run directory was written by another prefab version; re-run the stage",
+        )
+    try:
+        return df.select([pl.col(c).cast(t, strict=True) for c, t in schema.items()])
+    except pl.exceptions.PolarsError as e:
+        raise RunError(f"table {name!r} has a column of the wrong type: {e}") from e

@@ -1,0 +1,158 @@
+"""The run directory: Parquet tables written atomically, manifest.json, content-hash ids."""
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+
+from pipeline import schema
+from pipeline.errors import RunError
+
+STAGES = ["ingest", "dedup", "generate", "judge", "embed", "pair", "route", "push", "pull", "export", "train"]
+VERSIONED = ["prefab", "polars", "openai", "transformers", "torch", "sentence-transformers", "trl", "argilla", "datasets"]
+
+
+def content_id(*parts) -> str:
+    """Stable id from JSON-serialisable parts: re-running a stage yields the same ids."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def normalize_messages(messages: list[dict]) -> list[dict]:
+    """Whitespace-normalised messages, so trivially different copies hash alike."""
+    return [{"role": m["role"], "content": " ".join(m["content"].split())} for m in messages]
+
+
+def prompt_id(messages: list[dict]) -> str:
+    return content_id("prompt", normalize_messages(messages))
+
+
+def candidate_id(prompt_id: str, model: str, params: dict, sample_index: int) -> str:
+    return content_id("candidate", prompt_id, model, params, sample_index)
+
+
+def pair_id(candidate_a: str, candidate_b: str) -> str:
+    """Order-free: the same two candidates are one pair whichever was chosen."""
+    return content_id("pair", *sorted([candidate_a, candidate_b]))
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then rename into place: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+class Run:
+    """A run directory. Stages read earlier tables and write their own."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # tables
+    def table_path(self, name: str) -> Path:
+        return self.path / f"{name}.parquet"
+
+    def has(self, name: str) -> bool:
+        return self.table_path(name).exists()
+
+    def read(self, name: str) -> pl.DataFrame:
+        path = self.table_path(name)
+        if not path.exists():
+            raise RunError(f"{path} does not exist", hint=f"run the stage that writes {name!r} first (prefab status --run {self.path})")
+        return schema.conform(name, pl.read_parquet(path))
+
+    def read_or_empty(self, name: str) -> pl.DataFrame:
+        return self.read(name) if self.has(name) else schema.empty(name)
+
+    def write(self, name: str, df: pl.DataFrame) -> pl.DataFrame:
+        df = schema.conform(name, df)
+        atomic_write(self.table_path(name), lambda p: df.write_parquet(p))
+        return df
+
+    # manifest
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def manifest(self) -> dict:
+        if not self.manifest_path.exists():
+            return {"stages": {}}
+        return json.loads(self.manifest_path.read_text())
+
+    def update_manifest(self, **fields) -> dict:
+        data = self.manifest()
+        data.update(fields)
+        atomic_write_text(self.manifest_path, json.dumps(data, indent=2, default=str))
+        return data
+
+    def stage_info(self, stage: str) -> dict:
+        return self.manifest().get("stages", {}).get(stage, {})
+
+    def record_stage(self, stage: str, **info) -> None:
+        data = self.manifest()
+        data.setdefault("stages", {}).setdefault(stage, {}).update(info)
+        data["versions"] = package_versions()
+        atomic_write_text(self.manifest_path, json.dumps(data, indent=2, default=str))
+
+    @contextmanager
+    def stage(self, name: str):
+        """Record start, status and duration of a stage; the body adds counts through the dict it gets."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        info: dict = {}
+        started = time.time()
+        self.record_stage(name, status="running", started_at=_now())
+        try:
+            yield info
+        except BaseException as e:
+            self.record_stage(name, status="failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__,
+                              seconds=round(time.time() - started, 3))
+            raise
+        self.record_stage(name, status="complete", finished_at=_now(), seconds=round(time.time() - started, 3),
+                          error=None, **info)
+
+    def is_complete(self, stage: str) -> bool:
+        return self.stage_info(stage).get("status") == "complete"
+
+
+def open_run(path: str | Path, *, must_exist: bool = True) -> Run:
+    run = Run(path)
+    if must_exist and not run.path.is_dir():
+        raise RunError(f"run directory {run.path} does not exist", hint="create it with `prefab ingest` or `prefab run CONFIG`")
+    return run
+
+
+def package_versions() -> dict:
+    out = {}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

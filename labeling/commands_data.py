@@ -1,0 +1,65 @@
+"""`prefab push` and `prefab pull`: pairs to Argilla, labels back."""
+
+import click
+
+from pipeline.cli import config_option, load_run_config, run_option, stage_command
+
+
+def _with_labeling(config, **overrides):
+    """The run config with CLI overrides of its labeling section, validated like the YAML."""
+    from pydantic import ValidationError
+
+    from pipeline.config import LabelingConfig
+    from pipeline.errors import ConfigError
+
+    base = (config.labeling or LabelingConfig()).model_dump()
+    try:
+        config.labeling = LabelingConfig.model_validate({**base, **{k: v for k, v in overrides.items() if v is not None}})
+    except ValidationError as e:
+        raise ConfigError(f"invalid option: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+    return config
+
+
+@click.command()
+@run_option
+@config_option
+@click.option("--route", "routes", multiple=True, type=click.Choice(["human", "auto"]),
+              help="Push pairs of this route (repeatable; default from the config: human).")
+@click.option("--dataset", help="Argilla dataset name (default: the run directory's name).")
+@click.option("--workspace", help="Argilla workspace (default: prefab).")
+@click.option("--no-suggestions", is_flag=True, help="Hide the judge's verdicts, for blind calibration sets.")
+def push(run_dir, config_path, routes, dataset, workspace, no_suggestions):
+    """Push the pairs routed to humans to Argilla; pushing again updates the same records."""
+    from pipeline.store import Run
+
+    config = _with_labeling(load_run_config(run_dir, config_path), routes=list(routes) or None, dataset=dataset,
+                            workspace=workspace, suggestions=False if no_suggestions else None)
+    stage_command("push", config, Run(run_dir))
+
+
+@click.command()
+@run_option
+@config_option
+@click.option("--watch", is_flag=True, help="Keep pulling as labels arrive; Ctrl-C stops.")
+@click.option("--interval", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds between pulls with --watch.")
+def pull(run_dir, config_path, watch, interval):
+    """Pull submitted and discarded labels from Argilla, mapped back to chosen/rejected, and resolve them."""
+    from labeling.pull import print_summary, pull_stage, watch as watch_labels
+    from labeling.push import connect
+    from pipeline.progress import console
+    from pipeline.store import open_run
+
+    run = open_run(run_dir)
+    config = load_run_config(run_dir, config_path)
+    client = connect()
+    if not watch:
+        print_summary(pull_stage(run, config, client))
+        return
+    console.print(f"pulling every {interval:g}s; Ctrl-C stops")
+    try:
+        watch_labels(run, config, client, interval)
+    except KeyboardInterrupt:
+        console.print("stopped; every label pulled so far is saved")
+
+
+commands = [push, pull]

@@ -1,0 +1,211 @@
+"""The Argilla dataset for preference pairs: its settings, and one record per pair.
+
+Annotators see the prompt as a chat and two responses, A and B, in an order drawn per pair from the
+pair id (stable across pushes, so a re-push never reshuffles what someone is labeling). Which of A/B
+is the judge's chosen one, the candidate ids, the judge margin and the generators are stored as
+metadata hidden from annotators, so they cannot bias the label and pull can map A/B back.
+"""
+
+import random
+
+import argilla as rg
+import polars as pl
+
+from pipeline.config import Config, LabelingConfig
+
+PREFERENCE = "preference"
+RATIONALE = "rationale"
+RATING_A = "rating_a"
+RATING_B = "rating_b"
+PROMPT_VECTOR = "prompt_vector"
+RATING_VALUES = [1, 2, 3, 4, 5]
+
+# Argilla label value -> text on the button
+LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie: equally good", "both_bad": "Both are bad"}
+
+# metadata name -> (kind, visible to annotators). Only the topic cluster is safe to show: the margin,
+# route reason, generators and which side is the judge's pick all hint at an answer.
+METADATA = {
+    "cluster": ("int", True),
+    "margin": ("float", False),
+    "length_diff": ("int", False),
+    "route": ("terms", False),
+    "route_reason": ("terms", False),
+    "strategy": ("terms", False),
+    "generator_a": ("terms", False),
+    "generator_b": ("terms", False),
+    "a_is_chosen": ("terms", False),
+    "candidate_a": ("terms", False),
+    "candidate_b": ("terms", False),
+}
+
+
+def a_is_chosen(pair_id: str) -> bool:
+    """Whether the judge's chosen response is shown as A: a coin flip seeded by the pair id."""
+    return random.Random(pair_id).random() < 0.5
+
+
+def to_label(value: str | None, a_chosen: bool) -> str | None:
+    """An annotator's A/B answer as a label relative to the pair: chosen/rejected/tie/both_bad."""
+    if value is None:
+        return None
+    if value == "a":
+        return "chosen" if a_chosen else "rejected"
+    if value == "b":
+        return "rejected" if a_chosen else "chosen"
+    if value in ("tie", "both_bad"):
+        return value
+    raise ValueError(f"unknown preference value {value!r}")
+
+
+def to_ab(label: str, a_chosen: bool) -> str:
+    """The inverse of to_label: a pair-relative verdict as the A/B value the annotator sees."""
+    if label == "chosen":
+        return "a" if a_chosen else "b"
+    if label == "rejected":
+        return "b" if a_chosen else "a"
+    return label
+
+
+def settings(config: LabelingConfig, vector_dims: int | None, client: rg.Argilla) -> rg.Settings:
+    """Dataset settings: chat prompt, responses A/B, a required preference, optional rationale and ratings.
+
+    The client is needed only because the SDK binds metadata properties to one; nothing is sent.
+    """
+    metadata = []
+    for name, (kind, visible) in METADATA.items():
+        cls = {"int": rg.IntegerMetadataProperty, "float": rg.FloatMetadataProperty, "terms": rg.TermsMetadataProperty}[kind]
+        metadata.append(cls(name=name, visible_for_annotators=visible, client=client))
+    return rg.Settings(
+        guidelines=config.guidelines,
+        fields=[
+            rg.ChatField(name="prompt", title="Prompt"),
+            rg.TextField(name="response_a", title="Response A", use_markdown=True),
+            rg.TextField(name="response_b", title="Response B", use_markdown=True),
+        ],
+        questions=[
+            rg.LabelQuestion(name=PREFERENCE, title="Which response is better?", labels=LABELS, required=True),
+            rg.TextQuestion(name=RATIONALE, title="Why? (optional)", required=False, use_markdown=False),
+            rg.RatingQuestion(name=RATING_A, title="Rate response A (optional, 1 = poor, 5 = excellent)", values=RATING_VALUES, required=False),
+            rg.RatingQuestion(name=RATING_B, title="Rate response B (optional, 1 = poor, 5 = excellent)", values=RATING_VALUES, required=False),
+        ],
+        metadata=metadata,
+        vectors=[rg.VectorField(name=PROMPT_VECTOR, title="Prompt similarity", dimensions=vector_dims)] if vector_dims else [],
+        distribution=rg.TaskDistribution(min_submitted=config.min_submitted),
+        allow_extra_metadata=False,
+    )
+
+
+def prompt_vectors(embeddings: pl.DataFrame, model: str | None) -> tuple[dict[str, list[float]], int | None]:
+    """prompt_id -> vector for one embedding model (the configured one, else the first found), and its dims."""
+    prompts = embeddings.filter(pl.col("kind") == "prompt")
+    if prompts.is_empty():
+        return {}, None
+    models = prompts["model"].unique(maintain_order=True).to_list()
+    chosen_model = model if model in models else models[0]
+    rows = prompts.filter(pl.col("model") == chosen_model)
+    vectors = dict(zip(rows["id"].to_list(), rows["vector"].to_list()))
+    return vectors, len(rows["vector"][0])
+
+
+def pairwise_verdicts(pair_judgments: pl.DataFrame) -> dict[str, dict]:
+    """pair_id -> the judges' pairwise verdict (chosen/rejected/tie) with a 0..1 score and agent.
+
+    Only verdicts that held in both orders count; the majority over judges wins (ties between verdicts
+    broken by name, so the result is stable) and the score is the mean confidence of the judges behind it.
+    """
+    rows = pair_judgments.filter(pl.col("consistent").fill_null(False) & pl.col("verdict_ab").is_not_null()
+                                 & pl.col("error").is_null())
+    if rows.is_empty():
+        return {}
+    votes = (rows.group_by("pair_id", "verdict_ab")
+             .agg(pl.len().alias("n"), pl.col("confidence").mean(), pl.col("judge").sort().str.join("+"))
+             .sort(["pair_id", "n", "verdict_ab"], descending=[False, True, False])
+             .unique("pair_id", keep="first", maintain_order=True))
+    return {r["pair_id"]: {"label": r["verdict_ab"], "score": r["confidence"], "agent": r["judge"]}
+            for r in votes.iter_rows(named=True)}
+
+
+def pointwise_verdict(chosen_score: float | None, rejected_score: float | None, score_span: float,
+                      judges: list[str]) -> dict | None:
+    """Without a pairwise verdict the pointwise scores speak: score = margin over the scale's span."""
+    if chosen_score is None or rejected_score is None:
+        return None
+    if chosen_score == rejected_score:
+        return {"label": "tie", "score": None, "agent": "+".join(judges) or "judge"}
+    margin = chosen_score - rejected_score
+    score = min(1.0, max(0.0, margin / score_span)) if score_span > 0 else None
+    return {"label": "chosen" if margin > 0 else "rejected", "score": score, "agent": "+".join(judges) or "judge"}
+
+
+def to_rating(overall: float | None, low: float, high: float) -> int | None:
+    """A judge's overall score rescaled to the 1..5 rating the annotators use."""
+    if overall is None or high <= low:
+        return None
+    value = 1 + 4 * (overall - low) / (high - low)
+    return int(min(5, max(1, round(value))))
+
+
+def build_records(pairs: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.DataFrame, *, judgments: pl.DataFrame,
+                  pair_judgments: pl.DataFrame, vectors: dict[str, list[float]], config: Config) -> list[dict]:
+    """One Argilla record per pair, as the REST bulk-upsert item (suggestions named by question, not id yet).
+
+    The record's external id is the pair id: upserting it again updates the same record.
+    """
+    labeling = config.labeling or LabelingConfig()
+    aspects = config.judge.aspects if config.judge else []
+    low = min((a.min for a in aspects), default=1.0)
+    high = max((a.max for a in aspects), default=5.0)
+    judges = [j.label for j in config.judge.judges] if config.judge else []
+    messages = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
+    clusters = dict(zip(prompts["prompt_id"].to_list(), prompts["cluster"].to_list()))
+    cand = {row["candidate_id"]: row for row in candidates.select("candidate_id", "text", "model").iter_rows(named=True)}
+    overall = (judgments.filter(pl.col("overall").is_not_null()).group_by("candidate_id")
+               .agg(pl.col("overall").mean(), pl.col("judge").sort().str.join("+")))
+    overall_of = {r["candidate_id"]: (r["overall"], r["judge"]) for r in overall.iter_rows(named=True)}
+    verdicts = pairwise_verdicts(pair_judgments) if labeling.suggestions else {}
+
+    records = []
+    for p in pairs.iter_rows(named=True):
+        a_chosen = a_is_chosen(p["pair_id"])
+        a_id, b_id = (p["chosen_id"], p["rejected_id"]) if a_chosen else (p["rejected_id"], p["chosen_id"])
+        a, b = cand[a_id], cand[b_id]
+        metadata = {
+            "cluster": clusters.get(p["prompt_id"]),
+            "margin": p["margin"],
+            "length_diff": abs(len(a["text"] or "") - len(b["text"] or "")),
+            "route": p["route"],
+            "route_reason": p["route_reason"],
+            "strategy": p["strategy"],
+            "generator_a": a["model"],
+            "generator_b": b["model"],
+            "a_is_chosen": "true" if a_chosen else "false",
+            "candidate_a": a_id,
+            "candidate_b": b_id,
+        }
+        record = {
+            "external_id": p["pair_id"],
+            "fields": {
+                "prompt": [{"role": m["role"], "content": m["content"]} for m in messages[p["prompt_id"]]],
+                "response_a": a["text"] or "",
+                "response_b": b["text"] or "",
+            },
+            "metadata": {k: v for k, v in metadata.items() if v is not None},
+            "suggestions": [],
+        }
+        vector = vectors.get(p["prompt_id"])
+        if vector is not None:
+            record["vectors"] = {PROMPT_VECTOR: list(vector)}
+        if labeling.suggestions:
+            verdict = verdicts.get(p["pair_id"]) or pointwise_verdict(p["chosen_score"], p["rejected_score"], high - low, judges)
+            if verdict:
+                record["suggestions"].append({"question_name": PREFERENCE, "value": to_ab(verdict["label"], a_chosen),
+                                              "score": verdict["score"], "agent": verdict["agent"], "type": "model"})
+            for question, cid in ((RATING_A, a_id), (RATING_B, b_id)):
+                score, agent = overall_of.get(cid, (None, None))
+                rating = to_rating(score, low, high)
+                if rating is not None:
+                    record["suggestions"].append({"question_name": question, "value": rating, "score": None,
+                                                  "agent": agent, "type": "model"})
+        records.append(record)
+    return records

@@ -1,0 +1,223 @@
+"""`prefab pull`: annotators' answers from Argilla into the `labels` table, resolved into `resolved`.
+
+A/B answers are mapped back to the pair's chosen/rejected through the candidate ids stored, hidden, on
+each record. Labels are merged into what earlier pulls saw, never replaced wholesale: a label that
+vanished from the server is kept as last seen, with `missing_since` set.
+"""
+
+import time
+from datetime import datetime, timezone
+
+import polars as pl
+
+from labeling.agreement import agreement
+from labeling.dataset import PREFERENCE, RATING_A, RATING_B, RATIONALE, a_is_chosen, to_label
+from pipeline.config import Config, LabelingConfig
+from pipeline.errors import LabelingError
+from pipeline.progress import console, summary
+from pipeline.schema import TABLES, empty
+from pipeline.store import Run
+
+PAGE = 1000
+KEY = ["pair_id", "annotator"]
+
+
+def fetch_records(client, dataset) -> list[dict]:
+    """Every record of the dataset with its responses, as the REST API returns them (with timestamps)."""
+    from labeling.push import call
+
+    items, offset = [], 0
+    while True:
+        page = call(lambda: client.api.http_client.get(
+            f"/api/v1/datasets/{dataset.id}/records", params={"include": ["responses"], "offset": offset, "limit": PAGE}))
+        batch = page.json()["items"]
+        items += batch
+        offset += len(batch)
+        if len(batch) < PAGE:
+            return items
+
+
+def usernames(client) -> dict[str, str]:
+    from labeling.push import call
+
+    return {u["id"]: u["username"] for u in call(lambda: client.api.http_client.get("/api/v1/users")).json()["items"]}
+
+
+def responses_frame(records: list[dict], users: dict[str, str]) -> pl.DataFrame:
+    """One row per submitted or discarded response, still in A/B terms, with the record's hidden mapping."""
+    rows = []
+    for record in records:
+        meta = record.get("metadata") or {}
+        for response in record.get("responses") or []:
+            if response["status"] not in ("submitted", "discarded"):
+                continue  # drafts are work in progress
+            values = response.get("values") or {}
+
+            def value(name):
+                return (values.get(name) or {}).get("value")
+
+            rows.append({
+                "pair_id": record["external_id"],
+                "annotator": users.get(response["user_id"], response["user_id"]),
+                "status": response["status"],
+                "label_ab": value(PREFERENCE),
+                "rationale": value(RATIONALE) or None,
+                "rating_a": value(RATING_A),
+                "rating_b": value(RATING_B),
+                "updated_at": response.get("updated_at") or response.get("inserted_at"),
+                "candidate_a": meta.get("candidate_a"),
+                "candidate_b": meta.get("candidate_b"),
+                "a_is_chosen": meta.get("a_is_chosen"),
+            })
+    schema = {"pair_id": pl.String, "annotator": pl.String, "status": pl.String, "label_ab": pl.String, "rationale": pl.String,
+              "rating_a": pl.Int32, "rating_b": pl.Int32, "updated_at": pl.String, "candidate_a": pl.String,
+              "candidate_b": pl.String, "a_is_chosen": pl.String}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def side_of_chosen(row: dict, pairs: dict[str, dict]) -> bool:
+    """Whether response A was the pair's chosen candidate, from the most reliable source at hand.
+
+    The pairs table as it is now wins (a re-run may have swapped chosen and rejected of the same two
+    candidates: the pair id is order-free); then what the record says; then the pair-id coin flip.
+    """
+    pair = pairs.get(row["pair_id"])
+    if pair and row["candidate_a"] in (pair["chosen_id"], pair["rejected_id"]):
+        return row["candidate_a"] == pair["chosen_id"]
+    if row["a_is_chosen"] in ("true", "false"):
+        return row["a_is_chosen"] == "true"
+    return a_is_chosen(row["pair_id"])
+
+
+def to_labels(responses: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+    """Responses in A/B terms -> rows of the labels table, relative to each pair's chosen/rejected."""
+    by_id = {p["pair_id"]: p for p in pairs.select("pair_id", "chosen_id", "rejected_id").iter_rows(named=True)}
+    rows = []
+    for r in responses.iter_rows(named=True):
+        a_chosen = side_of_chosen(r, by_id)
+        rows.append({
+            "pair_id": r["pair_id"], "annotator": r["annotator"], "status": r["status"],
+            "label": to_label(r["label_ab"], a_chosen) if r["status"] == "submitted" else None,
+            "rationale": r["rationale"],
+            "updated_at": _utc(r["updated_at"]),
+            "label_ab": r["label_ab"],
+            "rating_chosen": r["rating_a"] if a_chosen else r["rating_b"],
+            "rating_rejected": r["rating_b"] if a_chosen else r["rating_a"],
+            "missing_since": None,
+        })
+    return pl.DataFrame(rows, schema=TABLES["labels"], orient="row")
+
+
+def _utc(text: str | None) -> datetime | None:
+    """Argilla's timestamps are UTC, written without an offset."""
+    if not text:
+        return None
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def merge_labels(old: pl.DataFrame, new: pl.DataFrame, now: datetime) -> pl.DataFrame:
+    """What the server has now, plus every earlier label it no longer has (kept, marked missing_since)."""
+    gone = old.join(new.select(KEY), on=KEY, how="anti").with_columns(
+        pl.col("missing_since").fill_null(pl.lit(now, dtype=pl.Datetime("us", "UTC"))))
+    return pl.concat([new, gone]).sort(KEY)
+
+
+def resolve(labels: pl.DataFrame, tie_rule: str = "drop", min_submitted: int = 1) -> pl.DataFrame:
+    """Majority label per pair over submitted labels.
+
+    A split vote (two labels with the same top count) follows the tie rule: "drop" leaves it unresolved
+    (status "split"), "tie" resolves it as a tie, "judge" sides with the judge ("chosen") when that is
+    one of the tied labels. Pairs with fewer than min_submitted labels stay "pending".
+    """
+    rows = []
+    for (pair_id,), group in labels.group_by("pair_id", maintain_order=True):
+        votes = group.filter((pl.col("status") == "submitted") & pl.col("label").is_not_null())["label"].to_list()
+        n = len(votes)
+        preference, share, status = None, None, "pending"
+        if n == 0 and group.height:
+            status = "discarded" if (group["status"] == "discarded").any() else "pending"
+        elif n >= min_submitted:
+            counts = {label: votes.count(label) for label in sorted(set(votes))}
+            top = max(counts.values())
+            leaders = [label for label, c in counts.items() if c == top]
+            share = top / n
+            if len(leaders) == 1:
+                preference, status = leaders[0], "resolved"
+            elif tie_rule == "tie":
+                preference, status = "tie", "resolved"
+            elif tie_rule == "judge" and "chosen" in leaders:
+                preference, status = "chosen", "resolved"
+            else:
+                status = "split"
+        rows.append({"pair_id": pair_id, "n_labels": n, "preference": preference, "agreement": share, "status": status})
+    return pl.DataFrame(rows, schema=TABLES["resolved"], orient="row") if rows else empty("resolved")
+
+
+def pull(run: Run, config: Config, client) -> dict:
+    """Fetch, map, merge and resolve; write labels and resolved; return counts and agreement."""
+    from labeling.push import dataset_name, find_dataset
+
+    labeling = config.labeling or LabelingConfig()
+    name = run.stage_info("push").get("dataset") or dataset_name(config, run)
+    dataset = find_dataset(client, name, labeling.workspace)
+    if dataset is None:
+        raise LabelingError(f"dataset {name!r} is not in Argilla workspace {labeling.workspace!r}",
+                            hint=f"push the pairs first: prefab push --run {run.path}")
+    now = datetime.now(timezone.utc)
+    responses = responses_frame(fetch_records(client, dataset), usernames(client))
+    pairs = run.read_or_empty("pairs")
+    old = run.read_or_empty("labels")
+    labels = merge_labels(old, to_labels(responses, pairs), now)
+    resolved = resolve(labels, labeling.tie_rule, labeling.min_submitted)
+    stats = agreement(labels, resolved, pairs, run.read_or_empty("pair_judgments"))
+    new_or_changed = labels.join(old, on=list(TABLES["labels"]), how="anti", nulls_equal=True).height
+    run.write("labels", labels)
+    run.write("resolved", resolved)
+    counts = {
+        "dataset": name,
+        "labels": labels.height,
+        "submitted": labels.filter(pl.col("status") == "submitted").height,
+        "discarded": labels.filter(pl.col("status") == "discarded").height,
+        "missing_on_server": labels.filter(pl.col("missing_since").is_not_null()).height,
+        "new_or_changed": new_or_changed,
+        "resolved": resolved.filter(pl.col("status") == "resolved").height,
+        "split": resolved.filter(pl.col("status") == "split").height,
+        "pending": resolved.filter(pl.col("status") == "pending").height,
+        "changed": new_or_changed > 0,
+    }
+    return {**counts, "agreement": stats}
+
+
+def pull_stage(run: Run, config: Config, client) -> dict:
+    """pull() recorded in the manifest as stage "pull" (status, time, counts, agreement)."""
+    with run.stage("pull") as info:
+        result = pull(run, config, client)
+        info.update({k: v for k, v in result.items() if k != "changed"})
+    return result
+
+
+def watch(run: Run, config: Config, client, interval: float, *, max_pulls: int | None = None) -> int:
+    """Pull every `interval` seconds, printing when labels change; Ctrl-C stops between pulls cleanly."""
+    pulls = 0
+    while max_pulls is None or pulls < max_pulls:
+        result = pull_stage(run, config, client)
+        pulls += 1
+        if result["changed"] or pulls == 1:
+            console.print(f"{datetime.now():%H:%M:%S} labels={result['labels']} submitted={result['submitted']} "
+                          f"resolved={result['resolved']} (+{result['new_or_changed']} new or changed)")
+        if max_pulls is None or pulls < max_pulls:
+            time.sleep(interval)
+    return pulls
+
+
+def print_summary(result: dict) -> None:
+    stats = result["agreement"]
+    jh = stats["judge_human"]
+    summary("pull", {k: v for k, v in result.items() if k not in ("agreement", "changed")} | {
+        "annotators": stats["annotators"],
+        "krippendorff_alpha": stats["krippendorff_alpha"] if stats["krippendorff_alpha"] is not None else "n/a",
+        "raw_agreement": stats["raw_agreement"] if stats["raw_agreement"] is not None else "n/a",
+        "judge=human (ties)": jh["with_ties"]["agreement"] if jh["with_ties"]["agreement"] is not None else "n/a",
+        "judge=human (no ties)": jh["without_ties"]["agreement"] if jh["without_ties"]["agreement"] is not None else "n/a",
+    })

@@ -1,0 +1,172 @@
+"""`prefab push`: the pairs routed to humans, as records of an Argilla dataset.
+
+Records go to the REST bulk-upsert endpoint in batches of 500 (the server's maximum; the SDK's
+`records.log` sends 256) with two batches in flight, built as plain JSON rather than SDK objects:
+that is what makes 10,000 pairs go at least as fast as `records.log` (bench/bench_push.py). The
+record's external id is the pair id, so pushing again updates records and never duplicates them.
+Transient failures (connection errors, 429, 5xx) are retried with exponential backoff; upserts are
+idempotent, so a retried batch cannot duplicate anything.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import polars as pl
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+from labeling.dataset import build_records, prompt_vectors, settings
+from pipeline.config import Config, LabelingConfig
+from pipeline.errors import LabelingError
+from pipeline.progress import progress_bar, summary
+from pipeline.store import Run
+
+BATCH = 500  # the server's MAX_RECORDS_PER_UPSERT_BULK
+IN_FLIGHT = 2
+ATTEMPTS = 5
+
+
+def _transient(e: BaseException) -> bool:
+    if isinstance(e, httpx.TransportError):
+        return True
+    return isinstance(e, httpx.HTTPStatusError) and (e.response.status_code == 429 or e.response.status_code >= 500)
+
+
+@retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(ATTEMPTS), wait=wait_exponential(0.5, max=8), reraise=True)
+def _send(fn) -> httpx.Response:
+    response = fn()
+    response.raise_for_status()
+    return response
+
+
+def call(fn) -> httpx.Response:
+    """Run one HTTP call (fn returns an httpx.Response) with retries; errors become LabelingError."""
+    try:
+        return _send(fn)
+    except httpx.TransportError as e:
+        raise LabelingError(f"cannot reach the Argilla server: {e}",
+                            hint="start it with `prefab labeling up` (or set ARGILLA_API_URL and ARGILLA_API_KEY)") from e
+    except httpx.HTTPStatusError as e:
+        detail = e.response.text[:500]
+        raise LabelingError(f"Argilla answered {e.response.status_code} to {e.request.method} {e.request.url.path}: {detail}",
+                            hint="check the server log: prefab labeling logs") from e
+
+
+def connect():
+    """The argilla.Argilla client for the configured server, with a clear error when it is down."""
+    from labeling.server import client
+
+    try:
+        return client()
+    except LabelingError:
+        raise
+    except (httpx.TransportError, ConnectionError) as e:
+        raise LabelingError(f"cannot reach the Argilla server: {e}", hint="start it with `prefab labeling up`") from e
+    except Exception as e:  # the SDK wraps connection failures in its own exception classes
+        if "connect" in str(e).lower() or isinstance(e.__cause__, httpx.TransportError):
+            raise LabelingError(f"cannot reach the Argilla server: {e}", hint="start it with `prefab labeling up`") from e
+        raise
+
+
+def dataset_name(config: Config, run: Run) -> str:
+    return (config.labeling and config.labeling.dataset) or run.path.resolve().name
+
+
+def find_dataset(client, name: str, workspace: str):
+    """The dataset, or None; the SDK raises rather than answering None when the workspace is missing."""
+    if client.workspaces(name=workspace) is None:
+        return None
+    return client.datasets(name=name, workspace=workspace)
+
+
+def ensure_workspace(client, name: str):
+    import argilla as rg
+
+    workspace = client.workspaces(name=name)
+    if workspace is None:
+        workspace = rg.Workspace(name=name, client=client).create()
+    return workspace
+
+
+def ensure_dataset(client, name: str, workspace: str, wanted):
+    """Reuse the dataset when its fields and questions match; create it otherwise. Returns (dataset, created)."""
+    import argilla as rg
+
+    ensure_workspace(client, workspace)
+    dataset = find_dataset(client, name, workspace)
+    if dataset is None:
+        return rg.Dataset(name=name, workspace=workspace, settings=wanted, client=client).create(), True
+    have = dataset.settings
+    for kind in ("fields", "questions"):
+        names = sorted(x.name for x in getattr(have, kind))
+        expected = sorted(x.name for x in getattr(wanted, kind))
+        if names != expected:
+            raise LabelingError(f"Argilla dataset {name!r} in workspace {workspace!r} has {kind} {names}, not {expected}",
+                                hint="it was made by something else: set labeling.dataset to another name in the config")
+    if have.guidelines != wanted.guidelines:
+        have.guidelines = wanted.guidelines
+        dataset.update()
+    return dataset, False
+
+
+def upsert(client, dataset, records: list[dict], advance=lambda n: None) -> int:
+    """Bulk-upsert records (suggestions named by question); returns how many already existed."""
+    question_ids = {q.name: str(q.id) for q in dataset.settings.questions}
+    vector_names = {v.name for v in dataset.settings.vectors}
+    for record in records:
+        for s in record["suggestions"]:
+            s["question_id"] = question_ids[s.pop("question_name")]
+        if "vectors" in record:
+            record["vectors"] = {k: v for k, v in record["vectors"].items() if k in vector_names}
+    url = f"/api/v1/datasets/{dataset.id}/records/bulk"
+    http = client.api.http_client
+
+    def send(batch: list[dict]) -> int:
+        body = call(lambda: http.put(url, json={"items": batch})).json()
+        advance(len(batch))
+        return len(body.get("updated_item_ids") or [])
+
+    batches = [records[i:i + BATCH] for i in range(0, len(records), BATCH)]
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        return sum(pool.map(send, batches))
+
+
+def push(run: Run, config: Config, client) -> dict:
+    """Push the pairs of the configured routes (human by default) to the run's Argilla dataset."""
+    labeling = config.labeling or LabelingConfig()
+    pairs = run.read("pairs")
+    selected = pairs.filter(pl.col("route").is_in(labeling.routes))
+    embeddings = run.read_or_empty("embeddings")
+    vectors, dims = prompt_vectors(embeddings, config.embed.model if config.embed else None)
+    name = dataset_name(config, run)
+    dataset, created = ensure_dataset(client, name, labeling.workspace, settings(labeling, dims, client))
+    records = build_records(selected, run.read("prompts"), run.read("candidates"), judgments=run.read_or_empty("judgments"),
+                            pair_judgments=run.read_or_empty("pair_judgments"), vectors=vectors, config=config)
+    with progress_bar(f"push to Argilla {name}", len(records)) as advance:
+        updated = upsert(client, dataset, records, advance)
+    counts = {"dataset": name, "workspace": labeling.workspace, "dataset_id": str(dataset.id), "dataset_created": created,
+              "pushed": len(records), "created": len(records) - updated, "updated": updated,
+              "not_pushed": pairs.height - selected.height, "routes": ",".join(labeling.routes),
+              "suggestions": labeling.suggestions}
+    summary("push", {k: v for k, v in counts.items() if k != "dataset_id"})
+    return counts
+
+
+def step(config: Config, run: Run, **options) -> dict:
+    return push(run, config, connect())
+
+
+def demo_instructions(url: str, annotators: list[tuple[str, str]], run_dir: str, dataset: str, workspace: str = "prefab") -> str:
+    """What to do after `make demo`: label in the browser, then pull and export."""
+    logins = "\n".join(f"       {user} / {password}" for user, password in annotators) or "       (add one: prefab labeling users add NAME --role annotator)"
+    return (
+        f"The labeling server is running and the demo's human-routed pairs are in Argilla.\n"
+        f"  1. Open {url} in a browser.\n"
+        f"  2. Log in as an annotator (user / password):\n{logins}\n"
+        f"  3. Open dataset {dataset!r} (workspace {workspace!r}), read the guidelines, and for each pair pick\n"
+        f"     which response is better (A, B, tie, or both bad), then Submit.\n"
+        f"  4. Bring the labels back, mapped to chosen/rejected, with agreement stats:\n"
+        f"       prefab pull --run {run_dir}            (add --watch to keep pulling)\n"
+        f"  5. Export the preference data for training:\n"
+        f"       prefab export --run {run_dir}\n"
+        f"  Stop the server with: prefab labeling down\n"
+    )

@@ -1,0 +1,179 @@
+"""Push pairs to Argilla and pull labels back: record building, A/B mapping, resolution, agreement,
+then the same against the real embedded Argilla server through the SDK."""
+
+from datetime import datetime, timezone
+
+import numpy as np
+import polars as pl
+import pytest
+
+from labeling import dataset as ds
+from labeling.agreement import inter_annotator, judge_labels, judge_vs_human
+from labeling.pull import merge_labels, resolve, to_labels
+from pipeline.config import LabelingConfig
+from pipeline.schema import TABLES
+from labeling_runs import DIMS, make_run
+
+
+def labels_frame(rows: list[tuple]) -> pl.DataFrame:
+    """(pair_id, annotator, label[, status]) tuples as a labels table."""
+    out = []
+    for r in rows:
+        pair, annotator, label = r[:3]
+        status = r[3] if len(r) > 3 else "submitted"
+        out.append({"pair_id": pair, "annotator": annotator, "status": status, "label": label, "rationale": None,
+                    "updated_at": datetime(2025, 1, 1, tzinfo=timezone.utc), "label_ab": None, "rating_chosen": None,
+                    "rating_rejected": None, "missing_since": None})
+    return pl.DataFrame(out, schema=TABLES["labels"])
+
+
+# ---- records -------------------------------------------------------------------------------------
+
+def test_ab_order_is_stable_and_mixed():
+    ids = [f"pair{i}" for i in range(200)]
+    first = [ds.a_is_chosen(p) for p in ids]
+    assert first == [ds.a_is_chosen(p) for p in ids]  # a re-push shows the same order
+    assert 60 < sum(first) < 140  # both orders occur
+
+
+@pytest.mark.parametrize("a_chosen", [True, False])
+def test_ab_mapping_round_trips(a_chosen):
+    for label in ("chosen", "rejected", "tie", "both_bad"):
+        assert ds.to_label(ds.to_ab(label, a_chosen), a_chosen) == label
+    assert ds.to_label("a", a_chosen) == ("chosen" if a_chosen else "rejected")
+    assert ds.to_label(None, a_chosen) is None
+    with pytest.raises(ValueError):
+        ds.to_label("c", a_chosen)
+
+
+def test_records_hold_pairs_in_their_shown_order(tmp_path):
+    run, config = make_run(tmp_path / "r", 8)
+    pairs = run.read("pairs")
+    candidates = {r["candidate_id"]: r for r in run.read("candidates").iter_rows(named=True)}
+    vectors, dims = ds.prompt_vectors(run.read("embeddings"), None)
+    assert dims == DIMS and len(vectors) == 8
+    records = ds.build_records(pairs, run.read("prompts"), run.read("candidates"), judgments=run.read("judgments"),
+                               pair_judgments=run.read("pair_judgments"), vectors=vectors, config=config)
+    assert [r["external_id"] for r in records] == pairs["pair_id"].to_list()
+    for record, pair in zip(records, pairs.iter_rows(named=True)):
+        meta = record["metadata"]
+        a_chosen = ds.a_is_chosen(pair["pair_id"])
+        assert meta["a_is_chosen"] == ("true" if a_chosen else "false")
+        a_id = pair["chosen_id"] if a_chosen else pair["rejected_id"]
+        assert meta["candidate_a"] == a_id
+        assert record["fields"]["response_a"] == candidates[a_id]["text"]
+        assert record["fields"]["prompt"][-1]["role"] == "user"
+        assert len(record["vectors"][ds.PROMPT_VECTOR]) == DIMS
+        suggestion = next(s for s in record["suggestions"] if s["question_name"] == ds.PREFERENCE)
+        # the judge preferred the chosen one, except where its pairwise verdict said tie
+        verdict = ds.to_label(suggestion["value"], a_chosen)
+        i = int(record["fields"]["prompt"][-1]["content"].split()[2].rstrip(":"))
+        assert verdict == ("tie" if i % 4 == 2 else "chosen")
+        assert suggestion["agent"] == ("judge-1" if i % 2 == 0 else "judge")
+        assert 0 <= suggestion["score"] <= 1
+        ratings = {s["question_name"]: s["value"] for s in record["suggestions"] if s["question_name"] != ds.PREFERENCE}
+        assert ratings[ds.RATING_A if a_chosen else ds.RATING_B] >= ratings[ds.RATING_B if a_chosen else ds.RATING_A]
+
+
+def test_suggestions_switch_off_for_blind_sets(tmp_path):
+    run, config = make_run(tmp_path / "r", 4, labeling=LabelingConfig(suggestions=False))
+    records = ds.build_records(run.read("pairs"), run.read("prompts"), run.read("candidates"), judgments=run.read("judgments"),
+                               pair_judgments=run.read("pair_judgments"), vectors={}, config=config)
+    assert all(r["suggestions"] == [] and "vectors" not in r for r in records)
+
+
+# ---- pull: mapping, merging, resolution ----------------------------------------------------------
+
+def test_to_labels_maps_by_candidate_even_after_a_swap(tmp_path):
+    run, _ = make_run(tmp_path / "r", 2)
+    pair = run.read("pairs").row(0, named=True)
+    a_chosen = ds.a_is_chosen(pair["pair_id"])
+    a_id, b_id = (pair["chosen_id"], pair["rejected_id"]) if a_chosen else (pair["rejected_id"], pair["chosen_id"])
+    responses = pl.DataFrame([{"pair_id": pair["pair_id"], "annotator": "ann", "status": "submitted", "label_ab": "a",
+                               "rationale": "clearer", "rating_a": 5, "rating_b": 2, "updated_at": "2025-01-02T03:04:05.123456",
+                               "candidate_a": a_id, "candidate_b": b_id, "a_is_chosen": "true" if a_chosen else "false"}])
+    labels = to_labels(responses, run.read("pairs"))
+    row = labels.row(0, named=True)
+    assert row["label"] == ("chosen" if a_chosen else "rejected")
+    assert (row["rating_chosen"], row["rating_rejected"]) == ((5, 2) if a_chosen else (2, 5))
+    assert row["updated_at"] == datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
+    # a re-run of the pair stage swapped chosen and rejected (same pair id): the label follows the candidate
+    swapped = run.read("pairs").with_columns(chosen_id=pl.col("rejected_id"), rejected_id=pl.col("chosen_id"))
+    assert to_labels(responses, swapped)["label"][0] == ("rejected" if a_chosen else "chosen")
+
+
+def test_merge_keeps_labels_gone_from_the_server():
+    now = datetime(2025, 2, 1, tzinfo=timezone.utc)
+    old = labels_frame([("p1", "ann", "chosen"), ("p2", "ann", "rejected")])
+    new = labels_frame([("p1", "ann", "tie")])
+    merged = merge_labels(old, new, now)
+    assert merged.height == 2
+    p1, p2 = merged.row(0, named=True), merged.row(1, named=True)
+    assert p1["label"] == "tie" and p1["missing_since"] is None
+    assert p2["label"] == "rejected" and p2["missing_since"] == now
+    later = merge_labels(merged, new, datetime(2025, 3, 1, tzinfo=timezone.utc))
+    assert later.filter(pl.col("pair_id") == "p2")["missing_since"][0] == now  # first noticed, not last
+
+
+@pytest.mark.parametrize("rule,expected", [("drop", (None, "split")), ("tie", ("tie", "resolved")), ("judge", ("chosen", "resolved"))])
+def test_resolve_majority_and_tie_rule(rule, expected):
+    labels = labels_frame([
+        ("maj", "a1", "chosen"), ("maj", "a2", "rejected"), ("maj", "a3", "rejected"),
+        ("split", "a1", "chosen"), ("split", "a2", "rejected"),
+        ("one", "a1", "both_bad"),
+        ("gone", "a1", None, "discarded"),
+    ])
+    out = {r["pair_id"]: r for r in resolve(labels, rule, min_submitted=1).iter_rows(named=True)}
+    assert (out["maj"]["preference"], out["maj"]["status"], out["maj"]["n_labels"]) == ("rejected", "resolved", 3)
+    assert out["maj"]["agreement"] == pytest.approx(2 / 3)
+    assert (out["split"]["preference"], out["split"]["status"]) == expected
+    assert out["one"]["preference"] == "both_bad"
+    assert (out["gone"]["preference"], out["gone"]["status"]) == (None, "discarded")
+    pending = {r["pair_id"]: r for r in resolve(labels, rule, min_submitted=2).iter_rows(named=True)}
+    assert (pending["one"]["preference"], pending["one"]["status"]) == (None, "pending")
+
+
+# ---- agreement -----------------------------------------------------------------------------------
+
+def test_inter_annotator_agreement_matches_hand_computation():
+    # two annotators, four pairs, they differ on p2 only
+    labels = labels_frame([("p1", "x", "chosen"), ("p2", "x", "chosen"), ("p3", "x", "rejected"), ("p4", "x", "tie"),
+                           ("p1", "y", "chosen"), ("p2", "y", "rejected"), ("p3", "y", "rejected"), ("p4", "y", "tie")])
+    stats = inter_annotator(labels)
+    assert stats["raw_agreement"] == pytest.approx(0.75)
+    # Cohen: p_o = .75, p_e = .5*.25 + .25*.5 + .25*.25 = .3125
+    assert stats["cohen_kappa"]["x|y"]["kappa"] == pytest.approx((0.75 - 0.3125) / (1 - 0.3125), abs=1e-4)
+    # Krippendorff nominal: 8 values (3 chosen, 3 rejected, 2 tie), one disagreeing unit -> 1 - 7*2/42
+    assert stats["krippendorff_alpha"] == pytest.approx(1 - 7 * 2 / 42, abs=1e-4)
+    # Fleiss: P = .75, P_e = (3/8)^2 + (3/8)^2 + (2/8)^2
+    pe = (3 / 8) ** 2 * 2 + (2 / 8) ** 2
+    assert stats["fleiss_kappa"] == pytest.approx((0.75 - pe) / (1 - pe), abs=1e-4)
+    assert stats["annotators"] == 2 and stats["pairs_multi"] == 4
+
+
+def test_agreement_with_uneven_coverage_and_perfect_agreement():
+    labels = labels_frame([("p1", "x", "chosen"), ("p1", "y", "chosen"), ("p1", "z", "chosen"),
+                           ("p2", "x", "rejected"), ("p2", "y", "rejected"), ("p3", "z", "tie"), ("p4", "x", None, "discarded")])
+    stats = inter_annotator(labels)
+    assert stats["raw_agreement"] == 1.0 and stats["krippendorff_alpha"] == 1.0
+    assert stats["labels"] == 6 and stats["pairs_multi"] == 2
+    assert stats["fleiss_items"] == 1  # p1 (3 raters) and p2 (2) differ in rater count: the commoner count wins a tie by lowest
+    assert np.isfinite(stats["cohen_kappa"]["x|y"]["kappa"])
+
+
+def test_judge_vs_human_with_and_without_ties(tmp_path):
+    run, _ = make_run(tmp_path / "r", 8)
+    pairs = run.read("pairs")
+    judge = judge_labels(pairs, run.read("pair_judgments"))
+    ids = pairs["pair_id"].to_list()
+    assert judge[ids[2]] == "tie" and judge[ids[0]] == "chosen" and judge[ids[1]] == "chosen"
+    human = ["chosen", "rejected", "tie", "chosen", "both_bad", "chosen", "rejected", None]
+    resolved = pl.DataFrame({"pair_id": ids, "n_labels": [1] * 8, "preference": human, "agreement": [1.0] * 8,
+                             "status": ["resolved"] * 8}, schema=TABLES["resolved"])
+    out = judge_vs_human(resolved, judge)
+    # judge: p0..p7 = chosen, chosen, tie, chosen, chosen, chosen, tie, chosen
+    # with ties over p0,p1,p2,p3,p5,p6: agree p0,p2,p3,p5 -> 4/6
+    assert out["with_ties"] == {"agreement": pytest.approx(4 / 6, abs=1e-4), "kappa": out["with_ties"]["kappa"], "n": 6}
+    # without ties: p0,p1,p3,p5 -> 3/4
+    assert out["without_ties"]["agreement"] == 0.75 and out["without_ties"]["n"] == 4
+    assert out["both_bad"] == 1

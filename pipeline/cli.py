@@ -51,23 +51,15 @@ def load_run_config(run_dir: str, config_path: str | None):
     snapshot = run.manifest().get("config")
     if not snapshot:
         raise ConfigError(f"{run.manifest_path} holds no config snapshot", hint="pass --config CONFIG.yaml")
+    source = snapshot.pop("source", None)
     config = Config.model_validate(snapshot)
-    if snapshot.get("source"):
-        config.source = Path(snapshot["source"])
+    config.source = Path(source) if source else None
     return config
-
-
-def save_snapshot(config, run) -> None:
-    data = config.model_dump(mode="json")
-    data["source"] = str(config.source) if config.source else None
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.update_manifest(config=data)
 
 
 def stage_command(stage: str, config, run, **options) -> dict:
     from pipeline.runner import run_step
 
-    save_snapshot(config, run)
     return run_step(stage, config, run, **options)
 
 
@@ -87,7 +79,6 @@ def run(config_path, start, until, run_dir, force):
     if run_dir:
         config.run = run_dir
     run = Run(config.run)
-    save_snapshot(config, run)
     ran = run_pipeline(config, run, start=start, until=until, force=force)
     click.echo(f"{run.path}: ran {', '.join(ran) if ran else 'nothing (all stages complete)'}")
 

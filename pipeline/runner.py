@@ -50,12 +50,21 @@ def planned(config: Config) -> list[str]:
 
 
 def run_step(stage: str, config: Config, run: Run, **options) -> dict:
+    """Run one stage; on success record its counts and the config it ran with in the manifest."""
     module = importlib.import_module(STAGES[stage][0])
     with run.stage(stage) as info:
         counts = module.step(config, run, **options) or {}
         info.update(counts)
         info["config_hash"] = section_hash(config, stage)
+    run.update_manifest(config=snapshot(config))
     return counts
+
+
+def snapshot(config: Config) -> dict:
+    """The config as run (secrets are only env-var names, so it is safe to store)."""
+    data = config.model_dump(mode="json")
+    data["source"] = str(config.source) if config.source else None
+    return data
 
 
 def run_pipeline(config: Config, run: Run, *, start: str | None = None, until: str | None = None, force: bool = False) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import schema
-from pipeline.errors import RunError
+from pipeline.errors import PrefabError, RunError
 
 STAGES = ["ingest", "dedup", "generate", "judge", "embed", "pair", "route", "push", "pull", "export", "train"]
 VERSIONED = ["prefab", "polars", "openai", "transformers", "torch", "sentence-transformers", "trl", "argilla", "datasets"]
@@ -103,6 +103,7 @@ class Run:
         return json.loads(self.manifest_path.read_text())
 
     def update_manifest(self, **fields) -> dict:
+        self.path.mkdir(parents=True, exist_ok=True)
         data = self.manifest()
         data.update(fields)
         atomic_write_text(self.manifest_path, json.dumps(data, indent=2, default=str))
@@ -112,6 +113,7 @@ class Run:
         return self.manifest().get("stages", {}).get(stage, {})
 
     def record_stage(self, stage: str, **info) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
         data = self.manifest()
         data.setdefault("stages", {}).setdefault(stage, {}).update(info)
         data["versions"] = package_versions()
@@ -119,16 +121,21 @@ class Run:
 
     @contextmanager
     def stage(self, name: str):
-        """Record start, status and duration of a stage; the body adds counts through the dict it gets."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        """Time a stage and record its status; the body adds counts through the dict it gets.
+
+        Nothing is written before the body succeeds, so a stage refused for bad input leaves the run
+        directory as it was. An unexpected crash is recorded as failed.
+        """
         info: dict = {}
         started = time.time()
-        self.record_stage(name, status="running", started_at=_now())
         try:
             yield info
+        except PrefabError:
+            raise
         except BaseException as e:
-            self.record_stage(name, status="failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__,
-                              seconds=round(time.time() - started, 3))
+            if self.path.is_dir():
+                self.record_stage(name, status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0],
+                                  seconds=round(time.time() - started, 3))
             raise
         self.record_stage(name, status="complete", finished_at=_now(), seconds=round(time.time() - started, 3),
                           error=None, **info)

@@ -1,0 +1,36 @@
+"""Shared fixtures. Tests never reach a model hub: HF_HUB_OFFLINE is forced here."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("PREFAB_HOME", str(ROOT / ".prefab"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def cli_runner():
+    from click.testing import CliRunner
+
+    return CliRunner()
+
+
+@pytest.fixture
+def prefab(cli_runner):
+    """Invoke the real `prefab` CLI in-process; returns the click Result."""
+    from pipeline.cli import cli
+
+    def invoke(*args, **kwargs):
+        return cli_runner.invoke(cli, [str(a) for a in args], catch_exceptions=False, **kwargs)
+
+    return invoke
+
+
+def snapshot_dir(path: Path) -> dict:
+    """name -> bytes of every file under path: to prove a failed command changed nothing."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}

@@ -1,0 +1,60 @@
+"""Config validation: every mistake is reported with file, line, key and a hint before any work."""
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+
+BASE = """run: {run}
+ingest:
+  paths: [data/prompts/single_turn.jsonl]
+generate:
+  generators:
+    - backend: transformers
+      temperatures: [0.3, 0.7]
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text.replace("{run}", str(tmp_path / "run")))
+    return path
+
+
+def test_demo_config_is_valid():
+    config = load_config("data/configs/demo.yaml")
+    assert config.generate.generators[0].model == "embedded:smollm2"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (BASE.replace("temperatures", "temperaturs"), ["line 7", "generate.generators.0.temperaturs", "did you mean 'temperatures'"]),
+        (BASE.replace("[0.3, 0.7]", "hot"), ["line 7", "generate.generators.0.temperatures"]),
+        (BASE.replace("[0.3, 0.7]", "[0.3, 7]"), ["outside 0..2"]),
+        (BASE.replace("ingest:\n  paths: [data/prompts/single_turn.jsonl]\n", ""), ["ingest: required key is missing"]),
+        (BASE + "jduge: null\n", ["jduge: unknown key", "did you mean 'judge'"]),
+        (BASE.replace("backend: transformers", "backend: openai\n      model: gpt\n      api_key_env: sk-abcdef123"), ["looks like a key itself"]),
+        ("run: [unclosed\n", ["not valid YAML"]),
+    ],
+)
+def test_config_errors(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    message = str(info.value)
+    assert "cfg.yaml" in message
+    for fragment in expected:
+        assert fragment in message
+
+
+def test_cli_reports_config_error_without_traceback(tmp_path, prefab):
+    path = write(tmp_path, BASE.replace("temperatures", "temperaturs"))
+    result = prefab("run", path)
+    assert result.exit_code == 2
+    assert "did you mean 'temperatures'" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_config_file(prefab, tmp_path):
+    result = prefab("run", tmp_path / "nope.yaml")
+    assert result.exit_code == 2 and "does not exist" in result.output

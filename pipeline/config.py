@@ -233,8 +233,19 @@ def _config_error(path: Path, node, error: ValidationError) -> ConfigError:
     lines = []
     first_line = None
     hint = None
-    for err in error.errors():
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and "[" in p)]  # drop union branch tags
+    errors = [dict(e, loc=[p for p in e["loc"] if not (isinstance(p, str) and "[" in p)]) for e in error.errors()]  # drop union tags
+    typos = set()  # (parent, valid key) pairs explained by a misspelt key: their "missing" is noise
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(Config, err["loc"][:-1])
+            close = difflib.get_close_matches(str(err["loc"][-1]), list(parent.model_fields) if parent else [], n=1)
+            if close:
+                typos.add((tuple(err["loc"][:-1]), close[0]))
+    errors.sort(key=lambda e: e["type"] != "extra_forbidden")
+    for err in errors:
+        loc = err["loc"]
+        if err["type"] == "missing" and (tuple(loc[:-1]), loc[-1]) in typos:
+            continue
         key = ".".join(str(p) for p in loc)
         line = _line_of(node, loc)
         first_line = first_line or line

@@ -34,3 +34,18 @@ def prefab(cli_runner):
 def snapshot_dir(path: Path) -> dict:
     """name -> bytes of every file under path: to prove a failed command changed nothing."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def openai_server():
+    """A real OpenAI-compatible HTTP server on 127.0.0.1 (tests/openai_server.py), fresh per test.
+
+    Script it per test: `server.latency = 0.05`, `server.script("429:1", "ok")`,
+    `server.fault_rates = {"500": 0.2}`, `server.respond = lambda request: "text" or {...}`;
+    read `server.total`, `server.prompt_counts`, `server.request_counts`, `server.statuses`; base_url is `server.url`.
+    """
+    from openai_server import OpenAIServer
+
+    server = OpenAIServer().start()
+    yield server
+    server.stop()

@@ -112,6 +112,7 @@ class OpenAIServer:
             self.request_counts: Counter[str] = Counter()
             self.statuses: Counter[str] = Counter()
             self.bodies: list[dict] = []
+            self.arrivals: list[float] = []  # time.monotonic() of each request
             self.in_flight = 0
             self.max_in_flight = 0
 
@@ -133,6 +134,7 @@ class OpenAIServer:
             self.request_counts[self.request_key(request)] += 1
             if self.keep_bodies:
                 self.bodies.append(request)
+                self.arrivals.append(time.monotonic())
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             if self._script:

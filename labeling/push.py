@@ -8,6 +8,7 @@ Transient failures (connection errors, 429, 5xx) are retried with exponential ba
 idempotent, so a retried batch cannot duplicate anything.
 """
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -75,7 +76,9 @@ def find_dataset(client, name: str, workspace: str):
     """The dataset, or None; the SDK raises rather than answering None when the workspace is missing."""
     if client.workspaces(name=workspace) is None:
         return None
-    return client.datasets(name=name, workspace=workspace)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the SDK warns when the dataset is not there: that is an answer here
+        return client.datasets(name=name, workspace=workspace)
 
 
 def ensure_workspace(client, name: str):
@@ -108,8 +111,16 @@ def ensure_dataset(client, name: str, workspace: str, wanted):
     return dataset, False
 
 
+def record_count(client, dataset) -> int:
+    return call(lambda: client.api.http_client.get(f"/api/v1/datasets/{dataset.id}/records", params={"limit": 1})).json()["total"]
+
+
 def upsert(client, dataset, records: list[dict], advance=lambda n: None) -> int:
-    """Bulk-upsert records (suggestions named by question); returns how many already existed."""
+    """Bulk-upsert records (suggestions named by question); returns how many were new.
+
+    The server does not say which items it updated (its response model drops `updated_item_ids`),
+    so the count of new records is the growth of the dataset's total.
+    """
     question_ids = {q.name: str(q.id) for q in dataset.settings.questions}
     vector_names = {v.name for v in dataset.settings.vectors}
     for record in records:
@@ -120,14 +131,15 @@ def upsert(client, dataset, records: list[dict], advance=lambda n: None) -> int:
     url = f"/api/v1/datasets/{dataset.id}/records/bulk"
     http = client.api.http_client
 
-    def send(batch: list[dict]) -> int:
-        body = call(lambda: http.put(url, json={"items": batch})).json()
+    def send(batch: list[dict]) -> None:
+        call(lambda: http.put(url, json={"items": batch}))
         advance(len(batch))
-        return len(body.get("updated_item_ids") or [])
 
+    before = record_count(client, dataset)
     batches = [records[i:i + BATCH] for i in range(0, len(records), BATCH)]
     with ThreadPoolExecutor(IN_FLIGHT) as pool:
-        return sum(pool.map(send, batches))
+        list(pool.map(send, batches))
+    return record_count(client, dataset) - before
 
 
 def push(run: Run, config: Config, client) -> dict:
@@ -142,12 +154,12 @@ def push(run: Run, config: Config, client) -> dict:
     records = build_records(selected, run.read("prompts"), run.read("candidates"), judgments=run.read_or_empty("judgments"),
                             pair_judgments=run.read_or_empty("pair_judgments"), vectors=vectors, config=config)
     with progress_bar(f"push to Argilla {name}", len(records)) as advance:
-        updated = upsert(client, dataset, records, advance)
+        new = upsert(client, dataset, records, advance)
     counts = {"dataset": name, "workspace": labeling.workspace, "dataset_id": str(dataset.id), "dataset_created": created,
-              "pushed": len(records), "created": len(records) - updated, "updated": updated,
+              "pushed": len(records), "created": new, "updated": len(records) - new,
               "not_pushed": pairs.height - selected.height, "routes": ",".join(labeling.routes),
               "suggestions": labeling.suggestions}
-    summary("push", {k: v for k, v in counts.items() if k != "dataset_id"})
+    summary("push", {k: ("yes" if v else "no") if isinstance(v, bool) else v for k, v in counts.items() if k != "dataset_id"})
     return counts
 
 

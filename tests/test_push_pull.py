@@ -177,3 +177,173 @@ def test_judge_vs_human_with_and_without_ties(tmp_path):
     # without ties: p0,p1,p3,p5 -> 3/4
     assert out["without_ties"]["agreement"] == 0.75 and out["without_ties"]["n"] == 4
     assert out["both_bad"] == 1
+
+
+# ---- against the real embedded Argilla server ----------------------------------------------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import httpx  # noqa: E402
+
+PASSWORD = "annotator-pass-123"
+
+
+@pytest.fixture(scope="module")
+def argilla(tmp_path_factory):
+    """The embedded Argilla server (its own home and port), and an owner client; stopped afterwards."""
+    from labeling import server
+
+    home = tmp_path_factory.mktemp("labeling-home")
+    old = os.environ.get("PREFAB_LABELING_HOME")
+    os.environ["PREFAB_LABELING_HOME"] = str(home)
+    try:
+        server.up(home=home, port=server._free_port(), demo=True)
+        yield server.client(home)
+    finally:
+        server.down(home)
+        if old is None:
+            os.environ.pop("PREFAB_LABELING_HOME", None)
+        else:
+            os.environ["PREFAB_LABELING_HOME"] = old
+
+
+def annotator(owner, name: str, workspace: str = "prefab"):
+    """An annotator account in the workspace, and an SDK client logged in as it."""
+    import argilla as rg
+
+    from labeling.push import ensure_workspace
+
+    user = owner.users(name) or rg.User(username=name, password=PASSWORD, role="annotator", client=owner).create()
+    ws = ensure_workspace(owner, workspace)
+    if name not in [u.username for u in ws.users]:
+        ws.add_user(user)
+    key = owner.api.http_client.get(f"/api/v1/users/{user.id}").json()["api_key"]
+    return rg.Argilla(api_url=owner.api_url, api_key=key)
+
+
+def my_records(client, dataset_id) -> list[dict]:
+    """The records as an annotator's UI gets them (metadata filtered for the user)."""
+    r = client.api.http_client.post(f"/api/v1/me/datasets/{dataset_id}/records/search", json={},
+                                    params={"include": ["responses"], "limit": 100})
+    r.raise_for_status()
+    return [item["record"] for item in r.json()["items"]]
+
+
+def respond(client, record_id: str, status: str = "submitted", **values):
+    """An annotator's answer through the SDK's records API, as the UI sends it."""
+    from argilla._models import UserResponseModel
+
+    me = client.me.id
+    client.api.records.create_record_response(record_id, UserResponseModel(
+        values={k: {"value": v} for k, v in values.items()} if values else None, status=status, user_id=me))
+
+
+def pick(record: dict, candidates: dict, which: str) -> str:
+    """The A/B value that names the pair's chosen (or rejected) candidate, found from the texts shown."""
+    text = candidates[which]
+    assert text in (record["fields"]["response_a"], record["fields"]["response_b"])
+    return "a" if record["fields"]["response_a"] == text else "b"
+
+
+def total(client, dataset_id) -> int:
+    return client.api.http_client.get(f"/api/v1/datasets/{dataset_id}/records", params={"limit": 1}).json()["total"]
+
+
+def test_push_twice_keeps_one_record_per_human_pair(argilla, prefab, tmp_path):
+    run, _ = make_run(tmp_path / "twice", 8, labeling=LabelingConfig(guidelines="Prefer the correct sum.", min_submitted=2))
+    human = run.read("pairs").filter(pl.col("route") == "human")["pair_id"].to_list()
+    assert len(human) == 4
+
+    result = prefab("push", "--run", run.path)
+    assert result.exit_code == 0, result.output
+    info = run.stage_info("push")
+    assert (info["status"], info["pushed"], info["created"], info["updated"], info["not_pushed"]) == ("complete", 4, 4, 0, 4)
+    result = prefab("push", "--run", run.path)
+    assert result.exit_code == 0, result.output
+    assert (run.stage_info("push")["created"], run.stage_info("push")["updated"]) == (0, 4)
+
+    dataset = argilla.datasets(name="twice", workspace="prefab")
+    assert total(argilla, dataset.id) == 4
+    assert sorted(r.id for r in dataset.records) == sorted(human)  # record ids are pair ids
+    assert dataset.settings.guidelines == "Prefer the correct sum."
+    assert dataset.settings.distribution.min_submitted == 2
+    assert dataset.settings.vectors["prompt_vector"].dimensions == 8
+
+    # an annotator sees the prompt as a chat, A and B, and none of the metadata that could bias them
+    ann = annotator(argilla, "ann-view")
+    seen = my_records(ann, dataset.id)
+    assert len(seen) == 4
+    assert all(set(r["metadata"]) <= {"cluster"} for r in seen)
+    assert seen[0]["fields"]["prompt"][-1]["role"] == "user"
+
+    # the auto-routed pairs too, on request: 4 more, the 4 human ones updated
+    result = prefab("push", "--run", run.path, "--route", "human", "--route", "auto")
+    assert result.exit_code == 0, result.output
+    assert (run.stage_info("push")["created"], run.stage_info("push")["updated"]) == (4, 4)
+    assert total(argilla, dataset.id) == 8
+
+
+def test_pull_maps_answers_back_resolves_and_measures_agreement(argilla, prefab, tmp_path):
+    run, _ = make_run(tmp_path / "pulled", 8, labeling=LabelingConfig(min_submitted=2))
+    assert prefab("push", "--run", run.path).exit_code == 0
+    pairs = run.read("pairs").filter(pl.col("route") == "human")
+    texts = {r["candidate_id"]: r["text"] for r in run.read("candidates").iter_rows(named=True)}
+    dataset = argilla.datasets(name="pulled", workspace="prefab")
+    ann1, ann2, ann3 = (annotator(argilla, n) for n in ("ann1", "ann2", "ann3"))
+    records = {r["external_id"]: r for r in my_records(ann1, dataset.id)}
+
+    def side(i, which):
+        p = pairs.row(i, named=True)
+        rec = records[p["pair_id"]]
+        return rec, pick(rec, {"chosen": texts[p["chosen_id"]], "rejected": texts[p["rejected_id"]]}, which)
+
+    (r0, c0), (r1, c1), (r2, _), (r3, _) = side(0, "chosen"), side(1, "chosen"), side(2, "chosen"), side(3, "chosen")
+    r0_rejected = "b" if c0 == "a" else "a"
+    respond(ann1, r0["id"], preference=c0, rationale="right sum", rating_a=5 if c0 == "a" else 1, rating_b=1 if c0 == "a" else 5)
+    respond(ann2, r0["id"], preference=c0)
+    respond(ann1, r1["id"], preference="b" if c1 == "a" else "a")  # the rejected one
+    respond(ann2, r1["id"], preference=c1)
+    respond(ann1, r2["id"], preference="tie")
+    respond(ann2, r2["id"], preference="tie")
+    respond(ann1, r3["id"], preference="both_bad")
+    respond(ann2, r3["id"], status="discarded")
+    respond(ann3, r0["id"], status="draft", preference=r0_rejected)  # work in progress: not pulled
+
+    result = prefab("pull", "--run", run.path)
+    assert result.exit_code == 0, result.output
+    labels = run.read("labels")
+    got = {(r["pair_id"], r["annotator"]): r for r in labels.iter_rows(named=True)}
+    ids = pairs["pair_id"].to_list()
+    assert len(got) == 8 and not any(a == "ann3" for _, a in got)
+    assert got[(ids[0], "ann1")]["label"] == "chosen" and got[(ids[0], "ann1")]["rationale"] == "right sum"
+    assert (got[(ids[0], "ann1")]["rating_chosen"], got[(ids[0], "ann1")]["rating_rejected"]) == (5, 1)
+    assert got[(ids[1], "ann1")]["label"] == "rejected" and got[(ids[1], "ann2")]["label"] == "chosen"
+    assert got[(ids[2], "ann2")]["label"] == "tie" and got[(ids[3], "ann1")]["label"] == "both_bad"
+    assert (got[(ids[3], "ann2")]["status"], got[(ids[3], "ann2")]["label"]) == ("discarded", None)
+    assert all(r["updated_at"] is not None for r in got.values())
+
+    resolved = {r["pair_id"]: r for r in run.read("resolved").iter_rows(named=True)}
+    assert (resolved[ids[0]]["preference"], resolved[ids[0]]["status"]) == ("chosen", "resolved")
+    assert (resolved[ids[1]]["preference"], resolved[ids[1]]["status"]) == (None, "split")  # tie_rule: drop
+    assert resolved[ids[2]]["preference"] == "tie"
+    assert (resolved[ids[3]]["preference"], resolved[ids[3]]["status"]) == (None, "pending")  # 1 of min_submitted=2
+
+    stats = run.stage_info("pull")["agreement"]
+    assert (stats["annotators"], stats["labels"], stats["pairs_multi"]) == (2, 7, 3)
+    assert stats["raw_agreement"] == pytest.approx(2 / 3, abs=1e-3)
+    assert stats["cohen_kappa"]["ann1|ann2"]["n"] == 3
+    # judge: pair 0 chosen, 1 tie, 2 chosen, 3 tie (tests/labeling_runs.py); humans: chosen, -, tie, -
+    assert stats["judge_human"]["with_ties"] == {"agreement": 0.5, "kappa": stats["judge_human"]["with_ties"]["kappa"], "n": 2}
+    assert stats["judge_human"]["without_ties"]["n"] == 1
+
+    # a response deleted on the server: its label is kept, marked missing
+    response_id = next(r["id"] for r in my_records(ann2, dataset.id) if r["external_id"] == ids[2] for r in r["responses"])
+    argilla.api.http_client.delete(f"/api/v1/responses/{response_id}").raise_for_status()
+    assert prefab("pull", "--run", run.path).exit_code == 0
+    kept = run.read("labels").filter((pl.col("pair_id") == ids[2]) & (pl.col("annotator") == "ann2")).row(0, named=True)
+    assert kept["label"] == "tie" and kept["missing_since"] is not None
+    assert run.stage_info("pull")["missing_on_server"] == 1

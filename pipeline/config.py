@@ -127,6 +127,21 @@ class JudgeConfig(Strict):
     seed: int = 0  # retries use seed + attempt, so the call cache does not return the same bad answer
     logprobs: bool = False  # ask for token logprobs in pairwise judging (confidence), where the backend has them
 
+    @model_validator(mode="after")
+    def _check_rubric(self):
+        names = [a.name for a in self.aspects]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"aspects need distinct names (got {names})")
+        for a in self.aspects:
+            if not a.min < a.max:
+                raise ValueError(f"aspect {a.name!r}: min {a.min:g} must be below max {a.max:g}")
+        if sum(a.weight for a in self.aspects) <= 0:
+            raise ValueError("at least one aspect needs a weight above 0")
+        labels = [j.label for j in self.judges]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"judges need distinct names (got {labels}); set `name:` on each")
+        return self
+
 
 class EmbedConfig(Strict):
     model: str = EMBEDDED_EMBEDDER
@@ -169,12 +184,20 @@ class ExportConfig(Strict):
     max_tokens: int | None = Field(None, ge=1)
     tokenizer: str | None = None
     seed: int = 0
+    ties: Literal["drop", "judge"] = "drop"  # a human "tie": drop the pair, or keep the judge's order
+    both_bad: Literal["drop", "judge"] = "drop"  # a human "both bad": same choice
+    drop_equal: bool = False  # a pair whose two texts are equal: error (default) or drop it
+    out_dir: str | None = None  # default: <run>/exports
 
 
 class TrainConfig(Strict):
     method: Literal["dpo", "sft"] = "dpo"
     config: str | None = None  # training/configs/*.yaml
     overrides: dict = Field(default_factory=dict)  # any TRL config field
+    rounds: int = Field(1, ge=1, le=20)  # >1: iterative on-policy DPO (`prefab rounds`), a sub-run per round
+    evaluate: bool = False  # after training: win rate of the trained model against its base (`prefab eval`)
+    eval_prompts: int | None = Field(None, ge=1)  # at most this many held-out prompts
+    eval_max_tokens: int = Field(256, ge=1)
 
 
 class Config(Strict):

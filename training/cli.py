@@ -1,0 +1,81 @@
+"""`prefab export`, `prefab train`, `prefab eval`, `prefab rounds`: thin commands over training/*.py."""
+
+import click
+
+from pipeline.cli import config_option, load_run_config, run_option, stage_command
+from pipeline.errors import ConfigError
+
+
+@click.command()
+@run_option
+@config_option
+@click.option("--format", "formats", multiple=True, type=click.Choice(["trl-dpo", "openai-dpo", "sft"]),
+              help="Format(s) to write (repeatable); default: the config's, else all three.")
+@click.option("--source", "sources", multiple=True, type=click.Choice(["human", "auto"]),
+              help="Pairs to include: human-labeled, automatic (repeatable); default both.")
+@click.option("--min-margin", type=float, help="Minimum judge margin for automatic pairs.")
+@click.option("--standard", is_flag=True, help="Plain-string prompts (rendered with --tokenizer's chat template) instead of message lists.")
+@click.option("--test-share", type=float, help="Share of prompts held out as the test split (by prompt).")
+@click.option("--max-tokens", type=int, help="Drop pairs longer than this (prompt + longer response, in tokens).")
+@click.option("--tokenizer", help="Tokenizer for lengths and --standard (default embedded:smollm2).")
+@click.option("--ties", type=click.Choice(["drop", "judge"]), help="Human 'tie': drop the pair or keep the judge's order.")
+@click.option("--both-bad", type=click.Choice(["drop", "judge"]), help="Human 'both bad': drop the pair or keep the judge's order.")
+@click.option("--drop-equal", is_flag=True, help="Leave out pairs whose two texts are equal instead of failing.")
+@click.option("--seed", type=int, help="Seed of the train/test split.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default RUN/exports).")
+@click.option("--save-hf", type=click.Path(file_okay=False), help="Also save each format as a `datasets` dataset under this folder.")
+@click.option("--push-to-hub", metavar="REPO", help="Also push the dataset to the Hugging Face Hub (needs network and a login).")
+def export(run_dir, config_path, formats, sources, min_margin, standard, test_share, max_tokens, tokenizer, ties, both_bad,
+           drop_equal, seed, out_dir, save_hf, push_to_hub):
+    """Write the run's pairs as TRL DPO, OpenAI DPO and SFT JSONL, split by prompt, with a dataset card."""
+    from pipeline.config import Config, ExportConfig, IngestConfig
+    from pipeline.store import open_run
+
+    from pipeline.runner import run_step
+
+    run = open_run(run_dir)
+    record = stage_command
+    try:
+        config = load_run_config(run_dir, config_path)
+    except ConfigError:
+        if config_path:
+            raise
+        # a run made without `prefab run` holds no config snapshot: export with defaults, and leave none behind
+        config = Config(run=run_dir, ingest=IngestConfig(paths=["-"]))
+        record = run_step
+    overrides = {"formats": list(formats) or None, "sources": list(sources) or None, "min_margin": min_margin,
+                 "conversational": False if standard else None, "test_share": test_share, "max_tokens": max_tokens,
+                 "tokenizer": tokenizer, "ties": ties, "both_bad": both_bad, "drop_equal": drop_equal or None, "seed": seed,
+                 "out_dir": out_dir}
+    section = (config.export or ExportConfig()).model_dump()
+    section.update({k: v for k, v in overrides.items() if v is not None})
+    config.export = ExportConfig.model_validate(section)
+    counts = record("export", config, run, save_hf=save_hf, push_to_hub=push_to_hub)
+    click.echo(f"{counts['exported']} pairs ({counts['train']} train / {counts['test']} test) -> "
+               f"{config.export.out_dir or run.path / 'exports'}")
+
+
+@click.command()
+@click.argument("method", type=click.Choice(["dpo", "sft"]))
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Exported JSONL: dpo_train.jsonl (dpo), sft_train.jsonl or sft_pc_train.jsonl (sft).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Training YAML (default training/configs/<method>.yaml).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any TRL config field or prefab key (model, ref_model, lora, eval_data); repeatable.")
+@click.option("--model", help="Base model (embedded:smollm2, a checkpoint folder, or a hub name).")
+@click.option("--output-dir", help="Where the model, checkpoints and metrics.json go.")
+@click.option("--eval-data", type=click.Path(dir_okay=False), help="Held-out JSONL (e.g. dpo_test.jsonl): reward accuracy / eval loss.")
+@click.option("--resume", is_flag=True, help="Resume from the newest checkpoint in the output dir.")
+def train(method, data, config_path, sets, model, output_dir, eval_data, resume):
+    """Train with TRL's DPOTrainer or SFTTrainer on an exported JSONL file; metrics.json beside the model."""
+    from pipeline.progress import summary
+    from training.train import parse_sets, train as run_training
+
+    overrides = parse_sets(list(sets))
+    if model:
+        overrides["model"] = model
+    if output_dir:
+        overrides["output_dir"] = output_dir
+    metrics = run_training(method, data, config_path, overrides, eval_data=eval_data, resume=resume)
+    summary(f"train {method}", {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and v is not None})
+
+
+commands = [export, train]

@@ -1,0 +1,398 @@
+"""`prefab export`: the run's preference pairs as files that trainers accept as they are.
+
+Selection happens once, over polars frames, and every format is written from the same selected rows and
+the same train/test split (by prompt, so no prompt is in both). Human labels override the judge: when
+annotators preferred the judge's rejected side, the two sides swap. Every line is validated against its
+format (training/formats.py) before any file is renamed into place, so a failed export leaves the
+previous one untouched.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.config import EMBEDDED_LLM, ExportConfig, LabelingConfig
+from pipeline.errors import ExportError, ModelError
+from pipeline.store import Run, atomic_write_text, content_id
+from training import formats
+
+# format -> file stem(s); each gets _train.jsonl and _test.jsonl
+FILES = {
+    "trl-dpo": ["dpo"],
+    "openai-dpo": ["openai_dpo"],
+    "sft": ["sft", "sft_pc"],  # chat messages; prompt/completion
+}
+PREFERENCES = ("chosen", "rejected", "tie", "both_bad")
+
+
+# ---------------------------------------------------------------- selection
+
+def human_preferences(run: Run, labeling: LabelingConfig | None = None) -> pl.DataFrame:
+    """pair_id -> resolved human preference. Re-resolved from `labels` when present, so an edited label
+    counts even before the next pull rewrites `resolved`."""
+    labeling = labeling or LabelingConfig()
+    if run.has("labels"):
+        from labeling.pull import resolve
+
+        resolved = resolve(run.read("labels"), labeling.tie_rule, labeling.min_submitted)
+    else:
+        resolved = run.read_or_empty("resolved")
+    return resolved.filter((pl.col("status") == "resolved") & pl.col("preference").is_not_null()).select(
+        "pair_id", "preference", "agreement", "n_labels")
+
+
+def select_pairs(pairs: pl.DataFrame, preferences: pl.DataFrame, config: ExportConfig) -> tuple[pl.DataFrame, dict]:
+    """Pairs to export with their final chosen/rejected ids, source and whether humans swapped them.
+
+    Returns (selected, dropped counts by reason). Judge margins filter automatic pairs only: a human
+    decision does not need the judge to be sure.
+    """
+    unknown = preferences.filter(~pl.col("preference").is_in(PREFERENCES))
+    if unknown.height:
+        row = unknown.row(0, named=True)
+        raise ExportError(f"pair {row['pair_id']} has an unknown human preference {row['preference']!r}",
+                          where="labels", hint=f"labels must be one of {', '.join(PREFERENCES)}; pull again from Argilla")
+    df = pairs.join(preferences, on="pair_id", how="left").with_columns(
+        source=pl.when(pl.col("preference").is_not_null()).then(pl.lit("human"))
+        .when(pl.col("route") == "auto").then(pl.lit("auto")).otherwise(pl.lit("pending")))
+    dropped = {}
+
+    def drop(mask: pl.Expr, reason: str):
+        nonlocal df
+        mask = mask.fill_null(False)
+        n = df.filter(mask).height
+        if n:
+            dropped[reason] = dropped.get(reason, 0) + n
+        df = df.filter(~mask)
+
+    drop(pl.col("source") == "pending", "awaiting_labels")
+    drop(~pl.col("source").is_in(config.sources), "source_not_selected")
+    drop((pl.col("preference") == "tie") & (config.ties == "drop"), "human_tie")
+    drop((pl.col("preference") == "both_bad") & (config.both_bad == "drop"), "human_both_bad")
+    drop((pl.col("source") == "auto") & (pl.col("margin").fill_null(-math.inf) < config.min_margin), "below_min_margin")
+    swap = pl.col("preference") == "rejected"
+    df = df.with_columns(
+        swapped=swap.fill_null(False),
+        chosen_id=pl.when(swap).then(pl.col("rejected_id")).otherwise(pl.col("chosen_id")),
+        rejected_id=pl.when(swap).then(pl.col("chosen_id")).otherwise(pl.col("rejected_id")),
+        chosen_score=pl.when(swap).then(pl.col("rejected_score")).otherwise(pl.col("chosen_score")),
+        rejected_score=pl.when(swap).then(pl.col("chosen_score")).otherwise(pl.col("rejected_score")),
+    )
+    return df, dropped
+
+
+def attach_texts(selected: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.DataFrame, *, drop_equal: bool) -> tuple[pl.DataFrame, int]:
+    """Prompt messages and the two response texts; ExportError for a pair the run cannot back."""
+    texts = candidates.select("candidate_id", "text", "model")
+    df = (selected.join(prompts.select("prompt_id", "messages"), on="prompt_id", how="left")
+          .join(texts.rename({"candidate_id": "chosen_id", "text": "chosen", "model": "chosen_model"}), on="chosen_id", how="left")
+          .join(texts.rename({"candidate_id": "rejected_id", "text": "rejected", "model": "rejected_model"}), on="rejected_id", how="left"))
+    orphans = df.filter(pl.col("messages").is_null())
+    if orphans.height:
+        row = orphans.row(0, named=True)
+        raise ExportError(f"pair {row['pair_id']} refers to prompt {row['prompt_id']}, which is not in prompts.parquet",
+                          where="pairs.parquet", hint="re-run `prefab pair` after changing the prompts")
+    for side in ("chosen", "rejected"):
+        bad = df.filter(pl.col(side).is_null() | (pl.col(side).str.strip_chars() == ""))
+        if bad.height:
+            row = bad.row(0, named=True)
+            raise ExportError(f"pair {row['pair_id']}: its {side} candidate {row[side + '_id']} has no text "
+                              f"({bad.height} pair(s) like this)", where="pairs.parquet",
+                              hint="re-run `prefab generate --retry-failed` and `prefab pair`, or drop those pairs")
+    equal = pl.col("chosen").str.strip_chars() == pl.col("rejected").str.strip_chars()
+    n_equal = df.filter(equal).height
+    if n_equal and not drop_equal:
+        row = df.filter(equal).row(0, named=True)
+        raise ExportError(f"pair {row['pair_id']}: chosen and rejected are the same text ({n_equal} pair(s) like this)",
+                          where="pairs.parquet", hint="a preference between equal texts teaches nothing; re-run `prefab pair`, "
+                          "or set `export.drop_equal: true` (--drop-equal) to leave them out")
+    return df.filter(~equal), n_equal
+
+
+def dedup(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """One row per (prompt, chosen text, rejected text); human-labeled rows win."""
+    norm = lambda c: pl.col(c).str.replace_all(r"\s+", " ").str.strip_chars()  # noqa: E731
+    df = df.with_columns(_key=pl.concat_str([pl.col("prompt_id"), norm("chosen"), norm("rejected")], separator="\x1f"))
+    df = df.sort([pl.col("source") != "human", "pair_id"])
+    out = df.unique("_key", keep="first", maintain_order=True).drop("_key")
+    return out, df.height - out.height
+
+
+def split_by_prompt(prompt_ids: list[str], test_share: float, seed: int) -> set[str]:
+    """Test prompt ids: a seeded hash order of the prompts, the first `test_share` of them."""
+    unique = sorted(set(prompt_ids), key=lambda p: content_id("split", seed, p))
+    n_test = round(test_share * len(unique))
+    if test_share > 0 and n_test == 0 and len(unique) >= 2:
+        n_test = 1
+    return set(unique[:n_test])
+
+
+# ---------------------------------------------------------------- tokens
+
+def load_tokenizer(name: str | None):
+    from transformers import AutoTokenizer
+
+    from pipeline.models import resolve_llm
+
+    name = name or EMBEDDED_LLM
+    path = resolve_llm(name)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load tokenizer {name!r} from {path}: {e}", hint="pass --tokenizer DIR holding tokenizer.json") from e
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    if not tokenizer.chat_template:
+        raise ExportError(f"tokenizer {tokenizer.name_or_path} has no chat template, so prompts cannot be rendered as text",
+                          hint="name a chat model's tokenizer with --tokenizer, or export conversational files (the default)")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def token_lengths(df: pl.DataFrame, tokenizer) -> pl.DataFrame:
+    """prompt/chosen/rejected token counts as the trainer will see them (chat template, end-of-turn)."""
+    if tokenizer.chat_template:
+        prompts = [render_prompt(tokenizer, m) for m in df["messages"].to_list()]
+    else:
+        prompts = ["\n".join(x["content"] for x in m) for m in df["messages"].to_list()]
+
+    def count(texts):
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+    return df.with_columns(
+        prompt_tokens=pl.Series(count(prompts), dtype=pl.Int64),
+        chosen_tokens=pl.Series(count(df["chosen"].to_list()), dtype=pl.Int64) + 1,
+        rejected_tokens=pl.Series(count(df["rejected"].to_list()), dtype=pl.Int64) + 1,
+    )
+
+
+# ---------------------------------------------------------------- rows per format
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _meta(row: dict) -> dict:
+    return {"pair_id": row["pair_id"], "prompt_id": row["prompt_id"], "source": row["source"]}
+
+
+def _messages(row: dict) -> list[dict]:
+    return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+
+
+def dpo_rows(df: pl.DataFrame, conversational: bool, tokenizer) -> list[dict]:
+    if conversational:
+        return [{"prompt": _messages(r), "chosen": _assistant(r["chosen"]), "rejected": _assistant(r["rejected"]), **_meta(r)}
+                for r in df.iter_rows(named=True)]
+    return [{"prompt": render_prompt(tokenizer, _messages(r)), "chosen": r["chosen"], "rejected": r["rejected"], **_meta(r)}
+            for r in df.iter_rows(named=True)]
+
+
+def openai_rows(df: pl.DataFrame) -> list[dict]:
+    return [{"input": {"messages": _messages(r), "tools": [], "parallel_tool_calls": True},
+             "preferred_output": _assistant(r["chosen"]), "non_preferred_output": _assistant(r["rejected"])}
+            for r in df.iter_rows(named=True)]
+
+
+def best_responses(df: pl.DataFrame) -> pl.DataFrame:
+    """One row per prompt: the human-chosen response where labeled, else the best-scored chosen one."""
+    return (df.sort([pl.col("source") != "human", pl.col("chosen_score").fill_null(-math.inf)], descending=[False, True])
+            .unique("prompt_id", keep="first", maintain_order=True))
+
+
+def sft_rows(df: pl.DataFrame) -> list[dict]:
+    return [{"messages": _messages(r) + _assistant(r["chosen"]), "prompt_id": r["prompt_id"], "source": r["source"]}
+            for r in best_responses(df).iter_rows(named=True)]
+
+
+def sft_pc_rows(df: pl.DataFrame, conversational: bool, tokenizer) -> list[dict]:
+    rows = best_responses(df).iter_rows(named=True)
+    if conversational:
+        return [{"prompt": _messages(r), "completion": _assistant(r["chosen"]), "prompt_id": r["prompt_id"], "source": r["source"]} for r in rows]
+    return [{"prompt": render_prompt(tokenizer, _messages(r)), "completion": r["chosen"], "prompt_id": r["prompt_id"], "source": r["source"]}
+            for r in rows]
+
+
+def build_files(df: pl.DataFrame, config: ExportConfig, tokenizer) -> dict[str, tuple[list[dict], type]]:
+    """file name -> (rows, line model) for every requested format and split."""
+    files = {}
+    for split in ("train", "test"):
+        part = df.filter(pl.col("split") == split)
+        if part.height == 0:
+            continue
+        for fmt in config.formats:
+            if fmt == "trl-dpo":
+                model = formats.TrlDpoChat if config.conversational else formats.TrlDpoText
+                files[f"dpo_{split}.jsonl"] = (dpo_rows(part, config.conversational, tokenizer), model)
+            elif fmt == "openai-dpo":
+                files[f"openai_dpo_{split}.jsonl"] = (openai_rows(part), formats.OpenAIDpo)
+            elif fmt == "sft":
+                files[f"sft_{split}.jsonl"] = (sft_rows(part), formats.SftChat)
+                model = formats.SftPromptCompletionChat if config.conversational else formats.SftPromptCompletionText
+                files[f"sft_pc_{split}.jsonl"] = (sft_pc_rows(part, config.conversational, tokenizer), model)
+    return files
+
+
+# ---------------------------------------------------------------- the stage
+
+def export(run: Run, config: ExportConfig, *, labeling: LabelingConfig | None = None, config_hash: str | None = None,
+           save_hf: str | None = None, push_to_hub: str | None = None) -> dict:
+    """Select, split, validate and write the requested formats; return counts for the manifest."""
+    out_dir = Path(config.out_dir) if config.out_dir else run.path / "exports"
+    pairs = run.read("pairs")
+    selected, dropped = select_pairs(pairs, human_preferences(run, labeling), config)
+    df, n_equal = attach_texts(selected, run.read("prompts"), run.read("candidates"), drop_equal=config.drop_equal)
+    if n_equal:
+        dropped["equal_sides"] = n_equal
+    df, n_dup = dedup(df)
+    if n_dup:
+        dropped["duplicates"] = n_dup
+    tokenizer = load_tokenizer(config.tokenizer)
+    df = token_lengths(df, tokenizer)
+    if config.max_tokens:
+        too_long = pl.col("prompt_tokens") + pl.max_horizontal("chosen_tokens", "rejected_tokens") > config.max_tokens
+        n_long = df.filter(too_long).height
+        if n_long:
+            dropped["over_max_tokens"] = n_long
+        df = df.filter(~too_long)
+    if df.height == 0:
+        reasons = ", ".join(f"{k}={v}" for k, v in dropped.items()) or "the run has no pairs"
+        raise ExportError(f"nothing to export: {pairs.height} pair(s), none selected ({reasons})", where=str(run.path),
+                          hint="label the human-routed pairs (prefab push/pull), add --source auto, lower --min-margin or raise --max-tokens")
+    test_ids = split_by_prompt(df["prompt_id"].to_list(), config.test_share, config.seed)
+    df = df.with_columns(split=pl.when(pl.col("prompt_id").is_in(list(test_ids))).then(pl.lit("test")).otherwise(pl.lit("train")))
+    files = build_files(df, config, tokenizer)
+    for name, (rows, model) in files.items():  # all validated before anything is written
+        try:
+            formats.validate_lines(Path(name), rows, model)
+        except ValueError as e:
+            raise ExportError(f"refusing to write an invalid line: {e}", where=str(out_dir / name),
+                              hint="this is a bug in prefab export; please report it with the run") from e
+    counts = export_counts(df, dropped, files, pairs.height)
+    card = dataset_card(run, df, counts, config, files, config_hash)
+    for name, (rows, _) in files.items():
+        atomic_write_text(out_dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    for stem in [s for f in config.formats for s in FILES[f]]:  # a split that is now empty must not linger
+        for split in ("train", "test"):
+            if f"{stem}_{split}.jsonl" not in files:
+                (out_dir / f"{stem}_{split}.jsonl").unlink(missing_ok=True)
+    splits = {s: sorted(set(df.filter(pl.col("split") == s)["prompt_id"].to_list())) for s in ("train", "test")}
+    atomic_write_text(out_dir / "splits.json", json.dumps(splits, indent=1))
+    atomic_write_text(out_dir / "README.md", card)
+    if save_hf:
+        counts["saved_hf"] = save_datasets(files, Path(save_hf))
+    if push_to_hub:
+        counts["pushed_to"] = push_datasets(files, push_to_hub)
+    return counts
+
+
+def export_counts(df: pl.DataFrame, dropped: dict, files: dict, n_pairs: int) -> dict:
+    per = lambda col: {str(k): v for k, v in df.group_by(col).len().sort(col).iter_rows()}  # noqa: E731
+    return {
+        "pairs": n_pairs,
+        "exported": df.height,
+        "train": df.filter(pl.col("split") == "train").height,
+        "test": df.filter(pl.col("split") == "test").height,
+        "prompts": df["prompt_id"].n_unique(),
+        "by_source": per("source"),
+        "by_route": per("route"),
+        "human_swapped": int(df["swapped"].sum()),
+        "dropped": dropped,
+        "files": {name: len(rows) for name, (rows, _) in files.items()},
+    }
+
+
+def _stats(s: pl.Series) -> str:
+    return f"{s.min()} / {int(s.median())} / {s.mean():.1f} / {s.max()}"
+
+
+def dataset_card(run: Run, df: pl.DataFrame, counts: dict, config: ExportConfig, files: dict, config_hash: str | None) -> str:
+    """README.md beside the files: what made the data and what is in it (Hugging Face card front matter)."""
+    manifest = run.manifest()
+    candidates = run.read_or_empty("candidates")
+    judges = sorted(set(run.read_or_empty("judgments")["judge"].to_list()) | set(run.read_or_empty("pair_judgments")["judge"].to_list()))
+    generators = sorted(set(candidates["model"].to_list()))
+    config_hash = config_hash or content_id("export", config.model_dump(mode="json"))
+    front = ["---", "configs:"]
+    for fmt in config.formats:
+        for stem in FILES[fmt]:
+            splits = [s for s in ("train", "test") if f"{stem}_{s}.jsonl" in files]
+            if splits:
+                front += [f"- config_name: {stem}", "  data_files:"]
+                front += [f"  - split: {s}\n    path: {stem}_{s}.jsonl" for s in splits]
+    front += ["tags:", "- dpo", "- preference", "- prefab", "---", ""]
+    lines = [f"# Preference data from `{run.path.name}`", "",
+             "Made by prefab from prompts, model responses, an LLM judge and human labels.", "",
+             "## How it was made", "",
+             f"- generators: {', '.join(f'`{g}`' for g in generators) or 'n/a'}",
+             f"- judge(s): {', '.join(f'`{j}`' for j in judges) or 'n/a'}",
+             f"- export config hash: `{config_hash}`; sources: {', '.join(config.sources)}; min judge margin (auto pairs): "
+             f"{config.min_margin}; ties: {config.ties}; both bad: {config.both_bad}; max tokens: {config.max_tokens or 'none'} "
+             f"(tokenizer `{config.tokenizer or EMBEDDED_LLM}`)",
+             f"- split by prompt, seed {config.seed}: {counts['train']} train / {counts['test']} test pairs; no prompt is in both",
+             "- human labels override the judge: where annotators preferred the judge's rejected response the sides are "
+             f"swapped ({counts['human_swapped']} pair(s))", "",
+             "## Files", "", "| file | rows | format |", "|---|---|---|"]
+    for name, (rows, model) in files.items():
+        lines.append(f"| `{name}` | {len(rows)} | {model.__doc__.splitlines()[0]} |")
+    lines += ["", "## Counts", "", "| | pairs |", "|---|---|"]
+    lines += [f"| source: {k} | {v} |" for k, v in counts["by_source"].items()]
+    lines += [f"| route: {k} | {v} |" for k, v in counts["by_route"].items()]
+    lines += [f"| dropped: {k} | {v} |" for k, v in counts["dropped"].items()]
+    agreement = manifest.get("stages", {}).get("pull", {}).get("agreement") or {}
+    agree = [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
+             for k, v in agreement.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for kind, v in (agreement.get("judge_human") or {}).items():
+        if isinstance(v, dict) and v.get("agreement") is not None:
+            agree.append(f"- judge = human ({kind.replace('_', ' ')}): {v['agreement']:.3f} over {v.get('n')} pairs")
+    if df["agreement"].drop_nulls().len():
+        agree.append(f"- mean share of annotators agreeing with the majority (exported human pairs): {df['agreement'].drop_nulls().mean():.3f}")
+    lines += ["", "## Agreement", ""] + (agree or ["no human labels in this export"])
+    chosen_longer = (df["chosen_tokens"] > df["rejected_tokens"]).mean()
+    lines += ["", "## Lengths (tokens: min / median / mean / max)", "",
+              f"- prompt: {_stats(df['prompt_tokens'])}", f"- chosen: {_stats(df['chosen_tokens'])}",
+              f"- rejected: {_stats(df['rejected_tokens'])}",
+              f"- chosen longer than rejected: {chosen_longer:.1%} of pairs (far from 50% means a length bias a model can learn)", ""]
+    return "\n".join(front + lines)
+
+
+def _datasets(files: dict) -> dict:
+    """stem -> DatasetDict of its splits."""
+    from datasets import Dataset, DatasetDict
+
+    out: dict = {}
+    for name, (rows, _) in files.items():
+        stem, split = name.removesuffix(".jsonl").rsplit("_", 1)
+        out.setdefault(stem, DatasetDict())[split] = Dataset.from_list(rows)
+    return out
+
+
+def save_datasets(files: dict, target: Path) -> str:
+    for stem, dataset in _datasets(files).items():
+        dataset.save_to_disk(str(target / stem))
+    return str(target)
+
+
+def push_datasets(files: dict, repo: str) -> str:
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ExportError(f"cannot push to {repo}: HF_HUB_OFFLINE=1", hint="unset HF_HUB_OFFLINE and log in (hf auth login) to push")
+    for stem, dataset in _datasets(files).items():
+        dataset.push_to_hub(repo, config_name=stem)
+    return repo
+
+
+def step(config, run: Run, save_hf: str | None = None, push_to_hub: str | None = None) -> dict:
+    """Stage "export" of `prefab run`: counts go to the manifest, files to <run>/exports."""
+    from pipeline.progress import summary
+    from pipeline.runner import section_hash
+
+    counts = export(run, config.export or ExportConfig(), labeling=config.labeling, config_hash=section_hash(config, "export"),
+                    save_hf=save_hf, push_to_hub=push_to_hub)
+    summary(f"export {run.path}", {k: v for k, v in counts.items() if isinstance(v, int)}
+            | {f"source {k}": v for k, v in counts["by_source"].items()}
+            | {f"dropped {k}": v for k, v in counts["dropped"].items()})
+    return counts

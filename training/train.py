@@ -1,0 +1,345 @@
+"""`prefab train dpo|sft`: TRL's DPOTrainer and SFTTrainer, used as they are, on an exported JSONL file.
+
+The training config is TRL's own DPOConfig / SFTConfig: every field can be set in the YAML file
+(training/configs/*.yaml) or with `--set key=value`, plus four prefab keys: `model` (base model,
+default the embedded SmolLM2), `ref_model` (DPO reference; default a frozen copy of the base, or the
+base with the adapter disabled under LoRA), `lora` (peft LoraConfig fields; off when absent) and
+`eval_data`. Works under `accelerate launch -m training.train ...` for multi-GPU (training/accelerate/).
+"""
+
+import dataclasses
+import difflib
+import json
+import sys
+import typing
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import EMBEDDED_LLM
+from pipeline.errors import ConfigError, InputError, ModelError, PrefabError
+from pipeline.store import atomic_write_text
+from training import formats
+
+CONFIGS = Path(__file__).parent / "configs"
+PREFAB_KEYS = {"model": EMBEDDED_LLM, "ref_model": None, "lora": None, "eval_data": None}
+
+
+def trl_config_class(method: str):
+    from trl import DPOConfig, SFTConfig
+
+    if method not in ("dpo", "sft"):
+        raise ConfigError(f"unknown training method {method!r}", hint="use `prefab train dpo` or `prefab train sft`")
+    return DPOConfig if method == "dpo" else SFTConfig
+
+
+class Raw(str):
+    """A --set value as typed: converted by the field's type (so `no` stays the string "no" for save_strategy)."""
+
+
+def parse_sets(items: list[str]) -> dict:
+    """`key=value` flags, typed later against the TRL field (YAML syntax for lists and mappings)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not key=value", hint="e.g. --set learning_rate=1e-5 --set max_steps=10")
+        out[key.strip()] = Raw(value)
+    return out
+
+
+def read_yaml(path: Path) -> tuple[dict, object]:
+    if not path.exists():
+        raise ConfigError(f"training config {path} does not exist", hint=f"pass one of {', '.join(str(p) for p in sorted(CONFIGS.glob('*.yaml')))}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data, node = yaml.safe_load(text), yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", where=f"{path}:{mark.line + 1}" if mark else str(path)) from None
+    if data is None:
+        return {}, node
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping of training settings (key: value)", where=str(path))
+    return data, node
+
+
+def _typed(cls, key: str, value, where: str):
+    """Coerce a value to the dataclass field's type (so `--set learning_rate=1e-5` is a float)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    if isinstance(value, Raw):  # try the text as typed first ("no" is a strategy), then as YAML ([a, b], {k: v}, null)
+        parsed = yaml.safe_load(value) if value.strip() else None
+        candidates = [parsed, str(value)] if isinstance(parsed, (dict, list)) else [str(value), parsed]
+    else:
+        candidates = [value]
+    candidates += [[c] for c in candidates if isinstance(c, (str, int, float, bool))]  # one value for a list field
+    hint = typing.get_type_hints(cls).get(key)
+    try:
+        adapter = TypeAdapter(hint)
+    except Exception:  # no type, or one pydantic cannot check: the dataclass will
+        return candidates[1] if isinstance(value, Raw) else value
+    error = None
+    for candidate in candidates:
+        try:
+            return adapter.validate_python(candidate)
+        except ValidationError as e:
+            error = error or e
+    raise ConfigError(f"{key}: {error.errors()[0]['msg']} (got {value!r})", where=where, hint=f"{key} is of type {hint}")
+
+
+def load_train_config(method: str, config_path: str | Path | None = None, overrides: dict | None = None):
+    """(TRL config, prefab settings) from the YAML file (default training/configs/<method>.yaml) and overrides."""
+    from pipeline.config import _line_of
+
+    cls = trl_config_class(method)
+    path = Path(config_path) if config_path else CONFIGS / f"{method}.yaml"
+    data, node = read_yaml(path)
+    valid = {f.name for f in dataclasses.fields(cls) if f.init} | set(PREFAB_KEYS)
+    merged: dict = {}
+    for source, values in ((str(path), data), ("--set", overrides or {})):
+        for key, value in values.items():
+            where = f"{path}:{_line_of(node, [key])}" if source != "--set" else "--set"
+            if key not in valid:
+                close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+                raise ConfigError(f"unknown training setting {key!r} (not a {cls.__name__} field nor one of {', '.join(PREFAB_KEYS)})",
+                                  where=where, hint=f"did you mean {close[0]!r}?" if close else
+                                  f"see the {cls.__name__} fields in TRL's documentation")
+            if key == "chat_template_path" and source != "--set" and value and (path.parent / value).exists():
+                value = str((path.parent / value).resolve())  # shipped next to the YAML file
+            if key in PREFAB_KEYS:
+                merged[key] = yaml.safe_load(value) if isinstance(value, Raw) and key == "lora" else value
+            else:
+                merged[key] = _typed(cls, key, value, where)
+    settings = {k: merged.pop(k, default) for k, default in PREFAB_KEYS.items()}
+    merged.setdefault("output_dir", f"runs/train/{method}")
+    merged.setdefault("report_to", "none")
+    import torch
+
+    if not torch.cuda.is_available():
+        merged.setdefault("bf16", False)  # TRL defaults to bf16, which needs a GPU
+    try:
+        args = cls(**merged)
+    except (TypeError, ValueError) as e:
+        hint = "this config is meant for a GPU: use a CPU config or --set bf16=false" if "bf16" in str(e) else None
+        raise ConfigError(f"invalid {cls.__name__}: {e}", where=str(path), hint=hint) from None
+    return args, settings
+
+
+def lora_config(settings: dict | None):
+    if not settings:
+        return None
+    from peft import LoraConfig
+
+    valid = {f.name for f in dataclasses.fields(LoraConfig)}
+    for key in settings:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=1)
+            raise ConfigError(f"unknown LoRA setting lora.{key}", hint=f"did you mean {close[0]!r}?" if close else "see peft.LoraConfig")
+    return LoraConfig(**{"task_type": "CAUSAL_LM", "target_modules": "all-linear", **settings})
+
+
+def model_path(name: str) -> str:
+    """A local checkpoint directory (or a hub name the user chose), checked before TRL tries to load it."""
+    from pipeline.models import resolve_llm
+
+    path = resolve_llm(name)
+    if Path(path).is_dir() and not (Path(path) / "config.json").exists():
+        raise ModelError(f"{path} holds no config.json, so it is not a model checkpoint",
+                         hint="pass the directory that `save_pretrained` wrote (config.json + weights), or embedded:smollm2")
+    return path
+
+
+def load_tokenizer(path: str, chat: bool, chat_template_path: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load the tokenizer of {path}: {e}", hint="the model directory needs tokenizer files") from e
+    if chat and not tokenizer.chat_template and not chat_template_path:
+        raise ModelError(f"the tokenizer of {path} has no chat template, so conversational data cannot be rendered",
+                         hint="train a chat (instruct) model, set chat_template_path (SFT), or export standard strings: "
+                              "prefab export --standard")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_data(data: str | Path, method: str):
+    from datasets import Dataset
+
+    rows, fmt = formats.read_jsonl(data, method)
+    return Dataset.from_list(rows), fmt
+
+
+def last_checkpoint(output_dir: str, resume: bool | str | None):
+    """resume_from_checkpoint for trainer.train: an explicit path, the newest checkpoint, or None."""
+    if not resume:
+        return None
+    if isinstance(resume, str) and resume not in ("true", "True", "1"):
+        if not Path(resume).is_dir():
+            raise InputError(f"checkpoint {resume} does not exist", hint=f"checkpoints are the checkpoint-N folders in {output_dir}")
+        return resume
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if found is None:
+        from pipeline.progress import console
+
+        console.print(f"[yellow]no checkpoint in {output_dir}; training from the start[/yellow]")
+    return found
+
+
+def save_outputs(trainer, tokenizer, method: str, data, base: str, lora: bool) -> dict:
+    """Model (LoRA merged into a plain checkpoint), tokenizer and metrics.json in output_dir."""
+    out = Path(trainer.args.output_dir)
+    if lora and not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+        trainer.save_model(str(out / "adapter"))
+        if trainer.is_world_process_zero():
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+    else:
+        trainer.save_model(str(out))
+    metrics = summarize(trainer.state.log_history, method)
+    metrics.update(method=method, data=str(data), base_model=base, model_dir=str(out), lora=lora)
+    if trainer.is_world_process_zero():
+        atomic_write_text(out / "metrics.json", json.dumps({**metrics, "log_history": trainer.state.log_history}, indent=1))
+    return metrics
+
+
+def summarize(history: list[dict], method: str) -> dict:
+    """The numbers the manifest and report show: last loss, reward accuracy, tokens/second."""
+    steps = [h for h in history if "loss" in h]
+    final = next((h for h in reversed(history) if "train_runtime" in h), {})
+    evals = [h for h in history if any(k.startswith("eval_") for k in h)]
+    out = {"steps": final.get("step", steps[-1]["step"] if steps else 0), "train_loss": final.get("train_loss"),
+           "first_loss": steps[0]["loss"] if steps else None, "last_loss": steps[-1]["loss"] if steps else None,
+           "train_runtime_s": final.get("train_runtime")}
+    tokens = steps[-1].get("num_tokens") if steps else None
+    if tokens and final.get("train_runtime"):
+        out["train_tokens_per_s"] = round(tokens / final["train_runtime"], 2)
+    if method == "dpo" and steps:
+        out["reward_accuracy"] = steps[-1].get("rewards/accuracies")
+        out["reward_margin"] = steps[-1].get("rewards/margins")
+    if evals:
+        out.update({k: v for k, v in evals[-1].items() if k.startswith("eval_")})
+    return out
+
+
+def train_dpo(data, config_path=None, overrides: dict | None = None, *, eval_data=None, resume=False) -> dict:
+    """Direct preference optimisation on a trl-dpo export (TRL's DPOTrainer, as in trl/scripts/dpo.py)."""
+    from transformers import AutoModelForCausalLM
+    from trl import DPOTrainer
+
+    args, settings = load_train_config("dpo", config_path, overrides)
+    train_dataset, fmt = load_data(data, "dpo")
+    eval_path = eval_data or settings["eval_data"]
+    eval_dataset = load_data(eval_path, "dpo")[0] if eval_path else None
+    base = model_path(settings["model"])
+    tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt))
+
+    # The reference model: a frozen copy of the base unless one is named; with LoRA, TRL disables the
+    # adapter instead of keeping a copy; with precompute_ref_log_probs it is only used once, up front.
+    ref_model = None
+    if settings["ref_model"]:
+        ref_model = AutoModelForCausalLM.from_pretrained(model_path(settings["ref_model"]), **(args.model_init_kwargs or {}))
+    if args.eval_strategy != "no" and eval_dataset is None:
+        raise ConfigError(f"eval_strategy is {args.eval_strategy!r} but no eval data was given", hint="pass --eval-data FILE")
+
+    trainer = DPOTrainer(
+        model=base,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings["lora"]),
+    )
+    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
+    if eval_dataset is not None and args.eval_strategy == "no":
+        trainer.evaluate()  # implicit-reward accuracy on the held-out pairs, into log_history
+    metrics = save_outputs(trainer, tokenizer, "dpo", data, base, lora=bool(settings["lora"]))
+    _end(trainer)
+    return metrics
+
+
+def train_sft(data, config_path=None, overrides: dict | None = None, *, eval_data=None, resume=False) -> dict:
+    """Supervised fine-tuning on an sft export (TRL's SFTTrainer, as in trl/scripts/sft.py).
+
+    `messages` files train on the assistant turns only (assistant_only_loss, set in sft.yaml);
+    prompt/completion files on the completion only (TRL's default for that format).
+    """
+    from trl import SFTTrainer
+
+    args, settings = load_train_config("sft", config_path, overrides)
+    train_dataset, fmt = load_data(data, "sft")
+    if fmt is not formats.SftChat and args.assistant_only_loss:
+        args.assistant_only_loss = False  # prompt/completion data: completion_only_loss does the same job
+    eval_path = eval_data or settings["eval_data"]
+    eval_dataset = load_data(eval_path, "sft")[0] if eval_path else None
+    base = model_path(settings["model"])
+    tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt), chat_template_path=args.chat_template_path)
+    if args.eval_strategy != "no" and eval_dataset is None:
+        raise ConfigError(f"eval_strategy is {args.eval_strategy!r} but no eval data was given", hint="pass --eval-data FILE")
+
+    trainer = SFTTrainer(
+        model=base,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings["lora"]),
+    )
+    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
+    if eval_dataset is not None and args.eval_strategy == "no":
+        trainer.evaluate()
+    metrics = save_outputs(trainer, tokenizer, "sft", data, base, lora=bool(settings["lora"]))
+    _end(trainer)
+    return metrics
+
+
+def _end(trainer) -> None:
+    """Finish trackers and the process group (transformers >= 5.18), as TRL's scripts do."""
+    if hasattr(trainer, "end"):
+        trainer.end()
+
+
+def train(method: str, data, config_path=None, overrides: dict | None = None, **kwargs) -> dict:
+    trl_config_class(method)
+    return (train_dpo if method == "dpo" else train_sft)(data, config_path, overrides, **kwargs)
+
+
+def step(config, run) -> dict:
+    """Stage "train" of `prefab run`: train on the run's export, metrics into the manifest."""
+    from pipeline.config import TrainConfig
+    from pipeline.errors import RunError
+
+    tc = config.train or TrainConfig()
+    exports = Path(config.export.out_dir) if config.export and config.export.out_dir else run.path / "exports"
+    stem = "dpo" if tc.method == "dpo" else "sft"
+    data = exports / f"{stem}_train.jsonl"
+    if not data.exists():
+        raise RunError(f"{data} does not exist", hint=f"run the export stage first: prefab export --run {run.path} --format "
+                                                      f"{'trl-dpo' if tc.method == 'dpo' else 'sft'}")
+    test = exports / f"{stem}_test.jsonl"
+    overrides = {"output_dir": str(run.path / "train" / tc.method), **tc.overrides}
+    metrics = train(tc.method, data, config.resolve(tc.config) if tc.config else None, overrides,
+                    eval_data=test if test.exists() else None)
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and v is not None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m training.train dpo --data FILE ...`: the entry point `accelerate launch -m` runs."""
+    from training.cli import train as command
+
+    try:
+        command.main(args=argv, prog_name="python -m training.train", standalone_mode=False)
+    except PrefabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -78,4 +78,45 @@ def train(method, data, config_path, sets, model, output_dir, eval_data, resume)
     summary(f"train {method}", {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and v is not None})
 
 
-commands = [export, train]
+@click.command(name="eval")
+@click.option("--base", required=True, help="The model before training (embedded:smollm2 or a checkpoint folder).")
+@click.option("--candidate", required=True, help="The trained model (a checkpoint folder).")
+@click.option("--prompts", required=True, type=click.Path(dir_okay=False), help="Held-out prompts: an export's test split or {prompt}/{messages} JSONL.")
+@click.option("--judge", default="embedded:smollm2", show_default=True, help="Judge model (transformers), or a served model name with --judge-base-url.")
+@click.option("--judge-base-url", help="OpenAI-compatible server of the judge (OpenAI, vLLM, ...).")
+@click.option("--judge-api-key-env", help="Environment variable holding the judge's API key.")
+@click.option("--test", "test_file", type=click.Path(dir_okay=False), help="DPO test split (dpo_test.jsonl): also the implicit-reward accuracy.")
+@click.option("--beta", type=float, default=0.1, show_default=True, help="DPO beta for the implicit reward.")
+@click.option("--max-tokens", type=int, default=256, show_default=True, help="Answer length limit.")
+@click.option("--limit", type=int, help="Use at most this many prompts.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where eval.json, eval_rows.jsonl and the call cache go (default CANDIDATE/eval).")
+def evaluate(base, candidate, prompts, judge, judge_base_url, judge_api_key_env, test_file, beta, max_tokens, limit, out_dir):
+    """Win rate of a trained model against its base on held-out prompts, judged pairwise in both orders."""
+    from training.eval import default_out, evaluate as run_eval, judge_spec, print_summary, read_prompts
+
+    summary = run_eval(base, candidate, read_prompts(prompts, limit), judge_spec(judge, judge_base_url, judge_api_key_env),
+                       out_dir or default_out(candidate), max_tokens=max_tokens, test_file=test_file, beta=beta)
+    print_summary(summary)
+
+
+@click.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--run", "run_dir", help="Override the run directory of the config (rounds go to RUN/round-N).")
+@click.option("--rounds", type=int, help="Override train.rounds.")
+@click.option("--force", is_flag=True, help="Re-run stages even when complete (model calls still come from the cache).")
+def rounds(config_path, run_dir, rounds, force):
+    """Iterative on-policy DPO: generate, judge, pair, export, train (and eval), with each round's model generating the next."""
+    from pipeline.config import TrainConfig, load_config
+    from pipeline.progress import summary
+    from training.rounds import run_rounds
+
+    config = load_config(config_path)
+    if run_dir:
+        config.run = run_dir
+    if rounds:
+        config.train = (config.train or TrainConfig()).model_copy(update={"rounds": rounds})
+    for entry in run_rounds(config, force=force):
+        summary(f"round {entry['round']}", {k: v for k, v in entry.items() if k != "round" and v is not None})
+
+
+commands = [export, train, evaluate, rounds]

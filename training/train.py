@@ -204,6 +204,8 @@ def save_outputs(trainer, tokenizer, method: str, data, base: str, lora: bool) -
         trainer.save_model(str(out))
     metrics = summarize(trainer.state.log_history, method)
     metrics.update(method=method, data=str(data), base_model=base, model_dir=str(out), lora=lora)
+    if method == "dpo":
+        metrics["beta"] = trainer.args.beta
     if trainer.is_world_process_zero():
         atomic_write_text(out / "metrics.json", json.dumps({**metrics, "log_history": trainer.state.log_history}, indent=1))
     return metrics
@@ -224,7 +226,8 @@ def summarize(history: list[dict], method: str) -> dict:
         out["reward_accuracy"] = steps[-1].get("rewards/accuracies")
         out["reward_margin"] = steps[-1].get("rewards/margins")
     if evals:
-        out.update({k: v for k, v in evals[-1].items() if k.startswith("eval_")})
+        keep = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_mean_token_accuracy")
+        out.update({k: v for k, v in evals[-1].items() if k in keep})
     return out
 
 
@@ -327,17 +330,43 @@ def step(config, run) -> dict:
     overrides = {"output_dir": str(run.path / "train" / tc.method), **tc.overrides}
     metrics = train(tc.method, data, config.resolve(tc.config) if tc.config else None, overrides,
                     eval_data=test if test.exists() else None)
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and v is not None}
+    out = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and v is not None}
+    if tc.evaluate and test.exists():
+        out.update(evaluate_after_training(config, run, metrics, test))
+    return out
+
+
+def evaluate_after_training(config, run, metrics: dict, test: Path) -> dict:
+    """`train.evaluate`: win rate of the trained model against its base on the held-out prompts."""
+    from pipeline.config import ModelSpec, TrainConfig
+    from training.eval import evaluate, print_summary, read_prompts
+
+    tc = config.train or TrainConfig()
+    judge = config.judge.judges[0] if config.judge else ModelSpec()
+    summary = evaluate(metrics["base_model"], metrics["model_dir"], read_prompts(test, tc.eval_prompts), judge, run.path / "eval",
+                       judge_config=config.judge, max_tokens=tc.eval_max_tokens,
+                       test_file=test if metrics["method"] == "dpo" else None, beta=metrics.get("beta") or 0.1)
+    print_summary(summary)
+    out = {"eval_prompts": summary["judged"], "win_rate": (summary.get("win_rate") or {}).get("rate"),
+           "lc_win_rate": summary["length_controlled"]["rate"]}
+    if "reward_accuracy" in summary:
+        out["test_reward_accuracy"] = summary["reward_accuracy"]["accuracy"]
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m training.train dpo --data FILE ...`: the entry point `accelerate launch -m` runs."""
+    import click
+
     from training.cli import train as command
 
     try:
         command.main(args=argv, prog_name="python -m training.train", standalone_mode=False)
     except PrefabError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
         sys.exit(e.exit_code)
 
 

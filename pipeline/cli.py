@@ -180,7 +180,7 @@ def status(run_dir, as_json):
 
 
 # commands that live with their part of the pipeline
-for _module in ("labeling.cli", "labeling.commands_data", "training.cli"):
+for _module in ("labeling.cli", "training.cli"):
     try:
         _mod = importlib.import_module(_module)
     except ModuleNotFoundError as _e:

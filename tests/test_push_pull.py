@@ -12,6 +12,7 @@ from labeling.agreement import inter_annotator, judge_labels, judge_vs_human
 from labeling.pull import merge_labels, resolve, to_labels
 from pipeline.config import LabelingConfig
 from pipeline.schema import TABLES
+from labeling_fixtures import unique
 from labeling_runs import DIMS, make_run
 
 
@@ -186,41 +187,23 @@ import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import httpx  # noqa: E402
 
-PASSWORD = "annotator-pass-123"
-
-
-@pytest.fixture(scope="module")
-def argilla(tmp_path_factory):
-    """The embedded Argilla server (its own home and port), and an owner client; stopped afterwards."""
-    from labeling import server
-
-    home = tmp_path_factory.mktemp("labeling-home")
-    old = os.environ.get("PREFAB_LABELING_HOME")
-    os.environ["PREFAB_LABELING_HOME"] = str(home)
-    try:
-        server.up(home=home, port=server._free_port(), demo=True)
-        yield server.client(home)
-    finally:
-        server.down(home)
-        if old is None:
-            os.environ.pop("PREFAB_LABELING_HOME", None)
-        else:
-            os.environ["PREFAB_LABELING_HOME"] = old
+@pytest.fixture
+def argilla(argilla_client):
+    """The session's embedded Argilla server (tests/labeling_fixtures.py), as its owner."""
+    return argilla_client
 
 
 def annotator(owner, name: str, workspace: str = "prefab"):
-    """An annotator account in the workspace, and an SDK client logged in as it."""
+    """A new annotator account (name made unique for the session) and an SDK client logged in as it."""
     import argilla as rg
 
-    from labeling.push import ensure_workspace
+    from labeling_fixtures import make_user, unique
 
-    user = owner.users(name) or rg.User(username=name, password=PASSWORD, role="annotator", client=owner).create()
-    ws = ensure_workspace(owner, workspace)
-    if name not in [u.username for u in ws.users]:
-        ws.add_user(user)
+    user, _ = make_user(owner, workspace, name=unique(name))
     key = owner.api.http_client.get(f"/api/v1/users/{user.id}").json()["api_key"]
     return rg.Argilla(api_url=owner.api_url, api_key=key)
 
@@ -254,7 +237,7 @@ def total(client, dataset_id) -> int:
 
 
 def test_push_twice_keeps_one_record_per_human_pair(argilla, prefab, tmp_path):
-    run, _ = make_run(tmp_path / "twice", 8, labeling=LabelingConfig(guidelines="Prefer the correct sum.", min_submitted=2))
+    run, _ = make_run(tmp_path / unique("twice"), 8, labeling=LabelingConfig(guidelines="Prefer the correct sum.", min_submitted=2))
     human = run.read("pairs").filter(pl.col("route") == "human")["pair_id"].to_list()
     assert len(human) == 4
 
@@ -266,7 +249,7 @@ def test_push_twice_keeps_one_record_per_human_pair(argilla, prefab, tmp_path):
     assert result.exit_code == 0, result.output
     assert (run.stage_info("push")["created"], run.stage_info("push")["updated"]) == (0, 4)
 
-    dataset = argilla.datasets(name="twice", workspace="prefab")
+    dataset = argilla.datasets(name=run.path.name, workspace="prefab")
     assert total(argilla, dataset.id) == 4
     assert sorted(r.id for r in dataset.records) == sorted(human)  # record ids are pair ids
     assert dataset.settings.guidelines == "Prefer the correct sum."
@@ -288,12 +271,13 @@ def test_push_twice_keeps_one_record_per_human_pair(argilla, prefab, tmp_path):
 
 
 def test_pull_maps_answers_back_resolves_and_measures_agreement(argilla, prefab, tmp_path):
-    run, _ = make_run(tmp_path / "pulled", 8, labeling=LabelingConfig(min_submitted=2))
+    run, _ = make_run(tmp_path / unique("pulled"), 8, labeling=LabelingConfig(min_submitted=2))
     assert prefab("push", "--run", run.path).exit_code == 0
     pairs = run.read("pairs").filter(pl.col("route") == "human")
     texts = {r["candidate_id"]: r["text"] for r in run.read("candidates").iter_rows(named=True)}
-    dataset = argilla.datasets(name="pulled", workspace="prefab")
+    dataset = argilla.datasets(name=run.path.name, workspace="prefab")
     ann1, ann2, ann3 = (annotator(argilla, n) for n in ("ann1", "ann2", "ann3"))
+    n1, n2, n3 = (a.me.username for a in (ann1, ann2, ann3))
     records = {r["external_id"]: r for r in my_records(ann1, dataset.id)}
 
     def side(i, which):
@@ -318,12 +302,12 @@ def test_pull_maps_answers_back_resolves_and_measures_agreement(argilla, prefab,
     labels = run.read("labels")
     got = {(r["pair_id"], r["annotator"]): r for r in labels.iter_rows(named=True)}
     ids = pairs["pair_id"].to_list()
-    assert len(got) == 8 and not any(a == "ann3" for _, a in got)
-    assert got[(ids[0], "ann1")]["label"] == "chosen" and got[(ids[0], "ann1")]["rationale"] == "right sum"
-    assert (got[(ids[0], "ann1")]["rating_chosen"], got[(ids[0], "ann1")]["rating_rejected"]) == (5, 1)
-    assert got[(ids[1], "ann1")]["label"] == "rejected" and got[(ids[1], "ann2")]["label"] == "chosen"
-    assert got[(ids[2], "ann2")]["label"] == "tie" and got[(ids[3], "ann1")]["label"] == "both_bad"
-    assert (got[(ids[3], "ann2")]["status"], got[(ids[3], "ann2")]["label"]) == ("discarded", None)
+    assert len(got) == 8 and not any(a == n3 for _, a in got)
+    assert got[(ids[0], n1)]["label"] == "chosen" and got[(ids[0], n1)]["rationale"] == "right sum"
+    assert (got[(ids[0], n1)]["rating_chosen"], got[(ids[0], n1)]["rating_rejected"]) == (5, 1)
+    assert got[(ids[1], n1)]["label"] == "rejected" and got[(ids[1], n2)]["label"] == "chosen"
+    assert got[(ids[2], n2)]["label"] == "tie" and got[(ids[3], n1)]["label"] == "both_bad"
+    assert (got[(ids[3], n2)]["status"], got[(ids[3], n2)]["label"]) == ("discarded", None)
     assert all(r["updated_at"] is not None for r in got.values())
 
     resolved = {r["pair_id"]: r for r in run.read("resolved").iter_rows(named=True)}
@@ -335,7 +319,7 @@ def test_pull_maps_answers_back_resolves_and_measures_agreement(argilla, prefab,
     stats = run.stage_info("pull")["agreement"]
     assert (stats["annotators"], stats["labels"], stats["pairs_multi"]) == (2, 7, 3)
     assert stats["raw_agreement"] == pytest.approx(2 / 3, abs=1e-3)
-    assert stats["cohen_kappa"]["ann1|ann2"]["n"] == 3
+    assert stats["cohen_kappa"]["|".join(sorted([n1, n2]))]["n"] == 3
     # judge: pair 0 chosen, 1 tie, 2 chosen, 3 tie (tests/labeling_runs.py); humans: chosen, -, tie, -
     assert stats["judge_human"]["with_ties"] == {"agreement": 0.5, "kappa": stats["judge_human"]["with_ties"]["kappa"], "n": 2}
     assert stats["judge_human"]["without_ties"]["n"] == 1
@@ -344,6 +328,88 @@ def test_pull_maps_answers_back_resolves_and_measures_agreement(argilla, prefab,
     response_id = next(r["id"] for r in my_records(ann2, dataset.id) if r["external_id"] == ids[2] for r in r["responses"])
     argilla.api.http_client.delete(f"/api/v1/responses/{response_id}").raise_for_status()
     assert prefab("pull", "--run", run.path).exit_code == 0
-    kept = run.read("labels").filter((pl.col("pair_id") == ids[2]) & (pl.col("annotator") == "ann2")).row(0, named=True)
+    kept = run.read("labels").filter((pl.col("pair_id") == ids[2]) & (pl.col("annotator") == n2)).row(0, named=True)
     assert kept["label"] == "tie" and kept["missing_since"] is not None
     assert run.stage_info("pull")["missing_on_server"] == 1
+
+
+def test_pull_watch_picks_up_new_labels_and_stops_cleanly_on_ctrl_c(argilla, prefab, tmp_path):
+    run, _ = make_run(tmp_path / unique("watched"), 4)
+    assert prefab("push", "--run", run.path).exit_code == 0
+    dataset = argilla.datasets(name=run.path.name, workspace="prefab")
+    ann = annotator(argilla, "ann-watch")
+    first, second = my_records(ann, dataset.id)[:2]
+    respond(ann, first["id"], preference="a")
+
+    env = {**os.environ, "PREFAB_DEBUG": ""}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefab"), "pull", "--run", str(run.path), "--watch", "--interval", "0.5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    try:
+        def labels_seen() -> int:
+            return run.read("labels").height if run.has("labels") else 0
+
+        deadline = time.time() + 60
+        while labels_seen() < 1 and time.time() < deadline:
+            time.sleep(0.2)
+        assert labels_seen() == 1
+        respond(ann, second["id"], preference="tie")  # arrives while watching
+        while labels_seen() < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert labels_seen() == 2
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "stopped" in out and "Traceback" not in out
+    assert run.read("labels").height == 2
+
+
+def test_push_with_no_server_fails_clearly_and_leaves_the_run_intact(prefab, tmp_path, monkeypatch):
+    run, _ = make_run(tmp_path / "down", 4)
+    from conftest import snapshot_dir
+
+    before = snapshot_dir(run.path)
+    monkeypatch.setenv("PREFAB_LABELING_HOME", str(tmp_path / "no-server-here"))
+    monkeypatch.delenv("ARGILLA_API_URL", raising=False)
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    result = CliRunner().invoke(cli, ["push", "--run", str(run.path)])
+    assert result.exit_code == 4
+    assert "prefab labeling up" in result.output and "Traceback" not in result.output
+    assert snapshot_dir(run.path) == before  # a refused push leaves the run as it was
+    result = CliRunner().invoke(cli, ["pull", "--run", str(run.path)])
+    assert result.exit_code == 4 and "prefab labeling up" in result.output
+    assert snapshot_dir(run.path) == before
+
+
+def test_transient_failures_are_retried_then_reported(monkeypatch):
+    from tenacity import wait_none
+
+    from labeling import push as push_mod
+
+    monkeypatch.setattr(push_mod._send.retry, "wait", wait_none())
+    statuses = iter([503, 429, 200])
+    seen = []
+
+    def handler(request):
+        seen.append(request.url.path)
+        return httpx.Response(next(statuses), json={"items": []})
+
+    http = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://argilla.test")
+    assert push_mod.call(lambda: http.put("/api/v1/datasets/x/records/bulk", json={})).status_code == 200
+    assert len(seen) == 3
+
+    broken = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(500, text="boom")), base_url="http://argilla.test")
+    with pytest.raises(push_mod.LabelingError, match="500"):
+        push_mod.call(lambda: broken.get("/api/v1/me"))
+    bad = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(422, text="bad field")), base_url="http://argilla.test")
+    calls = []
+    with pytest.raises(push_mod.LabelingError, match="422.*bad field"):
+        push_mod.call(lambda: calls.append(1) or bad.get("/x"))
+    assert len(calls) == 1  # a client error is not retried
+
+    with pytest.raises(push_mod.LabelingError, match="cannot reach") as info:
+        push_mod.call(lambda: httpx.get("http://127.0.0.1:9/api/v1/me"))
+    assert "prefab labeling up" in str(info.value)

@@ -4,7 +4,7 @@
 - semantic near-duplicates: cosine above `threshold`, found by a faiss range search (exact flat index up
   to FLAT_MAX prompts, an inverted-file index with fixed-size cells beyond), never an n x n matrix;
   the first prompt in input order is kept, later ones point to it in `duplicate_of`;
-- k-means topic clusters (faiss, spherical) on the prompt vectors, written to `cluster`;
+- k-means topic clusters (scikit-learn, k-means++) on the prompt vectors, written to `cluster`;
 - cluster-balanced sampling: `max_per_cluster` caps each topic, `target_size` water-fills the clusters.
 
 Nothing disappears: a dropped prompt keeps its row with `excluded_reason` (and `duplicate_of` for copies).
@@ -18,9 +18,10 @@ from pipeline.embed import embed_model, embed_texts, prompt_text
 from pipeline.progress import summary
 
 OWN_REASONS = ("duplicate", "near_duplicate", "max_per_cluster", "target_size")
-FLAT_MAX = 20_000  # up to here an exact flat index is fast enough
-CELL = 256  # prompts per inverted list: search cost grows ~linearly with n
-NPROBE = 8
+FLAT_MAX = 5_000  # up to here an exact flat index is fast enough
+CELL = 64  # vectors per inverted list
+NPROBE = 4  # lists searched per query: near-duplicates (cos >= 0.9) almost always share a list
+TRAIN_SAMPLE = 25_000
 QUERY_BATCH = 8192
 
 
@@ -45,19 +46,21 @@ def exact_duplicates(texts: list[str]) -> list[int | None]:
 
 
 def _index(vectors: np.ndarray, seed: int = 0):
+    """Exact flat index for small n; beyond, an inverted file of ~CELL-vector lists with an HNSW coarse
+    quantizer, trained on a fixed-size sample: building and searching grow about linearly with n."""
     import faiss
 
     n, d = vectors.shape
     if n <= FLAT_MAX:
         index = faiss.IndexFlatIP(d)
     else:
-        nlist = max(1, n // CELL)
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(seed).choice(n, size=min(n, nlist * 40), replace=False)
-        index.cp.seed = seed
+        index = faiss.index_factory(d, f"IVF{n // CELL}_HNSW32,Flat", faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed = seed
+        ivf.cp.min_points_per_centroid = 1
+        sample = np.random.default_rng(seed).choice(n, size=min(n, TRAIN_SAMPLE), replace=False)
         index.train(vectors[np.sort(sample)])
-        index.nprobe = NPROBE
+        ivf.nprobe = NPROBE
     index.add(vectors)
     return index
 
@@ -90,22 +93,22 @@ def near_duplicates(vectors: np.ndarray, threshold: float, seed: int = 0) -> np.
 
 
 def kmeans(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(cluster id per row, centroids), 0 the largest cluster; spherical k-means since vectors are normalised."""
-    import faiss
+    """(cluster id per row, unit centroids), 0 the largest cluster. scikit-learn's k-means++ with a few
+    restarts: a single random start (faiss) splits small topic sets badly."""
+    from sklearn.cluster import KMeans
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     k = min(k, len(vectors))
     if k <= 1:
         centroid = vectors.mean(axis=0, keepdims=True)
         return np.zeros(len(vectors), dtype=np.int64), centroid / max(float(np.linalg.norm(centroid)), 1e-12)
-    km = faiss.Kmeans(vectors.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False, min_points_per_centroid=1)
-    km.train(vectors)
-    _, assign = km.index.search(vectors, 1)
-    assign = assign[:, 0]
+    km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(vectors)
+    assign = km.labels_.astype(np.int64)
     order = np.argsort(-np.bincount(assign, minlength=k), kind="stable")  # relabel by size
     relabel = np.empty(k, dtype=np.int64)
     relabel[order] = np.arange(k)
-    return relabel[assign], km.centroids[order]
+    centroids = km.cluster_centers_[order].astype(np.float32)
+    return relabel[assign], centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
 
 
 def balanced_quota(sizes: dict[int, int], target: int) -> dict[int, int]:
@@ -135,7 +138,7 @@ def sample_clusters(clusters: list[int], max_per_cluster: int | None, target_siz
     out: list[str | None] = [None] * len(clusters)
     for c in sorted(members):
         rows = members[c]
-        members[c] = [rows[j] for j in sorted(rng.permutation(len(rows)))]  # a seeded random order
+        members[c] = [rows[j] for j in rng.permutation(len(rows))]  # a seeded random order
     if max_per_cluster is not None:
         for c, rows in members.items():
             for i in rows[max_per_cluster:]:

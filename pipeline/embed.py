@@ -66,9 +66,13 @@ class VectorCache:
         self._db.close()
 
 
-@functools.lru_cache(maxsize=4)
 def load_model(model: str = EMBEDDED_EMBEDDER, device: str | None = None):
     """The SentenceTransformer for a name or path (the embedded one resolved locally); loaded once per process."""
+    return _load_model(model, device)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(model: str, device: str | None):
     from sentence_transformers import SentenceTransformer
 
     from pipeline.models import resolve_embedder

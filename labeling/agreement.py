@@ -7,9 +7,6 @@ pairwise agreement. Judge vs human: the judge's verdict (its pairwise verdict wh
 ties counted and without. The statistics come from krippendorff, statsmodels and scikit-learn.
 """
 
-import base64
-import html
-import io
 import itertools
 import math
 import warnings
@@ -135,70 +132,3 @@ def judge_vs_human(resolved: pl.DataFrame, judge: dict[str, str]) -> dict:
 def agreement(labels: pl.DataFrame, resolved: pl.DataFrame, pairs: pl.DataFrame, pair_judgments: pl.DataFrame) -> dict:
     """Everything the manifest stores under stages.pull.agreement."""
     return {**inter_annotator(labels), "judge_human": judge_vs_human(resolved, judge_labels(pairs, pair_judgments))}
-
-
-def _plot(labels: pl.DataFrame, stats: dict) -> str:
-    """Label counts per annotator (stacked) and the agreement numbers, as an inline PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = labels.filter((pl.col("status") == "submitted") & pl.col("label").is_not_null())
-    annotators = sorted(rows["annotator"].unique().to_list())
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    bottom = np.zeros(len(annotators))
-    for cat in CATEGORIES:
-        counts = np.array([rows.filter((pl.col("annotator") == a) & (pl.col("label") == cat)).height for a in annotators])
-        left.bar(annotators, counts, bottom=bottom, label=cat)
-        bottom += counts
-    left.set_title("labels per annotator")
-    left.legend(fontsize=8)
-    left.tick_params(axis="x", rotation=30)
-    names = ["Krippendorff α", "Fleiss κ", "mean Cohen κ", "raw agreement", "judge=human", "judge=human (no ties)"]
-    jh = stats["judge_human"]
-    values = [stats["krippendorff_alpha"], stats["fleiss_kappa"], stats["cohen_kappa_mean"], stats["raw_agreement"],
-              jh["with_ties"]["agreement"], jh["without_ties"]["agreement"]]
-    right.barh(names, [v if v is not None else 0 for v in values], color=["C0"] * 4 + ["C1"] * 2)
-    for y, v in enumerate(values):
-        right.text(max(v or 0, 0) + 0.01, y, "n/a" if v is None else f"{v:.2f}", va="center", fontsize=8)
-    right.set_xlim(min(0, *(v for v in values if v is not None), 0) - 0.05, 1.15)
-    right.axvline(0, color="grey", lw=0.5)
-    right.set_title("agreement")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def report_section(run) -> str | None:
-    """The run report's labels section: counts, resolution, agreement and a plot; None before any pull."""
-    if not run.has("labels"):
-        return None
-    labels = run.read("labels")
-    resolved = run.read_or_empty("resolved")
-    stats = run.stage_info("pull").get("agreement")
-    if stats is None:
-        stats = agreement(labels, resolved, run.read_or_empty("pairs"), run.read_or_empty("pair_judgments"))
-    status = resolved.group_by("status").len().sort("status") if not resolved.is_empty() else None
-    jh = stats["judge_human"]
-
-    def fmt(v):
-        return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    rows = [("labels (submitted)", stats["labels"]), ("annotators", stats["annotators"]), ("pairs labeled", stats["pairs"]),
-            ("pairs with 2+ labels", stats["pairs_multi"]), ("Krippendorff's alpha (nominal)", stats["krippendorff_alpha"]),
-            (f"Fleiss' kappa ({stats['fleiss_items']} items)", stats["fleiss_kappa"]),
-            ("mean Cohen's kappa (annotator pairs)", stats["cohen_kappa_mean"]), ("raw agreement", stats["raw_agreement"]),
-            (f"judge = human, with ties (n={jh['with_ties']['n']})", jh["with_ties"]["agreement"]),
-            (f"judge = human, without ties (n={jh['without_ties']['n']})", jh["without_ties"]["agreement"]),
-            ("judge vs human Cohen's kappa", jh["with_ties"]["kappa"]), ("humans said both bad", jh["both_bad"])]
-    if status is not None:
-        rows += [(f"resolved: {r['status']}", r["len"]) for r in status.iter_rows(named=True)]
-    missing = labels.filter(pl.col("missing_since").is_not_null()).height
-    if missing:
-        rows.append(("labels kept after vanishing from the server", missing))
-    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{fmt(v)}</td></tr>" for k, v in rows)
-    img = f'<img alt="labels and agreement" src="data:image/png;base64,{_plot(labels, stats)}">' if stats["labels"] else ""
-    return f"<section><h2>Human labels and agreement</h2><table>{table}</table>{img}</section>"

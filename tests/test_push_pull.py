@@ -413,3 +413,18 @@ def test_transient_failures_are_retried_then_reported(monkeypatch):
     with pytest.raises(push_mod.LabelingError, match="cannot reach") as info:
         push_mod.call(lambda: httpx.get("http://127.0.0.1:9/api/v1/me"))
     assert "prefab labeling up" in str(info.value)
+
+
+def test_report_has_a_labels_section_with_agreement(tmp_path):
+    from labeling.report import labels_section
+    from pipeline.report import render
+
+    run, _ = make_run(tmp_path / "rep", 4)
+    assert labels_section(run) is None  # nothing pulled yet
+    ids = run.read("pairs")["pair_id"].to_list()
+    labels = labels_frame([(ids[0], "x", "chosen"), (ids[0], "y", "rejected"), (ids[1], "x", "tie"), (ids[1], "y", "tie")])
+    run.write("labels", labels)
+    run.write("resolved", resolve(labels))
+    html = render(run)
+    assert 'id="labels"' in html and "Krippendorff" in html and "data:image/png;base64" in html
+    assert ">0.500<" in html  # raw agreement: one of the two pairs agrees

@@ -1,0 +1,356 @@
+"""LLM-as-judge: a pointwise rubric (UltraFeedback-style aspects) and a position-swapped pairwise judge.
+
+Pointwise: each candidate is rated on the configured aspects (name, description, scale, weight), each with
+a rationale. The answer is JSON: sent as a JSON schema in `response_format` when the backend is openai and
+`structured_output` is on, otherwise asked for in the prompt and parsed and validated here. An answer that
+is not JSON, misses an aspect or leaves the scale is asked again (`parse_retries` times) with another seed
+and `retry_temperature`, so neither the call cache nor greedy decoding hands back the same bad answer; after
+that it is recorded with its raw text, its error and a null score. One bad answer never fails a batch.
+
+Pairwise (`judge_pairs`, run by the route stage and by evaluation): A vs B in both orders. `consistent` when
+both orders name the same winner (ties allowed); `confidence` from the two verdicts and, when logprobs are
+asked for and returned, from the probability of the verdict tokens.
+
+Several judges form an ensemble: one row per (candidate, judge); their agreement goes to the manifest.
+"""
+
+import json
+import math
+import re
+
+import polars as pl
+from pydantic import BaseModel, ValidationError
+
+from pipeline.cache import run_cache
+from pipeline.llm import call_llm
+from pipeline.progress import console, summary
+from pipeline.schema import empty
+
+DEFAULT_DESCRIPTIONS = {  # after UltraFeedback's annotation guidelines
+    "helpfulness": "Does it fulfil the task: correct, informative, useful, at the right level of detail?",
+    "honesty": "Does it express uncertainty where warranted and avoid stating guesses with false confidence?",
+    "instruction_following": "Does it follow every instruction and constraint of the prompt (format, length, style)?",
+    "truthfulness": "Is it free of fabricated facts, contradictions and hallucinations?",
+}
+
+RUBRIC_SYSTEM = """You are a strict, fair evaluator of AI assistant responses.
+Rate the response to the conversation below on each aspect, on the scale given. For each aspect first write a
+one- or two-sentence rationale, then the score. Do not let length or style sway you.
+
+Aspects:
+{aspects}
+
+Answer with JSON only, exactly in this form:
+{example}"""
+
+PAIRWISE_SYSTEM = """You are a strict, fair evaluator of AI assistant responses.
+Compare two responses, A and B, to the conversation below. Decide which one serves the user better overall:
+correct, helpful, honest, follows the instructions. Say "tie" only if they are equally good. The order of
+the responses and their length must not sway you.
+
+Answer with JSON only, exactly in this form:
+{"rationale": "<one or two sentences>", "winner": "A" | "B" | "tie"}"""
+
+
+class AspectAnswer(BaseModel):
+    rationale: str = ""
+    score: float
+
+
+class PairAnswer(BaseModel):
+    rationale: str = ""
+    winner: str
+
+
+# ---------------------------------------------------------------- prompts and schemas
+
+
+def render_conversation(messages: list[dict]) -> str:
+    return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages)
+
+
+def _scale(aspect) -> str:
+    return f"{aspect.min:g} to {aspect.max:g}"
+
+
+def rubric_messages(aspects, messages: list[dict], response: str) -> list[dict]:
+    lines = [f"- {a.name} ({_scale(a)}): {a.description or DEFAULT_DESCRIPTIONS.get(a.name, '')}".rstrip(": ") for a in aspects]
+    example = json.dumps({a.name: {"rationale": "...", "score": a.max} for a in aspects})
+    system = RUBRIC_SYSTEM.format(aspects="\n".join(lines), example=example)
+    user = f"## Conversation\n\n{render_conversation(messages)}\n\n## Response to rate\n\n{response}"
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def rubric_schema(aspects) -> dict:
+    """OpenAI `response_format` (strict json_schema) for the rubric answer."""
+    props = {a.name: {"type": "object", "additionalProperties": False, "required": ["rationale", "score"],
+                      "properties": {"rationale": {"type": "string"},
+                                     "score": {"type": "number", "minimum": a.min, "maximum": a.max}}}
+             for a in aspects}
+    schema = {"type": "object", "properties": props, "required": [a.name for a in aspects], "additionalProperties": False}
+    return {"type": "json_schema", "json_schema": {"name": "rubric", "strict": True, "schema": schema}}
+
+
+def pairwise_messages(messages: list[dict], a: str, b: str) -> list[dict]:
+    user = f"## Conversation\n\n{render_conversation(messages)}\n\n## Response A\n\n{a}\n\n## Response B\n\n{b}"
+    return [{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": user}]
+
+
+PAIRWISE_SCHEMA = {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True, "schema": {
+    "type": "object", "additionalProperties": False, "required": ["rationale", "winner"],
+    "properties": {"rationale": {"type": "string"}, "winner": {"type": "string", "enum": ["A", "B", "tie"]}}}}}
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def extract_json(text: str | None):
+    """The JSON object in a model's answer: the whole text, a ```json fence, or the outermost {...}."""
+    if not text or not text.strip():
+        raise ValueError("empty answer")
+    candidates = [text.strip()]
+    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    if fence:
+        candidates.append(fence.group(1).strip())
+    if "{" in text and "}" in text:
+        candidates.append(text[text.index("{") : text.rindex("}") + 1])
+    for c in candidates:
+        try:
+            return json.loads(c)
+        except ValueError:
+            continue
+    raise ValueError("no JSON object in the answer")
+
+
+def parse_rubric(text: str | None, aspects) -> list[dict]:
+    """[{name, score, rationale}] in aspect order; ValueError saying what is wrong otherwise."""
+    data = extract_json(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    if isinstance(data.get("aspects"), dict):  # {"aspects": {...}} is a common variant
+        data = data["aspects"]
+    out = []
+    for a in aspects:
+        value = data.get(a.name)
+        if value is None:
+            raise ValueError(f"aspect {a.name!r} is missing")
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = {"score": value}
+        try:
+            answer = AspectAnswer.model_validate(value)
+        except ValidationError as e:
+            raise ValueError(f"aspect {a.name!r}: {e.errors()[0]['msg']}") from None
+        if not math.isfinite(answer.score) or not a.min <= answer.score <= a.max:
+            raise ValueError(f"aspect {a.name!r}: score {answer.score:g} is outside {_scale(a)}")
+        out.append({"name": a.name, "score": answer.score, "rationale": answer.rationale})
+    return out
+
+
+def overall_score(scores: list[dict], aspects) -> float:
+    """Weighted mean on the aspects' own scale (each aspect normalised first, so 1-5 and 1-10 mix fairly)."""
+    total = sum(a.weight for a in aspects)
+    norm = sum(a.weight * (s["score"] - a.min) / (a.max - a.min) for s, a in zip(scores, aspects)) / total
+    lo = sum(a.weight * a.min for a in aspects) / total
+    hi = sum(a.weight * a.max for a in aspects) / total
+    return lo + norm * (hi - lo)
+
+
+WINNERS = {"a": "A", "b": "B", "tie": "tie", "response a": "A", "response b": "B", "equal": "tie", "draw": "tie"}
+
+
+def parse_verdict(text: str | None) -> str:
+    """'A', 'B' or 'tie'; ValueError otherwise."""
+    data = extract_json(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    try:
+        answer = PairAnswer.model_validate(data)
+    except ValidationError as e:
+        raise ValueError(f"verdict: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+    winner = WINNERS.get(answer.winner.strip().strip('"').lower())
+    if winner is None:
+        raise ValueError(f"winner {answer.winner!r} is not A, B or tie")
+    return winner
+
+
+# ---------------------------------------------------------------- asking with retries
+
+
+def ask_parsed(spec, base_requests: list[dict], parse, cache, cfg, description: str) -> list[dict]:
+    """Ask each request; re-ask the ones whose answer fails `parse` with seed + attempt at retry_temperature.
+
+    Returns per request {"value" (parsed or None), "raw", "error", "attempts", "result"}.
+    """
+    out: list[dict] = [{"value": None, "raw": None, "error": None, "attempts": 0, "result": None} for _ in base_requests]
+    pending = list(range(len(base_requests)))
+    for attempt in range(cfg.parse_retries + 1):
+        if not pending:
+            break
+        temperature = cfg.temperature if attempt == 0 else max(cfg.retry_temperature, cfg.temperature)
+        requests = [{**base_requests[i], "temperature": temperature, "seed": cfg.seed + attempt} for i in pending]
+        label = description if attempt == 0 else f"{description} (retry {attempt}: {len(pending)})"
+        results = call_llm(spec, requests, cache, label)
+        still = []
+        for i, result in zip(pending, results):
+            slot = out[i]
+            slot.update(attempts=attempt + 1, result=result, raw=result.get("text"))
+            if result["error"] is not None:
+                slot["error"] = f"call failed: {result['error']}"
+                still.append(i)
+                continue
+            try:
+                slot["value"], slot["error"] = parse(result["text"]), None
+            except ValueError as e:
+                slot["error"] = f"unparseable: {e}" if "outside" not in str(e) else f"out of range: {e}"
+                still.append(i)
+        pending = still
+    return out
+
+
+def judge_candidates(spec, items: list[tuple[list[dict], str]], aspects, cache, cfg) -> list[dict]:
+    """Judgment rows (without ids) for (messages, response) items: aspects, overall, rationale, raw, error."""
+    structured = cfg.structured_output and spec.backend == "openai"
+    base = [{"messages": rubric_messages(aspects, messages, response), "max_tokens": cfg.max_tokens,
+             "response_format": rubric_schema(aspects) if structured else None} for messages, response in items]
+    answers = ask_parsed(spec, base, lambda text: parse_rubric(text, aspects), cache, cfg, f"judge {spec.label}")
+    rows = []
+    for ans in answers:
+        scores = ans["value"]
+        if scores is None:
+            rows.append({"aspects": [{"name": a.name, "score": None, "rationale": None} for a in aspects], "overall": None,
+                         "rationale": None, "raw": ans["raw"], "error": f"{ans['error']} (after {ans['attempts']} attempt(s))"})
+        else:
+            rows.append({"aspects": scores, "overall": round(overall_score(scores, aspects), 6),
+                         "rationale": "\n".join(f"{s['name']}: {s['rationale']}" for s in scores if s["rationale"]),
+                         "raw": ans["raw"], "error": None})
+    return rows
+
+
+def _verdict_prob(result: dict | None) -> float | None:
+    """Probability the judge gave its verdict token (the last A/B/tie token), from the returned logprobs."""
+    tokens = (result or {}).get("logprobs") or []
+    for tok in reversed(tokens):
+        if tok.get("token", "").strip().strip('"').lower() in ("a", "b", "tie"):
+            return float(math.exp(tok["logprob"]))
+    return None
+
+
+SIGN = {"chosen": 1, "rejected": -1, "tie": 0}
+
+
+def pair_confidence(ab: str | None, ba: str | None, p_ab: float | None = None, p_ba: float | None = None) -> float | None:
+    """1 when both orders agree (scaled by verdict-token probabilities when known), 0.5 for a tie against a
+    winner, 0 for opposite winners, None when an order has no verdict."""
+    if ab is None or ba is None:
+        return None
+    w_ab = 1.0 if p_ab is None else p_ab
+    w_ba = 1.0 if p_ba is None else p_ba
+    if ab == ba:
+        return round((w_ab + w_ba) / 2, 6)
+    if 0 in (SIGN[ab], SIGN[ba]):
+        return round(0.5 * (w_ba if SIGN[ab] == 0 else w_ab), 6)
+    return 0.0
+
+
+def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg) -> list[dict]:
+    """Pairwise rows (without ids) for (messages, first, second) items, each judged in both orders.
+
+    Verdicts are mapped back to "chosen" (the first text of the item), "rejected" (the second) or "tie".
+    """
+    structured = cfg.structured_output and spec.backend == "openai"
+    want_logprobs = bool(getattr(cfg, "logprobs", False))
+    base = []
+    for messages, first, second in items:
+        for a, b in ((first, second), (second, first)):
+            req = {"messages": pairwise_messages(messages, a, b), "max_tokens": cfg.max_tokens,
+                   "response_format": PAIRWISE_SCHEMA if structured else None}
+            if want_logprobs:
+                req.update(logprobs=True, top_logprobs=5)
+            base.append(req)
+    answers = ask_parsed(spec, base, parse_verdict, cache, cfg, f"pairwise {spec.label}")
+    rows = []
+    for k in range(len(items)):
+        ab, ba = answers[2 * k], answers[2 * k + 1]
+        v_ab = {"A": "chosen", "B": "rejected", "tie": "tie"}.get(ab["value"]) if ab["value"] else None
+        v_ba = {"A": "rejected", "B": "chosen", "tie": "tie"}.get(ba["value"]) if ba["value"] else None
+        p_ab = _verdict_prob(ab["result"]) if want_logprobs and v_ab else None
+        p_ba = _verdict_prob(ba["result"]) if want_logprobs and v_ba else None
+        errors = [f"{order}: {a['error']}" for order, a in (("ab", ab), ("ba", ba)) if a["value"] is None]
+        rows.append({
+            "verdict_ab": v_ab, "verdict_ba": v_ba,
+            "consistent": (v_ab == v_ba) if v_ab and v_ba else None,
+            "confidence": pair_confidence(v_ab, v_ba, p_ab, p_ba),
+            "raw": json.dumps({"ab": ab["raw"], "ba": ba["raw"]}, ensure_ascii=False),
+            "error": "; ".join(errors) or None,
+        })
+    return rows
+
+
+# ---------------------------------------------------------------- ensemble agreement and the stage
+
+
+def same_model_warning(config) -> list[str]:
+    """Judges that are also generators: a model grading itself favours its own answers."""
+    if config.generate is None:
+        return []
+    gens = {(g.backend, g.model, tuple(g.base_urls)) for g in config.generate.generators}
+    return [j.label for j in config.judge.judges if (j.backend, j.model, tuple(j.base_urls)) in gens]
+
+
+def judge_agreement(judgments: pl.DataFrame) -> dict:
+    """Between every two judges: Spearman correlation of overall scores and share of exact agreement."""
+    judges = sorted(judgments["judge"].unique().to_list())
+    out = {}
+    if len(judges) < 2:
+        return out
+    wide = judgments.filter(pl.col("overall").is_not_null()).pivot(on="judge", index="candidate_id", values="overall")
+    for i, a in enumerate(judges):
+        for b in judges[i + 1:]:
+            if a not in wide.columns or b not in wide.columns:
+                continue
+            both = wide.select(a, b).drop_nulls()
+            if both.height >= 2:
+                rho = both.select(pl.corr(a, b, method="spearman")).item()
+                out[f"agreement_{a}_vs_{b}_spearman"] = None if rho is None or math.isnan(rho) else round(float(rho), 4)
+                out[f"agreement_{a}_vs_{b}_exact"] = round(float((both[a] == both[b]).mean()), 4)
+    return out
+
+
+def candidate_scores(judgments: pl.DataFrame) -> pl.DataFrame:
+    """candidate_id -> score: mean overall over the judges that gave one (null when none did)."""
+    return judgments.group_by("candidate_id").agg(pl.col("overall").mean().alias("score"),
+                                                  pl.col("overall").null_count().alias("failed_judges"))
+
+
+def step(config, run, **_) -> dict:
+    cfg = config.judge
+    labels = [j.label for j in cfg.judges]
+    candidates = run.read("candidates").filter(pl.col("text").is_not_null())
+    prompts = run.read("prompts")
+    messages_of = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
+    candidates = candidates.filter(pl.col("prompt_id").is_in(list(messages_of)))
+    for label in same_model_warning(config):
+        console.print(f"[yellow]warning: judge {label!r} is also a generator; a model tends to prefer its own answers. "
+                      "Use a different judge model where you can.[/yellow]")
+    items = [([{"role": m["role"], "content": m["content"]} for m in messages_of[p]], t)
+             for p, t in zip(candidates["prompt_id"].to_list(), candidates["text"].to_list())]
+    cache = run_cache(run.path)
+    frames = []
+    try:
+        for spec in cfg.judges:
+            rows = judge_candidates(spec, items, cfg.aspects, cache, cfg)
+            frames.append(pl.DataFrame({"candidate_id": candidates["candidate_id"], "judge": [spec.label] * len(rows),
+                                        **{k: [r[k] for r in rows] for k in ("aspects", "overall", "rationale", "raw", "error")}},
+                                       schema_overrides={"overall": pl.Float64, "rationale": pl.String, "raw": pl.String, "error": pl.String}))
+    finally:
+        cache.close()
+    df = run.write("judgments", pl.concat(frames) if frames else empty("judgments"))
+    failed = df.filter(pl.col("overall").is_null())
+    counts = {"judgments": df.height, "scored": df.height - failed.height, "failed": failed.height,
+              "judges": len(labels), "same_model_judges": len(same_model_warning(config))}
+    if df.height - failed.height:
+        counts["mean_overall"] = round(float(df["overall"].mean()), 4)
+    counts.update(judge_agreement(df))
+    errors = failed.with_columns(pl.col("error").str.extract(r"^([^:]+: [^:(]{0,40})")).group_by("error").len().sort("len", descending=True)
+    summary("judge", {**counts, **{f"error: {e}": n for e, n in errors.head(3).iter_rows()}})
+    return counts

@@ -1,0 +1,152 @@
+"""Pair building: which two candidates of a prompt become a chosen/rejected pair.
+
+Strategies (scores are the mean judge `overall` of a candidate; unscored candidates never take part):
+- best_vs_worst: the top-scored candidate against the lowest-scored one;
+- best_vs_random: the top one against a random strictly lower-rated one (as the binarized UltraFeedback sets);
+- all_above_margin: every two candidates whose scores differ by at least `min_margin`.
+
+Rules for all: ties are dropped (chosen must score strictly higher), `min_chosen_score` for chosen,
+`max_similarity` (cosine of the two candidates' vectors, needs the embed stage) between chosen and
+rejected, never the same candidate nor the same text on both sides. Deterministic given `seed`: the random
+choice for a prompt depends only on the seed and the prompt id, not on the other prompts.
+"""
+
+import numpy as np
+import polars as pl
+
+from pipeline.errors import RunError
+from pipeline.progress import summary
+from pipeline.store import content_id, pair_id
+
+EPS = 1e-9
+
+
+def _same_text(a: str, b: str) -> bool:
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def _rng(seed: int, prompt_id: str) -> np.random.Generator:
+    return np.random.default_rng(int(content_id("pair-rng", seed, prompt_id), 16))
+
+
+def pairs_for_prompt(prompt_id: str, cands: list[dict], cfg, similarity=None) -> list[dict]:
+    """Pairs of one prompt. cands: [{candidate_id, text, score}] with non-null scores.
+
+    similarity(a_id, b_id) -> cosine or None.
+    """
+    # best first; equal scores in a fixed order (candidate id) so the result does not depend on row order
+    cands = sorted(cands, key=lambda c: (-c["score"], c["candidate_id"]))
+    if len(cands) < 2:
+        return []
+
+    def eligible(chosen, rejected) -> tuple[bool, float | None]:
+        if chosen["candidate_id"] == rejected["candidate_id"] or _same_text(chosen["text"], rejected["text"]):
+            return False, None
+        margin = chosen["score"] - rejected["score"]
+        if margin <= EPS or margin + EPS < cfg.min_margin:
+            return False, None
+        sim = similarity(chosen["candidate_id"], rejected["candidate_id"]) if similarity else None
+        if cfg.max_similarity is not None and sim is not None and sim > cfg.max_similarity:
+            return False, sim
+        return True, sim
+
+    def make(chosen, rejected, sim) -> dict:
+        return {"pair_id": pair_id(chosen["candidate_id"], rejected["candidate_id"]), "prompt_id": prompt_id,
+                "chosen_id": chosen["candidate_id"], "rejected_id": rejected["candidate_id"],
+                "chosen_score": chosen["score"], "rejected_score": rejected["score"],
+                "margin": chosen["score"] - rejected["score"], "similarity": sim, "strategy": cfg.strategy,
+                "route": None, "route_reason": None}
+
+    def chosen_ok(c) -> bool:
+        return cfg.min_chosen_score is None or c["score"] + EPS >= cfg.min_chosen_score
+
+    if cfg.strategy == "all_above_margin":
+        out, seen = [], set()
+        for i, chosen in enumerate(cands):
+            if not chosen_ok(chosen):
+                break  # sorted: no later candidate qualifies either
+            for rejected in cands[i + 1:]:
+                ok, sim = eligible(chosen, rejected)
+                if ok:
+                    pair = make(chosen, rejected, sim)
+                    if pair["pair_id"] not in seen:
+                        seen.add(pair["pair_id"])
+                        out.append(pair)
+        return out
+
+    best = cands[0]
+    if not chosen_ok(best):
+        return []
+    if cfg.strategy == "best_vs_worst":
+        for rejected in reversed(cands[1:]):  # the worst that passes the rules
+            ok, sim = eligible(best, rejected)
+            if ok:
+                return [make(best, rejected, sim)]
+        return []
+    if cfg.strategy == "best_vs_random":
+        options = [(r, sim) for r in cands[1:] for ok, sim in [eligible(best, r)] if ok]
+        if not options:
+            return []
+        rejected, sim = options[int(_rng(cfg.seed, prompt_id).integers(len(options)))]
+        return [make(best, rejected, sim)]
+    raise ValueError(f"unknown pair strategy {cfg.strategy!r}")
+
+
+def build_pairs(candidates: pl.DataFrame, scores: pl.DataFrame, cfg, vectors: dict[str, np.ndarray] | None = None,
+                prompt_ids: list[str] | None = None) -> pl.DataFrame:
+    """The pairs table (route columns empty) from candidates, their scores (candidate_id, score) and,
+    optionally, candidate vectors (for similarity). prompt_ids limits and orders the prompts."""
+    from pipeline.schema import TABLES
+
+    joined = (candidates.filter(pl.col("text").is_not_null())
+              .join(scores.select("candidate_id", "score"), on="candidate_id", how="inner")
+              .filter(pl.col("score").is_not_null() & pl.col("score").is_not_nan()))
+
+    def similarity(a: str, b: str) -> float | None:
+        if not vectors or a not in vectors or b not in vectors:
+            return None
+        return float(np.dot(vectors[a], vectors[b]))
+
+    groups: dict[str, list[dict]] = {}
+    for row in joined.select("prompt_id", "candidate_id", "text", "score").iter_rows(named=True):
+        groups.setdefault(row["prompt_id"], []).append(row)
+    order = prompt_ids if prompt_ids is not None else list(groups)
+    rows = [pair for p in order if p in groups for pair in pairs_for_prompt(p, groups[p], cfg, similarity)]
+    return pl.DataFrame(rows, schema=TABLES["pairs"], orient="row") if rows else pl.DataFrame(schema=TABLES["pairs"])
+
+
+def candidate_vectors(run, model: str | None = None) -> dict[str, np.ndarray]:
+    """candidate_id -> vector from the embeddings table (empty when the embed stage has not run)."""
+    emb = run.read_or_empty("embeddings").filter(pl.col("kind") == "candidate")
+    if model is not None:
+        emb = emb.filter(pl.col("model") == model)
+    if emb.is_empty():
+        return {}
+    matrix = np.asarray(emb["vector"].to_list(), dtype=np.float32)
+    return dict(zip(emb["id"].to_list(), matrix))
+
+
+def step(config, run, **_) -> dict:
+    from pipeline.dedup import active_prompts
+    from pipeline.embed import embed_model
+    from pipeline.judge import candidate_scores
+
+    cfg = config.pair
+    candidates = run.read("candidates")
+    judgments = run.read("judgments")
+    vectors = candidate_vectors(run, embed_model(config))
+    if cfg.max_similarity is not None and not vectors:
+        raise RunError("pair.max_similarity needs candidate vectors, but the run has no embeddings",
+                       hint=f"run `prefab embed --run {run.path}` first (or add an embed: section), or drop max_similarity")
+    prompt_ids = active_prompts(run.read("prompts"))["prompt_id"].to_list()
+    pairs = build_pairs(candidates, candidate_scores(judgments), cfg, vectors, prompt_ids)
+    run.write("pairs", pairs)
+    with_scores = candidate_scores(judgments).filter(pl.col("score").is_not_null())
+    counts = {"pairs": pairs.height, "prompts_with_pair": pairs["prompt_id"].n_unique() if pairs.height else 0,
+              "prompts": len(prompt_ids), "scored_candidates": with_scores.height}
+    if pairs.height:
+        counts["mean_margin"] = round(float(pairs["margin"].mean()), 4)
+        if pairs["similarity"].null_count() < pairs.height:
+            counts["mean_similarity"] = round(float(pairs["similarity"].mean()), 4)
+    summary("pair", counts)
+    return counts

@@ -1,5 +1,7 @@
 """`prefab export`, `prefab train`, `prefab eval`, `prefab rounds`: thin commands over training/*.py."""
 
+import os
+
 import click
 
 from pipeline.cli import config_option, load_run_config, run_option, stage_command
@@ -75,7 +77,8 @@ def train(method, data, config_path, sets, model, output_dir, eval_data, resume)
     if output_dir:
         overrides["output_dir"] = output_dir
     metrics = run_training(method, data, config_path, overrides, eval_data=eval_data, resume=resume)
-    summary(f"train {method}", {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and v is not None})
+    if os.environ.get("RANK", "0") == "0":  # under accelerate/torchrun every process returns here; one prints
+        summary(f"train {method}", {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and v is not None})
 
 
 @click.command(name="eval")

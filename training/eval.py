@@ -168,7 +168,7 @@ def reward_accuracy(candidate: str, base: str, test_file: str | Path, *, beta: f
 
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(output_dir=tmp, beta=beta, max_length=max_length, per_device_eval_batch_size=4, report_to="none",
-                         bf16=torch.cuda.is_available(), gradient_checkpointing=False)
+                         bf16=torch.cuda.is_available(), activation_checkpointing=False)
         trainer = DPOTrainer(model=cand, ref_model=AutoModelForCausalLM.from_pretrained(ref), args=args,
                              train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer)
         metrics = trainer.evaluate()

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import EMBEDDED_LLM
-from pipeline.errors import ConfigError, InputError, ModelError, PrefabError
+from pipeline.errors import ConfigError, InputError, ModelError
 from pipeline.store import atomic_write_text
 from training import formats
 
@@ -355,19 +355,12 @@ def evaluate_after_training(config, run, metrics: dict, test: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m training.train dpo --data FILE ...`: the entry point `accelerate launch -m` runs."""
-    import click
+    """`python -m training.train dpo --data FILE ...`: the entry point `accelerate launch -m` runs.
 
-    from training.cli import train as command
+    Same as `prefab train ...` (through the prefab CLI group, so errors print without a traceback)."""
+    from pipeline.cli import cli
 
-    try:
-        command.main(args=argv, prog_name="python -m training.train", standalone_mode=False)
-    except PrefabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+    cli.main(args=["train", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m training.train")
 
 
 if __name__ == "__main__":

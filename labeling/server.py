@@ -172,6 +172,27 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
+def _port_owner(port: int) -> str:
+    """'pid N: command' of the process listening on `port` (Linux /proc), or '' when unknown."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                return f"pid {proc.name}: " + (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+        except OSError:
+            continue
+    return ""
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write a secret file readable by its owner only (0600 from creation, then renamed into place)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -280,8 +301,13 @@ def up(home=None, host: str | None = None, port: int | None = None, database_url
     port = port or previous.get("port") or 6900
     if host not in LOOPBACK:
         warnings.warn(f"the Argilla server will listen on {host}: anyone who can reach this machine can try to log in", stacklevel=2)
+    deadline = time.monotonic() + 15  # a killed server's last threads can hold the port a few seconds after it died
+    while not server_pid and _port_open(host, port) and time.monotonic() < deadline and previous.get("port") == port:
+        time.sleep(0.2)
     if not server_pid and _port_open(host, port):
-        raise LabelingError(f"port {port} on {host} is already in use", hint="pass --port with a free port, or stop what uses it")
+        owner = _port_owner(port)
+        raise LabelingError(f"port {port} on {host} is already in use" + (f" ({owner})" if owner else ""),
+                            hint="pass --port with a free port, or stop what uses it")
 
     owner = _read_json(home / "owner.json")
     if server_pid and all(_running(home, name) for name in COMPONENTS if name != "redis" or not previous.get("external_redis")) \
@@ -330,7 +356,12 @@ def up(home=None, host: str | None = None, port: int | None = None, database_url
                 time.sleep(0.05)
 
     env = _server_env(home, state)
-    new_owner = _setup(python, env, home, demo)
+    # migrations and indexes once per database and server version (importing argilla_server takes seconds)
+    setup_key = hashlib.sha256(f"{REQUIREMENTS.read_bytes()!r}{state['database_url']}".encode()).hexdigest()
+    new_owner = None
+    if not (home / "owner.json").exists() or _read_json(home / "setup.json").get("key") != setup_key:
+        new_owner = _setup(python, env, home, demo)
+        (home / "setup.json").write_text(json.dumps({"key": setup_key}) + "\n")
     _write_private(home / "server.json", json.dumps(state, indent=2) + "\n")
 
     if not _running(home, "worker"):
@@ -411,6 +442,81 @@ def client(home=None):
         return rg.Argilla(api_url=url, api_key=key)
     except Exception as e:
         raise LabelingError(f"cannot reach Argilla at {url}: {e}", hint="check the server (`prefab labeling status`) and the API key") from e
+
+
+# ---------------------------------------------------------------- accounts (through the API, so they work on any Argilla)
+
+DEMO_ANNOTATORS = [("annotator-1", "annotator-1-demo"), ("annotator-2", "annotator-2-demo"), ("annotator-3", "annotator-3-demo")]
+
+
+def _workspace(rg_client, name: str):
+    import argilla as rg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the SDK warns when it is missing: that is an answer here
+        found = rg_client.workspaces(name)
+    return found or rg.Workspace(name=name, client=rg_client).create()
+
+
+def _find_user(rg_client, name: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the SDK warns when the user is missing: that is an answer here
+        return rg_client.users(name)
+
+
+def add_user(name: str, role: str = "annotator", workspace: str | None = None, password: str | None = None, home=None) -> str:
+    """Create an annotator or admin (in `workspace`, created if missing); returns the password (random unless given)."""
+    import argilla as rg
+
+    if role not in ("annotator", "admin"):
+        raise LabelingError(f"unknown role {role!r}", hint="use --role annotator or --role admin")
+    rg_client = client(home)
+    if _find_user(rg_client, name) is not None:
+        raise LabelingError(f"user {name!r} already exists", hint=f"pick another name, or `prefab labeling users remove {name}` first")
+    password = password or secrets.token_urlsafe(12)
+    try:
+        user = rg.User(username=name, password=password, role=role, client=rg_client).create()
+    except Exception as e:
+        raise LabelingError(f"could not create user {name!r}: {e}",
+                            hint="usernames use letters, digits, - and _; passwords need 8 to 100 characters") from e
+    if workspace:
+        user.add_to_workspace(_workspace(rg_client, workspace))
+    return password
+
+
+def list_users(home=None) -> list[dict]:
+    """username, role and workspaces of every account."""
+    rg_client = client(home)
+    spaces: dict[str, list[str]] = {}
+    for ws in rg_client.workspaces:
+        for user in ws.users:
+            spaces.setdefault(user.username, []).append(ws.name)
+    return [{"username": u.username, "role": str(getattr(u.role, "value", u.role)), "workspaces": sorted(spaces.get(u.username, []))}
+            for u in rg_client.users]
+
+
+def remove_user(name: str, home=None) -> None:
+    """Delete an account (its submitted responses go with it, as Argilla does)."""
+    rg_client = client(home)
+    user = _find_user(rg_client, name)
+    if user is None:
+        raise LabelingError(f"no user {name!r}", hint="`prefab labeling users list` shows the accounts")
+    if str(getattr(user.role, "value", user.role)) == "owner":
+        raise LabelingError(f"{name!r} is the owner account", hint="the owner cannot be removed with this command")
+    user.delete()
+
+
+def demo_annotators(workspace: str = "prefab", home=None) -> list[tuple[str, str]]:
+    """The demo's annotators with fixed passwords (created once, added to `workspace`)."""
+    rg_client = client(home)
+    ws = _workspace(rg_client, workspace)
+    members = {u.username for u in ws.users}
+    for name, password in DEMO_ANNOTATORS:
+        if _find_user(rg_client, name) is None:
+            add_user(name, "annotator", None, password, home)
+        if name not in members:
+            _find_user(rg_client, name).add_to_workspace(ws)
+    return list(DEMO_ANNOTATORS)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ session, so `labeling.server.client()` (and push/pull) talk to it without option
 
 import json
 import os
+import shutil
 import socket
+import tempfile
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,12 +24,16 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def labeling_server(tmp_path_factory):
-    """dict: url, home, api_key (owner), pids, ... of the session's running server."""
+def labeling_server():
+    """dict: url, home, api_key (owner), pids, ... of the session's running server.
+
+    The home is a fresh directory of its own, not under pytest's basetemp: pytest deletes old basetemps
+    when other sessions start, which would pull the database from under a running server.
+    """
     from labeling import server
 
     saved = {k: os.environ.pop(k, None) for k in ("ARGILLA_API_URL", "ARGILLA_API_KEY", "PREFAB_LABELING_HOME")}
-    home = tmp_path_factory.mktemp("labeling")
+    home = Path(tempfile.mkdtemp(prefix="prefab-labeling-"))
     os.environ["PREFAB_LABELING_HOME"] = str(home)
     info = server.up(home, port=free_port())
     owner = json.loads((home / "owner.json").read_text())
@@ -34,6 +41,7 @@ def labeling_server(tmp_path_factory):
         yield {**info, "home": home, "api_key": owner["api_key"], "owner_password": owner["password"]}
     finally:
         server.down(home)
+        shutil.rmtree(home, ignore_errors=True)
         os.environ.pop("PREFAB_LABELING_HOME", None)
         for key, value in saved.items():
             if value is not None:

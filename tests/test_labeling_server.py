@@ -1,0 +1,149 @@
+"""`prefab labeling up/down/status/logs/users` on the real embedded server: it answers on loopback only,
+serves the UI, keeps its secrets private, and loses no submitted response across down/up or kill -9."""
+
+import json
+import os
+import re
+import signal
+import stat
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from labeling import server
+from labeling_fixtures import free_port, login, make_user, unique
+from pipeline.errors import LabelingError
+
+pytestmark = pytest.mark.server
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a LISTEN socket on `port` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_up_runs_three_processes_healthy_on_loopback_only(labeling_server):
+    info = server.status(labeling_server["home"])
+    assert info["healthy"] and all(info["pids"].values()), info
+    assert info["url"] == f"http://127.0.0.1:{labeling_server['port']}"
+    assert listening_addresses(labeling_server["port"]) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
+    status = httpx.get(info["url"] + "/api/v1/status", headers={"X-Argilla-Api-Key": labeling_server["api_key"]}).json()
+    assert status["search_engine"]["engine"] == "prefab-sql"
+
+
+def test_ui_loads_over_http(labeling_server):
+    page = httpx.get(labeling_server["url"] + "/", follow_redirects=True)
+    assert page.status_code == 200 and "<title>Argilla</title>" in page.text
+    scripts = re.findall(r'src="(/_nuxt/[^"]+\.js)"', page.text)
+    assert scripts and all(httpx.get(labeling_server["url"] + s).status_code == 200 for s in scripts)
+    assert httpx.get(labeling_server["url"] + "/sign-in").status_code == 200  # client-side routes too
+
+
+def test_owner_credentials_are_random_private_and_work(labeling_server):
+    home = labeling_server["home"]
+    for name in ("owner.json", "secret.key", "server.json"):
+        assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
+    owner = json.loads((home / "owner.json").read_text())
+    assert owner["password"] != server.DEMO_OWNER["password"] and len(owner["api_key"]) > 30
+    me = httpx.get(labeling_server["url"] + "/api/v1/me", headers={"X-Argilla-Api-Key": owner["api_key"]})
+    assert me.status_code == 200 and me.json()["role"] == "owner"
+    assert httpx.get(labeling_server["url"] + "/api/v1/me", headers={"X-Argilla-Api-Key": "nope"}).status_code == 401
+    assert owner["password"] not in (home / "logs" / "setup.log").read_text()
+
+
+def submit(http, record_id: str, label: str) -> None:
+    response = http.post(f"/records/{record_id}/responses", json={"values": {"pref": {"value": label}}, "status": "submitted"})
+    assert response.status_code == 201, response.text
+
+
+def submitted_labels(argilla_client, dataset) -> dict:
+    """external id -> submitted `pref` value, read back through the SDK."""
+    fresh = argilla_client.datasets(dataset.name, workspace=dataset.workspace.name)
+    return {record.id: response.value for record in fresh.records(with_responses=True) for response in record.responses
+            if response.question_name == "pref" and getattr(response.status, "value", response.status) == "submitted"}
+
+
+def test_restart_and_kill_9_lose_no_submitted_response(labeling_server, argilla_client):
+    import argilla as rg
+
+    home = labeling_server["home"]
+    workspace = unique("ws-restart")
+    annotator, password = make_user(argilla_client, workspace)
+    settings = rg.Settings(fields=[rg.TextField(name="prompt")], questions=[rg.LabelQuestion(name="pref", labels=["a", "b"])])
+    dataset = rg.Dataset(name=unique("restart"), workspace=workspace, settings=settings, client=argilla_client).create()
+    dataset.records.log([{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(4)])
+    ids = {r.id: str(r._server_id) for r in dataset.records}
+    http = login(labeling_server, annotator.username, password)
+    try:
+        submit(http, ids["r0"], "a")
+        stopped = server.down(home)
+        assert stopped == ["server", "worker", "redis"] and not server.status(home)["healthy"]
+        assert not any(server.status(home)["pids"].values())
+        server.up(home)
+        assert submitted_labels(argilla_client, dataset) == {"r0": "a"}
+        submit(http, ids["r1"], "b")  # the bearer token outlives the restart (persistent secret key)
+
+        before = server.status(home)["pids"]
+        os.kill(before["server"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while server.status(home)["pids"]["server"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.status(home)["pids"]["server"] is None
+        after = server.up(home)["pids"]
+        assert after["server"] != before["server"] and (after["worker"], after["redis"]) == (before["worker"], before["redis"])
+        assert submitted_labels(argilla_client, dataset) == {"r0": "a", "r1": "b"}
+        queue = http.post(f"/me/datasets/{dataset.id}/records/search", json={"filters": {"and": [
+            {"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": ["pending"]}]}}).json()
+        assert sorted(item["record"]["external_id"] for item in queue["items"]) == ["r2", "r3"]
+    finally:
+        http.close()
+        server.up(home)  # leave the session server running whatever happened
+
+
+def test_up_refuses_a_busy_port_and_warns_off_loopback(labeling_server, tmp_path):
+    with pytest.warns(UserWarning, match="0.0.0.0"), pytest.raises(LabelingError, match="already in use"):
+        server.up(tmp_path / "other", host="0.0.0.0", port=labeling_server["port"])
+    assert not (tmp_path / "other" / "run").exists() or not any((tmp_path / "other" / "run").iterdir())
+
+
+def test_external_argilla_is_used_when_configured(labeling_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("ARGILLA_API_URL", labeling_server["url"])
+    monkeypatch.setenv("ARGILLA_API_KEY", labeling_server["api_key"])
+    monkeypatch.setenv("PREFAB_LABELING_HOME", str(tmp_path / "unused"))
+    assert server.up() == {"url": labeling_server["url"], "external": True}
+    assert server.status()["healthy"] and server.down() == []
+    assert server.client().me.username == "owner"
+    assert not (tmp_path / "unused").exists()
+    monkeypatch.setenv("ARGILLA_API_KEY", "wrong")
+    with pytest.raises(LabelingError):
+        server.client()
+
+
+def test_cli_status_logs_and_users(labeling_server, prefab):
+    result = prefab("labeling", "status")
+    assert result.exit_code == 0 and labeling_server["url"] in result.output and "healthy" in result.output
+    assert "Application startup complete" in prefab("labeling", "logs", "-n", "1000").output
+
+    name = unique("cli-user")
+    workspace = unique("ws-cli")
+    added = prefab("labeling", "users", "add", name, "--role", "annotator", "--workspace", workspace)
+    assert added.exit_code == 0, added.output
+    password = re.search(r"password: (\S+)", added.output).group(1)
+    login(labeling_server, name, password).close()  # the printed password works
+    listed = prefab("labeling", "users", "list").output
+    assert re.search(rf"{name}\s+annotator\s+{workspace}", listed)
+    again = prefab("labeling", "users", "add", name)
+    assert again.exit_code != 0 and "already exists" in again.output
+    assert prefab("labeling", "users", "remove", name).exit_code == 0
+    assert name not in prefab("labeling", "users", "list").output
+    with pytest.raises(httpx.HTTPStatusError):
+        login(labeling_server, name, password)

@@ -33,7 +33,7 @@ def export(run_dir, config_path, formats, sources, min_margin, standard, test_sh
     from pipeline.config import Config, ExportConfig, IngestConfig
     from pipeline.store import open_run
 
-    from pipeline.runner import run_step
+    from training.export import step
 
     run = open_run(run_dir)
     record = stage_command
@@ -44,7 +44,11 @@ def export(run_dir, config_path, formats, sources, min_margin, standard, test_sh
             raise
         # a run made without `prefab run` holds no config snapshot: export with defaults, and leave none behind
         config = Config(run=run_dir, ingest=IngestConfig(paths=["-"]))
-        record = run_step
+
+        def record(stage, config, run, **options):
+            with run.stage(stage) as info:
+                info.update(step(config, run, **options))
+            return info
     overrides = {"formats": list(formats) or None, "sources": list(sources) or None, "min_margin": min_margin,
                  "conversational": False if standard else None, "test_share": test_share, "max_tokens": max_tokens,
                  "tokenizer": tokenizer, "ties": ties, "both_bad": both_bad, "drop_equal": drop_equal or None, "seed": seed,

@@ -56,7 +56,7 @@ def select_pairs(pairs: pl.DataFrame, preferences: pl.DataFrame, config: ExportC
                           where="labels", hint=f"labels must be one of {', '.join(PREFERENCES)}; pull again from Argilla")
     df = pairs.join(preferences, on="pair_id", how="left").with_columns(
         source=pl.when(pl.col("preference").is_not_null()).then(pl.lit("human"))
-        .when(pl.col("route") == "auto").then(pl.lit("auto")).otherwise(pl.lit("pending")))
+        .when(pl.col("route").fill_null("auto") == "auto").then(pl.lit("auto")).otherwise(pl.lit("pending")))  # unrouted: automatic
     dropped = {}
 
     def drop(mask: pl.Expr, reason: str):

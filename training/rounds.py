@@ -36,7 +36,6 @@ def round_config(config: Config, r: int, policy: str | None) -> Config:
 
 def run_rounds(config: Config, *, force: bool = False) -> list[dict]:
     """Run every round in order; returns (and records in the parent manifest) one summary per round."""
-    from pipeline.cli import save_snapshot
     from pipeline.progress import console
     from pipeline.runner import planned, run_pipeline
 
@@ -53,7 +52,6 @@ def run_rounds(config: Config, *, force: bool = False) -> list[dict]:
         sub = round_config(config, r, policy)
         run = Run(sub.run)
         console.rule(f"round {r} of {tc.rounds}" + (f": policy {policy}" if policy else ""))
-        save_snapshot(sub, run)
         run_pipeline(sub, run, force=force)
         train_info = run.stage_info("train")
         trained = train_info.get("model_dir") or str(run.path / "train" / tc.method)

@@ -5,7 +5,6 @@ server, standing in for a paid judge API, compares them in both orders)."""
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import polars as pl

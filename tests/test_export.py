@@ -185,6 +185,10 @@ def test_standard_strings_and_saved_hf_dataset(labeled_run, prefab, tmp_path):
     saved = load_from_disk(str(tmp_path / "hf" / "dpo"))
     assert saved["train"].num_rows == 6 and saved["train"][0]["prompt"] == rows[0]["prompt"]
     assert Run(run.path).stage_info("export")["status"] == "complete"
+    # pushing needs the network: offline it is refused before anything is written
+    before = snapshot_dir(run.path / "exports")
+    result = prefab("export", "--run", run.path, "--test-share", "0.5", "--push-to-hub", "me/prefs")
+    assert result.exit_code != 0 and "HF_HUB_OFFLINE" in result.output and snapshot_dir(run.path / "exports") == before
 
 
 def test_empty_export_fails_clearly_and_keeps_the_previous_files(labeled_run, prefab):

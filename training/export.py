@@ -9,6 +9,7 @@ previous one untouched.
 
 import json
 import math
+import os
 from pathlib import Path
 
 import polars as pl
@@ -241,6 +242,8 @@ def export(run: Run, config: ExportConfig, *, labeling: LabelingConfig | None = 
            save_hf: str | None = None, push_to_hub: str | None = None) -> dict:
     """Select, split, validate and write the requested formats; return counts for the manifest."""
     out_dir = Path(config.out_dir) if config.out_dir else run.path / "exports"
+    if push_to_hub and os.environ.get("HF_HUB_OFFLINE") == "1":  # before anything is written
+        raise ExportError(f"cannot push to {push_to_hub}: HF_HUB_OFFLINE=1", hint="unset HF_HUB_OFFLINE and log in (hf auth login) to push")
     pairs = run.read("pairs")
     selected, dropped = select_pairs(pairs, human_preferences(run, labeling), config)
     df, n_equal = attach_texts(selected, run.read("prompts"), run.read("candidates"), drop_equal=config.drop_equal)
@@ -376,10 +379,6 @@ def save_datasets(files: dict, target: Path) -> str:
 
 
 def push_datasets(files: dict, repo: str) -> str:
-    import os
-
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ExportError(f"cannot push to {repo}: HF_HUB_OFFLINE=1", hint="unset HF_HUB_OFFLINE and log in (hf auth login) to push")
     for stem, dataset in _datasets(files).items():
         dataset.push_to_hub(repo, config_name=stem)
     return repo

@@ -11,6 +11,7 @@ import polars as pl
 
 from pipeline.cache import CallCache, run_cache
 from pipeline.config import GeneratorSpec
+from pipeline.errors import ConfigError
 from pipeline.llm import call_llm
 from pipeline.progress import summary
 from pipeline.schema import TABLES
@@ -84,6 +85,9 @@ def generate(prompts: pl.DataFrame, generators: list[GeneratorSpec], cache: Call
 
 def step(config, run: Run, retry_failed: bool = False) -> dict:
     """Read the kept prompts, generate (cache first), write candidates, print and return the counts."""
+    if config.generate is None:
+        raise ConfigError("the config has no `generate:` section", where=str(config.source or run.path),
+                          hint="add `generate: {generators: [{backend: transformers, model: embedded:smollm2}]}`")
     prompts = run.read("prompts").filter(pl.col("duplicate_of").is_null())
     previous = run.read("candidates") if run.has("candidates") else None
     cache = run_cache(run.path)

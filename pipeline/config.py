@@ -126,6 +126,9 @@ class JudgeConfig(Strict):
     retry_temperature: float = Field(0.7, ge=0, le=2)
     seed: int = 0  # retries use seed + attempt, so the call cache does not return the same bad answer
     logprobs: bool = False  # ask for token logprobs in pairwise judging (confidence), where the backend has them
+    # json: a JSON answer with a rationale per aspect; logprobs: one token per aspect, the score weighted by the
+    # probabilities of the scale's digits (G-Eval style; always parseable, for small local judges; no rationale)
+    scoring: Literal["json", "logprobs"] = "json"
 
     @model_validator(mode="after")
     def _check_rubric(self):
@@ -137,6 +140,11 @@ class JudgeConfig(Strict):
                 raise ValueError(f"aspect {a.name!r}: min {a.min:g} must be below max {a.max:g}")
         if sum(a.weight for a in self.aspects) <= 0:
             raise ValueError("at least one aspect needs a weight above 0")
+        if self.scoring == "logprobs":
+            for a in self.aspects:
+                if not (float(a.min).is_integer() and float(a.max).is_integer() and 0 <= a.min and a.max <= 9):
+                    raise ValueError(f"aspect {a.name!r}: scoring: logprobs needs a scale of whole numbers within 0..9 "
+                                     f"(one token per score), got {a.min:g}..{a.max:g}")
         labels = [j.label for j in self.judges]
         if len(set(labels)) != len(labels):
             raise ValueError(f"judges need distinct names (got {labels}); set `name:` on each")

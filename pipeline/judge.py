@@ -7,6 +7,10 @@ is not JSON, misses an aspect or leaves the scale is asked again (`parse_retries
 and `retry_temperature`, so neither the call cache nor greedy decoding hands back the same bad answer; after
 that it is recorded with its raw text, its error and a null score. One bad answer never fails a batch.
 
+`scoring: logprobs` instead asks one single-token question per aspect and takes the probability-weighted mean
+of the scale's digits (as G-Eval): always parseable and graded, which is what a small local judge (the
+embedded SmolLM2 rarely writes valid JSON) needs; the rationale is then the digit distribution in `raw`.
+
 Pairwise (`judge_pairs`, run by the route stage and by evaluation): A vs B in both orders. `consistent` when
 both orders name the same winner (ties allowed); `confidence` from the two verdicts and, when logprobs are
 asked for and returned, from the probability of the verdict tokens.
@@ -50,6 +54,18 @@ the responses and their length must not sway you.
 
 Answer with JSON only, exactly in this form:
 {"rationale": "<one or two sentences>", "winner": "A" | "B" | "tie"}"""
+
+
+ASPECT_SYSTEM = """You are a strict, fair evaluator of AI assistant responses.
+Rate the response to the conversation below for {name}: {description}
+Reply with a single digit from {lo} (worst) to {hi} (best)."""
+
+PAIRWISE_TOKEN_SYSTEM = """You are a strict, fair evaluator of AI assistant responses.
+Compare two responses, A and B, to the conversation below. Which one serves the user better overall:
+correct, helpful, honest, follows the instructions? Reply with a single letter: A or B."""
+
+TOP_LOGPROBS = 20  # the most OpenAI-compatible servers return
+TIE_BAND = 0.1  # logprob pairwise: A and B within 0.45..0.55 of their shared probability is a tie
 
 
 class AspectAnswer(BaseModel):
@@ -177,7 +193,7 @@ def parse_verdict(text: str | None) -> str:
 
 
 def ask_parsed(spec, base_requests: list[dict], parse, cache, cfg, description: str) -> list[dict]:
-    """Ask each request; re-ask the ones whose answer fails `parse` with seed + attempt at retry_temperature.
+    """Ask each request; re-ask the ones whose answer fails `parse(result)` with seed + attempt at retry_temperature.
 
     Returns per request {"value" (parsed or None), "raw", "error", "attempts", "result"}.
     """
@@ -199,7 +215,7 @@ def ask_parsed(spec, base_requests: list[dict], parse, cache, cfg, description: 
                 still.append(i)
                 continue
             try:
-                slot["value"], slot["error"] = parse(result["text"]), None
+                slot["value"], slot["error"] = parse(result), None
             except ValueError as e:
                 slot["error"] = f"unparseable: {e}" if "outside" not in str(e) else f"out of range: {e}"
                 still.append(i)
@@ -209,10 +225,12 @@ def ask_parsed(spec, base_requests: list[dict], parse, cache, cfg, description: 
 
 def judge_candidates(spec, items: list[tuple[list[dict], str]], aspects, cache, cfg) -> list[dict]:
     """Judgment rows (without ids) for (messages, response) items: aspects, overall, rationale, raw, error."""
+    if cfg.scoring == "logprobs":
+        return judge_by_logprobs(spec, items, aspects, cache, cfg)
     structured = cfg.structured_output and spec.backend == "openai"
     base = [{"messages": rubric_messages(aspects, messages, response), "max_tokens": cfg.max_tokens,
              "response_format": rubric_schema(aspects) if structured else None} for messages, response in items]
-    answers = ask_parsed(spec, base, lambda text: parse_rubric(text, aspects), cache, cfg, f"judge {spec.label}")
+    answers = ask_parsed(spec, base, lambda result: parse_rubric(result["text"], aspects), cache, cfg, f"judge {spec.label}")
     rows = []
     for ans in answers:
         scores = ans["value"]
@@ -223,6 +241,63 @@ def judge_candidates(spec, items: list[tuple[list[dict], str]], aspects, cache, 
             rows.append({"aspects": scores, "overall": round(overall_score(scores, aspects), 6),
                          "rationale": "\n".join(f"{s['name']}: {s['rationale']}" for s in scores if s["rationale"]),
                          "raw": ans["raw"], "error": None})
+    return rows
+
+
+def token_distribution(result: dict, allowed) -> dict[str, float]:
+    """Probabilities of the allowed one-token answers at the first position, from the returned top logprobs."""
+    steps = result.get("logprobs") or []
+    if not steps:
+        raise ValueError("no logprobs in the answer (the backend must return them for scoring: logprobs)")
+    first = steps[0]
+    probs: dict[str, float] = {}
+    for alt in first.get("top_logprobs") or [first]:
+        token = alt["token"].strip()
+        if token in allowed:
+            probs[token] = probs.get(token, 0.0) + math.exp(alt["logprob"])
+    if not probs:
+        raise ValueError(f"none of {sorted(allowed)} among the top tokens (answer began {result.get('text')!r})")
+    return probs
+
+
+def aspect_messages(aspect, messages: list[dict], response: str) -> list[dict]:
+    description = aspect.description or DEFAULT_DESCRIPTIONS.get(aspect.name, "")
+    system = ASPECT_SYSTEM.format(name=aspect.name, description=description, lo=f"{aspect.min:g}", hi=f"{aspect.max:g}")
+    user = (f"## Conversation\n\n{render_conversation(messages)}\n\n## Response to rate\n\n{response}\n\n"
+            f"{aspect.name} score ({aspect.min:g}-{aspect.max:g}):")
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def judge_by_logprobs(spec, items: list[tuple[list[dict], str]], aspects, cache, cfg) -> list[dict]:
+    """One single-token request per (candidate, aspect); the score is the probability-weighted mean of the scale's
+    digits (G-Eval). A small model that never writes valid JSON still gives a usable, graded score."""
+    base = [{"messages": aspect_messages(a, messages, response), "max_tokens": 1, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+            for messages, response in items for a in aspects]
+    scales = [{str(k) for k in range(int(a.min), int(a.max) + 1)} for a in aspects] * len(items)
+    once = cfg.model_copy(update={"parse_retries": 0})  # the distribution is the same on every try
+    answers = ask_parsed(spec, base, lambda result: result, cache, once, f"judge {spec.label}")
+    rows = []
+    for k in range(len(items)):
+        scores, raw, errors = [], {}, []
+        for j, a in enumerate(aspects):
+            ans = answers[k * len(aspects) + j]
+            try:
+                if ans["value"] is None:
+                    raise ValueError(ans["error"])
+                probs = token_distribution(ans["value"], scales[k * len(aspects) + j])
+            except ValueError as e:
+                errors.append(f"{a.name}: {e}")
+                continue
+            mass = sum(probs.values())
+            score = sum(int(t) * p for t, p in probs.items()) / mass
+            raw[a.name] = {t: round(p, 6) for t, p in sorted(probs.items())}
+            scores.append({"name": a.name, "score": round(score, 6), "rationale": f"probability-weighted over {len(probs)} score tokens (mass {mass:.3f})"})
+        if errors:
+            rows.append({"aspects": [{"name": a.name, "score": None, "rationale": None} for a in aspects], "overall": None,
+                         "rationale": None, "raw": json.dumps(raw), "error": "unparseable: " + "; ".join(errors)})
+        else:
+            rows.append({"aspects": scores, "overall": round(overall_score(scores, aspects), 6), "rationale": None,
+                         "raw": json.dumps(raw), "error": None})
     return rows
 
 
@@ -256,25 +331,30 @@ def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg) -> l
     """Pairwise rows (without ids) for (messages, first, second) items, each judged in both orders.
 
     Verdicts are mapped back to "chosen" (the first text of the item), "rejected" (the second) or "tie".
+    With `scoring: logprobs` the verdict is one token, A or B, read from its probabilities (close = tie).
     """
-    structured = cfg.structured_output and spec.backend == "openai"
-    want_logprobs = bool(getattr(cfg, "logprobs", False))
+    by_token = cfg.scoring == "logprobs"
+    structured = cfg.structured_output and spec.backend == "openai" and not by_token
+    want_logprobs = by_token or bool(cfg.logprobs)
     base = []
     for messages, first, second in items:
         for a, b in ((first, second), (second, first)):
-            req = {"messages": pairwise_messages(messages, a, b), "max_tokens": cfg.max_tokens,
-                   "response_format": PAIRWISE_SCHEMA if structured else None}
+            if by_token:
+                req = {"messages": pairwise_token_messages(messages, a, b), "max_tokens": 1}
+            else:
+                req = {"messages": pairwise_messages(messages, a, b), "max_tokens": cfg.max_tokens,
+                       "response_format": PAIRWISE_SCHEMA if structured else None}
             if want_logprobs:
-                req.update(logprobs=True, top_logprobs=5)
+                req.update(logprobs=True, top_logprobs=TOP_LOGPROBS if by_token else 5)
             base.append(req)
-    answers = ask_parsed(spec, base, parse_verdict, cache, cfg, f"pairwise {spec.label}")
+    parse = token_verdict if by_token else (lambda result: (parse_verdict(result["text"]), _verdict_prob(result) if want_logprobs else None))
+    answers = ask_parsed(spec, base, parse, cache, cfg.model_copy(update={"parse_retries": 0}) if by_token else cfg, f"pairwise {spec.label}")
     rows = []
     for k in range(len(items)):
         ab, ba = answers[2 * k], answers[2 * k + 1]
-        v_ab = {"A": "chosen", "B": "rejected", "tie": "tie"}.get(ab["value"]) if ab["value"] else None
-        v_ba = {"A": "rejected", "B": "chosen", "tie": "tie"}.get(ba["value"]) if ba["value"] else None
-        p_ab = _verdict_prob(ab["result"]) if want_logprobs and v_ab else None
-        p_ba = _verdict_prob(ba["result"]) if want_logprobs and v_ba else None
+        (w_ab, p_ab), (w_ba, p_ba) = ab["value"] or (None, None), ba["value"] or (None, None)
+        v_ab = {"A": "chosen", "B": "rejected", "tie": "tie"}.get(w_ab)
+        v_ba = {"A": "rejected", "B": "chosen", "tie": "tie"}.get(w_ba)
         errors = [f"{order}: {a['error']}" for order, a in (("ab", ab), ("ba", ba)) if a["value"] is None]
         rows.append({
             "verdict_ab": v_ab, "verdict_ba": v_ba,
@@ -284,6 +364,21 @@ def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg) -> l
             "error": "; ".join(errors) or None,
         })
     return rows
+
+
+def pairwise_token_messages(messages: list[dict], a: str, b: str) -> list[dict]:
+    user = (f"## Conversation\n\n{render_conversation(messages)}\n\n## Response A\n\n{a}\n\n## Response B\n\n{b}\n\n"
+            "Better response (A or B):")
+    return [{"role": "system", "content": PAIRWISE_TOKEN_SYSTEM}, {"role": "user", "content": user}]
+
+
+def token_verdict(result: dict) -> tuple[str, float]:
+    """(winner, its probability share) from the probabilities of the tokens A and B."""
+    probs = token_distribution(result, {"A", "B"})
+    share = probs.get("A", 0.0) / sum(probs.values())
+    if abs(share - 0.5) < TIE_BAND / 2:
+        return "tie", 1 - abs(share - 0.5) * 2
+    return ("A", share) if share > 0.5 else ("B", 1 - share)
 
 
 # ---------------------------------------------------------------- ensemble agreement and the stage

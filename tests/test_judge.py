@@ -227,6 +227,7 @@ def pair_server(openai_server, decide):
 
 
 def pairwise(openai_server, tmp_path, items, **cfg):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cache = CallCache(tmp_path / "cache.sqlite")
     try:
         return judge_pairs(ModelSpec(**server_spec(openai_server)), items, cache, JudgeConfig(**cfg))
@@ -298,3 +299,64 @@ def test_embedded_smollm2_as_judge_never_fails_the_batch(tmp_path):
     # a second run answers from the call cache: same table, no model call needed
     judge.step(config, run)
     assert run.read("judgments").equals(df)
+
+
+# ---------------------------------------------------------------- scoring: logprobs (one token per aspect)
+
+
+def token_reply(probs: dict[str, float], text=None) -> dict:
+    tops = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in probs.items()]
+    first = max(probs, key=probs.get)
+    return {"content": text or first, "logprobs": [{"token": first, "logprob": math.log(probs[first]), "bytes": None, "top_logprobs": tops}]}
+
+
+def test_logprob_scoring_weights_the_digits(openai_server, tmp_path):
+    def respond(request):
+        answer = request["messages"][-1]["content"].split("## Response to rate\n\n", 1)[1]
+        if answer.startswith("GOOD"):
+            return token_reply({"5": 0.6, "4": 0.2, " ": 0.1, "7": 0.05})  # 7 is off the scale: ignored
+        if answer.startswith("SILENT"):
+            return token_reply({"The": 0.9, "A": 0.05})
+        return token_reply({"1": 0.3, "2": 0.1, "Hello": 0.5})
+
+    openai_server.respond = respond
+    run, config = make_run(tmp_path / "run", ["Q"], {"Q": ["GOOD answer", "POOR answer", "SILENT answer"]},
+                           judge={"judges": [server_spec(openai_server)], "scoring": "logprobs"})
+    judge.step(config, run)
+    rows = {r["text"]: r for r in run.read("judgments").join(run.read("candidates").select("candidate_id", "text"), on="candidate_id").iter_rows(named=True)}
+    assert rows["GOOD answer"]["overall"] == pytest.approx((5 * 0.6 + 4 * 0.2) / 0.8)
+    assert rows["POOR answer"]["overall"] == pytest.approx((1 * 0.3 + 2 * 0.1) / 0.4)
+    assert json.loads(rows["GOOD answer"]["raw"])["helpfulness"] == {"4": 0.2, "5": 0.6}
+    silent = rows["SILENT answer"]
+    assert silent["overall"] is None and silent["error"].startswith("unparseable: helpfulness: none of")
+    sent = openai_server.bodies[0]
+    assert sent["max_tokens"] == 1 and sent["logprobs"] is True and sent["top_logprobs"] == 20 and "response_format" not in sent
+    assert "helpfulness score (1-5):" in sent["messages"][-1]["content"]
+    assert openai_server.total == 12  # 3 candidates x 4 aspects, no retries (the distribution would not change)
+
+
+def test_logprob_scoring_needs_single_digit_scales():
+    with pytest.raises(ValueError, match="whole numbers within 0..9"):
+        JudgeConfig(scoring="logprobs", aspects=[AspectSpec(name="a", min=1, max=10)])
+
+
+def test_logprob_pairwise_with_a_first_position_bias(openai_server, tmp_path):
+    openai_server.respond = lambda request: token_reply({"A": 0.7, "B": 0.3})
+    rows = pairwise(openai_server, tmp_path, ITEMS, scoring="logprobs")
+    assert [(r["verdict_ab"], r["verdict_ba"], r["consistent"], r["confidence"]) for r in rows] == [("chosen", "rejected", False, 0.0)] * 2
+    openai_server.respond = lambda request: token_reply({"A": 0.52, "B": 0.48})
+    rows = pairwise(openai_server, tmp_path / "again", ITEMS, scoring="logprobs")
+    assert all(r["verdict_ab"] == r["verdict_ba"] == "tie" and r["consistent"] for r in rows)
+
+
+def test_embedded_smollm2_logprob_judge_gives_graded_scores(tmp_path):
+    run, config = make_run(tmp_path / "run", ["What is the capital of France?"],
+                           {"What is the capital of France?": ["The capital of France is Paris.", "I like turtles."]},
+                           judge={"judges": [{"name": "smol", "model": "embedded:smollm2", "batch_size": 8}], "scoring": "logprobs",
+                                  "aspects": [{"name": "helpfulness"}, {"name": "truthfulness"}]})
+    counts = judge.step(config, run)
+    df = run.read("judgments")
+    assert counts["scored"] == 2  # digits are always among the top tokens: no null scores
+    for row in df.iter_rows(named=True):
+        assert 1 <= row["overall"] <= 5 and row["error"] is None
+        assert set(json.loads(row["raw"])) == {"helpfulness", "truthfulness"}

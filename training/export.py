@@ -272,7 +272,8 @@ def export(run: Run, config: ExportConfig, *, labeling: LabelingConfig | None = 
             formats.validate_lines(Path(name), rows, model)
         except ValueError as e:
             raise ExportError(f"refusing to write an invalid line: {e}", where=str(out_dir / name),
-                              hint="this is a bug in prefab export; please report it with the run") from e
+                              hint="the run holds a prompt or response this format cannot carry (see the field named); "
+                                   "fix or drop it in the run, then export again") from e
     counts = export_counts(df, dropped, files, pairs.height)
     card = dataset_card(run, df, counts, config, files, config_hash)
     for name, (rows, _) in files.items():

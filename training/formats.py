@@ -144,7 +144,8 @@ def validate_lines(path: Path, rows: list[dict], model: type[Line]) -> None:
         try:
             model.model_validate(row)
         except ValidationError as e:
-            raise ValueError(f"{path.name} line {i}: {describe(e)}") from e
+            ids = ", ".join(f"{k} {row[k]}" for k in ("pair_id", "prompt_id") if isinstance(row, dict) and row.get(k))
+            raise ValueError(f"{path.name} line {i}{f' ({ids})' if ids else ''}: {describe(e)}") from e
 
 
 def read_jsonl(path: str | Path, method: str) -> tuple[list[dict], type[Line]]:

@@ -1,0 +1,216 @@
+"""Kill tests: SIGKILL `prefab run` at five points in each stage (generate, judge, embed, route, push,
+export) and `prefab pull` at five points; after running again the outputs equal an uninterrupted run's
+(same ids, same rows), no finished model call is repeated, and no table is ever half-written."""
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from openai_server import default_respond
+from pipeline.store import Run
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+ROOT = Path(__file__).resolve().parent.parent
+N_PROMPTS = 30
+CONCURRENCY = 4
+KILLS = 5
+MODEL_STAGES = {"generate": "gen-model", "judge": "rubric", "route": "pairwise"}
+
+
+def kind_of(request: dict) -> str:
+    system = request["messages"][0]["content"] if request["messages"][0]["role"] == "system" else ""
+    if "Rate the response" in system:
+        return "rubric"
+    if "Compare two responses" in system:
+        return "pairwise"
+    return "gen-model"
+
+
+def _h(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+def respond(request: dict):
+    """Generation: the test server's default text. Judges: scores and verdicts that follow from the texts,
+    so both runs get the same answers and the pairwise verdict is position-consistent."""
+    kind = kind_of(request)
+    user = request["messages"][-1]["content"]
+    if kind == "rubric":
+        return json.dumps({name: {"rationale": "fine", "score": 1 + _h(user + name) % 5} for name in ("helpfulness", "honesty")})
+    if kind == "pairwise":
+        a = user.split("## Response A\n\n", 1)[1].split("\n\n## Response B\n\n")[0]
+        b = user.split("## Response B\n\n", 1)[1]
+        return json.dumps({"rationale": "r", "winner": "A" if _h(a) > _h(b) else "B"})
+    return default_respond(request)
+
+
+def config(tmp_path: Path, name: str, url: str, workspace: str) -> Path:
+    llm = f"backend: openai\n      base_url: {url}\n      api_key_env: PREFAB_KILL_KEY\n      concurrency: {CONCURRENCY}\n      max_retries: 0"
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"""run: {tmp_path / name}
+ingest:
+  paths: [{tmp_path / 'prompts.jsonl'}]
+generate:
+  generators:
+    - name: gen
+      model: gen-model
+      {llm}
+      temperatures: [0.3, 1.0]
+      max_tokens: 16
+judge:
+  judges:
+    - name: judge
+      model: judge-model
+      {llm}
+  aspects: [{{name: helpfulness}}, {{name: honesty}}]
+embed: {{}}
+pair: {{}}
+route: {{margin_threshold: 1.0, audit_share: 0.3}}
+labeling: {{dataset: {name}, workspace: {workspace}}}
+export: {{test_share: 0.2}}
+""")
+    return path
+
+
+def spawn(*args) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def finish(*args) -> None:
+    proc = spawn(*args)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-3000:]
+
+
+def assert_tables_whole(run_dir: Path) -> None:
+    for path in run_dir.glob("*.parquet"):
+        pl.read_parquet(path)  # raises on a half-written file
+    for path in (run_dir / "exports").glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            json.loads(line)
+
+
+def complete(run_dir: Path, stage: str) -> bool:
+    try:
+        return json.loads((run_dir / "manifest.json").read_text())["stages"][stage]["status"] == "complete"
+    except (FileNotFoundError, KeyError, ValueError):
+        return False
+
+
+def kill_when(proc, trigger, timeout: float = 120) -> bool:
+    """SIGKILL the process group once trigger() holds; False if the process ended first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        if trigger():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError("kill trigger never fired")
+
+
+def comparable(run_dir: Path) -> dict:
+    """The outputs whose equality matters: ids and rows, minus wall-clock fields."""
+    out = {}
+    drop = {"candidates": ["latency_s"], "labels": ["updated_at"]}
+    for path in sorted(run_dir.glob("*.parquet")):
+        df = pl.read_parquet(path).drop(drop.get(path.stem, []), strict=False)
+        key = df.columns[0]
+        out[path.stem] = df.sort(df.columns[: 2 if path.stem in ("judgments", "labels", "embeddings") else 1]).to_dicts() if key else df
+    for path in sorted((run_dir / "exports").glob("*.jsonl")):
+        out[path.name] = sorted(path.read_text().splitlines())
+    return out
+
+
+def answer_some(client, dataset_name: str, workspace: str, n: int) -> None:
+    """The owner labels the first n records (sorted by id) so pull has something to fetch."""
+    from argilla._models import UserResponseModel
+
+    dataset = client.datasets(dataset_name, workspace=workspace)
+    records = sorted(dataset.records, key=lambda r: r.id)[:n]
+    for i, record in enumerate(records):
+        client.api.records.create_record_response(record._server_id, UserResponseModel(
+            values={"preference": {"value": ["a", "b", "tie", "both_bad"][i % 4]}}, status="submitted", user_id=client.me.id))
+
+
+def test_kill_nine_everywhere_then_resume(tmp_path, openai_server, argilla_client, monkeypatch):
+    from labeling_fixtures import unique
+
+    monkeypatch.setenv("PREFAB_KILL_KEY", "kill-test-key")
+    rng = random.Random(7)
+    workspace = unique("kill")
+    openai_server.respond = respond
+    openai_server.latency = 0.1
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Explain idea number {i} briefly."}) + "\n" for i in range(N_PROMPTS)))
+
+    # the uninterrupted reference
+    reference = config(tmp_path, "reference", openai_server.url, workspace)
+    finish("run", reference)
+    ref_calls = dict(openai_server.request_counts)
+    answer_some(argilla_client, "reference", workspace, 6)
+    finish("pull", "--run", tmp_path / "reference")
+
+    openai_server.reset_counts()
+    killed_cfg = config(tmp_path, "killed", openai_server.url, workspace)
+    run_dir = tmp_path / "killed"
+    stages = ["generate", "judge", "embed", "route", "push", "export"]
+    before = {"generate": "ingest", "judge": "generate", "embed": "judge", "route": "pair", "push": "route", "export": "push"}
+    landed = {}
+    for stage in stages:
+        landed[stage] = 0
+        for _ in range(KILLS):
+            proc = spawn("run", killed_cfg, "--until", stage)
+            if stage in MODEL_STAGES:
+                kind, seen, need = MODEL_STAGES[stage], sum(1 for b in openai_server.bodies if kind_of(b) == MODEL_STAGES[stage]), rng.randint(2, 8)
+                trigger = lambda: sum(1 for b in openai_server.bodies if kind_of(b) == kind) >= seen + need
+            else:
+                ready_at = []
+                delay = rng.uniform(0.05, 1.5)
+                def trigger(prev=before[stage]):
+                    if not ready_at and complete(run_dir, prev):
+                        ready_at.append(time.time())
+                    return bool(ready_at) and time.time() - ready_at[0] >= delay
+            killed = kill_when(proc, trigger)
+            landed[stage] += killed and not complete(run_dir, stage)
+            assert_tables_whole(run_dir)
+        finish("run", killed_cfg, "--until", stage)
+    for stage in MODEL_STAGES:
+        assert landed[stage] == KILLS, landed
+    assert sum(landed.values()) >= 20, landed
+
+    # no finished model call was repeated: beyond the reference's calls, only those in flight at a kill
+    repeats = sum(max(0, n - ref_calls.get(body, 0)) for body, n in openai_server.request_counts.items())
+    assert repeats <= CONCURRENCY * KILLS * len(MODEL_STAGES), repeats
+    assert set(openai_server.request_counts) == set(ref_calls)
+
+    finish("run", killed_cfg)
+    answer_some(argilla_client, "killed", workspace, 6)
+    pulled = 0
+    for _ in range(KILLS):
+        proc = spawn("pull", "--run", run_dir)
+        delay = rng.uniform(1.0, 4.0)
+        started = time.time()
+        pulled += kill_when(proc, lambda: time.time() - started >= delay)
+        assert_tables_whole(run_dir)
+    finish("pull", "--run", run_dir)
+
+    ref, got = comparable(tmp_path / "reference"), comparable(run_dir)
+    assert set(ref) == set(got)
+    for name in ref:
+        assert got[name] == ref[name], f"{name} differs after kills"
+    assert Run(run_dir).read("labels").height == 6

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 from pipeline.cache import run_cache
 from pipeline.llm import call_llm
 from pipeline.progress import console, summary
-from pipeline.schema import empty
+from pipeline.schema import TABLES, empty
 
 DEFAULT_DESCRIPTIONS = {  # after UltraFeedback's annotation guidelines
     "helpfulness": "Does it fulfil the task: correct, informative, useful, at the right level of detail?",
@@ -434,9 +434,9 @@ def step(config, run, **_) -> dict:
     try:
         for spec in cfg.judges:
             rows = judge_candidates(spec, items, cfg.aspects, cache, cfg)
-            frames.append(pl.DataFrame({"candidate_id": candidates["candidate_id"], "judge": [spec.label] * len(rows),
-                                        **{k: [r[k] for r in rows] for k in ("aspects", "overall", "rationale", "raw", "error")}},
-                                       schema_overrides={"overall": pl.Float64, "rationale": pl.String, "raw": pl.String, "error": pl.String}))
+            # the table's schema, not inference: a first row of null scores must not make the column null-typed
+            frames.append(pl.DataFrame([{"candidate_id": c, "judge": spec.label, **r} for c, r in zip(candidates["candidate_id"], rows)],
+                                       schema=TABLES["judgments"]))
     finally:
         cache.close()
     df = run.write("judgments", pl.concat(frames) if frames else empty("judgments"))

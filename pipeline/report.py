@@ -5,7 +5,7 @@ the tables it needs are absent, so a report works at any point of a run. To add 
 part of prefab, put a module exposing `sections = [fn, ...]` in EXTRA_SECTION_MODULES (labeling.report and
 training.report are already listed) and build it with the helpers here:
 
-    from pipeline.report import figure, plot_html, section, table_html
+    from pipeline.report import figure, legend, plot_html, section, table_html
 
     def labels_section(run):
         if not run.has("labels"):
@@ -58,6 +58,12 @@ def plot_html(fig, alt: str = "plot") -> str:
     plt.close(fig)
     data = base64.b64encode(buf.getvalue()).decode()
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def legend(ax, **kw) -> None:
+    """A legend only when something is labelled (matplotlib warns otherwise)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
 
 
 def table_html(rows: list[dict] | pl.DataFrame, max_rows: int = 50) -> str:
@@ -139,7 +145,7 @@ def prompts_section(run: Run) -> str | None:
         ax.set_xlabel("topic cluster")
         ax.set_ylabel("prompts")
         ax.set_title("Cluster sizes" + (" (red: no pair yet)" if covered else ""))
-        ax.legend()
+        legend(ax)
         parts.append(plot_html(fig, "cluster sizes"))
         if covered:
             parts.append(f"<p>Pairs cover {len(covered)} of {len(x)} clusters ({len(covered) / max(len(x), 1):.0%}).</p>")
@@ -161,7 +167,7 @@ def candidates_section(run: Run) -> str | None:
     ax.set_xlabel("characters")
     ax.set_ylabel("candidates")
     ax.set_title("Candidate length by generator")
-    ax.legend()
+    legend(ax)
     return section("Candidates", table_html(by_model), plot_html(fig, "candidate lengths"))
 
 
@@ -185,7 +191,7 @@ def scores_section(run: Run) -> str | None:
                 if vals:
                     ax.hist(vals, bins=10, alpha=0.6, label=model, color=COLORS[k % len(COLORS)])
             ax.set_title(name)
-        axes[0].legend(fontsize=7)
+        legend(axes[0], fontsize=7)
         parts.append("<h3>Score distributions per aspect and generator</h3>" + plot_html(fig, "score distributions"))
         fig, ax = figure()
         for k, model in enumerate(models):
@@ -194,7 +200,7 @@ def scores_section(run: Run) -> str | None:
         ax.set_xlabel("candidate length (characters)")
         ax.set_ylabel("overall score")
         ax.set_title("Length vs score")
-        ax.legend(fontsize=7)
+        legend(ax, fontsize=7)
         corr = ok.select(pl.corr(pl.col("text").str.len_chars(), pl.col("overall"), method="spearman")).item() if ok.height > 2 else None
         note = ""
         if corr is not None and not math.isnan(corr):
@@ -226,7 +232,7 @@ def pairs_section(run: Run) -> str | None:
         threshold = (run.manifest().get("config") or {}).get("route", {}) or {}
         if threshold.get("margin_threshold") is not None:
             axes[0].axvline(threshold["margin_threshold"], color=COLORS[3], linestyle="--", label="route threshold")
-            axes[0].legend(fontsize=7)
+            legend(axes[0], fontsize=7)
         axes[0].set_xlabel("judge margin (chosen - rejected)")
         axes[0].set_title("Margins")
         sims = pairs["similarity"].drop_nulls().to_list()

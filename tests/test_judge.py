@@ -320,11 +320,13 @@ def test_logprob_scoring_weights_the_digits(openai_server, tmp_path):
         return token_reply({"1": 0.3, "2": 0.1, "Hello": 0.5})
 
     openai_server.respond = respond
-    run, config = make_run(tmp_path / "run", ["Q"], {"Q": ["GOOD answer", "POOR answer", "SILENT answer"]},
+    # the failing one first: its null scores must not decide the column's type for the others
+    run, config = make_run(tmp_path / "run", ["Q"], {"Q": ["SILENT answer", "GOOD answer", "POOR answer"]},
                            judge={"judges": [server_spec(openai_server)], "scoring": "logprobs"})
     judge.step(config, run)
     rows = {r["text"]: r for r in run.read("judgments").join(run.read("candidates").select("candidate_id", "text"), on="candidate_id").iter_rows(named=True)}
     assert rows["GOOD answer"]["overall"] == pytest.approx((5 * 0.6 + 4 * 0.2) / 0.8)
+    assert [a["score"] for a in rows["GOOD answer"]["aspects"]] == [pytest.approx(4.75)] * 4
     assert rows["POOR answer"]["overall"] == pytest.approx((1 * 0.3 + 2 * 0.1) / 0.4)
     assert json.loads(rows["GOOD answer"]["raw"])["helpfulness"] == {"4": 0.2, "5": 0.6}
     silent = rows["SILENT answer"]

@@ -4,6 +4,9 @@ Annotators see the prompt as a chat and two responses, A and B, in an order draw
 pair id (stable across pushes, so a re-push never reshuffles what someone is labeling). Which of A/B
 is the judge's chosen one, the candidate ids, the judge margin and the generators are stored as
 metadata hidden from annotators, so they cannot bias the label and pull can map A/B back.
+
+The judges' verdict is a suggestion on the preference question only: the UI pre-fills suggestions,
+and a pre-filled optional rating would be submitted as the annotator's own without a look.
 """
 
 import random
@@ -23,20 +26,17 @@ RATING_VALUES = [1, 2, 3, 4, 5]
 # Argilla label value -> text on the button
 LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie: equally good", "both_bad": "Both are bad"}
 
-# metadata name -> (kind, visible to annotators). Only the topic cluster is safe to show: the margin,
-# route reason, generators and which side is the judge's pick all hint at an answer.
+# Metadata properties, for filtering in the UI and the SDK: name -> (kind, visible to annotators). Only the
+# topic cluster is safe to show: the margin, route, generators and length gap all hint at an answer.
+# Each property costs the server a validation per record, so the A/B mapping (a_is_chosen and the two
+# candidate ids) travels as extra metadata instead: Argilla shows extra metadata to admins only.
 METADATA = {
     "cluster": ("int", True),
     "margin": ("float", False),
     "length_diff": ("int", False),
     "route": ("terms", False),
     "route_reason": ("terms", False),
-    "strategy": ("terms", False),
-    "generator_a": ("terms", False),
-    "generator_b": ("terms", False),
-    "a_is_chosen": ("terms", False),
-    "candidate_a": ("terms", False),
-    "candidate_b": ("terms", False),
+    "generators": ("terms", False),  # both generators' names: filter "pairs involving model X"
 }
 
 
@@ -90,9 +90,9 @@ def settings(config: LabelingConfig, vector_dims: int | None, client: rg.Argilla
             rg.RatingQuestion(name=RATING_B, title="Rate response B (optional, 1 = poor, 5 = excellent)", values=RATING_VALUES, required=False),
         ],
         metadata=metadata,
+        allow_extra_metadata=True,
         vectors=[rg.VectorField(name=PROMPT_VECTOR, title="Prompt similarity", dimensions=vector_dims)] if vector_dims else [],
         distribution=rg.TaskDistribution(min_submitted=config.min_submitted),
-        allow_extra_metadata=False,
     )
 
 
@@ -138,15 +138,7 @@ def pointwise_verdict(chosen_score: float | None, rejected_score: float | None, 
     return {"label": "chosen" if margin > 0 else "rejected", "score": score, "agent": "+".join(judges) or "judge"}
 
 
-def to_rating(overall: float | None, low: float, high: float) -> int | None:
-    """A judge's overall score rescaled to the 1..5 rating the annotators use."""
-    if overall is None or high <= low:
-        return None
-    value = 1 + 4 * (overall - low) / (high - low)
-    return int(min(5, max(1, round(value))))
-
-
-def build_records(pairs: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.DataFrame, *, judgments: pl.DataFrame,
+def build_records(pairs: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.DataFrame, *,
                   pair_judgments: pl.DataFrame, vectors: dict[str, list[float]], config: Config) -> list[dict]:
     """One Argilla record per pair, as the REST bulk-upsert item (suggestions named by question, not id yet).
 
@@ -160,9 +152,6 @@ def build_records(pairs: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.Dat
     messages = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
     clusters = dict(zip(prompts["prompt_id"].to_list(), prompts["cluster"].to_list()))
     cand = {row["candidate_id"]: row for row in candidates.select("candidate_id", "text", "model").iter_rows(named=True)}
-    overall = (judgments.filter(pl.col("overall").is_not_null()).group_by("candidate_id")
-               .agg(pl.col("overall").mean(), pl.col("judge").sort().str.join("+")))
-    overall_of = {r["candidate_id"]: (r["overall"], r["judge"]) for r in overall.iter_rows(named=True)}
     verdicts = pairwise_verdicts(pair_judgments) if labeling.suggestions else {}
 
     records = []
@@ -176,9 +165,8 @@ def build_records(pairs: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.Dat
             "length_diff": abs(len(a["text"] or "") - len(b["text"] or "")),
             "route": p["route"],
             "route_reason": p["route_reason"],
+            "generators": sorted({a["model"], b["model"]}),
             "strategy": p["strategy"],
-            "generator_a": a["model"],
-            "generator_b": b["model"],
             "a_is_chosen": "true" if a_chosen else "false",
             "candidate_a": a_id,
             "candidate_b": b_id,
@@ -201,11 +189,5 @@ def build_records(pairs: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.Dat
             if verdict:
                 record["suggestions"].append({"question_name": PREFERENCE, "value": to_ab(verdict["label"], a_chosen),
                                               "score": verdict["score"], "agent": verdict["agent"], "type": "model"})
-            for question, cid in ((RATING_A, a_id), (RATING_B, b_id)):
-                score, agent = overall_of.get(cid, (None, None))
-                rating = to_rating(score, low, high)
-                if rating is not None:
-                    record["suggestions"].append({"question_name": question, "value": rating, "score": None,
-                                                  "agent": agent, "type": "model"})
         records.append(record)
     return records

@@ -1,15 +1,16 @@
 """`prefab push`: the pairs routed to humans, as records of an Argilla dataset.
 
 Records go to the REST bulk-upsert endpoint in batches of 500 (the server's maximum; the SDK's
-`records.log` sends 256) with two batches in flight, built as plain JSON rather than SDK objects:
-that is what makes 10,000 pairs go at least as fast as `records.log` (bench/bench_push.py). The
+`records.log` sends 256), built as plain JSON rather than SDK objects, one batch at a time: the
+embedded server writes to SQLite, and two batches in flight only queue on its write lock (measured:
+several times slower, and long enough to hit read timeouts). bench/bench_push.py compares this with
+`records.log`; the server's own validation dominates both. The
 record's external id is the pair id, so pushing again updates records and never duplicates them.
 Transient failures (connection errors, 429, 5xx) are retried with exponential backoff; upserts are
 idempotent, so a retried batch cannot duplicate anything.
 """
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import polars as pl
@@ -22,7 +23,7 @@ from pipeline.progress import progress_bar, summary
 from pipeline.store import Run
 
 BATCH = 500  # the server's MAX_RECORDS_PER_UPSERT_BULK
-IN_FLIGHT = 2
+BATCH_TIMEOUT = 600  # seconds: a full batch takes the embedded server 10-40 s on a busy 2-core machine
 ATTEMPTS = 5
 
 
@@ -131,14 +132,11 @@ def upsert(client, dataset, records: list[dict], advance=lambda n: None) -> int:
     url = f"/api/v1/datasets/{dataset.id}/records/bulk"
     http = client.api.http_client
 
-    def send(batch: list[dict]) -> None:
-        call(lambda: http.put(url, json={"items": batch}))
-        advance(len(batch))
-
     before = record_count(client, dataset)
-    batches = [records[i:i + BATCH] for i in range(0, len(records), BATCH)]
-    with ThreadPoolExecutor(IN_FLIGHT) as pool:
-        list(pool.map(send, batches))
+    for i in range(0, len(records), BATCH):
+        batch = records[i:i + BATCH]
+        call(lambda: http.put(url, json={"items": batch}, timeout=BATCH_TIMEOUT))
+        advance(len(batch))
     return record_count(client, dataset) - before
 
 
@@ -151,8 +149,8 @@ def push(run: Run, config: Config, client) -> dict:
     vectors, dims = prompt_vectors(embeddings, config.embed.model if config.embed else None)
     name = dataset_name(config, run)
     dataset, created = ensure_dataset(client, name, labeling.workspace, settings(labeling, dims, client))
-    records = build_records(selected, run.read("prompts"), run.read("candidates"), judgments=run.read_or_empty("judgments"),
-                            pair_judgments=run.read_or_empty("pair_judgments"), vectors=vectors, config=config)
+    records = build_records(selected, run.read("prompts"), run.read("candidates"), pair_judgments=run.read_or_empty("pair_judgments"),
+                            vectors=vectors, config=config)
     with progress_bar(f"push to Argilla {name}", len(records)) as advance:
         new = upsert(client, dataset, records, advance)
     counts = {"dataset": name, "workspace": labeling.workspace, "dataset_id": str(dataset.id), "dataset_created": created,

@@ -53,8 +53,7 @@ def test_records_hold_pairs_in_their_shown_order(tmp_path):
     candidates = {r["candidate_id"]: r for r in run.read("candidates").iter_rows(named=True)}
     vectors, dims = ds.prompt_vectors(run.read("embeddings"), None)
     assert dims == DIMS and len(vectors) == 8
-    records = ds.build_records(pairs, run.read("prompts"), run.read("candidates"), judgments=run.read("judgments"),
-                               pair_judgments=run.read("pair_judgments"), vectors=vectors, config=config)
+    records = ds.build_records(pairs, run.read("prompts"), run.read("candidates"), pair_judgments=run.read("pair_judgments"), vectors=vectors, config=config)
     assert [r["external_id"] for r in records] == pairs["pair_id"].to_list()
     for record, pair in zip(records, pairs.iter_rows(named=True)):
         meta = record["metadata"]
@@ -72,14 +71,13 @@ def test_records_hold_pairs_in_their_shown_order(tmp_path):
         assert verdict == ("tie" if i % 4 == 2 else "chosen")
         assert suggestion["agent"] == ("judge-1" if i % 2 == 0 else "judge")
         assert 0 <= suggestion["score"] <= 1
-        ratings = {s["question_name"]: s["value"] for s in record["suggestions"] if s["question_name"] != ds.PREFERENCE}
-        assert ratings[ds.RATING_A if a_chosen else ds.RATING_B] >= ratings[ds.RATING_B if a_chosen else ds.RATING_A]
+        assert len(record["suggestions"]) == 1  # no rating suggestions: the UI would submit them as the annotator's
+        assert meta["generators"] == ["gen-big", "gen-small"]
 
 
 def test_suggestions_switch_off_for_blind_sets(tmp_path):
     run, config = make_run(tmp_path / "r", 4, labeling=LabelingConfig(suggestions=False))
-    records = ds.build_records(run.read("pairs"), run.read("prompts"), run.read("candidates"), judgments=run.read("judgments"),
-                               pair_judgments=run.read("pair_judgments"), vectors={}, config=config)
+    records = ds.build_records(run.read("pairs"), run.read("prompts"), run.read("candidates"), pair_judgments=run.read("pair_judgments"), vectors={}, config=config)
     assert all(r["suggestions"] == [] and "vectors" not in r for r in records)
 
 

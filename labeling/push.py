@@ -11,6 +11,7 @@ idempotent, so a retried batch cannot duplicate anything.
 """
 
 import warnings
+from pathlib import Path
 
 import httpx
 import polars as pl
@@ -165,17 +166,32 @@ def step(config: Config, run: Run, **options) -> dict:
     return push(run, config, connect())
 
 
-def demo_instructions(url: str, annotators: list[tuple[str, str]], run_dir: str, dataset: str, workspace: str = "prefab") -> str:
-    """What to do after `make demo`: label in the browser, then pull and export."""
-    logins = "\n".join(f"       {user} / {password}" for user, password in annotators) or "       (add one: prefab labeling users add NAME --role annotator)"
+def demo_instructions(run_dir: str, *, url: str | None = None, annotators: list[tuple[str, str]] | None = None,
+                      dataset: str | None = None, workspace: str | None = None) -> str:
+    """What to do after `make demo`: label in the browser, then pull and export.
+
+    Whatever is not given comes from the running server (URL), the demo accounts and the run's manifest
+    (dataset and workspace the push used), so the Makefile needs only the run directory:
+        python -c "from labeling.push import demo_instructions; print(demo_instructions('runs/demo'))"
+    """
+    from labeling import server
+
+    push_info = Run(run_dir).stage_info("push")
+    url = url or server.status().get("url") or "http://127.0.0.1:6900"
+    annotators = server.DEMO_ANNOTATORS if annotators is None else annotators
+    dataset = dataset or push_info.get("dataset") or Path(run_dir).name
+    workspace = workspace or push_info.get("workspace") or "prefab"
+    pushed = push_info.get("pushed")
+    logins = "\n".join(f"       {user} / {password}" for user, password in annotators) \
+        or "       (add one: prefab labeling users add NAME --role annotator --workspace prefab)"
     return (
-        f"The labeling server is running and the demo's human-routed pairs are in Argilla.\n"
+        f"The labeling server is running{f' and {pushed} human-routed pairs are in Argilla' if pushed is not None else ''}.\n"
         f"  1. Open {url} in a browser.\n"
         f"  2. Log in as an annotator (user / password):\n{logins}\n"
         f"  3. Open dataset {dataset!r} (workspace {workspace!r}), read the guidelines, and for each pair pick\n"
         f"     which response is better (A, B, tie, or both bad), then Submit.\n"
-        f"  4. Bring the labels back, mapped to chosen/rejected, with agreement stats:\n"
-        f"       prefab pull --run {run_dir}            (add --watch to keep pulling)\n"
+        f"  4. Bring the labels back, mapped to chosen/rejected, with agreement statistics:\n"
+        f"       prefab pull --run {run_dir}            (add --watch to keep pulling as labels arrive)\n"
         f"  5. Export the preference data for training:\n"
         f"       prefab export --run {run_dir}\n"
         f"  Stop the server with: prefab labeling down\n"

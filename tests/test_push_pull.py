@@ -426,3 +426,14 @@ def test_report_has_a_labels_section_with_agreement(tmp_path):
     html = render(run)
     assert 'id="labels"' in html and "Krippendorff" in html and "data:image/png;base64" in html
     assert ">0.500<" in html  # raw agreement: one of the two pairs agrees
+
+
+def test_demo_instructions_name_the_url_logins_dataset_and_next_commands(tmp_path):
+    from labeling.push import demo_instructions
+
+    run, _ = make_run(tmp_path / "demo", 2)
+    run.record_stage("push", dataset="prefab-demo", workspace="prefab", pushed=1)
+    text = demo_instructions(str(run.path), url="http://127.0.0.1:6900", annotators=[("annotator-1", "pw-1")])
+    assert "http://127.0.0.1:6900" in text and "annotator-1 / pw-1" in text and "'prefab-demo'" in text
+    assert f"prefab pull --run {run.path}" in text and f"prefab export --run {run.path}" in text
+    assert "1 human-routed pairs" in text

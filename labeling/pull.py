@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import polars as pl
 
-from labeling.agreement import agreement
+from labeling.agreement import agreement, judge_labels
 from labeling.dataset import PREFERENCE, RATING_A, RATING_B, RATIONALE, a_is_chosen, to_label
 from pipeline.config import Config, LabelingConfig
 from pipeline.errors import LabelingError
@@ -123,12 +123,13 @@ def merge_labels(old: pl.DataFrame, new: pl.DataFrame, now: datetime) -> pl.Data
     return pl.concat([new, gone]).sort(KEY)
 
 
-def resolve(labels: pl.DataFrame, tie_rule: str = "drop", min_submitted: int = 1) -> pl.DataFrame:
+def resolve(labels: pl.DataFrame, tie_rule: str = "drop", min_submitted: int = 1, judge: dict[str, str] | None = None) -> pl.DataFrame:
     """Majority label per pair over submitted labels.
 
     A split vote (two labels with the same top count) follows the tie rule: "drop" leaves it unresolved
-    (status "split"), "tie" resolves it as a tie, "judge" sides with the judge ("chosen") when that is
-    one of the tied labels. Pairs with fewer than min_submitted labels stay "pending".
+    (status "split"), "tie" resolves it as a tie, "judge" sides with the judge's verdict (from `judge`,
+    pair_id -> chosen/rejected/tie; "chosen" when absent, as pairs are oriented by the judge) when it
+    is one of the tied labels. Pairs with fewer than min_submitted labels stay "pending".
     """
     rows = []
     for (pair_id,), group in labels.group_by("pair_id", maintain_order=True):
@@ -146,8 +147,8 @@ def resolve(labels: pl.DataFrame, tie_rule: str = "drop", min_submitted: int = 1
                 preference, status = leaders[0], "resolved"
             elif tie_rule == "tie":
                 preference, status = "tie", "resolved"
-            elif tie_rule == "judge" and "chosen" in leaders:
-                preference, status = "chosen", "resolved"
+            elif tie_rule == "judge" and (judge or {}).get(pair_id, "chosen") in leaders:
+                preference, status = (judge or {}).get(pair_id, "chosen"), "resolved"
             else:
                 status = "split"
         rows.append({"pair_id": pair_id, "n_labels": n, "preference": preference, "agreement": share, "status": status})
@@ -169,8 +170,9 @@ def pull(run: Run, config: Config, client) -> dict:
     pairs = run.read_or_empty("pairs")
     old = run.read_or_empty("labels")
     labels = merge_labels(old, to_labels(responses, pairs), now)
-    resolved = resolve(labels, labeling.tie_rule, labeling.min_submitted)
-    stats = agreement(labels, resolved, pairs, run.read_or_empty("pair_judgments"))
+    pair_judgments = run.read_or_empty("pair_judgments")
+    resolved = resolve(labels, labeling.tie_rule, labeling.min_submitted, judge_labels(pairs, pair_judgments))
+    stats = agreement(labels, resolved, pairs, pair_judgments)
     new_or_changed = labels.join(old, on=list(TABLES["labels"]), how="anti", nulls_equal=True).height
     run.write("labels", labels)
     run.write("resolved", resolved)

@@ -130,6 +130,11 @@ def test_resolve_majority_and_tie_rule(rule, expected):
     assert (out["gone"]["preference"], out["gone"]["status"]) == (None, "discarded")
     pending = {r["pair_id"]: r for r in resolve(labels, rule, min_submitted=2).iter_rows(named=True)}
     assert (pending["one"]["preference"], pending["one"]["status"]) == (None, "pending")
+    # the judge's own verdict breaks the tie when it is among the tied labels, and only then
+    judged = {r["pair_id"]: r["preference"] for r in resolve(labels, rule, judge={"split": "rejected"}).iter_rows(named=True)}
+    assert judged["split"] == {"drop": None, "tie": "tie", "judge": "rejected"}[rule]
+    judged = {r["pair_id"]: r["preference"] for r in resolve(labels, rule, judge={"split": "tie"}).iter_rows(named=True)}
+    assert judged["split"] == {"drop": None, "tie": "tie", "judge": None}[rule]
 
 
 # ---- agreement -----------------------------------------------------------------------------------

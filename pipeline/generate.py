@@ -11,6 +11,7 @@ import polars as pl
 
 from pipeline.cache import CallCache, run_cache
 from pipeline.config import GeneratorSpec
+from pipeline.dedup import active_prompts
 from pipeline.errors import ConfigError
 from pipeline.llm import call_llm
 from pipeline.progress import summary
@@ -88,7 +89,7 @@ def step(config, run: Run, retry_failed: bool = False) -> dict:
     if config.generate is None:
         raise ConfigError("the config has no `generate:` section", where=str(config.source or run.path),
                           hint="add `generate: {generators: [{backend: transformers, model: embedded:smollm2}]}`")
-    prompts = run.read("prompts").filter(pl.col("duplicate_of").is_null())
+    prompts = active_prompts(run.read("prompts"))  # duplicates and sampled-out prompts are not generated for
     previous = run.read("candidates") if run.has("candidates") else None
     cache = run_cache(run.path)
     try:

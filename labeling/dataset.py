@@ -9,6 +9,7 @@ The judges' verdict is a suggestion on the preference question only: the UI pre-
 and a pre-filled optional rating would be submitted as the annotator's own without a look.
 """
 
+import math
 import random
 
 import argilla as rg
@@ -178,7 +179,7 @@ def build_records(pairs: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.Dat
                 "response_a": a["text"] or "",
                 "response_b": b["text"] or "",
             },
-            "metadata": {k: v for k, v in metadata.items() if v is not None},
+            "metadata": {k: v for k, v in metadata.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))},
             "suggestions": [],
         }
         vector = vectors.get(p["prompt_id"])

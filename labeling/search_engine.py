@@ -24,6 +24,7 @@ with the server venv's python, so the engine is registered before the app or the
 
 import hashlib
 import math
+import os
 import re
 import sys
 from datetime import datetime, timedelta, timezone
@@ -31,8 +32,8 @@ from typing import Any, Dict, List, Optional, Union
 from uuid import UUID
 
 import numpy as np
-from sqlalchemy import BigInteger, Float, Text, and_, case, cast, event, exists, false, func, literal, not_, or_, select, text, true
-from sqlalchemy.dialects.postgresql import BIT, JSONB
+from sqlalchemy import Float, Text, and_, case, cast, exists, false, func, literal, or_, select, text, true
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from argilla_server.enums import MetadataPropertyType, RecordSortField, ResponseStatusFilter, SimilarityOrder, SortOrder
@@ -42,7 +43,6 @@ from argilla_server.search_engine import (
     FloatMetadataMetrics,
     IntegerMetadataMetrics,
     MetadataFilterScope,
-    RangeFilter,
     RecordFilterScope,
     ResponseFilterScope,
     SearchEngine,
@@ -67,8 +67,6 @@ def db_engine():
     global _engine
     if _engine is None:
         _engine = create_async_engine(settings.database_url, **settings.database_engine_args)
-        if _engine.dialect.name == "sqlite":
-            event.listen(_engine.sync_engine, "connect", _sqlite_functions)
     return _engine
 
 
@@ -76,10 +74,6 @@ def _rank(seed: str, record_id: str) -> int:
     """The per-user shuffle key: a stable hash of (user, record)."""
     digest = hashlib.blake2b(f"{seed}:{record_id}".encode(), digest_size=RANK_BITS // 8).digest()
     return int.from_bytes(digest, "big")
-
-
-def _sqlite_functions(dbapi_connection, _record):
-    dbapi_connection.create_function("prefab_rank", 2, lambda seed, rid: _rank(seed, rid.replace("-", "")), deterministic=True)
 
 
 # ---------------------------------------------------------------- dialect helpers (JSON differs)
@@ -107,9 +101,6 @@ class _Sqlite:
         return case((func.json_type(col, path) == "array", select(agg).select_from(je).scalar_subquery()),
                     else_=func.json_extract(col, path))
 
-    def rank(self, seed: str, id_col):
-        return func.prefab_rank(literal(seed), id_col)
-
     def json_text(self, col):
         return cast(col, Text)
 
@@ -136,14 +127,12 @@ class _Postgres:
         return je, txt, num
 
     def scalar_key(self, col, keys, numeric: bool, desc: bool):
+        value = self._get(col, keys)
         je, txt, num = self.elems(col, *keys)
         agg = (func.max if desc else func.min)(num if numeric else txt)
-        return select(agg).select_from(je).scalar_subquery()
-
-    def rank(self, seed: str, id_col):
-        # ('x' || substr(md5(..), 1, 12))::bit(48)::bigint: the first 48 bits of an md5 as a number
-        digest = func.md5(literal(f"{seed}:") + func.replace(cast(id_col, Text), "-", ""))
-        return cast(cast(literal("x") + func.substr(digest, 1, 12), BIT(RANK_BITS)), BigInteger)
+        as_text = value.op("#>>")(text("'{}'"))
+        scalar = case((func.jsonb_typeof(value) == "number", cast(as_text, Float))) if numeric else as_text
+        return case((func.jsonb_typeof(value) == "array", select(agg).select_from(je).scalar_subquery()), else_=scalar)
 
     def json_text(self, col):
         return cast(col, Text)
@@ -375,11 +364,9 @@ async def _where(ctx: _Context, flt) -> Any:
         if scope.property == "status" and isinstance(flt, TermsFilter):
             values = [str(v) for v in flt.values]
             parts = []
-            if ResponseStatusFilter.pending.value in values:
+            if ResponseStatusFilter.pending.value in values:  # pending: no response (of this user) at all
                 parts.append(~exists(select(literal(1)).where(Response.record_id == Record.id, *by_user)))
                 values = [v for v in values if v != ResponseStatusFilter.pending.value]
-                if not values and not parts:
-                    return true()
             if values or not parts:
                 status = [Response.status.in_(values)] if values else []
                 parts.append(exists(select(literal(1)).where(Response.record_id == Record.id, *status, *by_user)))
@@ -404,10 +391,9 @@ async def _sort_key(ctx: _Context, order) -> Any:
         base = select().where(Suggestion.record_id == Record.id, Suggestion.question_id == question["id"])
         if prop in ("agent", "type"):
             return base.add_columns(Suggestion.agent if prop == "agent" else Suggestion.type).scalar_subquery()
-        je, txt, num = ctx.d.elems(Suggestion.value if prop == "value" else Suggestion.score)
         numeric = prop == "score" or question["type"] == "rating"
-        agg = (func.max if desc else func.min)(num if numeric else txt)
-        return base.add_columns(agg).select_from(Suggestion, je).scalar_subquery()
+        key = ctx.d.scalar_key(Suggestion.value if prop == "value" else Suggestion.score, [], numeric, desc)
+        return base.add_columns(key).scalar_subquery()
     if isinstance(scope, ResponseFilterScope):
         by_user = [Response.user_id == scope.user.id] if scope.user is not None else []
         base = select().where(Response.record_id == Record.id, *by_user)
@@ -425,6 +411,44 @@ def _order_by(keys: list, sort: list) -> list:
     for key, order in zip(keys, sort):
         clauses += [key.is_(None), key.desc() if order.order == SortOrder.desc else key.asc()]
     return clauses
+
+
+def _split_pending_user(flt) -> tuple:
+    """(user, other filters) when one filter is the UI's queue filter "pending for this user", else (None, all)."""
+    filters = list(flt.filters) if isinstance(flt, AndFilter) else [flt] if flt else []
+    for f in filters:
+        scope = getattr(f, "scope", None)
+        if isinstance(f, TermsFilter) and isinstance(scope, ResponseFilterScope) and scope.property == "status" \
+                and not scope.question and scope.user is not None and {str(v) for v in f.values} == {"pending"}:
+            return scope.user.id, [g for g in filters if g is not f]
+    return None, filters
+
+
+def _answered_by(user_id):
+    return exists(select(literal(1)).where(Response.record_id == Record.id, Response.user_id == user_id))
+
+
+async def _count(conn, where_a, pending_user) -> int:
+    """Matches of where_a, less those the user answered: |A and not E| = |A| - |A and E|, counted from the
+    user's responses instead of probing every record."""
+    total = (await conn.execute(select(func.count()).select_from(Record).where(where_a))).scalar()
+    if pending_user is not None:
+        answered = select(Response.record_id).where(Response.user_id == pending_user)
+        total -= (await conn.execute(select(func.count()).select_from(Record).where(where_a, Record.id.in_(answered)))).scalar()
+    return total
+
+
+async def _rotated_page(conn, where, seed: str, offset: int, limit: int) -> list:
+    """A user's queue order: record ids (random uuid4s) ascending from a pivot hashed from the user, wrapping
+    around. Stable per user, a different start for each, and an index walk that stops after one page,
+    where a per-record shuffle would sort the whole dataset (ES gives a random_score order here)."""
+    pivot = UUID(hashlib.blake2b(seed.encode(), digest_size=16).hexdigest())
+    need = offset + limit
+    ids = (await conn.execute(select(Record.id).where(where, Record.id >= pivot).order_by(Record.id).limit(need))).scalars().all()
+    if len(ids) < need:
+        ids += (await conn.execute(select(Record.id).where(where, Record.id < pivot).order_by(Record.id)
+                                   .limit(need - len(ids)))).scalars().all()
+    return ids[offset:]
 
 
 @SearchEngine.register(engine_name=ENGINE_NAME)
@@ -534,29 +558,22 @@ class SQLSearchEngine(SearchEngine):
             query = TextQuery(q=query)
         async with db_engine().connect() as conn:
             ctx = _Context(conn, dataset)
-            where = and_(Record.dataset_id == dataset.id, await _where(ctx, filter) if filter else true())
             keys = [await _sort_key(ctx, order) for order in sort or []]
             seed = str(user_id) if user_id else None
             if query is not None and query.q.strip():
+                where = and_(Record.dataset_id == dataset.id, await _where(ctx, filter) if filter else true())
                 return await self._text_search(ctx, query, where, keys, sort or [], seed, offset, limit)
 
-            columns = [Record.id]
-            order_by = _order_by(keys, sort or [])
+            pending_user, others = _split_pending_user(filter)
+            where_a = and_(Record.dataset_id == dataset.id, *[await _where(ctx, f) for f in others])
+            where = and_(where_a, ~_answered_by(pending_user)) if pending_user else where_a
             if seed and not sort:
-                rank = ctx.d.rank(seed, Record.id)
-                columns.append(rank.label("rank"))
-                order_by.append(rank.desc())
-            order_by += [Record.inserted_at.asc(), Record.id.asc()]
-            statement = select(*columns, func.count().over().label("total")).where(where).order_by(*order_by)
-            rows = (await conn.execute(statement.offset(offset).limit(limit))).all()
-            total = rows[0].total if rows else (await conn.execute(select(func.count()).select_from(Record).where(where))).scalar()
-
-        def score(row):
-            if sort:
-                return None
-            return row.rank / 2**RANK_BITS if seed else 1.0
-
-        return SearchResponses(items=[SearchResponseItem(record_id=row.id, score=score(row)) for row in rows], total=total)
+                ids = await _rotated_page(conn, where, f"{seed}:{dataset.id}", offset, limit)
+            else:
+                order_by = _order_by(keys, sort or []) + [Record.inserted_at.asc(), Record.id.asc()]
+                ids = (await conn.execute(select(Record.id).where(where).order_by(*order_by).offset(offset).limit(limit))).scalars().all()
+            total = await _count(conn, where_a, pending_user)
+        return SearchResponses(items=[SearchResponseItem(record_id=rid, score=None if sort else 1.0) for rid in ids], total=total)
 
     async def _text_matches(self, ctx: _Context, query: TextQuery, where, extra_columns=()) -> tuple:
         """Rows of records matching `where` and the text query, with their BM25 scores."""
@@ -703,8 +720,9 @@ class SQLSearchEngine(SearchEngine):
 # ---------------------------------------------------------------- entry points for the launcher
 
 
-EXTRA_INDEXES = [
-    "CREATE INDEX IF NOT EXISTS prefab_records_dataset_status ON records (dataset_id, status)",
+EXTRA_INDEXES = [  # the queue walks (dataset, status, id) in id order; counts read indexes only
+    "CREATE INDEX IF NOT EXISTS prefab_records_queue ON records (dataset_id, status, id)",
+    "CREATE INDEX IF NOT EXISTS prefab_records_dataset_id ON records (dataset_id, id)",
     "CREATE INDEX IF NOT EXISTS prefab_records_dataset_inserted ON records (dataset_id, inserted_at)",
     "CREATE INDEX IF NOT EXISTS prefab_responses_user_record ON responses (user_id, record_id, status)",
 ]
@@ -725,7 +743,6 @@ def setup() -> None:
     """One process for what `labeling up` needs before starting (importing argilla_server takes seconds):
     Argilla's own migration command, our indexes, and the owner account when PREFAB_OWNER_* are set."""
     import asyncio
-    import os
 
     from argilla_server.cli.database.migrate import migrate_db
 
@@ -763,7 +780,18 @@ def main(argv: List[str]) -> None:
     elif args.command == "server":
         import uvicorn
 
-        uvicorn.run("argilla_server:app", host=args.host, port=args.port, access_log=not args.no_access_log)
+        import socket
+
+        # SO_REUSEPORT: several server processes (one per core) can share the port, the kernel spreads connections
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((args.host, args.port))
+        from argilla_server import app
+
+        config = uvicorn.Config(app, host=args.host, port=args.port, access_log=not args.no_access_log)
+        uvicorn.Server(config).run(sockets=[sock])
     else:
         from rq import Worker
 

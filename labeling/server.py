@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "server-requirements.txt"
 ENGINE = HERE / "search_engine.py"
 ENGINE_NAME = "prefab-sql"
-COMPONENTS = ("redis", "worker", "server")  # start order; stopped in reverse
+COMPONENTS = ("redis", "worker", "server")  # start order; stopped in reverse (servers first)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 DEMO_OWNER = {"username": "argilla", "password": "12345678", "api_key": "argilla.apikey"}
 _children: list = []  # Popen objects of what this process started, kept so they can be reaped
@@ -277,7 +277,7 @@ def _health(url: str, api_key: str | None, timeout: float = 2) -> bool:
 
 
 def up(home=None, host: str | None = None, port: int | None = None, database_url: str | None = None,
-       redis_url: str | None = None, demo: bool = False, timeout: float = 180) -> dict:
+       redis_url: str | None = None, demo: bool = False, workers: int | None = None, timeout: float = 180) -> dict:
     """Start (or reuse) redis, the Argilla server and its worker; wait until healthy.
 
     host/port default to those of the previous start, else 127.0.0.1:6900. Returns the state: url, home,
@@ -310,7 +310,8 @@ def up(home=None, host: str | None = None, port: int | None = None, database_url
                             hint="pass --port with a free port, or stop what uses it")
 
     owner = _read_json(home / "owner.json")
-    if server_pid and all(_running(home, name) for name in COMPONENTS if name != "redis" or not previous.get("external_redis")) \
+    wanted = ["worker", *_server_names(workers or previous.get("servers") or 1)] + ([] if previous.get("external_redis") else ["redis"])
+    if server_pid and all(_running(home, name) for name in wanted) \
             and _health(previous["url"], owner.get("api_key")):
         return _result(home, previous, owner, None)  # already up: nothing to do
 
@@ -324,6 +325,8 @@ def up(home=None, host: str | None = None, port: int | None = None, database_url
         "external_redis": bool(redis_url or previous.get("external_redis")),
         "redis_url": redis_url or (previous.get("redis_url") if previous.get("external_redis") else None),
         "venv": str(python.parent.parent),
+        # server processes sharing the port (SO_REUSEPORT); one is plenty for a handful of annotators
+        "servers": workers or previous.get("servers") or int(os.environ.get("PREFAB_ARGILLA_SERVERS", "1")),
     }
 
     if not state["external_redis"]:
@@ -357,7 +360,7 @@ def up(home=None, host: str | None = None, port: int | None = None, database_url
 
     env = _server_env(home, state)
     # migrations and indexes once per database and server version (importing argilla_server takes seconds)
-    setup_key = hashlib.sha256(f"{REQUIREMENTS.read_bytes()!r}{state['database_url']}".encode()).hexdigest()
+    setup_key = hashlib.sha256(REQUIREMENTS.read_bytes() + ENGINE.read_bytes() + str(state["database_url"]).encode()).hexdigest()
     new_owner = None
     if not (home / "owner.json").exists() or _read_json(home / "setup.json").get("key") != setup_key:
         new_owner = _setup(python, env, home, demo)
@@ -366,16 +369,19 @@ def up(home=None, host: str | None = None, port: int | None = None, database_url
 
     if not _running(home, "worker"):
         _start(home, "worker", [str(python), str(ENGINE), "worker", "--tag", str(home)], env, str(home))
-    server_proc = None
-    if not _running(home, "server"):
-        shutil.rmtree(home / "tmp", ignore_errors=True)  # Argilla copies its UI statics there on each start
-        (home / "tmp").mkdir()
-        server_proc = _start(home, "server", [str(python), str(ENGINE), "server", "--host", host, "--port", str(port), "--tag", str(home)], env, str(home))
+    started = []
+    for name in _server_names(state["servers"]):
+        if not _running(home, name):
+            tmp = home / "tmp" / name  # Argilla copies its UI statics into TMPDIR on each start
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            started.append(_start(home, name, [str(python), str(ENGINE), "server", "--host", host, "--port", str(port),
+                                               "--tag", str(home)], {**env, "TMPDIR": str(tmp)}, str(home)))
 
     owner = _read_json(home / "owner.json")
     deadline = time.monotonic() + timeout
     while not _health(state["url"], owner.get("api_key")):
-        if server_proc is not None and server_proc.poll() is not None:
+        if any(proc.poll() is not None for proc in started):
             raise LabelingError("the Argilla server exited while starting", where=str(home / "logs" / "server.log"),
                                 hint=_tail(home / "logs" / "server.log", 12))
         if time.monotonic() > deadline:
@@ -384,8 +390,24 @@ def up(home=None, host: str | None = None, port: int | None = None, database_url
     return _result(home, state, owner, new_owner)
 
 
+def _server_names(count: int) -> list[str]:
+    return ["server"] + [f"server-{i}" for i in range(2, count + 1)]
+
+
+def _names(home: Path) -> list[str]:
+    """Components with a pid file, in start order (redis, worker, servers)."""
+    found = {p.stem for p in (home / "run").glob("*.pid")}
+    servers = sorted((n for n in found if n.startswith("server")), key=lambda n: (len(n), n))
+    return [n for n in ("redis", "worker") if n in found] + servers
+
+
+def _pids(home: Path) -> dict:
+    names = list(dict.fromkeys([*COMPONENTS, *_names(home)]))
+    return {name: _running(home, name) for name in names}
+
+
 def _result(home: Path, state: dict, owner: dict, new_owner: dict | None) -> dict:
-    return {**state, "pids": {name: _running(home, name) for name in COMPONENTS}, "new_owner": new_owner,
+    return {**state, "pids": _pids(home), "new_owner": new_owner,
             "owner": {"username": owner.get("username"), "file": str(home / "owner.json"), "demo": owner.get("demo", False)}}
 
 
@@ -394,7 +416,7 @@ def down(home=None) -> list[str]:
     if external():
         return []
     home = Path(home or default_home()).resolve()
-    return [name for name in reversed(COMPONENTS) if _stop(home, name)]
+    return [name for name in reversed(_names(home)) if _stop(home, name)]
 
 
 def status(home=None) -> dict:
@@ -405,7 +427,7 @@ def status(home=None) -> dict:
     home = Path(home or default_home()).resolve()
     state = _read_json(home / "server.json")
     owner = _read_json(home / "owner.json")
-    pids = {name: _running(home, name) for name in COMPONENTS}
+    pids = _pids(home)
     healthy = bool(state) and bool(pids["server"]) and _health(state["url"], owner.get("api_key"))
     return {"home": str(home), "url": state.get("url"), "pids": pids, "healthy": healthy, "external": False}
 
@@ -414,7 +436,7 @@ def logs(home=None, lines: int = 40) -> str:
     """The last lines of each log of the labeling home."""
     home = Path(home or default_home()).resolve()
     parts = []
-    for name in (*COMPONENTS, "setup"):
+    for name in (*dict.fromkeys([*COMPONENTS, *_names(home)]), "setup"):
         path = home / "logs" / f"{name}.log"
         if path.exists():
             parts.append(f"==> {path} <==\n{_tail(path, lines)}")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from labeling import server
-from labeling_fixtures import free_port, login, make_user, unique
+from labeling_fixtures import login, make_user, unique
 from pipeline.errors import LabelingError
 
 pytestmark = pytest.mark.server

@@ -1,5 +1,6 @@
 """Rich progress bars (count, rate, ETA) and end-of-stage summary tables."""
 
+import time
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -16,12 +17,17 @@ def progress_bar(description: str, total: int | None):
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False, disable=total == 0) as progress:
         task = progress.add_task(description, total=total, rate="")
+        first: list[tuple[float, float]] = []  # (done, time) at the first advance: cached work is not part of the rate
 
         def advance(n: int = 1):
             progress.advance(task, n)
-            speed = progress.tasks[0].speed
-            if speed:
-                progress.update(task, rate=f"{speed:.1f}/s")
+            done = progress.tasks[0].completed
+            if not first:
+                first.append((done, time.monotonic()))
+                return
+            elapsed = time.monotonic() - first[0][1]
+            if elapsed > 0:
+                progress.update(task, rate=f"{(done - first[0][0]) / elapsed:.1f}/s")
 
         yield advance
 

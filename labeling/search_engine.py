@@ -101,6 +101,16 @@ class _Sqlite:
         return case((func.json_type(col, path) == "array", select(agg).select_from(je).scalar_subquery()),
                     else_=func.json_extract(col, path))
 
+    def matches(self, col, keys, flt):
+        """A terms/range filter on a JSON value; scalars are read directly, arrays (any element) through json_each."""
+        path = self._path(keys)
+        kind = func.json_type(col, path)
+        je, txt, num = self.elems(col, *keys)
+        scalar_txt = case((kind == "true", "true"), (kind == "false", "false"), else_=cast(func.json_extract(col, path), Text))
+        scalar_num = case((kind.in_(["integer", "real"]), func.json_extract(col, path)))
+        return or_(and_(kind != "array", _values_condition(flt, scalar_txt, scalar_num)),
+                   and_(kind == "array", exists(select(literal(1)).select_from(je).where(_values_condition(flt, txt, num)))))
+
     def json_text(self, col):
         return cast(col, Text)
 
@@ -133,6 +143,10 @@ class _Postgres:
         as_text = value.op("#>>")(text("'{}'"))
         scalar = case((func.jsonb_typeof(value) == "number", cast(as_text, Float))) if numeric else as_text
         return case((func.jsonb_typeof(value) == "array", select(agg).select_from(je).scalar_subquery()), else_=scalar)
+
+    def matches(self, col, keys, flt):
+        je, txt, num = self.elems(col, *keys)
+        return exists(select(literal(1)).select_from(je).where(_values_condition(flt, txt, num)))
 
     def json_text(self, col):
         return cast(col, Text)
@@ -330,8 +344,7 @@ async def _where(ctx: _Context, flt) -> Any:
     if isinstance(scope, MetadataFilterScope):
         if scope.metadata_property not in await ctx.metadata_types():
             return false()
-        je, txt, num = ctx.d.elems(Record.metadata_, scope.metadata_property)
-        return exists(select(literal(1)).select_from(je).where(_values_condition(flt, txt, num)))
+        return ctx.d.matches(Record.metadata_, [scope.metadata_property], flt)
 
     if isinstance(scope, SuggestionFilterScope):
         question = (await ctx.questions()).get(scope.question)

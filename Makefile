@@ -31,8 +31,11 @@ argilla: venv
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# Ends with the labeling server running, the uncertain pairs in Argilla, and what to do next.
 demo: venv argilla
+	$(BIN)/prefab labeling up --demo
 	$(BIN)/prefab run data/configs/demo.yaml
+	@$(BIN)/python -c "from labeling.push import demo_instructions; print(demo_instructions('runs/demo'))"
 
 test: venv argilla chromium
 	$(BIN)/python -m pytest

@@ -19,6 +19,10 @@ STAGES = ["ingest", "dedup", "generate", "judge", "embed", "pair", "route", "pus
 VERSIONED = ["prefab", "polars", "openai", "transformers", "torch", "sentence-transformers", "trl", "argilla", "datasets"]
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def content_id(*parts) -> str:
     """Stable id from JSON-serialisable parts: re-running a stage yields the same ids."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -48,6 +52,7 @@ def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         write(Path(tmp))
         with open(tmp, "rb") as f:

@@ -110,9 +110,13 @@ def test_restart_and_kill_9_lose_no_submitted_response(labeling_server, argilla_
 
 
 def test_up_refuses_a_busy_port_and_warns_off_loopback(labeling_server, tmp_path):
-    with pytest.warns(UserWarning, match="0.0.0.0"), pytest.raises(LabelingError, match="already in use"):
-        server.up(tmp_path / "other", host="0.0.0.0", port=labeling_server["port"])
-    assert not (tmp_path / "other" / "run").exists() or not any((tmp_path / "other" / "run").iterdir())
+    assert server.status(labeling_server["home"])["healthy"]  # the port is really taken
+    try:
+        with pytest.warns(UserWarning, match="0.0.0.0"), pytest.raises(LabelingError, match="already in use"):
+            server.up(tmp_path / "other", host="0.0.0.0", port=labeling_server["port"])
+        assert not (tmp_path / "other" / "run").exists() or not any((tmp_path / "other" / "run").iterdir())
+    finally:
+        server.down(tmp_path / "other")  # never leave a server on 0.0.0.0 behind, whatever happened
 
 
 def test_external_argilla_is_used_when_configured(labeling_server, monkeypatch, tmp_path):

@@ -5,10 +5,10 @@ ok}; the baseline is measured in the same run. Each runs in its own process so p
 loaded models don't leak between them. `python -m bench NAME...` runs a subset.
 """
 
-import importlib
 import json
-import multiprocessing as mp
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,23 +18,19 @@ from rich.table import Table
 HERE = Path(__file__).parent
 
 
-def _run(module: str, queue) -> None:
-    try:
-        queue.put(("ok", importlib.import_module(f"bench.{module}").main()))
-    except BaseException as e:  # report and go on with the other benchmarks
-        queue.put(("error", f"{type(e).__name__}: {e}"))
+CHILD = "import importlib, json, sys; rows = importlib.import_module('bench.' + sys.argv[1]).main(); open(sys.argv[2], 'w').write(json.dumps(rows, default=str))"
 
 
 def run_one(module: str) -> list[dict]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_run, args=(module, queue))
+    """Run one benchmark in a fresh interpreter; its rows come back through a JSON file."""
     started = time.time()
-    proc.start()
-    proc.join()
-    status, rows = queue.get() if not queue.empty() else ("error", f"exit code {proc.exitcode}")
-    if status == "error":
-        return [{"bench": module, "name": "error", "value": None, "baseline": None, "ratio": None, "target": rows, "ok": False}]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        proc = subprocess.run([sys.executable, "-c", CHILD, module, str(out)], cwd=HERE.parent)
+        if proc.returncode != 0 or not out.exists():
+            return [{"bench": module, "name": "error", "value": None, "baseline": None, "ratio": None,
+                     "target": f"exit code {proc.returncode}", "ok": False}]
+        rows = json.loads(out.read_text())
     for row in rows:
         row.setdefault("bench", module)
         row.setdefault("seconds", round(time.time() - started, 1))
@@ -55,7 +51,7 @@ def main(argv: list[str]) -> int:
     for r in rows:
         table.add_row(r["bench"].removeprefix("bench_"), r["name"], _fmt(r.get("value"), r.get("unit")), _fmt(r.get("baseline"), r.get("unit")),
                       _fmt(r.get("ratio")), str(r.get("target", "")), {True: "yes", False: "NO"}.get(r.get("ok"), "?"))
-    Console().print(table)
+    Console(width=200).print(table)
     (HERE / "results.json").write_text(json.dumps(rows, indent=2, default=str))
     print(f"wrote {HERE / 'results.json'}")
     return 0

@@ -13,7 +13,7 @@ from pipeline.cache import CallCache, run_cache
 from pipeline.config import GeneratorSpec
 from pipeline.dedup import active_prompts
 from pipeline.errors import ConfigError
-from pipeline.llm import call_llm
+from pipeline.llm import call_llm, check_spec
 from pipeline.progress import summary
 from pipeline.schema import TABLES
 from pipeline.store import Run, candidate_id
@@ -91,6 +91,8 @@ def step(config, run: Run, retry_failed: bool = False) -> dict:
                           hint="add `generate: {generators: [{backend: transformers, model: embedded:smollm2}]}`")
     prompts = active_prompts(run.read("prompts"))  # duplicates and sampled-out prompts are not generated for
     previous = run.read("candidates") if run.has("candidates") else None
+    for spec in config.generate.generators:
+        check_spec(spec)
     cache = run_cache(run.path)
     try:
         df, counts = generate_with_counts(prompts, config.generate.generators, cache, retry_failed, previous)

@@ -26,7 +26,7 @@ import polars as pl
 from pydantic import BaseModel, ValidationError
 
 from pipeline.cache import run_cache
-from pipeline.llm import call_llm
+from pipeline.llm import call_llm, check_spec
 from pipeline.progress import console, summary
 from pipeline.schema import TABLES, empty
 
@@ -429,6 +429,8 @@ def step(config, run, **_) -> dict:
                       "Use a different judge model where you can.[/yellow]")
     items = [([{"role": m["role"], "content": m["content"]} for m in messages_of[p]], t)
              for p, t in zip(candidates["prompt_id"].to_list(), candidates["text"].to_list())]
+    for spec in cfg.judges:
+        check_spec(spec)
     cache = run_cache(run.path)
     frames = []
     try:

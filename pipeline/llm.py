@@ -57,6 +57,16 @@ def cache_key(spec: ModelSpec, request: dict) -> str:
     return request_key({"backend": spec.backend, "model": spec.model, **normalize_request(request)})
 
 
+def check_spec(spec: ModelSpec) -> None:
+    """Fail before any work (and before the run's cache is touched) on a missing key or model path."""
+    if spec.backend == "openai":
+        api_key(spec)
+    else:
+        from pipeline.models import resolve_llm
+
+        resolve_llm(spec.model)
+
+
 def call_llm(spec: ModelSpec, requests: list[dict], cache: CallCache, description: str) -> list[dict]:
     """Answer every request (cache first); results come back in request order."""
     requests = [normalize_request(r) for r in requests]

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 import polars as pl
 
 from labeling.agreement import agreement, judge_labels
+from labeling import dataset as ds
 from labeling.dataset import PREFERENCE, RATING_A, RATING_B, RATIONALE, a_is_chosen, to_label
 from pipeline.config import Config, LabelingConfig
 from pipeline.errors import LabelingError
@@ -95,6 +96,9 @@ def to_labels(responses: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for r in responses.iter_rows(named=True):
         a_chosen = side_of_chosen(r, by_id)
+        if r["status"] == "submitted" and r["label_ab"] not in ds.LABELS:
+            raise LabelingError(f"record {r['pair_id']!r}: {r['annotator']}'s answer {r['label_ab']!r} is not one of {list(ds.LABELS)}",
+                                hint="the dataset's preference question was changed outside prefab; push to a new dataset name")
         rows.append({
             "pair_id": r["pair_id"], "annotator": r["annotator"], "status": r["status"],
             "label": to_label(r["label_ab"], a_chosen) if r["status"] == "submitted" else None,

@@ -101,6 +101,18 @@ def test_to_labels_maps_by_candidate_even_after_a_swap(tmp_path):
     assert to_labels(responses, swapped)["label"][0] == ("rejected" if a_chosen else "chosen")
 
 
+def test_an_unknown_answer_is_a_clear_error(tmp_path):
+    from pipeline.errors import LabelingError
+
+    run, _ = make_run(tmp_path / "r", 2)
+    pair = run.read("pairs").row(0, named=True)
+    responses = pl.DataFrame([{"pair_id": pair["pair_id"], "annotator": "ann", "status": "submitted", "label_ab": "c",
+                               "rationale": None, "rating_a": None, "rating_b": None, "updated_at": None,
+                               "candidate_a": None, "candidate_b": None, "a_is_chosen": None}])
+    with pytest.raises(LabelingError, match=f"{pair['pair_id']}.*'c'"):
+        to_labels(responses, run.read("pairs"))
+
+
 def test_merge_keeps_labels_gone_from_the_server():
     now = datetime(2025, 2, 1, tzinfo=timezone.utc)
     old = labels_frame([("p1", "ann", "chosen"), ("p2", "ann", "rejected")])

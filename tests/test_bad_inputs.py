@@ -27,10 +27,15 @@ def existing_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_bad_input(case, tmp_path, existing_run, cli_runner):
+def test_bad_input(case, tmp_path, existing_run, cli_runner, monkeypatch):
     from pipeline.cli import cli
 
     subst = lambda s: s.replace("{dir}", str(tmp_path)).replace("{run}", str(existing_run))
+    for name, value in (case.get("env") or {}).items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, subst(value))
     for name, text in (case.get("files") or {}).items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(subst(text))

@@ -197,7 +197,9 @@ def pull(run: Run, config: Config, client) -> dict:
 
 def pull_stage(run: Run, config: Config, client) -> dict:
     """pull() recorded in the manifest as stage "pull" (status, time, counts, agreement)."""
-    with run.stage("pull") as info:
+    from labeling.push import server_errors
+
+    with run.stage("pull") as info, server_errors():
         result = pull(run, config, client)
         info.update({k: v for k, v in result.items() if k != "changed"})
     return result

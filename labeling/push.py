@@ -13,6 +13,8 @@ idempotent, so a retried batch cannot duplicate anything.
 import warnings
 from pathlib import Path
 
+from contextlib import contextmanager
+
 import httpx
 import polars as pl
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
@@ -54,20 +56,30 @@ def call(fn) -> httpx.Response:
                             hint="check the server log: prefab labeling logs") from e
 
 
+@contextmanager
+def server_errors():
+    """Whatever SDK or HTTP call finds the server gone (down, killed, restarting) ends as a clear LabelingError."""
+    try:
+        yield
+    except LabelingError:
+        raise
+    except Exception as e:
+        cause = e
+        while cause is not None and not isinstance(cause, (httpx.TransportError, ConnectionError)):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise LabelingError(f"lost the Argilla server: {type(cause).__name__}: {cause}",
+                            hint="check it with `prefab labeling status`, start it with `prefab labeling up`, then run the "
+                                 "same command again: what was already sent is updated, never duplicated") from e
+
+
 def connect():
     """The argilla.Argilla client for the configured server, with a clear error when it is down."""
     from labeling.server import client
 
-    try:
+    with server_errors():
         return client()
-    except LabelingError:
-        raise
-    except (httpx.TransportError, ConnectionError) as e:
-        raise LabelingError(f"cannot reach the Argilla server: {e}", hint="start it with `prefab labeling up`") from e
-    except Exception as e:  # the SDK wraps connection failures in its own exception classes
-        if "connect" in str(e).lower() or isinstance(e.__cause__, httpx.TransportError):
-            raise LabelingError(f"cannot reach the Argilla server: {e}", hint="start it with `prefab labeling up`") from e
-        raise
 
 
 def dataset_name(config: Config, run: Run) -> str:
@@ -98,6 +110,9 @@ def ensure_dataset(client, name: str, workspace: str, wanted):
 
     ensure_workspace(client, workspace)
     dataset = find_dataset(client, name, workspace)
+    if dataset is not None and dataset.api_model().status != "ready":
+        dataset.delete()  # a creation cut short (server lost): a draft holds no records, so make it again
+        dataset = None
     if dataset is None:
         return rg.Dataset(name=name, workspace=workspace, settings=wanted, client=client).create(), True
     have = dataset.settings
@@ -163,7 +178,8 @@ def push(run: Run, config: Config, client) -> dict:
 
 
 def step(config: Config, run: Run, **options) -> dict:
-    return push(run, config, connect())
+    with server_errors():
+        return push(run, config, connect())
 
 
 def demo_instructions(run_dir: str, *, url: str | None = None, annotators: list[tuple[str, str]] | None = None,

@@ -1,0 +1,95 @@
+"""The Argilla server dies during push and during pull: a clear error, and after a restart the same
+commands complete with no duplicate record and no lost label."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from labeling_fixtures import free_port
+from labeling_runs import make_run
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def own_server(monkeypatch):
+    """A server of this test's own: it gets killed, so it must not be the session's."""
+    from labeling import server
+
+    home = Path(tempfile.mkdtemp(prefix="prefab-faults-"))
+    monkeypatch.setenv("PREFAB_LABELING_HOME", str(home))
+    monkeypatch.delenv("ARGILLA_API_URL", raising=False)
+    server.up(home, port=free_port())
+    yield home
+    server.down(home)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def prefab_process(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT, env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def kill_server(home: Path) -> None:
+    from labeling import server
+
+    os.kill(server.status(home)["pids"]["server"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while server.status(home)["pids"]["server"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def record_ids(client, name: str) -> list[str]:
+    return [r.id for r in client.datasets(name, workspace="prefab").records]
+
+
+def test_server_dies_during_push_and_pull(own_server, tmp_path):
+    from labeling import server
+    from argilla._models import UserResponseModel
+
+    run, _ = make_run(tmp_path / "faulty", 300, human_every=1)
+    push = prefab_process("push", "--run", run.path)
+    time.sleep(6)  # imports, dataset creation, the first batches
+    assert push.poll() is None, push.stdout.read()
+    kill_server(own_server)
+    out, _ = push.communicate(timeout=300)
+    assert push.returncode == 4, out
+    assert "Argilla" in out and "prefab labeling" in out and "Traceback" not in out
+
+    server.up(own_server)
+    out, _ = prefab_process("push", "--run", run.path).communicate(timeout=600)
+    client = server.client(own_server)
+    ids = record_ids(client, "faulty")
+    assert len(ids) == len(set(ids)) == 300, out  # no duplicate, none missing
+    assert set(ids) == set(run.read("pairs")["pair_id"])
+
+    records = sorted(client.datasets("faulty", workspace="prefab").records, key=lambda r: r.id)[:40]
+    for record in records:
+        client.api.records.create_record_response(record._server_id, UserResponseModel(
+            values={"preference": {"value": "a"}}, status="submitted", user_id=client.me.id))
+    pull = prefab_process("pull", "--run", run.path)
+    time.sleep(1.0)
+    kill_server(own_server)
+    out, _ = pull.communicate(timeout=300)
+    if pull.returncode == 0:  # the pull finished before the server died: that is no fault to test, so pull once more
+        kill_server(own_server) if server.status(own_server)["pids"]["server"] else None
+        out, _ = prefab_process("pull", "--run", run.path).communicate(timeout=300)
+    else:
+        assert pull.returncode == 4 and "Traceback" not in out, out
+    if run.has("labels"):
+        pl.read_parquet(run.table_path("labels"))  # whatever is there is whole
+
+    server.up(own_server)
+    out, _ = prefab_process("pull", "--run", run.path).communicate(timeout=300)
+    labels = run.read("labels")
+    assert labels.height == 40 and labels["pair_id"].n_unique() == 40, out
+    assert set(labels["pair_id"]) == {r.id for r in records}

@@ -179,15 +179,9 @@ def status(run_dir, as_json):
     console.print(tables)
 
 
-# commands that live with their part of the pipeline
+# commands that live with their part of the pipeline: labeling (up/down/users, push, pull), training (export, train, eval, rounds)
 for _module in ("labeling.cli", "training.cli"):
-    try:
-        _mod = importlib.import_module(_module)
-    except ModuleNotFoundError as _e:
-        if _e.name != _module:
-            raise
-        continue
-    for _command in _mod.commands:
+    for _command in importlib.import_module(_module).commands:
         cli.add_command(_command)
 
 

@@ -310,13 +310,7 @@ nav a{margin-right:1em}"""
 def all_sections() -> list:
     out = list(SECTIONS)
     for name in EXTRA_SECTION_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        out.extend(getattr(module, "sections", []))
+        out.extend(importlib.import_module(name).sections)
     return out
 
 

@@ -310,7 +310,13 @@ nav a{margin-right:1em}"""
 def all_sections() -> list:
     out = list(SECTIONS)
     for name in EXTRA_SECTION_MODULES:
-        out.extend(importlib.import_module(name).sections)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        out.extend(getattr(module, "sections", []))
     return out
 
 

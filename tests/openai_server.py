@@ -113,6 +113,7 @@ class OpenAIServer:
             self.statuses: Counter[str] = Counter()
             self.bodies: list[dict] = []
             self.arrivals: list[float] = []  # time.monotonic() of each request
+            self.answered: list[tuple[float, float, str]] = []  # (arrived, answered, request_key) of each 200, time.monotonic()
             self.in_flight = 0
             self.max_in_flight = 0
 
@@ -146,10 +147,12 @@ class OpenAIServer:
             roll -= rate
         return "ok"
 
-    def _done(self, status: str) -> None:
+    def _done(self, status: str, request: dict, arrived: float) -> None:
         with self._lock:
             self.in_flight -= 1
             self.statuses[status] += 1
+            if status == "200" and self.keep_bodies:
+                self.answered.append((arrived, time.monotonic(), self.request_key(request)))
 
 
 class _Server(ThreadingHTTPServer):
@@ -189,12 +192,13 @@ class _Handler(BaseHTTPRequestHandler):
             request = json.loads(body)
         except ValueError:
             return self._send(400, _error("request body is not JSON", "invalid_request_error"))
+        arrived = time.monotonic()
         action = owner._admit(request)
         status = action
         try:
             status = self._answer(owner, request, action)
         finally:
-            owner._done(status)
+            owner._done(status, request, arrived)
 
     # behaviour
     def _answer(self, owner: OpenAIServer, request: dict, action: str) -> str:

@@ -27,7 +27,7 @@ class CallCache:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, kind TEXT, request TEXT, response TEXT, "
-            "created REAL DEFAULT (unixepoch('subsec')))"
+            "created REAL DEFAULT ((julianday('now') - 2440587.5) * 86400.0))"  # unix seconds; unixepoch('subsec') needs SQLite 3.42
         )
         self.hits = 0
         self.misses = 0

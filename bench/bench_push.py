@@ -66,7 +66,7 @@ def measure(client, tmp: Path) -> list[dict]:
         return time.perf_counter() - started
 
     # warm the server up on throwaway datasets: the first requests of a fresh server are slow
-    warm = pairs.head(min(200, N_PAIRS))
+    warm = pairs.head(min(500, N_PAIRS))
     sdk(warm, sdk_dataset(f"bench-push-warmup-{stamp}"))
     config.labeling.dataset = f"bench-push-warmup-ours-{stamp}"
     ours(warm)
@@ -80,12 +80,12 @@ def measure(client, tmp: Path) -> list[dict]:
     blocks = [pairs.slice(i, BLOCK) for i in range(0, N_PAIRS, BLOCK)]
     for i, block in enumerate(blocks):
         if i % 2:
-            sdk_s += sdk(block, dataset)
+            sdk_block = sdk(block, dataset)
         seconds, counts = ours(block)
-        ours_s += seconds
-        created += counts["created"]
         if not i % 2:
-            sdk_s += sdk(block, dataset)
+            sdk_block = sdk(block, dataset)
+        ours_s, sdk_s, created = ours_s + seconds, sdk_s + sdk_block, created + counts["created"]
+        print(f"block {i}: prefab push {seconds:.1f}s, records.log {sdk_block:.1f}s", file=sys.stderr, flush=True)
     assert created == N_PAIRS, created
     ours_id = counts["dataset_id"]
 

@@ -801,6 +801,9 @@ def main(argv: List[str]) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((args.host, args.port))
+        import argilla_speedups  # labeling/, next to this file
+
+        argilla_speedups.apply()
         from argilla_server import app
 
         config = uvicorn.Config(app, host=args.host, port=args.port, access_log=not args.no_access_log)

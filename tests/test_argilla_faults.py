@@ -18,6 +18,7 @@ from labeling_runs import make_run
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
+N_PAIRS = 1000
 
 
 @pytest.fixture
@@ -52,15 +53,30 @@ def record_ids(client, name: str) -> list[str]:
     return [r.id for r in client.datasets(name, workspace="prefab").records]
 
 
+def pushed(client, name: str, after_kill: Path | None = None) -> int:
+    """Records of the dataset on the server (after a kill: read from the database behind it)."""
+    if after_kill is not None:
+        import sqlite3
+
+        with sqlite3.connect(after_kill / "argilla" / "argilla.db") as db:
+            return db.execute("SELECT count(*) FROM records JOIN datasets ON datasets.id = records.dataset_id WHERE datasets.name = ?",
+                              (name,)).fetchone()[0]
+    found = [d for d in client.http_client.get("/api/v1/me/datasets").json()["items"] if d["name"] == name]
+    return client.http_client.get(f"/api/v1/datasets/{found[0]['id']}/progress").json()["total"] if found else 0
+
+
 def test_server_dies_during_push_and_pull(own_server, tmp_path):
     from labeling import server
     from argilla._models import UserResponseModel
 
-    run, _ = make_run(tmp_path / "faulty", 300, human_every=1)
+    run, _ = make_run(tmp_path / "faulty", N_PAIRS, human_every=1)
     push = prefab_process("push", "--run", run.path)
-    time.sleep(6)  # imports, dataset creation, the first batches
-    assert push.poll() is None, push.stdout.read()
+    client = server.client(own_server)
+    while pushed(client, "faulty") == 0:  # kill it once the first batch is in, with more to go
+        assert push.poll() is None, push.stdout.read()
+        time.sleep(0.05)
     kill_server(own_server)
+    assert 0 < pushed(client, "faulty", after_kill=own_server) < N_PAIRS
     out, _ = push.communicate(timeout=300)
     assert push.returncode == 4, out
     assert "Argilla" in out and "prefab labeling" in out and "Traceback" not in out
@@ -69,7 +85,7 @@ def test_server_dies_during_push_and_pull(own_server, tmp_path):
     out, _ = prefab_process("push", "--run", run.path).communicate(timeout=600)
     client = server.client(own_server)
     ids = record_ids(client, "faulty")
-    assert len(ids) == len(set(ids)) == 300, out  # no duplicate, none missing
+    assert len(ids) == len(set(ids)) == N_PAIRS, out  # no duplicate, none missing
     assert set(ids) == set(run.read("pairs")["pair_id"])
 
     records = sorted(client.datasets("faulty", workspace="prefab").records, key=lambda r: r.id)[:40]

@@ -6,8 +6,9 @@ whose result was thrown away or rebuilt on every call:
   five relationships and dumping it through pydantic, before `enqueue_notify_events` finds that no
   webhook is enabled and drops them. We ask that question first: with no enabled webhook nothing is
   built; with one, the original code runs unchanged.
-- `Question.parsed_settings` compiles a pydantic `TypeAdapter` on every call (several per submit); one
-  adapter, built once, validates the same way.
+- `Question.parsed_settings` and `MetadataProperty.parsed_settings` compile a pydantic `TypeAdapter`
+  on every call (several per submit, one per metadata property per pushed record); one adapter each,
+  built once, validates the same way.
 - on SQLite, concurrent write transactions collide on the database's single write lock and the loser
   sleeps in SQLite's busy handler (1, 2, 5 ... 100 ms steps) however soon the lock frees: at 20
   annotators that made a p95 of seconds. Writers now queue on an asyncio lock, taken at a
@@ -31,7 +32,7 @@ def apply() -> bool:
         log.warning("argilla-server %s is not %s: running without prefab's speed-ups", __version__, PINNED)
         return False
     _skip_events_without_webhooks()
-    _one_question_settings_adapter()
+    _one_settings_adapter_each()
     _queue_sqlite_writers()
     return True
 
@@ -65,14 +66,15 @@ def _skip_events_without_webhooks() -> None:
                 setattr(user, f"{name}_v1", fast)
 
 
-def _one_question_settings_adapter() -> None:
+def _one_settings_adapter_each() -> None:
     from pydantic import TypeAdapter
 
-    from argilla_server.api.schemas.v1.questions import QuestionSettings
-    from argilla_server.models.database import Question
+    from argilla_server.models import database
 
-    adapter = TypeAdapter(QuestionSettings)
-    Question.parsed_settings = property(lambda self: adapter.validate_python(self.settings))
+    for model, settings_type in ((database.Question, database.QuestionSettings),
+                                 (database.MetadataProperty, database.MetadataPropertySettings)):
+        adapter = TypeAdapter(settings_type)
+        model.parsed_settings = property(lambda self, adapter=adapter: adapter.validate_python(self.settings))
 
 
 def _queue_sqlite_writers() -> None:

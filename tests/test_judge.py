@@ -331,9 +331,10 @@ def test_logprob_scoring_weights_the_digits(openai_server, tmp_path):
     assert json.loads(rows["GOOD answer"]["raw"])["helpfulness"] == {"4": 0.2, "5": 0.6}
     silent = rows["SILENT answer"]
     assert silent["overall"] is None and silent["error"].startswith("unparseable: helpfulness: none of")
-    sent = openai_server.bodies[0]
-    assert sent["max_tokens"] == 1 and sent["logprobs"] is True and sent["top_logprobs"] == 20 and "response_format" not in sent
-    assert "helpfulness score (1-5):" in sent["messages"][-1]["content"]
+    for sent in openai_server.bodies:  # they arrive concurrently, in any order
+        assert sent["max_tokens"] == 1 and sent["logprobs"] is True and sent["top_logprobs"] == 20 and "response_format" not in sent
+    asks = sorted(b["messages"][-1]["content"].rsplit("\n\n", 1)[1] for b in openai_server.bodies)
+    assert asks.count("helpfulness score (1-5):") == 3 and len(set(asks)) == 4
     assert openai_server.total == 12  # 3 candidates x 4 aspects, no retries (the distribution would not change)
 
 

@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 import polars as pl
 
 from labeling.agreement import agreement, judge_labels
-from labeling import dataset as ds
-from labeling.dataset import PREFERENCE, RATING_A, RATING_B, RATIONALE, a_is_chosen, to_label
+from labeling.dataset import LABELS, PREFERENCE, RATING_A, RATING_B, RATIONALE, a_is_chosen, to_label
+from labeling.push import server_errors
 from pipeline.config import Config, LabelingConfig
 from pipeline.errors import LabelingError
 from pipeline.progress import console, summary
@@ -96,8 +96,8 @@ def to_labels(responses: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for r in responses.iter_rows(named=True):
         a_chosen = side_of_chosen(r, by_id)
-        if r["status"] == "submitted" and r["label_ab"] not in ds.LABELS:
-            raise LabelingError(f"record {r['pair_id']!r}: {r['annotator']}'s answer {r['label_ab']!r} is not one of {list(ds.LABELS)}",
+        if r["status"] == "submitted" and r["label_ab"] not in LABELS:
+            raise LabelingError(f"record {r['pair_id']!r}: {r['annotator']}'s answer {r['label_ab']!r} is not one of {list(LABELS)}",
                                 hint="the dataset's preference question was changed outside prefab; push to a new dataset name")
         rows.append({
             "pair_id": r["pair_id"], "annotator": r["annotator"], "status": r["status"],
@@ -197,8 +197,6 @@ def pull(run: Run, config: Config, client) -> dict:
 
 def pull_stage(run: Run, config: Config, client) -> dict:
     """pull() recorded in the manifest as stage "pull" (status, time, counts, agreement)."""
-    from labeling.push import server_errors
-
     with run.stage("pull") as info, server_errors():
         result = pull(run, config, client)
         info.update({k: v for k, v in result.items() if k != "changed"})

@@ -11,9 +11,8 @@ idempotent, so a retried batch cannot duplicate anything.
 """
 
 import warnings
-from pathlib import Path
-
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import polars as pl

@@ -791,9 +791,11 @@ def main(argv: List[str]) -> None:
     elif args.command == "setup":
         setup()
     elif args.command == "server":
+        import socket
+
         import uvicorn
 
-        import socket
+        import argilla_speedups  # labeling/, next to this file
 
         # SO_REUSEPORT: several server processes (one per core) can share the port, the kernel spreads connections
         family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
@@ -801,8 +803,6 @@ def main(argv: List[str]) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((args.host, args.port))
-        import argilla_speedups  # labeling/, next to this file
-
         argilla_speedups.apply()
         from argilla_server import app
 

@@ -401,9 +401,13 @@ def _names(home: Path) -> list[str]:
     return [n for n in ("redis", "worker") if n in found] + servers
 
 
+def _all_names(home: Path) -> list[str]:
+    """The fixed components, then any extra server processes with a pid file."""
+    return list(dict.fromkeys([*COMPONENTS, *_names(home)]))
+
+
 def _pids(home: Path) -> dict:
-    names = list(dict.fromkeys([*COMPONENTS, *_names(home)]))
-    return {name: _running(home, name) for name in names}
+    return {name: _running(home, name) for name in _all_names(home)}
 
 
 def _result(home: Path, state: dict, owner: dict, new_owner: dict | None) -> dict:
@@ -436,7 +440,7 @@ def logs(home=None, lines: int = 40) -> str:
     """The last lines of each log of the labeling home."""
     home = Path(home or default_home()).resolve()
     parts = []
-    for name in (*dict.fromkeys([*COMPONENTS, *_names(home)]), "setup"):
+    for name in (*_all_names(home), "setup"):
         path = home / "logs" / f"{name}.log"
         if path.exists():
             parts.append(f"==> {path} <==\n{_tail(path, lines)}")

@@ -53,16 +53,19 @@ def record_ids(client, name: str) -> list[str]:
     return [r.id for r in client.datasets(name, workspace="prefab").records]
 
 
-def pushed(client, name: str, after_kill: Path | None = None) -> int:
-    """Records of the dataset on the server (after a kill: read from the database behind it)."""
-    if after_kill is not None:
-        import sqlite3
-
-        with sqlite3.connect(after_kill / "argilla" / "argilla.db") as db:
-            return db.execute("SELECT count(*) FROM records JOIN datasets ON datasets.id = records.dataset_id WHERE datasets.name = ?",
-                              (name,)).fetchone()[0]
+def pushed(client, name: str) -> int:
+    """Records of the dataset on the running server (0 before it exists)."""
     found = [d for d in client.http_client.get("/api/v1/me/datasets").json()["items"] if d["name"] == name]
     return client.http_client.get(f"/api/v1/datasets/{found[0]['id']}/progress").json()["total"] if found else 0
+
+
+def stored(home: Path, name: str) -> int:
+    """Records of the dataset in the database of a server that is down."""
+    import sqlite3
+
+    with sqlite3.connect(home / "argilla" / "argilla.db") as db:
+        return db.execute("SELECT count(*) FROM records JOIN datasets ON datasets.id = records.dataset_id WHERE datasets.name = ?",
+                          (name,)).fetchone()[0]
 
 
 def test_server_dies_during_push_and_pull(own_server, tmp_path):
@@ -76,7 +79,7 @@ def test_server_dies_during_push_and_pull(own_server, tmp_path):
         assert push.poll() is None, push.stdout.read()
         time.sleep(0.05)
     kill_server(own_server)
-    assert 0 < pushed(client, "faulty", after_kill=own_server) < N_PAIRS
+    assert 0 < stored(own_server, "faulty") < N_PAIRS
     out, _ = push.communicate(timeout=300)
     assert push.returncode == 4, out
     assert "Argilla" in out and "prefab labeling" in out and "Traceback" not in out

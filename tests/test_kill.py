@@ -128,6 +128,21 @@ def kill_when(proc, trigger, timeout: float = 120, kills: list | None = None) ->
     raise AssertionError("kill trigger never fired")
 
 
+def after_answers(server, kind: str, since: float, need: int, linger: float):
+    """A kill trigger: true `linger` seconds after the `need`-th answer of `kind` to a request that arrived
+    after `since`. Each poll reads only the answers logged since the last one."""
+    times, cursor = [], len(server.answered)
+
+    def trigger() -> bool:
+        nonlocal cursor
+        new = server.answered[cursor:]
+        cursor += len(new)
+        times.extend(at for arrived, at, key in new if arrived > since and kind_of(json.loads(key)) == kind)
+        return len(times) >= need and time.monotonic() - times[need - 1] >= linger
+
+    return trigger
+
+
 def comparable(run_dir: Path) -> dict:
     """The outputs whose equality matters: ids and rows, minus wall-clock fields."""
     out = {}
@@ -181,13 +196,9 @@ def test_kill_nine_everywhere_then_resume(tmp_path, openai_server, argilla_clien
             spawned_at = time.monotonic()
             proc = spawn("run", killed_cfg, "--until", stage)
             if stage in MODEL_STAGES:
-                # kill once this process has had `need` answers and `linger` seconds more: calls finished
-                # well before the kill and calls in flight at it, both every time
-                need, linger = rng.randint(1, 4), rng.uniform(0.25, 0.4)
-
-                def trigger(kind=MODEL_STAGES[stage], spawned_at=spawned_at, need=need, linger=linger):
-                    mine = [at for arrived, at, key in list(openai_server.answered) if arrived > spawned_at and kind_of(json.loads(key)) == kind]
-                    return len(mine) >= need and time.monotonic() - mine[need - 1] >= linger
+                # kill once this process has had a few answers and a moment more: calls finished well
+                # before the kill and calls in flight at it, both every time
+                trigger = after_answers(openai_server, MODEL_STAGES[stage], spawned_at, rng.randint(1, 4), rng.uniform(0.25, 0.4))
             else:
                 ready_at = []
                 delay = rng.uniform(0.05, 1.5)

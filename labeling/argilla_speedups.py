@@ -1,20 +1,23 @@
 """Hot paths of argilla-server 2.8.0 made cheaper without changing any answer. Runs INSIDE the server venv.
 
-Profiled under the load test (20 annotators submitting at once), most of a submit's CPU went to work
-whose result was thrown away or rebuilt on every call:
-- every submit (and every record of a bulk upsert) builds webhook events, each loading the dataset with
-  five relationships and dumping it through pydantic, before `enqueue_notify_events` finds that no
-  webhook is enabled and drops them. We ask that question first: with no enabled webhook nothing is
-  built; with one, the original code runs unchanged.
-- `Question.parsed_settings` and `MetadataProperty.parsed_settings` compile a pydantic `TypeAdapter`
-  on every call (several per submit, one per metadata property per pushed record); one adapter each,
-  built once, validates the same way.
-- on SQLite, concurrent write transactions collide on the database's single write lock and the loser
-  sleeps in SQLite's busy handler (1, 2, 5 ... 100 ms steps) however soon the lock frees: at 20
-  annotators that made a p95 of seconds. Writers now queue on an asyncio lock, taken at a
-  transaction's first write and given back when it commits or rolls back, so the next writer starts
-  the moment the last one ends. SQLite's own locking still holds (other processes, the worker); a
-  writer that waits longer than Argilla's SQLite timeout goes on without the queue.
+Profiled under the load test (20 annotators submitting back to back), a submit cost ~110 ms of the
+server's single thread, most of it work whose result was thrown away, rebuilt, or waited for:
+- webhook events (the dataset with five relationships, dumped through pydantic) built for every submit
+  and every pushed record, then dropped because no webhook is enabled. Now that is asked first, once
+  per request, with one cheap query; with a webhook enabled Argilla's own code runs.
+- a pydantic `TypeAdapter` compiled per `parsed_settings` call: now one per model.
+- the authenticated user loaded twice per request (by token or key, then by name): now once.
+- after each response, the record reloaded with its dataset and every submitted response to compare a
+  count with `min_submitted`: now one query (Argilla's code still runs when a webhook needs the record).
+- Server-Timing added by a BaseHTTPMiddleware (a task and a memory stream per request): now plain ASGI.
+- SQLite: every statement crossed to aiosqlite's per-connection thread and back (~4 thread hand-offs
+  per statement, each waiting for a turn of the busy event loop), SQLAlchemy's default pool of 5 closed
+  the connections above it (a thread each) as soon as they were given back, and colliding writers slept
+  in SQLite's busy handler (1, 2, 5 ... 100 ms). Now Argilla's statements run in place on the loop (well
+  under a millisecond each; a lock held elsewhere sends one to the thread after 10 ms; the search
+  engine's queries, which can take longer, keep their threads), the
+  pool keeps 32, and writers queue: on an asyncio lock within a process and on a lock file across the
+  server processes, taken at a transaction's first write and given back at commit or rollback.
 
 Applied only to the pinned version: another version runs unpatched.
 """
@@ -25,16 +28,45 @@ PINNED = "2.8.0"
 log = logging.getLogger("prefab.argilla_speedups")
 
 
-def apply() -> bool:
+def apply(database_is_the_index: bool = False) -> bool:
     from argilla_server._version import __version__
 
     if __version__ != PINNED:
         log.warning("argilla-server %s is not %s: running without prefab's speed-ups", __version__, PINNED)
         return False
+    _sqlite_pool_for_concurrent_requests()
     _skip_events_without_webhooks()
     _one_settings_adapter_each()
+    _one_user_lookup_per_request()
+    _server_timing_without_a_task()
+    if database_is_the_index:
+        _record_status_in_one_query()
     _queue_sqlite_writers()
+    _run_sqlite_inline()
     return True
+
+
+_webhooks_asked = None  # request task -> whether a webhook was enabled when it first asked
+
+
+async def _any_webhook_enabled(db) -> bool:
+    """Argilla's question (is `list_enabled_webhooks(db)` non-empty?) without loading rows, asked once per
+    request (its task): a submit notifies up to three events, a bulk upsert one per record."""
+    import asyncio
+    import weakref
+
+    from sqlalchemy import text
+
+    global _webhooks_asked
+    if _webhooks_asked is None:
+        _webhooks_asked = weakref.WeakKeyDictionary()
+    task = asyncio.current_task()
+    if task is None or task not in _webhooks_asked:
+        enabled = (await db.execute(text("SELECT 1 FROM webhooks WHERE enabled LIMIT 1"))).first() is not None
+        if task is None:
+            return enabled
+        _webhooks_asked[task] = enabled
+    return _webhooks_asked[task]
 
 
 def _skip_events_without_webhooks() -> None:
@@ -45,11 +77,10 @@ def _skip_events_without_webhooks() -> None:
     import argilla_server.webhooks.v1.datasets
     import argilla_server.webhooks.v1.records
     import argilla_server.webhooks.v1.responses
-    from argilla_server.contexts.webhooks import list_enabled_webhooks
 
     def guarded(original):
         async def notify(db, event, subject):
-            if not await list_enabled_webhooks(db):
+            if not await _any_webhook_enabled(db):
                 return []  # what enqueue_notify_events returns when no webhook is enabled
             return await original(db, event, subject)
 
@@ -77,10 +108,148 @@ def _one_settings_adapter_each() -> None:
         model.parsed_settings = property(lambda self, adapter=adapter: adapter.validate_python(self.settings))
 
 
+def _server_timing_without_a_task() -> None:
+    """Argilla adds its `Server-Timing` header with `@app.middleware("http")`, Starlette's BaseHTTPMiddleware,
+    which runs every request in a task of its own and streams the response through a memory channel. A plain
+    ASGI middleware adds the same header at the response's start (where `call_next` returned)."""
+    import time
+
+    from starlette.datastructures import MutableHeaders
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    from argilla_server._app import app
+
+    class ServerTiming:
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await self.app(scope, receive, send)
+            started = time.perf_counter()
+
+            async def timed(message):
+                if message["type"] == "http.response.start":
+                    MutableHeaders(scope=message).append("Server-Timing", f"total;dur={(time.perf_counter() - started) * 1000}")
+                await send(message)
+
+            await self.app(scope, receive, timed)
+
+    for i, middleware in enumerate(app.user_middleware):
+        if middleware.cls is BaseHTTPMiddleware and getattr(middleware.kwargs.get("dispatch"), "__name__", "") == "add_server_timing_header":
+            app.user_middleware[i] = type(middleware)(ServerTiming)
+    app.middleware_stack = None  # built again, from the list above, at the first request
+
+
+def _one_user_lookup_per_request() -> None:
+    """Authentication loads the user (with workspaces) by API key or token, then the provider loads the same
+    user again by name on the same session: the second lookup takes the user the first one found."""
+    import contextvars
+
+    from argilla_server.contexts import accounts
+    from argilla_server.security.authentication.provider import AuthenticationProvider
+
+    found: contextvars.ContextVar = contextvars.ContextVar("prefab_authenticated_users")
+    by_name, by_key, authenticate = accounts.get_user_by_username, accounts.get_user_by_api_key, AuthenticationProvider._authenticate_request_user
+
+    def remembered(lookup):
+        async def get_user(db, *args, **kwargs):
+            user = await lookup(db, *args, **kwargs)
+            if user is not None and found.get(None) is not None:
+                found.get().append(user)
+            return user
+
+        return get_user
+
+    async def authenticate_request_user(self, db, request):
+        token = found.set([])
+        try:
+            userinfo = await authenticate(self, db, request)
+            users = found.get()
+        finally:
+            found.reset(token)
+        if userinfo and users and users[-1].username == userinfo.username:
+            db.info["prefab_authenticated"] = users[-1]  # handed to the provider's lookup, which comes next
+        return userinfo
+
+    async def get_user_by_username(db, username):
+        handed = db.info.pop("prefab_authenticated", None)
+        if handed is not None and handed.username == username:
+            return handed
+        return await remembered(by_name)(db, username)
+
+    accounts.get_user_by_username = get_user_by_username
+    accounts.get_user_by_api_key = remembered(by_key)
+    AuthenticationProvider._authenticate_request_user = authenticate_request_user
+
+
+def _record_status_in_one_query() -> None:
+    """After a response changes, Argilla reloads the record with its dataset and every submitted response
+    to compare a count with `min_submitted`. One query answers the same question; the record's row is
+    updated only when its status changes, as the ORM did. With a webhook enabled (it needs the record)
+    or another distribution strategy, Argilla's own code runs."""
+    from datetime import datetime
+
+    import backoff
+    import sqlalchemy
+    from sqlalchemy import func, select, update
+
+    from argilla_server.contexts import distribution
+    from argilla_server.database import _get_async_db
+    from argilla_server.enums import DatasetDistributionStrategy, RecordStatus, ResponseStatus
+    from argilla_server.errors.future import NotFoundError
+    from argilla_server.models import Dataset, Record, Response
+
+    original = distribution.update_record_status
+    submitted = (select(func.count(Response.id))
+                 .where(Response.record_id == Record.id, Response.status == ResponseStatus.submitted)
+                 .scalar_subquery())
+
+    @backoff.on_exception(backoff.expo, sqlalchemy.exc.SQLAlchemyError, max_time=distribution.MAX_TIME_RETRY_SQLALCHEMY_ERROR)
+    async def update_record_status(search_engine, record_id):
+        async for db in _get_async_db(isolation_level="SERIALIZABLE"):
+            row = (await db.execute(select(Record.status, Dataset.distribution, submitted)
+                                    .join(Dataset, Record.dataset_id == Dataset.id).where(Record.id == record_id))).one_or_none()
+            if row is None:
+                raise NotFoundError(f"Record with id `{record_id}` not found")
+            status, dist, count = row
+            if dist.get("strategy") != DatasetDistributionStrategy.overlap or await _any_webhook_enabled(db):
+                break
+            new = RecordStatus.completed if count >= dist["min_submitted"] else RecordStatus.pending
+            if new != status:
+                await db.execute(update(Record).where(Record.id == record_id).values(status=new, updated_at=datetime.utcnow()))
+                await db.commit()
+            return None  # (the engine reads statuses from the database; callers ignore what this returns)
+        return await original(search_engine, record_id)
+
+    distribution.update_record_status = update_record_status
+
+
+SQLITE_POOL = {"pool_size": 32, "max_overflow": 32}
+
+
+def _sqlite_pool_for_concurrent_requests() -> None:
+    """SQLAlchemy keeps 5 connections by default and closes any extra one when it is given back: with 20
+    requests in flight, connections (each an aiosqlite thread) were opened and closed all the time.
+    Replaced before anything registers events on the engine."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from argilla_server import database
+    from argilla_server.settings import settings
+
+    if not settings.database_is_sqlite:
+        return
+    database.async_engine = create_async_engine(settings.database_url, **settings.database_engine_args, **SQLITE_POOL)
+    database.AsyncSessionLocal.configure(bind=database.async_engine)
+
+
 def _queue_sqlite_writers() -> None:
     import asyncio
+    import fcntl
+    import os
+    import threading
 
-    from sqlalchemy import event
+    from sqlalchemy import event, make_url
     from sqlalchemy.util import await_only
 
     from argilla_server.database import async_engine
@@ -90,8 +259,40 @@ def _queue_sqlite_writers() -> None:
         return
     engine = async_engine.sync_engine
     dialect = engine.dialect
-    lock = asyncio.Lock()
+    timeout = settings.database_sqlite_timeout
+    lock = asyncio.Lock()  # writers of this process
     holder: list = []  # the driver connection whose transaction holds the lock
+    database = make_url(settings.database_url).database
+    file_lock = os.open(f"{database}-writers.lock", os.O_RDWR | os.O_CREAT, 0o600) if database and database != ":memory:" else None
+
+    def take_file_lock() -> None:
+        """Writers of the other server processes (`--workers`) queue on a lock file: the kernel hands it to the
+        next one the moment the last lets go. Waited for in a thread; one that gives up lets it go again."""
+        if file_lock is None:
+            return
+        try:
+            fcntl.flock(file_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        state, guard = {"given_up": False, "held": False}, threading.Lock()
+
+        def wait() -> None:
+            fcntl.flock(file_lock, fcntl.LOCK_EX)
+            with guard:
+                if state["given_up"]:
+                    fcntl.flock(file_lock, fcntl.LOCK_UN)
+                state["held"] = not state["given_up"]
+
+        waiting = asyncio.get_running_loop().run_in_executor(None, wait)
+        try:
+            await_only(asyncio.wait_for(asyncio.shield(waiting), timeout))
+        except asyncio.TimeoutError:
+            with guard:
+                state["given_up"] = True
+                if state["held"]:
+                    fcntl.flock(file_lock, fcntl.LOCK_UN)
+            log.warning("a write waited %ss for the other server processes; going on with SQLite's own locking", timeout)
 
     def raw(connection):
         return getattr(connection, "dbapi_connection", connection)
@@ -99,6 +300,8 @@ def _queue_sqlite_writers() -> None:
     def release(connection) -> None:
         if holder and holder[0] is raw(connection):
             holder.clear()
+            if file_lock is not None:
+                fcntl.flock(file_lock, fcntl.LOCK_UN)
             lock.release()
 
     @event.listens_for(engine, "before_cursor_execute")
@@ -109,11 +312,15 @@ def _queue_sqlite_writers() -> None:
         if holder and holder[0] is mine:
             return
         try:
-            await_only(asyncio.wait_for(lock.acquire(), settings.database_sqlite_timeout))
+            if lock.locked():
+                await_only(asyncio.wait_for(lock.acquire(), timeout))
+            else:
+                await_only(lock.acquire())  # free: taken without a trip through the event loop
         except asyncio.TimeoutError:
-            log.warning("a write waited %ss for the writer queue; going on with SQLite's own locking", settings.database_sqlite_timeout)
+            log.warning("a write waited %ss for the writer queue; going on with SQLite's own locking", timeout)
             return
         holder.append(mine)
+        take_file_lock()
 
     def ends_transaction(original):
         def end(dbapi_connection):
@@ -128,3 +335,70 @@ def _queue_sqlite_writers() -> None:
     dialect.do_rollback = ends_transaction(dialect.do_rollback)
     for name in ("close", "invalidate", "detach"):  # a connection dropped mid-transaction gives the lock back too
         event.listen(engine.pool, name, lambda dbapi_connection, *_: release(dbapi_connection))
+
+
+INLINE_BUSY_MS = 10  # what SQLite may wait on the loop (a lock between two statements of another process); longer waits go to a thread
+
+
+def _run_sqlite_inline() -> None:
+    import sqlite3
+
+    import aiosqlite.core
+    from sqlalchemy import event
+    from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
+
+    from argilla_server.database import async_engine
+    from argilla_server.settings import settings
+
+    if not settings.database_is_sqlite:
+        return
+    engine = async_engine.sync_engine
+    wait_ms = int(settings.database_sqlite_timeout * 1000)
+
+    @event.listens_for(engine, "do_connect")
+    def connect_inline(dialect, connection_record, cargs, cparams):
+        cparams["check_same_thread"] = False  # used from the loop's thread, by one checkout at a time
+        dbapi_connection = dialect.connect(*cargs, **cparams)
+        dbapi_connection._connection._prefab_inline = True  # from here on, even the connection's own set-up
+        return dbapi_connection
+
+    @event.listens_for(engine, "connect")
+    def no_sleeping_on_the_loop(dbapi_connection, connection_record):
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {INLINE_BUSY_MS}")
+        cursor.close()
+
+    original = aiosqlite.core.Connection._execute
+
+    async def _execute(self, fn, *args, **kwargs):
+        if not getattr(self, "_prefab_inline", False) or self._connection is None:
+            return await original(self, fn, *args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e):
+                raise
+        connection = self._connection
+
+        def waiting():  # on the connection's own thread, where SQLite may sleep until the lock frees
+            connection.execute(f"PRAGMA busy_timeout = {wait_ms}")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                connection.execute(f"PRAGMA busy_timeout = {INLINE_BUSY_MS}")
+
+        return await original(self, waiting)
+
+    aiosqlite.core.Connection._execute = _execute
+
+    # SQLAlchemy sets the isolation level (Argilla asks for SERIALIZABLE after every response) by an attribute
+    # that aiosqlite's adapter sends to the connection's thread on its own; set it in place too
+    level = AsyncAdapt_aiosqlite_connection.isolation_level
+
+    def set_level(self, value):
+        if getattr(self._connection, "_prefab_inline", False):
+            self._connection._conn.isolation_level = value
+        else:
+            level.fset(self, value)
+
+    AsyncAdapt_aiosqlite_connection.isolation_level = property(level.fget, set_level)

@@ -803,7 +803,7 @@ def main(argv: List[str]) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((args.host, args.port))
-        argilla_speedups.apply()
+        argilla_speedups.apply(database_is_the_index=settings.search_engine == ENGINE_NAME)
         from argilla_server import app
 
         config = uvicorn.Config(app, host=args.host, port=args.port, access_log=not args.no_access_log)

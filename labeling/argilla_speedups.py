@@ -22,7 +22,9 @@ server's single thread, most of it work whose result was thrown away, rebuilt, o
 Applied only to the pinned version: another version runs unpatched.
 """
 
+import asyncio
 import logging
+import weakref
 
 PINNED = "2.8.0"
 log = logging.getLogger("prefab.argilla_speedups")
@@ -30,43 +32,40 @@ log = logging.getLogger("prefab.argilla_speedups")
 
 def apply(database_is_the_index: bool = False) -> bool:
     from argilla_server._version import __version__
+    from argilla_server.settings import settings
 
     if __version__ != PINNED:
         log.warning("argilla-server %s is not %s: running without prefab's speed-ups", __version__, PINNED)
         return False
-    _sqlite_pool_for_concurrent_requests()
+    if settings.database_is_sqlite:
+        _sqlite_pool_for_concurrent_requests()  # first: the steps below register events on the engine
     _skip_events_without_webhooks()
     _one_settings_adapter_each()
     _one_user_lookup_per_request()
     _server_timing_without_a_task()
     if database_is_the_index:
         _record_status_in_one_query()
-    _queue_sqlite_writers()
-    _run_sqlite_inline()
+    if settings.database_is_sqlite:
+        _queue_sqlite_writers()
+        _run_sqlite_inline()
     return True
 
 
-_webhooks_asked = None  # request task -> whether a webhook was enabled when it first asked
+_webhooks_asked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # request task -> a webhook was enabled
 
 
 async def _any_webhook_enabled(db) -> bool:
     """Argilla's question (is `list_enabled_webhooks(db)` non-empty?) without loading rows, asked once per
     request (its task): a submit notifies up to three events, a bulk upsert one per record."""
-    import asyncio
-    import weakref
-
     from sqlalchemy import text
 
-    global _webhooks_asked
-    if _webhooks_asked is None:
-        _webhooks_asked = weakref.WeakKeyDictionary()
     task = asyncio.current_task()
-    if task is None or task not in _webhooks_asked:
-        enabled = (await db.execute(text("SELECT 1 FROM webhooks WHERE enabled LIMIT 1"))).first() is not None
-        if task is None:
-            return enabled
+    if task is not None and task in _webhooks_asked:
+        return _webhooks_asked[task]
+    enabled = (await db.execute(text("SELECT 1 FROM webhooks WHERE enabled LIMIT 1"))).first() is not None
+    if task is not None:
         _webhooks_asked[task] = enabled
-    return _webhooks_asked[task]
+    return enabled
 
 
 def _skip_events_without_webhooks() -> None:
@@ -150,7 +149,7 @@ def _one_user_lookup_per_request() -> None:
     from argilla_server.security.authentication.provider import AuthenticationProvider
 
     found: contextvars.ContextVar = contextvars.ContextVar("prefab_authenticated_users")
-    by_name, by_key, authenticate = accounts.get_user_by_username, accounts.get_user_by_api_key, AuthenticationProvider._authenticate_request_user
+    authenticate = AuthenticationProvider._authenticate_request_user
 
     def remembered(lookup):
         async def get_user(db, *args, **kwargs):
@@ -172,14 +171,16 @@ def _one_user_lookup_per_request() -> None:
             db.info["prefab_authenticated"] = users[-1]  # handed to the provider's lookup, which comes next
         return userinfo
 
+    by_name = remembered(accounts.get_user_by_username)
+
     async def get_user_by_username(db, username):
         handed = db.info.pop("prefab_authenticated", None)
         if handed is not None and handed.username == username:
             return handed
-        return await remembered(by_name)(db, username)
+        return await by_name(db, username)
 
     accounts.get_user_by_username = get_user_by_username
-    accounts.get_user_by_api_key = remembered(by_key)
+    accounts.get_user_by_api_key = remembered(accounts.get_user_by_api_key)
     AuthenticationProvider._authenticate_request_user = authenticate_request_user
 
 
@@ -195,7 +196,7 @@ def _record_status_in_one_query() -> None:
     from sqlalchemy import func, select, update
 
     from argilla_server.contexts import distribution
-    from argilla_server.database import _get_async_db
+    from argilla_server.database import AsyncSessionLocal
     from argilla_server.enums import DatasetDistributionStrategy, RecordStatus, ResponseStatus
     from argilla_server.errors.future import NotFoundError
     from argilla_server.models import Dataset, Record, Response
@@ -207,19 +208,22 @@ def _record_status_in_one_query() -> None:
 
     @backoff.on_exception(backoff.expo, sqlalchemy.exc.SQLAlchemyError, max_time=distribution.MAX_TIME_RETRY_SQLALCHEMY_ERROR)
     async def update_record_status(search_engine, record_id):
-        async for db in _get_async_db(isolation_level="SERIALIZABLE"):
+        db = AsyncSessionLocal()
+        try:  # not `async with`: its exit closes the session in a task of its own, a turn of the busy loop
+            await db.connection(execution_options={"isolation_level": "SERIALIZABLE"})  # as Argilla's own
             row = (await db.execute(select(Record.status, Dataset.distribution, submitted)
                                     .join(Dataset, Record.dataset_id == Dataset.id).where(Record.id == record_id))).one_or_none()
             if row is None:
                 raise NotFoundError(f"Record with id `{record_id}` not found")
             status, dist, count = row
-            if dist.get("strategy") != DatasetDistributionStrategy.overlap or await _any_webhook_enabled(db):
-                break
-            new = RecordStatus.completed if count >= dist["min_submitted"] else RecordStatus.pending
-            if new != status:
-                await db.execute(update(Record).where(Record.id == record_id).values(status=new, updated_at=datetime.utcnow()))
-                await db.commit()
-            return None  # (the engine reads statuses from the database; callers ignore what this returns)
+            if dist.get("strategy") == DatasetDistributionStrategy.overlap and not await _any_webhook_enabled(db):
+                new = RecordStatus.completed if count >= dist["min_submitted"] else RecordStatus.pending
+                if new != status:
+                    await db.execute(update(Record).where(Record.id == record_id).values(status=new, updated_at=datetime.utcnow()))
+                    await db.commit()
+                return None  # (the engine reads statuses from the database; callers ignore what this returns)
+        finally:
+            await db.close()
         return await original(search_engine, record_id)
 
     distribution.update_record_status = update_record_status
@@ -230,21 +234,17 @@ SQLITE_POOL = {"pool_size": 32, "max_overflow": 32}
 
 def _sqlite_pool_for_concurrent_requests() -> None:
     """SQLAlchemy keeps 5 connections by default and closes any extra one when it is given back: with 20
-    requests in flight, connections (each an aiosqlite thread) were opened and closed all the time.
-    Replaced before anything registers events on the engine."""
+    requests in flight, connections (each an aiosqlite thread) were opened and closed all the time."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from argilla_server import database
     from argilla_server.settings import settings
 
-    if not settings.database_is_sqlite:
-        return
     database.async_engine = create_async_engine(settings.database_url, **settings.database_engine_args, **SQLITE_POOL)
     database.AsyncSessionLocal.configure(bind=database.async_engine)
 
 
 def _queue_sqlite_writers() -> None:
-    import asyncio
     import fcntl
     import os
     import threading
@@ -255,8 +255,6 @@ def _queue_sqlite_writers() -> None:
     from argilla_server.database import async_engine
     from argilla_server.settings import settings
 
-    if not settings.database_is_sqlite:
-        return
     engine = async_engine.sync_engine
     dialect = engine.dialect
     timeout = settings.database_sqlite_timeout
@@ -350,8 +348,6 @@ def _run_sqlite_inline() -> None:
     from argilla_server.database import async_engine
     from argilla_server.settings import settings
 
-    if not settings.database_is_sqlite:
-        return
     engine = async_engine.sync_engine
     wait_ms = int(settings.database_sqlite_timeout * 1000)
 

@@ -80,6 +80,22 @@ def make_user(client, workspace: str, role: str = "annotator", name: str | None 
     return user, password
 
 
+def pref_dataset(client, workspace: str, records: int, min_submitted: int = 1):
+    """A dataset with one `pref` (a/b) question and records r0, r1, ...; returns (dataset, external id -> server id)."""
+    import argilla as rg
+
+    settings = rg.Settings(fields=[rg.TextField(name="prompt")], questions=[rg.LabelQuestion(name="pref", labels=["a", "b"])],
+                           distribution=rg.TaskDistribution(min_submitted=min_submitted))
+    dataset = rg.Dataset(name=unique("pref"), workspace=workspace, settings=settings, client=client).create()
+    dataset.records.log([{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(records)])
+    return dataset, {r.id: str(r._server_id) for r in dataset.records}
+
+
+def answer(http, record_id: str, value: str = "a", status: str = "submitted") -> httpx.Response:
+    """The UI's response call for a `pref` record."""
+    return http.post(f"/records/{record_id}/responses", json={"values": {"pref": {"value": value}}, "status": status})
+
+
 def login(labeling_server, username: str, password: str) -> httpx.Client:
     """An httpx client logged in like the UI does (POST /api/v1/token, then a bearer token)."""
     token = httpx.post(labeling_server["url"] + "/api/v1/token", data={"username": username, "password": password}, timeout=30)

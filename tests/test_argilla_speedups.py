@@ -8,27 +8,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from labeling_fixtures import login, make_user, unique
+from labeling_fixtures import answer, login, make_user, pref_dataset, unique
 
 pytestmark = pytest.mark.server
-
-
-def pair_dataset(argilla_client, workspace: str, min_submitted: int):
-    import argilla as rg
-
-    settings = rg.Settings(fields=[rg.TextField(name="prompt")], questions=[rg.LabelQuestion(name="pref", labels=["a", "b"])],
-                           distribution=rg.TaskDistribution(min_submitted=min_submitted))
-    dataset = rg.Dataset(name=unique("speedups"), workspace=workspace, settings=settings, client=argilla_client).create()
-    dataset.records.log([{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(2)])
-    return dataset, {r.id: str(r._server_id) for r in dataset.records}
 
 
 def status(argilla_http, record_id: str) -> str:
     return argilla_http.get(f"/records/{record_id}").json()["status"]
 
 
-def answer(http, record_id: str, status: str):
-    response = http.post(f"/records/{record_id}/responses", json={"values": {"pref": {"value": "a"}}, "status": status})
+def answered(http, record_id: str, status: str) -> str:
+    response = answer(http, record_id, status=status)
     assert response.status_code == 201, response.text
     return response.json()["id"]
 
@@ -36,11 +26,11 @@ def answer(http, record_id: str, status: str):
 def test_record_status_follows_min_submitted_through_submit_discard_and_delete(labeling_server, argilla_client, argilla_http):
     workspace = unique("ws-status")
     (alice, alice_pw), (bob, bob_pw) = make_user(argilla_client, workspace), make_user(argilla_client, workspace)
-    _, ids = pair_dataset(argilla_client, workspace, min_submitted=2)
+    _, ids = pref_dataset(argilla_client, workspace, 2, min_submitted=2)
     with login(labeling_server, alice.username, alice_pw) as a, login(labeling_server, bob.username, bob_pw) as b:
-        alices = answer(a, ids["r0"], "submitted")
+        alices = answered(a, ids["r0"], "submitted")
         assert status(argilla_http, ids["r0"]) == "pending"  # one of two
-        bobs = answer(b, ids["r0"], "submitted")
+        bobs = answered(b, ids["r0"], "submitted")
         assert status(argilla_http, ids["r0"]) == "completed"
         assert status(argilla_http, ids["r1"]) == "pending"
 
@@ -71,13 +61,13 @@ def test_an_enabled_webhook_still_gets_response_and_record_events(labeling_serve
     Hook.received.clear()
     workspace = unique("ws-hook")
     annotator, password = make_user(argilla_client, workspace)
-    _, ids = pair_dataset(argilla_client, workspace, min_submitted=1)
+    _, ids = pref_dataset(argilla_client, workspace, 2)
     created = argilla_http.post("/webhooks", json={"url": f"http://127.0.0.1:{receiver.server_port}/hook",
                                                    "events": ["response.created", "record.completed"]})
     assert created.status_code == 201, created.text
     try:
         with login(labeling_server, annotator.username, password) as http:
-            response_id = answer(http, ids["r1"], "submitted")
+            response_id = answered(http, ids["r1"], "submitted")
         deadline = time.monotonic() + 60  # the rq worker delivers them
         while len(Hook.received) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -5,7 +5,7 @@ works without credentials. Each refusal has a positive control, so a server that
 import httpx
 import pytest
 
-from labeling_fixtures import login, make_user, unique
+from labeling_fixtures import answer, login, make_user, unique
 
 pytestmark = pytest.mark.server
 
@@ -31,10 +31,6 @@ def world(argilla_client, labeling_server):
     yield {"a": datasets[ws_a], "b": datasets[ws_b], "ws_a": ws_a, "ws_b": ws_b, **clients, "annotator_user": annotator}
     for client in clients.values():
         client.close()
-
-
-def answer(http, record_id, value="a"):
-    return http.post(f"/records/{record_id}/responses", json={"values": {"pref": {"value": value}}, "status": "submitted"})
 
 
 def test_annotator_reads_and_labels_only_its_workspace(world):

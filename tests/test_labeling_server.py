@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from labeling import server
-from labeling_fixtures import login, make_user, unique
+from labeling_fixtures import answer, login, make_user, pref_dataset, unique
 from pipeline.errors import LabelingError
 
 pytestmark = pytest.mark.server
@@ -61,7 +61,7 @@ def test_owner_credentials_are_random_private_and_work(labeling_server):
 
 
 def submit(http, record_id: str, label: str) -> None:
-    response = http.post(f"/records/{record_id}/responses", json={"values": {"pref": {"value": label}}, "status": "submitted"})
+    response = answer(http, record_id, label)
     assert response.status_code == 201, response.text
 
 
@@ -73,15 +73,10 @@ def submitted_labels(argilla_client, dataset) -> dict:
 
 
 def test_restart_and_kill_9_lose_no_submitted_response(labeling_server, argilla_client):
-    import argilla as rg
-
     home = labeling_server["home"]
     workspace = unique("ws-restart")
     annotator, password = make_user(argilla_client, workspace)
-    settings = rg.Settings(fields=[rg.TextField(name="prompt")], questions=[rg.LabelQuestion(name="pref", labels=["a", "b"])])
-    dataset = rg.Dataset(name=unique("restart"), workspace=workspace, settings=settings, client=argilla_client).create()
-    dataset.records.log([{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(4)])
-    ids = {r.id: str(r._server_id) for r in dataset.records}
+    dataset, ids = pref_dataset(argilla_client, workspace, 4)
     http = login(labeling_server, annotator.username, password)
     try:
         submit(http, ids["r0"], "a")

@@ -16,8 +16,9 @@ server's single thread, most of it work whose result was thrown away, rebuilt, o
   in SQLite's busy handler (1, 2, 5 ... 100 ms). Now Argilla's statements run in place on the loop (well
   under a millisecond each; a lock held elsewhere sends one to the thread after 10 ms; the search
   engine's queries, which can take longer, keep their threads), the
-  pool keeps 32, and writers queue: on an asyncio lock within a process and on a lock file across the
-  server processes, taken at a transaction's first write and given back at commit or rollback.
+  pool keeps 32, and writers queue: within a process behind the one write transaction under way (all
+  woken when it ends), across the server processes on a lock file, from a transaction's first write to
+  its commit or rollback.
 
 Applied only to the pinned version: another version runs unpatched.
 """
@@ -245,9 +246,17 @@ def _sqlite_pool_for_concurrent_requests() -> None:
 
 
 def _queue_sqlite_writers() -> None:
+    """One write transaction at a time, so that no writer sleeps in SQLite's busy handler on the loop.
+
+    A write transaction runs on the loop from its first write to its commit without giving the loop up,
+    so writers of one process rarely meet; when one does wait (for another server process), the others
+    wait for it to end and are all woken at once, so the queue drains in one turn of the loop, not one
+    turn per writer (asyncio.Lock hands over to one waiter per turn: under load a queue, once formed,
+    never emptied). Across server processes (`--workers`) writers queue on a lock file."""
     import fcntl
     import os
     import threading
+    import time
 
     from sqlalchemy import event, make_url
     from sqlalchemy.util import await_only
@@ -258,21 +267,31 @@ def _queue_sqlite_writers() -> None:
     engine = async_engine.sync_engine
     dialect = engine.dialect
     timeout = settings.database_sqlite_timeout
-    lock = asyncio.Lock()  # writers of this process
-    holder: list = []  # the driver connection whose transaction holds the lock
+    holder: list = []  # the driver connection whose transaction is this process's writer
+    waiting: list[asyncio.Future] = []  # writers of this process waiting for it to end
     database = make_url(settings.database_url).database
     file_lock = os.open(f"{database}-writers.lock", os.O_RDWR | os.O_CREAT, 0o600) if database and database != ":memory:" else None
 
+    async def writer_ends() -> None:
+        async with asyncio.timeout(timeout):
+            while holder:
+                waiting.append(asyncio.get_running_loop().create_future())
+                await waiting[-1]
+
     def take_file_lock() -> None:
-        """Writers of the other server processes (`--workers`) queue on a lock file: the kernel hands it to the
-        next one the moment the last lets go. Waited for in a thread; one that gives up lets it go again."""
+        """The other processes' write transactions take a few milliseconds: wait that long on the loop (the
+        kernel hands the lock over the moment it is let go), longer in a thread. One that gives up lets go."""
         if file_lock is None:
             return
-        try:
-            fcntl.flock(file_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
+        deadline = time.monotonic() + INLINE_BUSY_MS / 1000
+        while True:
+            try:
+                fcntl.flock(file_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.0002)
         state, guard = {"given_up": False, "held": False}, threading.Lock()
 
         def wait() -> None:
@@ -282,10 +301,13 @@ def _queue_sqlite_writers() -> None:
                     fcntl.flock(file_lock, fcntl.LOCK_UN)
                 state["held"] = not state["given_up"]
 
-        waiting = asyncio.get_running_loop().run_in_executor(None, wait)
+        async def in_thread() -> None:
+            async with asyncio.timeout(timeout):
+                await asyncio.get_running_loop().run_in_executor(None, wait)
+
         try:
-            await_only(asyncio.wait_for(asyncio.shield(waiting), timeout))
-        except asyncio.TimeoutError:
+            await_only(in_thread())
+        except TimeoutError:
             with guard:
                 state["given_up"] = True
                 if state["held"]:
@@ -300,7 +322,10 @@ def _queue_sqlite_writers() -> None:
             holder.clear()
             if file_lock is not None:
                 fcntl.flock(file_lock, fcntl.LOCK_UN)
-            lock.release()
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
+            waiting.clear()
 
     @event.listens_for(engine, "before_cursor_execute")
     def take_before_first_write(conn, cursor, statement, parameters, context, executemany):
@@ -309,14 +334,12 @@ def _queue_sqlite_writers() -> None:
         mine = raw(conn.connection)
         if holder and holder[0] is mine:
             return
-        try:
-            if lock.locked():
-                await_only(asyncio.wait_for(lock.acquire(), timeout))
-            else:
-                await_only(lock.acquire())  # free: taken without a trip through the event loop
-        except asyncio.TimeoutError:
-            log.warning("a write waited %ss for the writer queue; going on with SQLite's own locking", timeout)
-            return
+        if holder:
+            try:
+                await_only(writer_ends())
+            except TimeoutError:
+                log.warning("a write waited %ss for the writer queue; going on with SQLite's own locking", timeout)
+                return
         holder.append(mine)
         take_file_lock()
 
@@ -398,3 +421,4 @@ def _run_sqlite_inline() -> None:
             level.fset(self, value)
 
     AsyncAdapt_aiosqlite_connection.isolation_level = property(level.fget, set_level)
+

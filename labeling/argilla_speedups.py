@@ -21,6 +21,8 @@ server's single thread, most of it work whose result was thrown away, rebuilt, o
   its commit or rollback.
 - a full garbage collection scanned the app's ~300,000 objects (~200 ms on the loop, a few times a
   minute under load): they are frozen after start (search_engine.py).
+- with several server processes, SO_REUSEPORT's hash placed kept-alive connections unevenly (13/7 and
+  15/5 as often as 10/10): `spread_connections` evens them out.
 
 Applied only to the pinned version: another version runs unpatched.
 """
@@ -424,3 +426,68 @@ def _run_sqlite_inline() -> None:
 
     AsyncAdapt_aiosqlite_connection.isolation_level = property(level.fget, set_level)
 
+
+SLOTS = 64  # server processes that can share one port's connection table
+
+
+def spread_connections(app, connections: set, table_path: str, slot: int):
+    """Keep the server processes' connections even (ASGI middleware around the app).
+
+    SO_REUSEPORT places a new connection on a process by a hash of its address, and browsers keep their
+    connections open: 20 annotators split 13/7 or 15/5 as often as 10/10, and the busier process's
+    annotators waited twice as long while the other process idled. Each process publishes how many
+    connections it keeps in a small table shared by the processes (`table_path`, one slot each); one
+    that keeps two more than a live sibling answers with `Connection: close`, and the client's next
+    connection is placed anew. `connections` is uvicorn's set of open connections of this process."""
+    import mmap
+    import os
+    import struct
+
+    from starlette.datastructures import MutableHeaders
+
+    fd = os.open(table_path, os.O_RDWR | os.O_CREAT, 0o600)
+    if os.fstat(fd).st_size < SLOTS * 8:
+        os.ftruncate(fd, SLOTS * 8)
+    table = mmap.mmap(fd, SLOTS * 8)
+    me = os.getpid()
+    closing: set = set()  # clients of this process told to reconnect, until their connection is gone
+
+    def publish() -> int:
+        if closing:
+            closing.intersection_update([c.client for c in connections])
+        keeps = len(connections) - len(closing)
+        struct.pack_into("ii", table, slot * 8, me, keeps)
+        return keeps
+
+    def sibling_with_fewer(than: int) -> bool:
+        for i in range(SLOTS):
+            pid, keeps = struct.unpack_from("ii", table, i * 8)
+            if i != slot and pid and keeps < than:
+                try:
+                    os.kill(pid, 0)
+                    return True
+                except ProcessLookupError:
+                    struct.pack_into("ii", table, i * 8, 0, 0)  # a server that died: its slot is free
+        return False
+
+    def every_second() -> None:  # an idle process's count must fall too
+        publish()
+        asyncio.get_running_loop().call_later(1, every_second)
+
+    async def spread(scope, receive, send):
+        if scope["type"] == "lifespan":
+            every_second()
+            return await app(scope, receive, send)
+        if scope["type"] != "http" or not scope.get("client"):
+            return await app(scope, receive, send)
+
+        async def start(message):
+            if message["type"] == "http.response.start" and sibling_with_fewer(publish() - 1):
+                MutableHeaders(scope=message).append("Connection", "close")
+                closing.add(tuple(scope["client"]))
+                publish()
+            await send(message)
+
+        await app(scope, receive, start)
+
+    return spread

@@ -778,6 +778,8 @@ def main(argv: List[str]) -> None:
     server.add_argument("--port", type=int, default=6900)
     server.add_argument("--no-access-log", action="store_true")
     server.add_argument("--tag", help="ignored; marks the process as started for one labeling home")
+    server.add_argument("--connections", help="the connection table shared by the server processes on this port")
+    server.add_argument("--slot", type=int, default=0, help="this process's slot in it (0-63)")
     worker = sub.add_parser("worker")
     worker.add_argument("--tag", help="ignored; marks the process as started for one labeling home")
     sub.add_parser("prepare")
@@ -791,13 +793,14 @@ def main(argv: List[str]) -> None:
     elif args.command == "setup":
         setup()
     elif args.command == "server":
+        import gc
         import socket
 
         import uvicorn
 
         import argilla_speedups  # labeling/, next to this file
 
-        # SO_REUSEPORT: several server processes (one per core) can share the port, the kernel spreads connections
+        # SO_REUSEPORT: several server processes (one per core) share the port; the kernel places connections by a hash
         family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -806,12 +809,12 @@ def main(argv: List[str]) -> None:
         argilla_speedups.apply(database_is_the_index=settings.search_engine == ENGINE_NAME)
         from argilla_server import app
 
-        import gc
-
-        config = uvicorn.Config(app, host=args.host, port=args.port, access_log=not args.no_access_log)
+        serving = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, access_log=not args.no_access_log))
+        if args.connections:  # several server processes share the port
+            serving.config.app = argilla_speedups.spread_connections(app, serving.server_state.connections, args.connections, args.slot)
         gc.collect()
         gc.freeze()  # the ~300,000 objects of the app's start are not scanned by every full collection again (~200 ms, on the loop)
-        uvicorn.Server(config).run(sockets=[sock])
+        serving.run(sockets=[sock])
     else:
         from rq import Worker
 

@@ -369,13 +369,14 @@ def up(home=None, host: str | None = None, port: int | None = None, database_url
     if not _running(home, "worker"):
         _start(home, "worker", [str(python), str(ENGINE), "worker", "--tag", str(home)], env, str(home))
     started = []
-    for name in _server_names(state["servers"]):
+    shared = ["--connections", str(home / "run" / "connections")] if state["servers"] > 1 else []  # their connections kept even
+    for slot, name in enumerate(_server_names(state["servers"])):
         if not _running(home, name):
             tmp = home / "tmp" / name  # Argilla copies its UI statics into TMPDIR on each start
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             started.append(_start(home, name, [str(python), str(ENGINE), "server", "--host", host, "--port", str(port),
-                                               "--tag", str(home)], {**env, "TMPDIR": str(tmp)}, str(home)))
+                                               "--tag", str(home), *shared, "--slot", str(slot)], {**env, "TMPDIR": str(tmp)}, str(home)))
 
     owner = _read_json(home / "owner.json")
     deadline = time.monotonic() + timeout

@@ -108,6 +108,31 @@ def test_restart_and_kill_9_lose_no_submitted_response(labeling_server, argilla_
         server.up(home)  # leave the session server running whatever happened
 
 
+def test_kept_alive_connections_are_spread_evenly_over_the_server_processes(labeling_server):
+    """The kernel places each connection on a server process by a hash of its address: 40 kept-alive
+    clients would split 20/20 one time in eight. The busier process asks clients to reconnect
+    (`Connection: close`) until the processes keep the same number."""
+    import psutil
+
+    pids = [pid for name, pid in server.status(labeling_server["home"])["pids"].items() if name.startswith("server")]
+    if len(pids) < 2:
+        pytest.skip("one server process on this machine")
+    clients = [httpx.Client(base_url=labeling_server["url"], headers={"X-Argilla-Api-Key": labeling_server["api_key"]},
+                            limits=httpx.Limits(max_connections=1)) for _ in range(40)]
+    try:
+        for _ in range(30):  # rounds of one request per client, until no process asks anyone to reconnect
+            replies = [http.get("/api/v1/me") for http in clients]
+            assert all(reply.status_code == 200 for reply in replies)
+            if not any(reply.headers.get("connection") == "close" for reply in replies):
+                break
+        kept = [sum(c.status == "ESTABLISHED" and c.laddr.port == labeling_server["port"]
+                    for c in psutil.Process(pid).net_connections("tcp")) for pid in pids]
+        assert sum(kept) >= 40 and max(kept) - min(kept) <= 1, kept  # (with the session's other clients)
+    finally:
+        for http in clients:
+            http.close()
+
+
 def test_up_refuses_a_busy_port_and_warns_off_loopback(labeling_server, tmp_path):
     assert server.status(labeling_server["home"])["healthy"]  # the port is really taken
     try:

@@ -1,6 +1,8 @@
 """What labeling/argilla_speedups.py replaces still answers as Argilla does: a record's status follows
-`min_submitted` through submit, discard and delete, and an enabled webhook still gets its events."""
+`min_submitted` through submit, discard and delete, and an enabled webhook still gets its events. Its
+request scheduling starts requests one per turn of the event loop, in the order they came."""
 
+import asyncio
 import json
 import threading
 import time
@@ -77,3 +79,33 @@ def test_an_enabled_webhook_still_gets_response_and_record_events(labeling_serve
     finally:
         argilla_http.delete(f"/webhooks/{created.json()['id']}")  # the session server goes back to no webhook
         receiver.shutdown()
+
+
+def test_requests_start_one_per_loop_turn_in_the_order_they_came():
+    """Requests that arrive together start in separate turns of the loop, so that it looks for new ones
+    between any two; the first starts at once; other ASGI scopes are not held."""
+    from labeling.argilla_speedups import one_request_start_per_turn
+
+    turn, started = [0], []
+
+    async def app(scope, receive, send):
+        started.append((scope.get("path", scope["type"]), turn[0]))
+        time.sleep(0.01)  # a submit's work never gives the loop up
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        def count():  # +1 per turn of the loop
+            turn[0] += 1
+            loop.call_soon(count)
+
+        count()
+        served = one_request_start_per_turn(app)
+        await asyncio.gather(*(served({"type": "http", "path": f"/r{i}"}, None, None) for i in range(5)),
+                             served({"type": "lifespan"}, None, None))
+
+    asyncio.run(main())
+    http = [(path, t) for path, t in started if path != "lifespan"]
+    assert [path for path, _ in http] == ["/r0", "/r1", "/r2", "/r3", "/r4"]
+    first = dict(started)["lifespan"]  # the turn all six came in: lifespan is not held
+    assert [t for _, t in http] == [first, first + 1, first + 2, first + 3, first + 4], started

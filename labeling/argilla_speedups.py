@@ -26,8 +26,8 @@ server's single thread, most of it work whose result was thrown away, rebuilt, o
 - a loop turn ran every request that came during the turn before, then looked for new ones: the last
   client of a turn waited two (8% of submits at twice the median): `one_request_start_per_turn`.
 
-Applied only to the pinned version (the two ASGI middlewares are Argilla's either way): another version
-runs unpatched.
+The patches apply only to the pinned version (another runs unpatched); the two ASGI middlewares and the
+frozen objects do not depend on it.
 """
 
 import asyncio

@@ -96,6 +96,13 @@ def answer(http, record_id: str, value: str = "a", status: str = "submitted") ->
     return http.post(f"/records/{record_id}/responses", json={"values": {"pref": {"value": value}}, "status": status})
 
 
+def server_pids(home) -> list[int]:
+    """The live server processes of a labeling home (one per core by default)."""
+    from labeling import server
+
+    return [pid for name, pid in server.status(home)["pids"].items() if name.startswith("server") and pid]
+
+
 def login(labeling_server, username: str, password: str) -> httpx.Client:
     """An httpx client logged in like the UI does (POST /api/v1/token, then a bearer token)."""
     token = httpx.post(labeling_server["url"] + "/api/v1/token", data={"username": username, "password": password}, timeout=30)

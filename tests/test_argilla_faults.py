@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from labeling_fixtures import free_port
+from labeling_fixtures import free_port, server_pids
 from labeling_runs import make_run
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -38,13 +38,6 @@ def own_server(monkeypatch):
 def prefab_process(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT, env=dict(os.environ),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def server_pids(home: Path) -> list[int]:
-    """The live server processes (one per core by default)."""
-    from labeling import server
-
-    return [pid for name, pid in server.status(home)["pids"].items() if name.startswith("server") and pid]
 
 
 def kill_server(home: Path) -> None:

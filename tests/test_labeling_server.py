@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from labeling import server
-from labeling_fixtures import answer, login, make_user, pref_dataset, unique
+from labeling_fixtures import answer, login, make_user, pref_dataset, server_pids, unique
 from pipeline.errors import LabelingError
 
 pytestmark = pytest.mark.server
@@ -114,7 +114,7 @@ def test_kept_alive_connections_are_spread_evenly_over_the_server_processes(labe
     (`Connection: close`) until the processes keep the same number."""
     import psutil
 
-    pids = [pid for name, pid in server.status(labeling_server["home"])["pids"].items() if name.startswith("server")]
+    pids = server_pids(labeling_server["home"])
     if len(pids) < 2:
         pytest.skip("one server process on this machine")
     clients = [httpx.Client(base_url=labeling_server["url"], headers={"X-Argilla-Api-Key": labeling_server["api_key"]},

@@ -463,8 +463,9 @@ def spread_connections(app, connections: set, table_path: str, slot: int):
         return keeps
 
     def sibling_with_fewer(than: int) -> bool:
+        pids_and_counts = struct.unpack_from(f"{2 * SLOTS}i", table)  # the whole table in one read, per response
         for i in range(SLOTS):
-            pid, keeps = struct.unpack_from("ii", table, i * 8)
+            pid, keeps = pids_and_counts[2 * i], pids_and_counts[2 * i + 1]
             if i != slot and pid and keeps < than:
                 try:
                     os.kill(pid, 0)

@@ -12,8 +12,6 @@ import pytest
 
 from labeling_fixtures import answer, login, make_user, pref_dataset, unique
 
-pytestmark = pytest.mark.server
-
 
 def status(argilla_http, record_id: str) -> str:
     return argilla_http.get(f"/records/{record_id}").json()["status"]
@@ -25,6 +23,7 @@ def answered(http, record_id: str, status: str) -> str:
     return response.json()["id"]
 
 
+@pytest.mark.server
 def test_record_status_follows_min_submitted_through_submit_discard_and_delete(labeling_server, argilla_client, argilla_http):
     workspace = unique("ws-status")
     (alice, alice_pw), (bob, bob_pw) = make_user(argilla_client, workspace), make_user(argilla_client, workspace)
@@ -57,6 +56,7 @@ class Hook(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.server
 def test_an_enabled_webhook_still_gets_response_and_record_events(labeling_server, argilla_client, argilla_http):
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()

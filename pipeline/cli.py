@@ -118,6 +118,28 @@ def generate(run_dir, config_path, retry_failed):
     stage_command("generate", load_run_config(run_dir, config_path), Run(run_dir), retry_failed=retry_failed)
 
 
+@cli.command()
+@run_option
+@config_option
+@click.option("--gold", "gold", multiple=True, type=click.Path(dir_okay=False),
+              help="Gold file (TRL preference JSONL/CSV/Parquet: prompt, chosen, rejected); repeat for several.")
+@click.option("--limit", type=int, help="At most this many gold pairs per file (a seeded sample).")
+def calibrate(run_dir, config_path, gold, limit):
+    """Measure every configured judge on human-labeled gold pairs: accuracy, consistency, biases, accuracy-coverage curves."""
+    from pipeline.config import CalibrateConfig
+    from pipeline.store import Run
+
+    config = load_run_config(run_dir, config_path)
+    if gold:
+        base = config.calibrate.model_dump() if config.calibrate else {}
+        config.calibrate = CalibrateConfig.model_validate(base | {"gold": [str(Path(g).resolve()) for g in gold]})
+    if limit:
+        if config.calibrate is None:
+            raise ConfigError("--limit needs gold pairs", hint="pass --gold FILE")
+        config.calibrate = config.calibrate.model_copy(update={"limit": limit})
+    stage_command("calibrate", config, Run(run_dir))
+
+
 def _simple_stage(stage: str, help_text: str):
     @click.command(name=stage, help=help_text)
     @run_option

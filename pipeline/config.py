@@ -166,8 +166,27 @@ class PairConfig(Strict):
     seed: int = 0
 
 
+class CalibrateConfig(Strict):
+    """Gold pairs (human-labeled) on which every configured judge is measured before routing."""
+
+    gold: list[str] = Field(min_length=1)  # TRL preference files (JSONL/CSV/Parquet): prompt, chosen, rejected
+    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    prompt_column: str | None = None  # default: prompt/instruction/question/text (text or a chat)
+    messages_column: str | None = None
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    source_column: str | None = None  # groups the results; default `source`, else the file name
+    category_column: str | None = None
+    limit: int | None = Field(None, ge=1)  # at most this many gold pairs per file (a seeded sample)
+    seed: int = 0
+
+
 class RouteConfig(Strict):
-    margin_threshold: float = Field(1.0, ge=0)  # below this judge margin a pair goes to humans
+    margin_threshold: float = Field(1.0, ge=0)  # below this judge margin a pair goes to humans (without a target)
+    # with a calibration on gold: the threshold of `signal` above which auto-labeled pairs are right at least this
+    # often (lower bound of the 95% interval); below it, pairs go to people
+    target_accuracy: float | None = Field(None, gt=0, lt=1)
+    signal: Literal["best", "margin", "pairwise", "ensemble"] = "best"  # best: the largest gold coverage at the target
     audit_share: float = Field(0.05, ge=0, le=1)  # random share sent to humans anyway
     human_budget: int | None = Field(None, ge=0)  # at most this many human pairs, most uncertain first
     seed: int = 0
@@ -178,9 +197,24 @@ class LabelingConfig(Strict):
     workspace: str = "prefab"
     guidelines: str = "Pick the response that better serves the user: correct, helpful, honest and safe."
     min_submitted: int = Field(1, ge=1)
-    suggestions: bool = True  # show judge verdicts as suggestions; off for blind calibration sets
+    # what annotators see of the judge: nothing (default: the pairs came to people because the judge is unsure, and a
+    # shown answer anchors them), its verdict as a visible note without choosing for them, or pre-filled as an answer
+    judge_hint: Literal["none", "shown", "prefilled"] = "none"
+    suggestions: bool | None = None  # deprecated: true = judge_hint prefilled, false = none
     routes: list[Literal["human", "auto"]] = Field(default_factory=lambda: ["human"])
     tie_rule: Literal["drop", "tie", "judge"] = "drop"
+    gold_share: float = Field(0.1, ge=0, lt=1)  # share of the dataset that is gold pairs (from calibrate), unmarked
+    aggregation: Literal["dawid_skene", "majority"] = "dawid_skene"  # dawid_skene weighs annotators by reliability
+    judges_vote: bool = False  # dawid_skene: the judges' pairwise verdicts count as one more (weighted) annotator each
+    min_annotator_accuracy: float = Field(0.7, ge=0, le=1)  # on gold: below it an annotator is flagged
+    min_gold_answers: int = Field(5, ge=1)  # gold answers needed before an annotator can be flagged
+    flagged: Literal["exclude", "keep"] = "exclude"  # a flagged annotator's labels: dropped, or kept (weighted by reliability)
+
+    @model_validator(mode="after")
+    def _legacy_suggestions(self):
+        if self.suggestions is not None and "judge_hint" not in self.model_fields_set:
+            self.judge_hint = "prefilled" if self.suggestions else "none"
+        return self
 
 
 class ExportConfig(Strict):
@@ -195,6 +229,9 @@ class ExportConfig(Strict):
     ties: Literal["drop", "judge"] = "drop"  # a human "tie": drop the pair, or keep the judge's order
     both_bad: Literal["drop", "judge"] = "drop"  # a human "both bad": same choice
     drop_equal: bool = False  # a pair whose two texts are equal: error (default) or drop it
+    # drop pairs whose label is less likely right than this: human pairs by their aggregated confidence, auto pairs by
+    # their calibrated one (an auto pair without a calibration has no confidence and is dropped when this is set)
+    min_confidence: float | None = Field(None, ge=0, le=1)
     out_dir: str | None = None  # default: <run>/exports
 
 
@@ -218,6 +255,7 @@ class Config(Strict):
     judge: JudgeConfig | None = None
     embed: EmbedConfig | None = None
     pair: PairConfig | None = None
+    calibrate: CalibrateConfig | None = None
     route: RouteConfig | None = None
     labeling: LabelingConfig | None = None
     export: ExportConfig | None = None

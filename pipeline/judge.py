@@ -347,12 +347,12 @@ def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg) -> l
             if want_logprobs:
                 req.update(logprobs=True, top_logprobs=TOP_LOGPROBS if by_token else 5)
             base.append(req)
-    parse = token_verdict if by_token else (lambda result: (parse_verdict(result["text"]), _verdict_prob(result) if want_logprobs else None))
+    parse = token_verdict if by_token else (lambda result: json_verdict(result, want_logprobs))
     answers = ask_parsed(spec, base, parse, cache, cfg.model_copy(update={"parse_retries": 0}) if by_token else cfg, f"pairwise {spec.label}")
     rows = []
     for k in range(len(items)):
         ab, ba = answers[2 * k], answers[2 * k + 1]
-        (w_ab, p_ab), (w_ba, p_ba) = ab["value"] or (None, None), ba["value"] or (None, None)
+        (w_ab, p_ab, a_ab), (w_ba, p_ba, a_ba) = ab["value"] or (None, None, None), ba["value"] or (None, None, None)
         v_ab = {"A": "chosen", "B": "rejected", "tie": "tie"}.get(w_ab)
         v_ba = {"A": "rejected", "B": "chosen", "tie": "tie"}.get(w_ba)
         errors = [f"{order}: {a['error']}" for order, a in (("ab", ab), ("ba", ba)) if a["value"] is None]
@@ -362,6 +362,9 @@ def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg) -> l
             "confidence": pair_confidence(v_ab, v_ba, p_ab, p_ba),
             "raw": json.dumps({"ab": ab["raw"], "ba": ba["raw"]}, ensure_ascii=False),
             "error": "; ".join(errors) or None,
+            # P(chosen wins) in each order: A's probability when chosen is shown first, B's when it is second; their
+            # mean cancels a constant preference for a position (the calibration measures whether that helps)
+            "p_chosen_ab": a_ab, "p_chosen_ba": None if a_ba is None else round(1 - a_ba, 6),
         })
     return rows
 
@@ -372,13 +375,22 @@ def pairwise_token_messages(messages: list[dict], a: str, b: str) -> list[dict]:
     return [{"role": "system", "content": PAIRWISE_TOKEN_SYSTEM}, {"role": "user", "content": user}]
 
 
-def token_verdict(result: dict) -> tuple[str, float]:
-    """(winner, its probability share) from the probabilities of the tokens A and B."""
+def token_verdict(result: dict) -> tuple[str, float, float]:
+    """(winner, its probability share, A's share) from the probabilities of the tokens A and B."""
     probs = token_distribution(result, {"A", "B"})
     share = probs.get("A", 0.0) / sum(probs.values())
     if abs(share - 0.5) < TIE_BAND / 2:
-        return "tie", 1 - abs(share - 0.5) * 2
-    return ("A", share) if share > 0.5 else ("B", 1 - share)
+        return "tie", 1 - abs(share - 0.5) * 2, round(share, 6)
+    return ("A", share, round(share, 6)) if share > 0.5 else ("B", 1 - share, round(share, 6))
+
+
+def json_verdict(result: dict, want_logprobs: bool) -> tuple[str, float | None, float | None]:
+    """(winner, probability of the verdict token, A's share) of a JSON verdict; the probabilities need logprobs."""
+    winner = parse_verdict(result["text"])
+    p = _verdict_prob(result) if want_logprobs else None
+    if p is None:
+        return winner, None, None
+    return winner, p, {"A": p, "B": 1 - p}.get(winner, 0.5)
 
 
 # ---------------------------------------------------------------- ensemble agreement and the stage

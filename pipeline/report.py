@@ -298,7 +298,72 @@ def failures_section(run: Run) -> str | None:
     return section("Failures", *parts) if parts else section("Failures", "<p>No failures recorded.</p>")
 
 
-SECTIONS = [overview_section, prompts_section, candidates_section, scores_section, pairs_section, consistency_section, failures_section]
+def calibration_section(run: Run) -> str | None:
+    """How good the judges are on human-labeled gold, and what routing made of it."""
+    if not run.has("calibration"):
+        return None
+    table = run.read("calibration")
+    routing = _stage(run, "route").get("routing") or {}
+    parts = [metrics_html({"gold pairs": _stage(run, "calibrate").get("gold_pairs"), "routing signal": routing.get("signal"),
+                           "target accuracy": routing.get("target_accuracy"), "threshold": routing.get("threshold"),
+                           "predicted accuracy of auto pairs": routing.get("auto_predicted_accuracy"),
+                           "human share": routing.get("human_share")})]
+    if routing.get("auto_predicted_accuracy") is not None:
+        parts.append(f"<p>Auto-labeled pairs are predicted right {routing['auto_predicted_accuracy']:.1%} of the time "
+                     f"(95% interval {routing['auto_low']:.1%} to {routing['auto_high']:.1%}, from resampling the gold pairs), "
+                     "assuming the run's pairs are like the gold ones.</p>")
+    if routing.get("target_reached_on_gold") is False:
+        parts.append(f"<p><strong>No threshold reaches the target of {routing['target_accuracy']:.0%} on gold</strong> at the "
+                     "lower bound of its interval: every pair goes to people, within the budget.</p>")
+    judges = table.filter(pl.col("method") != "signal")
+    if judges.height:
+        labels = [f"{r['judge']} {r['method']} ({r['source']})" for r in judges.iter_rows(named=True)]
+        fig, (left, right) = figure(ncols=2, width=5.5, height=max(2.5, 0.35 * judges.height + 1))
+        acc = judges["accuracy"].fill_null(0).to_list()
+        err = [[a - (lo or a) for a, lo in zip(acc, judges["accuracy_low"].to_list())],
+               [(hi or a) - a for a, hi in zip(acc, judges["accuracy_high"].to_list())]]
+        left.barh(labels, acc, xerr=err, color=COLORS[0])
+        left.axvline(0.5, color="grey", ls="--", lw=1)
+        left.set_xlim(0, 1)
+        left.invert_yaxis()
+        left.set_title("accuracy on gold (95% interval; dashed: chance)")
+        pos = judges["position_a"].to_list()
+        right.barh(labels, [p if p is not None else 0 for p in pos], color=COLORS[1])
+        right.axvline(0.5, color="grey", ls="--", lw=1)
+        right.set_xlim(0, 1)
+        right.invert_yaxis()
+        right.set_yticks([])
+        right.set_title("share of verdicts naming A (0.5: no position bias)")
+        parts.append(plot_html(fig, "judge accuracy on gold"))
+    signals = table.filter((pl.col("method") == "signal") & (pl.col("source") == "all"))
+    if signals.height:
+        fig, ax = figure(width=6.5)
+        for color, r in zip(COLORS, signals.iter_rows(named=True)):
+            curve = r["curve"] or []
+            ax.plot([p["coverage"] for p in curve], [p["accuracy"] for p in curve], color=color, label=f"{r['signal']} (accuracy)")
+            ax.fill_between([p["coverage"] for p in curve], [p["low"] for p in curve], [p["high"] for p in curve], color=color, alpha=0.15)
+        if routing.get("target_accuracy"):
+            ax.axhline(routing["target_accuracy"], color="black", ls=":", lw=1, label="target")
+        if routing.get("gold_coverage"):
+            ax.axvline(routing["gold_coverage"], color="grey", ls="--", lw=1, label="chosen threshold")
+        ax.set_xlabel("share of gold pairs labeled automatically (most confident first)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.set_title("accuracy-coverage on gold, by routing signal (band: 95% interval)")
+        legend(ax, fontsize=8)
+        parts.append(plot_html(fig, "accuracy-coverage curves"))
+    cols = ["judge", "method", "signal", "source", "n", "failures", "accuracy", "accuracy_low", "accuracy_high", "accuracy_no_ties",
+            "tie_rate", "consistency", "position_a", "accuracy_chosen_shorter", "accuracy_chosen_longer"]
+    parts.append("<p>Accuracy counts a tie as half; the interval is Wilson's 95%. Consistency: the same winner with the responses "
+                 "swapped. Length bias shows as a gap between accuracy where people preferred the shorter response and the longer. "
+                 "pairwise_prob compares the chosen response's probability across both orders, which cancels a constant position "
+                 "preference.</p>")
+    parts.append(table_html(table.select(cols), max_rows=200))
+    return section("Calibration on gold", *parts, anchor="calibration")
+
+
+SECTIONS = [overview_section, prompts_section, candidates_section, scores_section, pairs_section, calibration_section,
+            consistency_section, failures_section]
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:0}section{margin:2em 0;border-top:1px solid #ddd}img{max-width:100%}

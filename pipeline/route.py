@@ -14,14 +14,25 @@ writing `pair_judgments`, then gives each pair a route and the reasons, most ser
 `route_reason` lists the reasons joined by ","; a confident pair says "confident". With `human_budget`
 K, the K most uncertain pairs (reason severity, then pairwise confidence, then margin) stay human; the others
 become auto with route_reason "over_budget:<reasons>", so an export can still leave them out.
+
+With `target_accuracy` and a calibration on gold (the calibrate stage), the rules above give way to one that
+means something: a routing signal (pipeline/calibrate.py) gives each pair a confidence in its automatic label,
+the threshold is the lowest at which the gold pairs at or above it were right at least `target_accuracy` of
+the time (lower bound of the 95% interval), and the pairs below it go to people (reason `below_target`; with a
+budget, the least confident first). Every pair gets `confidence`, the calibrated probability that its label
+is right, and the stage records the threshold, the predicted accuracy of the auto pairs with an interval, and
+the human share. Without gold the accuracy of auto pairs is unknown, and the stage says so.
 """
 
+import numpy as np
 import polars as pl
 
-from pipeline.progress import summary
+from pipeline.calibrate import SIGNALS, calibrator, coverage_curve, pick_threshold, score_span, support
+from pipeline.progress import console, summary
 from pipeline.store import content_id
 
-REASONS = ("judge_failed", "inconsistent", "judges_disagree", "low_margin", "audit")
+REASONS = ("judge_failed", "inconsistent", "judges_disagree", "low_margin", "below_target", "audit")
+BOOTSTRAP = 200  # resamples of the gold pairs for the interval of the auto pairs' predicted accuracy
 
 
 def audit_pick(pair_id: str, seed: int, share: float) -> bool:
@@ -53,41 +64,110 @@ def uncertainty_key(reasons: list[str], confidence: float | None, margin: float 
     return (severity, confidence if confidence is not None else -1.0, margin if margin is not None else float("-inf"))
 
 
-def route_pairs(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: pl.DataFrame, cfg) -> pl.DataFrame:
-    """The pairs with route and route_reason filled."""
+def pair_evidence(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: pl.DataFrame):
+    """Per pair: (pair row, each judge's margin chosen - rejected (None where a score is missing), pairwise rows)."""
     by_pair: dict[str, list[dict]] = {}
     for row in pair_judgments.iter_rows(named=True):
         by_pair.setdefault(row["pair_id"], []).append(row)
     judges = judgments["judge"].unique().sort().to_list() if judgments.height else []
     score = {(r["candidate_id"], r["judge"]): r["overall"] for r in judgments.select("candidate_id", "judge", "overall").iter_rows(named=True)}
-
-    decided = []
     for pair in pairs.iter_rows(named=True):
         margins = []
         for j in judges:
             c, r = score.get((pair["chosen_id"], j)), score.get((pair["rejected_id"], j))
             if (pair["chosen_id"], j) in score or (pair["rejected_id"], j) in score:
                 margins.append(None if c is None or r is None else c - r)
-        rows = by_pair.get(pair["pair_id"], [])
-        reasons = pair_reasons(pair, rows, margins, cfg)
-        confs = [r["confidence"] for r in rows if r["confidence"] is not None]
-        conf = min(confs) if confs else None
-        decided.append((pair, reasons, conf))
+        yield pair, margins, by_pair.get(pair["pair_id"], [])
 
-    human = [i for i, (_, reasons, _) in enumerate(decided) if reasons]
+
+def choose_signal(gold_signals: pl.DataFrame, cfg) -> tuple[str | None, dict | None]:
+    """(signal, its threshold point on the gold curve) for the configured target; "best" takes the largest coverage."""
+    names = [cfg.signal] if cfg.signal != "best" else [s for s in SIGNALS if s in gold_signals["signal"].unique().to_list()]
+    best = (None, None)
+    for name in names:
+        part = gold_signals.filter(pl.col("signal") == name)
+        if part.is_empty():
+            continue
+        point = pick_threshold(coverage_curve(part["confidence"].to_list(), part["correct"].to_list()), cfg.target_accuracy)
+        if best[0] is None or (point and (best[1] is None or point["coverage"] > best[1]["coverage"])):
+            best = (name, point)
+    return best
+
+
+def route_pairs(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: pl.DataFrame, cfg,
+                gold_signals: pl.DataFrame | None = None, span: float = 4.0) -> tuple[pl.DataFrame, dict]:
+    """The pairs with route, route_reason and confidence filled, and what the routing decided (threshold, predicted accuracy)."""
+    calibrated = gold_signals is not None and not gold_signals.is_empty()
+    targeted = calibrated and cfg.target_accuracy is not None
+    signal, point = choose_signal(gold_signals, cfg) if targeted else (None, None)
+    if calibrated and signal is None:
+        signal = cfg.signal if cfg.signal != "best" else next(s for s in SIGNALS if s in gold_signals["signal"].to_list())
+    decided = []
+    for pair, margins, rows in pair_evidence(pairs, pair_judgments, judgments):
+        value = support(margins, rows, span)[signal] if signal else None
+        if targeted:
+            reasons = ["judge_failed"] if value is None or any(m is None for m in margins) else []
+            if not reasons and (point is None or value < point["threshold"]):
+                reasons.append("below_target")
+            if not reasons and audit_pick(pair["pair_id"], cfg.seed, cfg.audit_share):
+                reasons.append("audit")
+            conf = value
+        else:
+            reasons = pair_reasons(pair, rows, margins, cfg)
+            confs = [r["confidence"] for r in rows if r["confidence"] is not None]
+            conf = min(confs) if confs else None
+        decided.append((pair, reasons, conf, value))
+
+    human = [i for i, (_, reasons, _, _) in enumerate(decided) if reasons]
     over: set[int] = set()
     if cfg.human_budget is not None and len(human) > cfg.human_budget:
         ranked = sorted(human, key=lambda i: (*uncertainty_key(decided[i][1], decided[i][2], decided[i][0]["margin"]), decided[i][0]["pair_id"]))
         over = set(ranked[cfg.human_budget:])
     routes, why = [], []
-    for i, (pair, reasons, _) in enumerate(decided):
+    for i, (pair, reasons, _, _) in enumerate(decided):
         if not reasons:
             routes.append("auto"), why.append("confident")
         elif i in over:
             routes.append("auto"), why.append("over_budget:" + ",".join(reasons))
         else:
             routes.append("human"), why.append(",".join(reasons))
-    return pairs.with_columns(pl.Series("route", routes, dtype=pl.String), pl.Series("route_reason", why, dtype=pl.String))
+    values = [d[3] for d in decided]
+    confidence = [None] * len(decided)
+    info: dict = {"accuracy": "unknown: no gold calibration (add a calibrate: section with gold pairs)"}
+    if calibrated:
+        part = gold_signals.filter(pl.col("signal") == signal)
+        estimate = calibrator(part["confidence"].to_list(), part["correct"].to_list())
+        known = [i for i, v in enumerate(values) if v is not None]
+        for i, p in zip(known, estimate([values[i] for i in known]) if known else []):
+            confidence[i] = float(p)
+        auto = [i for i in known if routes[i] == "auto"]
+        info = {"signal": signal, "accuracy": "estimated on gold",
+                **predicted_accuracy(part, [values[i] for i in auto], [confidence[i] for i in auto])}
+        if targeted:
+            info |= {"target_accuracy": cfg.target_accuracy, "threshold": point["threshold"] if point else None,
+                     "target_reached_on_gold": point is not None}
+            if point:
+                info |= {"gold_accuracy_above_threshold": point["accuracy"], "gold_low": point["low"], "gold_high": point["high"],
+                         "gold_coverage": point["coverage"]}
+    routed = pairs.with_columns(pl.Series("route", routes, dtype=pl.String), pl.Series("route_reason", why, dtype=pl.String),
+                                pl.Series("confidence", confidence, dtype=pl.Float64))
+    info["human_share"] = round(routes.count("human") / len(routes), 4) if routes else None
+    return routed, info
+
+
+def predicted_accuracy(gold: pl.DataFrame, auto_values: list[float], auto_confidence: list[float], seed: int = 0) -> dict:
+    """Mean calibrated probability over the auto pairs, with a 95% interval from resampling the gold pairs."""
+    if not auto_values:
+        return {"auto_predicted_accuracy": None}
+    rng = np.random.default_rng(seed)
+    conf, correct = gold["confidence"].to_numpy(), gold["correct"].to_numpy()
+    means = []
+    for _ in range(BOOTSTRAP):
+        idx = rng.integers(0, len(conf), len(conf))
+        means.append(float(np.mean(calibrator(conf[idx], correct[idx])(auto_values))))
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"auto_predicted_accuracy": round(float(np.mean(auto_confidence)), 4), "auto_low": round(float(low), 4),
+            "auto_high": round(float(high), 4)}
 
 
 def pairwise_table(pairs: pl.DataFrame, candidates: pl.DataFrame, prompts: pl.DataFrame, judge_cfg, cache) -> pl.DataFrame:
@@ -142,10 +222,20 @@ def step(config, run, **_) -> dict:
         finally:
             cache.close()
         run.write("pair_judgments", pair_judgments)
-    routed = run.write("pairs", route_pairs(pairs, pair_judgments, judgments, cfg))
+    gold_signals = run.read("gold_signals") if run.has("gold_signals") else None
+    if cfg.target_accuracy is not None and gold_signals is None:
+        console.print("[yellow]route.target_accuracy is set but the run has no calibration on gold: routing by margin_threshold, "
+                      "and the accuracy of the auto pairs is unknown. Add a `calibrate: {gold: [FILE]}` section.[/yellow]")
+    span = score_span(config.judge.aspects) if config.judge is not None else 4.0
+    routed, info = route_pairs(pairs, pair_judgments, judgments, cfg, gold_signals, span)
+    routed = run.write("pairs", routed)
     counts = {"pairs": routed.height, "auto": int((routed["route"] == "auto").sum()), "human": int((routed["route"] == "human").sum())}
     reasons = routed.select(pl.col("route_reason").str.replace(r"^over_budget:.*", "over_budget").str.split(",")).explode("route_reason")
     counts.update({f"reason_{r}": n for r, n in reasons["route_reason"].value_counts(sort=True).iter_rows() if r})
     counts.update(pairwise_stats(pair_judgments))
-    summary("route", counts)
+    counts["routing"] = info
+    if info.get("target_reached_on_gold") is False:
+        console.print(f"[yellow]no threshold of the {info['signal']} signal reaches {cfg.target_accuracy:.0%} on gold at the lower bound "
+                      "of its interval: every pair is routed to people (within the budget)[/yellow]")
+    summary("route", {k: v for k, v in counts.items() if k != "routing"} | {f"routing {k}": v for k, v in info.items()})
     return counts

@@ -20,6 +20,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "judge": ("pipeline.judge", "judge"),
     "embed": ("pipeline.embed", "embed"),
     "pair": ("pipeline.pair", "pair"),
+    "calibrate": ("pipeline.calibrate", "calibrate"),
     "route": ("pipeline.route", "route"),
     "push": ("labeling.push", "labeling"),
     "export": ("training.export", "export"),

@@ -59,6 +59,8 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "confidence": pl.Float64,
         "raw": pl.String,
         "error": pl.String,
+        "p_chosen_ab": pl.Float64,  # probability the chosen side wins, chosen shown first (from logprobs; null without)
+        "p_chosen_ba": pl.Float64,  # the same with rejected shown first
     },
     "embeddings": {
         "id": pl.String,  # prompt_id or candidate_id
@@ -83,6 +85,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "strategy": pl.String,
         "route": pl.String,  # "auto" | "human"
         "route_reason": pl.String,
+        "confidence": pl.Float64,  # calibrated probability that chosen is the better side (null without gold calibration)
     },
     "labels": {
         "pair_id": pl.String,
@@ -102,8 +105,74 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "preference": pl.String,  # majority label, "chosen" | "rejected" | "tie" | "both_bad" | null
         "agreement": pl.Float64,  # share of annotators who gave the majority label
         "status": pl.String,  # "resolved" | "split" (tied vote, dropped) | "pending" (< min_submitted) | "discarded"
+        "confidence": pl.Float64,  # probability the preference is right (dawid_skene posterior; majority: agreement share)
+        "method": pl.String,  # "dawid_skene" | "majority"
+    },
+    "gold": {  # gold pairs (human-labeled), read by calibrate
+        "gold_id": pl.String,  # hash of the normalized messages and both responses
+        "messages": pl.List(MESSAGE),
+        "chosen": pl.String,  # the response people preferred
+        "rejected": pl.String,
+        "source": pl.String,  # the source column, else the file name
+        "category": pl.String,
+        "file": pl.String,
+        "line": pl.Int64,
+    },
+    "gold_judgments": {  # every judge on every gold pair, chosen = the gold-preferred response
+        "gold_id": pl.String,
+        "judge": pl.String,
+        "chosen_score": pl.Float64,  # pointwise overall scores
+        "rejected_score": pl.Float64,
+        "verdict_ab": pl.String,  # pairwise, gold-chosen shown as A: "chosen" | "rejected" | "tie" | null
+        "verdict_ba": pl.String,  # gold-chosen shown as B, mapped back
+        "p_chosen_ab": pl.Float64,
+        "p_chosen_ba": pl.Float64,
+        "error": pl.String,
+    },
+    "gold_signals": {  # the routing signals on gold: how sure the judges were, and whether their label was right
+        "gold_id": pl.String,
+        "source": pl.String,
+        "signal": pl.String,  # "margin" | "pairwise" | "ensemble"
+        "confidence": pl.Float64,  # 0.5..1: support for the side the judges' scores pick
+        "correct": pl.Float64,  # 1 right, 0 wrong, 0.5 a tie of the scores
+    },
+    "calibration": {  # one row per judge (or routing signal) and gold source ("all" pools them)
+        "judge": pl.String,
+        "method": pl.String,  # pointwise | pairwise | pairwise_prob | ensemble | signal
+        "signal": pl.String,  # for method "signal": margin | pairwise | ensemble
+        "source": pl.String,
+        "n": pl.Int64,  # gold pairs with an answer
+        "failures": pl.Int64,  # gold pairs without one
+        "accuracy": pl.Float64,  # ties count half
+        "accuracy_low": pl.Float64,  # 95% Wilson interval
+        "accuracy_high": pl.Float64,
+        "accuracy_no_ties": pl.Float64,
+        "n_no_ties": pl.Int64,
+        "tie_rate": pl.Float64,
+        "consistency": pl.Float64,  # pairwise: same winner in both orders
+        "position_a": pl.Float64,  # pairwise: share of decided verdicts that named A (0.5: no position bias)
+        "accuracy_chosen_shorter": pl.Float64,  # length bias: accuracy where people preferred the shorter response
+        "accuracy_chosen_longer": pl.Float64,
+        "curve": pl.List(pl.Struct({"threshold": pl.Float64, "coverage": pl.Float64, "n": pl.Int64,
+                                    "accuracy": pl.Float64, "low": pl.Float64, "high": pl.Float64})),
+    },
+    "annotators": {  # written by pull: each annotator's quality, measured on the gold pairs mixed into their queue
+        "annotator": pl.String,
+        "labels": pl.Int64,  # submitted labels on run pairs
+        "gold_answers": pl.Int64,
+        "gold_accuracy": pl.Float64,
+        "gold_low": pl.Float64,
+        "gold_high": pl.Float64,
+        "agreement": pl.Float64,  # share of their labels that match another annotator's on the same pair
+        "median_seconds": pl.Float64,  # between consecutive submissions (gaps over 10 minutes are breaks)
+        "reliability": pl.Float64,  # dawid_skene's estimate: probability their label is right
+        "flagged": pl.Boolean,
     },
 }
+TABLES["gold_labels"] = TABLES["labels"]  # annotators' answers on gold records (pair_id is the record's id)
+
+# columns added after runs were first written: a table from before reads with them null
+ADDED = {"pair_judgments": ("p_chosen_ab", "p_chosen_ba"), "pairs": ("confidence",), "resolved": ("confidence", "method")}
 
 
 def empty(name: str) -> pl.DataFrame:
@@ -113,6 +182,9 @@ def empty(name: str) -> pl.DataFrame:
 def conform(name: str, df: pl.DataFrame) -> pl.DataFrame:
     """Cast to the table's schema, in its column order; fail on a missing or extra column."""
     schema = TABLES[name]
+    late = [c for c in ADDED.get(name, ()) if c not in df.columns]
+    if late:
+        df = df.with_columns(pl.lit(None, dtype=schema[c]).alias(c) for c in late)
     missing = [c for c in schema if c not in df.columns]
     extra = [c for c in df.columns if c not in schema]
     if missing or extra:

@@ -38,7 +38,7 @@ def test_each_reason():
     pj = verdicts([("ok", "j", "chosen", "chosen", 1.0), ("close", "j", "chosen", "chosen", 1.0), ("flip", "j", "chosen", "rejected", 0.0),
                    ("against", "j", "rejected", "rejected", 1.0), ("failed", "j", None, "chosen", None), ("score_failed", "j", "chosen", "chosen", 1.0)])
     scores = {f"c{i}": 5.0 for i in range(1, 7)} | {f"r{i}": 2.0 for i in range(1, 7)} | {"r6": None}
-    out = route_pairs(pairs, pj, judgments_frame(scores), RouteConfig(margin_threshold=1.0, audit_share=0))
+    out, _ = route_pairs(pairs, pj, judgments_frame(scores), RouteConfig(margin_threshold=1.0, audit_share=0))
     got = dict(zip(out["pair_id"], zip(out["route"], out["route_reason"])))
     assert got == {"ok": ("auto", "confident"), "close": ("human", "low_margin"), "flip": ("human", "inconsistent"),
                    "against": ("human", "judges_disagree"), "failed": ("human", "judge_failed"), "score_failed": ("human", "judge_failed")}
@@ -51,14 +51,14 @@ def test_ensemble_disagreement_and_several_reasons_at_once():
                            judgments_frame({"c": 2.0, "r": 3.0, "c2": 4.0, "r2": 3.0}, "j2")])
     pj = verdicts([("a", "j1", "chosen", "chosen", 1.0), ("a", "j2", "tie", "tie", 1.0),
                    ("b", "j1", "chosen", "chosen", 1.0), ("b", "j2", "chosen", "chosen", 1.0)])
-    out = route_pairs(pairs, pj, judgments, RouteConfig(audit_share=0))
+    out, _ = route_pairs(pairs, pj, judgments, RouteConfig(audit_share=0))
     assert out["route_reason"].to_list() == ["judges_disagree,low_margin", "confident"]
 
 
 def test_without_pairwise_judgments_only_scores_decide():
     pairs = pairs_table([{"pair_id": "a", "chosen_id": "c", "rejected_id": "r", "margin": 2.0},
                          {"pair_id": "b", "chosen_id": "c", "rejected_id": "r2", "margin": 0.2}])
-    out = route_pairs(pairs, no_verdicts(), judgments_frame({"c": 3.0, "r": 1.0, "r2": 2.8}), RouteConfig(audit_share=0))
+    out, _ = route_pairs(pairs, no_verdicts(), judgments_frame({"c": 3.0, "r": 1.0, "r2": 2.8}), RouteConfig(audit_share=0))
     assert out["route"].to_list() == ["auto", "human"]
 
 
@@ -73,7 +73,7 @@ def test_audit_share_is_stable_and_about_the_share():
     assert picked == [audit_pick(p, 0, 0.1) for p in ids]  # the same pairs every time
     assert picked != [audit_pick(p, 1, 0.1) for p in ids]  # another seed, another sample
     pairs = pairs_table([{"pair_id": p, "chosen_id": "c", "rejected_id": "r", "margin": 3.0} for p in ids[:500]])
-    out = route_pairs(pairs, no_verdicts(), judgments_frame({"c": 5.0, "r": 2.0}), RouteConfig(audit_share=0.1))
+    out, _ = route_pairs(pairs, no_verdicts(), judgments_frame({"c": 5.0, "r": 2.0}), RouteConfig(audit_share=0.1))
     audited = out.filter(pl.col("route_reason") == "audit")
     assert audited["route"].unique().to_list() == ["human"] and audited.height == sum(picked[:500])
 
@@ -88,7 +88,7 @@ def test_human_budget_keeps_the_most_uncertain():
     ])
     pj = verdicts([("low1", "j", "chosen", "chosen", 1.0), ("low2", "j", "chosen", "chosen", 1.0), ("flip", "j", "chosen", "rejected", 0.0),
                    ("fail", "j", None, None, None), ("sure", "j", "chosen", "chosen", 1.0)])
-    out = route_pairs(pairs, pj, judgments_frame({"c": 5.0, "r": 2.0}), RouteConfig(human_budget=3, audit_share=0))
+    out, _ = route_pairs(pairs, pj, judgments_frame({"c": 5.0, "r": 2.0}), RouteConfig(human_budget=3, audit_share=0))
     got = dict(zip(out["pair_id"], zip(out["route"], out["route_reason"])))
     assert got == {"fail": ("human", "judge_failed"), "flip": ("human", "inconsistent"), "low2": ("human", "low_margin"),
                    "low1": ("auto", "over_budget:low_margin"), "sure": ("auto", "confident")}

@@ -27,13 +27,17 @@ def _with_labeling(config, **overrides):
               help="Push pairs of this route (repeatable; default from the config: human).")
 @click.option("--dataset", help="Argilla dataset name (default: the run directory's name).")
 @click.option("--workspace", help="Argilla workspace (default: prefab).")
-@click.option("--no-suggestions", is_flag=True, help="Hide the judge's verdicts, for blind calibration sets.")
-def push(run_dir, config_path, routes, dataset, workspace, no_suggestions):
-    """Push the pairs routed to humans to Argilla; pushing again updates the same records."""
+@click.option("--judge-hint", type=click.Choice(["none", "shown", "prefilled"]),
+              help="What annotators see of the judge: nothing (default), its verdict as a note, or its verdict pre-selected.")
+@click.option("--no-suggestions", is_flag=True, help="Same as --judge-hint none.")
+@click.option("--gold-share", type=click.FloatRange(0, 1, max_open=True),
+              help="Share of the dataset that is gold pairs from calibrate, unmarked (default from the config: 0.1).")
+def push(run_dir, config_path, routes, dataset, workspace, judge_hint, no_suggestions, gold_share):
+    """Push the pairs routed to humans (and unmarked gold pairs) to Argilla; pushing again updates the same records."""
     from pipeline.store import Run
 
     config = _with_labeling(load_run_config(run_dir, config_path), routes=list(routes) or None, dataset=dataset,
-                            workspace=workspace, suggestions=False if no_suggestions else None)
+                            workspace=workspace, judge_hint="none" if no_suggestions else judge_hint, gold_share=gold_share)
     stage_command("push", config, Run(run_dir))
 
 

@@ -5,8 +5,14 @@ pair id (stable across pushes, so a re-push never reshuffles what someone is lab
 is the judge's chosen one, the candidate ids, the judge margin and the generators are stored as
 metadata hidden from annotators, so they cannot bias the label and pull can map A/B back.
 
-The judges' verdict is a suggestion on the preference question only: the UI pre-fills suggestions,
-and a pre-filled optional rating would be submitted as the annotator's own without a look.
+What annotators see of the judge is `labeling.judge_hint`: nothing (the default: these pairs came to people
+because the judge is unsure, and a shown answer anchors them), its verdict as a visible metadata note
+(`judge_says`) that chooses nothing for them, or a suggestion on the preference question, which the UI
+pre-fills. Never a suggestion on the optional ratings: a pre-filled one would be submitted unlooked at.
+
+Argilla returns a record's whole metadata to any workspace member through GET /api/v1/records/{id}, hidden
+properties included, so nothing in a record names the judge's side or marks a gold pair: which candidate is
+A is kept in the run (`pushed` mapping by candidate ids), not as an `a_is_chosen` flag.
 """
 
 import math
@@ -38,6 +44,7 @@ METADATA = {
     "route": ("terms", False),
     "route_reason": ("terms", False),
     "generators": ("terms", False),  # both generators' names: filter "pairs involving model X"
+    "judge_says": ("terms", True),  # judge_hint "shown": the judge's leaning, A / B / tie (absent otherwise)
 }
 
 
@@ -153,7 +160,8 @@ def build_records(pairs: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.Dat
     messages = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
     clusters = dict(zip(prompts["prompt_id"].to_list(), prompts["cluster"].to_list()))
     cand = {row["candidate_id"]: row for row in candidates.select("candidate_id", "text", "model").iter_rows(named=True)}
-    verdicts = pairwise_verdicts(pair_judgments) if labeling.suggestions else {}
+    hint = labeling.judge_hint
+    verdicts = pairwise_verdicts(pair_judgments) if hint != "none" else {}
 
     records = []
     for p in pairs.iter_rows(named=True):
@@ -168,7 +176,6 @@ def build_records(pairs: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.Dat
             "route_reason": p["route_reason"],
             "generators": sorted({a["model"], b["model"]}),
             "strategy": p["strategy"],
-            "a_is_chosen": "true" if a_chosen else "false",
             "candidate_a": a_id,
             "candidate_b": b_id,
         }
@@ -185,10 +192,13 @@ def build_records(pairs: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.Dat
         vector = vectors.get(p["prompt_id"])
         if vector is not None:
             record["vectors"] = {PROMPT_VECTOR: list(vector)}
-        if labeling.suggestions:
+        verdict = None
+        if hint != "none":
             verdict = verdicts.get(p["pair_id"]) or pointwise_verdict(p["chosen_score"], p["rejected_score"], high - low, judges)
-            if verdict:
-                record["suggestions"].append({"question_name": PREFERENCE, "value": to_ab(verdict["label"], a_chosen),
-                                              "score": verdict["score"], "agent": verdict["agent"], "type": "model"})
+        if verdict and hint == "shown":
+            record["metadata"]["judge_says"] = {"a": "A", "b": "B"}.get(to_ab(verdict["label"], a_chosen), "tie")
+        elif verdict and hint == "prefilled":
+            record["suggestions"].append({"question_name": PREFERENCE, "value": to_ab(verdict["label"], a_chosen),
+                                          "score": verdict["score"], "agent": verdict["agent"], "type": "model"})
         records.append(record)
     return records

@@ -10,9 +10,10 @@ from datetime import datetime, timezone
 
 import polars as pl
 
-from labeling.agreement import agreement, judge_labels
+from labeling.aggregate import resolve_run
+from labeling.agreement import agreement
 from labeling.dataset import LABELS, PREFERENCE, RATING_A, RATING_B, RATIONALE, a_is_chosen, to_label
-from labeling.push import server_errors
+from labeling.push import gold_mapping, server_errors
 from pipeline.config import Config, LabelingConfig
 from pipeline.errors import LabelingError
 from pipeline.progress import console, summary
@@ -128,35 +129,10 @@ def merge_labels(old: pl.DataFrame, new: pl.DataFrame, now: datetime) -> pl.Data
 
 
 def resolve(labels: pl.DataFrame, tie_rule: str = "drop", min_submitted: int = 1, judge: dict[str, str] | None = None) -> pl.DataFrame:
-    """Majority label per pair over submitted labels.
+    """Majority label per pair over submitted labels (labeling/aggregate.py; a split vote follows the tie rule)."""
+    from labeling.aggregate import majority
 
-    A split vote (two labels with the same top count) follows the tie rule: "drop" leaves it unresolved
-    (status "split"), "tie" resolves it as a tie, "judge" sides with the judge's verdict (from `judge`,
-    pair_id -> chosen/rejected/tie; "chosen" when absent, as pairs are oriented by the judge) when it
-    is one of the tied labels. Pairs with fewer than min_submitted labels stay "pending".
-    """
-    rows = []
-    for (pair_id,), group in labels.group_by("pair_id", maintain_order=True):
-        votes = group.filter((pl.col("status") == "submitted") & pl.col("label").is_not_null())["label"].to_list()
-        n = len(votes)
-        preference, share, status = None, None, "pending"
-        if n == 0 and group.height:
-            status = "discarded" if (group["status"] == "discarded").any() else "pending"
-        elif n >= min_submitted:
-            counts = {label: votes.count(label) for label in sorted(set(votes))}
-            top = max(counts.values())
-            leaders = [label for label, c in counts.items() if c == top]
-            share = top / n
-            if len(leaders) == 1:
-                preference, status = leaders[0], "resolved"
-            elif tie_rule == "tie":
-                preference, status = "tie", "resolved"
-            elif tie_rule == "judge" and (judge or {}).get(pair_id, "chosen") in leaders:
-                preference, status = (judge or {}).get(pair_id, "chosen"), "resolved"
-            else:
-                status = "split"
-        rows.append({"pair_id": pair_id, "n_labels": n, "preference": preference, "agreement": share, "status": status})
-    return pl.DataFrame(rows, schema=TABLES["resolved"], orient="row") if rows else empty("resolved")
+    return majority(labels, tie_rule, min_submitted, judge)
 
 
 def pull(run: Run, config: Config, client) -> dict:
@@ -171,15 +147,22 @@ def pull(run: Run, config: Config, client) -> dict:
                             hint=f"push the pairs first: prefab push --run {run.path}")
     now = datetime.now(timezone.utc)
     responses = responses_frame(fetch_records(client, dataset), usernames(client))
+    gold = gold_mapping(run.read("gold")) if run.has("gold") else {}
+    is_gold = responses["pair_id"].is_in(list(gold))
     pairs = run.read_or_empty("pairs")
     old = run.read_or_empty("labels")
-    labels = merge_labels(old, to_labels(responses, pairs), now)
-    pair_judgments = run.read_or_empty("pair_judgments")
-    resolved = resolve(labels, labeling.tie_rule, labeling.min_submitted, judge_labels(pairs, pair_judgments))
-    stats = agreement(labels, resolved, pairs, pair_judgments)
+    labels = merge_labels(old, to_labels(responses.filter(~is_gold), pairs), now)
+    gold_pairs = pl.DataFrame([{"pair_id": k, **v} for k, v in gold.items()],
+                              schema={"pair_id": pl.String, "gold_id": pl.String, "chosen_id": pl.String, "rejected_id": pl.String})
+    gold_labels = merge_labels(run.read_or_empty("gold_labels"), to_labels(responses.filter(is_gold), gold_pairs), now)
     new_or_changed = labels.join(old, on=list(TABLES["labels"]), how="anti", nulls_equal=True).height
-    run.write("labels", labels)
+    run.write("labels", labels)  # what came back is saved before anything is computed from it
+    run.write("gold_labels", gold_labels)
+    resolved, annotators = resolve_run(run, labeling)
+    pair_judgments = run.read_or_empty("pair_judgments")
+    stats = agreement(labels, resolved, pairs, pair_judgments)
     run.write("resolved", resolved)
+    run.write("annotators", annotators)
     counts = {
         "dataset": name,
         "labels": labels.height,
@@ -191,7 +174,12 @@ def pull(run: Run, config: Config, client) -> dict:
         "split": resolved.filter(pl.col("status") == "split").height,
         "pending": resolved.filter(pl.col("status") == "pending").height,
         "changed": new_or_changed > 0,
+        "gold_answers": gold_labels.filter(pl.col("status") == "submitted").height,
+        "flagged_annotators": annotators.filter(pl.col("flagged"))["annotator"].to_list(),
+        "aggregation": labeling.aggregation,
     }
+    if resolved.filter(pl.col("confidence").is_not_null()).height:
+        counts["mean_confidence"] = round(float(resolved["confidence"].mean()), 4)
     return {**counts, "agreement": stats}
 
 
@@ -226,4 +214,5 @@ def print_summary(result: dict) -> None:
         "raw_agreement": stats["raw_agreement"] if stats["raw_agreement"] is not None else "n/a",
         "judge=human (ties)": jh["with_ties"]["agreement"] if jh["with_ties"]["agreement"] is not None else "n/a",
         "judge=human (no ties)": jh["without_ties"]["agreement"] if jh["without_ties"]["agreement"] is not None else "n/a",
+        "flagged_annotators": ", ".join(result["flagged_annotators"]) or "none",
     })

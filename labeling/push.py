@@ -22,7 +22,8 @@ from labeling.dataset import build_records, prompt_vectors, settings
 from pipeline.config import Config, LabelingConfig
 from pipeline.errors import LabelingError
 from pipeline.progress import progress_bar, summary
-from pipeline.store import Run
+from pipeline.schema import TABLES
+from pipeline.store import Run, candidate_id, content_id, pair_id, prompt_id
 
 BATCH = 256  # the server takes up to 500, but per record a 500 batch is slower (see above)
 BATCH_TIMEOUT = 600  # seconds: a batch takes the embedded server 5-20 s on a busy 2-core machine
@@ -155,23 +156,115 @@ def upsert(client, dataset, records: list[dict], advance=lambda n: None) -> int:
     return record_count(client, dataset) - before
 
 
+# ---------------------------------------------------------------- gold pairs in the annotators' queue
+
+
+def gold_candidate_id(gold_id: str, side: str) -> str:
+    return candidate_id("gold:" + gold_id, "gold", {}, 0 if side == "chosen" else 1)
+
+
+def gold_record_id(gold_id: str) -> str:
+    """The record id of a gold pair: made as a pair id is, so nothing in it tells gold from the rest."""
+    return pair_id(gold_candidate_id(gold_id, "chosen"), gold_candidate_id(gold_id, "rejected"))
+
+
+def gold_mapping(gold: pl.DataFrame) -> dict[str, dict]:
+    """record id -> {gold_id, chosen_id, rejected_id}, chosen being the response people preferred."""
+    return {gold_record_id(g): {"gold_id": g, "chosen_id": gold_candidate_id(g, "chosen"), "rejected_id": gold_candidate_id(g, "rejected")}
+            for g in gold["gold_id"].to_list()}
+
+
+def gold_count(n_pairs: int, share: float, available: int) -> int:
+    """Gold records to add so that they are `share` of the dataset."""
+    if share <= 0 or n_pairs == 0 or available == 0:
+        return 0
+    return min(available, max(1, round(n_pairs * share / (1 - share))))
+
+
+def gold_frames(run: Run, selected: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.DataFrame, n: int, seed: int):
+    """Gold pairs dressed as the run's pairs: (pairs, prompts, candidates, pair_judgments) rows to push with them.
+
+    Each is oriented by the judges' scores as a run pair is (so its hidden margin is a real, non-negative one),
+    and takes a cluster, generators and routing reason drawn from the pairs it is mixed with; the people's
+    answer stays in the run.
+    """
+    import random
+
+    gold = run.read("gold")
+    gold = gold.sort(pl.col("gold_id").map_elements(lambda g: content_id("gold-pick", seed, g), return_dtype=pl.String)).head(n)
+    judged = run.read_or_empty("gold_judgments")
+    scores = judged.group_by("gold_id").agg(pl.col("chosen_score").mean(), pl.col("rejected_score").mean())
+    scores = {g: (c, r) for g, c, r in scores.iter_rows()}
+    cluster_of = dict(zip(prompts["prompt_id"].to_list(), prompts["cluster"].to_list()))
+    clusters = [cluster_of.get(p) for p in selected["prompt_id"].to_list()] or [None]
+    models = candidates.filter(pl.col("candidate_id").is_in(selected["chosen_id"].to_list() + selected["rejected_id"].to_list()))["model"].to_list() or ["gold"]
+    reasons = selected["route_reason"].drop_nulls().to_list() or ["below_target"]
+    margins = selected["margin"].drop_nulls().to_list() or [None]  # for gold no judge scored: a record without one would stand out
+    strategy = selected["strategy"][0] if selected.height else "best_vs_worst"
+    pair_rows, prompt_rows, cand_rows, judgment_rows = [], [], [], []
+    for g in gold.iter_rows(named=True):
+        rng = random.Random(content_id("gold-dress", seed, g["gold_id"]))
+        good, bad = gold_candidate_id(g["gold_id"], "chosen"), gold_candidate_id(g["gold_id"], "rejected")
+        c, r = scores.get(g["gold_id"], (None, None))
+        flipped = c is not None and r is not None and r > c
+        first, second = (bad, good) if flipped else (good, bad)
+        pid = prompt_id(g["messages"])
+        pair_rows.append({"pair_id": gold_record_id(g["gold_id"]), "prompt_id": pid, "chosen_id": first, "rejected_id": second,
+                          "chosen_score": r if flipped else c, "rejected_score": c if flipped else r,
+                          "margin": abs(c - r) if c is not None and r is not None else rng.choice(margins), "similarity": None,
+                          "strategy": strategy, "route": "human", "route_reason": rng.choice(reasons), "confidence": None})
+        prompt_rows.append({"prompt_id": pid, "messages": g["messages"], "cluster": rng.choice(clusters)})
+        cand_rows += [{"candidate_id": good, "text": g["chosen"], "model": rng.choice(models)},
+                      {"candidate_id": bad, "text": g["rejected"], "model": rng.choice(models)}]
+        for j in judged.filter(pl.col("gold_id") == g["gold_id"]).iter_rows(named=True):
+            swap = {"chosen": "rejected", "rejected": "chosen", "tie": "tie"} if flipped else {}
+            ab, ba = (j["verdict_ba"], j["verdict_ab"]) if flipped else (j["verdict_ab"], j["verdict_ba"])
+            ab, ba = swap.get(ab, ab), swap.get(ba, ba)
+            judgment_rows.append({"pair_id": gold_record_id(g["gold_id"]), "judge": j["judge"], "verdict_ab": ab, "verdict_ba": ba,
+                                  "consistent": (ab == ba) if ab and ba else None, "confidence": None, "raw": None, "error": None,
+                                  "p_chosen_ab": None, "p_chosen_ba": None})
+    return (pl.DataFrame(pair_rows, schema=TABLES["pairs"]),
+            pl.DataFrame(prompt_rows, schema={"prompt_id": pl.String, "messages": TABLES["prompts"]["messages"], "cluster": pl.Int32}),
+            pl.DataFrame(cand_rows, schema={"candidate_id": pl.String, "text": pl.String, "model": pl.String}),
+            pl.DataFrame(judgment_rows, schema=TABLES["pair_judgments"]))
+
+
 def push(run: Run, config: Config, client) -> dict:
-    """Push the pairs of the configured routes (human by default) to the run's Argilla dataset."""
+    """Push the pairs of the configured routes (human by default), with gold pairs mixed in, to the run's Argilla dataset."""
     labeling = config.labeling or LabelingConfig()
     pairs = run.read("pairs")
     selected = pairs.filter(pl.col("route").is_in(labeling.routes))
     embeddings = run.read_or_empty("embeddings")
-    vectors, dims = prompt_vectors(embeddings, config.embed.model if config.embed else None)
+    embed_model = config.embed.model if config.embed else None
+    vectors, dims = prompt_vectors(embeddings, embed_model)
     name = dataset_name(config, run)
     dataset, created = ensure_dataset(client, name, labeling.workspace, settings(labeling, dims, client))
-    records = build_records(selected, run.read("prompts"), run.read("candidates"), pair_judgments=run.read_or_empty("pair_judgments"),
-                            vectors=vectors, config=config)
+    prompts, candidates = run.read("prompts"), run.read("candidates")
+    pair_judgments = run.read_or_empty("pair_judgments")
+    n_gold = gold_count(selected.height, labeling.gold_share, run.read("gold").height if run.has("gold") else 0)
+    if n_gold:
+        g_pairs, g_prompts, g_cands, g_judgments = gold_frames(run, selected, prompts, candidates, n_gold, config.seed)
+        if vectors:  # every record has a prompt vector, or none has: a missing one would single gold out
+            from pipeline.embed import embed_texts, prompt_text
+
+            model = embed_model or embeddings["model"][0]
+            found = embed_texts([prompt_text(m) for m in g_prompts["messages"].to_list()], model, run.path, description="embed gold prompts")
+            if found.shape[1] != dims:
+                raise LabelingError(f"gold prompts embed to {found.shape[1]} dimensions with {model}, the run's prompt vectors have {dims}",
+                                    hint="re-run `prefab embed` so that the run's vectors come from its configured model")
+            vectors |= dict(zip(g_prompts["prompt_id"].to_list(), found.tolist()))
+        selected = pl.concat([selected, g_pairs])
+        prompts = pl.concat([prompts.select(g_prompts.columns), g_prompts])
+        candidates = pl.concat([candidates.select(g_cands.columns), g_cands])
+        pair_judgments = pl.concat([pair_judgments, g_judgments])
+    records = build_records(selected, prompts, candidates, pair_judgments=pair_judgments, vectors=vectors, config=config)
+    records.sort(key=lambda r: content_id("push-order", r["external_id"]))  # gold mixed into every batch, not appended
     with progress_bar(f"push to Argilla {name}", len(records)) as advance:
         new = upsert(client, dataset, records, advance)
     counts = {"dataset": name, "workspace": labeling.workspace, "dataset_id": str(dataset.id), "dataset_created": created,
-              "pushed": len(records), "created": new, "updated": len(records) - new,
-              "not_pushed": pairs.height - selected.height, "routes": ",".join(labeling.routes),
-              "suggestions": labeling.suggestions}
+              "pushed": len(records), "gold_pushed": n_gold, "created": new, "updated": len(records) - new,
+              "not_pushed": pairs.height - (selected.height - n_gold), "routes": ",".join(labeling.routes),
+              "judge_hint": labeling.judge_hint}
     summary("push", {k: ("yes" if v else "no") if isinstance(v, bool) else v for k, v in counts.items() if k != "dataset_id"})
     return counts
 

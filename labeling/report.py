@@ -65,4 +65,39 @@ def labels_section(run) -> str | None:
                    table_html(status) if status is not None else "", note, anchor="labels")
 
 
-sections = [labels_section]
+def annotators_section(run) -> str | None:
+    """Each annotator's accuracy on the gold pairs mixed, unmarked, into their queue; who is flagged and why."""
+    push = run.stage_info("push")
+    if not run.has("annotators") and not push.get("gold_pushed"):
+        return None
+    labeling = (run.manifest().get("config") or {}).get("labeling") or {}
+    threshold = labeling.get("min_annotator_accuracy", 0.7)
+    parts = [metrics_html({"gold pairs in the queue": push.get("gold_pushed"), "aggregation": run.stage_info("pull").get("aggregation"),
+                           "flag below (accuracy on gold)": threshold})]
+    quality = run.read("annotators") if run.has("annotators") else None
+    if quality is None or quality.is_empty():
+        parts.append("<p>No answers yet. Once annotators label, each one's accuracy on the gold pairs, agreement with the "
+                     "others and speed show here after <code>prefab pull</code>.</p>")
+        return section("Annotator quality", *parts, anchor="annotators")
+    measured = quality.filter(pl.col("gold_answers") > 0)
+    if measured.height:
+        fig, ax = figure(width=6.0, height=max(2.2, 0.4 * measured.height + 1))
+        acc = measured["gold_accuracy"].to_list()
+        err = [[a - lo for a, lo in zip(acc, measured["gold_low"].to_list())], [hi - a for a, hi in zip(acc, measured["gold_high"].to_list())]]
+        colors = [COLORS[3] if f else COLORS[2] for f in measured["flagged"].to_list()]
+        ax.barh(measured["annotator"].to_list(), acc, xerr=err, color=colors)
+        ax.axvline(threshold, color="black", ls=":", lw=1)
+        ax.set_xlim(0, 1.05)
+        ax.invert_yaxis()
+        ax.set_title("accuracy on gold (95% interval); red: flagged")
+        parts.append(plot_html(fig, "annotator accuracy on gold"))
+    flagged = quality.filter(pl.col("flagged"))["annotator"].to_list()
+    if flagged:
+        action = "their labels are left out of the resolution" if labeling.get("flagged", "exclude") == "exclude" else \
+            "their labels are kept, weighed by their estimated reliability"
+        parts.append(f"<p><strong>Flagged:</strong> {', '.join(flagged)}: {action}.</p>")
+    parts.append(table_html(quality))
+    return section("Annotator quality", *parts, anchor="annotators")
+
+
+sections = [labels_section, annotators_section]

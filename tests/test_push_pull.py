@@ -48,7 +48,7 @@ def test_ab_mapping_round_trips(a_chosen):
 
 
 def test_records_hold_pairs_in_their_shown_order(tmp_path):
-    run, config = make_run(tmp_path / "r", 8)
+    run, config = make_run(tmp_path / "r", 8, labeling=LabelingConfig(judge_hint="prefilled"))
     pairs = run.read("pairs")
     candidates = {r["candidate_id"]: r for r in run.read("candidates").iter_rows(named=True)}
     vectors, dims = ds.prompt_vectors(run.read("embeddings"), None)
@@ -58,7 +58,7 @@ def test_records_hold_pairs_in_their_shown_order(tmp_path):
     for record, pair in zip(records, pairs.iter_rows(named=True)):
         meta = record["metadata"]
         a_chosen = ds.a_is_chosen(pair["pair_id"])
-        assert meta["a_is_chosen"] == ("true" if a_chosen else "false")
+        assert "a_is_chosen" not in meta  # Argilla hands a record's whole metadata to annotators: no hint of the judge's side
         a_id = pair["chosen_id"] if a_chosen else pair["rejected_id"]
         assert meta["candidate_a"] == a_id
         assert record["fields"]["response_a"] == candidates[a_id]["text"]
@@ -75,10 +75,23 @@ def test_records_hold_pairs_in_their_shown_order(tmp_path):
         assert meta["generators"] == ["gen-big", "gen-small"]
 
 
-def test_suggestions_switch_off_for_blind_sets(tmp_path):
-    run, config = make_run(tmp_path / "r", 4, labeling=LabelingConfig(suggestions=False))
+def test_annotators_see_no_judge_answer_by_default(tmp_path):
+    for labeling in (LabelingConfig(), LabelingConfig(suggestions=False), LabelingConfig(judge_hint="none")):
+        run, config = make_run(tmp_path / "r", 4, labeling=labeling)
+        records = ds.build_records(run.read("pairs"), run.read("prompts"), run.read("candidates"), pair_judgments=run.read("pair_judgments"), vectors={}, config=config)
+        assert all(r["suggestions"] == [] and "vectors" not in r and "judge_says" not in r["metadata"] for r in records)
+    assert LabelingConfig(suggestions=True).judge_hint == "prefilled"  # the old switch still means what it meant
+
+
+def test_judge_hint_shown_is_a_note_not_an_answer(tmp_path):
+    run, config = make_run(tmp_path / "r", 8, labeling=LabelingConfig(judge_hint="shown"))
     records = ds.build_records(run.read("pairs"), run.read("prompts"), run.read("candidates"), pair_judgments=run.read("pair_judgments"), vectors={}, config=config)
-    assert all(r["suggestions"] == [] and "vectors" not in r for r in records)
+    assert all(r["suggestions"] == [] for r in records)
+    for record in records:
+        a_chosen = record["metadata"]["candidate_a"] == run.read("pairs").filter(pl.col("pair_id") == record["external_id"])["chosen_id"][0]
+        i = int(record["fields"]["prompt"][-1]["content"].split()[2].rstrip(":"))
+        expected = "tie" if i % 4 == 2 else ("A" if a_chosen else "B")
+        assert record["metadata"]["judge_says"] == expected
 
 
 # ---- pull: mapping, merging, resolution ----------------------------------------------------------
@@ -185,7 +198,7 @@ def test_judge_vs_human_with_and_without_ties(tmp_path):
     assert judge[ids[2]] == "tie" and judge[ids[0]] == "chosen" and judge[ids[1]] == "chosen"
     human = ["chosen", "rejected", "tie", "chosen", "both_bad", "chosen", "rejected", None]
     resolved = pl.DataFrame({"pair_id": ids, "n_labels": [1] * 8, "preference": human, "agreement": [1.0] * 8,
-                             "status": ["resolved"] * 8}, schema=TABLES["resolved"])
+                             "status": ["resolved"] * 8, "confidence": [None] * 8, "method": [None] * 8}, schema=TABLES["resolved"])
     out = judge_vs_human(resolved, judge)
     # judge: p0..p7 = chosen, chosen, tie, chosen, chosen, chosen, tie, chosen
     # with ties over p0,p1,p2,p3,p5,p6: agree p0,p2,p3,p5 -> 4/6

@@ -16,6 +16,8 @@ from pipeline.errors import ConfigError
 @click.option("--source", "sources", multiple=True, type=click.Choice(["human", "auto"]),
               help="Pairs to include: human-labeled, automatic (repeatable); default both.")
 @click.option("--min-margin", type=float, help="Minimum judge margin for automatic pairs.")
+@click.option("--min-confidence", type=click.FloatRange(0, 1),
+              help="Drop pairs whose label is less likely right than this (aggregated human / calibrated auto confidence).")
 @click.option("--standard", is_flag=True, help="Plain-string prompts (rendered with --tokenizer's chat template) instead of message lists.")
 @click.option("--test-share", type=float, help="Share of prompts held out as the test split (by prompt).")
 @click.option("--max-tokens", type=int, help="Drop pairs longer than this (prompt + longer response, in tokens).")
@@ -27,7 +29,7 @@ from pipeline.errors import ConfigError
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default RUN/exports).")
 @click.option("--save-hf", type=click.Path(file_okay=False), help="Also save each format as a `datasets` dataset under this folder.")
 @click.option("--push-to-hub", metavar="REPO", help="Also push the dataset to the Hugging Face Hub (needs network and a login).")
-def export(run_dir, config_path, formats, sources, min_margin, standard, test_share, max_tokens, tokenizer, ties, both_bad,
+def export(run_dir, config_path, formats, sources, min_margin, min_confidence, standard, test_share, max_tokens, tokenizer, ties, both_bad,
            drop_equal, seed, out_dir, save_hf, push_to_hub):
     """Write the run's pairs as TRL DPO, OpenAI DPO and SFT JSONL, split by prompt, with a dataset card."""
     from pipeline.config import Config, ExportConfig, IngestConfig
@@ -50,7 +52,7 @@ def export(run_dir, config_path, formats, sources, min_margin, standard, test_sh
                 info.update(step(config, run, **options))
             return info
     overrides = {"formats": list(formats) or None, "sources": list(sources) or None, "min_margin": min_margin,
-                 "conversational": False if standard else None, "test_share": test_share, "max_tokens": max_tokens,
+                 "min_confidence": min_confidence, "conversational": False if standard else None, "test_share": test_share, "max_tokens": max_tokens,
                  "tokenizer": tokenizer, "ties": ties, "both_bad": both_bad, "drop_equal": drop_equal or None, "seed": seed,
                  "out_dir": out_dir}
     section = (config.export or ExportConfig()).model_dump()

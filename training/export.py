@@ -31,17 +31,18 @@ PREFERENCES = ("chosen", "rejected", "tie", "both_bad")
 # ---------------------------------------------------------------- selection
 
 def human_preferences(run: Run, labeling: LabelingConfig | None = None) -> pl.DataFrame:
-    """pair_id -> resolved human preference. Re-resolved from `labels` when present, so an edited label
-    counts even before the next pull rewrites `resolved`."""
+    """pair_id -> resolved human preference with its confidence. Re-resolved from `labels` when present, by the
+    same resolution pull uses (labeling/aggregate.py: aggregation, tie rule with the judge's verdicts, flagged
+    annotators), so an edited label counts even before the next pull rewrites `resolved`."""
     labeling = labeling or LabelingConfig()
     if run.has("labels"):
-        from labeling.pull import resolve
+        from labeling.aggregate import resolve_run
 
-        resolved = resolve(run.read("labels"), labeling.tie_rule, labeling.min_submitted)
+        resolved, _ = resolve_run(run, labeling)
     else:
         resolved = run.read_or_empty("resolved")
     return resolved.filter((pl.col("status") == "resolved") & pl.col("preference").is_not_null()).select(
-        "pair_id", "preference", "agreement", "n_labels")
+        "pair_id", "preference", "agreement", "n_labels", pl.col("confidence").alias("human_confidence"), "method")
 
 
 def select_pairs(pairs: pl.DataFrame, preferences: pl.DataFrame, config: ExportConfig) -> tuple[pl.DataFrame, dict]:
@@ -73,6 +74,12 @@ def select_pairs(pairs: pl.DataFrame, preferences: pl.DataFrame, config: ExportC
     drop((pl.col("preference") == "tie") & (config.ties == "drop"), "human_tie")
     drop((pl.col("preference") == "both_bad") & (config.both_bad == "drop"), "human_both_bad")
     drop((pl.col("source") == "auto") & (pl.col("margin").fill_null(-math.inf) < config.min_margin), "below_min_margin")
+    # how likely each label is right: the aggregated human confidence, or the calibrated one of an auto pair
+    df = df.with_columns(label_confidence=pl.when(pl.col("source") == "human").then(pl.col("human_confidence"))
+                         .otherwise(pl.col("confidence")))
+    if config.min_confidence is not None:
+        drop(pl.col("label_confidence").is_null(), "confidence_unknown")
+        drop(pl.col("label_confidence") < config.min_confidence, "below_min_confidence")
     swap = pl.col("preference") == "rejected"
     df = df.with_columns(
         swapped=swap.fill_null(False),
@@ -345,6 +352,7 @@ def dataset_card(run: Run, df: pl.DataFrame, counts: dict, config: ExportConfig,
     lines += [f"| source: {k} | {v} |" for k, v in counts["by_source"].items()]
     lines += [f"| route: {k} | {v} |" for k, v in counts["by_route"].items()]
     lines += [f"| dropped: {k} | {v} |" for k, v in counts["dropped"].items()]
+    lines += ["", "## Estimated label accuracy", ""] + accuracy_lines(run, df)
     agreement = manifest.get("stages", {}).get("pull", {}).get("agreement") or {}
     agree = [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
              for k, v in agreement.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -360,6 +368,38 @@ def dataset_card(run: Run, df: pl.DataFrame, counts: dict, config: ExportConfig,
               f"- rejected: {_stats(df['rejected_tokens'])}",
               f"- chosen longer than rejected: {chosen_longer:.1%} of pairs (far from 50% means a length bias a model can learn)", ""]
     return "\n".join(front + lines)
+
+
+def accuracy_lines(run: Run, df: pl.DataFrame) -> list[str]:
+    """The dataset card's statement of how often the exported labels are right, per source, and how that was estimated."""
+    out = []
+    routing = run.stage_info("route").get("routing") or {}
+    for source in ("human", "auto"):
+        part = df.filter(pl.col("source") == source)
+        if part.is_empty():
+            continue
+        known = part["label_confidence"].drop_nulls()
+        if source == "human" and known.len():
+            method = part["method"].drop_nulls()
+            how = ("Dawid-Skene posterior (crowd-kit), annotators weighed by their estimated reliability, gold answers included"
+                   if method.len() and method[0] == "dawid_skene" else "share of annotators behind the majority (not a probability)")
+            out.append(f"- human ({part.height} pairs): {known.mean():.1%} estimated right ({how})")
+        elif source == "auto" and known.len() == part.height:
+            interval = (f", 95% interval for all auto pairs of the run {routing['auto_low']:.1%} to {routing['auto_high']:.1%}"
+                        if routing.get("auto_low") is not None else "")
+            out.append(f"- auto ({part.height} pairs): {known.mean():.1%} estimated right (the judges' confidence calibrated on "
+                       f"{run.stage_info('calibrate').get('gold_pairs', '?')} human-labeled gold pairs, signal "
+                       f"`{routing.get('signal', '?')}`{interval}; assumes the run's pairs are like the gold ones)")
+        else:
+            out.append(f"- {source} ({part.height} pairs): unknown" + (" (no gold calibration: run `prefab calibrate`)"
+                                                                       if source == "auto" else " (no label confidence)"))
+    if run.has("annotators"):
+        quality = run.read("annotators").filter(pl.col("gold_answers") > 0)
+        for r in quality.iter_rows(named=True):
+            flag = " (flagged)" if r["flagged"] else ""
+            out.append(f"- annotator {r['annotator']}: {r['gold_accuracy']:.1%} right on {r['gold_answers']} gold pairs "
+                       f"[{r['gold_low']:.2f}, {r['gold_high']:.2f}]{flag}")
+    return out or ["- unknown"]
 
 
 def _datasets(files: dict) -> dict:

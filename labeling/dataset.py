@@ -11,8 +11,9 @@ because the judge is unsure, and a shown answer anchors them), its verdict as a 
 pre-fills. Never a suggestion on the optional ratings: a pre-filled one would be submitted unlooked at.
 
 Argilla returns a record's whole metadata to any workspace member through GET /api/v1/records/{id}, hidden
-properties included, so nothing in a record names the judge's side or marks a gold pair: which candidate is
-A is kept in the run (`pushed` mapping by candidate ids), not as an `a_is_chosen` flag.
+properties included, so nothing in a record names the judge's side or marks a gold pair: pull finds which
+response was A from the candidate ids in the record (opaque hashes without the run), not from an
+`a_is_chosen` flag.
 """
 
 import math

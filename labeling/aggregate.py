@@ -45,21 +45,30 @@ def _break_tie(pair_id: str, leaders: list[str], tie_rule: str, judge: dict | No
     return None, "split"
 
 
-def majority(labels: pl.DataFrame, tie_rule: str, min_submitted: int, judge: dict | None) -> pl.DataFrame:
+def _resolve(labels: pl.DataFrame, method: str, tie_rule: str, min_submitted: int, judge: dict | None, probas=None) -> pl.DataFrame:
+    """One row per pair: its preference, status and confidence, from vote counts (majority) or posteriors (dawid_skene)."""
     rows = []
     for (pair_id,), group in labels.group_by("pair_id", maintain_order=True):
         votes = submitted(group)["label"].to_list()
         n = len(votes)
-        row = {"pair_id": pair_id, "n_labels": n, "preference": None, "agreement": None, "confidence": None, "method": "majority"}
+        row = {"pair_id": pair_id, "n_labels": n, "preference": None, "agreement": None, "confidence": None, "method": method}
         status = _status(group, n, min_submitted)
         if status is None:
             counts = {label: votes.count(label) for label in sorted(set(votes))}
-            top = max(counts.values())
-            row["preference"], status = _break_tie(pair_id, [k for k, c in counts.items() if c == top], tie_rule, judge)
-            row["agreement"] = top / n
-            row["confidence"] = top / n if row["preference"] is not None else None
+            score = {k: c / n for k, c in counts.items()} if probas is None else {str(k): float(v) for k, v in probas.loc[pair_id].items()}
+            top = max(score.values())
+            row["preference"], status = _break_tie(pair_id, sorted(k for k, v in score.items() if abs(v - top) < 1e-9), tie_rule, judge)
+            row["agreement"] = max(counts.values()) / n
+            if probas is None and row["preference"] is not None:
+                row["confidence"] = top  # majority: the share behind the winner, whichever way a split was broken
+            elif row["preference"] in score:
+                row["confidence"] = round(score[row["preference"]], 6)
         rows.append(row | {"status": status})
     return pl.DataFrame(rows, schema=TABLES["resolved"], orient="row") if rows else empty("resolved")
+
+
+def majority(labels: pl.DataFrame, tie_rule: str, min_submitted: int, judge: dict | None) -> pl.DataFrame:
+    return _resolve(labels, "majority", tie_rule, min_submitted, judge)
 
 
 def dawid_skene(labels: pl.DataFrame, tie_rule: str, min_submitted: int, judge: dict | None,
@@ -91,22 +100,7 @@ def dawid_skene(labels: pl.DataFrame, tie_rule: str, min_submitted: int, judge: 
         # an annotator's reliability: how probable, after the fit, the labels they gave are (gold tasks: their truth)
         right = [float(probas.at[t, label]) if label in probas.columns else 0.0 for t, label in zip(frame["task"], frame["label"])]
         reliability = {w: round(float(v), 4) for w, v in pd.Series(right).groupby(frame["worker"].to_numpy()).mean().items()}
-    rows = []
-    for (pair_id,), group in labels.group_by("pair_id", maintain_order=True):
-        votes_here = submitted(group)["label"].to_list()
-        n = len(votes_here)
-        row = {"pair_id": pair_id, "n_labels": n, "preference": None, "agreement": None, "confidence": None, "method": "dawid_skene"}
-        status = _status(group, n, min_submitted)
-        if status is None:
-            p = probas.loc[pair_id]
-            top = float(p.max())
-            leaders = sorted(str(c) for c in p.index if abs(float(p[c]) - top) < 1e-9)
-            row["preference"], status = _break_tie(pair_id, leaders, tie_rule, judge)
-            row["agreement"] = max(votes_here.count(v) for v in set(votes_here)) / n
-            row["confidence"] = round(float(p[row["preference"]]), 6) if row["preference"] in p.index else None
-        rows.append(row | {"status": status})
-    resolved = pl.DataFrame(rows, schema=TABLES["resolved"], orient="row") if rows else empty("resolved")
-    return resolved, reliability
+    return _resolve(labels, "dawid_skene", tie_rule, min_submitted, judge, probas), reliability
 
 
 def annotator_quality(labels: pl.DataFrame, gold_labels: pl.DataFrame, reliability: dict, *, min_accuracy: float,
@@ -141,39 +135,34 @@ def judge_vote_rows(pair_ids: list[str], verdicts: dict[str, str]) -> pl.DataFra
     return pl.DataFrame(rows, schema={"pair_id": pl.String, "annotator": pl.String, "label": pl.String})
 
 
+def resolve_labels(labels: pl.DataFrame, gold_labels: pl.DataFrame, judge: dict[str, str], gold_judgments: pl.DataFrame,
+                   labeling) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(resolved, annotators): flags from gold first, then the configured aggregation without (or with) the flagged."""
+    quality = annotator_quality(labels, gold_labels, {}, min_accuracy=labeling.min_annotator_accuracy, min_gold=labeling.min_gold_answers)
+    flagged = quality.filter(pl.col("flagged"))["annotator"].to_list()
+    if labeling.flagged == "exclude" and flagged:
+        # their labels no longer count, but stay in `labels`: a pair labeled only by them is pending again, not lost
+        leave_out = pl.when(pl.col("annotator").is_in(flagged)).then(pl.lit("excluded")).otherwise(pl.col("status")).alias("status")
+        labels, gold_labels = labels.with_columns(leave_out), gold_labels.with_columns(leave_out)
+    if labeling.aggregation == "majority":
+        return majority(labels, labeling.tie_rule, labeling.min_submitted, judge), quality
+    votes = None
+    if labeling.judges_vote:
+        from labeling.push import gold_record_id
+
+        verdicts = dict(judge)
+        for g, ab, ba in gold_judgments.select("gold_id", "verdict_ab", "verdict_ba").iter_rows():  # measured by calibrate
+            if ab is not None and ab == ba:
+                verdicts.setdefault(gold_record_id(g), ab)
+        votes = judge_vote_rows(labels["pair_id"].unique().to_list() + gold_labels["pair_id"].unique().to_list(), verdicts)
+    resolved, reliability = dawid_skene(labels, labeling.tie_rule, labeling.min_submitted, judge, gold_labels, votes)
+    return resolved, quality.with_columns(pl.col("annotator").replace_strict(reliability, default=None, return_dtype=pl.Float64)
+                                          .alias("reliability"))
+
+
 def resolve_run(run, labeling) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(resolved, annotators) from the run's labels as they are now: the one resolution pull and export share."""
     from labeling.agreement import judge_labels
 
-    labels = run.read_or_empty("labels")
-    gold_labels = run.read_or_empty("gold_labels")
-    pairs = run.read_or_empty("pairs")
-    pair_judgments = run.read_or_empty("pair_judgments")
-    judge = judge_labels(pairs, pair_judgments)
-    quality = annotator_quality(labels, gold_labels, {}, min_accuracy=labeling.min_annotator_accuracy, min_gold=labeling.min_gold_answers)
-    flagged = quality.filter(pl.col("flagged"))["annotator"].to_list()
-    used = labels.filter(~pl.col("annotator").is_in(flagged)) if labeling.flagged == "exclude" else labels
-    gold_used = gold_labels.filter(~pl.col("annotator").is_in(flagged)) if labeling.flagged == "exclude" else gold_labels
-    if labeling.aggregation == "majority":
-        resolved, reliability = majority(used, labeling.tie_rule, labeling.min_submitted, judge), {}
-    else:
-        votes = None
-        if labeling.judges_vote:
-            verdicts = dict(judge)
-            if run.has("gold_judgments"):  # on gold records the judges' verdicts were measured by calibrate
-                from labeling.push import gold_record_id
-
-                for g, ab, ba in run.read("gold_judgments").select("gold_id", "verdict_ab", "verdict_ba").iter_rows():
-                    if ab is not None and ab == ba:
-                        verdicts.setdefault(gold_record_id(g), ab)
-            votes = judge_vote_rows(used["pair_id"].unique().to_list() + gold_used["pair_id"].unique().to_list(), verdicts)
-        resolved, reliability = dawid_skene(used, labeling.tie_rule, labeling.min_submitted, judge, gold_used, votes)
-    if labels.height and labeling.flagged == "exclude" and flagged:
-        # a pair labeled only by excluded annotators is pending again, not lost: its labels stay in `labels`
-        missing = labels.filter(~pl.col("pair_id").is_in(resolved["pair_id"].to_list()))["pair_id"].unique(maintain_order=True)
-        resolved = pl.concat([resolved, pl.DataFrame({"pair_id": missing, "n_labels": 0, "status": "pending"}).with_columns(
-            [pl.lit(None, dtype=TABLES["resolved"][c]).alias(c) for c in ("preference", "agreement", "confidence", "method")]
-        ).select(list(TABLES["resolved"]))])
-    quality = annotator_quality(labels, gold_labels, reliability, min_accuracy=labeling.min_annotator_accuracy,
-                                min_gold=labeling.min_gold_answers)
-    return resolved, quality
+    judge = judge_labels(run.read_or_empty("pairs"), run.read_or_empty("pair_judgments"))
+    return resolve_labels(run.read_or_empty("labels"), run.read_or_empty("gold_labels"), judge, run.read_or_empty("gold_judgments"), labeling)

@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 
 import polars as pl
 
-from labeling.aggregate import resolve_run
-from labeling.agreement import agreement
+from labeling.aggregate import resolve_labels
+from labeling.agreement import agreement, judge_labels
 from labeling.dataset import LABELS, PREFERENCE, RATING_A, RATING_B, RATIONALE, a_is_chosen, to_label
 from labeling.push import gold_mapping, server_errors
 from pipeline.config import Config, LabelingConfig
@@ -158,8 +158,9 @@ def pull(run: Run, config: Config, client) -> dict:
     new_or_changed = labels.join(old, on=list(TABLES["labels"]), how="anti", nulls_equal=True).height
     run.write("labels", labels)  # what came back is saved before anything is computed from it
     run.write("gold_labels", gold_labels)
-    resolved, annotators = resolve_run(run, labeling)
     pair_judgments = run.read_or_empty("pair_judgments")
+    resolved, annotators = resolve_labels(labels, gold_labels, judge_labels(pairs, pair_judgments),
+                                          run.read_or_empty("gold_judgments"), labeling)
     stats = agreement(labels, resolved, pairs, pair_judgments)
     run.write("resolved", resolved)
     run.write("annotators", annotators)

@@ -195,6 +195,9 @@ def gold_frames(run: Run, selected: pl.DataFrame, prompts: pl.DataFrame, candida
     judged = run.read_or_empty("gold_judgments")
     scores = judged.group_by("gold_id").agg(pl.col("chosen_score").mean(), pl.col("rejected_score").mean())
     scores = {g: (c, r) for g, c, r in scores.iter_rows()}
+    verdicts: dict[str, list[dict]] = {}
+    for j in judged.iter_rows(named=True):
+        verdicts.setdefault(j["gold_id"], []).append(j)
     cluster_of = dict(zip(prompts["prompt_id"].to_list(), prompts["cluster"].to_list()))
     clusters = [cluster_of.get(p) for p in selected["prompt_id"].to_list()] or [None]
     models = candidates.filter(pl.col("candidate_id").is_in(selected["chosen_id"].to_list() + selected["rejected_id"].to_list()))["model"].to_list() or ["gold"]
@@ -216,7 +219,7 @@ def gold_frames(run: Run, selected: pl.DataFrame, prompts: pl.DataFrame, candida
         prompt_rows.append({"prompt_id": pid, "messages": g["messages"], "cluster": rng.choice(clusters)})
         cand_rows += [{"candidate_id": good, "text": g["chosen"], "model": rng.choice(models)},
                       {"candidate_id": bad, "text": g["rejected"], "model": rng.choice(models)}]
-        for j in judged.filter(pl.col("gold_id") == g["gold_id"]).iter_rows(named=True):
+        for j in verdicts.get(g["gold_id"], []):
             swap = {"chosen": "rejected", "rejected": "chosen", "tie": "tie"} if flipped else {}
             ab, ba = (j["verdict_ba"], j["verdict_ab"]) if flipped else (j["verdict_ab"], j["verdict_ba"])
             ab, ba = swap.get(ab, ab), swap.get(ba, ba)

@@ -81,13 +81,16 @@ def pair_evidence(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: 
 
 
 def choose_signal(gold_signals: pl.DataFrame, cfg) -> tuple[str | None, dict | None]:
-    """(signal, its threshold point on the gold curve) for the configured target; "best" takes the largest coverage."""
+    """(signal, its threshold point on the gold curve for the target, if any); "best" takes the largest coverage,
+    or without a target the first signal the gold has."""
     names = [cfg.signal] if cfg.signal != "best" else [s for s in SIGNALS if s in gold_signals["signal"].unique().to_list()]
     best = (None, None)
     for name in names:
         part = gold_signals.filter(pl.col("signal") == name)
         if part.is_empty():
             continue
+        if cfg.target_accuracy is None:
+            return name, None
         point = pick_threshold(coverage_curve(part["confidence"].to_list(), part["correct"].to_list()), cfg.target_accuracy)
         if best[0] is None or (point and (best[1] is None or point["coverage"] > best[1]["coverage"])):
             best = (name, point)
@@ -99,9 +102,7 @@ def route_pairs(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: pl
     """The pairs with route, route_reason and confidence filled, and what the routing decided (threshold, predicted accuracy)."""
     calibrated = gold_signals is not None and not gold_signals.is_empty()
     targeted = calibrated and cfg.target_accuracy is not None
-    signal, point = choose_signal(gold_signals, cfg) if targeted else (None, None)
-    if calibrated and signal is None:
-        signal = cfg.signal if cfg.signal != "best" else next(s for s in SIGNALS if s in gold_signals["signal"].to_list())
+    signal, point = choose_signal(gold_signals, cfg) if calibrated else (None, None)
     decided = []
     for pair, margins, rows in pair_evidence(pairs, pair_judgments, judgments):
         value = support(margins, rows, span)[signal] if signal else None
@@ -142,7 +143,7 @@ def route_pairs(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: pl
             confidence[i] = float(p)
         auto = [i for i in known if routes[i] == "auto"]
         info = {"signal": signal, "accuracy": "estimated on gold",
-                **predicted_accuracy(part, [values[i] for i in auto], [confidence[i] for i in auto])}
+                **predicted_accuracy(part, [values[i] for i in auto])}
         if targeted:
             info |= {"target_accuracy": cfg.target_accuracy, "threshold": point["threshold"] if point else None,
                      "target_reached_on_gold": point is not None}
@@ -155,12 +156,13 @@ def route_pairs(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: pl
     return routed, info
 
 
-def predicted_accuracy(gold: pl.DataFrame, auto_values: list[float], auto_confidence: list[float], seed: int = 0) -> dict:
+def predicted_accuracy(gold: pl.DataFrame, auto_values: list[float], seed: int = 0) -> dict:
     """Mean calibrated probability over the auto pairs, with a 95% interval from resampling the gold pairs."""
     if not auto_values:
         return {"auto_predicted_accuracy": None}
     rng = np.random.default_rng(seed)
     conf, correct = gold["confidence"].to_numpy(), gold["correct"].to_numpy()
+    auto_confidence = calibrator(conf, correct)(auto_values)
     means = []
     for _ in range(BOOTSTRAP):
         idx = rng.integers(0, len(conf), len(conf))

@@ -293,10 +293,12 @@ def demo_instructions(run_dir: str, *, url: str | None = None, annotators: list[
     dataset = dataset or push_info.get("dataset") or Path(run_dir).name
     workspace = workspace or push_info.get("workspace") or "prefab"
     pushed = push_info.get("pushed")
+    gold = push_info.get("gold_pushed") or 0
+    what = f"{pushed - gold} human-routed pairs" + (f" and {gold} gold pairs (unmarked: they measure the annotators)" if gold else "")
     logins = "\n".join(f"       {user} / {password}" for user, password in annotators) \
         or "       (add one: prefab labeling users add NAME --role annotator --workspace prefab)"
     return (
-        f"The labeling server is running{f' and {pushed} human-routed pairs are in Argilla' if pushed is not None else ''}.\n"
+        f"The labeling server is running{f' and {what} are in Argilla' if pushed is not None else ''}.\n"
         f"  1. Open {url} in a browser.\n"
         f"  2. Log in as an annotator (user / password):\n{logins}\n"
         f"  3. Open dataset {dataset!r} (workspace {workspace!r}), read the guidelines, and for each pair pick\n"

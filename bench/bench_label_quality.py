@@ -334,6 +334,13 @@ def simulation() -> list[dict]:
           f"(d) >= (c) + 0.05: {'met' if rows[1]['ok'] else 'missed'} ({diff_c:+.4f}); "
           f"(d) reaches {TARGET_ACCURACY} with fewer labels than (b): {'met' if fewer else 'missed'} "
           f"((d) {rows[-1]['value']}, (b) {rows[-1]['baseline']})")
+    # why a miss is a miss of the method or of the simulation: no rule can beat the Bayes bound at this budget
+    print(f"Bayes bound for (d)'s routing at {BUDGET} labels: {bound_d[BUDGET]:.4f}, i.e. at most "
+          f"{bound_d[BUDGET] - mean['b']:+.4f} over (b) and {bound_d[BUDGET] - mean['c']:+.4f} over (c) for any aggregation; "
+          f"at {SWEEP[-1]} labels: {bound_d[SWEEP[-1]]:.4f}")
+    rows.append({"name": f"Bayes bound of (d)'s routing at {BUDGET} labels (true annotators and judge known), vs (b)",
+                 "value": round(bound_d[BUDGET], 4), "baseline": round(mean["b"], 4), "ratio": round(bound_d[BUDGET] / mean["b"], 3),
+                 "target": "(reported: a +0.05 target above this bound cannot be met)", "unit": None, "ok": None})
     return rows
 
 

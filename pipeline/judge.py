@@ -195,6 +195,8 @@ def parse_verdict(text: str | None) -> str:
 def ask_parsed(spec, base_requests: list[dict], parse, cache, cfg, description: str) -> list[dict]:
     """Ask each request; re-ask the ones whose answer fails `parse(result)` with seed + attempt at retry_temperature.
 
+    A failed call is not re-asked here: call_llm has already spent its retry budget on it (one policy for
+    generators and judges); it is recorded, and the next judge run asks again (failures are not cached).
     Returns per request {"value" (parsed or None), "raw", "error", "attempts", "result"}.
     """
     out: list[dict] = [{"value": None, "raw": None, "error": None, "attempts": 0, "result": None} for _ in base_requests]
@@ -212,7 +214,6 @@ def ask_parsed(spec, base_requests: list[dict], parse, cache, cfg, description: 
             slot.update(attempts=attempt + 1, result=result, raw=result.get("text"))
             if result["error"] is not None:
                 slot["error"] = f"call failed: {result['error']}"
-                still.append(i)
                 continue
             try:
                 slot["value"], slot["error"] = parse(result), None

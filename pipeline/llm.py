@@ -12,8 +12,10 @@ comes back with its error text (failures are not cached, so they are tried again
 every call (no API key, a model that does not exist, a rejected key) raises ModelError/ConfigError.
 
 Backends:
-- "openai": any OpenAI-compatible server through `openai.AsyncOpenAI`. The client's own retries
-  (exponential backoff honouring Retry-After on 408/409/429/5xx, timeouts and connection errors);
+- "openai": any OpenAI-compatible server through `openai.AsyncOpenAI`. One retry loop (tenacity) per call
+  bounds all its attempts by 1 + max_retries, whatever failed: 408/409/429/5xx (honouring Retry-After),
+  timeouts, connection errors, and 200s that are not a chat completion (HTML, JSON of another shape, no
+  choices); exponential backoff otherwise;
   `concurrency` requests in flight across all base_urls, which take turns (round robin); rpm/tpm limits
   with aiolimiter (they pace first attempts, not the client's retries).
 - "transformers": in-process causal LM, loaded once per process, batched by prompt length with left
@@ -27,6 +29,7 @@ import concurrent.futures
 import json
 import math
 import queue
+import random
 import threading
 import time
 from contextlib import contextmanager
@@ -211,7 +214,7 @@ async def _call_openai(spec: ModelSpec, requests: list[dict], finish) -> None:
 
     key = api_key(spec)
     limits = httpx2.Limits(max_connections=spec.concurrency + 8, max_keepalive_connections=spec.concurrency + 8)
-    clients = [openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=spec.max_retries, timeout=spec.timeout,
+    clients = [openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=spec.timeout,  # _one_openai retries
                                   http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=spec.timeout))
                for url in (spec.base_urls or [None])]
     estimates = [_estimate_tokens(r) for r in requests] if spec.tpm else None
@@ -245,55 +248,138 @@ async def _call_openai(spec: ModelSpec, requests: list[dict], finish) -> None:
 
 
 async def _one_openai(client, spec: ModelSpec, request: dict) -> dict:
+    """One call: at most 1 + max_retries requests, whatever failed (status, timeout, connection, a 200 that is
+    not a chat completion); then a result with the reason. The client's own retries are off (max_retries=0 on
+    the client) so that one loop, here, counts every attempt."""
     import openai
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-    kwargs = {"model": spec.model, **request}
     started = time.perf_counter()
+    attempts = 0
+
+    def failed(reason: str, **kw) -> dict:
+        tries = f" ({attempts} attempts)" if attempts > 1 else ""
+        return _result(error=reason + tries, latency_s=time.perf_counter() - started, **kw)
+
     try:
-        try:
-            response = await client.chat.completions.create(**kwargs)
-        except (json.JSONDecodeError, openai.APIResponseValidationError):
-            response = await _retry_malformed(client, spec, kwargs)
+        async for attempt in AsyncRetrying(retry=retry_if_exception(_retryable), stop=stop_after_attempt(1 + spec.max_retries),
+                                           wait=_backoff, reraise=True):
+            with attempt:
+                attempts += 1
+                response = await client.chat.completions.create(model=spec.model, **request)
+                choice = _first_choice(response)
     except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
         raise ModelError(f"{client.base_url} refused model {spec.model!r}: HTTP {e.status_code}: {_message(e)}",
                          hint="check the model name, base_url and the API key variable (api_key_env)") from e
     except openai.APITimeoutError:
-        return _result(error=f"timed out after {spec.timeout}s ({spec.max_retries} retries)", latency_s=time.perf_counter() - started)
+        return failed(f"timed out after {spec.timeout}s")
     except openai.APIStatusError as e:
-        return _result(error=f"HTTP {e.status_code}: {_message(e)}", latency_s=time.perf_counter() - started)
+        return failed(f"HTTP {e.status_code}: {_message(e)}")
     except openai.APIConnectionError as e:
         cause = e.__cause__ or e
-        return _result(error=f"connection error after {spec.max_retries} retries: {type(cause).__name__}: {cause}",
-                       latency_s=time.perf_counter() - started)
+        return failed(f"connection error: {type(cause).__name__}: {cause}")
+    except (_Malformed, json.JSONDecodeError, openai.APIResponseValidationError) as e:
+        return failed(f"malformed answer: {e}" if isinstance(e, _Malformed) else f"malformed answer: {type(e).__name__}: {e}")
     except Exception as e:  # one bad call must not stop the others; its reason is kept
-        return _result(error=f"{type(e).__name__}: {e}", latency_s=time.perf_counter() - started)
+        return failed(f"{type(e).__name__}: {e}")
     latency = time.perf_counter() - started
-    if not response.choices:
-        return _result(error="response has no choices", latency_s=latency)
-    choice = response.choices[0]
-    usage = response.usage
-    tokens = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens} if usage else {}
-    if choice.message.content is None:
+    usage = getattr(response, "usage", None)
+    tokens = {k: v for k in ("prompt_tokens", "completion_tokens") if isinstance(v := getattr(usage, k, None), int)}
+    finish_reason = getattr(choice, "finish_reason", None)
+    content = getattr(choice.message, "content", None)
+    if not isinstance(content, str):  # a refusal or a tool call: an answer, not a fault; asking again gives the same
         refusal = getattr(choice.message, "refusal", None)
-        return _result(error=f"refused: {refusal}" if refusal else "response has no text", finish_reason=choice.finish_reason,
+        return _result(error=f"refused: {refusal}" if refusal else "response has no text", finish_reason=finish_reason,
                        latency_s=latency, **tokens)
     logprobs = None
     if request.get("logprobs"):
-        content = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
+        lp = getattr(choice, "logprobs", None)
+        content_lp = getattr(lp, "content", None) or []
         logprobs = [{"token": t.token, "logprob": t.logprob,
-                     "top_logprobs": [{"token": a.token, "logprob": a.logprob} for a in (t.top_logprobs or [])]} for t in content]
-    return _result(choice.message.content, finish_reason=choice.finish_reason, latency_s=round(latency, 4), logprobs=logprobs, **tokens)
+                     "top_logprobs": [{"token": a.token, "logprob": a.logprob} for a in (t.top_logprobs or [])]} for t in content_lp]
+    return _result(content, finish_reason=finish_reason, latency_s=round(latency, 4), logprobs=logprobs, **tokens)
 
 
-async def _retry_malformed(client, spec: ModelSpec, kwargs: dict):
-    """A 200 with a body that is not a completion (a proxy glitch): the client does not retry it, tenacity does."""
+class _Malformed(Exception):
+    """A 200 answer that is not a chat completion: a proxy's error page, a misrouted base_url, JSON of another
+    shape, no choices. Retried like a 500, then recorded with what came instead."""
+
+
+def _first_choice(response):
+    """The first choice of a conforming chat completion, or _Malformed saying what came instead."""
+    if isinstance(response, (str, bytes)):  # the SDK hands back the body as text when it is not JSON
+        text = response.decode(errors="replace") if isinstance(response, bytes) else response
+        raise _Malformed(f"HTTP 200 with a body that is not JSON: {_snippet(text)!r}")
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list):
+        raise _Malformed(f"HTTP 200 with JSON that is not a chat completion: {_snippet(_dump(response))}")
+    if not choices:
+        raise _Malformed("HTTP 200 with no choices")
+    if getattr(choices[0], "message", None) is None:
+        raise _Malformed(f"HTTP 200 whose first choice has no message: {_snippet(_dump(response))}")
+    return choices[0]
+
+
+def _dump(response) -> str:
+    try:
+        return json.dumps(response.to_dict(), ensure_ascii=False)
+    except Exception:
+        return repr(response)
+
+
+def _snippet(text: str, width: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width] + "…"
+
+
+MAX_RETRY_AFTER_S = 120  # a server asking for a longer pause is not retried (the SDK's rule too)
+
+
+def _retryable(error: BaseException) -> bool:
+    """What is worth asking again: timeouts, dropped connections, 408/409/429/5xx, and 200s that are not completions."""
     import openai
-    from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-    async for attempt in AsyncRetrying(retry=retry_if_exception_type((json.JSONDecodeError, openai.APIResponseValidationError)),
-                                       stop=stop_after_attempt(max(1, spec.max_retries)), wait=wait_exponential(0.25, max=8), reraise=True):
-        with attempt:
-            return await client.chat.completions.create(**kwargs)
+    if isinstance(error, (_Malformed, json.JSONDecodeError, openai.APIResponseValidationError, openai.APIConnectionError)):
+        return True
+    if not isinstance(error, openai.APIStatusError):
+        return False
+    told = error.response.headers.get("x-should-retry")
+    if told in ("true", "false"):
+        return told == "true"
+    wait = _retry_after(error)
+    if wait is not None and wait > MAX_RETRY_AFTER_S:
+        return False
+    return error.status_code in (408, 409, 429) or error.status_code >= 500
+
+
+def _retry_after(error: BaseException) -> float | None:
+    """Seconds a server asked to wait (Retry-After-Ms, or Retry-After as seconds or an HTTP date), if it did."""
+    response = getattr(error, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    try:
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            from email.utils import parsedate_to_datetime
+
+            return parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError):
+        return None
+
+
+def _backoff(retry_state) -> float:
+    """The server's Retry-After when it gave one, else 0.5 s doubling to 8 s, less up to 25 % jitter."""
+    wait = _retry_after(retry_state.outcome.exception())
+    if wait is not None and 0 < wait <= MAX_RETRY_AFTER_S:
+        return wait
+    return min(0.5 * 2 ** (retry_state.attempt_number - 1), 8.0) * (1 - 0.25 * random.random())
 
 
 def _message(error) -> str:

@@ -11,7 +11,9 @@ are exercised for real. Behaviour is scripted:
 
 Actions: "ok", "429" (no Retry-After), "429:SECONDS" (with Retry-After), "500", "503", "503:SECONDS",
 "hang" / "hang:SECONDS" (no reply; the client must time out), "reset" (TCP RST), "malformed" (200 with
-invalid JSON), "truncated" (the body stops short of its Content-Length), "400", "401", "404".
+invalid JSON), "truncated" (the body stops short of its Content-Length), "400", "401", "404", and 200s that
+are not a chat completion: "html" (a proxy's text/html error page), "wrongjson" (JSON of another shape),
+"nochoices" (`choices: []`), "nomessage" (a choice without a message).
 
 It counts requests: `total`, `prompt_counts` (by the last message's content), `request_counts` (by the
 whole body), `statuses` (what it answered). GET /stats returns them as JSON, so a test can read the counts
@@ -31,7 +33,8 @@ import time
 from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("ok", "429", "500", "503", "hang", "reset", "malformed", "truncated", "400", "401", "404")
+NOT_COMPLETIONS = ("html", "wrongjson", "nochoices", "nomessage")
+FAULTS = ("ok", "429", "500", "503", "hang", "reset", "malformed", "truncated", "400", "401", "404", *NOT_COMPLETIONS)
 
 
 def default_respond(request: dict) -> str:
@@ -242,7 +245,17 @@ class _Handler(BaseHTTPRequestHandler):
         if name == "malformed":
             self._send_raw(200, b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"message": {"content": "trunc')
             return "malformed"
+        if name == "html":
+            page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1><hr>nginx</body></html>"
+            self._send_raw(200, page, content_type="text/html")
+            return "html"
         payload = _completion(request, reply)
+        if name in ("wrongjson", "nochoices", "nomessage"):
+            wrong = {"wrongjson": {"status": "error", "detail": "upstream connect error"},
+                     "nochoices": {**payload, "choices": []},
+                     "nomessage": {**payload, "choices": [{"index": 0, "finish_reason": "stop"}]}}[name]
+            self._send(200, wrong)
+            return name
         if name == "truncated":
             data = json.dumps(payload).encode()
             self._send_raw(200, data[: len(data) // 2], length=len(data))
@@ -254,9 +267,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
         self._send_raw(status, json.dumps(payload).encode(), headers=headers)
 
-    def _send_raw(self, status: int, data: bytes, headers: dict | None = None, length: int | None = None) -> None:
+    def _send_raw(self, status: int, data: bytes, headers: dict | None = None, length: int | None = None,
+                  content_type: str = "application/json") -> None:
         """Status line, headers and body in one write (no Nagle/delayed-ACK stalls)."""
-        lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}", "Content-Type: application/json",
+        lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}", f"Content-Type: {content_type}",
                  f"Content-Length: {len(data) if length is None else length}", "x-request-id: req-fake"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if self.close_connection:

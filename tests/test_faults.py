@@ -12,7 +12,8 @@ pytestmark = pytest.mark.faults
 
 N_PROMPTS = 2000
 MAX_RETRIES = 4
-FAULTS = {"429": 0.06, "429:0.2": 0.04, "500": 0.06, "503": 0.04, "hang": 0.03, "reset": 0.03, "malformed": 0.02, "truncated": 0.02}
+FAULTS = {"429": 0.05, "429:0.2": 0.03, "500": 0.05, "503": 0.03, "hang": 0.03, "reset": 0.03, "malformed": 0.02, "truncated": 0.02,
+          "html": 0.01, "wrongjson": 0.01, "nochoices": 0.01, "nomessage": 0.01}  # the last four: 200s that are not completions
 
 
 def config_text(tmp_path, url) -> str:
@@ -53,12 +54,12 @@ def test_run_over_flaky_api(tmp_path, openai_server, prefab, monkeypatch):
     assert ok["text"].null_count() == 0
     assert failed["error"].str.len_chars().min() or failed.height == 0
     assert failed.height < N_PROMPTS * 0.01  # 0.3^5 of calls exhaust 4 retries: ~5 expected
-    # the retry budget: no prompt was asked more than 1 + max_retries times (plus the malformed-body retries)
-    assert max(openai_server.prompt_counts.values()) <= (1 + MAX_RETRIES) * 2
+    # the retry budget: no call was sent more than 1 + max_retries times, whatever mix of faults it met
+    assert max(openai_server.prompt_counts.values()) <= 1 + MAX_RETRIES
     assert openai_server.total <= N_PROMPTS * (1 + MAX_RETRIES)
     assert openai_server.total < N_PROMPTS * 1.7  # expected about 1 / (1 - 0.3) = 1.43 requests per prompt
     faults_seen = {s for s in openai_server.statuses if s != "200"}
-    assert len(faults_seen) >= 5, openai_server.statuses
+    assert len(faults_seen) >= 10, openai_server.statuses
 
     # a second run repays nothing; --retry-failed asks again only for the failures
     before = openai_server.total

@@ -86,6 +86,24 @@ def test_stage_writes_candidates_counts_tokens_and_cost_and_reruns_for_free(open
     assert run.read("candidates").equals(df)
 
 
+@pytest.mark.parametrize("fault", ["html", "wrongjson", "nochoices", "nomessage", "malformed"])
+def test_a_200_that_is_not_a_completion_is_a_recorded_failure_not_a_crash(openai_server, tmp_path, prefab, fault):
+    """A proxy's error page or a misrouted base_url answering 200: retried within max_retries, then recorded
+    with its reason like a 500; the table is written and a rerun does not crash either."""
+    broken = "Prompt number 1: tell me about topic 1."
+    openai_server.respond = lambda r: {"fault": fault} if r["messages"][-1]["content"] == broken else default_respond(r)
+    config = write_config(tmp_path, openai_server, 3, n=1, temperatures=[0.5], max_retries=2)
+    result = prefab("run", config)
+    assert result.exit_code == 0, result.output
+    df = Run(tmp_path / "run").read("candidates")
+    failed = df.filter(pl.col("error").is_not_null())
+    assert df.height == 3 and failed.height == 1
+    assert failed["error"][0].startswith("malformed answer: ") and failed["error"][0].endswith("(3 attempts)")
+    assert openai_server.prompt_counts[broken] == 3
+    assert prefab("generate", "--run", tmp_path / "run", "--retry-failed").exit_code == 0
+    assert openai_server.prompt_counts[broken] == 6
+
+
 def test_failures_are_recorded_kept_and_retried_on_request(openai_server, tmp_path, prefab):
     broken = {"Prompt number 1: tell me about topic 1.", "Prompt number 3: tell me about topic 3."}
     openai_server.respond = lambda r: {"fault": "503"} if r["messages"][-1]["content"] in broken else default_respond(r)

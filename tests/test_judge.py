@@ -148,9 +148,11 @@ def test_bad_answers_get_a_null_score_with_raw_text_and_reason(judged, openai_se
     assert refused["overall"] is None and "refused: I can't help" in refused["error"]
     missing = rows["MISSING answer"]
     assert missing["overall"] is None and "'honesty' is missing" in missing["error"] and missing["raw"].startswith('{"helpfulness"')
-    # each bad one was asked 1 + parse_retries times, each with its own seed
-    for text in ("RANGE answer", "REFUSE answer", "MISSING answer"):
+    # each unparseable one was asked 1 + parse_retries times, each with its own seed; a refusal is an answer
+    # the client already judged final (as for generators): asked once
+    for text in ("RANGE answer", "MISSING answer"):
         assert sorted(b["seed"] for b in openai_server.bodies if response_of(b) == text) == [0, 1, 2]
+    assert [b["seed"] for b in openai_server.bodies if response_of(b) == "REFUSE answer"] == [0]
 
 
 def test_structured_output_sends_the_rubric_schema(judged, openai_server):
@@ -167,7 +169,7 @@ def test_rerun_repays_only_failed_calls(judged, openai_server):
     first = run.read("judgments")
     judge.step(config, run)
     # parsed and unparseable answers come from the call cache; only the refusal (an error) is asked again
-    assert openai_server.total - before == 3
+    assert openai_server.total - before == 1
     assert run.read("judgments").equals(first)
 
 
@@ -363,3 +365,18 @@ def test_embedded_smollm2_logprob_judge_gives_graded_scores(tmp_path):
     for row in df.iter_rows(named=True):
         assert 1 <= row["overall"] <= 5 and row["error"] is None
         assert set(json.loads(row["raw"])) == {"helpfulness", "truthfulness"}
+
+
+@pytest.mark.parametrize("fault", ["nochoices", "html", "500"])
+def test_a_failed_call_is_not_asked_again_by_the_judge(openai_server, tmp_path, fault):
+    """One policy with generate: the client spends max_retries on a bad answer (here 2, so 3 requests), then
+    the judge records the failure; it does not multiply that budget by parse_retries."""
+    openai_server.respond = lambda r: {"fault": fault} if response_of(r) == "BROKEN answer" else rated(4)
+    run, config = make_run(tmp_path / "run", ["Say something."], {"Say something.": ["BROKEN answer", "GOOD answer"]},
+                           judge={"judges": [server_spec(openai_server, max_retries=2)], "parse_retries": 2})
+    judge.step(config, run)
+    assert sum(response_of(b) == "BROKEN answer" for b in openai_server.bodies) == 3
+    rows = {r["text"]: r for r in run.read("judgments").join(run.read("candidates"), on="candidate_id").iter_rows(named=True)}
+    assert rows["BROKEN answer"]["overall"] is None and rows["BROKEN answer"]["error"].startswith("call failed: ")
+    assert "(3 attempts)" in rows["BROKEN answer"]["error"]
+    assert rows["GOOD answer"]["overall"] == 4.0

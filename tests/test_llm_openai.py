@@ -78,6 +78,43 @@ def test_server_errors_resets_truncated_and_malformed_bodies_are_retried(openai_
     assert openai_server.statuses == {"500": 1, "503": 1, "reset": 1, "truncated": 1, "malformed": 1, "200": 1}
 
 
+@pytest.mark.parametrize("kind", ["html", "wrongjson", "nochoices", "nomessage", "malformed"])
+def test_a_200_that_is_not_a_chat_completion_is_retried_then_recorded(openai_server, cache, kind):
+    openai_server.script(kind)
+    [result] = call_llm(spec_for(openai_server), [ask(f"once {kind}")], cache, "t")
+    assert result["error"] is None and result["text"] == default_respond(ask(f"once {kind}"))
+    assert openai_server.prompt_counts[f"once {kind}"] == 2
+
+    openai_server.fault_rates = {kind: 1.0}
+    [result] = call_llm(spec_for(openai_server, max_retries=2), [ask(f"always {kind}")], cache, "t")
+    assert result["text"] is None and result["error"].startswith("malformed answer: ")
+    assert result["error"].endswith("(3 attempts)")
+    assert openai_server.prompt_counts[f"always {kind}"] == 3
+    assert len(cache) == 1  # the failure is not cached: a later run asks again
+
+
+def test_the_html_error_page_is_named_in_the_reason(openai_server, cache):
+    openai_server.fault_rates = {"html": 1.0}
+    [result] = call_llm(spec_for(openai_server, max_retries=0), [ask("proxy")], cache, "t")
+    assert "not JSON" in result["error"] and "502 Bad Gateway" in result["error"]
+
+
+@pytest.mark.parametrize("max_retries", [0, 1, 4])
+def test_max_retries_bounds_every_attempt_whatever_failed(openai_server, cache, max_retries):
+    """Mixed failures in one call: statuses, a reset, a timeout and 200s that are not completions all count
+    against one budget of 1 + max_retries requests."""
+    mixed = ["500:0.01", "html", "503:0.01", "nochoices", "reset", "wrongjson", "429:0.01", "hang:2", "malformed", "nomessage"]
+    openai_server.script(*mixed[: 1 + max_retries])  # exactly the budget: one more would be an "ok"
+    [result] = call_llm(spec_for(openai_server, max_retries=max_retries, timeout=0.3), [ask("mixed")], cache, "t")
+    assert openai_server.prompt_counts["mixed"] == 1 + max_retries
+    assert result["error"] is not None and result["text"] is None
+    assert (f"({1 + max_retries} attempts)" in result["error"]) == (max_retries > 0)
+
+    openai_server.script("500:0.01", "html", "nochoices", "reset", "ok")
+    [result] = call_llm(spec_for(openai_server, max_retries=4), [ask("mixed then ok")], cache, "t")
+    assert result["error"] is None and openai_server.prompt_counts["mixed then ok"] == 5
+
+
 def test_timeout_is_retried_then_recorded(openai_server, cache):
     openai_server.script("hang")
     started = time.monotonic()
@@ -106,7 +143,7 @@ def test_failures_come_back_with_reasons_and_are_not_cached(openai_server, cache
     requests = [ask("fine"), ask("broken"), ask("bad request"), ask("refused")]
     results = call_llm(spec_for(openai_server, max_retries=1), requests, cache, "t")
     assert results[0]["error"] is None
-    assert results[1]["error"] == "HTTP 500: The server had an error" and results[1]["text"] is None
+    assert results[1]["error"] == "HTTP 500: The server had an error (2 attempts)" and results[1]["text"] is None
     assert results[2]["error"] == "HTTP 400: scripted 400"
     assert results[3]["error"] == "refused: I can't help with that"
     assert openai_server.prompt_counts["broken"] == 2 and openai_server.prompt_counts["bad request"] == 1  # 400 is not retried

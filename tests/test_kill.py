@@ -246,3 +246,52 @@ def test_kill_nine_everywhere_then_resume(tmp_path, openai_server, argilla_clien
     for name in ref:
         assert got[name] == ref[name], f"{name} differs after kills"
     assert Run(run_dir).read("labels").height == 6
+
+
+KILL_CONCURRENCY = 32
+CLIENT_LAG_S = 0.25  # how long an answer the server sent may wait for a busy 2-core client to read it
+
+
+def test_a_kill_repays_only_the_calls_in_flight(tmp_path, openai_server, monkeypatch):
+    """SIGKILL `prefab generate` at a busy moment (concurrency 32, 50 ms per answer), three times. The next run
+    asks again only calls in flight at the kill: at most one per worker (a worker commits its call before it
+    takes the next), each sent before the kill and answered after it, or so shortly before it that the client
+    had not read the answer yet (CLIENT_LAG_S). #12: answers used to wait in a cache writer's queue, so a kill
+    could lose more than the calls in flight; tests/test_llm_openai.py checks the commit order exactly."""
+    monkeypatch.setenv("PREFAB_KILL_KEY", "kill-test-key")
+    openai_server.latency = 0.05
+    rng = random.Random(12)
+    n = 1500
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Tell me fact number {i}."}) + "\n" for i in range(n)))
+    cfg = tmp_path / "gen.yaml"
+    cfg.write_text(f"""run: {tmp_path / 'run'}
+ingest: {{paths: [{tmp_path / 'prompts.jsonl'}]}}
+generate:
+  generators:
+    - {{name: gen, model: gen-model, backend: openai, base_url: {openai_server.url}, api_key_env: PREFAB_KILL_KEY,
+        concurrency: {KILL_CONCURRENCY}, max_retries: 0, temperatures: [0.7], max_tokens: 16}}
+""")
+    finish("ingest", "--run", tmp_path / "run", tmp_path / "prompts.jsonl")
+    kills = []
+    for _ in range(3):
+        proc = spawn("generate", "--run", tmp_path / "run", "--config", cfg)
+        assert kill_when(proc, after_answers(openai_server, "gen-model", time.monotonic(), rng.randint(60, 200), rng.uniform(0.0, 0.2)),
+                         kills=kills)
+    finish("generate", "--run", tmp_path / "run", "--config", cfg)
+    assert Run(tmp_path / "run").read("candidates")["error"].null_count() == n
+
+    requests = [(at, OpenAIServer.request_key(body)) for body, at in zip(openai_server.bodies, openai_server.arrivals)]
+    first_answer = {}
+    for _, at, key in openai_server.answered:
+        first_answer.setdefault(key, at)
+    measured = []
+    for k, killed_at in enumerate(kills):
+        since = kills[k - 1] if k else -1.0
+        sent = {key for at, key in requests if since < at <= killed_at}  # by the killed process
+        in_flight = {key for key in sent if first_answer.get(key, killed_at) >= killed_at - CLIENT_LAG_S}
+        repaid = sent & {key for at, key in requests if at > killed_at}
+        lag = max([killed_at - first_answer[key] for key in repaid if key in first_answer] or [0.0])
+        measured.append(f"kill {k}: {len(repaid)} repaid, {len(in_flight)} in flight, oldest repaid answer {lag:.3f} s before the kill")
+        assert len(repaid) <= KILL_CONCURRENCY, measured
+        assert repaid <= in_flight, measured
+    print("; ".join(measured))

@@ -115,6 +115,26 @@ def test_max_retries_bounds_every_attempt_whatever_failed(openai_server, cache, 
     assert result["error"] is None and openai_server.prompt_counts["mixed then ok"] == 5
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_an_answer_is_on_disk_before_its_worker_sends_the_next_request(openai_server, cache, concurrency):
+    """What makes a kill -9 repay only the calls in flight: each worker commits its answer before it takes
+    the next call, so when the k-th request arrives at least k - concurrency answers are already on disk
+    (read from another connection, as a restarted run would)."""
+    import sqlite3
+
+    seen = []
+
+    def respond(request):
+        with sqlite3.connect(cache.path) as db:
+            seen.append(db.execute("SELECT count(*) FROM calls").fetchone()[0])
+        return default_respond(request)
+
+    openai_server.respond = respond
+    call_llm(spec_for(openai_server, concurrency=concurrency), [ask(f"commit {i}") for i in range(60)], cache, "t")
+    assert len(seen) == 60
+    assert all(on_disk >= k - concurrency for k, on_disk in enumerate(seen)), seen
+
+
 def test_timeout_is_retried_then_recorded(openai_server, cache):
     openai_server.script("hang")
     started = time.monotonic()

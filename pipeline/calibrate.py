@@ -288,11 +288,9 @@ def headline(calibration: pl.DataFrame) -> dict:
 
 def step(config, run, **_) -> dict:
     from pipeline.config import JudgeConfig
-    from pipeline.errors import ConfigError
     from pipeline.gold import read_gold
 
-    if config.calibrate is None:
-        raise ConfigError("no gold pairs to calibrate on", hint="add a `calibrate: {gold: [FILE.jsonl]}` section or pass --gold FILE")
+    config.require("calibrate", hint="no gold pairs to calibrate on: add a `calibrate: {gold: [FILE.jsonl]}` section or pass --gold FILE")
     judge_cfg = config.judge or JudgeConfig()
     gold = read_gold(config.calibrate, resolve=config.resolve)
     cache = run_cache(run.path)

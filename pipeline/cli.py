@@ -193,11 +193,9 @@ def status(run_dir, as_json):
     tables = Table(title="tables")
     tables.add_column("table")
     tables.add_column("rows", justify="right")
-    import polars as pl
-
     for name in TABLES:
         if run.has(name):
-            tables.add_row(name, f"{pl.scan_parquet(run.table_path(name)).select(pl.len()).collect().item():,}")
+            tables.add_row(name, f"{run.height(name):,}")
     console.print(tables)
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, unreadable
 
 EMBEDDED_LLM = "embedded:smollm2"
 EMBEDDED_EMBEDDER = "embedded:all-minilm-l6-v2"
@@ -20,6 +20,14 @@ EMBEDDED_EMBEDDER = "embedded:all-minilm-l6-v2"
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def distinct(values: list, field: str, what: str, fix: str) -> None:
+    """Refuse a value that keys a table or an id twice: the second would silently merge with (or overwrite) the first."""
+    for i, value in enumerate(values):
+        if value in values[:i]:
+            raise ValueError(f"{field}[{values.index(value)}] and {field}[{i}] share the {what} {value!r}, "
+                             f"which keys their rows in the run's tables: {fix}")
 
 
 class ModelSpec(Strict):
@@ -71,6 +79,7 @@ class GeneratorSpec(ModelSpec):
         for t in v:
             if not 0 <= t <= 2:
                 raise ValueError(f"temperature {t} is outside 0..2")
+        distinct(v, "temperatures", "temperature", "list each once and raise `n:` for more samples at one temperature")
         return v
 
 
@@ -98,6 +107,13 @@ class DedupConfig(Strict):
 
 class GenerateConfig(Strict):
     generators: list[GeneratorSpec] = Field(min_length=1)
+
+    @field_validator("generators")
+    @classmethod
+    def _distinct(cls, v):
+        distinct([g.label for g in v], "generators", "name",
+                 "set a distinct `name:` on each (one without a name is named by its `model`), or merge them into one generator")
+        return v
 
 
 class AspectSpec(Strict):
@@ -130,11 +146,22 @@ class JudgeConfig(Strict):
     # probabilities of the scale's digits (G-Eval style; always parseable, for small local judges; no rationale)
     scoring: Literal["json", "logprobs"] = "json"
 
+    @field_validator("judges")
+    @classmethod
+    def _distinct_judges(cls, v):
+        distinct([j.label for j in v], "judges", "name", "set a distinct `name:` on each (one without a name is named by its `model`)")
+        return v
+
+    @field_validator("aspects")
+    @classmethod
+    def _distinct_aspects(cls, v):
+        if not v:
+            raise ValueError("at least one aspect is needed")
+        distinct([a.name for a in v], "aspects", "name", "aspects need distinct names; rename or merge one")
+        return v
+
     @model_validator(mode="after")
     def _check_rubric(self):
-        names = [a.name for a in self.aspects]
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"aspects need distinct names (got {names})")
         for a in self.aspects:
             if not a.min < a.max:
                 raise ValueError(f"aspect {a.name!r}: min {a.min:g} must be below max {a.max:g}")
@@ -145,9 +172,6 @@ class JudgeConfig(Strict):
                 if not (float(a.min).is_integer() and float(a.max).is_integer() and 0 <= a.min and a.max <= 9):
                     raise ValueError(f"aspect {a.name!r}: scoring: logprobs needs a scale of whole numbers within 0..9 "
                                      f"(one token per score), got {a.min:g}..{a.max:g}")
-        labels = [j.label for j in self.judges]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"judges need distinct names (got {labels}); set `name:` on each")
         return self
 
 
@@ -264,6 +288,16 @@ class Config(Strict):
     # where the YAML lives: relative paths in it are resolved from there
     source: Path | None = Field(None, exclude=True)
 
+    def require(self, section: str, hint: str | None = None):
+        """The section a stage needs, or a ConfigError saying how to add it (every stage's step asks here)."""
+        value = getattr(self, section)
+        if value is None:
+            where = str(self.source) if self.source else f"{Path(self.run) / 'manifest.json'} (the run's config)"
+            raise ConfigError(f"the config has no `{section}:` section", where=where,
+                              hint=hint or f"add `{section}:` to the config (`{section}: {{}}` takes the defaults, see "
+                                           "data/configs/demo.yaml) and pass it with --config CONFIG.yaml")
+        return value
+
     def resolve(self, path: str) -> Path:
         p = Path(path)
         if p.is_absolute() or self.source is None:
@@ -283,6 +317,8 @@ def load_config(path: str | Path) -> Config:
         data = yaml.safe_load(text)
     except UnicodeDecodeError as e:
         raise ConfigError(f"not valid UTF-8 ({e.reason} at byte {e.start})", where=str(path)) from e
+    except OSError as e:
+        raise unreadable(path, e, ConfigError) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -333,7 +369,9 @@ def _config_error(path: Path, node, error: ValidationError) -> ConfigError:
             msg = f"{where}{key}: required key is missing"
             hint = hint or f"add `{loc[-1]}:` to the config"
         else:
-            msg = f"{where}{key}: {err['msg']} (got {err.get('input')!r})"
+            got = err.get("input")  # a validator's message names the items: a whole list or section repeated is noise
+            quiet = err["type"] == "value_error" and isinstance(got, (list, dict))
+            msg = f"{where}{key}: {err['msg']}" + ("" if quiet else f" (got {got!r})")
         lines.append(msg)
     return ConfigError("invalid config:\n  " + "\n  ".join(lines), where=f"{path}:{first_line}" if first_line else str(path),
                        hint=hint or "see data/configs/demo.yaml for a complete example")

@@ -207,7 +207,7 @@ def dedup_prompts(prompts: pl.DataFrame, vectors: np.ndarray | None, cfg) -> pl.
 
 
 def step(config, run, **_) -> dict:
-    cfg = config.dedup
+    cfg = config.require("dedup")
     prompts = run.read("prompts")
     if not cfg.enabled:
         return {"prompts": prompts.height, "active": active_prompts(prompts).height}

@@ -192,7 +192,7 @@ def cluster_stats(clusters: list[int | None], covered: list[int | None] | None =
 def step(config, run, **_) -> dict:
     from pipeline.dedup import active_prompts
 
-    cfg = config.embed
+    cfg = config.require("embed")
     model = cfg.model
     prompts = run.read("prompts")
     candidates = run.read_or_empty("candidates").filter(pl.col("text").is_not_null())

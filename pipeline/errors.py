@@ -30,6 +30,18 @@ class InputError(PrefabError):
     """An input file (prompts, export, labels) is missing or malformed."""
 
 
+def unreadable(path, error: OSError, kind: type[PrefabError] = InputError) -> PrefabError:
+    """A file the system will not let us read (permissions, a directory): the user's to fix, so an error, not a crash."""
+    if isinstance(error, PermissionError):
+        hint = f"give your user read access (ls -l {path}; chmod u+r {path}) or copy the file somewhere readable"
+    elif isinstance(error, IsADirectoryError):
+        hint = "pass a file, not a directory"
+    else:
+        hint = "check the path and its permissions"
+    reason = error.strerror or str(error).split(": ")[0]  # polars' OSErrors carry only a message that ends with the path
+    return kind(f"cannot read the file: {reason}", where=str(path), hint=hint)
+
+
 class RunError(PrefabError):
     """The run directory is missing, incomplete or inconsistent."""
 

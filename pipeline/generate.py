@@ -12,7 +12,7 @@ import polars as pl
 from pipeline.cache import CallCache, run_cache
 from pipeline.config import GeneratorSpec
 from pipeline.dedup import active_prompts
-from pipeline.errors import ConfigError
+from pipeline.errors import ModelError
 from pipeline.llm import call_llm, check_spec
 from pipeline.progress import summary
 from pipeline.schema import TABLES
@@ -86,9 +86,7 @@ def generate(prompts: pl.DataFrame, generators: list[GeneratorSpec], cache: Call
 
 def step(config, run: Run, retry_failed: bool = False) -> dict:
     """Read the kept prompts, generate (cache first), write candidates, print and return the counts."""
-    if config.generate is None:
-        raise ConfigError("the config has no `generate:` section", where=str(config.source or run.path),
-                          hint="add `generate: {generators: [{backend: transformers, model: embedded:smollm2}]}`")
+    config.require("generate", hint="add `generate: {generators: [{backend: transformers, model: embedded:smollm2}]}`")
     prompts = active_prompts(run.read("prompts"))  # duplicates and sampled-out prompts are not generated for
     previous = run.read("candidates") if run.has("candidates") else None
     for spec in config.generate.generators:
@@ -101,6 +99,11 @@ def step(config, run: Run, retry_failed: bool = False) -> dict:
     run.write("candidates", df)
     errors = df.filter(pl.col("error").is_not_null()).group_by("error").len().sort("len", descending=True).head(3)
     summary("generate", {**counts, **{f"error: {e[:60]}": n for e, n in errors.iter_rows()}})
+    if counts["failed"] and not counts["ok"]:
+        raise run.fail("generate", ModelError(
+            f"every one of the {counts['failed']} calls failed (most often: {errors.row(0)[0][:160]}); they are recorded in candidates",
+            where=str(run.table_path("candidates")),
+            hint=f"fix what the error says (base_url, model, API key, server), then `prefab generate --run {run.path} --retry-failed`"), **counts)
     if counts["failed"]:
         from pipeline.progress import console
 

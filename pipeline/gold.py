@@ -22,6 +22,8 @@ def response_text(value, field: str) -> str:
         if value[-1].get("role") != "assistant":
             raise BadRow(f"{field}[{len(value) - 1}].role", "the last message of a response must be the assistant's")
         value = value[-1].get("content")
+    if value is None:  # an empty CSV field, a JSON null
+        raise BadRow(field, "empty response")
     if not isinstance(value, str):
         raise BadRow(field, f"expected text or a list of messages ending in the assistant's, got {type(value).__name__}")
     if not value.strip():

@@ -2,25 +2,31 @@
 
 A prompt is plain text or a chat. Every bad row is reported with file, line and field; with
 `skip_bad_rows` it is recorded in `bad_rows` instead. Exact duplicates (same normalized messages)
-are dropped with a count.
+are dropped with a count. A `.json` file may also be one JSON array of records (Alpaca style), each
+record named by the line it starts on; a UTF-8 byte-order mark is ignored. A prompt longer than
+LARGE_PROMPT_CHARS is kept with a warning naming its file and line: it is more often a whole document
+pasted by mistake than a prompt, and it costs tokens on every candidate and judgment.
 """
 
+import csv
 import glob
 import json
+import re
 from pathlib import Path
 
 import polars as pl
 
 from pipeline import schema
 from pipeline.config import Config, IngestConfig
-from pipeline.errors import InputError
-from pipeline.progress import summary
+from pipeline.errors import InputError, unreadable
+from pipeline.progress import console, summary
 from pipeline.store import Run, normalize_messages, prompt_id
 
 PROMPT_COLUMNS = ["prompt", "instruction", "question", "text", "input"]
 MESSAGES_COLUMNS = ["messages", "conversation", "conversations"]
 CATEGORY_COLUMNS = ["category", "topic", "task"]
 ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}
+LARGE_PROMPT_CHARS = 100_000  # about 25k tokens: above it a prompt is kept with a warning
 
 
 class BadRow(Exception):
@@ -40,13 +46,16 @@ def step(config: Config, run: Run) -> dict:
 def ingest(cfg: IngestConfig, resolve=Path) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """Read every source; returns (prompts, bad_rows, counts). Raises InputError on the first bad row
     unless cfg.skip_bad_rows."""
-    rows, bad = [], []
+    rows, bad, large = [], [], []
     for source in expand_paths(cfg, resolve):
         for line, record in read_source(source, cfg):
             try:
                 if isinstance(record, BadRow):
                     raise record
                 rows.append(to_prompt(record, cfg) | {"source": str(source), "source_line": line})
+                size = sum(len(m["content"]) for m in rows[-1]["messages"])
+                if size > LARGE_PROMPT_CHARS:
+                    large.append(f"{source}:{line} ({size:,} characters)")
             except BadRow as e:
                 if not cfg.skip_bad_rows:
                     raise InputError(f"{e.field}: {e}", where=f"{source}:{line}",
@@ -61,6 +70,10 @@ def ingest(cfg: IngestConfig, resolve=Path) -> tuple[pl.DataFrame, pl.DataFrame,
         seen[row["prompt_id"]] = row
         if cfg.limit and len(seen) >= cfg.limit:
             break
+    if large:
+        console.print(f"warning: {len(large)} prompt(s) longer than {LARGE_PROMPT_CHARS:,} characters, kept: "
+                      f"{'; '.join(large[:3])}{' ...' if len(large) > 3 else ''}. Check they are prompts, not whole documents.",
+                      style="yellow", markup=False, highlight=False, soft_wrap=True)
     if not seen:
         raise InputError("no valid prompts were read", where=", ".join(cfg.paths),
                          hint="check the paths and the prompt/messages column names (prompt_column:, messages_column:)")
@@ -69,7 +82,7 @@ def ingest(cfg: IngestConfig, resolve=Path) -> tuple[pl.DataFrame, pl.DataFrame,
     )
     bad_rows = pl.DataFrame(bad, schema=schema.TABLES["bad_rows"])
     counts = {"prompts": prompts.height, "exact_duplicates_dropped": duplicates, "bad_rows": len(bad),
-              "chats": int((prompts["messages"].list.len() > 1).sum())}
+              "chats": int((prompts["messages"].list.len() > 1).sum()), "large_prompts": len(large)}
     return prompts, bad_rows, counts
 
 
@@ -91,14 +104,17 @@ def expand_paths(cfg: IngestConfig, resolve) -> list:
 def read_source(source, cfg: IngestConfig):
     """Yield (line_or_row_number, record dict or BadRow) for one source."""
     fmt = cfg.format if cfg.format != "auto" else detect_format(source)
-    if fmt == "jsonl":
-        yield from read_jsonl(source)
-    elif fmt == "csv":
-        yield from read_table(source, lambda p: pl.read_csv(p, infer_schema=False), first_line=2)
-    elif fmt == "parquet":
-        yield from read_table(source, pl.read_parquet, first_line=1)
-    else:
-        yield from read_hf(source, cfg)
+    try:
+        if fmt == "jsonl":
+            yield from read_json(source)
+        elif fmt == "csv":
+            yield from read_csv(source)
+        elif fmt == "parquet":
+            yield from read_parquet(source)
+        else:
+            yield from read_hf(source, cfg)
+    except OSError as e:  # permissions, a directory named like a file: the user's to fix
+        raise unreadable(source, e) from None
 
 
 def detect_format(source) -> str:
@@ -115,11 +131,55 @@ def detect_format(source) -> str:
                      hint="use .jsonl, .csv or .parquet, or set `format:` in the ingest section")
 
 
+def read_json(path: Path):
+    """JSON Lines, or a file that is one JSON array of records (each named by the line it starts on)."""
+    with open(path, "rb") as f:
+        starts_with_bracket = f.read(4096).decode("utf-8", "ignore").lstrip("\ufeff \t\r\n").startswith("[")
+    items = read_json_array(path) if starts_with_bracket else None
+    if items is None:
+        yield from read_jsonl(path)
+        return
+    for line, record in items:
+        if not isinstance(record, dict):
+            record = BadRow("record", f"expected a JSON object, got {type(record).__name__}")
+        yield line, record
+
+
+def read_json_array(path: Path) -> list[tuple[int, object]] | None:
+    """(line, item) for each item of a file holding one JSON array; None when it is JSON Lines after all
+    (each line a value of its own, e.g. `[1, 2]`)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(f"invalid UTF-8 at byte {e.start}", where=f"{path}:{line}", hint="re-save the file as UTF-8") from None
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        try:
+            json.loads(text.split("\n", 1)[0])
+            return None
+        except json.JSONDecodeError:
+            raise InputError(f"malformed JSON array: {e.msg} at column {e.colno}", where=f"{path}:{e.lineno}",
+                             hint=f"fix the JSON at that line; or convert the array to JSON Lines, one record a line: "
+                                  f"jq -c '.[]' {path} > {Path(path).with_suffix('.jsonl')}") from None
+    decoder, gap = json.JSONDecoder(), re.compile(r"[\s,]*")
+    out, line, last = [], 1, 0
+    i = gap.match(text, text.index("[") + 1).end()
+    while text[i] != "]":
+        item, end = decoder.raw_decode(text, i)
+        line, last = line + text.count("\n", last, i), i
+        out.append((line, item))
+        i = gap.match(text, end).end()
+    return out
+
+
 def read_jsonl(path: Path):
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 yield number, BadRow("line", f"invalid UTF-8 at byte {e.start} of the line")
                 continue
@@ -136,19 +196,43 @@ def read_jsonl(path: Path):
             yield number, record
 
 
-def read_table(path: Path, reader, first_line: int):
+def read_csv(path: Path):
+    """CSV (TSV by extension) with the physical line each row starts on: a quoted field may span lines."""
     check_utf8(path)
+    csv.field_size_limit(2**31 - 1)  # the default (128 KiB) would refuse a long prompt; LARGE_PROMPT_CHARS warns instead
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            start = reader.line_num + 1
+            for values in reader:
+                if values:  # a blank line is no row
+                    if len(values) != len(header):
+                        yield start, BadRow("line", f"{len(values)} fields, but the header has {len(header)} "
+                                                    "(quote a field that holds the separator)")
+                    else:
+                        yield start, {k: v if v != "" else None for k, v in zip(header, values)}
+                start = reader.line_num + 1
+        except csv.Error as e:
+            raise InputError(f"malformed CSV: {e}", where=f"{path}:{reader.line_num}",
+                             hint="check the quoting on that line: a field with a quote, comma or line break is "
+                                  "written in double quotes, with inner quotes doubled") from None
+
+
+def read_parquet(path: Path):
     try:
-        df = reader(path)
+        df = pl.read_parquet(path)
+    except OSError:  # the file could not be opened: read_source says so
+        raise
     except Exception as e:  # polars raises several types for unreadable files
         raise InputError(f"cannot read {path.suffix} file: {str(e).splitlines()[0]}", where=str(path)) from None
     for i, record in enumerate(df.iter_rows(named=True)):
-        yield i + first_line, record
+        yield i + 1, record
 
 
 def check_utf8(path: Path) -> None:
-    if path.suffix.lower() not in (".csv", ".tsv"):
-        return
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
@@ -187,6 +271,8 @@ def to_prompt(record: dict, cfg: IngestConfig) -> dict:
         messages = parse_messages(record[messages_col], messages_col)
     elif prompt_col and prompt_col in record:
         text = record[prompt_col]
+        if text is None:  # an empty CSV field, a JSON null
+            raise BadRow(prompt_col, "empty prompt")
         if not isinstance(text, str):
             raise BadRow(prompt_col, f"expected text, got {type(text).__name__}")
         messages = [{"role": "user", "content": text}]

@@ -26,6 +26,7 @@ import polars as pl
 from pydantic import BaseModel, ValidationError
 
 from pipeline.cache import run_cache
+from pipeline.errors import ModelError
 from pipeline.llm import call_llm, check_spec
 from pipeline.progress import console, summary
 from pipeline.schema import TABLES, empty
@@ -431,7 +432,7 @@ def candidate_scores(judgments: pl.DataFrame) -> pl.DataFrame:
 
 
 def step(config, run, **_) -> dict:
-    cfg = config.judge
+    cfg = config.require("judge")
     labels = [j.label for j in cfg.judges]
     candidates = run.read("candidates").filter(pl.col("text").is_not_null())
     prompts = run.read("prompts")
@@ -463,4 +464,9 @@ def step(config, run, **_) -> dict:
     counts.update(judge_agreement(df))
     errors = failed.with_columns(pl.col("error").str.extract(r"^([^:]+: [^:(]{0,40})")).group_by("error").len().sort("len", descending=True)
     summary("judge", {**counts, **{f"error: {e}": n for e, n in errors.head(3).iter_rows()}})
+    if failed.height == df.height > 0 and failed["error"].str.starts_with("call failed").all():  # unparseable answers are answers: kept, not fatal
+        raise run.fail("judge", ModelError(
+            f"every one of the {counts['failed']} judge calls failed (the first: {failed['error'][0][:160]}); they are recorded in judgments",
+            where=str(run.table_path("judgments")),
+            hint=f"fix what the error says (base_url, model, API key, server), then `prefab judge --run {run.path}`"), **counts)
     return counts

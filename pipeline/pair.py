@@ -131,7 +131,7 @@ def step(config, run, **_) -> dict:
     from pipeline.embed import embed_model
     from pipeline.judge import candidate_scores
 
-    cfg = config.pair
+    cfg = config.require("pair")
     candidates = run.read("candidates")
     judgments = run.read("judgments")
     vectors = candidate_vectors(run, embed_model(config))

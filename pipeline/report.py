@@ -112,8 +112,7 @@ def overview_section(run: Run) -> str | None:
     rows = [{"stage": s, "status": i.get("status"), "seconds": i.get("seconds"),
              "counts": ", ".join(f"{k}={_fmt(v)}" for k, v in i.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seconds")}
             for s, i in stages.items()]
-    tables = {name: pl.scan_parquet(run.table_path(name)).select(pl.len()).collect().item()
-              for name in ("prompts", "candidates", "judgments", "pairs", "labels") if run.has(name)}
+    tables = {name: run.height(name) for name in ("prompts", "candidates", "judgments", "pairs", "labels") if run.has(name)}
     return section("Overview", metrics_html(tables), table_html(rows) if rows else "")
 
 

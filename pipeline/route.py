@@ -213,7 +213,7 @@ def step(config, run, **_) -> dict:
     from pipeline.cache import run_cache
     from pipeline.schema import empty
 
-    cfg = config.route
+    cfg = config.require("route")
     pairs = run.read("pairs")
     judgments = run.read_or_empty("judgments")
     pair_judgments = empty("pair_judgments")

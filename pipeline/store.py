@@ -72,6 +72,11 @@ class Run:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        file = next((p for p in (self.path, *self.path.parents) if p.exists() and not p.is_dir()), None)
+        if file is not None:  # refused before any stage starts, so nothing is recorded as failed
+            problem = "is a file, not a directory" if file == self.path else f"{file} is a file, not a directory"
+            raise RunError(problem, where=str(self.path),
+                           hint="the run is a directory: pass a new or existing directory (--run DIR, or `run:` in the config)")
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -87,7 +92,27 @@ class Run:
         path = self.table_path(name)
         if not path.exists():
             raise RunError(f"{path} does not exist", hint=f"run the stage that writes {name!r} first (prefab status --run {self.path})")
-        return schema.conform(name, pl.read_parquet(path))
+        with self._table_errors(path):
+            return schema.conform(name, pl.read_parquet(path))
+
+    def height(self, name: str) -> int:
+        """Rows of a table, read from its Parquet footer."""
+        path = self.table_path(name)
+        with self._table_errors(path):
+            return pl.scan_parquet(path).select(pl.len()).collect().item()
+
+    @contextmanager
+    def _table_errors(self, path: Path):
+        """A damaged or foreign table file is a RunError that names it, not a polars traceback."""
+        try:
+            yield
+        except RunError as e:  # schema mismatch: say which file
+            e.where = e.where or str(path)
+            raise
+        except (pl.exceptions.PolarsError, OSError) as e:
+            raise RunError(f"not a readable Parquet table ({str(e).splitlines()[0]})", where=str(path),
+                           hint="it was damaged or replaced outside prefab: re-run the stage that writes it "
+                                "(prefab run CONFIG --from STAGE, or the stage's own command)") from None
 
     def read_or_empty(self, name: str) -> pl.DataFrame:
         return self.read(name) if self.has(name) else schema.empty(name)
@@ -105,7 +130,17 @@ class Run:
     def manifest(self) -> dict:
         if not self.manifest_path.exists():
             return {"stages": {}}
-        return json.loads(self.manifest_path.read_text())
+        hint = ("it was cut short or edited outside prefab: restore it from a backup, or move it aside and run the stages "
+                "again (`prefab run CONFIG`; the tables stay, model calls come from the cache)")
+        try:
+            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise RunError(f"not valid JSON ({e.msg}, line {e.lineno} column {e.colno})", where=str(self.manifest_path), hint=hint) from None
+        except UnicodeDecodeError as e:
+            raise RunError(f"not valid UTF-8 ({e.reason} at byte {e.start})", where=str(self.manifest_path), hint=hint) from None
+        if not isinstance(data, dict):
+            raise RunError(f"expected a JSON object, got {type(data).__name__}", where=str(self.manifest_path), hint=hint)
+        return data
 
     def update_manifest(self, **fields) -> dict:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -144,6 +179,12 @@ class Run:
             raise
         self.record_stage(name, status="complete", finished_at=_now(), seconds=round(time.time() - started, 3),
                           error=None, **info)
+
+    def fail(self, stage: str, error: PrefabError, **info) -> PrefabError:
+        """Record a stage that did its work but has nothing to hand on (every model call failed): its tables
+        stay, the status says failed, and the error is returned for the caller to raise."""
+        self.record_stage(stage, status="failed", error=error.message, finished_at=_now(), **info)
+        return error
 
     def is_complete(self, stage: str) -> bool:
         return self.stage_info(stage).get("status") == "complete"

@@ -36,6 +36,14 @@ def test_demo_config_is_valid():
         (BASE + "jduge: null\n", ["jduge: unknown key", "did you mean 'judge'"]),
         (BASE.replace("backend: transformers", "backend: openai\n      model: gpt\n      api_key_env: sk-abcdef123"), ["looks like a key itself"]),
         ("run: [unclosed\n", ["not valid YAML"]),
+        # names that key tables and ids: a second one would silently merge with the first
+        (BASE + "    - backend: transformers\n      temperatures: [1.0]\n",
+         ["line 5", "generate.generators", "generators[0] and generators[1] share the name 'embedded:smollm2'", "`name:`"]),
+        (BASE.replace("    - backend", "    - name: g\n      model: ./a\n      backend") + "    - name: g\n      model: ./b\n",
+         ["generators[0] and generators[1] share the name 'g'"]),
+        (BASE.replace("[0.3, 0.7]", "[0.3, 0.7, 0.3]"), ["line 7", "temperatures[0] and temperatures[2] share the temperature 0.3", "n:"]),
+        (BASE + "judge:\n  judges:\n    - name: j\n    - name: j\n      model: ./other\n", ["line 9", "judges[0] and judges[1] share the name 'j'"]),
+        (BASE + "judge:\n  aspects:\n    - name: a\n    - name: a\n", ["judge.aspects", "aspects[0] and aspects[1] share the name 'a'"]),
     ],
 )
 def test_config_errors(tmp_path, text, expected):
@@ -58,3 +66,10 @@ def test_cli_reports_config_error_without_traceback(tmp_path, prefab):
 def test_missing_config_file(prefab, tmp_path):
     result = prefab("run", tmp_path / "nope.yaml")
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_distinct_names_are_accepted(tmp_path):
+    text = BASE + "    - name: second\n      temperatures: [0.3]\njudge:\n  judges:\n    - name: j1\n    - name: j2\n"
+    config = load_config(write(tmp_path, text))
+    assert [g.label for g in config.generate.generators] == ["embedded:smollm2", "second"]
+

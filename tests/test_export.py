@@ -244,3 +244,21 @@ def test_no_file_with_an_invalid_line_is_written(labeled_run):
     with pytest.raises(ExportError, match="must end with a user message"):
         export(run, ExportConfig(test_share=0.0))
     assert not (run.path / "exports").exists() or not any((run.path / "exports").iterdir())
+
+
+@pytest.mark.parametrize("emptied", ["pairs", "labels"])
+def test_nothing_to_export_fails_before_loading_the_tokenizer(labeled_run, prefab, monkeypatch, emptied):
+    """Loading the tokenizer takes most of an export's time and memory: an export with nothing to write stops first."""
+    import training.export
+
+    run, *_ = labeled_run
+    run.write(emptied, run.read(emptied).clear())
+
+    def no_tokenizer(name):
+        raise AssertionError("the tokenizer was loaded for an export with nothing to write")
+
+    monkeypatch.setattr(training.export, "load_tokenizer", no_tokenizer)
+    result = prefab("export", "--run", run.path, "--source", "human")
+    assert result.exit_code == 2 and "nothing to export" in result.output, result.output
+    reason, fix = ("the run has no pairs", "prefab pair") if emptied == "pairs" else ("awaiting_labels=4", "prefab push/pull")
+    assert reason in result.output and fix in result.output

@@ -192,3 +192,21 @@ def _cached_requests(path: Path) -> list[dict]:
 def _request_of(body: dict) -> str:
     """The body the server got, as pipeline.llm stores its request (no model, no empty fields)."""
     return json.dumps({k: v for k, v in body.items() if k != "model" and v not in (None, [], "")}, sort_keys=True)
+
+
+def test_a_stage_where_every_call_failed_exits_non_zero_and_keeps_what_it_recorded(openai_server, tmp_path, prefab):
+    """A misrouted base_url answering HTML to everything: the run stops loudly at generate (not at a later
+    stage with nothing to do), the failures are kept with their reason, and --retry-failed recovers."""
+    openai_server.fault_rates = {"html": 1.0}
+    config = write_config(tmp_path, openai_server, 3, n=1, temperatures=[0.5], max_retries=0)
+    result = prefab("run", config)
+    assert result.exit_code == 3, result.output
+    assert "every one of the 3 calls failed" in result.output and "malformed answer" in result.output
+    assert "--retry-failed" in result.output and "Traceback" not in result.output
+    run = Run(tmp_path / "run")
+    assert run.read("candidates")["error"].null_count() == 0 and run.read("candidates").height == 3
+    assert run.stage_info("generate")["status"] == "failed" and run.stage_info("generate")["failed"] == 3
+
+    openai_server.fault_rates = {}
+    assert prefab("generate", "--run", run.path, "--retry-failed").exit_code == 0
+    assert run.read("candidates")["error"].null_count() == 3 and run.stage_info("generate")["status"] == "complete"

@@ -1,6 +1,7 @@
 """Ingest: formats, chats, column mapping, duplicates, and bad rows reported with file and line."""
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -93,3 +94,35 @@ def test_missing_file(tmp_path, prefab):
     result = prefab("ingest", "--run", tmp_path / "run", tmp_path / "nope.jsonl")
     assert result.exit_code != 0 and "does not exist" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_byte_order_mark_json_array_and_multiline_csv_keep_their_lines(tmp_path, prefab):
+    """A BOM (Excel, Notepad) is not part of the first record; a .json array is read record by record; a CSV
+    row whose quoted field spans lines is named by the line it starts on."""
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "a.jsonl").write_bytes(bom + b'{"prompt": "From a BOM file."}\n{"prompt": "Second."}\n')
+    (tmp_path / "b.csv").write_bytes(bom + b'prompt,category\n"Two\nlines.",poetry\nAfter it.,\n')
+    (tmp_path / "c.json").write_text('[\n  {"prompt": "Array one."},\n\n  {"prompt": "Array\\ntwo."}\n]\n')
+    (tmp_path / "d.tsv").write_text("prompt\tcategory\nTabs, and a comma.\tpunctuation\n")
+    result = prefab("ingest", "--run", tmp_path / "run", *(tmp_path / n for n in ("a.jsonl", "b.csv", "c.json", "d.tsv")))
+    assert result.exit_code == 0, result.output
+    prompts = Run(tmp_path / "run").read("prompts")
+    where = {(Path(s).name, line): (m[-1]["content"], c) for s, line, m, c in
+             prompts.select("source", "source_line", "messages", "category").iter_rows()}
+    assert where == {("a.jsonl", 1): ("From a BOM file.", None), ("a.jsonl", 2): ("Second.", None),
+                     ("b.csv", 2): ("Two\nlines.", "poetry"), ("b.csv", 4): ("After it.", None),
+                     ("c.json", 2): ("Array one.", None), ("c.json", 4): ("Array\ntwo.", None),
+                     ("d.tsv", 2): ("Tabs, and a comma.", "punctuation")}
+
+
+def test_a_very_long_prompt_is_kept_with_a_warning(tmp_path, prefab):
+    from pipeline.ingest import LARGE_PROMPT_CHARS
+
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Short."}, {"prompt": "x" * (LARGE_PROMPT_CHARS + 1)}, {"prompt": "Fine."}])
+    result = prefab("ingest", "--run", tmp_path / "run", src)
+    assert result.exit_code == 0, result.output
+    assert "warning: 1 prompt(s) longer than" in result.output and f"{src}:2" in result.output
+    assert Run(tmp_path / "run").read("prompts").height == 3
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["ingest"]["large_prompts"] == 1
+    quiet = prefab("ingest", "--run", tmp_path / "run2", write_jsonl(tmp_path / "q.jsonl", [{"prompt": "x" * LARGE_PROMPT_CHARS}]))
+    assert quiet.exit_code == 0 and "warning" not in quiet.output

@@ -380,3 +380,13 @@ def test_a_failed_call_is_not_asked_again_by_the_judge(openai_server, tmp_path, 
     assert rows["BROKEN answer"]["overall"] is None and rows["BROKEN answer"]["error"].startswith("call failed: ")
     assert "(3 attempts)" in rows["BROKEN answer"]["error"]
     assert rows["GOOD answer"]["overall"] == 4.0
+
+
+def test_a_judge_whose_every_call_fails_stops_the_run_loudly(openai_server, tmp_path, prefab):
+    openai_server.fault_rates = {"nochoices": 1.0}
+    run, config = make_run(tmp_path / "run", ["Say something."], {"Say something.": ["ONE answer", "TWO answer"]},
+                           judge={"judges": [server_spec(openai_server)]})
+    with pytest.raises(Exception) as raised:
+        judge.step(config, run)
+    assert "every one of the 2 judge calls failed" in str(raised.value) and "no choices" in str(raised.value)
+    assert run.read("judgments").height == 2 and run.stage_info("judge")["status"] == "failed"

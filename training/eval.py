@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.config import JudgeConfig, ModelSpec
-from pipeline.errors import InputError
+from pipeline.errors import InputError, unreadable
 from pipeline.store import atomic_write_text, content_id, prompt_id
 
 SCORE = {"chosen": 1.0, "tie": 0.5, "rejected": 0.0}  # "chosen" = the candidate's answer, shown first in order ab
@@ -93,7 +93,11 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[list[dict]]
     if not path.exists():
         raise InputError(f"prompts file {path} does not exist", hint="pass an export's test split, e.g. runs/demo/exports/dpo_test.jsonl")
     out, seen = [], set()
-    with path.open(encoding="utf-8") as f:
+    try:
+        f = path.open(encoding="utf-8-sig")  # a byte-order mark is not part of the first line
+    except OSError as e:
+        raise unreadable(path, e) from None
+    with f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue

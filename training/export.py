@@ -259,6 +259,7 @@ def export(run: Run, config: ExportConfig, *, labeling: LabelingConfig | None = 
     df, n_dup = dedup(df)
     if n_dup:
         dropped["duplicates"] = n_dup
+    check_not_empty(df, pairs, dropped, run)  # before the tokenizer: loading it costs far more than this check
     tokenizer = load_tokenizer(config.tokenizer)
     df = token_lengths(df, tokenizer)
     if config.max_tokens:
@@ -267,10 +268,7 @@ def export(run: Run, config: ExportConfig, *, labeling: LabelingConfig | None = 
         if n_long:
             dropped["over_max_tokens"] = n_long
         df = df.filter(~too_long)
-    if df.height == 0:
-        reasons = ", ".join(f"{k}={v}" for k, v in dropped.items()) or "the run has no pairs"
-        raise ExportError(f"nothing to export: {pairs.height} pair(s), none selected ({reasons})", where=str(run.path),
-                          hint="label the human-routed pairs (prefab push/pull), add --source auto, lower --min-margin or raise --max-tokens")
+    check_not_empty(df, pairs, dropped, run)
     test_ids = split_by_prompt(df["prompt_id"].to_list(), config.test_share, config.seed)
     df = df.with_columns(split=pl.when(pl.col("prompt_id").is_in(list(test_ids))).then(pl.lit("test")).otherwise(pl.lit("train")))
     files = build_files(df, config, tokenizer)
@@ -297,6 +295,15 @@ def export(run: Run, config: ExportConfig, *, labeling: LabelingConfig | None = 
     if push_to_hub:
         counts["pushed_to"] = push_datasets(files, push_to_hub)
     return counts
+
+
+def check_not_empty(df: pl.DataFrame, pairs: pl.DataFrame, dropped: dict, run: Run) -> None:
+    """An export with nothing left stops with the reasons pairs were dropped, and what would give it some."""
+    if df.height == 0:
+        reasons = ", ".join(f"{k}={v}" for k, v in dropped.items()) or "the run has no pairs"
+        hint = ("label the human-routed pairs (prefab push/pull), add --source auto, lower --min-margin or raise --max-tokens"
+                if pairs.height else f"make pairs first: prefab pair --run {run.path} (a lower pair.min_margin gives more)")
+        raise ExportError(f"nothing to export: {pairs.height} pair(s), none selected ({reasons})", where=str(run.path), hint=hint)
 
 
 def export_counts(df: pl.DataFrame, dropped: dict, files: dict, n_pairs: int) -> dict:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, unreadable
 
 
 class Line(BaseModel):
@@ -156,7 +156,11 @@ def read_jsonl(path: str | Path, method: str) -> tuple[list[dict], type[Line]]:
     if path.is_dir():
         raise InputError(f"{path} is a directory, not a JSONL file", hint="pass e.g. runs/demo/exports/dpo_train.jsonl")
     rows = []
-    with path.open(encoding="utf-8") as f:
+    try:
+        f = path.open(encoding="utf-8-sig")  # a byte-order mark is not part of the first line
+    except OSError as e:
+        raise unreadable(path, e) from None
+    with f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue

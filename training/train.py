@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import EMBEDDED_LLM
-from pipeline.errors import ConfigError, InputError, ModelError
+from pipeline.errors import ConfigError, InputError, ModelError, unreadable
 from pipeline.store import atomic_write_text
 from training import formats
 
@@ -51,7 +51,10 @@ def parse_sets(items: list[str]) -> dict:
 def read_yaml(path: Path) -> tuple[dict, object]:
     if not path.exists():
         raise ConfigError(f"training config {path} does not exist", hint=f"pass one of {', '.join(str(p) for p in sorted(CONFIGS.glob('*.yaml')))}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise unreadable(path, e, ConfigError) from None
     try:
         data, node = yaml.safe_load(text), yaml.compose(text)
     except yaml.YAMLError as e:

@@ -2,7 +2,7 @@
 
 import click
 
-from pipeline.cli import config_option, load_run_config, run_option, stage_command
+from pipeline.options import config_option, load_run_config, run_option, stage_command
 
 
 def _with_labeling(config, **overrides):

@@ -25,6 +25,9 @@ from pipeline.progress import progress_bar, summary
 from pipeline.schema import TABLES
 from pipeline.store import Run, candidate_id, content_id, pair_id, prompt_id
 
+SECTION = "labeling"  # the config section this stage needs (pipeline/registry.py)
+ORDER = 90  # its place in `prefab run`
+
 BATCH = 256  # the server takes up to 500, but per record a 500 batch is slower (see above)
 BATCH_TIMEOUT = 600  # seconds: a batch takes the embedded server 5-20 s on a busy 2-core machine
 ATTEMPTS = 5

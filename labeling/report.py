@@ -1,6 +1,6 @@
 """The run report's section on human labels: counts, resolution, agreement, and where humans and judge part.
 
-Listed in pipeline/report.py's EXTRA_SECTION_MODULES; absent tables make the section disappear.
+Registered as `sections` under the `prefab.report` entry point (pyproject.toml); absent tables make the section disappear.
 """
 
 import polars as pl

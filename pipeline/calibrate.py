@@ -27,6 +27,9 @@ from pipeline.llm import check_spec
 from pipeline.progress import summary
 from pipeline.schema import TABLES
 
+SECTION = "calibrate"  # the config section this stage needs (pipeline/registry.py)
+ORDER = 70  # its place in `prefab run`
+
 SIGNALS = ("margin", "pairwise", "ensemble")
 VALUE = {"chosen": 1.0, "tie": 0.5, "rejected": 0.0}
 CURVE_POINTS = 40

@@ -1,6 +1,5 @@
 """`prefab`: one CLI for every stage. Each command's docstring is its help."""
 
-import importlib
 import json
 import os
 import sys
@@ -9,10 +8,30 @@ from pathlib import Path
 import click
 
 from pipeline.errors import ConfigError, PrefabError
+from pipeline.options import config_option, load_run_config, run_option, stage_command
 
 
 class PrefabGroup(click.Group):
-    """Prints user errors without a traceback and exits non-zero (PREFAB_DEBUG=1 re-raises)."""
+    """Prints user errors without a traceback and exits non-zero (PREFAB_DEBUG=1 re-raises). The commands
+    other packages register (pipeline/registry.py) join on first use, after this module is fully imported."""
+
+    plugins_loaded = False
+
+    def _plugins(self) -> None:
+        if not self.plugins_loaded:
+            from pipeline import registry
+
+            self.plugins_loaded = True
+            for command in registry.commands():
+                self.add_command(command)
+
+    def list_commands(self, ctx):
+        self._plugins()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        self._plugins()
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         try:
@@ -31,36 +50,6 @@ class PrefabGroup(click.Group):
 @click.version_option(package_name="prefab")
 def cli():
     """prefab: preference data for LLM post-training, from prompts to a labeled, trained-on dataset."""
-
-
-run_option = click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory, e.g. runs/demo.")
-config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                             help="Run config (YAML); defaults to the snapshot stored in the run's manifest.")
-
-
-def load_run_config(run_dir: str, config_path: str | None):
-    """The config given, or the one the run was made with (its manifest snapshot)."""
-    from pipeline.config import Config, load_config
-    from pipeline.store import open_run
-
-    if config_path:
-        config = load_config(config_path)
-        config.run = run_dir
-        return config
-    run = open_run(run_dir)
-    snapshot = run.manifest().get("config")
-    if not snapshot:
-        raise ConfigError(f"{run.manifest_path} holds no config snapshot", hint="pass --config CONFIG.yaml")
-    source = snapshot.pop("source", None)
-    config = Config.model_validate(snapshot)
-    config.source = Path(source) if source else None
-    return config
-
-
-def stage_command(stage: str, config, run, **options) -> dict:
-    from pipeline.runner import run_step
-
-    return run_step(stage, config, run, **options)
 
 
 @cli.command()
@@ -170,8 +159,8 @@ def status(run_dir, as_json):
     """Show what each stage of a run holds: status, rows, time."""
     from rich.table import Table
 
+    from pipeline import registry
     from pipeline.progress import console
-    from pipeline.runner import STAGES
     from pipeline.schema import TABLES
     from pipeline.store import open_run
 
@@ -183,7 +172,8 @@ def status(run_dir, as_json):
     table = Table(title=f"run {run.path}")
     for col in ("stage", "status", "seconds", "counts"):
         table.add_column(col)
-    for name in list(STAGES) + [s for s in stages if s not in STAGES]:
+    known = list(registry.stages())
+    for name in known + [s for s in stages if s not in known]:
         info = stages.get(name)
         if not info:
             continue
@@ -197,12 +187,6 @@ def status(run_dir, as_json):
         if run.has(name):
             tables.add_row(name, f"{run.height(name):,}")
     console.print(tables)
-
-
-# commands that live with their part of the pipeline: labeling (up/down/users, push, pull), training (export, train, eval, rounds)
-for _module in ("labeling.cli", "training.cli"):
-    for _command in importlib.import_module(_module).commands:
-        cli.add_command(_command)
 
 
 def main():

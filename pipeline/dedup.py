@@ -8,7 +8,7 @@
 - cluster-balanced sampling: `max_per_cluster` caps each topic, `target_size` water-fills the clusters.
 
 Nothing disappears: a dropped prompt keeps its row with `excluded_reason` (and `duplicate_of` for copies).
-Later stages read `active_prompts(prompts)`.
+Later stages read `pipeline.queries.active_prompts(prompts)`.
 """
 
 import numpy as np
@@ -16,6 +16,10 @@ import polars as pl
 
 from pipeline.embed import embed_model, embed_texts, prompt_text
 from pipeline.progress import summary
+from pipeline.queries import active_prompts
+
+SECTION = "dedup"  # the config section this stage needs (pipeline/registry.py)
+ORDER = 20  # its place in `prefab run`
 
 OWN_REASONS = ("duplicate", "near_duplicate", "max_per_cluster", "target_size")
 FLAT_MAX = 5_000  # up to here an exact flat index is fast enough
@@ -23,11 +27,6 @@ CELL = 64  # vectors per inverted list
 NPROBE = 4  # lists searched per query: near-duplicates (cos >= 0.9) almost always share a list
 TRAIN_SAMPLE = 25_000
 QUERY_BATCH = 8192
-
-
-def active_prompts(prompts: pl.DataFrame) -> pl.DataFrame:
-    """Prompts that go on to generation: not a duplicate, not sampled out."""
-    return prompts.filter(pl.col("duplicate_of").is_null() & pl.col("excluded_reason").is_null())
 
 
 def _fold(text: str) -> str:

@@ -22,6 +22,9 @@ from pipeline.config import EMBEDDED_EMBEDDER
 from pipeline.errors import ModelError
 from pipeline.progress import progress_bar, summary
 
+SECTION = "embed"  # the config section this stage needs (pipeline/registry.py)
+ORDER = 50  # its place in `prefab run`
+
 VECTOR_CACHE = "vectors.sqlite"
 CHUNK = 2048  # texts encoded between cache writes (and progress updates)
 
@@ -190,7 +193,7 @@ def cluster_stats(clusters: list[int | None], covered: list[int | None] | None =
 
 
 def step(config, run, **_) -> dict:
-    from pipeline.dedup import active_prompts
+    from pipeline.queries import active_prompts
 
     cfg = config.require("embed")
     model = cfg.model

@@ -11,12 +11,15 @@ import polars as pl
 
 from pipeline.cache import CallCache, run_cache
 from pipeline.config import GeneratorSpec
-from pipeline.dedup import active_prompts
+from pipeline.queries import active_prompts
 from pipeline.errors import ModelError
 from pipeline.llm import call_llm, check_spec
 from pipeline.progress import summary
 from pipeline.schema import TABLES
 from pipeline.store import Run, candidate_id
+
+SECTION = "generate"  # the config section this stage needs (pipeline/registry.py)
+ORDER = 30  # its place in `prefab run`
 
 
 def plan(prompts: pl.DataFrame, generators: list[GeneratorSpec]) -> list[tuple[GeneratorSpec, dict, dict]]:

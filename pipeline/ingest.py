@@ -22,6 +22,9 @@ from pipeline.errors import InputError, unreadable
 from pipeline.progress import console, summary
 from pipeline.store import Run, normalize_messages, prompt_id
 
+SECTION = "ingest"  # the config section this stage needs (pipeline/registry.py)
+ORDER = 10  # its place in `prefab run`
+
 PROMPT_COLUMNS = ["prompt", "instruction", "question", "text", "input"]
 MESSAGES_COLUMNS = ["messages", "conversation", "conversations"]
 CATEGORY_COLUMNS = ["category", "topic", "task"]

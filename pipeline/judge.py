@@ -31,6 +31,9 @@ from pipeline.llm import call_llm, check_spec
 from pipeline.progress import console, summary
 from pipeline.schema import TABLES, empty
 
+SECTION = "judge"  # the config section this stage needs (pipeline/registry.py)
+ORDER = 40  # its place in `prefab run`
+
 DEFAULT_DESCRIPTIONS = {  # after UltraFeedback's annotation guidelines
     "helpfulness": "Does it fulfil the task: correct, informative, useful, at the right level of detail?",
     "honesty": "Does it express uncertainty where warranted and avoid stating guesses with false confidence?",
@@ -423,12 +426,6 @@ def judge_agreement(judgments: pl.DataFrame) -> dict:
                 out[f"agreement_{a}_vs_{b}_spearman"] = None if rho is None or math.isnan(rho) else round(float(rho), 4)
                 out[f"agreement_{a}_vs_{b}_exact"] = round(float((both[a] == both[b]).mean()), 4)
     return out
-
-
-def candidate_scores(judgments: pl.DataFrame) -> pl.DataFrame:
-    """candidate_id -> score: mean overall over the judges that gave one (null when none did)."""
-    return judgments.group_by("candidate_id").agg(pl.col("overall").mean().alias("score"),
-                                                  pl.col("overall").null_count().alias("failed_judges"))
 
 
 def step(config, run, **_) -> dict:

@@ -18,6 +18,9 @@ from pipeline.errors import RunError
 from pipeline.progress import summary
 from pipeline.store import content_id, pair_id
 
+SECTION = "pair"  # the config section this stage needs (pipeline/registry.py)
+ORDER = 60  # its place in `prefab run`
+
 EPS = 1e-9
 
 
@@ -127,9 +130,8 @@ def candidate_vectors(run, model: str | None = None) -> dict[str, np.ndarray]:
 
 
 def step(config, run, **_) -> dict:
-    from pipeline.dedup import active_prompts
     from pipeline.embed import embed_model
-    from pipeline.judge import candidate_scores
+    from pipeline.queries import active_prompts, candidate_scores
 
     cfg = config.require("pair")
     candidates = run.read("candidates")

@@ -1,9 +1,9 @@
 """`prefab report`: one self-contained report.html per run (plots as embedded PNGs), for a browser or a CI artifact.
 
 The report is a list of section functions. Each takes the Run and returns an HTML fragment, or None when
-the tables it needs are absent, so a report works at any point of a run. To add a section from another
-part of prefab, put a module exposing `sections = [fn, ...]` in EXTRA_SECTION_MODULES (labeling.report and
-training.report are already listed) and build it with the helpers here:
+the tables it needs are absent, so a report works at any point of a run. Another package adds sections by
+registering a list of them under the `prefab.report` entry point (pipeline/registry.py; labeling.report and
+training.report do) and builds them with the helpers here:
 
     from pipeline.report import figure, legend, plot_html, section, table_html
 
@@ -19,7 +19,6 @@ training.report are already listed) and build it with the helpers here:
 
 import base64
 import html
-import importlib
 import io
 import json
 import math
@@ -30,7 +29,9 @@ import polars as pl
 from pipeline.progress import console
 from pipeline.store import Run, atomic_write_text
 
-EXTRA_SECTION_MODULES = ("labeling.report", "training.report")
+SECTION = None  # needs no config section (pipeline/registry.py)
+ORDER = 120  # its place in `prefab run`
+
 COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD"]
 
 
@@ -119,7 +120,7 @@ def overview_section(run: Run) -> str | None:
 def prompts_section(run: Run) -> str | None:
     if not run.has("prompts"):
         return None
-    from pipeline.dedup import active_prompts
+    from pipeline.queries import active_prompts
 
     prompts = run.read("prompts")
     active = active_prompts(prompts)
@@ -372,16 +373,9 @@ nav a{margin-right:1em}"""
 
 
 def all_sections() -> list:
-    out = list(SECTIONS)
-    for name in EXTRA_SECTION_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        out.extend(getattr(module, "sections", []))
-    return out
+    from pipeline import registry
+
+    return SECTIONS + registry.report_sections()
 
 
 def render(run: Run) -> str:

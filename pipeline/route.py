@@ -31,6 +31,9 @@ from pipeline.calibrate import SIGNALS, calibrator, coverage_curve, pick_thresho
 from pipeline.progress import console, summary
 from pipeline.store import content_id
 
+SECTION = "route"  # the config section this stage needs (pipeline/registry.py)
+ORDER = 80  # its place in `prefab run`
+
 REASONS = ("judge_failed", "inconsistent", "judges_disagree", "low_margin", "below_target", "audit")
 BOOTSTRAP = 200  # resamples of the gold pairs for the interval of the auto pairs' predicted accuracy
 

@@ -1,39 +1,25 @@
 """`prefab run`: the configured stages in pipeline order, skipping what is already complete.
 
 Each stage lives in its own module with a `step(config, run, **options) -> dict` that reads earlier
-tables, calls the stage's plain function, writes its table and returns counts for the manifest.
+tables, calls the stage's plain function, writes its table and returns counts for the manifest. Stages
+register themselves (pipeline/registry.py); their ORDER fixes the pipeline's order.
 """
 
 import hashlib
-import importlib
 import json
 
+from pipeline import registry
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.store import Run
 
-# stage name -> (module with step(), config section it needs)
-STAGES: dict[str, tuple[str, str]] = {
-    "ingest": ("pipeline.ingest", "ingest"),
-    "dedup": ("pipeline.dedup", "dedup"),
-    "generate": ("pipeline.generate", "generate"),
-    "judge": ("pipeline.judge", "judge"),
-    "embed": ("pipeline.embed", "embed"),
-    "pair": ("pipeline.pair", "pair"),
-    "calibrate": ("pipeline.calibrate", "calibrate"),
-    "route": ("pipeline.route", "route"),
-    "push": ("labeling.push", "labeling"),
-    "export": ("training.export", "export"),
-    "train": ("training.train", "train"),
-    "report": ("pipeline.report", None),
-}
-
 
 def section_hash(config: Config, stage: str) -> str:
     """Hash of the config that a stage (and the stages before it) depends on."""
-    names = list(STAGES)
+    stages = registry.stages()
+    names = list(stages)
     upto = names[: names.index(stage) + 1]
-    data = {s: _dump(getattr(config, STAGES[s][1])) for s in upto if STAGES[s][1]}
+    data = {s: _dump(getattr(config, stages[s].SECTION)) for s in upto if stages[s].SECTION}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -42,17 +28,18 @@ def _dump(section):
 
 
 def planned(config: Config) -> list[str]:
+    stages = registry.stages()
     if config.stages:
-        unknown = [s for s in config.stages if s not in STAGES]
+        unknown = [s for s in config.stages if s not in stages]
         if unknown:
-            raise ConfigError(f"unknown stage(s) {unknown} in `stages`", hint=f"valid stages: {', '.join(STAGES)}")
-        return [s for s in STAGES if s in config.stages]
-    return [s for s, (_, section) in STAGES.items() if section is None or getattr(config, section) is not None]
+            raise ConfigError(f"unknown stage(s) {unknown} in `stages`", hint=f"valid stages: {', '.join(stages)}")
+        return [s for s in stages if s in config.stages]
+    return [s for s, module in stages.items() if module.SECTION is None or getattr(config, module.SECTION) is not None]
 
 
 def run_step(stage: str, config: Config, run: Run, **options) -> dict:
     """Run one stage; on success record its counts and the config it ran with in the manifest."""
-    module = importlib.import_module(STAGES[stage][0])
+    module = registry.stages()[stage]
     with run.stage(stage) as info:
         counts = module.step(config, run, **options) or {}
         info.update(counts)

@@ -15,7 +15,6 @@ import polars as pl
 from pipeline import schema
 from pipeline.errors import PrefabError, RunError
 
-STAGES = ["ingest", "dedup", "generate", "judge", "embed", "pair", "route", "push", "pull", "export", "train"]
 VERSIONED = ["prefab", "polars", "openai", "transformers", "torch", "sentence-transformers", "trl", "argilla", "datasets"]
 
 

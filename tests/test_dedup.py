@@ -8,8 +8,9 @@ from quality_runs import make_run
 
 from pipeline import dedup
 from pipeline.config import DedupConfig
-from pipeline.dedup import active_prompts, balanced_quota, dedup_prompts, exact_duplicates, near_duplicates, sample_clusters
+from pipeline.dedup import balanced_quota, dedup_prompts, exact_duplicates, near_duplicates, sample_clusters
 from pipeline.embed import embed_texts, prompt_text
+from pipeline.queries import active_prompts
 
 PYTHON = ["How do I reverse a list in Python?", "How do I sort a dictionary by value in Python?",
           "What does the yield keyword do in Python?", "How do I read a CSV file with Python's csv module?"]

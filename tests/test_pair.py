@@ -27,7 +27,7 @@ def setup(answers: dict[str, list], scores: dict[str, list]):
 
 
 def scores_of(judgments):
-    from pipeline.judge import candidate_scores
+    from pipeline.queries import candidate_scores
 
     return candidate_scores(judgments)
 

@@ -110,11 +110,21 @@ def test_sections_from_other_modules_and_a_broken_one(tmp_path, monkeypatch):
         "def absent(run):\n    return None\n"
         "def broken(run):\n    raise KeyError('no such column')\n"
         "sections = [good, absent, broken]\n")
+    # registered as another installed package would: an entry point in the `prefab.report` group
+    info = tmp_path / "extra_report-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-report\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[prefab.report]\nextra = extra_report:sections\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(report, "EXTRA_SECTION_MODULES", ("extra_report", "no_such_module_report"))
     sys.modules.pop("extra_report", None)
-    run, _ = make_run(tmp_path / "run", ["a prompt"])
-    html = report.render(run)
+    from pipeline import registry
+
+    registry.report_sections.cache_clear()
+    try:
+        run, _ = make_run(tmp_path / "run", ["a prompt"])
+        html = report.render(run)
+    finally:
+        registry.report_sections.cache_clear()
     assert "<h2>Extra</h2>" in html and "<td>1</td>" in html
     assert "this section failed:</strong> KeyError" in html  # the rest of the report is still there
     assert "<h2>Overview</h2>" in html

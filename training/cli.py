@@ -4,7 +4,7 @@ import os
 
 import click
 
-from pipeline.cli import config_option, load_run_config, run_option, stage_command
+from pipeline.options import config_option, load_run_config, run_option, stage_command
 from pipeline.errors import ConfigError
 
 

@@ -162,8 +162,8 @@ def reward_accuracy(candidate: str, base: str, test_file: str | Path, *, beta: f
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from training.train import load_data, load_tokenizer, model_path
     from training import formats
+    from training.load import load_data, load_tokenizer, model_path
 
     dataset, fmt = load_data(test_file, "dpo")
     cand, ref = model_path(candidate), model_path(base)

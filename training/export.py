@@ -19,6 +19,9 @@ from pipeline.errors import ExportError, ModelError
 from pipeline.store import Run, atomic_write_text, content_id
 from training import formats
 
+SECTION = "export"  # the config section this stage needs (pipeline/registry.py)
+ORDER = 100  # its place in `prefab run`
+
 # format -> file stem(s); each gets _train.jsonl and _test.jsonl
 FILES = {
     "trl-dpo": ["dpo"],

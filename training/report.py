@@ -1,6 +1,6 @@
 """The run report's training section: loss curve, DPO reward accuracy, eval win rates, rounds.
 
-pipeline/report.py collects `sections` from this module (EXTRA_SECTION_MODULES).
+pipeline/report.py collects `sections` from this module through the `prefab.report` entry point (pyproject.toml).
 """
 
 import json

@@ -20,6 +20,10 @@ from pipeline.config import EMBEDDED_LLM
 from pipeline.errors import ConfigError, InputError, ModelError, unreadable
 from pipeline.store import atomic_write_text
 from training import formats
+from training.load import load_data, load_tokenizer, model_path
+
+SECTION = "train"  # the config section this stage needs (pipeline/registry.py)
+ORDER = 110  # its place in `prefab run`
 
 CONFIGS = Path(__file__).parent / "configs"
 PREFAB_KEYS = {"model": EMBEDDED_LLM, "ref_model": None, "lora": None, "eval_data": None}
@@ -140,40 +144,6 @@ def lora_config(settings: dict | None):
             close = difflib.get_close_matches(key, sorted(valid), n=1)
             raise ConfigError(f"unknown LoRA setting lora.{key}", hint=f"did you mean {close[0]!r}?" if close else "see peft.LoraConfig")
     return LoraConfig(**{"task_type": "CAUSAL_LM", "target_modules": "all-linear", **settings})
-
-
-def model_path(name: str) -> str:
-    """A local checkpoint directory (or a hub name the user chose), checked before TRL tries to load it."""
-    from pipeline.models import resolve_llm
-
-    path = resolve_llm(name)
-    if Path(path).is_dir() and not (Path(path) / "config.json").exists():
-        raise ModelError(f"{path} holds no config.json, so it is not a model checkpoint",
-                         hint="pass the directory that `save_pretrained` wrote (config.json + weights), or embedded:smollm2")
-    return path
-
-
-def load_tokenizer(path: str, chat: bool, chat_template_path: str | None = None):
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"could not load the tokenizer of {path}: {e}", hint="the model directory needs tokenizer files") from e
-    if chat and not tokenizer.chat_template and not chat_template_path:
-        raise ModelError(f"the tokenizer of {path} has no chat template, so conversational data cannot be rendered",
-                         hint="train a chat (instruct) model, set chat_template_path (SFT), or export standard strings: "
-                              "prefab export --standard")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_data(data: str | Path, method: str):
-    from datasets import Dataset
-
-    rows, fmt = formats.read_jsonl(data, method)
-    return Dataset.from_list(rows), fmt
 
 
 def last_checkpoint(output_dir: str, resume: bool | str | None):

@@ -1,0 +1,15 @@
+"""Queries over run tables that several stages share, kept apart so that stages import them without
+importing each other (dedup and embed, judge and pair)."""
+
+import polars as pl
+
+
+def active_prompts(prompts: pl.DataFrame) -> pl.DataFrame:
+    """Prompts that go on to generation: not a duplicate, not sampled out."""
+    return prompts.filter(pl.col("duplicate_of").is_null() & pl.col("excluded_reason").is_null())
+
+
+def candidate_scores(judgments: pl.DataFrame) -> pl.DataFrame:
+    """candidate_id -> score: mean overall over the judges that gave one (null when none did)."""
+    return judgments.group_by("candidate_id").agg(pl.col("overall").mean().alias("score"),
+                                                  pl.col("overall").null_count().alias("failed_judges"))

@@ -1,0 +1,110 @@
+"""The direction of imports: pipeline/ is the foundation and names no other package (stages, commands and
+report sections of labeling/ and training/ come through entry points), and no module imports itself back
+through others, at module level or inside a function."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("pipeline", "labeling", "training")
+
+
+def project_modules() -> dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def imports_of(path: Path, modules: dict) -> set[str]:
+    """Project modules a file imports anywhere in it (a lazy import inside a function counts too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n in modules)
+    return found
+
+
+def test_pipeline_imports_nothing_of_labeling_or_training_by_name_or_by_string():
+    modules = project_modules()
+    for name, path in modules.items():
+        if not name.startswith("pipeline"):
+            continue
+        assert not {m for m in imports_of(path, modules) if not m.startswith("pipeline")}, name
+        strings = {n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        named = {s for s in strings if s.startswith(("labeling.", "training.")) and s.split(":")[0] in modules}
+        assert not named, f"{name} names {named}"
+
+
+def test_no_import_cycle():
+    modules = project_modules()
+    graph = {name: imports_of(path, modules) - {name} for name, path in modules.items()}
+    # a package imports its own modules only through them; an edge to a package __init__ is not a cycle by itself
+    done, path_stack = set(), []
+
+    def visit(node: str) -> None:
+        if node in path_stack:
+            cycle = path_stack[path_stack.index(node):] + [node]
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+        if node in done:
+            return
+        path_stack.append(node)
+        for nxt in sorted(graph[node]):
+            visit(nxt)
+        path_stack.pop()
+        done.add(node)
+
+    for name in sorted(graph):
+        visit(name)
+
+
+def test_every_pipeline_module_imports_with_labeling_and_training_blocked():
+    """In a fresh interpreter where `import labeling` / `import training` fail, every pipeline module imports."""
+    names = [n for n in project_modules() if n.startswith("pipeline")]
+    code = f"""
+import importlib, importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("labeling", "training"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+for name in {names!r}:
+    importlib.import_module(name)
+print("imported", len({names!r}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"imported {len(names)}" in result.stdout
+
+
+def test_stages_commands_and_report_sections_come_from_the_registry():
+    from pipeline import registry
+    from pipeline.cli import cli
+
+    stages = registry.stages()
+    assert list(stages) == ["ingest", "dedup", "generate", "judge", "embed", "pair", "calibrate", "route", "push", "export",
+                            "train", "report"]
+    assert all(callable(m.step) for m in stages.values())
+    assert stages["push"].__name__ == "labeling.push" and stages["train"].__name__ == "training.train"
+    names = {c.name for c in registry.commands()}
+    assert {"labeling", "push", "pull", "export", "train", "eval", "rounds"} <= names
+    assert names <= set(cli.list_commands(None))
+    assert {f.__module__ for f in registry.report_sections()} == {"labeling.report", "training.report"}
+
+
+@pytest.mark.parametrize("module", ["training.cli", "labeling.cli", "training.eval", "labeling.commands_data"])
+def test_each_package_module_imports_on_its_own(module):
+    """Imported first, in a fresh interpreter: no module depends on pipeline.cli having loaded it."""
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PIP := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: venv argilla chromium demo test bench clean-demo
+.PHONY: venv argilla chromium demo test test-fast bench clean-demo
 
 venv: $(VENV)/.installed
 
@@ -39,6 +39,10 @@ demo: venv argilla
 
 test: venv argilla chromium
 	$(BIN)/python -m pytest
+
+# The day-to-day part: no labeling server, no browser, no training, no fault marathon (make test runs all of it).
+test-fast: venv
+	$(BIN)/python -m pytest -m "not server and not browser and not training and not slow and not faults"
 
 bench: venv
 	$(BIN)/python -m bench

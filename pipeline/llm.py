@@ -297,6 +297,7 @@ def _snippet(text: str, width: int = 120) -> str:
 
 
 MAX_RETRY_AFTER_S = 120  # a server asking for a longer pause is not retried (the SDK's rule too)
+BACKOFF_S = (0.5, 8.0)  # first and longest pause between attempts when the server names none (the SDK's figures)
 
 
 def _retryable(error: BaseException) -> bool:
@@ -343,7 +344,8 @@ def _backoff(retry_state) -> float:
     wait = _retry_after(retry_state.outcome.exception())
     if wait is not None and 0 < wait <= MAX_RETRY_AFTER_S:
         return wait
-    return min(0.5 * 2 ** (retry_state.attempt_number - 1), 8.0) * (1 - 0.25 * random.random())
+    first, longest = BACKOFF_S
+    return min(first * 2 ** (retry_state.attempt_number - 1), longest) * (1 - 0.25 * random.random())
 
 
 def _message(error) -> str:

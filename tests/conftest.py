@@ -53,3 +53,18 @@ def openai_server():
 
 # the real embedded Argilla server, once per session (tests/labeling_fixtures.py)
 from labeling_fixtures import argilla_client, argilla_http, labeling_server  # noqa: E402,F401
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch):
+    """Pauses of 10 ms between a call's attempts, for tests about what is retried rather than how long it waits."""
+    import pipeline.llm
+
+    monkeypatch.setattr(pipeline.llm, "BACKOFF_S", (0.01, 0.01))
+
+
+def pytest_collection_modifyitems(items):
+    """A test that uses the embedded Argilla server is a `server` test, marked or not (make test-fast leaves them out)."""
+    for item in items:
+        if "labeling_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)

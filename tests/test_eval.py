@@ -15,6 +15,8 @@ from pipeline.config import ExportConfig, ModelSpec
 from pipeline.errors import InputError, ModelError
 from training.eval import evaluate, length_controlled, prompt_score, read_prompts, win_rates
 
+pytestmark = pytest.mark.training
+
 
 def test_prompt_score_from_both_orders():
     assert prompt_score("chosen", "chosen") == 1.0  # the candidate wins in both orders

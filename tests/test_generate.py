@@ -87,7 +87,7 @@ def test_stage_writes_candidates_counts_tokens_and_cost_and_reruns_for_free(open
 
 
 @pytest.mark.parametrize("fault", ["html", "wrongjson", "nochoices", "nomessage", "malformed"])
-def test_a_200_that_is_not_a_completion_is_a_recorded_failure_not_a_crash(openai_server, tmp_path, prefab, fault):
+def test_a_200_that_is_not_a_completion_is_a_recorded_failure_not_a_crash(openai_server, tmp_path, prefab, fault, fast_backoff):
     """A proxy's error page or a misrouted base_url answering 200: retried within max_retries, then recorded
     with its reason like a 500; the table is written and a rerun does not crash either."""
     broken = "Prompt number 1: tell me about topic 1."
@@ -132,6 +132,7 @@ def test_failures_are_recorded_kept_and_retried_on_request(openai_server, tmp_pa
     assert retried.filter(pl.col("candidate_id").is_in(ok_before["candidate_id"].implode())).equals(ok_before)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_generate_then_resume_repeats_no_finished_call(openai_server, tmp_path, prefab):
     openai_server.latency = 0.1
     n_prompts, concurrency = 20, 4

@@ -13,6 +13,7 @@ from pipeline import judge
 from pipeline.cache import CallCache
 from pipeline.config import AspectSpec, Config, JudgeConfig, ModelSpec
 from pipeline.judge import judge_pairs, overall_score, pair_confidence, parse_rubric, parse_verdict
+from pipeline.queries import candidate_scores
 
 ASPECTS = JudgeConfig().aspects
 NAMES = [a.name for a in ASPECTS]
@@ -201,7 +202,7 @@ def test_ensemble_records_agreement(openai_server, tmp_path):
     assert df.height == 6 and sorted(df["judge"].unique()) == ["first", "second"]
     assert counts["agreement_first_vs_second_exact"] == pytest.approx(2 / 3, abs=1e-3)
     assert counts["agreement_first_vs_second_spearman"] == pytest.approx(-0.5)
-    scores = judge.candidate_scores(df).join(run.read("candidates").select("candidate_id", "text"), on="candidate_id")
+    scores = candidate_scores(df).join(run.read("candidates").select("candidate_id", "text"), on="candidate_id")
     assert dict(zip(scores["text"], scores["score"]))["short"] == pytest.approx(3.5)
 
 
@@ -368,7 +369,7 @@ def test_embedded_smollm2_logprob_judge_gives_graded_scores(tmp_path):
 
 
 @pytest.mark.parametrize("fault", ["nochoices", "html", "500"])
-def test_a_failed_call_is_not_asked_again_by_the_judge(openai_server, tmp_path, fault):
+def test_a_failed_call_is_not_asked_again_by_the_judge(openai_server, tmp_path, fault, fast_backoff):
     """One policy with generate: the client spends max_retries on a bad answer (here 2, so 3 requests), then
     the judge records the failure; it does not multiply that budget by parse_retries."""
     openai_server.respond = lambda r: {"fault": fault} if response_of(r) == "BROKEN answer" else rated(4)

@@ -71,7 +71,7 @@ def test_429_without_retry_after_backs_off_exponentially(openai_server, cache):
     assert 0.75 * (0.5 + 1.0) <= elapsed < 4  # 0.5 s then 1 s, minus up to 25 % jitter
 
 
-def test_server_errors_resets_truncated_and_malformed_bodies_are_retried(openai_server, cache):
+def test_server_errors_resets_truncated_and_malformed_bodies_are_retried(openai_server, cache, fast_backoff):
     openai_server.script("reset", "truncated", "500:0.05", "503:0.05", "malformed")
     [result] = call_llm(spec_for(openai_server, max_retries=6), [ask("flaky")], cache, "t")
     assert result["error"] is None and result["text"] == default_respond({**ask("flaky")})
@@ -79,7 +79,7 @@ def test_server_errors_resets_truncated_and_malformed_bodies_are_retried(openai_
 
 
 @pytest.mark.parametrize("kind", ["html", "wrongjson", "nochoices", "nomessage", "malformed"])
-def test_a_200_that_is_not_a_chat_completion_is_retried_then_recorded(openai_server, cache, kind):
+def test_a_200_that_is_not_a_chat_completion_is_retried_then_recorded(openai_server, cache, kind, fast_backoff):
     openai_server.script(kind)
     [result] = call_llm(spec_for(openai_server), [ask(f"once {kind}")], cache, "t")
     assert result["error"] is None and result["text"] == default_respond(ask(f"once {kind}"))
@@ -93,14 +93,14 @@ def test_a_200_that_is_not_a_chat_completion_is_retried_then_recorded(openai_ser
     assert len(cache) == 1  # the failure is not cached: a later run asks again
 
 
-def test_the_html_error_page_is_named_in_the_reason(openai_server, cache):
+def test_the_html_error_page_is_named_in_the_reason(openai_server, cache, fast_backoff):
     openai_server.fault_rates = {"html": 1.0}
     [result] = call_llm(spec_for(openai_server, max_retries=0), [ask("proxy")], cache, "t")
     assert "not JSON" in result["error"] and "502 Bad Gateway" in result["error"]
 
 
 @pytest.mark.parametrize("max_retries", [0, 1, 4])
-def test_max_retries_bounds_every_attempt_whatever_failed(openai_server, cache, max_retries):
+def test_max_retries_bounds_every_attempt_whatever_failed(openai_server, cache, max_retries, fast_backoff):
     """Mixed failures in one call: statuses, a reset, a timeout and 200s that are not completions all count
     against one budget of 1 + max_retries requests."""
     mixed = ["500:0.01", "html", "503:0.01", "nochoices", "reset", "wrongjson", "429:0.01", "hang:2", "malformed", "nomessage"]

@@ -10,6 +10,8 @@ import pytest
 
 from pipeline.config import Config
 
+pytestmark = pytest.mark.training
+
 
 def rounds_config(tmp_path: Path, judge_url: str, rounds: int = 2) -> Config:
     prompts = tmp_path / "prompts.jsonl"

@@ -17,6 +17,8 @@ from pipeline.config import ExportConfig
 from pipeline.errors import ConfigError
 from training.export import export
 
+pytestmark = pytest.mark.training
+
 ROOT = Path(__file__).resolve().parent.parent
 # tiny: 2 steps of one short example each, no checkpoints unless a test asks
 TINY = {"max_steps": 2, "per_device_train_batch_size": 1, "max_length": 48, "learning_rate": 1e-4, "save_strategy": "no",

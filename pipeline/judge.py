@@ -69,6 +69,11 @@ Compare two responses, A and B, to the conversation below. Which one serves the 
 correct, helpful, honest, follows the instructions? Reply with a single letter: A or B."""
 
 TOP_LOGPROBS = 20  # the most OpenAI-compatible servers return
+LOCAL_TOP_LOGPROBS = 100  # in-process models hold every logit: look deeper, so a small judge whose top 20 has no digit still scores
+
+
+def top_logprobs(spec) -> int:
+    return TOP_LOGPROBS if spec.backend == "openai" else LOCAL_TOP_LOGPROBS
 TIE_BAND = 0.1  # logprob pairwise: A and B within 0.45..0.55 of their shared probability is a tie
 
 
@@ -276,7 +281,7 @@ def aspect_messages(aspect, messages: list[dict], response: str) -> list[dict]:
 def judge_by_logprobs(spec, items: list[tuple[list[dict], str]], aspects, cache, cfg) -> list[dict]:
     """One single-token request per (candidate, aspect); the score is the probability-weighted mean of the scale's
     digits (G-Eval). A small model that never writes valid JSON still gives a usable, graded score."""
-    base = [{"messages": aspect_messages(a, messages, response), "max_tokens": 1, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+    base = [{"messages": aspect_messages(a, messages, response), "max_tokens": 1, "logprobs": True, "top_logprobs": top_logprobs(spec)}
             for messages, response in items for a in aspects]
     scales = [{str(k) for k in range(int(a.min), int(a.max) + 1)} for a in aspects] * len(items)
     once = cfg.model_copy(update={"parse_retries": 0})  # the distribution is the same on every try
@@ -350,7 +355,7 @@ def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg) -> l
                 req = {"messages": pairwise_messages(messages, a, b), "max_tokens": cfg.max_tokens,
                        "response_format": PAIRWISE_SCHEMA if structured else None}
             if want_logprobs:
-                req.update(logprobs=True, top_logprobs=TOP_LOGPROBS if by_token else 5)
+                req.update(logprobs=True, top_logprobs=top_logprobs(spec) if by_token else 5)
             base.append(req)
     parse = token_verdict if by_token else (lambda result: json_verdict(result, want_logprobs))
     answers = ask_parsed(spec, base, parse, cache, cfg.model_copy(update={"parse_retries": 0}) if by_token else cfg, f"pairwise {spec.label}")

@@ -391,3 +391,27 @@ def test_a_judge_whose_every_call_fails_stops_the_run_loudly(openai_server, tmp_
         judge.step(config, run)
     assert "every one of the 2 judge calls failed" in str(raised.value) and "no choices" in str(raised.value)
     assert run.read("judgments").height == 2 and run.stage_info("judge")["status"] == "failed"
+
+
+def test_the_embedded_judge_scores_where_its_top_20_tokens_hold_no_digit(tmp_path):
+    """The demo's first gold pair: SmolLM2's 20 likeliest first tokens hold no score digit (it opens a code
+    fence), so capped at 20 like an OpenAI server the pointwise judge failed to score it (7 of the 40 demo gold
+    pairs did); an in-process model looks at 100."""
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.config import CalibrateConfig
+    from pipeline.gold import read_gold
+
+    root = Path(__file__).resolve().parent.parent
+    demo = JudgeConfig.model_validate(yaml.safe_load((root / "data" / "configs" / "demo.yaml").read_text())["judge"])
+    pair = read_gold(CalibrateConfig(gold=[str(root / "data" / "gold" / "demo.jsonl")])).row(0, named=True)
+    cache = CallCache(tmp_path / "cache.sqlite")
+    try:
+        rows = judge.judge_by_logprobs(demo.judges[0], [(pair["messages"], pair["chosen"]), (pair["messages"], pair["rejected"])],
+                                       demo.aspects, cache, demo)
+    finally:
+        cache.close()
+    assert [r["error"] for r in rows] == [None, None]
+    assert all(1 <= r["overall"] <= 5 for r in rows)

@@ -60,18 +60,6 @@ class CallCache:
                 (key, kind, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False)),
             )
 
-    def put_many(self, rows: list[tuple[str, dict, dict, str]]) -> None:
-        """(key, request, response, kind) rows in one transaction: one commit for many finished calls."""
-        data = [(k, kind, json.dumps(req, ensure_ascii=False), json.dumps(resp, ensure_ascii=False)) for k, req, resp, kind in rows]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany("INSERT OR REPLACE INTO calls (key, kind, request, response) VALUES (?, ?, ?, ?)", data)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM calls").fetchone()[0]

@@ -7,9 +7,10 @@ A result (same order) is: {"text", "finish_reason", "prompt_tokens", "completion
 
 Every request is first looked up in the run's call cache, keyed by the request, the backend and the model
 (not the base_url: several servers of one model share answers). Only misses are called, and each success is
-committed to the cache the moment it finishes, so a killed run repays only the calls in flight at the kill. One bad call never raises: it
-comes back with its error text (failures are not cached, so they are tried again later). Only what stops
-every call (no API key, a model that does not exist, a rejected key) raises ModelError/ConfigError.
+committed to the cache the moment it finishes, so a killed run repays only the calls in flight at the kill.
+One bad call never raises: it comes back with its error text (failures are not cached, so they are tried
+again later). Only what stops every call (no API key, a model that does not exist, a rejected key) raises
+ModelError/ConfigError.
 
 Backends:
 - "openai": any OpenAI-compatible server through `openai.AsyncOpenAI`. One retry loop (tenacity) per call
@@ -17,7 +18,7 @@ Backends:
   timeouts, connection errors, and 200s that are not a chat completion (HTML, JSON of another shape, no
   choices); exponential backoff otherwise;
   `concurrency` requests in flight across all base_urls, which take turns (round robin); rpm/tpm limits
-  with aiolimiter (they pace first attempts, not the client's retries).
+  with aiolimiter (they pace first attempts, not retries).
 - "transformers": in-process causal LM, loaded once per process, batched by prompt length with left
   padding, on GPU when present. Each row samples with its own seeded generator (Gumbel-max over the
   temperature/top-p adjusted logits), so a request's answer depends on its seed, not on its batch mates;

@@ -11,10 +11,10 @@ import polars as pl
 
 from pipeline.cache import CallCache, run_cache
 from pipeline.config import GeneratorSpec
-from pipeline.queries import active_prompts
 from pipeline.errors import ModelError
 from pipeline.llm import call_llm, check_spec
 from pipeline.progress import summary
+from pipeline.queries import active_prompts
 from pipeline.schema import TABLES
 from pipeline.store import Run, candidate_id
 

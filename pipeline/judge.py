@@ -70,11 +70,11 @@ correct, helpful, honest, follows the instructions? Reply with a single letter: 
 
 TOP_LOGPROBS = 20  # the most OpenAI-compatible servers return
 LOCAL_TOP_LOGPROBS = 100  # in-process models hold every logit: look deeper, so a small judge whose top 20 has no digit still scores
+TIE_BAND = 0.1  # logprob pairwise: A and B within 0.45..0.55 of their shared probability is a tie
 
 
 def top_logprobs(spec) -> int:
     return TOP_LOGPROBS if spec.backend == "openai" else LOCAL_TOP_LOGPROBS
-TIE_BAND = 0.1  # logprob pairwise: A and B within 0.45..0.55 of their shared probability is a tie
 
 
 class AspectAnswer(BaseModel):

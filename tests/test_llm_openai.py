@@ -213,7 +213,10 @@ def test_tokens_per_minute_limit_paces_requests(openai_server, cache):
     # each request is estimated at 51 tokens (2 chars / 4 + 1 + max_tokens 50); 3,060/min = 51/s: one request a second
     call_llm(spec_for(openai_server, concurrency=16, tpm=3060), [ask(f"t{i}") for i in range(3)], cache, "t")
     arrivals = openai_server.arrivals
-    assert arrivals[1] - arrivals[0] >= 0.9 and arrivals[2] - arrivals[1] >= 0.9
+    # the bucket paces when requests may start: the k-th no sooner than k seconds after the first; one gap may
+    # be shorter when the request before it was sent late (seen: 1.19 s then 0.89 s on a busy machine)
+    assert arrivals[2] - arrivals[0] >= 1.9
+    assert min(arrivals[1] - arrivals[0], arrivals[2] - arrivals[1]) >= 0.5  # never two at once
 
 
 def test_several_base_urls_share_the_load(openai_server, cache):

@@ -219,7 +219,7 @@ def step(config, run, **_) -> dict:
     out = run.write("prompts", dedup_prompts(prompts, vectors, cfg))
     reasons = out["excluded_reason"].value_counts()
     counts = {"prompts": out.height, "active": active_prompts(out).height}
-    counts.update({r: n for r, n in reasons.iter_rows() if r is not None})
+    counts.update({f"excluded_as_{r}": n for r, n in reasons.iter_rows() if r is not None})  # what each count counts
     if out["cluster"].null_count() < out.height:
         counts["clusters"] = out["cluster"].n_unique() - (1 if out["cluster"].null_count() else 0)
     summary("dedup", counts)

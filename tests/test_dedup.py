@@ -96,7 +96,7 @@ def test_target_size_through_the_stage_keeps_every_topic(tmp_path):
     run, config = make_run(tmp_path / "run", texts, dedup={"clusters": 3, "target_size": 6})
     counts = dedup.step(config, run)
     out = run.read("prompts")
-    assert counts["active"] == 6 and counts["target_size"] == 6
+    assert counts["active"] == 6 and counts["excluded_as_target_size"] == 6
     assert active_prompts(out)["cluster"].value_counts()["count"].to_list() == [2, 2, 2]
     assert out.filter(pl.col("excluded_reason") == "target_size")["duplicate_of"].null_count() == 6  # not copies
 

@@ -86,7 +86,7 @@ def test_pipeline_run_writes_a_self_contained_report_with_plots(demo_like_run, p
 
 def test_manifest_holds_the_quality_numbers(demo_like_run):
     stages = json.loads((demo_like_run / "manifest.json").read_text())["stages"]
-    assert stages["dedup"]["near_duplicate"] == 1 and stages["dedup"]["clusters"] == 3
+    assert stages["dedup"]["excluded_as_near_duplicate"] == 1 and stages["dedup"]["clusters"] == 3
     assert stages["embed"]["vendi_score"] > 1 and 0 < stages["embed"]["cluster_entropy"] <= 1
     assert stages["embed"]["cluster_coverage"] == 1.0
     assert stages["judge"]["failed"] >= 1 and stages["judge"]["scored"] >= 1

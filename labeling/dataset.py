@@ -19,7 +19,6 @@ response was A from the candidate ids in the record (opaque hashes without the r
 import math
 import random
 
-import argilla as rg
 import polars as pl
 
 from pipeline.config import Config, LabelingConfig
@@ -76,11 +75,15 @@ def to_ab(label: str, a_chosen: bool) -> str:
     return label
 
 
-def settings(config: LabelingConfig, vector_dims: int | None, client: rg.Argilla) -> rg.Settings:
+def settings(config: LabelingConfig, vector_dims: int | None, client) -> "rg.Settings":
     """Dataset settings: chat prompt, responses A/B, a required preference, optional rationale and ratings.
 
-    The client is needed only because the SDK binds metadata properties to one; nothing is sent.
+    The client is needed only because the SDK binds metadata properties to one; nothing is sent. The SDK is
+    imported here, not with the module: it takes seconds, and loading the stages (pipeline/registry.py) for
+    `prefab status` or any one stage must not pay for it.
     """
+    import argilla as rg
+
     metadata = []
     for name, (kind, visible) in METADATA.items():
         cls = {"int": rg.IntegerMetadataProperty, "float": rg.FloatMetadataProperty, "terms": rg.TermsMetadataProperty}[kind]

@@ -128,13 +128,6 @@ def merge_labels(old: pl.DataFrame, new: pl.DataFrame, now: datetime) -> pl.Data
     return pl.concat([new, gone]).sort(KEY)
 
 
-def resolve(labels: pl.DataFrame, tie_rule: str = "drop", min_submitted: int = 1, judge: dict[str, str] | None = None) -> pl.DataFrame:
-    """Majority label per pair over submitted labels (labeling/aggregate.py; a split vote follows the tie rule)."""
-    from labeling.aggregate import majority
-
-    return majority(labels, tie_rule, min_submitted, judge)
-
-
 def pull(run: Run, config: Config, client) -> dict:
     """Fetch, map, merge and resolve; write labels and resolved; return counts and agreement."""
     from labeling.push import dataset_name, find_dataset

@@ -184,7 +184,7 @@ def gold_count(n_pairs: int, share: float, available: int) -> int:
     return min(available, max(1, round(n_pairs * share / (1 - share))))
 
 
-def gold_frames(run: Run, selected: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.DataFrame, n: int, seed: int):
+def gold_frames(run: Run, gold: pl.DataFrame, selected: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.DataFrame, n: int, seed: int):
     """Gold pairs dressed as the run's pairs: (pairs, prompts, candidates, pair_judgments) rows to push with them.
 
     Each is oriented by the judges' scores as a run pair is (so its hidden margin is a real, non-negative one),
@@ -193,7 +193,6 @@ def gold_frames(run: Run, selected: pl.DataFrame, prompts: pl.DataFrame, candida
     """
     import random
 
-    gold = run.read("gold")
     gold = gold.sort(pl.col("gold_id").map_elements(lambda g: content_id("gold-pick", seed, g), return_dtype=pl.String)).head(n)
     judged = run.read_or_empty("gold_judgments")
     scores = judged.group_by("gold_id").agg(pl.col("chosen_score").mean(), pl.col("rejected_score").mean())
@@ -247,9 +246,10 @@ def push(run: Run, config: Config, client) -> dict:
     dataset, created = ensure_dataset(client, name, labeling.workspace, settings(labeling, dims, client))
     prompts, candidates = run.read("prompts"), run.read("candidates")
     pair_judgments = run.read_or_empty("pair_judgments")
-    n_gold = gold_count(selected.height, labeling.gold_share, run.read("gold").height if run.has("gold") else 0)
+    gold = run.read_or_empty("gold")
+    n_gold = gold_count(selected.height, labeling.gold_share, gold.height)
     if n_gold:
-        g_pairs, g_prompts, g_cands, g_judgments = gold_frames(run, selected, prompts, candidates, n_gold, config.seed)
+        g_pairs, g_prompts, g_cands, g_judgments = gold_frames(run, gold, selected, prompts, candidates, n_gold, config.seed)
         if vectors:  # every record has a prompt vector, or none has: a missing one would single gold out
             from pipeline.embed import embed_texts, prompt_text
 

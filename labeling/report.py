@@ -6,6 +6,7 @@ Registered as `sections` under the `prefab.report` entry point (pyproject.toml);
 import polars as pl
 
 from labeling.agreement import CATEGORIES, agreement
+from pipeline.config import LabelingConfig
 from pipeline.report import COLORS, figure, metrics_html, plot_html, section, table_html
 
 
@@ -70,8 +71,8 @@ def annotators_section(run) -> str | None:
     push = run.stage_info("push")
     if not run.has("annotators") and not push.get("gold_pushed"):
         return None
-    labeling = (run.manifest().get("config") or {}).get("labeling") or {}
-    threshold = labeling.get("min_annotator_accuracy", 0.7)
+    labeling = LabelingConfig.model_validate((run.manifest().get("config") or {}).get("labeling") or {})  # its defaults, not copies
+    threshold = labeling.min_annotator_accuracy
     parts = [metrics_html({"gold pairs in the queue": push.get("gold_pushed"), "aggregation": run.stage_info("pull").get("aggregation"),
                            "flag below (accuracy on gold)": threshold})]
     quality = run.read("annotators") if run.has("annotators") else None
@@ -93,7 +94,7 @@ def annotators_section(run) -> str | None:
         parts.append(plot_html(fig, "annotator accuracy on gold"))
     flagged = quality.filter(pl.col("flagged"))["annotator"].to_list()
     if flagged:
-        action = "their labels are left out of the resolution" if labeling.get("flagged", "exclude") == "exclude" else \
+        action = "their labels are left out of the resolution" if labeling.flagged == "exclude" else \
             "their labels are kept, weighed by their estimated reliability"
         parts.append(f"<p><strong>Flagged:</strong> {', '.join(flagged)}: {action}.</p>")
     parts.append(table_html(quality))

@@ -9,7 +9,8 @@ import pytest
 
 from labeling import dataset as ds
 from labeling.agreement import inter_annotator, judge_labels, judge_vs_human
-from labeling.pull import merge_labels, resolve, to_labels
+from labeling.aggregate import majority
+from labeling.pull import merge_labels, to_labels
 from pipeline.config import LabelingConfig
 from pipeline.schema import TABLES
 from labeling_fixtures import unique
@@ -147,18 +148,18 @@ def test_resolve_majority_and_tie_rule(rule, expected):
         ("one", "a1", "both_bad"),
         ("gone", "a1", None, "discarded"),
     ])
-    out = {r["pair_id"]: r for r in resolve(labels, rule, min_submitted=1).iter_rows(named=True)}
+    out = {r["pair_id"]: r for r in majority(labels, rule, 1, None).iter_rows(named=True)}
     assert (out["maj"]["preference"], out["maj"]["status"], out["maj"]["n_labels"]) == ("rejected", "resolved", 3)
     assert out["maj"]["agreement"] == pytest.approx(2 / 3)
     assert (out["split"]["preference"], out["split"]["status"]) == expected
     assert out["one"]["preference"] == "both_bad"
     assert (out["gone"]["preference"], out["gone"]["status"]) == (None, "discarded")
-    pending = {r["pair_id"]: r for r in resolve(labels, rule, min_submitted=2).iter_rows(named=True)}
+    pending = {r["pair_id"]: r for r in majority(labels, rule, 2, None).iter_rows(named=True)}
     assert (pending["one"]["preference"], pending["one"]["status"]) == (None, "pending")
     # the judge's own verdict breaks the tie when it is among the tied labels, and only then
-    judged = {r["pair_id"]: r["preference"] for r in resolve(labels, rule, judge={"split": "rejected"}).iter_rows(named=True)}
+    judged = {r["pair_id"]: r["preference"] for r in majority(labels, rule, 1, {"split": "rejected"}).iter_rows(named=True)}
     assert judged["split"] == {"drop": None, "tie": "tie", "judge": "rejected"}[rule]
-    judged = {r["pair_id"]: r["preference"] for r in resolve(labels, rule, judge={"split": "tie"}).iter_rows(named=True)}
+    judged = {r["pair_id"]: r["preference"] for r in majority(labels, rule, 1, {"split": "tie"}).iter_rows(named=True)}
     assert judged["split"] == {"drop": None, "tie": "tie", "judge": None}[rule]
 
 
@@ -452,7 +453,7 @@ def test_report_has_a_labels_section_with_agreement(tmp_path):
     ids = run.read("pairs")["pair_id"].to_list()
     labels = labels_frame([(ids[0], "x", "chosen"), (ids[0], "y", "rejected"), (ids[1], "x", "tie"), (ids[1], "y", "tie")])
     run.write("labels", labels)
-    run.write("resolved", resolve(labels))
+    run.write("resolved", majority(labels, "drop", 1, None))
     html = render(run)
     assert 'id="labels"' in html and "Krippendorff" in html and "data:image/png;base64" in html
     assert ">0.500<" in html  # raw agreement: one of the two pairs agrees

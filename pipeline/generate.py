@@ -11,7 +11,6 @@ import polars as pl
 
 from pipeline.cache import CallCache, run_cache
 from pipeline.config import GeneratorSpec
-from pipeline.errors import ModelError
 from pipeline.llm import call_llm, check_spec
 from pipeline.progress import summary
 from pipeline.queries import active_prompts
@@ -89,24 +88,22 @@ def generate(prompts: pl.DataFrame, generators: list[GeneratorSpec], cache: Call
 
 def step(config, run: Run, retry_failed: bool = False) -> dict:
     """Read the kept prompts, generate (cache first), write candidates, print and return the counts."""
-    config.require("generate", hint="add `generate: {generators: [{backend: transformers, model: embedded:smollm2}]}`")
+    generators = config.require(SECTION, hint="add `generate: {generators: [{backend: transformers, model: embedded:smollm2}]}`").generators
     prompts = active_prompts(run.read("prompts"))  # duplicates and sampled-out prompts are not generated for
     previous = run.read("candidates") if run.has("candidates") else None
-    for spec in config.generate.generators:
+    for spec in generators:
         check_spec(spec)
     cache = run_cache(run.path)
     try:
-        df, counts = generate_with_counts(prompts, config.generate.generators, cache, retry_failed, previous)
+        df, counts = generate_with_counts(prompts, generators, cache, retry_failed, previous)
     finally:
         cache.close()
     run.write("candidates", df)
     errors = df.filter(pl.col("error").is_not_null()).group_by("error").len().sort("len", descending=True).head(3)
     summary("generate", {**counts, **{f"error: {e[:60]}": n for e, n in errors.iter_rows()}})
     if counts["failed"] and not counts["ok"]:
-        raise run.fail("generate", ModelError(
-            f"every one of the {counts['failed']} calls failed (most often: {errors.row(0)[0][:160]}); they are recorded in candidates",
-            where=str(run.table_path("candidates")),
-            hint=f"fix what the error says (base_url, model, API key, server), then `prefab generate --run {run.path} --retry-failed`"), **counts)
+        raise run.every_call_failed("generate", "candidates", "calls", f"most often: {errors.row(0)[0]}",
+                                    f"prefab generate --run {run.path} --retry-failed", **counts)
     if counts["failed"]:
         from pipeline.progress import console
 

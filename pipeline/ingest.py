@@ -30,6 +30,7 @@ MESSAGES_COLUMNS = ["messages", "conversation", "conversations"]
 CATEGORY_COLUMNS = ["category", "topic", "task"]
 ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}
 LARGE_PROMPT_CHARS = 100_000  # about 25k tokens: above it a prompt is kept with a warning
+csv.field_size_limit(2**31 - 1)  # process-wide, set once: the default (128 KiB) would refuse a long prompt; LARGE_PROMPT_CHARS warns instead
 
 
 class BadRow(Exception):
@@ -202,7 +203,6 @@ def read_jsonl(path: Path):
 def read_csv(path: Path):
     """CSV (TSV by extension) with the physical line each row starts on: a quoted field may span lines."""
     check_utf8(path)
-    csv.field_size_limit(2**31 - 1)  # the default (128 KiB) would refuse a long prompt; LARGE_PROMPT_CHARS warns instead
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         try:

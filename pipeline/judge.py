@@ -26,7 +26,6 @@ import polars as pl
 from pydantic import BaseModel, ValidationError
 
 from pipeline.cache import run_cache
-from pipeline.errors import ModelError
 from pipeline.llm import call_llm, check_spec
 from pipeline.progress import console, summary
 from pipeline.schema import TABLES, empty
@@ -467,8 +466,6 @@ def step(config, run, **_) -> dict:
     errors = failed.with_columns(pl.col("error").str.extract(r"^([^:]+: [^:(]{0,40})")).group_by("error").len().sort("len", descending=True)
     summary("judge", {**counts, **{f"error: {e}": n for e, n in errors.head(3).iter_rows()}})
     if failed.height == df.height > 0 and failed["error"].str.starts_with("call failed").all():  # unparseable answers are answers: kept, not fatal
-        raise run.fail("judge", ModelError(
-            f"every one of the {counts['failed']} judge calls failed (the first: {failed['error'][0][:160]}); they are recorded in judgments",
-            where=str(run.table_path("judgments")),
-            hint=f"fix what the error says (base_url, model, API key, server), then `prefab judge --run {run.path}`"), **counts)
+        raise run.every_call_failed("judge", "judgments", "judge calls", f"the first: {failed['error'][0]}",
+                                    f"prefab judge --run {run.path}", **counts)
     return counts

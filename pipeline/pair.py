@@ -141,9 +141,10 @@ def step(config, run, **_) -> dict:
         raise RunError("pair.max_similarity needs candidate vectors, but the run has no embeddings",
                        hint=f"run `prefab embed --run {run.path}` first (or add an embed: section), or drop max_similarity")
     prompt_ids = active_prompts(run.read("prompts"))["prompt_id"].to_list()
-    pairs = build_pairs(candidates, candidate_scores(judgments), cfg, vectors, prompt_ids)
+    scores = candidate_scores(judgments)
+    pairs = build_pairs(candidates, scores, cfg, vectors, prompt_ids)
     run.write("pairs", pairs)
-    with_scores = candidate_scores(judgments).filter(pl.col("score").is_not_null())
+    with_scores = scores.filter(pl.col("score").is_not_null())
     counts = {"pairs": pairs.height, "prompts_with_pair": pairs["prompt_id"].n_unique() if pairs.height else 0,
               "prompts": len(prompt_ids), "scored_candidates": with_scores.height}
     if pairs.height:

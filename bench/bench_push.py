@@ -106,19 +106,19 @@ def measure(client, tmp: Path) -> list[dict]:
 
 
 def main() -> list[dict]:
-    from labeling import server
+    from labeling import launcher
 
     # a SIGTERM must still stop the server this bench started (the finally below)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory() as tmp:
-        if server.external():  # ARGILLA_API_URL names a server: measure there
-            return measure(server.client(), Path(tmp))
+        if launcher.external():  # ARGILLA_API_URL names a server: measure there
+            return measure(launcher.client(), Path(tmp))
         home = Path(tmp) / "labeling"  # else a server of our own, so nothing else competes for it
-        server.up(home=home, port=server._free_port())
+        launcher.up(home=home, port=launcher._free_port())
         try:
-            return measure(server.client(home), Path(tmp))
+            return measure(launcher.client(home), Path(tmp))
         finally:
-            server.down(home)
+            launcher.down(home)
 
 
 if __name__ == "__main__":

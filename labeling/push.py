@@ -79,7 +79,7 @@ def server_errors():
 
 def connect():
     """The argilla.Argilla client for the configured server, with a clear error when it is down."""
-    from labeling.server import client
+    from labeling.launcher import client
 
     with server_errors():
         return client()
@@ -288,10 +288,10 @@ def demo_instructions(run_dir: str, *, url: str | None = None, annotators: list[
     (dataset and workspace the push used), so the Makefile needs only the run directory:
         python -c "from labeling.push import demo_instructions; print(demo_instructions('runs/demo'))"
     """
-    from labeling import server
+    from labeling import launcher
 
     push_info = Run(run_dir).stage_info("push")
-    url = url or server.status().get("url") or "http://127.0.0.1:6900"
+    url = url or launcher.status().get("url") or "http://127.0.0.1:6900"
     annotators = server.DEMO_ANNOTATORS if annotators is None else annotators
     dataset = dataset or push_info.get("dataset") or Path(run_dir).name
     workspace = workspace or push_info.get("workspace") or "prefab"

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from labeling_fixtures import free_port, server_pids
+from labeling_fixtures import free_port, server_pids, stored
 from labeling_runs import make_run
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -24,14 +24,14 @@ N_PAIRS = 1000
 @pytest.fixture
 def own_server(monkeypatch):
     """A server of this test's own: it gets killed, so it must not be the session's."""
-    from labeling import server
+    from labeling import launcher
 
     home = Path(tempfile.mkdtemp(prefix="prefab-faults-"))
     monkeypatch.setenv("PREFAB_LABELING_HOME", str(home))
     monkeypatch.delenv("ARGILLA_API_URL", raising=False)
-    server.up(home, port=free_port())
+    launcher.up(home, port=free_port())
     yield home
-    server.down(home)
+    launcher.down(home)
     shutil.rmtree(home, ignore_errors=True)
 
 
@@ -58,34 +58,31 @@ def pushed(client, name: str) -> int:
     return client.http_client.get(f"/api/v1/datasets/{found[0]['id']}/progress").json()["total"] if found else 0
 
 
-def stored(home: Path, name: str) -> int:
-    """Records of the dataset in the database of a server that is down."""
-    import sqlite3
-
-    with sqlite3.connect(home / "argilla" / "argilla.db") as db:
-        return db.execute("SELECT count(*) FROM records JOIN datasets ON datasets.id = records.dataset_id WHERE datasets.name = ?",
-                          (name,)).fetchone()[0]
+def stored_records(home: Path, name: str) -> int:
+    """Records of the dataset in the database, read while the server processes are down."""
+    return int(stored(home, "SELECT count(*) FROM records JOIN datasets ON datasets.id = records.dataset_id "
+                            f"WHERE datasets.name = '{name}'"))
 
 
 def test_server_dies_during_push_and_pull(own_server, tmp_path):
-    from labeling import server
+    from labeling import launcher
     from argilla._models import UserResponseModel
 
     run, _ = make_run(tmp_path / "faulty", N_PAIRS, human_every=1)
     push = prefab_process("push", "--run", run.path)
-    client = server.client(own_server)
+    client = launcher.client(own_server)
     while pushed(client, "faulty") == 0:  # kill it once the first batch is in, with more to go
         assert push.poll() is None, push.stdout.read()
         time.sleep(0.05)
     kill_server(own_server)
-    assert 0 < stored(own_server, "faulty") < N_PAIRS
+    assert 0 < stored_records(own_server, "faulty") < N_PAIRS
     out, _ = push.communicate(timeout=300)
     assert push.returncode == 4, out
     assert "Argilla" in out and "prefab labeling" in out and "Traceback" not in out
 
-    server.up(own_server)
+    launcher.up(own_server)
     out, _ = prefab_process("push", "--run", run.path).communicate(timeout=600)
-    client = server.client(own_server)
+    client = launcher.client(own_server)
     ids = record_ids(client, "faulty")
     assert len(ids) == len(set(ids)) == N_PAIRS, out  # no duplicate, none missing
     assert set(ids) == set(run.read("pairs")["pair_id"])
@@ -106,7 +103,7 @@ def test_server_dies_during_push_and_pull(own_server, tmp_path):
     if run.has("labels"):
         pl.read_parquet(run.table_path("labels"))  # whatever is there is whole
 
-    server.up(own_server)
+    launcher.up(own_server)
     out, _ = prefab_process("pull", "--run", run.path).communicate(timeout=300)
     labels = run.read("labels")
     assert labels.height == 40 and labels["pair_id"].n_unique() == 40, out

@@ -108,3 +108,34 @@ def test_each_package_module_imports_on_its_own(module):
     """Imported first, in a fresh interpreter: no module depends on pipeline.cli having loaded it."""
     result = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def root_name(node) -> str:
+    """`a` of `a.b.c`."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def test_the_server_side_is_argilla_unmodified_plus_its_search_engine():
+    """labeling/server/ runs in the Argilla server's venv: it imports nothing of prefab's other packages, and
+    assigns to no attribute of argilla_server, aiosqlite or sqlalchemy (no runtime patch, no setattr)."""
+    server_side = sorted((ROOT / "labeling" / "server").glob("*.py"))
+    assert {p.name for p in server_side} >= {"search_engine.py", "main.py", "postgres.py"}
+    modules = project_modules()
+    foreign = ("argilla_server", "aiosqlite", "sqlalchemy")
+    for path in server_side:
+        tree = ast.parse(path.read_text())
+        assert not imports_of(path, modules), path.name
+        imported = {}  # local name -> module it stands for
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported.update({(a.asname or a.name).split(".")[0]: a.name for a in node.names})
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.update({a.asname or a.name: node.module for a in node.names})
+        patched = [ast.unparse(target) for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+                   for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                   if isinstance(target, ast.Attribute) and imported.get(root_name(target), "").startswith(foreign)]
+        setattrs = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "setattr"]
+        assert not patched and not setattrs, (path.name, patched, setattrs)
+    assert not (ROOT / "labeling" / "argilla_speedups.py").exists()

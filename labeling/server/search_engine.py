@@ -18,15 +18,12 @@ Semantics mirror argilla_server/search_engine/commons.py (the Elasticsearch engi
 One deliberate difference: per-user progress counts only that user's responses (ES aggregates the
 statuses of every response on the records the user answered, which double counts shared records).
 
-`python search_engine.py server|worker|prepare` is the entry the launcher (labeling/server.py) runs
-with the server venv's python, so the engine is registered before the app or the worker starts.
+labeling/server/main.py imports it before starting the app or the worker, so it is registered there.
 """
 
 import hashlib
 import math
-import os
 import re
-import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List, Optional, Union
 from uuid import UUID
@@ -728,101 +725,3 @@ class SQLSearchEngine(SearchEngine):
         if threshold is not None:
             items = [item for item in items if item.score >= threshold]
         return SearchResponses(items=items, total=len(items))
-
-
-# ---------------------------------------------------------------- entry points for the launcher
-
-
-EXTRA_INDEXES = [  # the queue walks (dataset, status, id) in id order; counts read indexes only
-    "CREATE INDEX IF NOT EXISTS prefab_records_queue ON records (dataset_id, status, id)",
-    "CREATE INDEX IF NOT EXISTS prefab_records_dataset_id ON records (dataset_id, id)",
-    "CREATE INDEX IF NOT EXISTS prefab_records_dataset_inserted ON records (dataset_id, inserted_at)",
-    "CREATE INDEX IF NOT EXISTS prefab_responses_user_record ON responses (user_id, record_id, status)",
-]
-
-
-def prepare() -> None:
-    """After Argilla's migrations: indexes our queries use, and WAL so reads never wait on writes (SQLite)."""
-    from argilla_server.database import sync_engine
-
-    with sync_engine.begin() as conn:
-        if sync_engine.dialect.name == "sqlite":
-            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-        for statement in EXTRA_INDEXES:
-            conn.exec_driver_sql(statement)
-
-
-def setup() -> None:
-    """One process for what `labeling up` needs before starting (importing argilla_server takes seconds):
-    Argilla's own migration command, our indexes, and the owner account when PREFAB_OWNER_* are set."""
-    import asyncio
-
-    from argilla_server.cli.database.migrate import migrate_db
-
-    migrate_db(revision="head")
-    prepare()
-    if os.environ.get("PREFAB_OWNER_USERNAME"):
-        from argilla_server.cli.database.users.create import _create
-
-        asyncio.run(_create(first_name="Owner", username=os.environ["PREFAB_OWNER_USERNAME"], role="owner",
-                            password=os.environ["PREFAB_OWNER_PASSWORD"], api_key=os.environ["PREFAB_OWNER_API_KEY"]))
-
-
-def main(argv: List[str]) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="search_engine.py", description="Run Argilla with the prefab-sql search engine registered.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    server = sub.add_parser("server")
-    server.add_argument("--host", default="127.0.0.1")
-    server.add_argument("--port", type=int, default=6900)
-    server.add_argument("--no-access-log", action="store_true")
-    server.add_argument("--tag", help="ignored; marks the process as started for one labeling home")
-    server.add_argument("--connections", help="the connection table shared by the server processes on this port")
-    server.add_argument("--slot", type=int, default=0, help="this process's slot in it (0-63)")
-    worker = sub.add_parser("worker")
-    worker.add_argument("--tag", help="ignored; marks the process as started for one labeling home")
-    sub.add_parser("prepare")
-    sub.add_parser("setup")
-    args = parser.parse_args(argv)
-
-    if settings.search_engine != ENGINE_NAME:
-        raise SystemExit(f"ARGILLA_SEARCH_ENGINE must be {ENGINE_NAME!r} (got {settings.search_engine!r})")
-    if args.command == "prepare":
-        prepare()
-    elif args.command == "setup":
-        setup()
-    elif args.command == "server":
-        import gc
-        import socket
-
-        import uvicorn
-
-        import argilla_speedups  # labeling/, next to this file
-
-        # SO_REUSEPORT: several server processes (one per core) share the port; the kernel places connections by a hash
-        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((args.host, args.port))
-        argilla_speedups.apply(database_is_the_index=settings.search_engine == ENGINE_NAME)
-        from argilla_server import app
-
-        serving = uvicorn.Server(uvicorn.Config(argilla_speedups.one_request_start_per_turn(app), host=args.host, port=args.port,
-                                               access_log=not args.no_access_log))
-        if args.connections:  # several server processes share the port
-            serving.config.app = argilla_speedups.spread_connections(serving.config.app, serving.server_state.connections, args.connections, args.slot)
-        gc.collect()
-        gc.freeze()  # the ~300,000 objects of the app's start are not scanned by every full collection again (~200 ms, on the loop)
-        serving.run(sockets=[sock])
-    else:
-        from rq import Worker
-
-        from argilla_server.jobs.queues import DEFAULT_QUEUE, HIGH_QUEUE, REDIS_CONNECTION
-
-        Worker([HIGH_QUEUE, DEFAULT_QUEUE], connection=REDIS_CONNECTION).work(with_scheduler=False)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

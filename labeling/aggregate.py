@@ -135,6 +135,20 @@ def judge_vote_rows(pair_ids: list[str], verdicts: dict[str, str]) -> pl.DataFra
     return pl.DataFrame(rows, schema={"pair_id": pl.String, "annotator": pl.String, "label": pl.String})
 
 
+def gold_verdicts(gold_judgments: pl.DataFrame) -> dict[str, str]:
+    """Gold record id -> the judges' pairwise verdict on it (measured by calibrate), decided as on the run's
+    pairs: verdicts that held in both orders, no failed call, the majority over judges."""
+    from labeling.dataset import pairwise_verdicts
+    from labeling.push import gold_record_id
+
+    if gold_judgments.is_empty():
+        return {}
+    rows = gold_judgments.select(
+        pl.col("gold_id").map_elements(gold_record_id, return_dtype=pl.String).alias("pair_id"), "judge", "verdict_ab",
+        (pl.col("verdict_ab") == pl.col("verdict_ba")).alias("consistent"), pl.lit(None, pl.Float64).alias("confidence"), "error")
+    return {pair: v["label"] for pair, v in pairwise_verdicts(rows).items()}
+
+
 def resolve_labels(labels: pl.DataFrame, gold_labels: pl.DataFrame, judge: dict[str, str], gold_judgments: pl.DataFrame,
                    labeling) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(resolved, annotators): flags from gold first, then the configured aggregation without (or with) the flagged."""
@@ -148,12 +162,7 @@ def resolve_labels(labels: pl.DataFrame, gold_labels: pl.DataFrame, judge: dict[
         return majority(labels, labeling.tie_rule, labeling.min_submitted, judge), quality
     votes = None
     if labeling.judges_vote:
-        from labeling.push import gold_record_id
-
-        verdicts = dict(judge)
-        for g, ab, ba in gold_judgments.select("gold_id", "verdict_ab", "verdict_ba").iter_rows():  # measured by calibrate
-            if ab is not None and ab == ba:
-                verdicts.setdefault(gold_record_id(g), ab)
+        verdicts = {**gold_verdicts(gold_judgments), **judge}
         votes = judge_vote_rows(labels["pair_id"].unique().to_list() + gold_labels["pair_id"].unique().to_list(), verdicts)
     resolved, reliability = dawid_skene(labels, labeling.tie_rule, labeling.min_submitted, judge, gold_labels, votes)
     return resolved, quality.with_columns(pl.col("annotator").replace_strict(reliability, default=None, return_dtype=pl.Float64)

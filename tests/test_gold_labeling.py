@@ -9,7 +9,8 @@ import pytest
 from labeling_runs import make_run
 from test_push_pull import annotator, labels_frame, my_records, respond
 
-from labeling.aggregate import annotator_quality, dawid_skene
+from labeling.aggregate import annotator_quality, dawid_skene, gold_verdicts
+from labeling.push import gold_record_id
 from pipeline.config import LabelingConfig
 from pipeline.gold import read_gold
 from pipeline.config import CalibrateConfig
@@ -42,6 +43,18 @@ def test_dawid_skene_weighs_annotators_by_gold_and_gives_confidences():
     quality = annotator_quality(labels_frame(rows), labels_frame(gold), reliability, min_accuracy=0.7, min_gold=5)
     flagged = dict(zip(quality["annotator"], quality["flagged"]))
     assert flagged == {"bad": True, "fair": False, "good": False}
+
+
+def test_judges_vote_on_gold_by_majority_of_consistent_answered_verdicts():
+    """With judges_vote, the judges' verdicts on gold come from calibrate's gold_judgments, decided as on the
+    run's pairs: the majority of the judges whose verdict held in both orders; a failed call is no vote."""
+    rows = [("g1", "a-failed", None, None, "HTTP 500"), ("g1", "b-dissents", "rejected", "rejected", None),
+            ("g1", "c", "chosen", "chosen", None), ("g1", "d", "chosen", "chosen", None),
+            ("g2", "c", "chosen", "rejected", None),  # flipped with the order: no vote
+            ("g3", "b-dissents", "tie", "tie", None)]
+    frame = pl.DataFrame(rows, schema=["gold_id", "judge", "verdict_ab", "verdict_ba", "error"], orient="row")
+    assert gold_verdicts(frame) == {gold_record_id("g1"): "chosen", gold_record_id("g3"): "tie"}
+    assert gold_verdicts(frame.clear()) == {}
 
 
 @pytest.mark.server

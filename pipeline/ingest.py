@@ -179,25 +179,29 @@ def read_json_array(path: Path) -> list[tuple[int, object]] | None:
     return out
 
 
-def read_jsonl(path: Path):
+def json_lines(path: Path):
+    """(line number, value, None) for each non-blank line of a JSON Lines file, or (line number, None, what is
+    wrong) for a line that is not UTF-8 or not JSON: callers decide whether a bad line stops them."""
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
-                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte-order mark is not part of line 1
             except UnicodeDecodeError as e:
-                yield number, BadRow("line", f"invalid UTF-8 at byte {e.start} of the line")
+                yield number, None, f"invalid UTF-8 at byte {e.start} of the line"
                 continue
             if not text.strip():
                 continue
             try:
-                record = json.loads(text)
+                yield number, json.loads(text), None
             except json.JSONDecodeError as e:
-                yield number, BadRow("line", f"malformed JSON: {e.msg} at column {e.colno}")
-                continue
-            if not isinstance(record, dict):
-                yield number, BadRow("line", f"expected a JSON object, got {type(record).__name__}")
-                continue
-            yield number, record
+                yield number, None, f"malformed JSON: {e.msg} at column {e.colno}"
+
+
+def read_jsonl(path: Path):
+    for number, record, problem in json_lines(path):
+        if problem is None and not isinstance(record, dict):
+            problem = f"expected a JSON object, got {type(record).__name__}"
+        yield number, BadRow("line", problem) if problem else record
 
 
 def read_csv(path: Path):

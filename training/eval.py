@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.config import JudgeConfig, ModelSpec
 from pipeline.errors import InputError, unreadable
+from pipeline.ingest import json_lines
 from pipeline.store import atomic_write_text, content_id, prompt_id
 
 SCORE = {"chosen": 1.0, "tie": 0.5, "rejected": 0.0}  # "chosen" = the candidate's answer, shown first in order ab
@@ -94,17 +95,9 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[list[dict]]
         raise InputError(f"prompts file {path} does not exist", hint="pass an export's test split, e.g. runs/demo/exports/dpo_test.jsonl")
     out, seen = [], set()
     try:
-        f = path.open(encoding="utf-8-sig")  # a byte-order mark is not part of the first line
-    except OSError as e:
-        raise unreadable(path, e) from None
-    with f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON: {e.msg}", where=f"{path}:{i}") from None
+        for i, row, problem in json_lines(path):
+            if problem:
+                raise InputError(problem, where=f"{path}:{i}", hint="each line must be one JSON object (JSONL)")
             messages = _messages_of(row)
             if messages is None:
                 raise InputError("no prompt in this line (expected `prompt`, `messages` or `input.messages`)", where=f"{path}:{i}",
@@ -113,6 +106,8 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[list[dict]]
             if key not in seen:
                 seen.add(key)
                 out.append(messages)
+    except OSError as e:
+        raise unreadable(path, e) from None
     if not out:
         raise InputError(f"{path} holds no prompts", where=str(path))
     return out[:limit] if limit else out

@@ -5,13 +5,13 @@ Every exported line is validated against its model before the file is renamed in
 line number instead of failing deep inside a trainer.
 """
 
-import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import InputError, unreadable
+from pipeline.ingest import json_lines
 
 
 class Line(BaseModel):
@@ -157,18 +157,12 @@ def read_jsonl(path: str | Path, method: str) -> tuple[list[dict], type[Line]]:
         raise InputError(f"{path} is a directory, not a JSONL file", hint="pass e.g. runs/demo/exports/dpo_train.jsonl")
     rows = []
     try:
-        f = path.open(encoding="utf-8-sig")  # a byte-order mark is not part of the first line
+        for i, row, problem in json_lines(path):
+            if problem:
+                raise InputError(problem, where=f"{path}:{i}", hint="each line must be one JSON object (JSONL)")
+            rows.append(row)
     except OSError as e:
         raise unreadable(path, e) from None
-    with f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON: {e.msg} (column {e.colno})", where=f"{path}:{i}",
-                                 hint="each line must be one JSON object (JSONL)") from None
     if not rows:
         raise InputError(f"{path} holds no examples", where=str(path), hint="re-export with looser selection (prefab export --help)")
     candidates = TRAIN_FORMATS[method]

@@ -166,7 +166,8 @@ def bench_transformers(n: int, threads: int | None) -> list[dict]:
 
     from pipeline.cache import CallCache
     from pipeline.config import ModelSpec
-    from pipeline.llm import call_llm, load_model
+    from pipeline.llm import Request, call_llm
+    from pipeline.llm_transformers import load_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -183,10 +184,10 @@ def bench_transformers(n: int, threads: int | None) -> list[dict]:
             print(f"  direct model.generate ({label}): {direct:.1f} tok/s", flush=True)
 
             cache = CallCache(Path(tmp) / f"{label}.sqlite")
-            requests = [{"messages": m, "temperature": temperature, "top_p": 1.0, "max_tokens": LLM_MAX_TOKENS, "seed": i} for i, m in enumerate(messages)]
+            requests = [Request(m, temperature=temperature, top_p=1.0, max_tokens=LLM_MAX_TOKENS, seed=i) for i, m in enumerate(messages)]
             started = time.perf_counter()
             results = call_llm(spec, requests, cache, f"bench {label}")
-            ours = sum(r["completion_tokens"] for r in results) / (time.perf_counter() - started)
+            ours = sum(r.completion_tokens for r in results) / (time.perf_counter() - started)
             cache.close()
             print(f"  prefab call_llm ({label}): {ours:.1f} tok/s", flush=True)
             ratio = ours / direct

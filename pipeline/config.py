@@ -5,7 +5,6 @@ Secrets are referenced by environment-variable name (`api_key_env`), never store
 """
 
 import difflib
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -31,11 +30,15 @@ def distinct(values: list, field: str, what: str, fix: str) -> None:
 
 
 class ModelSpec(Strict):
-    """An LLM used as generator or judge."""
+    """An LLM used as generator or judge, answered by the backend `backend` names (pipeline/registry.py).
+
+    Some settings belong to one backend (each declares its own: pipeline/backends.py); set on a model of
+    another backend they would be ignored, so they are refused, naming the backend they belong to."""
 
     name: str | None = None  # label used in tables; defaults to `model`
-    backend: Literal["openai", "transformers"] = "transformers"
+    backend: str = "transformers"  # openai, transformers, or one a package registers
     model: str = EMBEDDED_LLM
+    # openai backend
     base_url: str | list[str] | None = None  # several URLs spread the load
     api_key_env: str | None = None  # name of the env var holding the key
     concurrency: int = Field(16, ge=1, le=4096)
@@ -43,8 +46,10 @@ class ModelSpec(Strict):
     tpm: float | None = Field(None, gt=0)  # tokens per minute
     timeout: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0, le=50)
-    batch_size: int = Field(8, ge=1)  # transformers backend
-    device: str | None = None  # transformers backend: cpu, cuda, cuda:1...
+    # transformers backend
+    batch_size: int = Field(8, ge=1)
+    device: str | None = None  # cpu, cuda, cuda:1...
+    # any backend
     price_per_mtok_in: float = Field(0.0, ge=0)
     price_per_mtok_out: float = Field(0.0, ge=0)
 
@@ -58,11 +63,38 @@ class ModelSpec(Strict):
             return []
         return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v):
+        from pipeline.registry import backend
+
+        try:
+            backend(v)
+        except ConfigError as e:
+            raise ValueError(f"{e.message}; {e.hint}") from None
+        return v
+
     @model_validator(mode="after")
     def _check_backend(self):
+        from pipeline.registry import backend, backends
+
+        mine = backend(self.backend)
+        for name, other in backends().items():
+            for field in sorted(other.fields - mine.fields):
+                if getattr(self, field) != type(self).model_fields[field].default:
+                    raise ValueError(f"`{field}` is a setting of the {name} backend, and this model's backend is {self.backend}: "
+                                     f"remove `{field}`, or set `backend: {name}`")
         if self.backend == "openai" and self.model.startswith("embedded:"):
             raise ValueError("the openai backend needs a served model name in `model`, not an embedded one")
         return self
+
+    def on_backend(self, new: str, /, **update):
+        """This model moved to the backend `new`, with `update` applied: the settings only its old backend reads go
+        back to their defaults (the new one would refuse them)."""
+        from pipeline.registry import backend
+
+        dropped = backend(self.backend).fields - backend(new).fields
+        return type(self).model_validate({**self.model_dump(exclude=dropped), **update, "backend": new})
 
 
 class GeneratorSpec(ModelSpec):
@@ -428,13 +460,3 @@ def _check_secrets(config: Config, path: Path, node) -> None:
                 line = _line_of(node, [section, "generators" if section == "generate" else "judges", i, "api_key_env"])
                 raise ConfigError(f"{section}[{i}].api_key_env looks like a key itself, not a variable name",
                                   where=f"{path}:{line}", hint="export the key as e.g. OPENAI_API_KEY and write `api_key_env: OPENAI_API_KEY`")
-
-
-def api_key(spec: ModelSpec) -> str:
-    if not spec.api_key_env:
-        return os.environ.get("OPENAI_API_KEY", "not-needed")
-    value = os.environ.get(spec.api_key_env)
-    if not value:
-        raise ConfigError(f"environment variable {spec.api_key_env} is not set (api_key_env of model {spec.label!r})",
-                          hint=f"export {spec.api_key_env}=... before running")
-    return value

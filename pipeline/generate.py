@@ -11,7 +11,7 @@ import polars as pl
 
 from pipeline.cache import CallCache, run_cache
 from pipeline.config import GeneratorSpec
-from pipeline.llm import call_llm, check_spec
+from pipeline.llm import Request, call_llm, check_spec
 from pipeline.progress import summary
 from pipeline.queries import active_prompts
 from pipeline.schema import TABLES
@@ -21,7 +21,7 @@ SECTION = "generate"  # the config section this stage needs (pipeline/registry.p
 ORDER = 30  # its place in `prefab run`
 
 
-def plan(prompts: pl.DataFrame, generators: list[GeneratorSpec]) -> list[tuple[GeneratorSpec, dict, dict]]:
+def plan(prompts: pl.DataFrame, generators: list[GeneratorSpec]) -> list[tuple[GeneratorSpec, dict, Request]]:
     """(generator, candidate row without results, request) for every candidate, in a stable order."""
     out = []
     for spec in generators:
@@ -33,8 +33,8 @@ def plan(prompts: pl.DataFrame, generators: list[GeneratorSpec]) -> list[tuple[G
                 for i in range(spec.n):
                     row = {"candidate_id": candidate_id(prompt_id, spec.label, params, i), "prompt_id": prompt_id, "model": spec.label,
                            "temperature": temperature, "top_p": spec.top_p, "sample_index": i}
-                    request = {"messages": messages, "temperature": temperature, "top_p": spec.top_p, "max_tokens": spec.max_tokens,
-                               "seed": None if spec.seed is None else spec.seed + i, "stop": stop or None}
+                    request = Request(messages, temperature=temperature, top_p=spec.top_p, max_tokens=spec.max_tokens,
+                                      seed=None if spec.seed is None else spec.seed + i, stop=stop or None)
                     out.append((spec, row, request))
     return out
 
@@ -54,9 +54,9 @@ def generate_with_counts(prompts: pl.DataFrame, generators: list[GeneratorSpec],
         mine = [j for j, (s, row, _) in enumerate(planned) if s is spec and row["candidate_id"] not in kept]
         results = call_llm(spec, [planned[j][2] for j in mine], cache, f"generate {spec.label}")
         for j, result in zip(mine, results):
-            cached += result["cached"]
-            calls += not result["cached"]
-            rows[j] = {**planned[j][1], **{k: result.get(k) for k in ("text", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "error")}}
+            cached += result.cached
+            calls += not result.cached
+            rows[j] = {**planned[j][1], **{k: getattr(result, k) for k in ("text", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "error")}}
         for j, (s, row, _) in enumerate(planned):
             if s is spec and rows[j] is None:
                 rows[j] = kept[row["candidate_id"]]

@@ -1,11 +1,12 @@
 """LLM-as-judge: a pointwise rubric (UltraFeedback-style aspects) and a position-swapped pairwise judge.
 
 Pointwise: each candidate is rated on the configured aspects (name, description, scale, weight), each with
-a rationale. The answer is JSON: sent as a JSON schema in `response_format` when the backend is openai and
-`structured_output` is on, otherwise asked for in the prompt and parsed and validated here. An answer that
-is not JSON, misses an aspect or leaves the scale is asked again (`parse_retries` times) with another seed
-and `retry_temperature`, so neither the call cache nor greedy decoding hands back the same bad answer; after
-that it is recorded with its raw text, its error and a null score. One bad answer never fails a batch.
+a rationale. The answer is JSON: sent as a JSON schema in `response_format` when the backend honours one
+(openai) and `structured_output` is on, otherwise asked for in the prompt and parsed and validated here.
+An answer that is not JSON, misses an aspect or leaves the scale is asked again (`parse_retries` times)
+with another seed and `retry_temperature`, so neither the call cache nor greedy decoding hands back the
+same bad answer; after that it is recorded with its raw text, its error and a null score. One bad answer
+never fails a batch.
 
 `scoring: logprobs` instead asks one single-token question per aspect and takes the probability-weighted mean
 of the scale's digits (as G-Eval): always parseable and graded, which is what a small local judge (the
@@ -21,13 +22,15 @@ Several judges form an ensemble: one row per (candidate, judge); their agreement
 import json
 import math
 import re
+from dataclasses import replace
 
 import polars as pl
 from pydantic import BaseModel, ValidationError
 
 from pipeline.cache import run_cache
-from pipeline.llm import call_llm, check_spec
+from pipeline.llm import Request, Result, call_llm, check_spec
 from pipeline.progress import console, summary
+from pipeline.registry import backend
 from pipeline.schema import TABLES, empty
 
 SECTION = "judge"  # the config section this stage needs (pipeline/registry.py)
@@ -67,13 +70,7 @@ PAIRWISE_TOKEN_SYSTEM = """You are a strict, fair evaluator of AI assistant resp
 Compare two responses, A and B, to the conversation below. Which one serves the user better overall:
 correct, helpful, honest, follows the instructions? Reply with a single letter: A or B."""
 
-TOP_LOGPROBS = 20  # the most OpenAI-compatible servers return
-LOCAL_TOP_LOGPROBS = 100  # in-process models hold every logit: look deeper, so a small judge whose top 20 has no digit still scores
 TIE_BAND = 0.1  # logprob pairwise: A and B within 0.45..0.55 of their shared probability is a tie
-
-
-def top_logprobs(spec) -> int:
-    return TOP_LOGPROBS if spec.backend == "openai" else LOCAL_TOP_LOGPROBS
 
 
 class AspectAnswer(BaseModel):
@@ -200,7 +197,7 @@ def parse_verdict(text: str | None) -> str:
 # ---------------------------------------------------------------- asking with retries
 
 
-def ask_parsed(spec, base_requests: list[dict], parse, cache, cfg, description: str) -> list[dict]:
+def ask_parsed(spec, base_requests: list[Request], parse, cache, cfg, description: str) -> list[dict]:
     """Ask each request; re-ask the ones whose answer fails `parse(result)` with seed + attempt at retry_temperature.
 
     A failed call is not re-asked here: call_llm has already spent its retry budget on it (one policy for
@@ -213,15 +210,15 @@ def ask_parsed(spec, base_requests: list[dict], parse, cache, cfg, description: 
         if not pending:
             break
         temperature = cfg.temperature if attempt == 0 else max(cfg.retry_temperature, cfg.temperature)
-        requests = [{**base_requests[i], "temperature": temperature, "seed": cfg.seed + attempt} for i in pending]
+        requests = [replace(base_requests[i], temperature=temperature, seed=cfg.seed + attempt) for i in pending]
         label = description if attempt == 0 else f"{description} (retry {attempt}: {len(pending)})"
         results = call_llm(spec, requests, cache, label)
         still = []
         for i, result in zip(pending, results):
             slot = out[i]
-            slot.update(attempts=attempt + 1, result=result, raw=result.get("text"))
-            if result["error"] is not None:
-                slot["error"] = f"call failed: {result['error']}"
+            slot.update(attempts=attempt + 1, result=result, raw=result.text)
+            if result.error is not None:
+                slot["error"] = f"call failed: {result.error}"
                 continue
             try:
                 slot["value"], slot["error"] = parse(result), None
@@ -236,10 +233,10 @@ def judge_candidates(spec, items: list[tuple[list[dict], str]], aspects, cache, 
     """Judgment rows (without ids) for (messages, response) items: aspects, overall, rationale, raw, error."""
     if cfg.scoring == "logprobs":
         return judge_by_logprobs(spec, items, aspects, cache, cfg)
-    structured = cfg.structured_output and spec.backend == "openai"
-    base = [{"messages": rubric_messages(aspects, messages, response), "max_tokens": cfg.max_tokens,
-             "response_format": rubric_schema(aspects) if structured else None} for messages, response in items]
-    answers = ask_parsed(spec, base, lambda result: parse_rubric(result["text"], aspects), cache, cfg, f"judge {spec.label}")
+    structured = cfg.structured_output and backend(spec.backend).json_schema
+    base = [Request(rubric_messages(aspects, messages, response), max_tokens=cfg.max_tokens,
+                    response_format=rubric_schema(aspects) if structured else None) for messages, response in items]
+    answers = ask_parsed(spec, base, lambda result: parse_rubric(result.text, aspects), cache, cfg, f"judge {spec.label}")
     rows = []
     for ans in answers:
         scores = ans["value"]
@@ -253,9 +250,9 @@ def judge_candidates(spec, items: list[tuple[list[dict], str]], aspects, cache, 
     return rows
 
 
-def token_distribution(result: dict, allowed) -> dict[str, float]:
+def token_distribution(result: Result, allowed) -> dict[str, float]:
     """Probabilities of the allowed one-token answers at the first position, from the returned top logprobs."""
-    steps = result.get("logprobs") or []
+    steps = result.logprobs or []
     if not steps:
         raise ValueError("no logprobs in the answer (the backend must return them for scoring: logprobs)")
     first = steps[0]
@@ -265,7 +262,7 @@ def token_distribution(result: dict, allowed) -> dict[str, float]:
         if token in allowed:
             probs[token] = probs.get(token, 0.0) + math.exp(alt["logprob"])
     if not probs:
-        raise ValueError(f"none of {sorted(allowed)} among the top tokens (answer began {result.get('text')!r})")
+        raise ValueError(f"none of {sorted(allowed)} among the top tokens (answer began {result.text!r})")
     return probs
 
 
@@ -280,7 +277,8 @@ def aspect_messages(aspect, messages: list[dict], response: str) -> list[dict]:
 def judge_by_logprobs(spec, items: list[tuple[list[dict], str]], aspects, cache, cfg) -> list[dict]:
     """One single-token request per (candidate, aspect); the score is the probability-weighted mean of the scale's
     digits (G-Eval). A small model that never writes valid JSON still gives a usable, graded score."""
-    base = [{"messages": aspect_messages(a, messages, response), "max_tokens": 1, "logprobs": True, "top_logprobs": top_logprobs(spec)}
+    depth = backend(spec.backend).top_logprobs
+    base = [Request(aspect_messages(a, messages, response), max_tokens=1, logprobs=True, top_logprobs=depth)
             for messages, response in items for a in aspects]
     scales = [{str(k) for k in range(int(a.min), int(a.max) + 1)} for a in aspects] * len(items)
     once = cfg.model_copy(update={"parse_retries": 0})  # the distribution is the same on every try
@@ -310,9 +308,9 @@ def judge_by_logprobs(spec, items: list[tuple[list[dict], str]], aspects, cache,
     return rows
 
 
-def _verdict_prob(result: dict | None) -> float | None:
+def _verdict_prob(result: Result) -> float | None:
     """Probability the judge gave its verdict token (the last A/B/tie token), from the returned logprobs."""
-    tokens = (result or {}).get("logprobs") or []
+    tokens = result.logprobs or []
     for tok in reversed(tokens):
         if tok.get("token", "").strip().strip('"').lower() in ("a", "b", "tie"):
             return float(math.exp(tok["logprob"]))
@@ -343,19 +341,17 @@ def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg) -> l
     With `scoring: logprobs` the verdict is one token, A or B, read from its probabilities (close = tie).
     """
     by_token = cfg.scoring == "logprobs"
-    structured = cfg.structured_output and spec.backend == "openai" and not by_token
+    structured = cfg.structured_output and backend(spec.backend).json_schema and not by_token
     want_logprobs = by_token or bool(cfg.logprobs)
+    depth = (backend(spec.backend).top_logprobs if by_token else 5) if want_logprobs else None
     base = []
     for messages, first, second in items:
         for a, b in ((first, second), (second, first)):
             if by_token:
-                req = {"messages": pairwise_token_messages(messages, a, b), "max_tokens": 1}
+                base.append(Request(pairwise_token_messages(messages, a, b), max_tokens=1, logprobs=True, top_logprobs=depth))
             else:
-                req = {"messages": pairwise_messages(messages, a, b), "max_tokens": cfg.max_tokens,
-                       "response_format": PAIRWISE_SCHEMA if structured else None}
-            if want_logprobs:
-                req.update(logprobs=True, top_logprobs=top_logprobs(spec) if by_token else 5)
-            base.append(req)
+                base.append(Request(pairwise_messages(messages, a, b), max_tokens=cfg.max_tokens, logprobs=want_logprobs,
+                                    top_logprobs=depth, response_format=PAIRWISE_SCHEMA if structured else None))
     parse = token_verdict if by_token else (lambda result: json_verdict(result, want_logprobs))
     answers = ask_parsed(spec, base, parse, cache, cfg.model_copy(update={"parse_retries": 0}) if by_token else cfg, f"pairwise {spec.label}")
     rows = []
@@ -384,7 +380,7 @@ def pairwise_token_messages(messages: list[dict], a: str, b: str) -> list[dict]:
     return [{"role": "system", "content": PAIRWISE_TOKEN_SYSTEM}, {"role": "user", "content": user}]
 
 
-def token_verdict(result: dict) -> tuple[str, float, float]:
+def token_verdict(result: Result) -> tuple[str, float, float]:
     """(winner, its probability share, A's share) from the probabilities of the tokens A and B."""
     probs = token_distribution(result, {"A", "B"})
     share = probs.get("A", 0.0) / sum(probs.values())
@@ -393,9 +389,9 @@ def token_verdict(result: dict) -> tuple[str, float, float]:
     return ("A", share, round(share, 6)) if share > 0.5 else ("B", 1 - share, round(share, 6))
 
 
-def json_verdict(result: dict, want_logprobs: bool) -> tuple[str, float | None, float | None]:
+def json_verdict(result: Result, want_logprobs: bool) -> tuple[str, float | None, float | None]:
     """(winner, probability of the verdict token, A's share) of a JSON verdict; the probabilities need logprobs."""
-    winner = parse_verdict(result["text"])
+    winner = parse_verdict(result.text)
     p = _verdict_prob(result) if want_logprobs else None
     if p is None:
         return winner, None, None

@@ -4,9 +4,13 @@ plugins), so that pipeline/ names no other package:
 - `prefab.stages`: a module with `step(config, run, **options) -> dict`, `SECTION` (the config section it
   needs, or None) and `ORDER` (its place in `prefab run`); the entry point's name is the stage's name;
 - `prefab.commands`: a list of click commands added to `prefab`;
-- `prefab.report`: a list of functions `(run) -> html | None`, sections of report.html.
+- `prefab.report`: a list of functions `(run) -> html | None`, sections of report.html;
+- `prefab.backends`: a model backend (pipeline/backends.py says what one is); the entry point's name is what
+  `backend:` in a model's config names. The two built-in ones, openai and transformers, are known here in
+  code, so pipeline/ runs without its entry points installed; `register_backend` adds one at run time
+  (tests register an in-process fake).
 
-A new stage, command or report section elsewhere (another package too) registers the same way.
+A new stage, command, report section or backend elsewhere (another package too) registers the same way.
 """
 
 from functools import cache
@@ -37,3 +41,42 @@ def commands() -> list:
 @cache
 def report_sections() -> list:
     return [section for group in _load("prefab.report").values() for section in group]
+
+
+_registered: dict = {}  # register_backend's
+
+
+def register_backend(name: str, backend) -> None:
+    """Make `backend: NAME` use this backend (replacing any of that name) in this process."""
+    _registered[name] = backend
+
+
+def unregister_backend(name: str) -> None:
+    _registered.pop(name, None)
+
+
+def backends() -> dict:
+    """backend name -> backend: the built-in ones, then those of installed packages, then those registered at run time."""
+    return {**_builtin_backends(), **_entry_point_backends(), **_registered}
+
+
+def backend(name: str):
+    """The backend registered as `name`, or a ConfigError naming the known ones."""
+    known = backends()
+    if name not in known:
+        raise ConfigError(f"unknown backend {name!r}", hint=f"known backends: {', '.join(sorted(known))} "
+                                                            "(a package adds one under the entry point group prefab.backends)")
+    return known[name]
+
+
+@cache
+def _builtin_backends() -> dict:
+    from pipeline.llm_openai import OpenAIBackend
+    from pipeline.llm_transformers import TransformersBackend
+
+    return {"openai": OpenAIBackend(), "transformers": TransformersBackend()}
+
+
+@cache
+def _entry_point_backends() -> dict:
+    return {ep.name: ep.load() for ep in entry_points(group="prefab.backends")}

@@ -58,9 +58,23 @@ from labeling_fixtures import argilla_client, argilla_http, labeling_server  # n
 @pytest.fixture
 def fast_backoff(monkeypatch):
     """Pauses of 10 ms between a call's attempts, for tests about what is retried rather than how long it waits."""
-    import pipeline.llm
+    import pipeline.llm_openai
 
-    monkeypatch.setattr(pipeline.llm, "BACKOFF_S", (0.01, 0.01))
+    monkeypatch.setattr(pipeline.llm_openai, "BACKOFF_S", (0.01, 0.01))
+
+
+@pytest.fixture
+def fake_backend():
+    """An in-process backend registered as `fake` (tests/fake_backend.py), fresh per test: a model with
+    `backend: fake` answers without a server; script it with `fake_backend.respond`, read `fake_backend.requests`."""
+    from fake_backend import FakeBackend
+
+    from pipeline.registry import register_backend, unregister_backend
+
+    fake = FakeBackend()
+    register_backend("fake", fake)
+    yield fake
+    unregister_backend("fake")
 
 
 def pytest_collection_modifyitems(items):

@@ -249,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
             page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1><hr>nginx</body></html>"
             self._send_raw(200, page, content_type="text/html")
             return "html"
-        payload = _completion(request, reply)
+        payload = completion(request, reply)
         if name in ("wrongjson", "nochoices", "nomessage"):
             wrong = {"wrongjson": {"status": "error", "detail": "upstream connect error"},
                      "nochoices": {**payload, "choices": []},
@@ -285,8 +285,9 @@ def _error(message: str, kind: str, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
-def _completion(request: dict, reply) -> dict:
-    """A chat.completion object; max_tokens and stop are applied to the reply as a real server would."""
+def completion(request: dict, reply) -> dict:
+    """A chat.completion object; max_tokens and stop are applied to the reply as a real server would
+    (tests/fake_backend.py answers with it too)."""
     reply = reply if isinstance(reply, dict) else {"content": reply}
     content = reply.get("content")
     finish = reply.get("finish_reason")

@@ -1,4 +1,5 @@
-"""The generate stage against a real OpenAI-compatible server: rows, failures, --retry-failed, kill -9 and resume."""
+"""The generate stage: rows and seeds on the in-process fake backend; failures, --retry-failed, kill -9 and resume
+against a real OpenAI-compatible server."""
 
 import json
 import os
@@ -45,16 +46,17 @@ def write_config(tmp_path: Path, server, n_prompts: int, **gen) -> Path:
     return path
 
 
-def test_every_prompt_temperature_and_sample_gets_a_candidate(openai_server, tmp_path):
+def test_every_prompt_temperature_and_sample_gets_a_candidate(fake_backend, tmp_path):
+    """What generate itself decides needs only answers, so no server: the in-process fake backend gives them."""
     prompts = prompts_frame(["What is rust?", "Write a limerick.", "Explain TCP."])
-    spec = generator(openai_server, temperatures=[0.3, 0.7], n=2, seed=10, price_per_mtok_in=1.0, price_per_mtok_out=2.0)
+    spec = GeneratorSpec(name="fake", backend="fake", model="fake-model", temperatures=[0.3, 0.7], n=2, seed=10)
     cache = CallCache(tmp_path / "cache.sqlite")
     df = generate(prompts, [spec], cache)
     assert df.height == 12 and df["candidate_id"].n_unique() == 12
     assert df.schema == pl.Schema(TABLES["candidates"])
     assert df["error"].null_count() == 12
     # sample i is asked with seed + i, so the samples of one prompt and temperature differ
-    seeds = Counter((b["messages"][0]["content"], b["temperature"], b["seed"]) for b in openai_server.bodies)
+    seeds = Counter((r.messages[0]["content"], r.temperature, r.seed) for r in fake_backend.requests)
     assert set(s for _, _, s in seeds) == {10, 11} and max(seeds.values()) == 1
     first = df.filter(pl.col("prompt_id") == prompts["prompt_id"][0], pl.col("temperature") == 0.3).sort("sample_index")
     assert first["text"].to_list() == [default_respond({"messages": [{"role": "user", "content": "What is rust?"}], "temperature": 0.3, "seed": s})
@@ -62,7 +64,7 @@ def test_every_prompt_temperature_and_sample_gets_a_candidate(openai_server, tmp
     assert df["prompt_tokens"].to_list() == [3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2] and (df["completion_tokens"] > 0).all()
 
     again = generate(prompts, [spec], cache)
-    assert openai_server.total == 12  # all from the cache
+    assert len(fake_backend.requests) == 12  # all from the cache
     assert again.equals(df)
 
 

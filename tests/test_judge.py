@@ -1,6 +1,7 @@
 """LLM-as-judge: rubric parsing and validation, retries with a changed seed, null scores with the raw text kept,
-refusals, ensembles, the position-swapped pairwise judge. Judge outputs we control come from the local
-OpenAI-compatible server (real `openai` client, real HTTP); the real embedded SmolLM2 judges a few rows."""
+refusals, ensembles, the position-swapped pairwise judge. Judge outputs we control come from the in-process
+fake backend where only the answers matter, and from the local OpenAI-compatible server (real `openai` client,
+real HTTP) where what is sent, refusals and failed calls matter; the real embedded SmolLM2 judges a few rows."""
 
 import json
 import math
@@ -29,6 +30,10 @@ def response_of(request) -> str:
 
 def server_spec(server, name="judge", **kw) -> dict:
     return {"name": name, "backend": "openai", "model": f"{name}-model", "base_url": server.url, "max_retries": 0, "timeout": 10, **kw}
+
+
+def fake_spec(name="judge") -> dict:
+    return {"name": name, "backend": "fake", "model": f"{name}-model"}
 
 
 # ---------------------------------------------------------------- parsing
@@ -174,19 +179,22 @@ def test_rerun_repays_only_failed_calls(judged, openai_server):
     assert run.read("judgments").equals(first)
 
 
-def test_without_structured_output_the_prompt_asks_for_json(openai_server, tmp_path):
-    openai_server.respond = lambda r: rated(3)
+@pytest.mark.parametrize("structured_output, json_schema", [(False, True), (True, False)])
+def test_without_structured_output_the_prompt_asks_for_json(fake_backend, tmp_path, structured_output, json_schema):
+    """Turned off in the config, or a backend that does not honour response_format (transformers)."""
+    fake_backend.json_schema = json_schema
+    fake_backend.respond = lambda r: rated(3)
     run, config = make_run(tmp_path / "run", ["Hi"], {"Hi": ["Hello!"]},
-                           judge={"judges": [server_spec(openai_server)], "structured_output": False})
+                           judge={"judges": [fake_spec()], "structured_output": structured_output})
     judge.step(config, run)
-    body = openai_server.bodies[0]
-    assert "response_format" not in body
-    system = body["messages"][0]["content"]
+    [request] = fake_backend.requests
+    assert request.response_format is None
+    system = request.messages[0]["content"]
     assert "Answer with JSON only" in system and all(f"- {n} (1 to 5)" in system for n in NAMES)
     assert run.read("judgments")["overall"].to_list() == [3.0]
 
 
-def test_ensemble_records_agreement(openai_server, tmp_path):
+def test_ensemble_records_agreement(fake_backend, tmp_path):
     def two_judges(request):
         text = response_of(request)
         base = {"short": 2, "medium answer": 3, "a much longer answer": 4}[text]
@@ -194,9 +202,9 @@ def test_ensemble_records_agreement(openai_server, tmp_path):
             base = 5  # the second judge disagrees on one candidate
         return rated(base)
 
-    openai_server.respond = two_judges
+    fake_backend.respond = two_judges
     run, config = make_run(tmp_path / "run", ["Q"], {"Q": ["short", "medium answer", "a much longer answer"]},
-                           judge={"judges": [server_spec(openai_server, "first"), server_spec(openai_server, "second")]})
+                           judge={"judges": [fake_spec("first"), fake_spec("second")]})
     counts = judge.step(config, run)
     df = run.read("judgments")
     assert df.height == 6 and sorted(df["judge"].unique()) == ["first", "second"]
@@ -217,7 +225,7 @@ def test_same_model_as_generator_is_warned_about():
 # ---------------------------------------------------------------- pairwise
 
 
-def pair_server(openai_server, decide):
+def pair_server(backend, decide):
     """decide(first_text, second_text) -> 'A' | 'B' | 'tie' (or a raw reply string)."""
     def respond(request):
         user = request["messages"][-1]["content"]
@@ -226,14 +234,15 @@ def pair_server(openai_server, decide):
         winner = decide(a, b)
         return json.dumps({"rationale": "because", "winner": winner}) if winner in ("A", "B", "tie") else winner
 
-    openai_server.respond = respond
+    backend.respond = respond
 
 
-def pairwise(openai_server, tmp_path, items, **cfg):
+def pairwise(tmp_path, items, **cfg):
+    """judge_pairs on the fake backend (the `fake_backend` fixture)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     cache = CallCache(tmp_path / "cache.sqlite")
     try:
-        return judge_pairs(ModelSpec(**server_spec(openai_server)), items, cache, JudgeConfig(**cfg))
+        return judge_pairs(ModelSpec(**fake_spec()), items, cache, JudgeConfig(**cfg))
     finally:
         cache.close()
 
@@ -241,34 +250,34 @@ def pairwise(openai_server, tmp_path, items, **cfg):
 ITEMS = [([{"role": "user", "content": "Q1"}], "GOOD one", "bad one"), ([{"role": "user", "content": "Q2"}], "bad two", "GOOD two")]
 
 
-def test_pairwise_judges_both_orders_and_maps_verdicts_back(openai_server, tmp_path):
-    pair_server(openai_server, lambda a, b: "A" if "GOOD" in a else "B" if "GOOD" in b else "tie")
-    rows = pairwise(openai_server, tmp_path, ITEMS + [([{"role": "user", "content": "Q3"}], "same", "same too")])
+def test_pairwise_judges_both_orders_and_maps_verdicts_back(fake_backend, tmp_path):
+    pair_server(fake_backend, lambda a, b: "A" if "GOOD" in a else "B" if "GOOD" in b else "tie")
+    rows = pairwise(tmp_path, ITEMS + [([{"role": "user", "content": "Q3"}], "same", "same too")])
     assert [(r["verdict_ab"], r["verdict_ba"], r["consistent"], r["confidence"]) for r in rows] == [
         ("chosen", "chosen", True, 1.0), ("rejected", "rejected", True, 1.0), ("tie", "tie", True, 1.0)]
-    assert openai_server.total == 6  # 3 pairs x 2 orders
-    orders = [(b["messages"][-1]["content"].index("GOOD one") < b["messages"][-1]["content"].index("bad one"))
-              for b in openai_server.bodies if "GOOD one" in b["messages"][-1]["content"]]
+    assert len(fake_backend.requests) == 6  # 3 pairs x 2 orders
+    orders = [(r.messages[-1]["content"].index("GOOD one") < r.messages[-1]["content"].index("bad one"))
+              for r in fake_backend.requests if "GOOD one" in r.messages[-1]["content"]]
     assert sorted(orders) == [False, True]  # shown once in each order
     assert json.loads(rows[0]["raw"])["ab"] == '{"rationale": "because", "winner": "A"}'
 
 
-def test_a_judge_that_always_prefers_the_first_position_is_inconsistent(openai_server, tmp_path):
-    pair_server(openai_server, lambda a, b: "A")
-    rows = pairwise(openai_server, tmp_path, ITEMS)
+def test_a_judge_that_always_prefers_the_first_position_is_inconsistent(fake_backend, tmp_path):
+    pair_server(fake_backend, lambda a, b: "A")
+    rows = pairwise(tmp_path, ITEMS)
     assert all(r["verdict_ab"] == "chosen" and r["verdict_ba"] == "rejected" for r in rows)
     assert all(r["consistent"] is False and r["confidence"] == 0.0 for r in rows)
 
 
-def test_pairwise_failure_is_recorded_not_raised(openai_server, tmp_path):
-    pair_server(openai_server, lambda a, b: "I refuse to compare." if "one" in a + b else "A")
-    rows = pairwise(openai_server, tmp_path, ITEMS, parse_retries=1)
+def test_pairwise_failure_is_recorded_not_raised(fake_backend, tmp_path):
+    pair_server(fake_backend, lambda a, b: "I refuse to compare." if "one" in a + b else "A")
+    rows = pairwise(tmp_path, ITEMS, parse_retries=1)
     assert rows[0]["verdict_ab"] is None and rows[0]["consistent"] is None and rows[0]["confidence"] is None
     assert "ab: unparseable" in rows[0]["error"] and "ba: unparseable" in rows[0]["error"]
     assert rows[1]["consistent"] is False and rows[1]["error"] is None
 
 
-def test_pairwise_confidence_from_logprobs(openai_server, tmp_path):
+def test_pairwise_confidence_from_logprobs(fake_backend, tmp_path):
     def respond(request):
         content = json.dumps({"rationale": "r", "winner": "A" if "GOOD one" in request["messages"][-1]["content"].split("## Response B")[0] else "B"})
         prob = 0.9 if "GOOD one" in request["messages"][-1]["content"].split("## Response B")[0] else 0.6
@@ -277,10 +286,10 @@ def test_pairwise_confidence_from_logprobs(openai_server, tmp_path):
                   {"token": '"}', "logprob": -0.01, "bytes": None, "top_logprobs": []}]
         return {"content": content, "logprobs": tokens}
 
-    openai_server.respond = respond
-    [row] = pairwise(openai_server, tmp_path, ITEMS[:1], logprobs=True)
+    fake_backend.respond = respond
+    [row] = pairwise(tmp_path, ITEMS[:1], logprobs=True)
     assert row["consistent"] is True and row["confidence"] == pytest.approx(0.75)
-    assert all(b.get("logprobs") is True for b in openai_server.bodies)
+    assert all(r.logprobs is True for r in fake_backend.requests)
 
 
 # ---------------------------------------------------------------- the real embedded SmolLM2 as judge
@@ -346,12 +355,12 @@ def test_logprob_scoring_needs_single_digit_scales():
         JudgeConfig(scoring="logprobs", aspects=[AspectSpec(name="a", min=1, max=10)])
 
 
-def test_logprob_pairwise_with_a_first_position_bias(openai_server, tmp_path):
-    openai_server.respond = lambda request: token_reply({"A": 0.7, "B": 0.3})
-    rows = pairwise(openai_server, tmp_path, ITEMS, scoring="logprobs")
+def test_logprob_pairwise_with_a_first_position_bias(fake_backend, tmp_path):
+    fake_backend.respond = lambda request: token_reply({"A": 0.7, "B": 0.3})
+    rows = pairwise(tmp_path, ITEMS, scoring="logprobs")
     assert [(r["verdict_ab"], r["verdict_ba"], r["consistent"], r["confidence"]) for r in rows] == [("chosen", "rejected", False, 0.0)] * 2
-    openai_server.respond = lambda request: token_reply({"A": 0.52, "B": 0.48})
-    rows = pairwise(openai_server, tmp_path / "again", ITEMS, scoring="logprobs")
+    fake_backend.respond = lambda request: token_reply({"A": 0.52, "B": 0.48})
+    rows = pairwise(tmp_path / "again", ITEMS, scoring="logprobs")
     assert all(r["verdict_ab"] == r["verdict_ba"] == "tie" and r["consistent"] for r in rows)
 
 

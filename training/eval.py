@@ -15,6 +15,7 @@ import math
 import tempfile
 from pathlib import Path
 
+from pipeline.backends import Result
 from pipeline.config import JudgeConfig, ModelSpec
 from pipeline.errors import InputError, unreadable
 from pipeline.ingest import json_lines
@@ -138,13 +139,14 @@ def fingerprint(model: str) -> str:
     return content_id("model", str(path), [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
 
 
-def answer(model: str, prompts: list[list[dict]], out_dir: Path, *, max_tokens: int, batch_size: int = 8) -> list[dict]:
+def answer(model: str, prompts: list[list[dict]], out_dir: Path, *, max_tokens: int, batch_size: int = 8) -> list[Result]:
+    """The model's greedy answers, cached per checkpoint."""
     from pipeline.cache import CallCache
-    from pipeline.llm import call_llm
+    from pipeline.llm import Request, call_llm
 
     spec = ModelSpec(backend="transformers", model=model, batch_size=batch_size)
     cache = CallCache(out_dir / "calls" / f"{fingerprint(model)}.sqlite")
-    requests = [{"messages": m, "temperature": 0.0, "max_tokens": max_tokens, "seed": 0} for m in prompts]
+    requests = [Request(m, temperature=0.0, max_tokens=max_tokens, seed=0) for m in prompts]
     try:
         return call_llm(spec, requests, cache, f"answers {Path(model).name}")
     finally:
@@ -191,9 +193,9 @@ def evaluate(base: str, candidate: str, prompts: list[list[dict]], judge: ModelS
     cand_answers = answer(candidate, prompts, out_dir, max_tokens=max_tokens)
     rows, items = [], []
     for messages, b, c in zip(prompts, base_answers, cand_answers):
-        rows.append({"prompt": messages, "base": b["text"], "candidate": c["text"], "error": b["error"] or c["error"]})
+        rows.append({"prompt": messages, "base": b.text, "candidate": c.text, "error": b.error or c.error})
         if not rows[-1]["error"]:
-            items.append((messages, c["text"] or "", b["text"] or ""))
+            items.append((messages, c.text or "", b.text or ""))
     cache = CallCache(out_dir / "calls" / "judge.sqlite")
     try:
         verdicts = iter(judge_pairs(judge, items, cache, judge_config))
@@ -224,11 +226,11 @@ def evaluate(base: str, candidate: str, prompts: list[list[dict]], judge: ModelS
     return summary
 
 
-def _length(result: dict) -> float:
+def _length(result: Result) -> float:
     """Answer length in tokens (as generated), words when the backend gave no count."""
-    if result.get("completion_tokens") is not None:
-        return float(result["completion_tokens"])
-    return float(len((result.get("text") or "").split()))
+    if result.completion_tokens is not None:
+        return float(result.completion_tokens)
+    return float(len((result.text or "").split()))
 
 
 def _mean(values: list[float]) -> float | None:

@@ -28,8 +28,7 @@ def round_config(config: Config, r: int, policy: str | None) -> Config:
         sub.labeling = None  # pushing to Argilla is a separate, human step
     if policy is not None:
         first = config.generate.generators[0]
-        sub.generate.generators = [first.model_copy(update={"name": f"policy-round-{r}", "backend": "transformers", "model": policy,
-                                                            "base_url": None, "api_key_env": None})]
+        sub.generate.generators = [first.on_backend("transformers", name=f"policy-round-{r}", model=policy)]
         sub.train.overrides = {**sub.train.overrides, "model": policy}
     return sub
 

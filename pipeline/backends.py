@@ -1,0 +1,85 @@
+"""What a model backend is: typed requests and results, and the small protocol a backend implements.
+
+The shape of llm's Model or httpx's transport: a backend answers requests and says when each is done;
+pipeline.llm wraps the call cache around any of them, and pipeline.registry finds them by name. The
+built-in backends are pipeline/llm_openai.py and pipeline/llm_transformers.py; another package adds
+one under the entry point group `prefab.backends`, and tests register an in-process fake
+(tests/fake_backend.py) the same way.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+DEFAULT_MAX_TOKENS = 512  # what a request without max_tokens may take (transformers generation, tpm estimates)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One chat completion to ask for: exactly the fields that change an answer, so they also key the cache."""
+
+    messages: list[dict]
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stop: list[str] | None = None  # a single string is taken as a list of one
+    response_format: dict | None = None  # an OpenAI `json_schema` response format
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", [self.stop])
+
+    def payload(self) -> dict:
+        """The fields that are set, as an OpenAI-compatible API takes them; empty values and logprobs=False are
+        left out, so equal requests get equal cache keys (the same keys as the dict requests before them)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) not in (None, [], "")}
+        if out.get("logprobs") is False:
+            del out["logprobs"]
+        return out
+
+
+CACHED_FIELDS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One call's answer, or the reason there is none (`error`); never an exception, so one bad call stops nothing."""
+
+    text: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+    logprobs: list[dict] | None = None  # when asked: [{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]
+    error: str | None = None  # None on success; failures are not cached, so a later run asks again
+    cached: bool = False  # came from the run's call cache
+
+    def cache_row(self) -> dict:
+        """What the call cache stores of a success (the row shape of every earlier run's cache)."""
+        row = {k: getattr(self, k) for k in CACHED_FIELDS}
+        if self.logprobs is not None:
+            row["logprobs"] = self.logprobs
+        return row
+
+    @classmethod
+    def from_cache(cls, row: dict) -> "Result":
+        return cls(**{k: row.get(k) for k in CACHED_FIELDS}, logprobs=row.get("logprobs"), cached=True)
+
+
+class Backend(Protocol):
+    """What pipeline.llm needs of a backend. `spec` is the pipeline.config.ModelSpec of the model asked."""
+
+    fields: frozenset[str]  # ModelSpec fields only this backend reads: a model on another backend may not set them
+    json_schema: bool  # honours `response_format`, so judges send their answer's JSON schema
+    top_logprobs: int  # the most alternatives per token it returns (logprob judges look this deep)
+
+    def check(self, spec) -> None:
+        """Raise ConfigError/ModelError for what would fail every call (no API key, no model), before any work."""
+
+    def run(self, spec, requests: list[Request], finish: Callable[[int, Result], None]) -> None:
+        """Answer requests[i] by calling finish(i, result) the moment each ends (it is committed to the cache then,
+        so a killed run repays only calls in flight). A failed call is a Result with its error; raise only
+        for what stops every call (a rejected key, a model that does not exist)."""

@@ -1,0 +1,253 @@
+"""The openai backend: any OpenAI-compatible server (OpenAI, vLLM, TGI, Ollama, llama.cpp server, any base_url)
+through `openai.AsyncOpenAI`.
+
+One retry loop (tenacity) per call bounds all its attempts by 1 + max_retries, whatever failed: 408/409/429/5xx
+(honouring Retry-After), timeouts, connection errors, and 200s that are not a chat completion (HTML, JSON of
+another shape, no choices); exponential backoff otherwise. `concurrency` requests are in flight across all
+base_urls, which take turns (round robin); rpm/tpm limits (aiolimiter) pace first attempts, not retries.
+A rejected key or a model the server does not have stops every call: ModelError.
+"""
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import random
+import time
+
+from pipeline.backends import DEFAULT_MAX_TOKENS, Request, Result
+from pipeline.errors import ConfigError, ModelError
+
+
+class OpenAIBackend:
+    """The backend (pipeline/backends.py): `backend: openai` in a model's config."""
+
+    fields = frozenset({"base_url", "api_key_env", "concurrency", "rpm", "tpm", "timeout", "max_retries"})
+    json_schema = True
+    top_logprobs = 20  # the most OpenAI-compatible servers return
+
+    def check(self, spec) -> None:
+        api_key(spec)
+
+    def run(self, spec, requests: list[Request], finish) -> None:
+        _run_async(_call_all(spec, requests, finish))
+
+
+def api_key(spec) -> str:
+    """The key from the variable the spec names (a config holds only its name), or OPENAI_API_KEY."""
+    if not spec.api_key_env:
+        return os.environ.get("OPENAI_API_KEY", "not-needed")
+    value = os.environ.get(spec.api_key_env)
+    if not value:
+        raise ConfigError(f"environment variable {spec.api_key_env} is not set (api_key_env of model {spec.label!r})",
+                          hint=f"export {spec.api_key_env}=... before running")
+    return value
+
+
+def _run_async(coro):
+    """asyncio.run, also when the caller already runs an event loop (notebooks, async judges)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _limiter(per_minute: float | None, largest: float = 1.0):
+    """A leaky bucket holding about one second of budget (at least one request), so a limit paces from the start."""
+    if not per_minute:
+        return None
+    from aiolimiter import AsyncLimiter
+
+    capacity = max(per_minute / 60, largest, 1.0)
+    return AsyncLimiter(capacity, capacity * 60 / per_minute)
+
+
+def _estimate_tokens(request: Request) -> int:
+    chars = sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else len(json.dumps(m.get("content")))
+                for m in request.messages)
+    return chars // 4 + 1 + (request.max_tokens or DEFAULT_MAX_TOKENS)
+
+
+async def _call_all(spec, requests: list[Request], finish) -> None:
+    import httpx2
+    import openai
+
+    key = api_key(spec)
+    limits = httpx2.Limits(max_connections=spec.concurrency + 8, max_keepalive_connections=spec.concurrency + 8)
+    clients = [openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=spec.timeout,  # _one retries
+                                  http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=spec.timeout))
+               for url in (spec.base_urls or [None])]
+    estimates = [_estimate_tokens(r) for r in requests] if spec.tpm else None
+    rpm = _limiter(spec.rpm)
+    tpm = _limiter(spec.tpm, max(estimates) if estimates else 1.0)
+    fatal: list[BaseException] = []
+    order = iter(range(len(requests)))
+
+    async def worker() -> None:
+        for j in order:  # workers share one iterator: each request is taken once, in order
+            if fatal:
+                return
+            if rpm:
+                await rpm.acquire()
+            if tpm:
+                await tpm.acquire(estimates[j])
+            try:
+                result = await _one(clients[j % len(clients)], spec, requests[j])
+            except ModelError as e:
+                fatal.append(e)
+                return
+            finish(j, result)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(spec.concurrency, len(requests)))))
+    finally:
+        for client in clients:
+            await client.close()
+    if fatal:
+        raise fatal[0]
+
+
+async def _one(client, spec, request: Request) -> Result:
+    """One call: at most 1 + max_retries requests, whatever failed (status, timeout, connection, a 200 that is
+    not a chat completion); then a result with the reason. The client's own retries are off (max_retries=0 on
+    the client) so that one loop, here, counts every attempt."""
+    import openai
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+    started = time.perf_counter()
+    attempts = 0
+
+    def failed(reason: str, **kw) -> Result:
+        tries = f" ({attempts} attempts)" if attempts > 1 else ""
+        return Result(error=reason + tries, latency_s=time.perf_counter() - started, **kw)
+
+    try:
+        async for attempt in AsyncRetrying(retry=retry_if_exception(_retryable), stop=stop_after_attempt(1 + spec.max_retries),
+                                           wait=_backoff, reraise=True):
+            with attempt:
+                attempts += 1
+                response = await client.chat.completions.create(model=spec.model, **request.payload())
+                choice = _first_choice(response)
+    except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+        raise ModelError(f"{client.base_url} refused model {spec.model!r}: HTTP {e.status_code}: {_message(e)}",
+                         hint="check the model name, base_url and the API key variable (api_key_env)") from e
+    except openai.APITimeoutError:
+        return failed(f"timed out after {spec.timeout}s")
+    except openai.APIStatusError as e:
+        return failed(f"HTTP {e.status_code}: {_message(e)}")
+    except openai.APIConnectionError as e:
+        cause = e.__cause__ or e
+        return failed(f"connection error: {type(cause).__name__}: {cause}")
+    except (_Malformed, json.JSONDecodeError, openai.APIResponseValidationError) as e:
+        return failed(f"malformed answer: {e}" if isinstance(e, _Malformed) else f"malformed answer: {type(e).__name__}: {e}")
+    except Exception as e:  # one bad call must not stop the others; its reason is kept
+        return failed(f"{type(e).__name__}: {e}")
+    latency = time.perf_counter() - started
+    usage = getattr(response, "usage", None)
+    tokens = {k: v for k in ("prompt_tokens", "completion_tokens") if isinstance(v := getattr(usage, k, None), int)}
+    finish_reason = getattr(choice, "finish_reason", None)
+    content = getattr(choice.message, "content", None)
+    if not isinstance(content, str):  # a refusal or a tool call: an answer, not a fault; asking again gives the same
+        refusal = getattr(choice.message, "refusal", None)
+        return Result(error=f"refused: {refusal}" if refusal else "response has no text", finish_reason=finish_reason,
+                      latency_s=latency, **tokens)
+    logprobs = None
+    if request.logprobs:
+        lp = getattr(choice, "logprobs", None)
+        content_lp = getattr(lp, "content", None) or []
+        logprobs = [{"token": t.token, "logprob": t.logprob,
+                     "top_logprobs": [{"token": a.token, "logprob": a.logprob} for a in (t.top_logprobs or [])]} for t in content_lp]
+    return Result(content, finish_reason=finish_reason, latency_s=round(latency, 4), logprobs=logprobs, **tokens)
+
+
+class _Malformed(Exception):
+    """A 200 answer that is not a chat completion: a proxy's error page, a misrouted base_url, JSON of another
+    shape, no choices. Retried like a 500, then recorded with what came instead."""
+
+
+def _first_choice(response):
+    """The first choice of a conforming chat completion, or _Malformed saying what came instead."""
+    if isinstance(response, (str, bytes)):  # the SDK hands back the body as text when it is not JSON
+        text = response.decode(errors="replace") if isinstance(response, bytes) else response
+        raise _Malformed(f"HTTP 200 with a body that is not JSON: {_snippet(text)!r}")
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list):
+        raise _Malformed(f"HTTP 200 with JSON that is not a chat completion: {_snippet(_dump(response))}")
+    if not choices:
+        raise _Malformed("HTTP 200 with no choices")
+    if getattr(choices[0], "message", None) is None:
+        raise _Malformed(f"HTTP 200 whose first choice has no message: {_snippet(_dump(response))}")
+    return choices[0]
+
+
+def _dump(response) -> str:
+    try:
+        return json.dumps(response.to_dict(), ensure_ascii=False)
+    except Exception:
+        return repr(response)
+
+
+def _snippet(text: str, width: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width] + "…"
+
+
+MAX_RETRY_AFTER_S = 120  # a server asking for a longer pause is not retried (the SDK's rule too)
+BACKOFF_S = (0.5, 8.0)  # first and longest pause between attempts when the server names none (the SDK's figures)
+
+
+def _retryable(error: BaseException) -> bool:
+    """What is worth asking again: timeouts, dropped connections, 408/409/429/5xx, and 200s that are not completions."""
+    import openai
+
+    if isinstance(error, (_Malformed, json.JSONDecodeError, openai.APIResponseValidationError, openai.APIConnectionError)):
+        return True
+    if not isinstance(error, openai.APIStatusError):
+        return False
+    told = error.response.headers.get("x-should-retry")
+    if told in ("true", "false"):
+        return told == "true"
+    wait = _retry_after(error)
+    if wait is not None and wait > MAX_RETRY_AFTER_S:
+        return False
+    return error.status_code in (408, 409, 429) or error.status_code >= 500
+
+
+def _retry_after(error: BaseException) -> float | None:
+    """Seconds a server asked to wait (Retry-After-Ms, or Retry-After as seconds or an HTTP date), if it did."""
+    response = getattr(error, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    try:
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            from email.utils import parsedate_to_datetime
+
+            return parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError):
+        return None
+
+
+def _backoff(retry_state) -> float:
+    """The server's Retry-After when it gave one, else 0.5 s doubling to 8 s, less up to 25 % jitter."""
+    wait = _retry_after(retry_state.outcome.exception())
+    if wait is not None and 0 < wait <= MAX_RETRY_AFTER_S:
+        return wait
+    first, longest = BACKOFF_S
+    return min(first * 2 ** (retry_state.attempt_number - 1), longest) * (1 - 0.25 * random.random())
+
+
+def _message(error) -> str:
+    body = getattr(error, "body", None)
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return str(getattr(error, "message", error))

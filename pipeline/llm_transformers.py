@@ -1,0 +1,188 @@
+"""The transformers backend: an in-process causal LM (a local checkpoint, or embedded:smollm2), loaded once per
+process, batched by prompt length with left padding, on GPU when present.
+
+Each row samples with its own seeded generator (Gumbel-max over the temperature/top-p adjusted logits), so a
+request's answer depends on its seed, not on its batch mates; temperature 0 is greedy. `response_format` is
+not enforced (judges ask for JSON in the prompt instead: json_schema is False).
+"""
+
+import math
+import time
+
+from pipeline.backends import DEFAULT_MAX_TOKENS, Request, Result
+from pipeline.errors import ModelError
+
+
+class TransformersBackend:
+    """The backend (pipeline/backends.py): `backend: transformers` in a model's config (the default)."""
+
+    fields = frozenset({"batch_size", "device"})
+    json_schema = False
+    top_logprobs = 100  # it holds every logit: logprob judges look deeper, so a small judge whose top 20 has no digit still scores
+
+    def check(self, spec) -> None:
+        from pipeline.models import resolve_llm
+
+        resolve_llm(spec.model)
+
+    def run(self, spec, requests: list[Request], finish) -> None:
+        import torch
+
+        model, tokenizer, device = load_model(spec.model, spec.device)
+        prompts = [tokenizer.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in requests]
+        ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        # like lengths together: little padding, few rows waiting for a long neighbour
+        order = sorted(range(len(requests)), key=lambda j: (requests[j].max_tokens or DEFAULT_MAX_TOKENS, len(ids[j])))
+        for start in range(0, len(order), spec.batch_size):
+            batch = order[start : start + spec.batch_size]
+            started = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    outputs = _generate_batch(model, tokenizer, device, [ids[j] for j in batch], [requests[j] for j in batch])
+            except torch.OutOfMemoryError as e:
+                raise ModelError(f"out of memory generating a batch of {len(batch)} on {device}", hint="lower batch_size") from e
+            latency = round((time.perf_counter() - started) / len(batch), 4)  # the batch's time, shared by its rows
+            for j, out in zip(batch, outputs):
+                finish(j, Result(**out, latency_s=latency))
+
+
+_LOADED: dict[tuple[str, str], tuple] = {}
+
+
+def load_model(name: str, device: str | None = None):
+    """(model, tokenizer, device), loaded once per process and device."""
+    import torch
+
+    from pipeline.models import resolve_llm
+
+    path = resolve_llm(name)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if (path, device) not in _LOADED:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        except (OSError, ValueError) as e:
+            raise ModelError(f"could not load model {name!r} from {path}: {e}",
+                             hint="pass a directory holding config.json and weights, or embedded:smollm2") from e
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        _LOADED[(path, device)] = (model, tokenizer, device)
+    return _LOADED[(path, device)]
+
+
+def _generate_batch(model, tokenizer, device, ids: list[list[int]], requests: list[Request]) -> list[dict]:
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+    enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)
+    width = enc["input_ids"].shape[1]
+    max_tokens = [r.max_tokens or DEFAULT_MAX_TOKENS for r in requests]
+    stops = [r.stop or [] for r in requests]
+    want_logprobs = any(r.logprobs for r in requests)
+    stopper = _RowStop(tokenizer, width, max_tokens, stops)
+    eos = model.generation_config.eos_token_id
+    config = GenerationConfig(do_sample=False, max_new_tokens=max(max_tokens), pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=eos, bos_token_id=model.generation_config.bos_token_id,
+                              return_dict_in_generate=True, output_logits=want_logprobs)
+    out = model.generate(**enc, generation_config=config, logits_processor=LogitsProcessorList([_RowSampler(requests, device)]),
+                         stopping_criteria=StoppingCriteriaList([stopper]))
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    results = []
+    for row, request in enumerate(requests):
+        generated = out.sequences[row, width:].tolist()
+        n = min(len(generated), max_tokens[row], stopper.done_at[row] or len(generated))
+        finish = "length"
+        for k, token in enumerate(generated[:n]):
+            if token in eos_ids:
+                n, finish = k + 1, "stop"
+                break
+        text = tokenizer.decode(generated[:n], skip_special_tokens=True)
+        for stop in stops[row]:
+            if stop in text:
+                text, finish = text[: text.index(stop)], "stop"
+        result = {"text": text, "finish_reason": finish, "prompt_tokens": len(ids[row]), "completion_tokens": n}
+        if request.logprobs:
+            result["logprobs"] = _logprobs(tokenizer, out.logits, row, generated[:n], request.top_logprobs or 0)
+        results.append(result)
+    return results
+
+
+def _logprobs(tokenizer, logits, row: int, tokens: list[int], top: int) -> list[dict]:
+    import torch
+
+    out = []
+    for step, token in enumerate(tokens):
+        logp = torch.log_softmax(logits[step][row].float(), dim=-1)
+        entry = {"token": tokenizer.decode([token]), "logprob": float(logp[token]), "top_logprobs": []}
+        if top:
+            values, indices = logp.topk(top)
+            entry["top_logprobs"] = [{"token": tokenizer.decode([i]), "logprob": float(v)} for v, i in zip(values.tolist(), indices.tolist())]
+        out.append(entry)
+    return out
+
+
+class _RowSampler:
+    """Per-row sampling as a logits processor under greedy decoding: temperature, top-p, then Gumbel noise
+    from the row's own seeded generator, so argmax draws from the row's distribution. Temperature 0 = greedy."""
+
+    def __init__(self, requests: list[Request], device: str):
+        import torch
+
+        temps = [1.0 if r.temperature is None else float(r.temperature) for r in requests]
+        self.rows = [i for i, t in enumerate(temps) if t > 0]
+        self.temps = torch.tensor([temps[i] for i in self.rows], device=device).unsqueeze(1)
+        self.top_p = torch.tensor([float(requests[i].top_p or 1.0) for i in self.rows], device=device).unsqueeze(1)
+        self.generators = []
+        for i in self.rows:
+            seed = requests[i].seed
+            g = torch.Generator(device=device)
+            g.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
+            self.generators.append(g)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if not self.rows:
+            return scores
+        logits = scores[self.rows].float() / self.temps
+        if bool((self.top_p < 1).any()):
+            sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
+            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            drop = (cum - sorted_logits.softmax(dim=-1)) > self.top_p  # keep the smallest set reaching top_p
+            logits = logits.masked_fill(drop.scatter(1, sorted_idx, drop), -math.inf)
+        noise = torch.stack([torch.rand(logits.shape[1], generator=g, device=logits.device) for g in self.generators])
+        gumbel = -torch.log(-torch.log(noise.clamp_(1e-20, 1.0 - 1e-7)))
+        scores = scores.clone()
+        scores[self.rows] = (logits + gumbel).to(scores.dtype)
+        return scores
+
+
+class _RowStop:
+    """Stops each row at its own max_tokens or stop string; remembers when (generation pads finished rows)."""
+
+    def __init__(self, tokenizer, width: int, max_tokens: list[int], stops: list[list[str]]):
+        self.tokenizer, self.width, self.max_tokens, self.stops = tokenizer, width, max_tokens, stops
+        self.done_at: list[int | None] = [None] * len(max_tokens)
+        self.tail = max((len(s) for row in stops for s in row), default=0) + 8
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        n = input_ids.shape[1] - self.width
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row in range(input_ids.shape[0]):
+            if self.done_at[row] is not None:
+                done[row] = True
+                continue
+            hit = n >= self.max_tokens[row]
+            if not hit and self.stops[row]:
+                tail = self.tokenizer.decode(input_ids[row, self.width :][-self.tail :].tolist(), skip_special_tokens=True)
+                hit = any(s in tail for s in self.stops[row])
+            if hit:
+                self.done_at[row] = n
+                done[row] = True
+        return done

@@ -241,7 +241,7 @@ def _server_env(home: Path, state: dict) -> dict:
 
 
 def _run_step(python: Path, args: list[str], env: dict, home: Path, what: str, secret: bool = False,
-              hint: str = "check --database-url, or remove the labeling home to start from scratch") -> str:
+              hint: str = "check --database-url; the home holds the labels, so to start afresh move it aside, not away") -> str:
     result = subprocess.run([str(python), *args], env=env, cwd=home, capture_output=True, text=True)
     with open(home / "logs" / "setup.log", "a") as log:
         output = "(output holds credentials: not logged)\n" if secret and result.returncode == 0 else result.stdout + result.stderr

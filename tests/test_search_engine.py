@@ -1,12 +1,13 @@
 """The prefab-sql search engine, through the real server: the `argilla` SDK for what it exposes, and the
 HTTP calls the Argilla UI makes (sort, per-user queue, metrics). Every expected answer is computed here
-from the records this module inserted. Every test runs on SQLite and again on PostgreSQL."""
+from the records this module inserted. Every test runs on PostgreSQL and again on SQLite."""
 
 import json
 import math
 import random
 import shutil
 import tempfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -227,6 +228,50 @@ def test_text_query_on_one_field_and_bm25_order(data):
     assert set(ids[:len(both)]) == both and scores == sorted(scores, reverse=True)
 
 
+MULTILINGUAL = {
+    "zh-1": "我爱北京天安门",
+    "zh-2": "北方的天气很冷",
+    "ja": "東京はカタカナで書く",
+    "hi": "नमस्ते दुनिया",
+    "ar": "مرحبا بالعالم",
+    "fr": "Un café noir, s'il vous plaît",
+}
+
+
+@pytest.fixture(scope="module")
+def texts(backend):
+    """A dataset of one text field in several scripts."""
+    import argilla as rg
+
+    client = rg.Argilla(api_url=backend["url"], api_key=backend["api_key"])
+    workspace = unique("ws-text")
+    rg.Workspace(name=workspace, client=client).create()
+    settings = rg.Settings(fields=[rg.TextField(name="text")], questions=[rg.LabelQuestion(name="ok", labels=["y", "n"])])
+    dataset = rg.Dataset(name=unique("scripts"), workspace=workspace, settings=settings, client=client).create()
+    dataset.records.log([{"id": key, "text": value} for key, value in MULTILINGUAL.items()])
+    return dataset
+
+
+def text_ids(dataset, q: str) -> set[str]:
+    import argilla as rg
+
+    return {r.id for r in dataset.records(query=rg.Query(query=q))}
+
+
+def test_text_in_every_script_is_split_into_words_as_es_does(texts):
+    """ES's standard analyzer (commons.py maps text fields with the default analyzer) splits words by Unicode
+    text segmentation: each Chinese ideograph and hiragana alone, katakana runs together, combining marks
+    kept with their letter; lowercased, accents kept."""
+    assert text_ids(texts, "京") == {"zh-1", "ja"}
+    assert text_ids(texts, "北京") == {"zh-1"}  # both ideographs, anywhere (zh-2 has 北 only, ja 京 only)
+    assert text_ids(texts, "カタカナ") == {"ja"}
+    assert text_ids(texts, "नमस्ते") == {"hi"}
+    assert text_ids(texts, "ते") == set()  # a syllable inside a word is no word of its own
+    assert text_ids(texts, "مرحبا") == {"ar"}
+    assert text_ids(texts, "CAFÉ") == {"fr"} and text_ids(texts, "cafe") == set()
+    assert text_ids(texts, "plaît") == {"fr"}
+
+
 # ---------------------------------------------------------------- sort, pagination, totals (UI calls)
 
 
@@ -393,3 +438,43 @@ def test_metadata_metrics(data):
     margins = [r["metadata"]["margin"] for r in data["rows"] if r["metadata"]]
     metrics = data["owner"].get(f"/metadata-properties/{props['margin']}/metrics").json()
     assert metrics["type"] == "float" and math.isclose(metrics["min"], min(margins)) and math.isclose(metrics["max"], max(margins))
+
+
+# ---------------------------------------------------------------- typed equality and dates, as the ES engine reads them
+
+
+def record_filter(data, flt: dict) -> set[str]:
+    ids, _, _ = search(data["owner"], data, {"filters": {"and": [flt]}})
+    return set(ids)
+
+
+def test_equality_on_numbers_compares_numbers(data):
+    """A numeric field is mapped as a number in ES (commons.py es_mapping_for_metadata_property: integer -> long,
+    float -> float; suggestion score -> float), and a term query on it compares values, not their text."""
+    assert set(sdk_ids(data, filter=("metadata.margin", "==", 1))) == where(data, lambda i, r: r["metadata"].get("margin") == 1.0)
+    assert set(sdk_ids(data, filter=("metadata.margin", "==", 1))) == {"rec-08"}
+    assert set(sdk_ids(data, filter=("metadata.length", "in", ["50", "70.0"]))) == {"rec-05", "rec-07"}
+    assert set(sdk_ids(data, filter=("pref.score", "==", 0))) == where(data, lambda i, r: r["pref_score"] == 0)
+    assert record_filter(data, {"type": "terms", "scope": {"entity": "metadata", "metadata_property": "length"},
+                                "values": ["not a number"]}) == set()
+
+
+def test_date_filters_read_dates_as_es_does(data):
+    """Record dates are ES `date` fields (strict_date_optional_time||epoch_millis): partial dates and epoch
+    milliseconds are bounds too, and an inclusive upper bound rounds up what it leaves out (`le` today takes
+    in today); a date that cannot be read matches nothing instead of failing the request."""
+    now = datetime.now(timezone.utc)
+    everyone = {row["id"] for row in data["rows"]}
+    scope = {"entity": "record", "property": "inserted_at"}
+
+    def dated(**bounds):
+        return record_filter(data, {"type": "range", "scope": scope, **bounds})
+
+    assert dated(le=now.strftime("%Y-%m-%d")) == everyone  # the whole day, not its first instant
+    assert dated(le=now.strftime("%Y-%m")) == everyone and dated(le=now.strftime("%Y")) == everyone
+    assert dated(ge=now.strftime("%Y-%m")) == everyone
+    assert dated(le=now.strftime("%Y-%m-%dT%H:%M")) == everyone  # the current minute is in
+    assert dated(ge=(now - timedelta(hours=2)).timestamp() * 1000) == everyone  # epoch milliseconds
+    assert dated(ge=str(int((now + timedelta(hours=2)).timestamp() * 1000))) == set()
+    assert dated(le="yesterday") == set()
+    assert record_filter(data, {"type": "terms", "scope": scope, "values": [now.strftime("%Y-%m-%d"), "not a date"]}) == set()

@@ -9,7 +9,10 @@ Semantics mirror argilla_server/search_engine/commons.py (the Elasticsearch engi
 - filters: record props, metadata (terms/range, arrays match any element), suggestions (value, score,
   agent, type), responses per user (pending = the user has no response; pending without a user = no
   response at all), response values; `and` of all.
-- text: simple_query_string with AND as default operator over `fields.*` or one field, scored BM25.
+- filters compare numbers as numbers on numeric fields (5 equals 5.0) and read dates as ES does (partial
+  dates, epoch milliseconds, an inclusive upper bound rounded up: `le 2024-05-01` takes in the day).
+- text: simple_query_string with AND as default operator over `fields.*` or one field, scored BM25; words
+  by Unicode text segmentation (UAX #29, the `regex` package), as ES's standard analyzer splits them.
 - sort: ES defaults (missing values last, asc takes the min and desc the max of multi-valued fields,
   response values averaged); /me searches without sort come in a random order that is stable per user.
 - similarity: exact cosine over the stored vectors (numpy), least similar = most similar to -v,
@@ -29,6 +32,7 @@ from typing import Any, Dict, List, Optional, Union
 from uuid import UUID
 
 import numpy as np
+import regex
 from sqlalchemy import Float, Text, and_, case, cast, exists, false, func, literal, or_, select, text, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -98,15 +102,15 @@ class _Sqlite:
         return case((func.json_type(col, path) == "array", select(agg).select_from(je).scalar_subquery()),
                     else_=func.json_extract(col, path))
 
-    def matches(self, col, keys, flt):
+    def matches(self, col, keys, flt, numeric: bool = False):
         """A terms/range filter on a JSON value; scalars are read directly, arrays (any element) through json_each."""
         path = self._path(keys)
         kind = func.json_type(col, path)
         je, txt, num = self.elems(col, *keys)
         scalar_txt = case((kind == "true", "true"), (kind == "false", "false"), else_=cast(func.json_extract(col, path), Text))
         scalar_num = case((kind.in_(["integer", "real"]), func.json_extract(col, path)))
-        return or_(and_(kind != "array", _values_condition(flt, scalar_txt, scalar_num)),
-                   and_(kind == "array", exists(select(literal(1)).select_from(je).where(_values_condition(flt, txt, num)))))
+        return or_(and_(kind != "array", _values_condition(flt, scalar_txt, scalar_num, numeric)),
+                   and_(kind == "array", exists(select(literal(1)).select_from(je).where(_values_condition(flt, txt, num, numeric)))))
 
     def json_text(self, col):
         return cast(col, Text)
@@ -141,9 +145,9 @@ class _Postgres:
         scalar = case((func.jsonb_typeof(value) == "number", cast(as_text, Float))) if numeric else as_text
         return case((func.jsonb_typeof(value) == "array", select(agg).select_from(je).scalar_subquery()), else_=scalar)
 
-    def matches(self, col, keys, flt):
+    def matches(self, col, keys, flt, numeric: bool = False):
         je, txt, num = self.elems(col, *keys)
-        return exists(select(literal(1)).select_from(je).where(_values_condition(flt, txt, num)))
+        return exists(select(literal(1)).select_from(je).where(_values_condition(flt, txt, num, numeric)))
 
     def json_text(self, col):
         return cast(col, Text)
@@ -158,12 +162,15 @@ def _dialect(conn):
 
 # ---------------------------------------------------------------- text query (simple_query_string subset)
 
-_TOKEN = re.compile(r"\w+(?:[.'’]\w+)*")
+_WORD_BREAKS = regex.compile(r"\b", flags=regex.WORD | regex.V1)  # Unicode text segmentation (UAX #29)
+_HAS_WORD = regex.compile(r"\w")
 
 
 def tokenize(value: str) -> List[str]:
-    """Close to ES's standard analyzer: Unicode word tokens, lowercased."""
-    return [t.lower() for t in _TOKEN.findall(value)]
+    """ES's standard analyzer: the words of Unicode text segmentation (UAX #29, as Lucene's StandardTokenizer;
+    a Chinese ideograph or a hiragana is a word of its own, a combining mark stays with its letter),
+    lowercased, accents kept."""
+    return [t.lower() for t in _WORD_BREAKS.split(value) if _HAS_WORD.search(t)]
 
 
 def parse_query(q: str) -> list:
@@ -260,11 +267,39 @@ def _as_uuid(value) -> Optional[UUID]:
         return None
 
 
-def _as_datetime(value) -> datetime:
-    """ES date range bounds: ISO strings (UTC unless said) or epoch milliseconds."""
-    if isinstance(value, (int, float)):
-        return datetime(1970, 1, 1) + timedelta(milliseconds=value)
-    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+_PARTIAL_DATE = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+
+
+def _as_datetime(value, upper: bool = False) -> Optional[datetime]:
+    """A date as Elasticsearch reads a date field's bound (format strict_date_optional_time||epoch_millis):
+    ISO 8601, UTC unless said, down to a year alone, or epoch milliseconds. An upper bound (`lte`) rounds up
+    what the value leaves out, as ES does: `le 2024-05-01` takes in the whole day. None when unreadable (ES
+    answers 400; no record matches here)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)) or str(value).strip().lstrip("-").isdigit() and len(str(value).strip()) > 4:
+        return datetime(1970, 1, 1) + timedelta(milliseconds=float(value))
+    text_value = str(value).strip()
+    partial = _PARTIAL_DATE.fullmatch(text_value)
+    try:
+        if partial:
+            year, month, day = (int(g) if g else None for g in partial.groups())
+            start = datetime(year, month or 1, day or 1)
+            if not upper:
+                return start
+            end = (start + timedelta(days=1) if day else datetime(year + (month == 12), month % 12 + 1, 1) if month
+                   else datetime(year + 1, 1, 1))
+            return end - timedelta(microseconds=1)
+        parsed = datetime.fromisoformat(text_value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if upper:  # round up the smallest unit written: 10:30 takes in 10:30:59.999999
+        time_part = re.split(r"[T ]", text_value, maxsplit=1)[1] if re.search(r"[T ]", text_value) else ""
+        clock = re.split(r"[Z+-]", time_part, maxsplit=1)[0]
+        units = clock.count(":") + 1 if clock and "." not in clock else 0
+        step = {1: timedelta(hours=1), 2: timedelta(minutes=1), 3: timedelta(seconds=1)}.get(units)
+        if step:
+            parsed += step - timedelta(microseconds=1)
     return parsed.astimezone(timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
 
 
@@ -307,14 +342,28 @@ _RECORD_COLUMNS = {
 }
 
 
-def _values_condition(flt, txt, num):
+def _as_number(value) -> Optional[float]:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _values_condition(flt, txt, num, numeric: bool = False):
+    """terms: equal values (compared as numbers on a numeric field, as ES compares 5 and 5.0); range: between."""
     if isinstance(flt, TermsFilter):
+        if numeric:
+            numbers = [n for n in map(_as_number, flt.values) if n is not None]
+            return num.in_(numbers) if numbers else false()
         return txt.in_([str(v) for v in flt.values])
     conditions = [num.is_not(None)]
-    if flt.ge is not None:
-        conditions.append(num >= float(flt.ge))
-    if flt.le is not None:
-        conditions.append(num <= float(flt.le))
+    for bound, upper in ((flt.ge, False), (flt.le, True)):
+        if bound is not None:
+            number = _as_number(bound)
+            if number is None:
+                return false()
+            conditions.append(num <= number if upper else num >= number)
     return and_(*conditions)
 
 
@@ -328,20 +377,29 @@ async def _where(ctx: _Context, flt) -> Any:
         column = _RECORD_COLUMNS.get(scope.property)
         if column is None:
             return false()
+        dates = scope.property in ("inserted_at", "updated_at")
         if isinstance(flt, TermsFilter):
             values = list(flt.values)
             if scope.property == "id":
                 values = [u for u in map(_as_uuid, values) if u is not None]
+            elif dates:
+                values = [d for d in map(_as_datetime, values) if d is not None]
             return column.in_(values) if values else false()
-        convert = _as_datetime if scope.property in ("inserted_at", "updated_at") else (lambda v: v)
-        bounds = [column >= convert(flt.ge)] if flt.ge is not None else []
-        bounds += [column <= convert(flt.le)] if flt.le is not None else []
+        bounds = []
+        for bound, upper in ((flt.ge, False), (flt.le, True)):
+            if bound is not None:
+                value = _as_datetime(bound, upper) if dates else bound
+                if value is None:
+                    return false()
+                bounds.append(column <= value if upper else column >= value)
         return and_(true(), *bounds)
 
     if isinstance(scope, MetadataFilterScope):
-        if scope.metadata_property not in await ctx.metadata_types():
+        kind = (await ctx.metadata_types()).get(scope.metadata_property)
+        if kind is None:
             return false()
-        return ctx.d.matches(Record.metadata_, [scope.metadata_property], flt)
+        numeric = kind in (MetadataPropertyType.integer, MetadataPropertyType.float)
+        return ctx.d.matches(Record.metadata_, [scope.metadata_property], flt, numeric)
 
     if isinstance(scope, SuggestionFilterScope):
         question = (await ctx.questions()).get(scope.question)
@@ -359,7 +417,8 @@ async def _where(ctx: _Context, flt) -> Any:
         if prop not in ("value", "score"):
             return false()
         je, txt, num = ctx.d.elems(Suggestion.value if prop == "value" else Suggestion.score)
-        return exists(base.select_from(Suggestion, je).where(_values_condition(flt, txt, num)))
+        numeric = prop == "score" or question["type"] == "rating"
+        return exists(base.select_from(Suggestion, je).where(_values_condition(flt, txt, num, numeric)))
 
     if isinstance(scope, ResponseFilterScope):
         user_id = scope.user.id if scope.user is not None else None
@@ -370,7 +429,8 @@ async def _where(ctx: _Context, flt) -> Any:
                 return false()
             je, txt, num = ctx.d.elems(Response.values, scope.question, "value")
             return exists(select(literal(1)).select_from(Response, je)
-                          .where(Response.record_id == Record.id, *by_user, _values_condition(flt, txt, num)))
+                          .where(Response.record_id == Record.id, *by_user,
+                                 _values_condition(flt, txt, num, question["type"] == "rating")))
         if scope.property == "status" and isinstance(flt, TermsFilter):
             values = [str(v) for v in flt.values]
             parts = []

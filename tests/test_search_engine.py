@@ -228,6 +228,22 @@ def test_text_query_on_one_field_and_bm25_order(data):
     assert set(ids[:len(both)]) == both and scores == sorted(scores, reverse=True)
 
 
+def test_query_syntax_as_lucene_simple_query_parser_reads_it(data):
+    """commons.py es_simple_query_string (default_operator AND, fuzzy_transpositions off) hands the text to
+    Lucene's SimpleQueryParser: `*` alone matches all, blank matches none, parentheses group, `|` needs no
+    spaces, ~N is an edit distance after a term and a slop after a phrase, an unclosed quote is ignored."""
+    cats = where(data, lambda i, r: i % 4 == 0)
+    assert set(sdk_ids(data, query="*")) == {row["id"] for row in data["rows"]}
+    assert search(data["owner"], data, {"query": {"text": {"q": "   "}}})[:2] == ([], 0)
+    assert set(sdk_ids(data, query="cats (great | zebra)")) == cats  # not (cats great) | zebra
+    assert set(sdk_ids(data, query="cats|dogs")) == where(data, lambda i, r: i % 4 in (0, 1))
+    assert set(sdk_ids(data, query="zebr~1")) == {"rec-07"}  # one deletion
+    assert sdk_ids(data, query="zebar~1") == [] and set(sdk_ids(data, query="zebar~2")) == {"rec-07"}  # a swap is 2 edits
+    assert sdk_ids(data, query='"tell about"') == [] and len(sdk_ids(data, query='"tell about"~1')) == N
+    assert set(sdk_ids(data, query='"cats great')) == cats  # the stray quote is dropped: two terms
+    assert sdk_ids(data, query="number-great") == []  # one term's words in one field (number: prompt, great: answer)
+
+
 MULTILINGUAL = {
     "zh-1": "我爱北京天安门",
     "zh-2": "北方的天气很冷",

@@ -12,7 +12,9 @@ Semantics mirror argilla_server/search_engine/commons.py (the Elasticsearch engi
 - filters compare numbers as numbers on numeric fields (5 equals 5.0) and read dates as ES does (partial
   dates, epoch milliseconds, an inclusive upper bound rounded up: `le 2024-05-01` takes in the day).
 - text: simple_query_string with AND as default operator over `fields.*` or one field, scored BM25; words
-  by Unicode text segmentation (UAX #29, the `regex` package), as ES's standard analyzer splits them.
+  by Unicode text segmentation (UAX #29, the `regex` package), as ES's standard analyzer splits them; the
+  query read as Lucene's SimpleQueryParser reads it (`*`, `|`, `+`, `-`, parentheses, phrases with slop,
+  prefixes, fuzzy terms without transpositions).
 - sort: ES defaults (missing values last, asc takes the min and desc the max of multi-valued fields,
   response values averaged); /me searches without sort come in a random order that is stable per user.
 - similarity: exact cosine over the stored vectors (numpy), least similar = most similar to -v,
@@ -25,6 +27,7 @@ labeling/server/main.py imports it before starting the app or the worker, so it 
 """
 
 import hashlib
+import itertools
 import math
 import re
 from datetime import datetime, timedelta, timezone
@@ -173,73 +176,204 @@ def tokenize(value: str) -> List[str]:
     return [t.lower() for t in _WORD_BREAKS.split(value) if _HAS_WORD.search(t)]
 
 
-def parse_query(q: str) -> list:
-    """simple_query_string with default operator AND, folded left to right like Lucene's SimpleQueryParser.
+# A text query is a tree: ("and" | "or", [nodes]), ("not", node), ("all",), ("terms", [tokens]) (every token
+# in one field), ("phrase", [tokens], slop), ("prefix", text) or ("fuzzy", text, edits).
+_TOKEN_ENDS = set('"|+() \t\n\r')  # SimpleQueryParser.tokenFinished
 
-    Returns a list of (op, negate, clause) where op is "and"/"or" and clause is ("terms", [tokens]),
-    ("phrase", [tokens]) or ("prefix", token). Parentheses and ~N are accepted and ignored.
-    """
-    clauses = []
-    op = "and"
-    for match in re.finditer(r'"([^"]*)"?|(\S+)', q):
-        phrase, word = match.group(1), match.group(2)
-        if word in ("|", "||"):
-            op = "or"
-            continue
-        if word in ("+", "&&"):
-            continue
-        negate = False
-        if phrase is None:
-            word = word.strip("()")
-            while word[:1] in "+-|":
-                if word[0] == "|":
-                    op = "or"
-                negate = negate or word[0] == "-"
-                word = word[1:]
-            word = re.sub(r"~\d*$", "", word)
-            if word.endswith("*") and tokenize(word[:-1]):
-                clause = ("prefix", tokenize(word[:-1])[-1]) if len(tokenize(word[:-1])) == 1 else ("terms", tokenize(word[:-1]))
-            else:
-                clause = ("terms", tokenize(word))
+
+def parse_query(q: str):
+    """Lucene's SimpleQueryParser, as ES's simple_query_string runs it for Argilla (commons.py
+    es_simple_query_string: default operator AND, analyze_wildcard and fuzzy_transpositions off): `*` alone
+    matches every record; None when nothing in `q` can be searched (ES matches no record then)."""
+    if q.strip() == "*":
+        return ("all",)
+    return _parse(q, 0, len(q))
+
+
+def _parse(q: str, i: int, end: int):
+    """parseSubQuery: operators fold left to right; a change of operator makes what came before one operand."""
+    top, previous, current, nots = None, None, None, 0
+
+    def add(branch):
+        nonlocal top, previous, current
+        if branch is None:
+            return
+        if nots % 2:
+            branch = ("not", branch)
+        if top is None:
+            top = branch
         else:
-            clause = ("phrase", tokenize(phrase))
-        if clause[1]:
-            clauses.append((op, negate, clause))
-        op = "and"
-    return clauses
+            op = current or "and"
+            top = (op, (top[1] if previous == op else [top]) + [branch])
+            previous = op
+        current = None
+
+    while i < end:
+        c = q[i]
+        if c == "(":
+            close = _closing(q, i + 1, end, "(", ")")
+            if close is None:  # never closed: the parenthesis is ignored
+                i += 1
+            else:
+                if close == i + 1:
+                    current = None
+                else:
+                    add(_parse(q, i + 1, close))
+                i = close + 1
+        elif c == '"':
+            close = _closing(q, i + 1, end, None, '"')
+            if close is None:  # never closed: the quote is ignored, what follows is read as terms
+                i += 1
+            elif close == i + 1:
+                current, i = None, close + 1
+            else:
+                tokens = tokenize(_unescape(q[i + 1:close]))
+                # consumePhrase: `"..."~N` is a slop, `"..."~` at the very end is none
+                slop, i = _edits(q, close + 1, end) if q.startswith("~", close + 1) and close + 2 < end else (0, close + 1)
+                add(("phrase", tokens, slop) if tokens else None)
+        elif c in "+|":
+            if current is None and top is not None:
+                current = "and" if c == "+" else "or"
+            i += 1
+        elif c == "-":
+            nots += 1
+            i += 1
+            continue
+        elif c in " \t\n\r":
+            i += 1
+        else:
+            branch, i = _token(q, i, end)
+            add(branch)
+        nots = 0
+    return top
 
 
-def _clause_matches(clause, doc: Dict[str, List[str]]) -> bool:
-    kind, value = clause
+def _closing(q: str, i: int, end: int, opening, closing) -> int | None:
+    """Index of the closing character for the one before i (nesting for parentheses, escapes skipped)."""
+    depth, escaped = 1, False
+    while i < end:
+        if not escaped:
+            if q[i] == "\\":
+                escaped = True
+                i += 1
+                continue
+            if q[i] == opening:
+                depth += 1
+            elif q[i] == closing:
+                depth -= 1
+                if depth == 0:
+                    return i
+        escaped = False
+        i += 1
+    return None
+
+
+def _unescape(text_value: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text_value)
+
+
+def _edits(q: str, i: int, end: int) -> tuple[int, int]:
+    """parseFuzziness at the `~` at i: (the number after it, 2 when none, 0 when unreadable), and where it ends."""
+    j = i + 1
+    while j < end and q[j] not in _TOKEN_ENDS:
+        j += 1
+    digits = q[i + 1:j]
+    try:
+        edits = int(digits) if digits else 2
+    except ValueError:
+        edits = 0
+    return max(edits, 0), j
+
+
+def _token(q: str, i: int, end: int) -> tuple:
+    """consumeToken: a term (analyzed), a prefix `term*` or a fuzzy `term~N` (normalized, not analyzed)."""
+    chars, escaped, prefix, fuzzy = [], False, False, False
+    while i < end:
+        c = q[i]
+        if not escaped:
+            if c == "\\":
+                escaped, prefix = True, False
+                i += 1
+                continue
+            if c in _TOKEN_ENDS:
+                break
+            if chars and c == "~":
+                fuzzy = True
+                break
+            prefix = bool(chars) and c == "*"
+        escaped = False
+        chars.append(c)
+        i += 1
+    word = "".join(chars)
+    if fuzzy:
+        edits, i = _edits(q, i, end)
+        edits = min(edits, 2)  # LevenshteinAutomata.MAXIMUM_SUPPORTED_DISTANCE
+        if edits:
+            return ("fuzzy", word.lower(), edits), i
+    elif prefix:
+        return ("prefix", word[:-1].lower()), i
+    tokens = tokenize(word)
+    return (("terms", tokens) if tokens else None), i
+
+
+def _phrase_in(tokens: List[str], phrase: List[str], slop: int) -> bool:
+    """A sloppy phrase (Lucene's SloppyPhraseMatcher): each term at its own position p_k, and the spread of
+    p_k - k at most `slop` (0: consecutive, in order)."""
+    n = len(phrase)
+    if slop == 0:
+        return any(tokens[i:i + n] == phrase for i in range(len(tokens) - n + 1))
+    where = [[p for p, t in enumerate(tokens) if t == term] for term in phrase]
+    if not all(where):
+        return False
+    for start in where[0]:  # anchored on each place of the first term: the others within reach
+        shifted = [[p - k for p in places if abs(p - k - start) <= slop] for k, places in enumerate(where)]
+        if not all(shifted):
+            continue
+        for choice in itertools.islice(itertools.product(*[sorted(set(s)) for s in shifted]), 10_000):
+            positions = [c + k for k, c in enumerate(choice)]
+            if len(set(positions)) == n and max(choice) - min(choice) <= slop:
+                return True
+    return False
+
+
+def query_matches(node, doc: Dict[str, List[str]]) -> bool:
+    """Does a record (field -> its tokens) match the query tree? A term, phrase, prefix or fuzzy term is
+    looked for in each field (ES: one query per field, most_fields), so all tokens of one term are in one."""
+    kind = node[0]
+    if kind == "and":
+        return all(query_matches(n, doc) for n in node[1])
+    if kind == "or":
+        return any(query_matches(n, doc) for n in node[1])
+    if kind == "not":
+        return not query_matches(node[1], doc)
+    if kind == "all":
+        return True
     if kind == "terms":
-        return all(any(t in tokens for tokens in doc.values()) for t in value)
+        return any(all(t in tokens for t in node[1]) for tokens in doc.values())
+    if kind == "phrase":
+        return any(_phrase_in(tokens, node[1], node[2]) for tokens in doc.values())
     if kind == "prefix":
-        return any(tok.startswith(value) for tokens in doc.values() for tok in tokens)
-    n = len(value)
-    return any(tokens[i:i + n] == value for tokens in doc.values() for i in range(len(tokens) - n + 1))
+        return any(tok.startswith(node[1]) for tokens in doc.values() for tok in tokens)
+    pattern = regex.compile(f"(?:{regex.escape(node[1])}){{e<={node[2]}}}")  # Levenshtein, no transpositions
+    return any(pattern.fullmatch(tok) for tokens in doc.values() for tok in set(tokens))
 
 
-def query_matches(clauses: list, doc: Dict[str, List[str]]) -> bool:
-    result = None
-    for op, negate, clause in clauses:
-        hit = _clause_matches(clause, doc) != negate
-        result = hit if result is None else (result and hit if op == "and" else result or hit)
-    return bool(result)
+def _positive(node) -> list:
+    """The leaves a match is scored on: those not under a `not`."""
+    if node[0] in ("and", "or"):
+        return [leaf for n in node[1] for leaf in _positive(n)]
+    return [] if node[0] in ("not", "all") else [node]
 
 
-def _positive_terms(clauses: list) -> List[str]:
-    terms = []
-    for _op, negate, (kind, value) in clauses:
-        if not negate:
-            terms.extend([value] if kind == "prefix" else value)
-    return list(dict.fromkeys(terms))
-
-
-def _required_terms(clauses: list) -> List[str]:
-    """Terms every match contains (used as a SQL LIKE prefilter): all of them when the query is a pure AND."""
-    if any(op == "or" or negate for op, negate, _ in clauses):
-        return []
-    return [t for t in _positive_terms(clauses) if t.isascii()]
+def _required_terms(node) -> List[str]:
+    """Text every match contains (a SQL LIKE prefilter): the terms and prefixes of an `and` of them."""
+    if node[0] == "and":
+        return list(dict.fromkeys(t for n in node[1] for t in _required_terms(n)))
+    if node[0] in ("terms", "phrase"):
+        return [t for t in node[1] if t.isascii()]
+    if node[0] == "prefix" and node[1].isascii():
+        return [node[1]] if node[1] else []
+    return []
 
 
 def _field_text(field_type: str, value: Any) -> str:
@@ -630,7 +764,7 @@ class SQLSearchEngine(SearchEngine):
             ctx = _Context(conn, dataset)
             keys = [await _sort_key(ctx, order) for order in sort or []]
             seed = str(user_id) if user_id else None
-            if query is not None and query.q.strip():
+            if query is not None:  # a blank text matches nothing, as in ES
                 where = and_(Record.dataset_id == dataset.id, await _where(ctx, filter) if filter else true())
                 return await self._text_search(ctx, query, where, keys, sort or [], seed, offset, limit)
 
@@ -654,24 +788,25 @@ class SQLSearchEngine(SearchEngine):
             searched = {query.field: fields[query.field]}
         else:
             searched = {name: kind for name, kind in fields.items() if kind != "image"}
-        clauses = parse_query(query.q)
-        if not clauses or not searched:
+        node = parse_query(query.q)
+        if node is None or not searched:
             return [], {}
         if query.field:
             haystack = ctx.d.json_text(ctx.d.field_text(Record.fields, query.field)) if fields[query.field] == "chat" else ctx.d.field_text(Record.fields, query.field)
         else:
             haystack = ctx.d.json_text(Record.fields)
-        prefilter = [haystack.icontains(term, autoescape=True) for term in _required_terms(clauses)]
+        prefilter = [haystack.icontains(term, autoescape=True) for term in _required_terms(node)]
         rows = (await ctx.conn.execute(select(Record.id, Record.fields, Record.inserted_at, *extra_columns).where(where, *prefilter))).all()
 
-        plain = [t for _o, neg, (kind, v) in clauses if not neg and kind != "prefix" for t in v]
-        prefixes = [v for _o, neg, (kind, v) in clauses if not neg and kind == "prefix"]
+        leaves = _positive(node)
+        plain = list(dict.fromkeys(t for leaf in leaves if leaf[0] in ("terms", "phrase") for t in leaf[1]))
+        loose = [leaf for leaf in leaves if leaf[0] in ("prefix", "fuzzy")]  # scored 1 when they match, like a constant-score term
         matched, lengths = [], {name: [] for name in searched}
         for row in rows:
             doc = {name: tokenize(_field_text(kind, (row.fields or {}).get(name))) for name, kind in searched.items()}
             for name, tokens in doc.items():
                 lengths[name].append(len(tokens))
-            if query_matches(clauses, doc):
+            if query_matches(node, doc):
                 matched.append((row, doc))
         if not matched:
             return [], {}
@@ -689,8 +824,7 @@ class SQLSearchEngine(SearchEngine):
                     tf = tokens.count(t)
                     if tf:
                         total += bm25(tf, len(tokens), avgdl[name], df[t], n)
-                if any(tok.startswith(p) for p in prefixes for tok in tokens):
-                    total += 1.0
+                total += sum(query_matches(leaf, {name: tokens}) for leaf in loose)
             scores[row.id] = total or 1.0
         return [row for row, _ in matched], scores
 
@@ -760,10 +894,10 @@ class SQLSearchEngine(SearchEngine):
             if not vectors["ids"]:
                 return SearchResponses(items=[], total=0)
             allowed = None
-            if filter is not None or (query is not None and query.q.strip()):
+            if filter is not None or query is not None:
                 ctx = _Context(conn, dataset)
                 where = and_(Record.dataset_id == dataset.id, await _where(ctx, filter) if filter else true())
-                if query is not None and query.q.strip():
+                if query is not None:
                     rows, _ = await self._text_matches(ctx, query, where)
                     allowed = [r.id for r in rows]
                 else:

@@ -494,3 +494,46 @@ def test_date_filters_read_dates_as_es_does(data):
     assert dated(ge=str(int((now + timedelta(hours=2)).timestamp() * 1000))) == set()
     assert dated(le="yesterday") == set()
     assert record_filter(data, {"type": "terms", "scope": scope, "values": [now.strftime("%Y-%m-%d"), "not a date"]}) == set()
+
+
+# ---------------------------------------------------------------- no request the SDK or the UI can send ends in a 500
+
+GRID_SCOPES = [
+    *({"entity": "record", "property": p} for p in ("id", "external_id", "inserted_at", "updated_at", "status", "nope")),
+    *({"entity": "metadata", "metadata_property": p} for p in ("cluster", "length", "margin", "nope")),
+    *({"entity": "suggestion", "question": q, "property": p} for q in ("pref", "quality", "nope") for p in ("value", "score", "agent", "type")),
+    *({"entity": "response", "question": q} for q in ("pref", "quality", "nope")),
+    {"entity": "response", "property": "status"},
+]
+GRID_VALUES = ["a", "5", "5.0", "-1", "1e309", "nan", "2024-05-01", "2024-05", "1714521600000", "", "rec-03", "☃", "c1"]
+GRID_QUERIES = ["*", "cats", "cats | (dogs", '"a b"~x', "~~", "-", "+|", "(((", "x~99", "\\", "\"", "*cats", "a*b*", "☃~1"]
+
+
+def test_no_filter_sort_or_query_in_the_grid_ends_in_a_500(data):
+    """Every scope the API takes, with terms and ranges of every kind of value, each sort both ways, and odd
+    text queries: the engine answers (200) or the API refuses the request (422), never a server error."""
+    owner, alice = data["owner"], data["alice_http"]
+    dataset_id = data["dataset"].id
+    failures = []
+
+    def ask(http, path, body):
+        try:
+            response = http.post(path, json=body, params={"limit": 5})
+        except httpx.TransportError as e:  # the server process died or dropped the request
+            failures.append((path.split("/")[1], json.dumps(body)[:300], repr(e)))
+            return
+        if response.status_code >= 500:
+            failures.append((path.split("/")[1], json.dumps(body)[:300], response.status_code))
+
+    for scope in GRID_SCOPES:
+        for http, path in ((owner, f"/datasets/{dataset_id}/records/search"), (alice, f"/me/datasets/{dataset_id}/records/search")):
+            ask(http, path, {"filters": {"and": [{"type": "terms", "scope": scope, "values": GRID_VALUES}]}})
+            for low, high in (("1", "5"), ("2024-01-01", "2024-12-31"), ("a", "b"), ("0", "1714521600000"), ("x", None)):
+                ask(http, path, {"filters": {"and": [{"type": "range", "scope": scope, "ge": low, "le": high}]}})
+            for order in ("asc", "desc"):
+                ask(http, path, {"sort": [{"scope": scope, "order": order}]})
+                ask(http, path, {"query": {"text": {"q": "cats"}}, "sort": [{"scope": scope, "order": order}]})
+    for q in GRID_QUERIES:
+        for field in (None, "prompt", "chat", "nope"):
+            ask(owner, f"/datasets/{dataset_id}/records/search", {"query": {"text": {"q": q, **({"field": field} if field else {})}}})
+    assert not failures, "\n".join(map(str, failures))

@@ -476,6 +476,12 @@ _RECORD_COLUMNS = {
 }
 
 
+def _text_range(column, flt):
+    bounds = [column >= str(flt.ge)] if flt.ge is not None else []
+    bounds += [column <= str(flt.le)] if flt.le is not None else []
+    return and_(true(), *bounds)
+
+
 def _as_number(value) -> Optional[float]:
     try:
         number = float(value)
@@ -518,7 +524,11 @@ async def _where(ctx: _Context, flt) -> Any:
                 values = [u for u in map(_as_uuid, values) if u is not None]
             elif dates:
                 values = [d for d in map(_as_datetime, values) if d is not None]
+            elif scope.property == "status":  # an enum on PostgreSQL: compared as text, an unknown status is no error
+                column = cast(column, Text)
             return column.in_(values) if values else false()
+        if scope.property in ("id", "status"):  # keywords in ES: a range compares text
+            return _text_range(cast(column, Text), flt)
         bounds = []
         for bound, upper in ((flt.ge, False), (flt.le, True)):
             if bound is not None:
@@ -542,10 +552,10 @@ async def _where(ctx: _Context, flt) -> Any:
         prop = scope.property if scope.property not in (None, "None") else "value"
         base = select(literal(1)).where(Suggestion.record_id == Record.id, Suggestion.question_id == question["id"])
         if prop in ("agent", "type"):
-            column = Suggestion.agent if prop == "agent" else Suggestion.type
+            column = Suggestion.agent if prop == "agent" else cast(Suggestion.type, Text)  # type: an enum on PostgreSQL
             if not isinstance(flt, TermsFilter):
-                return false()
-            return exists(base.where(column.in_(list(flt.values))))
+                return exists(base.where(_text_range(column, flt)))
+            return exists(base.where(column.in_([str(v) for v in flt.values])))
         if prop == "value" and question["type"] not in INDEXED_QUESTION_TYPES:
             return false()
         if prop not in ("value", "score"):
@@ -565,6 +575,7 @@ async def _where(ctx: _Context, flt) -> Any:
             return exists(select(literal(1)).select_from(Response, je)
                           .where(Response.record_id == Record.id, *by_user,
                                  _values_condition(flt, txt, num, question["type"] == "rating")))
+        status_text = cast(Response.status, Text)  # an enum on PostgreSQL: compared as text, an unknown status is no error
         if scope.property == "status" and isinstance(flt, TermsFilter):
             values = [str(v) for v in flt.values]
             parts = []
@@ -572,10 +583,12 @@ async def _where(ctx: _Context, flt) -> Any:
                 parts.append(~exists(select(literal(1)).where(Response.record_id == Record.id, *by_user)))
                 values = [v for v in values if v != ResponseStatusFilter.pending.value]
             if values or not parts:
-                status = [Response.status.in_(values)] if values else []
+                status = [status_text.in_(values)] if values else []
                 parts.append(exists(select(literal(1)).where(Response.record_id == Record.id, *status, *by_user)))
             return or_(*parts)
-        raise ValueError(f"Cannot process filter scope {scope}")
+        if scope.property == "status":
+            return exists(select(literal(1)).where(Response.record_id == Record.id, *by_user, _text_range(status_text, flt)))
+        return false()  # no such property of a response in ES's mapping: nothing matches
 
     raise ValueError(f"Cannot process request for search scope {scope}")
 

@@ -292,7 +292,7 @@ def demo_instructions(run_dir: str, *, url: str | None = None, annotators: list[
 
     push_info = Run(run_dir).stage_info("push")
     url = url or launcher.status().get("url") or "http://127.0.0.1:6900"
-    annotators = server.DEMO_ANNOTATORS if annotators is None else annotators
+    annotators = launcher.DEMO_ANNOTATORS if annotators is None else annotators
     dataset = dataset or push_info.get("dataset") or Path(run_dir).name
     workspace = workspace or push_info.get("workspace") or "prefab"
     pushed = push_info.get("pushed")

@@ -468,3 +468,5 @@ def test_demo_instructions_name_the_url_logins_dataset_and_next_commands(tmp_pat
     assert "http://127.0.0.1:6900" in text and "annotator-1 / pw-1" in text and "'prefab-demo'" in text
     assert f"prefab pull --run {run.path}" in text and f"prefab export --run {run.path}" in text
     assert "1 human-routed pairs" in text
+    as_make_demo_calls_it = demo_instructions(str(run.path))  # the demo's accounts, the server's URL or the default
+    assert "annotator-1 / annotator-1-demo" in as_make_demo_calls_it and "http://" in as_make_demo_calls_it

@@ -254,6 +254,9 @@ MULTILINGUAL = {
 }
 
 
+CODES = [10, 9, "100", "b", "A", "é"]  # a terms property: keywords in ES (numbers too), sorted as text by code point
+
+
 @pytest.fixture(scope="module")
 def texts(backend):
     """A dataset of one text field in several scripts."""
@@ -262,9 +265,10 @@ def texts(backend):
     client = rg.Argilla(api_url=backend["url"], api_key=backend["api_key"])
     workspace = unique("ws-text")
     rg.Workspace(name=workspace, client=client).create()
-    settings = rg.Settings(fields=[rg.TextField(name="text")], questions=[rg.LabelQuestion(name="ok", labels=["y", "n"])])
+    settings = rg.Settings(fields=[rg.TextField(name="text")], questions=[rg.LabelQuestion(name="ok", labels=["y", "n"])],
+                           metadata=[rg.TermsMetadataProperty(name="code")])
     dataset = rg.Dataset(name=unique("scripts"), workspace=workspace, settings=settings, client=client).create()
-    dataset.records.log([{"id": key, "text": value} for key, value in MULTILINGUAL.items()])
+    dataset.records.log([{"id": key, "text": value, "code": code} for (key, value), code in zip(MULTILINGUAL.items(), CODES)])
     return dataset
 
 
@@ -537,3 +541,18 @@ def test_no_filter_sort_or_query_in_the_grid_ends_in_a_500(data):
         for field in (None, "prompt", "chat", "nope"):
             ask(owner, f"/datasets/{dataset_id}/records/search", {"query": {"text": {"q": q, **({"field": field} if field else {})}}})
     assert not failures, "\n".join(map(str, failures))
+
+
+def test_a_terms_property_sorts_as_text_by_code_point(texts, backend):
+    """commons.py maps a terms property as a keyword: sorted as text by code point, numbers in it too ("10" <
+    "100" < "9"), with or without a text query."""
+    expected = [key for key, _ in sorted(zip(MULTILINGUAL, CODES), key=lambda kv: str(kv[1]))]
+    with httpx.Client(base_url=backend["url"] + "/api/v1", headers={"X-Argilla-Api-Key": backend["api_key"]}, timeout=60) as http:
+        by_id = {str(r._server_id): r.id for r in texts.records}
+        for body in ({}, {"query": {"text": {"q": "*"}}}):
+            for order in ("asc", "desc"):
+                body = {**body, "sort": [{"scope": {"entity": "metadata", "metadata_property": "code"}, "order": order}]}
+                found = http.post(f"/datasets/{texts.id}/records/search", json=body, params={"limit": 50})
+                assert found.status_code == 200, found.text
+                got = [by_id[item["record"]["id"]] for item in found.json()["items"]]
+                assert got == (expected if order == "asc" else expected[::-1]), (body, got)

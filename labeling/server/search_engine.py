@@ -102,8 +102,9 @@ class _Sqlite:
         path = self._path(keys)
         je, txt, num = self.elems(col, *keys)
         agg = (func.max if desc else func.min)(num if numeric else txt)
+        scalar = func.json_extract(col, path)  # a keyword sorts as text in ES, numbers in it too ("10" < "9")
         return case((func.json_type(col, path) == "array", select(agg).select_from(je).scalar_subquery()),
-                    else_=func.json_extract(col, path))
+                    else_=scalar if numeric else cast(scalar, Text))
 
     def matches(self, col, keys, flt, numeric: bool = False):
         """A terms/range filter on a JSON value; scalars are read directly, arrays (any element) through json_each."""
@@ -623,6 +624,11 @@ async def _sort_key(ctx: _Context, order) -> Any:
     raise ValueError(f"Cannot process request for search scope {scope}")
 
 
+def _sortable(value) -> tuple:
+    """A sort key that never compares a number with a text (a Python sort would raise): numbers first."""
+    return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
+
+
 def _order_by(keys: list, sort: list) -> list:
     clauses = []
     for key, order in zip(keys, sort):
@@ -851,7 +857,7 @@ class SQLSearchEngine(SearchEngine):
             for i, order in reversed(list(enumerate(sort))):
                 present = [r for r in rows if getattr(r, f"k{i}") is not None]
                 missing = [r for r in rows if getattr(r, f"k{i}") is None]
-                present.sort(key=lambda r: getattr(r, f"k{i}"), reverse=order.order == SortOrder.desc)
+                present.sort(key=lambda r: _sortable(getattr(r, f"k{i}")), reverse=order.order == SortOrder.desc)
                 rows = present + missing
         else:
             rows.sort(key=lambda r: scores[r.id], reverse=True)

@@ -229,7 +229,7 @@ def test_text_query_on_one_field_and_bm25_order(data):
 
 
 def test_query_syntax_as_lucene_simple_query_parser_reads_it(data):
-    """commons.py es_simple_query_string (default_operator AND, fuzzy_transpositions off) hands the text to
+    """commons.py:111-123 es_simple_query_string (default_operator AND, fuzzy_transpositions off) hands the text to
     Lucene's SimpleQueryParser: `*` alone matches all, blank matches none, parentheses group, `|` needs no
     spaces, ~N is an edit distance after a term and a slop after a phrase, an unclosed quote is ignored."""
     cats = where(data, lambda i, r: i % 4 == 0)
@@ -279,7 +279,7 @@ def text_ids(dataset, q: str) -> set[str]:
 
 
 def test_text_in_every_script_is_split_into_words_as_es_does(texts):
-    """ES's standard analyzer (commons.py maps text fields with the default analyzer) splits words by Unicode
+    """ES's standard analyzer (commons.py:169, text fields with no analyzer named: the standard one) splits words by Unicode
     text segmentation: each Chinese ideograph and hiragana alone, katakana runs together, combining marks
     kept with their letter; lowercased, accents kept."""
     assert text_ids(texts, "京") == {"zh-1", "ja"}
@@ -469,8 +469,8 @@ def record_filter(data, flt: dict) -> set[str]:
 
 
 def test_equality_on_numbers_compares_numbers(data):
-    """A numeric field is mapped as a number in ES (commons.py es_mapping_for_metadata_property: integer -> long,
-    float -> float; suggestion score -> float), and a term query on it compares values, not their text."""
+    """A numeric field is mapped as a number in ES (argilla-server 2.8.0 commons.py:202-204, integer -> long and
+    float -> float; :230, suggestion score -> float), and a term query on it compares values, not their text."""
     assert set(sdk_ids(data, filter=("metadata.margin", "==", 1))) == where(data, lambda i, r: r["metadata"].get("margin") == 1.0)
     assert set(sdk_ids(data, filter=("metadata.margin", "==", 1))) == {"rec-08"}
     assert set(sdk_ids(data, filter=("metadata.length", "in", ["50", "70.0"]))) == {"rec-05", "rec-07"}
@@ -480,9 +480,9 @@ def test_equality_on_numbers_compares_numbers(data):
 
 
 def test_date_filters_read_dates_as_es_does(data):
-    """Record dates are ES `date` fields (strict_date_optional_time||epoch_millis): partial dates and epoch
-    milliseconds are bounds too, and an inclusive upper bound rounds up what it leaves out (`le` today takes
-    in today); a date that cannot be read matches nothing instead of failing the request."""
+    """Record dates are ES date fields (commons.py:666, date_nanos, read as strict_date_optional_time||epoch_millis):
+    partial dates and epoch milliseconds are bounds too, and an inclusive upper bound rounds up what it leaves out
+    (`le` today takes in today); a date that cannot be read matches nothing instead of failing the request."""
     now = datetime.now(timezone.utc)
     everyone = {row["id"] for row in data["rows"]}
     scope = {"entity": "record", "property": "inserted_at"}
@@ -544,7 +544,7 @@ def test_no_filter_sort_or_query_in_the_grid_ends_in_a_500(data):
 
 
 def test_a_terms_property_sorts_as_text_by_code_point(texts, backend):
-    """commons.py maps a terms property as a keyword: sorted as text by code point, numbers in it too ("10" <
+    """commons.py:200 maps a terms property as a keyword: sorted as text by code point, numbers in it too ("10" <
     "100" < "9"), with or without a text query."""
     expected = [key for key, _ in sorted(zip(MULTILINGUAL, CODES), key=lambda kv: str(kv[1]))]
     with httpx.Client(base_url=backend["url"] + "/api/v1", headers={"X-Argilla-Api-Key": backend["api_key"]}, timeout=60) as http:

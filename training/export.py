@@ -142,6 +142,19 @@ def split_by_prompt(prompt_ids: list[str], test_share: float, seed: int) -> set[
 
 # ---------------------------------------------------------------- tokens
 
+def needs_tokenizer(config: ExportConfig) -> bool:
+    """Token counts cost a transformers import and a tokenizer load (seconds, most of an export): only when
+    asked for, by a token limit, a named tokenizer, or plain-string prompts rendered with its chat template."""
+    return bool(config.max_tokens or config.tokenizer or not config.conversational)
+
+
+def char_lengths(df: pl.DataFrame) -> pl.DataFrame:
+    """prompt/chosen/rejected lengths in characters: the card's lengths when tokens were not counted."""
+    prompt = pl.col("messages").list.eval(pl.element().struct.field("content").str.len_chars()).list.sum()
+    return df.with_columns(prompt_chars=prompt.cast(pl.Int64), chosen_chars=pl.col("chosen").str.len_chars().cast(pl.Int64),
+                           rejected_chars=pl.col("rejected").str.len_chars().cast(pl.Int64))
+
+
 def load_tokenizer(name: str | None):
     from transformers import AutoTokenizer
 
@@ -263,8 +276,8 @@ def export(run: Run, config: ExportConfig, *, labeling: LabelingConfig | None = 
     if n_dup:
         dropped["duplicates"] = n_dup
     check_not_empty(df, pairs, dropped, run)  # before the tokenizer: loading it costs far more than this check
-    tokenizer = load_tokenizer(config.tokenizer)
-    df = token_lengths(df, tokenizer)
+    tokenizer = load_tokenizer(config.tokenizer) if needs_tokenizer(config) else None
+    df = token_lengths(df, tokenizer) if tokenizer else char_lengths(df)
     if config.max_tokens:
         too_long = pl.col("prompt_tokens") + pl.max_horizontal("chosen_tokens", "rejected_tokens") > config.max_tokens
         n_long = df.filter(too_long).height
@@ -351,7 +364,7 @@ def dataset_card(run: Run, df: pl.DataFrame, counts: dict, config: ExportConfig,
              f"- judge(s): {', '.join(f'`{j}`' for j in judges) or 'n/a'}",
              f"- export config hash: `{config_hash}`; sources: {', '.join(config.sources)}; min judge margin (auto pairs): "
              f"{config.min_margin}; ties: {config.ties}; both bad: {config.both_bad}; max tokens: {config.max_tokens or 'none'} "
-             f"(tokenizer `{config.tokenizer or EMBEDDED_LLM}`)",
+             + (f"(tokenizer `{config.tokenizer or EMBEDDED_LLM}`)" if "prompt_tokens" in df.columns else "(tokens not counted)"),
              f"- split by prompt, seed {config.seed}: {counts['train']} train / {counts['test']} test pairs; no prompt is in both",
              "- human labels override the judge: where annotators preferred the judge's rejected response the sides are "
              f"swapped ({counts['human_swapped']} pair(s))", "",
@@ -372,10 +385,11 @@ def dataset_card(run: Run, df: pl.DataFrame, counts: dict, config: ExportConfig,
     if df["agreement"].drop_nulls().len():
         agree.append(f"- mean share of annotators agreeing with the majority (exported human pairs): {df['agreement'].drop_nulls().mean():.3f}")
     lines += ["", "## Agreement", ""] + (agree or ["no human labels in this export"])
-    chosen_longer = (df["chosen_tokens"] > df["rejected_tokens"]).mean()
-    lines += ["", "## Lengths (tokens: min / median / mean / max)", "",
-              f"- prompt: {_stats(df['prompt_tokens'])}", f"- chosen: {_stats(df['chosen_tokens'])}",
-              f"- rejected: {_stats(df['rejected_tokens'])}",
+    unit = "tokens" if "prompt_tokens" in df.columns else "chars"
+    chosen_longer = (df[f"chosen_{unit}"] > df[f"rejected_{unit}"]).mean()
+    lines += ["", f"## Lengths ({'tokens' if unit == 'tokens' else 'characters; tokens with --tokenizer'}: min / median / mean / max)", "",
+              f"- prompt: {_stats(df[f'prompt_{unit}'])}", f"- chosen: {_stats(df[f'chosen_{unit}'])}",
+              f"- rejected: {_stats(df[f'rejected_{unit}'])}",
               f"- chosen longer than rejected: {chosen_longer:.1%} of pairs (far from 50% means a length bias a model can learn)", ""]
     return "\n".join(front + lines)
 

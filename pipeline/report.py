@@ -39,24 +39,20 @@ COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA
 
 
 def figure(ncols: int = 1, width: float = 6.0, height: float = 3.2):
-    """A matplotlib figure (Agg, no display needed) with ncols axes side by side."""
-    import matplotlib
+    """A matplotlib figure with ncols axes side by side: a plain Figure, no pyplot (no display, no global state,
+    and a third less import time for `prefab report`)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    fig = Figure(figsize=(width * ncols, height))
+    axes = fig.subplots(1, ncols, squeeze=False)
     return fig, (axes[0][0] if ncols == 1 else list(axes[0]))
 
 
 def plot_html(fig, alt: str = "plot") -> str:
-    """The figure as an inline base64 PNG <img> (and closed)."""
-    import matplotlib.pyplot as plt
-
+    """The figure as an inline base64 PNG <img>."""
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
     data = base64.b64encode(buf.getvalue()).decode()
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 

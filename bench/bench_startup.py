@@ -1,0 +1,68 @@
+"""How long everyday commands take to start and finish, before and after, in one run.
+
+`prefab --help`, `status`, `report` and `export` (no token limit) on a small run, each in a fresh
+interpreter, the median of a few wall-clock timings; the same commands from a checkout of an earlier
+commit (BENCH_STARTUP_BASE, default b59cf5d: before the export stopped loading a tokenizer it was not asked
+for) are the baseline, measured alternately in the same run. Target: under 2 s each.
+"""
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = os.environ.get("BENCH_STARTUP_BASE", "b59cf5d")
+REPEAT = int(os.environ.get("BENCH_STARTUP_REPEAT", "3"))
+CODE = "import sys; from pipeline.cli import cli; cli(args=sys.argv[1:], prog_name='prefab')"
+
+
+def timed(tree: Path, args: list[str]) -> float:
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", CODE, *args], cwd=tree, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"prefab {' '.join(args)} in {tree} failed:\n{result.stdout[-800:]}{result.stderr[-800:]}")
+    return elapsed
+
+
+def main() -> list[dict]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from labeling_runs import make_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base_tree = Path(tmp) / "base"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(base_tree), BASE], cwd=ROOT, check=True)
+        try:
+            rows = []
+            runs = {}
+            for label in ("base", "head"):
+                runs[label], _ = make_run(Path(tmp) / f"run-{label}", n_pairs=12)
+            commands = {
+                "prefab --help": lambda run: ["--help"],
+                "prefab status": lambda run: ["status", "--run", str(run.path)],
+                "prefab report": lambda run: ["report", "--run", str(run.path)],
+                "prefab export (no token limit)": lambda run: ["export", "--run", str(run.path), "--source", "auto"],
+            }
+            for name, args in commands.items():
+                timed(ROOT, args(runs["head"]))  # warm the file cache once
+                head, base = [], []
+                for _ in range(REPEAT):  # alternate, so a slow moment of the machine hits both sides
+                    head.append(timed(ROOT, args(runs["head"])))
+                    base.append(timed(base_tree, args(runs["base"])))
+                h, b = statistics.median(head), statistics.median(base)
+                rows.append({"name": f"{name}, wall s (median of {REPEAT})", "value": round(h, 2), "baseline": round(b, 2),
+                             "ratio": round(b / h, 2), "target": "< 2 s", "unit": "s", "ok": h < 2.0})
+            return rows
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT)
+            shutil.rmtree(base_tree, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    for row in main():
+        print(row)

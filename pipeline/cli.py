@@ -48,8 +48,14 @@ class PrefabGroup(click.Group):
 
 @click.group(cls=PrefabGroup)
 @click.version_option(package_name="prefab")
-def cli():
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show third-party progress bars and warnings (transformers, datasets, TRL); else warnings go to RUN/logs/third_party.log.")
+def cli(verbose):
     """prefab: preference data for LLM post-training, from prompts to a labeled, trained-on dataset."""
+    if not verbose:
+        from pipeline.progress import quiet_third_party
+
+        quiet_third_party()
 
 
 @cli.command()

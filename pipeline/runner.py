@@ -11,6 +11,7 @@ import json
 from pipeline import registry
 from pipeline.config import Config
 from pipeline.errors import ConfigError
+from pipeline.progress import third_party_log
 from pipeline.store import Run
 
 
@@ -40,6 +41,7 @@ def planned(config: Config) -> list[str]:
 def run_step(stage: str, config: Config, run: Run, **options) -> dict:
     """Run one stage; on success record its counts and the config it ran with in the manifest."""
     module = registry.stages()[stage]
+    third_party_log[:] = [run.path / "logs" / "third_party.log"]  # where quieted third-party warnings go
     with run.stage(stage) as info:
         counts = module.step(config, run, **options) or {}
         info.update(counts)

@@ -57,7 +57,7 @@ def losses(model_dir: Path) -> list[float]:
     return [h["loss"] for h in history if "loss" in h]
 
 
-def test_dpo_two_steps_then_resume(exports, base_weights, tmp_path):
+def test_dpo_two_steps_then_resume(exports, base_weights, tmp_path, capsys):
     from training.train import train_dpo
 
     out = tmp_path / "dpo"
@@ -72,6 +72,10 @@ def test_dpo_two_steps_then_resume(exports, base_weights, tmp_path):
     metrics = train_dpo(exports / "dpo_train.jsonl", None, {**overrides, "max_steps": 3}, resume=True)
     history = json.loads((out / "metrics.json").read_text())["log_history"]
     assert metrics["steps"] == 3 and [h["step"] for h in history if "loss" in h] == [1, 2, 3]
+    streamed = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in streamed if "loss" in r] == [1, 2, 3] and any("eval_loss" in r for r in streamed)
+    shown = capsys.readouterr()
+    assert "reward accuracy" in shown.err and "'loss'" not in shown.out + shown.err  # one bar, no printed log dicts
 
 
 def test_sft_two_steps_on_assistant_tokens(exports, base_weights, tmp_path):

@@ -233,6 +233,7 @@ def train_dpo(data, config_path=None, overrides: dict | None = None, *, eval_dat
         processing_class=tokenizer,
         peft_config=lora_config(settings["lora"]),
     )
+    show_progress(trainer)
     trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
     if eval_dataset is not None and args.eval_strategy == "no":
         trainer.evaluate()  # implicit-reward accuracy on the held-out pairs, into log_history
@@ -268,12 +269,61 @@ def train_sft(data, config_path=None, overrides: dict | None = None, *, eval_dat
         processing_class=tokenizer,
         peft_config=lora_config(settings["lora"]),
     )
+    show_progress(trainer)
     trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
     if eval_dataset is not None and args.eval_strategy == "no":
         trainer.evaluate()
     metrics = save_outputs(trainer, tokenizer, "sft", data, base, lora=bool(settings["lora"]))
     _end(trainer)
     return metrics
+
+
+def show_progress(trainer) -> None:
+    """One rich bar with the step, loss and (DPO) reward accuracy in place of the Trainer's tqdm bar and printed
+    log dicts; every log line also goes to OUTPUT_DIR/trainer_log.jsonl as it comes (a TrainerCallback:
+    transformers' public extension point)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+
+    from pipeline.progress import console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    class RichProgress(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+                                    TextColumn("{task.fields[accuracy]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                    console=console)
+                self.bar.start()
+                self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, loss="", accuracy="")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar:
+                self.bar.update(self.task, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            with open(Path(args.output_dir) / "trainer_log.jsonl", "a") as log:
+                log.write(json.dumps({"step": state.global_step, **logs}, default=str) + "\n")
+            if self.bar:
+                fields = {}
+                if "loss" in logs:
+                    fields["loss"] = f"loss {float(logs['loss']):.4f}"
+                accuracy = logs.get("rewards/accuracies", logs.get("eval_rewards/accuracies"))
+                if accuracy is not None:
+                    fields["accuracy"] = f"reward accuracy {float(accuracy):.2f}"
+                self.bar.update(self.task, **fields)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar:
+                self.bar.stop()
+                self.bar = None
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(RichProgress())
 
 
 def _end(trainer) -> None:

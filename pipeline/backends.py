@@ -34,11 +34,18 @@ class Request:
 
     def payload(self) -> dict:
         """The fields that are set, as an OpenAI-compatible API takes them; empty values and logprobs=False are
-        left out, so equal requests get equal cache keys (the same keys as the dict requests before them)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) not in (None, [], "")}
-        if out.get("logprobs") is False:
-            del out["logprobs"]
-        return out
+        left out, so equal requests get equal cache keys (the same keys as the dict requests before them).
+        Made once: the cache key, the cache row and the API body all read it (do not change the dict)."""
+        made = self.__dict__.get("_payload")
+        if made is None:
+            made = {name: value for name in _REQUEST_FIELDS if (value := getattr(self, name)) not in (None, [], "")}
+            if made.get("logprobs") is False:
+                del made["logprobs"]
+            object.__setattr__(self, "_payload", made)  # frozen: the fields cannot change, so neither can this
+        return made
+
+
+_REQUEST_FIELDS = tuple(f.name for f in fields(Request))
 
 
 CACHED_FIELDS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s")

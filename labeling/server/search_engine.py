@@ -26,6 +26,7 @@ statuses of every response on the records the user answered, which double counts
 labeling/server/main.py imports it before starting the app or the worker, so it is registered there.
 """
 
+import functools
 import hashlib
 import itertools
 import math
@@ -355,8 +356,14 @@ def query_matches(node, doc: Dict[str, List[str]]) -> bool:
         return any(_phrase_in(tokens, node[1], node[2]) for tokens in doc.values())
     if kind == "prefix":
         return any(tok.startswith(node[1]) for tokens in doc.values() for tok in tokens)
-    pattern = regex.compile(f"(?:{regex.escape(node[1])}){{e<={node[2]}}}")  # Levenshtein, no transpositions
+    pattern = _fuzzy_pattern(node[1], node[2])
     return any(pattern.fullmatch(tok) for tokens in doc.values() for tok in set(tokens))
+
+
+@functools.lru_cache(maxsize=256)
+def _fuzzy_pattern(text_value: str, edits: int):
+    """Tokens within `edits` Levenshtein edits (no transpositions), compiled once per query, not once per record."""
+    return regex.compile(f"(?:{regex.escape(text_value)}){{e<={edits}}}")
 
 
 def _positive(node) -> list:

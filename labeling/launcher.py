@@ -347,7 +347,7 @@ def up(home=None, host: str | None = None, port: int | None = None, database: st
         "servers": servers,
     }
     if kind == "postgresql":
-        state["database_url"] = _start_postgres(python, home)
+        state["database_url"] = _start_postgres(python, home, previous)
 
     if not state["external_redis"]:
         socket_path = home / "redis" / "redis.sock"
@@ -418,8 +418,7 @@ def _database_kind(home: Path, previous: dict, database: str | None, database_ur
         raise LabelingError(f"unknown database {database!r}", hint="use --database postgresql or --database sqlite")
     if database_url:
         return "external"
-    kept = previous.get("database") or ("external" if previous.get("database_url") else None) \
-        or ("sqlite" if (home / "argilla" / "argilla.db").exists() else None)
+    kept = _recorded_database(home, previous)
     if kept and database and database != kept:
         raise LabelingError(f"the labeling home {home} holds its labels in {kept}, not {database}",
                             hint=f"leave out --database to keep using it, or pass another --home for a new {database} database")
@@ -429,9 +428,18 @@ def _database_kind(home: Path, previous: dict, database: str | None, database_ur
     return kept or database or DATABASES[0]
 
 
-def _start_postgres(python: Path, home: Path) -> str:
+def _recorded_database(home: Path, state: dict) -> str | None:
+    """The database a home was made with: as recorded; for a home from before that was recorded, external
+    when it names a database_url, SQLite when its file is there."""
+    return state.get("database") or ("external" if state.get("database_url") else None) \
+        or ("sqlite" if (home / "argilla" / "argilla.db").exists() else None)
+
+
+def _start_postgres(python: Path, home: Path, previous: dict) -> str:
     """Start the home's PostgreSQL (pgserver's binaries, a unix socket in its data folder) unless it runs;
     returns its URL."""
+    if previous.get("database") == "postgresql" and previous.get("database_url") and _running(home, "postgres"):
+        return previous["database_url"]  # running: no server-venv interpreter and pgserver import to ask again
     pgdata = home / "postgres"
     script = SERVER_SIDE / "postgres.py"
     out = _run_step(python, [str(script), str(pgdata)], dict(os.environ), home, "PostgreSQL start",
@@ -504,7 +512,7 @@ def status(home=None) -> dict:
 
 def database_name(home: Path, state: dict) -> str | None:
     """Which database holds the labels, in words (no password)."""
-    kind = state.get("database") or ("external" if state.get("database_url") else "sqlite" if state else None)
+    kind = _recorded_database(home, state)
     if kind == "postgresql":
         return f"postgresql (embedded, {home / 'postgres'})"
     if kind == "sqlite":

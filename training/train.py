@@ -210,6 +210,7 @@ def train_dpo(data, config_path=None, overrides: dict | None = None, *, eval_dat
     from trl import DPOTrainer
 
     args, settings = load_train_config("dpo", config_path, overrides)
+    log_third_party_warnings(args.output_dir)
     train_dataset, fmt = load_data(data, "dpo")
     eval_path = eval_data or settings["eval_data"]
     eval_dataset = load_data(eval_path, "dpo")[0] if eval_path else None
@@ -251,6 +252,7 @@ def train_sft(data, config_path=None, overrides: dict | None = None, *, eval_dat
     from trl import SFTTrainer
 
     args, settings = load_train_config("sft", config_path, overrides)
+    log_third_party_warnings(args.output_dir)
     train_dataset, fmt = load_data(data, "sft")
     if fmt is not formats.SftChat and args.assistant_only_loss:
         args.assistant_only_loss = False  # prompt/completion data: completion_only_loss does the same job
@@ -276,6 +278,14 @@ def train_sft(data, config_path=None, overrides: dict | None = None, *, eval_dat
     metrics = save_outputs(trainer, tokenizer, "sft", data, base, lora=bool(settings["lora"]))
     _end(trainer)
     return metrics
+
+
+def log_third_party_warnings(output_dir: str) -> None:
+    """Quieted third-party warnings of a `prefab train` outside a run go beside the model (in a run, to RUN/logs)."""
+    from pipeline.progress import third_party_log
+
+    if not third_party_log:
+        third_party_log.append(Path(output_dir) / "logs" / "third_party.log")
 
 
 def show_progress(trainer) -> None:

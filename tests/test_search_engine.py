@@ -2,6 +2,7 @@
 HTTP calls the Argilla UI makes (sort, per-user queue, metrics). Every expected answer is computed here
 from the records this module inserted. Every test runs on PostgreSQL and again on SQLite."""
 
+import hashlib
 import json
 import math
 import random
@@ -368,12 +369,15 @@ def test_ui_queue_is_per_user_pending_in_a_stable_shuffled_order(data):
     assert again == alice  # stable for one annotator
     bob, _, _ = search(data["bob_http"], data, body, me=True)
     assert set(bob) == {f"rec-{i:02d}" for i in range(N) if i not in completed}
-    # each queue walks the records in id (random uuid4) order from a point hashed from the user, wrapping
-    # around, so annotators working at once start in different places and don't all label the same records
-    for queue in (alice, bob):
-        by_id = sorted(queue, key=lambda rid: data["ids"][rid])
-        start = by_id.index(queue[0])
-        assert queue == by_id[start:] + by_id[:start]
+    # commons.py:444-451: ES orders a user's records by random_score seeded with the user id, a shuffle of each
+    # user's own, so annotators working at once do not label the same records in the same order; here the
+    # shuffle is md5(user:dataset:record)
+    for queue, user in ((alice, data["alice"]), (bob, data["bob"])):
+        def rank(rid, user=user):
+            return hashlib.md5(f"{user.id}:{data['dataset'].id}:{data['ids'][rid].replace('-', '')}".encode()).hexdigest()
+        assert queue == sorted(queue, key=rank)
+    mine, theirs = [rid for rid in alice if rid in set(bob)], [rid for rid in bob if rid in set(alice)]
+    assert mine not in [theirs[k:] + theirs[:k] for k in range(len(theirs))]  # two shuffles, not one order rotated
     first, page_total, _ = search(data["alice_http"], data, body, me=True, offset=0, limit=5)
     assert first == alice[:5] and page_total == total
 
@@ -556,3 +560,113 @@ def test_a_terms_property_sorts_as_text_by_code_point(texts, backend):
                 assert found.status_code == 200, found.text
                 got = [by_id[item["record"]["id"]] for item in found.json()["items"]]
                 assert got == (expected if order == "asc" else expected[::-1]), (body, got)
+
+
+# ---------------------------------------------------------------- relevance (BM25 over per-field index statistics)
+
+# Two text fields, ASCII words split on spaces (the standard analyzer splits them the same way). The note field's
+# name and several values contain "cat" inside other words (category, concatenate): no match, and no document
+# frequency, for the word "cat". Records tagged "few" are a small filtered subset.
+RELEVANCE = {
+    "r1": ("cat cat dog", "category catalogue", "few"),
+    "r2": ("dog", "cat", "few"),
+    "r3": ("bird dog dog dog dog", "", "few"),
+    "r4": ("cat bird", "dog dog", "many"),
+    "r5": ("fish fish", "concatenate", "many"),
+    "r6": ("fish dog", "category", "many"),
+    "r7": ("bird", "bird bird cat", "many"),
+    "r8": ("fish", "fish", "many"),
+}
+
+
+@pytest.fixture(scope="module")
+def relevance(backend):
+    import argilla as rg
+
+    client = rg.Argilla(api_url=backend["url"], api_key=backend["api_key"])
+    workspace = unique("ws-bm25")
+    rg.Workspace(name=workspace, client=client).create()
+    settings = rg.Settings(fields=[rg.TextField(name="text"), rg.TextField(name="category", required=False)],
+                           questions=[rg.LabelQuestion(name="ok", labels=["y", "n"])], metadata=[rg.TermsMetadataProperty(name="tag")])
+    dataset = rg.Dataset(name=unique("bm25"), workspace=workspace, settings=settings, client=client).create()
+    dataset.records.log([{"id": key, "text": text_value, **({"category": note} if note else {}), "tag": tag}
+                         for key, (text_value, note, tag) in RELEVANCE.items()])
+    with httpx.Client(base_url=backend["url"] + "/api/v1", headers={"X-Argilla-Api-Key": backend["api_key"]}, timeout=60) as http:
+        yield dataset, http, {str(r._server_id): r.id for r in dataset.records}
+
+
+def es_bm25(clauses: list[str], only: str | None = None, records: dict = RELEVANCE) -> dict[str, float]:
+    """The score ES gives each matching record for `a | b | ...` (one word per clause) over both fields or `only`
+    one: commons.py:111-123 asks simple_query_string over `fields.*` (commons.py:706), which Elasticsearch runs
+    as a bool of the clauses, each a dis_max over the fields with tie_breaker 1 (a sum); every field is `text`
+    (commons.py:169), scored by Lucene's BM25Similarity (k1 1.2, b 0.75): idf = ln(1 + (docCount - df + 0.5) /
+    (df + 0.5)) and tf / (tf + k1 (1 - b + b dl / avgdl)), with docCount, df and avgdl of that field over the
+    whole index."""
+    fields = {"text": 0, "category": 1} if only is None else {only: {"text": 0, "category": 1}[only]}
+    docs = {key: {name: values[i].split() for name, i in fields.items()} for key, values in records.items()}
+    scores = {}
+    for name in fields:
+        present = [d[name] for d in docs.values() if d[name]]
+        avgdl = sum(map(len, present)) / len(present)
+        for key, doc in docs.items():
+            tokens = doc[name]
+            for word in clauses:
+                if word in tokens:
+                    df = sum(word in p for p in present)
+                    idf = math.log(1 + (len(present) - df + 0.5) / (df + 0.5))
+                    tf = tokens.count(word)
+                    scores[key] = scores.get(key, 0.0) + idf * tf / (tf + 1.2 * (1 - 0.75 + 0.75 * len(tokens) / avgdl))
+    return scores
+
+
+def ranked(relevance, body: dict) -> dict[str, float]:
+    dataset, http, by_id = relevance
+    found = http.post(f"/datasets/{dataset.id}/records/search", json=body, params={"limit": 50})
+    assert found.status_code == 200, found.text
+    return {by_id[item["record"]["id"]]: item["query_score"] for item in found.json()["items"]}
+
+
+def test_text_scores_are_bm25_over_each_fields_index_statistics(relevance):
+    for q, only in (("cat | bird", None), ("cat", None), ("dog | fish", None), ("dog", "category"), ("cat | bird", "text")):
+        expected = es_bm25(q.split(" | "), only)
+        got = ranked(relevance, {"query": {"text": {"q": q, **({"field": only} if only else {})}}})
+        assert got.keys() == expected.keys() and list(got.values()) == sorted(got.values(), reverse=True), (q, only, got, expected)
+        assert all(math.isclose(got[k], expected[k], rel_tol=1e-6) for k in expected), (q, only, got, expected)
+    # a filter narrows the records, not the statistics they are scored with (an index keeps them for all)
+    few = {"and": [{"type": "terms", "scope": {"entity": "metadata", "metadata_property": "tag"}, "values": ["few"]}]}
+    expected = {k: v for k, v in es_bm25(["cat", "bird"]).items() if RELEVANCE[k][2] == "few"}
+    got = ranked(relevance, {"query": {"text": {"q": "cat | bird"}}, "filters": few})
+    assert got.keys() == expected.keys() and all(math.isclose(got[k], expected[k], rel_tol=1e-6) for k in expected), (got, expected)
+    # a record added later counts at once (the statistics are kept while the dataset's fields stay the same)
+    dataset = relevance[0]
+    dataset.records.log([{"id": "r9", "text": "cat cat cat", "tag": "many"}])
+    relevance[2].update({str(r._server_id): r.id for r in dataset.records})
+    expected = es_bm25(["cat"], records={**RELEVANCE, "r9": ("cat cat cat", "", "many")})
+    got = ranked(relevance, {"query": {"text": {"q": "cat"}}})
+    assert got.keys() == expected.keys() and all(math.isclose(got[k], expected[k], rel_tol=1e-6) for k in expected), (got, expected)
+
+
+# 1 edit from "xat": ten substitutions first alphabetically, two more after them, a deletion and an insertion
+NEAR_XAT = ["bat", "cat", "eat", "fat", "hat", "mat", "oat", "pat", "rat", "sat", "tat", "vat", "at", "xats"]
+
+
+@pytest.fixture(scope="module")
+def near_words(backend):
+    import argilla as rg
+
+    client = rg.Argilla(api_url=backend["url"], api_key=backend["api_key"])
+    workspace = unique("ws-fuzzy")
+    rg.Workspace(name=workspace, client=client).create()
+    settings = rg.Settings(fields=[rg.TextField(name="text")], questions=[rg.LabelQuestion(name="ok", labels=["y", "n"])])
+    dataset = rg.Dataset(name=unique("fuzzy"), workspace=workspace, settings=settings, client=client).create()
+    dataset.records.log([{"id": word, "text": f"the {word}"} for word in NEAR_XAT])
+    return dataset
+
+
+def test_a_fuzzy_term_stands_for_at_most_ten_index_terms(near_words):
+    """commons.py:119 sets fuzzy_max_expansions 10: Lucene's FuzzyQuery keeps the 10 terms of the index nearest to
+    the query term (boost 1 - edits / min(lengths): a deletion from a 3-letter word weighs more than a
+    substitution), the alphabetically first among equals (TopTermsRewrite), and matches the records holding them."""
+    assert text_ids(near_words, "xat~1") == {"bat", "cat", "eat", "fat", "hat", "mat", "oat", "pat", "rat", "sat"}
+    assert text_ids(near_words, "xat~1 | tat") == {"bat", "cat", "eat", "fat", "hat", "mat", "oat", "pat", "rat", "sat", "tat"}
+    assert text_ids(near_words, "at~1") == {"at", "bat", "cat", "eat", "fat", "hat", "mat", "oat", "pat", "rat"}  # itself first

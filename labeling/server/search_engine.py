@@ -11,12 +11,14 @@ Semantics mirror argilla_server/search_engine/commons.py (the Elasticsearch engi
   response at all), response values; `and` of all.
 - filters compare numbers as numbers on numeric fields (5 equals 5.0) and read dates as ES does (partial
   dates, epoch milliseconds, an inclusive upper bound rounded up: `le 2024-05-01` takes in the day).
-- text: simple_query_string with AND as default operator over `fields.*` or one field, scored BM25; words
+- text: simple_query_string with AND as default operator over `fields.*` or one field, scored BM25 with each
+  field's statistics over the whole dataset (kept per process until the records' fields change); words
   by Unicode text segmentation (UAX #29, the `regex` package), as ES's standard analyzer splits them; the
   query read as Lucene's SimpleQueryParser reads it (`*`, `|`, `+`, `-`, parentheses, phrases with slop,
-  prefixes, fuzzy terms without transpositions).
+  prefixes, fuzzy terms without transpositions, each standing for at most 10 terms of the index).
 - sort: ES defaults (missing values last, asc takes the min and desc the max of multi-valued fields,
-  response values averaged); /me searches without sort come in a random order that is stable per user.
+  response values averaged); /me searches without sort come in a random order of each user's own, stable
+  (md5 of user, dataset and record: ES's random_score seeded with the user id), also under a text query.
 - similarity: exact cosine over the stored vectors (numpy), least similar = most similar to -v,
   score (1 + cos) / 2 like ES `cosine`.
 - progress and metrics: terms / min-max aggregations.
@@ -26,18 +28,20 @@ statuses of every response on the records the user answered, which double counts
 labeling/server/main.py imports it before starting the app or the worker, so it is registered there.
 """
 
+import dataclasses
 import functools
 import hashlib
 import itertools
 import math
 import re
 from datetime import datetime, timedelta, timezone
+from collections import Counter
 from typing import Any, Dict, List, Optional, Union
 from uuid import UUID
 
 import numpy as np
 import regex
-from sqlalchemy import Float, Text, and_, case, cast, exists, false, func, literal, or_, select, text, true
+from sqlalchemy import Float, Text, and_, case, cast, event, exists, false, func, literal, or_, select, text, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -62,7 +66,6 @@ from argilla_server.settings import settings
 
 ENGINE_NAME = "prefab-sql"
 MAX_TERMS = 2**14  # the ES engine's max_terms_size
-RANK_BITS = 48
 INDEXED_QUESTION_TYPES = {"rating", "label_selection", "multi_label_selection"}  # ES maps the rest as disabled objects
 
 _engine = None  # own connection pool: the app's request session holds one of the app pool while it calls us
@@ -72,13 +75,20 @@ def db_engine():
     global _engine
     if _engine is None:
         _engine = create_async_engine(settings.database_url, **settings.database_engine_args)
+        if _engine.dialect.name == "sqlite":  # PostgreSQL has md5() built in; SQLite gets Python's (a public hook)
+            event.listen(_engine.sync_engine, "connect",
+                         lambda conn, _: conn.create_function("prefab_md5", 1, _md5_hex, deterministic=True))
     return _engine
 
 
-def _rank(seed: str, record_id: str) -> int:
-    """The per-user shuffle key: a stable hash of (user, record)."""
-    digest = hashlib.blake2b(f"{seed}:{record_id}".encode(), digest_size=RANK_BITS // 8).digest()
-    return int.from_bytes(digest, "big")
+def _md5_hex(value: str) -> str:
+    return hashlib.md5(value.encode()).hexdigest()
+
+
+def _rank(seed: str, record_hex: str) -> float:
+    """A user's random order of the records, in [0, 1): md5 of (user and dataset, record), the order the SQL
+    sorts by (an independent shuffle per user, as ES's random_score seeded with the user id)."""
+    return int(_md5_hex(f"{seed}:{record_hex}")[:12], 16) / 2**48
 
 
 # ---------------------------------------------------------------- dialect helpers (JSON differs)
@@ -123,6 +133,10 @@ class _Sqlite:
     def field_text(self, col, name):
         return func.json_extract(col, self._path([name]))
 
+    def rank(self, seed: str):
+        """_rank's order in SQL: the md5 hex digest sorts as its number does."""
+        return func.prefab_md5(literal(f"{seed}:") + cast(Record.id, Text))
+
 
 class _Postgres:
     name = "postgresql"
@@ -159,6 +173,9 @@ class _Postgres:
 
     def field_text(self, col, name):
         return cast(col, JSONB).op("->>")(name)
+
+    def rank(self, seed: str):
+        return func.md5(literal(f"{seed}:") + func.replace(cast(Record.id, Text), "-", ""))
 
 
 def _dialect(conn):
@@ -356,21 +373,47 @@ def query_matches(node, doc: Dict[str, List[str]]) -> bool:
         return any(_phrase_in(tokens, node[1], node[2]) for tokens in doc.values())
     if kind == "prefix":
         return any(tok.startswith(node[1]) for tokens in doc.values() for tok in tokens)
+    if len(node) > 3:  # expanded over the index's terms (expand_fuzzy)
+        return any(node[3].get(name, frozenset()).intersection(tokens) for name, tokens in doc.items())
     pattern = _fuzzy_pattern(node[1], node[2])
     return any(pattern.fullmatch(tok) for tokens in doc.values() for tok in set(tokens))
 
 
 @functools.lru_cache(maxsize=256)
 def _fuzzy_pattern(text_value: str, edits: int):
-    """Tokens within `edits` Levenshtein edits (no transpositions), compiled once per query, not once per record."""
-    return regex.compile(f"(?:{regex.escape(text_value)}){{e<={edits}}}")
+    """Tokens within `edits` Levenshtein edits (no transpositions), compiled once per query, not once per record.
+    BESTMATCH, so that a match's fuzzy_counts are the fewest edits."""
+    return regex.compile(f"(?e)(?:{regex.escape(text_value)}){{e<={edits}}}")
 
 
-def _positive(node) -> list:
-    """The leaves a match is scored on: those not under a `not`."""
+def _has_fuzzy(node) -> bool:
     if node[0] in ("and", "or"):
-        return [leaf for n in node[1] for leaf in _positive(n)]
-    return [] if node[0] in ("not", "all") else [node]
+        return any(_has_fuzzy(child) for child in node[1])
+    return _has_fuzzy(node[1]) if node[0] == "not" else node[0] == "fuzzy"
+
+
+def expand_fuzzy(node, stats: Dict[str, "FieldStats"], max_expansions: int = 10):
+    """The query with each fuzzy term bound, per field, to the index terms it stands for: as Lucene's FuzzyQuery
+    with fuzzy_max_expansions 10 (commons.py:119), the `max_expansions` terms of the field nearest to it (boost
+    1 - edits / min(length of either)), the alphabetically first among equals (TopTermsRewrite's order)."""
+    kind = node[0]
+    if kind in ("and", "or"):
+        return (kind, [expand_fuzzy(child, stats, max_expansions) for child in node[1]])
+    if kind == "not":
+        return ("not", expand_fuzzy(node[1], stats, max_expansions))
+    if kind != "fuzzy":
+        return node
+    pattern, length = _fuzzy_pattern(node[1], node[2]), len(node[1])
+    expanded = {}
+    for name, field in stats.items():
+        near = []
+        for term in field.df:
+            found = pattern.fullmatch(term)
+            if found:
+                edits = sum(found.fuzzy_counts)
+                near.append((-(1.0 if edits == 0 else 1 - edits / min(len(term), length)), term))
+        expanded[name] = frozenset(term for _, term in sorted(near)[:max_expansions])
+    return (*node[:3], expanded)
 
 
 def _required_terms(node) -> List[str]:
@@ -395,8 +438,57 @@ def _field_text(field_type: str, value: Any) -> str:
 
 
 def bm25(tf: int, dl: int, avgdl: float, df: int, n: int, k1: float = 1.2, b: float = 0.75) -> float:
+    """Lucene's BM25Similarity (ES's default since Lucene 8: no (k1 + 1) factor), over one field's statistics."""
     idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
-    return idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / max(avgdl, 1e-9)))
+    return idf * tf / (tf + k1 * (1 - b + b * dl / max(avgdl, 1e-9)))
+
+
+@dataclasses.dataclass
+class FieldStats:
+    """What an index keeps per field for BM25: documents with the field (Lucene's docCount), their tokens in
+    all (sumTotalTermFreq), and the documents holding each token (docFreq)."""
+    docs: int = 0
+    tokens: int = 0
+    df: Counter = dataclasses.field(default_factory=Counter)
+
+    @property
+    def avgdl(self) -> float:
+        return self.tokens / self.docs if self.docs else 1.0
+
+
+def count_fields(stats: Dict[str, FieldStats], doc: Dict[str, List[str]]) -> None:
+    """Add one tokenized record (field -> tokens) to the per-field statistics."""
+    for name, tokens in doc.items():
+        if tokens:
+            field = stats.setdefault(name, FieldStats())
+            field.docs += 1
+            field.tokens += len(tokens)
+            field.df.update(set(tokens))
+
+
+def score(node, doc: Dict[str, List[str]], stats: Dict[str, FieldStats]) -> float:
+    """A matching record's score as ES computes it for simple_query_string over several fields: every clause
+    that matches adds its score (bool query); a term's score is summed over the fields it is in (dis_max with
+    tie_breaker 1); all words of one term must be in one field; prefix and `*` score 1 per field (constant-score
+    rewrites). Two approximations: a fuzzy term scores 1 per field (ES: its expansions' blended term scores),
+    a phrase as its words (ES: the same idf, the phrase's frequency)."""
+    kind = node[0]
+    if kind in ("and", "or"):
+        return sum(score(child, doc, stats) for child in node[1] if query_matches(child, doc))
+    if kind == "not":
+        return 0.0
+    if kind == "all":
+        return 1.0
+    total = 0.0
+    for name, tokens in doc.items():
+        if not query_matches(node, {name: tokens}):
+            continue
+        if kind in ("terms", "phrase"):
+            field = stats.get(name) or FieldStats(1, len(tokens), Counter(set(tokens)))  # a record newer than the statistics
+            total += sum(bm25(tokens.count(t), len(tokens), field.avgdl, max(field.df[t], 1), max(field.docs, 1)) for t in node[1])
+        else:
+            total += 1.0
+    return total
 
 
 # ---------------------------------------------------------------- the engine
@@ -668,17 +760,28 @@ async def _count(conn, where_a, pending_user) -> int:
     return total
 
 
-async def _rotated_page(conn, where, seed: str, offset: int, limit: int) -> list:
-    """A user's queue order: record ids (random uuid4s) ascending from a pivot hashed from the user, wrapping
-    around. Stable per user, a different start for each, and an index walk that stops after one page,
-    where a per-record shuffle would sort the whole dataset (ES gives a random_score order here)."""
-    pivot = UUID(hashlib.blake2b(seed.encode(), digest_size=16).hexdigest())
-    need = offset + limit
-    ids = (await conn.execute(select(Record.id).where(where, Record.id >= pivot).order_by(Record.id).limit(need))).scalars().all()
-    if len(ids) < need:
-        ids += (await conn.execute(select(Record.id).where(where, Record.id < pivot).order_by(Record.id)
-                                   .limit(need - len(ids)))).scalars().all()
-    return ids[offset:]
+_stats_cache: Dict[Any, tuple] = {}  # dataset id -> (fingerprint, field -> FieldStats)
+
+
+async def _dataset_stats(ctx: _Context) -> Dict[str, FieldStats]:
+    """BM25 statistics of every searchable field over the whole dataset, as an index keeps them (not only the
+    rows a filter left). Counted by tokenizing every record once, then kept until the dataset's records or
+    their field text change (count, newest insert, total length of the fields: one indexed scan per query,
+    where responses and status changes, which do not touch fields, leave it alone)."""
+    fields = await ctx.fields()
+    fingerprint = (tuple(sorted(fields.items())), *(await ctx.conn.execute(
+        select(func.count(), func.max(Record.inserted_at), func.sum(func.length(ctx.d.json_text(Record.fields))))
+        .where(Record.dataset_id == ctx.dataset_id))).one())
+    cached = _stats_cache.get(ctx.dataset_id)
+    if cached and cached[0] == fingerprint:
+        return cached[1]
+    searched = {name: kind for name, kind in fields.items() if kind != "image"}
+    stats: Dict[str, FieldStats] = {}
+    result = await ctx.conn.stream(select(Record.fields).where(Record.dataset_id == ctx.dataset_id).execution_options(yield_per=1000))
+    async for row in result:
+        count_fields(stats, {name: tokenize(_field_text(kind, (row.fields or {}).get(name))) for name, kind in searched.items()})
+    _stats_cache[ctx.dataset_id] = (fingerprint, stats)
+    return stats
 
 
 @SearchEngine.register(engine_name=ENGINE_NAME)
@@ -789,7 +892,7 @@ class SQLSearchEngine(SearchEngine):
         async with db_engine().connect() as conn:
             ctx = _Context(conn, dataset)
             keys = [await _sort_key(ctx, order) for order in sort or []]
-            seed = str(user_id) if user_id else None
+            seed = f"{user_id}:{dataset.id}" if user_id else None
             if query is not None:  # a blank text matches nothing, as in ES
                 where = and_(Record.dataset_id == dataset.id, await _where(ctx, filter) if filter else true())
                 return await self._text_search(ctx, query, where, keys, sort or [], seed, offset, limit)
@@ -798,10 +901,10 @@ class SQLSearchEngine(SearchEngine):
             where_a = and_(Record.dataset_id == dataset.id, *[await _where(ctx, f) for f in others])
             where = and_(where_a, ~_answered_by(pending_user)) if pending_user else where_a
             if seed and not sort:
-                ids = await _rotated_page(conn, where, f"{seed}:{dataset.id}", offset, limit)
+                order_by = [ctx.d.rank(seed), Record.id]
             else:
                 order_by = _order_by(keys, sort or []) + [Record.inserted_at.asc(), Record.id.asc()]
-                ids = (await conn.execute(select(Record.id).where(where).order_by(*order_by).offset(offset).limit(limit))).scalars().all()
+            ids = (await conn.execute(select(Record.id).where(where).order_by(*order_by).offset(offset).limit(limit))).scalars().all()
             total = await _count(conn, where_a, pending_user)
         return SearchResponses(items=[SearchResponseItem(record_id=rid, score=None if sort else 1.0) for rid in ids], total=total)
 
@@ -817,6 +920,8 @@ class SQLSearchEngine(SearchEngine):
         node = parse_query(query.q)
         if node is None or not searched:
             return [], {}
+        if _has_fuzzy(node):
+            node = expand_fuzzy(node, await _dataset_stats(ctx))
         if query.field:
             haystack = ctx.d.json_text(ctx.d.field_text(Record.fields, query.field)) if fields[query.field] == "chat" else ctx.d.field_text(Record.fields, query.field)
         else:
@@ -824,41 +929,21 @@ class SQLSearchEngine(SearchEngine):
         prefilter = [haystack.icontains(term, autoescape=True) for term in _required_terms(node)]
         rows = (await ctx.conn.execute(select(Record.id, Record.fields, Record.inserted_at, *extra_columns).where(where, *prefilter))).all()
 
-        leaves = _positive(node)
-        plain = list(dict.fromkeys(t for leaf in leaves if leaf[0] in ("terms", "phrase") for t in leaf[1]))
-        loose = [leaf for leaf in leaves if leaf[0] in ("prefix", "fuzzy")]  # scored 1 when they match, like a constant-score term
-        matched, lengths = [], {name: [] for name in searched}
+        matched = []
         for row in rows:
             doc = {name: tokenize(_field_text(kind, (row.fields or {}).get(name))) for name, kind in searched.items()}
-            for name, tokens in doc.items():
-                lengths[name].append(len(tokens))
             if query_matches(node, doc):
                 matched.append((row, doc))
         if not matched:
             return [], {}
-
-        # corpus statistics over the whole dataset, like an index would keep them
-        stats = [func.count()] + [func.sum(case((ctx.d.json_text(Record.fields).icontains(t, autoescape=True), 1), else_=0)) for t in plain]
-        n, *dfs = (await ctx.conn.execute(select(*stats).where(Record.dataset_id == ctx.dataset_id))).one()
-        df = {t: max(int(v or 0), 1) for t, v in zip(plain, dfs)}
-        avgdl = {name: (sum(v) / len(v) if v else 1.0) for name, v in lengths.items()}
-        scores = {}
-        for row, doc in matched:
-            total = 0.0
-            for name, tokens in doc.items():
-                for t in plain:
-                    tf = tokens.count(t)
-                    if tf:
-                        total += bm25(tf, len(tokens), avgdl[name], df[t], n)
-                total += sum(query_matches(leaf, {name: tokens}) for leaf in loose)
-            scores[row.id] = total or 1.0
-        return [row for row, _ in matched], scores
+        stats = await _dataset_stats(ctx)
+        return [row for row, _ in matched], {row.id: score(node, doc, stats) or 1.0 for row, doc in matched}
 
     async def _text_search(self, ctx, query, where, keys, sort, seed, offset, limit) -> SearchResponses:
         extra = [key.label(f"k{i}") for i, key in enumerate(keys)]
         rows, scores = await self._text_matches(ctx, query, where, extra)
         if seed:
-            scores = {rid: s * (_rank(seed, rid.hex) / 2**RANK_BITS) for rid, s in scores.items()}
+            scores = {rid: s * _rank(seed, rid.hex) for rid, s in scores.items()}  # random_score multiplies
         rows = sorted(rows, key=lambda r: (r.inserted_at, str(r.id)))
         if sort:
             for i, order in reversed(list(enumerate(sort))):

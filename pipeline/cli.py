@@ -86,8 +86,9 @@ def run(config_path, start, until, run_dir, force):
 @click.option("--system-prompt", help="System prompt added to prompts that have none.")
 @click.option("--prompt-column", help="Column holding a plain-text prompt.")
 @click.option("--messages-column", help="Column holding a chat (list of {role, content}).")
+@click.option("--answer-column", help="Column holding a reference answer, for the verify stage.")
 @click.option("--limit", type=int, help="Keep at most this many prompts.")
-def ingest(run_dir, config_path, paths, skip_bad_rows, system_prompt, prompt_column, messages_column, limit):
+def ingest(run_dir, config_path, paths, skip_bad_rows, system_prompt, prompt_column, messages_column, answer_column, limit):
     """Read prompts (JSONL, CSV, Parquet, a saved HF dataset dir, or hf:NAME) into the run."""
     from pipeline.config import Config, IngestConfig
     from pipeline.store import Run
@@ -97,7 +98,7 @@ def ingest(run_dir, config_path, paths, skip_bad_rows, system_prompt, prompt_col
     else:
         config = Config(run=run_dir, ingest=IngestConfig(paths=list(paths)))
     overrides = {"paths": list(paths) or None, "skip_bad_rows": skip_bad_rows or None, "system_prompt": system_prompt,
-                 "prompt_column": prompt_column, "messages_column": messages_column, "limit": limit}
+                 "prompt_column": prompt_column, "messages_column": messages_column, "answer_column": answer_column, "limit": limit}
     config.ingest = config.ingest.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     stage_command("ingest", config, Run(run_dir))
 

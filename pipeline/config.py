@@ -121,6 +121,7 @@ class IngestConfig(Strict):
     prompt_column: str | None = None  # plain-text prompt column (default: prompt/instruction/question/text)
     messages_column: str | None = None  # chat column (default: messages/conversation)
     category_column: str | None = None
+    answer_column: str | None = None  # reference answer for the verify stage (default: reference_answer/answer/final_answer)
     system_prompt: str | None = None
     split: str = "train"  # HF datasets
     skip_bad_rows: bool = False

@@ -28,6 +28,7 @@ ORDER = 10  # its place in `prefab run`
 PROMPT_COLUMNS = ["prompt", "instruction", "question", "text", "input"]
 MESSAGES_COLUMNS = ["messages", "conversation", "conversations"]
 CATEGORY_COLUMNS = ["category", "topic", "task"]
+ANSWER_COLUMNS = ["reference_answer", "answer", "final_answer"]  # a reference answer the verify stage checks candidates against
 ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}
 LARGE_PROMPT_CHARS = 100_000  # about 25k tokens: above it a prompt is kept with a warning
 csv.field_size_limit(2**31 - 1)  # process-wide, set once: the default (128 KiB) would refuse a long prompt; LARGE_PROMPT_CHARS warns instead
@@ -86,7 +87,8 @@ def ingest(cfg: IngestConfig, resolve=Path) -> tuple[pl.DataFrame, pl.DataFrame,
     )
     bad_rows = pl.DataFrame(bad, schema=schema.TABLES["bad_rows"])
     counts = {"prompts": prompts.height, "exact_duplicates_dropped": duplicates, "bad_rows": len(bad),
-              "chats": int((prompts["messages"].list.len() > 1).sum()), "large_prompts": len(large)}
+              "chats": int((prompts["messages"].list.len() > 1).sum()), "large_prompts": len(large),
+              "with_reference_answer": prompts.height - prompts["reference_answer"].null_count()}
     return prompts, bad_rows, counts
 
 
@@ -294,7 +296,19 @@ def to_prompt(record: dict, cfg: IngestConfig) -> dict:
     category_col = cfg.category_column or next((c for c in CATEGORY_COLUMNS if c in record), None)
     category = record.get(category_col) if category_col else None
     return {"prompt_id": prompt_id(messages), "messages": normalize_roles(messages),
-            "category": str(category) if category is not None else None}
+            "category": str(category) if category is not None else None, "reference_answer": reference_answer(record, cfg)}
+
+
+def reference_answer(record: dict, cfg: IngestConfig) -> str | None:
+    """The row's reference answer as text (a JSON number too), or None: a prompt without one is simply not verified."""
+    column = cfg.answer_column or next((c for c in ANSWER_COLUMNS if c in record), None)
+    value = record.get(column) if column else None
+    if value is None or value != value or (isinstance(value, str) and not value.strip()):  # absent, null, NaN, blank
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise BadRow(column, f"expected the reference answer as text or a number, got {type(value).__name__} "
+                             "(write a set or an interval as LaTeX text, e.g. \"$\\{1, 2\\}$\")")
+    return value.strip() if isinstance(value, str) else str(value)
 
 
 def parse_messages(value, field: str) -> list[dict]:

@@ -20,6 +20,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "duplicate_of": pl.String,  # prompt_id of the kept copy, null when kept
         "cluster": pl.Int32,  # topic cluster, null before clustering
         "excluded_reason": pl.String,  # set by dedup: duplicate | near_duplicate | max_per_cluster | target_size
+        "reference_answer": pl.String,  # the source's reference answer (math), checked by the verify stage; null without one
     },
     "bad_rows": {
         "source": pl.String,
@@ -172,7 +173,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
 TABLES["gold_labels"] = TABLES["labels"]  # annotators' answers on gold records (pair_id is the record's id)
 
 # columns added after runs were first written: a table from before reads with them null
-ADDED = {"pair_judgments": ("p_chosen_ab", "p_chosen_ba"), "pairs": ("confidence",), "resolved": ("confidence", "method")}
+ADDED = {"prompts": ("reference_answer",), "pair_judgments": ("p_chosen_ab", "p_chosen_ba"), "pairs": ("confidence",), "resolved": ("confidence", "method")}
 
 
 def empty(name: str) -> pl.DataFrame:

@@ -215,6 +215,26 @@ class EmbedConfig(Strict):
     near_identical: float = Field(0.98, gt=0, le=1)  # cosine at which two candidates of a prompt are flagged near-identical
 
 
+class VerifyConfig(Strict):
+    """Math: each candidate's final answer checked against its prompt's reference answer (`answer_column` in ingest)
+    with Hugging Face's math-verify. Prompts without a reference are not checked.
+
+    `mode` says how the result meets the judge when pairs are made:
+    - prefer: a prompt with a correct and an incorrect candidate gets verified pairs (correct chosen, incorrect
+      rejected; `pair.strategy` says which), routed `auto` with reason `verified`: no judge and no person decides them.
+      Other prompts are paired by the judge as usual;
+    - only: verified pairs alone; prompts without one get no pair (no judge needed);
+    - off: results are recorded, pairs come from the judge alone (to compare the judge with the verifier).
+    """
+
+    mode: Literal["prefer", "only", "off"] = "prefer"
+    # math-verify's own per-call limit (SIGALRM, whole seconds) on extracting an answer and on comparing two; a check that
+    # runs over is recorded as an error, never as incorrect
+    timeout_s: int = Field(5, ge=1, le=600)
+    float_rounding: int = Field(6, ge=0, le=15)  # decimals compared
+    reject_unparseable: bool = True  # a candidate with no final answer may be the rejected side of a verified pair
+
+
 class PairConfig(Strict):
     strategy: Literal["best_vs_worst", "best_vs_random", "all_above_margin"] = "best_vs_worst"
     min_margin: float = Field(0.0, ge=0)
@@ -311,6 +331,7 @@ class Config(Strict):
     generate: GenerateConfig | None = None
     judge: JudgeConfig | None = None
     embed: EmbedConfig | None = None
+    verify: VerifyConfig | None = None
     pair: PairConfig | None = None
     calibrate: CalibrateConfig | None = None
     route: RouteConfig | None = None

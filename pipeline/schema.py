@@ -74,6 +74,16 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "relevance": pl.Float64,  # cosine of the candidate with its prompt
         "near_identical_to": pl.String,  # an earlier candidate of the same prompt with cosine >= embed.near_identical
     },
+    "verifications": {  # verify: each candidate's final answer against its prompt's reference (math-verify)
+        "candidate_id": pl.String,
+        "prompt_id": pl.String,
+        "verifier": pl.String,  # "math"
+        "status": pl.String,  # "correct" | "incorrect" | "unparseable" (no final answer found) | "error" (see error)
+        "answer": pl.String,  # the final answer math-verify extracted from the candidate, null when none
+        "reference": pl.String,  # the reference as math-verify read it (sympy), null when it could not
+        "error": pl.String,  # a reference that does not parse, a check that timed out; null otherwise
+        "check_key": pl.String,  # hash of reference, candidate text and settings: a row is reused while it matches
+    },
     "pairs": {
         "pair_id": pl.String,  # hash of the two candidate ids
         "prompt_id": pl.String,

@@ -93,7 +93,7 @@ def test_stages_commands_and_report_sections_come_from_the_registry():
     from pipeline.cli import cli
 
     stages = registry.stages()
-    assert list(stages) == ["ingest", "dedup", "generate", "judge", "embed", "pair", "calibrate", "route", "push", "export",
+    assert list(stages) == ["ingest", "dedup", "generate", "judge", "embed", "verify", "pair", "calibrate", "route", "push", "export",
                             "train", "report"]
     assert all(callable(m.step) for m in stages.values())
     assert stages["push"].__name__ == "labeling.push" and stages["train"].__name__ == "training.train"

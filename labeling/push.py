@@ -21,6 +21,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 from labeling.dataset import build_records, prompt_vectors, settings
 from pipeline.config import Config, LabelingConfig
 from pipeline.errors import LabelingError
+from pipeline.pair import VERIFIED
 from pipeline.progress import progress_bar, summary
 from pipeline.schema import TABLES
 from pipeline.store import Run, candidate_id, content_id, pair_id, prompt_id
@@ -238,7 +239,8 @@ def push(run: Run, config: Config, client) -> dict:
     """Push the pairs of the configured routes (human by default), with gold pairs mixed in, to the run's Argilla dataset."""
     labeling = config.labeling or LabelingConfig()
     pairs = run.read("pairs")
-    selected = pairs.filter(pl.col("route").is_in(labeling.routes))
+    # a verified pair (a correct final answer against an incorrect one) needs no person, whatever routes says
+    selected = pairs.filter(pl.col("route").is_in(labeling.routes) & (pl.col("strategy").fill_null("") != VERIFIED))
     embeddings = run.read_or_empty("embeddings")
     embed_model = config.embed.model if config.embed else None
     vectors, dims = prompt_vectors(embeddings, embed_model)

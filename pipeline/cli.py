@@ -153,7 +153,7 @@ for _stage, _help in {
     "judge": "Score every candidate with the LLM judge(s) on the configured rubric.",
     "embed": "Embed prompts and candidates (sentence-transformers), cached by text and model.",
     "verify": "Check each candidate's final answer against its prompt's reference answer (math-verify).",
-    "pair": "Build chosen/rejected pairs from the judge scores.",
+    "pair": "Build chosen/rejected pairs from the judge scores and verified answers.",
     "route": "Judge pairs in both orders and route each to auto or human, with a reason.",
     "report": "Write report.html with plots of scores, margins, routes, clusters and labels.",
 }.items():

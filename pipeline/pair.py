@@ -9,6 +9,14 @@ Rules for all: ties are dropped (chosen must score strictly higher), `min_chosen
 `max_similarity` (cosine of the two candidates' vectors, needs the embed stage) between chosen and
 rejected, never the same candidate nor the same text on both sides. Deterministic given `seed`: the random
 choice for a prompt depends only on the seed and the prompt id, not on the other prompts.
+
+Verified pairs (with a `verify:` section, pipeline/verify.py): a prompt with a correct and an incorrect candidate is
+paired correct (chosen) against incorrect (rejected) by the same strategy, the judge's score only ordering each side
+(best_vs_worst: the best-scored correct one against the worst-scored incorrect one; all_above_margin: every correct
+one against every incorrect one). They get strategy "verified"; the judge's thresholds (min_margin,
+min_chosen_score, max_similarity) do not apply, since the judge does not decide them. Their scores and margin are the
+judge's where it scored both, else null. `verify.mode` says whether other prompts are paired by the judge (prefer,
+off) or not at all (only); with `off` no verified pair is made.
 """
 
 import numpy as np
@@ -22,6 +30,7 @@ SECTION = "pair"  # the config section this stage needs (pipeline/registry.py)
 ORDER = 60  # its place in `prefab run`
 
 EPS = 1e-9
+VERIFIED = "verified"  # the strategy of a pair decided by the verifier
 
 
 def _same_text(a: str, b: str) -> bool:
@@ -95,10 +104,41 @@ def pairs_for_prompt(prompt_id: str, cands: list[dict], cfg, similarity=None) ->
     raise ValueError(f"unknown pair strategy {cfg.strategy!r}")
 
 
+def verified_pairs_for_prompt(prompt_id: str, cands: list[dict], cfg, reject_unparseable: bool = True, similarity=None) -> list[dict]:
+    """Correct against incorrect pairs of one prompt. cands: [{candidate_id, text, status, score}], score the judge's
+    (None when unscored), status from the verifications table."""
+    wrong = ("incorrect", "unparseable") if reject_unparseable else ("incorrect",)
+    best_first = lambda c: (c["score"] is None, -(c["score"] or 0.0), c["candidate_id"])  # noqa: E731
+    worst_first = lambda c: (c["score"] is None, c["score"] or 0.0, c["candidate_id"])  # noqa: E731
+    correct = sorted((c for c in cands if c["status"] == "correct"), key=best_first)
+    rejected = sorted((c for c in cands if c["status"] in wrong), key=worst_first)
+
+    def make(chosen, rejected) -> dict:
+        both = chosen["score"] is not None and rejected["score"] is not None
+        return {"pair_id": pair_id(chosen["candidate_id"], rejected["candidate_id"]), "prompt_id": prompt_id,
+                "chosen_id": chosen["candidate_id"], "rejected_id": rejected["candidate_id"],
+                "chosen_score": chosen["score"], "rejected_score": rejected["score"],
+                "margin": chosen["score"] - rejected["score"] if both else None,
+                "similarity": similarity(chosen["candidate_id"], rejected["candidate_id"]) if similarity else None,
+                "strategy": VERIFIED, "route": None, "route_reason": None}
+
+    options = [(c, r) for c in correct for r in rejected if not _same_text(c["text"], r["text"])]
+    if not options:
+        return []
+    if cfg.strategy == "all_above_margin":
+        return [make(c, r) for c, r in options]
+    best = options[0][0]
+    mine = [r for c, r in options if c is best]
+    if cfg.strategy == "best_vs_random":
+        return [make(best, mine[int(_rng(cfg.seed, prompt_id).integers(len(mine)))])]
+    return [make(best, mine[0])]
+
+
 def build_pairs(candidates: pl.DataFrame, scores: pl.DataFrame, cfg, vectors: dict[str, np.ndarray] | None = None,
-                prompt_ids: list[str] | None = None) -> pl.DataFrame:
+                prompt_ids: list[str] | None = None, verifications: pl.DataFrame | None = None, verify=None) -> pl.DataFrame:
     """The pairs table (route columns empty) from candidates, their scores (candidate_id, score) and,
-    optionally, candidate vectors (for similarity). prompt_ids limits and orders the prompts."""
+    optionally, candidate vectors (for similarity). prompt_ids limits and orders the prompts. With verifications
+    and a verify config whose mode is not off, verified pairs first (see the module docstring)."""
     from pipeline.schema import TABLES
 
     joined = (candidates.filter(pl.col("text").is_not_null())
@@ -113,8 +153,19 @@ def build_pairs(candidates: pl.DataFrame, scores: pl.DataFrame, cfg, vectors: di
     groups: dict[str, list[dict]] = {}
     for row in joined.select("prompt_id", "candidate_id", "text", "score").iter_rows(named=True):
         groups.setdefault(row["prompt_id"], []).append(row)
-    order = prompt_ids if prompt_ids is not None else list(groups)
-    rows = [pair for p in order if p in groups for pair in pairs_for_prompt(p, groups[p], cfg, similarity)]
+    checked: dict[str, list[dict]] = {}
+    if verify is not None and verify.mode != "off" and verifications is not None:
+        verdicts = (candidates.filter(pl.col("text").is_not_null())
+                    .join(verifications.select("candidate_id", "status"), on="candidate_id", how="inner")
+                    .join(scores.select("candidate_id", "score").with_columns(pl.col("score").fill_nan(None)), on="candidate_id", how="left"))
+        for row in verdicts.select("prompt_id", "candidate_id", "text", "status", "score").iter_rows(named=True):
+            checked.setdefault(row["prompt_id"], []).append(row)
+    judged = verify is None or verify.mode != "only"
+    order = prompt_ids if prompt_ids is not None else list(dict.fromkeys([*checked, *groups]))
+    rows = []
+    for p in order:
+        verified = verified_pairs_for_prompt(p, checked[p], cfg, verify.reject_unparseable, similarity) if p in checked else []
+        rows += verified or (pairs_for_prompt(p, groups[p], cfg, similarity) if judged and p in groups else [])
     return pl.DataFrame(rows, schema=TABLES["pairs"], orient="row") if rows else pl.DataFrame(schema=TABLES["pairs"])
 
 
@@ -135,21 +186,31 @@ def step(config, run, **_) -> dict:
 
     cfg = config.require("pair")
     candidates = run.read("candidates")
-    judgments = run.read("judgments")
+    verify = config.verify
+    verifications = None
+    if verify is not None and verify.mode != "off":
+        if not run.has("verifications"):
+            raise RunError("the config has a verify: section, but the run has no verifications",
+                           hint=f"run `prefab verify --run {run.path}` first, or set `verify: {{mode: off}}`")
+        verifications = run.read("verifications")
+    # the judge's scores: needed unless only verified pairs are made
+    judgments = run.read_or_empty("judgments") if verify is not None and (verify.mode == "only" or config.judge is None) else run.read("judgments")
     vectors = candidate_vectors(run, embed_model(config))
     if cfg.max_similarity is not None and not vectors:
         raise RunError("pair.max_similarity needs candidate vectors, but the run has no embeddings",
                        hint=f"run `prefab embed --run {run.path}` first (or add an embed: section), or drop max_similarity")
     prompt_ids = active_prompts(run.read("prompts"))["prompt_id"].to_list()
     scores = candidate_scores(judgments)
-    pairs = build_pairs(candidates, scores, cfg, vectors, prompt_ids)
+    pairs = build_pairs(candidates, scores, cfg, vectors, prompt_ids, verifications, verify)
     run.write("pairs", pairs)
     with_scores = scores.filter(pl.col("score").is_not_null())
     counts = {"pairs": pairs.height, "prompts_with_pair": pairs["prompt_id"].n_unique() if pairs.height else 0,
               "prompts": len(prompt_ids), "scored_candidates": with_scores.height}
-    if pairs.height:
+    if verifications is not None:
+        counts["verified_pairs"] = int((pairs["strategy"] == VERIFIED).sum())
+    if pairs["margin"].drop_nulls().len():
         counts["mean_margin"] = round(float(pairs["margin"].mean()), 4)
-        if pairs["similarity"].null_count() < pairs.height:
-            counts["mean_similarity"] = round(float(pairs["similarity"].mean()), 4)
+    if pairs["similarity"].drop_nulls().len():
+        counts["mean_similarity"] = round(float(pairs["similarity"].mean()), 4)
     summary("pair", counts)
     return counts

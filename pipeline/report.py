@@ -224,7 +224,7 @@ def pairs_section(run: Run) -> str | None:
                            "human": int((pairs["route"] == "human").sum()), "auto": int((pairs["route"] == "auto").sum())})]
     if pairs.height:
         fig, axes = figure(ncols=2, width=4.5)
-        axes[0].hist(pairs["margin"].to_list(), bins=20, color=COLORS[0])
+        axes[0].hist(pairs["margin"].drop_nulls().to_list(), bins=20, color=COLORS[0])  # a verified pair may have none
         threshold = (run.manifest().get("config") or {}).get("route", {}) or {}
         if threshold.get("margin_threshold") is not None:
             axes[0].axvline(threshold["margin_threshold"], color=COLORS[3], linestyle="--", label="route threshold")

@@ -11,7 +11,9 @@ writing `pair_judgments`, then gives each pair a route and the reasons, most ser
 - audit             a random share (`audit_share`) of the confident ones, seeded by pair id, to check
                     the judge against people.
 
-`route_reason` lists the reasons joined by ","; a confident pair says "confident". With `human_budget`
+`route_reason` lists the reasons joined by ","; a confident pair says "confident". A verified pair (strategy
+"verified": a correct final answer against an incorrect one, pipeline/verify.py) is `auto` with reason "verified"
+and confidence 1 whatever the judges say: it is not judged pairwise, audited, counted in the budget or sent to people. With `human_budget`
 K, the K most uncertain pairs (reason severity, then pairwise confidence, then margin) stay human; the others
 become auto with route_reason "over_budget:<reasons>", so an export can still leave them out.
 
@@ -28,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.calibrate import SIGNALS, calibrator, coverage_curve, pick_threshold, score_span, support
+from pipeline.pair import VERIFIED
 from pipeline.progress import console, summary
 from pipeline.store import content_id
 
@@ -108,6 +111,9 @@ def route_pairs(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: pl
     signal, point = choose_signal(gold_signals, cfg) if calibrated else (None, None)
     decided = []
     for pair, margins, rows in pair_evidence(pairs, pair_judgments, judgments):
+        if pair["strategy"] == VERIFIED:
+            decided.append((pair, [], 1.0, None))
+            continue
         value = support(margins, rows, span)[signal] if signal else None
         if targeted:
             reasons = ["judge_failed"] if value is None or any(m is None for m in margins) else []
@@ -129,14 +135,16 @@ def route_pairs(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: pl
         over = set(ranked[cfg.human_budget:])
     routes, why = [], []
     for i, (pair, reasons, _, _) in enumerate(decided):
-        if not reasons:
+        if pair["strategy"] == VERIFIED:
+            routes.append("auto"), why.append(VERIFIED)
+        elif not reasons:
             routes.append("auto"), why.append("confident")
         elif i in over:
             routes.append("auto"), why.append("over_budget:" + ",".join(reasons))
         else:
             routes.append("human"), why.append(",".join(reasons))
     values = [d[3] for d in decided]
-    confidence = [None] * len(decided)
+    confidence = [1.0 if pair["strategy"] == VERIFIED else None for pair, _, _, _ in decided]
     info: dict = {"accuracy": "unknown: no gold calibration (add a calibrate: section with gold pairs)"}
     if calibrated:
         part = gold_signals.filter(pl.col("signal") == signal)
@@ -220,10 +228,11 @@ def step(config, run, **_) -> dict:
     pairs = run.read("pairs")
     judgments = run.read_or_empty("judgments")
     pair_judgments = empty("pair_judgments")
-    if config.judge is not None and config.judge.pairwise and pairs.height:
+    judged = pairs.filter(pl.col("strategy") != VERIFIED)  # the verifier decided the others: no judge call for them
+    if config.judge is not None and config.judge.pairwise and judged.height:
         cache = run_cache(run.path)
         try:
-            pair_judgments = pairwise_table(pairs, run.read("candidates"), run.read("prompts"), config.judge, cache)
+            pair_judgments = pairwise_table(judged, run.read("candidates"), run.read("prompts"), config.judge, cache)
         finally:
             cache.close()
         run.write("pair_judgments", pair_judgments)

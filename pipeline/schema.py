@@ -93,7 +93,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "rejected_score": pl.Float64,
         "margin": pl.Float64,
         "similarity": pl.Float64,  # cosine of chosen and rejected vectors, null without embeddings
-        "strategy": pl.String,
+        "strategy": pl.String,  # the pair strategy, or "verified" (a correct against an incorrect final answer)
         "route": pl.String,  # "auto" | "human"
         "route_reason": pl.String,
         "confidence": pl.Float64,  # calibrated probability that chosen is the better side (null without gold calibration)

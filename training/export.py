@@ -16,6 +16,7 @@ import polars as pl
 
 from pipeline.config import EMBEDDED_LLM, ExportConfig, LabelingConfig
 from pipeline.errors import ExportError, ModelError
+from pipeline.pair import VERIFIED
 from pipeline.store import Run, atomic_write_text, content_id
 from training import formats
 
@@ -76,7 +77,8 @@ def select_pairs(pairs: pl.DataFrame, preferences: pl.DataFrame, config: ExportC
     drop(~pl.col("source").is_in(config.sources), "source_not_selected")
     drop((pl.col("preference") == "tie") & (config.ties == "drop"), "human_tie")
     drop((pl.col("preference") == "both_bad") & (config.both_bad == "drop"), "human_both_bad")
-    drop((pl.col("source") == "auto") & (pl.col("margin").fill_null(-math.inf) < config.min_margin), "below_min_margin")
+    verified = pl.col("strategy").fill_null("") == VERIFIED  # decided by the verifier, not by a judge margin
+    drop((pl.col("source") == "auto") & ~verified & (pl.col("margin").fill_null(-math.inf) < config.min_margin), "below_min_margin")
     # how likely each label is right: the aggregated human confidence, or the calibrated one of an auto pair
     df = df.with_columns(label_confidence=pl.when(pl.col("source") == "human").then(pl.col("human_confidence"))
                          .otherwise(pl.col("confidence")))
@@ -398,8 +400,12 @@ def accuracy_lines(run: Run, df: pl.DataFrame) -> list[str]:
     """The dataset card's statement of how often the exported labels are right, per source, and how that was estimated."""
     out = []
     routing = run.stage_info("route").get("routing") or {}
+    verified = df.filter((pl.col("source") == "auto") & (pl.col("strategy") == VERIFIED))
+    if verified.height:
+        out.append(f"- verified ({verified.height} pairs): the chosen response's final answer matches the prompt's reference answer "
+                   "and the rejected one's does not (math-verify); right as far as the reference answers are")
     for source in ("human", "auto"):
-        part = df.filter(pl.col("source") == source)
+        part = df.filter((pl.col("source") == source) & ((pl.col("source") == "human") | (pl.col("strategy") != VERIFIED)))
         if part.is_empty():
             continue
         known = part["label_confidence"].drop_nulls()

@@ -219,6 +219,17 @@ def test_mode_only_pairs_verified_prompts_alone_without_a_judge(tmp_path, fake_b
     assert not any(r.messages[-1]["content"].startswith("##") for r in fake_backend.requests)
 
 
+def test_pair_before_verify_says_to_run_verify(tmp_path, fake_backend):
+    from pipeline import pair
+    from pipeline.errors import RunError
+
+    run, config, _ = math_run(tmp_path, fake_backend)
+    run_pipeline(config, run, until="judge")
+    with pytest.raises(RunError, match="the run has no verifications") as e:
+        pair.step(config, run)
+    assert "prefab verify --run" in e.value.hint and not run.has("pairs")
+
+
 def test_mode_off_records_the_checks_and_lets_the_judge_pair(tmp_path, fake_backend):
     run, config, _ = math_run(tmp_path, fake_backend, mode="off")
     run_pipeline(config, run, until="pair")

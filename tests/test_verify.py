@@ -211,11 +211,14 @@ def test_a_run_routes_verified_pairs_auto_against_the_judge_and_exports_them(tmp
 
 
 def test_mode_only_pairs_verified_prompts_alone_without_a_judge(tmp_path, fake_backend):
-    run, config, _ = math_run(tmp_path, fake_backend, mode="only", judge=None, stages=["ingest", "generate", "verify", "pair", "route"])
+    run, config, _ = math_run(tmp_path, fake_backend, mode="only", judge=None,
+                              stages=["ingest", "generate", "verify", "pair", "route", "report"])
     run_pipeline(config, run)
     pairs = run.read("pairs")
     assert pairs.height == 4 and set(pairs["strategy"]) == {"verified"} and set(pairs["route_reason"]) == {"verified"}
-    assert pairs["margin"].null_count() == 4  # no judge scored them
+    assert pairs["margin"].null_count() == 4  # no judge scored them: the report draws its margins without them
+    report = (run.path / "report.html").read_text()
+    assert "this section failed" not in report and "verified" in report
     assert not any(r.messages[-1]["content"].startswith("##") for r in fake_backend.requests)
 
 

@@ -235,12 +235,17 @@ def gold_frames(run: Run, gold: pl.DataFrame, selected: pl.DataFrame, prompts: p
             pl.DataFrame(judgment_rows, schema=TABLES["pair_judgments"]))
 
 
+def to_push(pairs: pl.DataFrame, labeling: LabelingConfig) -> pl.DataFrame:
+    """The pairs of the configured routes, less the verified ones (a correct final answer against an incorrect one):
+    they need no person, even when `routes` includes auto."""
+    return pairs.filter(pl.col("route").is_in(labeling.routes) & (pl.col("strategy").fill_null("") != VERIFIED))
+
+
 def push(run: Run, config: Config, client) -> dict:
     """Push the pairs of the configured routes (human by default), with gold pairs mixed in, to the run's Argilla dataset."""
     labeling = config.labeling or LabelingConfig()
     pairs = run.read("pairs")
-    # a verified pair (a correct final answer against an incorrect one) needs no person, whatever routes says
-    selected = pairs.filter(pl.col("route").is_in(labeling.routes) & (pl.col("strategy").fill_null("") != VERIFIED))
+    selected = to_push(pairs, labeling)
     embeddings = run.read_or_empty("embeddings")
     embed_model = config.embed.model if config.embed else None
     vectors, dims = prompt_vectors(embeddings, embed_model)

@@ -202,6 +202,12 @@ def test_a_run_routes_verified_pairs_auto_against_the_judge_and_exports_them(tmp
     assert len(pairwise) == 4 and not any(w in r.messages[-1]["content"] for r in pairwise for _, _, w in PROBLEMS.values())
     assert run.stage_info("route")["reason_verified"] == 4
 
+    from labeling.push import to_push
+    from pipeline.config import LabelingConfig
+
+    for routes in (["human"], ["human", "auto"]):  # nobody is asked about a verified pair, even when auto pairs are pushed
+        assert set(to_push(pairs, LabelingConfig(routes=routes))["pair_id"]) == set(judged["pair_id"])
+
     exported = [json.loads(line) for line in open(run.path / "exports" / "dpo_train.jsonl")]
     got = {(e["chosen"][-1]["content"], e["rejected"][-1]["content"]) for e in exported}
     # their judge margin is -4, below export.min_margin (2): that filter is for the judge's pairs, not for verified ones

@@ -16,6 +16,10 @@ from pipeline.ingest import ingest
 from pipeline.runner import run_pipeline
 from pipeline.store import Run, prompt_id
 
+# math-verify's limits set and cancel SIGALRM's timer, which pytest-timeout's default (signal) method also uses:
+# a watchdog thread keeps these tests under the suite's time limit
+pytestmark = pytest.mark.timeout(900, method="thread")
+
 # ---------------------------------------------------------------- math-verify's verdicts
 
 

@@ -13,7 +13,7 @@ writing `pair_judgments`, then gives each pair a route and the reasons, most ser
 
 `route_reason` lists the reasons joined by ","; a confident pair says "confident". A verified pair (strategy
 "verified": a correct final answer against an incorrect one, pipeline/verify.py) is `auto` with reason "verified"
-and confidence 1 whatever the judges say: it is not judged pairwise, audited, counted in the budget or sent to people. With `human_budget`
+and confidence 1 whatever the judges say: it is not judged pairwise, audited or counted in the budget. With `human_budget`
 K, the K most uncertain pairs (reason severity, then pairwise confidence, then margin) stay human; the others
 become auto with route_reason "over_budget:<reasons>", so an export can still leave them out.
 
@@ -228,7 +228,7 @@ def step(config, run, **_) -> dict:
     pairs = run.read("pairs")
     judgments = run.read_or_empty("judgments")
     pair_judgments = empty("pair_judgments")
-    judged = pairs.filter(pl.col("strategy") != VERIFIED)  # the verifier decided the others: no judge call for them
+    judged = pairs.filter(pl.col("strategy").fill_null("") != VERIFIED)  # the verifier decided the others: no judge call for them
     if config.judge is not None and config.judge.pairwise and judged.height:
         cache = run_cache(run.path)
         try:

@@ -400,12 +400,13 @@ def accuracy_lines(run: Run, df: pl.DataFrame) -> list[str]:
     """The dataset card's statement of how often the exported labels are right, per source, and how that was estimated."""
     out = []
     routing = run.stage_info("route").get("routing") or {}
-    verified = df.filter((pl.col("source") == "auto") & (pl.col("strategy") == VERIFIED))
+    is_verified = (pl.col("source") == "auto") & (pl.col("strategy").fill_null("") == VERIFIED)
+    verified = df.filter(is_verified)
     if verified.height:
         out.append(f"- verified ({verified.height} pairs): the chosen response's final answer matches the prompt's reference answer "
                    "and the rejected one's does not (math-verify); right as far as the reference answers are")
     for source in ("human", "auto"):
-        part = df.filter((pl.col("source") == source) & ((pl.col("source") == "human") | (pl.col("strategy") != VERIFIED)))
+        part = df.filter((pl.col("source") == source) & ~is_verified)
         if part.is_empty():
             continue
         known = part["label_confidence"].drop_nulls()

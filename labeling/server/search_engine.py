@@ -28,14 +28,15 @@ statuses of every response on the records the user answered, which double counts
 labeling/server/main.py imports it before starting the app or the worker, so it is registered there.
 """
 
+import copy
 import dataclasses
 import functools
 import hashlib
 import itertools
 import math
 import re
-from datetime import datetime, timedelta, timezone
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List, Optional, Union
 from uuid import UUID
 
@@ -188,10 +189,21 @@ _WORD_BREAKS = regex.compile(r"\b", flags=regex.WORD | regex.V1)  # Unicode text
 _HAS_WORD = regex.compile(r"\w")
 
 
+# UAX #29 on ASCII alone, five times faster: letters, digits and _ join; `:`, `.` and `'` join two letters (WB6-7),
+# `,`, `;`, `.` and `'` two digits (WB11-12). A test holds it to the general rule on random ASCII text.
+_ASCII_WORD = re.compile(r"[A-Za-z0-9_]+(?:(?:(?<=[A-Za-z])[:.'](?=[A-Za-z])|(?<=[0-9])[,;.'](?=[0-9]))[A-Za-z0-9_]+)*")
+
+
 def tokenize(value: str) -> List[str]:
     """ES's standard analyzer: the words of Unicode text segmentation (UAX #29, as Lucene's StandardTokenizer;
     a Chinese ideograph or a hiragana is a word of its own, a combining mark stays with its letter),
     lowercased, accents kept."""
+    if value.isascii():
+        return _ASCII_WORD.findall(value.lower())
+    return _words(value)
+
+
+def _words(value: str) -> List[str]:
     return [t.lower() for t in _WORD_BREAKS.split(value) if _HAS_WORD.search(t)]
 
 
@@ -765,21 +777,28 @@ _stats_cache: Dict[Any, tuple] = {}  # dataset id -> (fingerprint, field -> Fiel
 
 async def _dataset_stats(ctx: _Context) -> Dict[str, FieldStats]:
     """BM25 statistics of every searchable field over the whole dataset, as an index keeps them (not only the
-    rows a filter left). Counted by tokenizing every record once, then kept until the dataset's records or
-    their field text change (count, newest insert, total length of the fields: one indexed scan per query,
-    where responses and status changes, which do not touch fields, leave it alone)."""
+    rows a filter left). Counted by tokenizing every record once, then kept while the records' fields stay
+    the same (count, newest insert and total length of the fields: one indexed scan per query; responses and
+    status changes leave them alone); records added after the newest counted one are counted on their own."""
     fields = await ctx.fields()
-    fingerprint = (tuple(sorted(fields.items())), *(await ctx.conn.execute(
-        select(func.count(), func.max(Record.inserted_at), func.sum(func.length(ctx.d.json_text(Record.fields))))
-        .where(Record.dataset_id == ctx.dataset_id))).one())
+    searched = tuple(sorted((name, kind) for name, kind in fields.items() if kind != "image"))
+    of_dataset = Record.dataset_id == ctx.dataset_id
+    shape = [func.count(), func.sum(func.length(ctx.d.json_text(Record.fields)))]
+    count, length, newest = (await ctx.conn.execute(select(*shape, func.max(Record.inserted_at)).where(of_dataset))).one()
+    fingerprint = (searched, count, length, newest)
     cached = _stats_cache.get(ctx.dataset_id)
     if cached and cached[0] == fingerprint:
         return cached[1]
-    searched = {name: kind for name, kind in fields.items() if kind != "image"}
-    stats: Dict[str, FieldStats] = {}
-    result = await ctx.conn.stream(select(Record.fields).where(Record.dataset_id == ctx.dataset_id).execution_options(yield_per=1000))
+    since = None
+    if cached and cached[0][0] == searched and cached[0][3] is not None:  # only records newer than the counted ones?
+        before = (await ctx.conn.execute(select(*shape).where(of_dataset, Record.inserted_at <= cached[0][3]))).one()
+        if tuple(before) == cached[0][1:3]:
+            since = cached[0][3]
+    stats: Dict[str, FieldStats] = copy.deepcopy(cached[1]) if since is not None else {}
+    query = select(Record.fields).where(of_dataset, *([Record.inserted_at > since] if since is not None else []))
+    result = await ctx.conn.stream(query.execution_options(yield_per=1000))
     async for row in result:
-        count_fields(stats, {name: tokenize(_field_text(kind, (row.fields or {}).get(name))) for name, kind in searched.items()})
+        count_fields(stats, {name: tokenize(_field_text(kind, (row.fields or {}).get(name))) for name, kind in searched})
     _stats_cache[ctx.dataset_id] = (fingerprint, stats)
     return stats
 

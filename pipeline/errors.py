@@ -60,3 +60,9 @@ class LabelingError(PrefabError):
 
 class ExportError(PrefabError):
     """An export could not be written as asked."""
+
+
+class SandboxError(PrefabError):
+    """Model-written code cannot be isolated on this machine (pipeline/sandbox.py): nothing was run."""
+
+    exit_code = 5

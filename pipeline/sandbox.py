@@ -135,7 +135,7 @@ def summarize(report: dict, limits: Limits) -> Result:
         reason = "memory" if any(e.startswith("MemoryError") for e in errors) else "failed"
         detail = f"{len(tests) - passed} of {len(tests)} tests failed; first: {errors[0]}"
     output_truncated = report["output_bytes"] > limits.output_bytes
-    if reason == "killed" and report["output_bytes"] >= limits.file_mb * 1024 * 1024:
+    if reason and report["output_bytes"] >= limits.file_mb * 1024 * 1024:  # killed by SIGXFSZ, or the code caught the EFBIG
         reason, detail = "output_too_large", f"the output went over {limits.file_mb} MiB"
     return Result(score=passed / len(tests) if tests else 0.0, passed=passed, total=len(tests), reason=reason, detail=detail,
                   tests=tests, output=report["output"], output_truncated=output_truncated, seconds=round(report["seconds"], 3))

@@ -146,6 +146,7 @@ def worker(job: dict, results_fd: int, output_fd: int, uid: int, gid: int) -> No
     os.closerange(3, results_fd)
     os.closerange(results_fd + 1, 1024)
     os.chdir("/tmp")
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; a file over RLIMIT_FSIZE should end the run
     drop_privileges(uid, gid, job["limits"])
     sys.stdout = open(1, "w", buffering=1, closefd=False)
     sys.stderr = open(2, "w", buffering=1, closefd=False)

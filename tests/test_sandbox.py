@@ -1,0 +1,315 @@
+"""The code sandbox (pipeline/sandbox.py): model-written code is hostile input. Each hostile program must end
+as a failed candidate with a reason, fast, and harm nothing the test can see from outside; honest code
+gets its share of tests passed."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import snapshot_dir
+
+from pipeline.errors import InputError
+from pipeline.sandbox import UID_RANGE, Limits, run, run_many, validate_tests
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = Limits(wall_s=3, cpu_s=2)
+SECRET = "sk-sandbox-SECRET-5e1d"
+REMOUNT = ("def test_remount_read_write():\n"
+           "    libc = ctypes.CDLL(None, use_errno=True)\n"
+           "    attr = (ctypes.c_uint64 * 4)(0, 1, 0, 0)  # clear MOUNT_ATTR_RDONLY\n"
+           "    for path in (b'/', OUT.encode()):\n"
+           "        for flags in (0, 0x8000):  # this mount alone, or AT_RECURSIVE\n"
+           "            if libc.syscall(442, -100, path, flags, attr, 32) == 0:\n"
+           "                break\n"
+           "    open(OUT + '/owned.txt', 'w').write('pwned')\n")
+
+
+def sandbox_processes() -> int:
+    """Processes on this machine running as a sandbox uid (only meaningful when prefab runs as root)."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                uid = os.stat(entry.path).st_uid
+            except FileNotFoundError:
+                continue
+            count += UID_RANGE[0] <= uid < UID_RANGE[1]
+    return count
+
+
+# -- honest code --------------------------------------------------------------------------------------------------
+
+def test_correct_code_passes_every_test():
+    code = "def square(x):\n    return x * x\n"
+    tests = "assert square(2) == 4\nassert square(-3) == 9\n\ndef test_zero():\n    assert square(0) == 0\n"
+    r = run(code, tests)
+    assert (r.score, r.passed, r.total, r.reason) == (1.0, 3, 3, None)
+    assert [t["name"] for t in r.tests] == ["line 1: assert square(2) == 4", "line 2: assert square(-3) == 9", "test_zero"]
+
+
+def test_partly_correct_code_gets_its_share_and_a_failure_does_not_hide_the_rest():
+    code = "def sign(x):\n    return 1 if x > 0 else -1\n"  # wrong for 0
+    tests = ("import math\n\ndef test_pos():\n    assert sign(5) == 1\n\ndef test_zero():\n    assert sign(0) == 0, 'zero'\n\n"
+             "def test_neg():\n    assert sign(-2) == -1\n\ndef test_raises():\n    raise ValueError('boom')\n")
+    r = run(code, tests)
+    assert (r.passed, r.total, r.score, r.reason) == (2, 4, 0.5, "failed")
+    outcome = {t["name"]: (t["ok"], t["error"]) for t in r.tests}
+    assert outcome["test_pos"] == (True, None) and outcome["test_neg"] == (True, None)
+    assert outcome["test_zero"] == (False, "AssertionError: zero")
+    assert outcome["test_raises"] == (False, "ValueError: boom")
+
+
+def test_syntax_error_in_the_code_is_a_failed_candidate():
+    r = run("def f(x)\n    return x\n", "assert f(1) == 1\n")
+    assert (r.score, r.passed, r.total, r.reason) == (0.0, 0, 1, "syntax_error")
+    assert "SyntaxError" in r.detail and "line 1" in r.detail
+
+
+def test_tests_that_do_not_compile_are_recorded_and_caught_at_ingest():
+    r = run("def f(x):\n    return x\n", "assert f(1) ==\n")
+    assert (r.score, r.total, r.reason) == (0.0, 0, "tests_invalid")
+    assert "SyntaxError" in r.detail and "tests.py" in r.detail
+    with pytest.raises(InputError, match="do not compile.*line 1") as e:
+        validate_tests("assert f(1) ==\n", where="code.jsonl:3")
+    assert e.value.where == "code.jsonl:3"
+    with pytest.raises(InputError, match="no assert"):
+        validate_tests("x = 1\n")
+    validate_tests("def test_a():\n    assert True\n")
+    assert run("x = 1", "y = 2\n").reason == "no_tests"
+
+
+def test_exiting_early_is_not_a_pass():
+    """os._exit(0) at import, or sys.exit inside a test: the usual ways to fake a passing run."""
+    r = run("import os\nos._exit(0)\n", "assert True\n")
+    assert (r.passed, r.reason) == (0, "killed")
+    r = run("import sys\nsys.exit(0)\n", "assert True\n")
+    assert (r.passed, r.reason) == (0, "code_error")
+    r = run("import sys\ndef f():\n    sys.exit(0)\n", "def test_a():\n    f()\n\ndef test_b():\n    assert True\n")
+    assert [t["ok"] for t in r.tests] == [False, True]
+
+
+# -- hostile code -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("code, reasons", [
+    ("while True:\n    pass\n", {"cpu_time"}),  # burns CPU: RLIMIT_CPU
+    ("import time\ntime.sleep(1000)\n", {"timeout"}),  # idles: the wall clock
+])
+def test_infinite_loop_ends_fast(code, reasons):
+    started = time.monotonic()
+    r = run(code, "assert True\n", Limits(wall_s=1.5, cpu_s=1))
+    assert time.monotonic() - started < 5
+    assert r.reason in reasons and r.score == 0.0 and r.tests[0]["error"] == f"not run: {r.reason}"
+
+
+def test_a_hang_in_one_test_keeps_the_results_before_it():
+    r = run("def f():\n    return 1\n", "assert f() == 1\n\ndef test_hang():\n    while True:\n        pass\n", Limits(wall_s=1.5, cpu_s=1))
+    assert [t["ok"] for t in r.tests] == [True, False] and r.reason == "cpu_time" and r.score == 0.5
+
+
+def test_fork_bomb_is_bounded_and_leaves_nothing_behind():
+    code = ("import os, time\n"
+            "def bomb():\n"
+            "    while True:\n"
+            "        try:\n"
+            "            if os.fork() == 0:\n"
+            "                os.setsid()  # try to leave the process group too\n"
+            "        except OSError:\n"
+            "            time.sleep(0.01)\n"
+            "bomb()\n")
+    limits = Limits(wall_s=2, cpu_s=2, processes=16)
+    peak, stop = [0], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], sandbox_processes())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        started = time.monotonic()
+        r = run(code, "assert True\n", limits)
+    finally:
+        stop.set()
+        sampler.join()
+    assert time.monotonic() - started < 6
+    assert r.score == 0.0 and r.reason in {"timeout", "cpu_time", "killed"}
+    if os.getuid() == 0:  # the sandbox ran as its own uid: count it from outside
+        assert 1 <= peak[0] <= limits.processes, peak[0]
+        assert sandbox_processes() == 0
+    assert subprocess.run(["true"]).returncode == 0  # the machine still forks
+
+
+def test_an_escaped_daemon_dies_with_the_sandbox():
+    """A child that leaves the session and outlives the worker is killed with the PID namespace."""
+    code = ("import os, time\n"
+            "if os.fork() == 0:\n"
+            "    os.setsid()\n"
+            "    if os.fork() == 0:\n"
+            "        time.sleep(1000)\n"
+            "    os._exit(0)\n")
+    r = run(code, "assert True\n", FAST)
+    assert r.score == 1.0
+    time.sleep(0.2)
+    if os.getuid() == 0:
+        assert sandbox_processes() == 0
+
+
+@pytest.mark.parametrize("code, tests", [
+    ("big = bytearray(4 * 1024 ** 3)\n", "assert True\n"),  # at import
+    ("def f():\n    return [0] * (2 ** 31)\n", "def test_f():\n    assert f()\n"),  # inside a test
+])
+def test_memory_hog_is_a_memory_failure(code, tests):
+    r = run(code, tests, Limits(wall_s=5, cpu_s=3, memory_mb=256))
+    assert r.reason == "memory" and r.score == 0.0, r
+
+
+@pytest.fixture
+def outside():
+    """A world-writable directory outside the sandbox (not under /tmp, which the sandbox covers with its own
+    tmpfs): only the read-only mounts keep the code from changing it, not file permissions."""
+    path = Path(tempfile.mkdtemp(prefix=".sandbox-probe-", dir=ROOT))
+    os.chmod(path, 0o777)
+    (path / "owned.txt").write_text("original")
+    os.chmod(path / "owned.txt", 0o666)
+    (path / "etc").mkdir(mode=0o777)
+    os.chmod(path / "etc", 0o777)
+    (path / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    yield path
+    shutil.rmtree(path)
+
+
+def test_writing_outside_the_temp_dir_harms_nothing(outside):
+    before = snapshot_dir(outside)
+    mtime = (outside / "owned.txt").stat().st_mtime_ns
+    stray = f"sandbox-stray-{os.getpid()}"
+    code = f"import ctypes, os, shutil\nOUT = {str(outside)!r}\nSTRAY = {stray!r}\n"
+    tests = (
+        "def test_overwrite():\n    open(OUT + '/owned.txt', 'w').write('pwned')\n"
+        "def test_append():\n    open(OUT + '/etc/passwd', 'a').write('evil::0:0::/:/bin/sh\\n')\n"
+        "def test_create():\n    open(OUT + '/new.txt', 'w').write('x')\n"
+        "def test_remove():\n    os.remove(OUT + '/owned.txt')\n"
+        "def test_rename():\n    os.rename(OUT + '/owned.txt', OUT + '/moved.txt')\n"
+        "def test_rmtree():\n    shutil.rmtree(OUT + '/etc')\n"
+        "def test_chmod():\n    os.chmod(OUT + '/owned.txt', 0o000)\n"
+        "def test_var_tmp():\n    open('/var/tmp/' + STRAY, 'w').write('x')\n"
+        "def test_dev_shm():\n    open('/dev/shm/' + STRAY, 'w').write('x')\n"
+        "def test_become_root():\n    os.setuid(0)\n"
+        + REMOUNT +
+        "def test_own_tmp_is_writable():\n"
+        "    open('scratch.txt', 'w').write('ok')\n"
+        "    open('/tmp/' + STRAY, 'w').write('ok')\n"
+        "    assert os.getcwd() == os.environ['HOME'] == '/tmp'\n"
+    )
+    r = run(code, tests, FAST)
+    outcome = {t["name"]: t for t in r.tests}
+    assert outcome.pop("test_own_tmp_is_writable")["ok"]
+    assert all(not t["ok"] for t in outcome.values()), [t for t in outcome.values() if t["ok"]]
+    assert r.passed == 1 and r.reason == "failed"
+    assert snapshot_dir(outside) == before
+    assert (outside / "owned.txt").stat().st_mtime_ns == mtime
+    assert (outside / "owned.txt").stat().st_mode & 0o777 == 0o666
+    for place in ("/tmp", "/var/tmp", "/dev/shm"):  # the sandbox's /tmp was its own tmpfs, now gone
+        assert not os.path.exists(os.path.join(place, stray))
+
+
+def test_the_code_does_not_see_prefabs_environment(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    code = (f"import os, glob\nPARENT = {os.getpid()}\n"
+            "print(dict(os.environ))\n"
+            "def read(path):\n"
+            "    try:\n"
+            "        return open(path, 'rb').read().decode(errors='replace')\n"
+            "    except OSError as e:\n"
+            "        return repr(e)\n"
+            "for path in glob.glob('/proc/*/environ'):\n"
+            "    print(path, read(path))\n")
+    tests = ("def test_env():\n    assert 'OPENAI_API_KEY' not in os.environ\n"
+             "def test_parent_hidden():\n    assert not os.path.exists(f'/proc/{PARENT}')\n"
+             "def test_only_sandbox_pids():\n    assert sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == [1, 2]\n")
+    r = run(code, tests, FAST)
+    assert r.score == 1.0, r.tests
+    assert SECRET not in r.output and "OPENAI_API_KEY" not in r.output
+    assert "/proc/1/environ" in r.output  # it did look
+
+
+def test_no_network_not_even_loopback():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.3)
+    port = listener.getsockname()[1]
+    try:
+        code = f"import socket\nPORT = {port}\n"
+        tests = ("def test_connect():\n    socket.create_connection(('127.0.0.1', PORT), timeout=2).sendall(b'leak')\n"
+                 "def test_udp():\n    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'leak', ('127.0.0.1', PORT))\n"
+                 "def test_outside():\n    socket.create_connection(('1.1.1.1', 53), timeout=2)\n"
+                 "def test_dns():\n    socket.getaddrinfo('example.com', 80)\n")
+        r = run(code, tests, FAST)
+        assert r.passed == 0 and r.total == 4 and r.reason == "failed"
+        assert all("OSError" in t["error"] or "gaierror" in t["error"] for t in r.tests), r.tests
+        with pytest.raises(socket.timeout):
+            listener.accept()
+    finally:
+        listener.close()
+
+
+def test_huge_output_is_cut_and_stopped():
+    r = run("while True:\n    print('x' * 10000)\n", "assert True\n", Limits(wall_s=5, cpu_s=4, file_mb=2, output_bytes=1000))
+    assert r.reason == "output_too_large" and r.score == 0.0
+    assert len(r.output) == 1000 and r.output_truncated
+    r = run("print('y' * 50_000)\ndef f():\n    return 1\n", "assert f() == 1\n", Limits(output_bytes=100))
+    assert r.score == 1.0 and r.output == "y" * 100 and r.output_truncated  # chatty but right: passes, output cut
+
+
+def test_many_jobs_run_concurrently_in_order():
+    jobs = [(f"def f():\n    return {i}\n", f"assert f() == {i if i % 3 else -1}\n") for i in range(8)]
+    started = time.monotonic()
+    results = run_many(jobs, workers=4)
+    assert [r.score for r in results] == [0.0 if i % 3 == 0 else 1.0 for i in range(8)]
+    assert time.monotonic() - started < 10
+
+
+def test_works_for_an_unprivileged_prefab_too(outside):
+    """Not root: the same isolation from a user namespace of its own (skipped where the kernel refuses one).
+    The probe directory belongs to that user, so only the read-only mounts keep the code out of it."""
+    if os.getuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root to start prefab as another user")
+    for path in (outside, outside / "owned.txt"):
+        os.chown(path, 65534, 65534)
+    before = snapshot_dir(outside)
+    script = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from pipeline.sandbox import run, Limits\n"
+        "from pipeline.errors import SandboxError\n"
+        "try:\n"
+        "    r = run(CODE, TESTS, Limits(wall_s=3, cpu_s=2))\n"
+        "except SandboxError as e:\n"
+        "    print(json.dumps({'unavailable': str(e)})); sys.exit()\n"
+        "print(json.dumps(r.to_dict()))\n"
+    )
+    code = f"import ctypes, os, socket\nOUT = {str(outside)!r}\n"
+    tests = ("def test_pass():\n    assert 1 + 1 == 2\n"
+             "def test_secret():\n    assert 'OPENAI_API_KEY' not in os.environ\n"
+             "def test_overwrite():\n    open(OUT + '/owned.txt', 'w').write('pwned')\n"
+             "def test_no_net():\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\n"
+             "def test_no_caps():\n    os.chown('.', 0, 0)\n" + REMOUNT)
+    script = script.replace("CODE", repr(code)).replace("TESTS", repr(tests))
+    env = {"PATH": os.environ["PATH"], "OPENAI_API_KEY": SECRET}
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script],
+                         capture_output=True, text=True, env=env, cwd="/", timeout=30)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    if "unavailable" in report:
+        pytest.skip(f"no user namespaces here: {report['unavailable']}")
+    assert [t["ok"] for t in report["tests"]] == [True, True, False, False, False, False], report["tests"]
+    assert snapshot_dir(outside) == before

@@ -313,3 +313,22 @@ def test_works_for_an_unprivileged_prefab_too(outside):
         pytest.skip(f"no user namespaces here: {report['unavailable']}")
     assert [t["ok"] for t in report["tests"]] == [True, True, False, False, False, False], report["tests"]
     assert snapshot_dir(outside) == before
+
+
+# -- the coding tasks in data/prompts/code.jsonl ------------------------------------------------------------------
+
+def test_every_coding_task_is_solvable_and_its_tests_catch_a_wrong_answer():
+    from code_solutions import SOLUTIONS
+
+    tasks = [json.loads(line) for line in (ROOT / "data/prompts/code.jsonl").read_text().splitlines()]
+    assert len(tasks) >= 30
+    names = [t["entry_point"] for t in tasks]
+    assert len(set(names)) == len(names) and set(names) == set(SOLUTIONS)
+    for i, t in enumerate(tasks, 1):
+        validate_tests(t["tests"], where=f"code.jsonl:{i}")
+        assert f"`{t['entry_point']}(" in t["prompt"]
+    limits = Limits(wall_s=10, cpu_s=5)
+    right = run_many([(SOLUTIONS[t["entry_point"]], t["tests"]) for t in tasks], workers=2, limits=limits)
+    assert {t["entry_point"]: (r.reason, r.detail) for t, r in zip(tasks, right) if r.score < 1} == {}
+    wrong = run_many([(f"def {t['entry_point']}(*args, **kwargs):\n    return None\n", t["tests"]) for t in tasks], workers=2, limits=limits)
+    assert [t["entry_point"] for t, r in zip(tasks, wrong) if r.score == 1] == []

@@ -96,6 +96,14 @@ def test_exiting_early_is_not_a_pass():
     assert [t["ok"] for t in r.tests] == [False, True]
 
 
+def test_the_standard_library_is_there_and_installed_packages_only_when_asked():
+    code = "import importlib.util, collections, json, re, math, itertools, functools\n"
+    tests = "assert importlib.util.find_spec('click') is None\n"
+    assert run(code, tests).score == 1.0
+    tests = "assert importlib.util.find_spec('click') is not None\nimport click\n"
+    assert run(code, tests, Limits(site_packages=True)).score == 1.0
+
+
 # -- hostile code -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("code, reasons", [

@@ -8,7 +8,7 @@ network (only a loopback that is down), a /proc that shows only the sandbox, the
 uid (or, when prefab is not root, without capabilities in a user namespace of its own), with limits on
 CPU time, wall time, memory, processes, file and output size. See the README's "Code sandbox".
 
-Tests are Python: top-level asserts (each one a test) or `test_*` functions (each one a test), with
+Tests are Python: top-level asserts or loops of them, or `test_*` functions (each one a test), with
 any imports or helpers they need; they run in the code's namespace, in order, one failure not hiding
 the next. Reasons: timeout, cpu_time, memory, output_too_large, killed, syntax_error, code_error,
 tests_invalid, no_tests, failed; None when every test passed.
@@ -150,7 +150,11 @@ def validate_tests(tests: str, where: str | None = None) -> None:
     except SyntaxError as e:
         raise InputError(f"the tests do not compile: {e.msg} (line {e.lineno} of the tests)", where=where,
                          hint="tests are Python: top-level asserts or test_* functions") from None
-    if not any(isinstance(n, ast.Assert) or (isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("test"))
-               for n in tree.body):
+    def is_test(node) -> bool:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return node.name.startswith("test")
+        return not isinstance(node, ast.ClassDef) and any(isinstance(n, ast.Assert) for n in ast.walk(node))
+
+    if not any(is_test(n) for n in tree.body):
         raise InputError("the tests hold no assert statement and no test_* function", where=where,
                          hint="write e.g. `assert f(2) == 4` or `def test_f(): assert f(2) == 4`")

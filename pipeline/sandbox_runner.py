@@ -119,15 +119,30 @@ def describe(error: BaseException) -> str:
     return text[:ERROR_CHARS]
 
 
+def asserts(node) -> bool:
+    """Whether a statement holds an assert outside any function or class it defines."""
+    if isinstance(node, _ast.Assert):
+        return True
+    if isinstance(node, (_ast.FunctionDef, _ast.AsyncFunctionDef, _ast.ClassDef, _ast.Lambda)):
+        return False
+    for name in node._fields:
+        value = getattr(node, name, None)
+        for child in value if isinstance(value, list) else [value]:
+            if isinstance(child, _ast.AST) and asserts(child):
+                return True
+    return False
+
+
 def plan(tests: str):
-    """The tests as units run in order: each top-level assert and each test_* function is one test; other
-    statements (imports, helpers, fixtures) are setup run where they stand."""
+    """The tests as units run in order: each top-level statement holding an assert (a bare assert, or a loop
+    of them) and each test_* function is one test; other statements (imports, helpers, data) are setup run
+    where they stand."""
     tree = compile(tests, "tests.py", "exec", _ast.PyCF_ONLY_AST)
     lines = tests.splitlines()
     units = []
     for node in tree.body:
         module = _ast.Module(body=[node], type_ignores=[])
-        if isinstance(node, _ast.Assert):
+        if not isinstance(node, (_ast.FunctionDef, _ast.AsyncFunctionDef, _ast.ClassDef)) and asserts(node):
             source = lines[node.lineno - 1][node.col_offset:].strip()
             units.append(("test", f"line {node.lineno}: {source[:80]}", module, None))
         elif isinstance(node, (_ast.FunctionDef, _ast.AsyncFunctionDef)) and node.name.startswith("test"):

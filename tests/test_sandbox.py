@@ -78,6 +78,18 @@ def test_partly_correct_code_gets_its_share_and_a_failure_does_not_hide_the_rest
     assert outcome["test_raises"] == (False, "ValueError: boom")
 
 
+def test_a_loop_of_asserts_is_one_test_and_setup_is_not_a_test():
+    code = "def double(x):\n    return 2 * x\n"
+    tests = ("CASES = [(1, 2), (2, 4), (3, 6)]\n"
+             "for x, y in CASES:\n    assert double(x) == y, (x, y)\n"
+             "if True:\n    assert double(0) == 1\n"
+             "assert double(-1) == -2\n")
+    r = run(code, tests)
+    assert [(t["name"], t["ok"]) for t in r.tests] == [("line 2: for x, y in CASES:", True), ("line 4: if True:", False),
+                                                       ("line 6: assert double(-1) == -2", True)]
+    validate_tests("for x in [1]:\n    assert x\n")
+
+
 def test_syntax_error_in_the_code_is_a_failed_candidate():
     r = run("def f(x)\n    return x\n", "assert f(1) == 1\n")
     assert (r.score, r.passed, r.total, r.reason) == (0.0, 0, 1, "syntax_error")

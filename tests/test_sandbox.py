@@ -179,6 +179,25 @@ def test_fork_bomb_is_bounded_and_leaves_nothing_behind():
     assert subprocess.run(["true"]).returncode == 0  # the machine still forks
 
 
+def test_a_fork_bomb_does_not_starve_the_runs_beside_it():
+    """RLIMIT_NPROC counts per run (its own uid, or its own user namespace), so honest code that forks still
+    can while bombs run at the same time."""
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    honest = ("import os, time\n"
+              "def child():\n"
+              "    pid = os.fork()\n"
+              "    if pid == 0:\n"
+              "        time.sleep(0.5)\n"
+              "        os._exit(0)\n"
+              "    return pid\n"
+              "def forks(n):\n"
+              "    pids = [child() for _ in range(n)]\n"
+              "    return [os.waitpid(p, 0)[1] for p in pids]\n")
+    jobs = [(bomb, "assert True\n"), (honest, "assert forks(8) == [0] * 8\n")] * 2
+    results = run_many(jobs, workers=4, limits=Limits(wall_s=2.5, cpu_s=2, processes=16))
+    assert [r.score for r in results] == [0.0, 1.0, 0.0, 1.0], [(r.reason, r.detail) for r in results]
+
+
 def test_an_escaped_daemon_dies_with_the_sandbox():
     """A child that leaves the session and outlives the worker is killed with the PID namespace."""
     code = ("import os, time\n"

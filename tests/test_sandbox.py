@@ -129,20 +129,20 @@ def test_the_standard_library_is_there_and_installed_packages_only_when_asked():
 
 # -- hostile code -------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("code, reasons", [
-    ("while True:\n    pass\n", {"cpu_time"}),  # burns CPU: RLIMIT_CPU
-    ("import time\ntime.sleep(1000)\n", {"timeout"}),  # idles: the wall clock
+@pytest.mark.parametrize("code, wall_s, reasons", [
+    ("while True:\n    pass\n", 6, {"cpu_time"}),  # burns CPU: RLIMIT_CPU (wall room for a loaded machine)
+    ("import time\ntime.sleep(1000)\n", 1.5, {"timeout"}),  # idles: the wall clock
 ])
-def test_infinite_loop_ends_fast(code, reasons):
+def test_infinite_loop_ends_fast(code, wall_s, reasons):
     started = time.monotonic()
-    r = run(code, "assert True\n", Limits(wall_s=1.5, cpu_s=1))
-    assert time.monotonic() - started < 5
+    r = run(code, "assert True\n", Limits(wall_s=wall_s, cpu_s=1))
+    assert time.monotonic() - started < wall_s + 2
     assert r.reason in reasons and r.score == 0.0 and r.tests[0]["error"] == f"not run: {r.reason}"
 
 
 def test_a_hang_in_one_test_keeps_the_results_before_it():
     r = run("def f():\n    return 1\n", "assert f() == 1\n\ndef test_hang():\n    while True:\n        pass\n", Limits(wall_s=1.5, cpu_s=1))
-    assert [t["ok"] for t in r.tests] == [True, False] and r.reason == "cpu_time" and r.score == 0.5
+    assert [t["ok"] for t in r.tests] == [True, False] and r.reason in {"cpu_time", "timeout"} and r.score == 0.5
 
 
 def test_fork_bomb_is_bounded_and_leaves_nothing_behind():
@@ -187,7 +187,7 @@ def test_a_fork_bomb_does_not_starve_the_runs_beside_it():
               "def child():\n"
               "    pid = os.fork()\n"
               "    if pid == 0:\n"
-              "        time.sleep(0.5)\n"
+              "        time.sleep(0.2)\n"
               "        os._exit(0)\n"
               "    return pid\n"
               "def forks(n):\n"

@@ -1,7 +1,7 @@
 """Run a candidate's Python code against a prompt's tests, treating the code as hostile.
 
 `run(code, tests)` gives the share of tests passed, each test's outcome and, when not all passed, why.
-`run_many(jobs, workers=)` runs many at once. Each run is one `python -I pipeline/sandbox_runner.py`
+`run_many(jobs, workers=)` runs many at once. Each run is one `python -I -S pipeline/sandbox_runner.py`
 in a new session with an empty environment, inside new mount, network, IPC and PID namespaces: every
 mount read-only, a fresh size-limited tmpfs on /tmp as cwd and HOME (gone when the run ends), no
 network (only a loopback that is down), a /proc that shows only the sandbox, the code run as an unused
@@ -35,12 +35,12 @@ UID_RANGE = (1_100_000, 2_000_000_000)  # unused uids (no passwd entry): each ru
 
 @dataclass(frozen=True)
 class Limits:
-    """Per run. cpu_s is CPU seconds (the whole sandbox's main process); wall_s ends everything in it."""
+    """Per run. cpu_s is CPU seconds per process (RLIMIT_CPU); wall_s ends every process in the sandbox."""
 
     wall_s: float = 10.0
     cpu_s: int = 5
     memory_mb: int = 512  # address space (RLIMIT_AS) of each process
-    processes: int = 32  # processes and threads of the sandbox's user
+    processes: int = 32  # processes and threads, all of the run's together (RLIMIT_NPROC of its own uid)
     file_mb: int = 16  # largest file it may write, stdout and stderr included (RLIMIT_FSIZE)
     disk_mb: int = 64  # the tmpfs that is its cwd and HOME
     output_bytes: int = 16_000  # stdout+stderr kept in the result
@@ -66,7 +66,7 @@ class Result:
 
 def run(code: str, tests: str, limits: Limits = Limits()) -> Result:
     """One candidate against one prompt's tests. Raises SandboxError only when the machine cannot isolate."""
-    uid = random.randrange(*UID_RANGE)
+    uid = random.SystemRandom().randrange(*UID_RANGE)  # not the seeded generator: forked prefab workers would share its draws
     job = json.dumps({"code": code, "tests": tests, "limits": asdict(limits), "uid": uid, "gid": uid})
     started = time.monotonic()
     flags = ["-I"] if limits.site_packages else ["-I", "-S"]  # isolated mode: no PYTHON* variables, no user site, no cwd on sys.path
@@ -101,6 +101,8 @@ def run_many(jobs, workers: int | None = None, limits: Limits = Limits()) -> lis
         return list(pool.map(lambda job: run(job[0], job[1], limits), jobs))
 
 
+REASONS = ("timeout", "cpu_time", "memory", "output_too_large", "killed", "syntax_error", "code_error", "tests_invalid",
+           "no_tests", "sandbox_error", "failed")
 KILLED = {signal.SIGXCPU: "cpu_time", signal.SIGXFSZ: "output_too_large", signal.SIGKILL: "killed"}
 
 
@@ -122,7 +124,8 @@ def summarize(report: dict, limits: Limits) -> Result:
         reason, detail = report["killed_for"], {"timeout": f"wall time over {limits.wall_s:g} s",
                                                  "output_too_large": "too much written to the results channel"}[report["killed_for"]]
     elif fatal:
-        reason, detail = fatal.get("reason", "killed"), fatal.get("detail", "")
+        reason, detail = fatal.get("reason"), str(fatal.get("detail", ""))
+        reason = reason if reason in REASONS else "killed"  # the code shares the results pipe: trust no free text
     elif not done:
         signum = exit_code - 128 if exit_code > 128 else None
         reason = KILLED.get(signum, "killed") if signum else "killed"

@@ -112,10 +112,13 @@ def drop_privileges(uid: int, gid: int, limits: dict) -> None:
 
 
 def describe(error: BaseException) -> str:
-    if isinstance(error, SyntaxError):
-        text = f"{type(error).__name__}: {error.msg} ({error.filename}, line {error.lineno})"
-    else:
-        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    try:
+        if isinstance(error, SyntaxError):
+            text = f"{type(error).__name__}: {error.msg} ({error.filename}, line {error.lineno})"
+        else:
+            text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    except BaseException:  # noqa: BLE001 - an exception the code made may fail to print
+        text = "an exception that cannot be printed"
     return text[:ERROR_CHARS]
 
 
@@ -199,7 +202,11 @@ def worker(job: dict, results_fd: int, output_fd: int, uid: int, gid: int) -> No
                 raise RuntimeError(f"setup failed: {setup_error}")
             exec(compile(module, "tests.py", "exec"), namespace)
             if function:
-                namespace[function]()
+                result = namespace[function]()
+                if hasattr(result, "__await__"):  # async def test_...: run it, or it would pass unrun
+                    import asyncio
+
+                    asyncio.run(result)
             if kind == "test":
                 emit(event="test", name=name, ok=True, error=None)
         except BaseException as e:  # noqa: BLE001

@@ -90,6 +90,12 @@ def test_a_loop_of_asserts_is_one_test_and_setup_is_not_a_test():
     validate_tests("for x in [1]:\n    assert x\n")
 
 
+def test_async_test_functions_are_awaited():
+    code = "async def fetch(x):\n    return x + 1\n"
+    tests = "async def test_ok():\n    assert await fetch(1) == 2\n\nasync def test_wrong():\n    assert await fetch(1) == 3\n"
+    assert [t["ok"] for t in run(code, tests).tests] == [True, False]
+
+
 def test_syntax_error_in_the_code_is_a_failed_candidate():
     r = run("def f(x)\n    return x\n", "assert f(1) == 1\n")
     assert (r.score, r.passed, r.total, r.reason) == (0.0, 0, 1, "syntax_error")

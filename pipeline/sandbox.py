@@ -2,11 +2,12 @@
 
 `run(code, tests)` gives the share of tests passed, each test's outcome and, when not all passed, why.
 `run_many(jobs, workers=)` runs many at once. Each run is one `python -I -S pipeline/sandbox_runner.py`
-in a new session with an empty environment, inside new mount, network, IPC and PID namespaces: every
-mount read-only, a fresh size-limited tmpfs on /tmp as cwd and HOME (gone when the run ends), no
-network (only a loopback that is down), a /proc that shows only the sandbox, the code run as an unused
-uid (or, when prefab is not root, without capabilities in a user namespace of its own), with limits on
-CPU time, wall time, memory, processes, file and output size. See the README's "Code sandbox".
+in a new session with an empty environment, inside new mount, network, IPC and PID namespaces: a new
+root holding only the system's programs and libraries and this Python, all read-only, a fresh
+size-limited tmpfs on /tmp as cwd and HOME (gone when the run ends), no network (only a loopback that
+is down), a /proc that shows only the sandbox, the code run as an unused uid (or, when prefab is not
+root, without capabilities in a user namespace of its own), with limits on CPU time, wall time, memory,
+processes, file and output size. See the README's "Code sandbox".
 
 Tests are Python: top-level asserts or loops of them, or `test_*` functions (each one a test), with
 any imports or helpers they need; they run in the code's namespace, in order, one failure not hiding
@@ -46,6 +47,7 @@ class Limits:
     output_bytes: int = 16_000  # stdout+stderr kept in the result
     results_bytes: int = 1_000_000  # per-test results channel
     site_packages: bool = False  # let the code import this environment's installed packages (starts ~10 ms slower)
+    read_only: tuple[str, ...] = ()  # host paths shown read-only at the same place (data the tests need); a Unix socket in one can still be connected to
 
 
 @dataclass

@@ -4,8 +4,9 @@ Standard library only, started as `python -I sandbox_runner.py` with a cleared e
 (code, tests, limits) as JSON on stdin; it prints one JSON line with the outcome. Three processes:
 
 - runner: unshares the mount, network, IPC and PID namespaces (and the user namespace when not root),
-  makes every mount read-only and nosuid, mounts a small fresh tmpfs on /tmp (the code's cwd and HOME),
-  and enforces the wall-time limit by killing the namespace's init.
+  builds a new root of read-only, nosuid bind mounts (the system's programs and libraries, this Python,
+  paths asked for, a few devices) with a small fresh tmpfs on /tmp (the code's cwd and HOME), pivots
+  into it, and enforces the wall-time limit by killing the namespace's init.
 - init (pid 1 of the new PID namespace): mounts a /proc that shows only the sandbox, waits for the
   worker; when it exits the kernel kills everything left in the namespace (forks that called setsid too).
 - worker: sets the resource limits, drops privileges (root: an unused uid, so RLIMIT_NPROC counts only
@@ -24,10 +25,15 @@ import sys
 import time
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_PRIVATE = 1, 2, 4, 8, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
+MNT_DETACH = 2
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, AT_FDCWD, AT_RECURSIVE = 1, 2, -100, 0x8000
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (added after the syscall tables were unified)
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 PR_SET_NO_NEW_PRIVS = 38
+SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")  # programs and shared libraries, nothing else of the host
+SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+DEVICES = ("null", "zero", "full", "random", "urandom")
 ERROR_CHARS = 500
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -55,8 +61,32 @@ def ok(result: int, what: str) -> None:
         raise SetupError(f"{what}: {os.strerror(errno)} (errno {errno})")
 
 
-def isolate(uid: int, gid: int, disk_mb: int) -> None:
-    """Runner: new namespaces; every mount read-only and nosuid; a fresh tmpfs on /tmp."""
+def mount(source: str, target: str, fstype: str | None, flags: int, options: str | None = None) -> None:
+    ok(libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                  options.encode() if options else None), f"mount {source} on {target}")
+
+
+def set_mounts(path: str, attr_set: int, propagation: int = 0) -> None:
+    """Set flags on a mount and every mount under it (mount_setattr, Linux >= 5.12)."""
+    attr = MountAttr(attr_set, 0, propagation, 0)
+    ok(libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)),
+       f"mount_setattr {path} (Linux >= 5.12)")
+
+
+def bind(source: str, root: str) -> None:
+    """Show a host file or directory at the same path inside the new root."""
+    target = root + source
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        open(target, "a").close()
+    mount(source, target, None, MS_BIND | MS_REC)
+
+
+def isolate(uid: int, gid: int, disk_mb: int, read_only: list[str]) -> None:
+    """Runner: new namespaces, then a new root that holds only the system's programs and libraries, this
+    Python, the paths asked for, a few devices (all read-only and nosuid) and a fresh tmpfs on /tmp."""
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
     me, group = os.getuid(), os.getgid()
     if me != 0:
@@ -69,10 +99,39 @@ def isolate(uid: int, gid: int, disk_mb: int) -> None:
             f.write(f"{me} {me} 1")
         with open("/proc/self/gid_map", "w") as f:
             f.write(f"{group} {group} 1")
-    attr = MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, MS_PRIVATE, 0)
-    ok(libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)), "mount_setattr (Linux >= 5.12)")
-    options = f"size={disk_mb}m,nr_inodes=4096,mode=0700,uid={uid},gid={gid}".encode()
-    ok(libc.mount(b"sandbox", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, options), "mount tmpfs on /tmp")
+    set_mounts("/", 0, MS_PRIVATE)  # nothing mounted here shows outside
+    root = "/tmp"  # the new root is a tmpfs mounted over it, in this mount namespace only
+    mount("sandbox-root", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    for name in SYSTEM_DIRS:
+        source = "/" + name
+        if os.path.islink(source):
+            os.symlink(os.readlink(source), root + source)
+        elif os.path.isdir(source):
+            bind(source, root)
+    covered = tuple("/" + name + "/" for name in SYSTEM_DIRS)
+    for path in {os.path.realpath(p) for p in [sys.base_prefix, sys.prefix, *read_only]}:
+        if os.path.exists(path) and not (path + "/").startswith(covered):
+            bind(path, root)
+    for path in SYSTEM_FILES:
+        if os.path.isfile(path):
+            bind(path, root)
+    os.mkdir(root + "/dev")
+    for name in DEVICES:
+        bind("/dev/" + name, root)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{root}/dev/{name}")
+    os.mkdir(root + "/proc")
+    os.mkdir(root + "/tmp")
+    set_mounts(root, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
+    mount("sandbox", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_mb}m,nr_inodes=4096,mode=0700,uid={uid},gid={gid}")
+    os.chdir(root)
+    number = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is not None:  # the old root goes on top of the new one, then is detached: nothing of it is left
+        ok(libc.syscall(number, b".", b"."), "pivot_root")
+        ok(libc.umount2(b".", MNT_DETACH), "detach the old root")
+    else:  # the old root stays mounted, out of reach of a process without capabilities
+        ok(libc.chroot(b"."), "chroot")
+    os.chdir("/")
 
 
 def init(worker_main) -> int:
@@ -223,7 +282,7 @@ def main() -> int:
     if os.getuid() != 0:
         uid, gid = os.getuid(), os.getgid()
     try:
-        isolate(uid, gid, limits["disk_mb"])
+        isolate(uid, gid, limits["disk_mb"], list(limits["read_only"]))
     except (SetupError, OSError) as e:
         print(json.dumps({"setup_error": str(e)}))
         return 0

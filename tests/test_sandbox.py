@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -230,8 +231,9 @@ def test_memory_hog_is_a_memory_failure(code, tests):
 
 @pytest.fixture
 def outside():
-    """A world-writable directory outside the sandbox (not under /tmp, which the sandbox covers with its own
-    tmpfs): only the read-only mounts keep the code from changing it, not file permissions."""
+    """A world-writable directory outside /tmp (which the sandbox covers with its own tmpfs). The sandbox shows no
+    host path but the system's and Python's unless asked: the tests ask for this one with Limits(read_only=...),
+    so only the read-only mount keeps the code from changing it, not file permissions."""
     path = Path(tempfile.mkdtemp(prefix=".sandbox-probe-", dir=ROOT))
     os.chmod(path, 0o777)
     (path / "owned.txt").write_text("original")
@@ -260,16 +262,19 @@ def test_writing_outside_the_temp_dir_harms_nothing(outside):
         "def test_dev_shm():\n    open('/dev/shm/' + STRAY, 'w').write('x')\n"
         "def test_become_root():\n    os.setuid(0)\n"
         + REMOUNT +
+        "def test_read_what_was_shared():\n"
+        "    assert open(OUT + '/owned.txt').read() == 'original'\n"
         "def test_own_tmp_is_writable():\n"
         "    open('scratch.txt', 'w').write('ok')\n"
         "    open('/tmp/' + STRAY, 'w').write('ok')\n"
         "    assert os.getcwd() == os.environ['HOME'] == '/tmp'\n"
     )
-    r = run(code, tests, FAST)
+    r = run(code, tests, replace(FAST, read_only=(str(outside),)))
     outcome = {t["name"]: t for t in r.tests}
-    assert outcome.pop("test_own_tmp_is_writable")["ok"]
+    assert outcome.pop("test_own_tmp_is_writable")["ok"] and outcome.pop("test_read_what_was_shared")["ok"]
     assert all(not t["ok"] for t in outcome.values()), [t for t in outcome.values() if t["ok"]]
-    assert r.passed == 1 and r.reason == "failed"
+    assert "Read-only file system" in outcome["test_overwrite"]["error"], outcome["test_overwrite"]
+    assert r.passed == 2 and r.reason == "failed"
     assert snapshot_dir(outside) == before
     assert (outside / "owned.txt").stat().st_mtime_ns == mtime
     assert (outside / "owned.txt").stat().st_mode & 0o777 == 0o666
@@ -290,7 +295,10 @@ def test_the_code_does_not_see_prefabs_environment(monkeypatch):
             "    print(path, read(path))\n")
     tests = ("def test_env():\n    assert 'OPENAI_API_KEY' not in os.environ\n"
              "def test_parent_hidden():\n    assert not os.path.exists(f'/proc/{PARENT}')\n"
-             "def test_only_sandbox_pids():\n    assert sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == [1, 2]\n")
+             "def test_only_sandbox_pids():\n    assert sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == [1, 2]\n"
+             f"def test_host_files_hidden():\n    assert not os.path.exists({str(ROOT / 'README.md')!r})\n"
+             "    assert not os.path.exists('/etc/passwd')\n"
+             "    assert not os.path.exists('/run') and not os.path.exists('/var') and not os.path.exists('/home')\n")
     r = run(code, tests, FAST)
     assert r.score == 1.0, r.tests
     assert SECRET not in r.output and "OPENAI_API_KEY" not in r.output
@@ -316,6 +324,31 @@ def test_no_network_not_even_loopback():
             listener.accept()
     finally:
         listener.close()
+
+
+def test_no_unix_sockets_of_the_host(outside):
+    """A socket file (world-connectable, as PostgreSQL's often is) and an abstract socket, both listening."""
+    path, abstract = str(outside / "db.sock"), f"\0prefab-sandbox-test-{os.getpid()}"
+    listeners = []
+    for address in (path, abstract):
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(address)
+        listener.listen(4)
+        listener.settimeout(0.3)
+        listeners.append(listener)
+    os.chmod(path, 0o777)
+    try:
+        code = f"import socket\nADDRESSES = [{path!r}, {abstract!r}]\n"
+        tests = ("def test_file_socket():\n    socket.socket(socket.AF_UNIX).connect(ADDRESSES[0])\n"
+                 "def test_abstract_socket():\n    socket.socket(socket.AF_UNIX).connect(ADDRESSES[1])\n")
+        r = run(code, tests, FAST)
+        assert r.passed == 0 and r.total == 2, r.tests
+        for listener in listeners:
+            with pytest.raises(socket.timeout):
+                listener.accept()
+    finally:
+        for listener in listeners:
+            listener.close()
 
 
 def test_huge_output_is_cut_and_stopped():
@@ -348,7 +381,7 @@ def test_works_for_an_unprivileged_prefab_too(outside):
         "from pipeline.sandbox import run, Limits\n"
         "from pipeline.errors import SandboxError\n"
         "try:\n"
-        "    r = run(CODE, TESTS, Limits(wall_s=3, cpu_s=2))\n"
+        f"    r = run(CODE, TESTS, Limits(wall_s=3, cpu_s=2, read_only=({str(outside)!r},)))\n"
         "except SandboxError as e:\n"
         "    print(json.dumps({'unavailable': str(e)})); sys.exit()\n"
         "print(json.dumps(r.to_dict()))\n"

@@ -122,6 +122,7 @@ class IngestConfig(Strict):
     messages_column: str | None = None  # chat column (default: messages/conversation)
     category_column: str | None = None
     answer_column: str | None = None  # reference answer for the verify stage (default: reference_answer/answer/final_answer)
+    tests_column: str | None = None  # Python tests for the verify stage (default: tests/test_code/unit_tests)
     system_prompt: str | None = None
     split: str = "train"  # HF datasets
     skip_bad_rows: bool = False
@@ -217,7 +218,8 @@ class EmbedConfig(Strict):
 
 class VerifyConfig(Strict):
     """Math: each candidate's final answer checked against its prompt's reference answer (`answer_column` in ingest)
-    with Hugging Face's math-verify. Prompts without a reference are not checked.
+    with Hugging Face's math-verify. Code: each candidate's code run against its prompt's tests (`tests_column`) in
+    the sandbox (pipeline/sandbox.py); correct when every test passes. Prompts with neither are not checked.
 
     `mode` says how the result meets the judge when pairs are made:
     - prefer: a prompt with a correct and an incorrect candidate gets verified pairs (correct chosen, incorrect
@@ -233,6 +235,11 @@ class VerifyConfig(Strict):
     timeout_s: int = Field(5, ge=1, le=600)
     float_rounding: int = Field(6, ge=0, le=15)  # decimals compared
     reject_unparseable: bool = True  # a candidate with no final answer may be the rejected side of a verified pair
+    # code: the sandbox's limits per candidate, and how many sandboxes run at once (default: one per core)
+    code_wall_s: float = Field(10.0, gt=0, le=600)
+    code_cpu_s: int = Field(5, ge=1, le=600)
+    code_memory_mb: int = Field(512, ge=64)
+    code_workers: int | None = Field(None, ge=1)
 
 
 class PairConfig(Strict):

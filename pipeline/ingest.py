@@ -29,6 +29,7 @@ PROMPT_COLUMNS = ["prompt", "instruction", "question", "text", "input"]
 MESSAGES_COLUMNS = ["messages", "conversation", "conversations"]
 CATEGORY_COLUMNS = ["category", "topic", "task"]
 ANSWER_COLUMNS = ["reference_answer", "answer", "final_answer"]  # a reference answer the verify stage checks candidates against
+TESTS_COLUMNS = ["tests", "test_code", "unit_tests"]  # Python tests the verify stage runs each candidate's code against
 ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}
 LARGE_PROMPT_CHARS = 100_000  # about 25k tokens: above it a prompt is kept with a warning
 csv.field_size_limit(2**31 - 1)  # process-wide, set once: the default (128 KiB) would refuse a long prompt; LARGE_PROMPT_CHARS warns instead
@@ -88,7 +89,8 @@ def ingest(cfg: IngestConfig, resolve=Path) -> tuple[pl.DataFrame, pl.DataFrame,
     bad_rows = pl.DataFrame(bad, schema=schema.TABLES["bad_rows"])
     counts = {"prompts": prompts.height, "exact_duplicates_dropped": duplicates, "bad_rows": len(bad),
               "chats": int((prompts["messages"].list.len() > 1).sum()), "large_prompts": len(large),
-              "with_reference_answer": prompts.height - prompts["reference_answer"].null_count()}
+              "with_reference_answer": prompts.height - prompts["reference_answer"].null_count(),
+              "with_tests": prompts.height - prompts["tests"].null_count()}
     return prompts, bad_rows, counts
 
 
@@ -296,7 +298,8 @@ def to_prompt(record: dict, cfg: IngestConfig) -> dict:
     category_col = cfg.category_column or next((c for c in CATEGORY_COLUMNS if c in record), None)
     category = record.get(category_col) if category_col else None
     return {"prompt_id": prompt_id(messages), "messages": normalize_roles(messages),
-            "category": str(category) if category is not None else None, "reference_answer": reference_answer(record, cfg)}
+            "category": str(category) if category is not None else None, "reference_answer": reference_answer(record, cfg),
+            "tests": code_tests(record, cfg)}
 
 
 def reference_answer(record: dict, cfg: IngestConfig) -> str | None:
@@ -309,6 +312,27 @@ def reference_answer(record: dict, cfg: IngestConfig) -> str | None:
         raise BadRow(column, f"expected the reference answer as text or a number, got {type(value).__name__} "
                              "(write a set or an interval as LaTeX text, e.g. \"$\\{1, 2\\}$\")")
     return value.strip() if isinstance(value, str) else str(value)
+
+
+def code_tests(record: dict, cfg: IngestConfig) -> str | None:
+    """The row's Python tests (asserts or test_* functions), checked to compile here: a broken test is the input's
+    fault, named by its line, not a failure charged to every candidate later."""
+    from pipeline.errors import InputError
+    from pipeline.sandbox import validate_tests
+
+    column = cfg.tests_column or next((c for c in TESTS_COLUMNS if c in record), None)
+    value = record.get(column) if column else None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = "\n".join(value)  # a list of assert lines, as some code datasets keep them
+    if not isinstance(value, str):
+        raise BadRow(column, f"expected the tests as Python text (or a list of assert lines), got {type(value).__name__}")
+    try:
+        validate_tests(value)
+    except InputError as e:
+        raise BadRow(column, f"{e.message}; {e.hint}" if e.hint else e.message) from None
+    return value
 
 
 def parse_messages(value, field: str) -> list[dict]:

@@ -21,6 +21,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "cluster": pl.Int32,  # topic cluster, null before clustering
         "excluded_reason": pl.String,  # set by dedup: duplicate | near_duplicate | max_per_cluster | target_size
         "reference_answer": pl.String,  # the source's reference answer (math), checked by the verify stage; null without one
+        "tests": pl.String,  # the source's Python tests (code), run against each candidate by the verify stage; null without
     },
     "bad_rows": {
         "source": pl.String,
@@ -74,14 +75,15 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "relevance": pl.Float64,  # cosine of the candidate with its prompt
         "near_identical_to": pl.String,  # an earlier candidate of the same prompt with cosine >= embed.near_identical
     },
-    "verifications": {  # verify: each candidate's final answer against its prompt's reference (math-verify)
+    "verifications": {  # verify: each candidate's final answer against its prompt's reference (math-verify), or its code against the tests
         "candidate_id": pl.String,
         "prompt_id": pl.String,
-        "verifier": pl.String,  # "math"
+        "verifier": pl.String,  # "math" | "code"
         "status": pl.String,  # "correct" | "incorrect" | "unparseable" (no final answer found) | "error" (see error)
-        "answer": pl.String,  # the final answer math-verify extracted from the candidate, null when none
-        "reference": pl.String,  # the reference as math-verify read it (sympy), null when it could not
-        "error": pl.String,  # a reference that does not parse, a check that timed out; null otherwise
+        "answer": pl.String,  # math: the final answer math-verify extracted, null when none; code: null
+        "reference": pl.String,  # math: the reference as math-verify read it (sympy), null when it could not; code: null
+        "error": pl.String,  # math: a reference that does not parse, a check that timed out; code: why not every test passed
+        "score": pl.Float64,  # math: 1 or 0; code: the share of tests passed; null on an error
         "check_key": pl.String,  # hash of reference, candidate text and settings: a row is reused while it matches
     },
     "pairs": {
@@ -183,7 +185,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
 TABLES["gold_labels"] = TABLES["labels"]  # annotators' answers on gold records (pair_id is the record's id)
 
 # columns added after runs were first written: a table from before reads with them null
-ADDED = {"prompts": ("reference_answer",), "pair_judgments": ("p_chosen_ab", "p_chosen_ba"), "pairs": ("confidence",), "resolved": ("confidence", "method")}
+ADDED = {"prompts": ("reference_answer", "tests"), "pair_judgments": ("p_chosen_ab", "p_chosen_ba"), "pairs": ("confidence",), "resolved": ("confidence", "method")}
 
 
 def empty(name: str) -> pl.DataFrame:

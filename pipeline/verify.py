@@ -8,16 +8,23 @@ prompt without a reference is skipped. A reference that does not parse is an err
 warning naming its source line, never a crash. An error is never counted as incorrect: only correct and
 incorrect (and, with `reject_unparseable`, unparseable) candidates make verified pairs (pipeline/pair.py).
 
+Code: a prompt with tests (Python asserts or test_* functions, checked to compile at ingest) has each candidate's
+code (its first fenced block, else its whole text) run against them in the sandbox (pipeline/sandbox.py: the code
+is hostile input), `code_workers` at a time; correct when every test passes, else incorrect with the share passed
+(`score`) and why (`error`: failed, timeout, memory, syntax_error...). A prompt with tests is not math-checked.
+A machine that cannot isolate code stops the stage (SandboxError) before any verdict is recorded for it.
+
 math-verify limits each parse and comparison with SIGALRM, which Python allows only in the main thread (it raises
 a ValueError elsewhere, and turning the limit off would let one hostile answer hang the run). Called from any
 other thread, the checks run in one child process, whose main thread it is.
 
-Resumable: each row carries a key of the reference, the candidate's text, the settings and math-verify's version;
+Resumable: each row carries a key of the reference or tests, the candidate's text, the settings and the verifier's version;
 a row whose key still matches is reused, and the table is rewritten (atomically) every CHUNK candidates, so a
 killed stage picks up where it stopped.
 """
 
 import importlib.metadata
+import re
 import multiprocessing
 import threading
 from concurrent.futures import ProcessPoolExecutor
@@ -32,7 +39,7 @@ from pipeline.store import content_id
 SECTION = "verify"  # the config section this stage needs (pipeline/registry.py)
 ORDER = 55  # its place in `prefab run`: after generate (and judge, embed), before pair
 
-VERIFIER = "math"
+SANDBOX_VERSION = "1"  # part of a code check's key: bump when the sandbox's verdicts change
 CHUNK = 256  # candidates checked between two writes of the table
 STATUSES = ("correct", "incorrect", "unparseable", "error")
 REFERENCE_HINT = "write it as a number, a fraction or LaTeX in $...$ (e.g. 3/4, $\\frac{3}{4}$, $\\{1, 2\\}$, $(1, 3]$)"
@@ -87,7 +94,7 @@ def check(gold: list, text: str, timeout_s: int = 5, float_rounding: int = 6) ->
 
 
 def check_many(items: list[tuple[str, str]], timeout_s: int, float_rounding: int) -> list[dict]:
-    """(reference, text) -> {status, answer, reference, error}, each reference parsed once. Needs the main thread."""
+    """(reference, text) -> {status, answer, reference, error, score}, each reference parsed once. Needs the main thread."""
     references: dict[str, tuple] = {}
     out = []
     for reference, text in items:
@@ -95,33 +102,58 @@ def check_many(items: list[tuple[str, str]], timeout_s: int, float_rounding: int
             references[reference] = parse_reference(reference, timeout_s)
         gold, problem = references[reference]
         if gold is None:
-            out.append({"status": "error", "answer": None, "reference": None, "error": problem})
+            out.append({"status": "error", "answer": None, "reference": None, "error": problem, "score": None})
             continue
-        out.append({**check(gold, text, timeout_s, float_rounding), "reference": str(gold[0])[:200]})
+        result = check(gold, text, timeout_s, float_rounding)
+        score = None if result["status"] == "error" else float(result["status"] == "correct")
+        out.append({**result, "reference": str(gold[0])[:200], "score": score})
     return out
 
 
-def check_key(reference: str, text: str, cfg, version: str) -> str:
-    return content_id("verify", VERIFIER, version, reference, text, cfg.timeout_s, cfg.float_rounding)
+_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
+
+
+def extract_code(text: str) -> str:
+    """The candidate's code: its first fenced block (```python, or an unclosed one cut by max_tokens), else the whole text."""
+    found = _FENCE.search(text)
+    return found.group(1) if found else text
+
+
+def run_code(items: list[tuple[str, str]], cfg) -> list[dict]:
+    """(tests, text) -> {status, answer, reference, error, score}: the code of each text against its tests in the sandbox."""
+    from pipeline.sandbox import Limits, run_many
+
+    limits = Limits(wall_s=cfg.code_wall_s, cpu_s=cfg.code_cpu_s, memory_mb=cfg.code_memory_mb)
+    results = run_many([(extract_code(text), tests) for tests, text in items], workers=cfg.code_workers, limits=limits)
+    return [{"status": "correct" if r.total and r.passed == r.total else "incorrect", "answer": None, "reference": None,
+             "error": None if r.reason is None else f"{r.reason}: {r.detail}"[:300], "score": r.score} for r in results]
+
+
+def check_key(verifier: str, truth: str, text: str, cfg, version: str) -> str:
+    settings = (cfg.timeout_s, cfg.float_rounding) if verifier == "math" else (cfg.code_wall_s, cfg.code_cpu_s, cfg.code_memory_mb)
+    return content_id("verify", verifier, version, truth, text, *settings)
 
 
 def verify_candidates(prompts: pl.DataFrame, candidates: pl.DataFrame, cfg, previous: pl.DataFrame | None = None,
                       save=None) -> pl.DataFrame:
-    """The verifications table for the candidates (with text) of prompts that have a reference answer.
+    """The verifications table for the candidates (with text) of prompts that have tests (code) or else a reference
+    answer (math).
 
     previous: an earlier table, whose rows are reused while their key matches; save(table) is called after each
     CHUNK of new checks (the stage writes the table there, so a killed run resumes)."""
-    reference = {p: r for p, r in prompts.select("prompt_id", "reference_answer").iter_rows() if r is not None}
-    todo = [(c, p, reference[p], t) for c, p, t in candidates.select("candidate_id", "prompt_id", "text").iter_rows()
-            if p in reference and t is not None]
+    prompts = prompts.with_columns(*(pl.lit(None, pl.String).alias(c) for c in ("reference_answer", "tests") if c not in prompts.columns))
+    truths = {p: ("code", tests) if tests is not None else ("math", ref)
+              for p, ref, tests in prompts.select("prompt_id", "reference_answer", "tests").iter_rows() if tests is not None or ref is not None}
+    todo = [(c, p, *truths[p], t) for c, p, t in candidates.select("candidate_id", "prompt_id", "text").iter_rows()
+            if p in truths and t is not None]
     kept = {}
     if previous is not None:
-        kept = {(r["candidate_id"], r["check_key"]): r for r in previous.filter(pl.col("verifier") == VERIFIER).iter_rows(named=True)}
-    version = importlib.metadata.version("math-verify")
+        kept = {(r["candidate_id"], r["check_key"]): r for r in previous.iter_rows(named=True)}
+    versions = {"math": importlib.metadata.version("math-verify"), "code": SANDBOX_VERSION}
     rows: list[dict | None] = [None] * len(todo)
     missing = []
-    for i, (c, p, ref, text) in enumerate(todo):
-        key = check_key(ref, text, cfg, version)
+    for i, (c, p, verifier, truth, text) in enumerate(todo):
+        key = check_key(verifier, truth, text, cfg, versions[verifier])
         if (c, key) in kept:
             rows[i] = kept[(c, key)]
         else:
@@ -131,18 +163,27 @@ def verify_candidates(prompts: pl.DataFrame, candidates: pl.DataFrame, cfg, prev
         return pl.DataFrame([r for r in rows if r is not None], schema=TABLES["verifications"], orient="row")
 
     pool = None
-    if missing and threading.current_thread() is not threading.main_thread():  # SIGALRM needs a main thread: a child's
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    if any(todo[i][2] == "math" for i, _ in missing) and threading.current_thread() is not threading.main_thread():
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))  # SIGALRM needs a main thread: a child's
     try:
         with progress_bar("verify", len(missing)) as advance:
             for start in range(0, len(missing), CHUNK):
                 chunk = missing[start:start + CHUNK]
-                items = [(todo[i][2], todo[i][3]) for i, _ in chunk]
-                args = (items, cfg.timeout_s, cfg.float_rounding)
-                results = pool.submit(check_many, *args).result() if pool else check_many(*args)
-                for (i, key), result in zip(chunk, results):
-                    c, p, _, _ = todo[i]
-                    rows[i] = {"candidate_id": c, "prompt_id": p, "verifier": VERIFIER, **result, "check_key": key}
+                results = {}
+                for verifier in ("math", "code"):
+                    mine = [(i, key) for i, key in chunk if todo[i][2] == verifier]
+                    if not mine:
+                        continue
+                    items = [(todo[i][3], todo[i][4]) for i, _ in mine]
+                    if verifier == "code":
+                        found = run_code(items, cfg)
+                    else:
+                        args = (items, cfg.timeout_s, cfg.float_rounding)
+                        found = pool.submit(check_many, *args).result() if pool else check_many(*args)
+                    results.update({i: (key, result) for (i, key), result in zip(mine, found)})
+                for i, (key, result) in results.items():
+                    c, p, verifier, _, _ = todo[i]
+                    rows[i] = {"candidate_id": c, "prompt_id": p, "verifier": verifier, **result, "check_key": key}
                 advance(len(chunk))
                 if save is not None and start + CHUNK < len(missing):
                     save(table())
@@ -153,19 +194,22 @@ def verify_candidates(prompts: pl.DataFrame, candidates: pl.DataFrame, cfg, prev
 
 
 def counts_of(table: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.DataFrame, reused: int) -> dict:
-    with_reference = prompts.filter(pl.col("reference_answer").is_not_null())
+    checkable = prompts.filter(pl.col("reference_answer").is_not_null() | pl.col("tests").is_not_null())
     status = dict(table["status"].value_counts().iter_rows()) if table.height else {}
-    bad = table.filter((pl.col("status") == "error") & pl.col("reference").is_null())["prompt_id"].unique()
-    checked = candidates.filter(pl.col("prompt_id").is_in(with_reference["prompt_id"].implode()))
-    return {"prompts_with_reference": with_reference.height, "candidates_checked": table.height,
+    by_verifier = dict(table["verifier"].value_counts().iter_rows()) if table.height else {}
+    bad = table.filter((pl.col("verifier") == "math") & (pl.col("status") == "error") & pl.col("reference").is_null())["prompt_id"].unique()
+    checked = candidates.filter(pl.col("prompt_id").is_in(checkable["prompt_id"].implode()))
+    return {"prompts_with_tests": prompts["tests"].drop_nulls().len(),
+            "prompts_with_reference": prompts.filter(pl.col("tests").is_null())["reference_answer"].drop_nulls().len(),
+            "candidates_checked": table.height, "math_checks": int(by_verifier.get("math", 0)), "code_runs": int(by_verifier.get("code", 0)),
             **{s if s != "error" else "errors": int(status.get(s, 0)) for s in STATUSES},  # the manifest has its own `error`
             "bad_references": bad.len(),
             "skipped_failed_candidates": int(checked["text"].null_count()), "reused": reused}
 
 
 def step(config, run, **_) -> dict:
-    """Check every candidate of a prompt with a reference answer; write `verifications` as it goes."""
-    cfg = config.require(SECTION, hint="add `verify: {}` (math answers checked with math-verify) to the config")
+    """Check every candidate of a prompt with tests or a reference answer; write `verifications` as it goes."""
+    cfg = config.require(SECTION, hint="add `verify: {}` (math answers checked with math-verify, code run against tests) to the config")
     prompts = active_prompts(run.read("prompts"))
     candidates = run.read("candidates")
     previous = run.read("verifications") if run.has("verifications") else None
@@ -173,12 +217,12 @@ def step(config, run, **_) -> dict:
     table = run.write("verifications", table)
     reused = 0 if previous is None else table.join(previous.select("candidate_id", "check_key"), on=["candidate_id", "check_key"]).height
     counts = counts_of(table, prompts, candidates, reused)
-    if not counts["prompts_with_reference"]:
-        console.print("[yellow]verify: no prompt has a reference answer, so nothing was checked. Ingest reads it from a "
-                      "`reference_answer`, `answer` or `final_answer` column; map another with `ingest.answer_column` "
-                      "(--answer-column)[/yellow]")
+    if not counts["prompts_with_reference"] and not counts["prompts_with_tests"]:
+        console.print("[yellow]verify: no prompt has a reference answer or tests, so nothing was checked. Ingest reads them from "
+                      "a `reference_answer`, `answer` or `final_answer` column and a `tests`, `test_code` or `unit_tests` column; "
+                      "map others with `ingest.answer_column` (--answer-column) and `ingest.tests_column`[/yellow]")
     if counts["bad_references"]:
-        bad = table.filter((pl.col("status") == "error") & pl.col("reference").is_null()).unique("prompt_id", maintain_order=True)
+        bad = table.filter((pl.col("verifier") == "math") & (pl.col("status") == "error") & pl.col("reference").is_null()).unique("prompt_id", maintain_order=True)
         where = prompts.select("prompt_id", "source", "source_line")
         lines = [f"{s}:{n}: {e}" for s, n, e in bad.join(where, on="prompt_id").select("source", "source_line", "error").iter_rows()]
         console.print(f"warning: {counts['bad_references']} reference answer(s) do not parse; their candidates are recorded as "

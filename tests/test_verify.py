@@ -121,14 +121,14 @@ def test_a_reference_answer_of_the_wrong_type_is_a_bad_row_with_file_and_line(tm
     assert e.value.where == f"{src}:2" and "answer" in e.value.message and "LaTeX" in e.value.message
 
 
-def test_a_prompts_table_from_before_reference_answers_still_reads(tmp_path):
+def test_a_prompts_table_from_before_reference_answers_and_tests_still_reads(tmp_path):
     run = Run(tmp_path / "run")
     old = pl.DataFrame({"prompt_id": ["p"], "messages": [[{"role": "user", "content": "hi"}]], "source": ["s"], "source_line": [1],
                         "category": [None], "duplicate_of": [None], "cluster": [None], "excluded_reason": [None]},
-                       schema={k: v for k, v in __import__("pipeline.schema").schema.TABLES["prompts"].items() if k != "reference_answer"})
+                       schema={k: v for k, v in __import__("pipeline.schema").schema.TABLES["prompts"].items() if k not in ("reference_answer", "tests")})
     run.path.mkdir()
     old.write_parquet(run.table_path("prompts"))
-    assert run.read("prompts")["reference_answer"].to_list() == [None]
+    assert run.read("prompts").select("reference_answer", "tests").row(0) == (None, None)
 
 
 # ---------------------------------------------------------------- a whole run on the fake backend
@@ -297,3 +297,89 @@ def test_a_killed_verify_resumes_where_it_stopped_and_reuses_what_still_matches(
     assert sorted(text for _, text in checked) == ["41", "42"]
     bad = run.read("verifications").filter(pl.col("prompt_id") == prompt_id([{"role": "user", "content": BAD_REFERENCE}]))
     assert sorted(bad["status"].to_list()) == ["correct", "incorrect"]
+
+
+# ---------------------------------------------------------------- verified code (the sandbox, pipeline/sandbox.py)
+
+TASKS = {  # prompt -> (tests, right code, wrong code)
+    "Write `add(a, b)`.": ("assert add(2, 3) == 5\nassert add(-1, 1) == 0\n",
+                           "Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\nDone.", "```python\ndef add(a, b):\n    return abs(a) + b\n```"),
+    "Write `square(x)`.": ("def test_small():\n    assert square(3) == 9\n\ndef test_negative():\n    assert square(-2) == 4\n",
+                           "def square(x):\n    return x * x\n", "```python\ndef square(x):\n    while True:\n        pass\n```"),
+}
+
+
+@pytest.fixture(scope="module")
+def sandbox_available():
+    from pipeline.errors import SandboxError
+    from pipeline.sandbox import run
+
+    try:
+        run("x = 1", "assert x == 1")
+    except SandboxError as e:
+        pytest.skip(str(e))
+
+
+def test_the_code_is_the_first_fenced_block_else_the_whole_text():
+    assert verify.extract_code("Sure:\n```python\ndef f():\n    return 1\n```\nand\n```python\nx = 2\n```") == "def f():\n    return 1\n"
+    assert verify.extract_code("```\nprint(1)\n```") == "print(1)\n"
+    assert verify.extract_code("```py\ndef f(): pass") == "def f(): pass"  # cut off by max_tokens
+    assert verify.extract_code("def f():\n    return 1") == "def f():\n    return 1"
+
+
+def test_tests_are_read_and_checked_at_ingest(tmp_path):
+    from pipeline.config import IngestConfig
+
+    src = write_jsonl(tmp_path / "code.jsonl", [
+        {"prompt": "Write f.", "tests": "assert f() == 1\n"},
+        {"prompt": "Write g.", "tests": ["assert g(1) == 2", "assert g(2) == 3"]},  # a list of assert lines
+        {"prompt": "Write h.", "tests": "assert h( == 1"},  # does not compile
+        {"prompt": "Write k.", "tests": "x = 1"},  # holds no test
+        {"prompt": "Write m.", "test_code": 7},
+    ])
+    prompts, bad, counts = ingest(IngestConfig(paths=[str(src)], skip_bad_rows=True))
+    assert prompts["tests"].to_list() == ["assert f() == 1\n", "assert g(1) == 2\nassert g(2) == 3"] and counts["with_tests"] == 2
+    assert bad.select("source_line", "field").rows() == [(3, "tests"), (4, "tests"), (5, "test_code")]
+    assert "do not compile" in bad["error"][0] and "no assert" in bad["error"][1] and "Python text" in bad["error"][2]
+    with pytest.raises(InputError, match=r"code.jsonl:3.*tests"):
+        ingest(IngestConfig(paths=[str(src)]))
+
+
+def test_a_run_pairs_code_that_passes_its_tests_against_code_that_does_not(tmp_path, fake_backend, sandbox_available):
+    src = write_jsonl(tmp_path / "code.jsonl", [{"prompt": p, "tests": t} for p, (t, _, _) in TASKS.items()])
+    texts = {p: (right, wrong) for p, (_, right, wrong) in TASKS.items()}
+    fake_backend.respond = lambda body: texts[body["messages"][-1]["content"]][body["seed"]]
+    config = Config.model_validate({
+        "run": str(tmp_path / "run"), "ingest": {"paths": [str(src)]},
+        "generate": {"generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]},
+        "verify": {"mode": "only", "code_wall_s": 3, "code_cpu_s": 2}, "pair": {}, "route": {},
+        "export": {"test_share": 0, "formats": ["trl-dpo"]}})
+    run = Run(config.run)
+    run_pipeline(config, run)
+
+    checks = run.read("verifications").join(run.read("candidates").select("candidate_id", "text"), on="candidate_id")
+    by_text = {row["text"]: row for row in checks.iter_rows(named=True)}
+    assert {by_text[right]["status"] for right, _ in texts.values()} == {"correct"}
+    assert [by_text[right]["score"] for right, _ in texts.values()] == [1.0, 1.0]
+    add_wrong, square_wrong = by_text[texts["Write `add(a, b)`."][1]], by_text[texts["Write `square(x)`."][1]]
+    assert (add_wrong["status"], add_wrong["score"]) == ("incorrect", 0.5) and add_wrong["error"].startswith("failed")  # one test of two
+    assert square_wrong["status"] == "incorrect" and square_wrong["error"].split(":")[0] in ("timeout", "cpu_time")  # a hostile loop ends as a failed candidate
+    assert set(checks["verifier"]) == {"code"} and run.stage_info("verify")["code_runs"] == 4
+
+    pairs = run.read("pairs")
+    assert chosen_rejected(run, pairs) == {(right, wrong) for right, wrong in texts.values()}
+    assert set(pairs["route_reason"]) == {"verified"}
+    exported = [json.loads(line) for line in (run.path / "exports" / "dpo_train.jsonl").read_text().splitlines()]
+    assert len(exported) == 2
+
+    # resumed: nothing is run again while the tests and texts are the same
+    from pipeline import sandbox
+
+    calls = []
+    original = sandbox.run_many
+    sandbox.run_many = lambda jobs, **kw: calls.append(jobs) or original(jobs, **kw)
+    try:
+        run_pipeline(config, run, start="verify", until="verify")
+    finally:
+        sandbox.run_many = original
+    assert calls == [] and run.stage_info("verify")["reused"] == 4

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.cache import run_cache
-from pipeline.judge import judge_candidates, judge_pairs
+from pipeline.judge import judge_pairs
 from pipeline.llm import check_spec
 from pipeline.progress import summary
 from pipeline.schema import TABLES
@@ -113,7 +113,9 @@ def support(margins: list[float | None], verdicts: list[dict], span: float) -> d
     orders = [v for row in verdicts for v in order_values(row)]
     votes = [1.0 if m > 0 else 0.0 if m < 0 else 0.5 for m in scored] + orders
     margin = None
-    if scored and span > 0:
+    if scored and span is None:  # reward models: Bradley-Terry, P(first preferred) = sigmoid(reward margin)
+        margin = float(1 / (1 + np.exp(-np.mean(scored))))
+    elif scored and span > 0:
         margin = min(1.0, max(0.0, 0.5 + float(np.mean(scored)) / (2 * span)))
     return {"margin": margin, "pairwise": float(np.mean(orders)) if orders else None,
             "ensemble": float(np.mean([1.0 if v > 0.5 else 0.0 if v < 0.5 else 0.5 for v in votes])) if len(votes) >= 2 else None}
@@ -139,8 +141,12 @@ def decide(margins: list[float | None], verdicts: list[dict], span: float) -> di
     return out
 
 
-def score_span(aspects) -> float:
-    """Span of the overall score: the weighted mean of the aspects' own spans."""
+def score_span(judge_cfg) -> float | None:
+    """Span of the overall score: the weighted mean of the aspects' own spans; None for reward models, whose
+    rewards have no span (a margin is read as Bradley-Terry odds instead)."""
+    if judge_cfg.reward_models:
+        return None
+    aspects = judge_cfg.aspects
     total = sum(a.weight for a in aspects)
     return sum(a.weight * (a.max - a.min) for a in aspects) / total if total else 1.0
 
@@ -149,20 +155,26 @@ def score_span(aspects) -> float:
 
 
 def judge_gold(gold: pl.DataFrame, judge_cfg, cache) -> pl.DataFrame:
-    """`gold_judgments`: every judge's pointwise scores of both responses and pairwise verdicts in both orders."""
+    """`gold_judgments`: every scorer's pointwise scores of both responses (LLM judges' rubric, or reward models)
+    and every LLM judge's pairwise verdicts in both orders."""
+    from pipeline.judge import score_candidates
+
     chats = [[{"role": m["role"], "content": m["content"]} for m in msgs] for msgs in gold["messages"].to_list()]
     chosen, rejected = gold["chosen"].to_list(), gold["rejected"].to_list()
-    frames = []
-    for spec in judge_cfg.judges:
+    pointwise = {spec.label: spec for spec in judge_cfg.scorers}
+    pairwise = {spec.label: spec for spec in judge_cfg.judges} if judge_cfg.pairwise else {}
+    for spec in pairwise.values() if judge_cfg.reward_models else pointwise.values():
         check_spec(spec)
-        points = judge_candidates(spec, [x for c, a, b in zip(chats, chosen, rejected) for x in ((c, a), (c, b))],
-                                  judge_cfg.aspects, cache, judge_cfg)
-        pairs = judge_pairs(spec, list(zip(chats, chosen, rejected)), cache, judge_cfg) if judge_cfg.pairwise else [{}] * gold.height
+    frames = []
+    for label in dict.fromkeys([*pointwise, *pairwise]):
+        points = (score_candidates(pointwise[label], [x for c, a, b in zip(chats, chosen, rejected) for x in ((c, a), (c, b))], judge_cfg, cache)
+                  if label in pointwise else [{"overall": None, "error": None}] * (2 * gold.height))
+        pairs = judge_pairs(pairwise[label], list(zip(chats, chosen, rejected)), cache, judge_cfg) if label in pairwise else [{}] * gold.height
         rows = []
         for k, gold_id in enumerate(gold["gold_id"].to_list()):
             a, b, p = points[2 * k], points[2 * k + 1], pairs[k]
             errors = [f"pointwise: {x['error']}" for x in (a, b) if x["error"]] + ([f"pairwise: {p['error']}"] if p.get("error") else [])
-            rows.append({"gold_id": gold_id, "judge": spec.label, "chosen_score": a["overall"], "rejected_score": b["overall"],
+            rows.append({"gold_id": gold_id, "judge": label, "chosen_score": a["overall"], "rejected_score": b["overall"],
                          "verdict_ab": p.get("verdict_ab"), "verdict_ba": p.get("verdict_ba"), "p_chosen_ab": p.get("p_chosen_ab"),
                          "p_chosen_ba": p.get("p_chosen_ba"), "error": "; ".join(errors) or None})
         frames.append(pl.DataFrame(rows, schema=TABLES["gold_judgments"]))
@@ -211,8 +223,9 @@ def judge_rows(gold: pl.DataFrame, judgments: pl.DataFrame, source: str) -> list
                   if r["chosen_score"] < r["rejected_score"] else 0.5)
                  for r in records if r["chosen_score"] is not None and r["rejected_score"] is not None]
         values = [v for _, v in point]
-        rows.append(_row(judge, "pointwise", source, values, len(records) - len(point),
-                         **_length_bias(values, [shorter[g] for g, _ in point])))
+        if point or any(r["error"] and "pointwise" in r["error"] for r in records):  # a pairwise-only judge has no pointwise row
+            rows.append(_row(judge, "pointwise", source, values, len(records) - len(point),
+                             **_length_bias(values, [shorter[g] for g, _ in point])))
         for g, v in point:
             ensemble.setdefault(g, []).append(v)
         both = [r for r in records if r["verdict_ab"] is not None and r["verdict_ba"] is not None]
@@ -271,7 +284,7 @@ def calibration_table(gold: pl.DataFrame, judgments: pl.DataFrame, signals: pl.D
 def calibrate(gold: pl.DataFrame, judge_cfg, cache) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(gold_judgments, gold_signals, calibration) for the gold pairs."""
     judgments = judge_gold(gold, judge_cfg, cache)
-    signals = gold_signals(gold, judgments, score_span(judge_cfg.aspects))
+    signals = gold_signals(gold, judgments, score_span(judge_cfg))
     return judgments, signals, calibration_table(gold, judgments, signals)
 
 
@@ -305,7 +318,7 @@ def step(config, run, **_) -> dict:
     run.write("gold_judgments", judgments)
     run.write("gold_signals", signals)
     run.write("calibration", table)
-    counts = {"gold_pairs": gold.height, "sources": gold["source"].n_unique(), "judges": len(judge_cfg.judges),
+    counts = {"gold_pairs": gold.height, "sources": gold["source"].n_unique(), "judges": len(judge_cfg.judges), "reward_models": len(judge_cfg.reward_models),
               "failures": judgments.filter(pl.col("error").is_not_null()).height}
     summary("calibrate", counts | headline(table))
     return counts

@@ -158,8 +158,28 @@ class AspectSpec(Strict):
     max: float = 5
 
 
+class RewardModelSpec(Strict):
+    """A reward model: a sequence-classification model with one output (TRL's RewardTrainer, `prefab train reward`,
+    or any other), read from a local folder or, online, a hub name; batched, on GPU when present."""
+
+    name: str | None = None  # label in tables; defaults to `model`
+    model: str
+    batch_size: int = Field(16, ge=1)
+    device: str | None = None
+    max_length: int = Field(1024, ge=8)  # tokens kept per scored text: the last ones, where the score is read
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
+
 class JudgeConfig(Strict):
+    """LLM judges score each candidate on a rubric and, with `pairwise`, judge pairs in both orders. With
+    `reward_models`, the reward models give the pointwise scores instead (their rewards, on their own scale,
+    cannot be averaged with a rubric's), and the LLM judges, if pairwise, only judge pairs."""
+
     judges: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec()])
+    reward_models: list[RewardModelSpec] = Field(default_factory=list)
     aspects: list[AspectSpec] = Field(
         default_factory=lambda: [
             AspectSpec(name="helpfulness"),
@@ -185,6 +205,17 @@ class JudgeConfig(Strict):
     def _distinct_judges(cls, v):
         distinct([j.label for j in v], "judges", "name", "set a distinct `name:` on each (one without a name is named by its `model`)")
         return v
+
+    @model_validator(mode="after")
+    def _distinct_scorers(self):
+        distinct([j.label for j in self.judges] + [r.label for r in self.reward_models], "judges and reward_models", "name",
+                 "set a distinct `name:` on each (one without a name is named by its `model`)")
+        return self
+
+    @property
+    def scorers(self) -> list:
+        """Who gives the pointwise scores: the reward models when there are any, else the LLM judges."""
+        return list(self.reward_models) or list(self.judges)
 
     @field_validator("aspects")
     @classmethod

@@ -409,6 +409,18 @@ def same_model_warning(config) -> list[str]:
     return [j.label for j in config.judge.judges if (j.backend, j.model, tuple(j.base_urls)) in gens]
 
 
+def score_candidates(spec, items: list[tuple[list[dict], str]], cfg, cache) -> list[dict]:
+    """Pointwise scores of (messages, response) items by one scorer: an LLM judge's rubric, or a reward model's reward."""
+    from pipeline.config import RewardModelSpec
+
+    if isinstance(spec, RewardModelSpec):
+        from pipeline.reward import reward_scores
+
+        return [{"aspects": [], "overall": r["overall"], "rationale": None, "raw": None, "error": r["error"]}
+                for r in reward_scores(spec, items, cache, f"reward {spec.label}")]
+    return judge_candidates(spec, items, cfg.aspects, cache, cfg)
+
+
 def judge_agreement(judgments: pl.DataFrame) -> dict:
     """Between every two judges: Spearman correlation of overall scores and share of exact agreement."""
     judges = sorted(judgments["judge"].unique().to_list())
@@ -430,7 +442,7 @@ def judge_agreement(judgments: pl.DataFrame) -> dict:
 
 def step(config, run, **_) -> dict:
     cfg = config.require("judge")
-    labels = [j.label for j in cfg.judges]
+    labels = [j.label for j in cfg.scorers]
     candidates = run.read("candidates").filter(pl.col("text").is_not_null())
     prompts = run.read("prompts")
     messages_of = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
@@ -440,13 +452,14 @@ def step(config, run, **_) -> dict:
                       "Use a different judge model where you can.[/yellow]")
     items = [([{"role": m["role"], "content": m["content"]} for m in messages_of[p]], t)
              for p, t in zip(candidates["prompt_id"].to_list(), candidates["text"].to_list())]
-    for spec in cfg.judges:
-        check_spec(spec)
+    if not cfg.reward_models:
+        for spec in cfg.judges:
+            check_spec(spec)
     cache = run_cache(run.path)
     frames = []
     try:
-        for spec in cfg.judges:
-            rows = judge_candidates(spec, items, cfg.aspects, cache, cfg)
+        for spec in cfg.scorers:
+            rows = score_candidates(spec, items, cfg, cache)
             # the table's schema, not inference: a first row of null scores must not make the column null-typed
             frames.append(pl.DataFrame([{"candidate_id": c, "judge": spec.label, **r} for c, r in zip(candidates["candidate_id"], rows)],
                                        schema=TABLES["judgments"]))

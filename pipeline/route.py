@@ -240,7 +240,7 @@ def step(config, run, **_) -> dict:
     if cfg.target_accuracy is not None and gold_signals is None:
         console.print("[yellow]route.target_accuracy is set but the run has no calibration on gold: routing by margin_threshold, "
                       "and the accuracy of the auto pairs is unknown. Add a `calibrate: {gold: [FILE]}` section.[/yellow]")
-    span = score_span(config.judge.aspects) if config.judge is not None else 4.0
+    span = score_span(config.judge) if config.judge is not None else 4.0
     routed, info = route_pairs(pairs, pair_judgments, judgments, cfg, gold_signals, span)
     routed = run.write("pairs", routed)
     counts = {"pairs": routed.height, "auto": int((routed["route"] == "auto").sum()), "human": int((routed["route"] == "human").sum())}

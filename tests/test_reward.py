@@ -1,0 +1,121 @@
+"""Reward models as scorers (pipeline/reward.py): a sequence-classification model made from the embedded SmolLM2
+(its score head seeded, so rewards are fixed but not trained) scores candidates in a run; its scores agree with a
+direct, one-at-a-time forward pass; pairs are made by reward difference; it is calibrated on gold like a judge;
+a causal LM given as a reward model is refused."""
+
+import json
+
+import polars as pl
+import pytest
+
+from pipeline.config import Config, RewardModelSpec
+from pipeline.errors import ModelError
+from pipeline.runner import run_pipeline
+from pipeline.store import Run
+
+PROMPTS = {
+    "Name a colour.": ("Blue.", "I cannot help with that."),
+    "What is 2 + 2?": ("2 + 2 = 4.", "It is 5."),
+    "Say hello in French.": ("Bonjour !", "Hello."),
+}
+GOLD = [{"prompt": p, "chosen": a, "rejected": b} for p, (a, b) in PROMPTS.items()] + \
+       [{"prompt": "Give me a fruit.", "chosen": "An apple.", "rejected": "A chair."}]
+
+
+@pytest.fixture(scope="module")
+def reward_model(tmp_path_factory):
+    """The embedded SmolLM2 with a one-output score head (seeded): a reward model in form, untrained."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from pipeline.models import resolve_llm
+
+    base = resolve_llm("embedded:smollm2")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = tmp_path_factory.mktemp("rm") / "reward-model"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def direct_reward(path: str, prompt: str, response: str) -> float:
+    """One text at a time, no padding: what the batched scorer must agree with."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+                                        tokenize=True, return_dict=True, return_tensors="pt")
+    with torch.inference_mode():
+        return float(model(**ids).logits[0, 0])
+
+
+@pytest.fixture(scope="module")
+def direct(reward_model):
+    texts = {(p, r) for p, pair in PROMPTS.items() for r in pair} | {(g["prompt"], g[k]) for g in GOLD for k in ("chosen", "rejected")}
+    return {key: direct_reward(reward_model, *key) for key in texts}
+
+
+def test_a_causal_lm_is_not_taken_for_a_reward_model():
+    from pipeline.reward import load
+
+    with pytest.raises(ModelError, match="is not a reward model.*ForCausalLM") as e:
+        load(RewardModelSpec(model="embedded:smollm2"))
+    assert "num_labels 1" in e.value.hint
+
+
+def test_batched_scores_match_one_at_a_time_and_come_from_the_cache_after(reward_model, direct, tmp_path, monkeypatch):
+    from pipeline import reward
+    from pipeline.cache import CallCache
+
+    items = [([{"role": "user", "content": p}], r) for p, r in sorted(direct)]
+    cache = CallCache(tmp_path / "cache.sqlite")
+    spec = RewardModelSpec(model=reward_model, batch_size=3)
+    got = [row["overall"] for row in reward.reward_scores(spec, items, cache, "reward")]
+    assert got == pytest.approx([direct[key] for key in sorted(direct)], abs=1e-4)
+    assert len({round(g, 4) for g in got}) > len(got) // 2  # rewards that differ: a test that could fail
+
+    monkeypatch.setattr(reward, "load", lambda spec: pytest.fail("scored again"))
+    assert [row["overall"] for row in reward.reward_scores(spec, items, cache, "reward")] == got
+    cache.close()
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_run_pairs_by_reward_and_calibrates_the_reward_model_on_gold(reward_model, direct, tmp_path, fake_backend):
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in PROMPTS])
+    gold = write_jsonl(tmp_path / "gold.jsonl", GOLD)
+    fake_backend.respond = lambda body: PROMPTS[body["messages"][-1]["content"]][body["seed"]]
+    config = Config.model_validate({
+        "run": str(tmp_path / "run"), "ingest": {"paths": [str(src)]},
+        "generate": {"generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]},
+        "judge": {"reward_models": [{"name": "rm", "model": reward_model, "batch_size": 4}], "pairwise": False},
+        "pair": {}, "calibrate": {"gold": [str(gold)]}, "route": {"audit_share": 0}})
+    run = Run(config.run)
+    run_pipeline(config, run)
+
+    judgments = run.read("judgments").join(run.read("candidates").select("candidate_id", "prompt_id", "text"), on="candidate_id")
+    assert set(judgments["judge"]) == {"rm"}
+    prompt_of = {pid: m[-1]["content"] for pid, m in run.read("prompts").select("prompt_id", "messages").iter_rows()}
+    for row in judgments.iter_rows(named=True):
+        assert row["overall"] == pytest.approx(direct[(prompt_of[row["prompt_id"]], row["text"])], abs=1e-4)
+
+    text = dict(run.read("candidates").select("candidate_id", "text").iter_rows())
+    pairs = run.read("pairs")
+    assert pairs.height == len(PROMPTS)
+    for row in pairs.iter_rows(named=True):
+        prompt = prompt_of[row["prompt_id"]]
+        high, low = sorted(PROMPTS[prompt], key=lambda r: -direct[(prompt, r)])
+        assert (text[row["chosen_id"]], text[row["rejected_id"]]) == (high, low)  # the higher reward is chosen
+        assert row["margin"] == pytest.approx(direct[(prompt, high)] - direct[(prompt, low)], abs=1e-4)
+
+    calibration = run.read("calibration").filter((pl.col("judge") == "rm") & (pl.col("method") == "pointwise") & (pl.col("source") == "all"))
+    right = sum(direct[(g["prompt"], g["chosen"])] > direct[(g["prompt"], g["rejected"])] for g in GOLD)
+    assert calibration.select("n", "accuracy").row(0) == (len(GOLD), pytest.approx(right / len(GOLD)))

@@ -1,13 +1,13 @@
 """Run a candidate's Python code against a prompt's tests, treating the code as hostile.
 
 `run(code, tests)` gives the share of tests passed, each test's outcome and, when not all passed, why.
-`run_many(jobs, workers=)` runs many at once. Each run is one `python -I -S pipeline/sandbox_runner.py`
-in a new session with an empty environment, inside new mount, network, IPC and PID namespaces: a new
+`run_many(jobs, workers=)` runs many at once. Each run is one bubblewrap (`bwrap`, the sandbox Flatpak
+uses) around `python -I -S pipeline/sandbox_runner.py`: new PID, network, IPC and mount namespaces, a
 root holding only the system's programs and libraries and this Python, all read-only, a fresh
-size-limited tmpfs on /tmp as cwd and HOME (gone when the run ends), no network (only a loopback that
-is down), a /proc that shows only the sandbox, the code run as an unused uid (or, when prefab is not
-root, without capabilities in a user namespace of its own), with limits on CPU time, wall time, memory,
-processes, file and output size. See the README's "Code sandbox".
+size-limited tmpfs on /tmp as cwd and HOME (gone when the run ends), no network (a loopback of its own),
+a /proc that shows only the sandbox, an empty environment, no capabilities, no_new_privs, the code run as
+an unused uid (or, when prefab is not root, in a user namespace of its own), with limits on CPU time,
+wall time, memory, processes, file and output size. See the README's "Code sandbox".
 
 Tests are Python: top-level asserts or loops of them, or `test_*` functions (each one a test), with
 any imports or helpers they need; they run in the code's namespace, in order, one failure not hiding
@@ -19,6 +19,8 @@ import ast
 import json
 import os
 import random
+import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,34 +68,135 @@ class Result:
         return asdict(self)
 
 
+SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")  # programs and shared libraries, nothing else of the host
+SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+NAMESPACES = ("--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try")
+INSTALL_HINT = "install bubblewrap: `make bubblewrap` (or `apt-get install bubblewrap`)"
+
+
+def bwrap_command(limits: Limits, uid: int | None) -> list[str]:
+    """The sandbox as one bwrap command line. uid given (prefab is root): bwrap runs privileged, so it can
+    show this Python wherever it lives (under /root too), and setpriv turns the runner into that unused uid
+    with no capabilities left in any set. uid None: bwrap in a user namespace of its own, which it also
+    forbids the code to nest (--disable-userns)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise SandboxError("bubblewrap (bwrap) is not installed: the code sandbox needs it", hint=INSTALL_HINT)
+    args = [bwrap, *NAMESPACES, "--die-with-parent", "--new-session", "--clearenv"]
+    for name, value in ENV.items():
+        args += ["--setenv", name, value]
+    if uid is None:
+        args += ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
+    else:  # setpriv needs these three to change uid and empty the bounding set; the change to a non-root uid clears them
+        args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+    for name in SYSTEM_DIRS:
+        path = "/" + name
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",  # --dev's tmpfs has no size limit: not writable
+             "--size", str(limits.disk_mb * 1024 * 1024), "--perms", "1777", "--tmpfs", "/tmp"]
+    made = set()
+    covered = tuple(f"/{name}/" for name in SYSTEM_DIRS)
+    shown = [os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *limits.read_only)]
+    for path in dict.fromkeys([*SYSTEM_FILES, *shown]):
+        if not os.path.exists(path) or (path + "/").startswith(covered):
+            continue
+        for parent in reversed(Path(path).parents[:-1]):  # bwrap would make them 0700, closed to the sandbox's uid
+            if parent not in made:
+                made.add(parent)
+                args += ["--perms", "0755", "--dir", str(parent)]
+        args += ["--ro-bind", path, path]
+    args += ["--ro-bind", str(RUNNER), "/sandbox_runner.py", "--chdir", "/tmp", "--remount-ro", "/"]
+    if uid is not None:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            raise SandboxError("setpriv (util-linux) is not installed: as root the sandbox needs it to drop to an unused uid",
+                               hint="apt-get install util-linux")
+        args += [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"]
+    flags = ["-I"] if limits.site_packages else ["-I", "-S"]  # isolated mode: no PYTHON* variables, no user site, no cwd on sys.path
+    return args + [sys.executable, *flags, "/sandbox_runner.py"]
+
+
 def run(code: str, tests: str, limits: Limits = Limits()) -> Result:
     """One candidate against one prompt's tests. Raises SandboxError only when the machine cannot isolate."""
-    uid = random.SystemRandom().randrange(*UID_RANGE)  # not the seeded generator: forked prefab workers would share its draws
-    job = json.dumps({"code": code, "tests": tests, "limits": asdict(limits), "uid": uid, "gid": uid})
-    started = time.monotonic()
-    flags = ["-I"] if limits.site_packages else ["-I", "-S"]  # isolated mode: no PYTHON* variables, no user site, no cwd on sys.path
-    proc = subprocess.Popen([sys.executable, *flags, str(RUNNER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=ENV, cwd="/", start_new_session=True)
+    uid = random.SystemRandom().randrange(*UID_RANGE) if os.getuid() == 0 else None  # not the seeded generator: forked workers share its draws
+    args = bwrap_command(limits, uid)
+    job_fd, output_fd, errors_fd = os.memfd_create("job"), os.memfd_create("output"), os.memfd_create("bwrap")
+    results_r, results_w = os.pipe()
     try:
-        # the runner kills the sandbox at wall_s itself; this is the backstop should the runner hang
-        out, err = proc.communicate(job.encode(), timeout=limits.wall_s + 10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return Result(0.0, 0, 0, "timeout", "the sandbox runner did not answer", seconds=time.monotonic() - started)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        job = {"code": code, "tests": tests, "limits": asdict(limits), "results_fd": results_w, "output_fd": output_fd}
+        os.write(job_fd, json.dumps(job).encode())
+        os.lseek(job_fd, 0, os.SEEK_SET)
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(args, stdin=job_fd, stdout=errors_fd, stderr=errors_fd, pass_fds=(results_w, output_fd),
+                                    env={}, cwd="/", start_new_session=True)
+        finally:
+            os.close(results_w)
+        try:
+            chunks, killed_for = collect(proc, results_r, limits, started)
+        finally:
+            if proc.poll() is None:  # --die-with-parent: bwrap's end ends everything in the sandbox
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    try:
-        report = json.loads(out.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise SandboxError(f"the sandbox runner failed (exit {proc.returncode}): {err.decode(errors='replace')[-2000:]}") from None
-    if "setup_error" in report:
-        raise SandboxError(f"cannot isolate code on this machine: {report['setup_error']}",
-                           hint="the sandbox needs Linux >= 5.12 and either root or unprivileged user namespaces "
-                                "(in a container: allow unshare/mount, e.g. docker run --privileged or a seccomp profile that permits them)")
+        seconds = time.monotonic() - started
+        events = []
+        for line in b"".join(chunks)[: limits.results_bytes].splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue  # a torn line from a process killed mid-write, or junk the code wrote
+        if not events and killed_for is None:  # the runner never reached the code: bwrap could not set up
+            message = os.pread(errors_fd, 4000, 0).decode(errors="replace").strip()
+            raise SandboxError(f"cannot isolate code on this machine (bwrap exit {proc.returncode}): {message}",
+                               hint="the sandbox needs either root or unprivileged user namespaces (in a container: "
+                                    "docker run --privileged, or a seccomp profile that permits unshare and mount)")
+        report = {"events": events, "exit": proc.returncode if proc.returncode >= 0 else 128 - proc.returncode,
+                  "killed_for": killed_for, "seconds": seconds, "output_bytes": os.fstat(output_fd).st_size,
+                  "output": os.pread(output_fd, limits.output_bytes, 0).decode("utf-8", "replace")}
+    finally:
+        for fd in (job_fd, output_fd, errors_fd, results_r):
+            os.close(fd)
     return summarize(report, limits)
+
+
+def collect(proc: subprocess.Popen, results_r: int, limits: Limits, started: float) -> tuple[list[bytes], str | None]:
+    """Read the results pipe until the sandbox ends; kill it at wall_s or when it writes over results_bytes."""
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        poller = select.poll()
+        poller.register(results_r, select.POLLIN)
+        poller.register(pidfd, select.POLLIN)
+        chunks, size, killed_for, exited, reading = [], 0, None, False, True
+        deadline = started + limits.wall_s
+        while reading or not exited:  # once bwrap exits its namespace is gone, so the pipe ends soon
+            if not exited and killed_for is None and time.monotonic() >= deadline:
+                killed_for = "timeout"
+                os.killpg(proc.pid, signal.SIGKILL)
+            if time.monotonic() > deadline + 10:  # backstop: nothing should hold the pipe this long
+                break
+            wait = 1.0 if exited or killed_for else max(deadline - time.monotonic(), 0)
+            for fd, _ in poller.poll(wait * 1000):
+                if fd == pidfd:
+                    exited = True
+                    poller.unregister(pidfd)
+                    continue
+                data = os.read(results_r, 65536)
+                if not data:
+                    poller.unregister(results_r)
+                    reading = False
+                    continue
+                size += len(data)
+                if size <= limits.results_bytes:
+                    chunks.append(data)
+                elif killed_for is None and not exited:
+                    killed_for = "output_too_large"
+                    os.killpg(proc.pid, signal.SIGKILL)
+        return chunks, killed_for
+    finally:
+        os.close(pidfd)
 
 
 def run_many(jobs, workers: int | None = None, limits: Limits = Limits()) -> list[Result]:
@@ -101,7 +204,6 @@ def run_many(jobs, workers: int | None = None, limits: Limits = Limits()) -> lis
     jobs = list(jobs)
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(lambda job: run(job[0], job[1], limits), jobs))
-
 
 REASONS = ("timeout", "cpu_time", "memory", "output_too_large", "killed", "syntax_error", "code_error", "tests_invalid",
            "no_tests", "sandbox_error", "failed")

@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PIP := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: venv argilla chromium demo test test-fast bench clean-demo
+.PHONY: venv argilla chromium bubblewrap demo test test-fast bench clean-demo
 
 venv: $(VENV)/.installed
 
@@ -31,17 +31,21 @@ argilla: venv
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# bubblewrap (bwrap) isolates model-written code in the code sandbox (pipeline/sandbox.py).
+bubblewrap:
+	@command -v bwrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; }
+
 # Ends with the labeling server running, the uncertain pairs in Argilla, and what to do next.
-demo: venv argilla
+demo: venv argilla bubblewrap
 	$(BIN)/prefab labeling up --demo
 	$(BIN)/prefab run data/configs/demo.yaml
 	@$(BIN)/python -c "from labeling.push import demo_instructions; print(demo_instructions('runs/demo'))"
 
-test: venv argilla chromium
+test: venv argilla chromium bubblewrap
 	$(BIN)/python -m pytest
 
 # The day-to-day part: no labeling server, no browser, no training, no fault marathon (make test runs all of it).
-test-fast: venv
+test-fast: venv bubblewrap
 	$(BIN)/python -m pytest -m "not server and not browser and not training and not slow and not faults"
 
 bench: venv

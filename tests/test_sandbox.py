@@ -282,6 +282,13 @@ def test_writing_outside_the_temp_dir_harms_nothing(outside):
         assert not os.path.exists(os.path.join(place, stray))
 
 
+def test_the_temp_dir_is_size_limited():
+    """The code's /tmp is a tmpfs of disk_mb: filling it fails there instead of filling the machine's memory."""
+    code = "def fill():\n    for i in range(4):\n        open(f'f{i}', 'wb').write(b'x' * 4 * 1024 * 1024)\n"
+    r = run(code, "def test_fill():\n    fill()\n", replace(FAST, disk_mb=8))
+    assert not r.tests[0]["ok"] and "No space left on device" in r.tests[0]["error"], r.tests
+
+
 def test_the_code_does_not_see_prefabs_environment(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     code = (f"import os, glob\nPARENT = {os.getpid()}\n"
@@ -404,7 +411,18 @@ def test_works_for_an_unprivileged_prefab_too(outside):
              "def test_secret():\n    assert 'OPENAI_API_KEY' not in os.environ\n"
              "def test_overwrite():\n    open(OUT + '/owned.txt', 'w').write('pwned')\n"
              "def test_no_net():\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\n"
-             "def test_no_caps():\n    os.chown('.', 0, 0)\n" + REMOUNT)
+             "def test_no_caps():\n    os.chown('.', 0, 0)\n"
+             "def test_no_nested_user_namespace():\n"  # bwrap --disable-userns: no namespace of its own to mount in
+             "    libc = ctypes.CDLL(None, use_errno=True)\n"
+             "    assert libc.unshare(0x10000000) == 0, os.strerror(ctypes.get_errno())\n"
+             "def test_root_and_dev_read_only():\n"  # bwrap's own tmpfs root and /dev belong to this user: remounted read-only
+             "    for path in ('/probe', '/dev/probe', '/dev/shm/probe'):\n"
+             "        try:\n"
+             "            open(path, 'w').write('x')\n"
+             "        except OSError:\n"
+             "            continue\n"
+             "        raise AssertionError(path + ' is writable')\n"
+             "    assert not os.path.exists('/probe')\n" + REMOUNT)
     script = script.replace("CODE", repr(code)).replace("TESTS", repr(tests))
     env = {"PATH": os.environ["PATH"], "OPENAI_API_KEY": SECRET}
     out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script],
@@ -413,8 +431,28 @@ def test_works_for_an_unprivileged_prefab_too(outside):
     report = json.loads(out.stdout.strip().splitlines()[-1])
     if "unavailable" in report:
         pytest.skip(f"no user namespaces here: {report['unavailable']}")
-    assert [t["ok"] for t in report["tests"]] == [True, True, False, False, False, False], report["tests"]
+    assert [t["ok"] for t in report["tests"]] == [True, True, False, False, False, False, True, False], report["tests"]
     assert snapshot_dir(outside) == before
+
+
+def test_without_bubblewrap_nothing_runs_and_the_error_says_how_to_install_it(monkeypatch, tmp_path):
+    from pipeline.errors import SandboxError
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SandboxError, match="bubblewrap") as e:
+        run("x = 1", "assert x == 1")
+    assert "make bubblewrap" in str(e.value) and "apt-get install bubblewrap" in str(e.value)
+
+
+def test_a_bwrap_that_cannot_set_up_is_an_error_not_a_failed_candidate(monkeypatch, tmp_path):
+    from pipeline.errors import SandboxError
+
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(SandboxError, match="cannot isolate.*No permissions to create new namespace"):
+        run("x = 1", "assert x == 1")
 
 
 # -- the coding tasks in data/prompts/code.jsonl ------------------------------------------------------------------

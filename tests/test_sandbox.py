@@ -282,6 +282,21 @@ def test_writing_outside_the_temp_dir_harms_nothing(outside):
         assert not os.path.exists(os.path.join(place, stray))
 
 
+def test_no_capabilities_no_new_privileges_and_an_unused_uid():
+    """Whatever the code runs (a setuid binary included) starts from nothing: every capability set empty,
+    no_new_privs, and (prefab being root) a uid of its own with no groups."""
+    tests = ("def test_status():\n"
+             "    status = dict(line.split(':\\t', 1) for line in open('/proc/self/status').read().splitlines())\n"
+             "    assert [int(status[k], 16) for k in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb')] == [0] * 5, status\n"
+             "    assert status['NoNewPrivs'] == '1'\n"
+             "def test_uid():\n"
+             f"    if {os.getuid() == 0}:\n"
+             f"        assert {UID_RANGE[0]} <= os.getuid() == os.geteuid() == os.getgid() < {UID_RANGE[1]}\n"
+             "        assert os.getgroups() == []\n")
+    r = run("import os\n", tests, FAST)
+    assert r.score == 1.0, r.tests
+
+
 def test_the_temp_dir_is_size_limited():
     """The code's /tmp is a tmpfs of disk_mb: filling it fails there instead of filling the machine's memory."""
     code = "def fill():\n    for i in range(4):\n        open(f'f{i}', 'wb').write(b'x' * 4 * 1024 * 1024)\n"
@@ -369,6 +384,22 @@ def test_no_unix_sockets_of_the_host(outside):
     finally:
         for listener in listeners:
             listener.close()
+
+
+def test_no_ipc_objects_of_the_host():
+    """A System V shared memory segment open to all (the kind databases use) is not there in the sandbox."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = 0x5AFE0000 + os.getpid() % 0xFFFF
+    shmid = libc.shmget(key, 4096, 0o1666)  # IPC_CREAT | 0666
+    assert shmid >= 0, os.strerror(ctypes.get_errno())
+    try:
+        tests = f"def test_attach():\n    import ctypes\n    assert ctypes.CDLL(None).shmget({key}, 0, 0o666) >= 0\n"
+        r = run("", tests, FAST)
+        assert (r.passed, r.total) == (0, 1), r.tests
+    finally:
+        libc.shmctl(shmid, 0, None)  # IPC_RMID
 
 
 def test_huge_output_is_cut_and_stopped():

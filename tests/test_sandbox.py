@@ -220,6 +220,27 @@ def test_an_escaped_daemon_dies_with_the_sandbox():
         assert sandbox_processes() == 0
 
 
+def test_a_killed_prefab_leaves_no_sandbox_behind():
+    """prefab killed mid-run (SIGKILL: no cleanup of its own) takes its sandboxes with it (bwrap --die-with-parent)."""
+    if os.getuid() != 0:
+        pytest.skip("counts the sandbox's uid from outside, which needs prefab to run as root")
+    script = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom pipeline.sandbox import Limits, run\n"
+              "run('import time\\ntime.sleep(60)\\n', 'assert True\\n', Limits(wall_s=60))\n")
+    prefab = subprocess.Popen([sys.executable, "-c", script], cwd="/")
+    try:
+        deadline = time.monotonic() + 10
+        while sandbox_processes() == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sandbox_processes() > 0
+    finally:
+        prefab.kill()
+        prefab.wait()
+    deadline = time.monotonic() + 3
+    while sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sandbox_processes() == 0
+
+
 @pytest.mark.parametrize("code, tests", [
     ("big = bytearray(4 * 1024 ** 3)\n", "assert True\n"),  # at import
     ("def f():\n    return [0] * (2 ** 31)\n", "def test_f():\n    assert f()\n"),  # inside a test

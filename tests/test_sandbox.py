@@ -426,6 +426,7 @@ def test_no_ipc_objects_of_the_host():
 def test_huge_output_is_cut_and_stopped():
     r = run("while True:\n    print('x' * 10000)\n", "assert True\n", Limits(wall_s=5, cpu_s=4, file_mb=2, output_bytes=1000))
     assert r.reason == "output_too_large" and r.score == 0.0
+    assert r.seconds < 4  # stopped at 2 MiB (RLIMIT_FSIZE), not by the wall clock
     assert len(r.output) == 1000 and r.output_truncated
     r = run("print('y' * 50_000)\ndef f():\n    return 1\n", "assert f() == 1\n", Limits(output_bytes=100))
     assert r.score == 1.0 and r.output == "y" * 100 and r.output_truncated  # chatty but right: passes, output cut

@@ -2,8 +2,9 @@
 of the same code and tests, side by side in one run: one at a time, then concurrently with run_many.
 
 The bare run is what a verifier without isolation would do: one interpreter per candidate, no namespaces, no
-limits, no per-test results. The sandbox adds namespaces, mounts, a fork for the PID namespace's init and one
-for the worker; the target is at least half the bare rate (model calls, not code runs, bound a pipeline).
+limits, no per-test results. The sandbox adds bubblewrap (namespaces, mounts, its PID namespace's init), setpriv
+when prefab is root, and the runner's limits and per-test results; the target is at least half the bare rate (model
+calls, not code runs, bound a pipeline).
 
     python -m bench.bench_sandbox        (BENCH_SANDBOX_RUNS=200 to change the count)
 """

@@ -333,7 +333,7 @@ class LabelingConfig(Strict):
 
 
 class ExportConfig(Strict):
-    formats: list[Literal["trl-dpo", "openai-dpo", "sft"]] = Field(default_factory=lambda: ["trl-dpo", "openai-dpo", "sft"])
+    formats: list[Literal["trl-dpo", "openai-dpo", "sft", "kto", "grpo"]] = Field(default_factory=lambda: ["trl-dpo", "openai-dpo", "sft"])
     sources: list[Literal["human", "auto"]] = Field(default_factory=lambda: ["human", "auto"])
     min_margin: float = 0.0
     conversational: bool = True
@@ -351,7 +351,7 @@ class ExportConfig(Strict):
 
 
 class TrainConfig(Strict):
-    method: Literal["dpo", "sft"] = "dpo"
+    method: Literal["dpo", "sft", "kto", "grpo"] = "dpo"
     config: str | None = None  # training/configs/*.yaml
     overrides: dict = Field(default_factory=dict)  # any TRL config field
     rounds: int = Field(1, ge=1, le=20)  # >1: iterative on-policy DPO (`prefab rounds`), a sub-run per round

@@ -11,8 +11,8 @@ from pipeline.errors import ConfigError
 @click.command()
 @run_option
 @config_option
-@click.option("--format", "formats", multiple=True, type=click.Choice(["trl-dpo", "openai-dpo", "sft"]),
-              help="Format(s) to write (repeatable); default: the config's, else all three.")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["trl-dpo", "openai-dpo", "sft", "kto", "grpo"]),
+              help="Format(s) to write (repeatable); default: the config's, else trl-dpo, openai-dpo and sft.")
 @click.option("--source", "sources", multiple=True, type=click.Choice(["human", "auto"]),
               help="Pairs to include: human-labeled, automatic (repeatable); default both.")
 @click.option("--min-margin", type=float, help="Minimum judge margin for automatic pairs.")
@@ -31,7 +31,7 @@ from pipeline.errors import ConfigError
 @click.option("--push-to-hub", metavar="REPO", help="Also push the dataset to the Hugging Face Hub (needs network and a login).")
 def export(run_dir, config_path, formats, sources, min_margin, min_confidence, standard, test_share, max_tokens, tokenizer, ties, both_bad,
            drop_equal, seed, out_dir, save_hf, push_to_hub):
-    """Write the run's pairs as TRL DPO, OpenAI DPO and SFT JSONL, split by prompt, with a dataset card."""
+    """Write the run's pairs as TRL DPO, OpenAI DPO, SFT and KTO JSONL, and a GRPO prompt set, split by prompt, with a dataset card."""
     from pipeline.config import Config, ExportConfig, IngestConfig
     from pipeline.store import open_run
 

@@ -28,7 +28,10 @@ FILES = {
     "trl-dpo": ["dpo"],
     "openai-dpo": ["openai_dpo"],
     "sft": ["sft", "sft_pc"],  # chat messages; prompt/completion
+    "kto": ["kto"],  # unpaired: prompt, completion, label
+    "grpo": ["grpo"],  # prompts with the verifier's ground truth, for online RL
 }
+KTO_RATIO = (1.0, 4 / 3)  # TRL's guidance: desirable_weight*n_desirable / (undesirable_weight*n_undesirable) in this range
 PREFERENCES = ("chosen", "rejected", "tie", "both_bad")
 
 
@@ -241,14 +244,89 @@ def sft_pc_rows(df: pl.DataFrame, conversational: bool, tokenizer) -> list[dict]
             for r in rows]
 
 
-def build_files(df: pl.DataFrame, config: ExportConfig, tokenizer) -> dict[str, tuple[list[dict], type]]:
+def _norm(c: str) -> pl.Expr:
+    return pl.col(c).str.replace_all(r"\s+", " ").str.strip_chars()
+
+
+def kto_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """One row per candidate of the selected pairs: chosen -> label true, rejected -> false, in pair order.
+
+    Deduplicated by candidate (one prompt's same text counts once; a human-labeled pair's row wins). A text that is
+    chosen in one pair and rejected in another has no single label: it is left out, and counted (the second value)."""
+    cols = ["prompt_id", "messages", "split", "source"]
+    sides = [df.with_row_index("_pair").select("_pair", pl.lit(k).alias("_side"), *cols, pl.col(f"{side}_id").alias("candidate_id"),
+                                               pl.col(side).alias("text"), pl.lit(side == "chosen").alias("label"))
+             for k, side in enumerate(("chosen", "rejected"))]
+    rows = pl.concat(sides).with_columns(_key=pl.concat_str([pl.col("prompt_id"), _norm("text")], separator="\x1f"))
+    conflicting = rows.group_by("_key").agg(pl.col("label").n_unique() > 1).filter(pl.col("label"))["_key"]
+    rows = rows.filter(~pl.col("_key").is_in(conflicting.implode()))
+    rows = (rows.sort([pl.col("source") != "human", "_pair", "_side"]).unique("_key", keep="first", maintain_order=True)
+            .sort(["_pair", "_side"]).drop("_pair", "_side", "_key"))
+    return rows, conflicting.len()
+
+
+def kto_weights(n_desirable: int, n_undesirable: int) -> tuple[float, float]:
+    """(desirable_weight, undesirable_weight) for KTOTrainer: 1.0 each when the weighted ratio is already in KTO_RATIO;
+    else the smaller side's weight is raised so the ratio is 7/6, the middle of the range (KTO paper, Eq. 8)."""
+    if not n_desirable or not n_undesirable or KTO_RATIO[0] <= n_desirable / n_undesirable <= KTO_RATIO[1]:
+        return 1.0, 1.0
+    ratio = n_desirable / n_undesirable
+    return (round(7 / 6 / ratio, 3), 1.0) if ratio < 1 else (1.0, round(ratio * 6 / 7, 3))
+
+
+def kto_rows(kto: pl.DataFrame, conversational: bool, tokenizer) -> list[dict]:
+    def meta(r):
+        return {"prompt_id": r["prompt_id"], "candidate_id": r["candidate_id"], "source": r["source"]}
+
+    if conversational:
+        return [{"prompt": _messages(r), "completion": _assistant(r["text"]), "label": r["label"], **meta(r)} for r in kto.iter_rows(named=True)]
+    return [{"prompt": render_prompt(tokenizer, _messages(r)), "completion": r["text"], "label": r["label"], **meta(r)}
+            for r in kto.iter_rows(named=True)]
+
+
+def grpo_frame(run: Run, df: pl.DataFrame, config: ExportConfig) -> tuple[pl.DataFrame, int]:
+    """The run's active prompts that carry a verifier's ground truth (reference answer; tests, when the prompts table has
+    them), each in the split its pairs are in (others split the same seeded way), so no prompt of a test file is trained
+    on. A reference the verify stage could not parse is left out (counted, the second value): it would reward nothing."""
+    from pipeline.queries import active_prompts
+
+    prompts = active_prompts(run.read("prompts"))
+    truth = [c for c in ("reference_answer", "tests") if c in prompts.columns]  # `tests`: once the prompts table has it
+    has = pl.lit(False)
+    for c in truth:
+        has = has | (pl.col(c).str.strip_chars().fill_null("") != "")
+    prompts = prompts.filter(has).select("prompt_id", "messages", *[pl.col(c) for c in truth],
+                                         *[pl.lit(None, dtype=pl.String).alias(c) for c in ("reference_answer", "tests") if c not in truth])
+    n_bad = 0
+    if run.has("verifications"):  # the verify stage records a reference that does not parse as an error with no reference
+        bad = run.read("verifications").filter((pl.col("status") == "error") & pl.col("reference").is_null())["prompt_id"].unique()
+        bad_ref = pl.col("prompt_id").is_in(bad.implode()) & pl.col("tests").is_null()
+        n_bad = prompts.filter(bad_ref).height
+        prompts = prompts.filter(~bad_ref)
+    known = df.select("prompt_id", "split").unique("prompt_id")
+    prompts = prompts.join(known, on="prompt_id", how="left")
+    others = prompts.filter(pl.col("split").is_null())["prompt_id"].to_list()
+    test_ids = split_by_prompt(others, config.test_share, config.seed)
+    prompts = prompts.with_columns(split=pl.col("split").fill_null(
+        pl.when(pl.col("prompt_id").is_in(list(test_ids))).then(pl.lit("test")).otherwise(pl.lit("train"))))
+    return prompts, n_bad
+
+
+def grpo_rows(grpo: pl.DataFrame, conversational: bool, tokenizer) -> list[dict]:
+    out = []
+    for r in grpo.iter_rows(named=True):
+        prompt = _messages(r) if conversational else render_prompt(tokenizer, _messages(r))
+        out.append({"prompt": prompt, "reference_answer": r["reference_answer"], "tests": r["tests"], "prompt_id": r["prompt_id"]})
+    return out
+
+
+def build_files(df: pl.DataFrame, config: ExportConfig, tokenizer, kto: pl.DataFrame | None = None,
+                grpo: pl.DataFrame | None = None) -> dict[str, tuple[list[dict], type]]:
     """file name -> (rows, line model) for every requested format and split."""
     files = {}
     for split in ("train", "test"):
         part = df.filter(pl.col("split") == split)
-        if part.height == 0:
-            continue
-        for fmt in config.formats:
+        for fmt in config.formats if part.height else []:
             if fmt == "trl-dpo":
                 model = formats.TrlDpoChat if config.conversational else formats.TrlDpoText
                 files[f"dpo_{split}.jsonl"] = (dpo_rows(part, config.conversational, tokenizer), model)
@@ -258,6 +336,12 @@ def build_files(df: pl.DataFrame, config: ExportConfig, tokenizer) -> dict[str, 
                 files[f"sft_{split}.jsonl"] = (sft_rows(part), formats.SftChat)
                 model = formats.SftPromptCompletionChat if config.conversational else formats.SftPromptCompletionText
                 files[f"sft_pc_{split}.jsonl"] = (sft_pc_rows(part, config.conversational, tokenizer), model)
+        if kto is not None and (part := kto.filter(pl.col("split") == split)).height:
+            model = formats.KtoChat if config.conversational else formats.KtoText
+            files[f"kto_{split}.jsonl"] = (kto_rows(part, config.conversational, tokenizer), model)
+        if grpo is not None and (part := grpo.filter(pl.col("split") == split)).height:
+            model = formats.GrpoChat if config.conversational else formats.GrpoText
+            files[f"grpo_{split}.jsonl"] = (grpo_rows(part, config.conversational, tokenizer), model)
     return files
 
 
@@ -289,7 +373,21 @@ def export(run: Run, config: ExportConfig, *, labeling: LabelingConfig | None = 
     check_not_empty(df, pairs, dropped, run)
     test_ids = split_by_prompt(df["prompt_id"].to_list(), config.test_share, config.seed)
     df = df.with_columns(split=pl.when(pl.col("prompt_id").is_in(list(test_ids))).then(pl.lit("test")).otherwise(pl.lit("train")))
-    files = build_files(df, config, tokenizer)
+    kto = grpo = None
+    if "kto" in config.formats:
+        kto, n_conflicting = kto_frame(df)
+        if n_conflicting:
+            dropped["kto_conflicting_labels"] = n_conflicting
+    if "grpo" in config.formats:
+        grpo, n_bad = grpo_frame(run, df, config)
+        if n_bad:
+            dropped["grpo_bad_reference"] = n_bad
+        if grpo.is_empty():
+            raise ExportError("the grpo format needs prompts with a verifier's ground truth, and no prompt of this run has a "
+                              "reference answer" + (" that parses" if n_bad else "") + " or tests", where=str(run.path / "prompts.parquet"),
+                              hint="ingest prompts with a `reference_answer` (or `answer`) column (--answer-column maps another), "
+                                   "or leave grpo out of --format")
+    files = build_files(df, config, tokenizer, kto, grpo)
     for name, (rows, model) in files.items():  # all validated before anything is written
         try:
             formats.validate_lines(Path(name), rows, model)
@@ -298,6 +396,15 @@ def export(run: Run, config: ExportConfig, *, labeling: LabelingConfig | None = 
                               hint="the run holds a prompt or response this format cannot carry (see the field named); "
                                    "fix or drop it in the run, then export again") from e
     counts = export_counts(df, dropped, files, pairs.height)
+    if kto is not None:
+        train = kto.filter(pl.col("split") == "train")
+        counts["kto"] = {"desirable": int(kto["label"].sum()), "undesirable": int((~kto["label"]).sum()),
+                         "train_desirable": int(train["label"].sum()), "train_undesirable": int((~train["label"]).sum())}
+    if grpo is not None:
+        counts["grpo"] = {"prompts": grpo.height, "train": grpo.filter(pl.col("split") == "train").height,
+                          "test": grpo.filter(pl.col("split") == "test").height,
+                          "with_reference": grpo.filter(pl.col("reference_answer").is_not_null()).height,
+                          "with_tests": grpo.filter(pl.col("tests").is_not_null()).height}
     card = dataset_card(run, df, counts, config, files, config_hash)
     for name, (rows, _) in files.items():
         atomic_write_text(out_dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -305,7 +412,8 @@ def export(run: Run, config: ExportConfig, *, labeling: LabelingConfig | None = 
         for split in ("train", "test"):
             if f"{stem}_{split}.jsonl" not in files:
                 (out_dir / f"{stem}_{split}.jsonl").unlink(missing_ok=True)
-    splits = {s: sorted(set(df.filter(pl.col("split") == s)["prompt_id"].to_list())) for s in ("train", "test")}
+    split_prompts = pl.concat([df.select("prompt_id", "split")] + ([grpo.select("prompt_id", "split")] if grpo is not None else []))
+    splits = {s: sorted(set(split_prompts.filter(pl.col("split") == s)["prompt_id"].to_list())) for s in ("train", "test")}
     atomic_write_text(out_dir / "splits.json", json.dumps(splits, indent=1))
     atomic_write_text(out_dir / "README.md", card)
     if save_hf:
@@ -358,7 +466,7 @@ def dataset_card(run: Run, df: pl.DataFrame, counts: dict, config: ExportConfig,
             if splits:
                 front += [f"- config_name: {stem}", "  data_files:"]
                 front += [f"  - split: {s}\n    path: {stem}_{s}.jsonl" for s in splits]
-    front += ["tags:", "- dpo", "- preference", "- prefab", "---", ""]
+    front += ["tags:", "- dpo", *[f"- {f}" for f in ("kto", "grpo") if f in config.formats], "- preference", "- prefab", "---", ""]
     lines = [f"# Preference data from `{run.path.name}`", "",
              "Made by prefab from prompts, model responses, an LLM judge and human labels.", "",
              "## How it was made", "",
@@ -377,6 +485,7 @@ def dataset_card(run: Run, df: pl.DataFrame, counts: dict, config: ExportConfig,
     lines += [f"| source: {k} | {v} |" for k, v in counts["by_source"].items()]
     lines += [f"| route: {k} | {v} |" for k, v in counts["by_route"].items()]
     lines += [f"| dropped: {k} | {v} |" for k, v in counts["dropped"].items()]
+    lines += kto_lines(counts.get("kto")) + grpo_lines(counts.get("grpo"))
     lines += ["", "## Estimated label accuracy", ""] + accuracy_lines(run, df)
     agreement = manifest.get("stages", {}).get("pull", {}).get("agreement") or {}
     agree = [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
@@ -394,6 +503,36 @@ def dataset_card(run: Run, df: pl.DataFrame, counts: dict, config: ExportConfig,
               f"- rejected: {_stats(df[f'rejected_{unit}'])}",
               f"- chosen longer than rejected: {chosen_longer:.1%} of pairs (far from 50% means a length bias a model can learn)", ""]
     return "\n".join(front + lines)
+
+
+def kto_lines(kto: dict | None) -> list[str]:
+    """The card's KTO section: how unbalanced the unpaired rows are and the weights that make up for it."""
+    if not kto:
+        return []
+    n_d, n_u = kto["train_desirable"], kto["train_undesirable"]
+    d_w, u_w = kto_weights(n_d, n_u)
+    out = ["", "## KTO (unpaired)", "",
+           f"- desirable (chosen, label true): {kto['desirable']} rows ({n_d} train); undesirable (rejected, label false): "
+           f"{kto['undesirable']} rows ({n_u} train); one row per candidate, a text chosen in one pair and rejected in another left out",
+           f"- TRL's KTOTrainer wants desirable_weight × n_desirable / (undesirable_weight × n_undesirable) within [1, 4/3] "
+           f"(KTO paper, Eq. 8); here, with weights 1.0, it is {n_d / n_u:.3f}" if n_d and n_u else
+           "- the train split lacks one of the two labels: KTO needs both desirable and undesirable rows"]
+    if (d_w, u_w) != (1.0, 1.0):
+        out.append(f"- train with `desirable_weight: {d_w}` and `undesirable_weight: {u_w}` (ratio {d_w * n_d / (u_w * n_u):.3f}); "
+                   "`prefab train kto` sets them itself unless `balance: false`")
+    elif n_d and n_u:
+        out.append("- balanced enough: keep both weights at 1.0")
+    return out
+
+
+def grpo_lines(grpo: dict | None) -> list[str]:
+    if not grpo:
+        return []
+    return ["", "## GRPO prompt set", "",
+            f"- {grpo['prompts']} prompts ({grpo['train']} train / {grpo['test']} test): the run's prompts with a verifier's ground "
+            f"truth, {grpo['with_reference']} with a reference answer (math-verify), {grpo['with_tests']} with tests (the code sandbox); "
+            "a prompt is in the same split as its pairs", "- `prefab train grpo` rewards a completion with the same verifier: 1.0 for "
+            "a correct final answer, else 0.0; for code, the share of tests passed"]
 
 
 def accuracy_lines(run: Run, df: pl.DataFrame) -> list[str]:

@@ -8,7 +8,7 @@ line number instead of failing deep inside a trainer.
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from pipeline.errors import InputError, unreadable
 from pipeline.ingest import json_lines
@@ -124,11 +124,68 @@ class SftPromptCompletionText(_Meta):
     completion: str = Field(min_length=1)
 
 
+class _KtoMeta(Line):
+    """Provenance of an unpaired row: the candidate it came from."""
+
+    prompt_id: str | None = None
+    candidate_id: str | None = None
+    source: Literal["human", "auto"] | None = None
+
+
+class KtoChat(_KtoMeta):
+    """TRL unpaired preference format, conversational: label true = desirable (KTOTrainer)."""
+
+    prompt: list[Message] = Field(min_length=1)
+    completion: list[AssistantMessage] = Field(min_length=1, max_length=1)
+    label: StrictBool  # a JSON true/false, not "true" or 1: a wrong type means a wrong file
+
+    _prompt = field_validator("prompt")(_check_prompt)
+
+
+class KtoText(_KtoMeta):
+    """TRL unpaired preference format, standard (plain strings)."""
+
+    prompt: str = Field(min_length=1)
+    completion: str = Field(min_length=1)
+    label: StrictBool
+
+
+class _GrpoTruth(Line):
+    """What the verifier checks a generated completion against: a reference answer (math) or tests (code)."""
+
+    prompt_id: str | None = None
+    reference_answer: str | None = None
+    tests: str | None = None
+
+    @model_validator(mode="after")
+    def _has_truth(self):
+        if not (self.reference_answer or "").strip() and not (self.tests or "").strip():
+            raise ValueError("the row has neither a reference_answer nor tests, so the verifier reward has nothing to check")
+        return self
+
+
+class GrpoChat(_GrpoTruth):
+    """Prompt set for online RL, conversational prompt plus the verifier's ground truth (GRPOTrainer)."""
+
+    prompt: list[Message] = Field(min_length=1)
+
+    _prompt = field_validator("prompt")(_check_prompt)
+
+
+class GrpoText(_GrpoTruth):
+    """Prompt set for online RL, standard (plain-string prompt) plus the verifier's ground truth."""
+
+    prompt: str = Field(min_length=1)
+
+
 # what `prefab train` accepts for each method, tried in order
 TRAIN_FORMATS = {
     "dpo": [TrlDpoChat, TrlDpoText],
     "sft": [SftChat, SftPromptCompletionChat, SftPromptCompletionText],
+    "kto": [KtoChat, KtoText],
+    "grpo": [GrpoChat, GrpoText],
 }
+EXPORT_FORMAT = {"dpo": "trl-dpo", "sft": "sft", "kto": "kto", "grpo": "grpo"}  # the `prefab export --format` of each method
 
 
 def describe(error: ValidationError) -> str:
@@ -167,11 +224,11 @@ def read_jsonl(path: str | Path, method: str) -> tuple[list[dict], type[Line]]:
         raise InputError(f"{path} holds no examples", where=str(path), hint="re-export with looser selection (prefab export --help)")
     candidates = TRAIN_FORMATS[method]
     keys = set(rows[0]) if isinstance(rows[0], dict) else set()
-    model = next((m for m in candidates if {k for k, f in m.model_fields.items() if f.is_required()} <= keys), None)
+    matching = [m for m in candidates if {k for k, f in m.model_fields.items() if f.is_required()} <= keys]
+    model = next((m for m in matching if _valid(m, rows[0])), matching[0] if matching else None)  # chat or standard: the one line 1 fits
     if model is None:
         expected = " or ".join("{" + ", ".join(k for k, f in m.model_fields.items() if f.is_required()) + "}" for m in candidates)
-        other = "trl-dpo" if method == "dpo" else "sft"
-        hint = f"export it with `prefab export --format {other}`"
+        hint = f"export it with `prefab export --format {EXPORT_FORMAT[method]}`"
         if "preferred_output" in keys:
             hint = "this is an OpenAI preference file; " + hint
         raise InputError(f"line 1 has keys {sorted(keys)}, not a {method} training format (expected {expected})",
@@ -184,5 +241,13 @@ def read_jsonl(path: str | Path, method: str) -> tuple[list[dict], type[Line]]:
     return rows, model
 
 
+def _valid(model: type[Line], row) -> bool:
+    try:
+        model.model_validate(row)
+        return True
+    except ValidationError:
+        return False
+
+
 def is_chat(model: type[Line]) -> bool:
-    return model in (TrlDpoChat, SftChat, SftPromptCompletionChat)
+    return model in (TrlDpoChat, SftChat, SftPromptCompletionChat, KtoChat, GrpoChat)

@@ -1,10 +1,11 @@
-"""`prefab train dpo|sft`: TRL's DPOTrainer and SFTTrainer, used as they are, on an exported JSONL file.
+"""`prefab train dpo|sft|kto|grpo`: TRL's DPOTrainer, SFTTrainer, KTOTrainer and GRPOTrainer, used as they are, on
+an exported JSONL file.
 
-The training config is TRL's own DPOConfig / SFTConfig: every field can be set in the YAML file
-(training/configs/*.yaml) or with `--set key=value`, plus four prefab keys: `model` (base model,
-default the embedded SmolLM2), `ref_model` (DPO reference; default a frozen copy of the base, or the
+The training config is TRL's own DPOConfig / SFTConfig / KTOConfig / GRPOConfig: every field can be set in the YAML
+file (training/configs/*.yaml) or with `--set key=value`, plus four prefab keys: `model` (base model,
+default the embedded SmolLM2), `ref_model` (DPO/KTO reference; default a frozen copy of the base, or the
 base with the adapter disabled under LoRA), `lora` (peft LoraConfig fields; off when absent) and
-`eval_data`. Works under `accelerate launch -m training.train ...` for multi-GPU (training/accelerate/).
+`eval_data`; KTO adds `balance`. Works under `accelerate launch -m training.train ...` for multi-GPU (training/accelerate/).
 """
 
 import dataclasses
@@ -27,14 +28,18 @@ ORDER = 110  # its place in `prefab run`
 
 CONFIGS = Path(__file__).parent / "configs"
 PREFAB_KEYS = {"model": EMBEDDED_LLM, "ref_model": None, "lora": None, "eval_data": None}
+# KTO: set the smaller side's weight from the data when desirable/undesirable are out of TRL's range (training/export.py)
+METHOD_KEYS = {"kto": {"balance": True}}
+METHODS = ("dpo", "sft", "kto", "grpo")
 
 
 def trl_config_class(method: str):
-    from trl import DPOConfig, SFTConfig
+    """TRL's own config dataclass; all four are in TRL 1.16's stable API (`from trl import ...`)."""
+    import trl
 
-    if method not in ("dpo", "sft"):
-        raise ConfigError(f"unknown training method {method!r}", hint="use `prefab train dpo` or `prefab train sft`")
-    return DPOConfig if method == "dpo" else SFTConfig
+    if method not in METHODS:
+        raise ConfigError(f"unknown training method {method!r}", hint=f"use `prefab train {'|'.join(METHODS)}`")
+    return getattr(trl, f"{method.upper()}Config")
 
 
 class Raw(str):
@@ -102,23 +107,24 @@ def load_train_config(method: str, config_path: str | Path | None = None, overri
     cls = trl_config_class(method)
     path = Path(config_path) if config_path else CONFIGS / f"{method}.yaml"
     data, node = read_yaml(path)
-    valid = {f.name for f in dataclasses.fields(cls) if f.init} | set(PREFAB_KEYS)
+    prefab_keys = {**PREFAB_KEYS, **METHOD_KEYS.get(method, {})}
+    valid = {f.name for f in dataclasses.fields(cls) if f.init} | set(prefab_keys)
     merged: dict = {}
     for source, values in ((str(path), data), ("--set", overrides or {})):
         for key, value in values.items():
             where = f"{path}:{_line_of(node, [key])}" if source != "--set" else "--set"
             if key not in valid:
                 close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
-                raise ConfigError(f"unknown training setting {key!r} (not a {cls.__name__} field nor one of {', '.join(PREFAB_KEYS)})",
+                raise ConfigError(f"unknown training setting {key!r} (not a {cls.__name__} field nor one of {', '.join(prefab_keys)})",
                                   where=where, hint=f"did you mean {close[0]!r}?" if close else
                                   f"see the {cls.__name__} fields in TRL's documentation")
             if key == "chat_template_path" and source != "--set" and value and (path.parent / value).exists():
                 value = str((path.parent / value).resolve())  # shipped next to the YAML file
-            if key in PREFAB_KEYS:
-                merged[key] = yaml.safe_load(value) if isinstance(value, Raw) and key == "lora" else value
+            if key in prefab_keys:
+                merged[key] = yaml.safe_load(value) if isinstance(value, Raw) and key in ("lora", "balance") else value
             else:
                 merged[key] = _typed(cls, key, value, where)
-    settings = {k: merged.pop(k, default) for k, default in PREFAB_KEYS.items()}
+    settings = {k: merged.pop(k, default) for k, default in prefab_keys.items()}
     merged.setdefault("output_dir", f"runs/train/{method}")
     merged.setdefault("report_to", "none")
     import torch
@@ -177,8 +183,10 @@ def save_outputs(trainer, tokenizer, method: str, data, base: str, lora: bool) -
         trainer.save_model(str(out))
     metrics = summarize(trainer.state.log_history, method)
     metrics.update(method=method, data=str(data), base_model=base, model_dir=str(out), lora=lora)
-    if method == "dpo":
+    if method in ("dpo", "kto", "grpo"):
         metrics["beta"] = trainer.args.beta
+    if method == "kto":
+        metrics.update(desirable_weight=trainer.args.desirable_weight, undesirable_weight=trainer.args.undesirable_weight)
     if trainer.is_world_process_zero():
         atomic_write_text(out / "metrics.json", json.dumps({**metrics, "log_history": trainer.state.log_history}, indent=1))
     return metrics
@@ -198,6 +206,10 @@ def summarize(history: list[dict], method: str) -> dict:
     if method == "dpo" and steps:
         out["reward_accuracy"] = steps[-1].get("rewards/accuracies")
         out["reward_margin"] = steps[-1].get("rewards/margins")
+    if method == "kto" and steps:
+        out["kl"], out["reward_margin"] = steps[-1].get("kl"), steps[-1].get("rewards/margins")
+    if method == "grpo" and steps:  # the verifier's mean reward over each step's completions
+        out["first_reward"], out["last_reward"] = steps[0].get("reward"), steps[-1].get("reward")
     if evals:
         keep = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_mean_token_accuracy")
         out.update({k: v for k, v in evals[-1].items() if k in keep})
@@ -280,6 +292,119 @@ def train_sft(data, config_path=None, overrides: dict | None = None, *, eval_dat
     return metrics
 
 
+def train_kto(data, config_path=None, overrides: dict | None = None, *, eval_data=None, resume=False) -> dict:
+    """KTO on a kto export: unpaired completions labeled desirable or not (TRL's KTOTrainer, as in trl/scripts/kto.py).
+
+    Unbalanced labels get the smaller side's weight raised into TRL's range (`balance`, on by default; the dataset
+    card states the same weights); weights already in range, or `balance: false`, are kept as given."""
+    from transformers import AutoModelForCausalLM
+    from trl import KTOTrainer
+
+    from training.export import KTO_RATIO, kto_weights
+
+    args, settings = load_train_config("kto", config_path, overrides)
+    log_third_party_warnings(args.output_dir)
+    train_dataset, fmt = load_data(data, "kto")
+    n_desirable = sum(train_dataset["label"])
+    n_undesirable = len(train_dataset) - n_desirable
+    if not n_desirable or not n_undesirable:
+        raise InputError(f"{data} holds only {'un' if not n_desirable else ''}desirable rows (label "
+                         f"{'false' if not n_desirable else 'true'}); KTO needs both", where=str(data),
+                         hint="export more pairs (prefab export --format kto), whose chosen side is label true and rejected false")
+    if args.loss_type != "apo_zero_unpaired" and args.per_device_train_batch_size < 2:
+        raise ConfigError(f"per_device_train_batch_size is {args.per_device_train_batch_size}; KTO estimates its KL term from the "
+                          "other completions of a batch, so it needs at least 2", hint="--set per_device_train_batch_size=2")
+    weighted = args.desirable_weight * n_desirable / (args.undesirable_weight * n_undesirable)
+    if settings["balance"] and not KTO_RATIO[0] <= weighted <= KTO_RATIO[1]:
+        args.desirable_weight, args.undesirable_weight = kto_weights(n_desirable, n_undesirable)
+        from pipeline.progress import console
+
+        console.print(f"kto: {n_desirable} desirable / {n_undesirable} undesirable rows: desirable_weight "
+                      f"{args.desirable_weight}, undesirable_weight {args.undesirable_weight} (TRL's range; balance: false keeps yours)",
+                      markup=False, highlight=False)
+    eval_path = eval_data or settings["eval_data"]
+    eval_dataset = load_data(eval_path, "kto")[0] if eval_path else None
+    base = model_path(settings["model"])
+    tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt))
+    ref_model = None
+    if settings["ref_model"]:
+        ref_model = AutoModelForCausalLM.from_pretrained(model_path(settings["ref_model"]), **(args.model_init_kwargs or {}))
+    if args.eval_strategy != "no" and eval_dataset is None:
+        raise ConfigError(f"eval_strategy is {args.eval_strategy!r} but no eval data was given", hint="pass --eval-data FILE")
+
+    trainer = KTOTrainer(
+        model=base,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings["lora"]),
+    )
+    show_progress(trainer)
+    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
+    if eval_dataset is not None and args.eval_strategy == "no":
+        trainer.evaluate()
+    metrics = save_outputs(trainer, tokenizer, "kto", data, base, lora=bool(settings["lora"]))
+    _end(trainer)
+    return metrics
+
+
+def train_grpo(data, config_path=None, overrides: dict | None = None, *, eval_data=None, resume=False) -> dict:
+    """GRPO on a grpo export: the model samples completions for each prompt and learns from the verifier's reward
+    (training/rewards.py: math-verify against the reference answer, or the sandboxed tests), TRL's GRPOTrainer as in
+    trl/scripts/grpo.py."""
+    from trl import GRPOTrainer
+
+    from training.rewards import check_ground_truth, verifier
+
+    args, settings = load_train_config("grpo", config_path, overrides)
+    if settings["ref_model"]:
+        raise ConfigError("GRPO takes no ref_model: with beta > 0 GRPOTrainer keeps its own copy of the base as the reference",
+                          hint="remove ref_model (and set beta > 0 for a KL penalty)")
+    log_third_party_warnings(args.output_dir)
+    rows, fmt = formats.read_jsonl(data, "grpo")
+    check_ground_truth(data, rows)
+    from datasets import Dataset
+
+    train_dataset = _grpo_dataset(rows, Dataset)
+    eval_path = eval_data or settings["eval_data"]
+    eval_dataset = None
+    if eval_path:
+        eval_rows, _ = formats.read_jsonl(eval_path, "grpo")
+        check_ground_truth(eval_path, eval_rows)
+        eval_dataset = _grpo_dataset(eval_rows, Dataset)
+    base = model_path(settings["model"])
+    tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt))
+    if args.eval_strategy != "no" and eval_dataset is None:
+        raise ConfigError(f"eval_strategy is {args.eval_strategy!r} but no eval data was given", hint="pass --eval-data FILE")
+
+    try:
+        trainer = GRPOTrainer(
+            model=base,
+            reward_funcs=[verifier],
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(settings["lora"]),
+        )
+    except ValueError as e:  # TRL checks batch sizes against num_generations here; the user's to fix in the config
+        raise ConfigError(f"GRPOTrainer refused the settings: {e}", hint="e.g. per_device_train_batch_size a multiple of num_generations") from None
+    show_progress(trainer)
+    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
+    if eval_dataset is not None and args.eval_strategy == "no":
+        trainer.evaluate()
+    metrics = save_outputs(trainer, tokenizer, "grpo", data, base, lora=bool(settings["lora"]))
+    _end(trainer)
+    return metrics
+
+
+def _grpo_dataset(rows: list[dict], Dataset):
+    """Both ground-truth columns always present (null where absent), so the reward function gets both lists."""
+    return Dataset.from_list([{**r, "reference_answer": r.get("reference_answer"), "tests": r.get("tests")} for r in rows])
+
+
 def log_third_party_warnings(output_dir: str) -> None:
     """Quieted third-party warnings of a `prefab train` outside a run go beside the model (in a run, to RUN/logs)."""
     from pipeline.progress import third_party_log
@@ -289,7 +414,7 @@ def log_third_party_warnings(output_dir: str) -> None:
 
 
 def show_progress(trainer) -> None:
-    """One rich bar with the step, loss and (DPO) reward accuracy in place of the Trainer's tqdm bar and printed
+    """One rich bar with the step, loss and (DPO) reward accuracy or (GRPO) mean reward in place of the Trainer's tqdm bar and printed
     log dicts; every log line also goes to OUTPUT_DIR/trainer_log.jsonl as it comes (a TrainerCallback:
     transformers' public extension point)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
@@ -324,6 +449,8 @@ def show_progress(trainer) -> None:
                 accuracy = logs.get("rewards/accuracies", logs.get("eval_rewards/accuracies"))
                 if accuracy is not None:
                     fields["accuracy"] = f"reward accuracy {float(accuracy):.2f}"
+                elif logs.get("reward") is not None:  # GRPO: the verifier's mean reward
+                    fields["accuracy"] = f"reward {float(logs['reward']):.2f}"
                 self.bar.update(self.task, **fields)
 
         def on_train_end(self, args, state, control, **kwargs):
@@ -344,7 +471,8 @@ def _end(trainer) -> None:
 
 def train(method: str, data, config_path=None, overrides: dict | None = None, **kwargs) -> dict:
     trl_config_class(method)
-    return (train_dpo if method == "dpo" else train_sft)(data, config_path, overrides, **kwargs)
+    trainers = {"dpo": train_dpo, "sft": train_sft, "kto": train_kto, "grpo": train_grpo}
+    return trainers[method](data, config_path, overrides, **kwargs)
 
 
 def step(config, run) -> dict:
@@ -354,11 +482,11 @@ def step(config, run) -> dict:
 
     tc = config.train or TrainConfig()
     exports = Path(config.export.out_dir) if config.export and config.export.out_dir else run.path / "exports"
-    stem = "dpo" if tc.method == "dpo" else "sft"
+    stem = tc.method  # dpo_, sft_, kto_, grpo_train.jsonl
     data = exports / f"{stem}_train.jsonl"
     if not data.exists():
         raise RunError(f"{data} does not exist", hint=f"run the export stage first: prefab export --run {run.path} --format "
-                                                      f"{'trl-dpo' if tc.method == 'dpo' else 'sft'}")
+                                                      f"{formats.EXPORT_FORMAT[tc.method]}")
     test = exports / f"{stem}_test.jsonl"
     overrides = {"output_dir": str(run.path / "train" / tc.method), **tc.overrides}
     metrics = train(tc.method, data, config.resolve(tc.config) if tc.config else None, overrides,

@@ -1,0 +1,83 @@
+"""GRPO's reward: the verifier that labels the run's pairs, so the training signal and the data agree.
+
+A completion for a prompt with a reference answer gets 1.0 when math-verify finds its final answer equal to the
+reference (pipeline/verify.py `check`), else 0.0; for a prompt with tests, the share of tests its code passes in the
+sandbox (pipeline/sandbox.py `run`); a row with neither gets None, which GRPOTrainer leaves out of the sum.
+"""
+
+import multiprocessing
+import re
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from pipeline.errors import InputError
+
+CODE_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)(?:```|$)", re.DOTALL | re.IGNORECASE)
+
+
+def completion_text(completion) -> str:
+    """A conversational completion is a list of messages; its text is the last one's content."""
+    if isinstance(completion, list):
+        return completion[-1]["content"] if completion else ""
+    return completion
+
+
+def extract_code(text: str) -> str:
+    """The first ```python block (an unclosed one runs to the end), else the whole text."""
+    found = CODE_BLOCK.search(text)
+    return found.group(1) if found else text
+
+
+def math_scores(items: list[tuple[str, str]], timeout_s: int = 5, float_rounding: int = 6) -> list[float | None]:
+    """(reference, text) -> 1.0 correct, 0.0 otherwise, None when the reference does not parse (no signal, not a
+    penalty). math-verify's time limit needs the main thread: from another one the checks run in a child process."""
+    from pipeline.verify import check_many
+
+    if threading.current_thread() is threading.main_thread():
+        results = check_many(items, timeout_s, float_rounding)
+    else:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = pool.submit(check_many, items, timeout_s, float_rounding).result()
+    return [None if r["status"] == "error" and r["reference"] is None else float(r["status"] == "correct") for r in results]
+
+
+def code_scores(items: list[tuple[str, str]]) -> list[float]:
+    """(tests, text) -> share of tests the completion's code passes in the sandbox."""
+    from pipeline.sandbox import run_many
+
+    return [r.score for r in run_many([(extract_code(text), tests) for tests, text in items])]
+
+
+def verifier(prompts, completions, reference_answer=None, tests=None, **_) -> list[float | None]:
+    """GRPOTrainer reward function: one score per completion; the dataset's `reference_answer` and `tests` columns
+    come in as lists, one value per completion."""
+    n = len(completions)
+    references, tests = reference_answer or [None] * n, tests or [None] * n
+    texts = [completion_text(c) for c in completions]
+    scores: list[float | None] = [None] * n
+    math = [i for i in range(n) if references[i] and not tests[i]]
+    code = [i for i in range(n) if tests[i]]
+    for i, score in zip(math, math_scores([(references[i], texts[i]) for i in math]) if math else []):
+        scores[i] = score
+    for i, score in zip(code, code_scores([(tests[i], texts[i]) for i in code]) if code else []):
+        scores[i] = score
+    return scores
+
+
+def check_ground_truth(path: str | Path, rows: list[dict], timeout_s: int = 5) -> None:
+    """Before training: every reference answer parses and every test compiles, or an InputError naming file:line."""
+    from pipeline.sandbox import validate_tests
+    from pipeline.verify import REFERENCE_HINT, parse_reference
+
+    seen: dict[str, str | None] = {}
+    for i, row in enumerate(rows, 1):
+        if row.get("tests"):
+            validate_tests(row["tests"], where=f"{path}:{i}")
+        elif row.get("reference_answer"):
+            ref = row["reference_answer"]
+            if ref not in seen:
+                seen[ref] = parse_reference(ref, timeout_s)[1]
+            if seen[ref]:
+                raise InputError(seen[ref], where=f"{path}:{i}",
+                                 hint=f"fix or drop the row ({REFERENCE_HINT}); `prefab verify` lists such references by source line")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.errors import InputError
 
-CODE_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)(?:```|$)", re.DOTALL | re.IGNORECASE)
+CODE_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 
 
 def completion_text(completion) -> str:

@@ -202,3 +202,21 @@ def test_kto_and_grpo_configs_take_every_trl_field():
         load_train_config("grpo", None, parse_sets(["num_generation=4"]))
     with pytest.raises(ConfigError, match="'balance'"):
         load_train_config("grpo", None, parse_sets(["balance=true"]))
+
+
+def test_standard_strings_through_the_cli(prefab, tmp_path):
+    """`prefab export --format kto --format grpo --standard`: chat-template-rendered prompts, plain-string completions;
+    `prefab train` tells the standard shape from the chat one by line 1 (also for dpo)."""
+    from training.formats import GrpoText, KtoText, TrlDpoText, read_jsonl
+
+    run, _ = make_run(tmp_path / "run", n_pairs=4, human_every=100)
+    run.write("pairs", run.read("pairs").with_columns(route=pl.lit("auto")))
+    run.write("prompts", run.read("prompts").with_columns(reference_answer=pl.lit("2")))
+    result = prefab("export", "--run", run.path, "--format", "trl-dpo", "--format", "kto", "--format", "grpo", "--standard")
+    assert result.exit_code == 0, result.output
+    out = run.path / "exports"
+    for stem, model in (("dpo", TrlDpoText), ("kto", KtoText), ("grpo", GrpoText)):
+        rows, fmt = read_jsonl(out / f"{stem}_train.jsonl", stem)
+        assert fmt is model and rows[0]["prompt"].startswith("<|im_start|>system\nBe brief.")
+    kto = read(out / "kto_train.jsonl")
+    assert isinstance(kto[0]["completion"], str) and {r["label"] for r in kto} == {True, False}

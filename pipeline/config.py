@@ -351,7 +351,7 @@ class ExportConfig(Strict):
 
 
 class TrainConfig(Strict):
-    method: Literal["dpo", "sft", "kto", "grpo"] = "dpo"
+    method: Literal["dpo", "sft", "kto", "grpo", "reward"] = "dpo"
     config: str | None = None  # training/configs/*.yaml
     overrides: dict = Field(default_factory=dict)  # any TRL config field
     rounds: int = Field(1, ge=1, le=20)  # >1: iterative on-policy DPO (`prefab rounds`), a sub-run per round

@@ -4,6 +4,7 @@ direct, one-at-a-time forward pass; pairs are made by reward difference; it is c
 a causal LM given as a reward model is refused."""
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -119,3 +120,53 @@ def test_a_run_pairs_by_reward_and_calibrates_the_reward_model_on_gold(reward_mo
     calibration = run.read("calibration").filter((pl.col("judge") == "rm") & (pl.col("method") == "pointwise") & (pl.col("source") == "all"))
     right = sum(direct[(g["prompt"], g["chosen"])] > direct[(g["prompt"], g["rejected"])] for g in GOLD)
     assert calibration.select("n", "accuracy").row(0) == (len(GOLD), pytest.approx(right / len(GOLD)))
+
+
+@pytest.mark.training
+def test_prefab_trains_a_reward_model_on_an_export_and_a_run_scores_with_it(tmp_path, fake_backend):
+    """`prefab train reward` (TRL's RewardTrainer) on a real export: 2 steps on CPU, loss and accuracy logged, weights
+    changed; the saved folder is then a reward model a run scores candidates with."""
+    import subprocess
+    import sys
+
+    from labeling_runs import make_run
+    from safetensors.torch import load_file
+
+    import torch
+
+    from pipeline.config import ExportConfig
+    from pipeline.models import resolve_llm
+    from training.export import export
+
+    source, _ = make_run(tmp_path / "source", n_pairs=4, human_every=100)
+    source.write("pairs", source.read("pairs").with_columns(route=pl.lit("auto")))
+    export(source, ExportConfig(test_share=0.25))
+    out = tmp_path / "rm"
+    sets = [f"--set={k}={v}" for k, v in {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 128, "learning_rate": 1e-4,
+                                          "save_strategy": "no", "logging_steps": 1}.items()]
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "reward", "--data", str(source.path / "exports" / "dpo_train.jsonl"),
+                             "--eval-data", str(source.path / "exports" / "dpo_test.jsonl"), "--output-dir", str(out), *sets],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    losses = [h["loss"] for h in metrics["log_history"] if "loss" in h]
+    assert metrics["steps"] == 2 and len(losses) == 2 and all(l > 0 for l in losses)  # noqa: E741
+    assert metrics["accuracy"] is not None and metrics["eval_accuracy"] is not None
+    trained, base = load_file(str(out / "model.safetensors")), load_file(str(Path(resolve_llm("embedded:smollm2")) / "model.safetensors"))
+    body = [k for k in base if k in trained]
+    assert sum(not torch.equal(trained[k], base[k]) for k in body) > 100 and "score.weight" in trained
+
+    # the trained model scores a run
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in PROMPTS])
+    fake_backend.respond = lambda body: PROMPTS[body["messages"][-1]["content"]][body["seed"]]
+    config = Config.model_validate({
+        "run": str(tmp_path / "run"), "ingest": {"paths": [str(src)]},
+        "generate": {"generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]},
+        "judge": {"reward_models": [{"name": "trained", "model": str(out)}], "pairwise": False}, "pair": {}})
+    run = Run(config.run)
+    run_pipeline(config, run)
+    judgments = run.read("judgments").join(run.read("candidates").select("candidate_id", "text"), on="candidate_id")
+    prompt_of = {a: p for p, pair in PROMPTS.items() for a in pair}
+    for row in judgments.iter_rows(named=True):
+        assert row["judge"] == "trained" and row["overall"] == pytest.approx(direct_reward(str(out), prompt_of[row["text"]], row["text"]), abs=1e-4)
+    assert run.read("pairs").height == len(PROMPTS)

@@ -64,9 +64,9 @@ def export(run_dir, config_path, formats, sources, min_margin, min_confidence, s
 
 
 @click.command()
-@click.argument("method", type=click.Choice(["dpo", "sft", "kto", "grpo"]))
+@click.argument("method", type=click.Choice(["dpo", "sft", "kto", "grpo", "reward"]))
 @click.option("--data", required=True, type=click.Path(dir_okay=False),
-              help="Exported JSONL: dpo_train.jsonl (dpo), sft_train.jsonl or sft_pc_train.jsonl (sft), kto_train.jsonl (kto), grpo_train.jsonl (grpo).")
+              help="Exported JSONL: dpo_train.jsonl (dpo, reward), sft_train.jsonl or sft_pc_train.jsonl (sft), kto_train.jsonl (kto), grpo_train.jsonl (grpo).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Training YAML (default training/configs/<method>.yaml).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any TRL config field or prefab key (model, ref_model, lora, eval_data); repeatable.")
 @click.option("--model", help="Base model (embedded:smollm2, a checkpoint folder, or a hub name).")
@@ -74,7 +74,7 @@ def export(run_dir, config_path, formats, sources, min_margin, min_confidence, s
 @click.option("--eval-data", type=click.Path(dir_okay=False), help="Held-out JSONL (e.g. dpo_test.jsonl): reward accuracy / eval loss / (grpo) eval reward.")
 @click.option("--resume", is_flag=True, help="Resume from the newest checkpoint in the output dir.")
 def train(method, data, config_path, sets, model, output_dir, eval_data, resume):
-    """Train with TRL's DPOTrainer, SFTTrainer, KTOTrainer or GRPOTrainer (the verifier as reward) on an exported JSONL file; metrics.json beside the model."""
+    """Train with TRL's DPOTrainer, SFTTrainer, KTOTrainer, GRPOTrainer (the verifier as reward) or RewardTrainer (a reward model for judge.reward_models) on an exported JSONL file; metrics.json beside the model."""
     from pipeline.progress import summary
     from training.train import parse_sets, train as run_training
 

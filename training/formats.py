@@ -181,11 +181,12 @@ class GrpoText(_GrpoTruth):
 # what `prefab train` accepts for each method, tried in order
 TRAIN_FORMATS = {
     "dpo": [TrlDpoChat, TrlDpoText],
+    "reward": [TrlDpoChat, TrlDpoText],  # a reward model learns from the same preference pairs
     "sft": [SftChat, SftPromptCompletionChat, SftPromptCompletionText],
     "kto": [KtoChat, KtoText],
     "grpo": [GrpoChat, GrpoText],
 }
-EXPORT_FORMAT = {"dpo": "trl-dpo", "sft": "sft", "kto": "kto", "grpo": "grpo"}  # the `prefab export --format` of each method
+EXPORT_FORMAT = {"dpo": "trl-dpo", "reward": "trl-dpo", "sft": "sft", "kto": "kto", "grpo": "grpo"}  # the `prefab export --format` of each method
 
 
 def describe(error: ValidationError) -> str:

@@ -30,16 +30,16 @@ CONFIGS = Path(__file__).parent / "configs"
 PREFAB_KEYS = {"model": EMBEDDED_LLM, "ref_model": None, "lora": None, "eval_data": None}
 # KTO: set the smaller side's weight from the data when desirable/undesirable are out of TRL's range (training/export.py)
 METHOD_KEYS = {"kto": {"balance": True}}
-METHODS = ("dpo", "sft", "kto", "grpo")
+METHODS = ("dpo", "sft", "kto", "grpo", "reward")
 
 
 def trl_config_class(method: str):
-    """TRL's own config dataclass; all four are in TRL 1.16's stable API (`from trl import ...`)."""
+    """TRL's own config dataclass; all five are in TRL 1.16's stable API (`from trl import ...`)."""
     import trl
 
     if method not in METHODS:
         raise ConfigError(f"unknown training method {method!r}", hint=f"use `prefab train {'|'.join(METHODS)}`")
-    return getattr(trl, f"{method.upper()}Config")
+    return trl.RewardConfig if method == "reward" else getattr(trl, f"{method.upper()}Config")
 
 
 class Raw(str):
@@ -139,7 +139,7 @@ def load_train_config(method: str, config_path: str | Path | None = None, overri
     return args, settings
 
 
-def lora_config(settings: dict | None):
+def lora_config(settings: dict | None, task_type: str = "CAUSAL_LM"):
     if not settings:
         return None
     from peft import LoraConfig
@@ -149,7 +149,7 @@ def lora_config(settings: dict | None):
         if key not in valid:
             close = difflib.get_close_matches(key, sorted(valid), n=1)
             raise ConfigError(f"unknown LoRA setting lora.{key}", hint=f"did you mean {close[0]!r}?" if close else "see peft.LoraConfig")
-    return LoraConfig(**{"task_type": "CAUSAL_LM", "target_modules": "all-linear", **settings})
+    return LoraConfig(**{"task_type": task_type, "target_modules": "all-linear", **settings})
 
 
 def last_checkpoint(output_dir: str, resume: bool | str | None):
@@ -208,10 +208,12 @@ def summarize(history: list[dict], method: str) -> dict:
         out["reward_margin"] = steps[-1].get("rewards/margins")
     if method == "kto" and steps:
         out["kl"], out["reward_margin"] = steps[-1].get("kl"), steps[-1].get("rewards/margins")
+    if method == "reward" and steps:  # how often chosen outscored rejected, and by how much
+        out["accuracy"], out["margin"] = steps[-1].get("accuracy"), steps[-1].get("margin")
     if method == "grpo" and steps:  # the verifier's mean reward over each step's completions
         out["first_reward"], out["last_reward"] = steps[0].get("reward"), steps[-1].get("reward")
     if evals:
-        keep = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_mean_token_accuracy")
+        keep = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_mean_token_accuracy", "eval_accuracy", "eval_margin")
         out.update({k: v for k, v in evals[-1].items() if k in keep})
     return out
 
@@ -397,6 +399,42 @@ def train_grpo(data, config_path=None, overrides: dict | None = None, *, eval_da
     return metrics
 
 
+def train_reward(data, config_path=None, overrides: dict | None = None, *, eval_data=None, resume=False) -> dict:
+    """A reward model from a trl-dpo export (TRL's RewardTrainer, as in trl/scripts/reward_modeling.py): the base model
+    with a one-output score head, trained so that chosen outscores rejected (Bradley-Terry). The saved folder is a
+    sequence-classification model that `judge.reward_models` scores with (pipeline/reward.py)."""
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardTrainer
+
+    args, settings = load_train_config("reward", config_path, overrides)
+    log_third_party_warnings(args.output_dir)
+    train_dataset, fmt = load_data(data, "reward")
+    eval_path = eval_data or settings["eval_data"]
+    eval_dataset = load_data(eval_path, "reward")[0] if eval_path else None
+    base = model_path(settings["model"])
+    tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt))
+    if args.eval_strategy != "no" and eval_dataset is None:
+        raise ConfigError(f"eval_strategy is {args.eval_strategy!r} but no eval data was given", hint="pass --eval-data FILE")
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, **(args.model_init_kwargs or {}))
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings["lora"], task_type="SEQ_CLS"),
+    )
+    show_progress(trainer)
+    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
+    if eval_dataset is not None and args.eval_strategy == "no":
+        trainer.evaluate()  # accuracy on the held-out pairs: how often chosen outscores rejected
+    metrics = save_outputs(trainer, tokenizer, "reward", data, base, lora=bool(settings["lora"]))
+    _end(trainer)
+    return metrics
+
+
 def _grpo_dataset(rows: list[dict], Dataset):
     """Both ground-truth columns always present (null where absent), so the reward function gets both lists."""
     return Dataset.from_list([{**r, "reference_answer": r.get("reference_answer"), "tests": r.get("tests")} for r in rows])
@@ -443,7 +481,7 @@ def show_progress(trainer) -> None:
                 fields = {}
                 if "loss" in logs:
                     fields["loss"] = f"loss {float(logs['loss']):.4f}"
-                accuracy = logs.get("rewards/accuracies", logs.get("eval_rewards/accuracies"))
+                accuracy = next((logs[k] for k in ("rewards/accuracies", "eval_rewards/accuracies", "accuracy", "eval_accuracy") if k in logs), None)
                 if accuracy is not None:
                     fields["accuracy"] = f"reward accuracy {float(accuracy):.2f}"
                 elif logs.get("reward") is not None:  # GRPO: the verifier's mean reward
@@ -468,7 +506,7 @@ def _end(trainer) -> None:
 
 def train(method: str, data, config_path=None, overrides: dict | None = None, **kwargs) -> dict:
     trl_config_class(method)
-    trainers = {"dpo": train_dpo, "sft": train_sft, "kto": train_kto, "grpo": train_grpo}
+    trainers = {"dpo": train_dpo, "sft": train_sft, "kto": train_kto, "grpo": train_grpo, "reward": train_reward}
     return trainers[method](data, config_path, overrides, **kwargs)
 
 
@@ -479,7 +517,7 @@ def step(config, run) -> dict:
 
     tc = config.train or TrainConfig()
     exports = Path(config.export.out_dir) if config.export and config.export.out_dir else run.path / "exports"
-    stem = tc.method  # dpo_, sft_, kto_, grpo_train.jsonl
+    stem = "dpo" if tc.method == "reward" else tc.method  # dpo_ (dpo, reward), sft_, kto_, grpo_train.jsonl
     data = exports / f"{stem}_train.jsonl"
     if not data.exists():
         raise RunError(f"{data} does not exist", hint=f"run the export stage first: prefab export --run {run.path} --format "

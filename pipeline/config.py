@@ -136,6 +136,7 @@ class DedupConfig(Strict):
     clusters: int | None = Field(8, ge=1)
     max_per_cluster: int | None = Field(None, ge=1)  # at most this many prompts per topic cluster
     target_size: int | None = Field(None, ge=1)  # keep about this many prompts, balanced across clusters
+    keep_sources: list[str] = Field(default_factory=list)  # input files whose prompts are never sampled out (duplicates still go)
     seed: int = 0  # k-means and cluster sampling
 
 

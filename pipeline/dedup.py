@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.embed import embed_model, embed_texts, prompt_text
+from pipeline.errors import ConfigError
 from pipeline.progress import summary
 from pipeline.queries import active_prompts
 
@@ -151,8 +152,9 @@ def sample_clusters(clusters: list[int], max_per_cluster: int | None, target_siz
     return out
 
 
-def dedup_prompts(prompts: pl.DataFrame, vectors: np.ndarray | None, cfg) -> pl.DataFrame:
-    """The prompts with duplicate_of, cluster and excluded_reason filled (re-running gives the same result)."""
+def dedup_prompts(prompts: pl.DataFrame, vectors: np.ndarray | None, cfg, keep: frozenset = frozenset()) -> pl.DataFrame:
+    """The prompts with duplicate_of, cluster and excluded_reason filled (re-running gives the same result). Prompts
+    whose source is in `keep` are deduplicated but never sampled out; they count towards target_size."""
     texts = [prompt_text(m) for m in prompts["messages"].to_list()]
     ids = prompts["prompt_id"].to_list()
     reasons = prompts["excluded_reason"].to_list()
@@ -188,14 +190,19 @@ def dedup_prompts(prompts: pl.DataFrame, vectors: np.ndarray | None, cfg) -> pl.
         cluster = nearest[:, 0].tolist()
         for j, i in enumerate(free):
             cluster[i] = int(labels[j])
+    sources = prompts["source"].to_list()
+    kept = sum(sources[i] in keep for i in free)
+    free = [i for i in free if sources[i] not in keep]
+    target = max(cfg.target_size - kept, 0) if cfg.target_size else None
+    if cfg.clusters and vectors is not None and free:
         if cfg.max_per_cluster or cfg.target_size:
-            sampled = sample_clusters([cluster[i] for i in free], cfg.max_per_cluster, cfg.target_size, cfg.seed)
+            sampled = sample_clusters([cluster[i] for i in free], cfg.max_per_cluster, target, cfg.seed)
             for j, r in enumerate(sampled):
                 reasons[free[j]] = r
     elif cfg.target_size and free:  # no clusters: a plain seeded sample
-        keep = set(np.random.default_rng(cfg.seed).permutation(len(free))[: cfg.target_size].tolist())
+        chosen = set(np.random.default_rng(cfg.seed).permutation(len(free))[:target].tolist())
         for j, i in enumerate(free):
-            if j not in keep:
+            if j not in chosen:
                 reasons[i] = "target_size"
 
     return prompts.with_columns(
@@ -216,7 +223,12 @@ def step(config, run, **_) -> dict:
         cfg_embed = config.embed
         vectors = embed_texts(texts, embed_model(config), run.path, description="embed prompts",
                               batch_size=cfg_embed.batch_size if cfg_embed else 64, device=cfg_embed.device if cfg_embed else None)
-    out = run.write("prompts", dedup_prompts(prompts, vectors, cfg))
+    keep = frozenset(str(config.resolve(path)) for path in cfg.keep_sources)
+    unknown = keep - set(prompts["source"].unique().to_list())
+    if unknown:
+        raise ConfigError(f"dedup.keep_sources names {', '.join(sorted(unknown))}, which no prompt of the run comes from",
+                          hint=f"use a path of ingest.paths; the run's sources: {', '.join(sorted(prompts['source'].unique().to_list()))}")
+    out = run.write("prompts", dedup_prompts(prompts, vectors, cfg, keep))
     reasons = out["excluded_reason"].value_counts()
     counts = {"prompts": out.height, "active": active_prompts(out).height}
     counts.update({f"excluded_as_{r}": n for r, n in reasons.iter_rows() if r is not None})  # what each count counts

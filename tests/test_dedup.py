@@ -10,6 +10,7 @@ from pipeline import dedup
 from pipeline.config import DedupConfig
 from pipeline.dedup import balanced_quota, dedup_prompts, exact_duplicates, near_duplicates, sample_clusters
 from pipeline.embed import embed_texts, prompt_text
+from pipeline.errors import ConfigError
 from pipeline.queries import active_prompts
 
 PYTHON = ["How do I reverse a list in Python?", "How do I sort a dictionary by value in Python?",
@@ -99,6 +100,20 @@ def test_target_size_through_the_stage_keeps_every_topic(tmp_path):
     assert counts["active"] == 6 and counts["excluded_as_target_size"] == 6
     assert active_prompts(out)["cluster"].value_counts()["count"].to_list() == [2, 2, 2]
     assert out.filter(pl.col("excluded_reason") == "target_size")["duplicate_of"].null_count() == 6  # not copies
+
+
+def test_prompts_of_a_kept_source_are_never_sampled_out_and_count_towards_the_target(tmp_path):
+    texts = PYTHON + COOKING + SPACE
+    run, config = make_run(tmp_path / "run", texts, dedup={"clusters": 3, "target_size": 6, "keep_sources": [str(tmp_path / "space.jsonl")]})
+    run.write("prompts", run.read("prompts").with_columns(
+        source=pl.when(pl.col("messages").list.first().struct.field("content").is_in(SPACE)).then(pl.lit(str(tmp_path / "space.jsonl")))
+        .otherwise(pl.lit(str(tmp_path / "other.jsonl")))))
+    counts = dedup.step(config, run)
+    active = active_prompts(run.read("prompts"))
+    assert counts["active"] == 6 and (active["source"] == str(tmp_path / "space.jsonl")).sum() == len(SPACE)
+    config.dedup.keep_sources = ["nowhere.jsonl"]
+    with pytest.raises(ConfigError, match="keep_sources names .*nowhere.jsonl"):
+        dedup.step(config, run)
 
 
 def test_disabled_semantic_keeps_paraphrases_and_vectors_come_from_the_cache(tmp_path, monkeypatch):

@@ -220,7 +220,6 @@ def summarize(history: list[dict], method: str) -> dict:
 
 def train_dpo(data, config_path=None, overrides: dict | None = None, *, eval_data=None, resume=False) -> dict:
     """Direct preference optimisation on a trl-dpo export (TRL's DPOTrainer, as in trl/scripts/dpo.py)."""
-    from transformers import AutoModelForCausalLM
     from trl import DPOTrainer
 
     args, settings = load_train_config("dpo", config_path, overrides)
@@ -233,11 +232,8 @@ def train_dpo(data, config_path=None, overrides: dict | None = None, *, eval_dat
 
     # The reference model: a frozen copy of the base unless one is named; with LoRA, TRL disables the
     # adapter instead of keeping a copy; with precompute_ref_log_probs it is only used once, up front.
-    ref_model = None
-    if settings["ref_model"]:
-        ref_model = AutoModelForCausalLM.from_pretrained(model_path(settings["ref_model"]), **(args.model_init_kwargs or {}))
-    if args.eval_strategy != "no" and eval_dataset is None:
-        raise ConfigError(f"eval_strategy is {args.eval_strategy!r} but no eval data was given", hint="pass --eval-data FILE")
+    ref_model = reference_model(settings, args)
+    need_eval_data(args, eval_dataset)
 
     trainer = DPOTrainer(
         model=base,
@@ -248,13 +244,7 @@ def train_dpo(data, config_path=None, overrides: dict | None = None, *, eval_dat
         processing_class=tokenizer,
         peft_config=lora_config(settings["lora"]),
     )
-    show_progress(trainer)
-    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
-    if eval_dataset is not None and args.eval_strategy == "no":
-        trainer.evaluate()  # implicit-reward accuracy on the held-out pairs, into log_history
-    metrics = save_outputs(trainer, tokenizer, "dpo", data, base, lora=bool(settings["lora"]))
-    _end(trainer)
-    return metrics
+    return fit(trainer, tokenizer, "dpo", data, base, settings, resume)
 
 
 def train_sft(data, config_path=None, overrides: dict | None = None, *, eval_data=None, resume=False) -> dict:
@@ -274,8 +264,7 @@ def train_sft(data, config_path=None, overrides: dict | None = None, *, eval_dat
     eval_dataset = load_data(eval_path, "sft")[0] if eval_path else None
     base = model_path(settings["model"])
     tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt), chat_template_path=args.chat_template_path)
-    if args.eval_strategy != "no" and eval_dataset is None:
-        raise ConfigError(f"eval_strategy is {args.eval_strategy!r} but no eval data was given", hint="pass --eval-data FILE")
+    need_eval_data(args, eval_dataset)
 
     trainer = SFTTrainer(
         model=base,
@@ -285,13 +274,7 @@ def train_sft(data, config_path=None, overrides: dict | None = None, *, eval_dat
         processing_class=tokenizer,
         peft_config=lora_config(settings["lora"]),
     )
-    show_progress(trainer)
-    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
-    if eval_dataset is not None and args.eval_strategy == "no":
-        trainer.evaluate()
-    metrics = save_outputs(trainer, tokenizer, "sft", data, base, lora=bool(settings["lora"]))
-    _end(trainer)
-    return metrics
+    return fit(trainer, tokenizer, "sft", data, base, settings, resume)
 
 
 def train_kto(data, config_path=None, overrides: dict | None = None, *, eval_data=None, resume=False) -> dict:
@@ -299,7 +282,6 @@ def train_kto(data, config_path=None, overrides: dict | None = None, *, eval_dat
 
     Unbalanced labels get the smaller side's weight raised into TRL's range (`balance`, on by default; the dataset
     card states the same weights); weights already in range, or `balance: false`, are kept as given."""
-    from transformers import AutoModelForCausalLM
     from trl import KTOTrainer
 
     from training.export import KTO_RATIO, kto_weights
@@ -328,11 +310,8 @@ def train_kto(data, config_path=None, overrides: dict | None = None, *, eval_dat
     eval_dataset = load_data(eval_path, "kto")[0] if eval_path else None
     base = model_path(settings["model"])
     tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt))
-    ref_model = None
-    if settings["ref_model"]:
-        ref_model = AutoModelForCausalLM.from_pretrained(model_path(settings["ref_model"]), **(args.model_init_kwargs or {}))
-    if args.eval_strategy != "no" and eval_dataset is None:
-        raise ConfigError(f"eval_strategy is {args.eval_strategy!r} but no eval data was given", hint="pass --eval-data FILE")
+    ref_model = reference_model(settings, args)
+    need_eval_data(args, eval_dataset)
 
     trainer = KTOTrainer(
         model=base,
@@ -343,13 +322,7 @@ def train_kto(data, config_path=None, overrides: dict | None = None, *, eval_dat
         processing_class=tokenizer,
         peft_config=lora_config(settings["lora"]),
     )
-    show_progress(trainer)
-    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
-    if eval_dataset is not None and args.eval_strategy == "no":
-        trainer.evaluate()
-    metrics = save_outputs(trainer, tokenizer, "kto", data, base, lora=bool(settings["lora"]))
-    _end(trainer)
-    return metrics
+    return fit(trainer, tokenizer, "kto", data, base, settings, resume)
 
 
 def train_grpo(data, config_path=None, overrides: dict | None = None, *, eval_data=None, resume=False) -> dict:
@@ -378,8 +351,7 @@ def train_grpo(data, config_path=None, overrides: dict | None = None, *, eval_da
         eval_dataset = _grpo_dataset(eval_rows, Dataset)
     base = model_path(settings["model"])
     tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt))
-    if args.eval_strategy != "no" and eval_dataset is None:
-        raise ConfigError(f"eval_strategy is {args.eval_strategy!r} but no eval data was given", hint="pass --eval-data FILE")
+    need_eval_data(args, eval_dataset)
 
     trainer = GRPOTrainer(
         model=base,
@@ -390,13 +362,7 @@ def train_grpo(data, config_path=None, overrides: dict | None = None, *, eval_da
         processing_class=tokenizer,
         peft_config=lora_config(settings["lora"]),
     )
-    show_progress(trainer)
-    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
-    if eval_dataset is not None and args.eval_strategy == "no":
-        trainer.evaluate()
-    metrics = save_outputs(trainer, tokenizer, "grpo", data, base, lora=bool(settings["lora"]))
-    _end(trainer)
-    return metrics
+    return fit(trainer, tokenizer, "grpo", data, base, settings, resume)
 
 
 def train_reward(data, config_path=None, overrides: dict | None = None, *, eval_data=None, resume=False) -> dict:
@@ -413,8 +379,7 @@ def train_reward(data, config_path=None, overrides: dict | None = None, *, eval_
     eval_dataset = load_data(eval_path, "reward")[0] if eval_path else None
     base = model_path(settings["model"])
     tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt))
-    if args.eval_strategy != "no" and eval_dataset is None:
-        raise ConfigError(f"eval_strategy is {args.eval_strategy!r} but no eval data was given", hint="pass --eval-data FILE")
+    need_eval_data(args, eval_dataset)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, **(args.model_init_kwargs or {}))
     model.config.pad_token_id = tokenizer.pad_token_id
 
@@ -426,18 +391,39 @@ def train_reward(data, config_path=None, overrides: dict | None = None, *, eval_
         processing_class=tokenizer,
         peft_config=lora_config(settings["lora"], task_type="SEQ_CLS"),
     )
-    show_progress(trainer)
-    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
-    if eval_dataset is not None and args.eval_strategy == "no":
-        trainer.evaluate()  # accuracy on the held-out pairs: how often chosen outscores rejected
-    metrics = save_outputs(trainer, tokenizer, "reward", data, base, lora=bool(settings["lora"]))
-    _end(trainer)
-    return metrics
+    return fit(trainer, tokenizer, "reward", data, base, settings, resume)
 
 
 def _grpo_dataset(rows: list[dict], Dataset):
     """Both ground-truth columns always present (null where absent), so the reward function gets both lists."""
     return Dataset.from_list([{**r, "reference_answer": r.get("reference_answer"), "tests": r.get("tests")} for r in rows])
+
+
+def need_eval_data(args, eval_dataset) -> None:
+    if args.eval_strategy != "no" and eval_dataset is None:
+        raise ConfigError(f"eval_strategy is {args.eval_strategy!r} but no eval data was given", hint="pass --eval-data FILE")
+
+
+def reference_model(settings: dict, args):
+    """The named ref_model, else None: TRL then keeps a frozen copy of the base (with LoRA: the base, adapter off)."""
+    if not settings["ref_model"]:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_path(settings["ref_model"]), **(args.model_init_kwargs or {}))
+
+
+def fit(trainer, tokenizer, method: str, data, base: str, settings: dict, resume) -> dict:
+    """What every method does with its trainer: one progress bar, train (resuming), evaluate the held-out file when
+    no eval strategy did, save the model and metrics.json."""
+    args = trainer.args
+    show_progress(trainer)
+    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
+    if trainer.eval_dataset is not None and args.eval_strategy == "no":
+        trainer.evaluate()  # e.g. DPO's implicit-reward accuracy on the held-out pairs, into log_history
+    metrics = save_outputs(trainer, tokenizer, method, data, base, lora=bool(settings["lora"]))
+    _end(trainer)
+    return metrics
 
 
 def log_third_party_warnings(output_dir: str) -> None:

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE = os.environ.get("BENCH_STARTUP_BASE", "b59cf5d")
 REPEAT = int(os.environ.get("BENCH_STARTUP_REPEAT", "3"))
 CODE = "import sys; from pipeline.cli import cli; cli(args=sys.argv[1:], prog_name='prefab')"
+MAKE_RUN = "import sys, pathlib; sys.path.insert(0, 'tests'); from labeling_runs import make_run; make_run(pathlib.Path(sys.argv[1]), n_pairs=12)"
 
 
 def timed(tree: Path, args: list[str]) -> float:
@@ -31,22 +32,20 @@ def timed(tree: Path, args: list[str]) -> float:
 
 
 def main() -> list[dict]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from labeling_runs import make_run
-
     with tempfile.TemporaryDirectory() as tmp:
         base_tree = Path(tmp) / "base"
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(base_tree), BASE], cwd=ROOT, check=True)
         try:
             rows = []
             runs = {}
-            for label in ("base", "head"):
-                runs[label], _ = make_run(Path(tmp) / f"run-{label}", n_pairs=12)
+            for label, tree in (("base", base_tree), ("head", ROOT)):  # each side reads a run its own code wrote
+                runs[label] = Path(tmp) / f"run-{label}"
+                subprocess.run([sys.executable, "-c", MAKE_RUN, str(runs[label])], cwd=tree, check=True, capture_output=True)
             commands = {
                 "prefab --help": lambda run: ["--help"],
-                "prefab status": lambda run: ["status", "--run", str(run.path)],
-                "prefab report": lambda run: ["report", "--run", str(run.path)],
-                "prefab export (no token limit)": lambda run: ["export", "--run", str(run.path), "--source", "auto"],
+                "prefab status": lambda run: ["status", "--run", str(run)],
+                "prefab report": lambda run: ["report", "--run", str(run)],
+                "prefab export (no token limit)": lambda run: ["export", "--run", str(run), "--source", "auto"],
             }
             for name, args in commands.items():
                 timed(ROOT, args(runs["head"]))  # warm the file cache once

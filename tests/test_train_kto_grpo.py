@@ -126,7 +126,7 @@ def _base() -> dict:
 # ---------------------------------------------------------------- the reward
 
 def test_verifier_scores_math_and_code():
-    from training.rewards import extract_code, verifier
+    from training.rewards import verifier
 
     chat = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
     assert verifier(None, [chat("10 - 9 = 1, so the answer is $\\boxed{1}$."), chat("The answer is 2.")], reference_answer=["1", "1"]) == [1.0, 0.0]
@@ -137,7 +137,7 @@ def test_verifier_scores_math_and_code():
     scores = verifier(None, [chat(good), chat(bad), chat("no code at all")], tests=[tests] * 3)
     assert scores == [1.0, 0.0, 0.0]
     assert verifier(None, ["def double(x): return x"], tests=[tests]) == [0.5]  # no fence: the whole text is the code
-    assert extract_code("```py\nx = 1\n") == "x = 1\n"  # an unclosed block runs to the end
+    assert verifier(None, ["```py\ndef double(x):\n    return x + x\n"], tests=[tests]) == [1.0]  # an unclosed block runs to the end
     # a row with no ground truth has no reward (None: GRPOTrainer leaves it out), a reference that does not parse neither
     assert verifier(None, ["4", "4"], reference_answer=[None, "\\frac{"], tests=[None, None]) == [None, None]
 

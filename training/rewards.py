@@ -6,27 +6,17 @@ sandbox (pipeline/sandbox.py `run`); a row with neither gets None, which GRPOTra
 """
 
 import multiprocessing
-import re
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from pipeline.errors import InputError
 
-CODE_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
-
-
 def completion_text(completion) -> str:
     """A conversational completion is a list of messages; its text is the last one's content."""
     if isinstance(completion, list):
         return completion[-1]["content"] if completion else ""
     return completion
-
-
-def extract_code(text: str) -> str:
-    """The first ```python block (an unclosed one runs to the end), else the whole text."""
-    found = CODE_BLOCK.search(text)
-    return found.group(1) if found else text
 
 
 def math_scores(items: list[tuple[str, str]], timeout_s: int = 5, float_rounding: int = 6) -> list[float | None]:
@@ -45,6 +35,7 @@ def math_scores(items: list[tuple[str, str]], timeout_s: int = 5, float_rounding
 def code_scores(items: list[tuple[str, str]]) -> list[float]:
     """(tests, text) -> share of tests the completion's code passes in the sandbox."""
     from pipeline.sandbox import run_many
+    from pipeline.verify import extract_code
 
     return [r.score for r in run_many([(extract_code(text), tests) for tests, text in items])]
 

@@ -205,6 +205,7 @@ def run_many(jobs, workers: int | None = None, limits: Limits = Limits()) -> lis
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(lambda job: run(job[0], job[1], limits), jobs))
 
+
 REASONS = ("timeout", "cpu_time", "memory", "output_too_large", "killed", "syntax_error", "code_error", "tests_invalid",
            "no_tests", "sandbox_error", "failed")
 KILLED = {signal.SIGXCPU: "cpu_time", signal.SIGXFSZ: "output_too_large", signal.SIGKILL: "killed"}
@@ -257,6 +258,7 @@ def validate_tests(tests: str, where: str | None = None) -> None:
     except SyntaxError as e:
         raise InputError(f"the tests do not compile: {e.msg} (line {e.lineno} of the tests)", where=where,
                          hint="tests are Python: top-level asserts or test_* functions") from None
+
     def is_test(node) -> bool:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return node.name.startswith("test")

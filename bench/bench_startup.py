@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,9 +23,22 @@ CODE = "import sys; from pipeline.cli import cli; cli(args=sys.argv[1:], prog_na
 MAKE_RUN = "import sys, pathlib; sys.path.insert(0, 'tests'); from labeling_runs import make_run; make_run(pathlib.Path(sys.argv[1]), n_pairs=12)"
 
 
-def timed(tree: Path, args: list[str]) -> float:
+def own_entry_points(tree: Path, where: Path) -> dict:
+    """An environment in which `tree`'s code finds its own stages, commands and report sections: a dist-info made
+    from its pyproject.toml, put before the installed one on PYTHONPATH (pipeline/registry.py reads entry points,
+    and the installed ones are HEAD's)."""
+    project = tomllib.loads((tree / "pyproject.toml").read_text())["project"]
+    info = where / "prefab-0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: prefab\nVersion: 0\n")
+    (info / "entry_points.txt").write_text("".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()) + "\n"
+                                                   for group, points in project.get("entry-points", {}).items()))
+    return {**os.environ, "PYTHONPATH": f"{where}{os.pathsep}{tree}"}
+
+
+def timed(tree: Path, args: list[str], env: dict | None = None) -> float:
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", CODE, *args], cwd=tree, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", CODE, *args], cwd=tree, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"prefab {' '.join(args)} in {tree} failed:\n{result.stdout[-800:]}{result.stderr[-800:]}")
@@ -38,9 +52,10 @@ def main() -> list[dict]:
         try:
             rows = []
             runs = {}
+            envs = {"base": own_entry_points(base_tree, Path(tmp) / "base-entry-points"), "head": None}
             for label, tree in (("base", base_tree), ("head", ROOT)):  # each side reads a run its own code wrote
                 runs[label] = Path(tmp) / f"run-{label}"
-                subprocess.run([sys.executable, "-c", MAKE_RUN, str(runs[label])], cwd=tree, check=True, capture_output=True)
+                subprocess.run([sys.executable, "-c", MAKE_RUN, str(runs[label])], cwd=tree, check=True, capture_output=True, env=envs[label])
             commands = {
                 "prefab --help": lambda run: ["--help"],
                 "prefab status": lambda run: ["status", "--run", str(run)],
@@ -52,7 +67,7 @@ def main() -> list[dict]:
                 head, base = [], []
                 for _ in range(REPEAT):  # alternate, so a slow moment of the machine hits both sides
                     head.append(timed(ROOT, args(runs["head"])))
-                    base.append(timed(base_tree, args(runs["base"])))
+                    base.append(timed(base_tree, args(runs["base"]), envs["base"]))
                 h, b = statistics.median(head), statistics.median(base)
                 rows.append({"name": f"{name}, wall s (median of {REPEAT})", "value": round(h, 2), "baseline": round(b, 2),
                              "ratio": round(b / h, 2), "target": "< 2 s", "unit": "s", "ok": h < 2.0})

@@ -371,6 +371,12 @@ def test_a_run_pairs_code_that_passes_its_tests_against_code_that_does_not(tmp_p
     assert set(pairs["route_reason"]) == {"verified"}
     exported = [json.loads(line) for line in (run.path / "exports" / "dpo_train.jsonl").read_text().splitlines()]
     assert len(exported) == 2
+    from pipeline.config import ExportConfig
+    from training.export import export
+
+    export(run, ExportConfig(formats=["grpo"], test_share=0, out_dir=str(tmp_path / "grpo")))
+    prompt_set = [json.loads(line) for line in (tmp_path / "grpo" / "grpo_train.jsonl").read_text().splitlines()]
+    assert sorted(r["tests"] for r in prompt_set) == sorted(t for t, _, _ in TASKS.values()) and {r["reference_answer"] for r in prompt_set} == {None}
 
     # resumed: nothing is run again while the tests and texts are the same
     from pipeline import sandbox

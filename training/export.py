@@ -286,18 +286,13 @@ def kto_rows(kto: pl.DataFrame, conversational: bool, tokenizer) -> list[dict]:
 
 
 def grpo_frame(run: Run, df: pl.DataFrame, config: ExportConfig) -> tuple[pl.DataFrame, int]:
-    """The run's active prompts that carry a verifier's ground truth (reference answer; tests, when the prompts table has
-    them), each in the split its pairs are in (others split the same seeded way), so no prompt of a test file is trained
-    on. A reference the verify stage could not parse is left out (counted, the second value): it would reward nothing."""
+    """The run's active prompts that carry a verifier's ground truth (a reference answer, or tests), each in the split its
+    pairs are in (others split the same seeded way), so no prompt of a test file is trained on. A reference the verify
+    stage could not parse is left out (counted, the second value): it would reward nothing."""
     from pipeline.queries import active_prompts
 
-    prompts = active_prompts(run.read("prompts"))
-    truth = [c for c in ("reference_answer", "tests") if c in prompts.columns]  # `tests`: once the prompts table has it
-    has = pl.lit(False)
-    for c in truth:
-        has = has | (pl.col(c).str.strip_chars().fill_null("") != "")
-    prompts = prompts.filter(has).select("prompt_id", "messages", *[pl.col(c) for c in truth],
-                                         *[pl.lit(None, dtype=pl.String).alias(c) for c in ("reference_answer", "tests") if c not in truth])
+    given = [pl.col(c).str.strip_chars().fill_null("") != "" for c in ("reference_answer", "tests")]
+    prompts = active_prompts(run.read("prompts")).filter(given[0] | given[1]).select("prompt_id", "messages", "reference_answer", "tests")
     n_bad = 0
     if run.has("verifications"):  # the verify stage records a reference that does not parse as an error with no reference
         bad = run.read("verifications").filter((pl.col("status") == "error") & pl.col("reference").is_null())["prompt_id"].unique()
@@ -386,8 +381,8 @@ def export(run: Run, config: ExportConfig, *, labeling: LabelingConfig | None = 
         if grpo.is_empty():
             raise ExportError("the grpo format needs prompts with a verifier's ground truth, and no prompt of this run has a "
                               "reference answer" + (" that parses" if n_bad else "") + " or tests", where=str(run.path / "prompts.parquet"),
-                              hint="ingest prompts with a `reference_answer` (or `answer`) column (--answer-column maps another), "
-                                   "or leave grpo out of --format")
+                              hint="ingest prompts with a `reference_answer` (or `answer`) column (--answer-column maps another) "
+                                   "or a `tests` column, or leave grpo out of --format")
     files = build_files(df, config, tokenizer, kto, grpo)
     for name, (rows, model) in files.items():  # all validated before anything is written
         try:

@@ -21,7 +21,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 from labeling.dataset import build_records, prompt_vectors, settings
 from pipeline.config import Config, LabelingConfig
 from pipeline.errors import LabelingError
-from pipeline.pair import VERIFIED
+from pipeline.pair import is_verified
 from pipeline.progress import progress_bar, summary
 from pipeline.schema import TABLES
 from pipeline.store import Run, candidate_id, content_id, pair_id, prompt_id
@@ -238,7 +238,7 @@ def gold_frames(run: Run, gold: pl.DataFrame, selected: pl.DataFrame, prompts: p
 def to_push(pairs: pl.DataFrame, labeling: LabelingConfig) -> pl.DataFrame:
     """The pairs of the configured routes, less the verified ones (a correct final answer against an incorrect one):
     they need no person, even when `routes` includes auto."""
-    return pairs.filter(pl.col("route").is_in(labeling.routes) & (pl.col("strategy").fill_null("") != VERIFIED))
+    return pairs.filter(pl.col("route").is_in(labeling.routes) & ~is_verified())
 
 
 def push(run: Run, config: Config, client) -> dict:

@@ -33,6 +33,11 @@ EPS = 1e-9
 VERIFIED = "verified"  # the strategy of a pair decided by the verifier
 
 
+def is_verified() -> pl.Expr:
+    """Pairs the verifier decided (a hand-made table may leave strategy null: not verified)."""
+    return pl.col("strategy").fill_null("") == VERIFIED
+
+
 def _same_text(a: str, b: str) -> bool:
     return " ".join(a.split()) == " ".join(b.split())
 

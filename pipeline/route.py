@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.calibrate import SIGNALS, calibrator, coverage_curve, pick_threshold, score_span, support
-from pipeline.pair import VERIFIED
+from pipeline.pair import VERIFIED, is_verified
 from pipeline.progress import console, summary
 from pipeline.store import content_id
 
@@ -228,7 +228,7 @@ def step(config, run, **_) -> dict:
     pairs = run.read("pairs")
     judgments = run.read_or_empty("judgments")
     pair_judgments = empty("pair_judgments")
-    judged = pairs.filter(pl.col("strategy").fill_null("") != VERIFIED)  # the verifier decided the others: no judge call for them
+    judged = pairs.filter(~is_verified())  # the verifier decided the others: no judge call for them
     if config.judge is not None and config.judge.pairwise and judged.height:
         cache = run_cache(run.path)
         try:

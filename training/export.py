@@ -17,7 +17,7 @@ import polars as pl
 
 from pipeline.config import EMBEDDED_LLM, ExportConfig, LabelingConfig
 from pipeline.errors import ExportError, ModelError
-from pipeline.pair import VERIFIED
+from pipeline.pair import is_verified
 from pipeline.store import Run, atomic_write_text, content_id
 from training import formats
 
@@ -81,7 +81,7 @@ def select_pairs(pairs: pl.DataFrame, preferences: pl.DataFrame, config: ExportC
     drop(~pl.col("source").is_in(config.sources), "source_not_selected")
     drop((pl.col("preference") == "tie") & (config.ties == "drop"), "human_tie")
     drop((pl.col("preference") == "both_bad") & (config.both_bad == "drop"), "human_both_bad")
-    verified = pl.col("strategy").fill_null("") == VERIFIED  # decided by the verifier, not by a judge margin
+    verified = is_verified()  # decided by the verifier, not by a judge margin
     drop((pl.col("source") == "auto") & ~verified & (pl.col("margin").fill_null(-math.inf) < config.min_margin), "below_min_margin")
     # how likely each label is right: the aggregated human confidence, or the calibrated one of an auto pair
     df = df.with_columns(label_confidence=pl.when(pl.col("source") == "human").then(pl.col("human_confidence"))
@@ -535,13 +535,13 @@ def accuracy_lines(run: Run, df: pl.DataFrame) -> list[str]:
     """The dataset card's statement of how often the exported labels are right, per source, and how that was estimated."""
     out = []
     routing = run.stage_info("route").get("routing") or {}
-    is_verified = (pl.col("source") == "auto") & (pl.col("strategy").fill_null("") == VERIFIED)
-    verified = df.filter(is_verified)
+    by_verifier = (pl.col("source") == "auto") & is_verified()
+    verified = df.filter(by_verifier)
     if verified.height:
         out.append(f"- verified ({verified.height} pairs): the chosen response's final answer matches the prompt's reference answer "
                    "and the rejected one's does not (math-verify); right as far as the reference answers are")
     for source in ("human", "auto"):
-        part = df.filter((pl.col("source") == source) & ~is_verified)
+        part = df.filter((pl.col("source") == source) & ~by_verifier)
         if part.is_empty():
             continue
         known = part["label_confidence"].drop_nulls()

@@ -28,6 +28,7 @@ import re
 import multiprocessing
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 
 import polars as pl
 
@@ -110,6 +111,17 @@ def check_many(items: list[tuple[str, str]], timeout_s: int, float_rounding: int
     return out
 
 
+@contextmanager
+def math_checker():
+    """check_many where math-verify's SIGALRM limit holds: called directly on the main thread, in one child process
+    (started at the first check, whose main thread it is) from any other."""
+    if threading.current_thread() is threading.main_thread():
+        yield check_many
+        return
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield lambda *args: pool.submit(check_many, *args).result()
+
+
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
 
 
@@ -162,34 +174,23 @@ def verify_candidates(prompts: pl.DataFrame, candidates: pl.DataFrame, cfg, prev
     def table() -> pl.DataFrame:
         return pl.DataFrame([r for r in rows if r is not None], schema=TABLES["verifications"], orient="row")
 
-    pool = None
-    if any(todo[i][2] == "math" for i, _ in missing) and threading.current_thread() is not threading.main_thread():
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))  # SIGALRM needs a main thread: a child's
-    try:
-        with progress_bar("verify", len(missing)) as advance:
-            for start in range(0, len(missing), CHUNK):
-                chunk = missing[start:start + CHUNK]
-                results = {}
-                for verifier in ("math", "code"):
-                    mine = [(i, key) for i, key in chunk if todo[i][2] == verifier]
-                    if not mine:
-                        continue
-                    items = [(todo[i][3], todo[i][4]) for i, _ in mine]
-                    if verifier == "code":
-                        found = run_code(items, cfg)
-                    else:
-                        args = (items, cfg.timeout_s, cfg.float_rounding)
-                        found = pool.submit(check_many, *args).result() if pool else check_many(*args)
-                    results.update({i: (key, result) for (i, key), result in zip(mine, found)})
-                for i, (key, result) in results.items():
-                    c, p, verifier, _, _ = todo[i]
-                    rows[i] = {"candidate_id": c, "prompt_id": p, "verifier": verifier, **result, "check_key": key}
-                advance(len(chunk))
-                if save is not None and start + CHUNK < len(missing):
-                    save(table())
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    with math_checker() as check_math, progress_bar("verify", len(missing)) as advance:
+        for start in range(0, len(missing), CHUNK):
+            chunk = missing[start:start + CHUNK]
+            results = {}
+            for verifier in ("math", "code"):
+                mine = [(i, key) for i, key in chunk if todo[i][2] == verifier]
+                if not mine:
+                    continue
+                items = [(todo[i][3], todo[i][4]) for i, _ in mine]
+                found = run_code(items, cfg) if verifier == "code" else check_math(items, cfg.timeout_s, cfg.float_rounding)
+                results.update({i: (key, result) for (i, key), result in zip(mine, found)})
+            for i, (key, result) in results.items():
+                c, p, verifier, _, _ = todo[i]
+                rows[i] = {"candidate_id": c, "prompt_id": p, "verifier": verifier, **result, "check_key": key}
+            advance(len(chunk))
+            if save is not None and start + CHUNK < len(missing):
+                save(table())
     return table()
 
 

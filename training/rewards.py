@@ -5,12 +5,10 @@ reference (pipeline/verify.py `check`), else 0.0; for a prompt with tests, the s
 sandbox (pipeline/sandbox.py `run`); a row with neither gets None, which GRPOTrainer leaves out of the sum.
 """
 
-import multiprocessing
-import threading
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from pipeline.errors import InputError
+
 
 def completion_text(completion) -> str:
     """A conversational completion is a list of messages; its text is the last one's content."""
@@ -22,13 +20,10 @@ def completion_text(completion) -> str:
 def math_scores(items: list[tuple[str, str]], timeout_s: int = 5, float_rounding: int = 6) -> list[float | None]:
     """(reference, text) -> 1.0 correct, 0.0 otherwise, None when the reference does not parse (no signal, not a
     penalty). math-verify's time limit needs the main thread: from another one the checks run in a child process."""
-    from pipeline.verify import check_many
+    from pipeline.verify import math_checker
 
-    if threading.current_thread() is threading.main_thread():
-        results = check_many(items, timeout_s, float_rounding)
-    else:
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = pool.submit(check_many, items, timeout_s, float_rounding).result()
+    with math_checker() as check:
+        results = check(items, timeout_s, float_rounding)
     return [None if r["status"] == "error" and r["reference"] is None else float(r["status"] == "correct") for r in results]
 
 

@@ -49,29 +49,31 @@ class TransformersBackend:
 _LOADED: dict[tuple[str, str], tuple] = {}
 
 
-def load_model(name: str, device: str | None = None):
-    """(model, tokenizer, device), loaded once per process and device."""
+def load_model(name: str, device: str | None = None, head: str = "AutoModelForCausalLM"):
+    """(model, tokenizer, device), loaded once per process, device and head (transformers' Auto class: a reward
+    model is an AutoModelForSequenceClassification)."""
     import torch
 
     from pipeline.models import resolve_llm
 
     path = resolve_llm(name)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if (path, device) not in _LOADED:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    if (path, device, head) not in _LOADED:
+        import transformers
+        from transformers import AutoTokenizer
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+            model = getattr(transformers, head).from_pretrained(path, dtype=dtype).to(device).eval()
         except (OSError, ValueError) as e:
             raise ModelError(f"could not load model {name!r} from {path}: {e}",
                              hint="pass a directory holding config.json and weights, or embedded:smollm2") from e
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        _LOADED[(path, device)] = (model, tokenizer, device)
-    return _LOADED[(path, device)]
+        _LOADED[(path, device, head)] = (model, tokenizer, device)
+    return _LOADED[(path, device, head)]
 
 
 def _generate_batch(model, tokenizer, device, ids: list[list[int]], requests: list[Request]) -> list[dict]:

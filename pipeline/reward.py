@@ -16,9 +16,6 @@ from pathlib import Path
 from pipeline.cache import CallCache, request_key
 from pipeline.errors import ModelError
 
-_LOADED: dict[tuple[str, str], tuple] = {}
-
-
 def model_path(name: str) -> str:
     from pipeline.models import resolve_llm
 
@@ -52,27 +49,13 @@ def fingerprint(path: str) -> str:
 
 
 def load(spec):
-    """(model, tokenizer, device), once per process and device."""
-    import torch
+    """(model, tokenizer, device), once per process and device (pipeline/llm_transformers.py's loader)."""
+    from pipeline.llm_transformers import load_model
 
-    path = model_path(spec.model)
-    device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if (path, device) not in _LOADED:
-        check_reward_model(path, spec.label)
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(device).eval()
-        except (OSError, ValueError) as e:
-            raise ModelError(f"could not load reward model {spec.label!r} from {path}: {e}",
-                             hint="pass a folder holding config.json, weights and a tokenizer") from e
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model.config.pad_token_id = tokenizer.pad_token_id  # where the model reads the last non-pad token
-        _LOADED[(path, device)] = (model, tokenizer, device)
-    return _LOADED[(path, device)]
+    check_reward_model(model_path(spec.model), spec.label)
+    model, tokenizer, device = load_model(spec.model, spec.device, head="AutoModelForSequenceClassification")
+    model.config.pad_token_id = tokenizer.pad_token_id  # where the model reads the last non-pad token
+    return model, tokenizer, device
 
 
 def encode(tokenizer, messages: list[dict], response: str, max_length: int) -> list[int]:

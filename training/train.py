@@ -222,18 +222,11 @@ def train_dpo(data, config_path=None, overrides: dict | None = None, *, eval_dat
     """Direct preference optimisation on a trl-dpo export (TRL's DPOTrainer, as in trl/scripts/dpo.py)."""
     from trl import DPOTrainer
 
-    args, settings = load_train_config("dpo", config_path, overrides)
-    log_third_party_warnings(args.output_dir)
-    train_dataset, fmt = load_data(data, "dpo")
-    eval_path = eval_data or settings["eval_data"]
-    eval_dataset = load_data(eval_path, "dpo")[0] if eval_path else None
-    base = model_path(settings["model"])
-    tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt))
+    args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare("dpo", data, config_path, overrides, eval_data)
 
     # The reference model: a frozen copy of the base unless one is named; with LoRA, TRL disables the
     # adapter instead of keeping a copy; with precompute_ref_log_probs it is only used once, up front.
     ref_model = reference_model(settings, args)
-    need_eval_data(args, eval_dataset)
 
     trainer = DPOTrainer(
         model=base,
@@ -255,16 +248,9 @@ def train_sft(data, config_path=None, overrides: dict | None = None, *, eval_dat
     """
     from trl import SFTTrainer
 
-    args, settings = load_train_config("sft", config_path, overrides)
-    log_third_party_warnings(args.output_dir)
-    train_dataset, fmt = load_data(data, "sft")
+    args, settings, train_dataset, fmt, eval_dataset, base, tokenizer = prepare("sft", data, config_path, overrides, eval_data)
     if fmt is not formats.SftChat and args.assistant_only_loss:
         args.assistant_only_loss = False  # prompt/completion data: completion_only_loss does the same job
-    eval_path = eval_data or settings["eval_data"]
-    eval_dataset = load_data(eval_path, "sft")[0] if eval_path else None
-    base = model_path(settings["model"])
-    tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt), chat_template_path=args.chat_template_path)
-    need_eval_data(args, eval_dataset)
 
     trainer = SFTTrainer(
         model=base,
@@ -286,9 +272,7 @@ def train_kto(data, config_path=None, overrides: dict | None = None, *, eval_dat
 
     from training.export import KTO_RATIO, kto_weights
 
-    args, settings = load_train_config("kto", config_path, overrides)
-    log_third_party_warnings(args.output_dir)
-    train_dataset, fmt = load_data(data, "kto")
+    args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare("kto", data, config_path, overrides, eval_data)
     n_desirable = sum(train_dataset["label"])
     n_undesirable = len(train_dataset) - n_desirable
     if not n_desirable or not n_undesirable:
@@ -306,12 +290,7 @@ def train_kto(data, config_path=None, overrides: dict | None = None, *, eval_dat
         console.print(f"kto: {n_desirable} desirable / {n_undesirable} undesirable rows: desirable_weight "
                       f"{args.desirable_weight}, undesirable_weight {args.undesirable_weight} (TRL's range; balance: false keeps yours)",
                       markup=False, highlight=False)
-    eval_path = eval_data or settings["eval_data"]
-    eval_dataset = load_data(eval_path, "kto")[0] if eval_path else None
-    base = model_path(settings["model"])
-    tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt))
     ref_model = reference_model(settings, args)
-    need_eval_data(args, eval_dataset)
 
     trainer = KTOTrainer(
         model=base,
@@ -331,27 +310,12 @@ def train_grpo(data, config_path=None, overrides: dict | None = None, *, eval_da
     trl/scripts/grpo.py."""
     from trl import GRPOTrainer
 
-    from training.rewards import check_ground_truth, verifier
+    from training.rewards import verifier
 
-    args, settings = load_train_config("grpo", config_path, overrides)
+    args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare("grpo", data, config_path, overrides, eval_data, read=read_grpo)
     if settings["ref_model"]:
         raise ConfigError("GRPO takes no ref_model: with beta > 0 GRPOTrainer keeps its own copy of the base as the reference",
                           hint="remove ref_model (and set beta > 0 for a KL penalty)")
-    log_third_party_warnings(args.output_dir)
-    rows, fmt = formats.read_jsonl(data, "grpo")
-    check_ground_truth(data, rows)
-    from datasets import Dataset
-
-    train_dataset = _grpo_dataset(rows, Dataset)
-    eval_path = eval_data or settings["eval_data"]
-    eval_dataset = None
-    if eval_path:
-        eval_rows, _ = formats.read_jsonl(eval_path, "grpo")
-        check_ground_truth(eval_path, eval_rows)
-        eval_dataset = _grpo_dataset(eval_rows, Dataset)
-    base = model_path(settings["model"])
-    tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt))
-    need_eval_data(args, eval_dataset)
 
     trainer = GRPOTrainer(
         model=base,
@@ -372,14 +336,7 @@ def train_reward(data, config_path=None, overrides: dict | None = None, *, eval_
     from transformers import AutoModelForSequenceClassification
     from trl import RewardTrainer
 
-    args, settings = load_train_config("reward", config_path, overrides)
-    log_third_party_warnings(args.output_dir)
-    train_dataset, fmt = load_data(data, "reward")
-    eval_path = eval_data or settings["eval_data"]
-    eval_dataset = load_data(eval_path, "reward")[0] if eval_path else None
-    base = model_path(settings["model"])
-    tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt))
-    need_eval_data(args, eval_dataset)
+    args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare("reward", data, config_path, overrides, eval_data)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, **(args.model_init_kwargs or {}))
     model.config.pad_token_id = tokenizer.pad_token_id
 
@@ -394,9 +351,30 @@ def train_reward(data, config_path=None, overrides: dict | None = None, *, eval_
     return fit(trainer, tokenizer, "reward", data, base, settings, resume)
 
 
-def _grpo_dataset(rows: list[dict], Dataset):
-    """Both ground-truth columns always present (null where absent), so the reward function gets both lists."""
-    return Dataset.from_list([{**r, "reference_answer": r.get("reference_answer"), "tests": r.get("tests")} for r in rows])
+def read_grpo(path, method: str):
+    """A grpo file as (dataset, format), every reference parsing and every test compiling, and both ground-truth columns
+    present (null where absent), so the reward function gets both lists."""
+    from datasets import Dataset
+
+    from training.rewards import check_ground_truth
+
+    rows, fmt = formats.read_jsonl(path, method)
+    check_ground_truth(path, rows)
+    return Dataset.from_list([{**r, "reference_answer": r.get("reference_answer"), "tests": r.get("tests")} for r in rows]), fmt
+
+
+def prepare(method: str, data, config_path, overrides: dict | None, eval_data, read=load_data):
+    """What every method reads first: (TRL config, prefab settings, train set, its format, eval set or None, base model
+    path, tokenizer). read(path, method) -> (dataset, format)."""
+    args, settings = load_train_config(method, config_path, overrides)
+    log_third_party_warnings(args.output_dir)
+    train_dataset, fmt = read(data, method)
+    eval_path = eval_data or settings["eval_data"]
+    eval_dataset = read(eval_path, method)[0] if eval_path else None
+    base = model_path(settings["model"])
+    tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt), chat_template_path=getattr(args, "chat_template_path", None))
+    need_eval_data(args, eval_dataset)
+    return args, settings, train_dataset, fmt, eval_dataset, base, tokenizer
 
 
 def need_eval_data(args, eval_dataset) -> None:

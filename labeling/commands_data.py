@@ -62,8 +62,9 @@ def pull(run_dir, config_path, watch, interval):
     console.print(f"pulling every {interval:g}s; Ctrl-C stops")
     try:
         watch_labels(run, config, client, interval)
-    except KeyboardInterrupt:
-        console.print("stopped; every label pulled so far is saved")
+    except KeyboardInterrupt:  # a second Ctrl-C, in the middle of a pull; tables are replaced atomically
+        pass
+    console.print("stopped; every label pulled so far is saved")
 
 
 commands = [push, pull]

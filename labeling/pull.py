@@ -5,6 +5,7 @@ each record. Labels are merged into what earlier pulls saw, never replaced whole
 vanished from the server is kept as last seen, with `missing_since` set.
 """
 
+import signal
 import time
 from datetime import datetime, timezone
 
@@ -186,16 +187,32 @@ def pull_stage(run: Run, config: Config, client) -> dict:
 
 
 def watch(run: Run, config: Config, client, interval: float, *, max_pulls: int | None = None) -> int:
-    """Pull every `interval` seconds, printing when labels change; Ctrl-C stops between pulls cleanly."""
+    """Pull every `interval` seconds, printing when labels change, until Ctrl-C.
+
+    Ctrl-C only sets a flag that is read between pulls: a KeyboardInterrupt raised mid-pull can land in a
+    library's __del__, where Python prints and drops it, and the loop went on polling. A second Ctrl-C
+    interrupts at once, as usual.
+    """
+    stop = []
+
+    def on_ctrl_c(signum, frame):
+        stop.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
     pulls = 0
-    while max_pulls is None or pulls < max_pulls:
-        result = pull_stage(run, config, client)
-        pulls += 1
-        if result["changed"] or pulls == 1:
-            console.print(f"{datetime.now():%H:%M:%S} labels={result['labels']} submitted={result['submitted']} "
-                          f"resolved={result['resolved']} (+{result['new_or_changed']} new or changed)")
-        if max_pulls is None or pulls < max_pulls:
-            time.sleep(interval)
+    try:
+        while not stop and (max_pulls is None or pulls < max_pulls):
+            result = pull_stage(run, config, client)
+            pulls += 1
+            if result["changed"] or pulls == 1:
+                console.print(f"{datetime.now():%H:%M:%S} labels={result['labels']} submitted={result['submitted']} "
+                              f"resolved={result['resolved']} (+{result['new_or_changed']} new or changed)")
+            until = time.monotonic() + interval
+            while not stop and (max_pulls is None or pulls < max_pulls) and time.monotonic() < until:
+                time.sleep(min(0.1, interval))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return pulls
 
 

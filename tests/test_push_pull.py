@@ -393,6 +393,33 @@ def test_pull_watch_picks_up_new_labels_and_stops_cleanly_on_ctrl_c(argilla, pre
     assert run.read("labels").height == 2
 
 
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_during_a_pull_lets_it_finish_and_a_second_one_stops_at_once(monkeypatch, presses):
+    """The CI failure this guards: a Ctrl-C raised as KeyboardInterrupt mid-pull landed in a library's
+    __del__, was printed and dropped, and watch went on polling. Now the first Ctrl-C is a flag."""
+    import labeling.pull as pull_module
+
+    finished = []
+
+    def pull_stage(run, config, client):
+        for _ in range(presses):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here, as it would during the pull's own I/O
+        finished.append(True)
+        return {"changed": False, "labels": 0, "submitted": 0, "resolved": 0, "new_or_changed": 0}
+
+    monkeypatch.setattr(pull_module, "pull_stage", pull_stage)
+    before = signal.getsignal(signal.SIGINT)
+    if presses == 1:
+        assert pull_module.watch(None, None, None, interval=60) == 1  # no 60 s wait after the flag
+        assert finished == [True]
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            pull_module.watch(None, None, None, interval=60)
+        assert finished == []
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_push_with_no_server_fails_clearly_and_leaves_the_run_intact(prefab, tmp_path, monkeypatch):
     run, _ = make_run(tmp_path / "down", 4)
     from conftest import snapshot_dir

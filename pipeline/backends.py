@@ -7,11 +7,25 @@ one under the entry point group `prefab.backends`, and tests register an in-proc
 (tests/fake_backend.py) the same way.
 """
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Protocol
 
 DEFAULT_MAX_TOKENS = 512  # what a request without max_tokens may take (transformers generation, tpm estimates)
+CHARS_PER_TOKEN = 4  # English text in the common BPE vocabularies; the estimate where no tokenizer is at hand
+
+
+def estimate_prompt_tokens(messages: list[dict]) -> int:
+    """Prompt tokens without the model's tokenizer: ~4 characters a token, plus a few for each message's role markers."""
+    chars = sum(len(c) if isinstance(c := m.get("content") or "", str) else len(json.dumps(c)) for m in messages)
+    return chars // CHARS_PER_TOKEN + 4 * len(messages) + 1
+
+
+def most_prompt_tokens(messages: list[dict]) -> int:
+    """An upper bound: a byte-level BPE token holds at least one byte (budgets are checked against this)."""
+    size = sum(len((c if isinstance(c := m.get("content") or "", str) else json.dumps(c)).encode()) for m in messages)
+    return size + 8 * len(messages) + 8
 
 
 @dataclass(frozen=True)

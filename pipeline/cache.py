@@ -1,7 +1,8 @@
 """Durable call cache: every model call goes through it, so a restarted run repays nothing.
 
 SQLite in WAL mode survives kill -9 of the process; a row is written as soon as its call finishes.
-Only successful calls are stored: a failure is retried on the next run (or `--retry-failed`).
+Only successful calls are stored: a failure is retried on the next run (or `--retry-failed`). Each row keeps
+what its call cost at the model's configured prices, so the run's spend is known (budget_usd) after any crash.
 """
 
 import hashlib
@@ -27,8 +28,16 @@ class CallCache:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, kind TEXT, request TEXT, response TEXT, "
-            "created REAL DEFAULT ((julianday('now') - 2440587.5) * 86400.0))"  # unix seconds; unixepoch('subsec') needs SQLite 3.42
+            "created REAL DEFAULT ((julianday('now') - 2440587.5) * 86400.0), "  # unix seconds; unixepoch('subsec') needs SQLite 3.42
+            "cost_usd REAL DEFAULT 0)"
         )
+        if "cost_usd" not in {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}:  # a cache from before costs were kept
+            try:
+                self._db.execute("ALTER TABLE calls ADD COLUMN cost_usd REAL DEFAULT 0")
+            except sqlite3.OperationalError as e:  # another process added it first
+                if "duplicate column" not in str(e):
+                    raise
+        self._spent: float | None = None
         self.hits = 0
         self.misses = 0
 
@@ -53,12 +62,21 @@ class CallCache:
         self.misses += len(keys) - len(out)
         return out
 
-    def put(self, key: str, request: dict, response: dict, kind: str = "") -> None:
+    def put(self, key: str, request: dict, response: dict, kind: str = "", cost_usd: float = 0.0) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO calls (key, kind, request, response) VALUES (?, ?, ?, ?)",
-                (key, kind, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False)),
+                "INSERT OR REPLACE INTO calls (key, kind, request, response, cost_usd) VALUES (?, ?, ?, ?, ?)",
+                (key, kind, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False), cost_usd),
             )
+            if self._spent is not None:
+                self._spent += cost_usd
+
+    def spent_usd(self) -> float:
+        """What the calls in this cache cost (summed once, then kept up to date by put)."""
+        with self._lock:
+            if self._spent is None:
+                self._spent = self._db.execute("SELECT total(cost_usd) FROM calls").fetchone()[0]
+            return self._spent
 
     def __len__(self) -> int:
         with self._lock:

@@ -78,6 +78,36 @@ def run(config_path, start, until, run_dir, force):
     click.echo(f"{run.path}: ran {', '.join(ran) if ran else 'nothing (all stages complete)'}")
 
 
+@cli.command(name="plan")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--run", "run_dir", help="Override the run directory of the config.")
+@click.option("--sample", type=click.IntRange(min=0), default=0, show_default=True,
+              help="First make this many calls per generator, and judge them, to measure answer lengths (cached: the run does not pay again).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan_command(config_path, run_dir, sample, as_json):
+    """Estimate a run's calls, tokens and cost per stage and model, and what the call cache already holds, before spending."""
+    from pipeline.cache import run_cache
+    from pipeline.config import load_config
+    from pipeline.llm import spending_limit
+    from pipeline.plan import plan_run, print_plan
+
+    config = load_config(config_path)
+    if run_dir:
+        config.run = run_dir
+    cache_path = Path(config.run) / "cache.sqlite"
+    cache = run_cache(config.run) if sample or cache_path.exists() else None  # a plan alone creates nothing
+    try:
+        with spending_limit(config.budget_usd):
+            result = plan_run(config, cache, sample)
+    finally:
+        if cache is not None:
+            cache.close()
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        print_plan(result)
+
+
 @cli.command()
 @run_option
 @config_option

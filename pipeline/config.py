@@ -50,8 +50,9 @@ class ModelSpec(Strict):
     batch_size: int = Field(8, ge=1)
     device: str | None = None  # cpu, cuda, cuda:1...
     # any backend
-    price_per_mtok_in: float = Field(0.0, ge=0)
-    price_per_mtok_out: float = Field(0.0, ge=0)
+    price_per_mtok_in: float = Field(0.0, ge=0)  # USD per million prompt tokens
+    price_per_mtok_out: float = Field(0.0, ge=0)  # USD per million completion tokens
+    tokenizer: str | None = None  # for `prefab plan`'s token counts: a local tokenizer dir or embedded:smollm2 (default: the model's own on transformers)
 
     @property
     def label(self) -> str:
@@ -365,6 +366,7 @@ class Config(Strict):
     run: str  # run directory
     seed: int = 0
     stages: list[str] | None = None  # default: every configured stage in pipeline order
+    budget_usd: float | None = Field(None, ge=0)  # the most this run's model calls may cost (model prices); `prefab plan` estimates it
     ingest: IngestConfig
     dedup: DedupConfig | None = None
     generate: GenerateConfig | None = None

@@ -66,3 +66,9 @@ class SandboxError(PrefabError):
     """Model-written code cannot be isolated on this machine (pipeline/sandbox.py): nothing was run."""
 
     exit_code = 5
+
+
+class BudgetError(PrefabError):
+    """The next calls could take the run past its budget_usd: they were not made; everything finished is kept."""
+
+    exit_code = 6

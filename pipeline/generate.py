@@ -11,7 +11,7 @@ import polars as pl
 
 from pipeline.cache import CallCache, run_cache
 from pipeline.config import GeneratorSpec
-from pipeline.llm import Request, call_llm, check_spec
+from pipeline.llm import Request, call_cost, call_llm, check_spec
 from pipeline.progress import summary
 from pipeline.queries import active_prompts
 from pipeline.schema import TABLES
@@ -63,7 +63,7 @@ def generate_with_counts(prompts: pl.DataFrame, generators: list[GeneratorSpec],
         for j, (s, _, _) in enumerate(planned):
             r = rows[j]
             if s is spec and r["error"] is None:
-                cost += ((r["prompt_tokens"] or 0) * spec.price_per_mtok_in + (r["completion_tokens"] or 0) * spec.price_per_mtok_out) / 1e6
+                cost += call_cost(spec, r["prompt_tokens"], r["completion_tokens"])
     df = pl.DataFrame(rows, schema=TABLES["candidates"], orient="row") if rows else pl.DataFrame(schema=TABLES["candidates"])
     failed = df.filter(pl.col("error").is_not_null())
     counts = {

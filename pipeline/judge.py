@@ -197,6 +197,13 @@ def parse_verdict(text: str | None) -> str:
 # ---------------------------------------------------------------- asking with retries
 
 
+def attempt_request(request: Request, cfg, attempt: int) -> Request:
+    """The request as asked on a given attempt: the first at the judge's temperature and seed, retries sampling
+    more freely with seed + attempt (so the cache does not hand back the same bad answer)."""
+    temperature = cfg.temperature if attempt == 0 else max(cfg.retry_temperature, cfg.temperature)
+    return replace(request, temperature=temperature, seed=cfg.seed + attempt)
+
+
 def ask_parsed(spec, base_requests: list[Request], parse, cache, cfg, description: str) -> list[dict]:
     """Ask each request; re-ask the ones whose answer fails `parse(result)` with seed + attempt at retry_temperature.
 
@@ -209,8 +216,7 @@ def ask_parsed(spec, base_requests: list[Request], parse, cache, cfg, descriptio
     for attempt in range(cfg.parse_retries + 1):
         if not pending:
             break
-        temperature = cfg.temperature if attempt == 0 else max(cfg.retry_temperature, cfg.temperature)
-        requests = [replace(base_requests[i], temperature=temperature, seed=cfg.seed + attempt) for i in pending]
+        requests = [attempt_request(base_requests[i], cfg, attempt) for i in pending]
         label = description if attempt == 0 else f"{description} (retry {attempt}: {len(pending)})"
         results = call_llm(spec, requests, cache, label)
         still = []
@@ -229,14 +235,23 @@ def ask_parsed(spec, base_requests: list[Request], parse, cache, cfg, descriptio
     return out
 
 
+def scoring_requests(spec, items: list[tuple[list[dict], str]], aspects, cfg) -> list[Request]:
+    """What pointwise judging asks of (messages, response) items (before attempt_request): a JSON rubric per item,
+    or with `scoring: logprobs` one single-token request per item and aspect. `prefab plan` counts these too."""
+    if cfg.scoring == "logprobs":
+        depth = backend(spec.backend).top_logprobs
+        return [Request(aspect_messages(a, messages, response), max_tokens=1, logprobs=True, top_logprobs=depth)
+                for messages, response in items for a in aspects]
+    structured = cfg.structured_output and backend(spec.backend).json_schema
+    return [Request(rubric_messages(aspects, messages, response), max_tokens=cfg.max_tokens,
+                    response_format=rubric_schema(aspects) if structured else None) for messages, response in items]
+
+
 def judge_candidates(spec, items: list[tuple[list[dict], str]], aspects, cache, cfg) -> list[dict]:
     """Judgment rows (without ids) for (messages, response) items: aspects, overall, rationale, raw, error."""
     if cfg.scoring == "logprobs":
         return judge_by_logprobs(spec, items, aspects, cache, cfg)
-    structured = cfg.structured_output and backend(spec.backend).json_schema
-    base = [Request(rubric_messages(aspects, messages, response), max_tokens=cfg.max_tokens,
-                    response_format=rubric_schema(aspects) if structured else None) for messages, response in items]
-    answers = ask_parsed(spec, base, lambda result: parse_rubric(result.text, aspects), cache, cfg, f"judge {spec.label}")
+    answers = ask_parsed(spec, scoring_requests(spec, items, aspects, cfg), lambda result: parse_rubric(result.text, aspects), cache, cfg, f"judge {spec.label}")
     rows = []
     for ans in answers:
         scores = ans["value"]
@@ -277,9 +292,7 @@ def aspect_messages(aspect, messages: list[dict], response: str) -> list[dict]:
 def judge_by_logprobs(spec, items: list[tuple[list[dict], str]], aspects, cache, cfg) -> list[dict]:
     """One single-token request per (candidate, aspect); the score is the probability-weighted mean of the scale's
     digits (G-Eval). A small model that never writes valid JSON still gives a usable, graded score."""
-    depth = backend(spec.backend).top_logprobs
-    base = [Request(aspect_messages(a, messages, response), max_tokens=1, logprobs=True, top_logprobs=depth)
-            for messages, response in items for a in aspects]
+    base = scoring_requests(spec, items, aspects, cfg)
     scales = [{str(k) for k in range(int(a.min), int(a.max) + 1)} for a in aspects] * len(items)
     once = cfg.model_copy(update={"parse_retries": 0})  # the distribution is the same on every try
     answers = ask_parsed(spec, base, lambda result: result, cache, once, f"judge {spec.label}")
@@ -334,12 +347,9 @@ def pair_confidence(ab: str | None, ba: str | None, p_ab: float | None = None, p
     return 0.0
 
 
-def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg) -> list[dict]:
-    """Pairwise rows (without ids) for (messages, first, second) items, each judged in both orders.
-
-    Verdicts are mapped back to "chosen" (the first text of the item), "rejected" (the second) or "tie".
-    With `scoring: logprobs` the verdict is one token, A or B, read from its probabilities (close = tie).
-    """
+def pair_requests(spec, items: list[tuple[list[dict], str, str]], cfg) -> list[Request]:
+    """What pairwise judging asks of (messages, first, second) items (before attempt_request): each pair in both
+    orders, a JSON verdict or with `scoring: logprobs` one token. `prefab plan` counts these too."""
     by_token = cfg.scoring == "logprobs"
     structured = cfg.structured_output and backend(spec.backend).json_schema and not by_token
     want_logprobs = by_token or bool(cfg.logprobs)
@@ -352,6 +362,18 @@ def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg) -> l
             else:
                 base.append(Request(pairwise_messages(messages, a, b), max_tokens=cfg.max_tokens, logprobs=want_logprobs,
                                     top_logprobs=depth, response_format=PAIRWISE_SCHEMA if structured else None))
+    return base
+
+
+def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg) -> list[dict]:
+    """Pairwise rows (without ids) for (messages, first, second) items, each judged in both orders.
+
+    Verdicts are mapped back to "chosen" (the first text of the item), "rejected" (the second) or "tie".
+    With `scoring: logprobs` the verdict is one token, A or B, read from its probabilities (close = tie).
+    """
+    by_token = cfg.scoring == "logprobs"
+    want_logprobs = by_token or bool(cfg.logprobs)
+    base = pair_requests(spec, items, cfg)
     parse = token_verdict if by_token else (lambda result: json_verdict(result, want_logprobs))
     answers = ask_parsed(spec, base, parse, cache, cfg.model_copy(update={"parse_retries": 0}) if by_token else cfg, f"pairwise {spec.label}")
     rows = []

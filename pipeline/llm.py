@@ -9,24 +9,49 @@ Every request is first looked up in the run's call cache, keyed by the request, 
 (not the base_url: several servers of one model share answers). Only misses go to the backend that
 `spec.backend` names (pipeline.registry: openai, transformers, or one another package or a test
 registered), and each success is committed to the cache the moment the backend reports it finished, so a
-killed run repays only the calls in flight at the kill. One bad call never raises: it comes back with its
+killed run repays only the calls in flight at the kill. Under `spending_limit(budget_usd)` (the runner sets
+the config's budget_usd) calls go out in slices, and a slice that could take the run's spend (what its
+cache's calls cost) past the budget is not sent: BudgetError, with every finished call kept. One bad call never raises: it comes back with its
 error text (failures are not cached, so they are tried again later). Only what stops every call (no API
 key, a model that does not exist, a rejected key) raises ModelError/ConfigError.
 """
 
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 
-from pipeline.backends import Request, Result
+from pipeline.backends import DEFAULT_MAX_TOKENS, Request, Result, most_prompt_tokens
 from pipeline.cache import CallCache, request_key
 from pipeline.config import ModelSpec
-from pipeline.errors import ModelError
+from pipeline.errors import BudgetError, ModelError
 from pipeline.progress import progress_bar
 from pipeline.registry import backend
 
 
 def cache_key(spec: ModelSpec, request: Request) -> str:
     return request_key({"backend": spec.backend, "model": spec.model, **request.payload()})
+
+
+_budget: ContextVar[float | None] = ContextVar("budget_usd", default=None)
+
+
+@contextmanager
+def spending_limit(budget_usd: float | None):
+    """Calls made inside may not take their cache's spend past budget_usd (None: no limit)."""
+    token = _budget.set(budget_usd)
+    try:
+        yield
+    finally:
+        _budget.reset(token)
+
+
+def call_cost(spec: ModelSpec, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+    return ((prompt_tokens or 0) * spec.price_per_mtok_in + (completion_tokens or 0) * spec.price_per_mtok_out) / 1e6
+
+
+def most_cost(spec: ModelSpec, request: Request) -> float:
+    """The most a call can cost before it is made: every prompt byte a token, every allowed output token used."""
+    return call_cost(spec, most_prompt_tokens(request.messages), request.max_tokens or DEFAULT_MAX_TOKENS)
 
 
 def check_spec(spec: ModelSpec) -> None:
@@ -50,25 +75,50 @@ def call_llm(spec: ModelSpec, requests: list[Request], cache: CallCache, descrip
     chosen = backend(spec.backend)  # an unknown name fails here, before the progress bar
     work = [(key, requests[idx[0]]) for key, idx in todo.items()]
     with _ticker(description, len(requests), done=len(requests) - sum(len(v) for v in todo.values())) as tick:
-        def finish(j: int, result: Result) -> None:
-            key, request = work[j]
-            if result.error is None:
-                _save(cache, key, request.payload(), result.cache_row(), spec.backend)
-            for i in todo[key]:
-                results[i] = result
-            tick(len(todo[key]))
+        for start, stop in _slices(spec, work, cache):
+            def finish(j: int, result: Result, start=start) -> None:
+                key, request = work[start + j]
+                if result.error is None:
+                    _save(cache, key, request.payload(), result.cache_row(), spec.backend,
+                          call_cost(spec, result.prompt_tokens, result.completion_tokens))
+                for i in todo[key]:
+                    results[i] = result
+                tick(len(todo[key]))
 
-        chosen.run(spec, [r for _, r in work], finish)
+            chosen.run(spec, [r for _, r in work[start:stop]], finish)
     return results
 
 
-def _save(cache: CallCache, key: str, request: dict, response: dict, kind: str) -> None:
+def _slices(spec: ModelSpec, work: list[tuple[str, Request]], cache: CallCache):
+    """(start, stop) of the work to send next: all of it without a budget (or for a free model); else slices of a
+    few rounds of concurrency, each sent only if its most possible cost still fits in what is left of the budget."""
+    budget = _budget.get()
+    if budget is None or not (spec.price_per_mtok_in or spec.price_per_mtok_out):
+        yield 0, len(work)
+        return
+    size = max(1, 4 * getattr(spec, "concurrency", 1))
+    start = 0
+    while start < len(work):
+        left = budget - cache.spent_usd()
+        stop = start
+        while stop < min(len(work), start + size) and (left := left - most_cost(spec, work[stop][1])) >= 0:
+            stop += 1
+        if stop == start:
+            raise BudgetError(f"budget_usd {budget:g} reached: this run's calls cost ${cache.spent_usd():.4f} so far, and the next call "
+                              f"({spec.label}) could cost up to ${most_cost(spec, work[start][1]):.4f}; {len(work) - start} call(s) not made",
+                              hint="every finished call is kept in the run's cache; raise budget_usd in the config (`prefab plan CONFIG` "
+                                   "estimates what the rest costs) and run the same command again")
+        yield start, stop
+        start = stop
+
+
+def _save(cache: CallCache, key: str, request: dict, response: dict, kind: str, cost_usd: float = 0.0) -> None:
     """Commit a finished call before anything else happens: a kill -9 then repays only calls still in flight.
 
     One small WAL commit (no fsync at synchronous=NORMAL) costs tens of microseconds, against milliseconds of
     client work per call (bench/bench_generate.py measures the whole)."""
     try:
-        cache.put(key, request, response, kind)
+        cache.put(key, request, response, kind, cost_usd)
     except Exception as e:
         raise ModelError(f"could not write the call cache {cache.path}: {e}",
                          hint="check free disk space and permissions of the run directory") from e

@@ -15,7 +15,7 @@ import os
 import random
 import time
 
-from pipeline.backends import DEFAULT_MAX_TOKENS, Request, Result
+from pipeline.backends import DEFAULT_MAX_TOKENS, Request, Result, estimate_prompt_tokens
 from pipeline.errors import ConfigError, ModelError
 
 
@@ -65,9 +65,7 @@ def _limiter(per_minute: float | None, largest: float = 1.0):
 
 
 def _estimate_tokens(request: Request) -> int:
-    chars = sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else len(json.dumps(m.get("content")))
-                for m in request.messages)
-    return chars // 4 + 1 + (request.max_tokens or DEFAULT_MAX_TOKENS)
+    return estimate_prompt_tokens(request.messages) + (request.max_tokens or DEFAULT_MAX_TOKENS)
 
 
 async def _call_all(spec, requests: list[Request], finish) -> None:

@@ -6,6 +6,7 @@ request's answer depends on its seed, not on its batch mates; temperature 0 is g
 not enforced (judges ask for JSON in the prompt instead: json_schema is False).
 """
 
+import functools
 import math
 import time
 
@@ -29,8 +30,7 @@ class TransformersBackend:
         import torch
 
         model, tokenizer, device = load_model(spec.model, spec.device)
-        prompts = [tokenizer.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in requests]
-        ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        ids = chat_token_ids(tokenizer, [r.messages for r in requests])
         # like lengths together: little padding, few rows waiting for a long neighbour
         order = sorted(range(len(requests)), key=lambda j: (requests[j].max_tokens or DEFAULT_MAX_TOKENS, len(ids[j])))
         for start in range(0, len(order), spec.batch_size):
@@ -44,6 +44,27 @@ class TransformersBackend:
             latency = round((time.perf_counter() - started) / len(batch), 4)  # the batch's time, shared by its rows
             for j, out in zip(batch, outputs):
                 finish(j, Result(**out, latency_s=latency))
+
+
+def chat_token_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
+    """The prompt tokens a chat model is given: its chat template, ending where the assistant's answer starts."""
+    prompts = [tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) for messages in conversations]
+    return tokenizer(prompts, add_special_tokens=False)["input_ids"]
+
+
+@functools.cache
+def load_tokenizer(name: str):
+    """A model's tokenizer alone (local dir or embedded:smollm2), to count tokens without loading weights."""
+    from transformers import AutoTokenizer
+
+    from pipeline.models import resolve_llm
+
+    path = resolve_llm(name)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load a tokenizer from {path}: {e}",
+                         hint="set `tokenizer:` to a local model directory (one holding tokenizer.json), or embedded:smollm2") from e
 
 
 _LOADED: dict[tuple[str, str], tuple] = {}

@@ -143,6 +143,7 @@ class DedupConfig(Strict):
 
 class GenerateConfig(Strict):
     generators: list[GeneratorSpec] = Field(min_length=1)
+    part_size: int = Field(2000, ge=1)  # prompts per part written as the stage goes (its memory; what a restart skips)
 
     @field_validator("generators")
     @classmethod

@@ -59,8 +59,9 @@ def check_spec(spec: ModelSpec) -> None:
     backend(spec.backend).check(spec)
 
 
-def call_llm(spec: ModelSpec, requests: list[Request], cache: CallCache, description: str) -> list[Result]:
-    """Answer every request (cache first, then the spec's backend); results come back in request order."""
+def call_llm(spec: ModelSpec, requests: list[Request], cache: CallCache, description: str, tick=None) -> list[Result]:
+    """Answer every request (cache first, then the spec's backend); results come back in request order. A stage that
+    calls in parts passes its own progress `tick` (from ticker()) to show one bar for all of them."""
     keys = [cache_key(spec, r) for r in requests]
     hits = cache.get_many(list(dict.fromkeys(keys)))
     results: list[Result | None] = [None] * len(requests)
@@ -70,11 +71,14 @@ def call_llm(spec: ModelSpec, requests: list[Request], cache: CallCache, descrip
             results[i] = Result.from_cache(hits[key])
         else:
             todo.setdefault(key, []).append(i)
+    done = len(requests) - sum(len(v) for v in todo.values())
     if not todo:
+        if tick and done:
+            tick(done)
         return results
     chosen = backend(spec.backend)  # an unknown name fails here, before the progress bar
     work = [(key, requests[idx[0]]) for key, idx in todo.items()]
-    with _ticker(description, len(requests), done=len(requests) - sum(len(v) for v in todo.values())) as tick:
+    with _own_ticker(description, len(requests), done, tick) as tick:
         for start, stop in _slices(spec, work, cache):
             def finish(j: int, result: Result, start=start) -> None:
                 key, request = work[start + j]
@@ -125,7 +129,19 @@ def _save(cache: CallCache, key: str, request: dict, response: dict, kind: str, 
 
 
 @contextmanager
-def _ticker(description: str, total: int, done: int):
+def _own_ticker(description: str, total: int, done: int, given=None):
+    """The caller's tick (advanced by what the cache answered), or a bar of this call's own."""
+    if given is not None:
+        if done:
+            given(done)
+        yield given
+        return
+    with ticker(description, total, done) as tick:
+        yield tick
+
+
+@contextmanager
+def ticker(description: str, total: int, done: int = 0):
     """A progress bar updated at most ~10 times a second: at 1,000+ calls/s per-call updates would cost more than the calls."""
     with progress_bar(description, total) as advance:
         if done:

@@ -4,6 +4,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -191,6 +192,36 @@ class Run:
 
     def is_complete(self, stage: str) -> bool:
         return self.stage_info(stage).get("status") == "complete"
+
+
+class TableParts:
+    """A table a stage writes in parts as it goes (RUN/.parts/NAME/), so it holds one part's rows at a time and a
+    restarted stage skips the parts already written. Each part is named by its index and a key of what it was made
+    from (its input ids and the stage's settings): a part made from other input is not reused. `assemble` streams
+    the parts into the one table file readers know, then removes them."""
+
+    def __init__(self, run: Run, name: str):
+        self.run, self.name = run, name
+        self.dir = run.path / ".parts" / name
+
+    def path(self, index: int, key: str) -> Path:
+        return self.dir / f"{index:06d}-{key}.parquet"
+
+    def has(self, index: int, key: str) -> bool:
+        return self.path(index, key).exists()
+
+    def write(self, index: int, key: str, df: pl.DataFrame) -> None:
+        df = schema.conform(self.name, df)
+        atomic_write(self.path(index, key), lambda p: df.write_parquet(p))
+
+    def assemble(self, keys: list[str]) -> None:
+        """Parts 0..n-1 (by their keys), in order, into RUN/NAME.parquet without holding them in memory."""
+        paths = [self.path(i, k) for i, k in enumerate(keys)]
+        if paths:
+            atomic_write(self.run.table_path(self.name), lambda p: pl.scan_parquet(paths).sink_parquet(p))
+        else:
+            self.run.write(self.name, schema.empty(self.name))
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def open_run(path: str | Path, *, must_exist: bool = True) -> Run:

@@ -35,12 +35,12 @@ def generator(server, **kw) -> GeneratorSpec:
     return GeneratorSpec(**kw)
 
 
-def write_config(tmp_path: Path, server, n_prompts: int, **gen) -> Path:
+def write_config(tmp_path: Path, server, n_prompts: int, part_size: int = 2000, **gen) -> Path:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Prompt number {i}: tell me about topic {i}."}) + "\n" for i in range(n_prompts)))
     gen = {"name": "fake", "backend": "openai", "model": "fake-model", "base_url": server.url, "temperatures": [0.3, 1.0],
            "n": 2, "max_tokens": 40, "max_retries": 1, "timeout": 5, **gen}
-    config = {"run": str(tmp_path / "run"), "stages": ["ingest", "generate"], "ingest": {"paths": [str(prompts)]}, "generate": {"generators": [gen]}}
+    config = {"run": str(tmp_path / "run"), "stages": ["ingest", "generate"], "ingest": {"paths": [str(prompts)]}, "generate": {"generators": [gen], "part_size": part_size}}
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
@@ -175,6 +175,44 @@ def test_kill_9_mid_generate_then_resume_repeats_no_finished_call(openai_server,
     fresh = Run(tmp_path / "b" / "run").read("candidates")
     assert resumed.shape == fresh.shape == (total, len(TABLES["candidates"]))
     assert resumed.drop("latency_s").equals(fresh.drop("latency_s"))
+
+
+def test_kill_9_mid_streamed_generate_resumes_after_its_written_parts(openai_server, tmp_path, prefab):
+    """Parts of 5 prompts (20 calls each): killed once two parts are on disk, the run skips them (reading nothing of
+    them from the cache), repays no finished call, and ends with the table of a run never interrupted."""
+    openai_server.latency = 0.05
+    n_prompts, total = 30, 30 * 2 * 2
+    (tmp_path / "a").mkdir()
+    config = write_config(tmp_path / "a", openai_server, n_prompts, part_size=5, concurrency=4)
+    parts = tmp_path / "a" / "run" / ".parts" / "candidates"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(list(parts.glob("*.parquet"))) < 2:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no part was written"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len(list(parts.glob("*.parquet")))
+    run = Run(tmp_path / "a" / "run")
+    assert not run.has("candidates") and 2 <= written < 6
+    finished = {json.dumps(r, sort_keys=True) for r in _cached_requests(tmp_path / "a" / "run" / "cache.sqlite")}
+    before = openai_server.total
+
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    sent_after = Counter(_request_of(b) for b in openai_server.bodies[before:])
+    assert not finished & set(sent_after) and max(sent_after.values()) == 1 and openai_server.total - before == total - len(finished)
+    info = run.stage_info("generate")
+    assert info["parts_resumed"] == written and info["cached"] == len(finished) - 20 * written
+    assert not parts.exists()
+
+    (tmp_path / "b").mkdir()
+    assert prefab("run", write_config(tmp_path / "b", openai_server, n_prompts, part_size=5, concurrency=4)).exit_code == 0
+    fresh = Run(tmp_path / "b" / "run").read("candidates")
+    assert run.read("candidates").drop("latency_s").equals(fresh.drop("latency_s")) and fresh.height == total
 
 
 def _cached(path: Path) -> int:

@@ -58,7 +58,10 @@ def call_llm(spec: ModelSpec, requests: list[Request], cache: CallCache, descrip
                 results[i] = result
             tick(len(todo[key]))
 
-        chosen.run(spec, [r for _, r in work], finish)
+        if getattr(chosen, "journal", False):  # it records submitted work in the run (pipeline/backends.py)
+            chosen.run(spec, [r for _, r in work], finish, journal=cache)
+        else:
+            chosen.run(spec, [r for _, r in work], finish)
     return results
 
 

@@ -6,6 +6,7 @@ A call whose first attempt fails enters one retry loop (tenacity), which bounds 
 that are not a chat completion (HTML, JSON of another shape, no choices); exponential backoff otherwise. `concurrency` requests are in flight across all
 base_urls, which take turns (round robin); rpm/tpm limits (aiolimiter) pace first attempts, not retries.
 A rejected key or a model the server does not have stops every call: ModelError.
+`mode: batch` sends the requests through the provider's Batch API instead (pipeline/llm_openai_batch.py).
 """
 
 import asyncio
@@ -22,15 +23,25 @@ from pipeline.errors import ConfigError, ModelError
 class OpenAIBackend:
     """The backend (pipeline/backends.py): `backend: openai` in a model's config."""
 
-    fields = frozenset({"base_url", "api_key_env", "concurrency", "rpm", "tpm", "timeout", "max_retries"})
+    fields = frozenset({"base_url", "api_key_env", "concurrency", "rpm", "tpm", "timeout", "max_retries",
+                        "mode", "batch_poll_s", "batch_window", "batch_max_requests"})
     json_schema = True
     top_logprobs = 20  # the most OpenAI-compatible servers return
+    journal = True  # batch mode records its batch ids in the run (pipeline/llm_openai_batch.py)
 
     def check(self, spec) -> None:
         api_key(spec)
+        if spec.mode == "batch" and len(spec.base_urls) > 1:
+            raise ConfigError(f"model {spec.label!r} has mode: batch and {len(spec.base_urls)} base_urls; a batch goes to one server",
+                              hint="give one `base_url`, or use `mode: realtime` to spread calls over several")
 
-    def run(self, spec, requests: list[Request], finish) -> None:
-        _run_async(_call_all(spec, requests, finish))
+    def run(self, spec, requests: list[Request], finish, journal=None) -> None:
+        if spec.mode == "batch":
+            from pipeline.llm_openai_batch import run_batches
+
+            run_batches(spec, requests, finish, journal)
+        else:
+            _run_async(_call_all(spec, requests, finish))
 
 
 def api_key(spec) -> str:
@@ -154,7 +165,11 @@ async def _one(client, spec, request: Request) -> Result:
         return failed(f"malformed answer: {e}" if isinstance(e, _Malformed) else f"malformed answer: {type(e).__name__}: {e}")
     except Exception as e:  # one bad call must not stop the others; its reason is kept
         return failed(f"{type(e).__name__}: {e}")
-    latency = time.perf_counter() - started
+    return _result(response, choice, request, time.perf_counter() - started)
+
+
+def _result(response, choice, request: Request, latency: float | None) -> Result:
+    """The Result of a chat completion (realtime, or one line of a batch's output, where latency is unknown)."""
     usage = getattr(response, "usage", None)
     tokens = {k: v for k in ("prompt_tokens", "completion_tokens") if isinstance(v := getattr(usage, k, None), int)}
     finish_reason = getattr(choice, "finish_reason", None)
@@ -169,7 +184,8 @@ async def _one(client, spec, request: Request) -> Result:
         content_lp = getattr(lp, "content", None) or []
         logprobs = [{"token": t.token, "logprob": t.logprob,
                      "top_logprobs": [{"token": a.token, "logprob": a.logprob} for a in (t.top_logprobs or [])]} for t in content_lp]
-    return Result(content, finish_reason=finish_reason, latency_s=round(latency, 4), logprobs=logprobs, **tokens)
+    return Result(content, finish_reason=finish_reason, latency_s=None if latency is None else round(latency, 4),
+                  logprobs=logprobs, **tokens)
 
 
 class _Malformed(Exception):

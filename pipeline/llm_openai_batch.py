@@ -109,8 +109,8 @@ def _collect_all(client, spec, waiting: dict, requests, index: dict, finish, jou
                     journal.close_batch(batch_id, batch.status)
                 _stop_if_no_model(batch, spec, str(client.base_url))
             now = len(done) + sum(running.values())
-            note = ", ".join(f"{status} {n}" for status, n in statuses.items())
-            advance(now - shown, note=f"({note}; {failed + failing} failed)" if failed + failing else f"({note})")
+            note = "batches: " + ", ".join(f"{n} {status}" for status, n in statuses.items())
+            advance(now - shown, note=f"({note}; {failed + failing} requests failed)" if failed + failing else f"({note})")
             shown = now
             if waiting:
                 time.sleep(spec.batch_poll_s)

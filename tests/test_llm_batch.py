@@ -213,7 +213,8 @@ def test_a_killed_run_waits_for_its_batch_instead_of_paying_again(openai_server,
     candidates = Run(tmp_path / "a" / "run").read("candidates")
     assert candidates.height == 24 and candidates["error"].null_count() == 24
     if server_side == "kept":
-        assert "waiting for 1 batch(es) an earlier run submitted" in result.output
+        assert "waiting for 1 batch(es) an earlier run submitted" in result.output, result.output
+        assert "batch fake (batches: 1 completed)" in result.output  # the bar over the batch's own counts
         assert len(openai_server.batches) == 1 and journal(cache_path) == [(batch_id, "completed", 24)]
         assert openai_server.total == 24 and set(openai_server.request_counts.values()) == {1}  # nothing paid twice
     else:
@@ -226,3 +227,30 @@ def test_a_killed_run_waits_for_its_batch_instead_of_paying_again(openai_server,
     assert prefab("run", realtime).exit_code == 0
     fresh = Run(tmp_path / "b" / "run").read("candidates")
     assert candidates.drop("latency_s").equals(fresh.drop("latency_s"))
+
+
+def test_a_cancelled_batch_keeps_what_ran(openai_server, cache):
+    """Cancelled from elsewhere (the provider's dashboard, another client) while the run waits."""
+    import threading
+
+    import openai
+
+    openai_server.batch_polls = 10**6
+    requests = [ask(f"cancelled {i}") for i in range(9)]
+    results = []
+    waiter = threading.Thread(target=lambda: results.extend(call_llm(batch_spec(openai_server, batch_poll_s=0.3), requests, cache, "batch")))
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while not openai_server.batches:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    [batch_id] = openai_server.batches
+    openai_server.batch_polls_left(3)  # 3 lines at the next poll
+    while openai_server.batches[batch_id]["_answered"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with openai.OpenAI(base_url=openai_server.url, api_key="k") as other:
+        assert other.batches.cancel(batch_id).status == "cancelling"
+    waiter.join(30)
+    assert [r.error for r in results] == [None] * 3 + ["batch was cancelled before this request ran"] * 6
+    assert journal(cache.path) == [(batch_id, "cancelled", 9)] and len(cache) == 3

@@ -103,4 +103,9 @@ class Backend(Protocol):
     def run(self, spec, requests: list[Request], finish: Callable[[int, Result], None]) -> None:
         """Answer requests[i] by calling finish(i, result) the moment each ends (it is committed to the cache then,
         so a killed run repays only calls in flight). A failed call is a Result with its error; raise only
-        for what stops every call (a rejected key, a model that does not exist)."""
+        for what stops every call (a rejected key, a model that does not exist).
+
+        A backend whose work outlives the process (a provider's batch job, answered hours later) sets the class
+        attribute `journal = True`: call_llm then also passes `journal=` the run's CallCache, whose add_batch,
+        open_batches and close_batch record what was submitted, so a restarted run collects it instead of
+        paying again. Backends without the attribute are called as above."""

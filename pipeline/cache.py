@@ -3,6 +3,8 @@
 SQLite in WAL mode survives kill -9 of the process; a row is written as soon as its call finishes.
 Only successful calls are stored: a failure is retried on the next run (or `--retry-failed`). Each row keeps
 what its call cost at the model's configured prices, so the run's spend is known (budget_usd) after any crash.
+The same file records the provider batch jobs a run has submitted (`batches`), so a restarted run waits
+for them instead of paying for the requests again.
 """
 
 import hashlib
@@ -30,6 +32,10 @@ class CallCache:
             "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, kind TEXT, request TEXT, response TEXT, "
             "created REAL DEFAULT ((julianday('now') - 2440587.5) * 86400.0), "  # unix seconds; unixepoch('subsec') needs SQLite 3.42
             "cost_usd REAL DEFAULT 0)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS batches (batch_id TEXT PRIMARY KEY, server TEXT, keys TEXT, status TEXT DEFAULT 'open', "
+            "created REAL DEFAULT ((julianday('now') - 2440587.5) * 86400.0))"
         )
         if "cost_usd" not in {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}:  # a cache from before costs were kept
             try:
@@ -77,6 +83,24 @@ class CallCache:
             if self._spent is None:
                 self._spent = self._db.execute("SELECT total(cost_usd) FROM calls").fetchone()[0]
             return self._spent
+
+    def add_batch(self, batch_id: str, server: str, keys: list[str]) -> None:
+        """Record a batch job the moment the provider accepted it: a restarted run then collects it, not resubmits."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO batches (batch_id, server, keys) VALUES (?, ?, ?)",
+                             (batch_id, server, json.dumps(keys)))
+
+    def open_batches(self, server: str) -> list[tuple[str, list[str]]]:
+        """(batch_id, custom_ids) of the batches submitted to `server` and not yet collected, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT batch_id, keys FROM batches WHERE server = ? AND status = 'open' ORDER BY created",
+                                    (server,)).fetchall()
+        return [(batch_id, json.loads(keys)) for batch_id, keys in rows]
+
+    def close_batch(self, batch_id: str, status: str) -> None:
+        """Mark a batch collected (its final status) or gone from the server (`missing`): it is not waited for again."""
+        with self._lock:
+            self._db.execute("UPDATE batches SET status = ? WHERE batch_id = ?", (status, batch_id))
 
     def __len__(self) -> int:
         with self._lock:

@@ -46,6 +46,10 @@ class ModelSpec(Strict):
     tpm: float | None = Field(None, gt=0)  # tokens per minute
     timeout: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0, le=50)
+    mode: Literal["realtime", "batch"] = "realtime"  # batch: the provider's Batch API (cheaper, answers within batch_window)
+    batch_poll_s: float = Field(30.0, gt=0)  # seconds between status checks of submitted batches
+    batch_window: str = "24h"  # completion_window asked of the provider (OpenAI accepts only 24h)
+    batch_max_requests: int = Field(50_000, ge=1)  # requests per batch file (OpenAI's limit; a file also stays under 190 MB)
     # transformers backend
     batch_size: int = Field(8, ge=1)
     device: str | None = None  # cpu, cuda, cuda:1...

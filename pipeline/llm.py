@@ -89,7 +89,11 @@ def call_llm(spec: ModelSpec, requests: list[Request], cache: CallCache, descrip
                     results[i] = result
                 tick(len(todo[key]))
 
-            chosen.run(spec, [r for _, r in work[start:stop]], finish)
+            batch = [r for _, r in work[start:stop]]
+            if getattr(chosen, "journal", False):  # it records submitted work in the run (pipeline/backends.py)
+                chosen.run(spec, batch, finish, journal=cache)
+            else:
+                chosen.run(spec, batch, finish)
     return results
 
 
@@ -100,7 +104,8 @@ def _slices(spec: ModelSpec, work: list[tuple[str, Request]], cache: CallCache):
     if budget is None or not (spec.price_per_mtok_in or spec.price_per_mtok_out):
         yield 0, len(work)
         return
-    size = max(1, 4 * getattr(spec, "concurrency", 1))
+    # a batch job waits hours for its slowest request: send all that fits as one; realtime, a few rounds of concurrency
+    size = len(work) if getattr(spec, "mode", None) == "batch" else max(1, 4 * getattr(spec, "concurrency", 1))
     start = 0
     while start < len(work):
         left = budget - cache.spent_usd()

@@ -40,14 +40,17 @@ def quiet_third_party() -> None:
 
 @contextmanager
 def progress_bar(description: str, total: int | None):
-    """Yield advance(n=1); shows done/total, rate and ETA on stderr."""
+    """Yield advance(n=1, note=None); shows done/total, rate and ETA on stderr, and the last note after the
+    description (a batch's status, which changes while no request finishes)."""
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False, disable=total == 0) as progress:
         task = progress.add_task(description, total=total, rate="")
         first: list[tuple[float, float]] = []  # (done, time) at the first advance: cached work is not part of the rate
 
-        def advance(n: int = 1):
+        def advance(n: int = 1, note: str | None = None):
+            if note is not None:
+                progress.update(task, description=f"{description} {note}")
             progress.advance(task, n)
             done = progress.tasks[0].completed
             if not first:

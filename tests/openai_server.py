@@ -9,6 +9,17 @@ are exercised for real. Behaviour is scripted:
 - `respond(request_json) -> str | dict`: the reply (a dict may set content, finish_reason, usage,
   logprobs, delay or a fault for this one request).
 
+The Batch API too: POST /v1/files (multipart upload), GET /v1/files/{id}/content, POST /v1/batches, GET
+/v1/batches/{id}, POST /v1/batches/{id}/cancel. A batch is validated on its first retrieve (bad JSON, no
+custom_id, a repeated custom_id, another url, a model not in `models` fail it, with errors naming lines),
+then answers its lines over `batch_polls` retrieves, each line as a chat request would be (through `_admit`
+and `respond`, so it is counted, and scripted faults apply: a 4xx/5xx becomes a non-200 line, other faults an
+error line). `batch_outcomes` scripts the next batches created, in order: {"polls": N} (retrieves to finish),
+{"expire_after": K} (expired after answering K lines; the rest are `batch_expired` lines in the error file
+unless "list_unreached": False),
+{"errors": [...]} (failed, with these validation errors). `batches` holds every batch created, by id;
+`batch_polls_left(n)` makes the unfinished ones finish within n more retrieves.
+
 Actions: "ok", "429" (no Retry-After), "429:SECONDS" (with Retry-After), "500", "503", "503:SECONDS",
 "hang" / "hang:SECONDS" (no reply; the client must time out), "reset" (TCP RST), "malformed" (200 with
 invalid JSON), "truncated" (the body stops short of its Content-Length), "400", "401", "404", and 200s that
@@ -23,6 +34,9 @@ of a server running in another process:
 """
 
 import argparse
+import email.parser
+import email.policy
+import itertools
 import json
 import random
 import signal
@@ -59,8 +73,9 @@ class OpenAIServer:
 
     def __init__(self, port: int = 0, *, latency: float = 0.0, respond=None, fault_rates: dict | None = None,
                  seed: int = 0, hang_s: float = 30.0, api_key: str | None = None, models: list[str] | None = None,
-                 keep_bodies: bool = True):
+                 keep_bodies: bool = True, batch_api: bool = True):
         self.latency = latency
+        self.batch_api = batch_api  # False: /v1/files and /v1/batches are 404, as on vLLM's server
         self.respond = respond or default_respond
         self.fault_rates = dict(fault_rates or {})
         self.hang_s = hang_s
@@ -76,6 +91,12 @@ class OpenAIServer:
         self._httpd.owner = self
         self.port = self._httpd.server_address[1]
         self._thread: threading.Thread | None = None
+        self.files: dict[str, bytes] = {}  # uploaded and written batch files, by id
+        self.batches: dict[str, dict] = {}  # every batch created, by id (the Batch object, and its lines under "_lines")
+        self.batch_polls = 1
+        self.batch_outcomes: deque[dict] = deque()
+        self._ids = itertools.count(1)
+        self._batch_lock = threading.Lock()  # one batch request at a time: retrieves advance batches
 
     @property
     def url(self) -> str:
@@ -123,7 +144,7 @@ class OpenAIServer:
     def stats(self) -> dict:
         with self._lock:
             return {"total": self.total, "prompt_counts": dict(self.prompt_counts), "request_counts": dict(self.request_counts),
-                    "statuses": dict(self.statuses), "max_in_flight": self.max_in_flight}
+                    "statuses": dict(self.statuses), "max_in_flight": self.max_in_flight, "batches": len(self.batches)}
 
     @staticmethod
     def request_key(request: dict) -> str:
@@ -158,6 +179,129 @@ class OpenAIServer:
                 self.answered.append((arrived, time.monotonic(), self.request_key(request)))
 
 
+    # the Batch API
+    def batch_polls_left(self, polls: int) -> None:
+        """Make every unfinished batch finish within `polls` more retrieves."""
+        with self._lock:
+            for batch in self.batches.values():
+                batch["_polls_left"] = polls
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids)}"
+
+    def _create_batch(self, params: dict) -> tuple[int, dict]:
+        data = self.files.get(params.get("input_file_id"))
+        if data is None:
+            return 404, _error(f"No such File object: {params.get('input_file_id')}", "invalid_request_error")
+        if params.get("endpoint") != "/v1/chat/completions":
+            return 400, _error(f"scripted server batches only /v1/chat/completions, not {params.get('endpoint')}", "invalid_request_error")
+        lines, errors, seen = [], [], set()
+        for n, text in enumerate(data.decode().splitlines(), 1):
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+            except ValueError:
+                errors.append({"code": "invalid_json_line", "line": n, "message": "This line is not parseable as valid JSON.", "param": None})
+                continue
+            if not line.get("custom_id"):
+                errors.append({"code": "missing_required_parameter", "line": n, "message": "custom_id is missing", "param": "custom_id"})
+            elif line["custom_id"] in seen:
+                errors.append({"code": "duplicate_custom_id", "line": n, "message": "The custom_id for this request is a duplicate.", "param": "custom_id"})
+            elif line.get("url") != params["endpoint"]:
+                errors.append({"code": "invalid_url", "line": n, "message": f"url {line.get('url')!r} is not the batch's endpoint", "param": "url"})
+            elif self.models is not None and (line.get("body") or {}).get("model") not in self.models:
+                errors.append({"code": "model_not_found", "line": n, "param": "body.model",
+                               "message": f"The model {(line.get('body') or {}).get('model')!r} does not exist"})
+            seen.add(line.get("custom_id"))
+            lines.append(line)
+        outcome = self.batch_outcomes.popleft() if self.batch_outcomes else {}
+        errors += outcome.get("errors", [])
+        batch = {"id": self._new_id("batch"), "object": "batch", "endpoint": params["endpoint"], "errors": None,
+                 "input_file_id": params["input_file_id"], "completion_window": params.get("completion_window"),
+                 "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": int(time.time()),
+                 "request_counts": {"total": len(lines), "completed": 0, "failed": 0}, "metadata": params.get("metadata"),
+                 "_lines": lines, "_errors": errors, "_answered": 0, "_out": [], "_err": [], "_retrieves": 0,
+                 "_list_unreached": outcome.get("list_unreached", True),
+                 "_polls_left": outcome.get("polls", self.batch_polls), "_stop_at": outcome.get("expire_after")}
+        with self._lock:
+            self.batches[batch["id"]] = batch
+        return 200, _public(batch)
+
+    def _retrieve_batch(self, batch_id: str) -> dict:
+        """The batch after one more step of work: validation, then its share of lines, then its files."""
+        batch = self.batches[batch_id]
+        batch["_retrieves"] += 1
+        now = int(time.time())
+        if batch["status"] == "validating":
+            if batch["_errors"]:
+                batch.update(status="failed", failed_at=now, errors={"object": "list", "data": batch["_errors"]})
+                return _public(batch)
+            batch.update(status="in_progress", in_progress_at=now)
+        if batch["status"] == "cancelling":
+            self._end_batch(batch, "cancelled")
+        elif batch["status"] == "in_progress":
+            stop_at = len(batch["_lines"]) if batch["_stop_at"] is None else min(batch["_stop_at"], len(batch["_lines"]))
+            polls = max(batch["_polls_left"], 1)
+            share = (stop_at - batch["_answered"]) // polls  # the last poll answers the rest; many polls left: maybe none
+            for line in batch["_lines"][batch["_answered"]: batch["_answered"] + share]:
+                self._answer_line(batch, line)
+            batch["_polls_left"] = polls - 1
+            if batch["_answered"] >= stop_at:
+                self._end_batch(batch, "completed" if stop_at == len(batch["_lines"]) else "expired")
+        return _public(batch)
+
+    def _answer_line(self, batch: dict, line: dict) -> None:
+        """One line, as /v1/chat/completions would answer it (counted; script, fault_rates and respond apply)."""
+        request = line.get("body") or {}
+        arrived = time.monotonic()
+        action = status = self._admit(request)
+        try:
+            reply = None
+            if action == "ok":
+                reply = self.respond(request)
+                if isinstance(reply, dict) and reply.get("fault"):
+                    action = str(reply["fault"])
+            name = action.partition(":")[0]
+            record = {"id": self._new_id("batch_req"), "custom_id": line.get("custom_id"), "response": None, "error": None}
+            if name == "ok":
+                record["response"] = {"status_code": 200, "request_id": "req-fake", "body": completion(request, reply)}
+                status = "200"
+            elif name in ("400", "401", "404", "429", "500", "503"):
+                record["response"] = {"status_code": int(name), "request_id": "req-fake", "body": _error(f"scripted {name}", "invalid_request_error")}
+                status = name
+            else:
+                record["error"] = {"code": "server_error", "message": f"scripted {name}"}
+            (batch["_out"] if status == "200" else batch["_err"]).append(record)
+            batch["request_counts"]["completed" if status == "200" else "failed"] += 1
+            batch["_answered"] += 1
+        finally:
+            self._done(status, request, arrived)
+
+    def _end_batch(self, batch: dict, status: str) -> None:
+        """Write the output and error files (OpenAI's shape: 200s in one, the rest in the other) and end the batch."""
+        if status == "expired" and batch["_list_unreached"]:
+            batch["_err"] += [{"id": self._new_id("batch_req"), "custom_id": line.get("custom_id"), "response": None,
+                               "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}}
+                              for line in batch["_lines"][batch["_answered"]:]]
+        for kind, records in (("output_file_id", batch["_out"]), ("error_file_id", batch["_err"])):
+            if records:
+                file_id = self._new_id("file")
+                self.files[file_id] = "".join(json.dumps(r) + "\n" for r in records).encode()
+                batch[kind] = file_id
+        batch.update(status=status, **{f"{status}_at": int(time.time())})
+
+
+def _public(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+
+def _multipart(content_type: str, body: bytes) -> dict[str, bytes]:
+    """name -> value of a multipart/form-data body (what the openai client uploads)."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True) for part in message.iter_parts()}
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # 64+ clients connect at once; the default backlog of 5 would stall them
@@ -183,12 +327,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "prefab-tests"} for n in names]})
         elif self.path.rstrip("/") == "/stats":
             self._send(200, owner.stats())
+        elif self.path.startswith(("/v1/files/", "/v1/batches/")) and owner.batch_api:
+            self._batch_api(self.path.rstrip("/"), b"")
         else:
             self._send(404, _error("not found", "invalid_request_error"))
 
     def do_POST(self):
         owner = self.server.owner
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.startswith(("/v1/files", "/v1/batches")) and owner.batch_api:
+            return self._batch_api(self.path.rstrip("/"), body)
         if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
             return self._send(404, _error(f"no route {self.path}", "invalid_request_error"))
         try:
@@ -202,6 +350,35 @@ class _Handler(BaseHTTPRequestHandler):
             status = self._answer(owner, request, action)
         finally:
             owner._done(status, request, arrived)
+
+    def _batch_api(self, path: str, body: bytes) -> None:
+        owner = self.server.owner
+        if owner.api_key is not None and self.headers.get("Authorization") != f"Bearer {owner.api_key}":
+            return self._send(401, _error("Incorrect API key provided", "invalid_request_error", "invalid_api_key"))
+        parts = path.split("/")[2:]  # ["files"] / ["files", id, "content"] / ["batches"] / ["batches", id] / ["batches", id, "cancel"]
+        post = self.command == "POST"
+        if post and parts == ["files"]:
+            form = _multipart(self.headers.get("Content-Type", ""), body)
+            if form.get("purpose") != b"batch" or not form.get("file"):
+                return self._send(400, _error("expected a file with purpose batch", "invalid_request_error"))
+            file_id = owner._new_id("file")
+            owner.files[file_id] = form["file"]
+            return self._send(200, {"id": file_id, "object": "file", "bytes": len(form["file"]), "created_at": int(time.time()),
+                                    "filename": "batch.jsonl", "purpose": "batch", "status": "processed"})
+        if not post and len(parts) == 3 and parts[0] == "files" and parts[2] == "content" and parts[1] in owner.files:
+            return self._send_raw(200, owner.files[parts[1]], content_type="application/octet-stream")
+        if post and parts == ["batches"]:
+            return self._send(*owner._create_batch(json.loads(body or b"{}")))
+        if len(parts) >= 2 and parts[0] == "batches" and parts[1] in owner.batches:
+            with owner._batch_lock:
+                if not post and len(parts) == 2:
+                    return self._send(200, owner._retrieve_batch(parts[1]))
+                if post and parts[2:] == ["cancel"]:
+                    batch = owner.batches[parts[1]]
+                    if batch["status"] in ("validating", "in_progress"):
+                        batch["status"] = "cancelling"
+                    return self._send(200, _public(batch))
+        return self._send(404, _error(f"no such object or route: {self.command} {path}", "invalid_request_error"))
 
     # behaviour
     def _answer(self, owner: OpenAIServer, request: dict, action: str) -> str:

@@ -206,6 +206,7 @@ class JudgeConfig(Strict):
     # json: a JSON answer with a rationale per aspect; logprobs: one token per aspect, the score weighted by the
     # probabilities of the scale's digits (G-Eval style; always parseable, for small local judges; no rationale)
     scoring: Literal["json", "logprobs"] = "json"
+    part_size: int = Field(2000, ge=1)  # candidates per part written as the stage goes (its memory; what a restart skips)
 
     @field_validator("judges")
     @classmethod

@@ -110,7 +110,7 @@ def step(config, run: Run, retry_failed: bool = False) -> dict:
     prompts = active_prompts(run.read("prompts"))  # duplicates and sampled-out prompts are not generated for
     for spec in generators:
         check_spec(spec)
-    kept = {} if retry_failed or not run.has("candidates") else failed_rows(pl.scan_parquet(run.table_path("candidates")))
+    kept = {} if retry_failed or not run.has("candidates") else failed_rows(run.scan("candidates"))
     settings = [g.model_dump(mode="json") for g in generators]
     parts = TableParts(run, "candidates")
     total = sum(len(g.temperatures) * g.n for g in generators) * prompts.height
@@ -132,7 +132,7 @@ def step(config, run: Run, retry_failed: bool = False) -> dict:
     finally:
         cache.close()
     parts.assemble(keys)
-    candidates = pl.scan_parquet(run.table_path("candidates"))
+    candidates = run.scan("candidates")
     counts = {**table_counts(candidates, generators), **counts}
     errors = (candidates.filter(pl.col("error").is_not_null()).group_by("error").len().sort("len", descending=True).head(3).collect())
     summary("generate", {**counts, **{f"error: {e[:60]}": n for e, n in errors.iter_rows()}})

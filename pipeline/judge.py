@@ -204,7 +204,7 @@ def attempt_request(request: Request, cfg, attempt: int) -> Request:
     return replace(request, temperature=temperature, seed=cfg.seed + attempt)
 
 
-def ask_parsed(spec, base_requests: list[Request], parse, cache, cfg, description: str) -> list[dict]:
+def ask_parsed(spec, base_requests: list[Request], parse, cache, cfg, description: str, tick=None) -> list[dict]:
     """Ask each request; re-ask the ones whose answer fails `parse(result)` with seed + attempt at retry_temperature.
 
     A failed call is not re-asked here: call_llm has already spent its retry budget on it (one policy for
@@ -218,7 +218,7 @@ def ask_parsed(spec, base_requests: list[Request], parse, cache, cfg, descriptio
             break
         requests = [attempt_request(base_requests[i], cfg, attempt) for i in pending]
         label = description if attempt == 0 else f"{description} (retry {attempt}: {len(pending)})"
-        results = call_llm(spec, requests, cache, label)
+        results = call_llm(spec, requests, cache, label, tick=tick if attempt == 0 else None)  # retries: a bar of their own
         still = []
         for i, result in zip(pending, results):
             slot = out[i]
@@ -247,11 +247,12 @@ def scoring_requests(spec, items: list[tuple[list[dict], str]], aspects, cfg) ->
                     response_format=rubric_schema(aspects) if structured else None) for messages, response in items]
 
 
-def judge_candidates(spec, items: list[tuple[list[dict], str]], aspects, cache, cfg) -> list[dict]:
+def judge_candidates(spec, items: list[tuple[list[dict], str]], aspects, cache, cfg, tick=None) -> list[dict]:
     """Judgment rows (without ids) for (messages, response) items: aspects, overall, rationale, raw, error."""
     if cfg.scoring == "logprobs":
-        return judge_by_logprobs(spec, items, aspects, cache, cfg)
-    answers = ask_parsed(spec, scoring_requests(spec, items, aspects, cfg), lambda result: parse_rubric(result.text, aspects), cache, cfg, f"judge {spec.label}")
+        return judge_by_logprobs(spec, items, aspects, cache, cfg, tick)
+    answers = ask_parsed(spec, scoring_requests(spec, items, aspects, cfg), lambda result: parse_rubric(result.text, aspects), cache, cfg,
+                         f"judge {spec.label}", tick)
     rows = []
     for ans in answers:
         scores = ans["value"]
@@ -289,13 +290,13 @@ def aspect_messages(aspect, messages: list[dict], response: str) -> list[dict]:
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def judge_by_logprobs(spec, items: list[tuple[list[dict], str]], aspects, cache, cfg) -> list[dict]:
+def judge_by_logprobs(spec, items: list[tuple[list[dict], str]], aspects, cache, cfg, tick=None) -> list[dict]:
     """One single-token request per (candidate, aspect); the score is the probability-weighted mean of the scale's
     digits (G-Eval). A small model that never writes valid JSON still gives a usable, graded score."""
     base = scoring_requests(spec, items, aspects, cfg)
     scales = [{str(k) for k in range(int(a.min), int(a.max) + 1)} for a in aspects] * len(items)
     once = cfg.model_copy(update={"parse_retries": 0})  # the distribution is the same on every try
-    answers = ask_parsed(spec, base, lambda result: result, cache, once, f"judge {spec.label}")
+    answers = ask_parsed(spec, base, lambda result: result, cache, once, f"judge {spec.label}", tick)
     rows = []
     for k in range(len(items)):
         scores, raw, errors = [], {}, []
@@ -431,7 +432,7 @@ def same_model_warning(config) -> list[str]:
     return [j.label for j in config.judge.judges if (j.backend, j.model, tuple(j.base_urls)) in gens]
 
 
-def score_candidates(spec, items: list[tuple[list[dict], str]], cfg, cache) -> list[dict]:
+def score_candidates(spec, items: list[tuple[list[dict], str]], cfg, cache, tick=None) -> list[dict]:
     """Pointwise scores of (messages, response) items by one scorer: an LLM judge's rubric, or a reward model's reward."""
     from pipeline.config import RewardModelSpec
 
@@ -439,12 +440,13 @@ def score_candidates(spec, items: list[tuple[list[dict], str]], cfg, cache) -> l
         from pipeline.reward import reward_scores
 
         return [{"aspects": [], "overall": r["overall"], "rationale": None, "raw": None, "error": r["error"]}
-                for r in reward_scores(spec, items, cache, f"reward {spec.label}")]
-    return judge_candidates(spec, items, cfg.aspects, cache, cfg)
+                for r in reward_scores(spec, items, cache, f"reward {spec.label}", tick)]
+    return judge_candidates(spec, items, cfg.aspects, cache, cfg, tick)
 
 
-def judge_agreement(judgments: pl.DataFrame) -> dict:
+def judge_agreement(judgments: pl.LazyFrame | pl.DataFrame) -> dict:
     """Between every two judges: Spearman correlation of overall scores and share of exact agreement."""
+    judgments = judgments.lazy().select("candidate_id", "judge", "overall").collect()
     judges = sorted(judgments["judge"].unique().to_list())
     out = {}
     if len(judges) < 2:
@@ -463,40 +465,63 @@ def judge_agreement(judgments: pl.DataFrame) -> dict:
 
 
 def step(config, run, **_) -> dict:
+    """Score the candidates part by part (judge.part_size), each part written as it is done (a restart skips it),
+    then the parts become the judgments table; counts are read from it lazily."""
     cfg = config.require("judge")
     labels = [j.label for j in cfg.scorers]
-    candidates = run.read("candidates").filter(pl.col("text").is_not_null())
     prompts = run.read("prompts")
     messages_of = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
-    candidates = candidates.filter(pl.col("prompt_id").is_in(list(messages_of)))
+    candidates = (run.scan("candidates").filter(pl.col("text").is_not_null() & pl.col("prompt_id").is_in(list(messages_of)))
+                  .select("candidate_id", "prompt_id", "text").collect())
     for label in same_model_warning(config):
         console.print(f"[yellow]warning: judge {label!r} is also a generator; a model tends to prefer its own answers. "
                       "Use a different judge model where you can.[/yellow]")
-    items = [([{"role": m["role"], "content": m["content"]} for m in messages_of[p]], t)
-             for p, t in zip(candidates["prompt_id"].to_list(), candidates["text"].to_list())]
     if not cfg.reward_models:
         for spec in cfg.judges:
             check_spec(spec)
+    from pipeline.config import RewardModelSpec
+    from pipeline.llm import ticker
+    from pipeline.store import TableParts, content_id
+
+    per_item = [1 if isinstance(spec, RewardModelSpec) or cfg.scoring == "json" else len(cfg.aspects) for spec in cfg.scorers]
+    settings = cfg.model_dump(mode="json")
+    parts, keys, resumed = TableParts(run, "judgments"), [], 0
     cache = run_cache(run.path)
-    frames = []
     try:
-        for spec in cfg.scorers:
-            rows = score_candidates(spec, items, cfg, cache)
-            # the table's schema, not inference: a first row of null scores must not make the column null-typed
-            frames.append(pl.DataFrame([{"candidate_id": c, "judge": spec.label, **r} for c, r in zip(candidates["candidate_id"], rows)],
-                                       schema=TABLES["judgments"]))
+        with ticker("judge", sum(per_item) * candidates.height) as tick:
+            for index, start in enumerate(range(0, candidates.height, cfg.part_size)):
+                part = candidates[start : start + cfg.part_size]
+                keys.append(content_id("judgments", part["candidate_id"].to_list(), settings)[:12])
+                if parts.has(index, keys[-1]):
+                    resumed += 1
+                    tick(sum(per_item) * part.height)
+                    continue
+                items = [([{"role": m["role"], "content": m["content"]} for m in messages_of[p]], t)
+                         for p, t in zip(part["prompt_id"].to_list(), part["text"].to_list())]
+                frames = []
+                for spec in cfg.scorers:
+                    rows = score_candidates(spec, items, cfg, cache, tick)
+                    # the table's schema, not inference: a first row of null scores must not make the column null-typed
+                    frames.append(pl.DataFrame([{"candidate_id": c, "judge": spec.label, **r} for c, r in zip(part["candidate_id"], rows)],
+                                               schema=TABLES["judgments"]))
+                parts.write(index, keys[-1], pl.concat(frames) if frames else empty("judgments"))
     finally:
         cache.close()
-    df = run.write("judgments", pl.concat(frames) if frames else empty("judgments"))
+    parts.assemble(keys)
+    df = run.scan("judgments")
+    height, scored = df.select(pl.len(), pl.col("overall").is_not_null().sum()).collect().row(0)
     failed = df.filter(pl.col("overall").is_null())
-    counts = {"judgments": df.height, "scored": df.height - failed.height, "failed": failed.height,
-              "judges": len(labels), "same_model_judges": len(same_model_warning(config))}
-    if df.height - failed.height:
-        counts["mean_overall"] = round(float(df["overall"].mean()), 4)
+    counts = {"judgments": height, "scored": scored, "failed": height - scored, "judges": len(labels),
+              "same_model_judges": len(same_model_warning(config)), "parts_resumed": resumed}
+    if scored:
+        counts["mean_overall"] = round(float(df.select(pl.col("overall").mean()).collect().item()), 4)
     counts.update(judge_agreement(df))
-    errors = failed.with_columns(pl.col("error").str.extract(r"^([^:]+: [^:(]{0,40})")).group_by("error").len().sort("len", descending=True)
-    summary("judge", {**counts, **{f"error: {e}": n for e, n in errors.head(3).iter_rows()}})
-    if failed.height == df.height > 0 and failed["error"].str.starts_with("call failed").all():  # unparseable answers are answers: kept, not fatal
-        raise run.every_call_failed("judge", "judgments", "judge calls", f"the first: {failed['error'][0]}",
+    errors = (failed.with_columns(pl.col("error").str.extract(r"^([^:]+: [^:(]{0,40})")).group_by("error").len()
+              .sort("len", descending=True).head(3).collect())
+    summary("judge", {**counts, **{f"error: {e}": n for e, n in errors.iter_rows()}})
+    first_error = failed.select("error").head(1).collect()
+    all_calls_failed = height and not scored and failed.select(pl.col("error").str.starts_with("call failed").all()).collect().item()
+    if all_calls_failed:  # unparseable answers are answers: kept, not fatal
+        raise run.every_call_failed("judge", "judgments", "judge calls", f"the first: {first_error.item()}",
                                     f"prefab judge --run {run.path}", **counts)
     return counts

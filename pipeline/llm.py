@@ -78,7 +78,7 @@ def call_llm(spec: ModelSpec, requests: list[Request], cache: CallCache, descrip
         return results
     chosen = backend(spec.backend)  # an unknown name fails here, before the progress bar
     work = [(key, requests[idx[0]]) for key, idx in todo.items()]
-    with _own_ticker(description, len(requests), done, tick) as tick:
+    with own_ticker(description, len(requests), done, tick) as tick:
         for start, stop in _slices(spec, work, cache):
             def finish(j: int, result: Result, start=start) -> None:
                 key, request = work[start + j]
@@ -134,7 +134,7 @@ def _save(cache: CallCache, key: str, request: dict, response: dict, kind: str, 
 
 
 @contextmanager
-def _own_ticker(description: str, total: int, done: int, given=None):
+def own_ticker(description: str, total: int, done: int, given=None):
     """The caller's tick (advanced by what the cache answered), or a bar of this call's own."""
     if given is not None:
         if done:

@@ -91,19 +91,21 @@ def score_batches(model, tokenizer, device, ids: list[list[int]], batch_size: in
     return out
 
 
-def reward_scores(spec, items: list[tuple[list[dict], str]], cache: CallCache, description: str) -> list[dict]:
-    """{overall: reward, error} per (messages, response), from the cache where scored before."""
-    from pipeline.progress import progress_bar
+def reward_scores(spec, items: list[tuple[list[dict], str]], cache: CallCache, description: str, tick=None) -> list[dict]:
+    """{overall: reward, error} per (messages, response), from the cache where scored before; `tick` as call_llm's."""
+    from pipeline.llm import own_ticker
 
     stamp = fingerprint(model_path(spec.model))
     keys = [request_key({"kind": "reward", "model": spec.model, "files": stamp, "max_length": spec.max_length,
                          "messages": m, "response": r}) for m, r in items]
     hits = cache.get_many(list(dict.fromkeys(keys)))
     todo = [j for j, k in enumerate(keys) if k not in hits]
+    if tick and len(todo) < len(keys):
+        tick(len(keys) - len(todo))
     if todo:
         model, tokenizer, device = load(spec)
         ids = [encode(tokenizer, *items[j], spec.max_length) for j in todo]
-        with progress_bar(description, len(todo)) as advance:
+        with own_ticker(description, len(todo), 0, tick) as advance:
             started = [time.perf_counter()]
 
             def save(batch: list[int], rewards: list[float]) -> None:  # committed per batch: a kill loses one batch at most

@@ -90,11 +90,22 @@ class Run:
         return self.table_path(name).exists()
 
     def read(self, name: str) -> pl.DataFrame:
+        path = self._existing(name)
+        with self._table_errors(path):
+            return schema.conform(name, pl.read_parquet(path))
+
+    def scan(self, name: str) -> pl.LazyFrame:
+        """The table read lazily: only the columns and rows a query asks for are loaded (large tables)."""
+        path = self._existing(name)
+        with self._table_errors(path):
+            pl.read_parquet_schema(path)  # a damaged or foreign file fails here, with its name, not mid-query
+        return pl.scan_parquet(path)
+
+    def _existing(self, name: str) -> Path:
         path = self.table_path(name)
         if not path.exists():
             raise RunError(f"{path} does not exist", hint=f"run the stage that writes {name!r} first (prefab status --run {self.path})")
-        with self._table_errors(path):
-            return schema.conform(name, pl.read_parquet(path))
+        return path
 
     def height(self, name: str) -> int:
         """Rows of a table, read from its Parquet footer."""

@@ -68,7 +68,9 @@ generate:
       {llm}
       temperatures: [0.3, 1.0]
       max_tokens: 16
+  part_size: 16             # 4 parts: kills land between and inside parts
 judge:
+  part_size: 32
   judges:
     - name: judge
       model: judge-model

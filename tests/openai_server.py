@@ -58,6 +58,30 @@ def default_respond(request: dict) -> str:
     return " ".join(["Answer", f"(t={request.get('temperature')},", f"seed={request.get('seed')}):", *words, "— done."])
 
 
+def structured_respond(request: dict) -> str:
+    """default_respond, except that a request with a `json_schema` response format gets JSON of that schema (as a
+    server with structured outputs gives): judges parse it (benchmarks of whole runs)."""
+    schema = ((request.get("response_format") or {}).get("json_schema") or {}).get("schema")
+    if not schema:
+        return default_respond(request)
+    seed = sum(map(ord, _prompt_of(request)))
+
+    def instance(node: dict, depth: int = 0):
+        kind = node.get("type")
+        if kind == "object":
+            return {name: instance(sub, depth + 1) for name, sub in (node.get("properties") or {}).items()}
+        if node.get("enum"):
+            return node["enum"][seed % len(node["enum"])]
+        if kind in ("number", "integer"):
+            low, high = node.get("minimum", 1), node.get("maximum", 5)
+            return low + seed % (int(high - low) + 1)
+        if kind == "boolean":
+            return bool(seed % 2)
+        return " ".join(_prompt_of(request).split()[: 3 + seed % 8]) or "ok"
+
+    return json.dumps(instance(schema))
+
+
 def _prompt_of(request: dict) -> str:
     messages = request.get("messages") or [{}]
     content = messages[-1].get("content", "") if isinstance(messages[-1], dict) else ""
@@ -506,13 +530,14 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hang-s", type=float, default=30.0)
     parser.add_argument("--no-bodies", action="store_true", help="do not keep request bodies (long benchmarks)")
+    parser.add_argument("--structured", action="store_true", help="answer json_schema requests with JSON of the schema (judges)")
     args = parser.parse_args(argv)
     rates = {}
     for item in args.fault:
         action, _, rate = item.rpartition("=")
         rates[action] = float(rate)
     server = OpenAIServer(args.port, latency=args.latency, fault_rates=rates, seed=args.seed, hang_s=args.hang_s,
-                          keep_bodies=not args.no_bodies)
+                          keep_bodies=not args.no_bodies, respond=structured_respond if args.structured else None)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     server.start()

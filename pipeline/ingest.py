@@ -20,7 +20,7 @@ from pipeline import schema
 from pipeline.config import Config, IngestConfig
 from pipeline.errors import InputError, unreadable
 from pipeline.progress import console, summary
-from pipeline.store import Run, normalize_messages, prompt_id
+from pipeline.store import Run, TableParts, normalize_messages, prompt_id
 
 SECTION = "ingest"  # the config section this stage needs (pipeline/registry.py)
 ORDER = 10  # its place in `prefab run`
@@ -41,25 +41,62 @@ class BadRow(Exception):
         self.field = field
 
 
+PART_ROWS = 10_000  # prompts held before they are written as a part of the table: ingest's memory, whatever the input's size
+
+
 def step(config: Config, run: Run) -> dict:
-    prompts, bad, counts = ingest(config.ingest, resolve=config.resolve)
-    run.write("prompts", prompts)
-    run.write("bad_rows", bad)
+    """Read the sources as a stream, writing the prompts in parts, then the parts as the prompts table."""
+    bad, large, counts = [], [], {"exact_duplicates_dropped": 0}
+    parts = TableParts(run, "prompts")
+    parts.clear()  # ingest makes no calls: a killed one starts over
+    keys, rows = [], []
+    existed = run.path.exists()
+    try:
+        for row in read_prompts(config.ingest, config.resolve, bad, large, counts):
+            rows.append(row)
+            if len(rows) == PART_ROWS:
+                keys.append("rows")
+                parts.write(len(keys) - 1, keys[-1], pl.DataFrame(rows, schema=schema.TABLES["prompts"]))
+                rows = []
+        checked(config.ingest, large, kept=PART_ROWS * len(keys) + len(rows))
+    except BaseException:  # bad input: the run is left as it was
+        parts.clear()
+        for empty_dir in (run.path / ".parts", *([] if existed else [run.path])):
+            if empty_dir.is_dir() and not any(empty_dir.iterdir()):
+                empty_dir.rmdir()
+        raise
+    if rows or not keys:
+        keys.append("rows")
+        parts.write(len(keys) - 1, keys[-1], pl.DataFrame(rows, schema=schema.TABLES["prompts"]))
+    parts.assemble(keys)
+    run.write("bad_rows", pl.DataFrame(bad, schema=schema.TABLES["bad_rows"]))
+    counts = prompt_counts(run.scan("prompts"), bad, large, counts)
     summary("ingest", counts)
     return counts
 
 
 def ingest(cfg: IngestConfig, resolve=Path) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    """Read every source; returns (prompts, bad_rows, counts). Raises InputError on the first bad row
-    unless cfg.skip_bad_rows."""
-    rows, bad, large = [], [], []
+    """Read every source into memory (`prefab plan`, tests); returns (prompts, bad_rows, counts). Raises InputError
+    on the first bad row unless cfg.skip_bad_rows."""
+    bad, large, counts = [], [], {"exact_duplicates_dropped": 0}
+    rows = list(read_prompts(cfg, resolve, bad, large, counts))
+    checked(cfg, large, kept=len(rows))
+    prompts = pl.DataFrame(rows, schema=schema.TABLES["prompts"])
+    return prompts, pl.DataFrame(bad, schema=schema.TABLES["bad_rows"]), prompt_counts(prompts.lazy(), bad, large, counts)
+
+
+def read_prompts(cfg: IngestConfig, resolve, bad: list, large: list, counts: dict):
+    """Yield each new prompt row, in input order, up to cfg.limit; exact duplicates are counted in `counts` and
+    dropped, bad rows recorded in `bad` (or raised), prompts over LARGE_PROMPT_CHARS named in `large`. Rows past
+    the limit are still checked."""
+    seen: set[str] = set()
     for source in expand_paths(cfg, resolve):
         for line, record in read_source(source, cfg):
             try:
                 if isinstance(record, BadRow):
                     raise record
-                rows.append(to_prompt(record, cfg) | {"source": str(source), "source_line": line})
-                size = sum(len(m["content"]) for m in rows[-1]["messages"])
+                row = to_prompt(record, cfg) | {"source": str(source), "source_line": line}
+                size = sum(len(m["content"]) for m in row["messages"])
                 if size > LARGE_PROMPT_CHARS:
                     large.append(f"{source}:{line} ({size:,} characters)")
             except BadRow as e:
@@ -67,31 +104,32 @@ def ingest(cfg: IngestConfig, resolve=Path) -> tuple[pl.DataFrame, pl.DataFrame,
                     raise InputError(f"{e.field}: {e}", where=f"{source}:{line}",
                                      hint="fix the row, or pass --skip-bad-rows to record bad rows in bad_rows.parquet and go on") from None
                 bad.append({"source": str(source), "source_line": line, "field": e.field, "error": str(e)})
-    seen: dict[str, dict] = {}
-    duplicates = 0
-    for row in rows:
-        if row["prompt_id"] in seen:
-            duplicates += 1
-            continue
-        seen[row["prompt_id"]] = row
-        if cfg.limit and len(seen) >= cfg.limit:
-            break
+                continue
+            if cfg.limit and len(seen) >= cfg.limit:
+                continue
+            if row["prompt_id"] in seen:
+                counts["exact_duplicates_dropped"] += 1
+                continue
+            seen.add(row["prompt_id"])
+            yield row | {"duplicate_of": None, "cluster": None}
+
+
+def checked(cfg: IngestConfig, large: list, kept: int) -> None:
+    """Warn about very long prompts; refuse an input that gave none."""
     if large:
         console.print(f"warning: {len(large)} prompt(s) longer than {LARGE_PROMPT_CHARS:,} characters, kept: "
                       f"{'; '.join(large[:3])}{' ...' if len(large) > 3 else ''}. Check they are prompts, not whole documents.",
                       style="yellow", markup=False, highlight=False, soft_wrap=True)
-    if not seen:
+    if not kept:
         raise InputError("no valid prompts were read", where=", ".join(cfg.paths),
                          hint="check the paths and the prompt/messages column names (prompt_column:, messages_column:)")
-    prompts = pl.DataFrame(
-        [r | {"duplicate_of": None, "cluster": None} for r in seen.values()], schema=schema.TABLES["prompts"]
-    )
-    bad_rows = pl.DataFrame(bad, schema=schema.TABLES["bad_rows"])
-    counts = {"prompts": prompts.height, "exact_duplicates_dropped": duplicates, "bad_rows": len(bad),
-              "chats": int((prompts["messages"].list.len() > 1).sum()), "large_prompts": len(large),
-              "with_reference_answer": prompts.height - prompts["reference_answer"].null_count(),
-              "with_tests": prompts.height - prompts["tests"].null_count()}
-    return prompts, bad_rows, counts
+
+
+def prompt_counts(prompts: pl.LazyFrame, bad: list, large: list, counts: dict) -> dict:
+    n, chats, answers, tests = prompts.select(pl.len(), (pl.col("messages").list.len() > 1).sum(), pl.col("reference_answer").is_not_null().sum(),
+                                              pl.col("tests").is_not_null().sum()).collect().row(0)
+    return {"prompts": n, "exact_duplicates_dropped": counts["exact_duplicates_dropped"], "bad_rows": len(bad), "chats": int(chats),
+            "large_prompts": len(large), "with_reference_answer": int(answers), "with_tests": int(tests)}
 
 
 def expand_paths(cfg: IngestConfig, resolve) -> list:

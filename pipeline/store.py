@@ -205,6 +205,9 @@ class Run:
         return self.stage_info(stage).get("status") == "complete"
 
 
+ROW_GROUP = 10_000  # rows per row group of an assembled table: a lazy reader loads this many at a time
+
+
 class TableParts:
     """A table a stage writes in parts as it goes (RUN/.parts/NAME/), so it holds one part's rows at a time and a
     restarted stage skips the parts already written. Each part is named by its index and a key of what it was made
@@ -225,14 +228,19 @@ class TableParts:
         df = schema.conform(self.name, df)
         atomic_write(self.path(index, key), lambda p: df.write_parquet(p))
 
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
     def assemble(self, keys: list[str]) -> None:
         """Parts 0..n-1 (by their keys), in order, into RUN/NAME.parquet without holding them in memory."""
         paths = [self.path(i, k) for i, k in enumerate(keys)]
         if paths:
-            atomic_write(self.run.table_path(self.name), lambda p: pl.scan_parquet(paths).sink_parquet(p))
+            # the streaming engine with small row groups keeps memory flat in the number of parts (the default held ~a third)
+            atomic_write(self.run.table_path(self.name),
+                         lambda p: pl.scan_parquet(paths).sink_parquet(p, engine="streaming", row_group_size=ROW_GROUP))
         else:
             self.run.write(self.name, schema.empty(self.name))
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.clear()
 
 
 def open_run(path: str | Path, *, must_exist: bool = True) -> Run:

@@ -469,10 +469,9 @@ def step(config, run, **_) -> dict:
     then the parts become the judgments table; counts are read from it lazily."""
     cfg = config.require("judge")
     labels = [j.label for j in cfg.scorers]
-    prompts = run.read("prompts")
-    messages_of = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
-    candidates = (run.scan("candidates").filter(pl.col("text").is_not_null() & pl.col("prompt_id").is_in(list(messages_of)))
-                  .select("candidate_id", "prompt_id", "text").collect())
+    prompts = run.read("prompts").select("prompt_id", "messages")  # Arrow; Python objects only for one part's prompts
+    candidates = (run.scan("candidates").filter(pl.col("text").is_not_null()).select("candidate_id", "prompt_id", "text")
+                  .join(prompts.lazy().select("prompt_id"), on="prompt_id", how="semi", maintain_order="left").collect())
     for label in same_model_warning(config):
         console.print(f"[yellow]warning: judge {label!r} is also a generator; a model tends to prefer its own answers. "
                       "Use a different judge model where you can.[/yellow]")
@@ -496,6 +495,7 @@ def step(config, run, **_) -> dict:
                     resumed += 1
                     tick(sum(per_item) * part.height)
                     continue
+                messages_of = dict(prompts.filter(pl.col("prompt_id").is_in(part["prompt_id"].unique().implode())).iter_rows())
                 items = [([{"role": m["role"], "content": m["content"]} for m in messages_of[p]], t)
                          for p, t in zip(part["prompt_id"].to_list(), part["text"].to_list())]
                 frames = []

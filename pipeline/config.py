@@ -253,6 +253,7 @@ class EmbedConfig(Strict):
     batch_size: int = Field(64, ge=1)
     device: str | None = None
     near_identical: float = Field(0.98, gt=0, le=1)  # cosine at which two candidates of a prompt are flagged near-identical
+    part_size: int = Field(2000, ge=1)  # prompts (with their candidates) per part written as the stage goes
 
 
 class VerifyConfig(Strict):

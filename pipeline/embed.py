@@ -20,7 +20,8 @@ import polars as pl
 
 from pipeline.config import EMBEDDED_EMBEDDER
 from pipeline.errors import ModelError
-from pipeline.progress import progress_bar, summary
+from pipeline.schema import TABLES
+from pipeline.progress import summary
 
 SECTION = "embed"  # the config section this stage needs (pipeline/registry.py)
 ORDER = 50  # its place in `prefab run`
@@ -89,8 +90,11 @@ def _load_model(model: str, device: str | None):
 
 
 def embed_texts(texts: list[str], model: str = EMBEDDED_EMBEDDER, cache_dir: str | Path | None = None, *,
-                batch_size: int = 64, device: str | None = None, description: str = "embed") -> np.ndarray:
-    """Normalised float32 vectors, one row per text; cached texts are not encoded again (nor the model loaded)."""
+                batch_size: int = 64, device: str | None = None, description: str = "embed", tick=None) -> np.ndarray:
+    """Normalised float32 vectors, one row per text; cached texts are not encoded again (nor the model loaded).
+    A stage embedding in parts passes its progress `tick` (pipeline.llm.ticker) for one bar over all of them."""
+    from pipeline.llm import own_ticker
+
     hashes = [text_hash(t) for t in texts]
     cache = VectorCache(Path(cache_dir) / VECTOR_CACHE) if cache_dir is not None else None
     found = cache.get_many(model, list(set(hashes))) if cache else {}
@@ -98,11 +102,13 @@ def embed_texts(texts: list[str], model: str = EMBEDDED_EMBEDDER, cache_dir: str
     for h, t in zip(hashes, texts):
         if h not in found and h not in todo:
             todo[h] = t
+    if tick and len(texts) > len(todo):
+        tick(len(texts) - len(todo))
     if todo:
         st = load_model(model, device)
         # longest first, like encode() does inside one call, so chunking costs no extra padding
         order = sorted(todo, key=lambda h: -len(todo[h]))
-        with progress_bar(description, len(order)) as advance:
+        with own_ticker(description, len(order), 0, tick) as advance:
             for i in range(0, len(order), CHUNK):
                 chunk = order[i : i + CHUNK]
                 vecs = st.encode([todo[h] for h in chunk], batch_size=batch_size, normalize_embeddings=True,
@@ -172,7 +178,133 @@ def vendi_score(vectors: np.ndarray) -> float:
     if len(vectors) == 0:
         return 0.0
     x = vectors.astype(np.float64)
-    eig = np.linalg.eigvalsh(x.T @ x / len(x))
+    return vendi_from_gram(x.T @ x, len(x))
+
+
+def vendi_from_gram(gram: np.ndarray, n: int) -> float:
+    """vendi_score from X^T X summed over parts of the rows (a stage that never holds all the vectors)."""
+    if n == 0:
+        return 0.0
+    eig = np.linalg.eigvalsh(gram / n)
+    eig = eig[eig > 1e-12]
+    eig = eig / eig.sum()
+    return float(np.exp(-(eig * np.log(eig)).sum()))
+
+
+def cluster_stats(clusters: list[int | None], covered: list[int | None] | None = None) -> dict:
+    """Cluster count, normalised entropy of their sizes (1 = balanced) and share of clusters covered."""
+    sizes = pl.Series([c for c in clusters if c is not None], dtype=pl.Int64).value_counts()
+    k = sizes.height
+    if k == 0:
+        return {}
+    p = sizes["count"].to_numpy() / sizes["count"].sum()
+    entropy = float(-(p * np.log(p)).sum() / np.log(k)) if k > 1 else 1.0
+    out = {"clusters": k, "cluster_entropy": round(entropy, 4)}
+    if covered is not None:
+        out["cluster_coverage"] = round(len({c for c in covered if c is not None}) / k, 4)
+    return out
+
+
+def step(config, run, **_) -> dict:
+    """Embed prompts and their candidates part by part (embed.part_size prompts), writing embeddings and
+    candidate_scores in parts; the Vendi score is summed over parts as X^T X, so no part holds every vector."""
+    from pipeline.llm import ticker
+    from pipeline.queries import active_prompts
+    from pipeline.store import TableParts
+
+    cfg = config.require("embed")
+    model = cfg.model
+    prompts = run.read("prompts").with_row_index("row")
+    active_ids = set(active_prompts(prompts)["prompt_id"].to_list())
+    candidates = (run.read_or_empty("candidates").filter(pl.col("text").is_not_null()).select("candidate_id", "prompt_id", "text")
+                  .join(prompts.select("prompt_id", "row"), on="prompt_id", how="left", maintain_order="left")
+                  .with_columns((pl.col("row") // cfg.part_size).alias("part")))
+    by_part = candidates.partition_by("part", as_dict=True, include_key=False)
+    vectors, scores = TableParts(run, "embeddings"), TableParts(run, "candidate_scores")
+    vectors.clear()  # the vector cache makes a redone part cheap: parts are not resumed
+    scores.clear()
+    keys: list[str] = []
+    gram, n_active, relevance_sum, twins = None, 0, 0.0, 0
+    with ticker("embed", prompts.height + candidates.height) as tick:
+        for index, start in enumerate(range(0, prompts.height, cfg.part_size)):
+            part = prompts[start : start + cfg.part_size]
+            cands = by_part.get((index,), candidates.clear())
+            p_texts, c_texts = [prompt_text(m) for m in part["messages"].to_list()], cands["text"].to_list()
+            vecs = embed_texts(p_texts + c_texts, model, run.path, batch_size=cfg.batch_size, device=cfg.device, tick=tick)
+            p_vecs, c_vecs = vecs[: len(p_texts)], vecs[len(p_texts):]
+            p_ids, c_ids = part["prompt_id"].to_list(), cands["candidate_id"].to_list()
+            keys.append("rows")
+            vectors.write(index, "rows", pl.concat([vectors_frame(p_ids, "prompt", model, p_vecs)]
+                                                   + ([vectors_frame(c_ids, "candidate", model, c_vecs)] if c_ids else [])))
+            row_of = {pid: i for i, pid in enumerate(p_ids)}
+            c_prompts = cands["prompt_id"].to_list()
+            rel = relevance(p_vecs[[row_of[p] for p in c_prompts]], c_vecs) if c_ids else np.zeros(0)
+            near = near_identical(c_prompts, c_vecs, cfg.near_identical) if c_ids else []
+            scores.write(index, "rows", pl.DataFrame({"candidate_id": c_ids, "relevance": rel.astype(np.float64),
+                                                      "near_identical_to": [c_ids[t] if t is not None else None for t in near]}, schema=TABLES["candidate_scores"]))
+            relevance_sum, twins = relevance_sum + float(rel.sum()), twins + sum(t is not None for t in near)
+            active = p_vecs[[i for i, p in enumerate(p_ids) if p in active_ids]].astype(np.float64)
+            if len(p_vecs):
+                gram = (gram if gram is not None else 0) + active.T @ active
+                n_active += len(active)
+    vectors.assemble(keys)
+    if candidates.height:
+        scores.assemble(keys)
+    else:
+        scores.clear()
+    counts: dict = {"prompts": prompts.height, "candidates": candidates.height}
+    if candidates.height:
+        counts.update(mean_relevance=round(relevance_sum / candidates.height, 4), near_identical=twins)
+    counts["vendi_score"] = round(vendi_from_gram(gram, n_active), 3) if gram is not None else 0.0
+    active = active_prompts(prompts)
+    generated = set(candidates["prompt_id"].to_list())
+    counts.update(cluster_stats(active["cluster"].to_list(),
+                                [c for p, c in zip(active["prompt_id"].to_list(), active["cluster"].to_list()) if p in generated]))
+    summary("embed", counts)
+    return counts
+
+
+# embedding scores
+
+def relevance(prompt_vectors: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of each candidate with its prompt (both normalised)."""
+    return np.einsum("ij,ij->i", prompt_vectors, candidate_vectors)
+
+
+def near_identical(groups: list[str], vectors: np.ndarray, threshold: float) -> list[int | None]:
+    """For each row, the index of an earlier row of the same group with cosine >= threshold (else None)."""
+    out: list[int | None] = [None] * len(groups)
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    for rows in members.values():
+        if len(rows) < 2:
+            continue
+        sims = vectors[rows] @ vectors[rows].T
+        for a in range(1, len(rows)):
+            hits = np.nonzero(sims[a, :a] >= threshold)[0]
+            if len(hits):
+                out[rows[a]] = rows[int(hits[0])]
+    return out
+
+
+def vendi_score(vectors: np.ndarray) -> float:
+    """Vendi score (Friedman & Dieng 2023) with the cosine kernel: exp of the entropy of eig(K/n).
+
+    For normalised vectors the non-zero eigenvalues of X X^T / n equal those of X^T X / n (d x d), so the
+    exact score costs O(n d^2) with no n x n matrix. It reads as "the effective number of distinct prompts".
+    """
+    if len(vectors) == 0:
+        return 0.0
+    x = vectors.astype(np.float64)
+    return vendi_from_gram(x.T @ x, len(x))
+
+
+def vendi_from_gram(gram: np.ndarray, n: int) -> float:
+    """vendi_score from X^T X summed over parts of the rows (a stage that never holds all the vectors)."""
+    if n == 0:
+        return 0.0
+    eig = np.linalg.eigvalsh(gram / n)
     eig = eig[eig > 1e-12]
     eig = eig / eig.sum()
     return float(np.exp(-(eig * np.log(eig)).sum()))

@@ -15,11 +15,11 @@ import polars as pl
 
 from pipeline.cache import CallCache, run_cache
 from pipeline.config import GeneratorSpec
-from pipeline.llm import Request, call_cost, call_llm, check_spec, ticker
+from pipeline.llm import Request, call_cost, call_llm, check_spec, part_size, ticker
 from pipeline.progress import summary
 from pipeline.queries import active_prompts
 from pipeline.schema import TABLES
-from pipeline.store import Run, TableParts, candidate_id, content_id
+from pipeline.store import Run, TableParts, candidate_id, content_id, in_parts
 
 SECTION = "generate"  # the config section this stage needs (pipeline/registry.py)
 ORDER = 30  # its place in `prefab run`
@@ -106,21 +106,22 @@ def generate(prompts: pl.DataFrame, generators: list[GeneratorSpec], cache: Call
 def step(config, run: Run, retry_failed: bool = False) -> dict:
     """Generate part by part (cache first), writing each part as it is done; then the parts become the candidates table."""
     section = config.require(SECTION, hint="add `generate: {generators: [{backend: transformers, model: embedded:smollm2}]}`")
-    generators, size = section.generators, section.part_size
-    prompts = active_prompts(run.read("prompts"))  # duplicates and sampled-out prompts are not generated for
+    generators = section.generators
+    prompts = active_prompts(run.scan("prompts"))  # duplicates and sampled-out prompts are not generated for; streamed in parts
+    n_prompts = prompts.select(pl.len()).collect().item()
+    size = part_size(section.part_size, generators, n_prompts)
     for spec in generators:
         check_spec(spec)
     kept = {} if retry_failed or not run.has("candidates") else failed_rows(run.scan("candidates"))
     settings = [g.model_dump(mode="json") for g in generators]
     parts = TableParts(run, "candidates")
-    total = sum(len(g.temperatures) * g.n for g in generators) * prompts.height
+    total = sum(len(g.temperatures) * g.n for g in generators) * n_prompts
     counts = {"calls": 0, "cached": 0, "failed_kept": 0, "parts_resumed": 0}
     keys = []
     cache = run_cache(run.path)
     try:
         with ticker("generate", total, 0) as tick:
-            for index, start in enumerate(range(0, prompts.height, size)):
-                chunk = prompts[start : start + size]
+            for index, chunk in enumerate(in_parts(prompts, size)):
                 keys.append(content_id("candidates", chunk["prompt_id"].to_list(), settings, retry_failed, sorted(kept))[:12])
                 if parts.has(index, keys[-1]):  # written before a crash: its calls are done
                     counts["parts_resumed"] += 1

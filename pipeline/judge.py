@@ -366,7 +366,7 @@ def pair_requests(spec, items: list[tuple[list[dict], str, str]], cfg) -> list[R
     return base
 
 
-def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg) -> list[dict]:
+def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg, tick=None) -> list[dict]:
     """Pairwise rows (without ids) for (messages, first, second) items, each judged in both orders.
 
     Verdicts are mapped back to "chosen" (the first text of the item), "rejected" (the second) or "tie".
@@ -376,7 +376,8 @@ def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg) -> l
     want_logprobs = by_token or bool(cfg.logprobs)
     base = pair_requests(spec, items, cfg)
     parse = token_verdict if by_token else (lambda result: json_verdict(result, want_logprobs))
-    answers = ask_parsed(spec, base, parse, cache, cfg.model_copy(update={"parse_retries": 0}) if by_token else cfg, f"pairwise {spec.label}")
+    answers = ask_parsed(spec, base, parse, cache, cfg.model_copy(update={"parse_retries": 0}) if by_token else cfg, f"pairwise {spec.label}",
+                         tick)
     rows = []
     for k in range(len(items)):
         ab, ba = answers[2 * k], answers[2 * k + 1]
@@ -469,9 +470,10 @@ def step(config, run, **_) -> dict:
     then the parts become the judgments table; counts are read from it lazily."""
     cfg = config.require("judge")
     labels = [j.label for j in cfg.scorers]
-    prompts = run.read("prompts").select("prompt_id", "messages")  # Arrow; Python objects only for one part's prompts
+    # streamed: each part's candidates with their prompt's messages, never the whole table
     candidates = (run.scan("candidates").filter(pl.col("text").is_not_null()).select("candidate_id", "prompt_id", "text")
-                  .join(prompts.lazy().select("prompt_id"), on="prompt_id", how="semi", maintain_order="left").collect())
+                  .join(run.scan("prompts").select("prompt_id", "messages"), on="prompt_id", how="inner", maintain_order="left"))
+    n_candidates = candidates.select(pl.len()).collect().item()
     for label in same_model_warning(config):
         console.print(f"[yellow]warning: judge {label!r} is also a generator; a model tends to prefer its own answers. "
                       "Use a different judge model where you can.[/yellow]")
@@ -479,25 +481,23 @@ def step(config, run, **_) -> dict:
         for spec in cfg.judges:
             check_spec(spec)
     from pipeline.config import RewardModelSpec
-    from pipeline.llm import ticker
-    from pipeline.store import TableParts, content_id
+    from pipeline.llm import part_size, ticker
+    from pipeline.store import TableParts, content_id, in_parts
 
     per_item = [1 if isinstance(spec, RewardModelSpec) or cfg.scoring == "json" else len(cfg.aspects) for spec in cfg.scorers]
     settings = cfg.model_dump(mode="json")
     parts, keys, resumed = TableParts(run, "judgments"), [], 0
     cache = run_cache(run.path)
     try:
-        with ticker("judge", sum(per_item) * candidates.height) as tick:
-            for index, start in enumerate(range(0, candidates.height, cfg.part_size)):
-                part = candidates[start : start + cfg.part_size]
+        with ticker("judge", sum(per_item) * n_candidates) as tick:
+            for index, part in enumerate(in_parts(candidates, part_size(cfg.part_size, cfg.judges, n_candidates))):
                 keys.append(content_id("judgments", part["candidate_id"].to_list(), settings)[:12])
                 if parts.has(index, keys[-1]):
                     resumed += 1
                     tick(sum(per_item) * part.height)
                     continue
-                messages_of = dict(prompts.filter(pl.col("prompt_id").is_in(part["prompt_id"].unique().implode())).iter_rows())
-                items = [([{"role": m["role"], "content": m["content"]} for m in messages_of[p]], t)
-                         for p, t in zip(part["prompt_id"].to_list(), part["text"].to_list())]
+                items = [([{"role": m["role"], "content": m["content"]} for m in messages], t)
+                         for messages, t in zip(part["messages"].to_list(), part["text"].to_list())]
                 frames = []
                 for spec in cfg.scorers:
                     rows = score_candidates(spec, items, cfg, cache, tick)

@@ -54,6 +54,12 @@ def most_cost(spec: ModelSpec, request: Request) -> float:
     return call_cost(spec, most_prompt_tokens(request.messages), request.max_tokens or DEFAULT_MAX_TOKENS)
 
 
+def part_size(size: int, specs, total: int) -> int:
+    """Rows per part of a stage that streams: its setting; or all rows at once when a model answers through provider
+    batches, since each part waits for its batches to end (hours): they must be submitted together."""
+    return max(total, 1) if any(getattr(s, "mode", None) == "batch" for s in specs) else size
+
+
 def check_spec(spec: ModelSpec) -> None:
     """Fail before any work (and before the run's cache is touched): an unknown backend, a missing key or model path."""
     backend(spec.backend).check(spec)

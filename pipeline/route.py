@@ -183,21 +183,50 @@ def predicted_accuracy(gold: pl.DataFrame, auto_values: list[float], seed: int =
             "auto_high": round(float(high), 4)}
 
 
-def pairwise_table(pairs: pl.DataFrame, candidates: pl.DataFrame, prompts: pl.DataFrame, judge_cfg, cache) -> pl.DataFrame:
-    """pair_judgments for every pair and pairwise judge."""
+def pairwise_table(pairs: pl.DataFrame, candidates: pl.DataFrame | pl.LazyFrame, prompts: pl.DataFrame, judge_cfg, cache, tick=None) -> pl.DataFrame:
+    """pair_judgments for these pairs and every pairwise judge; only these pairs' texts become Python objects."""
     from pipeline.judge import judge_pairs
     from pipeline.schema import TABLES
 
-    text = dict(zip(candidates["candidate_id"].to_list(), candidates["text"].to_list()))
-    messages = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
+    ids = pl.concat([pairs["chosen_id"], pairs["rejected_id"]]).unique().implode()
+    text = dict(candidates.lazy().filter(pl.col("candidate_id").is_in(ids)).select("candidate_id", "text").collect().iter_rows())
+    messages = dict(prompts.filter(pl.col("prompt_id").is_in(pairs["prompt_id"].unique().implode())).select("prompt_id", "messages").iter_rows())
     items = [([{"role": m["role"], "content": m["content"]} for m in messages[p]], text[c], text[r])
              for p, c, r in pairs.select("prompt_id", "chosen_id", "rejected_id").iter_rows()]
     frames = []
     for spec in judge_cfg.judges:
-        rows = judge_pairs(spec, items, cache, judge_cfg)
+        rows = judge_pairs(spec, items, cache, judge_cfg, tick)
         frames.append(pl.DataFrame([{"pair_id": p, "judge": spec.label, **r} for p, r in zip(pairs["pair_id"].to_list(), rows)],
                                    schema=TABLES["pair_judgments"]))
     return pl.concat(frames) if frames else pl.DataFrame(schema=TABLES["pair_judgments"])
+
+
+def judge_pairs_in_parts(run, pairs: pl.DataFrame, judge_cfg) -> pl.DataFrame:
+    """pairwise_table part by part (judge.part_size pairs), each part written as it is done and skipped on restart,
+    then the parts as the pair_judgments table."""
+    from pipeline.cache import run_cache
+    from pipeline.llm import part_size, ticker
+    from pipeline.store import TableParts, content_id
+
+    prompts, candidates = run.read("prompts"), run.scan("candidates")
+    per_pair = 2 * len(judge_cfg.judges)
+    settings = judge_cfg.model_dump(mode="json")
+    parts, keys = TableParts(run, "pair_judgments"), []
+    cache = run_cache(run.path)
+    try:
+        with ticker("pairwise", per_pair * pairs.height) as tick:
+            size = part_size(judge_cfg.part_size, judge_cfg.judges, pairs.height)
+            for index, start in enumerate(range(0, pairs.height, size)):
+                part = pairs[start : start + size]
+                keys.append(content_id("pair_judgments", part.select("pair_id", "chosen_id", "rejected_id").rows(), settings)[:12])
+                if parts.has(index, keys[-1]):
+                    tick(per_pair * part.height)
+                    continue
+                parts.write(index, keys[-1], pairwise_table(part, candidates, prompts, judge_cfg, cache, tick))
+    finally:
+        cache.close()
+    parts.assemble(keys)
+    return run.read("pair_judgments")
 
 
 def pairwise_stats(pair_judgments: pl.DataFrame) -> dict:
@@ -221,7 +250,6 @@ def pairwise_stats(pair_judgments: pl.DataFrame) -> dict:
 
 
 def step(config, run, **_) -> dict:
-    from pipeline.cache import run_cache
     from pipeline.schema import empty
 
     cfg = config.require("route")
@@ -230,12 +258,7 @@ def step(config, run, **_) -> dict:
     pair_judgments = empty("pair_judgments")
     judged = pairs.filter(~is_verified())  # the verifier decided the others: no judge call for them
     if config.judge is not None and config.judge.pairwise and judged.height:
-        cache = run_cache(run.path)
-        try:
-            pair_judgments = pairwise_table(judged, run.read("candidates"), run.read("prompts"), config.judge, cache)
-        finally:
-            cache.close()
-        run.write("pair_judgments", pair_judgments)
+        pair_judgments = judge_pairs_in_parts(run, judged, config.judge)
     gold_signals = run.read("gold_signals") if run.has("gold_signals") else None
     if cfg.target_accuracy is not None and gold_signals is None:
         console.print("[yellow]route.target_accuracy is set but the run has no calibration on gold: routing by margin_threshold, "

@@ -192,14 +192,17 @@ def empty(name: str) -> pl.DataFrame:
     return pl.DataFrame(schema=TABLES[name])
 
 
-def conform(name: str, df: pl.DataFrame) -> pl.DataFrame:
-    """Cast to the table's schema, in its column order; fail on a missing or extra column."""
+def conform(name: str, df: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+    """Cast to the table's schema, in its column order; fail on a missing or extra column (a LazyFrame: when the
+    casts run, for its types; at once for its columns)."""
     schema = TABLES[name]
-    late = [c for c in ADDED.get(name, ()) if c not in df.columns]
+    columns = df.collect_schema().names()
+    late = [c for c in ADDED.get(name, ()) if c not in columns]
     if late:
         df = df.with_columns(pl.lit(None, dtype=schema[c]).alias(c) for c in late)
-    missing = [c for c in schema if c not in df.columns]
-    extra = [c for c in df.columns if c not in schema]
+        columns += late
+    missing = [c for c in schema if c not in columns]
+    extra = [c for c in columns if c not in schema]
     if missing or extra:
         raise RunError(
             f"table {name!r} does not match its schema (missing {missing}, unexpected {extra})",

@@ -99,7 +99,7 @@ class Run:
         path = self._existing(name)
         with self._table_errors(path):
             pl.read_parquet_schema(path)  # a damaged or foreign file fails here, with its name, not mid-query
-        return pl.scan_parquet(path)
+            return schema.conform(name, pl.scan_parquet(path))
 
     def _existing(self, name: str) -> Path:
         path = self.table_path(name)
@@ -203,6 +203,23 @@ class Run:
 
     def is_complete(self, stage: str) -> bool:
         return self.stage_info(stage).get("status") == "complete"
+
+
+def in_parts(query: pl.LazyFrame, size: int):
+    """The rows of a lazy query as DataFrames of exactly `size` rows (the last one shorter), streamed: only about one
+    part is in memory, and part boundaries do not depend on how the engine batches (parts are keyed by their rows)."""
+    pending: list[pl.DataFrame] = []
+    held = 0
+    for batch in query.collect_batches(chunk_size=size):
+        pending.append(batch)
+        held += batch.height
+        while held >= size:
+            whole = pl.concat(pending)
+            yield whole[:size]
+            rest = whole[size:]
+            pending, held = ([rest] if rest.height else []), rest.height
+    if held:
+        yield pl.concat(pending)
 
 
 ROW_GROUP = 10_000  # rows per row group of an assembled table: a lazy reader loads this many at a time

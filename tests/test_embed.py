@@ -87,3 +87,24 @@ def test_embed_stage_writes_vectors_scores_and_diversity(model, tmp_path):
     twins = scores.filter(pl.col("near_identical_to").is_not_null())
     assert twins["text"].to_list() == ["Use my_list.reverse()  or my_list[::-1]."]
     assert counts["near_identical"] == 1 and 1.5 < counts["vendi_score"] <= 4
+
+
+def test_embed_in_parts_writes_what_one_part_writes(model, tmp_path):
+    """Parts of one prompt each (the stage's memory bound) give the same tables and counts as one part; the Vendi
+    score, summed over parts as X^T X, equals the score of all prompt vectors at once."""
+    answers = {TEXTS[0]: ["Use my_list.reverse() or my_list[::-1].", "Use my_list.reverse()  or my_list[::-1].", "Paris is in France."],
+               TEXTS[1]: ["Paris.", None], TEXTS[3]: ["Slice it: xs[::-1]."]}
+    outputs = []
+    for size in (1, 1000):
+        run, config = make_run(tmp_path / f"run{size}", TEXTS, answers, embed={"part_size": size})
+        counts = embed.step(config, run)
+        assert not (run.path / ".parts").exists() or not any((run.path / ".parts").iterdir())
+        tables = [run.read(t).sort(pl.col(run.read(t).columns[0])) for t in ("embeddings", "candidate_scores")]
+        outputs.append((counts, tables))
+    (one_counts, one_tables), (all_counts, all_tables) = outputs
+    assert one_counts == all_counts
+    for a, b in zip(one_tables, all_tables):
+        assert a.drop("vector", strict=False).equals(b.drop("vector", strict=False))
+    assert np.allclose(np.array(one_tables[0]["vector"].to_list()), np.array(all_tables[0]["vector"].to_list()), atol=1e-6)
+    prompt_vectors = np.array(all_tables[0].filter(pl.col("kind") == "prompt")["vector"].to_list())
+    assert all_counts["vendi_score"] == round(vendi_score(prompt_vectors), 3)

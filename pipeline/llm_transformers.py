@@ -27,23 +27,34 @@ class TransformersBackend:
         resolve_llm(spec.model)
 
     def run(self, spec, requests: list[Request], finish) -> None:
-        import torch
+        loaded = load_model(spec.model, spec.device)
+        ids, batches = make_batches(loaded[1], requests, spec.batch_size)
+        for batch in batches:
+            for j, result in zip(batch, answer_batch(loaded, [ids[j] for j in batch], [requests[j] for j in batch])):
+                finish(j, result)
 
-        model, tokenizer, device = load_model(spec.model, spec.device)
-        ids = chat_token_ids(tokenizer, [r.messages for r in requests])
-        # like lengths together: little padding, few rows waiting for a long neighbour
-        order = sorted(range(len(requests)), key=lambda j: (requests[j].max_tokens or DEFAULT_MAX_TOKENS, len(ids[j])))
-        for start in range(0, len(order), spec.batch_size):
-            batch = order[start : start + spec.batch_size]
-            started = time.perf_counter()
-            try:
-                with torch.inference_mode():
-                    outputs = _generate_batch(model, tokenizer, device, [ids[j] for j in batch], [requests[j] for j in batch])
-            except torch.OutOfMemoryError as e:
-                raise ModelError(f"out of memory generating a batch of {len(batch)} on {device}", hint="lower batch_size") from e
-            latency = round((time.perf_counter() - started) / len(batch), 4)  # the batch's time, shared by its rows
-            for j, out in zip(batch, outputs):
-                finish(j, Result(**out, latency_s=latency))
+
+def make_batches(tokenizer, requests: list[Request], batch_size: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt token ids, batches of request indices): like lengths together, so little padding and few rows wait
+    for a long neighbour."""
+    ids = chat_token_ids(tokenizer, [r.messages for r in requests])
+    order = sorted(range(len(requests)), key=lambda j: (requests[j].max_tokens or DEFAULT_MAX_TOKENS, len(ids[j])))
+    return ids, [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def answer_batch(loaded: tuple, ids: list[list[int]], requests: list[Request]) -> list[Result]:
+    """One batch on a loaded (model, tokenizer, device); each row's latency is the batch's time shared by its rows."""
+    import torch
+
+    model, tokenizer, device = loaded
+    started = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            outputs = _generate_batch(model, tokenizer, device, ids, requests)
+    except torch.OutOfMemoryError as e:
+        raise ModelError(f"out of memory generating a batch of {len(ids)} on {device}", hint="lower batch_size") from e
+    latency = round((time.perf_counter() - started) / len(ids), 4)
+    return [Result(**out, latency_s=latency) for out in outputs]
 
 
 def chat_token_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:

@@ -89,8 +89,9 @@ def _load_model(model: str, device: str | None):
 
 
 def embed_texts(texts: list[str], model: str = EMBEDDED_EMBEDDER, cache_dir: str | Path | None = None, *,
-                batch_size: int = 64, device: str | None = None, description: str = "embed") -> np.ndarray:
-    """Normalised float32 vectors, one row per text; cached texts are not encoded again (nor the model loaded)."""
+                batch_size: int = 64, device: str | None = None, ray=None, description: str = "embed") -> np.ndarray:
+    """Normalised float32 vectors, one row per text; cached texts are not encoded again (nor the model loaded).
+    With `ray` (a RayConfig) the chunks are encoded by replicas on a Ray cluster, and cached here as they return."""
     hashes = [text_hash(t) for t in texts]
     cache = VectorCache(Path(cache_dir) / VECTOR_CACHE) if cache_dir is not None else None
     found = cache.get_many(model, list(set(hashes))) if cache else {}
@@ -99,23 +100,37 @@ def embed_texts(texts: list[str], model: str = EMBEDDED_EMBEDDER, cache_dir: str
         if h not in found and h not in todo:
             todo[h] = t
     if todo:
-        st = load_model(model, device)
         # longest first, like encode() does inside one call, so chunking costs no extra padding
         order = sorted(todo, key=lambda h: -len(todo[h]))
         with progress_bar(description, len(order)) as advance:
-            for i in range(0, len(order), CHUNK):
-                chunk = order[i : i + CHUNK]
-                vecs = st.encode([todo[h] for h in chunk], batch_size=batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32, copy=False)
+            def keep(chunk: list[str], vecs: np.ndarray) -> None:
                 if cache:
                     cache.put_many(model, chunk, vecs)
                 found.update((h, v.tobytes()) for h, v in zip(chunk, vecs))
                 advance(len(chunk))
+
+            if ray is None:
+                st = load_model(model, device)
+                for i in range(0, len(order), CHUNK):
+                    chunk = order[i : i + CHUNK]
+                    keep(chunk, encode(st, [todo[h] for h in chunk], batch_size))
+            else:
+                from pipeline.ray_cluster import replica_device, run_batches
+
+                size = max(batch_size, min(CHUNK, -(-len(order) // ray.replicas)))  # every replica gets work
+                chunks = [order[i : i + size] for i in range(0, len(order), size)]
+                run_batches(ray, load_model, (model, replica_device(ray, device)), encode,
+                            [([todo[h] for h in chunk], batch_size) for chunk in chunks], lambda k, vecs: keep(chunks[k], vecs))
     if cache:
         cache.close()
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
     return np.frombuffer(b"".join(found[h] for h in hashes), dtype=np.float32).reshape(len(texts), -1).copy()
+
+
+def encode(st, texts: list[str], batch_size: int) -> np.ndarray:
+    return st.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                     show_progress_bar=False).astype(np.float32, copy=False)
 
 
 def embed_model(config) -> str:
@@ -201,7 +216,8 @@ def step(config, run, **_) -> dict:
     candidates = run.read_or_empty("candidates").filter(pl.col("text").is_not_null())
     p_texts = [prompt_text(m) for m in prompts["messages"].to_list()]
     c_texts = candidates["text"].to_list()
-    vecs = embed_texts(p_texts + c_texts, model, run.path, batch_size=cfg.batch_size, device=cfg.device, description="embed")
+    vecs = embed_texts(p_texts + c_texts, model, run.path, batch_size=cfg.batch_size, device=cfg.device, ray=cfg.ray,
+                       description="embed")
     p_vecs, c_vecs = vecs[: len(p_texts)], vecs[len(p_texts):]
     p_ids, c_ids = prompts["prompt_id"].to_list(), candidates["candidate_id"].to_list()
     frames = [vectors_frame(p_ids, "prompt", model, p_vecs)]

@@ -38,10 +38,12 @@ def connect(settings) -> None:
         try:
             ray.init(address=settings.address, logging_level="warning")
         except (ConnectionError, RuntimeError) as e:
-            raise ConfigError(f"could not join the Ray cluster at ray.address {settings.address!r}: {e}", hint=_START) from None
+            raise ConfigError(f"could not join the Ray cluster at ray.address {settings.address!r}: {e}", hint=_AUTH + _START) from None
     _joined = settings.address
 
 
+_AUTH = ("if it has Ray's token authentication on (`ray start` turns it on where ~/.ray/auth_token exists), set "
+         "RAY_AUTH_MODE=token here and the cluster's token in RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it); else ")
 _START = ("start Ray first (`ray start --head` on the head node, `ray start --address HEAD:6379` on the others), "
           "then set ray.address to auto on a node of the cluster, HEAD:6379, or ray://HEAD:10001 from elsewhere; "
           "or `address: local` for a Ray instance on this machine alone")
@@ -50,7 +52,8 @@ _START = ("start Ray first (`ray start --head` on the head node, `ray start --ad
 def _probe(address: str) -> None:
     """A TCP connect of a few seconds first: ray.init retries an address where nothing listens for minutes."""
     if address == "auto":
-        return  # ray.init finds the local cluster's own file, or fails at once
+        return  # ray.init reads the file `ray start` left on this machine, or fails at once (a file left by a
+        # cluster that died without `ray stop` makes it wait like an unreachable address: give HOST:PORT then)
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"ray.address {address!r} is not auto, local, HOST:PORT or ray://HOST:PORT", hint=_START)

@@ -29,6 +29,18 @@ def distinct(values: list, field: str, what: str, fix: str) -> None:
                              f"which keys their rows in the run's tables: {fix}")
 
 
+class RayConfig(Strict):
+    """Run a local model stage on a Ray cluster (pipeline/ray_cluster.py): `replicas` actors, each loading the model
+    once and answering whole batches, with the same answers as a local run."""
+
+    # auto: the cluster `ray start` made on this machine; HOST:6379 on the cluster's network; ray://HOST:10001 (Ray
+    # Client) from elsewhere; local: the Ray this process already joined, else a new one on this machine alone
+    address: str = "auto"
+    replicas: int = Field(1, ge=1)
+    num_gpus: float = Field(0, ge=0)  # per replica: 1 puts one replica on each GPU (0.5: two to a GPU)
+    num_cpus: float = Field(1, ge=0)  # per replica; on CPU also its torch threads
+
+
 class ModelSpec(Strict):
     """An LLM used as generator or judge, answered by the backend `backend` names (pipeline/registry.py).
 
@@ -53,6 +65,7 @@ class ModelSpec(Strict):
     # transformers backend
     batch_size: int = Field(8, ge=1)
     device: str | None = None  # cpu, cuda, cuda:1...
+    ray: RayConfig | None = None  # run the model on a Ray cluster's replicas instead of in this process
     # any backend
     price_per_mtok_in: float = Field(0.0, ge=0)  # USD per million prompt tokens
     price_per_mtok_out: float = Field(0.0, ge=0)  # USD per million completion tokens
@@ -252,6 +265,7 @@ class EmbedConfig(Strict):
     model: str = EMBEDDED_EMBEDDER
     batch_size: int = Field(64, ge=1)
     device: str | None = None
+    ray: RayConfig | None = None  # encode on a Ray cluster's replicas (the embed stage and dedup's prompt vectors)
     near_identical: float = Field(0.98, gt=0, le=1)  # cosine at which two candidates of a prompt are flagged near-identical
     part_size: int = Field(2000, ge=1)  # prompts (with their candidates) per part written as the stage goes
 

@@ -222,7 +222,8 @@ def step(config, run, **_) -> dict:
         texts = [prompt_text(m) for m in prompts["messages"].to_list()]
         cfg_embed = config.embed
         vectors = embed_texts(texts, embed_model(config), run.path, description="embed prompts",
-                              batch_size=cfg_embed.batch_size if cfg_embed else 64, device=cfg_embed.device if cfg_embed else None)
+                              batch_size=cfg_embed.batch_size if cfg_embed else 64, device=cfg_embed.device if cfg_embed else None,
+                              ray=cfg_embed.ray if cfg_embed else None)
     keep = frozenset(str(config.resolve(path)) for path in cfg.keep_sources)
     unknown = keep - set(prompts["source"].unique().to_list())
     if unknown:

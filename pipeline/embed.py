@@ -90,8 +90,9 @@ def _load_model(model: str, device: str | None):
 
 
 def embed_texts(texts: list[str], model: str = EMBEDDED_EMBEDDER, cache_dir: str | Path | None = None, *,
-                batch_size: int = 64, device: str | None = None, description: str = "embed", tick=None) -> np.ndarray:
+                batch_size: int = 64, device: str | None = None, ray=None, description: str = "embed", tick=None) -> np.ndarray:
     """Normalised float32 vectors, one row per text; cached texts are not encoded again (nor the model loaded).
+    With `ray` (a RayConfig) the chunks are encoded by replicas on a Ray cluster, and cached here as they return.
     A stage embedding in parts passes its progress `tick` (pipeline.llm.ticker) for one bar over all of them."""
     from pipeline.llm import own_ticker
 
@@ -105,23 +106,37 @@ def embed_texts(texts: list[str], model: str = EMBEDDED_EMBEDDER, cache_dir: str
     if tick and len(texts) > len(todo):
         tick(len(texts) - len(todo))
     if todo:
-        st = load_model(model, device)
         # longest first, like encode() does inside one call, so chunking costs no extra padding
         order = sorted(todo, key=lambda h: -len(todo[h]))
         with own_ticker(description, len(order), 0, tick) as advance:
-            for i in range(0, len(order), CHUNK):
-                chunk = order[i : i + CHUNK]
-                vecs = st.encode([todo[h] for h in chunk], batch_size=batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32, copy=False)
+            def keep(chunk: list[str], vecs: np.ndarray) -> None:
                 if cache:
                     cache.put_many(model, chunk, vecs)
                 found.update((h, v.tobytes()) for h, v in zip(chunk, vecs))
                 advance(len(chunk))
+
+            if ray is None:
+                st = load_model(model, device)
+                for i in range(0, len(order), CHUNK):
+                    chunk = order[i : i + CHUNK]
+                    keep(chunk, encode(st, [todo[h] for h in chunk], batch_size))
+            else:
+                from pipeline.ray_cluster import replica_device, run_batches
+
+                size = max(batch_size, min(CHUNK, -(-len(order) // ray.replicas)))  # every replica gets work
+                chunks = [order[i : i + size] for i in range(0, len(order), size)]
+                run_batches(ray, load_model, (model, replica_device(ray, device)), encode,
+                            [([todo[h] for h in chunk], batch_size) for chunk in chunks], lambda k, vecs: keep(chunks[k], vecs))
     if cache:
         cache.close()
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
     return np.frombuffer(b"".join(found[h] for h in hashes), dtype=np.float32).reshape(len(texts), -1).copy()
+
+
+def encode(st, texts: list[str], batch_size: int) -> np.ndarray:
+    return st.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                     show_progress_bar=False).astype(np.float32, copy=False)
 
 
 def embed_model(config) -> str:
@@ -230,7 +245,8 @@ def step(config, run, **_) -> dict:
             part = prompts[start : start + cfg.part_size]
             cands = by_part.get((index,), candidates.clear())
             p_texts, c_texts = [prompt_text(m) for m in part["messages"].to_list()], cands["text"].to_list()
-            vecs = embed_texts(p_texts + c_texts, model, run.path, batch_size=cfg.batch_size, device=cfg.device, tick=tick)
+            vecs = embed_texts(p_texts + c_texts, model, run.path, batch_size=cfg.batch_size, device=cfg.device, ray=cfg.ray,
+                               tick=tick)
             p_vecs, c_vecs = vecs[: len(p_texts)], vecs[len(p_texts):]
             p_ids, c_ids = part["prompt_id"].to_list(), cands["candidate_id"].to_list()
             keys.append("rows")
@@ -257,106 +273,6 @@ def step(config, run, **_) -> dict:
         counts.update(mean_relevance=round(relevance_sum / candidates.height, 4), near_identical=twins)
     counts["vendi_score"] = round(vendi_from_gram(gram, n_active), 3) if gram is not None else 0.0
     active = active_prompts(prompts)
-    generated = set(candidates["prompt_id"].to_list())
-    counts.update(cluster_stats(active["cluster"].to_list(),
-                                [c for p, c in zip(active["prompt_id"].to_list(), active["cluster"].to_list()) if p in generated]))
-    summary("embed", counts)
-    return counts
-
-
-# embedding scores
-
-def relevance(prompt_vectors: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of each candidate with its prompt (both normalised)."""
-    return np.einsum("ij,ij->i", prompt_vectors, candidate_vectors)
-
-
-def near_identical(groups: list[str], vectors: np.ndarray, threshold: float) -> list[int | None]:
-    """For each row, the index of an earlier row of the same group with cosine >= threshold (else None)."""
-    out: list[int | None] = [None] * len(groups)
-    members: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    for rows in members.values():
-        if len(rows) < 2:
-            continue
-        sims = vectors[rows] @ vectors[rows].T
-        for a in range(1, len(rows)):
-            hits = np.nonzero(sims[a, :a] >= threshold)[0]
-            if len(hits):
-                out[rows[a]] = rows[int(hits[0])]
-    return out
-
-
-def vendi_score(vectors: np.ndarray) -> float:
-    """Vendi score (Friedman & Dieng 2023) with the cosine kernel: exp of the entropy of eig(K/n).
-
-    For normalised vectors the non-zero eigenvalues of X X^T / n equal those of X^T X / n (d x d), so the
-    exact score costs O(n d^2) with no n x n matrix. It reads as "the effective number of distinct prompts".
-    """
-    if len(vectors) == 0:
-        return 0.0
-    x = vectors.astype(np.float64)
-    return vendi_from_gram(x.T @ x, len(x))
-
-
-def vendi_from_gram(gram: np.ndarray, n: int) -> float:
-    """vendi_score from X^T X summed over parts of the rows (a stage that never holds all the vectors)."""
-    if n == 0:
-        return 0.0
-    eig = np.linalg.eigvalsh(gram / n)
-    eig = eig[eig > 1e-12]
-    eig = eig / eig.sum()
-    return float(np.exp(-(eig * np.log(eig)).sum()))
-
-
-def cluster_stats(clusters: list[int | None], covered: list[int | None] | None = None) -> dict:
-    """Cluster count, normalised entropy of their sizes (1 = balanced) and share of clusters covered."""
-    sizes = pl.Series([c for c in clusters if c is not None], dtype=pl.Int64).value_counts()
-    k = sizes.height
-    if k == 0:
-        return {}
-    p = sizes["count"].to_numpy() / sizes["count"].sum()
-    entropy = float(-(p * np.log(p)).sum() / np.log(k)) if k > 1 else 1.0
-    out = {"clusters": k, "cluster_entropy": round(entropy, 4)}
-    if covered is not None:
-        out["cluster_coverage"] = round(len({c for c in covered if c is not None}) / k, 4)
-    return out
-
-
-def step(config, run, **_) -> dict:
-    from pipeline.queries import active_prompts
-
-    cfg = config.require("embed")
-    model = cfg.model
-    prompts = run.read("prompts")
-    candidates = run.read_or_empty("candidates").filter(pl.col("text").is_not_null())
-    p_texts = [prompt_text(m) for m in prompts["messages"].to_list()]
-    c_texts = candidates["text"].to_list()
-    vecs = embed_texts(p_texts + c_texts, model, run.path, batch_size=cfg.batch_size, device=cfg.device, description="embed")
-    p_vecs, c_vecs = vecs[: len(p_texts)], vecs[len(p_texts):]
-    p_ids, c_ids = prompts["prompt_id"].to_list(), candidates["candidate_id"].to_list()
-    frames = [vectors_frame(p_ids, "prompt", model, p_vecs)]
-    if c_ids:
-        frames.append(vectors_frame(c_ids, "candidate", model, c_vecs))
-    run.write("embeddings", pl.concat(frames))
-
-    counts: dict = {"prompts": len(p_ids), "candidates": len(c_ids)}
-    if c_ids:
-        row_of = {pid: i for i, pid in enumerate(p_ids)}
-        c_prompts = candidates["prompt_id"].to_list()
-        rel = relevance(p_vecs[[row_of[p] for p in c_prompts]], c_vecs)
-        twins = near_identical(c_prompts, c_vecs, cfg.near_identical)
-        run.write("candidate_scores", pl.DataFrame({
-            "candidate_id": c_ids,
-            "relevance": rel.astype(np.float64),
-            "near_identical_to": [c_ids[t] if t is not None else None for t in twins],
-        }))
-        counts.update(mean_relevance=round(float(rel.mean()), 4), near_identical=sum(t is not None for t in twins))
-
-    active = active_prompts(prompts)
-    active_ids = set(active["prompt_id"].to_list())
-    counts["vendi_score"] = round(vendi_score(p_vecs[[i for i, p in enumerate(p_ids) if p in active_ids]]), 3)
     generated = set(candidates["prompt_id"].to_list())
     counts.update(cluster_stats(active["cluster"].to_list(),
                                 [c for p, c in zip(active["prompt_id"].to_list(), active["cluster"].to_list()) if p in generated]))

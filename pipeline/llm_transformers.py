@@ -3,7 +3,8 @@ process, batched by prompt length with left padding, on GPU when present.
 
 Each row samples with its own seeded generator (Gumbel-max over the temperature/top-p adjusted logits), so a
 request's answer depends on its seed, not on its batch mates; temperature 0 is greedy. `response_format` is
-not enforced (judges ask for JSON in the prompt instead: json_schema is False).
+not enforced (judges ask for JSON in the prompt instead: json_schema is False). With `ray:` on the model the
+same batches go to replicas on a Ray cluster (pipeline/ray_cluster.py).
 """
 
 import functools
@@ -17,7 +18,7 @@ from pipeline.errors import ModelError
 class TransformersBackend:
     """The backend (pipeline/backends.py): `backend: transformers` in a model's config (the default)."""
 
-    fields = frozenset({"batch_size", "device"})
+    fields = frozenset({"batch_size", "device", "ray"})
     json_schema = False
     top_logprobs = 100  # it holds every logit: logprob judges look deeper, so a small judge whose top 20 has no digit still scores
 
@@ -25,25 +26,55 @@ class TransformersBackend:
         from pipeline.models import resolve_llm
 
         resolve_llm(spec.model)
+        if spec.ray is not None:
+            from pipeline.ray_cluster import connect
+
+            connect(spec.ray)  # an unreachable cluster fails here, before any work
 
     def run(self, spec, requests: list[Request], finish) -> None:
-        import torch
+        if spec.ray is not None:
+            return self._run_on_ray(spec, requests, finish)
+        loaded = load_model(spec.model, spec.device)
+        ids, batches = make_batches(loaded[1], requests, spec.batch_size)
+        for batch in batches:
+            for j, result in zip(batch, answer_batch(loaded, [ids[j] for j in batch], [requests[j] for j in batch])):
+                finish(j, result)
 
-        model, tokenizer, device = load_model(spec.model, spec.device)
-        ids = chat_token_ids(tokenizer, [r.messages for r in requests])
-        # like lengths together: little padding, few rows waiting for a long neighbour
-        order = sorted(range(len(requests)), key=lambda j: (requests[j].max_tokens or DEFAULT_MAX_TOKENS, len(ids[j])))
-        for start in range(0, len(order), spec.batch_size):
-            batch = order[start : start + spec.batch_size]
-            started = time.perf_counter()
-            try:
-                with torch.inference_mode():
-                    outputs = _generate_batch(model, tokenizer, device, [ids[j] for j in batch], [requests[j] for j in batch])
-            except torch.OutOfMemoryError as e:
-                raise ModelError(f"out of memory generating a batch of {len(batch)} on {device}", hint="lower batch_size") from e
-            latency = round((time.perf_counter() - started) / len(batch), 4)  # the batch's time, shared by its rows
-            for j, out in zip(batch, outputs):
-                finish(j, Result(**out, latency_s=latency))
+    def _run_on_ray(self, spec, requests: list[Request], finish) -> None:
+        """The local run's batches, made here with the model's tokenizer and sent whole to the replicas."""
+        from pipeline.ray_cluster import replica_device, run_batches
+
+        ids, batches = make_batches(load_tokenizer(spec.model), requests, spec.batch_size)
+
+        def done(k: int, results: list[Result]) -> None:
+            for j, result in zip(batches[k], results):
+                finish(j, result)
+
+        run_batches(spec.ray, load_model, (spec.model, replica_device(spec.ray, spec.device)), answer_batch,
+                    [([ids[j] for j in batch], [requests[j] for j in batch]) for batch in batches], done)
+
+
+def make_batches(tokenizer, requests: list[Request], batch_size: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt token ids, batches of request indices): like lengths together, so little padding and few rows wait
+    for a long neighbour. A run on Ray sends these same batches, so greedy rows see the same padding."""
+    ids = chat_token_ids(tokenizer, [r.messages for r in requests])
+    order = sorted(range(len(requests)), key=lambda j: (requests[j].max_tokens or DEFAULT_MAX_TOKENS, len(ids[j])))
+    return ids, [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def answer_batch(loaded: tuple, ids: list[list[int]], requests: list[Request]) -> list[Result]:
+    """One batch on a loaded (model, tokenizer, device); each row's latency is the batch's time shared by its rows."""
+    import torch
+
+    model, tokenizer, device = loaded
+    started = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            outputs = _generate_batch(model, tokenizer, device, ids, requests)
+    except torch.OutOfMemoryError as e:
+        raise ModelError(f"out of memory generating a batch of {len(ids)} on {device}", hint="lower batch_size") from e
+    latency = round((time.perf_counter() - started) / len(ids), 4)
+    return [Result(**out, latency_s=latency) for out in outputs]
 
 
 def chat_token_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:

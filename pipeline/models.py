@@ -46,7 +46,12 @@ def smollm2_checkpoint() -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.chmod(tmp, 0o755)
-        os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process (a second replica on this node) made it first
+            if not (target / "config.json").exists():
+                raise
+        shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -103,8 +103,10 @@ def test_embed_in_parts_writes_what_one_part_writes(model, tmp_path):
         outputs.append((counts, tables))
     (one_counts, one_tables), (all_counts, all_tables) = outputs
     assert one_counts == all_counts
-    for a, b in zip(one_tables, all_tables):
-        assert a.drop("vector", strict=False).equals(b.drop("vector", strict=False))
+    # encoded in other batches, a vector may differ in its last bits: ids and flags equal, numbers within 1e-6
+    for a, b, numbers in zip(one_tables, all_tables, ("vector", "relevance")):
+        assert a.drop(numbers).equals(b.drop(numbers))
     assert np.allclose(np.array(one_tables[0]["vector"].to_list()), np.array(all_tables[0]["vector"].to_list()), atol=1e-6)
+    assert np.allclose(one_tables[1]["relevance"].to_numpy(), all_tables[1]["relevance"].to_numpy(), atol=1e-6)
     prompt_vectors = np.array(all_tables[0].filter(pl.col("kind") == "prompt")["vector"].to_list())
     assert all_counts["vendi_score"] == round(vendi_score(prompt_vectors), 3)

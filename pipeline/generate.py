@@ -120,7 +120,7 @@ def step(config, run: Run, retry_failed: bool = False) -> dict:
     keys = []
     cache = run_cache(run.path)
     try:
-        with ticker("generate", total, 0) as tick:
+        with ticker(f"generate {', '.join(g.label for g in generators)}", total, 0) as tick:
             for index, chunk in enumerate(in_parts(prompts, size)):
                 keys.append(content_id("candidates", chunk["prompt_id"].to_list(), settings, retry_failed, sorted(kept))[:12])
                 if parts.has(index, keys[-1]):  # written before a crash: its calls are done

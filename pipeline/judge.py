@@ -489,7 +489,7 @@ def step(config, run, **_) -> dict:
     parts, keys, resumed = TableParts(run, "judgments"), [], 0
     cache = run_cache(run.path)
     try:
-        with ticker("judge", sum(per_item) * n_candidates) as tick:
+        with ticker(f"judge {', '.join(labels)}", sum(per_item) * n_candidates) as tick:
             for index, part in enumerate(in_parts(candidates, part_size(cfg.part_size, cfg.judges, n_candidates))):
                 keys.append(content_id("judgments", part["candidate_id"].to_list(), settings)[:12])
                 if parts.has(index, keys[-1]):

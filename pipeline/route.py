@@ -214,7 +214,7 @@ def judge_pairs_in_parts(run, pairs: pl.DataFrame, judge_cfg) -> pl.DataFrame:
     parts, keys = TableParts(run, "pair_judgments"), []
     cache = run_cache(run.path)
     try:
-        with ticker("pairwise", per_pair * pairs.height) as tick:
+        with ticker(f"pairwise {', '.join(j.label for j in judge_cfg.judges)}", per_pair * pairs.height) as tick:
             size = part_size(judge_cfg.part_size, judge_cfg.judges, pairs.height)
             for index, start in enumerate(range(0, pairs.height, size)):
                 part = pairs[start : start + size]

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from openai_server import OpenAIServer, default_respond
 from pydantic import ValidationError
+from test_llm_openai import ask, cache  # noqa: F401 (a fixture, used by name)
 
 from pipeline.cache import CallCache
 from pipeline.config import ModelSpec
 from pipeline.errors import ConfigError, ModelError
-from pipeline.llm import Request, call_llm, check_spec
+from pipeline.llm import call_llm, check_spec
 from pipeline.store import Run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,17 +28,6 @@ FIELDS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "logpro
 def batch_spec(server, **kw) -> ModelSpec:
     kw = {"model": "fake-model", "mode": "batch", "batch_poll_s": 0.02, "max_retries": 1, "timeout": 5, **kw}
     return ModelSpec(backend="openai", base_url=server.url, **kw)
-
-
-def ask(text: str, **kw) -> Request:
-    return Request([{"role": "user", "content": text}], **{"temperature": 0.7, "max_tokens": 50, "seed": 0, **kw})
-
-
-@pytest.fixture
-def cache(tmp_path):
-    c = CallCache(tmp_path / "cache.sqlite")
-    yield c
-    c.close()
 
 
 def journal(path: Path) -> list[tuple[str, str, int]]:

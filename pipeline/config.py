@@ -174,8 +174,10 @@ class AspectSpec(Strict):
     name: str
     description: str = ""
     weight: float = Field(1.0, ge=0)
-    min: float = 1
-    max: float = 5
+    # int | float: 5 stays 5 and 5.0 stays 5.0 through the run's config snapshot, so the rubric a judge is shown (and so
+    # its cache key) is the same whether a stage runs from the YAML or from the snapshot (`prefab judge --run`)
+    min: int | float = 1
+    max: int | float = 5
 
 
 class RewardModelSpec(Strict):

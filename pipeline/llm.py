@@ -9,11 +9,13 @@ Every request is first looked up in the run's call cache, keyed by the request, 
 (not the base_url: several servers of one model share answers). Only misses go to the backend that
 `spec.backend` names (pipeline.registry: openai, transformers, or one another package or a test
 registered), and each success is committed to the cache the moment the backend reports it finished, so a
-killed run repays only the calls in flight at the kill. Under `spending_limit(budget_usd)` (the runner sets
-the config's budget_usd) calls go out in slices, and a slice that could take the run's spend (what its
-cache's calls cost) past the budget is not sent: BudgetError, with every finished call kept. One bad call never raises: it comes back with its
+killed run repays only the calls in flight at the kill. One bad call never raises: it comes back with its
 error text (failures are not cached, so they are tried again later). Only what stops every call (no API
 key, a model that does not exist, a rejected key) raises ModelError/ConfigError.
+
+Under `spending_limit(budget_usd)` (the runner sets the config's budget_usd) calls go out in slices, and a
+slice that could take the run's spend (what its cache's calls cost) past the budget is not sent:
+BudgetError, with every finished call kept.
 """
 
 import time

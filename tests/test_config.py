@@ -73,3 +73,27 @@ def test_distinct_names_are_accepted(tmp_path):
     config = load_config(write(tmp_path, text))
     assert [g.label for g in config.generate.generators] == ["embedded:smollm2", "second"]
 
+
+
+@pytest.mark.parametrize("path", ["data/configs/demo.yaml", "defaults"])
+def test_the_run_snapshot_gives_back_the_config_exactly(tmp_path, path):
+    """A stage run alone reads the config snapshot in the manifest: every value must come back as it was, type and all
+    (a default 5 that came back as 5.0 changed the judge's rubric text, so `prefab judge --run` repaid every call)."""
+    import json
+
+    from pipeline.config import Config
+    from pipeline.judge import scoring_requests
+    from pipeline.llm import cache_key
+    from pipeline.runner import snapshot
+
+    if path == "defaults":
+        path = write(tmp_path, BASE + "judge: {judges: [{backend: openai, model: m}]}\nembed: {}\npair: {}\nroute: {}\n")
+    config = load_config(path)
+    data = snapshot(config)
+    data.pop("source")
+    again = Config.model_validate(json.loads(json.dumps(data)))
+    assert json.dumps(again.model_dump(mode="json"), sort_keys=True) == json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    items = [([{"role": "user", "content": "hi"}], "hello")]
+    for a, b in zip(config.judge.judges, again.judge.judges):
+        keys = [[cache_key(spec, r) for r in scoring_requests(spec, items, c.judge.aspects, c.judge)] for spec, c in ((a, config), (b, again))]
+        assert keys[0] == keys[1]

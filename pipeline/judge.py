@@ -447,11 +447,11 @@ def score_candidates(spec, items: list[tuple[list[dict], str]], cfg, cache, tick
 
 def judge_agreement(judgments: pl.LazyFrame | pl.DataFrame) -> dict:
     """Between every two judges: Spearman correlation of overall scores and share of exact agreement."""
-    judgments = judgments.lazy().select("candidate_id", "judge", "overall").collect()
-    judges = sorted(judgments["judge"].unique().to_list())
+    judges = sorted(judgments.lazy().select(pl.col("judge").unique()).collect()["judge"].to_list())
     out = {}
-    if len(judges) < 2:
+    if len(judges) < 2:  # one judge: no table of every score is read
         return out
+    judgments = judgments.lazy().select("candidate_id", "judge", "overall").collect()
     wide = judgments.filter(pl.col("overall").is_not_null()).pivot(on="judge", index="candidate_id", values="overall")
     for i, a in enumerate(judges):
         for b in judges[i + 1:]:

@@ -115,17 +115,17 @@ def step(config, run: Run, retry_failed: bool = False) -> dict:
     kept = {} if retry_failed or not run.has("candidates") else failed_rows(run.scan("candidates"))
     settings = [g.model_dump(mode="json") for g in generators]
     parts = TableParts(run, "candidates")
-    total = sum(len(g.temperatures) * g.n for g in generators) * n_prompts
+    per_prompt = sum(len(g.temperatures) * g.n for g in generators)  # candidates of one prompt
     counts = {"calls": 0, "cached": 0, "failed_kept": 0, "parts_resumed": 0}
     keys = []
     cache = run_cache(run.path)
     try:
-        with ticker(f"generate {', '.join(g.label for g in generators)}", total, 0) as tick:
+        with ticker(f"generate {', '.join(g.label for g in generators)}", per_prompt * n_prompts, 0) as tick:
             for index, chunk in enumerate(in_parts(prompts, size)):
                 keys.append(content_id("candidates", chunk["prompt_id"].to_list(), settings, retry_failed, sorted(kept))[:12])
                 if parts.has(index, keys[-1]):  # written before a crash: its calls are done
                     counts["parts_resumed"] += 1
-                    tick(sum(len(g.temperatures) * g.n for g in generators) * chunk.height)
+                    tick(per_prompt * chunk.height)
                     continue
                 df, made = generate_part(chunk, generators, cache, kept, tick)
                 parts.write(index, keys[-1], df)

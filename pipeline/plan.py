@@ -118,12 +118,12 @@ def _plan_generate(spec, prompts: pl.DataFrame, cache, sample: int):
     requests = [r for _, _, r in planned]
     keys = [cache_key(spec, r) for r in requests]
     sampled = []
+    hits = cache.get_many(list(dict.fromkeys(keys))) if cache is not None else {}
     if sample and cache is not None:
-        known = cache.get_many(list(dict.fromkeys(keys)))
-        pick = _spread([i for i, k in enumerate(keys) if k not in known], sample)
+        pick = _spread([i for i, k in enumerate(keys) if k not in hits], sample)
         results = call_llm(spec, [requests[i] for i in pick], cache, f"sample {spec.label}")
         sampled = [(requests[i].messages, r.text) for i, r in zip(pick, results) if r.error is None]
-    hits = cache.get_many(list(dict.fromkeys(keys))) if cache is not None else {}
+        hits.update((keys[i], r.cache_row()) for i, r in zip(pick, results) if r.error is None)
     count, counted = token_counter(spec)
     per_prompt = dict(zip(prompts["prompt_id"].to_list(), count([_conversation(m) for m in prompts["messages"].to_list()])))
     expected, basis = _expected(_measured(hits, dict.fromkeys(keys)), spec.max_tokens or DEFAULT_MAX_TOKENS)
@@ -164,19 +164,15 @@ def _plan_judge(spec, cfg, items: list[tuple], cache, sampled: list[tuple]) -> d
     from pipeline.judge import attempt_request, scoring_requests
 
     per_item = len(cfg.aspects) if cfg.scoring == "logprobs" else 1
+    sampled_results = []
     if sampled and cache is not None:  # judge the sampled answers, as the judge stage will (the same requests)
-        call_llm(spec, [attempt_request(r, cfg, 0) for r in scoring_requests(spec, sampled, cfg.aspects, cfg)], cache, f"sample {spec.label}")
+        sampled_results = call_llm(spec, [attempt_request(r, cfg, 0) for r in scoring_requests(spec, sampled, cfg.aspects, cfg)], cache,
+                                   f"sample {spec.label}")
     requests = [attempt_request(r, cfg, 0) for r in scoring_requests(spec, [(m, t) for m, t, _, _ in items], cfg.aspects, cfg)]
     weights = [w for _, _, w, _ in items for _ in range(per_item)]
     extra = [x for _, _, _, x in items for _ in range(per_item)]
-    known = cache is not None and items and items[0][3] == 0  # real candidates: their requests are the judge stage's own
-    keys = [cache_key(spec, r) for r in requests] if known else [None] * len(requests)
-    hits = cache.get_many(list(dict.fromkeys(keys))) if known else {}
-    if sampled and cache is not None:
-        sample_keys = [cache_key(spec, attempt_request(r, cfg, 0)) for r in scoring_requests(spec, sampled, cfg.aspects, cfg)]
-        measured = _measured(cache.get_many(sample_keys), sample_keys) + _measured(hits, dict.fromkeys(keys))
-    else:
-        measured = _measured(hits, dict.fromkeys(keys))
+    keys, hits = _lookup(spec, requests, cache, real=bool(items) and items[0][3] == 0)
+    measured = [r.completion_tokens for r in sampled_results if r.completion_tokens is not None] + _measured(hits, dict.fromkeys(keys))
     expected, basis = (1.0, "one token") if cfg.scoring == "logprobs" else _expected(measured, cfg.max_tokens)
     return _judge_row("judge", spec, requests, extra, weights, keys, hits, expected, basis)
 
@@ -187,12 +183,18 @@ def _plan_pairwise(spec, cfg, items: list[tuple], cache) -> dict:
     requests = [attempt_request(r, cfg, 0) for r in pair_requests(spec, [(m, a, b) for m, a, b, _, _ in items], cfg)]
     weights = [w for *_, w, _ in items for _ in range(2)]
     extra = [x for *_, x in items for _ in range(2)]
-    known = cache is not None and items and items[0][4] == 0
-    keys = [cache_key(spec, r) for r in requests] if known else [None] * len(requests)
-    hits = cache.get_many(list(dict.fromkeys(keys))) if known else {}
+    keys, hits = _lookup(spec, requests, cache, real=bool(items) and items[0][4] == 0)
     by_token = cfg.scoring == "logprobs"
     expected, basis = (1.0, "one token") if by_token else _expected(_measured(hits, dict.fromkeys(keys)), cfg.max_tokens)
     return _judge_row("route", spec, requests, extra, weights, keys, hits, expected, basis)
+
+
+def _lookup(spec, requests, cache, real: bool) -> tuple[list, dict]:
+    """Cache keys and hits of requests built from real candidates or pairs (the stage's own requests); stand-ins have none."""
+    if cache is None or not real:
+        return [None] * len(requests), {}
+    keys = [cache_key(spec, r) for r in requests]
+    return keys, cache.get_many(list(dict.fromkeys(keys)))
 
 
 def _judge_row(stage, spec, requests, extra, weights, keys, hits, expected, basis) -> dict:

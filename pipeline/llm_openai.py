@@ -149,15 +149,19 @@ async def _one(client, spec, request: Request) -> Result:
         tries = f" ({attempts} attempts)" if attempts > 1 else ""
         return Result(error=reason + tries, latency_s=time.perf_counter() - started, **kw)
 
-    async def ask():
+    async def ask() -> Result:
         nonlocal attempts
         attempts += 1
-        response = await client.chat.completions.create(model=spec.model, **request.payload())
-        return response, _first_choice(response)
+        # client.post (the SDK's documented call for any endpoint) with the payload as it is: create() re-walks every
+        # argument through its type-driven transform and builds a pydantic object of the answer, together more
+        # client CPU per call than all of prefab's own work (bench/bench_generate.py). cast_to=object gives the JSON
+        # as parsed, or the body as text when it is not JSON; auth, status errors and timeouts stay the SDK's.
+        response = await client.post("/chat/completions", cast_to=object, body={"model": spec.model, **request.payload()})
+        return _result(response, _first_choice(response), request, time.perf_counter() - started)
 
     try:
         try:  # most calls succeed at once: ask without the retry loop, whose cost per call was a tenth of the throughput
-            response, choice = await ask()
+            return await ask()
         except Exception as error:
             if not _retryable(error) or not spec.max_retries:
                 raise
@@ -165,7 +169,7 @@ async def _one(client, spec, request: Request) -> Result:
             async for attempt in AsyncRetrying(retry=retry_if_exception(_retryable), stop=stop_after_attempt(spec.max_retries),
                                                wait=_backoff, reraise=True):
                 with attempt:
-                    response, choice = await ask()
+                    return await ask()
     except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
         raise ModelError(f"{client.base_url} refused model {spec.model!r}: HTTP {e.status_code}: {_message(e)}",
                          hint="check the model name, base_url and the API key variable (api_key_env)") from e
@@ -180,27 +184,33 @@ async def _one(client, spec, request: Request) -> Result:
         return failed(f"malformed answer: {e}" if isinstance(e, _Malformed) else f"malformed answer: {type(e).__name__}: {e}")
     except Exception as e:  # one bad call must not stop the others; its reason is kept
         return failed(f"{type(e).__name__}: {e}")
-    return _result(response, choice, request, time.perf_counter() - started)
 
 
-def _result(response, choice, request: Request, latency: float | None) -> Result:
-    """The Result of a chat completion (realtime, or one line of a batch's output, where latency is unknown)."""
-    usage = getattr(response, "usage", None)
-    tokens = {k: v for k in ("prompt_tokens", "completion_tokens") if isinstance(v := getattr(usage, k, None), int)}
-    finish_reason = getattr(choice, "finish_reason", None)
-    content = getattr(choice.message, "content", None)
+def _result(response: dict, choice: dict, request: Request, latency: float | None) -> Result:
+    """The Result of a chat completion's JSON (realtime, or one line of a batch's output, where latency is unknown)."""
+    usage = response.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    tokens = {k: v for k in ("prompt_tokens", "completion_tokens") if isinstance(v := usage.get(k), int)}
+    finish_reason = choice.get("finish_reason")
+    message = choice["message"]
+    content = message.get("content")
     if not isinstance(content, str):  # a refusal or a tool call: an answer, not a fault; asking again gives the same
-        refusal = getattr(choice.message, "refusal", None)
+        refusal = message.get("refusal")
         return Result(error=f"refused: {refusal}" if refusal else "response has no text", finish_reason=finish_reason,
                       latency_s=latency, **tokens)
-    logprobs = None
-    if request.logprobs:
-        lp = getattr(choice, "logprobs", None)
-        content_lp = getattr(lp, "content", None) or []
-        logprobs = [{"token": t.token, "logprob": t.logprob,
-                     "top_logprobs": [{"token": a.token, "logprob": a.logprob} for a in (t.top_logprobs or [])]} for t in content_lp]
+    logprobs = _logprobs(choice) if request.logprobs else None
     return Result(content, finish_reason=finish_reason, latency_s=None if latency is None else round(latency, 4),
                   logprobs=logprobs, **tokens)
+
+
+def _logprobs(choice: dict) -> list[dict]:
+    """[{token, logprob, top_logprobs: [{token, logprob}]}] of the answer's tokens; _Malformed when they are another shape."""
+    try:
+        return [{"token": t["token"], "logprob": t["logprob"],
+                 "top_logprobs": [{"token": a["token"], "logprob": a["logprob"]} for a in (t.get("top_logprobs") or [])]}
+                for t in ((choice.get("logprobs") or {}).get("content") or [])]
+    except (AttributeError, KeyError, TypeError) as e:
+        raise _Malformed(f"HTTP 200 whose logprobs are not a list of tokens: {_snippet(_dump(choice.get('logprobs')))}") from e
 
 
 class _Malformed(Exception):
@@ -213,21 +223,18 @@ def _first_choice(response):
     if isinstance(response, (str, bytes)):  # the SDK hands back the body as text when it is not JSON
         text = response.decode(errors="replace") if isinstance(response, bytes) else response
         raise _Malformed(f"HTTP 200 with a body that is not JSON: {_snippet(text)!r}")
-    choices = getattr(response, "choices", None)
+    choices = response.get("choices") if isinstance(response, dict) else None
     if not isinstance(choices, list):
         raise _Malformed(f"HTTP 200 with JSON that is not a chat completion: {_snippet(_dump(response))}")
     if not choices:
         raise _Malformed("HTTP 200 with no choices")
-    if getattr(choices[0], "message", None) is None:
+    if not isinstance(choices[0], dict) or not isinstance(choices[0].get("message"), dict):
         raise _Malformed(f"HTTP 200 whose first choice has no message: {_snippet(_dump(response))}")
     return choices[0]
 
 
-def _dump(response) -> str:
-    try:
-        return json.dumps(response.to_dict(), ensure_ascii=False)
-    except Exception:
-        return repr(response)
+def _dump(value) -> str:
+    return json.dumps(value, ensure_ascii=False, default=repr)
 
 
 def _snippet(text: str, width: int = 120) -> str:
@@ -423,8 +430,6 @@ def _collect(client, batch, ids: list[str], requests, index: dict, done: set, fi
 
 def _line_result(record: dict, request: Request) -> Result:
     """One line of an output or error file: {"custom_id", "response": {"status_code", "body"}, "error"}."""
-    from openai.types.chat import ChatCompletion
-
     error = record.get("error")
     if isinstance(error, dict) and error:
         if error.get("code") in ("batch_expired", "batch_cancelled"):  # OpenAI lists what it never ran in the error file
@@ -437,12 +442,10 @@ def _line_result(record: dict, request: Request) -> Result:
         return Result(error=f"HTTP {status}: {message or _snippet(json.dumps(body))}")
     if not isinstance(body, dict):
         return Result(error=f"malformed answer: a 200 line whose body is not a chat completion: {_snippet(json.dumps(body))}")
-    completion = ChatCompletion.construct(**body)
     try:
-        choice = _first_choice(completion)
+        return _result(body, _first_choice(body), request, None)
     except _Malformed as e:
         return Result(error=f"malformed answer: {e}")
-    return _result(completion, choice, request, None)
 
 
 def _why_unanswered(batch) -> str:

@@ -24,7 +24,8 @@ Actions: "ok", "429" (no Retry-After), "429:SECONDS" (with Retry-After), "500", 
 "hang" / "hang:SECONDS" (no reply; the client must time out), "reset" (TCP RST), "malformed" (200 with
 invalid JSON), "truncated" (the body stops short of its Content-Length), "400", "401", "404", and 200s that
 are not a chat completion: "html" (a proxy's text/html error page), "wrongjson" (JSON of another shape),
-"nochoices" (`choices: []`), "nomessage" (a choice without a message).
+"nochoices" (`choices: []`), "nomessage" (a choice without a message); "badlogprobs" (a completion whose
+logprobs are not token entries: malformed only for a request that asked for them).
 
 It counts requests: `total`, `prompt_counts` (by the last message's content), `request_counts` (by the
 whole body), `statuses` (what it answered). GET /stats returns them as JSON, so a test can read the counts
@@ -48,7 +49,7 @@ from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 NOT_COMPLETIONS = ("html", "wrongjson", "nochoices", "nomessage")
-FAULTS = ("ok", "429", "500", "503", "hang", "reset", "malformed", "truncated", "400", "401", "404", *NOT_COMPLETIONS)
+FAULTS = ("ok", "429", "500", "503", "hang", "reset", "malformed", "truncated", "400", "401", "404", "badlogprobs", *NOT_COMPLETIONS)
 
 
 def default_respond(request: dict) -> str:
@@ -451,10 +452,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_raw(200, page, content_type="text/html")
             return "html"
         payload = completion(request, reply)
-        if name in ("wrongjson", "nochoices", "nomessage"):
+        if name in ("wrongjson", "nochoices", "nomessage", "badlogprobs"):
             wrong = {"wrongjson": {"status": "error", "detail": "upstream connect error"},
                      "nochoices": {**payload, "choices": []},
-                     "nomessage": {**payload, "choices": [{"index": 0, "finish_reason": "stop"}]}}[name]
+                     "nomessage": {**payload, "choices": [{"index": 0, "finish_reason": "stop"}]},
+                     "badlogprobs": _bad_logprobs(completion(request, owner.respond(request)))}[name]
             self._send(200, wrong)
             return name
         if name == "truncated":
@@ -511,6 +513,11 @@ def completion(request: dict, reply) -> dict:
         choice["logprobs"] = {"content": reply.get("logprobs") or _logprobs(content or "", request.get("top_logprobs") or 0)}
     return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": request.get("model", "fake-model"),
             "choices": [choice], "usage": usage}
+
+
+def _bad_logprobs(payload: dict) -> dict:
+    """A completion with its text whose logprobs are strings, not token entries."""
+    return {**payload, "choices": [{**payload["choices"][0], "logprobs": {"content": ["not", "tokens"]}}]}
 
 
 def _logprobs(content: str, top: int) -> list[dict]:

@@ -93,6 +93,17 @@ def test_a_200_that_is_not_a_chat_completion_is_retried_then_recorded(openai_ser
     assert len(cache) == 1  # the failure is not cached: a later run asks again
 
 
+def test_logprobs_of_another_shape_are_a_malformed_answer_for_a_request_that_asked_for_them(openai_server, cache, fast_backoff):
+    openai_server.script("badlogprobs", "badlogprobs")
+    [result] = call_llm(spec_for(openai_server, max_retries=1), [ask("probs", logprobs=True, top_logprobs=2)], cache, "t")
+    assert result.text is None and result.error.startswith("malformed answer: ") and "logprobs" in result.error
+    assert result.error.endswith("(2 attempts)") and len(cache) == 0
+
+    openai_server.script("badlogprobs")  # a request that did not ask for them takes the text
+    [result] = call_llm(spec_for(openai_server), [ask("no probs")], cache, "t")
+    assert result.error is None and result.text == default_respond(ask("no probs").payload())
+
+
 def test_the_html_error_page_is_named_in_the_reason(openai_server, cache, fast_backoff):
     openai_server.fault_rates = {"html": 1.0}
     [result] = call_llm(spec_for(openai_server, max_retries=0), [ask("proxy")], cache, "t")

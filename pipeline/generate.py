@@ -19,7 +19,7 @@ from pipeline.llm import Request, call_cost, call_llm, check_spec, part_size, ti
 from pipeline.progress import summary
 from pipeline.queries import active_prompts
 from pipeline.schema import TABLES
-from pipeline.store import Run, TableParts, candidate_id, content_id, in_parts
+from pipeline.store import Run, TableParts, candidate_id, content_id
 
 SECTION = "generate"  # the config section this stage needs (pipeline/registry.py)
 ORDER = 30  # its place in `prefab run`
@@ -107,9 +107,8 @@ def step(config, run: Run, retry_failed: bool = False) -> dict:
     """Generate part by part (cache first), writing each part as it is done; then the parts become the candidates table."""
     section = config.require(SECTION, hint="add `generate: {generators: [{backend: transformers, model: embedded:smollm2}]}`")
     generators = section.generators
-    prompts = active_prompts(run.scan("prompts"))  # duplicates and sampled-out prompts are not generated for; streamed in parts
-    n_prompts = prompts.select(pl.len()).collect().item()
-    size = part_size(section.part_size, generators, n_prompts)
+    n_prompts = active_prompts(run.scan("prompts")).select(pl.len()).collect().item()  # duplicates and sampled-out prompts are not generated for
+    size = part_size(section.part_size, generators, run.height("prompts"))  # parts are slices of the whole table
     for spec in generators:
         check_spec(spec)
     kept = {} if retry_failed or not run.has("candidates") else failed_rows(run.scan("candidates"))
@@ -121,7 +120,7 @@ def step(config, run: Run, retry_failed: bool = False) -> dict:
     cache = run_cache(run.path)
     try:
         with ticker(f"generate {', '.join(g.label for g in generators)}", per_prompt * n_prompts, 0) as tick:
-            for index, chunk in enumerate(in_parts(prompts, size)):
+            for index, chunk in enumerate(run.parts("prompts", size, where=active_prompts)):
                 keys.append(content_id("candidates", chunk["prompt_id"].to_list(), settings, retry_failed, sorted(kept))[:12])
                 if parts.has(index, keys[-1]):  # written before a crash: its calls are done
                     counts["parts_resumed"] += 1

@@ -465,15 +465,24 @@ def judge_agreement(judgments: pl.LazyFrame | pl.DataFrame) -> dict:
     return out
 
 
+def answered(candidates: pl.LazyFrame) -> pl.LazyFrame:
+    """The candidates a judge scores: those with a text."""
+    return candidates.filter(pl.col("text").is_not_null()).select("candidate_id", "prompt_id", "text")
+
+
+def with_messages(run, part: pl.DataFrame) -> pl.DataFrame:
+    """A part of candidates with their prompts' messages, looked up for this part alone: a join of the streams held
+    every prompt in its hash table."""
+    messages = run.scan("prompts").select("prompt_id", "messages").filter(pl.col("prompt_id").is_in(part["prompt_id"].unique()))
+    return part.join(messages.collect(), on="prompt_id", how="inner", maintain_order="left")
+
+
 def step(config, run, **_) -> dict:
     """Score the candidates part by part (judge.part_size), each part written as it is done (a restart skips it),
     then the parts become the judgments table; counts are read from it lazily."""
     cfg = config.require("judge")
     labels = [j.label for j in cfg.scorers]
-    # streamed: each part's candidates with their prompt's messages, never the whole table
-    candidates = (run.scan("candidates").filter(pl.col("text").is_not_null()).select("candidate_id", "prompt_id", "text")
-                  .join(run.scan("prompts").select("prompt_id", "messages"), on="prompt_id", how="inner", maintain_order="left"))
-    n_candidates = candidates.select(pl.len()).collect().item()
+    n_candidates = answered(run.scan("candidates")).select(pl.len()).collect().item()
     for label in same_model_warning(config):
         console.print(f"[yellow]warning: judge {label!r} is also a generator; a model tends to prefer its own answers. "
                       "Use a different judge model where you can.[/yellow]")
@@ -482,7 +491,7 @@ def step(config, run, **_) -> dict:
             check_spec(spec)
     from pipeline.config import RewardModelSpec
     from pipeline.llm import part_size, ticker
-    from pipeline.store import TableParts, content_id, in_parts
+    from pipeline.store import TableParts, content_id
 
     per_item = [1 if isinstance(spec, RewardModelSpec) or cfg.scoring == "json" else len(cfg.aspects) for spec in cfg.scorers]
     settings = cfg.model_dump(mode="json")
@@ -490,12 +499,13 @@ def step(config, run, **_) -> dict:
     cache = run_cache(run.path)
     try:
         with ticker(f"judge {', '.join(labels)}", sum(per_item) * n_candidates) as tick:
-            for index, part in enumerate(in_parts(candidates, part_size(cfg.part_size, cfg.judges, n_candidates))):
+            for index, part in enumerate(run.parts("candidates", part_size(cfg.part_size, cfg.judges, run.height("candidates")), where=answered)):
                 keys.append(content_id("judgments", part["candidate_id"].to_list(), settings)[:12])
                 if parts.has(index, keys[-1]):
                     resumed += 1
                     tick(sum(per_item) * part.height)
                     continue
+                part = with_messages(run, part)
                 items = [([{"role": m["role"], "content": m["content"]} for m in messages], t)
                          for messages, t in zip(part["messages"].to_list(), part["text"].to_list())]
                 frames = []

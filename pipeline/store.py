@@ -101,6 +101,15 @@ class Run:
             pl.read_parquet_schema(path)  # a damaged or foreign file fails here, with its name, not mid-query
             return schema.conform(name, pl.scan_parquet(path))
 
+    def parts(self, name: str, size: int, where=None):
+        """The table as DataFrames of `size` consecutive rows (fewer where `where`, a function of a lazy frame, filters
+        some out), each read on its own: a lazy slice loads only the row groups it covers, so memory does not grow
+        with the table (a streaming collect_batches ran ahead of its reader, by more the longer the table). Part
+        boundaries are fixed row offsets, the same on every run of the same table."""
+        for start in range(0, self.height(name), size):
+            part = self.scan(name).slice(start, size)
+            yield (part if where is None else where(part)).collect()
+
     def _existing(self, name: str) -> Path:
         path = self.table_path(name)
         if not path.exists():
@@ -203,23 +212,6 @@ class Run:
 
     def is_complete(self, stage: str) -> bool:
         return self.stage_info(stage).get("status") == "complete"
-
-
-def in_parts(query: pl.LazyFrame, size: int):
-    """The rows of a lazy query as DataFrames of exactly `size` rows (the last one shorter), streamed: only about one
-    part is in memory, and part boundaries do not depend on how the engine batches (parts are keyed by their rows)."""
-    pending: list[pl.DataFrame] = []
-    held = 0
-    for batch in query.collect_batches(chunk_size=size):
-        pending.append(batch)
-        held += batch.height
-        while held >= size:
-            whole = pl.concat(pending)
-            yield whole[:size]
-            rest = whole[size:]
-            pending, held = ([rest] if rest.height else []), rest.height
-    if held:
-        yield pl.concat(pending)
 
 
 ROW_GROUP = 10_000  # rows per row group of an assembled table: a lazy reader loads this many at a time

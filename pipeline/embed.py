@@ -208,7 +208,7 @@ def vendi_from_gram(gram: np.ndarray, n: int) -> float:
 
 def cluster_stats(clusters: list[int | None], covered: list[int | None] | None = None) -> dict:
     """Cluster count, normalised entropy of their sizes (1 = balanced) and share of clusters covered."""
-    sizes = pl.Series([c for c in clusters if c is not None], dtype=pl.Int64).value_counts()
+    sizes = pl.Series(clusters, dtype=pl.Int64).drop_nulls().value_counts()
     k = sizes.height
     if k == 0:
         return {}
@@ -216,7 +216,7 @@ def cluster_stats(clusters: list[int | None], covered: list[int | None] | None =
     entropy = float(-(p * np.log(p)).sum() / np.log(k)) if k > 1 else 1.0
     out = {"clusters": k, "cluster_entropy": round(entropy, 4)}
     if covered is not None:
-        out["cluster_coverage"] = round(len({c for c in covered if c is not None}) / k, 4)
+        out["cluster_coverage"] = round(pl.Series(covered, dtype=pl.Int64).drop_nulls().n_unique() / k, 4)
     return out
 
 
@@ -224,26 +224,23 @@ def step(config, run, **_) -> dict:
     """Embed prompts and their candidates part by part (embed.part_size prompts), writing embeddings and
     candidate_scores in parts; the Vendi score is summed over parts as X^T X, so no part holds every vector."""
     from pipeline.llm import ticker
-    from pipeline.queries import active_prompts
+    from pipeline.queries import active_prompts, answered
     from pipeline.store import TableParts
 
     cfg = config.require("embed")
     model = cfg.model
-    prompts = run.read("prompts").with_row_index("row")
-    active_ids = set(active_prompts(prompts)["prompt_id"].to_list())
-    candidates = (run.read_or_empty("candidates").filter(pl.col("text").is_not_null()).select("candidate_id", "prompt_id", "text")
-                  .join(prompts.select("prompt_id", "row"), on="prompt_id", how="left", maintain_order="left")
-                  .with_columns((pl.col("row") // cfg.part_size).alias("part")))
-    by_part = candidates.partition_by("part", as_dict=True, include_key=False)
+    has_candidates = run.has("candidates")
+    n_prompts = run.height("prompts")
+    n_candidates = answered(run.scan("candidates")).select(pl.len()).collect().item() if has_candidates else 0
     vectors, scores = TableParts(run, "embeddings"), TableParts(run, "candidate_scores")
     vectors.clear()  # the vector cache makes a redone part cheap: parts are not resumed
     scores.clear()
     keys: list[str] = []
     gram, n_active, relevance_sum, twins = None, 0, 0.0, 0
-    with ticker("embed", prompts.height + candidates.height) as tick:
-        for index, start in enumerate(range(0, prompts.height, cfg.part_size)):
-            part = prompts[start : start + cfg.part_size]
-            cands = by_part.get((index,), candidates.clear())
+    with ticker("embed", n_prompts + n_candidates) as tick:
+        for index, part in enumerate(run.parts("prompts", cfg.part_size)):  # streamed: one part's prompts and candidates
+            cands = (answered(run.scan("candidates")).filter(pl.col("prompt_id").is_in(part["prompt_id"])).collect()
+                     if has_candidates else pl.DataFrame(schema={"candidate_id": pl.String, "prompt_id": pl.String, "text": pl.String}))
             p_texts, c_texts = [prompt_text(m) for m in part["messages"].to_list()], cands["text"].to_list()
             vecs = embed_texts(p_texts + c_texts, model, run.path, batch_size=cfg.batch_size, device=cfg.device, ray=cfg.ray,
                                tick=tick)
@@ -259,22 +256,23 @@ def step(config, run, **_) -> dict:
             scores.write(index, "rows", pl.DataFrame({"candidate_id": c_ids, "relevance": rel.astype(np.float64),
                                                       "near_identical_to": [c_ids[t] if t is not None else None for t in near]}, schema=TABLES["candidate_scores"]))
             relevance_sum, twins = relevance_sum + float(rel.sum()), twins + sum(t is not None for t in near)
-            active = p_vecs[[i for i, p in enumerate(p_ids) if p in active_ids]].astype(np.float64)
+            active_rows = active_prompts(part.with_row_index("i"))["i"].to_list()
+            active = p_vecs[active_rows].astype(np.float64)
             if len(p_vecs):
                 gram = (gram if gram is not None else 0) + active.T @ active
                 n_active += len(active)
     vectors.assemble(keys)
-    if candidates.height:
+    if n_candidates:
         scores.assemble(keys)
     else:
         scores.clear()
-    counts: dict = {"prompts": prompts.height, "candidates": candidates.height}
-    if candidates.height:
-        counts.update(mean_relevance=round(relevance_sum / candidates.height, 4), near_identical=twins)
+    counts: dict = {"prompts": n_prompts, "candidates": n_candidates}
+    if n_candidates:
+        counts.update(mean_relevance=round(relevance_sum / n_candidates, 4), near_identical=twins)
     counts["vendi_score"] = round(vendi_from_gram(gram, n_active), 3) if gram is not None else 0.0
-    active = active_prompts(prompts)
-    generated = set(candidates["prompt_id"].to_list())
-    counts.update(cluster_stats(active["cluster"].to_list(),
-                                [c for p, c in zip(active["prompt_id"].to_list(), active["cluster"].to_list()) if p in generated]))
+    active = active_prompts(run.scan("prompts")).select("prompt_id", "cluster")
+    generated = (active.join(answered(run.scan("candidates")).select("prompt_id").unique(), on="prompt_id", how="semi")
+                 if has_candidates else active.clear())
+    counts.update(cluster_stats(active.select("cluster").collect().to_series(), generated.select("cluster").collect().to_series()))
     summary("embed", counts)
     return counts

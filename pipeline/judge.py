@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 from pipeline.cache import run_cache
 from pipeline.llm import Request, Result, call_llm, check_spec
 from pipeline.progress import console, summary
+from pipeline.queries import answered
 from pipeline.registry import backend
 from pipeline.schema import TABLES, empty
 
@@ -463,11 +464,6 @@ def judge_agreement(judgments: pl.LazyFrame | pl.DataFrame) -> dict:
                 out[f"agreement_{a}_vs_{b}_spearman"] = None if rho is None or math.isnan(rho) else round(float(rho), 4)
                 out[f"agreement_{a}_vs_{b}_exact"] = round(float((both[a] == both[b]).mean()), 4)
     return out
-
-
-def answered(candidates: pl.LazyFrame) -> pl.LazyFrame:
-    """The candidates a judge scores: those with a text."""
-    return candidates.filter(pl.col("text").is_not_null()).select("candidate_id", "prompt_id", "text")
 
 
 def with_messages(run, part: pl.DataFrame) -> pl.DataFrame:

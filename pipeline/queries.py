@@ -9,6 +9,11 @@ def active_prompts(prompts: pl.DataFrame) -> pl.DataFrame:
     return prompts.filter(pl.col("duplicate_of").is_null() & pl.col("excluded_reason").is_null())
 
 
+def answered(candidates: pl.LazyFrame) -> pl.LazyFrame:
+    """The candidates with a text (judged and embedded): their id, prompt and text."""
+    return candidates.filter(pl.col("text").is_not_null()).select("candidate_id", "prompt_id", "text")
+
+
 def candidate_scores(judgments: pl.DataFrame) -> pl.DataFrame:
     """candidate_id -> score: mean overall over the judges that gave one (null when none did)."""
     return judgments.group_by("candidate_id").agg(pl.col("overall").mean().alias("score"),

@@ -183,14 +183,15 @@ def predicted_accuracy(gold: pl.DataFrame, auto_values: list[float], seed: int =
             "auto_high": round(float(high), 4)}
 
 
-def pairwise_table(pairs: pl.DataFrame, candidates: pl.DataFrame | pl.LazyFrame, prompts: pl.DataFrame, judge_cfg, cache, tick=None) -> pl.DataFrame:
-    """pair_judgments for these pairs and every pairwise judge; only these pairs' texts become Python objects."""
+def pairwise_table(pairs: pl.DataFrame, candidates: pl.LazyFrame, prompts: pl.LazyFrame, judge_cfg, cache, tick=None) -> pl.DataFrame:
+    """pair_judgments for these pairs and every pairwise judge; only these pairs' texts and messages are read."""
     from pipeline.judge import judge_pairs
     from pipeline.schema import TABLES
 
     ids = pl.concat([pairs["chosen_id"], pairs["rejected_id"]]).unique().implode()
-    text = dict(candidates.lazy().filter(pl.col("candidate_id").is_in(ids)).select("candidate_id", "text").collect().iter_rows())
-    messages = dict(prompts.filter(pl.col("prompt_id").is_in(pairs["prompt_id"].unique().implode())).select("prompt_id", "messages").iter_rows())
+    text = dict(candidates.filter(pl.col("candidate_id").is_in(ids)).select("candidate_id", "text").collect().iter_rows())
+    messages = dict(prompts.filter(pl.col("prompt_id").is_in(pairs["prompt_id"].unique().implode())).select("prompt_id", "messages")
+                    .collect().iter_rows())
     items = [([{"role": m["role"], "content": m["content"]} for m in messages[p]], text[c], text[r])
              for p, c, r in pairs.select("prompt_id", "chosen_id", "rejected_id").iter_rows()]
     frames = []
@@ -208,7 +209,7 @@ def judge_pairs_in_parts(run, pairs: pl.DataFrame, judge_cfg) -> pl.DataFrame:
     from pipeline.llm import part_size, ticker
     from pipeline.store import TableParts, content_id
 
-    prompts, candidates = run.read("prompts"), run.scan("candidates")
+    prompts, candidates = run.scan("prompts"), run.scan("candidates")
     per_pair = 2 * len(judge_cfg.judges)
     settings = judge_cfg.model_dump(mode="json")
     parts, keys = TableParts(run, "pair_judgments"), []

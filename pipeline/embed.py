@@ -20,7 +20,7 @@ import polars as pl
 
 from pipeline.config import EMBEDDED_EMBEDDER
 from pipeline.errors import ModelError
-from pipeline.schema import TABLES
+from pipeline.schema import TABLES, empty
 from pipeline.progress import summary
 
 SECTION = "embed"  # the config section this stage needs (pipeline/registry.py)
@@ -206,7 +206,7 @@ def vendi_from_gram(gram: np.ndarray, n: int) -> float:
     return float(np.exp(-(eig * np.log(eig)).sum()))
 
 
-def cluster_stats(clusters: list[int | None], covered: list[int | None] | None = None) -> dict:
+def cluster_stats(clusters: list[int | None] | pl.Series, covered: list[int | None] | pl.Series | None = None) -> dict:
     """Cluster count, normalised entropy of their sizes (1 = balanced) and share of clusters covered."""
     sizes = pl.Series(clusters, dtype=pl.Int64).drop_nulls().value_counts()
     k = sizes.height
@@ -229,9 +229,9 @@ def step(config, run, **_) -> dict:
 
     cfg = config.require("embed")
     model = cfg.model
-    has_candidates = run.has("candidates")
+    candidates = answered(run.scan("candidates") if run.has("candidates") else empty("candidates").lazy())
     n_prompts = run.height("prompts")
-    n_candidates = answered(run.scan("candidates")).select(pl.len()).collect().item() if has_candidates else 0
+    n_candidates = candidates.select(pl.len()).collect().item()
     vectors, scores = TableParts(run, "embeddings"), TableParts(run, "candidate_scores")
     vectors.clear()  # the vector cache makes a redone part cheap: parts are not resumed
     scores.clear()
@@ -239,8 +239,7 @@ def step(config, run, **_) -> dict:
     gram, n_active, relevance_sum, twins = None, 0, 0.0, 0
     with ticker("embed", n_prompts + n_candidates) as tick:
         for index, part in enumerate(run.parts("prompts", cfg.part_size)):  # streamed: one part's prompts and candidates
-            cands = (answered(run.scan("candidates")).filter(pl.col("prompt_id").is_in(part["prompt_id"])).collect()
-                     if has_candidates else pl.DataFrame(schema={"candidate_id": pl.String, "prompt_id": pl.String, "text": pl.String}))
+            cands = candidates.filter(pl.col("prompt_id").is_in(part["prompt_id"])).collect()
             p_texts, c_texts = [prompt_text(m) for m in part["messages"].to_list()], cands["text"].to_list()
             vecs = embed_texts(p_texts + c_texts, model, run.path, batch_size=cfg.batch_size, device=cfg.device, ray=cfg.ray,
                                tick=tick)
@@ -271,8 +270,7 @@ def step(config, run, **_) -> dict:
         counts.update(mean_relevance=round(relevance_sum / n_candidates, 4), near_identical=twins)
     counts["vendi_score"] = round(vendi_from_gram(gram, n_active), 3) if gram is not None else 0.0
     active = active_prompts(run.scan("prompts")).select("prompt_id", "cluster")
-    generated = (active.join(answered(run.scan("candidates")).select("prompt_id").unique(), on="prompt_id", how="semi")
-                 if has_candidates else active.clear())
+    generated = active.join(candidates.select("prompt_id").unique(), on="prompt_id", how="semi")
     counts.update(cluster_stats(active.select("cluster").collect().to_series(), generated.select("cluster").collect().to_series()))
     summary("embed", counts)
     return counts

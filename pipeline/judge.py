@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 from pipeline.cache import run_cache
 from pipeline.llm import Request, Result, call_llm, check_spec
 from pipeline.progress import console, summary
-from pipeline.queries import answered
+from pipeline.queries import answered, messages_of
 from pipeline.registry import backend
 from pipeline.schema import TABLES, empty
 
@@ -466,13 +466,6 @@ def judge_agreement(judgments: pl.LazyFrame | pl.DataFrame) -> dict:
     return out
 
 
-def with_messages(run, part: pl.DataFrame) -> pl.DataFrame:
-    """A part of candidates with their prompts' messages, looked up for this part alone: a join of the streams held
-    every prompt in its hash table."""
-    messages = run.scan("prompts").select("prompt_id", "messages").filter(pl.col("prompt_id").is_in(part["prompt_id"].unique()))
-    return part.join(messages.collect(), on="prompt_id", how="inner", maintain_order="left")
-
-
 def step(config, run, **_) -> dict:
     """Score the candidates part by part (judge.part_size), each part written as it is done (a restart skips it),
     then the parts become the judgments table; counts are read from it lazily."""
@@ -501,7 +494,8 @@ def step(config, run, **_) -> dict:
                     resumed += 1
                     tick(sum(per_item) * part.height)
                     continue
-                part = with_messages(run, part)
+                # each part's own messages: a join of the two tables held every prompt in its hash table
+                part = part.join(messages_of(run.scan("prompts"), part["prompt_id"]), on="prompt_id", how="inner", maintain_order="left")
                 items = [([{"role": m["role"], "content": m["content"]} for m in messages], t)
                          for messages, t in zip(part["messages"].to_list(), part["text"].to_list())]
                 frames = []

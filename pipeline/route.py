@@ -32,6 +32,7 @@ import polars as pl
 from pipeline.calibrate import SIGNALS, calibrator, coverage_curve, pick_threshold, score_span, support
 from pipeline.pair import VERIFIED, is_verified
 from pipeline.progress import console, summary
+from pipeline.queries import messages_of
 from pipeline.store import content_id
 
 SECTION = "route"  # the config section this stage needs (pipeline/registry.py)
@@ -190,8 +191,7 @@ def pairwise_table(pairs: pl.DataFrame, candidates: pl.LazyFrame, prompts: pl.La
 
     ids = pl.concat([pairs["chosen_id"], pairs["rejected_id"]]).unique().implode()
     text = dict(candidates.filter(pl.col("candidate_id").is_in(ids)).select("candidate_id", "text").collect().iter_rows())
-    messages = dict(prompts.filter(pl.col("prompt_id").is_in(pairs["prompt_id"].unique().implode())).select("prompt_id", "messages")
-                    .collect().iter_rows())
+    messages = dict(messages_of(prompts, pairs["prompt_id"]).iter_rows())
     items = [([{"role": m["role"], "content": m["content"]} for m in messages[p]], text[c], text[r])
              for p, c, r in pairs.select("prompt_id", "chosen_id", "rejected_id").iter_rows()]
     frames = []

@@ -106,8 +106,9 @@ class Run:
         some out), each read on its own: a lazy slice loads only the row groups it covers, so memory does not grow
         with the table (a streaming collect_batches ran ahead of its reader, by more the longer the table). Part
         boundaries are fixed row offsets, the same on every run of the same table."""
-        for start in range(0, self.height(name), size):
-            part = self.scan(name).slice(start, size)
+        table = self.scan(name)
+        for start in range(0, table.select(pl.len()).collect().item(), size):
+            part = table.slice(start, size)
             yield (part if where is None else where(part)).collect()
 
     def _existing(self, name: str) -> Path:

@@ -451,12 +451,12 @@ class _Handler(BaseHTTPRequestHandler):
             page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1><hr>nginx</body></html>"
             self._send_raw(200, page, content_type="text/html")
             return "html"
-        payload = completion(request, reply)
+        payload = completion(request, owner.respond(request) if name == "badlogprobs" else reply)
         if name in ("wrongjson", "nochoices", "nomessage", "badlogprobs"):
             wrong = {"wrongjson": {"status": "error", "detail": "upstream connect error"},
                      "nochoices": {**payload, "choices": []},
                      "nomessage": {**payload, "choices": [{"index": 0, "finish_reason": "stop"}]},
-                     "badlogprobs": _bad_logprobs(completion(request, owner.respond(request)))}[name]
+                     "badlogprobs": _bad_logprobs(payload)}[name]
             self._send(200, wrong)
             return name
         if name == "truncated":

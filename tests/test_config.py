@@ -74,7 +74,6 @@ def test_distinct_names_are_accepted(tmp_path):
     assert [g.label for g in config.generate.generators] == ["embedded:smollm2", "second"]
 
 
-
 @pytest.mark.parametrize("path", ["data/configs/demo.yaml", "defaults"])
 def test_the_run_snapshot_gives_back_the_config_exactly(tmp_path, path):
     """A stage run alone reads the config snapshot in the manifest: every value must come back as it was, type and all

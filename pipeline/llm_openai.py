@@ -220,9 +220,8 @@ class _Malformed(Exception):
 
 def _first_choice(response):
     """The first choice of a conforming chat completion, or _Malformed saying what came instead."""
-    if isinstance(response, (str, bytes)):  # the SDK hands back the body as text when it is not JSON
-        text = response.decode(errors="replace") if isinstance(response, bytes) else response
-        raise _Malformed(f"HTTP 200 with a body that is not JSON: {_snippet(text)!r}")
+    if isinstance(response, str):  # the SDK hands back the body as text when it is not JSON
+        raise _Malformed(f"HTTP 200 with a body that is not JSON: {_snippet(response)!r}")
     choices = response.get("choices") if isinstance(response, dict) else None
     if not isinstance(choices, list):
         raise _Malformed(f"HTTP 200 with JSON that is not a chat completion: {_snippet(_dump(response))}")

@@ -95,9 +95,14 @@ def bwrap_command(limits: Limits, uid: int | None) -> list[str]:
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
+    interpreter = os.path.realpath(sys.executable)
+    if not os.access(interpreter, os.R_OK | os.X_OK):  # bwrap could not show it, and would say only "execvp: No such file"
+        raise SandboxError(f"the sandbox cannot show this Python to the code: {sys.executable} is {interpreter}, which uid "
+                           f"{os.getuid()} cannot read", hint="run prefab from a virtual environment made with a Python this "
+                                                             "user can read (e.g. `/usr/bin/python3 -m venv .venv`)")
     args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",  # --dev's tmpfs has no size limit: not writable
              "--size", str(limits.disk_mb * 1024 * 1024), "--perms", "1777", "--tmpfs", "/tmp"]
-    made = set()
+    made = set()  # after the tmpfs on /tmp: a venv, or data, under /tmp is mounted over it, not hidden by it
     covered = tuple(f"/{name}/" for name in SYSTEM_DIRS)
     shown = [os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *limits.read_only)]
     for path in dict.fromkeys([*SYSTEM_FILES, *shown]):

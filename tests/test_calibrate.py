@@ -37,8 +37,11 @@ def test_calibration_recovers_the_judges_set_accuracy(tmp_path, openai_server, a
     assert row["accuracy_low"] <= accuracy <= row["accuracy_high"], row
     truth = sum(judge.right(p["prompt"]) for p in pairs) / 300
     assert row["accuracy"] == pytest.approx(truth, abs=1e-4)  # what the judge did, exactly
-    # both halves of the length split are measured, and the gold table is kept for push
-    assert row["accuracy_chosen_shorter"] is not None and row["accuracy_chosen_longer"] is not None
+    # both halves of the length split, each what the judge did on its pairs (shorter: by characters), and the gold
+    # table is kept for push
+    for half, shorter in (("accuracy_chosen_shorter", True), ("accuracy_chosen_longer", False)):
+        rights = [judge.right(p["prompt"]) for p in pairs if (len(p["chosen"]) < len(p["rejected"])) == shorter]
+        assert 0 < len(rights) < 300 and row[half] == pytest.approx(sum(rights) / len(rights), abs=1e-4), (half, row[half])
     assert run.read("gold").height == 300
 
 

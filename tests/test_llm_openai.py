@@ -59,7 +59,7 @@ def test_429_retry_after_is_honoured(openai_server, cache):
     elapsed = time.monotonic() - started
     assert result.error is None
     assert openai_server.statuses == {"429": 1, "200": 1}
-    assert 1.2 <= elapsed < 3.0  # waited what the server asked, not the client's 0.5 s backoff
+    assert elapsed >= 1.2  # waited what the server asked, not the client's 0.5 s backoff (how fast is bench/'s question)
 
 
 def test_429_without_retry_after_backs_off_exponentially(openai_server, cache):
@@ -68,7 +68,7 @@ def test_429_without_retry_after_backs_off_exponentially(openai_server, cache):
     [result] = call_llm(spec_for(openai_server), [ask("rate limited twice")], cache, "t")
     elapsed = time.monotonic() - started
     assert result.error is None and openai_server.total == 3
-    assert 0.75 * (0.5 + 1.0) <= elapsed < 4  # 0.5 s then 1 s, minus up to 25 % jitter
+    assert elapsed >= 0.75 * (0.5 + 1.0)  # 0.5 s then 1 s, minus up to 25 % jitter
 
 
 def test_server_errors_resets_truncated_and_malformed_bodies_are_retried(openai_server, cache, fast_backoff):

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.cache import run_cache
-from pipeline.llm_transformers import chat_token_ids, load_tokenizer
 from pipeline.store import Run
 
 ASPECTS = ["helpfulness", "honesty"]
@@ -18,8 +17,14 @@ WORDS = "the model answers with a few plain words about the topic at hand and th
 
 def billed_respond(usage: Counter):
     """Replies of 15-45 words (by prompt, temperature and seed), judges' rubrics with rationales of 5-25 words, and
-    usage counted by the smollm2 tokenizer with its chat template, as vLLM serving that model would bill them."""
-    tokenizer = load_tokenizer("embedded:smollm2")
+    usage counted by the smollm2 tokenizer with its chat template, as vLLM serving that model would bill them. The
+    count is the tokenizer's own (apply_chat_template, tokenized in one step), not prefab's chat_token_ids, whose
+    prediction the plan tests check against it."""
+    from transformers import AutoTokenizer
+
+    from pipeline.models import resolve_llm
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm("embedded:smollm2"))
 
     def respond(request: dict) -> dict:
         h = int(hashlib.sha256(json.dumps([request["messages"], request.get("temperature"), request.get("seed")]).encode()).hexdigest(), 16)
@@ -30,7 +35,7 @@ def billed_respond(usage: Counter):
         else:
             kind = "generate"
             content = " ".join((WORDS * 3)[h % 5:][: 15 + h % 31])
-        prompt = len(chat_token_ids(tokenizer, [request["messages"]])[0])
+        prompt = len(tokenizer.apply_chat_template(request["messages"], add_generation_prompt=True, tokenize=True, return_dict=False))
         completion = len(tokenizer(content, add_special_tokens=False)["input_ids"])
         usage[kind, "prompt_tokens"] += prompt
         usage[kind, "completion_tokens"] += completion

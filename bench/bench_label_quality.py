@@ -36,8 +36,38 @@ Part 1, the simulation. Its parameters were fixed before any comparison was run 
   (each Dawid-Skene fit takes 1-2 s here).
 - Two diagnostics, not arms and without targets: (d)'s routing resolved by majority (as (b) and (c)), and by
   Dawid-Skene given no gold labels, to tell the routing's effect from the aggregation's.
-- Targets (met or missed, printed; never tuned): (d) at least 5 points above (b) and above (c); (d) reaches
-  0.90 with fewer human labels than (b).
+- Reported, without targets: the four arms at 800 labels and the two diagnostics. (The earlier target "(d) at least
+  5 points above (b) and (c) at 800 labels" was withdrawn: the Bayes bound of (d)'s routing at 800 labels is 0.7685,
+  +0.4 points over (b) at most for any aggregation.)
+
+Part 1b, honest confidence and adaptive second opinions, on the same judge and annotators. Parameters written down
+before any comparison was run, not tuned to the result:
+- prefab estimates everything itself: `labeling.aggregate.bayesian` (labeling/posterior.py) with the default prior
+  (LabelingConfig: prior_accuracy 0.70, prior_strength 10), each pair's prior the judge's confidence calibrated on
+  the 400 gold pairs (`pipeline.calibrate.calibrator`); auto pairs' accuracy and interval from
+  `pipeline.route.predicted_accuracy`. No true value is handed to it.
+- Honesty: seeds 100..199 (100 seeds), each condition drawn anew per seed. Human pairs are the run pairs with the
+  lowest calibrated confidence; the rest are auto. Conditions:
+  H1: 2 labels per human pair on 400 pairs (distinct annotators, uniform), 80 gold answers (one per gold pair,
+      annotator uniform);
+  H2: 1 label per human pair on 800 pairs, no gold answers;
+  H3: 1 label per human pair on 800 pairs, 80 gold answers;
+  H4: H1 with annotators right on 90%, 80% and 50% (a spammer).
+  Per condition and source (human: the resolved chosen/rejected labels; auto: the judge's on the rest): bias =
+  mean over seeds of (stated accuracy - true accuracy), where stated = the mean confidence of the labels; target
+  |bias| <= 0.02 (<= 0.05 for H2's human labels); coverage = share of seeds whose stated 90% interval holds that
+  seed's true accuracy, target >= 0.85.
+- Efficiency: seeds 0..4 as part 1 (the same judge draws and the same first two labels of each pair; a pair's
+  third label, from the third annotator, is drawn from a stream of its own). Budgets 0, 200, ..., 6,000 human
+  labels, 10% of them gold answers in both arms. (d) is part 1's arm (fixed 2 labels per pair on the least
+  confident pairs, crowd-kit Dawid-Skene). (e) adaptive: rounds of 100 labels (10 gold answers, 90 labels on run
+  pairs), as pulls between labeling sessions would be; in each round `labeling.queue.plan` (target 0.90, at most
+  3 labels per pair, no budget of its own) orders the pairs still below the target, least confident first, and
+  the first 90 get their next label; then the labels are resolved again. Final label of a pair: its resolved
+  preference where resolved, else the judge's. Figures: final-label accuracy over all 2,000 run pairs, averaged
+  over seeds. Targets: the fewest labels at which (e) reaches 0.85 is at most 0.7x (d)'s; at 2,000 labels (e) is
+  at least 0.02 above (d). Printed beside: each arm's labels resolved with the true parameters known (a bound for
+  its aggregation), and (d)'s Bayes bound as in part 1.
 
 Part 2 (optional, slow on CPU): when ../shared/gold/ exists, the demo's embedded judge (SmolLM2-135M,
 scoring: logprobs, pairwise, the demo's aspects) through `pipeline.calibrate.calibrate` on a seeded sample of
@@ -45,7 +75,7 @@ PREFAB_BENCH_GOLD_LIMIT pairs per file (default 40; 0 skips it): accuracy, consi
 method, next to "choose the longer response" on the same pairs (measured in the same run) and the reference
 figures of ../shared/gold/README.md.
 
-    python -m bench.bench_label_quality          (PREFAB_BENCH_GOLD_LIMIT=0 for the simulation only)
+    python -m bench.bench_label_quality          (PREFAB_BENCH_GOLD_LIMIT=0 for the simulations only)
 """
 
 import os
@@ -307,12 +337,12 @@ def simulation() -> list[dict]:
 
     rows = [
         {"name": f"final-label accuracy at {BUDGET} labels, (d) calibrated+DS vs (b) margin routing", "value": round(mean["d"], 4),
-         "baseline": round(mean["b"], 4), "ratio": round(mean["d"] / mean["b"], 3), "target": "(d) >= (b) + 0.05",
-         "ok": diff_b >= 0.05, "difference": round(diff_b, 4), "value_min": round(low["d"], 4), "baseline_min": round(low["b"], 4),
+         "baseline": round(mean["b"], 4), "ratio": round(mean["d"] / mean["b"], 3), "target": "(reported; the +0.05 target was withdrawn: above the Bayes bound)",
+         "ok": None, "difference": round(diff_b, 4), "value_min": round(low["d"], 4), "baseline_min": round(low["b"], 4),
          "labels": round(float(np.mean(used["d"]))), "baseline_labels": round(float(np.mean(used["b"])))},
         {"name": f"final-label accuracy at {BUDGET} labels, (d) calibrated+DS vs (c) random routing", "value": round(mean["d"], 4),
-         "baseline": round(mean["c"], 4), "ratio": round(mean["d"] / mean["c"], 3), "target": "(d) >= (c) + 0.05",
-         "ok": diff_c >= 0.05, "difference": round(diff_c, 4), "value_min": round(low["d"], 4), "baseline_min": round(low["c"], 4),
+         "baseline": round(mean["c"], 4), "ratio": round(mean["d"] / mean["c"], 3), "target": "(reported)",
+         "ok": None, "difference": round(diff_c, 4), "value_min": round(low["d"], 4), "baseline_min": round(low["c"], 4),
          "labels": round(float(np.mean(used["d"]))), "baseline_labels": round(float(np.mean(used["c"])))},
         {"name": "final-label accuracy, (a) judge only (no people)", "value": round(mean["a"], 4), "baseline": None, "ratio": None,
          "target": "(reported)", "ok": None, "value_min": round(low["a"], 4), "labels": 0},
@@ -330,8 +360,7 @@ def simulation() -> list[dict]:
     ]
     for r in rows:
         r.setdefault("unit", None)
-    print(f"target (d) >= (b) + 0.05: {'met' if rows[0]['ok'] else 'missed'} ({diff_b:+.4f}); "
-          f"(d) >= (c) + 0.05: {'met' if rows[1]['ok'] else 'missed'} ({diff_c:+.4f}); "
+    print(f"(d) - (b): {diff_b:+.4f}; (d) - (c): {diff_c:+.4f}; "
           f"(d) reaches {TARGET_ACCURACY} with fewer labels than (b): {'met' if fewer else 'missed'} "
           f"((d) {rows[-1]['value']}, (b) {rows[-1]['baseline']})")
     # why a miss is a miss of the method or of the simulation: no rule can beat the Bayes bound at this budget
@@ -342,6 +371,203 @@ def simulation() -> list[dict]:
                  "value": round(bound_d[BUDGET], 4), "baseline": round(mean["b"], 4), "ratio": round(bound_d[BUDGET] / mean["b"], 3),
                  "target": "(reported: a +0.05 target above this bound cannot be met)", "unit": None, "ok": None})
     return rows
+
+
+# ---------------------------------------------------------------- part 1b: honest confidence, adaptive second opinions
+
+HONESTY_SEEDS = range(100, 200)
+SPAMMER_ACCURACY = np.array([0.90, 0.80, 0.50])
+GOLD_ANSWERS = 80
+CONDITIONS = {  # name: (human pairs, labels per pair, gold answers, annotator accuracies, bias target for human labels)
+    "H1 2 labels per pair": (400, 2, GOLD_ANSWERS, ANNOTATOR_ACCURACY, 0.02),
+    "H2 1 label per pair, no gold answers": (800, 1, 0, ANNOTATOR_ACCURACY, 0.05),
+    "H3 1 label per pair, gold answers": (800, 1, GOLD_ANSWERS, ANNOTATOR_ACCURACY, 0.02),
+    "H4 a spammer (90/80/50%)": (400, 2, GOLD_ANSWERS, SPAMMER_ACCURACY, 0.02),
+}
+AUTO_BIAS, COVERAGE = 0.02, 0.85
+EFFICIENCY_SWEEP = list(range(0, 6001, 200))
+EFFICIENCY_TARGET = 0.85
+ROUND_LABELS, ROUND_GOLD = 100, 10
+MAX_LABELS = 3
+CHECK_AT = 2000
+
+
+def prior():
+    from labeling.aggregate import prior_of
+    from pipeline.config import LabelingConfig
+
+    return prior_of(LabelingConfig())
+
+
+def resolve(ids: list[int], who: list[int], what: list[str], gold_n: int, gold_ann: np.ndarray, gold_right: np.ndarray,
+            p_right: np.ndarray, draws: np.ndarray | None = None):
+    """labeling.aggregate.bayesian on these run labels and the first gold_n gold answers: (resolved, model).
+    draws: (refits, run pairs), the calibration refitted on resampled gold pairs, as pull takes them."""
+    from labeling.aggregate import bayesian
+
+    run = labels_frame([pair_id(i) for i in ids], [ANNOTATORS[a] for a in who], what)
+    gold = labels_frame([f"g{k:04d}" for k in range(gold_n)], [ANNOTATORS[a] for a in gold_ann[:gold_n].tolist()],
+                        ["chosen" if r else "rejected" for r in gold_right[:gold_n].tolist()]) if gold_n else None
+    routed = sorted(set(ids))
+    return bayesian(run, TIE_RULE, 1, judge_map(np.array(routed, dtype=np.int64)), prior=prior(),
+                    pair_prior={pair_id(i): float(p_right[i]) for i in routed}, gold_labels=gold,
+                    prior_draws={pair_id(i): draws[:, i] for i in routed} if draws is not None else None)
+
+
+def honesty_seed(seed: int, condition: str) -> dict:
+    """source -> (stated, low, high, true) for one seed of one condition."""
+    import polars as pl
+
+    from labeling.aggregate import CALIBRATION_DRAWS
+    from pipeline.calibrate import calibrated_draws, calibrator
+    from pipeline.route import predicted_accuracy
+
+    n_human, per_pair, n_gold, accuracy, _ = CONDITIONS[condition]
+    rng = np.random.default_rng([seed, 1])
+    run_s, run_right = draw_judge(rng, N_RUN)
+    gold_s, gold_right = draw_judge(rng, N_GOLD)
+    p_right = calibrator(gold_s.tolist(), gold_right.astype(float).tolist())(run_s)
+    order = np.lexsort((run_s, p_right))
+    human, auto = order[:n_human], order[n_human:]
+    draws = calibrated_draws(gold_s, gold_right.astype(float), run_s, CALIBRATION_DRAWS, seed)
+    ids, who, what = [], [], []
+    for i in human.tolist():
+        for a in rng.permutation(3)[:per_pair].tolist():
+            right = rng.random() < accuracy[a]
+            ids.append(i), who.append(a), what.append("chosen" if run_right[i] == right else "rejected")
+    gold_ann = rng.integers(0, 3, N_GOLD)
+    gold_label_right = rng.random(N_GOLD) < accuracy[gold_ann]
+    resolved, model = resolve(ids, who, what, n_gold, gold_ann, gold_label_right, p_right, draws)
+    sided = resolved.filter(pl.col("preference").is_in(["chosen", "rejected"]) & (pl.col("status") == "resolved"))
+    pairs, prefs = sided["pair_id"].to_list(), sided["preference"].to_list()
+    stated = model.stated(pairs, prefs, seed=seed)
+    truth = np.array([(p == "chosen") == run_right[int(i[1:])] for i, p in zip(pairs, prefs)])
+    gold_frame = pl.DataFrame({"confidence": gold_s, "correct": gold_right.astype(float)})
+    auto_info = predicted_accuracy(gold_frame, run_s[auto].tolist(), seed=seed)
+    return {"human": (stated["stated"], stated["low"], stated["high"], float(truth.mean())),
+            "auto": (auto_info["auto_predicted_accuracy"], auto_info["auto_low"], auto_info["auto_high"], float(run_right[auto].mean()))}
+
+
+def honesty() -> list[dict]:
+    started = time.perf_counter()
+    rows = []
+    print(f"honesty: {len(HONESTY_SEEDS)} seeds per condition; stated = mean confidence of the labels, true = the share right")
+    print(f"{'condition':40} {'source':6} {'bias':>8} {'target':>7} {'sd':>7} {'coverage':>9} {'target':>7}")
+    for condition, (_, _, _, _, human_bias) in CONDITIONS.items():
+        results = [honesty_seed(seed, condition) for seed in HONESTY_SEEDS]
+        for source, bias_target in (("human", human_bias), ("auto", AUTO_BIAS)):
+            stated, low, high, true = (np.array([r[source][k] for r in results]) for k in range(4))
+            bias = float(np.mean(stated - true))
+            coverage = float(np.mean((low <= true) & (true <= high)))
+            ok = abs(bias) <= bias_target and coverage >= COVERAGE
+            print(f"{condition:40} {source:6} {bias:>+8.4f} {bias_target:>7.2f} {np.std(stated - true):>7.4f} {coverage:>9.2f} "
+                  f"{COVERAGE:>7.2f}  {'met' if ok else 'MISSED'}", flush=True)
+            rows.append({"name": f"honesty, {condition}, {source}: bias of stated accuracy (mean over {len(HONESTY_SEEDS)} seeds)",
+                         "value": round(bias, 4), "baseline": None, "ratio": None, "unit": None,
+                         "target": f"|bias| <= {bias_target}, 90% interval covers >= {COVERAGE:.0%}", "coverage": round(coverage, 3),
+                         "stated_mean": round(float(stated.mean()), 4), "true_mean": round(float(true.mean()), 4), "ok": ok})
+    print(f"({time.perf_counter() - started:.1f} s)")
+    return rows
+
+
+def third_labels(sim: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair's three annotators in order (the third: the one not among its first two), and whether each is right."""
+    third = 3 - sim["ann"].sum(axis=1)
+    right = np.random.default_rng([sim["seed"], 2]).random(N_RUN) < ANNOTATOR_ACCURACY[third]
+    return np.concatenate([sim["ann"], third[:, None]], axis=1), np.concatenate([sim["label_right"], right[:, None]], axis=1)
+
+
+def oracle_accuracy(sim: dict, votes: dict[int, list[tuple[int, bool]]]) -> float:
+    """The same labels resolved with the true parameters known (annotators' accuracy, the judge's true P(right | c))."""
+    final = np.ones(N_RUN, dtype=bool)  # the judge's side, unless the labels say otherwise
+    q = judge_p_right(2 * (sim["run_s"] - 0.5))
+    for i, given in votes.items():
+        log_odds = np.log(q[i] / (1 - q[i]))
+        for a, says_chosen in given:
+            p = ANNOTATOR_ACCURACY[a]
+            log_odds += (1 if says_chosen else -1) * np.log(p / (1 - p))
+        final[i] = log_odds >= 0
+    return float(np.mean(final == sim["run_right"]))
+
+
+def adaptive_arm(sim: dict, cal: dict) -> tuple[dict, dict]:
+    """(budget -> final accuracy, budget -> with true parameters) of (e) for one seed, at every EFFICIENCY_SWEEP budget."""
+    import polars as pl
+
+    from labeling.queue import plan
+    from pipeline.schema import empty
+
+    ann, label_right = third_labels(sim)
+    p_right = cal["p_right"]
+    pairs = pl.DataFrame({"pair_id": [pair_id(i) for i in range(N_RUN)], "confidence": p_right.astype(float)})
+    everyone = set(pairs["pair_id"].to_list())
+    gold_ann = np.random.default_rng([sim["seed"], 3]).integers(0, 3, N_GOLD)
+    gold_right = np.random.default_rng([sim["seed"], 4]).random(N_GOLD) < ANNOTATOR_ACCURACY[gold_ann]
+    given = np.zeros(N_RUN, dtype=np.int64)
+    ids, who, what = [], [], []
+    resolved, labels, gold_n, spent = empty("resolved"), labels_frame([], [], []), 0, 0
+    start = float(np.mean(sim["run_right"]))
+    accuracy, oracle = {0: start}, {0: start}
+    while spent < EFFICIENCY_SWEEP[-1]:
+        queue = plan(pairs, resolved, labels, everyone, target=TARGET_ACCURACY, max_labels=MAX_LABELS, budget=None)
+        queued = queue.filter(pl.col("state") == "queued").sort("confidence", "pair_id")["pair_id"].to_list()[:ROUND_LABELS - ROUND_GOLD]
+        if not queued:  # nothing left below the target: more budget buys nothing
+            break
+        for pid in queued:
+            i = int(pid[1:])
+            ids.append(i), who.append(int(ann[i, given[i]])), what.append("chosen" if sim["run_right"][i] == label_right[i, given[i]] else "rejected")
+            given[i] += 1
+        gold_n = min(N_GOLD, gold_n + ROUND_GOLD)
+        spent += len(queued) + ROUND_GOLD
+        resolved, _ = resolve(ids, who, what, gold_n, gold_ann, gold_right, p_right)
+        labels = labels_frame([pair_id(i) for i in ids], [ANNOTATORS[a] for a in who], what)
+        if spent % EFFICIENCY_SWEEP[1] == 0:
+            accuracy[spent] = final_accuracy(sim, resolved)
+            votes: dict[int, list[tuple[int, bool]]] = {}
+            for i, a, w in zip(ids, who, what):
+                votes.setdefault(i, []).append((a, w == "chosen"))
+            oracle[spent] = oracle_accuracy(sim, votes)
+    last = max(accuracy)
+    for budget in EFFICIENCY_SWEEP:
+        if budget > last:
+            accuracy[budget], oracle[budget] = accuracy[last], oracle[last]
+    return accuracy, oracle
+
+
+def efficiency() -> list[dict]:
+    started = time.perf_counter()
+    sims = [simulate(seed) for seed in SEEDS]
+    cals = [calibration(sim) for sim in sims]
+    bayes = [bayes_accuracy(sim) for sim in sims]
+    adaptive = [adaptive_arm(sim, cal) for sim, cal in zip(sims, cals)]
+    e_acc = {b: float(np.mean([a[0][b] for a in adaptive])) for b in EFFICIENCY_SWEEP}
+    e_oracle = {b: float(np.mean([a[1][b] for a in adaptive])) for b in EFFICIENCY_SWEEP}
+    d_acc, d_bound, reached_d = {}, {}, None
+    for budget in EFFICIENCY_SWEEP:
+        d_bound[budget] = float(np.mean([calibrated_bound(sim, cal, b, budget) for sim, cal, b in zip(sims, cals, bayes)]))
+        if budget == CHECK_AT or (reached_d is None and d_bound[budget] >= EFFICIENCY_TARGET - BOUND_SLACK):
+            d_acc[budget] = float(np.mean([calibrated_arm(sim, cal, budget)[0] for sim, cal in zip(sims, cals)]))
+            if reached_d is None and d_acc[budget] >= EFFICIENCY_TARGET:
+                reached_d = budget
+    reached_e = next((b for b in EFFICIENCY_SWEEP if e_acc[b] >= EFFICIENCY_TARGET), None)
+    print(f"efficiency: seeds {list(SEEDS)}, final-label accuracy over {N_RUN} run pairs, 10% of each budget gold answers")
+    print(f"{'labels':>7} {'(d) fixed 2':>12} {'(d) bound':>10} {'(e) adaptive':>13} {'(e) true params':>16}")
+    for budget in EFFICIENCY_SWEEP:
+        d = f"{d_acc[budget]:.4f}" if budget in d_acc else "-"
+        print(f"{budget:>7} {d:>12} {d_bound[budget]:>10.4f} {e_acc[budget]:>13.4f} {e_oracle[budget]:>16.4f}")
+    ratio = reached_e / reached_d if reached_e is not None and reached_d else None
+    gain = e_acc[CHECK_AT] - d_acc[CHECK_AT]
+    print(f"labels to reach {EFFICIENCY_TARGET}: (e) {reached_e}, (d) {reached_d}, ratio {ratio}; at {CHECK_AT} labels (e) - (d) = "
+          f"{gain:+.4f} ({time.perf_counter() - started:.1f} s)")
+    return [
+        {"name": f"human labels to reach {EFFICIENCY_TARGET} final-label accuracy, (e) adaptive vs (d) fixed 2 per pair",
+         "value": reached_e, "baseline": reached_d, "ratio": round(ratio, 3) if ratio is not None else None, "unit": None,
+         "target": "ratio <= 0.7", "ok": ratio is not None and ratio <= 0.7, "bound_d_at_max": round(d_bound[EFFICIENCY_SWEEP[-1]], 4)},
+        {"name": f"final-label accuracy at {CHECK_AT} human labels, (e) adaptive vs (d) fixed 2 per pair", "value": round(e_acc[CHECK_AT], 4),
+         "baseline": round(d_acc[CHECK_AT], 4), "ratio": round(e_acc[CHECK_AT] / d_acc[CHECK_AT], 3), "unit": None,
+         "target": "(e) >= (d) + 0.02", "ok": gain >= 0.02, "difference": round(gain, 4),
+         "true_params_e": round(e_oracle[CHECK_AT], 4), "bound_d": round(d_bound[CHECK_AT], 4)},
+    ]
 
 
 # ---------------------------------------------------------------- part 2: the embedded judge on the shared gold pairs
@@ -459,7 +685,7 @@ def _f(value) -> str:
 
 
 def main() -> list[dict]:
-    rows = simulation()
+    rows = simulation() + honesty() + efficiency()
     try:
         rows += gold_part()
     except Exception as e:  # the simulation's rows still count

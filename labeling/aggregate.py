@@ -1,30 +1,31 @@
 """One resolution of human labels into a preference per pair, with a confidence: used by pull and by export alike.
 
+- bayesian (default): labeling/posterior.py, a one-coin model with a prior on annotator accuracy, the judge's
+  calibrated confidence as each pair's prior, and the gold pairs mixed into the queue as answers whose truth is
+  known. The confidence is the posterior probability that the preference is right, honest also where nothing
+  but the prior speaks (one annotator, no gold answers yet).
+- dawid_skene: crowd-kit's Dawid-Skene, which estimates each annotator's confusion matrix and weighs their
+  labels by it (gold pairs enter with their known answer, `true_labels`); optionally each judge votes as one more
+  annotator. Its posterior is a fit's: with one annotator and no gold it says 1.0.
 - majority: the commonest label; a split vote follows the tie rule; the confidence is the share of annotators
   behind the winner (agreement, not a probability).
-- dawid_skene (default): crowd-kit's Dawid-Skene, which estimates each annotator's confusion matrix and weighs
-  their labels by it. The gold pairs mixed into the queue enter with their known answer (`true_labels`), so an
-  annotator's reliability rests on gold as well as on agreement; optionally each judge votes as one more
-  annotator, weighed the same way. The confidence is the posterior probability of the winning label.
 
 And the annotators' quality: accuracy on gold with a 95% interval, agreement with the others, labeling speed,
-Dawid-Skene's reliability estimate, and a flag below `min_annotator_accuracy`.
+the model's estimate of their accuracy, and a flag below `min_annotator_accuracy`.
 """
 
 import warnings
+from dataclasses import dataclass
 
 import polars as pl
 
-from labeling.agreement import CATEGORIES
+from labeling.agreement import CATEGORIES, submitted
 from pipeline.calibrate import wilson
 from pipeline.schema import TABLES, empty
 
 GOLD_TRUTH = "chosen"  # gold records are oriented so that the people's choice is "chosen"
 BREAK_SECONDS = 600  # a gap longer than this between two submissions is a break, not labeling time
-
-
-def submitted(labels: pl.DataFrame) -> pl.DataFrame:
-    return labels.filter((pl.col("status") == "submitted") & pl.col("label").is_not_null())
+CALIBRATION_DRAWS = 20  # refits of the judge's calibration behind each pair's prior (bayesian)
 
 
 def _status(group: pl.DataFrame, n: int, min_submitted: int) -> str | None:
@@ -103,6 +104,54 @@ def dawid_skene(labels: pl.DataFrame, tie_rule: str, min_submitted: int, judge: 
     return _resolve(labels, "dawid_skene", tie_rule, min_submitted, judge, probas), reliability
 
 
+def prior_of(labeling) -> "Prior":
+    from labeling.posterior import Prior
+
+    return Prior(labeling.prior_accuracy, labeling.prior_strength)
+
+
+def bayesian(labels: pl.DataFrame, tie_rule: str, min_submitted: int, judge: dict | None, *, prior, pair_prior: dict[str, float],
+             prior_draws: dict | None = None, gold_labels: pl.DataFrame | None = None,
+             judge_votes: pl.DataFrame | None = None) -> tuple[pl.DataFrame, "Fit"]:
+    """Resolved pairs with the one-coin model's posteriors (labeling/posterior.py), and the fit.
+
+    A pair whose labels are mostly "tie" or "both_bad" resolves to the commoner of the two, by count and with no
+    confidence: the model knows annotators' accuracy on which side is better, not on whether both are.
+    """
+    from labeling.posterior import fit
+
+    run = submitted(labels).select("pair_id", "annotator", "label")
+    gold = submitted(gold_labels).select("pair_id", "annotator", "label") if gold_labels is not None else run.clear()
+    votes = judge_votes.select("pair_id", "annotator", "label") if judge_votes is not None else run.clear()
+    tasks = set(run["pair_id"].to_list()) | set(gold["pair_id"].to_list())
+    data = pl.concat([run, gold, votes.filter(pl.col("pair_id").is_in(list(tasks)))])
+    model = fit(data, prior, pair_prior, {g: GOLD_TRUTH for g in gold["pair_id"].unique().to_list()}, prior_draws=prior_draws)
+    p_chosen = dict(zip(model.tasks, model.p_chosen.tolist()))
+    rows = []
+    for (pair_id,), group in labels.group_by("pair_id", maintain_order=True):
+        votes_ = submitted(group)["label"].to_list()
+        n = len(votes_)
+        row = {"pair_id": pair_id, "n_labels": n, "preference": None, "agreement": None, "confidence": None, "method": "bayesian"}
+        status = _status(group, n, min_submitted)
+        if status is None:
+            counts = {label: votes_.count(label) for label in sorted(set(votes_))}
+            row["agreement"] = max(counts.values()) / n
+            sided = sum(counts.get(side, 0) for side in ("chosen", "rejected"))
+            if n - sided > sided:
+                row["preference"], status = _break_tie(pair_id, sorted(k for k, c in counts.items() if k not in ("chosen", "rejected")
+                                                                      and c == max(counts.get("tie", 0), counts.get("both_bad", 0))),
+                                                       tie_rule, judge)
+            else:
+                p = p_chosen[pair_id]
+                leaders = ["chosen"] if p > 0.5 + 1e-9 else ["rejected"] if p < 0.5 - 1e-9 else ["chosen", "rejected"]
+                row["preference"], status = _break_tie(pair_id, leaders, tie_rule, judge)
+                if row["preference"] in ("chosen", "rejected"):
+                    row["confidence"] = round(p if row["preference"] == "chosen" else 1 - p, 6)
+        rows.append(row | {"status": status})
+    resolved = pl.DataFrame(rows, schema=TABLES["resolved"], orient="row") if rows else empty("resolved")
+    return resolved, model
+
+
 def annotator_quality(labels: pl.DataFrame, gold_labels: pl.DataFrame, reliability: dict, *, min_accuracy: float,
                       min_gold: int) -> pl.DataFrame:
     """The `annotators` table: accuracy on gold (wrong, tie and both-bad all miss), agreement, speed, reliability, flag."""
@@ -124,7 +173,7 @@ def annotator_quality(labels: pl.DataFrame, gold_labels: pl.DataFrame, reliabili
                      "gold_accuracy": round(accuracy, 4) if accuracy is not None else None, "gold_low": low, "gold_high": high,
                      "agreement": round(float((mine["label"] == mine["other_label"]).mean()), 4) if mine.height else None,
                      "median_seconds": round(float(pl.Series(gaps).median()), 1) if gaps else None,
-                     "reliability": reliability.get(name),
+                     "reliability": reliability.get(name), "reliability_low": None, "reliability_high": None, "basis": None,
                      "flagged": bool(accuracy is not None and len(answers) >= min_gold and accuracy < min_accuracy)})
     return pl.DataFrame(rows, schema=TABLES["annotators"], orient="row") if rows else empty("annotators")
 
@@ -149,29 +198,78 @@ def gold_verdicts(gold_judgments: pl.DataFrame) -> dict[str, str]:
     return {pair: v["label"] for pair, v in pairwise_verdicts(rows).items()}
 
 
+@dataclass
+class Resolution:
+    """What a resolution of the labels gives: each pair's preference, the annotators, and the model (bayesian)."""
+
+    resolved: pl.DataFrame
+    annotators: pl.DataFrame
+    model: "Fit | None" = None
+    prior: "Prior | None" = None
+
+
+def pair_priors(pairs: pl.DataFrame) -> dict[str, float]:
+    """P(chosen) of each pair before any person: the judge's confidence calibrated on gold (route), where there is one."""
+    if "confidence" not in pairs.columns or pairs.is_empty():
+        return {}
+    return dict(pairs.filter(pl.col("confidence").is_not_null()).select("pair_id", "confidence").iter_rows())
+
+
+def pair_prior_draws(run, pairs: pl.DataFrame, seed: int = 0) -> dict | None:
+    """Each pair's prior under CALIBRATION_DRAWS refits of the judge's calibration on resampled gold pairs (the signal
+    route chose), so that the stated accuracy of human labels carries the calibration's own uncertainty."""
+    from pipeline.calibrate import calibrated_draws
+
+    signal = (run.stage_info("route").get("routing") or {}).get("signal")
+    if not signal or not run.has("gold_signals") or "signal_value" not in pairs.columns:
+        return None
+    gold = run.read("gold_signals").filter(pl.col("signal") == signal)
+    known = pairs.filter(pl.col("signal_value").is_not_null() & pl.col("confidence").is_not_null())
+    if gold.is_empty() or known.is_empty():
+        return None
+    draws = calibrated_draws(gold["confidence"].to_numpy(), gold["correct"].to_numpy(), known["signal_value"].to_numpy(),
+                             CALIBRATION_DRAWS, seed)
+    return dict(zip(known["pair_id"].to_list(), draws.T))
+
+
 def resolve_labels(labels: pl.DataFrame, gold_labels: pl.DataFrame, judge: dict[str, str], gold_judgments: pl.DataFrame,
-                   labeling) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(resolved, annotators): flags from gold first, then the configured aggregation without (or with) the flagged."""
+                   labeling, pair_prior: dict[str, float] | None = None, prior_draws: dict | None = None) -> Resolution:
+    """Flags from gold first, then the configured aggregation without (or with) the flagged."""
     quality = annotator_quality(labels, gold_labels, {}, min_accuracy=labeling.min_annotator_accuracy, min_gold=labeling.min_gold_answers)
     flagged = quality.filter(pl.col("flagged"))["annotator"].to_list()
     if labeling.flagged == "exclude" and flagged:
         # their labels no longer count, but stay in `labels`: a pair labeled only by them is pending again, not lost
         leave_out = pl.when(pl.col("annotator").is_in(flagged)).then(pl.lit("excluded")).otherwise(pl.col("status")).alias("status")
         labels, gold_labels = labels.with_columns(leave_out), gold_labels.with_columns(leave_out)
+    min_submitted = 1 if labeling.redundancy == "adaptive" else labeling.min_submitted
     if labeling.aggregation == "majority":
-        return majority(labels, labeling.tie_rule, labeling.min_submitted, judge), quality
+        return Resolution(majority(labels, labeling.tie_rule, min_submitted, judge), quality)
     votes = None
     if labeling.judges_vote:
         verdicts = {**gold_verdicts(gold_judgments), **judge}
         votes = judge_vote_rows(labels["pair_id"].unique().to_list() + gold_labels["pair_id"].unique().to_list(), verdicts)
-    resolved, reliability = dawid_skene(labels, labeling.tie_rule, labeling.min_submitted, judge, gold_labels, votes)
-    return resolved, quality.with_columns(pl.col("annotator").replace_strict(reliability, default=None, return_dtype=pl.Float64)
-                                          .alias("reliability"))
+    if labeling.aggregation == "dawid_skene":
+        resolved, reliability = dawid_skene(labels, labeling.tie_rule, min_submitted, judge, gold_labels, votes)
+        return Resolution(resolved, quality.with_columns(pl.col("annotator").replace_strict(reliability, default=None, return_dtype=pl.Float64)
+                                                         .alias("reliability")))
+    prior = prior_of(labeling)
+    resolved, model = bayesian(labels, labeling.tie_rule, min_submitted, judge, prior=prior, pair_prior=pair_prior or {},
+                               prior_draws=prior_draws, gold_labels=gold_labels, judge_votes=votes)
+    estimates = {w: model.accuracy(w) for w in model.workers}
+    basis = {r["annotator"]: "measured" if r["gold_answers"] >= labeling.min_gold_answers else "assumed" for r in quality.iter_rows(named=True)}
+    columns = {"reliability": 0, "reliability_low": 1, "reliability_high": 2}
+    quality = quality.with_columns(
+        *(pl.col("annotator").replace_strict({w: round(e[i], 4) for w, e in estimates.items()}, default=None, return_dtype=pl.Float64)
+          .alias(name) for name, i in columns.items()),
+        pl.col("annotator").replace_strict(basis, default=None, return_dtype=pl.String).alias("basis"))
+    return Resolution(resolved, quality, model, prior)
 
 
-def resolve_run(run, labeling) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(resolved, annotators) from the run's labels as they are now: the one resolution pull and export share."""
+def resolve_run(run, labeling) -> Resolution:
+    """The run's labels resolved as they are now: the one resolution pull and export share."""
     from labeling.agreement import judge_labels
 
-    judge = judge_labels(run.read_or_empty("pairs"), run.read_or_empty("pair_judgments"))
-    return resolve_labels(run.read_or_empty("labels"), run.read_or_empty("gold_labels"), judge, run.read_or_empty("gold_judgments"), labeling)
+    pairs = run.read_or_empty("pairs")
+    judge = judge_labels(pairs, run.read_or_empty("pair_judgments"))
+    return resolve_labels(run.read_or_empty("labels"), run.read_or_empty("gold_labels"), judge, run.read_or_empty("gold_judgments"),
+                          labeling, pair_priors(pairs), pair_prior_draws(run, pairs))

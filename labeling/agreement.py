@@ -17,6 +17,11 @@ import polars as pl
 CATEGORIES = ["chosen", "rejected", "tie", "both_bad"]
 
 
+
+def submitted(labels: pl.DataFrame) -> pl.DataFrame:
+    """The labels that count: submitted, with an answer."""
+    return labels.filter((pl.col("status") == "submitted") & pl.col("label").is_not_null())
+
 def _number(x) -> float | None:
     """A JSON-safe float: None where the statistic is undefined (one category, too few items)."""
     if x is None:
@@ -31,7 +36,7 @@ def inter_annotator(labels: pl.DataFrame) -> dict:
     from sklearn.metrics import cohen_kappa_score
     from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
 
-    rows = labels.filter((pl.col("status") == "submitted") & pl.col("label").is_not_null())
+    rows = submitted(labels)
     annotators = sorted(rows["annotator"].unique().to_list())
     pairs = sorted(rows["pair_id"].unique().to_list())
     out = {"annotators": len(annotators), "labels": rows.height, "pairs": len(pairs), "pairs_multi": 0,

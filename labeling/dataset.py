@@ -104,7 +104,9 @@ def settings(config: LabelingConfig, vector_dims: int | None, client) -> "rg.Set
         metadata=metadata,
         allow_extra_metadata=True,
         vectors=[rg.VectorField(name=PROMPT_VECTOR, title="Prompt similarity", dimensions=vector_dims)] if vector_dims else [],
-        distribution=rg.TaskDistribution(min_submitted=config.min_submitted),
+        # adaptive: a record stays in the queue until the most labels a pair may get; prefab takes it out once settled
+        distribution=rg.TaskDistribution(min_submitted=config.max_labels_per_pair if config.redundancy == "adaptive"
+                                         else config.min_submitted),
     )
 
 

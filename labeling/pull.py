@@ -11,39 +11,17 @@ from datetime import datetime, timezone
 
 import polars as pl
 
-from labeling.aggregate import resolve_labels
+from labeling.aggregate import pair_prior_draws, pair_priors, resolve_labels
 from labeling.agreement import agreement, judge_labels
 from labeling.dataset import LABELS, PREFERENCE, RATING_A, RATING_B, RATIONALE, a_is_chosen, to_label
-from labeling.push import gold_mapping, server_errors
+from labeling.push import call, fetch_records, gold_mapping, server_errors, usernames
 from pipeline.config import Config, LabelingConfig
 from pipeline.errors import LabelingError
 from pipeline.progress import console, summary
 from pipeline.schema import TABLES, empty
 from pipeline.store import Run
 
-PAGE = 1000
 KEY = ["pair_id", "annotator"]
-
-
-def fetch_records(client, dataset) -> list[dict]:
-    """Every record of the dataset with its responses, as the REST API returns them (with timestamps)."""
-    from labeling.push import call
-
-    items, offset = [], 0
-    while True:
-        page = call(lambda: client.api.http_client.get(
-            f"/api/v1/datasets/{dataset.id}/records", params={"include": ["responses"], "offset": offset, "limit": PAGE}))
-        batch = page.json()["items"]
-        items += batch
-        offset += len(batch)
-        if len(batch) < PAGE:
-            return items
-
-
-def usernames(client) -> dict[str, str]:
-    from labeling.push import call
-
-    return {u["id"]: u["username"] for u in call(lambda: client.api.http_client.get("/api/v1/users")).json()["items"]}
 
 
 def responses_frame(records: list[dict], users: dict[str, str]) -> pl.DataFrame:
@@ -122,10 +100,12 @@ def _utc(text: str | None) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def merge_labels(old: pl.DataFrame, new: pl.DataFrame, now: datetime) -> pl.DataFrame:
-    """What the server has now, plus every earlier label it no longer has (kept, marked missing_since)."""
+def merge_labels(old: pl.DataFrame, new: pl.DataFrame, now: datetime, taken_out: set[str] = frozenset()) -> pl.DataFrame:
+    """What the server has now, plus every earlier label it no longer has (kept, marked missing_since), except on the
+    pairs prefab took out of the queue itself (their records are gone because they were settled)."""
     gone = old.join(new.select(KEY), on=KEY, how="anti").with_columns(
-        pl.col("missing_since").fill_null(pl.lit(now, dtype=pl.Datetime("us", "UTC"))))
+        pl.when(pl.col("pair_id").is_in(list(taken_out))).then(pl.col("missing_since"))
+        .otherwise(pl.col("missing_since").fill_null(pl.lit(now, dtype=pl.Datetime("us", "UTC")))).alias("missing_since"))
     return pl.concat([new, gone]).sort(KEY)
 
 
@@ -140,12 +120,18 @@ def pull(run: Run, config: Config, client) -> dict:
         raise LabelingError(f"dataset {name!r} is not in Argilla workspace {labeling.workspace!r}",
                             hint=f"push the pairs first: prefab push --run {run.path}")
     now = datetime.now(timezone.utc)
-    responses = responses_frame(fetch_records(client, dataset), usernames(client))
+    records = fetch_records(client, dataset)
+    responses = responses_frame(records, usernames(client))
     gold = gold_mapping(run.read("gold")) if run.has("gold") else {}
     is_gold = responses["pair_id"].is_in(list(gold))
     pairs = run.read_or_empty("pairs")
     old = run.read_or_empty("labels")
-    labels = merge_labels(old, to_labels(responses.filter(~is_gold), pairs), now)
+    taken_out = set()
+    if run.has("queue"):  # pairs prefab took out of the queue (labeling/queue.py): their records are gone on purpose
+        from labeling.queue import OUT_OF_QUEUE
+
+        taken_out = set(run.read("queue").filter(pl.col("state").is_in(OUT_OF_QUEUE))["pair_id"].to_list())
+    labels = merge_labels(old, to_labels(responses.filter(~is_gold), pairs), now, taken_out)
     gold_pairs = pl.DataFrame([{"pair_id": k, **v} for k, v in gold.items()],
                               schema={"pair_id": pl.String, "gold_id": pl.String, "chosen_id": pl.String, "rejected_id": pl.String})
     gold_labels = merge_labels(run.read_or_empty("gold_labels"), to_labels(responses.filter(is_gold), gold_pairs), now)
@@ -153,11 +139,15 @@ def pull(run: Run, config: Config, client) -> dict:
     run.write("labels", labels)  # what came back is saved before anything is computed from it
     run.write("gold_labels", gold_labels)
     pair_judgments = run.read_or_empty("pair_judgments")
-    resolved, annotators = resolve_labels(labels, gold_labels, judge_labels(pairs, pair_judgments),
-                                          run.read_or_empty("gold_judgments"), labeling)
+    resolution = resolve_labels(labels, gold_labels, judge_labels(pairs, pair_judgments), run.read_or_empty("gold_judgments"),
+                                labeling, pair_priors(pairs), pair_prior_draws(run, pairs))
+    resolved, annotators = resolution.resolved, resolution.annotators
     stats = agreement(labels, resolved, pairs, pair_judgments)
     run.write("resolved", resolved)
     run.write("annotators", annotators)
+    queue_counts = {}
+    if labeling.redundancy == "adaptive":
+        queue_counts = update_queue(run, config, client, dataset, records, resolved)
     counts = {
         "dataset": name,
         "labels": labels.height,
@@ -175,7 +165,47 @@ def pull(run: Run, config: Config, client) -> dict:
     }
     if resolved.filter(pl.col("confidence").is_not_null()).height:
         counts["mean_confidence"] = round(float(resolved["confidence"].mean()), 4)
-    return {**counts, "agreement": stats}
+    if resolution.model is not None:
+        counts |= human_accuracy(resolution, resolved)
+    return {**counts, **queue_counts, "agreement": stats}
+
+
+def update_queue(run: Run, config: Config, client, dataset, records: list[dict], resolved: pl.DataFrame) -> dict:
+    """Adaptive redundancy after a pull: the queue planned from the labels just saved, and the dataset's run records made
+    its `queued` pairs (labeling/queue.py says why this way). Gold records are not in the queue and stay."""
+    from labeling.push import DELETE_BATCH, add_pairs, queue_plan
+    from labeling.queue import answered, budget_info
+
+    labeling = config.labeling or LabelingConfig()
+    queue = queue_plan(run, config, {r["external_id"] for r in records}, resolved)
+    queued = set(queue.filter(pl.col("state") == "queued")["pair_id"].to_list())
+    run_pairs = set(queue["pair_id"].to_list())
+    on_server = {r["external_id"]: r for r in records if r["external_id"] in run_pairs}
+    leaving = [p for p in on_server if p not in queued]
+    removed = 0
+    if leaving:
+        now = {r["external_id"]: r for r in fetch_records(client, dataset)}  # an answer given since the pull read them: not yet
+        ids = [now[p]["id"] for p in leaving if p in now and answered(now[p]) == answered(on_server[p])]
+        for i in range(0, len(ids), DELETE_BATCH):
+            batch = ids[i:i + DELETE_BATCH]
+            call(lambda: client.api.http_client.delete(f"/api/v1/datasets/{dataset.id}/records", params={"ids": ",".join(batch)}))
+            removed += len(batch)
+    missing = sorted(queued - set(on_server))
+    added = add_pairs(run, config, client, dataset, missing) if missing else 0
+    run.write("queue", queue)
+    return budget_info(queue, labeling.label_budget) | {"removed_from_queue": removed, "added_to_queue": added}
+
+
+def human_accuracy(resolution, resolved: pl.DataFrame) -> dict:
+    """The stated accuracy of the resolved human labels (chosen/rejected), its 90% interval and whether it is measured."""
+    sided = resolved.filter(pl.col("preference").is_in(["chosen", "rejected"]) & (pl.col("status") == "resolved"))
+    stated = resolution.model.stated(sided["pair_id"].to_list(), sided["preference"].to_list())
+    if stated["stated"] is None:
+        return {}
+    measured = resolution.annotators["basis"].to_list()
+    basis = "measured" if measured and all(b == "measured" for b in measured) else "assumed"
+    return {"human_accuracy": round(stated["stated"], 4), "human_low": round(stated["low"], 4), "human_high": round(stated["high"], 4),
+            "human_basis": basis}
 
 
 def pull_stage(run: Run, config: Config, client) -> dict:

@@ -32,6 +32,8 @@ ORDER = 90  # its place in `prefab run`
 BATCH = 256  # the server takes up to 500, but per record a 500 batch is slower (see above)
 BATCH_TIMEOUT = 600  # seconds: a batch takes the embedded server 5-20 s on a busy 2-core machine
 ATTEMPTS = 5
+PAGE = 1000  # records per page when reading a dataset back
+DELETE_BATCH = 100  # argilla-server's most ids per DELETE /datasets/{id}/records
 
 
 def _transient(e: BaseException) -> bool:
@@ -129,7 +131,29 @@ def ensure_dataset(client, name: str, workspace: str, wanted):
     if have.guidelines != wanted.guidelines:
         have.guidelines = wanted.guidelines
         dataset.update()
+    if have.distribution.min_submitted != wanted.distribution.min_submitted:
+        # argilla-server 2.8 takes a new distribution also once there are responses, and recomputes each record's status
+        call(lambda: client.api.http_client.patch(f"/api/v1/datasets/{dataset.id}", json={"distribution": {
+            "strategy": "overlap", "min_submitted": wanted.distribution.min_submitted}}))
+        dataset = find_dataset(client, name, workspace)
     return dataset, False
+
+
+def fetch_records(client, dataset) -> list[dict]:
+    """Every record of the dataset with its responses, as the REST API returns them (with timestamps)."""
+    items, offset = [], 0
+    while True:
+        page = call(lambda: client.api.http_client.get(
+            f"/api/v1/datasets/{dataset.id}/records", params={"include": ["responses"], "offset": offset, "limit": PAGE}))
+        batch = page.json()["items"]
+        items += batch
+        offset += len(batch)
+        if len(batch) < PAGE:
+            return items
+
+
+def usernames(client) -> dict[str, str]:
+    return {u["id"]: u["username"] for u in call(lambda: client.api.http_client.get("/api/v1/users")).json()["items"]}
 
 
 def record_count(client, dataset) -> int:
@@ -241,11 +265,39 @@ def to_push(pairs: pl.DataFrame, labeling: LabelingConfig) -> pl.DataFrame:
     return pairs.filter(pl.col("route").is_in(labeling.routes) & ~is_verified())
 
 
+def queue_plan(run: Run, config: Config, on_server: set[str], resolved: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The queue (labeling/queue.py) for the run's human pairs, from the labels it holds now."""
+    from labeling.queue import plan
+
+    labeling = config.labeling or LabelingConfig()
+    return plan(to_push(run.read("pairs"), labeling).select("pair_id", "confidence"), run.read_or_empty("resolved") if resolved is None else resolved,
+                run.read_or_empty("labels"), on_server, target=config.labeling_target(), max_labels=labeling.max_labels_per_pair,
+                budget=labeling.label_budget)
+
+
+def add_pairs(run: Run, config: Config, client, dataset, pair_ids: list[str]) -> int:
+    """Upsert the records of these run pairs (no gold) into the dataset; returns how many were new."""
+    pairs = run.read("pairs").filter(pl.col("pair_id").is_in(pair_ids))
+    vectors, _ = prompt_vectors(run.read_or_empty("embeddings"), config.embed.model if config.embed else None)
+    records = build_records(pairs, run.read("prompts"), run.read("candidates"), pair_judgments=run.read_or_empty("pair_judgments"),
+                            vectors=vectors, config=config)
+    return upsert(client, dataset, records)
+
+
 def push(run: Run, config: Config, client) -> dict:
-    """Push the pairs of the configured routes (human by default), with gold pairs mixed in, to the run's Argilla dataset."""
+    """Push the pairs of the configured routes (human by default), with gold pairs mixed in, to the run's Argilla dataset.
+
+    With adaptive redundancy, only the pairs the queue holds (all of them, unless a label budget limits it)."""
     labeling = config.labeling or LabelingConfig()
     pairs = run.read("pairs")
     selected = to_push(pairs, labeling)
+    routed = selected.height
+    queue = None
+    if labeling.redundancy == "adaptive":
+        existing = find_dataset(client, dataset_name(config, run), labeling.workspace)
+        on_server = {r["external_id"] for r in fetch_records(client, existing)} if existing is not None else set()
+        queue = queue_plan(run, config, on_server)
+        selected = selected.filter(pl.col("pair_id").is_in(queue.filter(pl.col("state") == "queued")["pair_id"].implode()))
     embeddings = run.read_or_empty("embeddings")
     embed_model = config.embed.model if config.embed else None
     vectors, dims = prompt_vectors(embeddings, embed_model)
@@ -277,7 +329,12 @@ def push(run: Run, config: Config, client) -> dict:
     counts = {"dataset": name, "workspace": labeling.workspace, "dataset_id": str(dataset.id), "dataset_created": created,
               "pushed": len(records), "gold_pushed": n_gold, "created": new, "updated": len(records) - new,
               "not_pushed": pairs.height - (selected.height - n_gold), "routes": ",".join(labeling.routes),
-              "judge_hint": labeling.judge_hint}
+              "judge_hint": labeling.judge_hint, "redundancy": labeling.redundancy}
+    if queue is not None:
+        from labeling.queue import budget_info
+
+        run.write("queue", queue)
+        counts |= {"held_back": routed - (selected.height - n_gold)} | budget_info(queue, labeling.label_budget)
     summary("push", {k: ("yes" if v else "no") if isinstance(v, bool) else v for k, v in counts.items() if k != "dataset_id"})
     return counts
 

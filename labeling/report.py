@@ -92,6 +92,7 @@ def annotators_section(run) -> str | None:
         ax.invert_yaxis()
         ax.set_title("accuracy on gold (95% interval); red: flagged")
         parts.append(plot_html(fig, "annotator accuracy on gold"))
+    parts.append(stated_vs_measured(run, quality))
     flagged = quality.filter(pl.col("flagged"))["annotator"].to_list()
     if flagged:
         action = "their labels are left out of the resolution" if labeling.flagged == "exclude" else \
@@ -99,6 +100,41 @@ def annotators_section(run) -> str | None:
         parts.append(f"<p><strong>Flagged:</strong> {', '.join(flagged)}: {action}.</p>")
     parts.append(table_html(quality))
     return section("Annotator quality", *parts, anchor="annotators")
+
+
+def stated_vs_measured(run, quality: pl.DataFrame) -> str:
+    """Each annotator's accuracy as the aggregation states it (90% interval; assumed where it rests on the prior) beside
+    what their gold answers measure (95% interval), and the stated accuracy of the human labels as a whole."""
+    pull = run.stage_info("pull")
+    text = ""
+    if pull.get("human_accuracy") is not None:
+        text = (f"<p>Human labels: <strong>{pull['human_accuracy']:.1%}</strong> right as stated, 90% interval "
+                f"{pull['human_low']:.1%} to {pull['human_high']:.1%}, <strong>{pull['human_basis']}</strong> "
+                "(measured: every annotator's accuracy rests on enough gold answers; assumed: on the prior "
+                "<code>labeling.prior_accuracy</code>, moved by agreement).</p>")
+    stated = quality.filter(pl.col("reliability_low").is_not_null()) if "reliability_low" in quality.columns else quality.clear()
+    if stated.is_empty():
+        return text
+    names = stated["annotator"].to_list()
+    fig, ax = figure(width=6.0, height=max(2.2, 0.5 * len(names) + 1))
+    y = list(range(len(names)))
+    est = stated["reliability"].to_list()
+    ax.errorbar(est, [v - 0.15 for v in y], xerr=[[e - lo for e, lo in zip(est, stated["reliability_low"].to_list())],
+                                                  [hi - e for e, hi in zip(est, stated["reliability_high"].to_list())]],
+                fmt="o", color=COLORS[0], label="stated (90%)")
+    gold = stated.filter(pl.col("gold_answers") > 0)
+    if gold.height:
+        rows = [names.index(a) + 0.15 for a in gold["annotator"].to_list()]
+        acc = gold["gold_accuracy"].to_list()
+        ax.errorbar(acc, rows, xerr=[[a - lo for a, lo in zip(acc, gold["gold_low"].to_list())],
+                                     [hi - a for a, hi in zip(acc, gold["gold_high"].to_list())]],
+                    fmt="s", color=COLORS[2], label="measured on gold (95%)")
+    ax.set_yticks(y, [f"{n} ({b})" for n, b in zip(names, stated["basis"].to_list())])
+    ax.set_xlim(0, 1.02)
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title("annotator accuracy: stated vs measured on gold")
+    return text + plot_html(fig, "annotator accuracy stated vs measured")
 
 
 sections = [labels_section, annotators_section]

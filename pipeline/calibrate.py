@@ -92,6 +92,18 @@ def calibrator(confidence: list[float], correct: list[float]):
     return lambda values: np.round(model.predict(np.asarray(values, dtype=float)), 6)
 
 
+def calibrated_draws(confidence, correct, values, draws: int, seed: int = 0) -> np.ndarray:
+    """(draws, len(values)): the calibrator refitted on resamples of the gold pairs, applied to values; how much the
+    calibrated probabilities could move with another sample of gold pairs of the same size."""
+    rng = np.random.default_rng(seed)
+    conf, hits = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    out = np.empty((draws, len(values)))
+    for k in range(draws):
+        idx = rng.integers(0, len(conf), len(conf))
+        out[k] = calibrator(conf[idx], hits[idx])(values)
+    return out
+
+
 # ---------------------------------------------------------------- the judges' decision and its confidence
 
 

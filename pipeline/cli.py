@@ -225,6 +225,10 @@ def status(run_dir, as_json):
         if run.has(name):
             tables.add_row(name, f"{run.height(name):,}")
     console.print(tables)
+    for section in registry.status_sections():
+        shown = section(run)
+        if shown is not None:
+            console.print(shown)
 
 
 def main():

@@ -16,7 +16,8 @@ paired correct (chosen) against incorrect (rejected) by the same strategy, the j
 one against every incorrect one). They get strategy "verified"; the judge's thresholds (min_margin,
 min_chosen_score, max_similarity) do not apply, since the judge does not decide them. Their scores and margin are the
 judge's where it scored both, else null. `verify.mode` says whether other prompts are paired by the judge (prefer,
-off) or not at all (only); with `off` no verified pair is made.
+off) or not at all (only); with `off` no verified pair is made. A prompt with verified pairs gets no judge pair, so a
+judge pair whose two answers are both wrong comes only from a prompt without a correct one: the route stage drops it.
 """
 
 import numpy as np
@@ -36,6 +37,11 @@ VERIFIED = "verified"  # the strategy of a pair decided by the verifier
 def is_verified() -> pl.Expr:
     """Pairs the verifier decided (a hand-made table may leave strategy null: not verified)."""
     return pl.col("strategy").fill_null("") == VERIFIED
+
+
+def wrong_statuses(reject_unparseable: bool = True) -> tuple[str, ...]:
+    """Verifier statuses that count as a wrong answer; an error (the verifier could not decide) never does."""
+    return ("incorrect", "unparseable") if reject_unparseable else ("incorrect",)
 
 
 def _same_text(a: str, b: str) -> bool:
@@ -112,7 +118,7 @@ def pairs_for_prompt(prompt_id: str, cands: list[dict], cfg, similarity=None) ->
 def verified_pairs_for_prompt(prompt_id: str, cands: list[dict], cfg, reject_unparseable: bool = True, similarity=None) -> list[dict]:
     """Correct against incorrect pairs of one prompt. cands: [{candidate_id, text, status, score}], score the judge's
     (None when unscored), status from the verifications table."""
-    wrong = ("incorrect", "unparseable") if reject_unparseable else ("incorrect",)
+    wrong = wrong_statuses(reject_unparseable)
     best_first = lambda c: (c["score"] is None, -(c["score"] or 0.0), c["candidate_id"])  # noqa: E731
     worst_first = lambda c: (c["score"] is None, c["score"] or 0.0, c["candidate_id"])  # noqa: E731
     correct = sorted((c for c in cands if c["status"] == "correct"), key=best_first)

@@ -5,6 +5,7 @@ plugins), so that pipeline/ names no other package:
   needs, or None) and `ORDER` (its place in `prefab run`); the entry point's name is the stage's name;
 - `prefab.commands`: a list of click commands added to `prefab`;
 - `prefab.report`: a list of functions `(run) -> html | None`, sections of report.html;
+- `prefab.status`: a list of functions `(run) -> rich renderable | None`, shown by `prefab status` after the stages;
 - `prefab.backends`: a model backend (pipeline/backends.py says what one is); the entry point's name is what
   `backend:` in a model's config names. The two built-in ones, openai and transformers, are known here in
   code, so pipeline/ runs without its entry points installed; `register_backend` adds one at run time
@@ -41,6 +42,11 @@ def commands() -> list:
 @cache
 def report_sections() -> list:
     return [section for group in _load("prefab.report").values() for section in group]
+
+
+@cache
+def status_sections() -> list:
+    return [section for ep in entry_points(group="prefab.status") for section in ep.load()]
 
 
 _registered: dict = {}  # register_backend's

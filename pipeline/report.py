@@ -221,7 +221,8 @@ def pairs_section(run: Run) -> str | None:
         return None
     pairs = run.read("pairs")
     parts = [metrics_html({"pairs": pairs.height, "prompts with a pair": pairs["prompt_id"].n_unique(),
-                           "human": int((pairs["route"] == "human").sum()), "auto": int((pairs["route"] == "auto").sum())})]
+                           "human": int((pairs["route"] == "human").sum()), "auto": int((pairs["route"] == "auto").sum()),
+                           "dropped": int((pairs["route"] == "dropped").sum()) or None})]  # shown only when some were
     if pairs.height:
         fig, axes = figure(ncols=2, width=4.5)
         axes[0].hist(pairs["margin"].drop_nulls().to_list(), bins=20, color=COLORS[0])  # a verified pair may have none
@@ -306,7 +307,7 @@ def calibration_section(run: Run) -> str | None:
                            "human share": routing.get("human_share")})]
     if routing.get("auto_predicted_accuracy") is not None:
         parts.append(f"<p>Auto-labeled pairs are predicted right {routing['auto_predicted_accuracy']:.1%} of the time "
-                     f"(95% interval {routing['auto_low']:.1%} to {routing['auto_high']:.1%}, from resampling the gold pairs), "
+                     f"({routing.get('auto_level', 0.95):.0%} interval {routing['auto_low']:.1%} to {routing['auto_high']:.1%}, from resampling the gold pairs), "
                      "assuming the run's pairs are like the gold ones.</p>")
     if routing.get("target_reached_on_gold") is False:
         parts.append(f"<p><strong>No threshold reaches the target of {routing['target_accuracy']:.0%} on gold</strong> at the "

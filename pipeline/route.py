@@ -13,7 +13,11 @@ writing `pair_judgments`, then gives each pair a route and the reasons, most ser
 
 `route_reason` lists the reasons joined by ","; a confident pair says "confident". A verified pair (strategy
 "verified": a correct final answer against an incorrect one, pipeline/verify.py) is `auto` with reason "verified"
-and confidence 1 whatever the judges say: it is not judged pairwise, audited or counted in the budget. With `human_budget`
+and confidence 1 whatever the judges say: it is not judged pairwise, audited or counted in the budget. A pair whose two
+answers the verifier found wrong (both incorrect, or unparseable with `verify.reject_unparseable`) is `dropped` with
+reason "both_incorrect": either side as chosen would teach a wrong answer and a person could only say "both bad", so it
+is neither judged pairwise, sent to people, counted in the budget nor exported. A side the verifier could not decide
+(no reference, an error) leaves the pair to the judge as before. With `human_budget`
 K, the K most uncertain pairs (reason severity, then pairwise confidence, then margin) stay human; the others
 become auto with route_reason "over_budget:<reasons>", so an export can still leave them out.
 
@@ -29,8 +33,8 @@ the human share. Without gold the accuracy of auto pairs is unknown, and the sta
 import numpy as np
 import polars as pl
 
-from pipeline.calibrate import SIGNALS, calibrator, coverage_curve, pick_threshold, score_span, support
-from pipeline.pair import VERIFIED, is_verified
+from pipeline.calibrate import SIGNALS, calibrated_draws, calibrator, coverage_curve, pick_threshold, score_span, support
+from pipeline.pair import VERIFIED, is_verified, wrong_statuses
 from pipeline.progress import console, summary
 from pipeline.queries import messages_of
 from pipeline.store import content_id
@@ -38,13 +42,24 @@ from pipeline.store import content_id
 SECTION = "route"  # the config section this stage needs (pipeline/registry.py)
 ORDER = 80  # its place in `prefab run`
 
+DROPPED = "dropped"  # the route of a pair that is neither labeled automatically nor by people
+BOTH_INCORRECT = "both_incorrect"  # its reason: the verifier found both answers wrong
 REASONS = ("judge_failed", "inconsistent", "judges_disagree", "low_margin", "below_target", "audit")
 BOOTSTRAP = 200  # resamples of the gold pairs for the interval of the auto pairs' predicted accuracy
+LEVEL = 0.90  # that interval's
 
 
 def audit_pick(pair_id: str, seed: int, share: float) -> bool:
     """Stable per pair: the same pairs are audited whatever else is in the run."""
     return int(content_id("audit", seed, pair_id), 16) / 16**16 < share
+
+
+def both_incorrect(pairs: pl.DataFrame, verifications: pl.DataFrame | None, reject_unparseable: bool = True) -> set[str]:
+    """Ids of the pairs whose two answers the verifier found wrong; none without verifications."""
+    if verifications is None or verifications.is_empty() or pairs.is_empty():
+        return set()
+    wrong = verifications.filter(pl.col("status").is_in(wrong_statuses(reject_unparseable)))["candidate_id"].implode()
+    return set(pairs.filter(pl.col("chosen_id").is_in(wrong) & pl.col("rejected_id").is_in(wrong))["pair_id"].to_list())
 
 
 def pair_reasons(pair: dict, pair_rows: list[dict], judge_margins: list[float | None], cfg) -> list[str]:
@@ -105,15 +120,18 @@ def choose_signal(gold_signals: pl.DataFrame, cfg) -> tuple[str | None, dict | N
 
 
 def route_pairs(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: pl.DataFrame, cfg,
-                gold_signals: pl.DataFrame | None = None, span: float = 4.0) -> tuple[pl.DataFrame, dict]:
-    """The pairs with route, route_reason and confidence filled, and what the routing decided (threshold, predicted accuracy)."""
+                gold_signals: pl.DataFrame | None = None, span: float = 4.0, verifications: pl.DataFrame | None = None,
+                reject_unparseable: bool = True) -> tuple[pl.DataFrame, dict]:
+    """The pairs with route, route_reason and confidence filled, and what the routing decided (threshold, predicted accuracy).
+    verifications: the verify stage's table, whose verdicts drop the pairs with two wrong answers."""
+    hopeless = both_incorrect(pairs, verifications, reject_unparseable)
     calibrated = gold_signals is not None and not gold_signals.is_empty()
     targeted = calibrated and cfg.target_accuracy is not None
     signal, point = choose_signal(gold_signals, cfg) if calibrated else (None, None)
     decided = []
     for pair, margins, rows in pair_evidence(pairs, pair_judgments, judgments):
-        if pair["strategy"] == VERIFIED:
-            decided.append((pair, [], 1.0, None))
+        if pair["strategy"] == VERIFIED or pair["pair_id"] in hopeless:
+            decided.append((pair, [], 1.0 if pair["strategy"] == VERIFIED else None, None))
             continue
         value = support(margins, rows, span)[signal] if signal else None
         if targeted:
@@ -138,6 +156,8 @@ def route_pairs(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: pl
     for i, (pair, reasons, _, _) in enumerate(decided):
         if pair["strategy"] == VERIFIED:
             routes.append("auto"), why.append(VERIFIED)
+        elif pair["pair_id"] in hopeless:
+            routes.append(DROPPED), why.append(BOTH_INCORRECT)
         elif not reasons:
             routes.append("auto"), why.append("confident")
         elif i in over:
@@ -163,25 +183,26 @@ def route_pairs(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: pl
                 info |= {"gold_accuracy_above_threshold": point["accuracy"], "gold_low": point["low"], "gold_high": point["high"],
                          "gold_coverage": point["coverage"]}
     routed = pairs.with_columns(pl.Series("route", routes, dtype=pl.String), pl.Series("route_reason", why, dtype=pl.String),
-                                pl.Series("confidence", confidence, dtype=pl.Float64))
+                                pl.Series("confidence", confidence, dtype=pl.Float64),
+                                pl.Series("signal_value", values if calibrated else [None] * len(values), dtype=pl.Float64))
     info["human_share"] = round(routes.count("human") / len(routes), 4) if routes else None
     return routed, info
 
 
 def predicted_accuracy(gold: pl.DataFrame, auto_values: list[float], seed: int = 0) -> dict:
-    """Mean calibrated probability over the auto pairs, with a 95% interval from resampling the gold pairs."""
+    """Mean calibrated probability over the auto pairs, with a 90% interval for the share of them that is right: the
+    calibration refitted on resamples of the gold pairs, and each pair's own chance of being right drawn under each."""
     if not auto_values:
         return {"auto_predicted_accuracy": None}
     rng = np.random.default_rng(seed)
     conf, correct = gold["confidence"].to_numpy(), gold["correct"].to_numpy()
     auto_confidence = calibrator(conf, correct)(auto_values)
-    means = []
-    for _ in range(BOOTSTRAP):
-        idx = rng.integers(0, len(conf), len(conf))
-        means.append(float(np.mean(calibrator(conf[idx], correct[idx])(auto_values))))
-    low, high = np.percentile(means, [2.5, 97.5])
+    draws = calibrated_draws(conf, correct, auto_values, BOOTSTRAP, seed)
+    shares = (rng.random(draws.shape) < draws).mean(axis=1)
+    # the spread of the refits, centred on the fit: a refit on resampled gold is noisier than the fit on all of it
+    low, high = np.percentile(shares - shares.mean(), [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2]) + np.mean(auto_confidence)
     return {"auto_predicted_accuracy": round(float(np.mean(auto_confidence)), 4), "auto_low": round(float(low), 4),
-            "auto_high": round(float(high), 4)}
+            "auto_high": round(float(high), 4), "auto_level": LEVEL}
 
 
 def pairwise_table(pairs: pl.DataFrame, candidates: pl.LazyFrame, prompts: pl.LazyFrame, judge_cfg, cache, tick=None) -> pl.DataFrame:
@@ -257,7 +278,12 @@ def step(config, run, **_) -> dict:
     pairs = run.read("pairs")
     judgments = run.read_or_empty("judgments")
     pair_judgments = empty("pair_judgments")
-    judged = pairs.filter(~is_verified())  # the verifier decided the others: no judge call for them
+    verify = config.verify  # as the pair stage: with mode off, the verdicts are recorded but decide nothing
+    verifications = run.read("verifications") if verify is not None and verify.mode != "off" and run.has("verifications") else None
+    reject_unparseable = verify.reject_unparseable if verify is not None else True
+    hopeless = both_incorrect(pairs, verifications, reject_unparseable)
+    # the verifier decided the others: no judge call for them
+    judged = pairs.filter(~is_verified() & ~pl.col("pair_id").is_in(list(hopeless)))
     if config.judge is not None and config.judge.pairwise and judged.height:
         pair_judgments = judge_pairs_in_parts(run, judged, config.judge)
     gold_signals = run.read("gold_signals") if run.has("gold_signals") else None
@@ -265,9 +291,9 @@ def step(config, run, **_) -> dict:
         console.print("[yellow]route.target_accuracy is set but the run has no calibration on gold: routing by margin_threshold, "
                       "and the accuracy of the auto pairs is unknown. Add a `calibrate: {gold: [FILE]}` section.[/yellow]")
     span = score_span(config.judge) if config.judge is not None else 4.0
-    routed, info = route_pairs(pairs, pair_judgments, judgments, cfg, gold_signals, span)
+    routed, info = route_pairs(pairs, pair_judgments, judgments, cfg, gold_signals, span, verifications, reject_unparseable)
     routed = run.write("pairs", routed)
-    counts = {"pairs": routed.height, "auto": int((routed["route"] == "auto").sum()), "human": int((routed["route"] == "human").sum())}
+    counts = {"pairs": routed.height, **{r: int((routed["route"] == r).sum()) for r in ("auto", "human", DROPPED)}}
     reasons = routed.select(pl.col("route_reason").str.replace(r"^over_budget:.*", "over_budget").str.split(",")).explode("route_reason")
     counts.update({f"reason_{r}": n for r, n in reasons["route_reason"].value_counts(sort=True).iter_rows() if r})
     counts.update(pairwise_stats(pair_judgments))

@@ -96,9 +96,10 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "margin": pl.Float64,
         "similarity": pl.Float64,  # cosine of chosen and rejected vectors, null without embeddings
         "strategy": pl.String,  # the pair strategy, or "verified" (a correct against an incorrect final answer)
-        "route": pl.String,  # "auto" | "human"
+        "route": pl.String,  # "auto" | "human" | "dropped" (neither: no label is worth having, route_reason says why)
         "route_reason": pl.String,
         "confidence": pl.Float64,  # calibrated probability that chosen is the better side (null without gold calibration)
+        "signal_value": pl.Float64,  # the routing signal's value that `confidence` calibrates (null without gold calibration)
     },
     "labels": {
         "pair_id": pl.String,
@@ -118,8 +119,8 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "preference": pl.String,  # majority label, "chosen" | "rejected" | "tie" | "both_bad" | null
         "agreement": pl.Float64,  # share of annotators who gave the majority label
         "status": pl.String,  # "resolved" | "split" (tied vote, dropped) | "pending" (< min_submitted) | "discarded"
-        "confidence": pl.Float64,  # probability the preference is right (dawid_skene posterior; majority: agreement share)
-        "method": pl.String,  # "dawid_skene" | "majority"
+        "confidence": pl.Float64,  # probability the preference is right (bayesian or dawid_skene posterior; majority: agreement share)
+        "method": pl.String,  # "bayesian" | "dawid_skene" | "majority"
     },
     "gold": {  # gold pairs (human-labeled), read by calibrate
         "gold_id": pl.String,  # hash of the normalized messages and both responses
@@ -178,14 +179,24 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "gold_high": pl.Float64,
         "agreement": pl.Float64,  # share of their labels that match another annotator's on the same pair
         "median_seconds": pl.Float64,  # between consecutive submissions (gaps over 10 minutes are breaks)
-        "reliability": pl.Float64,  # dawid_skene's estimate: probability their label is right
+        "reliability": pl.Float64,  # the aggregation's estimate of their accuracy (bayesian: posterior mean)
+        "reliability_low": pl.Float64,  # bayesian: its 90% interval
+        "reliability_high": pl.Float64,
+        "basis": pl.String,  # bayesian: "measured" (enough gold answers) or "assumed" (the prior, moved by agreement)
         "flagged": pl.Boolean,
+    },
+    "queue": {  # written by push and pull with adaptive redundancy: where each human pair stands
+        "pair_id": pl.String,
+        "labels": pl.Int32,  # submitted labels so far
+        "confidence": pl.Float64,  # probability its label is right now (the judge's calibrated one before any label)
+        "state": pl.String,  # queued | settled | max_labels | closed | over_budget | not_started (labeling/queue.py)
     },
 }
 TABLES["gold_labels"] = TABLES["labels"]  # annotators' answers on gold records (pair_id is the record's id)
 
 # columns added after runs were first written: a table from before reads with them null
-ADDED = {"prompts": ("reference_answer", "tests"), "pair_judgments": ("p_chosen_ab", "p_chosen_ba"), "pairs": ("confidence",), "resolved": ("confidence", "method")}
+ADDED = {"prompts": ("reference_answer", "tests"), "pair_judgments": ("p_chosen_ab", "p_chosen_ba"), "pairs": ("confidence", "signal_value"), "resolved": ("confidence", "method"),
+         "annotators": ("reliability_low", "reliability_high", "basis")}
 
 
 def empty(name: str) -> pl.DataFrame:

@@ -10,6 +10,7 @@ import pytest
 
 from labeling_fixtures import make_user, unique
 from labeling_runs import make_run
+from test_adaptive_labeling import pending_for
 from pipeline.config import LabelingConfig
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
@@ -37,16 +38,7 @@ def test_annotator_labels_a_pair_in_the_browser_and_pull_maps_it_back(browser, l
     assert prefab("push", "--run", run.path).exit_code == 0
     user, password = make_user(argilla_client, "prefab", name=unique("annotator"))
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(60_000)
-    page.goto(labeling_server["url"] + "/sign-in")
-    page.fill("input[name=Username]", user.username)
-    page.fill("input[name=Password]", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(lambda url: "sign-in" not in url)
-
-    page.get_by_text(run.path.name, exact=True).first.click()  # the dataset card on the home page
-    page.get_by_text("Which response is better?").wait_for()
+    page = sign_in(browser, labeling_server["url"], user.username, password, run.path.name)
     prompt = page.get_by_text("Question number").first.inner_text()
     response_a = page.locator(".text_field_component", has_text="Response A").locator(".content-area").inner_text().strip()
     page.get_by_text("Guidelines", exact=True).first.click()
@@ -57,14 +49,8 @@ def test_annotator_labels_a_pair_in_the_browser_and_pull_maps_it_back(browser, l
     page.screenshot(path=str(tmp_path / "before-submit.png"))
     page.get_by_role("button", name="Submit").click()
 
-    # the UI sends the response asynchronously: wait until the server holds it
     dataset = argilla_client.datasets(name=run.path.name, workspace="prefab")
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        answered = [r for r in dataset.records(with_responses=True) for resp in r.responses if resp.user_id == user.id]
-        if answered:
-            break
-        time.sleep(0.5)
+    answered = wait_for_answers(dataset, user, 1)
     page.screenshot(path=str(tmp_path / "after-submit.png"))
     assert answered, f"no response arrived; screenshots in {tmp_path}"
 
@@ -84,3 +70,66 @@ def test_annotator_labels_a_pair_in_the_browser_and_pull_maps_it_back(browser, l
     assert label["label"] == expected
     assert label["rationale"] == "A has the right sum"
     assert (tmp_path / "after-submit.png").stat().st_size > 10_000
+
+    # one label from an annotator nothing is known about leaves the pair below the 0.9 target: it is queued for a second
+    # opinion, which its first annotator is never asked for, and the card states no certainty it does not have
+    queue = {r["pair_id"]: r for r in run.read("queue").iter_rows(named=True)}
+    assert (queue[pair["pair_id"]]["labels"], queue[pair["pair_id"]]["state"]) == (1, "queued")
+    assert pair["pair_id"] not in pending_for(as_user(argilla_client, user), dataset.id)
+    assert prefab("export", "--run", run.path, "--source", "human", "--test-share", "0").exit_code == 0
+    card = (run.path / "exports" / "README.md").read_text()
+    human = next(line for line in card.splitlines() if line.startswith("- human ("))
+    assert "assumed" in human and "90% interval" in human and "100.0% right" not in human, human
+
+    second, second_password = make_user(argilla_client, "prefab", name=unique("second"))
+    page = sign_in(browser, labeling_server["url"], second.username, second_password, run.path.name)
+    for _ in range(2):  # the second annotator's queue holds both human pairs, in an order of their own
+        shown = page.get_by_text("Question number").first.inner_text()
+        page.get_by_text("A is better", exact=True).click()
+        page.get_by_role("button", name="Submit").click()
+        if shown == prompt:
+            break
+        page.get_by_text("Question number").first.wait_for()
+        page.wait_for_function("p => !document.body.innerText.includes(p)", arg=shown)
+    assert shown == prompt, "the pair labeled by the first annotator never reached the second"
+    assert wait_for_answers(dataset, second, 1)
+
+    result = prefab("pull", "--run", run.path)
+    assert result.exit_code == 0, result.output
+    resolved = run.read("resolved").filter(pl.col("pair_id") == pair["pair_id"]).row(0, named=True)
+    assert (resolved["n_labels"], resolved["status"], resolved["preference"]) == (2, "resolved", expected)
+    both = run.read("labels").filter(pl.col("pair_id") == pair["pair_id"])["annotator"].sort().to_list()
+    assert both == sorted([user.username, second.username])
+
+
+def as_user(owner, user):
+    """An SDK client logged in as this user (the owner reads their API key)."""
+    import argilla as rg
+
+    key = owner.api.http_client.get(f"/api/v1/users/{user.id}").json()["api_key"]
+    return rg.Argilla(api_url=owner.api_url, api_key=key)
+
+
+def sign_in(browser, url: str, username: str, password: str, dataset: str):
+    """A fresh browser context signed in as this user, on the dataset's labeling page."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url + "/sign-in")
+    page.fill("input[name=Username]", username)
+    page.fill("input[name=Password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda u: "sign-in" not in u)
+    page.get_by_text(dataset, exact=True).first.click()  # the dataset card on the home page
+    page.get_by_text("Which response is better?").wait_for()
+    return page
+
+
+def wait_for_answers(dataset, user, n: int) -> list:
+    """The UI sends a response asynchronously: wait (up to a minute) until the server holds n of this user's."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        answered = [r for r in dataset.records(with_responses=True) for resp in r.responses if resp.user_id == user.id]
+        if len(answered) >= n:
+            return answered
+        time.sleep(0.5)
+    return []

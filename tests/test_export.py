@@ -13,7 +13,7 @@ from pipeline.config import ExportConfig
 from pipeline.errors import ExportError
 from pipeline.schema import TABLES
 from pipeline.store import Run, candidate_id, pair_id
-from training.export import export
+from training.export import export, select_pairs
 
 
 def add_labels(run: Run, labels: dict[str, list[str]]) -> None:
@@ -147,6 +147,22 @@ def test_human_label_overrides_the_judge_and_follows_an_edit(labeled_run):
     # a tie kept in the judge's order when asked
     counts = export(run, ExportConfig(test_share=0.0, ties="judge"))
     assert counts["exported"] == 7 and "human_tie" not in counts["dropped"]
+
+
+def test_a_pair_the_route_stage_dropped_is_left_out_under_its_reason_even_if_labeled(tmp_path):
+    run, _ = make_run(tmp_path / "run", n_pairs=4, human_every=2)  # pairs 0 and 2 human, 1 and 3 auto
+    pairs = run.read("pairs")
+    ids = pairs["pair_id"].to_list()
+    run.write("pairs", pairs.with_columns(
+        route=pl.when(pl.col("pair_id").is_in(ids[:2])).then(pl.lit("dropped")).otherwise(pl.col("route")),
+        route_reason=pl.when(pl.col("pair_id").is_in(ids[:2])).then(pl.lit("both_incorrect")).otherwise(pl.col("route_reason"))))
+    counts = export(run, ExportConfig(test_share=0.0))
+    assert counts["dropped"] == {"both_incorrect": 2, "awaiting_labels": 1} and counts["by_source"] == {"auto": 1}
+    # labeled before the verifier found both answers wrong: a preference between two wrong answers is still left out
+    labeled = pl.DataFrame({"pair_id": [ids[0]], "preference": ["chosen"], "agreement": [1.0], "n_labels": [1],
+                            "human_confidence": [0.9], "method": ["majority"]})
+    selected, dropped = select_pairs(run.read("pairs"), labeled, ExportConfig())
+    assert dropped == {"both_incorrect": 2, "awaiting_labels": 1} and ids[0] not in selected["pair_id"].to_list()
 
 
 def test_selection_by_source_margin_and_length(labeled_run):

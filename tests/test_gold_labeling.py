@@ -3,6 +3,7 @@ annotator can call, answers mapped back to an accuracy per annotator, a careless
 gold never exported; and the one resolution (Dawid-Skene with gold) that pull and export share."""
 
 import json
+import re
 
 import polars as pl
 import pytest
@@ -107,4 +108,13 @@ def test_gold_is_mixed_in_unmarked_and_measures_annotators(argilla_client, prefa
     exported = (run.path / "exports" / "dpo_train.jsonl").read_text() + (run.path / "exports" / "dpo_test.jsonl").read_text()
     assert "Extra question" not in exported
     card = (run.path / "exports" / "README.md").read_text()
-    assert "Estimated label accuracy" in card and "Dawid-Skene" in card and "(flagged)" in card
+    assert "Estimated label accuracy" in card and "one-coin Bayesian model" in card and "(flagged)" in card
+    # both annotators answered enough gold pairs: the human accuracy is measured, with an interval, and below 100%
+    human = next(line for line in card.splitlines() if line.startswith("- human ("))
+    stated = float(re.search(r"\): ([\d.]+)% right, 90% interval", human).group(1))
+    assert "measured:" in human and "assumed" not in human and 50 < stated < 100, human
+    # the report puts each annotator's stated accuracy beside the one their gold answers measure
+    result = prefab("report", "--run", run.path)
+    assert result.exit_code == 0, result.output
+    html = (run.path / "report.html").read_text()
+    assert 'alt="annotator accuracy stated vs measured"' in html and f"{stated / 100:.1%}</strong> right as stated" in html

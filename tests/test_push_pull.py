@@ -203,7 +203,10 @@ def test_judge_vs_human_with_and_without_ties(tmp_path):
     out = judge_vs_human(resolved, judge)
     # judge: p0..p7 = chosen, chosen, tie, chosen, chosen, chosen, tie, chosen
     # with ties over p0,p1,p2,p3,p5,p6: agree p0,p2,p3,p5 -> 4/6
-    assert out["with_ties"] == {"agreement": pytest.approx(4 / 6, abs=1e-4), "kappa": out["with_ties"]["kappa"], "n": 6}
+    # Cohen's kappa by its formula: judge chosen 4, rejected 0, tie 2; humans chosen 3, rejected 2, tie 1
+    observed, expected = 4 / 6, (4 * 3 + 0 * 2 + 2 * 1) / 6 ** 2
+    kappa = (observed - expected) / (1 - expected)
+    assert out["with_ties"] == {"agreement": pytest.approx(4 / 6, abs=1e-4), "kappa": pytest.approx(kappa, abs=1e-4), "n": 6}
     # without ties: p0,p1,p3,p5 -> 3/4
     assert out["without_ties"]["agreement"] == 0.75 and out["without_ties"]["n"] == 4
     assert out["both_bad"] == 1
@@ -266,7 +269,7 @@ def total(client, dataset_id) -> int:
 
 
 def test_push_twice_keeps_one_record_per_human_pair(argilla, prefab, tmp_path):
-    run, _ = make_run(tmp_path / unique("twice"), 8, labeling=LabelingConfig(guidelines="Prefer the correct sum.", min_submitted=2))
+    run, _ = make_run(tmp_path / unique("twice"), 8, labeling=LabelingConfig(guidelines="Prefer the correct sum.", min_submitted=2, redundancy="fixed"))
     human = run.read("pairs").filter(pl.col("route") == "human")["pair_id"].to_list()
     assert len(human) == 4
 
@@ -300,7 +303,7 @@ def test_push_twice_keeps_one_record_per_human_pair(argilla, prefab, tmp_path):
 
 
 def test_pull_maps_answers_back_resolves_and_measures_agreement(argilla, prefab, tmp_path):
-    run, _ = make_run(tmp_path / unique("pulled"), 8, labeling=LabelingConfig(min_submitted=2))
+    run, _ = make_run(tmp_path / unique("pulled"), 8, labeling=LabelingConfig(min_submitted=2, redundancy="fixed", aggregation="majority"))
     assert prefab("push", "--run", run.path).exit_code == 0
     pairs = run.read("pairs").filter(pl.col("route") == "human")
     texts = {r["candidate_id"]: r["text"] for r in run.read("candidates").iter_rows(named=True)}
@@ -350,7 +353,10 @@ def test_pull_maps_answers_back_resolves_and_measures_agreement(argilla, prefab,
     assert stats["raw_agreement"] == pytest.approx(2 / 3, abs=1e-3)
     assert stats["cohen_kappa"]["|".join(sorted([n1, n2]))]["n"] == 3
     # judge: pair 0 chosen, 1 tie, 2 chosen, 3 tie (tests/labeling_runs.py); humans: chosen, -, tie, -
-    assert stats["judge_human"]["with_ties"] == {"agreement": 0.5, "kappa": stats["judge_human"]["with_ties"]["kappa"], "n": 2}
+    # Cohen's kappa by its formula on (chosen, chosen), (chosen, tie): observed 1/2, expected (2 * 1 + 0 * 1) / 2 ** 2 = 1/2
+    observed, expected = 1 / 2, (2 * 1 + 0 * 1) / 2 ** 2
+    kappa = (observed - expected) / (1 - expected)
+    assert stats["judge_human"]["with_ties"] == {"agreement": 0.5, "kappa": pytest.approx(kappa, abs=1e-4), "n": 2}
     assert stats["judge_human"]["without_ties"]["n"] == 1
 
     # a response deleted on the server: its label is kept, marked missing

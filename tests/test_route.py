@@ -95,6 +95,35 @@ def test_human_budget_keeps_the_most_uncertain():
     assert (out["route"] == "human").sum() == 3
 
 
+def checked(statuses: dict[str, str]) -> pl.DataFrame:
+    """verifications rows: candidate_id -> status."""
+    return pl.DataFrame([{"candidate_id": c, "prompt_id": "p", "verifier": "math", "status": s, "answer": None, "reference": "6",
+                          "error": None, "score": None, "check_key": c} for c, s in statuses.items()], schema=TABLES["verifications"])
+
+
+def test_a_pair_of_two_wrong_answers_is_dropped_and_spends_no_budget():
+    pairs = pairs_table([
+        {"pair_id": "wrong", "chosen_id": "w1", "rejected_id": "w2", "margin": 0.1},
+        {"pair_id": "no_final", "chosen_id": "w1", "rejected_id": "u", "margin": 0.1},
+        {"pair_id": "undecided", "chosen_id": "w2", "rejected_id": "e", "margin": 0.5},  # the verifier could not check e
+        {"pair_id": "unchecked", "chosen_id": "c", "rejected_id": "r", "margin": 0.4},  # no reference answer
+    ])
+    verifications = checked({"w1": "incorrect", "w2": "incorrect", "u": "unparseable", "e": "error"})
+    scores = judgments_frame({"w1": 3.0, "w2": 2.9, "u": 2.9, "e": 2.5, "c": 3.0, "r": 2.6})
+    out, info = route_pairs(pairs, no_verdicts(), scores, RouteConfig(human_budget=2, audit_share=0), verifications=verifications)
+    got = dict(zip(out["pair_id"], zip(out["route"], out["route_reason"])))
+    # the two dropped pairs are the most uncertain by margin, yet the budget of 2 goes to the pairs people can decide
+    assert got == {"wrong": ("dropped", "both_incorrect"), "no_final": ("dropped", "both_incorrect"),
+                   "undecided": ("human", "low_margin"), "unchecked": ("human", "low_margin")}
+    assert out.filter(pl.col("route") == "dropped")["confidence"].null_count() == 2 and info["human_share"] == 0.5
+    # an answer with no final answer counts as wrong only as the pair stage counts it (verify.reject_unparseable)
+    out, _ = route_pairs(pairs, no_verdicts(), scores, RouteConfig(audit_share=0), verifications=verifications, reject_unparseable=False)
+    assert out["route"].to_list() == ["dropped", "human", "human", "human"]
+    # without verifications nothing is dropped
+    out, _ = route_pairs(pairs, no_verdicts(), scores, RouteConfig(audit_share=0))
+    assert out["route"].to_list() == ["human"] * 4
+
+
 # ---------------------------------------------------------------- the stage, with a pairwise judge on a real server
 
 PROMPTS = ["Name a prime number.", "What colour is the sky?", "Spell 'cat' backwards."]

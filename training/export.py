@@ -38,19 +38,21 @@ PREFERENCES = ("chosen", "rejected", "tie", "both_bad")
 
 # ---------------------------------------------------------------- selection
 
-def human_preferences(run: Run, labeling: LabelingConfig | None = None) -> pl.DataFrame:
-    """pair_id -> resolved human preference with its confidence. Re-resolved from `labels` when present, by the
-    same resolution pull uses (labeling/aggregate.py: aggregation, tie rule with the judge's verdicts, flagged
-    annotators), so an edited label counts even before the next pull rewrites `resolved`."""
+def human_preferences(run: Run, labeling: LabelingConfig | None = None):
+    """(pair_id -> resolved human preference with its confidence, the resolution). Re-resolved from `labels` when
+    present, by the same resolution pull uses (labeling/aggregate.py: aggregation, tie rule with the judge's verdicts,
+    flagged annotators), so an edited label counts even before the next pull rewrites `resolved`."""
     labeling = labeling or LabelingConfig()
+    resolution = None
     if run.has("labels"):
         from labeling.aggregate import resolve_run
 
-        resolved, _ = resolve_run(run, labeling)
+        resolution = resolve_run(run, labeling)
+        resolved = resolution.resolved
     else:
         resolved = run.read_or_empty("resolved")
     return resolved.filter((pl.col("status") == "resolved") & pl.col("preference").is_not_null()).select(
-        "pair_id", "preference", "agreement", "n_labels", pl.col("confidence").alias("human_confidence"), "method")
+        "pair_id", "preference", "agreement", "n_labels", pl.col("confidence").alias("human_confidence"), "method"), resolution
 
 
 def select_pairs(pairs: pl.DataFrame, preferences: pl.DataFrame, config: ExportConfig) -> tuple[pl.DataFrame, dict]:
@@ -77,6 +79,10 @@ def select_pairs(pairs: pl.DataFrame, preferences: pl.DataFrame, config: ExportC
             dropped[reason] = dropped.get(reason, 0) + n
         df = df.filter(~mask)
 
+    # left out by the route stage (pipeline/route.py: both answers verified wrong), under its reason, even if labeled
+    left_out = pl.col("route") == "dropped"
+    for reason in df.filter(left_out)["route_reason"].fill_null("dropped").unique(maintain_order=True).to_list():
+        drop(left_out & (pl.col("route_reason").fill_null("dropped") == reason), reason)
     drop(pl.col("source") == "pending", "awaiting_labels")
     drop(~pl.col("source").is_in(config.sources), "source_not_selected")
     drop((pl.col("preference") == "tie") & (config.ties == "drop"), "human_tie")
@@ -350,7 +356,8 @@ def export(run: Run, config: ExportConfig, *, labeling: LabelingConfig | None = 
     if push_to_hub and os.environ.get("HF_HUB_OFFLINE") == "1":  # before anything is written
         raise ExportError(f"cannot push to {push_to_hub}: HF_HUB_OFFLINE=1", hint="unset HF_HUB_OFFLINE and log in (hf auth login) to push")
     pairs = run.read("pairs")
-    selected, dropped = select_pairs(pairs, human_preferences(run, labeling), config)
+    preferences, resolution = human_preferences(run, labeling)
+    selected, dropped = select_pairs(pairs, preferences, config)
     df, n_equal = attach_texts(selected, run.read("prompts"), run.read("candidates"), drop_equal=config.drop_equal)
     if n_equal:
         dropped["equal_sides"] = n_equal
@@ -401,7 +408,7 @@ def export(run: Run, config: ExportConfig, *, labeling: LabelingConfig | None = 
                           "test": grpo.filter(pl.col("split") == "test").height,
                           "with_reference": grpo.filter(pl.col("reference_answer").is_not_null()).height,
                           "with_tests": grpo.filter(pl.col("tests").is_not_null()).height}
-    card = dataset_card(run, df, counts, config, files, config_hash)
+    card = dataset_card(run, df, counts, config, files, config_hash, resolution, labeling or LabelingConfig())
     for name, (rows, _) in files.items():
         atomic_write_text(out_dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     for stem in [s for f in config.formats for s in FILES[f]]:  # a split that is now empty must not linger
@@ -448,7 +455,8 @@ def _stats(s: pl.Series) -> str:
     return f"{s.min()} / {int(s.median())} / {s.mean():.1f} / {s.max()}"
 
 
-def dataset_card(run: Run, df: pl.DataFrame, counts: dict, config: ExportConfig, files: dict, config_hash: str | None) -> str:
+def dataset_card(run: Run, df: pl.DataFrame, counts: dict, config: ExportConfig, files: dict, config_hash: str | None,
+                 resolution=None, labeling: LabelingConfig | None = None) -> str:
     """README.md beside the files: what made the data and what is in it (Hugging Face card front matter)."""
     manifest = run.manifest()
     candidates = run.read_or_empty("candidates")
@@ -482,7 +490,10 @@ def dataset_card(run: Run, df: pl.DataFrame, counts: dict, config: ExportConfig,
     lines += [f"| route: {k} | {v} |" for k, v in counts["by_route"].items()]
     lines += [f"| dropped: {k} | {v} |" for k, v in counts["dropped"].items()]
     lines += kto_lines(counts.get("kto")) + grpo_lines(counts.get("grpo"))
-    lines += ["", "## Estimated label accuracy", ""] + accuracy_lines(run, df)
+    lines += ["", "## Estimated label accuracy", "",
+              "Stated: how often the exported labels are right, with a 90% interval. *Measured* rests on human-labeled gold "
+              "pairs; *assumed* rests on a stated prior that gold answers have not (yet) replaced.", ""]
+    lines += accuracy_lines(run, df, resolution, labeling or LabelingConfig())
     agreement = manifest.get("stages", {}).get("pull", {}).get("agreement") or {}
     agree = [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
              for k, v in agreement.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -531,41 +542,67 @@ def grpo_lines(grpo: dict | None) -> list[str]:
             "a correct final answer, else 0.0; for code, the share of tests passed"]
 
 
-def accuracy_lines(run: Run, df: pl.DataFrame) -> list[str]:
-    """The dataset card's statement of how often the exported labels are right, per source, and how that was estimated."""
+def accuracy_lines(run: Run, df: pl.DataFrame, resolution=None, labeling: LabelingConfig | None = None) -> list[str]:
+    """The dataset card's statement of how often the exported labels are right, per source: how much, with what
+    interval, and whether measured on gold or assumed."""
+    labeling = labeling or LabelingConfig()
     out = []
     routing = run.stage_info("route").get("routing") or {}
     by_verifier = (pl.col("source") == "auto") & is_verified()
     verified = df.filter(by_verifier)
     if verified.height:
-        out.append(f"- verified ({verified.height} pairs): the chosen response's final answer matches the prompt's reference answer "
-                   "and the rejected one's does not (math-verify); right as far as the reference answers are")
+        out.append(f"- verified ({verified.height} pairs): assumed right as far as the reference answers are: the chosen response's "
+                   "final answer matches the prompt's reference answer and the rejected one's does not (math-verify); not "
+                   "measured on gold")
     for source in ("human", "auto"):
         part = df.filter((pl.col("source") == source) & ~by_verifier)
         if part.is_empty():
             continue
         known = part["label_confidence"].drop_nulls()
         if source == "human" and known.len():
-            method = part["method"].drop_nulls()
-            how = ("Dawid-Skene posterior (crowd-kit), annotators weighed by their estimated reliability, gold answers included"
-                   if method.len() and method[0] == "dawid_skene" else "share of annotators behind the majority (not a probability)")
-            out.append(f"- human ({part.height} pairs): {known.mean():.1%} estimated right ({how})")
+            out.append(human_line(part, known, resolution, labeling))
         elif source == "auto" and known.len() == part.height:
-            interval = (f", 95% interval for all auto pairs of the run {routing['auto_low']:.1%} to {routing['auto_high']:.1%}"
+            level = routing.get("auto_level", 0.95)
+            interval = (f"; {level:.0%} interval for all auto pairs of the run {routing['auto_low']:.1%} to {routing['auto_high']:.1%}"
                         if routing.get("auto_low") is not None else "")
-            out.append(f"- auto ({part.height} pairs): {known.mean():.1%} estimated right (the judges' confidence calibrated on "
+            out.append(f"- auto ({part.height} pairs): {known.mean():.1%} right, measured: the judges' confidence calibrated on "
                        f"{run.stage_info('calibrate').get('gold_pairs', '?')} human-labeled gold pairs, signal "
-                       f"`{routing.get('signal', '?')}`{interval}; assumes the run's pairs are like the gold ones)")
+                       f"`{routing.get('signal', '?')}`{interval}; assumes the run's pairs are like the gold ones")
         else:
             out.append(f"- {source} ({part.height} pairs): unknown" + (" (no gold calibration: run `prefab calibrate`)"
                                                                        if source == "auto" else " (no label confidence)"))
     if run.has("annotators"):
-        quality = run.read("annotators").filter(pl.col("gold_answers") > 0)
-        for r in quality.iter_rows(named=True):
+        for r in run.read("annotators").iter_rows(named=True):
             flag = " (flagged)" if r["flagged"] else ""
-            out.append(f"- annotator {r['annotator']}: {r['gold_accuracy']:.1%} right on {r['gold_answers']} gold pairs "
-                       f"[{r['gold_low']:.2f}, {r['gold_high']:.2f}]{flag}")
+            measured = (f"measured {r['gold_accuracy']:.1%} right on {r['gold_answers']} gold pairs [{r['gold_low']:.2f}, {r['gold_high']:.2f}]"
+                        if r["gold_answers"] else "no gold answers yet")
+            estimated = (f"; estimated {r['reliability']:.1%} [{r['reliability_low']:.2f}, {r['reliability_high']:.2f}] ({r['basis']})"
+                         if r.get("reliability_low") is not None else "")
+            out.append(f"- annotator {r['annotator']}: {measured}{estimated}{flag}")
     return out or ["- unknown"]
+
+
+def human_line(part: pl.DataFrame, known: pl.Series, resolution, labeling: LabelingConfig) -> str:
+    """The human source's line: the model's stated accuracy and interval, or what the aggregation gives."""
+    method = part["method"].drop_nulls()
+    method = method[0] if method.len() else None
+    n = part.height
+    if method == "bayesian" and resolution is not None and resolution.model is not None:
+        # the preference as resolved (before export swapped the sides) and the pairs that carry a confidence
+        sided = part.filter(pl.col("human_confidence").is_not_null())
+        stated = resolution.model.stated(sided["pair_id"].to_list(), sided["preference"].to_list())
+        quality = resolution.annotators
+        gold = int(quality["gold_answers"].sum()) if quality.height else 0
+        assumed = quality.filter(pl.col("basis") != "measured")["annotator"].to_list()
+        basis = (f"assumed: annotator accuracy from the prior {resolution.prior.describe()} (labeling.prior_accuracy), moved by "
+                 f"{gold} gold answer(s) and by agreement; fewer than {labeling.min_gold_answers} gold answers for "
+                 f"{', '.join(assumed)}") if assumed else f"measured: every annotator's accuracy rests on gold answers ({gold} in all)"
+        return (f"- human ({n} pairs): {stated['stated']:.1%} right, 90% interval {stated['low']:.1%} to {stated['high']:.1%}; "
+                f"{basis} (one-coin Bayesian model, the judge's calibrated confidence as each pair's prior)")
+    if method == "dawid_skene":
+        return (f"- human ({n} pairs): {known.mean():.1%} by Dawid-Skene's posterior (crowd-kit), not an honest probability with "
+                "few labels, one annotator or no gold answers: no interval")
+    return f"- human ({n} pairs): {known.mean():.1%} of annotators behind the majority (agreement, not a probability)"
 
 
 def _datasets(files: dict) -> dict:

@@ -21,6 +21,8 @@ import numpy as np
 import polars as pl
 from scipy.special import expit, logit
 
+from pipeline.calibrate import outward
+
 SIDES = ("chosen", "rejected")
 CLIP = 1e-3  # a pair prior of exactly 0 or 1 would let no label move it
 DRAWS = 400  # posterior draws kept, for confidences and intervals
@@ -80,7 +82,8 @@ class Fit:
         rng = np.random.default_rng(seed)
         realised = (rng.random(right.shape) < right).mean(axis=1)
         low, high = np.quantile(realised - realised.mean(), [(1 - LEVEL) / 2, (1 + LEVEL) / 2]) + stated
-        return {"pairs": len(pair_ids), "stated": stated, "low": float(max(low, 0.0)), "high": float(min(high, 1.0))}
+        low, high = outward(low, high, len(pair_ids))
+        return {"pairs": len(pair_ids), "stated": stated, "low": low, "high": high}
 
 
 def _sample(prior_logits: np.ndarray, task_of: np.ndarray, worker_of: np.ndarray, sign: np.ndarray, n_workers: int,

@@ -372,6 +372,8 @@ def demo_instructions(run_dir: str, *, url: str | None = None, annotators: list[
         f"     which response is better (A, B, tie, or both bad), then Submit.\n"
         f"  4. Bring the labels back, mapped to chosen/rejected, with agreement statistics:\n"
         f"       prefab pull --run {run_dir}            (add --watch to keep pulling as labels arrive)\n"
+        f"     A pair still below the target confidence stays in the queue for another annotator (never the one who\n"
+        f"     labeled it); a settled one leaves it. What each pair still needs: prefab status --run {run_dir}\n"
         f"  5. Export the preference data for training:\n"
         f"       prefab export --run {run_dir}\n"
         f"  Stop the server with: prefab labeling down\n"

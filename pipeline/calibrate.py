@@ -92,6 +92,11 @@ def calibrator(confidence: list[float], correct: list[float]):
     return lambda values: np.round(model.predict(np.asarray(values, dtype=float)), 6)
 
 
+def outward(low: float, high: float, n: int) -> tuple[float, float]:
+    """An interval for the share of n items that is right, widened to shares n items can have (k / n, in [0, 1])."""
+    return max(0.0, float(np.floor(low * n + 1e-9)) / n), min(1.0, float(np.ceil(high * n - 1e-9)) / n)
+
+
 def calibrated_draws(confidence, correct, values, draws: int, seed: int = 0) -> np.ndarray:
     """(draws, len(values)): the calibrator refitted on resamples of the gold pairs, applied to values; how much the
     calibrated probabilities could move with another sample of gold pairs of the same size."""

@@ -33,7 +33,7 @@ the human share. Without gold the accuracy of auto pairs is unknown, and the sta
 import numpy as np
 import polars as pl
 
-from pipeline.calibrate import SIGNALS, calibrated_draws, calibrator, coverage_curve, pick_threshold, score_span, support
+from pipeline.calibrate import SIGNALS, calibrated_draws, calibrator, coverage_curve, outward, pick_threshold, score_span, support
 from pipeline.pair import VERIFIED, is_verified, wrong_statuses
 from pipeline.progress import console, summary
 from pipeline.queries import messages_of
@@ -201,6 +201,7 @@ def predicted_accuracy(gold: pl.DataFrame, auto_values: list[float], seed: int =
     shares = (rng.random(draws.shape) < draws).mean(axis=1)
     # the spread of the refits, centred on the fit: a refit on resampled gold is noisier than the fit on all of it
     low, high = np.percentile(shares - shares.mean(), [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2]) + np.mean(auto_confidence)
+    low, high = outward(low, high, len(auto_values))
     return {"auto_predicted_accuracy": round(float(np.mean(auto_confidence)), 4), "auto_low": round(float(low), 4),
             "auto_high": round(float(high), 4), "auto_level": LEVEL}
 

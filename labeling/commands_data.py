@@ -55,7 +55,7 @@ def pull(run_dir, config_path, watch, interval):
 
     run = open_run(run_dir)
     config = load_run_config(run_dir, config_path)
-    client = connect()
+    client = connect(run)
     if not watch:
         print_summary(pull_stage(run, config, client))
         return

@@ -10,6 +10,9 @@ Transient failures (connection errors, 429, 5xx) are retried with exponential ba
 idempotent, so a retried batch cannot duplicate anything.
 """
 
+import os
+import shutil
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,12 +83,28 @@ def server_errors():
                                  "same command again: what was already sent is updated, never duplicated") from e
 
 
-def connect():
-    """The argilla.Argilla client for the configured server, with a clear error when it is down."""
+def connect(run: Run | None = None):
+    """The argilla.Argilla client for the configured server, with a clear error when it is down. With a run: the
+    embedded server it pushed to (its home is in the manifest, never its key), unless the environment names one."""
     from labeling.launcher import client
 
     with server_errors():
-        return client()
+        return client(server_home(run))
+
+
+def server_home(run: Run | None) -> Path | None:
+    """The labeling home a run pushed to, when the environment names none and that home still exists."""
+    if run is None or os.environ.get("PREFAB_LABELING_HOME") or os.environ.get("PREFAB_HOME") or os.environ.get("ARGILLA_API_URL"):
+        return None
+    home = run.stage_info("push").get("labeling_home")
+    return Path(home) if home and (Path(home) / "server.json").exists() else None
+
+
+def server_address(client) -> dict:
+    """Where the run's labels live, for later commands: the server's URL and, when embedded, its home."""
+    from labeling.launcher import default_home, external
+
+    return {"url": client.api_url} | ({} if external() else {"labeling_home": str(default_home().resolve())})
 
 
 def dataset_name(config: Config, run: Run) -> str:
@@ -329,7 +348,7 @@ def push(run: Run, config: Config, client) -> dict:
     counts = {"dataset": name, "workspace": labeling.workspace, "dataset_id": str(dataset.id), "dataset_created": created,
               "pushed": len(records), "gold_pushed": n_gold, "created": new, "updated": len(records) - new,
               "not_pushed": pairs.height - (selected.height - n_gold), "routes": ",".join(labeling.routes),
-              "judge_hint": labeling.judge_hint, "redundancy": labeling.redundancy}
+              "judge_hint": labeling.judge_hint, "redundancy": labeling.redundancy, **server_address(client)}
     if queue is not None:
         from labeling.queue import budget_info
 
@@ -341,7 +360,19 @@ def push(run: Run, config: Config, client) -> dict:
 
 def step(config: Config, run: Run, **options) -> dict:
     with server_errors():
-        return push(run, config, connect())
+        return push(run, config, connect(run))
+
+
+def prefab_command() -> str:
+    """`prefab` when that is this environment's on PATH, else its path (relative to here when inside it)."""
+    mine = Path(sys.executable).parent / "prefab"
+    found = shutil.which("prefab")
+    if found and Path(found).resolve() == mine.resolve():
+        return "prefab"
+    try:
+        return str(mine.relative_to(Path.cwd()))
+    except ValueError:
+        return str(mine)
 
 
 def demo_instructions(run_dir: str, *, url: str | None = None, annotators: list[tuple[str, str]] | None = None,
@@ -362,8 +393,9 @@ def demo_instructions(run_dir: str, *, url: str | None = None, annotators: list[
     pushed = push_info.get("pushed")
     gold = push_info.get("gold_pushed") or 0
     what = f"{pushed - gold} human-routed pairs" + (f" and {gold} gold pairs (unmarked: they measure the annotators)" if gold else "")
+    prefab = prefab_command()
     logins = "\n".join(f"       {user} / {password}" for user, password in annotators) \
-        or "       (add one: prefab labeling users add NAME --role annotator --workspace prefab)"
+        or f"       (add one: {prefab} labeling users add NAME --role annotator --workspace prefab)"
     return (
         f"The labeling server is running{f' and {what} are in Argilla' if pushed is not None else ''}.\n"
         f"  1. Open {url} in a browser.\n"
@@ -371,10 +403,11 @@ def demo_instructions(run_dir: str, *, url: str | None = None, annotators: list[
         f"  3. Open dataset {dataset!r} (workspace {workspace!r}), read the guidelines, and for each pair pick\n"
         f"     which response is better (A, B, tie, or both bad), then Submit.\n"
         f"  4. Bring the labels back, mapped to chosen/rejected, with agreement statistics:\n"
-        f"       prefab pull --run {run_dir}            (add --watch to keep pulling as labels arrive)\n"
+        f"       {prefab} pull --run {run_dir}            (add --watch to keep pulling as labels arrive)\n"
         f"     A pair still below the target confidence stays in the queue for another annotator (never the one who\n"
-        f"     labeled it); a settled one leaves it. What each pair still needs: prefab status --run {run_dir}\n"
+        f"     labeled it); a settled one leaves it. What each pair still needs: {prefab} status --run {run_dir}\n"
         f"  5. Export the preference data for training:\n"
-        f"       prefab export --run {run_dir}\n"
-        f"  Stop the server with: prefab labeling down\n"
+        f"       {prefab} export --run {run_dir}\n"
+        f"  Stop the server with: {prefab} labeling down\n"
+        + (f"  ({prefab} is this project's; `source {Path(prefab).parent}/activate` puts `prefab` on PATH)\n" if prefab != "prefab" else "")
     )

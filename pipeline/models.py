@@ -18,9 +18,17 @@ EMBEDDED_EMBEDDER = "embedded:all-minilm-l6-v2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+PROJECT_HOME = ".prefab"  # the home `make` gives a project (the Makefile's PREFAB_HOME)
+
+
 def prefab_home() -> Path:
-    """Where prefab keeps converted models and the labeling server (PREFAB_HOME, default ~/.cache/prefab)."""
-    return Path(os.environ.get("PREFAB_HOME", Path.home() / ".cache" / "prefab"))
+    """Where prefab keeps converted models and the labeling server: PREFAB_HOME; else the current project's .prefab/
+    when there is one, so a new shell in the project finds what `make demo` started; else ~/.cache/prefab."""
+    if os.environ.get("PREFAB_HOME"):
+        return Path(os.environ["PREFAB_HOME"])
+    if Path(PROJECT_HOME).is_dir():
+        return Path(PROJECT_HOME).resolve()
+    return Path.home() / ".cache" / "prefab"
 
 
 def smollm2_checkpoint() -> Path:

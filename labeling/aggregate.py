@@ -16,12 +16,16 @@ the model's estimate of their accuracy, and a flag below `min_annotator_accuracy
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from labeling.agreement import CATEGORIES, submitted
 from pipeline.calibrate import wilson
 from pipeline.schema import TABLES, empty
+
+if TYPE_CHECKING:  # the model's module loads scipy: not at import time
+    from labeling.posterior import Fit, Prior
 
 GOLD_TRUTH = "chosen"  # gold records are oriented so that the people's choice is "chosen"
 BREAK_SECONDS = 600  # a gap longer than this between two submissions is a break, not labeling time

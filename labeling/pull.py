@@ -18,7 +18,7 @@ from labeling.push import call, fetch_records, gold_mapping, server_errors, user
 from pipeline.config import Config, LabelingConfig
 from pipeline.errors import LabelingError
 from pipeline.progress import console, summary
-from pipeline.schema import TABLES, empty
+from pipeline.schema import TABLES
 from pipeline.store import Run
 
 KEY = ["pair_id", "annotator"]

@@ -171,9 +171,18 @@ def score_span(judge_cfg) -> float | None:
 # ---------------------------------------------------------------- running the judges on gold
 
 
-def judge_gold(gold: pl.DataFrame, judge_cfg, cache) -> pl.DataFrame:
+def gold_calls(n_gold: int, judge_cfg) -> int:
+    """Calls calibrate makes on n_gold pairs (before parse retries): both responses scored (one call per aspect with
+    `scoring: logprobs`), and both orders judged pairwise."""
+    from pipeline.config import RewardModelSpec
+
+    point = sum(1 if isinstance(s, RewardModelSpec) or judge_cfg.scoring == "json" else len(judge_cfg.aspects) for s in judge_cfg.scorers)
+    return 2 * n_gold * (point + (len(judge_cfg.judges) if judge_cfg.pairwise else 0))
+
+
+def judge_gold(gold: pl.DataFrame, judge_cfg, cache, tick=None) -> pl.DataFrame:
     """`gold_judgments`: every scorer's pointwise scores of both responses (LLM judges' rubric, or reward models)
-    and every LLM judge's pairwise verdicts in both orders."""
+    and every LLM judge's pairwise verdicts in both orders. `tick` (pipeline.llm.ticker) counts the calls."""
     from pipeline.judge import score_candidates
 
     chats = [[{"role": m["role"], "content": m["content"]} for m in msgs] for msgs in gold["messages"].to_list()]
@@ -184,9 +193,9 @@ def judge_gold(gold: pl.DataFrame, judge_cfg, cache) -> pl.DataFrame:
         check_spec(spec)
     frames = []
     for label in dict.fromkeys([*pointwise, *pairwise]):
-        points = (score_candidates(pointwise[label], [x for c, a, b in zip(chats, chosen, rejected) for x in ((c, a), (c, b))], judge_cfg, cache)
-                  if label in pointwise else [{"overall": None, "error": None}] * (2 * gold.height))
-        pairs = judge_pairs(pairwise[label], list(zip(chats, chosen, rejected)), cache, judge_cfg) if label in pairwise else [{}] * gold.height
+        points = (score_candidates(pointwise[label], [x for c, a, b in zip(chats, chosen, rejected) for x in ((c, a), (c, b))], judge_cfg, cache,
+                                   tick) if label in pointwise else [{"overall": None, "error": None}] * (2 * gold.height))
+        pairs = judge_pairs(pairwise[label], list(zip(chats, chosen, rejected)), cache, judge_cfg, tick) if label in pairwise else [{}] * gold.height
         rows = []
         for k, gold_id in enumerate(gold["gold_id"].to_list()):
             a, b, p = points[2 * k], points[2 * k + 1], pairs[k]
@@ -299,8 +308,12 @@ def calibration_table(gold: pl.DataFrame, judgments: pl.DataFrame, signals: pl.D
 
 
 def calibrate(gold: pl.DataFrame, judge_cfg, cache) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(gold_judgments, gold_signals, calibration) for the gold pairs."""
-    judgments = judge_gold(gold, judge_cfg, cache)
+    """(gold_judgments, gold_signals, calibration) for the gold pairs; one progress display over every judge's calls."""
+    from pipeline.llm import ticker
+
+    labels = ", ".join(dict.fromkeys(s.label for s in [*judge_cfg.scorers, *(judge_cfg.judges if judge_cfg.pairwise else [])]))
+    with ticker(f"calibrate {labels}", gold_calls(gold.height, judge_cfg)) as tick:
+        judgments = judge_gold(gold, judge_cfg, cache, tick)
     signals = gold_signals(gold, judgments, score_span(judge_cfg))
     return judgments, signals, calibration_table(gold, judgments, signals)
 

@@ -52,9 +52,10 @@ class PrefabGroup(click.Group):
               help="Show third-party progress bars and warnings (transformers, datasets, TRL); else warnings go to RUN/logs/third_party.log.")
 def cli(verbose):
     """prefab: preference data for LLM post-training, from prompts to a labeled, trained-on dataset."""
-    if not verbose:
-        from pipeline.progress import quiet_third_party
+    from pipeline.progress import progress_interval, quiet_third_party
 
+    progress_interval()  # a bad PREFAB_PROGRESS_INTERVAL fails now, not when the first long step starts
+    if not verbose:
         quiet_third_party()
 
 

@@ -104,7 +104,7 @@ def embed_texts(texts: list[str], model: str = EMBEDDED_EMBEDDER, cache_dir: str
         if h not in found and h not in todo:
             todo[h] = t
     if tick and len(texts) > len(todo):
-        tick(len(texts) - len(todo))
+        tick(len(texts) - len(todo), cached=True)
     if todo:
         # longest first, like encode() does inside one call, so chunking costs no extra padding
         order = sorted(todo, key=lambda h: -len(todo[h]))

@@ -61,7 +61,7 @@ def generate_part(prompts: pl.DataFrame, generators: list[GeneratorSpec], cache:
             rows[j] = kept[row["candidate_id"]]
             failed_kept += 1
             if tick:
-                tick(1)
+                tick(1, cached=True)
     df = pl.DataFrame(rows, schema=TABLES["candidates"], orient="row") if rows else pl.DataFrame(schema=TABLES["candidates"])
     return df, {"calls": calls, "cached": cached, "failed_kept": failed_kept}
 
@@ -124,7 +124,7 @@ def step(config, run: Run, retry_failed: bool = False) -> dict:
                 keys.append(content_id("candidates", chunk["prompt_id"].to_list(), settings, retry_failed, sorted(kept))[:12])
                 if parts.has(index, keys[-1]):  # written before a crash: its calls are done
                     counts["parts_resumed"] += 1
-                    tick(per_prompt * chunk.height)
+                    tick(per_prompt * chunk.height, cached=True)
                     continue
                 df, made = generate_part(chunk, generators, cache, kept, tick)
                 parts.write(index, keys[-1], df)

@@ -492,7 +492,7 @@ def step(config, run, **_) -> dict:
                 keys.append(content_id("judgments", part["candidate_id"].to_list(), settings)[:12])
                 if parts.has(index, keys[-1]):
                     resumed += 1
-                    tick(sum(per_item) * part.height)
+                    tick(sum(per_item) * part.height, cached=True)
                     continue
                 # each part's own messages: a join of the two tables held every prompt in its hash table
                 part = part.join(messages_of(run.scan("prompts"), part["prompt_id"]), on="prompt_id", how="inner", maintain_order="left")

@@ -82,7 +82,7 @@ def call_llm(spec: ModelSpec, requests: list[Request], cache: CallCache, descrip
     done = len(requests) - sum(len(v) for v in todo.values())
     if not todo:
         if tick and done:
-            tick(done)
+            tick(done, cached=True)
         return results
     chosen = backend(spec.backend)  # an unknown name fails here, before the progress bar
     work = [(key, requests[idx[0]]) for key, idx in todo.items()]
@@ -146,7 +146,7 @@ def own_ticker(description: str, total: int, done: int, given=None):
     """The caller's tick (advanced by what the cache answered), or a bar of this call's own."""
     if given is not None:
         if done:
-            given(done)
+            given(done, cached=True)
         yield given
         return
     with ticker(description, total, done) as tick:
@@ -155,13 +155,18 @@ def own_ticker(description: str, total: int, done: int, given=None):
 
 @contextmanager
 def ticker(description: str, total: int, done: int = 0):
-    """A progress bar updated at most ~10 times a second: at 1,000+ calls/s per-call updates would cost more than the calls."""
+    """A progress bar updated at most ~10 times a second: at 1,000+ calls/s per-call updates would cost more than the calls.
+    tick(n, cached=True) counts work answered without being done here (the cache, an earlier run's parts): shown as
+    done, left out of the rate."""
     with progress_bar(description, total) as advance:
         if done:
-            advance(done)
+            advance(done, cached=True)
         pending = [0, time.monotonic()]
 
-        def tick(n: int = 1) -> None:
+        def tick(n: int = 1, cached: bool = False) -> None:
+            if cached:
+                advance(n, cached=True)
+                return
             pending[0] += n
             now = time.monotonic()
             if now - pending[1] >= 0.1:

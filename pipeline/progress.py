@@ -1,14 +1,19 @@
-"""Rich progress bars (count, rate, ETA) and end-of-stage summary tables."""
+"""Progress (count, rate, ETA) and end-of-stage summary tables: rich bars on a terminal, plain time-stamped lines
+in a log (output to a file, a pipe, CI), at a steady interval."""
 
 import os
+import threading
 import time
 import warnings
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from pipeline.errors import ConfigError
 
 console = Console(stderr=True)
 THIRD_PARTY = ("torch", "transformers", "trl", "datasets", "accelerate", "peft", "sentence_transformers", "huggingface_hub")
@@ -40,27 +45,147 @@ def quiet_third_party() -> None:
 
 @contextmanager
 def progress_bar(description: str, total: int | None):
-    """Yield advance(n=1, note=None); shows done/total, rate and ETA on stderr, and the last note after the
-    description (a batch's status, which changes while no request finishes)."""
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=False, disable=total == 0) as progress:
-        task = progress.add_task(description, total=total, rate="")
-        first: list[tuple[float, float]] = []  # (done, time) at the first advance: cached work is not part of the rate
+    """Yield advance(n=1, note=None, cached=False); shows done/total, rate and ETA on stderr, and the last note after
+    the description (a batch's status, which changes while no request finishes). Work advanced as `cached` (answered
+    by the call cache or an earlier run's parts) counts toward done but not toward the rate, nor the ETA's speed.
 
-        def advance(n: int = 1, note: str | None = None):
-            if note is not None:
-                progress.update(task, description=f"{description} {note}")
-            progress.advance(task, n)
-            done = progress.tasks[0].completed
-            if not first:
-                first.append((done, time.monotonic()))
-                return
-            elapsed = time.monotonic() - first[0][1]
-            if elapsed > 0:
-                progress.update(task, rate=f"{(done - first[0][0]) / elapsed:.1f}/s")
+    On a terminal it is a rich bar; otherwise (a log file, a pipe, CI) plain lines: one at the start, one every
+    PREFAB_PROGRESS_INTERVAL seconds while it runs, whether or not work finished, and one at the end."""
+    count = _Count(description, total)
+    if total == 0:
+        yield count.advance
+        return
+    if not console.is_terminal:
+        with _log_lines(count):
+            yield count.advance
+        return
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}")]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(description, total=total, rate="", eta="-:--:--")
+
+        def advance(n: int = 1, note: str | None = None, cached: bool = False):
+            count.advance(n, note, cached)
+            rate, eta = count.rate(), count.eta()
+            progress.update(task, description=count.title(), completed=count.done, rate=f"{rate:.1f}/s" if rate else "",
+                            eta=str(timedelta(seconds=round(eta))) if eta is not None else "-:--:--")
 
         yield advance
+
+
+class _Count:
+    """What a progress display shows: done of total, the part done here (not cached), rate and ETA."""
+
+    def __init__(self, description: str, total: int | None):
+        self.description, self.total, self.note = description, total, None
+        self.done = self.cached = 0
+        self.started = time.monotonic()
+
+    def advance(self, n: int = 1, note: str | None = None, cached: bool = False) -> None:
+        if note is not None:
+            self.note = note
+        self.done += n
+        if cached:
+            self.cached += n
+
+    def title(self) -> str:
+        return f"{self.description} {self.note}" if self.note else self.description
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def rate(self) -> float | None:
+        """Items per second done in this process since the display started."""
+        fresh, elapsed = self.done - self.cached, self.elapsed()
+        return fresh / elapsed if fresh > 0 and elapsed > 0 else None
+
+    def eta(self) -> float | None:
+        rate = self.rate()
+        if self.total is None or rate is None:
+            return None
+        return max(self.total - self.done, 0) / rate
+
+    def line(self) -> str:
+        total = "?" if self.total is None else f"{self.total:,}"
+        share = f" ({self.done / self.total:.0%})" if self.total else ""
+        rate, eta = self.rate(), self.eta()
+        return (f"{self.title()}: {self.done:,}/{total}{share}, {f'{rate:.2f}/s' if rate else 'rate -'}, "
+                f"eta {duration(eta) if eta is not None else '-'}, elapsed {duration(self.elapsed())}")
+
+
+def duration(seconds: float) -> str:
+    """12s, 4m05s, 2h03m."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def progress_interval() -> float:
+    """Seconds between plain progress lines: PREFAB_PROGRESS_INTERVAL, default 30."""
+    raw = os.environ.get("PREFAB_PROGRESS_INTERVAL", "").strip()
+    if not raw:
+        return 30.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ConfigError(f"PREFAB_PROGRESS_INTERVAL={raw!r} is not a number of seconds above 0",
+                          hint="set it to e.g. 30 (the default), or unset it")
+    return value
+
+
+def log_line(text: str) -> None:
+    """One plain line on stderr, time-stamped, never wrapped (a log reader greps it)."""
+    console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _log_lines(count: _Count):
+    """A start line, a line per interval from a background thread (a batch of slow calls finishes nothing for
+    minutes, and the log still shows the work is alive), and an end line."""
+    every = progress_interval()
+    log_line(f"{count.description}: start, {'?' if count.total is None else f'{count.total:,}'} to do")
+    stop = threading.Event()
+
+    def report():
+        while not stop.wait(every):
+            log_line(count.line())
+
+    reporter = threading.Thread(target=report, name="prefab-progress", daemon=True)
+    reporter.start()
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        stop.set()
+        reporter.join()
+        rate = count.rate()
+        end = (f"{count.title()}: {'done' if ok else 'stopped at'} {count.done:,}/{'?' if count.total is None else f'{count.total:,}'} "
+               f"in {duration(count.elapsed())}")
+        details = [f"{rate:.2f}/s" if rate else None, f"{count.cached:,} from earlier work" if count.cached else None]
+        log_line(end + (f" ({', '.join(d for d in details if d)})" if any(details) else ""))
+
+
+@contextmanager
+def stage_lines(name: str):
+    """A line as a stage starts and one as it ends (with its time), where output goes to a log rather than a terminal:
+    what a reader of the log looks for first. On a terminal the bars and summary tables say it."""
+    if console.is_terminal:
+        yield
+        return
+    started = time.monotonic()
+    log_line(f"stage {name}: start")
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        log_line(f"stage {name}: {'done' if ok else 'failed'} in {duration(time.monotonic() - started)}")
 
 
 def summary(title: str, rows: dict) -> None:

@@ -101,7 +101,7 @@ def reward_scores(spec, items: list[tuple[list[dict], str]], cache: CallCache, d
     hits = cache.get_many(list(dict.fromkeys(keys)))
     todo = [j for j, k in enumerate(keys) if k not in hits]
     if tick and len(todo) < len(keys):
-        tick(len(keys) - len(todo))
+        tick(len(keys) - len(todo), cached=True)
     if todo:
         model, tokenizer, device = load(spec)
         ids = [encode(tokenizer, *items[j], spec.max_length) for j in todo]

@@ -243,7 +243,7 @@ def judge_pairs_in_parts(run, pairs: pl.DataFrame, judge_cfg) -> pl.DataFrame:
                 part = pairs[start : start + size]
                 keys.append(content_id("pair_judgments", part.select("pair_id", "chosen_id", "rejected_id").rows(), settings)[:12])
                 if parts.has(index, keys[-1]):
-                    tick(per_pair * part.height)
+                    tick(per_pair * part.height, cached=True)
                     continue
                 parts.write(index, keys[-1], pairwise_table(part, candidates, prompts, judge_cfg, cache, tick))
     finally:

@@ -12,7 +12,7 @@ from pipeline import registry
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.llm import spending_limit
-from pipeline.progress import third_party_log
+from pipeline.progress import stage_lines, third_party_log
 from pipeline.store import Run
 
 
@@ -43,7 +43,7 @@ def run_step(stage: str, config: Config, run: Run, **options) -> dict:
     """Run one stage; on success record its counts and the config it ran with in the manifest."""
     module = registry.stages()[stage]
     third_party_log[:] = [run.path / "logs" / "third_party.log"]  # where quieted third-party warnings go
-    with run.stage(stage) as info, spending_limit(config.budget_usd):
+    with stage_lines(stage), run.stage(stage) as info, spending_limit(config.budget_usd):
         counts = module.step(config, run, **options) or {}
         info.update(counts)
         info["config_hash"] = section_hash(config, stage)

@@ -75,7 +75,9 @@ def export(run_dir, config_path, formats, sources, min_margin, min_confidence, s
 @click.option("--resume", is_flag=True, help="Resume from the newest checkpoint in the output dir.")
 def train(method, data, config_path, sets, model, output_dir, eval_data, resume):
     """Train with TRL's DPOTrainer, SFTTrainer, KTOTrainer, GRPOTrainer (the verifier as reward) or RewardTrainer (a reward model for judge.reward_models) on an exported JSONL file; metrics.json beside the model."""
-    from pipeline.progress import summary
+    from contextlib import nullcontext
+
+    from pipeline.progress import stage_lines, summary
     from training.train import parse_sets, train as run_training
 
     overrides = parse_sets(list(sets))
@@ -83,16 +85,22 @@ def train(method, data, config_path, sets, model, output_dir, eval_data, resume)
         overrides["model"] = model
     if output_dir:
         overrides["output_dir"] = output_dir
-    metrics = run_training(method, data, config_path, overrides, eval_data=eval_data, resume=resume)
-    if os.environ.get("RANK", "0") == "0":  # under accelerate/torchrun every process returns here; one prints
+    first = os.environ.get("RANK", "0") == "0"  # under accelerate/torchrun every process runs this; one prints
+    with stage_lines(f"train {method}") if first else nullcontext():
+        metrics = run_training(method, data, config_path, overrides, eval_data=eval_data, resume=resume)
+    if first:
         summary(f"train {method}", {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and v is not None})
 
 
 @click.command(name="eval")
 @click.option("--base", required=True, help="The model before training (embedded:smollm2 or a checkpoint folder).")
 @click.option("--candidate", required=True, help="The trained model (a checkpoint folder).")
-@click.option("--prompts", required=True, type=click.Path(dir_okay=False), help="Held-out prompts: an export's test split or {prompt}/{messages} JSONL.")
-@click.option("--judge", default="embedded:smollm2", show_default=True, help="Judge model (transformers), or a served model name with --judge-base-url.")
+@click.option("--prompts", type=click.Path(dir_okay=False),
+              help="Held-out prompts: an export's test split or {prompt}/{messages} JSONL (default with --run: its dpo_test.jsonl).")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="Judge as this run's judge did (its config's judge: section).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Judge with this config's judge: section (with --run: instead of the run's).")
+@click.option("--judge", help="Judge model: one of the config's judges by name (default its first), else a transformers model "
+                              "(default embedded:smollm2, scoring: logprobs) or a served model name with --judge-base-url.")
 @click.option("--judge-base-url", help="OpenAI-compatible server of the judge (OpenAI, vLLM, ...).")
 @click.option("--judge-api-key-env", help="Environment variable holding the judge's API key.")
 @click.option("--test", "test_file", type=click.Path(dir_okay=False), help="DPO test split (dpo_test.jsonl): also the implicit-reward accuracy.")
@@ -100,12 +108,24 @@ def train(method, data, config_path, sets, model, output_dir, eval_data, resume)
 @click.option("--max-tokens", type=int, default=256, show_default=True, help="Answer length limit.")
 @click.option("--limit", type=int, help="Use at most this many prompts.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where eval.json, eval_rows.jsonl and the call cache go (default CANDIDATE/eval).")
-def evaluate(base, candidate, prompts, judge, judge_base_url, judge_api_key_env, test_file, beta, max_tokens, limit, out_dir):
+def evaluate(base, candidate, prompts, run_dir, config_path, judge, judge_base_url, judge_api_key_env, test_file, beta, max_tokens, limit, out_dir):
     """Win rate of a trained model against its base on held-out prompts, judged pairwise in both orders."""
-    from training.eval import default_out, evaluate as run_eval, judge_spec, print_summary, read_prompts
+    from pathlib import Path
 
-    summary = run_eval(base, candidate, read_prompts(prompts, limit), judge_spec(judge, judge_base_url, judge_api_key_env),
-                       out_dir or default_out(candidate), max_tokens=max_tokens, test_file=test_file, beta=beta)
+    from pipeline.config import load_config
+    from pipeline.progress import stage_lines
+    from training.eval import choose_judge, default_out, evaluate as run_eval, print_summary, read_prompts
+
+    config = load_run_config(run_dir, config_path) if run_dir else load_config(config_path) if config_path else None
+    if prompts is None:
+        if not run_dir:
+            raise click.UsageError("pass --prompts FILE (e.g. RUN/exports/dpo_test.jsonl), or --run RUN to use its test split")
+        exports = Path(config.export.out_dir) if config.export and config.export.out_dir else Path(run_dir) / "exports"
+        prompts = exports / "dpo_test.jsonl"
+    spec, settings = choose_judge(config.judge if config else None, judge, judge_base_url, judge_api_key_env)
+    with stage_lines("eval"):
+        summary = run_eval(base, candidate, read_prompts(prompts, limit), spec, out_dir or default_out(candidate), judge_config=settings,
+                           max_tokens=max_tokens, test_file=test_file, beta=beta)
     print_summary(summary)
 
 

@@ -1,7 +1,8 @@
 """`prefab eval`: did the data make the model better? Win rate of a candidate against its base.
 
 Both models answer held-out prompts (pipeline.llm, transformers backend, greedy); the pairwise judge of
-pipeline.judge compares each pair of answers in both orders. Each prompt scores 1 (candidate wins both
+pipeline.judge compares each pair of answers in both orders, with the judge settings a run used (its config's
+`judge:` section), or for a model alone `scoring: logprobs` where it is local or embedded. Each prompt scores 1 (candidate wins both
 orders), 0 (base wins both) or in between (ties, or the judge flipping with the order). Reported:
 win/tie/loss rates with Wilson intervals, the win rate (ties half) with a bootstrap interval, and a
 length-controlled win rate: a logistic regression of the score on the (tanh-squashed, standardised)
@@ -16,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.backends import Result
-from pipeline.config import JudgeConfig, ModelSpec
+from pipeline.config import EMBEDDED_LLM, JudgeConfig, ModelSpec
 from pipeline.errors import InputError, unreadable
 from pipeline.ingest import json_lines
 from pipeline.store import atomic_write_text, content_id, prompt_id
@@ -167,12 +168,14 @@ def reward_accuracy(candidate: str, base: str, test_file: str | Path, *, beta: f
     tokenizer = load_tokenizer(cand, chat=formats.is_chat(fmt))
     import torch
 
+    from training.progress import evaluate_with_progress
+
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(output_dir=tmp, beta=beta, max_length=max_length, per_device_eval_batch_size=4, report_to="none",
                          bf16=torch.cuda.is_available(), activation_checkpointing=False)
         trainer = DPOTrainer(model=cand, ref_model=AutoModelForCausalLM.from_pretrained(ref), args=args,
                              train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer)
-        metrics = trainer.evaluate()
+        metrics = evaluate_with_progress(trainer, "implicit reward accuracy")
     return {"pairs": len(dataset), "beta": beta, "accuracy": metrics.get("eval_rewards/accuracies"),
             "margin": metrics.get("eval_rewards/margins")}
 
@@ -182,13 +185,14 @@ def reward_accuracy(candidate: str, base: str, test_file: str | Path, *, beta: f
 def evaluate(base: str, candidate: str, prompts: list[list[dict]], judge: ModelSpec, out_dir: str | Path, *,
              judge_config: JudgeConfig | None = None, max_tokens: int = 256, test_file: str | Path | None = None,
              beta: float = 0.1) -> dict:
-    """Answer, judge in both orders, score; write eval.json and eval_rows.jsonl into out_dir; return the summary."""
+    """Answer, judge in both orders, score; write eval.json and eval_rows.jsonl into out_dir; return the summary.
+    Without judge_config, the judge gets the settings default_judge_config gives its kind of model."""
     from pipeline.cache import CallCache
     from pipeline.judge import judge_pairs
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    judge_config = judge_config or JudgeConfig(judges=[judge])
+    judge_config = judge_config or default_judge_config(judge)
     base_answers = answer(base, prompts, out_dir, max_tokens=max_tokens)
     cand_answers = answer(candidate, prompts, out_dir, max_tokens=max_tokens)
     rows, items = [], []
@@ -213,7 +217,7 @@ def evaluate(base: str, candidate: str, prompts: list[list[dict]], judge: ModelS
             scores.append(row["score"])
             diffs.append(row["length_diff"])
     summary = {
-        "base": base, "candidate": candidate, "judge": judge.label, "prompts": len(prompts),
+        "base": base, "candidate": candidate, "judge": judge.label, "judge_scoring": judge_config.scoring, "prompts": len(prompts),
         "judged": len(scores), "failed": len(prompts) - len(scores),
         **win_rates(scores),
         "length_controlled": length_controlled(scores, diffs),
@@ -243,6 +247,27 @@ def judge_spec(model: str, base_url: str | None = None, api_key_env: str | None 
     return ModelSpec(name=model, backend="transformers", model=model)
 
 
+def default_judge_config(judge: ModelSpec) -> JudgeConfig:
+    """Settings for a judge no config describes: a local or embedded model (transformers) answers with one token, A
+    or B, read from its probabilities (`scoring: logprobs`): a small model's JSON verdicts are mostly unparseable,
+    and the token always gives a verdict; a served model writes a JSON verdict."""
+    return JudgeConfig(judges=[judge], scoring="logprobs" if judge.backend == "transformers" else "json")
+
+
+def choose_judge(configured: JudgeConfig | None, name: str | None = None, base_url: str | None = None,
+                 api_key_env: str | None = None) -> tuple[ModelSpec, JudgeConfig]:
+    """The judge of an evaluation and its settings: a run's (or config's) judge, by name or its first, with the run's
+    judge settings, as the pipeline judged; or the model named (embedded:smollm2 by default) with default_judge_config."""
+    if configured is not None and not base_url:
+        by_label = {j.label: j for j in configured.judges}
+        if name is None and configured.judges:
+            return configured.judges[0], configured
+        if name in by_label:
+            return by_label[name], configured
+    spec = judge_spec(name or EMBEDDED_LLM, base_url, api_key_env)
+    return spec, default_judge_config(spec)
+
+
 def print_summary(summary: dict) -> None:
     from pipeline.progress import summary as table
 
@@ -253,6 +278,8 @@ def print_summary(summary: dict) -> None:
         return f"{d['rate']:.1%}" + (f" [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else "")
 
     rows = {"prompts judged": summary["judged"], "failed": summary["failed"]}
+    if summary.get("judge_scoring"):
+        rows["judge scoring"] = summary["judge_scoring"]
     for k in ("win", "tie", "loss", "win_rate"):
         if k in summary:
             rows[k if k != "win_rate" else "win rate (ties half)"] = pct(summary[k])

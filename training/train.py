@@ -22,6 +22,7 @@ from pipeline.errors import ConfigError, InputError, ModelError, unreadable
 from pipeline.store import atomic_write_text
 from training import formats
 from training.load import load_data, load_tokenizer, model_path
+from training.progress import evaluate_with_progress, show_progress
 
 SECTION = "train"  # the config section this stage needs (pipeline/registry.py)
 ORDER = 110  # its place in `prefab run`
@@ -395,10 +396,13 @@ def fit(trainer, tokenizer, method: str, data, base: str, settings: dict, resume
     """What every method does with its trainer: one progress bar, train (resuming), evaluate the held-out file when
     no eval strategy did, save the model and metrics.json."""
     args = trainer.args
-    show_progress(trainer)
-    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
+    progress = show_progress(trainer)
+    try:
+        trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, resume or args.resume_from_checkpoint))
+    finally:
+        progress.close()
     if trainer.eval_dataset is not None and args.eval_strategy == "no":
-        trainer.evaluate()  # e.g. DPO's implicit-reward accuracy on the held-out pairs, into log_history
+        evaluate_with_progress(trainer, "evaluate held-out")  # e.g. DPO's implicit-reward accuracy, into log_history
     metrics = save_outputs(trainer, tokenizer, method, data, base, lora=bool(settings["lora"]))
     _end(trainer)
     return metrics
@@ -410,56 +414,6 @@ def log_third_party_warnings(output_dir: str) -> None:
 
     if not third_party_log:
         third_party_log.append(Path(output_dir) / "logs" / "third_party.log")
-
-
-def show_progress(trainer) -> None:
-    """One rich bar with the step, loss and (DPO) reward accuracy or (GRPO) mean reward in place of the Trainer's tqdm bar and printed
-    log dicts; every log line also goes to OUTPUT_DIR/trainer_log.jsonl as it comes (a TrainerCallback:
-    transformers' public extension point)."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
-
-    from pipeline.progress import console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    class RichProgress(TrainerCallback):
-        bar = None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
-                                    TextColumn("{task.fields[accuracy]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                    console=console)
-                self.bar.start()
-                self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, loss="", accuracy="")
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.bar:
-                self.bar.update(self.task, completed=state.global_step)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs:
-                return
-            with open(Path(args.output_dir) / "trainer_log.jsonl", "a") as log:
-                log.write(json.dumps({"step": state.global_step, **logs}, default=str) + "\n")
-            if self.bar:
-                fields = {}
-                if "loss" in logs:
-                    fields["loss"] = f"loss {float(logs['loss']):.4f}"
-                accuracy = next((logs[k] for k in ("rewards/accuracies", "eval_rewards/accuracies", "accuracy", "eval_accuracy") if k in logs), None)
-                if accuracy is not None:
-                    fields["accuracy"] = f"reward accuracy {float(accuracy):.2f}"
-                elif logs.get("reward") is not None:  # GRPO: the verifier's mean reward
-                    fields["accuracy"] = f"reward {float(logs['reward']):.2f}"
-                self.bar.update(self.task, **fields)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.bar:
-                self.bar.stop()
-                self.bar = None
-
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(RichProgress())
 
 
 def _end(trainer) -> None:

@@ -122,34 +122,33 @@ def bayesian(labels: pl.DataFrame, tie_rule: str, min_submitted: int, judge: dic
     A pair whose labels are mostly "tie" or "both_bad" resolves to the commoner of the two, by count and with no
     confidence: the model knows annotators' accuracy on which side is better, not on whether both are.
     """
-    from labeling.posterior import fit
+    from labeling.posterior import SIDES, fit
 
     run = submitted(labels).select("pair_id", "annotator", "label")
     gold = submitted(gold_labels).select("pair_id", "annotator", "label") if gold_labels is not None else run.clear()
-    votes = judge_votes.select("pair_id", "annotator", "label") if judge_votes is not None else run.clear()
+    judges = judge_votes.select("pair_id", "annotator", "label") if judge_votes is not None else run.clear()
     tasks = set(run["pair_id"].to_list()) | set(gold["pair_id"].to_list())
-    data = pl.concat([run, gold, votes.filter(pl.col("pair_id").is_in(list(tasks)))])
+    data = pl.concat([run, gold, judges.filter(pl.col("pair_id").is_in(list(tasks)))])
     model = fit(data, prior, pair_prior, {g: GOLD_TRUTH for g in gold["pair_id"].unique().to_list()}, prior_draws=prior_draws)
     p_chosen = dict(zip(model.tasks, model.p_chosen.tolist()))
     rows = []
     for (pair_id,), group in labels.group_by("pair_id", maintain_order=True):
-        votes_ = submitted(group)["label"].to_list()
-        n = len(votes_)
+        votes = submitted(group)["label"].to_list()
+        n = len(votes)
         row = {"pair_id": pair_id, "n_labels": n, "preference": None, "agreement": None, "confidence": None, "method": "bayesian"}
         status = _status(group, n, min_submitted)
         if status is None:
-            counts = {label: votes_.count(label) for label in sorted(set(votes_))}
+            counts = {label: votes.count(label) for label in sorted(set(votes))}
             row["agreement"] = max(counts.values()) / n
-            sided = sum(counts.get(side, 0) for side in ("chosen", "rejected"))
-            if n - sided > sided:
-                row["preference"], status = _break_tie(pair_id, sorted(k for k, c in counts.items() if k not in ("chosen", "rejected")
-                                                                      and c == max(counts.get("tie", 0), counts.get("both_bad", 0))),
-                                                       tie_rule, judge)
+            sideless = {k: c for k, c in counts.items() if k not in SIDES}
+            if sum(sideless.values()) > n - sum(sideless.values()):  # mostly "tie" or "both_bad"
+                top = max(sideless.values())
+                row["preference"], status = _break_tie(pair_id, sorted(k for k, c in sideless.items() if c == top), tie_rule, judge)
             else:
                 p = p_chosen[pair_id]
                 leaders = ["chosen"] if p > 0.5 + 1e-9 else ["rejected"] if p < 0.5 - 1e-9 else ["chosen", "rejected"]
                 row["preference"], status = _break_tie(pair_id, leaders, tie_rule, judge)
-                if row["preference"] in ("chosen", "rejected"):
+                if row["preference"] in SIDES:
                     row["confidence"] = round(p if row["preference"] == "chosen" else 1 - p, 6)
         rows.append(row | {"status": status})
     resolved = pl.DataFrame(rows, schema=TABLES["resolved"], orient="row") if rows else empty("resolved")

@@ -129,3 +129,13 @@ def test_queue_keeps_within_the_label_budget_least_confident_first():
     assert state == {"a": "queued", "b": "queued", "c": "not_started", "d": "not_started"}
     worst_case = sum(3 - n for n, s in zip(queue["labels"], queue["state"]) if s == "queued") + int(queue["labels"].sum())
     assert worst_case <= 6
+
+
+def test_a_pair_labeled_mostly_tie_or_both_bad_resolves_by_count_without_a_confidence():
+    rows = [("p1", "a", "both_bad"), ("p1", "b", "both_bad"), ("p1", "c", "chosen"),
+            ("p2", "a", "tie"), ("p2", "b", "chosen")]
+    resolved, _ = bayesian(labels(rows), "drop", 1, None, prior=PRIOR, pair_prior={})
+    got = {r["pair_id"]: (r["preference"], r["status"], r["confidence"]) for r in resolved.iter_rows(named=True)}
+    # p1: two of three say both are bad; p2: one side against one "tie" is not mostly sideless, so the side wins
+    assert got["p1"] == ("both_bad", "resolved", None)
+    assert got["p2"][:2] == ("chosen", "resolved") and got["p2"][2] == pytest.approx(PRIOR.mean, abs=0.03)

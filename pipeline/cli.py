@@ -109,6 +109,20 @@ def plan_command(config_path, run_dir, sample, as_json):
         print_plan(result)
 
 
+@cli.command(name="check")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+def check_command(config_path):
+    """Before spending: ask every model server the config names (key, model, completion, structured output, logprobs,
+    Batch API), load its local models and ask the labeling server; exit non-zero with the fix for each problem."""
+    from pipeline.check import problems, run_checks, show
+    from pipeline.config import load_config
+
+    rows = run_checks(load_config(config_path))
+    show(rows)
+    if error := problems(rows):
+        raise error
+
+
 @cli.command()
 @run_option
 @config_option

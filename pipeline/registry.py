@@ -6,6 +6,7 @@ plugins), so that pipeline/ names no other package:
 - `prefab.commands`: a list of click commands added to `prefab`;
 - `prefab.report`: a list of functions `(run) -> html | None`, sections of report.html;
 - `prefab.status`: a list of functions `(run) -> rich renderable | None`, shown by `prefab status` after the stages;
+- `prefab.checks`: a list of functions `(config) -> [pipeline.check.Check]`, rows `prefab check` adds to its own;
 - `prefab.backends`: a model backend (pipeline/backends.py says what one is); the entry point's name is what
   `backend:` in a model's config names. The two built-in ones, openai and transformers, are known here in
   code, so pipeline/ runs without its entry points installed; `register_backend` adds one at run time
@@ -47,6 +48,11 @@ def report_sections() -> list:
 @cache
 def status_sections() -> list:
     return [section for ep in entry_points(group="prefab.status") for section in ep.load()]
+
+
+@cache
+def checks() -> list:
+    return [check for ep in entry_points(group="prefab.checks") for check in ep.load()]
 
 
 _registered: dict = {}  # register_backend's

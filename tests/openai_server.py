@@ -20,6 +20,11 @@ unless "list_unreached": False),
 {"errors": [...]} (failed, with these validation errors). `batches` holds every batch created, by id;
 `batch_polls_left(n)` makes the unfinished ones finish within n more retrieves.
 
+Servers that lack something real ones lack: `api_key="k"` refuses other keys (401, /v1/models too), `models=[...]`
+serves only those names (404 model_not_found for another), `json_schema=False` refuses a `json_schema`
+response_format (400, as a server without structured outputs), `logprobs=False` answers without logprobs even when
+asked, `batch_api=False` has no /v1/files and /v1/batches (404).
+
 Actions: "ok", "429" (no Retry-After), "429:SECONDS" (with Retry-After), "500", "503", "503:SECONDS",
 "hang" / "hang:SECONDS" (no reply; the client must time out), "reset" (TCP RST), "malformed" (200 with
 invalid JSON), "truncated" (the body stops short of its Content-Length), "400", "401", "404", and 200s that
@@ -98,8 +103,10 @@ class OpenAIServer:
 
     def __init__(self, port: int = 0, *, latency: float = 0.0, respond=None, fault_rates: dict | None = None,
                  seed: int = 0, hang_s: float = 30.0, api_key: str | None = None, models: list[str] | None = None,
-                 keep_bodies: bool = True, batch_api: bool = True):
+                 keep_bodies: bool = True, batch_api: bool = True, json_schema: bool = True, logprobs: bool = True):
         self.latency = latency
+        self.json_schema = json_schema  # False: a json_schema response_format is refused with a 400
+        self.logprobs = logprobs  # False: answers carry no logprobs, asked for or not
         self.batch_api = batch_api  # False: /v1/files and /v1/batches are 404, as on vLLM's server
         self.respond = respond or default_respond
         self.fault_rates = dict(fault_rates or {})
@@ -348,12 +355,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         owner = self.server.owner
         if self.path.rstrip("/") in ("/v1/models", "/models"):
+            if owner.api_key is not None and self.headers.get("Authorization") != f"Bearer {owner.api_key}":
+                return self._send(401, _error("Incorrect API key provided", "invalid_request_error", "invalid_api_key"))
             names = owner.models or ["fake-model"]
             self._send(200, {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "prefab-tests"} for n in names]})
         elif self.path.rstrip("/") == "/stats":
             self._send(200, owner.stats())
-        elif self.path.startswith(("/v1/files/", "/v1/batches/")) and owner.batch_api:
-            self._batch_api(self.path.rstrip("/"), b"")
+        elif self.path.startswith(("/v1/files/", "/v1/batches")) and owner.batch_api:
+            self._batch_api(self.path.partition("?")[0].rstrip("/"), b"")
         else:
             self._send(404, _error("not found", "invalid_request_error"))
 
@@ -394,6 +403,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_raw(200, owner.files[parts[1]], content_type="application/octet-stream")
         if post and parts == ["batches"]:
             return self._send(*owner._create_batch(json.loads(body or b"{}")))
+        if not post and parts == ["batches"]:
+            listed = [_public(b) for b in reversed(owner.batches.values())]
+            return self._send(200, {"object": "list", "data": listed, "first_id": None, "last_id": None, "has_more": False})
         if len(parts) >= 2 and parts[0] == "batches" and parts[1] in owner.batches:
             with owner._batch_lock:
                 if not post and len(parts) == 2:
@@ -413,6 +425,11 @@ class _Handler(BaseHTTPRequestHandler):
         if owner.models is not None and request.get("model") not in owner.models:
             self._send(404, _error(f"The model {request.get('model')!r} does not exist", "invalid_request_error", "model_not_found"))
             return "404"
+        if not owner.json_schema and (request.get("response_format") or {}).get("type") == "json_schema":
+            self._send(400, _error("response_format type 'json_schema' is not supported", "invalid_request_error"))
+            return "400"
+        if not owner.logprobs:
+            request = {k: v for k, v in request.items() if k not in ("logprobs", "top_logprobs")}
         reply = None
         if action == "ok":
             reply = owner.respond(request)

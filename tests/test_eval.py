@@ -5,6 +5,7 @@ server, standing in for a paid judge API, compares them in both orders)."""
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -144,17 +145,58 @@ def test_tiny_real_eval(candidate_model, openai_server, prefab, tmp_path):
     assert biased["tie"]["count"] == 4 and biased["win_rate"]["rate"] == 0.5
 
 
+def implicit_margins(policy, reference, path: Path, beta: float, max_length: int) -> list[float]:
+    """The oracle: each pair's DPO implicit-reward margin, beta * (log-ratio of chosen - log-ratio of rejected), from
+    one forward pass per sequence of each model (the completion's token log-probabilities summed, as DPO defines it)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    models = [AutoModelForCausalLM.from_pretrained(m).eval() for m in (policy, reference)]
+
+    def logp(model, ids: list[int], start: int) -> float:
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].float()
+        per_token = torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        return float(per_token[start - 1:].sum())
+
+    margins = []
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        prompt = tokenizer(tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True),
+                           add_special_tokens=False)["input_ids"]
+        rewards = []
+        for side in ("chosen", "rejected"):
+            ids = tokenizer(tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=False),
+                            add_special_tokens=False)["input_ids"]
+            assert ids[:len(prompt)] == prompt
+            ids = ids[:max_length]
+            rewards.append(beta * (logp(models[0], ids, len(prompt)) - logp(models[1], ids, len(prompt))))
+        margins.append(rewards[0] - rewards[1])
+    return margins
+
+
 def test_implicit_reward_accuracy_on_the_test_split(candidate_model, tmp_path):
+    """reward_accuracy on the held-out file of an export equals the oracle's: the share of pairs whose margin is
+    positive, and the mean margin."""
+    from pipeline.models import resolve_llm
     from training.eval import reward_accuracy
     from training.export import export
 
-    run, _ = make_run(tmp_path / "run", n_pairs=3, human_every=100)
+    run, _ = make_run(tmp_path / "run", n_pairs=6, human_every=100)
     run.write("pairs", run.read("pairs").with_columns(route=pl.lit("auto")))
-    export(run, ExportConfig(test_share=0.0, formats=["trl-dpo"]))
-    same = reward_accuracy("embedded:smollm2", "embedded:smollm2", run.path / "exports" / "dpo_train.jsonl", max_length=64)
+    export(run, ExportConfig(test_share=0.5, formats=["trl-dpo"]))
+    train, test = (run.path / "exports" / f"dpo_{split}.jsonl" for split in ("train", "test"))
+    held_out = [json.loads(line)["pair_id"] for line in test.read_text().splitlines()]
+    assert len(held_out) == 3 and not set(held_out) & {json.loads(line)["pair_id"] for line in train.read_text().splitlines()}
+
+    same = reward_accuracy("embedded:smollm2", "embedded:smollm2", test, max_length=64)
     assert same["pairs"] == 3 and same["accuracy"] == 0.0 and same["margin"] == 0.0  # policy == reference: no reward
-    other = reward_accuracy(str(candidate_model), "embedded:smollm2", run.path / "exports" / "dpo_train.jsonl", max_length=64)
-    assert 0.0 <= other["accuracy"] <= 1.0 and other["margin"] != 0.0
+    other = reward_accuracy(str(candidate_model), "embedded:smollm2", test, max_length=64)
+    margins = implicit_margins(str(candidate_model), resolve_llm("embedded:smollm2"), test, beta=0.1, max_length=64)
+    assert other["pairs"] == 3 and min(map(abs, margins)) > 1e-3, margins  # no margin so small that float noise could flip it
+    assert other["accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 3, abs=1e-6), (other, margins)
+    assert other["margin"] == pytest.approx(sum(margins) / 3, abs=1e-4), (other, margins)
 
 
 def test_eval_bad_input(prefab, tmp_path):

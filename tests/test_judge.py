@@ -214,12 +214,18 @@ def test_ensemble_records_agreement(fake_backend, tmp_path):
     assert dict(zip(scores["text"], scores["score"]))["short"] == pytest.approx(3.5)
 
 
-def test_same_model_as_generator_is_warned_about():
-    config = Config.model_validate({"run": "r", "ingest": {"paths": ["x"]},
-                                    "generate": {"generators": [{"name": "gen", "model": "embedded:smollm2"}]},
-                                    "judge": {"judges": [{"name": "j1", "model": "embedded:smollm2"},
-                                                         {"name": "j2", "backend": "openai", "model": "gpt-x"}]}})
-    assert judge.same_model_warning(config) == ["j1"]
+def test_same_model_as_generator_is_warned_about(fake_backend, tmp_path, capsys):
+    """The judge stage prints the warning (naming only the judge that is also a generator) and counts it."""
+    fake_backend.respond = lambda r: rated(4)
+    run, config = make_run(tmp_path / "run", ["Hi"], {"Hi": ["Hello!"]},
+                           generate={"generators": [{"name": "gen", "backend": "fake", "model": "j1-model"}]},
+                           judge={"judges": [fake_spec("j1"), fake_spec("j2")]})
+    capsys.readouterr()
+    counts = judge.step(config, run)
+    shown = capsys.readouterr()
+    warnings = [line for line in (shown.out + shown.err).splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "judge 'j1' is also a generator" in warnings[0], shown
+    assert counts["same_model_judges"] == 1
 
 
 # ---------------------------------------------------------------- pairwise

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import psutil
 import pytest
 
 from openai_server import OpenAIServer, default_respond
@@ -145,6 +146,24 @@ def after_answers(server, kind: str, since: float, need: int, linger: float):
     return trigger
 
 
+def talking_to(pid: int, url: str) -> bool:
+    """Whether process pid holds a connection to the server at url."""
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        return any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+                   for c in psutil.Process(pid).net_connections(kind="tcp"))
+    except psutil.NoSuchProcess:
+        return False
+
+
+def written_since(path: Path, since: float) -> bool:
+    """Whether the table file was (re)written after `since` (time.time()): replaced whole, so its mtime is the write's."""
+    try:
+        return path.stat().st_mtime >= since
+    except FileNotFoundError:
+        return False
+
+
 def comparable(run_dir: Path) -> dict:
     """The outputs whose equality matters: ids and rows, minus wall-clock fields."""
     out = {}
@@ -169,7 +188,7 @@ def answer_some(client, dataset_name: str, workspace: str, n: int) -> None:
             values={"preference": {"value": ["a", "b", "tie", "both_bad"][i % 4]}}, status="submitted", user_id=client.me.id))
 
 
-def test_kill_nine_everywhere_then_resume(tmp_path, openai_server, argilla_client, monkeypatch):
+def test_kill_nine_everywhere_then_resume(tmp_path, openai_server, argilla_client, labeling_server, monkeypatch):
     from labeling_fixtures import unique
 
     monkeypatch.setenv("PREFAB_KILL_KEY", "kill-test-key")
@@ -234,12 +253,25 @@ def test_kill_nine_everywhere_then_resume(tmp_path, openai_server, argilla_clien
 
     finish("run", killed_cfg)
     answer_some(argilla_client, "killed", workspace, 6)
-    pulled = 0
-    for _ in range(KILLS):
-        proc = spawn("pull", "--run", run_dir)
-        delay = rng.uniform(1.0, 4.0)
+    # pull killed at its first connection to Argilla (at once, and 50-150 ms later) and right after each of its
+    # first two tables is replaced; every kill must land before the pull is done (its resolve step alone takes
+    # about a second after those tables here)
+    points = ["talking", "labels", "talking+", "gold_labels", "talking"]
+    for point in points:
         started = time.time()
-        pulled += kill_when(proc, lambda: time.time() - started >= delay)
+        proc = spawn("pull", "--run", run_dir)
+        linger = rng.uniform(0.05, 0.15) if point == "talking+" else 0.0
+        seen = []
+
+        def trigger(point=point, started=started, linger=linger, seen=seen):
+            if point.startswith("talking"):
+                if not seen and talking_to(proc.pid, labeling_server["url"]):
+                    seen.append(time.time())
+                return bool(seen) and time.time() - seen[0] >= linger
+            return written_since(run_dir / f"{point}.parquet", started)
+
+        assert kill_when(proc, trigger), f"the pull ended before the kill at {point}"
+        assert not complete(run_dir, "pull"), f"the kill at {point} came after the pull was done"
         assert_tables_whole(run_dir)
     finish("pull", "--run", run_dir)
 

@@ -64,12 +64,23 @@ def test_annotator_reaches_no_admin_endpoint(world):
     assert [r.status_code for r in refused] == [403] * len(refused), [r.text for r in refused]
 
 
-def test_annotator_never_sees_another_annotators_answers(world):
+def test_annotator_never_sees_another_annotators_answers(world, argilla_http):
+    """On a record both answered, the annotator's search shows its own answer and not the other's, which the owner
+    sees there (so the check has something to hide, and the search does return answers)."""
     a_id, a_record = world["a"]
-    assert answer(world["other"], a_record, "b").status_code == 201
-    found = world["annotator"].post(f"/me/datasets/{a_id}/records/search", json={}, params={"include": "responses"}).json()
-    responses = [resp for item in found["items"] for resp in item["record"].get("responses", [])]
-    assert all(r["user_id"] == str(world["annotator_user"].id) for r in responses)
+    mine, theirs = str(world["annotator_user"].id), str(world["other"].get("/me").json()["id"])
+    listed = world["annotator"].post(f"/me/datasets/{a_id}/records/search", json={}).json()["items"]
+    other_record = next(i["record"]["id"] for i in listed if i["record"]["id"] != a_record)  # r2: no other test answers it
+    assert answer(world["other"], other_record, "b").status_code == 201
+    assert answer(world["annotator"], other_record, "a").status_code == 201
+
+    def responses(http, path):
+        found = http.post(path, json={}, params={"include": "responses"}).json()["items"]
+        return [r for item in found if item["record"]["id"] == other_record for r in item["record"].get("responses", [])]
+
+    assert {r["user_id"] for r in responses(argilla_http, f"/datasets/{a_id}/records/search")} >= {mine, theirs}
+    seen = responses(world["annotator"], f"/me/datasets/{a_id}/records/search")
+    assert [(r["user_id"], r["values"]["pref"]["value"]) for r in seen] == [(mine, "a")], seen
 
 
 def test_admin_is_confined_to_its_workspaces(world):

@@ -105,9 +105,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SEEN_BY_THE_CLUSTER = """
+import json, ray
+from ray._private import state
+ray.init(address=ADDRESS, logging_level="error")
+print(json.dumps({
+    "jobs": [{"job_id": j["JobID"], "driver_pid": j["DriverPid"]} for j in state.jobs()],
+    "actors": [{"job_id": a["JobID"], "class_name": a["ActorClassName"], "node_id": a["Address"]["NodeID"]}
+               for a in state.actors().values()],
+    "nodes": [n["NodeID"] for n in state.nodes()],
+}))
+"""
+
+
 def test_a_cluster_that_ray_start_made_is_joined_at_its_address(local_run, tmp_path):
     """The README's set-up: `ray start --head` (with token authentication), then `prefab run` in another process
-    joins it at HOST:PORT, holding the cluster's token."""
+    joins it at HOST:PORT, holding the cluster's token. The cluster itself is asked afterwards: the run's process
+    is one of its jobs, whose replicas were actors on its node (a run that fell back to a Ray of its own would give
+    the same tables)."""
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     temp = tempfile.mkdtemp(prefix="ray")  # Ray's sockets live here: a short path (a socket path holds 107 bytes)
@@ -117,9 +132,14 @@ def test_a_cluster_that_ray_start_made_is_joined_at_its_address(local_run, tmp_p
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         config = write_config(tmp_path, "cluster", {"address": f"127.0.0.1:{port}", "replicas": 2, "num_cpus": 1})
-        done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
+        run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, out + err
+        asked = subprocess.run([sys.executable, "-c", SEEN_BY_THE_CLUSTER.replace("ADDRESS", repr(f"127.0.0.1:{port}"))],
+                               env=env, capture_output=True, text=True, timeout=120)
+        assert asked.returncode == 0, asked.stderr
+        seen = json.loads(asked.stdout.strip().splitlines()[-1])
     finally:
         head.terminate()  # ray start --block stops what it started on SIGTERM
         try:
@@ -127,6 +147,10 @@ def test_a_cluster_that_ray_start_made_is_joined_at_its_address(local_run, tmp_p
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
+    [job] = [j["job_id"] for j in seen["jobs"] if int(j["driver_pid"]) == run.pid] or [None]
+    assert job is not None, seen["jobs"]  # the run was a driver of this cluster
+    replicas = [a for a in seen["actors"] if a["job_id"] == job and a["class_name"] == "Replica"]
+    assert len(replicas) >= 2 and {a["node_id"] for a in replicas} <= set(seen["nodes"]), seen
     assert_same_run(local_run, open_run(tmp_path / "cluster"))
 
 

@@ -78,15 +78,43 @@ def test_dpo_two_steps_then_resume(exports, base_weights, tmp_path, capsys):
     assert "reward accuracy" in shown.err and "'loss'" not in shown.out + shown.err  # one bar, no printed log dicts
 
 
-def test_sft_two_steps_on_assistant_tokens(exports, base_weights, tmp_path):
-    from training.train import load_train_config, train_sft
+def test_sft_two_steps_on_assistant_tokens(exports, base_weights, tmp_path, monkeypatch):
+    """The labels the loss is computed on (read at compute_loss, TRL's own) are -100 everywhere but the
+    assistant turn, which is labeled whole: found in the token ids by its chat-template header, independently
+    of TRL's masking."""
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
 
-    args, _ = load_train_config("sft")
-    assert args.assistant_only_loss and args.chat_template_path.endswith("smollm2-training.jinja")
+    from pipeline.models import resolve_llm
+    from training.train import train_sft
+
+    seen = []
+    original = SFTTrainer.compute_loss
+
+    def recording(self, model, inputs, *args, **kwargs):
+        seen.append((inputs["input_ids"].tolist(), inputs["labels"].tolist()))
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "compute_loss", recording)
     out = tmp_path / "sft"
     metrics = train_sft(exports / "sft_train.jsonl", None, {**TINY, "output_dir": str(out)})
     assert metrics["steps"] == 2 and len(losses(out)) == 2
     assert changed_tensors(out, base_weights) > 100
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm("embedded:smollm2"))
+    header = tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    answers = {m["content"] for line in (exports / "sft_train.jsonl").read_text().splitlines()
+               for m in json.loads(line)["messages"] if m["role"] == "assistant"}
+    assert len(seen) == 2
+    for batch_ids, batch_labels in seen:
+        for ids, labels in zip(batch_ids, batch_labels):
+            starts = [i + len(header) for i in range(len(ids)) if ids[i:i + len(header)] == header]
+            assert len(starts) == 1, tokenizer.decode(ids)  # one assistant turn (not cut off by max_length)
+            stop = ids.index(end, starts[0]) + 1 if end in ids[starts[0]:] else len(ids)
+            want = [t if starts[0] <= i < stop else -100 for i, t in enumerate(ids)]
+            assert labels == want, (tokenizer.decode(ids), [tokenizer.decode([t]) for t in labels if t != -100])
+            assert tokenizer.decode(ids[starts[0]:stop]).removesuffix("<|im_end|>") in answers
 
 
 def test_sft_prompt_completion_with_lora_is_merged(exports, base_weights, tmp_path):

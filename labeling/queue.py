@@ -101,13 +101,14 @@ def queue_status(run):
         table.add_column(col)
     order = {"queued": 0, "over_budget": 1, "not_started": 2, "closed": 3, "max_labels": 4, "settled": 5}
     for r in queue.sort(pl.col("state").replace_strict(order, default=9), "confidence").head(SHOWN).iter_rows(named=True):
-        table.add_row(r["pair_id"], str(r["labels"]), f"{r['confidence']:.2f}", r["state"], NEEDS.get(r["state"], ""))
+        needs = "a first label" if r["state"] == "queued" and not r["labels"] else NEEDS.get(r["state"], "")
+        table.add_row(r["pair_id"], str(r["labels"]), f"{r['confidence']:.2f}", r["state"], needs)
     if queue.height > SHOWN:
         table.caption = f"{queue.height - SHOWN} more in {run.path / 'queue.parquet'}"
     return table
 
 
-NEEDS = {"queued": "one more label, from someone who has not labeled it", "over_budget": "labels the budget cannot pay for",
-         "not_started": "a first label, once the budget allows", "closed": "nothing more: it left the queue below the target",
-         "max_labels": "nothing more: the most labels a pair may get", "settled": "nothing: at the target confidence"}
+NEEDS = {"queued": "one more label, from someone new", "over_budget": "labels the budget cannot pay for",
+         "not_started": "a first label, once the budget allows", "closed": "none: left the queue below the target",
+         "max_labels": "none: it has the most labels a pair may get", "settled": "none: at the target confidence"}
 status_sections = [queue_status]

@@ -2,6 +2,7 @@
 in place of the Trainer's own bar and printed metrics dicts: used by training and by evaluation."""
 
 import json
+import os
 from pathlib import Path
 
 
@@ -18,7 +19,7 @@ def show_progress(trainer):
         display = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
+            if state.is_world_process_zero and os.environ.get("RANK", "0") == "0":  # one display, as the CLI's one summary
                 self.display = progress_bar("train", state.max_steps)
                 self.advance = self.display.__enter__()
                 self.advance(state.global_step, cached=True)  # steps of a resumed checkpoint were not trained here

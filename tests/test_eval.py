@@ -87,9 +87,8 @@ def test_read_prompts_from_any_export_format(tmp_path):
 
 # ---------------------------------------------------------------- a tiny real evaluation
 
-@pytest.fixture(scope="module")
-def candidate_model(tmp_path_factory):
-    """A copy of SmolLM2 with slightly perturbed weights: answers that differ from the base's."""
+def perturbed_smollm2(out: Path) -> Path:
+    """A copy of SmolLM2 with slightly perturbed weights, saved at out: answers that differ from the base's."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -101,10 +100,14 @@ def candidate_model(tmp_path_factory):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02 * p.std())
-    out = tmp_path_factory.mktemp("candidate") / "model"
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def candidate_model(tmp_path_factory):
+    return perturbed_smollm2(tmp_path_factory.mktemp("candidate") / "model")
 
 
 def _longer_wins(request: dict) -> str:

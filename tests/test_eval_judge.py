@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from labeling_runs import make_run
+from test_eval import perturbed_smollm2
 
 from pipeline.config import ExportConfig, JudgeConfig, ModelSpec
 
@@ -22,10 +23,6 @@ pytestmark = pytest.mark.training
 def held_out(tmp_path_factory):
     """A run (with its config snapshot) whose export holds a DPO test split of 3 pairs, and a candidate model: a
     copy of SmolLM2 with slightly perturbed weights, so the two models' answers differ."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pipeline.models import resolve_llm
     from pipeline.runner import snapshot
     from training.export import export
 
@@ -34,15 +31,7 @@ def held_out(tmp_path_factory):
     run.write("pairs", run.read("pairs").with_columns(route=pl.lit("auto")))
     export(run, ExportConfig(test_share=0.5, formats=["trl-dpo"]))
     run.update_manifest(config=snapshot(config))
-    base = resolve_llm("embedded:smollm2")
-    model = AutoModelForCausalLM.from_pretrained(base)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02 * p.std())
-    candidate = root / "candidate"
-    model.save_pretrained(candidate)
-    AutoTokenizer.from_pretrained(base).save_pretrained(candidate)
+    candidate = perturbed_smollm2(root / "candidate")
     return run, config, candidate
 
 

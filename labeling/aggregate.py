@@ -210,6 +210,12 @@ class Resolution:
     model: "Fit | None" = None
     prior: "Prior | None" = None
 
+    def stated(self, pair_ids: list[str], preferences: list[str]) -> dict:
+        """The model's stated accuracy of these resolved labels with its interval (labeling/posterior.py), and the
+        annotators whose accuracy still rests on the prior ("assumed"): pull and the dataset card say the same."""
+        return self.model.stated(pair_ids, preferences) | {
+            "assumed": self.annotators.filter(pl.col("basis") != "measured")["annotator"].to_list()}
+
 
 def pair_priors(pairs: pl.DataFrame) -> dict[str, float]:
     """P(chosen) of each pair before any person: the judge's confidence calibrated on gold (route), where there is one."""

@@ -147,7 +147,7 @@ def pull(run: Run, config: Config, client) -> dict:
     run.write("annotators", annotators)
     queue_counts = {}
     if labeling.redundancy == "adaptive":
-        queue_counts = update_queue(run, config, client, dataset, records, resolved)
+        queue_counts = update_queue(run, config, client, dataset, records, pairs, labels, resolved)
     counts = {
         "dataset": name,
         "labels": labels.height,
@@ -170,14 +170,15 @@ def pull(run: Run, config: Config, client) -> dict:
     return {**counts, **queue_counts, "agreement": stats}
 
 
-def update_queue(run: Run, config: Config, client, dataset, records: list[dict], resolved: pl.DataFrame) -> dict:
+def update_queue(run: Run, config: Config, client, dataset, records: list[dict], pairs: pl.DataFrame, labels: pl.DataFrame,
+                 resolved: pl.DataFrame) -> dict:
     """Adaptive redundancy after a pull: the queue planned from the labels just saved, and the dataset's run records made
     its `queued` pairs (labeling/queue.py says why this way). Gold records are not in the queue and stay."""
     from labeling.push import DELETE_BATCH, add_pairs, queue_plan
     from labeling.queue import answered, budget_info
 
     labeling = config.labeling or LabelingConfig()
-    queue = queue_plan(run, config, {r["external_id"] for r in records}, resolved)
+    queue = queue_plan(config, pairs, labels, resolved, {r["external_id"] for r in records})
     queued = set(queue.filter(pl.col("state") == "queued")["pair_id"].to_list())
     run_pairs = set(queue["pair_id"].to_list())
     on_server = {r["external_id"]: r for r in records if r["external_id"] in run_pairs}
@@ -199,13 +200,11 @@ def update_queue(run: Run, config: Config, client, dataset, records: list[dict],
 def human_accuracy(resolution, resolved: pl.DataFrame) -> dict:
     """The stated accuracy of the resolved human labels (chosen/rejected), its 90% interval and whether it is measured."""
     sided = resolved.filter(pl.col("preference").is_in(["chosen", "rejected"]) & (pl.col("status") == "resolved"))
-    stated = resolution.model.stated(sided["pair_id"].to_list(), sided["preference"].to_list())
+    stated = resolution.stated(sided["pair_id"].to_list(), sided["preference"].to_list())
     if stated["stated"] is None:
         return {}
-    measured = resolution.annotators["basis"].to_list()
-    basis = "measured" if measured and all(b == "measured" for b in measured) else "assumed"
     return {"human_accuracy": round(stated["stated"], 4), "human_low": round(stated["low"], 4), "human_high": round(stated["high"], 4),
-            "human_basis": basis}
+            "human_basis": "assumed" if stated["assumed"] else "measured"}
 
 
 def pull_stage(run: Run, config: Config, client) -> dict:

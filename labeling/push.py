@@ -158,12 +158,13 @@ def ensure_dataset(client, name: str, workspace: str, wanted):
     return dataset, False
 
 
-def fetch_records(client, dataset) -> list[dict]:
-    """Every record of the dataset with its responses, as the REST API returns them (with timestamps)."""
+def fetch_records(client, dataset, responses: bool = True) -> list[dict]:
+    """Every record of the dataset (with its responses unless told otherwise), as the REST API returns them."""
     items, offset = [], 0
+    include = {"include": ["responses"]} if responses else {}
     while True:
         page = call(lambda: client.api.http_client.get(
-            f"/api/v1/datasets/{dataset.id}/records", params={"include": ["responses"], "offset": offset, "limit": PAGE}))
+            f"/api/v1/datasets/{dataset.id}/records", params={**include, "offset": offset, "limit": PAGE}))
         batch = page.json()["items"]
         items += batch
         offset += len(batch)
@@ -284,14 +285,13 @@ def to_push(pairs: pl.DataFrame, labeling: LabelingConfig) -> pl.DataFrame:
     return pairs.filter(pl.col("route").is_in(labeling.routes) & ~is_verified())
 
 
-def queue_plan(run: Run, config: Config, on_server: set[str], resolved: pl.DataFrame | None = None) -> pl.DataFrame:
-    """The queue (labeling/queue.py) for the run's human pairs, from the labels it holds now."""
+def queue_plan(config: Config, pairs: pl.DataFrame, labels: pl.DataFrame, resolved: pl.DataFrame, on_server: set[str]) -> pl.DataFrame:
+    """The queue (labeling/queue.py) for the run's human pairs, from its labels and their resolution."""
     from labeling.queue import plan
 
     labeling = config.labeling or LabelingConfig()
-    return plan(to_push(run.read("pairs"), labeling).select("pair_id", "confidence"), run.read_or_empty("resolved") if resolved is None else resolved,
-                run.read_or_empty("labels"), on_server, target=config.labeling_target(), max_labels=labeling.max_labels_per_pair,
-                budget=labeling.label_budget)
+    return plan(to_push(pairs, labeling).select("pair_id", "confidence"), resolved, labels, on_server, target=config.labeling_target(),
+                max_labels=labeling.max_labels_per_pair, budget=labeling.label_budget)
 
 
 def add_pairs(run: Run, config: Config, client, dataset, pair_ids: list[str]) -> int:
@@ -311,17 +311,16 @@ def push(run: Run, config: Config, client) -> dict:
     pairs = run.read("pairs")
     selected = to_push(pairs, labeling)
     routed = selected.height
-    queue = None
-    if labeling.redundancy == "adaptive":
-        existing = find_dataset(client, dataset_name(config, run), labeling.workspace)
-        on_server = {r["external_id"] for r in fetch_records(client, existing)} if existing is not None else set()
-        queue = queue_plan(run, config, on_server)
-        selected = selected.filter(pl.col("pair_id").is_in(queue.filter(pl.col("state") == "queued")["pair_id"].implode()))
     embeddings = run.read_or_empty("embeddings")
     embed_model = config.embed.model if config.embed else None
     vectors, dims = prompt_vectors(embeddings, embed_model)
     name = dataset_name(config, run)
     dataset, created = ensure_dataset(client, name, labeling.workspace, settings(labeling, dims, client))
+    queue = None
+    if labeling.redundancy == "adaptive":
+        on_server = set() if created else {r["external_id"] for r in fetch_records(client, dataset, responses=False)}
+        queue = queue_plan(config, pairs, run.read_or_empty("labels"), run.read_or_empty("resolved"), on_server)
+        selected = selected.filter(pl.col("pair_id").is_in(queue.filter(pl.col("state") == "queued")["pair_id"].implode()))
     prompts, candidates = run.read("prompts"), run.read("candidates")
     pair_judgments = run.read_or_empty("pair_judgments")
     gold = run.read_or_empty("gold")

@@ -590,10 +590,10 @@ def human_line(part: pl.DataFrame, known: pl.Series, resolution, labeling: Label
     if method == "bayesian" and resolution is not None and resolution.model is not None:
         # the preference as resolved (before export swapped the sides) and the pairs that carry a confidence
         sided = part.filter(pl.col("human_confidence").is_not_null())
-        stated = resolution.model.stated(sided["pair_id"].to_list(), sided["preference"].to_list())
+        stated = resolution.stated(sided["pair_id"].to_list(), sided["preference"].to_list())
         quality = resolution.annotators
         gold = int(quality["gold_answers"].sum()) if quality.height else 0
-        assumed = quality.filter(pl.col("basis") != "measured")["annotator"].to_list()
+        assumed = stated["assumed"]
         basis = (f"assumed: annotator accuracy from the prior {resolution.prior.describe()} (labeling.prior_accuracy), moved by "
                  f"{gold} gold answer(s) and by agreement; fewer than {labeling.min_gold_answers} gold answers for "
                  f"{', '.join(assumed)}") if assumed else f"measured: every annotator's accuracy rests on gold answers ({gold} in all)"

@@ -147,7 +147,7 @@ def pull(run: Run, config: Config, client) -> dict:
     run.write("annotators", annotators)
     queue_counts = {}
     if labeling.redundancy == "adaptive":
-        queue_counts = update_queue(run, config, client, dataset, records, pairs, labels, resolved)
+        queue_counts = update_queue(run, config, client, dataset, records, pairs, labels, resolved, annotators)
     counts = {
         "dataset": name,
         "labels": labels.height,
@@ -171,14 +171,14 @@ def pull(run: Run, config: Config, client) -> dict:
 
 
 def update_queue(run: Run, config: Config, client, dataset, records: list[dict], pairs: pl.DataFrame, labels: pl.DataFrame,
-                 resolved: pl.DataFrame) -> dict:
+                 resolved: pl.DataFrame, annotators: pl.DataFrame) -> dict:
     """Adaptive redundancy after a pull: the queue planned from the labels just saved, and the dataset's run records made
     its `queued` pairs (labeling/queue.py says why this way). Gold records are not in the queue and stay."""
     from labeling.push import DELETE_BATCH, add_pairs, queue_plan
     from labeling.queue import answered, budget_info
 
     labeling = config.labeling or LabelingConfig()
-    queue = queue_plan(config, pairs, labels, resolved, {r["external_id"] for r in records})
+    queue = queue_plan(config, pairs, labels, resolved, annotators, {r["external_id"] for r in records})
     queued = set(queue.filter(pl.col("state") == "queued")["pair_id"].to_list())
     run_pairs = set(queue["pair_id"].to_list())
     on_server = {r["external_id"]: r for r in records if r["external_id"] in run_pairs}

@@ -285,13 +285,17 @@ def to_push(pairs: pl.DataFrame, labeling: LabelingConfig) -> pl.DataFrame:
     return pairs.filter(pl.col("route").is_in(labeling.routes) & ~is_verified())
 
 
-def queue_plan(config: Config, pairs: pl.DataFrame, labels: pl.DataFrame, resolved: pl.DataFrame, on_server: set[str]) -> pl.DataFrame:
-    """The queue (labeling/queue.py) for the run's human pairs, from its labels and their resolution."""
+def queue_plan(config: Config, pairs: pl.DataFrame, labels: pl.DataFrame, resolved: pl.DataFrame, annotators: pl.DataFrame,
+               on_server: set[str]) -> pl.DataFrame:
+    """The queue (labeling/queue.py) for the run's human pairs, from its labels, their resolution and the annotators'
+    estimated accuracy (an annotator without an estimate counts at the prior's)."""
     from labeling.queue import plan
 
     labeling = config.labeling or LabelingConfig()
+    accuracy = {a: r if r is not None else labeling.prior_accuracy for a, r in annotators.select("annotator", "reliability").iter_rows()}
     return plan(to_push(pairs, labeling).select("pair_id", "confidence"), resolved, labels, on_server, target=config.labeling_target(),
-                max_labels=labeling.max_labels_per_pair, budget=labeling.label_budget)
+                max_labels=labeling.max_labels_per_pair, budget=labeling.label_budget, accuracy=accuracy,
+                newcomer=labeling.prior_accuracy)
 
 
 def add_pairs(run: Run, config: Config, client, dataset, pair_ids: list[str]) -> int:
@@ -319,7 +323,8 @@ def push(run: Run, config: Config, client) -> dict:
     queue = None
     if labeling.redundancy == "adaptive":
         on_server = set() if created else {r["external_id"] for r in fetch_records(client, dataset, responses=False)}
-        queue = queue_plan(config, pairs, run.read_or_empty("labels"), run.read_or_empty("resolved"), on_server)
+        queue = queue_plan(config, pairs, run.read_or_empty("labels"), run.read_or_empty("resolved"),
+                           run.read_or_empty("annotators"), on_server)
         selected = selected.filter(pl.col("pair_id").is_in(queue.filter(pl.col("state") == "queued")["pair_id"].implode()))
     prompts, candidates = run.read("prompts"), run.read("candidates")
     pair_judgments = run.read_or_empty("pair_judgments")

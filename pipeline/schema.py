@@ -189,6 +189,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "pair_id": pl.String,
         "labels": pl.Int32,  # submitted labels so far
         "confidence": pl.Float64,  # probability its label is right now (the judge's calibrated one before any label)
+        "worth": pl.Float64,  # most expected accuracy per further label (labeling/queue.py); 0: no label would change it
         "state": pl.String,  # queued | settled | max_labels | closed | over_budget | not_started (labeling/queue.py)
     },
 }
@@ -196,7 +197,7 @@ TABLES["gold_labels"] = TABLES["labels"]  # annotators' answers on gold records 
 
 # columns added after runs were first written: a table from before reads with them null
 ADDED = {"prompts": ("reference_answer", "tests"), "pair_judgments": ("p_chosen_ab", "p_chosen_ba"), "pairs": ("confidence", "signal_value"), "resolved": ("confidence", "method"),
-         "annotators": ("reliability_low", "reliability_high", "basis")}
+         "annotators": ("reliability_low", "reliability_high", "basis"), "queue": ("worth",)}
 
 
 def empty(name: str) -> pl.DataFrame:

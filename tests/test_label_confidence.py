@@ -12,7 +12,7 @@ from labeling_runs import make_run
 
 from labeling.aggregate import bayesian, dawid_skene, prior_of, resolve_run
 from labeling.posterior import Prior, fit
-from labeling.queue import plan
+from labeling.queue import plan, worth
 from pipeline.config import ExportConfig, LabelingConfig
 from pipeline.schema import TABLES
 from training.export import export
@@ -129,6 +129,32 @@ def test_queue_keeps_within_the_label_budget_least_confident_first():
     assert state == {"a": "queued", "b": "queued", "c": "not_started", "d": "not_started"}
     worst_case = sum(3 - n for n, s in zip(queue["labels"], queue["state"]) if s == "queued") + int(queue["labels"].sum())
     assert worst_case <= 6
+
+
+def test_a_pairs_worth_is_the_most_accuracy_per_label_its_remaining_labels_can_buy():
+    # one label left, from an annotator right with P = a: it decides the pair where a > c, so it buys a - c
+    assert worth([0.55, 0.8], ((0.9, 1),), 1) == pytest.approx([0.35, 0.1], abs=1e-6)
+    assert worth([0.8], ((0.75, 1),), 1) == pytest.approx([0.0], abs=1e-6)  # a 0.75 label cannot overturn 0.8
+    # two such labels can: the best plan asks one, and a second only when the first disagrees (P = d), after
+    # which the pair stands at q = c (1 - a) / d and the second label decides it: it buys d (a - q) for 1 + d labels
+    c, a = 0.8, 0.75
+    d = c * (1 - a) + (1 - c) * a
+    q = c * (1 - a) / d
+    assert worth([c], ((a, 2),), 2) == pytest.approx([d * (a - q) / (1 + d)], abs=1e-6)
+
+
+def test_the_budget_goes_where_labels_buy_most_not_to_the_least_confident():
+    # x (0.62 after one label from "good") can only get its second label from "weak" (0.6): it cannot change x;
+    # y (0.7, unlabeled) can get one from "good"; the budget pays for one more pair
+    human, resolved, given = queue_inputs({"x": 0.55, "y": 0.7}, {}, {"x": 0.62})
+    given = labels([("x", "good", "chosen")])
+    queue = plan(human, resolved, given, {"x", "y"}, target=0.9, max_labels=2, budget=3,
+                 accuracy={"good": 0.9, "weak": 0.6})
+    state = dict(queue.select("pair_id", "state").iter_rows())
+    assert state == {"x": "over_budget", "y": "queued"}, queue
+    worths = dict(queue.select("pair_id", "worth").iter_rows())
+    # y's next label is from either annotator: one label alone buys (0.9 - 0.7) / 2; looking ahead buys more
+    assert worths["x"] == 0.0 and worths["y"] > (0.9 - 0.7) / 2, worths
 
 
 def test_a_pair_labeled_mostly_tie_or_both_bad_resolves_by_count_without_a_confidence():

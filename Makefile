@@ -31,7 +31,7 @@ argilla: venv
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-# bubblewrap (bwrap) isolates model-written code in the code sandbox (pipeline/sandbox.py).
+# bubblewrap (bwrap) isolates model-written code in the code sandbox (pipeline/sandbox/bwrap.py).
 bubblewrap:
 	@command -v bwrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; }
 

@@ -1,4 +1,4 @@
-"""Semantic dedup at scale: `pipeline.dedup.near_duplicates` on 100,000 and 200,000 384-d vectors, 2 threads.
+"""Semantic dedup at scale: `pipeline.stages.dedup.near_duplicates` on 100,000 and 200,000 384-d vectors, 2 threads.
 
 Targets: 100k under 60 s with peak memory under 2 GiB (an n x n similarity matrix would need 40 GB), and
 doubling n less than triples the time. The vectors look like sentence embeddings: topic clusters with
@@ -50,7 +50,7 @@ def one(n: int) -> dict:
     import faiss
     import numpy as np
 
-    from pipeline.dedup import near_duplicates
+    from pipeline.stages.dedup import near_duplicates
 
     faiss.omp_set_num_threads(THREADS)
     v, copies, originals = vectors(n)

@@ -39,7 +39,7 @@ def texts(n: int) -> list[str]:
 
 
 def main() -> list[dict]:
-    from pipeline.embed import embed_texts, load_model
+    from pipeline.stages.embed import embed_texts, load_model
 
     data = texts(N_TEXTS)
     assert len(set(data)) == len(data)

@@ -3,7 +3,7 @@
 (a) openai backend: 10,000 prompts against the local OpenAI-compatible server (tests/openai_server.py,
     its own process, 50 ms per request), concurrency 64. Baseline: a bare `AsyncOpenAI` loop
     with the SDK's defaults, written two ways (semaphore + gather; 64 workers on one iterator), the
-    faster counts. prefab: `pipeline.generate.generate` with a fresh call cache, so it also hashes,
+    faster counts. prefab: `pipeline.stages.generate.generate` with a fresh call cache, so it also hashes,
     caches every answer in SQLite and builds the candidates table. Each side runs ROUNDS times (2),
     alternating, best run counts (machines are shared). Peak RSS of this process after (a).
 (b) transformers backend: the same prompts through `call_llm` (fresh cache) and through direct
@@ -88,11 +88,11 @@ async def bare_loop(url: str, texts: list[str], style: str = "semaphore") -> lis
 def prefab_generate(url: str, texts: list[str], cache_dir: Path):
     import polars as pl
 
-    from pipeline.cache import CallCache
-    from pipeline.config import GeneratorSpec
-    from pipeline.generate import generate
-    from pipeline.schema import TABLES
-    from pipeline.store import prompt_id
+    from pipeline.core.cache import CallCache
+    from pipeline.core.config import GeneratorSpec
+    from pipeline.stages.generate import generate
+    from pipeline.core.schema import TABLES
+    from pipeline.core.store import prompt_id
 
     rows = [{"prompt_id": prompt_id([{"role": "user", "content": t}]), "messages": [{"role": "user", "content": t}], "source": "bench",
              "source_line": i, "category": None, "duplicate_of": None, "cluster": None} for i, t in enumerate(texts)]
@@ -164,10 +164,10 @@ def direct_generate(model, tokenizer, messages: list[list[dict]], batch_size: in
 def bench_transformers(n: int, threads: int | None) -> list[dict]:
     import torch
 
-    from pipeline.cache import CallCache
-    from pipeline.config import ModelSpec
-    from pipeline.llm import Request, call_llm
-    from pipeline.llm_transformers import load_model
+    from pipeline.core.cache import CallCache
+    from pipeline.core.config import ModelSpec
+    from pipeline.models.llm import Request, call_llm
+    from pipeline.models.llm_transformers import load_model
 
     if threads:
         torch.set_num_threads(threads)

@@ -19,7 +19,7 @@ Part 1, the simulation. Its parameters were fixed before any comparison was run 
       margin < margin_threshold = 0.5, in the run's order (first come) until the budget runs out; the two
       labels resolved by `labeling.aggregate.majority` with tie_rule "judge" (a 1-1 split keeps the judge's label);
   (c) random routing: B/2 random pairs to people, the same majority rule;
-  (d) calibrated routing with reliability-weighted aggregation: `pipeline.calibrate.coverage_curve`,
+  (d) calibrated routing with reliability-weighted aggregation: `pipeline.stages.calibrate.coverage_curve`,
       `calibrator` and `pick_threshold` on the 400 gold pairs' (s, judge right 1/0); the run pairs with the
       lowest calibrated P(right) go to people (lowest s first); 10% of the budget's labels go to gold pairs
       (one label each, annotator uniform at random), so 720 labels = 360 run pairs at B = 800; resolved by
@@ -44,8 +44,8 @@ Part 1b, honest confidence and adaptive second opinions, on the same judge and a
 before any comparison was run, not tuned to the result:
 - prefab estimates everything itself: `labeling.aggregate.bayesian` (labeling/posterior.py) with the default prior
   (LabelingConfig: prior_accuracy 0.70, prior_strength 10), each pair's prior the judge's confidence calibrated on
-  the 400 gold pairs (`pipeline.calibrate.calibrator`); auto pairs' accuracy and interval from
-  `pipeline.route.predicted_accuracy`. No true value is handed to it.
+  the 400 gold pairs (`pipeline.stages.calibrate.calibrator`); auto pairs' accuracy and interval from
+  `pipeline.stages.route.predicted_accuracy`. No true value is handed to it.
 - Honesty: seeds 100..199 (100 seeds), each condition drawn anew per seed. Human pairs are the run pairs with the
   lowest calibrated confidence; the rest are auto. Conditions:
   H1: 2 labels per human pair on 400 pairs (distinct annotators, uniform), 80 gold answers (one per gold pair,
@@ -73,7 +73,7 @@ before any comparison was run, not tuned to the result:
   parameters known, asking one label at a time (`adaptive_bound`).
 
 Part 2 (optional, slow on CPU): when ../shared/gold/ exists, the demo's embedded judge (SmolLM2-135M,
-scoring: logprobs, pairwise, the demo's aspects) through `pipeline.calibrate.calibrate` on a seeded sample of
+scoring: logprobs, pairwise, the demo's aspects) through `pipeline.stages.calibrate.calibrate` on a seeded sample of
 PREFAB_BENCH_GOLD_LIMIT pairs per file (default 40; 0 skips it): accuracy, consistency and A-share per file and
 method, next to "choose the longer response" on the same pairs (measured in the same run) and the reference
 figures of ../shared/gold/README.md.
@@ -145,10 +145,10 @@ def pair_id(i: int) -> str:
 
 
 def labels_frame(pair_ids: list[str], annotators: list[str], labels: list[str]):
-    """A `labels` table (pipeline.schema) of submitted labels; the other columns null."""
+    """A `labels` table (pipeline.core.schema) of submitted labels; the other columns null."""
     import polars as pl
 
-    from pipeline.schema import TABLES
+    from pipeline.core.schema import TABLES
 
     known = {"pair_id": pair_ids, "annotator": annotators, "status": ["submitted"] * len(pair_ids), "label": labels}
     return pl.DataFrame({col: known.get(col, [None] * len(pair_ids)) for col in TABLES["labels"]}, schema=TABLES["labels"])
@@ -205,7 +205,7 @@ def majority_arm(sim: dict, routed: np.ndarray) -> float:
 
 def calibration(sim: dict) -> dict:
     """coverage_curve / calibrator / pick_threshold on the gold pairs; the run pairs ordered least confident first."""
-    from pipeline.calibrate import calibrator, coverage_curve, pick_threshold
+    from pipeline.stages.calibrate import calibrator, coverage_curve, pick_threshold
 
     conf, correct = sim["gold_s"].tolist(), sim["gold_right"].astype(float).tolist()
     curve = coverage_curve(conf, correct)
@@ -397,7 +397,7 @@ CHECK_AT = 2000
 
 def prior():
     from labeling.aggregate import prior_of
-    from pipeline.config import LabelingConfig
+    from pipeline.core.config import LabelingConfig
 
     return prior_of(LabelingConfig())
 
@@ -422,8 +422,8 @@ def honesty_seed(seed: int, condition: str) -> dict:
     import polars as pl
 
     from labeling.aggregate import CALIBRATION_DRAWS
-    from pipeline.calibrate import calibrated_draws, calibrator
-    from pipeline.route import predicted_accuracy
+    from pipeline.stages.calibrate import calibrated_draws, calibrator
+    from pipeline.stages.route import predicted_accuracy
 
     n_human, per_pair, n_gold, accuracy, _ = CONDITIONS[condition]
     rng = np.random.default_rng([seed, 1])
@@ -529,7 +529,7 @@ def adaptive_arm(sim: dict, cal: dict) -> tuple[dict, dict]:
     import polars as pl
 
     from labeling.queue import plan, priority
-    from pipeline.schema import empty
+    from pipeline.core.schema import empty
 
     ann, label_right = third_labels(sim)
     p_right = cal["p_right"]
@@ -666,10 +666,10 @@ def gold_part() -> list[dict]:
 
     import polars as pl
 
-    from pipeline.cache import CallCache
-    from pipeline.calibrate import calibrate, calibration_table
-    from pipeline.config import CalibrateConfig, JudgeConfig
-    from pipeline.gold import read_gold
+    from pipeline.core.cache import CallCache
+    from pipeline.stages.calibrate import calibrate, calibration_table
+    from pipeline.core.config import CalibrateConfig, JudgeConfig
+    from pipeline.stages.gold import read_gold
 
     check_demo_judge()
     started = time.perf_counter()

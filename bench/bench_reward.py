@@ -29,7 +29,7 @@ def reward_model(tmp: str) -> str:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from pipeline.models import resolve_llm
+    from pipeline.models.embedded import resolve_llm
 
     base = resolve_llm("embedded:smollm2")
     torch.manual_seed(0)
@@ -65,9 +65,9 @@ def direct_loop(model, tokenizer, ids: list[list[int]], batch: int) -> list[floa
 def bench_reward() -> dict:
     import torch
 
-    from pipeline import reward
-    from pipeline.cache import CallCache
-    from pipeline.config import RewardModelSpec
+    from pipeline.models import reward
+    from pipeline.core.cache import CallCache
+    from pipeline.core.config import RewardModelSpec
 
     torch.set_num_threads(os.cpu_count() or 1)
     data = items()
@@ -94,7 +94,7 @@ def bench_reward() -> dict:
 def bench_math() -> dict:
     from math_verify import parse, verify
 
-    from pipeline.verify import check_many
+    from pipeline.stages.verify import check_many
 
     rows = [json.loads(line) for line in (ROOT / "data" / "prompts" / "math.jsonl").read_text().splitlines() if line.strip()]
     pairs = []

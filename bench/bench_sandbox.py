@@ -1,4 +1,4 @@
-"""Code runs per second in the sandbox (pipeline/sandbox.py) vs a bare `subprocess.run([sys.executable, "-c", ...])`
+"""Code runs per second in the sandbox (pipeline/sandbox/bwrap.py) vs a bare `subprocess.run([sys.executable, "-c", ...])`
 of the same code and tests, side by side in one run: one at a time, then concurrently with run_many.
 
 The bare run is what a verifier without isolation would do: one interpreter per candidate, no namespaces, no
@@ -15,7 +15,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from pipeline.sandbox import run, run_many
+from pipeline.sandbox.bwrap import run, run_many
 
 RUNS = int(os.environ.get("BENCH_SANDBOX_RUNS", "100"))
 WORKERS = os.cpu_count() or 1

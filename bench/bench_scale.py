@@ -88,7 +88,7 @@ def main() -> list[dict]:
             for n in SIZES:
                 config = write_run(Path(tmp), url, n)
                 with open(Path(tmp) / f"stderr-{n}.txt", "w") as err:
-                    got = measured([sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=ROOT, env=env,
+                    got = measured([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, env=env,
                                    stdout=subprocess.DEVNULL, stderr=err)
                 calls = n * 2 * 2  # two temperatures, then a judgment of each candidate
                 manifest = json.loads((Path(tmp) / f"run-{n}" / "manifest.json").read_text())["stages"]

@@ -19,13 +19,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BASE = os.environ.get("BENCH_STARTUP_BASE", "b59cf5d")
 REPEAT = int(os.environ.get("BENCH_STARTUP_REPEAT", "3"))
-CODE = "import sys; from pipeline.cli import cli; cli(args=sys.argv[1:], prog_name='prefab')"
+CODE = "import sys; from pipeline.commands.cli import cli; cli(args=sys.argv[1:], prog_name='prefab')"
 MAKE_RUN = "import sys, pathlib; sys.path.insert(0, 'tests'); from labeling_runs import make_run; make_run(pathlib.Path(sys.argv[1]), n_pairs=12)"
 
 
 def own_entry_points(tree: Path, where: Path) -> dict:
     """An environment in which `tree`'s code finds its own stages, commands and report sections: a dist-info made
-    from its pyproject.toml, put before the installed one on PYTHONPATH (pipeline/registry.py reads entry points,
+    from its pyproject.toml, put before the installed one on PYTHONPATH (pipeline/core/registry.py reads entry points,
     and the installed ones are HEAD's)."""
     project = tomllib.loads((tree / "pyproject.toml").read_text())["project"]
     info = where / "prefab-0.dist-info"

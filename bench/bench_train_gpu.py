@@ -52,7 +52,7 @@ def make_data(tmp: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from labeling_runs import make_run
 
-    from pipeline.config import ExportConfig
+    from pipeline.core.config import ExportConfig
     from training.export import export
 
     run, _ = make_run(tmp / "run", PAIRS, human_every=PAIRS + 1, long_text=1200)
@@ -69,7 +69,7 @@ def run_prefab(data: Path, out: Path) -> float:
 
 
 def run_plain(data: Path, out: Path) -> float:
-    from pipeline.models import resolve_llm
+    from pipeline.models.embedded import resolve_llm
 
     cmd = [sys.executable, "-c", PLAIN_TRL, str(data), resolve_llm(MODEL), str(out), json.dumps(SETTINGS)]
     result = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)

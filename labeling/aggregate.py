@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from labeling.agreement import CATEGORIES, submitted
-from pipeline.calibrate import wilson
-from pipeline.schema import TABLES, empty
+from pipeline.stages.calibrate import wilson
+from pipeline.core.schema import TABLES, empty
 
 if TYPE_CHECKING:  # the model's module loads scipy: not at import time
     from labeling.posterior import Fit, Prior
@@ -227,7 +227,7 @@ def pair_priors(pairs: pl.DataFrame) -> dict[str, float]:
 def pair_prior_draws(run, pairs: pl.DataFrame, seed: int = 0) -> dict | None:
     """Each pair's prior under CALIBRATION_DRAWS refits of the judge's calibration on resampled gold pairs (the signal
     route chose), so that the stated accuracy of human labels carries the calibration's own uncertainty."""
-    from pipeline.calibrate import calibrated_draws
+    from pipeline.stages.calibrate import calibrated_draws
 
     signal = (run.stage_info("route").get("routing") or {}).get("signal")
     if not signal or not run.has("gold_signals") or "signal_value" not in pairs.columns:

@@ -1,7 +1,7 @@
 """What `prefab check CONFIG` asks of labeling (registered under the entry point group `prefab.checks`): a config
 whose run pushes pairs to people needs the labeling server answering."""
 
-from pipeline.check import Check
+from pipeline.commands.check import Check
 
 
 def labeling_server(config) -> list[Check]:

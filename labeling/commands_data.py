@@ -2,15 +2,15 @@
 
 import click
 
-from pipeline.options import config_option, load_run_config, run_option, stage_command
+from pipeline.core.options import config_option, load_run_config, run_option, stage_command
 
 
 def _with_labeling(config, **overrides):
     """The run config with CLI overrides of its labeling section, validated like the YAML."""
     from pydantic import ValidationError
 
-    from pipeline.config import LabelingConfig
-    from pipeline.errors import ConfigError
+    from pipeline.core.config import LabelingConfig
+    from pipeline.core.errors import ConfigError
 
     base = (config.labeling or LabelingConfig()).model_dump()
     try:
@@ -34,7 +34,7 @@ def _with_labeling(config, **overrides):
               help="Share of the dataset that is gold pairs from calibrate, unmarked (default from the config: 0.1).")
 def push(run_dir, config_path, routes, dataset, workspace, judge_hint, no_suggestions, gold_share):
     """Push the pairs routed to humans (and unmarked gold pairs) to Argilla; pushing again updates the same records."""
-    from pipeline.store import Run
+    from pipeline.core.store import Run
 
     config = _with_labeling(load_run_config(run_dir, config_path), routes=list(routes) or None, dataset=dataset,
                             workspace=workspace, judge_hint="none" if no_suggestions else judge_hint, gold_share=gold_share)
@@ -50,8 +50,8 @@ def pull(run_dir, config_path, watch, interval):
     """Pull submitted and discarded labels from Argilla, mapped back to chosen/rejected, and resolve them."""
     from labeling.pull import print_summary, pull_stage, watch as watch_labels
     from labeling.push import connect
-    from pipeline.progress import console
-    from pipeline.store import open_run
+    from pipeline.core.progress import console
+    from pipeline.core.store import open_run
 
     run = open_run(run_dir)
     config = load_run_config(run_dir, config_path)

@@ -21,7 +21,7 @@ import random
 
 import polars as pl
 
-from pipeline.config import Config, LabelingConfig
+from pipeline.core.config import Config, LabelingConfig
 
 PREFERENCE = "preference"
 RATIONALE = "rationale"
@@ -79,7 +79,7 @@ def settings(config: LabelingConfig, vector_dims: int | None, client) -> "rg.Set
     """Dataset settings: chat prompt, responses A/B, a required preference, optional rationale and ratings.
 
     The client is needed only because the SDK binds metadata properties to one; nothing is sent. The SDK is
-    imported here, not with the module: it takes seconds, and loading the stages (pipeline/registry.py) for
+    imported here, not with the module: it takes seconds, and loading the stages (pipeline/core/registry.py) for
     `prefab status` or any one stage must not pay for it.
     """
     import argilla as rg

@@ -26,8 +26,8 @@ import urllib.request
 import warnings
 from pathlib import Path
 
-from pipeline.errors import LabelingError
-from pipeline.models import prefab_home
+from pipeline.core.errors import LabelingError
+from pipeline.models.embedded import prefab_home
 
 SERVER_SIDE = Path(__file__).resolve().parent / "server"  # what runs with the server venv's python
 REQUIREMENTS = SERVER_SIDE / "requirements.txt"

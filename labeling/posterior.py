@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 from scipy.special import expit, logit
 
-from pipeline.calibrate import outward
+from pipeline.stages.calibrate import outward
 
 SIDES = ("chosen", "rejected")
 CLIP = 1e-3  # a pair prior of exactly 0 or 1 would let no label move it

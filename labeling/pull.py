@@ -15,11 +15,11 @@ from labeling.aggregate import pair_prior_draws, pair_priors, resolve_labels
 from labeling.agreement import agreement, judge_labels
 from labeling.dataset import LABELS, PREFERENCE, RATING_A, RATING_B, RATIONALE, a_is_chosen, to_label
 from labeling.push import call, fetch_records, gold_mapping, server_errors, usernames
-from pipeline.config import Config, LabelingConfig
-from pipeline.errors import LabelingError
-from pipeline.progress import console, summary
-from pipeline.schema import TABLES
-from pipeline.store import Run
+from pipeline.core.config import Config, LabelingConfig
+from pipeline.core.errors import LabelingError
+from pipeline.core.progress import console, summary
+from pipeline.core.schema import TABLES
+from pipeline.core.store import Run
 
 KEY = ["pair_id", "annotator"]
 

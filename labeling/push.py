@@ -22,14 +22,14 @@ import polars as pl
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from labeling.dataset import build_records, prompt_vectors, settings
-from pipeline.config import Config, LabelingConfig
-from pipeline.errors import LabelingError
-from pipeline.pair import is_verified
-from pipeline.progress import progress_bar, summary
-from pipeline.schema import TABLES
-from pipeline.store import Run, candidate_id, content_id, pair_id, prompt_id
+from pipeline.core.config import Config, LabelingConfig
+from pipeline.core.errors import LabelingError
+from pipeline.stages.pair import is_verified
+from pipeline.core.progress import progress_bar, summary
+from pipeline.core.schema import TABLES
+from pipeline.core.store import Run, candidate_id, content_id, pair_id, prompt_id
 
-SECTION = "labeling"  # the config section this stage needs (pipeline/registry.py)
+SECTION = "labeling"  # the config section this stage needs (pipeline/core/registry.py)
 ORDER = 90  # its place in `prefab run`
 
 BATCH = 256  # the server takes up to 500, but per record a 500 batch is slower (see above)
@@ -333,7 +333,7 @@ def push(run: Run, config: Config, client) -> dict:
     if n_gold:
         g_pairs, g_prompts, g_cands, g_judgments = gold_frames(run, gold, selected, prompts, candidates, n_gold, config.seed)
         if vectors:  # every record has a prompt vector, or none has: a missing one would single gold out
-            from pipeline.embed import embed_texts, prompt_text
+            from pipeline.stages.embed import embed_texts, prompt_text
 
             model = embed_model or embeddings["model"][0]
             found = embed_texts([prompt_text(m) for m in g_prompts["messages"].to_list()], model, run.path, description="embed gold prompts")

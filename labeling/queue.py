@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from labeling.agreement import submitted
-from pipeline.schema import TABLES, empty
+from pipeline.core.schema import TABLES, empty
 
 OUT_OF_QUEUE = ("settled", "max_labels", "closed", "over_budget")  # states whose labeled pairs prefab takes out of Argilla
 LEVELS = 3  # accuracies a pool of annotators is summarised by, for the worth's look-ahead

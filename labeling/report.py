@@ -6,8 +6,8 @@ Registered as `sections` under the `prefab.report` entry point (pyproject.toml);
 import polars as pl
 
 from labeling.agreement import CATEGORIES, agreement
-from pipeline.config import LabelingConfig
-from pipeline.report import COLORS, figure, metrics_html, plot_html, section, table_html
+from pipeline.core.config import LabelingConfig
+from pipeline.stages.report import COLORS, figure, metrics_html, plot_html, section, table_html
 
 
 def labels_section(run) -> str | None:

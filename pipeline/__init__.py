@@ -1,4 +1,5 @@
-"""prefab's pipeline: stages that turn prompts into preference pairs (see DESIGN.md)."""
+"""prefab's pipeline: stages that turn prompts into preference pairs, in layers: core, models, sandbox, stages,
+commands (docs/architecture.md)."""
 
 import os
 

@@ -23,7 +23,7 @@ def cli_runner():
 @pytest.fixture
 def prefab(cli_runner):
     """Invoke the real `prefab` CLI in-process; returns the click Result."""
-    from pipeline.cli import cli
+    from pipeline.commands.cli import cli
 
     def invoke(*args, **kwargs):
         return cli_runner.invoke(cli, [str(a) for a in args], catch_exceptions=False, **kwargs)
@@ -58,9 +58,9 @@ from labeling_fixtures import argilla_client, argilla_http, labeling_server  # n
 @pytest.fixture
 def fast_backoff(monkeypatch):
     """Pauses of 10 ms between a call's attempts, for tests about what is retried rather than how long it waits."""
-    import pipeline.llm_openai
+    import pipeline.models.llm_openai
 
-    monkeypatch.setattr(pipeline.llm_openai, "BACKOFF_S", (0.01, 0.01))
+    monkeypatch.setattr(pipeline.models.llm_openai, "BACKOFF_S", (0.01, 0.01))
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def fake_backend():
     `backend: fake` answers without a server; script it with `fake_backend.respond`, read `fake_backend.requests`."""
     from fake_backend import FakeBackend
 
-    from pipeline.registry import register_backend, unregister_backend
+    from pipeline.core.registry import register_backend, unregister_backend
 
     fake = FakeBackend()
     register_backend("fake", fake)

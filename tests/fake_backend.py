@@ -1,5 +1,5 @@
 """An in-process model backend for tests where the HTTP layer is not what they test: registered through the
-same interface as openai and transformers (pipeline.registry.register_backend; the `fake_backend` fixture
+same interface as openai and transformers (pipeline.core.registry.register_backend; the `fake_backend` fixture
 in conftest.py registers a fresh one as `fake`), it answers as tests/openai_server.py does, without a
 server or sockets:
 
@@ -13,7 +13,7 @@ what was asked, in order.
 
 from openai_server import completion, default_respond
 
-from pipeline.backends import Request, Result
+from pipeline.models.backends import Request, Result
 
 
 class FakeBackend:

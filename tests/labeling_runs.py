@@ -6,8 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.config import Config, IngestConfig, LabelingConfig
-from pipeline.store import Run, candidate_id, pair_id, prompt_id
+from pipeline.core.config import Config, IngestConfig, LabelingConfig
+from pipeline.core.store import Run, candidate_id, pair_id, prompt_id
 
 DIMS = 8
 
@@ -55,7 +55,7 @@ def make_run(path: Path, n_pairs: int = 6, *, human_every: int = 2, labeling: La
     run.path.mkdir(parents=True, exist_ok=True)
     for name, rows in (("prompts", prompts), ("candidates", candidates), ("judgments", judgments),
                        ("pair_judgments", pair_judgments), ("embeddings", embeddings), ("pairs", pairs)):
-        from pipeline.schema import TABLES
+        from pipeline.core.schema import TABLES
 
         run.write(name, pl.DataFrame(rows, schema=TABLES[name]))
     config = Config(run=str(path), ingest=IngestConfig(paths=["test.jsonl"]), labeling=labeling or LabelingConfig())

@@ -3,9 +3,9 @@ through the real store, so every stage reads exactly what the earlier stages wou
 
 import polars as pl
 
-from pipeline.config import Config, IngestConfig
-from pipeline.schema import TABLES
-from pipeline.store import Run, candidate_id, prompt_id
+from pipeline.core.config import Config, IngestConfig
+from pipeline.core.schema import TABLES
+from pipeline.core.store import Run, candidate_id, prompt_id
 
 
 def prompts_frame(texts: list[str]) -> pl.DataFrame:

@@ -1,7 +1,7 @@
 """Whether this machine can isolate code at all, proven without prefab's sandbox.
 
 Sandbox tests skip only for what this probe proves: bubblewrap absent, or the kernel (or the container's seccomp
-or AppArmor policy) refusing the namespaces the sandbox needs. Any other failure of pipeline/sandbox.py, a wrong
+or AppArmor policy) refusing the namespaces the sandbox needs. Any other failure of pipeline/sandbox/bwrap.py, a wrong
 mount or an interpreter it cannot see included, must fail the tests instead of skipping them.
 """
 

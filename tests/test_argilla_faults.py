@@ -38,7 +38,7 @@ def own_server(monkeypatch):
 
 
 def prefab_process(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT, env=dict(os.environ),
+    return subprocess.Popen([sys.executable, "-m", "pipeline.commands.cli", *map(str, args)], cwd=ROOT, env=dict(os.environ),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

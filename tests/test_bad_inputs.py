@@ -19,7 +19,7 @@ CASES = yaml.safe_load((Path(__file__).parent / "bad_inputs" / "cases.yaml").rea
 @pytest.fixture(scope="module")
 def existing_run(tmp_path_factory):
     """A run that already holds prompts, as a user's would when they make a mistake."""
-    from pipeline.cli import cli
+    from pipeline.commands.cli import cli
     from click.testing import CliRunner
 
     root = tmp_path_factory.mktemp("existing")
@@ -75,7 +75,7 @@ def unreadable(paths: list[Path]):
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_bad_input(case, tmp_path, existing_run, cli_runner, monkeypatch):
-    from pipeline.cli import cli
+    from pipeline.commands.cli import cli
 
     subst = lambda s: s.replace("{dir}", str(tmp_path)).replace("{run}", str(existing_run))
     for name, value in (case.get("env") or {}).items():

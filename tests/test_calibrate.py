@@ -8,8 +8,8 @@ import pytest
 from gold_judge import ControlledJudge, gold_pairs, judge_section, write_jsonl
 from quality_runs import make_run
 
-from pipeline.calibrate import coverage_curve, pick_threshold
-from pipeline.runner import run_step
+from pipeline.stages.calibrate import coverage_curve, pick_threshold
+from pipeline.core.runner import run_step
 
 
 def calibrated_run(tmp_path, server, pairs, *, pairwise=False, route=None, run_pairs=None):
@@ -160,7 +160,7 @@ def test_calibrate_command_and_bad_gold(tmp_path, openai_server, prefab):
 
 
 def test_report_shows_the_calibration(tmp_path, openai_server):
-    from pipeline.report import render
+    from pipeline.stages.report import render
 
     pairs = gold_pairs(200)
     openai_server.respond = ControlledJudge(pairs, accuracy=0.75)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
+from pipeline.core.config import load_config
+from pipeline.core.errors import ConfigError
 
 BASE = """run: {run}
 ingest:
@@ -80,10 +80,10 @@ def test_the_run_snapshot_gives_back_the_config_exactly(tmp_path, path):
     (a default 5 that came back as 5.0 changed the judge's rubric text, so `prefab judge --run` repaid every call)."""
     import json
 
-    from pipeline.config import Config
-    from pipeline.judge import scoring_requests
-    from pipeline.llm import cache_key
-    from pipeline.runner import snapshot
+    from pipeline.core.config import Config
+    from pipeline.stages.judge import scoring_requests
+    from pipeline.models.llm import cache_key
+    from pipeline.core.runner import snapshot
 
     if path == "defaults":
         path = write(tmp_path, BASE + "judge: {judges: [{backend: openai, model: m}]}\nembed: {}\npair: {}\nroute: {}\n")

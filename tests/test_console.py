@@ -21,7 +21,7 @@ def prefab(*args, cwd=ROOT) -> str:
     """`prefab ARGS` in a fresh interpreter, with none of the variables that quiet third parties inherited; its console output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TQDM_", "HF_HUB_DISABLE_PROGRESS", "HF_DATASETS_DISABLE",
                                                                      "TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY", "PYTHONWARNINGS"))}
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result.stdout + result.stderr
 
@@ -53,7 +53,7 @@ def test_training_shows_one_bar_and_logs_the_rest(tmp_path):
 
     import polars as pl
 
-    from pipeline.config import ExportConfig
+    from pipeline.core.config import ExportConfig
     from training.export import export
 
     run, _ = make_run(tmp_path / "run", n_pairs=3, human_every=100)

@@ -6,12 +6,12 @@ import polars as pl
 import pytest
 from quality_runs import make_run
 
-from pipeline import dedup
-from pipeline.config import DedupConfig
-from pipeline.dedup import balanced_quota, dedup_prompts, exact_duplicates, near_duplicates, sample_clusters
-from pipeline.embed import embed_texts, prompt_text
-from pipeline.errors import ConfigError
-from pipeline.queries import active_prompts
+from pipeline.stages import dedup
+from pipeline.core.config import DedupConfig
+from pipeline.stages.dedup import balanced_quota, dedup_prompts, exact_duplicates, near_duplicates, sample_clusters
+from pipeline.stages.embed import embed_texts, prompt_text
+from pipeline.core.errors import ConfigError
+from pipeline.core.queries import active_prompts
 
 PYTHON = ["How do I reverse a list in Python?", "How do I sort a dictionary by value in Python?",
           "What does the yield keyword do in Python?", "How do I read a CSV file with Python's csv module?"]
@@ -122,7 +122,7 @@ def test_disabled_semantic_keeps_paraphrases_and_vectors_come_from_the_cache(tmp
     dedup.step(config, run)
     assert active_prompts(run.read("prompts")).height == 5
     embed_texts([prompt_text(m) for m in run.read("prompts")["messages"].to_list()], cache_dir=run.path)  # all cached
-    from pipeline import embed
+    from pipeline.stages import embed
 
     monkeypatch.setattr(embed, "load_model", lambda *a, **k: pytest.fail("vectors should come from the run's cache"))
     dedup.step(config, run)

@@ -5,8 +5,8 @@ import polars as pl
 import pytest
 from quality_runs import make_run
 
-from pipeline import embed
-from pipeline.embed import cluster_stats, embed_texts, near_identical, vendi_score
+from pipeline.stages import embed
+from pipeline.stages.embed import cluster_stats, embed_texts, near_identical, vendi_score
 
 TEXTS = ["How do I reverse a list in Python?", "What is the capital of France?", "Write a haiku about autumn leaves.",
          "How can I reverse a Python list?"]

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 from labeling_runs import make_run
 
-from pipeline.config import ExportConfig, ModelSpec
-from pipeline.errors import InputError, ModelError
+from pipeline.core.config import ExportConfig, ModelSpec
+from pipeline.core.errors import InputError, ModelError
 from training.eval import evaluate, length_controlled, prompt_score, read_prompts, win_rates
 
 pytestmark = pytest.mark.training
@@ -92,7 +92,7 @@ def perturbed_smollm2(out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.models import resolve_llm
+    from pipeline.models.embedded import resolve_llm
 
     base = resolve_llm("embedded:smollm2")
     model = AutoModelForCausalLM.from_pretrained(base)
@@ -182,7 +182,7 @@ def implicit_margins(policy, reference, path: Path, beta: float, max_length: int
 def test_implicit_reward_accuracy_on_the_test_split(candidate_model, tmp_path):
     """reward_accuracy on the held-out file of an export equals the oracle's: the share of pairs whose margin is
     positive, and the mean margin."""
-    from pipeline.models import resolve_llm
+    from pipeline.models.embedded import resolve_llm
     from training.eval import reward_accuracy
     from training.export import export
 

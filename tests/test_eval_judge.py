@@ -13,7 +13,7 @@ import pytest
 from labeling_runs import make_run
 from test_eval import perturbed_smollm2
 
-from pipeline.config import ExportConfig, JudgeConfig, ModelSpec
+from pipeline.core.config import ExportConfig, JudgeConfig, ModelSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.training
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.training
 def held_out(tmp_path_factory):
     """A run (with its config snapshot) whose export holds a DPO test split of 3 pairs, and a candidate model: a
     copy of SmolLM2 with slightly perturbed weights, so the two models' answers differ."""
-    from pipeline.runner import snapshot
+    from pipeline.core.runner import snapshot
     from training.export import export
 
     root = tmp_path_factory.mktemp("eval-judge")
@@ -42,7 +42,7 @@ def test_the_embedded_judge_judges_every_prompt(held_out, tmp_path):
     test = run.path / "exports" / "dpo_test.jsonl"
     log = tmp_path / "log"
     with open(log, "w") as out:
-        result = subprocess.run([sys.executable, "-m", "pipeline.cli", "eval", "--base", "embedded:smollm2", "--candidate", str(candidate),
+        result = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "eval", "--base", "embedded:smollm2", "--candidate", str(candidate),
                                  "--prompts", str(test), "--test", str(test), "--max-tokens", "16", "--out", str(tmp_path / "eval")],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=900)
     text = log.read_text()
@@ -68,7 +68,7 @@ def test_eval_takes_the_runs_judge_settings(held_out, openai_server, prefab, tmp
     run, config, candidate = held_out
     served = ModelSpec(name="served", backend="openai", model="served-judge", base_url=openai_server.url)
     config.judge = JudgeConfig(judges=[served], max_tokens=77, aspects=[{"name": "helpfulness"}])
-    from pipeline.runner import snapshot
+    from pipeline.core.runner import snapshot
 
     run.update_manifest(config=snapshot(config))
     openai_server.respond = lambda request: json.dumps({"rationale": "first", "winner": "A"})

@@ -9,10 +9,10 @@ import pytest
 from conftest import snapshot_dir
 from labeling_runs import make_run
 
-from pipeline.config import ExportConfig
-from pipeline.errors import ExportError
-from pipeline.schema import TABLES
-from pipeline.store import Run, candidate_id, pair_id
+from pipeline.core.config import ExportConfig
+from pipeline.core.errors import ExportError
+from pipeline.core.schema import TABLES
+from pipeline.core.store import Run, candidate_id, pair_id
 from training.export import export, select_pairs
 
 

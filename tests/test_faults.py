@@ -6,7 +6,7 @@ import json
 import polars as pl
 import pytest
 
-from pipeline.store import Run
+from pipeline.core.store import Run
 
 pytestmark = pytest.mark.faults
 

@@ -15,11 +15,11 @@ import polars as pl
 import pytest
 from openai_server import default_respond
 
-from pipeline.cache import CallCache
-from pipeline.config import GeneratorSpec
-from pipeline.generate import generate
-from pipeline.schema import TABLES
-from pipeline.store import Run, prompt_id
+from pipeline.core.cache import CallCache
+from pipeline.core.config import GeneratorSpec
+from pipeline.stages.generate import generate
+from pipeline.core.schema import TABLES
+from pipeline.core.store import Run, prompt_id
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,7 +143,7 @@ def test_kill_9_mid_generate_then_resume_repeats_no_finished_call(openai_server,
     config = write_config(tmp_path / "a", openai_server, n_prompts, concurrency=concurrency)
     cache_path = tmp_path / "a" / "run" / "cache.sqlite"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while _cached(cache_path) < total // 4:
@@ -158,7 +158,7 @@ def test_kill_9_mid_generate_then_resume_repeats_no_finished_call(openai_server,
     assert total // 4 <= len(finished) < total
     before = openai_server.total
 
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, env=env, capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     # no finished request was sent again; every other one exactly once more
     assert openai_server.total - before == total - len(finished)
@@ -186,7 +186,7 @@ def test_kill_9_mid_streamed_generate_resumes_after_its_written_parts(openai_ser
     config = write_config(tmp_path / "a", openai_server, n_prompts, part_size=5, concurrency=4)
     parts = tmp_path / "a" / "run" / ".parts" / "candidates"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while len(list(parts.glob("*.parquet"))) < 2:
@@ -201,7 +201,7 @@ def test_kill_9_mid_streamed_generate_resumes_after_its_written_parts(openai_ser
     finished = {json.dumps(r, sort_keys=True) for r in _cached_requests(tmp_path / "a" / "run" / "cache.sqlite")}
     before = openai_server.total
 
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, env=env, capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     sent_after = Counter(_request_of(b) for b in openai_server.bodies[before:])
     assert not finished & set(sent_after) and max(sent_after.values()) == 1 and openai_server.total - before == total - len(finished)
@@ -231,7 +231,7 @@ def _cached_requests(path: Path) -> list[dict]:
 
 
 def _request_of(body: dict) -> str:
-    """The body the server got, as pipeline.llm stores its request (no model, no empty fields)."""
+    """The body the server got, as pipeline.models.llm stores its request (no model, no empty fields)."""
     return json.dumps({k: v for k, v in body.items() if k != "model" and v not in (None, [], "")}, sort_keys=True)
 
 

@@ -12,9 +12,9 @@ from test_push_pull import annotator, labels_frame, my_records, respond
 
 from labeling.aggregate import annotator_quality, dawid_skene, gold_verdicts
 from labeling.push import gold_record_id
-from pipeline.config import LabelingConfig
-from pipeline.gold import read_gold
-from pipeline.config import CalibrateConfig
+from pipeline.core.config import LabelingConfig
+from pipeline.stages.gold import read_gold
+from pipeline.core.config import CalibrateConfig
 from labeling_fixtures import unique
 
 

@@ -1,6 +1,7 @@
 """The direction of imports: pipeline/ is the foundation and names no other package (stages, commands and
-report sections of labeling/ and training/ come through entry points), and no module imports itself back
-through others, at module level or inside a function."""
+report sections of labeling/ and training/ come through entry points); inside it the layers, by folder, import only
+downwards (core <- models, sandbox <- stages <- commands); and no module imports itself back through others, at
+module level or inside a function."""
 
 import ast
 import subprocess
@@ -47,6 +48,27 @@ def test_pipeline_imports_nothing_of_labeling_or_training_by_name_or_by_string()
         assert not named, f"{name} names {named}"
 
 
+LAYERS = {"core": 0, "models": 1, "sandbox": 1, "stages": 2, "commands": 3}  # a layer imports only layers below it, and itself
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "core"  # pipeline/__init__ sits with core
+
+
+def test_pipeline_layers_import_only_downwards():
+    modules = project_modules()
+    assert {layer(name) for name in modules if name.startswith("pipeline.")} == set(LAYERS)
+    wrong = []
+    for name, path in modules.items():
+        if not name.startswith("pipeline"):
+            continue
+        for target in imports_of(path, modules):
+            if target.startswith("pipeline") and layer(target) != layer(name) and LAYERS[layer(target)] >= LAYERS[layer(name)]:
+                wrong.append(f"{name} ({layer(name)}) imports {target} ({layer(target)})")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_no_import_cycle():
     modules = project_modules()
     graph = {name: imports_of(path, modules) - {name} for name, path in modules.items()}
@@ -89,8 +111,8 @@ print("imported", len({names!r}))
 
 
 def test_stages_commands_and_report_sections_come_from_the_registry():
-    from pipeline import registry
-    from pipeline.cli import cli
+    from pipeline.core import registry
+    from pipeline.commands.cli import cli
 
     stages = registry.stages()
     assert list(stages) == ["ingest", "dedup", "generate", "judge", "embed", "verify", "pair", "calibrate", "route", "push", "export",
@@ -105,7 +127,7 @@ def test_stages_commands_and_report_sections_come_from_the_registry():
 
 @pytest.mark.parametrize("module", ["training.cli", "labeling.cli", "training.eval", "labeling.commands_data"])
 def test_each_package_module_imports_on_its_own(module):
-    """Imported first, in a fresh interpreter: no module depends on pipeline.cli having loaded it."""
+    """Imported first, in a fresh interpreter: no module depends on pipeline.commands.cli having loaded it."""
     result = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 

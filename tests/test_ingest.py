@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from conftest import snapshot_dir
-from pipeline.store import Run
+from pipeline.core.store import Run
 
 
 def write_jsonl(path, rows):
@@ -116,7 +116,7 @@ def test_byte_order_mark_json_array_and_multiline_csv_keep_their_lines(tmp_path,
 
 
 def test_a_very_long_prompt_is_kept_with_a_warning(tmp_path, prefab):
-    from pipeline.ingest import LARGE_PROMPT_CHARS
+    from pipeline.stages.ingest import LARGE_PROMPT_CHARS
 
     src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Short."}, {"prompt": "x" * (LARGE_PROMPT_CHARS + 1)}, {"prompt": "Fine."}])
     result = prefab("ingest", "--run", tmp_path / "run", src)

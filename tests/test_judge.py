@@ -10,11 +10,11 @@ import re
 import pytest
 from quality_runs import make_run
 
-from pipeline import judge
-from pipeline.cache import CallCache
-from pipeline.config import AspectSpec, Config, JudgeConfig, ModelSpec
-from pipeline.judge import judge_pairs, overall_score, pair_confidence, parse_rubric, parse_verdict
-from pipeline.queries import candidate_scores
+from pipeline.stages import judge
+from pipeline.core.cache import CallCache
+from pipeline.core.config import AspectSpec, Config, JudgeConfig, ModelSpec
+from pipeline.stages.judge import judge_pairs, overall_score, pair_confidence, parse_rubric, parse_verdict
+from pipeline.core.queries import candidate_scores
 
 ASPECTS = JudgeConfig().aspects
 NAMES = [a.name for a in ASPECTS]
@@ -416,8 +416,8 @@ def test_the_embedded_judge_scores_where_its_top_20_tokens_hold_no_digit(tmp_pat
 
     import yaml
 
-    from pipeline.config import CalibrateConfig
-    from pipeline.gold import read_gold
+    from pipeline.core.config import CalibrateConfig
+    from pipeline.stages.gold import read_gold
 
     root = Path(__file__).resolve().parent.parent
     demo = JudgeConfig.model_validate(yaml.safe_load((root / "data" / "configs" / "demo.yaml").read_text())["judge"])

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from openai_server import OpenAIServer, default_respond
-from pipeline.store import Run
+from pipeline.core.store import Run
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -88,7 +88,7 @@ export: {{test_share: 0.2}}
 
 def spawn(*args) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "pipeline.commands.cli", *map(str, args)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 

@@ -13,8 +13,8 @@ from labeling_runs import make_run
 from labeling.aggregate import bayesian, dawid_skene, prior_of, resolve_run
 from labeling.posterior import Prior, fit
 from labeling.queue import plan, worth
-from pipeline.config import ExportConfig, LabelingConfig
-from pipeline.schema import TABLES
+from pipeline.core.config import ExportConfig, LabelingConfig
+from pipeline.core.schema import TABLES
 from training.export import export
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from labeling import launcher
 from labeling_fixtures import answer, login, make_user, pref_dataset, unique
-from pipeline.errors import LabelingError
+from pipeline.core.errors import LabelingError
 
 pytestmark = pytest.mark.server
 

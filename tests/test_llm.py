@@ -1,4 +1,4 @@
-"""pipeline.llm's interface, whatever the backend: typed requests and results, the call cache around any backend
+"""pipeline.models.llm's interface, whatever the backend: typed requests and results, the call cache around any backend
 (keys and rows of earlier runs still hit), the registry of backends, and the settings each backend owns.
 Answers come from the in-process fake backend (tests/fake_backend.py): nothing here needs a server or a model."""
 
@@ -8,12 +8,12 @@ from importlib.metadata import EntryPoint
 import pytest
 from pydantic import ValidationError
 
-from pipeline import registry
-from pipeline.backends import Request
-from pipeline.cache import CallCache
-from pipeline.config import GeneratorSpec, ModelSpec, load_config
-from pipeline.errors import ConfigError
-from pipeline.llm import cache_key, call_llm, check_spec
+from pipeline.core import registry
+from pipeline.models.backends import Request
+from pipeline.core.cache import CallCache
+from pipeline.core.config import GeneratorSpec, ModelSpec, load_config
+from pipeline.core.errors import ConfigError
+from pipeline.models.llm import cache_key, call_llm, check_spec
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Héllo — 1?"}]
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "v", "strict": True, "schema": {"type": "object"}}}

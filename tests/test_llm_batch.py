@@ -1,4 +1,4 @@
-"""Batch mode of the openai backend (pipeline/llm_openai.py, mode: batch): the real `openai` client against the files
+"""Batch mode of the openai backend (pipeline/models/llm_openai.py, mode: batch): the real `openai` client against the files
 and batches endpoints of a real HTTP server on 127.0.0.1 (tests/openai_server.py)."""
 
 import json
@@ -15,11 +15,11 @@ from openai_server import OpenAIServer, default_respond
 from pydantic import ValidationError
 from test_llm_openai import ask, cache  # noqa: F401 (a fixture, used by name)
 
-from pipeline.cache import CallCache
-from pipeline.config import ModelSpec
-from pipeline.errors import ConfigError, ModelError
-from pipeline.llm import call_llm, check_spec
-from pipeline.store import Run
+from pipeline.core.cache import CallCache
+from pipeline.core.config import ModelSpec
+from pipeline.core.errors import ConfigError, ModelError
+from pipeline.models.llm import call_llm, check_spec
+from pipeline.core.store import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "logprobs", "error")
@@ -177,7 +177,7 @@ def test_a_killed_run_waits_for_its_batch_instead_of_paying_again(openai_server,
     config = write_config(tmp_path / "a", openai_server, 6)  # 6 prompts x 2 temperatures x 2 samples
     cache_path = tmp_path / "a" / "run" / "cache.sqlite"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not openai_server.batches or next(iter(openai_server.batches.values()))["_retrieves"] < 1:

@@ -1,4 +1,4 @@
-"""The openai backend (pipeline/llm_openai.py) through call_llm: the real `openai` client against a real HTTP server on 127.0.0.1."""
+"""The openai backend (pipeline/models/llm_openai.py) through call_llm: the real `openai` client against a real HTTP server on 127.0.0.1."""
 
 import asyncio
 import time
@@ -6,10 +6,10 @@ import time
 import pytest
 from openai_server import OpenAIServer, default_respond
 
-from pipeline.cache import CallCache
-from pipeline.config import ModelSpec
-from pipeline.errors import ConfigError, ModelError
-from pipeline.llm import Request, call_llm
+from pipeline.core.cache import CallCache
+from pipeline.core.config import ModelSpec
+from pipeline.core.errors import ConfigError, ModelError
+from pipeline.models.llm import Request, call_llm
 
 
 def spec_for(server, **kw) -> ModelSpec:

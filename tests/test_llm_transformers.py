@@ -1,13 +1,13 @@
-"""The transformers backend (pipeline/llm_transformers.py) through call_llm on the real embedded model (SmolLM2-135M-Instruct): a few short generations."""
+"""The transformers backend (pipeline/models/llm_transformers.py) through call_llm on the real embedded model (SmolLM2-135M-Instruct): a few short generations."""
 
 from dataclasses import replace
 
 import pytest
 
-from pipeline.cache import CallCache
-from pipeline.config import ModelSpec
-from pipeline.llm import Request, call_llm
-from pipeline.llm_transformers import load_model
+from pipeline.core.cache import CallCache
+from pipeline.core.config import ModelSpec
+from pipeline.models.llm import Request, call_llm
+from pipeline.models.llm_transformers import load_model
 
 SPEC = ModelSpec(backend="transformers", model="embedded:smollm2", batch_size=4, device="cpu")
 
@@ -83,7 +83,7 @@ def test_second_call_comes_from_the_cache(batch):
 
 
 def test_missing_model_path_is_a_model_error(tmp_path):
-    from pipeline.errors import ModelError
+    from pipeline.core.errors import ModelError
 
     with pytest.raises(ModelError, match="does not exist"):
         call_llm(ModelSpec(backend="transformers", model=str(tmp_path / "nope")), [chat("hi")], CallCache(tmp_path / "c.sqlite"), "t")

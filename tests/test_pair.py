@@ -5,12 +5,12 @@ import polars as pl
 import pytest
 from quality_runs import candidates_frame, judgments_frame, make_run, prompts_frame
 
-from pipeline import pair
-from pipeline.config import PairConfig
-from pipeline.errors import RunError
-from pipeline.pair import build_pairs
-from pipeline.schema import TABLES
-from pipeline.store import pair_id
+from pipeline.stages import pair
+from pipeline.core.config import PairConfig
+from pipeline.core.errors import RunError
+from pipeline.stages.pair import build_pairs
+from pipeline.core.schema import TABLES
+from pipeline.core.store import pair_id
 
 Q = "Explain recursion."
 
@@ -27,7 +27,7 @@ def setup(answers: dict[str, list], scores: dict[str, list]):
 
 
 def scores_of(judgments):
-    from pipeline.queries import candidate_scores
+    from pipeline.core.queries import candidate_scores
 
     return candidate_scores(judgments)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cache import run_cache
-from pipeline.store import Run
+from pipeline.core.cache import run_cache
+from pipeline.core.store import Run
 
 ASPECTS = ["helpfulness", "honesty"]
 WORDS = "the model answers with a few plain words about the topic at hand and then stops".split()
@@ -22,7 +22,7 @@ def billed_respond(usage: Counter):
     prediction the plan tests check against it."""
     from transformers import AutoTokenizer
 
-    from pipeline.models import resolve_llm
+    from pipeline.models.embedded import resolve_llm
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm("embedded:smollm2"))
 

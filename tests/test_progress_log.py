@@ -41,7 +41,7 @@ def env(**extra) -> dict:
 def run_to_file(config: Path, log: Path, *flags) -> str:
     """`prefab run CONFIG` in its own process, stdout and stderr into a file, progress every 0.2 s; the file's text."""
     with open(log, "w") as out:
-        result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config), *flags], cwd=ROOT, stdout=out,
+        result = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "run", str(config), *flags], cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT, env=env(PREFAB_PROGRESS_INTERVAL="0.2"), timeout=600)
     text = log.read_text()
     assert result.returncode == 0, text[-3000:]
@@ -86,7 +86,7 @@ def test_a_terminal_keeps_the_bars(openai_server, tmp_path):
     openai_server.respond = structured_respond
     config = write_config(tmp_path, openai_server.url)
     main, child = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(config), "--until", "generate"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.commands.cli", "run", str(config), "--until", "generate"], cwd=ROOT,
                             stdin=subprocess.DEVNULL, stdout=child, stderr=child, env=env(PREFAB_PROGRESS_INTERVAL="0.2"))
     os.close(child)
     chunks: list[bytes] = []

@@ -11,8 +11,8 @@ from labeling import dataset as ds
 from labeling.agreement import inter_annotator, judge_labels, judge_vs_human
 from labeling.aggregate import majority
 from labeling.pull import merge_labels, to_labels
-from pipeline.config import LabelingConfig
-from pipeline.schema import TABLES
+from pipeline.core.config import LabelingConfig
+from pipeline.core.schema import TABLES
 from labeling_fixtures import unique
 from labeling_runs import DIMS, make_run
 
@@ -116,7 +116,7 @@ def test_to_labels_maps_by_candidate_even_after_a_swap(tmp_path):
 
 
 def test_an_unknown_answer_is_a_clear_error(tmp_path):
-    from pipeline.errors import LabelingError
+    from pipeline.core.errors import LabelingError
 
     run, _ = make_run(tmp_path / "r", 2)
     pair = run.read("pairs").row(0, named=True)
@@ -435,7 +435,7 @@ def test_push_with_no_server_fails_clearly_and_leaves_the_run_intact(prefab, tmp
     monkeypatch.delenv("ARGILLA_API_URL", raising=False)
     from click.testing import CliRunner
 
-    from pipeline.cli import cli
+    from pipeline.commands.cli import cli
 
     result = CliRunner().invoke(cli, ["push", "--run", str(run.path)])
     assert result.exit_code == 4
@@ -479,7 +479,7 @@ def test_transient_failures_are_retried_then_reported(monkeypatch):
 
 def test_report_has_a_labels_section_with_agreement(tmp_path):
     from labeling.report import labels_section
-    from pipeline.report import render
+    from pipeline.stages.report import render
 
     run, _ = make_run(tmp_path / "rep", 4)
     assert labels_section(run) is None  # nothing pulled yet

@@ -1,4 +1,4 @@
-"""Model stages on a local Ray instance on CPU (pipeline/ray_cluster.py): `prefab run` with `ray:` on the
+"""Model stages on a local Ray instance on CPU (pipeline/models/ray_cluster.py): `prefab run` with `ray:` on the
 generator, the judge and the embed section gives the candidates, judgments and vectors of the same run made in
 this process."""
 
@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline import embed, llm_transformers, ray_cluster
-from pipeline.config import ModelSpec
-from pipeline.store import open_run
+from pipeline.stages import embed
+
+from pipeline.models import llm_transformers, ray_cluster
+from pipeline.core.config import ModelSpec
+from pipeline.core.store import open_run
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["What is the capital of France?", "Write one sentence about the sea.",
@@ -44,7 +46,7 @@ def local_run(tmp_path_factory):
     import torch
     from click.testing import CliRunner
 
-    from pipeline.cli import cli
+    from pipeline.commands.cli import cli
 
     tmp_path = tmp_path_factory.mktemp("local")
     threads = torch.get_num_threads()
@@ -132,7 +134,7 @@ def test_a_cluster_that_ray_start_made_is_joined_at_its_address(local_run, tmp_p
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         config = write_config(tmp_path, "cluster", {"address": f"127.0.0.1:{port}", "replicas": 2, "num_cpus": 1})
-        run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=ROOT, env=env,
+        run = subprocess.Popen([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = run.communicate(timeout=300)
         assert run.returncode == 0, out + err
@@ -165,7 +167,7 @@ def test_an_unreachable_cluster_fails_before_any_work_naming_the_address(tmp_pat
     """In a fresh process (this one has joined a Ray already), against a port where nothing listens."""
     port = free_port()
     config = write_config(tmp_path, "away", {"address": f"127.0.0.1:{port}"})
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert f"no Ray cluster answers at ray.address '127.0.0.1:{port}'" in done.stderr and "ray start --head" in done.stderr
     assert open_run(tmp_path / "away").read_or_empty("candidates").is_empty()

@@ -9,7 +9,7 @@ import sys
 import pytest
 from quality_runs import make_run
 
-from pipeline import report
+from pipeline.stages import report
 
 SECTION_TITLES = ["Overview", "Prompts, dedup and diversity", "Candidates", "Judge scores", "Pairs and routing", "Judge consistency", "Failures"]
 
@@ -37,7 +37,7 @@ def demo_like_run(tmp_path_factory):
     from click.testing import CliRunner
     from openai_server import OpenAIServer
 
-    from pipeline.cli import cli
+    from pipeline.commands.cli import cli
 
     tmp_path = tmp_path_factory.mktemp("report")
     with OpenAIServer(respond=fake_llm) as openai_server:
@@ -105,7 +105,7 @@ def test_report_of_an_early_run_shows_what_exists(tmp_path):
 
 def test_sections_from_other_modules_and_a_broken_one(tmp_path, monkeypatch):
     (tmp_path / "extra_report.py").write_text(
-        "from pipeline.report import section, table_html\n"
+        "from pipeline.stages.report import section, table_html\n"
         "def good(run):\n    return section('Extra', table_html([{'k': 1}]))\n"
         "def absent(run):\n    return None\n"
         "def broken(run):\n    raise KeyError('no such column')\n"
@@ -117,7 +117,7 @@ def test_sections_from_other_modules_and_a_broken_one(tmp_path, monkeypatch):
     (info / "entry_points.txt").write_text("[prefab.report]\nextra = extra_report:sections\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("extra_report", None)
-    from pipeline import registry
+    from pipeline.core import registry
 
     registry.report_sections.cache_clear()
     try:

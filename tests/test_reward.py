@@ -1,4 +1,4 @@
-"""Reward models as scorers (pipeline/reward.py): a sequence-classification model made from the embedded SmolLM2
+"""Reward models as scorers (pipeline/models/reward.py): a sequence-classification model made from the embedded SmolLM2
 (its score head seeded, so rewards are fixed but not trained) scores candidates in a run; its scores agree with a
 direct, one-at-a-time forward pass; pairs are made by reward difference; it is calibrated on gold like a judge;
 a causal LM given as a reward model is refused."""
@@ -9,10 +9,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.config import Config, RewardModelSpec
-from pipeline.errors import ModelError
-from pipeline.runner import run_pipeline
-from pipeline.store import Run
+from pipeline.core.config import Config, RewardModelSpec
+from pipeline.core.errors import ModelError
+from pipeline.core.runner import run_pipeline
+from pipeline.core.store import Run
 
 PROMPTS = {
     "Name a colour.": ("Blue.", "I cannot help with that."),
@@ -29,7 +29,7 @@ def reward_model(tmp_path_factory):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from pipeline.models import resolve_llm
+    from pipeline.models.embedded import resolve_llm
 
     base = resolve_llm("embedded:smollm2")
     torch.manual_seed(0)
@@ -62,7 +62,7 @@ def direct(reward_model):
 
 
 def test_a_causal_lm_is_not_taken_for_a_reward_model():
-    from pipeline.reward import load
+    from pipeline.models.reward import load
 
     with pytest.raises(ModelError, match="is not a reward model.*ForCausalLM") as e:
         load(RewardModelSpec(model="embedded:smollm2"))
@@ -70,8 +70,8 @@ def test_a_causal_lm_is_not_taken_for_a_reward_model():
 
 
 def test_batched_scores_match_one_at_a_time_and_come_from_the_cache_after(reward_model, direct, tmp_path, monkeypatch):
-    from pipeline import reward
-    from pipeline.cache import CallCache
+    from pipeline.models import reward
+    from pipeline.core.cache import CallCache
 
     items = [([{"role": "user", "content": p}], r) for p, r in sorted(direct)]
     cache = CallCache(tmp_path / "cache.sqlite")
@@ -134,8 +134,8 @@ def test_prefab_trains_a_reward_model_on_an_export_and_a_run_scores_with_it(tmp_
 
     import torch
 
-    from pipeline.config import ExportConfig
-    from pipeline.models import resolve_llm
+    from pipeline.core.config import ExportConfig
+    from pipeline.models.embedded import resolve_llm
     from training.export import export
 
     source, _ = make_run(tmp_path / "source", n_pairs=4, human_every=100)
@@ -144,7 +144,7 @@ def test_prefab_trains_a_reward_model_on_an_export_and_a_run_scores_with_it(tmp_
     out = tmp_path / "rm"
     sets = [f"--set={k}={v}" for k, v in {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 128, "learning_rate": 1e-4,
                                           "save_strategy": "no", "logging_steps": 1}.items()]
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "reward", "--data", str(source.path / "exports" / "dpo_train.jsonl"),
+    result = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "train", "reward", "--data", str(source.path / "exports" / "dpo_train.jsonl"),
                              "--eval-data", str(source.path / "exports" / "dpo_test.jsonl"), "--output-dir", str(out), *sets],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

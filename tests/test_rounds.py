@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config
+from pipeline.core.config import Config
 
 pytestmark = pytest.mark.training
 
@@ -65,7 +65,7 @@ def test_two_rounds_on_policy(tmp_path, openai_server):
 
     import torch
 
-    from pipeline.store import Run
+    from pipeline.core.store import Run
     from training.rounds import run_rounds
 
     openai_server.respond = _judge

@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 from quality_runs import judgments_frame, make_run
 
-from pipeline import pair, route
-from pipeline.config import RouteConfig
-from pipeline.route import audit_pick, route_pairs
-from pipeline.schema import TABLES
+from pipeline.stages import pair, route
+from pipeline.core.config import RouteConfig
+from pipeline.stages.route import audit_pick, route_pairs
+from pipeline.core.schema import TABLES
 
 
 def pairs_table(rows: list[dict]) -> pl.DataFrame:

@@ -1,4 +1,4 @@
-"""The code sandbox (pipeline/sandbox.py): model-written code is hostile input. Each hostile program must end
+"""The code sandbox (pipeline/sandbox/bwrap.py): model-written code is hostile input. Each hostile program must end
 as a failed candidate with a reason, fast, and harm nothing the test can see from outside; honest code
 gets its share of tests passed."""
 
@@ -19,8 +19,8 @@ import pytest
 from conftest import snapshot_dir
 from sandbox_probe import NOBODY, isolation_refused
 
-from pipeline.errors import InputError
-from pipeline.sandbox import UID_RANGE, Limits, run, run_many, validate_tests
+from pipeline.core.errors import InputError
+from pipeline.sandbox.bwrap import UID_RANGE, Limits, run, run_many, validate_tests
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = Limits(wall_s=3, cpu_s=2)
@@ -242,7 +242,7 @@ def test_a_killed_prefab_leaves_no_sandbox_behind():
     """prefab killed mid-run (SIGKILL: no cleanup of its own) takes its sandboxes with it (bwrap --die-with-parent)."""
     marker = new_marker()
     code = named(marker) + "import time\ntime.sleep(60)\n"
-    script = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom pipeline.sandbox import Limits, run\n"
+    script = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom pipeline.sandbox.bwrap import Limits, run\n"
               f"run({code!r}, 'assert True\\n', Limits(wall_s=60))\n")
     prefab = subprocess.Popen([sys.executable, "-c", script], cwd="/")
     try:
@@ -479,7 +479,7 @@ def test_many_jobs_run_concurrently_in_order():
 @pytest.fixture
 def venv_under_tmp(request):
     """Make a bare virtual environment in a new folder under /tmp (where a clone under /tmp keeps its .venv),
-    readable by all, from a Python that `uid` can read; pipeline.sandbox needs only the standard library.
+    readable by all, from a Python that `uid` can read; pipeline.sandbox.bwrap needs only the standard library.
     Skips only where a probe shows that uid can read no Python on this machine."""
     made = []
 
@@ -506,7 +506,7 @@ def test_runs_from_a_virtual_environment_under_tmp(venv_under_tmp):
     """The sandbox's own tmpfs on /tmp must not hide a venv that lives under /tmp: the code runs on its Python."""
     venv = venv_under_tmp()
     tests = f"assert sys.prefix == {str(venv)!r}, sys.prefix\n"
-    script = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom pipeline.sandbox import run, Limits\n"
+    script = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom pipeline.sandbox.bwrap import run, Limits\n"
               f"r = run('import sys\\n', {tests!r}, Limits(wall_s=5, site_packages=True))\n"
               "print(r.score, r.reason, r.detail)\n")
     out = subprocess.run([str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, cwd="/", timeout=60)
@@ -531,7 +531,7 @@ def test_works_for_an_unprivileged_prefab_too(outside, venv_under_tmp):
     script = (
         "import json, sys\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from pipeline.sandbox import run, Limits\n"
+        "from pipeline.sandbox.bwrap import run, Limits\n"
         f"r = run(CODE, TESTS, Limits(wall_s=3, cpu_s=2, read_only=({str(outside)!r},)))\n"
         "print(json.dumps(r.to_dict()))\n"
     )
@@ -563,7 +563,7 @@ def test_works_for_an_unprivileged_prefab_too(outside, venv_under_tmp):
 
 @without_isolation
 def test_without_bubblewrap_nothing_runs_and_the_error_says_how_to_install_it(monkeypatch, tmp_path):
-    from pipeline.errors import SandboxError
+    from pipeline.core.errors import SandboxError
 
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SandboxError, match="bubblewrap") as e:
@@ -573,7 +573,7 @@ def test_without_bubblewrap_nothing_runs_and_the_error_says_how_to_install_it(mo
 
 @without_isolation
 def test_a_bwrap_that_cannot_set_up_is_an_error_not_a_failed_candidate(monkeypatch, tmp_path):
-    from pipeline.errors import SandboxError
+    from pipeline.core.errors import SandboxError
 
     fake = tmp_path / "bwrap"
     fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
@@ -586,7 +586,7 @@ def test_a_bwrap_that_cannot_set_up_is_an_error_not_a_failed_candidate(monkeypat
 def test_a_python_the_sandbox_cannot_show_is_named_not_called_a_machine_limit(monkeypatch, tmp_path):
     """An interpreter this user cannot read (a venv made from a Python under another user's home) is a setup
     error that says which file, not "cannot isolate code on this machine"."""
-    from pipeline.errors import SandboxError
+    from pipeline.core.errors import SandboxError
 
     hidden = tmp_path / "python3"
     hidden.write_text("")

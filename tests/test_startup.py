@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers")
 CODE = """
 import sys
-from pipeline.cli import cli
+from pipeline.commands.cli import cli
 try:
     cli(args={args!r}, prog_name="prefab")
     code = 0

@@ -14,8 +14,8 @@ import polars as pl
 import pytest
 from labeling_runs import make_run
 
-from pipeline.config import ExportConfig
-from pipeline.errors import ConfigError
+from pipeline.core.config import ExportConfig
+from pipeline.core.errors import ConfigError
 from training.export import export
 
 pytestmark = pytest.mark.training
@@ -38,7 +38,7 @@ def exports(tmp_path_factory):
 def base_weights():
     from safetensors.torch import load_file
 
-    from pipeline.models import resolve_llm
+    from pipeline.models.embedded import resolve_llm
 
     return load_file(str(Path(resolve_llm("embedded:smollm2")) / "model.safetensors"))
 
@@ -86,7 +86,7 @@ def test_sft_two_steps_on_assistant_tokens(exports, base_weights, tmp_path, monk
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    from pipeline.models import resolve_llm
+    from pipeline.models.embedded import resolve_llm
     from training.train import train_sft
 
     seen = []
@@ -213,7 +213,7 @@ def test_bad_input_is_a_clear_error(exports, prefab, tmp_path):
     fails("dpo", "--data", data, "--model", tmp_path / "no-such-model", expect="does not exist")
     fails("dpo", "--data", data, "--set", "max_step=3", expect="did you mean 'max_steps'")
     # a tokenizer without a chat template cannot render conversational data
-    from pipeline.models import resolve_llm
+    from pipeline.models.embedded import resolve_llm
 
     plain = tmp_path / "plain-model"
     plain.mkdir()
@@ -238,8 +238,8 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path):
 
 def test_train_stage_records_metrics_in_the_manifest(tmp_path):
     """`prefab run` stage "train": trains on the run's export, metrics into the manifest, report section."""
-    from pipeline.config import TrainConfig
-    from pipeline.runner import run_step
+    from pipeline.core.config import TrainConfig
+    from pipeline.core.runner import run_step
     from training.report import report_section
 
     run, config = make_run(tmp_path / "run", n_pairs=3, human_every=100)

@@ -12,8 +12,8 @@ from labeling_runs import make_run
 from test_export import add_second_pairs
 from test_train import changed_tensors, losses
 
-from pipeline.config import ExportConfig
-from pipeline.errors import ConfigError, ExportError
+from pipeline.core.config import ExportConfig
+from pipeline.core.errors import ConfigError, ExportError
 from training.export import export, kto_weights
 
 pytestmark = pytest.mark.training
@@ -118,7 +118,7 @@ def test_grpo_trains_two_steps_on_the_verifier_reward(run, tmp_path):
 def _base() -> dict:
     from safetensors.torch import load_file
 
-    from pipeline.models import resolve_llm
+    from pipeline.models.embedded import resolve_llm
 
     return load_file(str(Path(resolve_llm("embedded:smollm2")) / "model.safetensors"))
 

@@ -9,12 +9,12 @@ import threading
 import polars as pl
 import pytest
 
-from pipeline import verify
-from pipeline.config import Config, VerifyConfig
-from pipeline.errors import InputError
-from pipeline.ingest import ingest
-from pipeline.runner import run_pipeline
-from pipeline.store import Run, prompt_id
+from pipeline.stages import verify
+from pipeline.core.config import Config, VerifyConfig
+from pipeline.core.errors import InputError
+from pipeline.stages.ingest import ingest
+from pipeline.core.runner import run_pipeline
+from pipeline.core.store import Run, prompt_id
 
 # math-verify's limits set and cancel SIGALRM's timer, which pytest-timeout's default (signal) method also uses:
 # a watchdog thread keeps these tests under the suite's time limit
@@ -125,7 +125,7 @@ def test_a_prompts_table_from_before_reference_answers_and_tests_still_reads(tmp
     run = Run(tmp_path / "run")
     old = pl.DataFrame({"prompt_id": ["p"], "messages": [[{"role": "user", "content": "hi"}]], "source": ["s"], "source_line": [1],
                         "category": [None], "duplicate_of": [None], "cluster": [None], "excluded_reason": [None]},
-                       schema={k: v for k, v in __import__("pipeline.schema").schema.TABLES["prompts"].items() if k not in ("reference_answer", "tests")})
+                       schema={k: v for k, v in __import__("pipeline.core.schema").core.schema.TABLES["prompts"].items() if k not in ("reference_answer", "tests")})
     run.path.mkdir()
     old.write_parquet(run.table_path("prompts"))
     assert run.read("prompts").select("reference_answer", "tests").row(0) == (None, None)
@@ -210,7 +210,7 @@ def test_a_run_routes_verified_pairs_auto_against_the_judge_and_exports_them(tmp
     assert run.stage_info("route")["reason_verified"] == 4
 
     from labeling.push import to_push
-    from pipeline.config import LabelingConfig
+    from pipeline.core.config import LabelingConfig
 
     for routes in (["human"], ["human", "auto"]):  # nobody is asked about a verified pair, even when auto pairs are pushed
         assert set(to_push(pairs, LabelingConfig(routes=routes))["pair_id"]) == set(judged["pair_id"])
@@ -245,7 +245,7 @@ def test_a_pair_of_two_wrong_answers_reaches_neither_people_nor_the_export(tmp_p
     assert len(pairwise) == 4 and not any(BOTH_WRONG[0] in r.messages[-1]["content"] for r in pairwise)  # no judge call for it
 
     from labeling.push import to_push
-    from pipeline.config import LabelingConfig
+    from pipeline.core.config import LabelingConfig
 
     for routes in (["human"], ["human", "auto"]):
         assert set(to_push(pairs, LabelingConfig(routes=routes))["pair_id"]) == set(human["pair_id"])
@@ -269,8 +269,8 @@ def test_mode_only_pairs_verified_prompts_alone_without_a_judge(tmp_path, fake_b
 
 
 def test_pair_before_verify_says_to_run_verify(tmp_path, fake_backend):
-    from pipeline import pair
-    from pipeline.errors import RunError
+    from pipeline.stages import pair
+    from pipeline.core.errors import RunError
 
     run, config, _ = math_run(tmp_path, fake_backend)
     run_pipeline(config, run, until="judge")
@@ -335,7 +335,7 @@ def test_a_killed_verify_resumes_where_it_stopped_and_reuses_what_still_matches(
     assert sorted(bad["status"].to_list()) == ["correct", "incorrect"]
 
 
-# ---------------------------------------------------------------- verified code (the sandbox, pipeline/sandbox.py)
+# ---------------------------------------------------------------- verified code (the sandbox, pipeline/sandbox/bwrap.py)
 
 TASKS = {  # prompt -> (tests, right code, wrong code)
     "Write `add(a, b)`.": ("assert add(2, 3) == 5\nassert add(-1, 1) == 0\n",
@@ -362,7 +362,7 @@ def test_the_code_is_the_first_fenced_block_else_the_whole_text():
 
 
 def test_tests_are_read_and_checked_at_ingest(tmp_path):
-    from pipeline.config import IngestConfig
+    from pipeline.core.config import IngestConfig
 
     src = write_jsonl(tmp_path / "code.jsonl", [
         {"prompt": "Write f.", "tests": "assert f() == 1\n"},
@@ -405,7 +405,7 @@ def test_a_run_pairs_code_that_passes_its_tests_against_code_that_does_not(tmp_p
     assert set(pairs["route_reason"]) == {"verified"}
     exported = [json.loads(line) for line in (run.path / "exports" / "dpo_train.jsonl").read_text().splitlines()]
     assert len(exported) == 2
-    from pipeline.config import ExportConfig
+    from pipeline.core.config import ExportConfig
     from training.export import export
 
     export(run, ExportConfig(formats=["grpo"], test_share=0, out_dir=str(tmp_path / "grpo")))
@@ -413,7 +413,7 @@ def test_a_run_pairs_code_that_passes_its_tests_against_code_that_does_not(tmp_p
     assert sorted(r["tests"] for r in prompt_set) == sorted(t for t, _, _ in TASKS.values()) and {r["reference_answer"] for r in prompt_set} == {None}
 
     # resumed: nothing is run again while the tests and texts are the same
-    from pipeline import sandbox
+    from pipeline.sandbox import bwrap as sandbox
 
     calls = []
     original = sandbox.run_many

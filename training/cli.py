@@ -4,8 +4,8 @@ import os
 
 import click
 
-from pipeline.options import config_option, load_run_config, run_option, stage_command
-from pipeline.errors import ConfigError
+from pipeline.core.options import config_option, load_run_config, run_option, stage_command
+from pipeline.core.errors import ConfigError
 
 
 @click.command()
@@ -32,8 +32,8 @@ from pipeline.errors import ConfigError
 def export(run_dir, config_path, formats, sources, min_margin, min_confidence, standard, test_share, max_tokens, tokenizer, ties, both_bad,
            drop_equal, seed, out_dir, save_hf, push_to_hub):
     """Write the run's pairs as TRL DPO, OpenAI DPO, SFT and KTO JSONL, and a GRPO prompt set, split by prompt, with a dataset card."""
-    from pipeline.config import Config, ExportConfig, IngestConfig
-    from pipeline.store import open_run
+    from pipeline.core.config import Config, ExportConfig, IngestConfig
+    from pipeline.core.store import open_run
 
     from training.export import step
 
@@ -77,7 +77,7 @@ def train(method, data, config_path, sets, model, output_dir, eval_data, resume)
     """Train with TRL's DPOTrainer, SFTTrainer, KTOTrainer, GRPOTrainer (the verifier as reward) or RewardTrainer (a reward model for judge.reward_models) on an exported JSONL file; metrics.json beside the model."""
     from contextlib import nullcontext
 
-    from pipeline.progress import stage_lines, summary
+    from pipeline.core.progress import stage_lines, summary
     from training.train import parse_sets, train as run_training
 
     overrides = parse_sets(list(sets))
@@ -112,8 +112,8 @@ def evaluate(base, candidate, prompts, run_dir, config_path, judge, judge_base_u
     """Win rate of a trained model against its base on held-out prompts, judged pairwise in both orders."""
     from pathlib import Path
 
-    from pipeline.config import load_config
-    from pipeline.progress import stage_lines
+    from pipeline.core.config import load_config
+    from pipeline.core.progress import stage_lines
     from training.eval import choose_judge, default_out, evaluate as run_eval, print_summary, read_prompts
 
     config = load_run_config(run_dir, config_path) if run_dir else load_config(config_path) if config_path else None
@@ -136,8 +136,8 @@ def evaluate(base, candidate, prompts, run_dir, config_path, judge, judge_base_u
 @click.option("--force", is_flag=True, help="Re-run stages even when complete (model calls still come from the cache).")
 def rounds(config_path, run_dir, rounds, force):
     """Iterative on-policy DPO: generate, judge, pair, export, train (and eval), with each round's model generating the next."""
-    from pipeline.config import TrainConfig, load_config
-    from pipeline.progress import summary
+    from pipeline.core.config import TrainConfig, load_config
+    from pipeline.core.progress import summary
     from training.rounds import run_rounds
 
     config = load_config(config_path)

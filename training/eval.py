@@ -1,7 +1,7 @@
 """`prefab eval`: did the data make the model better? Win rate of a candidate against its base.
 
-Both models answer held-out prompts (pipeline.llm, transformers backend, greedy); the pairwise judge of
-pipeline.judge compares each pair of answers in both orders, with the judge settings a run used (its config's
+Both models answer held-out prompts (pipeline.models.llm, transformers backend, greedy); the pairwise judge of
+pipeline.stages.judge compares each pair of answers in both orders, with the judge settings a run used (its config's
 `judge:` section), or for a model alone `scoring: logprobs` where it is local or embedded. Each prompt scores 1 (candidate wins both
 orders), 0 (base wins both) or in between (ties, or the judge flipping with the order). Reported:
 win/tie/loss rates with Wilson intervals, the win rate (ties half) with a bootstrap interval, and a
@@ -16,11 +16,11 @@ import math
 import tempfile
 from pathlib import Path
 
-from pipeline.backends import Result
-from pipeline.config import EMBEDDED_LLM, JudgeConfig, ModelSpec
-from pipeline.errors import InputError, unreadable
-from pipeline.ingest import json_lines
-from pipeline.store import atomic_write_text, content_id, prompt_id
+from pipeline.models.backends import Result
+from pipeline.core.config import EMBEDDED_LLM, JudgeConfig, ModelSpec
+from pipeline.core.errors import InputError, unreadable
+from pipeline.stages.ingest import json_lines
+from pipeline.core.store import atomic_write_text, content_id, prompt_id
 
 SCORE = {"chosen": 1.0, "tie": 0.5, "rejected": 0.0}  # "chosen" = the candidate's answer, shown first in order ab
 
@@ -133,7 +133,7 @@ def _messages_of(row) -> list[dict] | None:
 
 def fingerprint(model: str) -> str:
     """Changes when a checkpoint folder is re-trained in place, so cached answers of the old weights are not reused."""
-    from pipeline.models import resolve_llm
+    from pipeline.models.embedded import resolve_llm
 
     path = Path(resolve_llm(model))
     files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
@@ -142,8 +142,8 @@ def fingerprint(model: str) -> str:
 
 def answer(model: str, prompts: list[list[dict]], out_dir: Path, *, max_tokens: int, batch_size: int = 8) -> list[Result]:
     """The model's greedy answers, cached per checkpoint."""
-    from pipeline.cache import CallCache
-    from pipeline.llm import Request, call_llm
+    from pipeline.core.cache import CallCache
+    from pipeline.models.llm import Request, call_llm
 
     spec = ModelSpec(backend="transformers", model=model, batch_size=batch_size)
     cache = CallCache(out_dir / "calls" / f"{fingerprint(model)}.sqlite")
@@ -187,8 +187,8 @@ def evaluate(base: str, candidate: str, prompts: list[list[dict]], judge: ModelS
              beta: float = 0.1) -> dict:
     """Answer, judge in both orders, score; write eval.json and eval_rows.jsonl into out_dir; return the summary.
     Without judge_config, the judge gets the settings default_judge_config gives its kind of model."""
-    from pipeline.cache import CallCache
-    from pipeline.judge import judge_pairs
+    from pipeline.core.cache import CallCache
+    from pipeline.stages.judge import judge_pairs
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +269,7 @@ def choose_judge(configured: JudgeConfig | None, name: str | None = None, base_u
 
 
 def print_summary(summary: dict) -> None:
-    from pipeline.progress import summary as table
+    from pipeline.core.progress import summary as table
 
     def pct(d):
         if not d or d.get("rate") is None:

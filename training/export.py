@@ -15,13 +15,13 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.config import EMBEDDED_LLM, ExportConfig, LabelingConfig
-from pipeline.errors import ExportError, ModelError
-from pipeline.pair import is_verified
-from pipeline.store import Run, atomic_write_text, content_id
+from pipeline.core.config import EMBEDDED_LLM, ExportConfig, LabelingConfig
+from pipeline.core.errors import ExportError, ModelError
+from pipeline.stages.pair import is_verified
+from pipeline.core.store import Run, atomic_write_text, content_id
 from training import formats
 
-SECTION = "export"  # the config section this stage needs (pipeline/registry.py)
+SECTION = "export"  # the config section this stage needs (pipeline/core/registry.py)
 ORDER = 100  # its place in `prefab run`
 
 # format -> file stem(s); each gets _train.jsonl and _test.jsonl
@@ -79,7 +79,7 @@ def select_pairs(pairs: pl.DataFrame, preferences: pl.DataFrame, config: ExportC
             dropped[reason] = dropped.get(reason, 0) + n
         df = df.filter(~mask)
 
-    # left out by the route stage (pipeline/route.py: both answers verified wrong), under its reason, even if labeled
+    # left out by the route stage (pipeline/stages/route.py: both answers verified wrong), under its reason, even if labeled
     left_out = pl.col("route") == "dropped"
     for reason in df.filter(left_out)["route_reason"].fill_null("dropped").unique(maintain_order=True).to_list():
         drop(left_out & (pl.col("route_reason").fill_null("dropped") == reason), reason)
@@ -170,7 +170,7 @@ def char_lengths(df: pl.DataFrame) -> pl.DataFrame:
 def load_tokenizer(name: str | None):
     from transformers import AutoTokenizer
 
-    from pipeline.models import resolve_llm
+    from pipeline.models.embedded import resolve_llm
 
     name = name or EMBEDDED_LLM
     path = resolve_llm(name)
@@ -295,7 +295,7 @@ def grpo_frame(run: Run, df: pl.DataFrame, config: ExportConfig) -> tuple[pl.Dat
     """The run's active prompts that carry a verifier's ground truth (a reference answer, or tests), each in the split its
     pairs are in (others split the same seeded way), so no prompt of a test file is trained on. A reference the verify
     stage could not parse is left out (counted, the second value): it would reward nothing."""
-    from pipeline.queries import active_prompts
+    from pipeline.core.queries import active_prompts
 
     given = [pl.col(c).str.strip_chars().fill_null("") != "" for c in ("reference_answer", "tests")]
     prompts = active_prompts(run.read("prompts")).filter(given[0] | given[1]).select("prompt_id", "messages", "reference_answer", "tests")
@@ -630,8 +630,8 @@ def push_datasets(files: dict, repo: str) -> str:
 
 def step(config, run: Run, save_hf: str | None = None, push_to_hub: str | None = None) -> dict:
     """Stage "export" of `prefab run`: counts go to the manifest, files to <run>/exports."""
-    from pipeline.progress import summary
-    from pipeline.runner import section_hash
+    from pipeline.core.progress import summary
+    from pipeline.core.runner import section_hash
 
     counts = export(run, config.export or ExportConfig(), labeling=config.labeling, config_hash=section_hash(config, "export"),
                     save_hf=save_hf, push_to_hub=push_to_hub)

@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
-from pipeline.errors import InputError, unreadable
-from pipeline.ingest import json_lines
+from pipeline.core.errors import InputError, unreadable
+from pipeline.stages.ingest import json_lines
 
 
 class Line(BaseModel):

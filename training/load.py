@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-from pipeline.errors import ModelError
+from pipeline.core.errors import ModelError
 from training import formats
 
 
 def model_path(name: str) -> str:
     """A local checkpoint directory (or a hub name the user chose), checked before TRL tries to load it."""
-    from pipeline.models import resolve_llm
+    from pipeline.models.embedded import resolve_llm
 
     path = resolve_llm(name)
     if Path(path).is_dir() and not (Path(path) / "config.json").exists():

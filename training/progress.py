@@ -1,4 +1,4 @@
-"""prefab's progress display (pipeline/progress.py: a bar on a terminal, plain lines in a log) for TRL trainers,
+"""prefab's progress display (pipeline/core/progress.py: a bar on a terminal, plain lines in a log) for TRL trainers,
 in place of the Trainer's own bar and printed metrics dicts: used by training and by evaluation."""
 
 import json
@@ -7,13 +7,13 @@ from pathlib import Path
 
 
 def show_progress(trainer):
-    """One progress display (pipeline.progress: a bar on a terminal, plain lines in a log) with the step, loss and (DPO)
+    """One progress display (pipeline.core.progress: a bar on a terminal, plain lines in a log) with the step, loss and (DPO)
     reward accuracy or (GRPO) mean reward, in place of the Trainer's tqdm bar and printed log dicts; every log line also
     goes to OUTPUT_DIR/trainer_log.jsonl as it comes (a TrainerCallback: transformers' public extension point).
     Returns the callback; its close() ends the display if training stops with an error."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
-    from pipeline.progress import progress_bar
+    from pipeline.core.progress import progress_bar
 
     class StepProgress(TrainerCallback):
         display = None
@@ -64,7 +64,7 @@ def evaluate_with_progress(trainer, description: str) -> dict:
     """trainer.evaluate() with prefab's progress over its batches in place of the Trainer's bar and printed metrics dict."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
-    from pipeline.progress import progress_bar
+    from pipeline.core.progress import progress_bar
 
     class Batches(TrainerCallback):
         def on_prediction_step(self, args, state, control, **kwargs):

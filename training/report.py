@@ -1,12 +1,12 @@
 """The run report's training section: loss curve, DPO reward accuracy, eval win rates, rounds.
 
-pipeline/report.py collects `sections` from this module through the `prefab.report` entry point (pyproject.toml).
+pipeline/stages/report.py collects `sections` from this module through the `prefab.report` entry point (pyproject.toml).
 """
 
 import json
 from pathlib import Path
 
-from pipeline.store import Run
+from pipeline.core.store import Run
 
 
 def _metrics_files(run: Run) -> list[Path]:
@@ -21,7 +21,7 @@ def _metrics_files(run: Run) -> list[Path]:
 
 def _curves(history: list[dict], title: str) -> str:
     """Training (and eval) loss per step; reward accuracy and margin per step for DPO."""
-    from pipeline.report import figure, plot_html
+    from pipeline.stages.report import figure, plot_html
 
     steps = [h for h in history if "loss" in h and "step" in h]
     evals = [h for h in history if "eval_loss" in h]
@@ -63,7 +63,7 @@ KEYS = ["method", "base_model", "data", "steps", "first_loss", "last_loss", "tra
 
 def training_section(run: Run) -> str | None:
     """Trained models of the run (metrics.json), the eval against the base, and iterative rounds; None before training."""
-    from pipeline.report import metrics_html, section, table_html
+    from pipeline.stages.report import metrics_html, section, table_html
 
     files = _metrics_files(run)
     rounds = run.manifest().get("rounds")

@@ -1,13 +1,13 @@
 """GRPO's reward: the verifier that labels the run's pairs, so the training signal and the data agree.
 
 A completion for a prompt with a reference answer gets 1.0 when math-verify finds its final answer equal to the
-reference (pipeline/verify.py `check`), else 0.0; for a prompt with tests, the share of tests its code passes in the
-sandbox (pipeline/sandbox.py `run`); a row with neither gets None, which GRPOTrainer leaves out of the sum.
+reference (pipeline/stages/verify.py `check`), else 0.0; for a prompt with tests, the share of tests its code passes in the
+sandbox (pipeline/sandbox/bwrap.py `run`); a row with neither gets None, which GRPOTrainer leaves out of the sum.
 """
 
 from pathlib import Path
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 def completion_text(completion) -> str:
@@ -20,7 +20,7 @@ def completion_text(completion) -> str:
 def math_scores(items: list[tuple[str, str]], timeout_s: int = 5, float_rounding: int = 6) -> list[float | None]:
     """(reference, text) -> 1.0 correct, 0.0 otherwise, None when the reference does not parse (no signal, not a
     penalty). math-verify's time limit needs the main thread: from another one the checks run in a child process."""
-    from pipeline.verify import math_checker
+    from pipeline.stages.verify import math_checker
 
     with math_checker() as check:
         results = check(items, timeout_s, float_rounding)
@@ -29,8 +29,8 @@ def math_scores(items: list[tuple[str, str]], timeout_s: int = 5, float_rounding
 
 def code_scores(items: list[tuple[str, str]]) -> list[float]:
     """(tests, text) -> share of tests the completion's code passes in the sandbox."""
-    from pipeline.sandbox import run_many
-    from pipeline.verify import extract_code
+    from pipeline.sandbox.bwrap import run_many
+    from pipeline.stages.verify import extract_code
 
     return [r.score for r in run_many([(extract_code(text), tests) for tests, text in items])]
 
@@ -53,8 +53,8 @@ def verifier(prompts, completions, reference_answer=None, tests=None, **_) -> li
 
 def check_ground_truth(path: str | Path, rows: list[dict], timeout_s: int = 5) -> None:
     """Before training: every reference answer parses and every test compiles, or an InputError naming file:line."""
-    from pipeline.sandbox import validate_tests
-    from pipeline.verify import REFERENCE_HINT, parse_reference
+    from pipeline.sandbox.bwrap import validate_tests
+    from pipeline.stages.verify import REFERENCE_HINT, parse_reference
 
     seen: dict[str, str | None] = {}
     for i, row in enumerate(rows, 1):

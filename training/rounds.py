@@ -11,9 +11,9 @@ stages and rounds that are complete.
 
 from pathlib import Path
 
-from pipeline.config import Config, TrainConfig
-from pipeline.errors import ConfigError
-from pipeline.store import Run
+from pipeline.core.config import Config, TrainConfig
+from pipeline.core.errors import ConfigError
+from pipeline.core.store import Run
 
 
 def round_config(config: Config, r: int, policy: str | None) -> Config:
@@ -35,8 +35,8 @@ def round_config(config: Config, r: int, policy: str | None) -> Config:
 
 def run_rounds(config: Config, *, force: bool = False) -> list[dict]:
     """Run every round in order; returns (and records in the parent manifest) one summary per round."""
-    from pipeline.progress import console
-    from pipeline.runner import planned, run_pipeline
+    from pipeline.core.progress import console
+    from pipeline.core.runner import planned, run_pipeline
 
     tc = config.train or TrainConfig()
     if config.generate is None or config.train is None:

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import EMBEDDED_LLM
-from pipeline.errors import ConfigError, InputError, ModelError, unreadable
-from pipeline.store import atomic_write_text
+from pipeline.core.config import EMBEDDED_LLM
+from pipeline.core.errors import ConfigError, InputError, ModelError, unreadable
+from pipeline.core.store import atomic_write_text
 from training import formats
 from training.load import load_data, load_tokenizer, model_path
 from training.progress import evaluate_with_progress, show_progress
 
-SECTION = "train"  # the config section this stage needs (pipeline/registry.py)
+SECTION = "train"  # the config section this stage needs (pipeline/core/registry.py)
 ORDER = 110  # its place in `prefab run`
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -103,7 +103,7 @@ def _typed(cls, key: str, value, where: str):
 
 def load_train_config(method: str, config_path: str | Path | None = None, overrides: dict | None = None):
     """(TRL config, prefab settings) from the YAML file (default training/configs/<method>.yaml) and overrides."""
-    from pipeline.config import _line_of
+    from pipeline.core.config import _line_of
 
     cls = trl_config_class(method)
     path = Path(config_path) if config_path else CONFIGS / f"{method}.yaml"
@@ -165,7 +165,7 @@ def last_checkpoint(output_dir: str, resume: bool | str | None):
 
     found = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
     if found is None:
-        from pipeline.progress import console
+        from pipeline.core.progress import console
 
         console.print(f"[yellow]no checkpoint in {output_dir}; training from the start[/yellow]")
     return found
@@ -286,7 +286,7 @@ def train_kto(data, config_path=None, overrides: dict | None = None, *, eval_dat
     weighted = args.desirable_weight * n_desirable / (args.undesirable_weight * n_undesirable)
     if settings["balance"] and not KTO_RATIO[0] <= weighted <= KTO_RATIO[1]:
         args.desirable_weight, args.undesirable_weight = kto_weights(n_desirable, n_undesirable)
-        from pipeline.progress import console
+        from pipeline.core.progress import console
 
         console.print(f"kto: {n_desirable} desirable / {n_undesirable} undesirable rows: desirable_weight "
                       f"{args.desirable_weight}, undesirable_weight {args.undesirable_weight} (TRL's range; balance: false keeps yours)",
@@ -333,7 +333,7 @@ def train_grpo(data, config_path=None, overrides: dict | None = None, *, eval_da
 def train_reward(data, config_path=None, overrides: dict | None = None, *, eval_data=None, resume=False) -> dict:
     """A reward model from a trl-dpo export (TRL's RewardTrainer, as in trl/scripts/reward_modeling.py): the base model
     with a one-output score head, trained so that chosen outscores rejected (Bradley-Terry). The saved folder is a
-    sequence-classification model that `judge.reward_models` scores with (pipeline/reward.py)."""
+    sequence-classification model that `judge.reward_models` scores with (pipeline/models/reward.py)."""
     from transformers import AutoModelForSequenceClassification
     from trl import RewardTrainer
 
@@ -410,7 +410,7 @@ def fit(trainer, tokenizer, method: str, data, base: str, settings: dict, resume
 
 def log_third_party_warnings(output_dir: str) -> None:
     """Quieted third-party warnings of a `prefab train` outside a run go beside the model (in a run, to RUN/logs)."""
-    from pipeline.progress import third_party_log
+    from pipeline.core.progress import third_party_log
 
     if not third_party_log:
         third_party_log.append(Path(output_dir) / "logs" / "third_party.log")
@@ -430,8 +430,8 @@ def train(method: str, data, config_path=None, overrides: dict | None = None, **
 
 def step(config, run) -> dict:
     """Stage "train" of `prefab run`: train on the run's export, metrics into the manifest."""
-    from pipeline.config import TrainConfig
-    from pipeline.errors import RunError
+    from pipeline.core.config import TrainConfig
+    from pipeline.core.errors import RunError
 
     tc = config.train or TrainConfig()
     exports = Path(config.export.out_dir) if config.export and config.export.out_dir else run.path / "exports"
@@ -452,7 +452,7 @@ def step(config, run) -> dict:
 
 def evaluate_after_training(config, run, metrics: dict, test: Path) -> dict:
     """`train.evaluate`: win rate of the trained model against its base on the held-out prompts."""
-    from pipeline.config import ModelSpec, TrainConfig
+    from pipeline.core.config import ModelSpec, TrainConfig
     from training.eval import evaluate, print_summary, read_prompts
 
     tc = config.train or TrainConfig()
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m training.train dpo --data FILE ...`: the entry point `accelerate launch -m` runs.
 
     Same as `prefab train ...` (through the prefab CLI group, so errors print without a traceback)."""
-    from pipeline.cli import cli
+    from pipeline.commands.cli import cli
 
     cli.main(args=["train", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m training.train")
 

@@ -1,0 +1,1 @@
+"""Running model-written code against tests in bubblewrap, treating it as hostile. It imports only pipeline.core."""

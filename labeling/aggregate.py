@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from labeling.agreement import CATEGORIES, submitted
-from pipeline.stages.calibrate import wilson
+from pipeline.core.stats import wilson
 from pipeline.core.schema import TABLES, empty
 
 if TYPE_CHECKING:  # the model's module loads scipy: not at import time

@@ -19,7 +19,9 @@ from pathlib import Path
 from pipeline.models.backends import Result
 from pipeline.core.config import EMBEDDED_LLM, JudgeConfig, ModelSpec
 from pipeline.core.errors import InputError, unreadable
-from pipeline.stages.ingest import json_lines
+from pipeline.core.jsonl import json_lines
+from pipeline.core.prompts import BadRow, prompt_messages
+from pipeline.core.stats import wilson
 from pipeline.core.store import atomic_write_text, content_id, prompt_id
 
 SCORE = {"chosen": 1.0, "tie": 0.5, "rejected": 0.0}  # "chosen" = the candidate's answer, shown first in order ab
@@ -37,7 +39,6 @@ def win_rates(scores: list[float], alpha: float = 0.05, seed: int = 0) -> dict:
     """Win/tie/loss rates (Wilson intervals) and the win rate with ties counted half (bootstrap interval)."""
     import numpy as np
     from scipy.stats import bootstrap
-    from statsmodels.stats.proportion import proportion_confint
 
     n = len(scores)
     out: dict = {"n": n}
@@ -45,8 +46,8 @@ def win_rates(scores: list[float], alpha: float = 0.05, seed: int = 0) -> dict:
         return out
     counts = {"win": sum(s > 0.5 for s in scores), "tie": sum(s == 0.5 for s in scores), "loss": sum(s < 0.5 for s in scores)}
     for name, k in counts.items():
-        low, high = proportion_confint(k, n, alpha=alpha, method="wilson")
-        out[name] = {"count": int(k), "rate": k / n, "ci": [float(low), float(high)]}
+        low, high = wilson(k, n, alpha=alpha, digits=None)
+        out[name] = {"count": int(k), "rate": k / n, "ci": [low, high]}
     values = np.asarray(scores, dtype=float)
     rate = float(values.mean())
     if n > 1 and values.std() > 0:
@@ -100,10 +101,7 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[list[dict]]
         for i, row, problem in json_lines(path):
             if problem:
                 raise InputError(problem, where=f"{path}:{i}", hint="each line must be one JSON object (JSONL)")
-            messages = _messages_of(row)
-            if messages is None:
-                raise InputError("no prompt in this line (expected `prompt`, `messages` or `input.messages`)", where=f"{path}:{i}",
-                                 hint='write {"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}')
+            messages = _messages_of(row, f"{path}:{i}")
             key = prompt_id(messages)
             if key not in seen:
                 seen.add(key)
@@ -115,38 +113,30 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[list[dict]]
     return out[:limit] if limit else out
 
 
-def _messages_of(row) -> list[dict] | None:
-    if not isinstance(row, dict):
-        return None
-    prompt = row.get("prompt", row.get("messages", (row.get("input") or {}).get("messages")))
-    if isinstance(prompt, str) and prompt.strip():
-        return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
-        messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
-        while messages and messages[-1]["role"] == "assistant":
-            messages.pop()  # an SFT chat: the prompt is what comes before the answer
-        return messages or None
-    return None
+def _messages_of(row, where: str) -> list[dict]:
+    """The prompt of a line (pipeline/core/prompts.py): `prompt` (text or a chat), `messages` (an SFT chat: the prompt is
+    what comes before the answer) or `input.messages` (OpenAI's preference format)."""
+    try:
+        if not isinstance(row, dict):
+            raise BadRow("line", f"expected a JSON object, got {type(row).__name__}")
+        return prompt_messages(row, prompt_columns=("prompt", "input"), messages_columns=("messages",), answered=True)
+    except BadRow as e:
+        raise InputError(f"{e.field}: {e}", where=where,
+                         hint='a line holds `prompt` (text or a chat), `messages` or `input.messages`: '
+                              'write {"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}') from None
 
 
 # ---------------------------------------------------------------- models
 
-def fingerprint(model: str) -> str:
-    """Changes when a checkpoint folder is re-trained in place, so cached answers of the old weights are not reused."""
-    from pipeline.models.embedded import resolve_llm
-
-    path = Path(resolve_llm(model))
-    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
-    return content_id("model", str(path), [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
-
-
 def answer(model: str, prompts: list[list[dict]], out_dir: Path, *, max_tokens: int, batch_size: int = 8) -> list[Result]:
-    """The model's greedy answers, cached per checkpoint."""
+    """The model's greedy answers, cached per model; a local checkpoint's answers are keyed by its files too
+    (pipeline/models/checkpoints.py: fingerprint), so one retrained in place answers afresh."""
     from pipeline.core.cache import CallCache
-    from pipeline.models.llm import Request, call_llm
+    from pipeline.models.llm import Request, call_llm, check_spec
 
     spec = ModelSpec(backend="transformers", model=model, batch_size=batch_size)
-    cache = CallCache(out_dir / "calls" / f"{fingerprint(model)}.sqlite")
+    check_spec(spec)  # a model that is not there fails before its cache is made
+    cache = CallCache(out_dir / "calls" / f"{content_id('model', model)}.sqlite")
     requests = [Request(m, temperature=0.0, max_tokens=max_tokens, seed=0) for m in prompts]
     try:
         return call_llm(spec, requests, cache, f"answers {Path(model).name}")
@@ -161,7 +151,8 @@ def reward_accuracy(candidate: str, base: str, test_file: str | Path, *, beta: f
     from trl import DPOConfig, DPOTrainer
 
     from training import formats
-    from training.load import load_data, load_tokenizer, model_path
+    from pipeline.models.checkpoints import load_tokenizer, model_path
+    from training.load import load_data
 
     dataset, fmt = load_data(test_file, "dpo")
     cand, ref = model_path(candidate), model_path(base)

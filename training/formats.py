@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from pipeline.core.errors import InputError, unreadable
-from pipeline.stages.ingest import json_lines
+from pipeline.core.jsonl import json_lines
 
 
 class Line(BaseModel):
@@ -148,6 +148,19 @@ class KtoText(_KtoMeta):
     prompt: str = Field(min_length=1)
     completion: str = Field(min_length=1)
     label: StrictBool
+
+
+KTO_RATIO = (1.0, 4 / 3)  # TRL's guidance: desirable_weight*n_desirable / (undesirable_weight*n_undesirable) in this range
+
+
+def kto_weights(n_desirable: int, n_undesirable: int) -> tuple[float, float]:
+    """(desirable_weight, undesirable_weight) for KTOTrainer: 1.0 each when the weighted ratio is already in KTO_RATIO;
+    else the smaller side's weight is raised so the ratio is 7/6, the middle of the range (KTO paper, Eq. 8). The
+    export states them in the dataset card, the trainer sets them."""
+    if not n_desirable or not n_undesirable or KTO_RATIO[0] <= n_desirable / n_undesirable <= KTO_RATIO[1]:
+        return 1.0, 1.0
+    ratio = n_desirable / n_undesirable
+    return (round(7 / 6 / ratio, 3), 1.0) if ratio < 1 else (1.0, round(ratio * 6 / 7, 3))
 
 
 class _GrpoTruth(Line):

@@ -16,7 +16,7 @@ import polars as pl
 from pipeline.models.backends import DEFAULT_MAX_TOKENS, estimate_prompt_tokens
 from pipeline.core.cache import CallCache
 from pipeline.core.config import Config
-from pipeline.models.llm import cache_key, call_cost, call_llm
+from pipeline.models.llm import cache_keys, call_cost, call_llm
 
 
 def token_counter(spec):
@@ -24,9 +24,10 @@ def token_counter(spec):
     name = spec.tokenizer or (spec.model if spec.backend == "transformers" else None)
     if name is None:
         return (lambda conversations: [estimate_prompt_tokens(c) for c in conversations]), "4 chars"
-    from pipeline.models.llm_transformers import chat_token_ids, load_tokenizer
+    from pipeline.models.checkpoints import load_tokenizer
+    from pipeline.models.llm_transformers import TOKENIZER_HINT, chat_token_ids
 
-    tokenizer = load_tokenizer(name)
+    tokenizer = load_tokenizer(name, hint=TOKENIZER_HINT)
     return (lambda conversations: [len(ids) for ids in chat_token_ids(tokenizer, conversations)]), "tokenizer"
 
 
@@ -116,7 +117,7 @@ def _plan_generate(spec, prompts: pl.DataFrame, cache, sample: int):
 
     planned = plan(prompts, [spec])
     requests = [r for _, _, r in planned]
-    keys = [cache_key(spec, r) for r in requests]
+    keys = cache_keys(spec, requests)
     sampled = []
     hits = cache.get_many(list(dict.fromkeys(keys))) if cache is not None else {}
     if sample and cache is not None:
@@ -193,7 +194,7 @@ def _lookup(spec, requests, cache, real: bool) -> tuple[list, dict]:
     """Cache keys and hits of requests built from real candidates or pairs (the stage's own requests); stand-ins have none."""
     if cache is None or not real:
         return [None] * len(requests), {}
-    keys = [cache_key(spec, r) for r in requests]
+    keys = cache_keys(spec, requests)
     return keys, cache.get_many(list(dict.fromkeys(keys)))
 
 

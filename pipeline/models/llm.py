@@ -6,7 +6,8 @@ holds text, finish_reason, prompt_tokens, completion_tokens, latency_s, logprobs
 success) and whether it came from the cache. Results come back in request order.
 
 Every request is first looked up in the run's call cache, keyed by the request, the backend and the model
-(not the base_url: several servers of one model share answers). Only misses go to the backend that
+(not the base_url: several servers of one model share answers), and for a local checkpoint by its files
+(pipeline/models/checkpoints.py: a checkpoint retrained in place is asked again). Only misses go to the backend that
 `spec.backend` names (pipeline.core.registry: openai, transformers, or one another package or a test
 registered), and each success is committed to the cache the moment the backend reports it finished, so a
 killed run repays only the calls in flight at the kill. One bad call never raises: it comes back with its
@@ -27,10 +28,23 @@ from pipeline.core.config import ModelSpec
 from pipeline.core.errors import BudgetError, ModelError
 from pipeline.core.progress import progress_bar
 from pipeline.core.registry import backend
+from pipeline.models.checkpoints import identity
+
+_UNSET = object()
 
 
-def cache_key(spec: ModelSpec, request: Request) -> str:
-    return request_key({"backend": spec.backend, "model": spec.model, **request.payload()})
+def cache_key(spec: ModelSpec, request: Request, checkpoint=_UNSET) -> str:
+    """The request's key in a call cache. `checkpoint` is identity(spec.model) (computed here when not given: pass it
+    for many requests, or use cache_keys): a local checkpoint's fingerprint, absent from the keys of other models."""
+    checkpoint = identity(spec.model) if checkpoint is _UNSET else checkpoint
+    return request_key({"backend": spec.backend, "model": spec.model, **({"checkpoint": checkpoint} if checkpoint else {}),
+                        **request.payload()})
+
+
+def cache_keys(spec: ModelSpec, requests: list[Request]) -> list[str]:
+    """cache_key of each request, the model's files looked at once."""
+    checkpoint = identity(spec.model)
+    return [cache_key(spec, r, checkpoint) for r in requests]
 
 
 def call_cost(spec: ModelSpec, prompt_tokens: int | None, completion_tokens: int | None) -> float:
@@ -56,7 +70,7 @@ def check_spec(spec: ModelSpec) -> None:
 def call_llm(spec: ModelSpec, requests: list[Request], cache: CallCache, description: str, tick=None) -> list[Result]:
     """Answer every request (cache first, then the spec's backend); results come back in request order. A stage that
     calls in parts passes its own progress `tick` (from ticker()) to show one bar for all of them."""
-    keys = [cache_key(spec, r) for r in requests]
+    keys = cache_keys(spec, requests)
     hits = cache.get_many(list(dict.fromkeys(keys)))
     results: list[Result | None] = [None] * len(requests)
     todo: dict[str, list[int]] = {}  # key -> indices; identical requests are called once

@@ -7,11 +7,11 @@ not enforced (judges ask for JSON in the prompt instead: json_schema is False). 
 same batches go to replicas on a Ray cluster (pipeline/models/ray_cluster.py).
 """
 
-import functools
 import math
 import time
 
 from pipeline.models.backends import DEFAULT_MAX_TOKENS, Request, Result
+from pipeline.models.checkpoints import identity, load_tokenizer
 from pipeline.core.errors import ModelError
 
 
@@ -44,7 +44,7 @@ class TransformersBackend:
         """The local run's batches, made here with the model's tokenizer and sent whole to the replicas."""
         from pipeline.models.ray_cluster import replica_device, run_batches
 
-        ids, batches = make_batches(load_tokenizer(spec.model), requests, spec.batch_size)
+        ids, batches = make_batches(load_tokenizer(spec.model, hint=TOKENIZER_HINT), requests, spec.batch_size)
 
         def done(k: int, results: list[Result]) -> None:
             for j, result in zip(batches[k], results):
@@ -83,34 +83,22 @@ def chat_token_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]
     return tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
 
-@functools.cache
-def load_tokenizer(name: str):
-    """A model's tokenizer alone (local dir or embedded:smollm2), to count tokens without loading weights."""
-    from transformers import AutoTokenizer
+TOKENIZER_HINT = "set `tokenizer:` to a local model directory (one holding tokenizer.json), or embedded:smollm2"
 
-    from pipeline.models.embedded import resolve_llm
-
-    path = resolve_llm(name)
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"could not load a tokenizer from {path}: {e}",
-                         hint="set `tokenizer:` to a local model directory (one holding tokenizer.json), or embedded:smollm2") from e
-
-
-_LOADED: dict[tuple[str, str], tuple] = {}
+_LOADED: dict[tuple[str, str, str], tuple[str | None, tuple]] = {}  # (path, device, head) -> (its fingerprint, loaded)
 
 
 def load_model(name: str, device: str | None = None, head: str = "AutoModelForCausalLM"):
     """(model, tokenizer, device), loaded once per process, device and head (transformers' Auto class: a reward
-    model is an AutoModelForSequenceClassification)."""
+    model is an AutoModelForSequenceClassification), and again where a local checkpoint was retrained since."""
     import torch
 
     from pipeline.models.embedded import resolve_llm
 
     path = resolve_llm(name)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if (path, device, head) not in _LOADED:
+    key, stamp = (path, device, head), identity(path)
+    if key not in _LOADED or _LOADED[key][0] != stamp:
         import transformers
         from transformers import AutoTokenizer
 
@@ -124,8 +112,8 @@ def load_model(name: str, device: str | None = None, head: str = "AutoModelForCa
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        _LOADED[(path, device, head)] = (model, tokenizer, device)
-    return _LOADED[(path, device, head)]
+        _LOADED[key] = (stamp, (model, tokenizer, device))
+    return _LOADED[key][1]
 
 
 def _generate_batch(model, tokenizer, device, ids: list[list[int]], requests: list[Request]) -> list[dict]:

@@ -4,22 +4,15 @@ whole conversation, the model's logit at its last token. A reward is on the mode
 Bradley-Terry loss it was trained with, sigmoid(reward_a - reward_b) is the probability that a is preferred.
 
 Batched by length (little padding), on GPU when present. Every score goes through the run's call cache like
-any model call, keyed by the model's files (names, sizes, modification times), so a retrained model at the same
-path is scored afresh and a rerun scores nothing twice.
+any model call, keyed by the model's files (names, sizes, modification times: pipeline/models/checkpoints.py), so a
+retrained model at the same path is scored afresh and a rerun scores nothing twice.
 """
 
-import hashlib
-import json
 import time
-from pathlib import Path
 
 from pipeline.core.cache import CallCache, request_key
 from pipeline.core.errors import ModelError
-
-def model_path(name: str) -> str:
-    from pipeline.models.embedded import resolve_llm
-
-    return resolve_llm(name)
+from pipeline.models.checkpoints import identity, model_path
 
 
 def check_reward_model(path: str, name: str) -> None:
@@ -38,14 +31,6 @@ def check_reward_model(path: str, name: str) -> None:
                          f"with {config.num_labels} label(s)",
                          hint="a reward model is a ...ForSequenceClassification model with num_labels 1; "
                               "train one with `prefab train reward --data RUN/exports/dpo_train.jsonl`")
-
-
-def fingerprint(path: str) -> str:
-    """The model's files (name, size, mtime): what makes a cached score stale. A hub name stands for itself."""
-    if not Path(path).is_dir():
-        return path
-    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(path).iterdir() if f.is_file())
-    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 
 def load(spec):
@@ -95,7 +80,7 @@ def reward_scores(spec, items: list[tuple[list[dict], str]], cache: CallCache, d
     """{overall: reward, error} per (messages, response), from the cache where scored before; `tick` as call_llm's."""
     from pipeline.models.llm import own_ticker
 
-    stamp = fingerprint(model_path(spec.model))
+    stamp = identity(spec.model) or model_path(spec.model)  # a local checkpoint's files; a hub name stands for itself
     keys = [request_key({"kind": "reward", "model": spec.model, "files": stamp, "max_length": spec.max_length,
                          "messages": m, "response": r}) for m, r in items]
     hits = cache.get_many(list(dict.fromkeys(keys)))

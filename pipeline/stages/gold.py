@@ -12,7 +12,8 @@ import polars as pl
 from pipeline.core import schema
 from pipeline.core.config import CalibrateConfig, IngestConfig
 from pipeline.core.errors import InputError
-from pipeline.stages.ingest import BadRow, expand_paths, read_source, to_prompt
+from pipeline.core.prompts import BadRow
+from pipeline.stages.ingest import expand_paths, read_source, to_prompt
 from pipeline.core.store import content_id, normalize_messages
 
 
@@ -32,11 +33,7 @@ def response_text(value, field: str) -> str:
 
 
 def gold_row(record: dict, cfg: CalibrateConfig, ingest_cfg: IngestConfig) -> dict:
-    prompt_col = cfg.prompt_column or "prompt"
-    if isinstance(record.get(prompt_col), list):  # conversational TRL: the prompt is a chat
-        record = {**record, "messages": record[prompt_col]}
-        ingest_cfg = ingest_cfg.model_copy(update={"messages_column": "messages"})
-    prompt = to_prompt(record, ingest_cfg)
+    prompt = to_prompt(record, ingest_cfg)  # text, or a chat (conversational TRL)
     for col in (cfg.chosen_column, cfg.rejected_column):
         if col not in record:
             raise BadRow(col, f"missing column {col!r} (found {', '.join(map(str, record))})")

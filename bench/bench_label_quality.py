@@ -397,7 +397,7 @@ CHECK_AT = 2000
 
 def prior():
     from labeling.aggregate import prior_of
-    from pipeline.core.config import LabelingConfig
+    from labeling.settings import LabelingConfig
 
     return prior_of(LabelingConfig())
 

@@ -4,7 +4,7 @@ the judge), concurrency 64.
 
 Per size: wall time per call, peak RSS of the `prefab run` process (wait4's ru_maxrss), and calls per second of
 the client's CPU time (user + sys of that process), next to a bare `AsyncOpenAI` loop (semaphore + gather, SDK
-defaults, its own process) over 20,000 calls measured in the same run. Targets (#15): RSS at 100k within 1.2x of
+defaults, its own process) over 20,000 calls measured in the same run. Targets: RSS at 100k within 1.2x of
 10k and under 1 GiB; time per call at 100k within 1.2x of 10k.
 
     python bench/bench_scale.py            # BENCH_SCALE_SIZES=10000,100000
@@ -113,7 +113,7 @@ def main() -> list[dict]:
         ratio = got["per_core"] / bare_per_core
         rows.append({"name": f"client calls per CPU-second, {n:,} prompts, vs a bare AsyncOpenAI loop ({BARE_CALLS:,} calls)",
                      "value": round(got["per_core"], 1), "baseline": round(bare_per_core, 1), "ratio": round(ratio, 3),
-                     "target": "printed (no target in #15)", "unit": "calls/CPU-s", "ok": True})
+                     "target": "printed (no target)", "unit": "calls/CPU-s", "ok": True})
     return rows
 
 

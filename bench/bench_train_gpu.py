@@ -52,7 +52,7 @@ def make_data(tmp: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from labeling_runs import make_run
 
-    from pipeline.core.config import ExportConfig
+    from training.settings import ExportConfig
     from training.export import export
 
     run, _ = make_run(tmp / "run", PAIRS, human_every=PAIRS + 1, long_text=1200)

@@ -15,7 +15,7 @@ def _echo_err(text: str, **style) -> None:
 
 @click.group(name="labeling")
 def labeling_group():
-    """Run the Argilla labeling server (own venv, SQLite, no Docker) and manage annotators."""
+    """Run the Argilla labeling server (own venv, embedded PostgreSQL or SQLite, no Docker) and manage annotators."""
 
 
 @labeling_group.command()

@@ -9,7 +9,7 @@ def _with_labeling(config, **overrides):
     """The run config with CLI overrides of its labeling section, validated like the YAML."""
     from pydantic import ValidationError
 
-    from pipeline.core.config import LabelingConfig
+    from labeling.settings import LabelingConfig
     from pipeline.core.errors import ConfigError
 
     base = (config.labeling or LabelingConfig()).model_dump()

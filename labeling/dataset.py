@@ -1,9 +1,8 @@
 """The Argilla dataset for preference pairs: its settings, and one record per pair.
 
 Annotators see the prompt as a chat and two responses, A and B, in an order drawn per pair from the
-pair id (stable across pushes, so a re-push never reshuffles what someone is labeling). Which of A/B
-is the judge's chosen one, the candidate ids, the judge margin and the generators are stored as
-metadata hidden from annotators, so they cannot bias the label and pull can map A/B back.
+pair id (stable across pushes, so a re-push never reshuffles what someone is labeling). The candidate ids travel
+with the record, so pull can map A/B back; nothing in it says which side the judge chose (below).
 
 What annotators see of the judge is `labeling.judge_hint`: nothing (the default: these pairs came to people
 because the judge is unsure, and a shown answer anchors them), its verdict as a visible metadata note
@@ -21,7 +20,9 @@ import random
 
 import polars as pl
 
-from pipeline.core.config import Config, LabelingConfig
+from pipeline.core.config import Config
+
+from labeling.settings import LabelingConfig
 
 PREFERENCE = "preference"
 RATIONALE = "rationale"
@@ -35,8 +36,8 @@ LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie: equally good", "b
 
 # Metadata properties, for filtering in the UI and the SDK: name -> (kind, visible to annotators). Only the
 # topic cluster is safe to show: the margin, route, generators and length gap all hint at an answer.
-# Each property costs the server a validation per record, so the A/B mapping (a_is_chosen and the two
-# candidate ids) travels as extra metadata instead: Argilla shows extra metadata to admins only.
+# Each property costs the server a validation per record, so the two candidate ids travel as extra metadata
+# instead (opaque hashes: they name no side).
 METADATA = {
     "cluster": ("int", True),
     "margin": ("float", False),

@@ -15,7 +15,8 @@ from labeling.aggregate import pair_prior_draws, pair_priors, resolve_labels
 from labeling.agreement import agreement, judge_labels
 from labeling.dataset import LABELS, PREFERENCE, RATING_A, RATING_B, RATIONALE, a_is_chosen, to_label
 from labeling.push import call, fetch_records, gold_mapping, server_errors, usernames
-from pipeline.core.config import Config, LabelingConfig
+from pipeline.core.config import Config
+from labeling.settings import LabelingConfig
 from pipeline.core.errors import LabelingError
 from pipeline.core.progress import console, summary
 from pipeline.core.schema import TABLES

@@ -22,15 +22,15 @@ import polars as pl
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from labeling.dataset import build_records, prompt_vectors, settings
-from pipeline.core.config import Config, LabelingConfig
+from pipeline.core.config import Config
+from labeling.settings import LabelingConfig, labeling_target
 from pipeline.core.errors import LabelingError
 from pipeline.stages.pair import is_verified
 from pipeline.core.progress import progress_bar, summary
 from pipeline.core.schema import TABLES
 from pipeline.core.store import Run, candidate_id, content_id, pair_id, prompt_id
+from pipeline.core.stage import Stage
 
-SECTION = "labeling"  # the config section this stage needs (pipeline/core/registry.py)
-ORDER = 90  # its place in `prefab run`
 
 BATCH = 256  # the server takes up to 500, but per record a 500 batch is slower (see above)
 BATCH_TIMEOUT = 600  # seconds: a batch takes the embedded server 5-20 s on a busy 2-core machine
@@ -293,7 +293,7 @@ def queue_plan(config: Config, pairs: pl.DataFrame, labels: pl.DataFrame, resolv
 
     labeling = config.labeling or LabelingConfig()
     accuracy = {a: r if r is not None else labeling.prior_accuracy for a, r in annotators.select("annotator", "reliability").iter_rows()}
-    return plan(to_push(pairs, labeling).select("pair_id", "confidence"), resolved, labels, on_server, target=config.labeling_target(),
+    return plan(to_push(pairs, labeling).select("pair_id", "confidence"), resolved, labels, on_server, target=labeling_target(config),
                 max_labels=labeling.max_labels_per_pair, budget=labeling.label_budget, accuracy=accuracy,
                 newcomer=labeling.prior_accuracy)
 
@@ -415,3 +415,6 @@ def demo_instructions(run_dir: str, *, url: str | None = None, annotators: list[
         f"  Stop the server with: {prefab} labeling down\n"
         + (f"  ({prefab} is this project's; `source {Path(prefab).parent}/activate` puts `prefab` on PATH)\n" if prefab != "prefab" else "")
     )
+
+
+STAGE = Stage(name="push", order=90, step=step, section="labeling", settings=LabelingConfig)

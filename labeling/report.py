@@ -6,7 +6,7 @@ Registered as `sections` under the `prefab.report` entry point (pyproject.toml);
 import polars as pl
 
 from labeling.agreement import CATEGORIES, agreement
-from pipeline.core.config import LabelingConfig
+from labeling.settings import LabelingConfig
 from pipeline.stages.report import COLORS, figure, metrics_html, plot_html, section, table_html
 
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.core.config import Config, IngestConfig, LabelingConfig
+from pipeline.core.config import Config, IngestConfig, config_model
+
+from labeling.settings import LabelingConfig
 from pipeline.core.store import Run, candidate_id, pair_id, prompt_id
 
 DIMS = 8
@@ -58,7 +60,7 @@ def make_run(path: Path, n_pairs: int = 6, *, human_every: int = 2, labeling: La
         from pipeline.core.schema import TABLES
 
         run.write(name, pl.DataFrame(rows, schema=TABLES[name]))
-    config = Config(run=str(path), ingest=IngestConfig(paths=["test.jsonl"]), labeling=labeling or LabelingConfig())
+    config = config_model()(run=str(path), ingest=IngestConfig(paths=["test.jsonl"]), labeling=labeling or LabelingConfig())
     snapshot = config.model_dump(mode="json")
     snapshot["source"] = None
     run.update_manifest(config=snapshot)

@@ -3,7 +3,7 @@ through the real store, so every stage reads exactly what the earlier stages wou
 
 import polars as pl
 
-from pipeline.core.config import Config, IngestConfig
+from pipeline.core.config import Config, IngestConfig, config_model
 from pipeline.core.schema import TABLES
 from pipeline.core.store import Run, candidate_id, prompt_id
 
@@ -42,5 +42,5 @@ def make_run(path, texts: list[str], answers: dict | None = None, **sections) ->
     run.write("prompts", prompts)
     if answers:
         run.write("candidates", candidates_frame(prompts, answers))
-    config = Config.model_validate({"run": str(path), "ingest": IngestConfig(paths=["unused.jsonl"]).model_dump(), **sections})
+    config = config_model().model_validate({"run": str(path), "ingest": IngestConfig(paths=["unused.jsonl"]).model_dump(), **sections})
     return run, config

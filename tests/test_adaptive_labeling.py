@@ -9,7 +9,7 @@ from labeling_fixtures import unique
 from labeling_runs import make_run
 from test_push_pull import annotator, pick, respond
 
-from pipeline.core.config import LabelingConfig
+from labeling.settings import LabelingConfig
 
 pytestmark = pytest.mark.server
 

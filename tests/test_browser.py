@@ -11,7 +11,7 @@ import pytest
 from labeling_fixtures import make_user, unique
 from labeling_runs import make_run
 from test_adaptive_labeling import pending_for
-from pipeline.core.config import LabelingConfig
+from labeling.settings import LabelingConfig
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.core.config import load_config
+from pipeline.core.config import load_config, config_model
 from pipeline.core.errors import ConfigError
 
 BASE = """run: {run}
@@ -80,7 +80,6 @@ def test_the_run_snapshot_gives_back_the_config_exactly(tmp_path, path):
     (a default 5 that came back as 5.0 changed the judge's rubric text, so `prefab judge --run` repaid every call)."""
     import json
 
-    from pipeline.core.config import Config
     from pipeline.stages.judge import scoring_requests
     from pipeline.models.llm import cache_key
     from pipeline.core.runner import snapshot
@@ -90,7 +89,7 @@ def test_the_run_snapshot_gives_back_the_config_exactly(tmp_path, path):
     config = load_config(path)
     data = snapshot(config)
     data.pop("source")
-    again = Config.model_validate(json.loads(json.dumps(data)))
+    again = config_model().model_validate(json.loads(json.dumps(data)))
     assert json.dumps(again.model_dump(mode="json"), sort_keys=True) == json.dumps(config.model_dump(mode="json"), sort_keys=True)
     items = [([{"role": "user", "content": "hi"}], "hello")]
     for a, b in zip(config.judge.judges, again.judge.judges):

@@ -53,7 +53,7 @@ def test_training_shows_one_bar_and_logs_the_rest(tmp_path):
 
     import polars as pl
 
-    from pipeline.core.config import ExportConfig
+    from training.settings import ExportConfig
     from training.export import export
 
     run, _ = make_run(tmp_path / "run", n_pairs=3, human_every=100)

@@ -12,7 +12,9 @@ import polars as pl
 import pytest
 from labeling_runs import make_run
 
-from pipeline.core.config import ExportConfig, ModelSpec
+from pipeline.core.config import ModelSpec
+
+from training.settings import ExportConfig
 from pipeline.core.errors import InputError, ModelError
 from training.eval import evaluate, length_controlled, prompt_score, read_prompts, win_rates
 
@@ -210,6 +212,6 @@ def test_eval_bad_input(prefab, tmp_path):
     result = prefab("eval", "--base", "embedded:smollm2", "--candidate", "embedded:smollm2", "--prompts", tmp_path / "none.jsonl")
     assert result.exit_code != 0 and "does not exist" in result.output
     with pytest.raises(ModelError):
-        from training.eval import fingerprint
+        from pipeline.models.checkpoints import fingerprint
 
         fingerprint(str(tmp_path / "missing-dir" / "model"))

@@ -13,7 +13,9 @@ import pytest
 from labeling_runs import make_run
 from test_eval import perturbed_smollm2
 
-from pipeline.core.config import ExportConfig, JudgeConfig, ModelSpec
+from pipeline.core.config import JudgeConfig, ModelSpec
+
+from training.settings import ExportConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.training

@@ -9,7 +9,7 @@ import pytest
 from conftest import snapshot_dir
 from labeling_runs import make_run
 
-from pipeline.core.config import ExportConfig
+from training.settings import ExportConfig
 from pipeline.core.errors import ExportError
 from pipeline.core.schema import TABLES
 from pipeline.core.store import Run, candidate_id, pair_id

@@ -12,7 +12,7 @@ from test_push_pull import annotator, labels_frame, my_records, respond
 
 from labeling.aggregate import annotator_quality, dawid_skene, gold_verdicts
 from labeling.push import gold_record_id
-from pipeline.core.config import LabelingConfig
+from labeling.settings import LabelingConfig
 from pipeline.stages.gold import read_gold
 from pipeline.core.config import CalibrateConfig
 from labeling_fixtures import unique

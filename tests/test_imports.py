@@ -117,11 +117,12 @@ def test_stages_commands_and_report_sections_come_from_the_registry():
     stages = registry.stages()
     assert list(stages) == ["ingest", "dedup", "generate", "judge", "embed", "verify", "pair", "calibrate", "route", "push", "export",
                             "train", "report"]
-    assert all(callable(m.step) for m in stages.values())
-    assert stages["push"].__name__ == "labeling.push" and stages["train"].__name__ == "training.train"
+    assert all(callable(s.step) for s in stages.values())
+    assert stages["push"].step.__module__ == "labeling.push" and stages["train"].step.__module__ == "training.train"
     names = {c.name for c in registry.commands()}
     assert {"labeling", "push", "pull", "export", "train", "eval", "rounds"} <= names
     assert names <= set(cli.list_commands(None))
+    assert set(stages) <= set(cli.list_commands(None))  # every stage has a command: its package's own, or a generic one
     assert {f.__module__ for f in registry.report_sections()} == {"labeling.report", "training.report"}
 
 

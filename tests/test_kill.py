@@ -290,8 +290,8 @@ def test_a_kill_repays_only_the_calls_in_flight(tmp_path, openai_server, monkeyp
     """SIGKILL `prefab generate` at a busy moment (concurrency 32, 50 ms per answer), three times. The next run
     asks again only calls in flight at the kill: at most one per worker (a worker commits its call before it
     takes the next), each sent before the kill and answered after it, or so shortly before it that the client
-    had not read the answer yet (CLIENT_LAG_S). #12: answers used to wait in a cache writer's queue, so a kill
-    could lose more than the calls in flight; tests/test_llm_openai.py checks the commit order exactly."""
+    had not read the answer yet (CLIENT_LAG_S). Answers waiting in a cache writer's queue would let a kill lose more
+    than the calls in flight; tests/test_llm_openai.py checks the commit order exactly."""
     monkeypatch.setenv("PREFAB_KILL_KEY", "kill-test-key")
     openai_server.latency = 0.05
     rng = random.Random(12)

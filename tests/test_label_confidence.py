@@ -13,7 +13,8 @@ from labeling_runs import make_run
 from labeling.aggregate import bayesian, dawid_skene, prior_of, resolve_run
 from labeling.posterior import Prior, fit
 from labeling.queue import plan, worth
-from pipeline.core.config import ExportConfig, LabelingConfig
+from training.settings import ExportConfig
+from labeling.settings import LabelingConfig
 from pipeline.core.schema import TABLES
 from training.export import export
 

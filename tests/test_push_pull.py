@@ -11,7 +11,7 @@ from labeling import dataset as ds
 from labeling.agreement import inter_annotator, judge_labels, judge_vs_human
 from labeling.aggregate import majority
 from labeling.pull import merge_labels, to_labels
-from pipeline.core.config import LabelingConfig
+from labeling.settings import LabelingConfig
 from pipeline.core.schema import TABLES
 from labeling_fixtures import unique
 from labeling_runs import DIMS, make_run

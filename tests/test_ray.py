@@ -121,7 +121,7 @@ print(json.dumps({
 
 
 def test_a_cluster_that_ray_start_made_is_joined_at_its_address(local_run, tmp_path):
-    """The README's set-up: `ray start --head` (with token authentication), then `prefab run` in another process
+    """docs/scale.md's set-up: `ray start --head` (with token authentication), then `prefab run` in another process
     joins it at HOST:PORT, holding the cluster's token. The cluster itself is asked afterwards: the run's process
     is one of its jobs, whose replicas were actors on its node (a run that fell back to a Ray of its own would give
     the same tables)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.core.config import Config, RewardModelSpec
+from pipeline.core.config import RewardModelSpec, config_model
 from pipeline.core.errors import ModelError
 from pipeline.core.runner import run_pipeline
 from pipeline.core.store import Run
@@ -94,7 +94,7 @@ def test_a_run_pairs_by_reward_and_calibrates_the_reward_model_on_gold(reward_mo
     src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in PROMPTS])
     gold = write_jsonl(tmp_path / "gold.jsonl", GOLD)
     fake_backend.respond = lambda body: PROMPTS[body["messages"][-1]["content"]][body["seed"]]
-    config = Config.model_validate({
+    config = config_model().model_validate({
         "run": str(tmp_path / "run"), "ingest": {"paths": [str(src)]},
         "generate": {"generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]},
         "judge": {"reward_models": [{"name": "rm", "model": reward_model, "batch_size": 4}], "pairwise": False},
@@ -134,7 +134,7 @@ def test_prefab_trains_a_reward_model_on_an_export_and_a_run_scores_with_it(tmp_
 
     import torch
 
-    from pipeline.core.config import ExportConfig
+    from training.settings import ExportConfig
     from pipeline.models.embedded import resolve_llm
     from training.export import export
 
@@ -159,7 +159,7 @@ def test_prefab_trains_a_reward_model_on_an_export_and_a_run_scores_with_it(tmp_
     # the trained model scores a run
     src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in PROMPTS])
     fake_backend.respond = lambda body: PROMPTS[body["messages"][-1]["content"]][body["seed"]]
-    config = Config.model_validate({
+    config = config_model().model_validate({
         "run": str(tmp_path / "run"), "ingest": {"paths": [str(src)]},
         "generate": {"generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]},
         "judge": {"reward_models": [{"name": "trained", "model": str(out)}], "pairwise": False}, "pair": {}})

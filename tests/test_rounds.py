@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.config import Config
+from pipeline.core.config import Config, config_model
 
 pytestmark = pytest.mark.training
 
@@ -17,7 +17,7 @@ def rounds_config(tmp_path: Path, judge_url: str, rounds: int = 2) -> Config:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
                                ("Name a fruit.", "What is 3 + 4?", "Say something about the sky.", "Give me a verb.")))
-    return Config.model_validate({
+    return config_model().model_validate({
         "run": str(tmp_path / "rounds"),
         "ingest": {"paths": [str(prompts)]},
         "generate": {"generators": [{"name": "smol", "backend": "transformers", "model": "embedded:smollm2",

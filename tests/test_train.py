@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 from labeling_runs import make_run
 
-from pipeline.core.config import ExportConfig
+from training.settings import ExportConfig
 from pipeline.core.errors import ConfigError
 from training.export import export
 
@@ -238,7 +238,7 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path):
 
 def test_train_stage_records_metrics_in_the_manifest(tmp_path):
     """`prefab run` stage "train": trains on the run's export, metrics into the manifest, report section."""
-    from pipeline.core.config import TrainConfig
+    from training.settings import TrainConfig
     from pipeline.core.runner import run_step
     from training.report import report_section
 

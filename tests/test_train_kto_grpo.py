@@ -12,7 +12,7 @@ from labeling_runs import make_run
 from test_export import add_second_pairs
 from test_train import changed_tensors, losses
 
-from pipeline.core.config import ExportConfig
+from training.settings import ExportConfig
 from pipeline.core.errors import ConfigError, ExportError
 from training.export import export, kto_weights
 

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from pipeline.stages import verify
-from pipeline.core.config import Config, VerifyConfig
+from pipeline.core.config import VerifyConfig, config_model
 from pipeline.core.errors import InputError
 from pipeline.stages.ingest import ingest
 from pipeline.core.runner import run_pipeline
@@ -115,7 +115,7 @@ def test_ingest_reads_reference_answers_from_a_mapped_column(tmp_path, prefab):
 
 def test_a_reference_answer_of_the_wrong_type_is_a_bad_row_with_file_and_line(tmp_path):
     src = write_jsonl(tmp_path / "m.jsonl", [{"prompt": "ok?", "answer": "1"}, {"prompt": "Roots?", "answer": [2, 3]}])
-    cfg = Config.model_validate({"run": "r", "ingest": {"paths": [str(src)]}}).ingest
+    cfg = config_model().model_validate({"run": "r", "ingest": {"paths": [str(src)]}}).ingest
     with pytest.raises(InputError) as e:
         ingest(cfg)
     assert e.value.where == f"{src}:2" and "answer" in e.value.message and "LaTeX" in e.value.message
@@ -167,7 +167,7 @@ def math_run(tmp_path, fake_backend, mode="prefer", both_wrong=False, **sections
     fake_backend.respond = respond
     judge = {"judges": [{"name": "j", "backend": "fake", "model": "judge-model"}], "aspects": [{"name": "helpfulness"}],
              "parse_retries": 0}
-    config = Config.model_validate({
+    config = config_model().model_validate({
         "run": str(tmp_path / "run"), "ingest": {"paths": [str(src)]},
         "generate": {"generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]},
         "judge": judge, "verify": {"mode": mode}, "pair": {}, "route": {"audit_share": 0, "margin_threshold": 1.0},
@@ -210,7 +210,7 @@ def test_a_run_routes_verified_pairs_auto_against_the_judge_and_exports_them(tmp
     assert run.stage_info("route")["reason_verified"] == 4
 
     from labeling.push import to_push
-    from pipeline.core.config import LabelingConfig
+    from labeling.settings import LabelingConfig
 
     for routes in (["human"], ["human", "auto"]):  # nobody is asked about a verified pair, even when auto pairs are pushed
         assert set(to_push(pairs, LabelingConfig(routes=routes))["pair_id"]) == set(judged["pair_id"])
@@ -245,7 +245,7 @@ def test_a_pair_of_two_wrong_answers_reaches_neither_people_nor_the_export(tmp_p
     assert len(pairwise) == 4 and not any(BOTH_WRONG[0] in r.messages[-1]["content"] for r in pairwise)  # no judge call for it
 
     from labeling.push import to_push
-    from pipeline.core.config import LabelingConfig
+    from labeling.settings import LabelingConfig
 
     for routes in (["human"], ["human", "auto"]):
         assert set(to_push(pairs, LabelingConfig(routes=routes))["pair_id"]) == set(human["pair_id"])
@@ -383,7 +383,7 @@ def test_a_run_pairs_code_that_passes_its_tests_against_code_that_does_not(tmp_p
     src = write_jsonl(tmp_path / "code.jsonl", [{"prompt": p, "tests": t} for p, (t, _, _) in TASKS.items()])
     texts = {p: (right, wrong) for p, (_, right, wrong) in TASKS.items()}
     fake_backend.respond = lambda body: texts[body["messages"][-1]["content"]][body["seed"]]
-    config = Config.model_validate({
+    config = config_model().model_validate({
         "run": str(tmp_path / "run"), "ingest": {"paths": [str(src)]},
         "generate": {"generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]},
         "verify": {"mode": "only", "code_wall_s": 3, "code_cpu_s": 2}, "pair": {}, "route": {},
@@ -405,7 +405,7 @@ def test_a_run_pairs_code_that_passes_its_tests_against_code_that_does_not(tmp_p
     assert set(pairs["route_reason"]) == {"verified"}
     exported = [json.loads(line) for line in (run.path / "exports" / "dpo_train.jsonl").read_text().splitlines()]
     assert len(exported) == 2
-    from pipeline.core.config import ExportConfig
+    from training.settings import ExportConfig
     from training.export import export
 
     export(run, ExportConfig(formats=["grpo"], test_share=0, out_dir=str(tmp_path / "grpo")))

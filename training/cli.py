@@ -32,7 +32,8 @@ from pipeline.core.errors import ConfigError
 def export(run_dir, config_path, formats, sources, min_margin, min_confidence, standard, test_share, max_tokens, tokenizer, ties, both_bad,
            drop_equal, seed, out_dir, save_hf, push_to_hub):
     """Write the run's pairs as TRL DPO, OpenAI DPO, SFT and KTO JSONL, and a GRPO prompt set, split by prompt, with a dataset card."""
-    from pipeline.core.config import Config, ExportConfig, IngestConfig
+    from pipeline.core.config import IngestConfig, config_model
+    from training.settings import ExportConfig
     from pipeline.core.store import open_run
 
     from training.export import step
@@ -45,7 +46,7 @@ def export(run_dir, config_path, formats, sources, min_margin, min_confidence, s
         if config_path:
             raise
         # a run made without `prefab run` holds no config snapshot: export with defaults, and leave none behind
-        config = Config(run=run_dir, ingest=IngestConfig(paths=["-"]))
+        config = config_model()(run=run_dir, ingest=IngestConfig(paths=["-"]))
 
         def record(stage, config, run, **options):
             with run.stage(stage) as info:
@@ -136,7 +137,8 @@ def evaluate(base, candidate, prompts, run_dir, config_path, judge, judge_base_u
 @click.option("--force", is_flag=True, help="Re-run stages even when complete (model calls still come from the cache).")
 def rounds(config_path, run_dir, rounds, force):
     """Iterative on-policy DPO: generate, judge, pair, export, train (and eval), with each round's model generating the next."""
-    from pipeline.core.config import TrainConfig, load_config
+    from pipeline.core.config import load_config
+    from training.settings import TrainConfig
     from pipeline.core.progress import summary
     from training.rounds import run_rounds
 

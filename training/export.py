@@ -15,14 +15,20 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.core.config import EMBEDDED_LLM, ExportConfig, LabelingConfig
-from pipeline.core.errors import ExportError, ModelError
+from pipeline.core.config import EMBEDDED_LLM
+
+from training.settings import ExportConfig
+
+from labeling.settings import LabelingConfig
+from pipeline.core.errors import ExportError
 from pipeline.stages.pair import is_verified
 from pipeline.core.store import Run, atomic_write_text, content_id
 from training import formats
+from training.formats import kto_weights
+from pipeline.models.checkpoints import load_tokenizer
+from pipeline.core.stage import Stage
+from pipeline.core.config import Config
 
-SECTION = "export"  # the config section this stage needs (pipeline/core/registry.py)
-ORDER = 100  # its place in `prefab run`
 
 # format -> file stem(s); each gets _train.jsonl and _test.jsonl
 FILES = {
@@ -32,7 +38,6 @@ FILES = {
     "kto": ["kto"],  # unpaired: prompt, completion, label
     "grpo": ["grpo"],  # prompts with the verifier's ground truth, for online RL
 }
-KTO_RATIO = (1.0, 4 / 3)  # TRL's guidance: desirable_weight*n_desirable / (undesirable_weight*n_undesirable) in this range
 PREFERENCES = ("chosen", "rejected", "tie", "both_bad")
 
 
@@ -167,19 +172,6 @@ def char_lengths(df: pl.DataFrame) -> pl.DataFrame:
                            rejected_chars=pl.col("rejected").str.len_chars().cast(pl.Int64))
 
 
-def load_tokenizer(name: str | None):
-    from transformers import AutoTokenizer
-
-    from pipeline.models.embedded import resolve_llm
-
-    name = name or EMBEDDED_LLM
-    path = resolve_llm(name)
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"could not load tokenizer {name!r} from {path}: {e}", hint="pass --tokenizer DIR holding tokenizer.json") from e
-
-
 def render_prompt(tokenizer, messages: list[dict]) -> str:
     if not tokenizer.chat_template:
         raise ExportError(f"tokenizer {tokenizer.name_or_path} has no chat template, so prompts cannot be rendered as text",
@@ -272,15 +264,6 @@ def kto_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     return rows, conflicting.len()
 
 
-def kto_weights(n_desirable: int, n_undesirable: int) -> tuple[float, float]:
-    """(desirable_weight, undesirable_weight) for KTOTrainer: 1.0 each when the weighted ratio is already in KTO_RATIO;
-    else the smaller side's weight is raised so the ratio is 7/6, the middle of the range (KTO paper, Eq. 8)."""
-    if not n_desirable or not n_undesirable or KTO_RATIO[0] <= n_desirable / n_undesirable <= KTO_RATIO[1]:
-        return 1.0, 1.0
-    ratio = n_desirable / n_undesirable
-    return (round(7 / 6 / ratio, 3), 1.0) if ratio < 1 else (1.0, round(ratio * 6 / 7, 3))
-
-
 def kto_rows(kto: pl.DataFrame, conversational: bool, tokenizer) -> list[dict]:
     def meta(r):
         return {"prompt_id": r["prompt_id"], "candidate_id": r["candidate_id"], "source": r["source"]}
@@ -365,7 +348,7 @@ def export(run: Run, config: ExportConfig, *, labeling: LabelingConfig | None = 
     if n_dup:
         dropped["duplicates"] = n_dup
     check_not_empty(df, pairs, dropped, run)  # before the tokenizer: loading it costs far more than this check
-    tokenizer = load_tokenizer(config.tokenizer) if needs_tokenizer(config) else None
+    tokenizer = load_tokenizer(config.tokenizer, hint="pass --tokenizer DIR holding tokenizer.json") if needs_tokenizer(config) else None
     df = token_lengths(df, tokenizer) if tokenizer else char_lengths(df)
     if config.max_tokens:
         too_long = pl.col("prompt_tokens") + pl.max_horizontal("chosen_tokens", "rejected_tokens") > config.max_tokens
@@ -628,7 +611,7 @@ def push_datasets(files: dict, repo: str) -> str:
     return repo
 
 
-def step(config, run: Run, save_hf: str | None = None, push_to_hub: str | None = None) -> dict:
+def step(config: Config, run: Run, save_hf: str | None = None, push_to_hub: str | None = None) -> dict:
     """Stage "export" of `prefab run`: counts go to the manifest, files to <run>/exports."""
     from pipeline.core.progress import summary
     from pipeline.core.runner import section_hash
@@ -639,3 +622,6 @@ def step(config, run: Run, save_hf: str | None = None, push_to_hub: str | None =
             | {f"source {k}": v for k, v in counts["by_source"].items()}
             | {f"dropped {k}": v for k, v in counts["dropped"].items()})
     return counts
+
+
+STAGE = Stage(name="export", order=100, step=step, section="export", settings=ExportConfig)

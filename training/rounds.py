@@ -11,7 +11,9 @@ stages and rounds that are complete.
 
 from pathlib import Path
 
-from pipeline.core.config import Config, TrainConfig
+from pipeline.core.config import Config
+
+from training.settings import TrainConfig
 from pipeline.core.errors import ConfigError
 from pipeline.core.store import Run
 

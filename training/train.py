@@ -21,11 +21,14 @@ from pipeline.core.config import EMBEDDED_LLM
 from pipeline.core.errors import ConfigError, InputError, ModelError, unreadable
 from pipeline.core.store import atomic_write_text
 from training import formats
-from training.load import load_data, load_tokenizer, model_path
+from pipeline.models.checkpoints import load_tokenizer, model_path
+from training.load import load_data
 from training.progress import evaluate_with_progress, show_progress
+from pipeline.core.stage import Stage
+from pipeline.core.config import Config
+from pipeline.core.store import Run
+from training.settings import TrainConfig
 
-SECTION = "train"  # the config section this stage needs (pipeline/core/registry.py)
-ORDER = 110  # its place in `prefab run`
 
 CONFIGS = Path(__file__).parent / "configs"
 PREFAB_KEYS = {"model": EMBEDDED_LLM, "ref_model": None, "lora": None, "eval_data": None}
@@ -271,7 +274,7 @@ def train_kto(data, config_path=None, overrides: dict | None = None, *, eval_dat
     card states the same weights); weights already in range, or `balance: false`, are kept as given."""
     from trl import KTOTrainer
 
-    from training.export import KTO_RATIO, kto_weights
+    from training.formats import KTO_RATIO, kto_weights
 
     args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare("kto", data, config_path, overrides, eval_data)
     n_desirable = sum(train_dataset["label"])
@@ -428,9 +431,9 @@ def train(method: str, data, config_path=None, overrides: dict | None = None, **
     return trainers[method](data, config_path, overrides, **kwargs)
 
 
-def step(config, run) -> dict:
+def step(config: Config, run: Run) -> dict:
     """Stage "train" of `prefab run`: train on the run's export, metrics into the manifest."""
-    from pipeline.core.config import TrainConfig
+    from training.settings import TrainConfig
     from pipeline.core.errors import RunError
 
     tc = config.train or TrainConfig()
@@ -452,7 +455,8 @@ def step(config, run) -> dict:
 
 def evaluate_after_training(config, run, metrics: dict, test: Path) -> dict:
     """`train.evaluate`: win rate of the trained model against its base on the held-out prompts."""
-    from pipeline.core.config import ModelSpec, TrainConfig
+    from pipeline.core.config import ModelSpec
+    from training.settings import TrainConfig
     from training.eval import evaluate, print_summary, read_prompts
 
     tc = config.train or TrainConfig()
@@ -479,3 +483,6 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+STAGE = Stage(name="train", order=110, step=step, section="train", settings=TrainConfig)

@@ -1,7 +1,9 @@
 """`prefab`: one CLI for every stage. Each command's docstring is its help."""
 
+import importlib.util
 import json
 import os
+import pydoc
 import sys
 from pathlib import Path
 
@@ -24,6 +26,9 @@ class PrefabGroup(click.Group):
             self.plugins_loaded = True
             for command in registry.commands():
                 self.add_command(command)
+            for stage, module in registry.stage_modules().items():  # the stages that bring no command of their own
+                if stage not in self.commands:
+                    self.add_command(stage_command_for(stage, module))
 
     def list_commands(self, ctx):
         self._plugins()
@@ -135,13 +140,13 @@ def check_command(config_path):
 @click.option("--limit", type=int, help="Keep at most this many prompts.")
 def ingest(run_dir, config_path, paths, skip_bad_rows, system_prompt, prompt_column, messages_column, answer_column, limit):
     """Read prompts (JSONL, CSV, Parquet, a saved HF dataset dir, or hf:NAME) into the run."""
-    from pipeline.core.config import Config, IngestConfig
+    from pipeline.core.config import IngestConfig, config_model
     from pipeline.core.store import Run
 
     if config_path or not paths:
         config = load_run_config(run_dir, config_path)
     else:
-        config = Config(run=run_dir, ingest=IngestConfig(paths=list(paths)))
+        config = config_model()(run=run_dir, ingest=IngestConfig(paths=list(paths)))
     overrides = {"paths": list(paths) or None, "skip_bad_rows": skip_bad_rows or None, "system_prompt": system_prompt,
                  "prompt_column": prompt_column, "messages_column": messages_column, "answer_column": answer_column, "limit": limit}
     config.ingest = config.ingest.model_copy(update={k: v for k, v in overrides.items() if v is not None})
@@ -181,8 +186,14 @@ def calibrate(run_dir, config_path, gold, limit):
     stage_command("calibrate", config, Run(run_dir))
 
 
-def _simple_stage(stage: str, help_text: str):
-    @click.command(name=stage, help=help_text)
+def stage_command_for(stage: str, module: str) -> click.Command:
+    """`prefab STAGE --run RUN [--config CONFIG]` for a registered stage with no command of its own. Its help is the
+    first line of the stage module's docstring, read without importing the module (pydoc.synopsis), so that
+    `prefab --help` stays fast; the stage itself is loaded when the command runs."""
+    spec = importlib.util.find_spec(module)
+    summary = (pydoc.synopsis(spec.origin) if spec and spec.origin else None) or f"Run the {stage} stage."
+
+    @click.command(name=stage, help=summary)
     @run_option
     @config_option
     def command(run_dir, config_path):
@@ -191,18 +202,6 @@ def _simple_stage(stage: str, help_text: str):
         stage_command(stage, load_run_config(run_dir, config_path), Run(run_dir))
 
     return command
-
-
-for _stage, _help in {
-    "dedup": "Drop exact and semantic near-duplicate prompts (kept as duplicate_of) and cluster topics.",
-    "judge": "Score every candidate with the LLM judge(s) on the configured rubric.",
-    "embed": "Embed prompts and candidates (sentence-transformers), cached by text and model.",
-    "verify": "Check each candidate's final answer against its prompt's reference answer (math-verify).",
-    "pair": "Build chosen/rejected pairs from the judge scores and verified answers.",
-    "route": "Judge pairs in both orders and route each to auto or human, with a reason.",
-    "report": "Write report.html with plots of scores, margins, routes, clusters and labels.",
-}.items():
-    cli.add_command(_simple_stage(_stage, _help))
 
 
 @cli.command()

@@ -5,11 +5,12 @@ Secrets are referenced by environment-variable name (`api_key_env`), never store
 """
 
 import difflib
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from pipeline.core.errors import ConfigError, unreadable
 
@@ -332,75 +333,10 @@ class RouteConfig(Strict):
     seed: int = 0
 
 
-DEFAULT_TARGET = 0.9
-
-
-class LabelingConfig(Strict):
-    dataset: str | None = None  # Argilla dataset name; defaults to the run name
-    workspace: str = "prefab"
-    guidelines: str = "Pick the response that better serves the user: correct, helpful, honest and safe."
-    min_submitted: int = Field(1, ge=1)
-    # what annotators see of the judge: nothing (default: the pairs came to people because the judge is unsure, and a
-    # shown answer anchors them), its verdict as a visible note without choosing for them, or pre-filled as an answer
-    judge_hint: Literal["none", "shown", "prefilled"] = "none"
-    suggestions: bool | None = None  # deprecated: true = judge_hint prefilled, false = none
-    routes: list[Literal["human", "auto"]] = Field(default_factory=lambda: ["human"])
-    tie_rule: Literal["drop", "tie", "judge"] = "drop"
-    gold_share: float = Field(0.1, ge=0, lt=1)  # share of the dataset that is gold pairs (from calibrate), unmarked
-    # bayesian: a prior on annotator accuracy, the calibrated judge as each pair's prior, gold answers (labeling/posterior.py);
-    # dawid_skene: crowd-kit's, weighing annotators by a fitted confusion matrix; majority: vote counts
-    aggregation: Literal["bayesian", "dawid_skene", "majority"] = "bayesian"
-    # the assumed accuracy of an annotator nothing is known about yet; published single-annotator agreement on
-    # preference pairs: 63% with ties and 81% without (MT-Bench), 65.7% against the majority (AlpacaEval)
-    prior_accuracy: float = Field(0.7, gt=0.5, lt=1)
-    prior_strength: float = Field(10.0, gt=0)  # how many labels' worth of evidence the prior is
-    judges_vote: bool = False  # the judges' pairwise verdicts count as one more (weighted) annotator each
-    # adaptive: a human pair gets one more label, from someone who has not labeled it, only while its confidence is
-    # below target_confidence; fixed: every pair waits for min_submitted labels
-    redundancy: Literal["adaptive", "fixed"] = "adaptive"
-    target_confidence: float | None = Field(None, gt=0.5, lt=1)  # default: route.target_accuracy, else 0.9
-    max_labels_per_pair: int = Field(3, ge=1)
-    label_budget: int | None = Field(None, ge=0)  # at most this many human labels on the run's pairs (gold apart)
-    min_annotator_accuracy: float = Field(0.7, ge=0, le=1)  # on gold: below it an annotator is flagged
-    min_gold_answers: int = Field(5, ge=1)  # gold answers needed before an annotator can be flagged
-    flagged: Literal["exclude", "keep"] = "exclude"  # a flagged annotator's labels: dropped, or kept (weighted by reliability)
-
-    @model_validator(mode="after")
-    def _legacy_suggestions(self):
-        if self.suggestions is not None and "judge_hint" not in self.model_fields_set:
-            self.judge_hint = "prefilled" if self.suggestions else "none"
-        return self
-
-
-class ExportConfig(Strict):
-    formats: list[Literal["trl-dpo", "openai-dpo", "sft", "kto", "grpo"]] = Field(default_factory=lambda: ["trl-dpo", "openai-dpo", "sft"])
-    sources: list[Literal["human", "auto"]] = Field(default_factory=lambda: ["human", "auto"])
-    min_margin: float = 0.0
-    conversational: bool = True
-    test_share: float = Field(0.1, ge=0, lt=1)
-    max_tokens: int | None = Field(None, ge=1)
-    tokenizer: str | None = None
-    seed: int = 0
-    ties: Literal["drop", "judge"] = "drop"  # a human "tie": drop the pair, or keep the judge's order
-    both_bad: Literal["drop", "judge"] = "drop"  # a human "both bad": same choice
-    drop_equal: bool = False  # a pair whose two texts are equal: error (default) or drop it
-    # drop pairs whose label is less likely right than this: human pairs by their aggregated confidence, auto pairs by
-    # their calibrated one (an auto pair without a calibration has no confidence and is dropped when this is set)
-    min_confidence: float | None = Field(None, ge=0, le=1)
-    out_dir: str | None = None  # default: <run>/exports
-
-
-class TrainConfig(Strict):
-    method: Literal["dpo", "sft", "kto", "grpo", "reward"] = "dpo"
-    config: str | None = None  # training/configs/*.yaml
-    overrides: dict = Field(default_factory=dict)  # any TRL config field
-    rounds: int = Field(1, ge=1, le=20)  # >1: iterative on-policy DPO (`prefab rounds`), a sub-run per round
-    evaluate: bool = False  # after training: win rate of the trained model against its base (`prefab eval`)
-    eval_prompts: int | None = Field(None, ge=1)  # at most this many held-out prompts
-    eval_max_tokens: int = Field(256, ge=1)
-
-
 class Config(Strict):
+    """The root of a run's config. Its sections are those of the registered stages (config_model assembles them);
+    pipeline's own are declared here as well, so that its code and type checker know them."""
+
     run: str  # run directory
     seed: int = 0
     stages: list[str] | None = None  # default: every configured stage in pipeline order
@@ -414,23 +350,17 @@ class Config(Strict):
     pair: PairConfig | None = None
     calibrate: CalibrateConfig | None = None
     route: RouteConfig | None = None
-    labeling: LabelingConfig | None = None
-    export: ExportConfig | None = None
-    train: TrainConfig | None = None
 
     # where the YAML lives: relative paths in it are resolved from there
     source: Path | None = Field(None, exclude=True)
 
-    def labeling_target(self) -> float:
-        """The confidence an adaptive human pair must reach before it leaves the queue."""
-        labeling = self.labeling or LabelingConfig()
-        if labeling.target_confidence is not None:
-            return labeling.target_confidence
-        return self.route.target_accuracy if self.route and self.route.target_accuracy else DEFAULT_TARGET
+    def section(self, name: str):
+        """A section by name (None where the config has none), for the sections other packages register."""
+        return getattr(self, name, None)
 
     def require(self, section: str, hint: str | None = None):
         """The section a stage needs, or a ConfigError saying how to add it (every stage's step asks here)."""
-        value = getattr(self, section)
+        value = self.section(section)
         if value is None:
             where = str(self.source) if self.source else f"{Path(self.run) / 'manifest.json'} (the run's config)"
             raise ConfigError(f"the config has no `{section}:` section", where=where,
@@ -444,6 +374,19 @@ class Config(Strict):
             return p
         here = Path.cwd() / p
         return here if here.exists() else self.source.parent / p
+
+
+@cache
+def config_model() -> type[Config]:
+    """The root config model with one section per registered stage (pipeline/core/stage.py), validated by the
+    stage's settings model: a package's stage brings its own section; a key no stage reads is refused."""
+    from pipeline.core import registry
+
+    fields: dict = {}
+    for stage in registry.stages().values():
+        if stage.section and stage.settings:
+            fields[stage.section] = (stage.settings, ...) if stage.required else (stage.settings | None, None)
+    return create_model("Config", __base__=Config, **fields)
 
 
 def load_config(path: str | Path) -> Config:
@@ -466,7 +409,7 @@ def load_config(path: str | Path) -> Config:
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping of sections (run:, ingest:, generate:, ...)", where=str(path))
     try:
-        config = Config.model_validate(data)
+        config = config_model().model_validate(data)
     except ValidationError as e:
         raise _config_error(path, node, e) from None
     config.source = path.resolve()
@@ -482,7 +425,7 @@ def _config_error(path: Path, node, error: ValidationError) -> ConfigError:
     typos = set()  # (parent, valid key) pairs explained by a misspelt key: their "missing" is noise
     for err in errors:
         if err["type"] == "extra_forbidden":
-            parent = _model_at(Config, err["loc"][:-1])
+            parent = _model_at(config_model(), err["loc"][:-1])
             close = difflib.get_close_matches(str(err["loc"][-1]), list(parent.model_fields) if parent else [], n=1)
             if close:
                 typos.add((tuple(err["loc"][:-1]), close[0]))
@@ -496,7 +439,7 @@ def _config_error(path: Path, node, error: ValidationError) -> ConfigError:
         first_line = first_line or line
         where = f"line {line}, " if line else ""
         if err["type"] == "extra_forbidden":
-            parent = _model_at(Config, loc[:-1])
+            parent = _model_at(config_model(), loc[:-1])
             options = list(parent.model_fields) if parent else []
             close = difflib.get_close_matches(str(loc[-1]), options, n=1)
             msg = f"{where}{key}: unknown key"

@@ -14,7 +14,7 @@ config_option = click.option("--config", "config_path", type=click.Path(dir_okay
 
 def load_run_config(run_dir: str, config_path: str | None):
     """The config given, or the one the run was made with (its manifest snapshot)."""
-    from pipeline.core.config import Config, load_config
+    from pipeline.core.config import config_model, load_config
     from pipeline.core.store import open_run
 
     if config_path:
@@ -26,7 +26,7 @@ def load_run_config(run_dir: str, config_path: str | None):
     if not snapshot:
         raise ConfigError(f"{run.manifest_path} holds no config snapshot", hint="pass --config CONFIG.yaml")
     source = snapshot.pop("source", None)
-    config = Config.model_validate(snapshot)
+    config = config_model().model_validate(snapshot)
     config.source = Path(source) if source else None
     return config
 

@@ -1,8 +1,8 @@
 """What each package adds to prefab, found through entry points in pyproject.toml (the way llm finds its
 plugins), so that pipeline/ names no other package:
 
-- `prefab.stages`: a module with `step(config, run, **options) -> dict`, `SECTION` (the config section it
-  needs, or None) and `ORDER` (its place in `prefab run`); the entry point's name is the stage's name;
+- `prefab.stages`: a `pipeline.core.stage.Stage` (name, order, step, its config section and settings model); the
+  entry point's name is the stage's name;
 - `prefab.commands`: a list of click commands added to `prefab`;
 - `prefab.report`: a list of functions `(run) -> html | None`, sections of report.html;
 - `prefab.status`: a list of functions `(run) -> rich renderable | None`, shown by `prefab status` after the stages;
@@ -18,6 +18,7 @@ from functools import cache
 from importlib.metadata import entry_points
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.stage import Stage
 
 
 def _load(group: str) -> dict:
@@ -29,9 +30,20 @@ def _load(group: str) -> dict:
 
 
 @cache
-def stages() -> dict:
-    """stage name -> module, in pipeline order."""
-    return dict(sorted(_load("prefab.stages").items(), key=lambda item: item[1].ORDER))
+def stages() -> dict[str, Stage]:
+    """stage name -> Stage, in pipeline order."""
+    found = _load("prefab.stages")
+    for name, stage in found.items():
+        if not isinstance(stage, Stage) or stage.name != name:
+            raise ConfigError(f"the entry point prefab.stages:{name} is not a Stage named {name!r}: {stage!r}",
+                              hint="register `NAME = \"package.module:STAGE\"` with STAGE = Stage(name=\"NAME\", ...)")
+    return dict(sorted(found.items(), key=lambda item: item[1].order))
+
+
+def stage_modules() -> dict[str, str]:
+    """stage name -> the module that defines it, read from the entry points without importing any stage (so that
+    listing commands stays fast)."""
+    return {ep.name: ep.module for ep in entry_points(group="prefab.stages")}
 
 
 @cache

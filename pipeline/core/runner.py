@@ -1,8 +1,8 @@
 """`prefab run`: the configured stages in pipeline order, skipping what is already complete.
 
-Each stage lives in its own module with a `step(config, run, **options) -> dict` that reads earlier
-tables, calls the stage's plain function, writes its table and returns counts for the manifest. Stages
-register themselves (pipeline/core/registry.py); their ORDER fixes the pipeline's order.
+A stage (pipeline/core/stage.py) is registered by entry point (pipeline/core/registry.py); its `step(config, run,
+**options) -> dict` reads earlier tables, calls the stage's plain function, writes its table and returns counts for
+the manifest. Stages run by their `order`.
 """
 
 import hashlib
@@ -21,7 +21,7 @@ def section_hash(config: Config, stage: str) -> str:
     stages = registry.stages()
     names = list(stages)
     upto = names[: names.index(stage) + 1]
-    data = {s: _dump(getattr(config, stages[s].SECTION)) for s in upto if stages[s].SECTION}
+    data = {s: _dump(config.section(stages[s].section)) for s in upto if stages[s].section}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -36,15 +36,15 @@ def planned(config: Config) -> list[str]:
         if unknown:
             raise ConfigError(f"unknown stage(s) {unknown} in `stages`", hint=f"valid stages: {', '.join(stages)}")
         return [s for s in stages if s in config.stages]
-    return [s for s, module in stages.items() if module.SECTION is None or getattr(config, module.SECTION) is not None]
+    return [name for name, stage in stages.items() if stage.section is None or config.section(stage.section) is not None]
 
 
 def run_step(stage: str, config: Config, run: Run, **options) -> dict:
     """Run one stage; on success record its counts and the config it ran with in the manifest."""
-    module = registry.stages()[stage]
+    step = registry.stages()[stage].step
     third_party_log[:] = [run.path / "logs" / "third_party.log"]  # where quieted third-party warnings go
     with stage_lines(stage), run.stage(stage) as info, spending_limit(config.budget_usd):
-        counts = module.step(config, run, **options) or {}
+        counts = step(config, run, **options) or {}
         info.update(counts)
         info["config_hash"] = section_hash(config, stage)
     run.update_manifest(config=snapshot(config))

@@ -10,7 +10,7 @@ from pipeline.core.errors import RunError
 MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
 ASPECT = pl.Struct({"name": pl.String, "score": pl.Float64, "rationale": pl.String})
 
-TABLES: dict[str, dict[str, pl.DataType]] = {
+TABLES: dict[str, dict[str, pl.DataType | type[pl.DataType]]] = {  # a class (pl.String) or an instance (pl.List(...))
     "prompts": {
         "prompt_id": pl.String,  # hash of the normalized messages
         "messages": pl.List(MESSAGE),  # chat ending in a user turn

@@ -7,7 +7,7 @@ root holding only the system's programs and libraries and this Python, all read-
 size-limited tmpfs on /tmp as cwd and HOME (gone when the run ends), no network (a loopback of its own),
 a /proc that shows only the sandbox, an empty environment, no capabilities, no_new_privs, the code run as
 an unused uid (or, when prefab is not root, in a user namespace of its own), with limits on CPU time,
-wall time, memory, processes, file and output size. See the README's "Code sandbox".
+wall time, memory, processes, file and output size. See docs/sandbox.md.
 
 Tests are Python: top-level asserts or loops of them, or `test_*` functions (each one a test), with
 any imports or helpers they need; they run in the code's namespace, in order, one failure not hiding

@@ -26,9 +26,12 @@ from pipeline.stages.judge import judge_pairs
 from pipeline.models.llm import check_spec
 from pipeline.core.progress import summary
 from pipeline.core.schema import TABLES
+from pipeline.core.stats import wilson
+from pipeline.core.stage import Stage
+from pipeline.core.config import Config
+from pipeline.core.store import Run
+from pipeline.core.config import CalibrateConfig
 
-SECTION = "calibrate"  # the config section this stage needs (pipeline/core/registry.py)
-ORDER = 70  # its place in `prefab run`
 
 SIGNALS = ("margin", "pairwise", "ensemble")
 VALUE = {"chosen": 1.0, "tie": 0.5, "rejected": 0.0}
@@ -36,16 +39,6 @@ CURVE_POINTS = 40
 
 
 # ---------------------------------------------------------------- statistics
-
-
-def wilson(successes: float, n: int) -> tuple[float | None, float | None]:
-    """95% Wilson score interval of a proportion (ties may count half a success)."""
-    if n == 0:
-        return None, None
-    from statsmodels.stats.proportion import proportion_confint
-
-    low, high = proportion_confint(successes, n, alpha=0.05, method="wilson")
-    return round(float(low), 4), round(float(high), 4)
 
 
 def accuracy_stats(values: list[float]) -> dict:
@@ -332,7 +325,7 @@ def headline(calibration: pl.DataFrame) -> dict:
     return out
 
 
-def step(config, run, **_) -> dict:
+def step(config: Config, run: Run, **_) -> dict:
     from pipeline.core.config import JudgeConfig
     from pipeline.stages.gold import read_gold
 
@@ -352,3 +345,6 @@ def step(config, run, **_) -> dict:
               "failures": judgments.filter(pl.col("error").is_not_null()).height}
     summary("calibrate", counts | headline(table))
     return counts
+
+
+STAGE = Stage(name="calibrate", order=70, step=step, section="calibrate", settings=CalibrateConfig)

@@ -18,9 +18,11 @@ from pipeline.stages.embed import embed_model, embed_texts, prompt_text
 from pipeline.core.errors import ConfigError
 from pipeline.core.progress import summary
 from pipeline.core.queries import active_prompts
+from pipeline.core.stage import Stage
+from pipeline.core.config import Config
+from pipeline.core.store import Run
+from pipeline.core.config import DedupConfig
 
-SECTION = "dedup"  # the config section this stage needs (pipeline/core/registry.py)
-ORDER = 20  # its place in `prefab run`
 
 OWN_REASONS = ("duplicate", "near_duplicate", "max_per_cluster", "target_size")
 FLAT_MAX = 5_000  # up to here an exact flat index is fast enough
@@ -212,7 +214,7 @@ def dedup_prompts(prompts: pl.DataFrame, vectors: np.ndarray | None, cfg, keep: 
     )
 
 
-def step(config, run, **_) -> dict:
+def step(config: Config, run: Run, **_) -> dict:
     cfg = config.require("dedup")
     prompts = run.read("prompts")
     if not cfg.enabled:
@@ -237,3 +239,6 @@ def step(config, run, **_) -> dict:
         counts["clusters"] = out["cluster"].n_unique() - (1 if out["cluster"].null_count() else 0)
     summary("dedup", counts)
     return counts
+
+
+STAGE = Stage(name="dedup", order=20, step=step, section="dedup", settings=DedupConfig)

@@ -22,9 +22,11 @@ from pipeline.core.config import EMBEDDED_EMBEDDER
 from pipeline.core.errors import ModelError
 from pipeline.core.schema import TABLES, empty
 from pipeline.core.progress import summary
+from pipeline.core.stage import Stage
+from pipeline.core.config import Config
+from pipeline.core.store import Run
+from pipeline.core.config import EmbedConfig
 
-SECTION = "embed"  # the config section this stage needs (pipeline/core/registry.py)
-ORDER = 50  # its place in `prefab run`
 
 VECTOR_CACHE = "vectors.sqlite"
 CHUNK = 2048  # texts encoded between cache writes (and progress updates)
@@ -220,7 +222,7 @@ def cluster_stats(clusters: list[int | None] | pl.Series, covered: list[int | No
     return out
 
 
-def step(config, run, **_) -> dict:
+def step(config: Config, run: Run, **_) -> dict:
     """Embed prompts and their candidates part by part (embed.part_size prompts), writing embeddings and
     candidate_scores in parts; the Vendi score is summed over parts as X^T X, so no part holds every vector."""
     from pipeline.models.llm import ticker
@@ -274,3 +276,6 @@ def step(config, run, **_) -> dict:
     counts.update(cluster_stats(active.select("cluster").collect().to_series(), generated.select("cluster").collect().to_series()))
     summary("embed", counts)
     return counts
+
+
+STAGE = Stage(name="embed", order=50, step=step, section="embed", settings=EmbedConfig)

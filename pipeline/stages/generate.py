@@ -20,9 +20,10 @@ from pipeline.core.progress import summary
 from pipeline.core.queries import active_prompts
 from pipeline.core.schema import TABLES
 from pipeline.core.store import Run, TableParts, candidate_id, content_id
+from pipeline.core.stage import Stage
+from pipeline.core.config import Config
+from pipeline.core.config import GenerateConfig
 
-SECTION = "generate"  # the config section this stage needs (pipeline/core/registry.py)
-ORDER = 30  # its place in `prefab run`
 
 
 def plan(prompts: pl.DataFrame, generators: list[GeneratorSpec]) -> list[tuple[GeneratorSpec, dict, Request]]:
@@ -103,9 +104,9 @@ def generate(prompts: pl.DataFrame, generators: list[GeneratorSpec], cache: Call
     return generate_with_counts(prompts, generators, cache, retry_failed, previous)[0]
 
 
-def step(config, run: Run, retry_failed: bool = False) -> dict:
+def step(config: Config, run: Run, retry_failed: bool = False) -> dict:
     """Generate part by part (cache first), writing each part as it is done; then the parts become the candidates table."""
-    section = config.require(SECTION, hint="add `generate: {generators: [{backend: transformers, model: embedded:smollm2}]}`")
+    section = config.require("generate", hint="add `generate: {generators: [{backend: transformers, model: embedded:smollm2}]}`")
     generators = section.generators
     n_prompts = active_prompts(run.scan("prompts")).select(pl.len()).collect().item()  # duplicates and sampled-out prompts are not generated for
     size = part_size(section.part_size, generators, run.height("prompts"))  # parts are slices of the whole table
@@ -145,3 +146,6 @@ def step(config, run: Run, retry_failed: bool = False) -> dict:
         console.print(f"[yellow]{counts['failed']} failed call(s) recorded with their error; "
                       f"`prefab generate --run {run.path} --retry-failed` calls them again[/yellow]")
     return counts
+
+
+STAGE = Stage(name="generate", order=30, step=step, section="generate", settings=GenerateConfig)

@@ -19,26 +19,18 @@ import polars as pl
 from pipeline.core import schema
 from pipeline.core.config import Config, IngestConfig
 from pipeline.core.errors import InputError, unreadable
+from pipeline.core.jsonl import json_lines
+from pipeline.core.prompts import BadRow, prompt_messages
 from pipeline.core.progress import console, summary
 from pipeline.core.store import Run, TableParts, normalize_messages, prompt_id
+from pipeline.core.stage import Stage
 
-SECTION = "ingest"  # the config section this stage needs (pipeline/core/registry.py)
-ORDER = 10  # its place in `prefab run`
 
-PROMPT_COLUMNS = ["prompt", "instruction", "question", "text", "input"]
-MESSAGES_COLUMNS = ["messages", "conversation", "conversations"]
 CATEGORY_COLUMNS = ["category", "topic", "task"]
 ANSWER_COLUMNS = ["reference_answer", "answer", "final_answer"]  # a reference answer the verify stage checks candidates against
 TESTS_COLUMNS = ["tests", "test_code", "unit_tests"]  # Python tests the verify stage runs each candidate's code against
-ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}
 LARGE_PROMPT_CHARS = 100_000  # about 25k tokens: above it a prompt is kept with a warning
 csv.field_size_limit(2**31 - 1)  # process-wide, set once: the default (128 KiB) would refuse a long prompt; LARGE_PROMPT_CHARS warns instead
-
-
-class BadRow(Exception):
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
 
 
 PART_ROWS = 10_000  # prompts held before they are written as a part of the table: ingest's memory, whatever the input's size
@@ -221,24 +213,6 @@ def read_json_array(path: Path) -> list[tuple[int, object]] | None:
     return out
 
 
-def json_lines(path: Path):
-    """(line number, value, None) for each non-blank line of a JSON Lines file, or (line number, None, what is
-    wrong) for a line that is not UTF-8 or not JSON: callers decide whether a bad line stops them."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte-order mark is not part of line 1
-            except UnicodeDecodeError as e:
-                yield number, None, f"invalid UTF-8 at byte {e.start} of the line"
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield number, json.loads(text), None
-            except json.JSONDecodeError as e:
-                yield number, None, f"malformed JSON: {e.msg} at column {e.colno}"
-
-
 def read_jsonl(path: Path):
     for number, record, problem in json_lines(path):
         if problem is None and not isinstance(record, dict):
@@ -314,28 +288,11 @@ def read_hf(source, cfg: IngestConfig):
 
 def to_prompt(record: dict, cfg: IngestConfig) -> dict:
     """One source record -> prompt row fields (prompt_id, messages, category)."""
-    messages_col = cfg.messages_column or next((c for c in MESSAGES_COLUMNS if c in record), None)
-    prompt_col = cfg.prompt_column or next((c for c in PROMPT_COLUMNS if c in record), None)
-    if messages_col and messages_col in record and record[messages_col] is not None:
-        messages = parse_messages(record[messages_col], messages_col)
-    elif prompt_col and prompt_col in record:
-        text = record[prompt_col]
-        if text is None:  # an empty CSV field, a JSON null
-            raise BadRow(prompt_col, "empty prompt")
-        if not isinstance(text, str):
-            raise BadRow(prompt_col, f"expected text, got {type(text).__name__}")
-        messages = [{"role": "user", "content": text}]
-    else:
-        wanted = cfg.messages_column or cfg.prompt_column
-        raise BadRow(wanted or "prompt",
-                     f"missing column {wanted!r}" if wanted else
-                     f"no prompt column (looked for {', '.join(PROMPT_COLUMNS + MESSAGES_COLUMNS)}; found {', '.join(map(str, record))})")
-    if cfg.system_prompt and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": cfg.system_prompt}] + messages
-    check_chat(messages, messages_col if len(messages) > 1 else prompt_col)
+    messages = prompt_messages(record, prompt_column=cfg.prompt_column, messages_column=cfg.messages_column,
+                               system_prompt=cfg.system_prompt)
     category_col = cfg.category_column or next((c for c in CATEGORY_COLUMNS if c in record), None)
     category = record.get(category_col) if category_col else None
-    return {"prompt_id": prompt_id(messages), "messages": normalize_roles(messages),
+    return {"prompt_id": prompt_id(messages), "messages": messages,
             "category": str(category) if category is not None else None, "reference_answer": reference_answer(record, cfg),
             "tests": code_tests(record, cfg)}
 
@@ -373,50 +330,7 @@ def code_tests(record: dict, cfg: IngestConfig) -> str | None:
     return value
 
 
-def parse_messages(value, field: str) -> list[dict]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise BadRow(field, "expected a list of {role, content} messages (or its JSON text)") from None
-    if not isinstance(value, list) or not value:
-        raise BadRow(field, "expected a non-empty list of {role, content} messages")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict):
-            raise BadRow(f"{field}[{i}]", "expected an object with role and content")
-        role = m.get("role", m.get("from"))
-        content = m.get("content", m.get("value"))
-        if not isinstance(role, str) or not isinstance(content, str):
-            raise BadRow(f"{field}[{i}]", "each message needs string `role` and `content`")
-        out.append({"role": ROLE_ALIASES.get(role, role), "content": content})
-    return out
-
-
-def check_chat(messages: list[dict], field: str | None) -> None:
-    """System first (optional), then user/assistant alternating, ending with the user's turn."""
-    field = field or "messages"
-    turns = messages[1:] if messages[0]["role"] == "system" else messages
-    for i, m in enumerate(messages):
-        if m["role"] not in ("system", "user", "assistant"):
-            raise BadRow(f"{field}[{i}].role", f"unknown role {m['role']!r}; use system, user or assistant")
-        if not m["content"].strip():
-            raise BadRow(f"{field}[{i}].content" if len(messages) > 1 else field, "empty prompt")
-    if not turns:
-        raise BadRow(field, "chat has only a system message; add a user turn")
-    offset = len(messages) - len(turns)
-    for i, m in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if m["role"] != expected:
-            raise BadRow(f"{field}[{i + offset}].role",
-                         f"invalid role order: expected {expected!r} at turn {i + offset}, got {m['role']!r} "
-                         "(chats go [system], user, assistant, user, ...)")
-    if turns[-1]["role"] != "user":
-        raise BadRow(f"{field}[{len(messages) - 1}].role", "a chat must end with a user turn for the model to answer")
-
-
-def normalize_roles(messages: list[dict]) -> list[dict]:
-    return [{"role": m["role"], "content": m["content"].strip()} for m in messages]
-
-
 __all__ = ["ingest", "step", "normalize_messages"]
+
+
+STAGE = Stage(name="ingest", order=10, step=step, section="ingest", settings=IngestConfig, required=True)

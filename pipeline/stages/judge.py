@@ -33,9 +33,11 @@ from pipeline.core.progress import console, summary
 from pipeline.core.queries import answered, messages_of
 from pipeline.core.registry import backend
 from pipeline.core.schema import TABLES, empty
+from pipeline.core.stage import Stage
+from pipeline.core.config import Config
+from pipeline.core.store import Run
+from pipeline.core.config import JudgeConfig
 
-SECTION = "judge"  # the config section this stage needs (pipeline/core/registry.py)
-ORDER = 40  # its place in `prefab run`
 
 DEFAULT_DESCRIPTIONS = {  # after UltraFeedback's annotation guidelines
     "helpfulness": "Does it fulfil the task: correct, informative, useful, at the right level of detail?",
@@ -466,7 +468,7 @@ def judge_agreement(judgments: pl.LazyFrame | pl.DataFrame) -> dict:
     return out
 
 
-def step(config, run, **_) -> dict:
+def step(config: Config, run: Run, **_) -> dict:
     """Score the candidates part by part (judge.part_size), each part written as it is done (a restart skips it),
     then the parts become the judgments table; counts are read from it lazily."""
     cfg = config.require("judge")
@@ -525,3 +527,6 @@ def step(config, run, **_) -> dict:
         raise run.every_call_failed("judge", "judgments", "judge calls", f"the first: {first_error.item()}",
                                     f"prefab judge --run {run.path}", **counts)
     return counts
+
+
+STAGE = Stage(name="judge", order=40, step=step, section="judge", settings=JudgeConfig)

@@ -26,9 +26,11 @@ import polars as pl
 from pipeline.core.errors import RunError
 from pipeline.core.progress import summary
 from pipeline.core.store import content_id, pair_id
+from pipeline.core.stage import Stage
+from pipeline.core.config import Config
+from pipeline.core.store import Run
+from pipeline.core.config import PairConfig
 
-SECTION = "pair"  # the config section this stage needs (pipeline/core/registry.py)
-ORDER = 60  # its place in `prefab run`
 
 EPS = 1e-9
 VERIFIED = "verified"  # the strategy of a pair decided by the verifier
@@ -191,7 +193,7 @@ def candidate_vectors(run, model: str | None = None) -> dict[str, np.ndarray]:
     return dict(zip(emb["id"].to_list(), matrix))
 
 
-def step(config, run, **_) -> dict:
+def step(config: Config, run: Run, **_) -> dict:
     from pipeline.stages.embed import embed_model
     from pipeline.core.queries import active_prompts, candidate_scores
 
@@ -225,3 +227,6 @@ def step(config, run, **_) -> dict:
         counts["mean_similarity"] = round(float(pairs["similarity"].mean()), 4)
     summary("pair", counts)
     return counts
+
+
+STAGE = Stage(name="pair", order=60, step=step, section="pair", settings=PairConfig)

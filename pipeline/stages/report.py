@@ -28,9 +28,9 @@ import polars as pl
 
 from pipeline.core.progress import console
 from pipeline.core.store import Run, atomic_write_text
+from pipeline.core.stage import Stage
+from pipeline.core.config import Config
 
-SECTION = None  # needs no config section (pipeline/core/registry.py)
-ORDER = 120  # its place in `prefab run`
 
 COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD"]
 
@@ -400,7 +400,10 @@ def write_report(run: Run) -> tuple[str, int]:
     return str(path), text.count("<section")
 
 
-def step(config, run, **_) -> dict:
+def step(config: Config, run: Run, **_) -> dict:
     path, n = write_report(run)
     console.print(f"report: {path}")
     return {"sections": n}
+
+
+STAGE = Stage(name="report", order=120, step=step)

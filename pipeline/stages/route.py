@@ -38,9 +38,11 @@ from pipeline.stages.pair import VERIFIED, is_verified, wrong_statuses
 from pipeline.core.progress import console, summary
 from pipeline.core.queries import messages_of
 from pipeline.core.store import content_id
+from pipeline.core.stage import Stage
+from pipeline.core.config import Config
+from pipeline.core.store import Run
+from pipeline.core.config import RouteConfig
 
-SECTION = "route"  # the config section this stage needs (pipeline/core/registry.py)
-ORDER = 80  # its place in `prefab run`
 
 DROPPED = "dropped"  # the route of a pair that is neither labeled automatically nor by people
 BOTH_INCORRECT = "both_incorrect"  # its reason: the verifier found both answers wrong
@@ -272,7 +274,7 @@ def pairwise_stats(pair_judgments: pl.DataFrame) -> dict:
     return out
 
 
-def step(config, run, **_) -> dict:
+def step(config: Config, run: Run, **_) -> dict:
     from pipeline.core.schema import empty
 
     cfg = config.require("route")
@@ -304,3 +306,6 @@ def step(config, run, **_) -> dict:
                       "of its interval: every pair is routed to people (within the budget)[/yellow]")
     summary("route", {k: v for k, v in counts.items() if k != "routing"} | {f"routing {k}": v for k, v in info.items()})
     return counts
+
+
+STAGE = Stage(name="route", order=80, step=step, section="route", settings=RouteConfig)

@@ -1,6 +1,7 @@
-"""Verify: each candidate's final answer checked against its prompt's reference answer with Hugging Face's
-math-verify (`parse` extracts an answer from text or LaTeX as sympy; `verify` compares two: numbers, fractions,
-decimals, LaTeX, sets, intervals, equations). Exact and cheap, and no person or judge is needed for it.
+"""Verify: each candidate's final answer checked against its prompt's reference answer (math-verify).
+
+Hugging Face's math-verify: `parse` extracts an answer from text or LaTeX as sympy; `verify` compares two: numbers,
+fractions, decimals, LaTeX, sets, intervals, equations. Exact and cheap, and no person or judge is needed for it.
 
 One row per checked candidate in `verifications`: correct, incorrect, unparseable (no final answer found), or
 error (the reference answer does not parse, or a check ran over `timeout_s`), with both extracted answers. A
@@ -36,9 +37,11 @@ from pipeline.core.progress import console, progress_bar, summary
 from pipeline.core.queries import active_prompts
 from pipeline.core.schema import TABLES
 from pipeline.core.store import content_id
+from pipeline.core.stage import Stage
+from pipeline.core.config import Config
+from pipeline.core.store import Run
+from pipeline.core.config import VerifyConfig
 
-SECTION = "verify"  # the config section this stage needs (pipeline/core/registry.py)
-ORDER = 55  # its place in `prefab run`: after generate (and judge, embed), before pair
 
 SANDBOX_VERSION = "1"  # part of a code check's key: bump when the sandbox's verdicts change
 CHUNK = 256  # candidates checked between two writes of the table
@@ -208,9 +211,9 @@ def counts_of(table: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.DataFra
             "skipped_failed_candidates": int(checked["text"].null_count()), "reused": reused}
 
 
-def step(config, run, **_) -> dict:
+def step(config: Config, run: Run, **_) -> dict:
     """Check every candidate of a prompt with tests or a reference answer; write `verifications` as it goes."""
-    cfg = config.require(SECTION, hint="add `verify: {}` (math answers checked with math-verify, code run against tests) to the config")
+    cfg = config.require("verify", hint="add `verify: {}` (math answers checked with math-verify, code run against tests) to the config")
     prompts = active_prompts(run.read("prompts"))
     candidates = run.read("candidates")
     previous = run.read("verifications") if run.has("verifications") else None
@@ -231,3 +234,6 @@ def step(config, run, **_) -> dict:
                       + ("\n  ..." if len(lines) > 5 else ""), style="yellow", markup=False, highlight=False, soft_wrap=True)
     summary("verify", counts)
     return counts
+
+
+STAGE = Stage(name="verify", order=55, step=step, section="verify", settings=VerifyConfig)

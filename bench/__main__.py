@@ -28,8 +28,17 @@ def run_one(module: str) -> list[dict]:
         out = Path(tmp) / "rows.json"
         proc = subprocess.run([sys.executable, "-c", CHILD, module, str(out)], cwd=HERE.parent)
         if proc.returncode != 0 or not out.exists():
-            return [{"bench": module, "name": "error", "value": None, "baseline": None, "ratio": None,
-                     "target": f"exit code {proc.returncode}", "ok": False}]
+            return [
+                {
+                    "bench": module,
+                    "name": "error",
+                    "value": None,
+                    "baseline": None,
+                    "ratio": None,
+                    "target": f"exit code {proc.returncode}",
+                    "ok": False,
+                }
+            ]
         rows = json.loads(out.read_text())
     for row in rows:
         row.setdefault("bench", module)
@@ -49,8 +58,15 @@ def main(argv: list[str]) -> int:
     for col in ("bench", "figure", "value", "baseline", "ratio", "target", "ok"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["bench"].removeprefix("bench_"), r["name"], _fmt(r.get("value"), r.get("unit")), _fmt(r.get("baseline"), r.get("unit")),
-                      _fmt(r.get("ratio")), str(r.get("target", "")), {True: "yes", False: "NO"}.get(r.get("ok"), "?"))
+        table.add_row(
+            r["bench"].removeprefix("bench_"),
+            r["name"],
+            _fmt(r.get("value"), r.get("unit")),
+            _fmt(r.get("baseline"), r.get("unit")),
+            _fmt(r.get("ratio")),
+            str(r.get("target", "")),
+            {True: "yes", False: "NO"}.get(r.get("ok"), "?"),
+        )
     Console(width=200).print(table)
     (HERE / "results.json").write_text(json.dumps(rows, indent=2, default=str))
     print(f"wrote {HERE / 'results.json'}")

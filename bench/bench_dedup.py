@@ -48,7 +48,6 @@ def one(n: int) -> dict:
     import resource
 
     import faiss
-    import numpy as np
 
     from pipeline.stages.dedup import near_duplicates
 
@@ -60,15 +59,27 @@ def one(n: int) -> dict:
     found = parent[copies] >= 0
     exact = parent[copies] == originals
     flagged = int((parent >= 0).sum())
-    return {"n": n, "seconds": round(seconds, 2), "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "recall": round(float(found.mean()), 4), "points_to_original": round(float(exact.mean()), 4),
-            "flagged": flagged, "planted": len(copies)}
+    return {
+        "n": n,
+        "seconds": round(seconds, 2),
+        "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "recall": round(float(found.mean()), 4),
+        "points_to_original": round(float(exact.mean()), 4),
+        "flagged": flagged,
+        "planted": len(copies),
+    }
 
 
 def run_child(n: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
-    out = subprocess.run([sys.executable, "-m", "bench.bench_dedup", "--one", str(n)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_dedup", "--one", str(n)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -76,18 +87,47 @@ def main() -> list[dict]:
     small, large = run_child(BASE_N), run_child(2 * BASE_N)
     growth = large["seconds"] / small["seconds"]
     rows = [
-        {"name": f"dedup {BASE_N:,} x 384, {THREADS} threads", "value": small["seconds"], "baseline": None, "ratio": None,
-         "target": "< 60 s", "unit": "s", "ok": small["seconds"] < 60},
-        {"name": f"peak memory at {BASE_N:,}", "value": small["peak_mib"], "baseline": None, "ratio": None,
-         "target": "< 2048 MiB", "unit": "MiB", "ok": small["peak_mib"] < 2048},
-        {"name": f"time at {2 * BASE_N:,} vs {BASE_N:,}", "value": large["seconds"], "baseline": small["seconds"], "ratio": round(growth, 2),
-         "target": "< 3x when n doubles", "unit": "s", "ok": growth < 3},
-        {"name": "recall of planted near-duplicates", "value": small["recall"], "baseline": None, "ratio": None,
-         "target": "(reported)", "ok": None},
+        {
+            "name": f"dedup {BASE_N:,} x 384, {THREADS} threads",
+            "value": small["seconds"],
+            "baseline": None,
+            "ratio": None,
+            "target": "< 60 s",
+            "unit": "s",
+            "ok": small["seconds"] < 60,
+        },
+        {
+            "name": f"peak memory at {BASE_N:,}",
+            "value": small["peak_mib"],
+            "baseline": None,
+            "ratio": None,
+            "target": "< 2048 MiB",
+            "unit": "MiB",
+            "ok": small["peak_mib"] < 2048,
+        },
+        {
+            "name": f"time at {2 * BASE_N:,} vs {BASE_N:,}",
+            "value": large["seconds"],
+            "baseline": small["seconds"],
+            "ratio": round(growth, 2),
+            "target": "< 3x when n doubles",
+            "unit": "s",
+            "ok": growth < 3,
+        },
+        {
+            "name": "recall of planted near-duplicates",
+            "value": small["recall"],
+            "baseline": None,
+            "ratio": None,
+            "target": "(reported)",
+            "ok": None,
+        },
     ]
     print(f"{'n':>8} {'seconds':>8} {'peak MiB':>9} {'recall':>7} {'-> orig':>7} {'flagged':>8} {'planted':>8}")
     for r in (small, large):
-        print(f"{r['n']:>8} {r['seconds']:>8} {r['peak_mib']:>9} {r['recall']:>7} {r['points_to_original']:>7} {r['flagged']:>8} {r['planted']:>8}")
+        print(
+            f"{r['n']:>8} {r['seconds']:>8} {r['peak_mib']:>9} {r['recall']:>7} {r['points_to_original']:>7} {r['flagged']:>8} {r['planted']:>8}"
+        )
     print(f"doubling n: time x{growth:.2f} (target < 3)")
     return rows
 

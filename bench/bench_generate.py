@@ -37,8 +37,11 @@ ROUNDS = int(os.environ.get("BENCH_GENERATE_ROUNDS", "2"))
 
 
 def start_server(latency: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "openai_server.py"), "--latency", str(latency), "--no-bodies"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "openai_server.py"), "--latency", str(latency), "--no-bodies"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     match = re.match(r"READY (\S+)", line)
     if not match:
@@ -48,7 +51,11 @@ def start_server(latency: float) -> tuple[subprocess.Popen, str]:
 
 
 def prompt_texts(n: int) -> list[str]:
-    base = [json.loads(line)["prompt"] for line in (ROOT / "data" / "prompts" / "single_turn.jsonl").read_text().splitlines() if line.strip()]
+    base = [
+        json.loads(line)["prompt"]
+        for line in (ROOT / "data" / "prompts" / "single_turn.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     return [f"{base[i % len(base)]} (variant {i})" for i in range(n)]
 
 
@@ -59,8 +66,14 @@ async def bare_loop(url: str, texts: list[str], style: str = "semaphore") -> lis
     client = openai.AsyncOpenAI(base_url=url, api_key="bench")
 
     async def one(text: str) -> str:
-        response = await client.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": text}],
-                                                        temperature=0.7, top_p=1.0, max_tokens=MAX_TOKENS, seed=0)
+        response = await client.chat.completions.create(
+            model="fake-model",
+            messages=[{"role": "user", "content": text}],
+            temperature=0.7,
+            top_p=1.0,
+            max_tokens=MAX_TOKENS,
+            seed=0,
+        )
         return response.choices[0].message.content
 
     try:
@@ -90,15 +103,35 @@ def prefab_generate(url: str, texts: list[str], cache_dir: Path):
 
     from pipeline.core.cache import CallCache
     from pipeline.core.config import GeneratorSpec
-    from pipeline.stages.generate import generate
     from pipeline.core.schema import TABLES
     from pipeline.core.store import prompt_id
+    from pipeline.stages.generate import generate
 
-    rows = [{"prompt_id": prompt_id([{"role": "user", "content": t}]), "messages": [{"role": "user", "content": t}], "source": "bench",
-             "source_line": i, "category": None, "duplicate_of": None, "cluster": None} for i, t in enumerate(texts)]
+    rows = [
+        {
+            "prompt_id": prompt_id([{"role": "user", "content": t}]),
+            "messages": [{"role": "user", "content": t}],
+            "source": "bench",
+            "source_line": i,
+            "category": None,
+            "duplicate_of": None,
+            "cluster": None,
+        }
+        for i, t in enumerate(texts)
+    ]
     prompts = pl.DataFrame(rows, schema=TABLES["prompts"])
-    spec = GeneratorSpec(name="bench", backend="openai", model="fake-model", base_url=url, concurrency=CONCURRENCY,
-                         temperatures=[0.7], n=1, max_tokens=MAX_TOKENS, top_p=1.0, seed=0)
+    spec = GeneratorSpec(
+        name="bench",
+        backend="openai",
+        model="fake-model",
+        base_url=url,
+        concurrency=CONCURRENCY,
+        temperatures=[0.7],
+        n=1,
+        max_tokens=MAX_TOKENS,
+        top_p=1.0,
+        seed=0,
+    )
     cache = CallCache(cache_dir / "cache.sqlite")
     try:
         return generate(prompts, [spec], cache)
@@ -135,10 +168,24 @@ def bench_openai(n: int) -> list[dict]:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ratio = best["prefab"] / best["bare"]
     return [
-        {"name": f"openai backend: {n:,} prompts, concurrency {CONCURRENCY}, {int(LATENCY * 1000)} ms latency", "value": round(best["prefab"], 1),
-         "baseline": round(best["bare"], 1), "ratio": round(ratio, 3), "target": ">= 0.9x bare AsyncOpenAI loop", "unit": "req/s", "ok": ratio >= 0.9},
-        {"name": "openai backend: peak memory (RSS, whole process)", "value": round(peak_mib, 1), "baseline": None, "ratio": None,
-         "target": "< 1024 MiB", "unit": "MiB", "ok": peak_mib < 1024},
+        {
+            "name": f"openai backend: {n:,} prompts, concurrency {CONCURRENCY}, {int(LATENCY * 1000)} ms latency",
+            "value": round(best["prefab"], 1),
+            "baseline": round(best["bare"], 1),
+            "ratio": round(ratio, 3),
+            "target": ">= 0.9x bare AsyncOpenAI loop",
+            "unit": "req/s",
+            "ok": ratio >= 0.9,
+        },
+        {
+            "name": "openai backend: peak memory (RSS, whole process)",
+            "value": round(peak_mib, 1),
+            "baseline": None,
+            "ratio": None,
+            "target": "< 1024 MiB",
+            "unit": "MiB",
+            "ok": peak_mib < 1024,
+        },
     ]
 
 
@@ -149,12 +196,19 @@ def direct_generate(model, tokenizer, messages: list[list[dict]], batch_size: in
     eos = model.generation_config.eos_token_id
     tokens = 0
     for start in range(0, len(messages), batch_size):
-        texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages[start : start + batch_size]]
+        texts = [
+            tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+            for m in messages[start : start + batch_size]
+        ]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {"do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+            if temperature > 0
+            else {"do_sample": False}
+        )
         with torch.inference_mode():
             out = model.generate(**enc, max_new_tokens=LLM_MAX_TOKENS, pad_token_id=tokenizer.pad_token_id, **sampling)
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
             n = row.index(eos) + 1 if eos in row else len(row)
             tokens += n
             tokenizer.decode(row[:n], skip_special_tokens=True)
@@ -184,25 +238,44 @@ def bench_transformers(n: int, threads: int | None) -> list[dict]:
             print(f"  direct model.generate ({label}): {direct:.1f} tok/s", flush=True)
 
             cache = CallCache(Path(tmp) / f"{label}.sqlite")
-            requests = [Request(m, temperature=temperature, top_p=1.0, max_tokens=LLM_MAX_TOKENS, seed=i) for i, m in enumerate(messages)]
+            requests = [
+                Request(m, temperature=temperature, top_p=1.0, max_tokens=LLM_MAX_TOKENS, seed=i)
+                for i, m in enumerate(messages)
+            ]
             started = time.perf_counter()
             results = call_llm(spec, requests, cache, f"bench {label}")
             ours = sum(r.completion_tokens for r in results) / (time.perf_counter() - started)
             cache.close()
             print(f"  prefab call_llm ({label}): {ours:.1f} tok/s", flush=True)
             ratio = ours / direct
-            rows.append({"name": f"transformers backend ({device}, {torch.get_num_threads()} threads): {n} prompts, batch {spec.batch_size}, "
-                                 f"max_tokens {LLM_MAX_TOKENS}, {label}", "value": round(ours, 1), "baseline": round(direct, 1),
-                         "ratio": round(ratio, 3), "target": ">= 0.8x direct model.generate", "unit": "tok/s", "ok": ratio >= 0.8})
+            rows.append(
+                {
+                    "name": f"transformers backend ({device}, {torch.get_num_threads()} threads): {n} prompts, batch {spec.batch_size}, "
+                    f"max_tokens {LLM_MAX_TOKENS}, {label}",
+                    "value": round(ours, 1),
+                    "baseline": round(direct, 1),
+                    "ratio": round(ratio, 3),
+                    "target": ">= 0.8x direct model.generate",
+                    "unit": "tok/s",
+                    "ok": ratio >= 0.8,
+                }
+            )
     return rows
 
 
-def main(n_prompts: int = N_PROMPTS, n_llm_prompts: int = N_LLM_PROMPTS, threads: int | None = None, transformers: bool = True,
-         openai: bool = True) -> list[dict]:
+def main(
+    n_prompts: int = N_PROMPTS,
+    n_llm_prompts: int = N_LLM_PROMPTS,
+    threads: int | None = None,
+    transformers: bool = True,
+    openai: bool = True,
+) -> list[dict]:
     sys.path.insert(0, str(ROOT))
     rows = bench_openai(n_prompts) if openai else []  # first: its peak RSS is measured before torch is loaded
     if transformers:
-        rows += bench_transformers(n_llm_prompts, threads or (int(os.environ["BENCH_THREADS"]) if os.environ.get("BENCH_THREADS") else None))
+        rows += bench_transformers(
+            n_llm_prompts, threads or (int(os.environ["BENCH_THREADS"]) if os.environ.get("BENCH_THREADS") else None)
+        )
     return rows
 
 
@@ -224,8 +297,14 @@ if __name__ == "__main__":
     for col in ("figure", "prefab", "baseline", "ratio", "target", "ok"):
         table.add_column(col)
     for r in result:
-        table.add_row(r["name"], f"{r['value']} {r['unit']}", "" if r["baseline"] is None else f"{r['baseline']} {r['unit']}",
-                      "" if r["ratio"] is None else f"{r['ratio']:.3f}", r["target"], "yes" if r["ok"] else "NO")
+        table.add_row(
+            r["name"],
+            f"{r['value']} {r['unit']}",
+            "" if r["baseline"] is None else f"{r['baseline']} {r['unit']}",
+            "" if r["ratio"] is None else f"{r['ratio']:.3f}",
+            r["target"],
+            "yes" if r["ok"] else "NO",
+        )
     Console().print(table)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -135,9 +135,18 @@ def simulate(seed: int) -> dict:
     label_right = rng.random((N_RUN, LABELS_PER_PAIR)) < ANNOTATOR_ACCURACY[ann]
     gold_ann = rng.integers(0, 3, N_GOLD)  # the k-th gold label goes to gold pair k
     gold_label_right = rng.random(N_GOLD) < ANNOTATOR_ACCURACY[gold_ann]
-    return {"seed": seed, "run_s": run_s, "run_right": run_right, "gold_s": gold_s, "gold_right": gold_right, "ann": ann,
-            "label_right": label_right, "gold_ann": gold_ann, "gold_label_right": gold_label_right,
-            "random_order": rng.permutation(N_RUN)}
+    return {
+        "seed": seed,
+        "run_s": run_s,
+        "run_right": run_right,
+        "gold_s": gold_s,
+        "gold_right": gold_right,
+        "ann": ann,
+        "label_right": label_right,
+        "gold_ann": gold_ann,
+        "gold_label_right": gold_label_right,
+        "random_order": rng.permutation(N_RUN),
+    }
 
 
 def pair_id(i: int) -> str:
@@ -151,7 +160,9 @@ def labels_frame(pair_ids: list[str], annotators: list[str], labels: list[str]):
     from pipeline.core.schema import TABLES
 
     known = {"pair_id": pair_ids, "annotator": annotators, "status": ["submitted"] * len(pair_ids), "label": labels}
-    return pl.DataFrame({col: known.get(col, [None] * len(pair_ids)) for col in TABLES["labels"]}, schema=TABLES["labels"])
+    return pl.DataFrame(
+        {col: known.get(col, [None] * len(pair_ids)) for col in TABLES["labels"]}, schema=TABLES["labels"]
+    )
 
 
 def run_labels(sim: dict, routed: np.ndarray):
@@ -169,8 +180,11 @@ def run_labels(sim: dict, routed: np.ndarray):
 def gold_labels(sim: dict, n: int):
     """n labels on gold pairs ("chosen" = the annotator picked the truly better response)."""
     k = np.arange(n) % N_GOLD
-    return labels_frame([f"g{i:04d}" for i in k.tolist()], [ANNOTATORS[a] for a in sim["gold_ann"][k].tolist()],
-                        ["chosen" if r else "rejected" for r in sim["gold_label_right"][k].tolist()])
+    return labels_frame(
+        [f"g{i:04d}" for i in k.tolist()],
+        [ANNOTATORS[a] for a in sim["gold_ann"][k].tolist()],
+        ["chosen" if r else "rejected" for r in sim["gold_label_right"][k].tolist()],
+    )
 
 
 def final_accuracy(sim: dict, resolved) -> float:
@@ -227,8 +241,14 @@ def calibrated_arm(sim: dict, cal: dict, budget: int, use_gold: bool = True) -> 
     routed = cal["order"][:n_pairs]
     if routed.size == 0:
         return float(np.mean(sim["run_right"])), {}
-    resolved, reliability = dawid_skene(run_labels(sim, routed), TIE_RULE, LABELS_PER_PAIR, judge_map(routed),
-                                        gold_labels=gold_labels(sim, n_gold) if n_gold and use_gold else None, judge_votes=None)
+    resolved, reliability = dawid_skene(
+        run_labels(sim, routed),
+        TIE_RULE,
+        LABELS_PER_PAIR,
+        judge_map(routed),
+        gold_labels=gold_labels(sim, n_gold) if n_gold and use_gold else None,
+        judge_votes=None,
+    )
     return final_accuracy(sim, resolved), reliability
 
 
@@ -292,13 +312,17 @@ def simulation() -> list[dict]:
         values = []
         for k, sim in enumerate(sims):
             routed = margin_routed(sim, budget)
-            if last_routed[k] is None or not np.array_equal(routed, last_routed[k]):  # past the eligible pairs, nothing changes
+            if last_routed[k] is None or not np.array_equal(
+                routed, last_routed[k]
+            ):  # past the eligible pairs, nothing changes
                 last_routed[k], last[k] = routed, majority_arm(sim, routed)
             values.append(last[k])
         sweep_b[budget] = values
     reached_d = None
     for budget in SWEEP:
-        bound_d[budget] = float(np.mean([calibrated_bound(sim, cal, b, budget) for sim, cal, b in zip(sims, cals, bayes)]))
+        bound_d[budget] = float(
+            np.mean([calibrated_bound(sim, cal, b, budget) for sim, cal, b in zip(sims, cals, bayes)])
+        )
         if budget == BUDGET:
             sweep_d[budget] = acc["d"]
         elif budget == SWEEP[-1] or (reached_d is None and bound_d[budget] >= TARGET_ACCURACY - BOUND_SLACK):
@@ -311,16 +335,27 @@ def simulation() -> list[dict]:
     # print
     mean = {arm: float(np.mean(v)) for arm, v in acc.items()}
     low = {arm: float(np.min(v)) for arm, v in acc.items()}
-    names = {"a": "(a) judge only", "b": "(b) margin < 0.5, first come, majority", "c": "(c) random, majority",
-             "d": "(d) calibrated, Dawid-Skene",
-             "d_majority": "  diagnostic: (d)'s routing, majority", "d_no_gold": "  diagnostic: (d)'s routing, DS without gold"}
+    names = {
+        "a": "(a) judge only",
+        "b": "(b) margin < 0.5, first come, majority",
+        "c": "(c) random, majority",
+        "d": "(d) calibrated, Dawid-Skene",
+        "d_majority": "  diagnostic: (d)'s routing, majority",
+        "d_no_gold": "  diagnostic: (d)'s routing, DS without gold",
+    }
     print(f"simulation: {N_RUN} run pairs, {N_GOLD} gold pairs, seeds {list(SEEDS)}, budget {BUDGET} human labels")
     print(f"{'arm':42} {'accuracy (mean)':>15} {'min':>7} {'human labels':>13}   per seed")
     for arm in arms:
-        print(f"{names[arm]:42} {mean[arm]:>15.4f} {low[arm]:>7.4f} {np.mean(used[arm]):>13.0f}   {[round(v, 4) for v in acc[arm]]}")
+        print(
+            f"{names[arm]:42} {mean[arm]:>15.4f} {low[arm]:>7.4f} {np.mean(used[arm]):>13.0f}   {[round(v, 4) for v in acc[arm]]}"
+        )
     picks = [cal["pick"] for cal in cals]
-    print("calibration on gold, threshold for >= 0.90 (lower bound): "
-          + ", ".join("none" if p is None else f"s >= {p['threshold']:.3f} (gold coverage {p['coverage']:.2f})" for p in picks))
+    print(
+        "calibration on gold, threshold for >= 0.90 (lower bound): "
+        + ", ".join(
+            "none" if p is None else f"s >= {p['threshold']:.3f} (gold coverage {p['coverage']:.2f})" for p in picks
+        )
+    )
     rel = {a: round(float(np.mean([r[a] for r in reliabilities if a in r])), 3) for a in ANNOTATORS}
     print(f"Dawid-Skene reliability at {BUDGET} (mean over seeds; true 0.90 / 0.80 / 0.60): {rel}")
     print(f"{'budget':>7} {'(b) acc':>8} {'(b) labels':>10} {'(d) acc':>8} {'(d) bound':>9}")
@@ -339,40 +374,95 @@ def simulation() -> list[dict]:
         return f"not reached (best {np.mean(sweep[best]):.3f} at {best})"
 
     rows = [
-        {"name": f"final-label accuracy at {BUDGET} labels, (d) calibrated+DS vs (b) margin routing", "value": round(mean["d"], 4),
-         "baseline": round(mean["b"], 4), "ratio": round(mean["d"] / mean["b"], 3), "target": "(reported; the +0.05 target was withdrawn: above the Bayes bound)",
-         "ok": None, "difference": round(diff_b, 4), "value_min": round(low["d"], 4), "baseline_min": round(low["b"], 4),
-         "labels": round(float(np.mean(used["d"]))), "baseline_labels": round(float(np.mean(used["b"])))},
-        {"name": f"final-label accuracy at {BUDGET} labels, (d) calibrated+DS vs (c) random routing", "value": round(mean["d"], 4),
-         "baseline": round(mean["c"], 4), "ratio": round(mean["d"] / mean["c"], 3), "target": "(reported)",
-         "ok": None, "difference": round(diff_c, 4), "value_min": round(low["d"], 4), "baseline_min": round(low["c"], 4),
-         "labels": round(float(np.mean(used["d"]))), "baseline_labels": round(float(np.mean(used["c"])))},
-        {"name": "final-label accuracy, (a) judge only (no people)", "value": round(mean["a"], 4), "baseline": None, "ratio": None,
-         "target": "(reported)", "ok": None, "value_min": round(low["a"], 4), "labels": 0},
-        {"name": f"diagnostic at {BUDGET}: (d)'s routing resolved by majority, vs (d)", "value": round(mean["d_majority"], 4),
-         "baseline": round(mean["d"], 4), "ratio": round(mean["d_majority"] / mean["d"], 3), "target": "(reported)", "ok": None,
-         "value_min": round(low["d_majority"], 4)},
-        {"name": f"diagnostic at {BUDGET}: (d)'s routing, Dawid-Skene without gold labels, vs (d)", "value": round(mean["d_no_gold"], 4),
-         "baseline": round(mean["d"], 4), "ratio": round(mean["d_no_gold"] / mean["d"], 3), "target": "(reported)", "ok": None,
-         "value_min": round(low["d_no_gold"], 4)},
-        {"name": f"human labels to reach {TARGET_ACCURACY} accuracy, (d) vs (b)",
-         "value": reached_d if reached_d is not None else not_reached(best_d, sweep_d),
-         "baseline": reached_b if reached_b is not None else not_reached(best_b, sweep_b), "ratio": None,
-         "target": "(d) reaches it with fewer labels than (b)", "ok": fewer, "unit": None,
-         "bound_at_max": round(bound_d[SWEEP[-1]], 4)},
+        {
+            "name": f"final-label accuracy at {BUDGET} labels, (d) calibrated+DS vs (b) margin routing",
+            "value": round(mean["d"], 4),
+            "baseline": round(mean["b"], 4),
+            "ratio": round(mean["d"] / mean["b"], 3),
+            "target": "(reported; the +0.05 target was withdrawn: above the Bayes bound)",
+            "ok": None,
+            "difference": round(diff_b, 4),
+            "value_min": round(low["d"], 4),
+            "baseline_min": round(low["b"], 4),
+            "labels": round(float(np.mean(used["d"]))),
+            "baseline_labels": round(float(np.mean(used["b"]))),
+        },
+        {
+            "name": f"final-label accuracy at {BUDGET} labels, (d) calibrated+DS vs (c) random routing",
+            "value": round(mean["d"], 4),
+            "baseline": round(mean["c"], 4),
+            "ratio": round(mean["d"] / mean["c"], 3),
+            "target": "(reported)",
+            "ok": None,
+            "difference": round(diff_c, 4),
+            "value_min": round(low["d"], 4),
+            "baseline_min": round(low["c"], 4),
+            "labels": round(float(np.mean(used["d"]))),
+            "baseline_labels": round(float(np.mean(used["c"]))),
+        },
+        {
+            "name": "final-label accuracy, (a) judge only (no people)",
+            "value": round(mean["a"], 4),
+            "baseline": None,
+            "ratio": None,
+            "target": "(reported)",
+            "ok": None,
+            "value_min": round(low["a"], 4),
+            "labels": 0,
+        },
+        {
+            "name": f"diagnostic at {BUDGET}: (d)'s routing resolved by majority, vs (d)",
+            "value": round(mean["d_majority"], 4),
+            "baseline": round(mean["d"], 4),
+            "ratio": round(mean["d_majority"] / mean["d"], 3),
+            "target": "(reported)",
+            "ok": None,
+            "value_min": round(low["d_majority"], 4),
+        },
+        {
+            "name": f"diagnostic at {BUDGET}: (d)'s routing, Dawid-Skene without gold labels, vs (d)",
+            "value": round(mean["d_no_gold"], 4),
+            "baseline": round(mean["d"], 4),
+            "ratio": round(mean["d_no_gold"] / mean["d"], 3),
+            "target": "(reported)",
+            "ok": None,
+            "value_min": round(low["d_no_gold"], 4),
+        },
+        {
+            "name": f"human labels to reach {TARGET_ACCURACY} accuracy, (d) vs (b)",
+            "value": reached_d if reached_d is not None else not_reached(best_d, sweep_d),
+            "baseline": reached_b if reached_b is not None else not_reached(best_b, sweep_b),
+            "ratio": None,
+            "target": "(d) reaches it with fewer labels than (b)",
+            "ok": fewer,
+            "unit": None,
+            "bound_at_max": round(bound_d[SWEEP[-1]], 4),
+        },
     ]
     for r in rows:
         r.setdefault("unit", None)
-    print(f"(d) - (b): {diff_b:+.4f}; (d) - (c): {diff_c:+.4f}; "
-          f"(d) reaches {TARGET_ACCURACY} with fewer labels than (b): {'met' if fewer else 'missed'} "
-          f"((d) {rows[-1]['value']}, (b) {rows[-1]['baseline']})")
+    print(
+        f"(d) - (b): {diff_b:+.4f}; (d) - (c): {diff_c:+.4f}; "
+        f"(d) reaches {TARGET_ACCURACY} with fewer labels than (b): {'met' if fewer else 'missed'} "
+        f"((d) {rows[-1]['value']}, (b) {rows[-1]['baseline']})"
+    )
     # why a miss is a miss of the method or of the simulation: no rule can beat the Bayes bound at this budget
-    print(f"Bayes bound for (d)'s routing at {BUDGET} labels: {bound_d[BUDGET]:.4f}, i.e. at most "
-          f"{bound_d[BUDGET] - mean['b']:+.4f} over (b) and {bound_d[BUDGET] - mean['c']:+.4f} over (c) for any aggregation; "
-          f"at {SWEEP[-1]} labels: {bound_d[SWEEP[-1]]:.4f}")
-    rows.append({"name": f"Bayes bound of (d)'s routing at {BUDGET} labels (true annotators and judge known), vs (b)",
-                 "value": round(bound_d[BUDGET], 4), "baseline": round(mean["b"], 4), "ratio": round(bound_d[BUDGET] / mean["b"], 3),
-                 "target": "(reported: a +0.05 target above this bound cannot be met)", "unit": None, "ok": None})
+    print(
+        f"Bayes bound for (d)'s routing at {BUDGET} labels: {bound_d[BUDGET]:.4f}, i.e. at most "
+        f"{bound_d[BUDGET] - mean['b']:+.4f} over (b) and {bound_d[BUDGET] - mean['c']:+.4f} over (c) for any aggregation; "
+        f"at {SWEEP[-1]} labels: {bound_d[SWEEP[-1]]:.4f}"
+    )
+    rows.append(
+        {
+            "name": f"Bayes bound of (d)'s routing at {BUDGET} labels (true annotators and judge known), vs (b)",
+            "value": round(bound_d[BUDGET], 4),
+            "baseline": round(mean["b"], 4),
+            "ratio": round(bound_d[BUDGET] / mean["b"], 3),
+            "target": "(reported: a +0.05 target above this bound cannot be met)",
+            "unit": None,
+            "ok": None,
+        }
+    )
     return rows
 
 
@@ -402,19 +492,41 @@ def prior():
     return prior_of(LabelingConfig())
 
 
-def resolve(ids: list[int], who: list[int], what: list[str], gold_n: int, gold_ann: np.ndarray, gold_right: np.ndarray,
-            p_right: np.ndarray, draws: np.ndarray | None = None):
+def resolve(
+    ids: list[int],
+    who: list[int],
+    what: list[str],
+    gold_n: int,
+    gold_ann: np.ndarray,
+    gold_right: np.ndarray,
+    p_right: np.ndarray,
+    draws: np.ndarray | None = None,
+):
     """labeling.aggregate.bayesian on these run labels and the first gold_n gold answers: (resolved, model).
     draws: (refits, run pairs), the calibration refitted on resampled gold pairs, as pull takes them."""
     from labeling.aggregate import bayesian
 
     run = labels_frame([pair_id(i) for i in ids], [ANNOTATORS[a] for a in who], what)
-    gold = labels_frame([f"g{k:04d}" for k in range(gold_n)], [ANNOTATORS[a] for a in gold_ann[:gold_n].tolist()],
-                        ["chosen" if r else "rejected" for r in gold_right[:gold_n].tolist()]) if gold_n else None
+    gold = (
+        labels_frame(
+            [f"g{k:04d}" for k in range(gold_n)],
+            [ANNOTATORS[a] for a in gold_ann[:gold_n].tolist()],
+            ["chosen" if r else "rejected" for r in gold_right[:gold_n].tolist()],
+        )
+        if gold_n
+        else None
+    )
     routed = sorted(set(ids))
-    return bayesian(run, TIE_RULE, 1, judge_map(np.array(routed, dtype=np.int64)), prior=prior(),
-                    pair_prior={pair_id(i): float(p_right[i]) for i in routed}, gold_labels=gold,
-                    prior_draws={pair_id(i): draws[:, i] for i in routed} if draws is not None else None)
+    return bayesian(
+        run,
+        TIE_RULE,
+        1,
+        judge_map(np.array(routed, dtype=np.int64)),
+        prior=prior(),
+        pair_prior={pair_id(i): float(p_right[i]) for i in routed},
+        gold_labels=gold,
+        prior_draws={pair_id(i): draws[:, i] for i in routed} if draws is not None else None,
+    )
 
 
 def honesty_seed(seed: int, condition: str) -> dict:
@@ -447,14 +559,23 @@ def honesty_seed(seed: int, condition: str) -> dict:
     truth = np.array([(p == "chosen") == run_right[int(i[1:])] for i, p in zip(pairs, prefs)])
     gold_frame = pl.DataFrame({"confidence": gold_s, "correct": gold_right.astype(float)})
     auto_info = predicted_accuracy(gold_frame, run_s[auto].tolist(), seed=seed)
-    return {"human": (stated["stated"], stated["low"], stated["high"], float(truth.mean())),
-            "auto": (auto_info["auto_predicted_accuracy"], auto_info["auto_low"], auto_info["auto_high"], float(run_right[auto].mean()))}
+    return {
+        "human": (stated["stated"], stated["low"], stated["high"], float(truth.mean())),
+        "auto": (
+            auto_info["auto_predicted_accuracy"],
+            auto_info["auto_low"],
+            auto_info["auto_high"],
+            float(run_right[auto].mean()),
+        ),
+    }
 
 
 def honesty() -> list[dict]:
     started = time.perf_counter()
     rows = []
-    print(f"honesty: {len(HONESTY_SEEDS)} seeds per condition; stated = mean confidence of the labels, true = the share right")
+    print(
+        f"honesty: {len(HONESTY_SEEDS)} seeds per condition; stated = mean confidence of the labels, true = the share right"
+    )
     print(f"{'condition':40} {'source':6} {'bias':>8} {'target':>7} {'sd':>7} {'coverage':>9} {'target':>7}")
     for condition, (_, _, _, _, human_bias) in CONDITIONS.items():
         results = [honesty_seed(seed, condition) for seed in HONESTY_SEEDS]
@@ -463,12 +584,25 @@ def honesty() -> list[dict]:
             bias = float(np.mean(stated - true))
             coverage = float(np.mean((low <= true) & (true <= high)))
             ok = abs(bias) <= bias_target and coverage >= COVERAGE
-            print(f"{condition:40} {source:6} {bias:>+8.4f} {bias_target:>7.2f} {np.std(stated - true):>7.4f} {coverage:>9.2f} "
-                  f"{COVERAGE:>7.2f}  {'met' if ok else 'MISSED'}", flush=True)
-            rows.append({"name": f"honesty, {condition}, {source}: bias of stated accuracy (mean over {len(HONESTY_SEEDS)} seeds)",
-                         "value": round(bias, 4), "baseline": None, "ratio": None, "unit": None,
-                         "target": f"|bias| <= {bias_target}, 90% interval covers >= {COVERAGE:.0%}", "coverage": round(coverage, 3),
-                         "stated_mean": round(float(stated.mean()), 4), "true_mean": round(float(true.mean()), 4), "ok": ok})
+            print(
+                f"{condition:40} {source:6} {bias:>+8.4f} {bias_target:>7.2f} {np.std(stated - true):>7.4f} {coverage:>9.2f} "
+                f"{COVERAGE:>7.2f}  {'met' if ok else 'MISSED'}",
+                flush=True,
+            )
+            rows.append(
+                {
+                    "name": f"honesty, {condition}, {source}: bias of stated accuracy (mean over {len(HONESTY_SEEDS)} seeds)",
+                    "value": round(bias, 4),
+                    "baseline": None,
+                    "ratio": None,
+                    "unit": None,
+                    "target": f"|bias| <= {bias_target}, 90% interval covers >= {COVERAGE:.0%}",
+                    "coverage": round(coverage, 3),
+                    "stated_mean": round(float(stated.mean()), 4),
+                    "true_mean": round(float(true.mean()), 4),
+                    "ok": ok,
+                }
+            )
     print(f"({time.perf_counter() - started:.1f} s)")
     return rows
 
@@ -477,7 +611,9 @@ def third_labels(sim: dict) -> tuple[np.ndarray, np.ndarray]:
     """Each pair's three annotators in order (the third: the one not among its first two), and whether each is right."""
     third = 3 - sim["ann"].sum(axis=1)
     right = np.random.default_rng([sim["seed"], 2]).random(N_RUN) < ANNOTATOR_ACCURACY[third]
-    return np.concatenate([sim["ann"], third[:, None]], axis=1), np.concatenate([sim["label_right"], right[:, None]], axis=1)
+    return np.concatenate([sim["ann"], third[:, None]], axis=1), np.concatenate(
+        [sim["label_right"], right[:, None]], axis=1
+    )
 
 
 def oracle_accuracy(sim: dict, votes: dict[int, list[tuple[int, bool]]]) -> float:
@@ -506,7 +642,11 @@ def sequential_plan(q: np.ndarray, used: frozenset, price: float) -> tuple[np.nd
         agree = q * p + (1 - q) * (1 - p)
         for chance, after in ((agree, q * p / agree), (1 - agree, q * (1 - p) / (1 - agree))):
             v, c, n = sequential_plan(after, used | {a}, price)
-            value, acc, labels = value + chance * v / len(free), acc + chance * c / len(free), labels + chance * n / len(free)
+            value, acc, labels = (
+                value + chance * v / len(free),
+                acc + chance * c / len(free),
+                labels + chance * n / len(free),
+            )
     go = value > stop
     return np.where(go, value, stop), np.where(go, acc, stop), np.where(go, labels, 0.0)
 
@@ -543,14 +683,27 @@ def adaptive_arm(sim: dict, cal: dict) -> tuple[dict, dict]:
     start = float(np.mean(sim["run_right"]))
     accuracy, oracle = {0: start}, {0: start}
     while spent < EFFICIENCY_SWEEP[-1]:
-        queue = plan(pairs, resolved, labels, everyone, target=TARGET_ACCURACY, max_labels=MAX_LABELS, budget=None,
-                     accuracy=estimated, newcomer=prior().mean)
-        queued = priority(queue.filter(pl.col("state") == "queued"))["pair_id"].to_list()[:ROUND_LABELS - ROUND_GOLD]
+        queue = plan(
+            pairs,
+            resolved,
+            labels,
+            everyone,
+            target=TARGET_ACCURACY,
+            max_labels=MAX_LABELS,
+            budget=None,
+            accuracy=estimated,
+            newcomer=prior().mean,
+        )
+        queued = priority(queue.filter(pl.col("state") == "queued"))["pair_id"].to_list()[: ROUND_LABELS - ROUND_GOLD]
         if not queued:  # nothing left below the target: more budget buys nothing
             break
         for pid in queued:
             i = int(pid[1:])
-            ids.append(i), who.append(int(ann[i, given[i]])), what.append("chosen" if sim["run_right"][i] == label_right[i, given[i]] else "rejected")
+            (
+                ids.append(i),
+                who.append(int(ann[i, given[i]])),
+                what.append("chosen" if sim["run_right"][i] == label_right[i, given[i]] else "rejected"),
+            )
             given[i] += 1
         gold_n = min(N_GOLD, gold_n + ROUND_GOLD)
         spent += len(queued) + ROUND_GOLD
@@ -581,31 +734,56 @@ def efficiency() -> list[dict]:
     e_oracle = {b: float(np.mean([a[1][b] for a in adaptive])) for b in EFFICIENCY_SWEEP}
     d_acc, d_bound, reached_d = {}, {}, None
     for budget in EFFICIENCY_SWEEP:
-        d_bound[budget] = float(np.mean([calibrated_bound(sim, cal, b, budget) for sim, cal, b in zip(sims, cals, bayes)]))
+        d_bound[budget] = float(
+            np.mean([calibrated_bound(sim, cal, b, budget) for sim, cal, b in zip(sims, cals, bayes)])
+        )
         if budget == CHECK_AT or (reached_d is None and d_bound[budget] >= EFFICIENCY_TARGET - BOUND_SLACK):
             d_acc[budget] = float(np.mean([calibrated_arm(sim, cal, budget)[0] for sim, cal in zip(sims, cals)]))
             if reached_d is None and d_acc[budget] >= EFFICIENCY_TARGET:
                 reached_d = budget
     reached_e = next((b for b in EFFICIENCY_SWEEP if e_acc[b] >= EFFICIENCY_TARGET), None)
-    print(f"efficiency: seeds {list(SEEDS)}, final-label accuracy over {N_RUN} run pairs, 10% of each budget gold answers")
-    print(f"{'labels':>7} {'(d) fixed 2':>12} {'(d) bound':>10} {'(e) adaptive':>13} {'(e) true params':>16} {'(e) bound':>10}")
+    print(
+        f"efficiency: seeds {list(SEEDS)}, final-label accuracy over {N_RUN} run pairs, 10% of each budget gold answers"
+    )
+    print(
+        f"{'labels':>7} {'(d) fixed 2':>12} {'(d) bound':>10} {'(e) adaptive':>13} {'(e) true params':>16} {'(e) bound':>10}"
+    )
     for budget in EFFICIENCY_SWEEP:
         d = f"{d_acc[budget]:.4f}" if budget in d_acc else "-"
-        print(f"{budget:>7} {d:>12} {d_bound[budget]:>10.4f} {e_acc[budget]:>13.4f} {e_oracle[budget]:>16.4f} {e_bound[budget]:>10.4f}")
+        print(
+            f"{budget:>7} {d:>12} {d_bound[budget]:>10.4f} {e_acc[budget]:>13.4f} {e_oracle[budget]:>16.4f} {e_bound[budget]:>10.4f}"
+        )
     ratio = reached_e / reached_d if reached_e is not None and reached_d else None
     gain = e_acc[CHECK_AT] - d_acc[CHECK_AT]
-    print(f"labels to reach {EFFICIENCY_TARGET}: (e) {reached_e}, (d) {reached_d}, ratio {ratio}; at {CHECK_AT} labels (e) - (d) = "
-          f"{gain:+.4f} ({time.perf_counter() - started:.1f} s)")
+    print(
+        f"labels to reach {EFFICIENCY_TARGET}: (e) {reached_e}, (d) {reached_d}, ratio {ratio}; at {CHECK_AT} labels (e) - (d) = "
+        f"{gain:+.4f} ({time.perf_counter() - started:.1f} s)"
+    )
     return [
-        {"name": f"human labels to reach {EFFICIENCY_TARGET} final-label accuracy, (e) adaptive vs (d) fixed 2 per pair",
-         "value": reached_e, "baseline": reached_d, "ratio": round(ratio, 3) if ratio is not None else None, "unit": None,
-         "target": "ratio <= 0.7", "ok": ratio is not None and ratio <= 0.7, "bound_d_at_max": round(d_bound[EFFICIENCY_SWEEP[-1]], 4),
-         "accuracy_at_value": round(e_acc[reached_e], 4) if reached_e is not None else None,
-         "bound_e_at_value": round(e_bound[reached_e], 4) if reached_e is not None else None},
-        {"name": f"final-label accuracy at {CHECK_AT} human labels, (e) adaptive vs (d) fixed 2 per pair", "value": round(e_acc[CHECK_AT], 4),
-         "baseline": round(d_acc[CHECK_AT], 4), "ratio": round(e_acc[CHECK_AT] / d_acc[CHECK_AT], 3), "unit": None,
-         "target": "(e) >= (d) + 0.02", "ok": gain >= 0.02, "difference": round(gain, 4),
-         "true_params_e": round(e_oracle[CHECK_AT], 4), "bound_d": round(d_bound[CHECK_AT], 4)},
+        {
+            "name": f"human labels to reach {EFFICIENCY_TARGET} final-label accuracy, (e) adaptive vs (d) fixed 2 per pair",
+            "value": reached_e,
+            "baseline": reached_d,
+            "ratio": round(ratio, 3) if ratio is not None else None,
+            "unit": None,
+            "target": "ratio <= 0.7",
+            "ok": ratio is not None and ratio <= 0.7,
+            "bound_d_at_max": round(d_bound[EFFICIENCY_SWEEP[-1]], 4),
+            "accuracy_at_value": round(e_acc[reached_e], 4) if reached_e is not None else None,
+            "bound_e_at_value": round(e_bound[reached_e], 4) if reached_e is not None else None,
+        },
+        {
+            "name": f"final-label accuracy at {CHECK_AT} human labels, (e) adaptive vs (d) fixed 2 per pair",
+            "value": round(e_acc[CHECK_AT], 4),
+            "baseline": round(d_acc[CHECK_AT], 4),
+            "ratio": round(e_acc[CHECK_AT] / d_acc[CHECK_AT], 3),
+            "unit": None,
+            "target": "(e) >= (d) + 0.02",
+            "ok": gain >= 0.02,
+            "difference": round(gain, 4),
+            "true_params_e": round(e_oracle[CHECK_AT], 4),
+            "bound_d": round(d_bound[CHECK_AT], 4),
+        },
     ]
 
 
@@ -616,15 +794,24 @@ GOLD_LIMIT = int(os.environ.get("PREFAB_BENCH_GOLD_LIMIT", "40"))
 GOLD_FILES = ("llmbar_natural", "llmbar_adversarial", "hhh")
 METHODS = ("pairwise", "pairwise_prob", "pointwise")
 # the demo's judge (data/configs/demo.yaml, `judge:`)
-JUDGE = {"judges": [{"name": "smollm2-judge", "model": "embedded:smollm2", "batch_size": 16}], "scoring": "logprobs",
-         "aspects": [{"name": "helpfulness", "weight": 2}, {"name": "instruction_following"}], "pairwise": True}
+JUDGE = {
+    "judges": [{"name": "smollm2-judge", "model": "embedded:smollm2", "batch_size": 16}],
+    "scoring": "logprobs",
+    "aspects": [{"name": "helpfulness", "weight": 2}, {"name": "instruction_following"}],
+    "pairwise": True,
+}
 # ../shared/gold/README.md: LLMBar's evaluator (accuracy over both orders, consistency in brackets); the adversarial
 # file pools Neighbor (134 pairs), GPTInst (92) and GPTOut (47), so its reference is their weighted mean
 ADVERSARIAL_SUBSETS = {"neighbor": 134, "gptinst": 92, "gptout": 47}
 REFERENCE_SUBSETS = {
     "GPT-4": {"natural": (0.955, 0.95), "neighbor": (0.787, 0.93), "gptinst": (0.864, 0.95), "gptout": (0.777, 0.94)},
     "ChatGPT": {"natural": (0.815, None), "neighbor": (0.194, None), "gptinst": (0.266, None), "gptout": (0.415, None)},
-    "LLaMA-2-70B-chat": {"natural": (0.805, None), "neighbor": (0.246, None), "gptinst": (0.304, None), "gptout": (0.564, None)},
+    "LLaMA-2-70B-chat": {
+        "natural": (0.805, None),
+        "neighbor": (0.246, None),
+        "gptinst": (0.304, None),
+        "gptout": (0.564, None),
+    },
 }
 HHH_LONGER = 139 / 221
 
@@ -639,8 +826,11 @@ def references(stem: str) -> str:
         else:
             total = sum(ADVERSARIAL_SUBSETS.values())
             accuracy = sum(figures[s][0] * n for s, n in ADVERSARIAL_SUBSETS.items()) / total
-            consistency = (sum(figures[s][1] * n for s, n in ADVERSARIAL_SUBSETS.items()) / total
-                           if all(figures[s][1] is not None for s in ADVERSARIAL_SUBSETS) else None)
+            consistency = (
+                sum(figures[s][1] * n for s, n in ADVERSARIAL_SUBSETS.items()) / total
+                if all(figures[s][1] is not None for s in ADVERSARIAL_SUBSETS)
+                else None
+            )
         parts.append(f"{model} {accuracy:.3f}" + (f" ({consistency:.2f})" if consistency is not None else ""))
     return "ref: " + ", ".join(parts) + ", random 0.5"
 
@@ -661,21 +851,32 @@ def gold_part() -> list[dict]:
     if not files:
         reason = f"{GOLD_DIR} absent" if not GOLD_DIR.is_dir() else f"no {', '.join(GOLD_FILES)} .jsonl in {GOLD_DIR}"
         print(f"gold part skipped: {reason}")
-        return [{"name": "embedded judge on shared gold", "value": None, "baseline": None, "ratio": None,
-                 "target": f"skipped: {reason}", "unit": None, "ok": None}]
+        return [
+            {
+                "name": "embedded judge on shared gold",
+                "value": None,
+                "baseline": None,
+                "ratio": None,
+                "target": f"skipped: {reason}",
+                "unit": None,
+                "ok": None,
+            }
+        ]
 
     import polars as pl
 
     from pipeline.core.cache import CallCache
-    from pipeline.stages.calibrate import calibrate, calibration_table
     from pipeline.core.config import CalibrateConfig, JudgeConfig
+    from pipeline.stages.calibrate import calibrate, calibration_table
     from pipeline.stages.gold import read_gold
 
     check_demo_judge()
     started = time.perf_counter()
     gold = read_gold(CalibrateConfig(gold=[str(f) for f in files], limit=GOLD_LIMIT))
     by_subset = gold  # the files' own source column (hhh-helpful, llmbar-adversarial-neighbor, ...)
-    gold = gold.with_columns(pl.col("file").map_elements(lambda f: Path(f).stem, return_dtype=pl.String).alias("source"))
+    gold = gold.with_columns(
+        pl.col("file").map_elements(lambda f: Path(f).stem, return_dtype=pl.String).alias("source")
+    )
     judge_cfg = JudgeConfig.model_validate(JUDGE)
     with tempfile.TemporaryDirectory(prefix="prefab-bench-gold-") as tmp:
         cache = CallCache(Path(tmp) / "cache.sqlite")
@@ -688,34 +889,67 @@ def gold_part() -> list[dict]:
 
     rows = []
     print(f"embedded judge on {gold.height} gold pairs ({GOLD_LIMIT} per file at most), {seconds:.0f} s")
-    print(f"{'file':20} {'method':14} {'n':>4} {'accuracy':>9} {'consistency':>11} {'picks A':>8} {'longer':>7}  references")
+    print(
+        f"{'file':20} {'method':14} {'n':>4} {'accuracy':>9} {'consistency':>11} {'picks A':>8} {'longer':>7}  references"
+    )
     for stem in GOLD_FILES:
         part = gold.filter(pl.col("source") == stem)
         if part.is_empty():
             continue
         chosen_len, rejected_len = part["chosen"].str.len_chars(), part["rejected"].str.len_chars()
-        longer = float(((chosen_len > rejected_len).cast(pl.Float64) + 0.5 * (chosen_len == rejected_len).cast(pl.Float64)).mean())
+        longer = float(
+            ((chosen_len > rejected_len).cast(pl.Float64) + 0.5 * (chosen_len == rejected_len).cast(pl.Float64)).mean()
+        )
         for method in METHODS:
-            found = table.filter((pl.col("source") == stem) & (pl.col("method") == method) & (pl.col("judge") != "routing"))
+            found = table.filter(
+                (pl.col("source") == stem) & (pl.col("method") == method) & (pl.col("judge") != "routing")
+            )
             if found.is_empty():
                 print(f"{stem:20} {method:14} (no row)")
                 continue
             r = found.row(0, named=True)
             ref = references(stem)
-            print(f"{stem:20} {method:14} {r['n']:>4} {_f(r['accuracy']):>9} {_f(r['consistency']):>11} {_f(r['position_a']):>8} "
-                  f"{longer:>7.3f}  {ref}")
-            rows.append({"name": f"embedded judge {method} accuracy, {stem} (n={r['n']}, vs choosing the longer response)",
-                         "value": r["accuracy"], "baseline": round(longer, 4),
-                         "ratio": round(r["accuracy"] / longer, 3) if r["accuracy"] is not None and longer else None,
-                         "target": f"(reported) {ref}", "unit": None, "ok": None, "consistency": r["consistency"],
-                         "position_a": r["position_a"], "failures": r["failures"], "seconds_gold": round(seconds, 1)})
+            print(
+                f"{stem:20} {method:14} {r['n']:>4} {_f(r['accuracy']):>9} {_f(r['consistency']):>11} {_f(r['position_a']):>8} "
+                f"{longer:>7.3f}  {ref}"
+            )
+            rows.append(
+                {
+                    "name": f"embedded judge {method} accuracy, {stem} (n={r['n']}, vs choosing the longer response)",
+                    "value": r["accuracy"],
+                    "baseline": round(longer, 4),
+                    "ratio": round(r["accuracy"] / longer, 3) if r["accuracy"] is not None and longer else None,
+                    "target": f"(reported) {ref}",
+                    "unit": None,
+                    "ok": None,
+                    "consistency": r["consistency"],
+                    "position_a": r["position_a"],
+                    "failures": r["failures"],
+                    "seconds_gold": round(seconds, 1),
+                }
+            )
             if method == "pairwise":
-                rows.append({"name": f"embedded judge pairwise consistency, {stem} (n={r['n']})", "value": r["consistency"],
-                             "baseline": None, "ratio": None, "target": f"(reported) {ref}", "unit": None, "ok": None,
-                             "position_a": r["position_a"]})
-    print("per subset (pairwise): " + ", ".join(
-        f"{r['source']} {_f(r['accuracy'])} ({_f(r['consistency'])}, n={r['n']})"
-        for r in subsets.filter((pl.col("method") == "pairwise") & (pl.col("source") != "all")).iter_rows(named=True)))
+                rows.append(
+                    {
+                        "name": f"embedded judge pairwise consistency, {stem} (n={r['n']})",
+                        "value": r["consistency"],
+                        "baseline": None,
+                        "ratio": None,
+                        "target": f"(reported) {ref}",
+                        "unit": None,
+                        "ok": None,
+                        "position_a": r["position_a"],
+                    }
+                )
+    print(
+        "per subset (pairwise): "
+        + ", ".join(
+            f"{r['source']} {_f(r['accuracy'])} ({_f(r['consistency'])}, n={r['n']})"
+            for r in subsets.filter((pl.col("method") == "pairwise") & (pl.col("source") != "all")).iter_rows(
+                named=True
+            )
+        )
+    )
     return rows
 
 
@@ -729,8 +963,17 @@ def main() -> list[dict]:
         rows += gold_part()
     except Exception as e:  # the simulation's rows still count
         traceback.print_exc()
-        rows.append({"name": "embedded judge on shared gold", "value": None, "baseline": None, "ratio": None,
-                     "target": f"error: {type(e).__name__}: {e}"[:200], "unit": None, "ok": False})
+        rows.append(
+            {
+                "name": "embedded judge on shared gold",
+                "value": None,
+                "baseline": None,
+                "ratio": None,
+                "target": f"error: {type(e).__name__}: {e}"[:200],
+                "unit": None,
+                "ok": False,
+            }
+        )
     return rows
 
 

@@ -23,10 +23,19 @@ def sdk_records(records: list[dict]) -> list:
     """The same records as rg.Record objects, the way an SDK user writes them."""
     import argilla as rg
 
-    return [rg.Record(id=r["external_id"], fields=r["fields"], metadata=r["metadata"], vectors=r.get("vectors") or {},
-                      suggestions=[rg.Suggestion(question_name=s["question_name"], value=s["value"], score=s["score"],
-                                                 agent=s["agent"]) for s in r["suggestions"]])
-            for r in records]
+    return [
+        rg.Record(
+            id=r["external_id"],
+            fields=r["fields"],
+            metadata=r["metadata"],
+            vectors=r.get("vectors") or {},
+            suggestions=[
+                rg.Suggestion(question_name=s["question_name"], value=s["value"], score=s["score"], agent=s["agent"])
+                for s in r["suggestions"]
+            ],
+        )
+        for r in records
+    ]
 
 
 def total(client, dataset_id) -> int:
@@ -49,8 +58,12 @@ def measure(client, tmp: Path) -> list[dict]:
     ensure_workspace(client, config.labeling.workspace)
 
     def sdk_dataset(name):
-        return rg.Dataset(name=name, workspace=config.labeling.workspace, settings=ds.settings(config.labeling, dims, client),
-                          client=client).create()
+        return rg.Dataset(
+            name=name,
+            workspace=config.labeling.workspace,
+            settings=ds.settings(config.labeling, dims, client),
+            client=client,
+        ).create()
 
     def ours(block) -> tuple[float, dict]:
         run.write("pairs", block)
@@ -60,8 +73,14 @@ def measure(client, tmp: Path) -> list[dict]:
 
     def sdk(block, dataset) -> float:
         started = time.perf_counter()
-        records = ds.build_records(block, run.read("prompts"), run.read("candidates"),
-                                   pair_judgments=run.read("pair_judgments"), vectors=vectors, config=config)
+        records = ds.build_records(
+            block,
+            run.read("prompts"),
+            run.read("candidates"),
+            pair_judgments=run.read("pair_judgments"),
+            vectors=vectors,
+            config=config,
+        )
         dataset.records.log(sdk_records(records))
         return time.perf_counter() - started
 
@@ -96,12 +115,33 @@ def measure(client, tmp: Path) -> list[dict]:
 
     ours_total, sdk_total = total(client, ours_id), total(client, dataset.id)
     return [
-        {"name": f"push {N_PAIRS:,} pairs", "value": round(ours_s, 2), "baseline": round(sdk_s, 2), "ratio": round(sdk_s / ours_s, 2),
-         "target": "ratio >= 1 (vs SDK records.log)", "unit": "s", "ok": sdk_s / ours_s >= 1.0},
-        {"name": "push rate", "value": round(N_PAIRS / ours_s), "baseline": round(N_PAIRS / sdk_s), "ratio": round(sdk_s / ours_s, 2),
-         "target": "", "unit": "pairs/s", "ok": None},
-        {"name": f"re-push {subset.height:,} of them (updates)", "value": round(ours_again, 2), "baseline": None, "ratio": None,
-         "target": f"still {N_PAIRS:,} records, no duplicates", "unit": "s", "ok": ours_total == N_PAIRS and sdk_total == N_PAIRS},
+        {
+            "name": f"push {N_PAIRS:,} pairs",
+            "value": round(ours_s, 2),
+            "baseline": round(sdk_s, 2),
+            "ratio": round(sdk_s / ours_s, 2),
+            "target": "ratio >= 1 (vs SDK records.log)",
+            "unit": "s",
+            "ok": sdk_s / ours_s >= 1.0,
+        },
+        {
+            "name": "push rate",
+            "value": round(N_PAIRS / ours_s),
+            "baseline": round(N_PAIRS / sdk_s),
+            "ratio": round(sdk_s / ours_s, 2),
+            "target": "",
+            "unit": "pairs/s",
+            "ok": None,
+        },
+        {
+            "name": f"re-push {subset.height:,} of them (updates)",
+            "value": round(ours_again, 2),
+            "baseline": None,
+            "ratio": None,
+            "target": f"still {N_PAIRS:,} records, no duplicates",
+            "unit": "s",
+            "ok": ours_total == N_PAIRS and sdk_total == N_PAIRS,
+        },
     ]
 
 

@@ -41,11 +41,20 @@ def reward_model(tmp: str) -> str:
 
 
 def items() -> list[tuple[list[dict], str]]:
-    prompts = [json.loads(line) for line in (ROOT / "data" / "prompts" / "single_turn.jsonl").read_text().splitlines() if line.strip()]
+    prompts = [
+        json.loads(line)
+        for line in (ROOT / "data" / "prompts" / "single_turn.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     out = []
     for i in range(TEXTS):
         prompt = prompts[i % len(prompts)]["prompt"]
-        out.append(([{"role": "user", "content": prompt}], f"Answer {i}: " + "a reasonable reply with some detail " * (1 + i % 6)))
+        out.append(
+            (
+                [{"role": "user", "content": prompt}],
+                f"Answer {i}: " + "a reasonable reply with some detail " * (1 + i % 6),
+            )
+        )
     return out
 
 
@@ -55,7 +64,7 @@ def direct_loop(model, tokenizer, ids: list[list[int]], batch: int) -> list[floa
 
     out = []
     for start in range(0, len(ids), batch):
-        rows = ids[start:start + batch]
+        rows = ids[start : start + batch]
         padded = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
         with torch.inference_mode():
             out += model(**padded).logits[:, 0].tolist()
@@ -65,9 +74,9 @@ def direct_loop(model, tokenizer, ids: list[list[int]], batch: int) -> list[floa
 def bench_reward() -> dict:
     import torch
 
-    from pipeline.models import reward
     from pipeline.core.cache import CallCache
     from pipeline.core.config import RewardModelSpec
+    from pipeline.models import reward
 
     torch.set_num_threads(os.cpu_count() or 1)
     data = items()
@@ -86,9 +95,18 @@ def bench_reward() -> dict:
             direct_loop(model, tokenizer, ids, BATCH)
             best["direct"] = max(best["direct"], len(data) / (time.perf_counter() - started))
     ratio = best["prefab"] / best["direct"]
-    print(f"reward model: prefab {best['prefab']:.1f} texts/s, direct model(**batch) loop {best['direct']:.1f} texts/s, ratio {ratio:.2f}")
-    return {"name": f"reward-model scoring, {TEXTS} texts, batch {BATCH} (vs direct model(**batch) loop)", "value": round(best["prefab"], 1),
-            "baseline": round(best["direct"], 1), "ratio": round(ratio, 2), "target": ">= 0.9x", "unit": "texts/s", "ok": ratio >= 0.9}
+    print(
+        f"reward model: prefab {best['prefab']:.1f} texts/s, direct model(**batch) loop {best['direct']:.1f} texts/s, ratio {ratio:.2f}"
+    )
+    return {
+        "name": f"reward-model scoring, {TEXTS} texts, batch {BATCH} (vs direct model(**batch) loop)",
+        "value": round(best["prefab"], 1),
+        "baseline": round(best["direct"], 1),
+        "ratio": round(ratio, 2),
+        "target": ">= 0.9x",
+        "unit": "texts/s",
+        "ok": ratio >= 0.9,
+    }
 
 
 def bench_math() -> dict:
@@ -96,7 +114,9 @@ def bench_math() -> dict:
 
     from pipeline.stages.verify import check_many
 
-    rows = [json.loads(line) for line in (ROOT / "data" / "prompts" / "math.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line) for line in (ROOT / "data" / "prompts" / "math.jsonl").read_text().splitlines() if line.strip()
+    ]
     pairs = []
     for i in range(CHECKS):
         answer = rows[i % len(rows)]["answer"]
@@ -109,9 +129,18 @@ def bench_math() -> dict:
     for reference, text in pairs:
         verify(parse(reference), parse(text), timeout_seconds=None)
     direct = len(pairs) / (time.perf_counter() - started)
-    print(f"math: prefab check_many {prefab:.0f} checks/s, direct parse+verify {direct:.0f} checks/s, ratio {prefab / direct:.2f}")
-    return {"name": f"math-verify checks/s, {CHECKS} answers (vs direct parse + verify)", "value": round(prefab, 1),
-            "baseline": round(direct, 1), "ratio": round(prefab / direct, 2), "target": "info", "unit": "checks/s", "ok": None}
+    print(
+        f"math: prefab check_many {prefab:.0f} checks/s, direct parse+verify {direct:.0f} checks/s, ratio {prefab / direct:.2f}"
+    )
+    return {
+        "name": f"math-verify checks/s, {CHECKS} answers (vs direct parse + verify)",
+        "value": round(prefab, 1),
+        "baseline": round(direct, 1),
+        "ratio": round(prefab / direct, 2),
+        "target": "info",
+        "unit": "checks/s",
+        "ok": None,
+    }
 
 
 def main() -> list[dict]:

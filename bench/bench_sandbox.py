@@ -64,13 +64,26 @@ def pooled_bare(n: int) -> list[bool]:
 def main() -> list[dict]:
     assert bare() and run(CODE, TESTS).score == 1.0  # both run the code to a pass, and warm the page cache
     serial = side_by_side(lambda n: [run(CODE, TESTS) for _ in range(n)], lambda n: [bare() for _ in range(n)], RUNS)
-    pooled = side_by_side(lambda n: run_many([(CODE, TESTS)] * n, workers=WORKERS), pooled_bare, RUNS, block=4 * WORKERS)
+    pooled = side_by_side(
+        lambda n: run_many([(CODE, TESTS)] * n, workers=WORKERS), pooled_bare, RUNS, block=4 * WORKERS
+    )
     rows = []
     for label, (sandbox, base) in (("one at a time", serial), (f"{WORKERS} at a time", pooled)):
         ratio = sandbox / base
-        rows.append({"name": f"sandbox code runs/s, {label}", "value": round(sandbox, 1), "baseline": round(base, 1),
-                     "ratio": round(ratio, 2), "target": ">= 0.5x bare subprocess.run", "unit": "runs/s", "ok": ratio >= 0.5})
-        print(f"{label:>14}: sandbox {sandbox:6.1f} runs/s   bare subprocess.run {base:6.1f} runs/s   ratio {ratio:.2f}")
+        rows.append(
+            {
+                "name": f"sandbox code runs/s, {label}",
+                "value": round(sandbox, 1),
+                "baseline": round(base, 1),
+                "ratio": round(ratio, 2),
+                "target": ">= 0.5x bare subprocess.run",
+                "unit": "runs/s",
+                "ok": ratio >= 0.5,
+            }
+        )
+        print(
+            f"{label:>14}: sandbox {sandbox:6.1f} runs/s   bare subprocess.run {base:6.1f} runs/s   ratio {ratio:.2f}"
+        )
     return rows
 
 

@@ -51,21 +51,37 @@ def measured(args: list[str], **kw) -> dict:
     if proc.returncode != 0:
         err = Path(kw["stderr"].name).read_text()[-3000:] if hasattr(kw.get("stderr"), "name") else ""
         raise RuntimeError(f"{args[:4]} exited {proc.returncode}: {err}")
-    return {"wall_s": time.perf_counter() - started, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mib": usage.ru_maxrss / 1024}
+    return {
+        "wall_s": time.perf_counter() - started,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "rss_mib": usage.ru_maxrss / 1024,
+    }
 
 
 def write_run(tmp: Path, url: str, n: int) -> Path:
-    base = [json.loads(line)["prompt"] for line in (ROOT / "data" / "prompts" / "single_turn.jsonl").read_text().splitlines() if line.strip()]
+    base = [
+        json.loads(line)["prompt"]
+        for line in (ROOT / "data" / "prompts" / "single_turn.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     prompts = tmp / f"prompts-{n}.jsonl"
     with prompts.open("w") as f:
         for i in range(n):
             f.write(json.dumps({"prompt": f"{base[i % len(base)]} (variant {i})"}) + "\n")
     model = {"backend": "openai", "base_url": url, "concurrency": CONCURRENCY, "max_retries": 2, "timeout": 30}
     config = {
-        "run": str(tmp / f"run-{n}"), "stages": ["ingest", "generate", "judge"], "ingest": {"paths": [str(prompts)]},
-        "generate": {"generators": [{**model, "name": "gen", "model": "gen-model", "temperatures": [0.3, 1.0], "max_tokens": 64}]},
-        "judge": {"judges": [{**model, "name": "judge", "model": "judge-model"}], "max_tokens": 128,
-                  "aspects": [{"name": "helpfulness"}, {"name": "honesty"}], "pairwise": False},
+        "run": str(tmp / f"run-{n}"),
+        "stages": ["ingest", "generate", "judge"],
+        "ingest": {"paths": [str(prompts)]},
+        "generate": {
+            "generators": [{**model, "name": "gen", "model": "gen-model", "temperatures": [0.3, 1.0], "max_tokens": 64}]
+        },
+        "judge": {
+            "judges": [{**model, "name": "judge", "model": "judge-model"}],
+            "max_tokens": 128,
+            "aspects": [{"name": "helpfulness"}, {"name": "honesty"}],
+            "pairwise": False,
+        },
     }
     path = tmp / f"config-{n}.json"
     path.write_text(json.dumps(config))
@@ -75,45 +91,87 @@ def write_run(tmp: Path, url: str, n: int) -> Path:
 def main() -> list[dict]:
     import re
 
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "openai_server.py"), "--latency", str(LATENCY), "--no-bodies", "--structured"],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "openai_server.py"),
+            "--latency",
+            str(LATENCY),
+            "--no-bodies",
+            "--structured",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     url = re.match(r"READY (\S+)", server.stdout.readline()).group(1)
     env = {**os.environ, "PREFAB_HOME": os.environ.get("PREFAB_HOME", str(ROOT / ".prefab"))}
     results = {}
     try:
         bare = measured([sys.executable, "-c", BARE, url, str(BARE_CALLS), str(CONCURRENCY)], cwd=ROOT)
         bare_per_core = BARE_CALLS / bare["cpu_s"]
-        print(f"  bare AsyncOpenAI: {BARE_CALLS / bare['wall_s']:.0f} calls/s, {bare_per_core:.0f} calls per CPU-second", flush=True)
+        print(
+            f"  bare AsyncOpenAI: {BARE_CALLS / bare['wall_s']:.0f} calls/s, {bare_per_core:.0f} calls per CPU-second",
+            flush=True,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             for n in SIZES:
                 config = write_run(Path(tmp), url, n)
                 with open(Path(tmp) / f"stderr-{n}.txt", "w") as err:
-                    got = measured([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=err)
+                    got = measured(
+                        [sys.executable, "-m", "pipeline.commands.cli", "run", str(config)],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                    )
                 calls = n * 2 * 2  # two temperatures, then a judgment of each candidate
                 manifest = json.loads((Path(tmp) / f"run-{n}" / "manifest.json").read_text())["stages"]
                 assert manifest["generate"]["ok"] == n * 2 and manifest["judge"]["scored"] == n * 2, manifest
                 got.update(calls=calls, per_call_ms=1000 * got["wall_s"] / calls, per_core=calls / got["cpu_s"])
                 results[n] = got
-                print(f"  prefab run, {n:,} prompts ({calls:,} calls): {got['wall_s']:.0f} s, {got['per_call_ms']:.2f} ms/call, "
-                      f"peak RSS {got['rss_mib']:.0f} MiB, {got['per_core']:.0f} calls per CPU-second", flush=True)
+                print(
+                    f"  prefab run, {n:,} prompts ({calls:,} calls): {got['wall_s']:.0f} s, {got['per_call_ms']:.2f} ms/call, "
+                    f"peak RSS {got['rss_mib']:.0f} MiB, {got['per_core']:.0f} calls per CPU-second",
+                    flush=True,
+                )
     finally:
         server.terminate()
         server.wait()
     small, large = results[SIZES[0]], results[SIZES[-1]]
     rss_ratio, time_ratio = large["rss_mib"] / small["rss_mib"], large["per_call_ms"] / small["per_call_ms"]
     rows = [
-        {"name": f"peak RSS of `prefab run` (ingest, generate, judge): {SIZES[-1]:,} vs {SIZES[0]:,} prompts", "value": round(large["rss_mib"], 1),
-         "baseline": round(small["rss_mib"], 1), "ratio": round(rss_ratio, 3), "target": "<= 1.2x and < 1024 MiB", "unit": "MiB",
-         "ok": rss_ratio <= 1.2 and large["rss_mib"] < 1024},
-        {"name": f"wall time per call: {SIZES[-1]:,} vs {SIZES[0]:,} prompts", "value": round(large["per_call_ms"], 3),
-         "baseline": round(small["per_call_ms"], 3), "ratio": round(time_ratio, 3), "target": "<= 1.2x", "unit": "ms", "ok": time_ratio <= 1.2},
+        {
+            "name": f"peak RSS of `prefab run` (ingest, generate, judge): {SIZES[-1]:,} vs {SIZES[0]:,} prompts",
+            "value": round(large["rss_mib"], 1),
+            "baseline": round(small["rss_mib"], 1),
+            "ratio": round(rss_ratio, 3),
+            "target": "<= 1.2x and < 1024 MiB",
+            "unit": "MiB",
+            "ok": rss_ratio <= 1.2 and large["rss_mib"] < 1024,
+        },
+        {
+            "name": f"wall time per call: {SIZES[-1]:,} vs {SIZES[0]:,} prompts",
+            "value": round(large["per_call_ms"], 3),
+            "baseline": round(small["per_call_ms"], 3),
+            "ratio": round(time_ratio, 3),
+            "target": "<= 1.2x",
+            "unit": "ms",
+            "ok": time_ratio <= 1.2,
+        },
     ]
     for n, got in results.items():
         ratio = got["per_core"] / bare_per_core
-        rows.append({"name": f"client calls per CPU-second, {n:,} prompts, vs a bare AsyncOpenAI loop ({BARE_CALLS:,} calls)",
-                     "value": round(got["per_core"], 1), "baseline": round(bare_per_core, 1), "ratio": round(ratio, 3),
-                     "target": "printed (no target)", "unit": "calls/CPU-s", "ok": True})
+        rows.append(
+            {
+                "name": f"client calls per CPU-second, {n:,} prompts, vs a bare AsyncOpenAI loop ({BARE_CALLS:,} calls)",
+                "value": round(got["per_core"], 1),
+                "baseline": round(bare_per_core, 1),
+                "ratio": round(ratio, 3),
+                "target": "printed (no target)",
+                "unit": "calls/CPU-s",
+                "ok": True,
+            }
+        )
     return rows
 
 

@@ -31,15 +31,23 @@ def own_entry_points(tree: Path, where: Path) -> dict:
     info = where / "prefab-0.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: prefab\nVersion: 0\n")
-    (info / "entry_points.txt").write_text("".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()) + "\n"
-                                                   for group, points in project.get("entry-points", {}).items()))
+    (info / "entry_points.txt").write_text(
+        "".join(
+            f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()) + "\n"
+            for group, points in project.get("entry-points", {}).items()
+        )
+    )
     return {**os.environ, "PYTHONPATH": f"{where}{os.pathsep}{tree}"}
 
 
 def timed(tree: Path, args: list[str], env: dict | None = None) -> float:
     started = time.perf_counter()
-    cli = "pipeline.commands.cli" if (tree / "pipeline" / "commands" / "cli.py").exists() else "pipeline.cli"  # an older layout
-    result = subprocess.run([sys.executable, "-c", CODE.format(cli), *args], cwd=tree, capture_output=True, text=True, env=env)
+    cli = (
+        "pipeline.commands.cli" if (tree / "pipeline" / "commands" / "cli.py").exists() else "pipeline.cli"
+    )  # an older layout
+    result = subprocess.run(
+        [sys.executable, "-c", CODE.format(cli), *args], cwd=tree, capture_output=True, text=True, env=env
+    )
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"prefab {' '.join(args)} in {tree} failed:\n{result.stdout[-800:]}{result.stderr[-800:]}")
@@ -56,7 +64,13 @@ def main() -> list[dict]:
             envs = {"base": own_entry_points(base_tree, Path(tmp) / "base-entry-points"), "head": None}
             for label, tree in (("base", base_tree), ("head", ROOT)):  # each side reads a run its own code wrote
                 runs[label] = Path(tmp) / f"run-{label}"
-                subprocess.run([sys.executable, "-c", MAKE_RUN, str(runs[label])], cwd=tree, check=True, capture_output=True, env=envs[label])
+                subprocess.run(
+                    [sys.executable, "-c", MAKE_RUN, str(runs[label])],
+                    cwd=tree,
+                    check=True,
+                    capture_output=True,
+                    env=envs[label],
+                )
             commands = {
                 "prefab --help": lambda run: ["--help"],
                 "prefab status": lambda run: ["status", "--run", str(run)],
@@ -70,8 +84,17 @@ def main() -> list[dict]:
                     head.append(timed(ROOT, args(runs["head"])))
                     base.append(timed(base_tree, args(runs["base"]), envs["base"]))
                 h, b = statistics.median(head), statistics.median(base)
-                rows.append({"name": f"{name}, wall s (median of {REPEAT})", "value": round(h, 2), "baseline": round(b, 2),
-                             "ratio": round(b / h, 2), "target": "< 2 s", "unit": "s", "ok": h < 2.0})
+                rows.append(
+                    {
+                        "name": f"{name}, wall s (median of {REPEAT})",
+                        "value": round(h, 2),
+                        "baseline": round(b, 2),
+                        "ratio": round(b / h, 2),
+                        "target": "< 2 s",
+                        "unit": "s",
+                        "ok": h < 2.0,
+                    }
+                )
             return rows
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT)

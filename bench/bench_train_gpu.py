@@ -22,9 +22,21 @@ MODEL = os.environ.get("BENCH_TRAIN_MODEL", "embedded:smollm2")
 STEPS = int(os.environ.get("BENCH_TRAIN_STEPS", "40"))
 PAIRS = int(os.environ.get("BENCH_TRAIN_PAIRS", "512"))
 ROUNDS = int(os.environ.get("BENCH_TRAIN_ROUNDS", "2"))
-SETTINGS = {"max_steps": STEPS, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "learning_rate": 5e-7,
-            "beta": 0.1, "max_length": 512, "bf16": True, "activation_checkpointing": False, "logging_steps": 5,
-            "save_strategy": "no", "report_to": "none", "seed": 0, "lr_scheduler_type": "constant"}
+SETTINGS = {
+    "max_steps": STEPS,
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 5e-7,
+    "beta": 0.1,
+    "max_length": 512,
+    "bf16": True,
+    "activation_checkpointing": False,
+    "logging_steps": 5,
+    "save_strategy": "no",
+    "report_to": "none",
+    "seed": 0,
+    "lr_scheduler_type": "constant",
+}
 
 PLAIN_TRL = """
 import json, sys
@@ -52,8 +64,8 @@ def make_data(tmp: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from labeling_runs import make_run
 
-    from training.settings import ExportConfig
     from training.export import export
+    from training.settings import ExportConfig
 
     run, _ = make_run(tmp / "run", PAIRS, human_every=PAIRS + 1, long_text=1200)
     run.write("pairs", run.read("pairs").with_columns(route=pl.lit("auto")))
@@ -63,7 +75,19 @@ def make_data(tmp: Path) -> Path:
 
 def run_prefab(data: Path, out: Path) -> float:
     sets = [a for k, v in SETTINGS.items() for a in ("--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
-    cmd = [sys.executable, "-m", "training.train", "dpo", "--data", str(data), "--model", MODEL, "--output-dir", str(out), *sets]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.train",
+        "dpo",
+        "--data",
+        str(data),
+        "--model",
+        MODEL,
+        "--output-dir",
+        str(out),
+        *sets,
+    ]
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL)
     return json.loads((out / "metrics.json").read_text())["train_tokens_per_s"]
 
@@ -83,8 +107,17 @@ def main() -> list[dict]:
     if not torch.cuda.is_available():
         message = "skipped: no CUDA GPU on this machine (run it on a GPU host: python bench/bench_train_gpu.py)"
         print(message)
-        return [{"name": "DPO train tokens/s vs plain TRL", "value": None, "baseline": None, "ratio": None,
-                 "target": message, "unit": "tok/s", "ok": None}]
+        return [
+            {
+                "name": "DPO train tokens/s vs plain TRL",
+                "value": None,
+                "baseline": None,
+                "ratio": None,
+                "target": message,
+                "unit": "tok/s",
+                "ok": None,
+            }
+        ]
     ours, plain = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -95,9 +128,20 @@ def main() -> list[dict]:
             print(f"round {r + 1}: prefab {ours[-1]:.0f} tok/s, plain TRL {plain[-1]:.0f} tok/s", flush=True)
     best, base = max(ours), max(plain)
     ratio = best / base
-    print(f"{torch.cuda.get_device_name()}: prefab train dpo {best:.0f} tok/s, plain TRL {base:.0f} tok/s, ratio {ratio:.3f}")
-    return [{"name": f"DPO train tokens/s ({MODEL}, bs 8, len 512, {STEPS} steps)", "value": round(best), "baseline": round(base),
-             "ratio": round(ratio, 3), "target": "ratio >= 0.95", "unit": "tok/s", "ok": ratio >= 0.95}]
+    print(
+        f"{torch.cuda.get_device_name()}: prefab train dpo {best:.0f} tok/s, plain TRL {base:.0f} tok/s, ratio {ratio:.3f}"
+    )
+    return [
+        {
+            "name": f"DPO train tokens/s ({MODEL}, bs 8, len 512, {STEPS} steps)",
+            "value": round(best),
+            "baseline": round(base),
+            "ratio": round(ratio, 3),
+            "target": "ratio >= 0.95",
+            "unit": "tok/s",
+            "ok": ratio >= 0.95,
+        }
+    ]
 
 
 if __name__ == "__main__":

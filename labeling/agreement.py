@@ -17,10 +17,10 @@ import polars as pl
 CATEGORIES = ["chosen", "rejected", "tie", "both_bad"]
 
 
-
 def submitted(labels: pl.DataFrame) -> pl.DataFrame:
     """The labels that count: submitted, with an answer."""
     return labels.filter((pl.col("status") == "submitted") & pl.col("label").is_not_null())
+
 
 def _number(x) -> float | None:
     """A JSON-safe float: None where the statistic is undefined (one category, too few items)."""
@@ -39,9 +39,18 @@ def inter_annotator(labels: pl.DataFrame) -> dict:
     rows = submitted(labels)
     annotators = sorted(rows["annotator"].unique().to_list())
     pairs = sorted(rows["pair_id"].unique().to_list())
-    out = {"annotators": len(annotators), "labels": rows.height, "pairs": len(pairs), "pairs_multi": 0,
-           "krippendorff_alpha": None, "fleiss_kappa": None, "fleiss_items": 0, "raw_agreement": None,
-           "cohen_kappa_mean": None, "cohen_kappa": {}}
+    out = {
+        "annotators": len(annotators),
+        "labels": rows.height,
+        "pairs": len(pairs),
+        "pairs_multi": 0,
+        "krippendorff_alpha": None,
+        "fleiss_kappa": None,
+        "fleiss_items": 0,
+        "raw_agreement": None,
+        "cohen_kappa_mean": None,
+        "cohen_kappa": {},
+    }
     if not annotators:
         return out
     code = {c: i for i, c in enumerate(CATEGORIES)}
@@ -89,7 +98,9 @@ def inter_annotator(labels: pl.DataFrame) -> dict:
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            kappa = cohen_kappa_score(matrix[i, both].astype(int), matrix[j, both].astype(int), labels=list(range(len(CATEGORIES))))
+            kappa = cohen_kappa_score(
+                matrix[i, both].astype(int), matrix[j, both].astype(int), labels=list(range(len(CATEGORIES)))
+            )
         kappas[f"{a}|{b}"] = {"kappa": _number(kappa), "n": int(both.sum())}
     out["cohen_kappa"] = kappas
     defined = [v["kappa"] for v in kappas.values() if v["kappa"] is not None]
@@ -117,7 +128,9 @@ def judge_vs_human(resolved: pl.DataFrame, judge: dict[str, str]) -> dict:
     """The judge's verdict against the resolved human preference. "both_bad" has no judge counterpart."""
     from sklearn.metrics import cohen_kappa_score
 
-    human = {r["pair_id"]: r["preference"] for r in resolved.filter(pl.col("preference").is_not_null()).iter_rows(named=True)}
+    human = {
+        r["pair_id"]: r["preference"] for r in resolved.filter(pl.col("preference").is_not_null()).iter_rows(named=True)
+    }
     with_ties = [(judge[p], h) for p, h in human.items() if p in judge and h in ("chosen", "rejected", "tie")]
     without = [(j, h) for j, h in with_ties if j != "tie" and h != "tie"]
 
@@ -130,8 +143,11 @@ def judge_vs_human(resolved: pl.DataFrame, judge: dict[str, str]) -> dict:
             kappa = cohen_kappa_score(j, h, labels=["chosen", "rejected", "tie"]) if len(items) >= 2 else None
         return {"agreement": _number(np.mean([a == b for a, b in items])), "kappa": _number(kappa), "n": len(items)}
 
-    return {"with_ties": score(with_ties), "without_ties": score(without),
-            "both_bad": sum(1 for h in human.values() if h == "both_bad")}
+    return {
+        "with_ties": score(with_ties),
+        "without_ties": score(without),
+        "both_bad": sum(1 for h in human.values() if h == "both_bad"),
+    }
 
 
 def agreement(labels: pl.DataFrame, resolved: pl.DataFrame, pairs: pl.DataFrame, pair_judgments: pl.DataFrame) -> dict:

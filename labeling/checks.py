@@ -15,10 +15,26 @@ def labeling_server(config) -> list[Check]:
     if info["healthy"]:
         return [Check("labeling server", where, "answers", "ok")]
     if info.get("external"):
-        return [Check("labeling server", where, "answers", "fail", "the Argilla at ARGILLA_API_URL does not answer",
-                      "start that server, or correct ARGILLA_API_URL and ARGILLA_API_KEY")]
-    return [Check("labeling server", where, "answers", "fail", "not running" if info.get("url") else "never started here",
-                  "prefab labeling up" + ("" if info.get("url") else " (for a trial: prefab labeling up --demo)"))]
+        return [
+            Check(
+                "labeling server",
+                where,
+                "answers",
+                "fail",
+                "the Argilla at ARGILLA_API_URL does not answer",
+                "start that server, or correct ARGILLA_API_URL and ARGILLA_API_KEY",
+            )
+        ]
+    return [
+        Check(
+            "labeling server",
+            where,
+            "answers",
+            "fail",
+            "not running" if info.get("url") else "never started here",
+            "prefab labeling up" + ("" if info.get("url") else " (for a trial: prefab labeling up --demo)"),
+        )
+    ]
 
 
 checks = [labeling_server]

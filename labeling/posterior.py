@@ -86,8 +86,16 @@ class Fit:
         return {"pairs": len(pair_ids), "stated": stated, "low": low, "high": high}
 
 
-def _sample(prior_logits: np.ndarray, task_of: np.ndarray, worker_of: np.ndarray, sign: np.ndarray, n_workers: int,
-            prior: Prior, draws: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _sample(
+    prior_logits: np.ndarray,
+    task_of: np.ndarray,
+    worker_of: np.ndarray,
+    sign: np.ndarray,
+    n_workers: int,
+    prior: Prior,
+    draws: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """Draws of the annotators' accuracies from their posterior with the pairs' truths summed out (random-walk
     Metropolis on each accuracy's logit), and P(chosen) of every pair given each draw. Summing the truths out keeps
     the chain moving where labels say little (one annotator, no gold): sampling truths and accuracies in turn there
@@ -98,8 +106,12 @@ def _sample(prior_logits: np.ndarray, task_of: np.ndarray, worker_of: np.ndarray
     accuracy = np.full(n_workers, prior.mean)
     log_p, log_q = np.log(accuracy), np.log1p(-accuracy)
     # per pair: log P(its labels | truth chosen), log P(its labels | truth rejected)
-    if_chosen = np.bincount(task_of, weights=np.where(says_chosen, log_p[worker_of], log_q[worker_of]), minlength=n_tasks)
-    if_rejected = np.bincount(task_of, weights=np.where(says_chosen, log_q[worker_of], log_p[worker_of]), minlength=n_tasks)
+    if_chosen = np.bincount(
+        task_of, weights=np.where(says_chosen, log_p[worker_of], log_q[worker_of]), minlength=n_tasks
+    )
+    if_rejected = np.bincount(
+        task_of, weights=np.where(says_chosen, log_q[worker_of], log_p[worker_of]), minlength=n_tasks
+    )
     mine = []  # per annotator: their labels, the pairs they labeled, each label's place among those pairs
     for w in range(n_workers):
         idx = np.flatnonzero(worker_of == w)
@@ -115,9 +127,14 @@ def _sample(prior_logits: np.ndarray, task_of: np.ndarray, worker_of: np.ndarray
             new_p, new_q = np.log(proposal), np.log1p(-proposal)
             up = np.where(says_chosen[idx], new_p - log_p[w], new_q - log_q[w])
             down = np.where(says_chosen[idx], new_q - log_q[w], new_p - log_p[w])
-            d_chosen, d_rejected = np.bincount(place, weights=up, minlength=len(pairs)), np.bincount(place, weights=down, minlength=len(pairs))
+            d_chosen, d_rejected = (
+                np.bincount(place, weights=up, minlength=len(pairs)),
+                np.bincount(place, weights=down, minlength=len(pairs)),
+            )
             before = np.logaddexp(log_chosen[pairs] + if_chosen[pairs], log_rejected[pairs] + if_rejected[pairs])
-            after = np.logaddexp(log_chosen[pairs] + if_chosen[pairs] + d_chosen, log_rejected[pairs] + if_rejected[pairs] + d_rejected)
+            after = np.logaddexp(
+                log_chosen[pairs] + if_chosen[pairs] + d_chosen, log_rejected[pairs] + if_rejected[pairs] + d_rejected
+            )
             # the Beta prior with the logit's Jacobian: alpha log p + beta log(1 - p)
             ratio = np.sum(after - before) + prior.alpha * (new_p - log_p[w]) + prior.beta * (new_q - log_q[w])
             accepted = np.log(rng.random()) < ratio
@@ -133,8 +150,15 @@ def _sample(prior_logits: np.ndarray, task_of: np.ndarray, worker_of: np.ndarray
     return kept_accuracy, kept_chosen
 
 
-def fit(labels: pl.DataFrame, prior: Prior, pair_prior: dict[str, float] | None = None, truth: dict[str, str] | None = None,
-        *, prior_draws: dict[str, np.ndarray] | None = None, seed: int = 0) -> Fit:
+def fit(
+    labels: pl.DataFrame,
+    prior: Prior,
+    pair_prior: dict[str, float] | None = None,
+    truth: dict[str, str] | None = None,
+    *,
+    prior_draws: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+) -> Fit:
     """Fit on labels (pair_id, annotator, label).
 
     pair_prior: P(chosen) per pair (1/2 where absent); truth: known answers (gold). prior_draws: per pair, the same
@@ -148,8 +172,11 @@ def fit(labels: pl.DataFrame, prior: Prior, pair_prior: dict[str, float] | None 
     t_index, w_index = {t: i for i, t in enumerate(tasks)}, {w: i for i, w in enumerate(workers)}
     task_of = np.array([t_index[t] for t in directional["pair_id"].to_list()], dtype=np.int64)
     worker_of = np.array([w_index[w] for w in directional["annotator"].to_list()], dtype=np.int64)
-    sign = np.where(np.array(directional["label"].to_list(), dtype=object) == "chosen", 1.0, -1.0) if directional.height \
+    sign = (
+        np.where(np.array(directional["label"].to_list(), dtype=object) == "chosen", 1.0, -1.0)
+        if directional.height
         else np.zeros(0)
+    )
 
     def logits(values: np.ndarray) -> np.ndarray:
         out = logit(np.clip(values, CLIP, 1 - CLIP))
@@ -163,7 +190,10 @@ def fit(labels: pl.DataFrame, prior: Prior, pair_prior: dict[str, float] | None 
     if not prior_draws:
         return Fit(tasks, workers, accuracy, at_point.mean(axis=0), at_point)
     replicates = len(next(iter(prior_draws.values())))
-    refits = np.array([prior_draws[t] if t in prior_draws else np.full(replicates, pair_prior.get(t, 0.5)) for t in tasks]).T
-    spread_accuracy, spread = _sample(logits(refits.reshape(replicates, len(tasks))), task_of, worker_of, sign, len(workers), prior,
-                                     DRAWS, rng)
+    refits = np.array(
+        [prior_draws[t] if t in prior_draws else np.full(replicates, pair_prior.get(t, 0.5)) for t in tasks]
+    ).T
+    spread_accuracy, spread = _sample(
+        logits(refits.reshape(replicates, len(tasks))), task_of, worker_of, sign, len(workers), prior, DRAWS, rng
+    )
     return Fit(tasks, workers, spread_accuracy, at_point.mean(axis=0), spread)

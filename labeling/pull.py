@@ -7,7 +7,7 @@ vanished from the server is kept as last seen, with `missing_since` set.
 
 import signal
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -15,8 +15,8 @@ from labeling.aggregate import pair_prior_draws, pair_priors, resolve_labels
 from labeling.agreement import agreement, judge_labels
 from labeling.dataset import LABELS, PREFERENCE, RATING_A, RATING_B, RATIONALE, a_is_chosen, to_label
 from labeling.push import call, fetch_records, gold_mapping, server_errors, usernames
-from pipeline.core.config import Config
 from labeling.settings import LabelingConfig
+from pipeline.core.config import Config
 from pipeline.core.errors import LabelingError
 from pipeline.core.progress import console, summary
 from pipeline.core.schema import TABLES
@@ -38,22 +38,34 @@ def responses_frame(records: list[dict], users: dict[str, str]) -> pl.DataFrame:
             def value(name):
                 return (values.get(name) or {}).get("value")
 
-            rows.append({
-                "pair_id": record["external_id"],
-                "annotator": users.get(response["user_id"], response["user_id"]),
-                "status": response["status"],
-                "label_ab": value(PREFERENCE),
-                "rationale": value(RATIONALE) or None,
-                "rating_a": value(RATING_A),
-                "rating_b": value(RATING_B),
-                "updated_at": response.get("updated_at") or response.get("inserted_at"),
-                "candidate_a": meta.get("candidate_a"),
-                "candidate_b": meta.get("candidate_b"),
-                "a_is_chosen": meta.get("a_is_chosen"),
-            })
-    schema = {"pair_id": pl.String, "annotator": pl.String, "status": pl.String, "label_ab": pl.String, "rationale": pl.String,
-              "rating_a": pl.Int32, "rating_b": pl.Int32, "updated_at": pl.String, "candidate_a": pl.String,
-              "candidate_b": pl.String, "a_is_chosen": pl.String}
+            rows.append(
+                {
+                    "pair_id": record["external_id"],
+                    "annotator": users.get(response["user_id"], response["user_id"]),
+                    "status": response["status"],
+                    "label_ab": value(PREFERENCE),
+                    "rationale": value(RATIONALE) or None,
+                    "rating_a": value(RATING_A),
+                    "rating_b": value(RATING_B),
+                    "updated_at": response.get("updated_at") or response.get("inserted_at"),
+                    "candidate_a": meta.get("candidate_a"),
+                    "candidate_b": meta.get("candidate_b"),
+                    "a_is_chosen": meta.get("a_is_chosen"),
+                }
+            )
+    schema = {
+        "pair_id": pl.String,
+        "annotator": pl.String,
+        "status": pl.String,
+        "label_ab": pl.String,
+        "rationale": pl.String,
+        "rating_a": pl.Int32,
+        "rating_b": pl.Int32,
+        "updated_at": pl.String,
+        "candidate_a": pl.String,
+        "candidate_b": pl.String,
+        "a_is_chosen": pl.String,
+    }
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
@@ -78,18 +90,24 @@ def to_labels(responses: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
     for r in responses.iter_rows(named=True):
         a_chosen = side_of_chosen(r, by_id)
         if r["status"] == "submitted" and r["label_ab"] not in LABELS:
-            raise LabelingError(f"record {r['pair_id']!r}: {r['annotator']}'s answer {r['label_ab']!r} is not one of {list(LABELS)}",
-                                hint="the dataset's preference question was changed outside prefab; push to a new dataset name")
-        rows.append({
-            "pair_id": r["pair_id"], "annotator": r["annotator"], "status": r["status"],
-            "label": to_label(r["label_ab"], a_chosen) if r["status"] == "submitted" else None,
-            "rationale": r["rationale"],
-            "updated_at": _utc(r["updated_at"]),
-            "label_ab": r["label_ab"],
-            "rating_chosen": r["rating_a"] if a_chosen else r["rating_b"],
-            "rating_rejected": r["rating_b"] if a_chosen else r["rating_a"],
-            "missing_since": None,
-        })
+            raise LabelingError(
+                f"record {r['pair_id']!r}: {r['annotator']}'s answer {r['label_ab']!r} is not one of {list(LABELS)}",
+                hint="the dataset's preference question was changed outside prefab; push to a new dataset name",
+            )
+        rows.append(
+            {
+                "pair_id": r["pair_id"],
+                "annotator": r["annotator"],
+                "status": r["status"],
+                "label": to_label(r["label_ab"], a_chosen) if r["status"] == "submitted" else None,
+                "rationale": r["rationale"],
+                "updated_at": _utc(r["updated_at"]),
+                "label_ab": r["label_ab"],
+                "rating_chosen": r["rating_a"] if a_chosen else r["rating_b"],
+                "rating_rejected": r["rating_b"] if a_chosen else r["rating_a"],
+                "missing_since": None,
+            }
+        )
     return pl.DataFrame(rows, schema=TABLES["labels"], orient="row")
 
 
@@ -98,15 +116,20 @@ def _utc(text: str | None) -> datetime | None:
     if not text:
         return None
     t = datetime.fromisoformat(text)
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def merge_labels(old: pl.DataFrame, new: pl.DataFrame, now: datetime, taken_out: set[str] = frozenset()) -> pl.DataFrame:
+def merge_labels(
+    old: pl.DataFrame, new: pl.DataFrame, now: datetime, taken_out: set[str] = frozenset()
+) -> pl.DataFrame:
     """What the server has now, plus every earlier label it no longer has (kept, marked missing_since), except on the
     pairs prefab took out of the queue itself (their records are gone because they were settled)."""
     gone = old.join(new.select(KEY), on=KEY, how="anti").with_columns(
-        pl.when(pl.col("pair_id").is_in(list(taken_out))).then(pl.col("missing_since"))
-        .otherwise(pl.col("missing_since").fill_null(pl.lit(now, dtype=pl.Datetime("us", "UTC")))).alias("missing_since"))
+        pl.when(pl.col("pair_id").is_in(list(taken_out)))
+        .then(pl.col("missing_since"))
+        .otherwise(pl.col("missing_since").fill_null(pl.lit(now, dtype=pl.Datetime("us", "UTC"))))
+        .alias("missing_since")
+    )
     return pl.concat([new, gone]).sort(KEY)
 
 
@@ -118,9 +141,11 @@ def pull(run: Run, config: Config, client) -> dict:
     name = run.stage_info("push").get("dataset") or dataset_name(config, run)
     dataset = find_dataset(client, name, labeling.workspace)
     if dataset is None:
-        raise LabelingError(f"dataset {name!r} is not in Argilla workspace {labeling.workspace!r}",
-                            hint=f"push the pairs first: prefab push --run {run.path}")
-    now = datetime.now(timezone.utc)
+        raise LabelingError(
+            f"dataset {name!r} is not in Argilla workspace {labeling.workspace!r}",
+            hint=f"push the pairs first: prefab push --run {run.path}",
+        )
+    now = datetime.now(UTC)
     records = fetch_records(client, dataset)
     responses = responses_frame(records, usernames(client))
     gold = gold_mapping(run.read("gold")) if run.has("gold") else {}
@@ -133,15 +158,24 @@ def pull(run: Run, config: Config, client) -> dict:
 
         taken_out = set(run.read("queue").filter(pl.col("state").is_in(OUT_OF_QUEUE))["pair_id"].to_list())
     labels = merge_labels(old, to_labels(responses.filter(~is_gold), pairs), now, taken_out)
-    gold_pairs = pl.DataFrame([{"pair_id": k, **v} for k, v in gold.items()],
-                              schema={"pair_id": pl.String, "gold_id": pl.String, "chosen_id": pl.String, "rejected_id": pl.String})
+    gold_pairs = pl.DataFrame(
+        [{"pair_id": k, **v} for k, v in gold.items()],
+        schema={"pair_id": pl.String, "gold_id": pl.String, "chosen_id": pl.String, "rejected_id": pl.String},
+    )
     gold_labels = merge_labels(run.read_or_empty("gold_labels"), to_labels(responses.filter(is_gold), gold_pairs), now)
     new_or_changed = labels.join(old, on=list(TABLES["labels"]), how="anti", nulls_equal=True).height
     run.write("labels", labels)  # what came back is saved before anything is computed from it
     run.write("gold_labels", gold_labels)
     pair_judgments = run.read_or_empty("pair_judgments")
-    resolution = resolve_labels(labels, gold_labels, judge_labels(pairs, pair_judgments), run.read_or_empty("gold_judgments"),
-                                labeling, pair_priors(pairs), pair_prior_draws(run, pairs))
+    resolution = resolve_labels(
+        labels,
+        gold_labels,
+        judge_labels(pairs, pair_judgments),
+        run.read_or_empty("gold_judgments"),
+        labeling,
+        pair_priors(pairs),
+        pair_prior_draws(run, pairs),
+    )
     resolved, annotators = resolution.resolved, resolution.annotators
     stats = agreement(labels, resolved, pairs, pair_judgments)
     run.write("resolved", resolved)
@@ -171,8 +205,17 @@ def pull(run: Run, config: Config, client) -> dict:
     return {**counts, **queue_counts, "agreement": stats}
 
 
-def update_queue(run: Run, config: Config, client, dataset, records: list[dict], pairs: pl.DataFrame, labels: pl.DataFrame,
-                 resolved: pl.DataFrame, annotators: pl.DataFrame) -> dict:
+def update_queue(
+    run: Run,
+    config: Config,
+    client,
+    dataset,
+    records: list[dict],
+    pairs: pl.DataFrame,
+    labels: pl.DataFrame,
+    resolved: pl.DataFrame,
+    annotators: pl.DataFrame,
+) -> dict:
     """Adaptive redundancy after a pull: the queue planned from the labels just saved, and the dataset's run records made
     its `queued` pairs (labeling/queue.py says why this way). Gold records are not in the queue and stay."""
     from labeling.push import DELETE_BATCH, add_pairs, queue_plan
@@ -186,11 +229,17 @@ def update_queue(run: Run, config: Config, client, dataset, records: list[dict],
     leaving = [p for p in on_server if p not in queued]
     removed = 0
     if leaving:
-        now = {r["external_id"]: r for r in fetch_records(client, dataset)}  # an answer given since the pull read them: not yet
+        now = {
+            r["external_id"]: r for r in fetch_records(client, dataset)
+        }  # an answer given since the pull read them: not yet
         ids = [now[p]["id"] for p in leaving if p in now and answered(now[p]) == answered(on_server[p])]
         for i in range(0, len(ids), DELETE_BATCH):
-            batch = ids[i:i + DELETE_BATCH]
-            call(lambda: client.api.http_client.delete(f"/api/v1/datasets/{dataset.id}/records", params={"ids": ",".join(batch)}))
+            batch = ids[i : i + DELETE_BATCH]
+            call(
+                lambda: client.api.http_client.delete(
+                    f"/api/v1/datasets/{dataset.id}/records", params={"ids": ",".join(batch)}
+                )
+            )
             removed += len(batch)
     missing = sorted(queued - set(on_server))
     added = add_pairs(run, config, client, dataset, missing) if missing else 0
@@ -204,8 +253,12 @@ def human_accuracy(resolution, resolved: pl.DataFrame) -> dict:
     stated = resolution.stated(sided["pair_id"].to_list(), sided["preference"].to_list())
     if stated["stated"] is None:
         return {}
-    return {"human_accuracy": round(stated["stated"], 4), "human_low": round(stated["low"], 4), "human_high": round(stated["high"], 4),
-            "human_basis": "assumed" if stated["assumed"] else "measured"}
+    return {
+        "human_accuracy": round(stated["stated"], 4),
+        "human_low": round(stated["low"], 4),
+        "human_high": round(stated["high"], 4),
+        "human_basis": "assumed" if stated["assumed"] else "measured",
+    }
 
 
 def pull_stage(run: Run, config: Config, client) -> dict:
@@ -236,8 +289,10 @@ def watch(run: Run, config: Config, client, interval: float, *, max_pulls: int |
             result = pull_stage(run, config, client)
             pulls += 1
             if result["changed"] or pulls == 1:
-                console.print(f"{datetime.now():%H:%M:%S} labels={result['labels']} submitted={result['submitted']} "
-                              f"resolved={result['resolved']} (+{result['new_or_changed']} new or changed)")
+                console.print(
+                    f"{datetime.now():%H:%M:%S} labels={result['labels']} submitted={result['submitted']} "
+                    f"resolved={result['resolved']} (+{result['new_or_changed']} new or changed)"
+                )
             until = time.monotonic() + interval
             while not stop and (max_pulls is None or pulls < max_pulls) and time.monotonic() < until:
                 time.sleep(min(0.1, interval))
@@ -249,11 +304,17 @@ def watch(run: Run, config: Config, client, interval: float, *, max_pulls: int |
 def print_summary(result: dict) -> None:
     stats = result["agreement"]
     jh = stats["judge_human"]
-    summary("pull", {k: v for k, v in result.items() if k not in ("agreement", "changed")} | {
-        "annotators": stats["annotators"],
-        "krippendorff_alpha": stats["krippendorff_alpha"] if stats["krippendorff_alpha"] is not None else "n/a",
-        "raw_agreement": stats["raw_agreement"] if stats["raw_agreement"] is not None else "n/a",
-        "judge=human (ties)": jh["with_ties"]["agreement"] if jh["with_ties"]["agreement"] is not None else "n/a",
-        "judge=human (no ties)": jh["without_ties"]["agreement"] if jh["without_ties"]["agreement"] is not None else "n/a",
-        "flagged_annotators": ", ".join(result["flagged_annotators"]) or "none",
-    })
+    summary(
+        "pull",
+        {k: v for k, v in result.items() if k not in ("agreement", "changed")}
+        | {
+            "annotators": stats["annotators"],
+            "krippendorff_alpha": stats["krippendorff_alpha"] if stats["krippendorff_alpha"] is not None else "n/a",
+            "raw_agreement": stats["raw_agreement"] if stats["raw_agreement"] is not None else "n/a",
+            "judge=human (ties)": jh["with_ties"]["agreement"] if jh["with_ties"]["agreement"] is not None else "n/a",
+            "judge=human (no ties)": jh["without_ties"]["agreement"]
+            if jh["without_ties"]["agreement"] is not None
+            else "n/a",
+            "flagged_annotators": ", ".join(result["flagged_annotators"]) or "none",
+        },
+    )

@@ -22,15 +22,14 @@ import polars as pl
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from labeling.dataset import build_records, prompt_vectors, settings
-from pipeline.core.config import Config
 from labeling.settings import LabelingConfig, labeling_target
+from pipeline.core.config import Config
 from pipeline.core.errors import LabelingError
-from pipeline.stages.pair import is_verified
 from pipeline.core.progress import progress_bar, summary
 from pipeline.core.schema import TABLES
-from pipeline.core.store import Run, candidate_id, content_id, pair_id, prompt_id
 from pipeline.core.stage import Stage
-
+from pipeline.core.store import Run, candidate_id, content_id, pair_id, prompt_id
+from pipeline.stages.pair import is_verified
 
 BATCH = 256  # the server takes up to 500, but per record a 500 batch is slower (see above)
 BATCH_TIMEOUT = 600  # seconds: a batch takes the embedded server 5-20 s on a busy 2-core machine
@@ -45,7 +44,12 @@ def _transient(e: BaseException) -> bool:
     return isinstance(e, httpx.HTTPStatusError) and (e.response.status_code == 429 or e.response.status_code >= 500)
 
 
-@retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(ATTEMPTS), wait=wait_exponential(0.5, max=8), reraise=True)
+@retry(
+    retry=retry_if_exception(_transient),
+    stop=stop_after_attempt(ATTEMPTS),
+    wait=wait_exponential(0.5, max=8),
+    reraise=True,
+)
 def _send(fn) -> httpx.Response:
     response = fn()
     response.raise_for_status()
@@ -57,12 +61,16 @@ def call(fn) -> httpx.Response:
     try:
         return _send(fn)
     except httpx.TransportError as e:
-        raise LabelingError(f"cannot reach the Argilla server: {e}",
-                            hint="start it with `prefab labeling up` (or set ARGILLA_API_URL and ARGILLA_API_KEY)") from e
+        raise LabelingError(
+            f"cannot reach the Argilla server: {e}",
+            hint="start it with `prefab labeling up` (or set ARGILLA_API_URL and ARGILLA_API_KEY)",
+        ) from e
     except httpx.HTTPStatusError as e:
         detail = e.response.text[:500]
-        raise LabelingError(f"Argilla answered {e.response.status_code} to {e.request.method} {e.request.url.path}: {detail}",
-                            hint="check the server log: prefab labeling logs") from e
+        raise LabelingError(
+            f"Argilla answered {e.response.status_code} to {e.request.method} {e.request.url.path}: {detail}",
+            hint="check the server log: prefab labeling logs",
+        ) from e
 
 
 @contextmanager
@@ -78,9 +86,11 @@ def server_errors():
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
-        raise LabelingError(f"lost the Argilla server: {type(cause).__name__}: {cause}",
-                            hint="check it with `prefab labeling status`, start it with `prefab labeling up`, then run the "
-                                 "same command again: what was already sent is updated, never duplicated") from e
+        raise LabelingError(
+            f"lost the Argilla server: {type(cause).__name__}: {cause}",
+            hint="check it with `prefab labeling status`, start it with `prefab labeling up`, then run the "
+            "same command again: what was already sent is updated, never duplicated",
+        ) from e
 
 
 def connect(run: Run | None = None):
@@ -94,7 +104,12 @@ def connect(run: Run | None = None):
 
 def server_home(run: Run | None) -> Path | None:
     """The labeling home a run pushed to, when the environment names none and that home still exists."""
-    if run is None or os.environ.get("PREFAB_LABELING_HOME") or os.environ.get("PREFAB_HOME") or os.environ.get("ARGILLA_API_URL"):
+    if (
+        run is None
+        or os.environ.get("PREFAB_LABELING_HOME")
+        or os.environ.get("PREFAB_HOME")
+        or os.environ.get("ARGILLA_API_URL")
+    ):
         return None
     home = run.stage_info("push").get("labeling_home")
     return Path(home) if home and (Path(home) / "server.json").exists() else None
@@ -145,15 +160,21 @@ def ensure_dataset(client, name: str, workspace: str, wanted):
         names = sorted(x.name for x in getattr(have, kind))
         expected = sorted(x.name for x in getattr(wanted, kind))
         if names != expected:
-            raise LabelingError(f"Argilla dataset {name!r} in workspace {workspace!r} has {kind} {names}, not {expected}",
-                                hint="it was made by something else: set labeling.dataset to another name in the config")
+            raise LabelingError(
+                f"Argilla dataset {name!r} in workspace {workspace!r} has {kind} {names}, not {expected}",
+                hint="it was made by something else: set labeling.dataset to another name in the config",
+            )
     if have.guidelines != wanted.guidelines:
         have.guidelines = wanted.guidelines
         dataset.update()
     if have.distribution.min_submitted != wanted.distribution.min_submitted:
         # argilla-server 2.8 takes a new distribution also once there are responses, and recomputes each record's status
-        call(lambda: client.api.http_client.patch(f"/api/v1/datasets/{dataset.id}", json={"distribution": {
-            "strategy": "overlap", "min_submitted": wanted.distribution.min_submitted}}))
+        call(
+            lambda: client.api.http_client.patch(
+                f"/api/v1/datasets/{dataset.id}",
+                json={"distribution": {"strategy": "overlap", "min_submitted": wanted.distribution.min_submitted}},
+            )
+        )
         dataset = find_dataset(client, name, workspace)
     return dataset, False
 
@@ -163,8 +184,11 @@ def fetch_records(client, dataset, responses: bool = True) -> list[dict]:
     items, offset = [], 0
     include = {"include": ["responses"]} if responses else {}
     while True:
-        page = call(lambda: client.api.http_client.get(
-            f"/api/v1/datasets/{dataset.id}/records", params={**include, "offset": offset, "limit": PAGE}))
+        page = call(
+            lambda: client.api.http_client.get(
+                f"/api/v1/datasets/{dataset.id}/records", params={**include, "offset": offset, "limit": PAGE}
+            )
+        )
         batch = page.json()["items"]
         items += batch
         offset += len(batch)
@@ -177,7 +201,9 @@ def usernames(client) -> dict[str, str]:
 
 
 def record_count(client, dataset) -> int:
-    return call(lambda: client.api.http_client.get(f"/api/v1/datasets/{dataset.id}/records", params={"limit": 1})).json()["total"]
+    return call(
+        lambda: client.api.http_client.get(f"/api/v1/datasets/{dataset.id}/records", params={"limit": 1})
+    ).json()["total"]
 
 
 def upsert(client, dataset, records: list[dict], advance=lambda n: None) -> int:
@@ -198,7 +224,7 @@ def upsert(client, dataset, records: list[dict], advance=lambda n: None) -> int:
 
     before = record_count(client, dataset)
     for i in range(0, len(records), BATCH):
-        batch = records[i:i + BATCH]
+        batch = records[i : i + BATCH]
         call(lambda: http.put(url, json={"items": batch}, timeout=BATCH_TIMEOUT))
         advance(len(batch))
     return record_count(client, dataset) - before
@@ -218,8 +244,14 @@ def gold_record_id(gold_id: str) -> str:
 
 def gold_mapping(gold: pl.DataFrame) -> dict[str, dict]:
     """record id -> {gold_id, chosen_id, rejected_id}, chosen being the response people preferred."""
-    return {gold_record_id(g): {"gold_id": g, "chosen_id": gold_candidate_id(g, "chosen"), "rejected_id": gold_candidate_id(g, "rejected")}
-            for g in gold["gold_id"].to_list()}
+    return {
+        gold_record_id(g): {
+            "gold_id": g,
+            "chosen_id": gold_candidate_id(g, "chosen"),
+            "rejected_id": gold_candidate_id(g, "rejected"),
+        }
+        for g in gold["gold_id"].to_list()
+    }
 
 
 def gold_count(n_pairs: int, share: float, available: int) -> int:
@@ -229,7 +261,15 @@ def gold_count(n_pairs: int, share: float, available: int) -> int:
     return min(available, max(1, round(n_pairs * share / (1 - share))))
 
 
-def gold_frames(run: Run, gold: pl.DataFrame, selected: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.DataFrame, n: int, seed: int):
+def gold_frames(
+    run: Run,
+    gold: pl.DataFrame,
+    selected: pl.DataFrame,
+    prompts: pl.DataFrame,
+    candidates: pl.DataFrame,
+    n: int,
+    seed: int,
+):
     """Gold pairs dressed as the run's pairs: (pairs, prompts, candidates, pair_judgments) rows to push with them.
 
     Each is oriented by the judges' scores as a run pair is (so its hidden margin is a real, non-negative one),
@@ -238,7 +278,9 @@ def gold_frames(run: Run, gold: pl.DataFrame, selected: pl.DataFrame, prompts: p
     """
     import random
 
-    gold = gold.sort(pl.col("gold_id").map_elements(lambda g: content_id("gold-pick", seed, g), return_dtype=pl.String)).head(n)
+    gold = gold.sort(
+        pl.col("gold_id").map_elements(lambda g: content_id("gold-pick", seed, g), return_dtype=pl.String)
+    ).head(n)
     judged = run.read_or_empty("gold_judgments")
     scores = judged.group_by("gold_id").agg(pl.col("chosen_score").mean(), pl.col("rejected_score").mean())
     scores = {g: (c, r) for g, c, r in scores.iter_rows()}
@@ -247,9 +289,13 @@ def gold_frames(run: Run, gold: pl.DataFrame, selected: pl.DataFrame, prompts: p
         verdicts.setdefault(j["gold_id"], []).append(j)
     cluster_of = dict(zip(prompts["prompt_id"].to_list(), prompts["cluster"].to_list()))
     clusters = [cluster_of.get(p) for p in selected["prompt_id"].to_list()] or [None]
-    models = candidates.filter(pl.col("candidate_id").is_in(selected["chosen_id"].to_list() + selected["rejected_id"].to_list()))["model"].to_list() or ["gold"]
+    models = candidates.filter(
+        pl.col("candidate_id").is_in(selected["chosen_id"].to_list() + selected["rejected_id"].to_list())
+    )["model"].to_list() or ["gold"]
     reasons = selected["route_reason"].drop_nulls().to_list() or ["below_target"]
-    margins = selected["margin"].drop_nulls().to_list() or [None]  # for gold no judge scored: a record without one would stand out
+    margins = selected["margin"].drop_nulls().to_list() or [
+        None
+    ]  # for gold no judge scored: a record without one would stand out
     strategy = selected["strategy"][0] if selected.height else "best_vs_worst"
     pair_rows, prompt_rows, cand_rows, judgment_rows = [], [], [], []
     for g in gold.iter_rows(named=True):
@@ -259,24 +305,53 @@ def gold_frames(run: Run, gold: pl.DataFrame, selected: pl.DataFrame, prompts: p
         flipped = c is not None and r is not None and r > c
         first, second = (bad, good) if flipped else (good, bad)
         pid = prompt_id(g["messages"])
-        pair_rows.append({"pair_id": gold_record_id(g["gold_id"]), "prompt_id": pid, "chosen_id": first, "rejected_id": second,
-                          "chosen_score": r if flipped else c, "rejected_score": c if flipped else r,
-                          "margin": abs(c - r) if c is not None and r is not None else rng.choice(margins), "similarity": None,
-                          "strategy": strategy, "route": "human", "route_reason": rng.choice(reasons), "confidence": None})
+        pair_rows.append(
+            {
+                "pair_id": gold_record_id(g["gold_id"]),
+                "prompt_id": pid,
+                "chosen_id": first,
+                "rejected_id": second,
+                "chosen_score": r if flipped else c,
+                "rejected_score": c if flipped else r,
+                "margin": abs(c - r) if c is not None and r is not None else rng.choice(margins),
+                "similarity": None,
+                "strategy": strategy,
+                "route": "human",
+                "route_reason": rng.choice(reasons),
+                "confidence": None,
+            }
+        )
         prompt_rows.append({"prompt_id": pid, "messages": g["messages"], "cluster": rng.choice(clusters)})
-        cand_rows += [{"candidate_id": good, "text": g["chosen"], "model": rng.choice(models)},
-                      {"candidate_id": bad, "text": g["rejected"], "model": rng.choice(models)}]
+        cand_rows += [
+            {"candidate_id": good, "text": g["chosen"], "model": rng.choice(models)},
+            {"candidate_id": bad, "text": g["rejected"], "model": rng.choice(models)},
+        ]
         for j in verdicts.get(g["gold_id"], []):
             swap = {"chosen": "rejected", "rejected": "chosen", "tie": "tie"} if flipped else {}
             ab, ba = (j["verdict_ba"], j["verdict_ab"]) if flipped else (j["verdict_ab"], j["verdict_ba"])
             ab, ba = swap.get(ab, ab), swap.get(ba, ba)
-            judgment_rows.append({"pair_id": gold_record_id(g["gold_id"]), "judge": j["judge"], "verdict_ab": ab, "verdict_ba": ba,
-                                  "consistent": (ab == ba) if ab and ba else None, "confidence": None, "raw": None, "error": None,
-                                  "p_chosen_ab": None, "p_chosen_ba": None})
-    return (pl.DataFrame(pair_rows, schema=TABLES["pairs"]),
-            pl.DataFrame(prompt_rows, schema={"prompt_id": pl.String, "messages": TABLES["prompts"]["messages"], "cluster": pl.Int32}),
-            pl.DataFrame(cand_rows, schema={"candidate_id": pl.String, "text": pl.String, "model": pl.String}),
-            pl.DataFrame(judgment_rows, schema=TABLES["pair_judgments"]))
+            judgment_rows.append(
+                {
+                    "pair_id": gold_record_id(g["gold_id"]),
+                    "judge": j["judge"],
+                    "verdict_ab": ab,
+                    "verdict_ba": ba,
+                    "consistent": (ab == ba) if ab and ba else None,
+                    "confidence": None,
+                    "raw": None,
+                    "error": None,
+                    "p_chosen_ab": None,
+                    "p_chosen_ba": None,
+                }
+            )
+    return (
+        pl.DataFrame(pair_rows, schema=TABLES["pairs"]),
+        pl.DataFrame(
+            prompt_rows, schema={"prompt_id": pl.String, "messages": TABLES["prompts"]["messages"], "cluster": pl.Int32}
+        ),
+        pl.DataFrame(cand_rows, schema={"candidate_id": pl.String, "text": pl.String, "model": pl.String}),
+        pl.DataFrame(judgment_rows, schema=TABLES["pair_judgments"]),
+    )
 
 
 def to_push(pairs: pl.DataFrame, labeling: LabelingConfig) -> pl.DataFrame:
@@ -285,25 +360,48 @@ def to_push(pairs: pl.DataFrame, labeling: LabelingConfig) -> pl.DataFrame:
     return pairs.filter(pl.col("route").is_in(labeling.routes) & ~is_verified())
 
 
-def queue_plan(config: Config, pairs: pl.DataFrame, labels: pl.DataFrame, resolved: pl.DataFrame, annotators: pl.DataFrame,
-               on_server: set[str]) -> pl.DataFrame:
+def queue_plan(
+    config: Config,
+    pairs: pl.DataFrame,
+    labels: pl.DataFrame,
+    resolved: pl.DataFrame,
+    annotators: pl.DataFrame,
+    on_server: set[str],
+) -> pl.DataFrame:
     """The queue (labeling/queue.py) for the run's human pairs, from its labels, their resolution and the annotators'
     estimated accuracy (an annotator without an estimate counts at the prior's)."""
     from labeling.queue import plan
 
     labeling = config.labeling or LabelingConfig()
-    accuracy = {a: r if r is not None else labeling.prior_accuracy for a, r in annotators.select("annotator", "reliability").iter_rows()}
-    return plan(to_push(pairs, labeling).select("pair_id", "confidence"), resolved, labels, on_server, target=labeling_target(config),
-                max_labels=labeling.max_labels_per_pair, budget=labeling.label_budget, accuracy=accuracy,
-                newcomer=labeling.prior_accuracy)
+    accuracy = {
+        a: r if r is not None else labeling.prior_accuracy
+        for a, r in annotators.select("annotator", "reliability").iter_rows()
+    }
+    return plan(
+        to_push(pairs, labeling).select("pair_id", "confidence"),
+        resolved,
+        labels,
+        on_server,
+        target=labeling_target(config),
+        max_labels=labeling.max_labels_per_pair,
+        budget=labeling.label_budget,
+        accuracy=accuracy,
+        newcomer=labeling.prior_accuracy,
+    )
 
 
 def add_pairs(run: Run, config: Config, client, dataset, pair_ids: list[str]) -> int:
     """Upsert the records of these run pairs (no gold) into the dataset; returns how many were new."""
     pairs = run.read("pairs").filter(pl.col("pair_id").is_in(pair_ids))
     vectors, _ = prompt_vectors(run.read_or_empty("embeddings"), config.embed.model if config.embed else None)
-    records = build_records(pairs, run.read("prompts"), run.read("candidates"), pair_judgments=run.read_or_empty("pair_judgments"),
-                            vectors=vectors, config=config)
+    records = build_records(
+        pairs,
+        run.read("prompts"),
+        run.read("candidates"),
+        pair_judgments=run.read_or_empty("pair_judgments"),
+        vectors=vectors,
+        config=config,
+    )
     return upsert(client, dataset, records)
 
 
@@ -323,42 +421,75 @@ def push(run: Run, config: Config, client) -> dict:
     queue = None
     if labeling.redundancy == "adaptive":
         on_server = set() if created else {r["external_id"] for r in fetch_records(client, dataset, responses=False)}
-        queue = queue_plan(config, pairs, run.read_or_empty("labels"), run.read_or_empty("resolved"),
-                           run.read_or_empty("annotators"), on_server)
-        selected = selected.filter(pl.col("pair_id").is_in(queue.filter(pl.col("state") == "queued")["pair_id"].implode()))
+        queue = queue_plan(
+            config,
+            pairs,
+            run.read_or_empty("labels"),
+            run.read_or_empty("resolved"),
+            run.read_or_empty("annotators"),
+            on_server,
+        )
+        selected = selected.filter(
+            pl.col("pair_id").is_in(queue.filter(pl.col("state") == "queued")["pair_id"].implode())
+        )
     prompts, candidates = run.read("prompts"), run.read("candidates")
     pair_judgments = run.read_or_empty("pair_judgments")
     gold = run.read_or_empty("gold")
     n_gold = gold_count(selected.height, labeling.gold_share, gold.height)
     if n_gold:
-        g_pairs, g_prompts, g_cands, g_judgments = gold_frames(run, gold, selected, prompts, candidates, n_gold, config.seed)
+        g_pairs, g_prompts, g_cands, g_judgments = gold_frames(
+            run, gold, selected, prompts, candidates, n_gold, config.seed
+        )
         if vectors:  # every record has a prompt vector, or none has: a missing one would single gold out
             from pipeline.stages.embed import embed_texts, prompt_text
 
             model = embed_model or embeddings["model"][0]
-            found = embed_texts([prompt_text(m) for m in g_prompts["messages"].to_list()], model, run.path, description="embed gold prompts")
+            found = embed_texts(
+                [prompt_text(m) for m in g_prompts["messages"].to_list()],
+                model,
+                run.path,
+                description="embed gold prompts",
+            )
             if found.shape[1] != dims:
-                raise LabelingError(f"gold prompts embed to {found.shape[1]} dimensions with {model}, the run's prompt vectors have {dims}",
-                                    hint="re-run `prefab embed` so that the run's vectors come from its configured model")
+                raise LabelingError(
+                    f"gold prompts embed to {found.shape[1]} dimensions with {model}, the run's prompt vectors have {dims}",
+                    hint="re-run `prefab embed` so that the run's vectors come from its configured model",
+                )
             vectors |= dict(zip(g_prompts["prompt_id"].to_list(), found.tolist()))
         selected = pl.concat([selected, g_pairs])
         prompts = pl.concat([prompts.select(g_prompts.columns), g_prompts])
         candidates = pl.concat([candidates.select(g_cands.columns), g_cands])
         pair_judgments = pl.concat([pair_judgments, g_judgments])
-    records = build_records(selected, prompts, candidates, pair_judgments=pair_judgments, vectors=vectors, config=config)
+    records = build_records(
+        selected, prompts, candidates, pair_judgments=pair_judgments, vectors=vectors, config=config
+    )
     records.sort(key=lambda r: content_id("push-order", r["external_id"]))  # gold mixed into every batch, not appended
     with progress_bar(f"push to Argilla {name}", len(records)) as advance:
         new = upsert(client, dataset, records, advance)
-    counts = {"dataset": name, "workspace": labeling.workspace, "dataset_id": str(dataset.id), "dataset_created": created,
-              "pushed": len(records), "gold_pushed": n_gold, "created": new, "updated": len(records) - new,
-              "not_pushed": pairs.height - (selected.height - n_gold), "routes": ",".join(labeling.routes),
-              "judge_hint": labeling.judge_hint, "redundancy": labeling.redundancy, **server_address(client)}
+    counts = {
+        "dataset": name,
+        "workspace": labeling.workspace,
+        "dataset_id": str(dataset.id),
+        "dataset_created": created,
+        "pushed": len(records),
+        "gold_pushed": n_gold,
+        "created": new,
+        "updated": len(records) - new,
+        "not_pushed": pairs.height - (selected.height - n_gold),
+        "routes": ",".join(labeling.routes),
+        "judge_hint": labeling.judge_hint,
+        "redundancy": labeling.redundancy,
+        **server_address(client),
+    }
     if queue is not None:
         from labeling.queue import budget_info
 
         run.write("queue", queue)
         counts |= {"held_back": routed - (selected.height - n_gold)} | budget_info(queue, labeling.label_budget)
-    summary("push", {k: ("yes" if v else "no") if isinstance(v, bool) else v for k, v in counts.items() if k != "dataset_id"})
+    summary(
+        "push",
+        {k: ("yes" if v else "no") if isinstance(v, bool) else v for k, v in counts.items() if k != "dataset_id"},
+    )
     return counts
 
 
@@ -379,8 +510,14 @@ def prefab_command() -> str:
         return str(mine)
 
 
-def demo_instructions(run_dir: str, *, url: str | None = None, annotators: list[tuple[str, str]] | None = None,
-                      dataset: str | None = None, workspace: str | None = None) -> str:
+def demo_instructions(
+    run_dir: str,
+    *,
+    url: str | None = None,
+    annotators: list[tuple[str, str]] | None = None,
+    dataset: str | None = None,
+    workspace: str | None = None,
+) -> str:
     """What to do after `make demo`: label in the browser, then pull and export.
 
     Whatever is not given comes from the running server (URL), the demo accounts and the run's manifest
@@ -396,10 +533,14 @@ def demo_instructions(run_dir: str, *, url: str | None = None, annotators: list[
     workspace = workspace or push_info.get("workspace") or "prefab"
     pushed = push_info.get("pushed")
     gold = push_info.get("gold_pushed") or 0
-    what = f"{pushed - gold} human-routed pairs" + (f" and {gold} gold pairs (unmarked: they measure the annotators)" if gold else "")
+    what = f"{pushed - gold} human-routed pairs" + (
+        f" and {gold} gold pairs (unmarked: they measure the annotators)" if gold else ""
+    )
     prefab = prefab_command()
-    logins = "\n".join(f"       {user} / {password}" for user, password in annotators) \
+    logins = (
+        "\n".join(f"       {user} / {password}" for user, password in annotators)
         or f"       (add one: {prefab} labeling users add NAME --role annotator --workspace prefab)"
+    )
     return (
         f"The labeling server is running{f' and {what} are in Argilla' if pushed is not None else ''}.\n"
         f"  1. Open {url} in a browser.\n"
@@ -413,7 +554,11 @@ def demo_instructions(run_dir: str, *, url: str | None = None, annotators: list[
         f"  5. Export the preference data for training:\n"
         f"       {prefab} export --run {run_dir}\n"
         f"  Stop the server with: {prefab} labeling down\n"
-        + (f"  ({prefab} is this project's; `source {Path(prefab).parent}/activate` puts `prefab` on PATH)\n" if prefab != "prefab" else "")
+        + (
+            f"  ({prefab} is this project's; `source {Path(prefab).parent}/activate` puts `prefab` on PATH)\n"
+            if prefab != "prefab"
+            else ""
+        )
     )
 
 

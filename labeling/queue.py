@@ -26,7 +26,12 @@ import polars as pl
 from labeling.agreement import submitted
 from pipeline.core.schema import TABLES, empty
 
-OUT_OF_QUEUE = ("settled", "max_labels", "closed", "over_budget")  # states whose labeled pairs prefab takes out of Argilla
+OUT_OF_QUEUE = (
+    "settled",
+    "max_labels",
+    "closed",
+    "over_budget",
+)  # states whose labeled pairs prefab takes out of Argilla
 LEVELS = 3  # accuracies a pool of annotators is summarised by, for the worth's look-ahead
 
 
@@ -42,8 +47,10 @@ def _value(p: np.ndarray, pool: tuple[tuple[float, int], ...], depth: int, cost:
     for j, (a, n) in enumerate(pool):
         rest = tuple((b, m - (i == j)) for i, (b, m) in enumerate(pool) if m - (i == j))
         agree = p * a + (1 - p) * (1 - a)
-        go_on = go_on + n / everyone * (agree * _value(p * a / agree, rest, depth - 1, cost)
-                                        + (1 - agree) * _value(p * (1 - a) / (1 - agree), rest, depth - 1, cost))
+        go_on = go_on + n / everyone * (
+            agree * _value(p * a / agree, rest, depth - 1, cost)
+            + (1 - agree) * _value(p * (1 - a) / (1 - agree), rest, depth - 1, cost)
+        )
     return np.maximum(stop, go_on)
 
 
@@ -66,8 +73,9 @@ def who_labeled(labels: pl.DataFrame) -> dict[str, set[str]]:
     return {p: set(a) for p, a in submitted(labels).group_by("pair_id").agg("annotator").iter_rows()}
 
 
-def worths(rows: list[dict], labeled_by: dict[str, set[str]], accuracy: dict[str, float], newcomer: float,
-           max_labels: int) -> list[float]:
+def worths(
+    rows: list[dict], labeled_by: dict[str, set[str]], accuracy: dict[str, float], newcomer: float, max_labels: int
+) -> list[float]:
     """Each row's worth: its remaining labels come from the annotators who have not labeled it and, past them, from
     people new at `newcomer`. A pool is summarised as at most LEVELS accuracies (rounded to 0.01), so that a large
     team costs no more than a small one and pairs with the same pool are computed together."""
@@ -76,7 +84,11 @@ def worths(rows: list[dict], labeled_by: dict[str, set[str]], accuracy: dict[str
         depth = max_labels - row["labels"]
         pool = sorted(a for w, a in accuracy.items() if w not in labeled_by.get(row["pair_id"], set()))
         pool += [newcomer] * max(0, depth - len(pool))
-        levels = [(round(float(np.mean(part)), 2), len(part)) for part in np.array_split(pool, min(LEVELS, len(pool)) or 1) if len(part)]
+        levels = [
+            (round(float(np.mean(part)), 2), len(part))
+            for part in np.array_split(pool, min(LEVELS, len(pool)) or 1)
+            if len(part)
+        ]
         key = (tuple(levels), depth)
         groups.setdefault(key, []).append(r)
     out = [0.0] * len(rows)
@@ -86,16 +98,24 @@ def worths(rows: list[dict], labeled_by: dict[str, set[str]], accuracy: dict[str
     return out
 
 
-
 def labels_so_far(labels: pl.DataFrame) -> dict[str, int]:
     """Submitted labels per run pair (a label gone from the server still counts: it was given)."""
     counts = submitted(labels).group_by("pair_id").len()
     return dict(counts.iter_rows())
 
 
-def plan(human: pl.DataFrame, resolved: pl.DataFrame, labels: pl.DataFrame, on_server: set[str], *, target: float,
-         max_labels: int, budget: int | None, accuracy: dict[str, float] | None = None,
-         newcomer: float = 0.7) -> pl.DataFrame:
+def plan(
+    human: pl.DataFrame,
+    resolved: pl.DataFrame,
+    labels: pl.DataFrame,
+    on_server: set[str],
+    *,
+    target: float,
+    max_labels: int,
+    budget: int | None,
+    accuracy: dict[str, float] | None = None,
+    newcomer: float = 0.7,
+) -> pl.DataFrame:
     """The `queue` table: per human pair (pair_id, confidence prior to people), its labels, confidence, worth and state.
 
     accuracy: the annotators' estimated accuracy (pull's resolution); newcomer: an annotator's before any label.
@@ -145,7 +165,10 @@ def priority(queue: pl.DataFrame) -> pl.DataFrame:
 def budget_info(queue: pl.DataFrame, budget: int | None) -> dict:
     """How the label budget was spent, for the pull's counts."""
     states = dict(queue.group_by("state").len().iter_rows()) if queue.height else {}
-    info = {f"queue_{s}": states.get(s, 0) for s in ("queued", "settled", "max_labels", "closed", "over_budget", "not_started")}
+    info = {
+        f"queue_{s}": states.get(s, 0)
+        for s in ("queued", "settled", "max_labels", "closed", "over_budget", "not_started")
+    }
     info["labels_on_run_pairs"] = int(queue["labels"].sum()) if queue.height else 0
     if budget is not None:
         info["label_budget"] = budget
@@ -172,7 +195,11 @@ def queue_status(run):
     for col in ("pair", "labels", "confidence", "worth", "state", "needs"):
         table.add_column(col)
     order = {"queued": 0, "over_budget": 1, "not_started": 2, "closed": 3, "max_labels": 4, "settled": 5}
-    ranked = priority(queue).with_columns(pl.col("state").replace_strict(order, default=9).alias("rank")).sort("rank", maintain_order=True)
+    ranked = (
+        priority(queue)
+        .with_columns(pl.col("state").replace_strict(order, default=9).alias("rank"))
+        .sort("rank", maintain_order=True)
+    )
     for r in ranked.head(SHOWN).iter_rows(named=True):
         needs = "a first label" if r["state"] == "queued" and not r["labels"] else NEEDS.get(r["state"], "")
         worth_now = f"{r['worth']:.3f}" if r["worth"] is not None else ""
@@ -182,7 +209,12 @@ def queue_status(run):
     return table
 
 
-NEEDS = {"queued": "one more label, from someone new", "over_budget": "labels the budget cannot pay for",
-         "not_started": "a first label, once the budget allows", "closed": "none: left the queue below the target",
-         "max_labels": "none: it has the most labels a pair may get", "settled": "none: at the target confidence"}
+NEEDS = {
+    "queued": "one more label, from someone new",
+    "over_budget": "labels the budget cannot pay for",
+    "not_started": "a first label, once the budget allows",
+    "closed": "none: left the queue below the target",
+    "max_labels": "none: it has the most labels a pair may get",
+    "settled": "none: at the target confidence",
+}
 status_sections = [queue_status]

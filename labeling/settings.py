@@ -37,7 +37,9 @@ class LabelingConfig(Strict):
     label_budget: int | None = Field(None, ge=0)  # at most this many human labels on the run's pairs (gold apart)
     min_annotator_accuracy: float = Field(0.7, ge=0, le=1)  # on gold: below it an annotator is flagged
     min_gold_answers: int = Field(5, ge=1)  # gold answers needed before an annotator can be flagged
-    flagged: Literal["exclude", "keep"] = "exclude"  # a flagged annotator's labels: dropped, or kept (weighted by reliability)
+    flagged: Literal["exclude", "keep"] = (
+        "exclude"  # a flagged annotator's labels: dropped, or kept (weighted by reliability)
+    )
 
     @model_validator(mode="after")
     def _legacy_suggestions(self):

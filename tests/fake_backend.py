@@ -36,11 +36,27 @@ class FakeBackend:
             choice, usage = answer["choices"][0], answer["usage"]
             logprobs = None
             if request.logprobs:
-                logprobs = [{"token": t["token"], "logprob": t["logprob"],
-                             "top_logprobs": [{"token": a["token"], "logprob": a["logprob"]} for a in t.get("top_logprobs") or []]}
-                            for t in choice["logprobs"]["content"]]
-            finish(j, Result(choice["message"]["content"], finish_reason=choice["finish_reason"], prompt_tokens=usage["prompt_tokens"],
-                             completion_tokens=usage["completion_tokens"], latency_s=0.0, logprobs=logprobs))
+                logprobs = [
+                    {
+                        "token": t["token"],
+                        "logprob": t["logprob"],
+                        "top_logprobs": [
+                            {"token": a["token"], "logprob": a["logprob"]} for a in t.get("top_logprobs") or []
+                        ],
+                    }
+                    for t in choice["logprobs"]["content"]
+                ]
+            finish(
+                j,
+                Result(
+                    choice["message"]["content"],
+                    finish_reason=choice["finish_reason"],
+                    prompt_tokens=usage["prompt_tokens"],
+                    completion_tokens=usage["completion_tokens"],
+                    latency_s=0.0,
+                    logprobs=logprobs,
+                ),
+            )
 
 
 echo = FakeBackend()  # one an entry point can name (tests/test_llm.py loads it as one)

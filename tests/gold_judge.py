@@ -21,13 +21,20 @@ def uniform(*parts) -> float:
 
 def gold_pairs(n: int, tag: str = "g") -> list[dict]:
     """n gold pairs with distinct prompts; chosen is the better response; lengths vary on both sides."""
-    return [{"prompt": f"Question {tag}{k}: what is {k} plus {k}?",
-             "chosen": f"{2 * k}." + " Because adding it twice doubles it." * (k % 3),
-             "rejected": f"{2 * k + 1}, I believe." + " It is a well known sum." * ((k + 1) % 3)} for k in range(n)]
+    return [
+        {
+            "prompt": f"Question {tag}{k}: what is {k} plus {k}?",
+            "chosen": f"{2 * k}." + " Because adding it twice doubles it." * (k % 3),
+            "rejected": f"{2 * k + 1}, I believe." + " It is a well known sum." * ((k + 1) % 3),
+        }
+        for k in range(n)
+    ]
 
 
 class ControlledJudge:
-    def __init__(self, pairs: list[dict], *, accuracy: float, informative: bool = True, bias: float = 0.0, seed: int = 0):
+    def __init__(
+        self, pairs: list[dict], *, accuracy: float, informative: bool = True, bias: float = 0.0, seed: int = 0
+    ):
         self.accuracy, self.informative, self.bias, self.seed = accuracy, informative, bias, seed
         self.side = {}  # response text -> (prompt, is the gold-chosen one)
         for p in pairs:
@@ -64,9 +71,23 @@ class ControlledJudge:
 
 
 def judge_section(server, pairwise: bool = False) -> dict:
-    return {"judges": [{"name": "ctl", "backend": "openai", "model": "ctl-model", "base_url": server.url, "max_retries": 0,
-                        "timeout": 10, "concurrency": 32}],
-            "aspects": ASPECT, "pairwise": pairwise, "structured_output": False, "parse_retries": 0}
+    return {
+        "judges": [
+            {
+                "name": "ctl",
+                "backend": "openai",
+                "model": "ctl-model",
+                "base_url": server.url,
+                "max_retries": 0,
+                "timeout": 10,
+                "concurrency": 32,
+            }
+        ],
+        "aspects": ASPECT,
+        "pairwise": pairwise,
+        "structured_output": False,
+        "parse_retries": 0,
+    }
 
 
 def write_jsonl(path, rows: list[dict]):

@@ -59,8 +59,11 @@ def argilla_client(labeling_server):
 @pytest.fixture(scope="session")
 def argilla_http(labeling_server):
     """An httpx client on the server's /api/v1 as the owner (the calls the UI makes)."""
-    with httpx.Client(base_url=labeling_server["url"] + "/api/v1", headers={"X-Argilla-Api-Key": labeling_server["api_key"]},
-                      timeout=30) as http:
+    with httpx.Client(
+        base_url=labeling_server["url"] + "/api/v1",
+        headers={"X-Argilla-Api-Key": labeling_server["api_key"]},
+        timeout=30,
+    ) as http:
         yield http
 
 
@@ -84,8 +87,11 @@ def pref_dataset(client, workspace: str, records: int, min_submitted: int = 1):
     """A dataset with one `pref` (a/b) question and records r0, r1, ...; returns (dataset, external id -> server id)."""
     import argilla as rg
 
-    settings = rg.Settings(fields=[rg.TextField(name="prompt")], questions=[rg.LabelQuestion(name="pref", labels=["a", "b"])],
-                           distribution=rg.TaskDistribution(min_submitted=min_submitted))
+    settings = rg.Settings(
+        fields=[rg.TextField(name="prompt")],
+        questions=[rg.LabelQuestion(name="pref", labels=["a", "b"])],
+        distribution=rg.TaskDistribution(min_submitted=min_submitted),
+    )
     dataset = rg.Dataset(name=unique("pref"), workspace=workspace, settings=settings, client=client).create()
     dataset.records.log([{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(records)])
     return dataset, {r.id: str(r._server_id) for r in dataset.records}
@@ -112,7 +118,9 @@ def stored(home, query: str) -> str:
 
     home = Path(home)
     if (home / "postgres").exists():
-        return subprocess.run([*launcher.psql(home), "-tAc", query], check=True, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            [*launcher.psql(home), "-tAc", query], check=True, capture_output=True, text=True
+        ).stdout.strip()
     import sqlite3
 
     with sqlite3.connect(home / "argilla" / "argilla.db") as db:
@@ -121,7 +129,12 @@ def stored(home, query: str) -> str:
 
 def login(labeling_server, username: str, password: str) -> httpx.Client:
     """An httpx client logged in like the UI does (POST /api/v1/token, then a bearer token)."""
-    token = httpx.post(labeling_server["url"] + "/api/v1/token", data={"username": username, "password": password}, timeout=30)
+    token = httpx.post(
+        labeling_server["url"] + "/api/v1/token", data={"username": username, "password": password}, timeout=30
+    )
     token.raise_for_status()
-    return httpx.Client(base_url=labeling_server["url"] + "/api/v1",
-                        headers={"Authorization": f"Bearer {token.json()['access_token']}"}, timeout=30)
+    return httpx.Client(
+        base_url=labeling_server["url"] + "/api/v1",
+        headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+        timeout=30,
+    )

@@ -54,7 +54,21 @@ from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 NOT_COMPLETIONS = ("html", "wrongjson", "nochoices", "nomessage")
-FAULTS = ("ok", "429", "500", "503", "hang", "reset", "malformed", "truncated", "400", "401", "404", "badlogprobs", *NOT_COMPLETIONS)
+FAULTS = (
+    "ok",
+    "429",
+    "500",
+    "503",
+    "hang",
+    "reset",
+    "malformed",
+    "truncated",
+    "400",
+    "401",
+    "404",
+    "badlogprobs",
+    *NOT_COMPLETIONS,
+)
 
 
 def default_respond(request: dict) -> str:
@@ -101,9 +115,22 @@ def _ntokens(text: str) -> int:
 class OpenAIServer:
     """Serve /v1/chat/completions and /v1/models on 127.0.0.1 in a background thread."""
 
-    def __init__(self, port: int = 0, *, latency: float = 0.0, respond=None, fault_rates: dict | None = None,
-                 seed: int = 0, hang_s: float = 30.0, api_key: str | None = None, models: list[str] | None = None,
-                 keep_bodies: bool = True, batch_api: bool = True, json_schema: bool = True, logprobs: bool = True):
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        latency: float = 0.0,
+        respond=None,
+        fault_rates: dict | None = None,
+        seed: int = 0,
+        hang_s: float = 30.0,
+        api_key: str | None = None,
+        models: list[str] | None = None,
+        keep_bodies: bool = True,
+        batch_api: bool = True,
+        json_schema: bool = True,
+        logprobs: bool = True,
+    ):
         self.latency = latency
         self.json_schema = json_schema  # False: a json_schema response_format is refused with a 400
         self.logprobs = logprobs  # False: answers carry no logprobs, asked for or not
@@ -124,7 +151,9 @@ class OpenAIServer:
         self.port = self._httpd.server_address[1]
         self._thread: threading.Thread | None = None
         self.files: dict[str, bytes] = {}  # uploaded and written batch files, by id
-        self.batches: dict[str, dict] = {}  # every batch created, by id (the Batch object, and its lines under "_lines")
+        self.batches: dict[
+            str, dict
+        ] = {}  # every batch created, by id (the Batch object, and its lines under "_lines")
         self.batch_polls = 1
         self.batch_outcomes: deque[dict] = deque()
         self._ids = itertools.count(1)
@@ -137,8 +166,12 @@ class OpenAIServer:
 
     # lifecycle
     def start(self) -> "OpenAIServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"openai-server-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"openai-server-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -169,14 +202,22 @@ class OpenAIServer:
             self.statuses: Counter[str] = Counter()
             self.bodies: list[dict] = []
             self.arrivals: list[float] = []  # time.monotonic() of each request
-            self.answered: list[tuple[float, float, str]] = []  # (arrived, answered, request_key) of each 200, time.monotonic()
+            self.answered: list[
+                tuple[float, float, str]
+            ] = []  # (arrived, answered, request_key) of each 200, time.monotonic()
             self.in_flight = 0
             self.max_in_flight = 0
 
     def stats(self) -> dict:
         with self._lock:
-            return {"total": self.total, "prompt_counts": dict(self.prompt_counts), "request_counts": dict(self.request_counts),
-                    "statuses": dict(self.statuses), "max_in_flight": self.max_in_flight, "batches": len(self.batches)}
+            return {
+                "total": self.total,
+                "prompt_counts": dict(self.prompt_counts),
+                "request_counts": dict(self.request_counts),
+                "statuses": dict(self.statuses),
+                "max_in_flight": self.max_in_flight,
+                "batches": len(self.batches),
+            }
 
     @staticmethod
     def request_key(request: dict) -> str:
@@ -210,7 +251,6 @@ class OpenAIServer:
             if status == "200" and self.keep_bodies:
                 self.answered.append((arrived, time.monotonic(), self.request_key(request)))
 
-
     # the Batch API
     def batch_polls_left(self, polls: int) -> None:
         """Make every unfinished batch finish within `polls` more retrieves."""
@@ -226,7 +266,10 @@ class OpenAIServer:
         if data is None:
             return 404, _error(f"No such File object: {params.get('input_file_id')}", "invalid_request_error")
         if params.get("endpoint") != "/v1/chat/completions":
-            return 400, _error(f"scripted server batches only /v1/chat/completions, not {params.get('endpoint')}", "invalid_request_error")
+            return 400, _error(
+                f"scripted server batches only /v1/chat/completions, not {params.get('endpoint')}",
+                "invalid_request_error",
+            )
         lines, errors, seen = [], [], set()
         for n, text in enumerate(data.decode().splitlines(), 1):
             if not text.strip():
@@ -234,28 +277,78 @@ class OpenAIServer:
             try:
                 line = json.loads(text)
             except ValueError:
-                errors.append({"code": "invalid_json_line", "line": n, "message": "This line is not parseable as valid JSON.", "param": None})
+                errors.append(
+                    {
+                        "code": "invalid_json_line",
+                        "line": n,
+                        "message": "This line is not parseable as valid JSON.",
+                        "param": None,
+                    }
+                )
                 continue
             if not line.get("custom_id"):
-                errors.append({"code": "missing_required_parameter", "line": n, "message": "custom_id is missing", "param": "custom_id"})
+                errors.append(
+                    {
+                        "code": "missing_required_parameter",
+                        "line": n,
+                        "message": "custom_id is missing",
+                        "param": "custom_id",
+                    }
+                )
             elif line["custom_id"] in seen:
-                errors.append({"code": "duplicate_custom_id", "line": n, "message": "The custom_id for this request is a duplicate.", "param": "custom_id"})
+                errors.append(
+                    {
+                        "code": "duplicate_custom_id",
+                        "line": n,
+                        "message": "The custom_id for this request is a duplicate.",
+                        "param": "custom_id",
+                    }
+                )
             elif line.get("url") != params["endpoint"]:
-                errors.append({"code": "invalid_url", "line": n, "message": f"url {line.get('url')!r} is not the batch's endpoint", "param": "url"})
+                errors.append(
+                    {
+                        "code": "invalid_url",
+                        "line": n,
+                        "message": f"url {line.get('url')!r} is not the batch's endpoint",
+                        "param": "url",
+                    }
+                )
             elif self.models is not None and (line.get("body") or {}).get("model") not in self.models:
-                errors.append({"code": "model_not_found", "line": n, "param": "body.model",
-                               "message": f"The model {(line.get('body') or {}).get('model')!r} does not exist"})
+                errors.append(
+                    {
+                        "code": "model_not_found",
+                        "line": n,
+                        "param": "body.model",
+                        "message": f"The model {(line.get('body') or {}).get('model')!r} does not exist",
+                    }
+                )
             seen.add(line.get("custom_id"))
             lines.append(line)
         outcome = self.batch_outcomes.popleft() if self.batch_outcomes else {}
         errors += outcome.get("errors", [])
-        batch = {"id": self._new_id("batch"), "object": "batch", "endpoint": params["endpoint"], "errors": None,
-                 "input_file_id": params["input_file_id"], "completion_window": params.get("completion_window"),
-                 "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": int(time.time()),
-                 "request_counts": {"total": len(lines), "completed": 0, "failed": 0}, "metadata": params.get("metadata"),
-                 "_lines": lines, "_errors": errors, "_answered": 0, "_out": [], "_err": [], "_retrieves": 0,
-                 "_list_unreached": outcome.get("list_unreached", True),
-                 "_polls_left": outcome.get("polls", self.batch_polls), "_stop_at": outcome.get("expire_after")}
+        batch = {
+            "id": self._new_id("batch"),
+            "object": "batch",
+            "endpoint": params["endpoint"],
+            "errors": None,
+            "input_file_id": params["input_file_id"],
+            "completion_window": params.get("completion_window"),
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(time.time()),
+            "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            "metadata": params.get("metadata"),
+            "_lines": lines,
+            "_errors": errors,
+            "_answered": 0,
+            "_out": [],
+            "_err": [],
+            "_retrieves": 0,
+            "_list_unreached": outcome.get("list_unreached", True),
+            "_polls_left": outcome.get("polls", self.batch_polls),
+            "_stop_at": outcome.get("expire_after"),
+        }
         with self._lock:
             self.batches[batch["id"]] = batch
         return 200, _public(batch)
@@ -273,10 +366,14 @@ class OpenAIServer:
         if batch["status"] == "cancelling":
             self._end_batch(batch, "cancelled")
         elif batch["status"] == "in_progress":
-            stop_at = len(batch["_lines"]) if batch["_stop_at"] is None else min(batch["_stop_at"], len(batch["_lines"]))
+            stop_at = (
+                len(batch["_lines"]) if batch["_stop_at"] is None else min(batch["_stop_at"], len(batch["_lines"]))
+            )
             polls = max(batch["_polls_left"], 1)
-            share = (stop_at - batch["_answered"]) // polls  # the last poll answers the rest; many polls left: maybe none
-            for line in batch["_lines"][batch["_answered"]: batch["_answered"] + share]:
+            share = (
+                stop_at - batch["_answered"]
+            ) // polls  # the last poll answers the rest; many polls left: maybe none
+            for line in batch["_lines"][batch["_answered"] : batch["_answered"] + share]:
                 self._answer_line(batch, line)
             batch["_polls_left"] = polls - 1
             if batch["_answered"] >= stop_at:
@@ -295,12 +392,21 @@ class OpenAIServer:
                 if isinstance(reply, dict) and reply.get("fault"):
                     action = str(reply["fault"])
             name = action.partition(":")[0]
-            record = {"id": self._new_id("batch_req"), "custom_id": line.get("custom_id"), "response": None, "error": None}
+            record = {
+                "id": self._new_id("batch_req"),
+                "custom_id": line.get("custom_id"),
+                "response": None,
+                "error": None,
+            }
             if name == "ok":
                 record["response"] = {"status_code": 200, "request_id": "req-fake", "body": completion(request, reply)}
                 status = "200"
             elif name in ("400", "401", "404", "429", "500", "503"):
-                record["response"] = {"status_code": int(name), "request_id": "req-fake", "body": _error(f"scripted {name}", "invalid_request_error")}
+                record["response"] = {
+                    "status_code": int(name),
+                    "request_id": "req-fake",
+                    "body": _error(f"scripted {name}", "invalid_request_error"),
+                }
                 status = name
             else:
                 record["error"] = {"code": "server_error", "message": f"scripted {name}"}
@@ -313,9 +419,18 @@ class OpenAIServer:
     def _end_batch(self, batch: dict, status: str) -> None:
         """Write the output and error files (OpenAI's shape: 200s in one, the rest in the other) and end the batch."""
         if status == "expired" and batch["_list_unreached"]:
-            batch["_err"] += [{"id": self._new_id("batch_req"), "custom_id": line.get("custom_id"), "response": None,
-                               "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}}
-                              for line in batch["_lines"][batch["_answered"]:]]
+            batch["_err"] += [
+                {
+                    "id": self._new_id("batch_req"),
+                    "custom_id": line.get("custom_id"),
+                    "response": None,
+                    "error": {
+                        "code": "batch_expired",
+                        "message": "This request could not be executed before the completion window expired.",
+                    },
+                }
+                for line in batch["_lines"][batch["_answered"] :]
+            ]
         for kind, records in (("output_file_id", batch["_out"]), ("error_file_id", batch["_err"])):
             if records:
                 file_id = self._new_id("file")
@@ -330,8 +445,13 @@ def _public(batch: dict) -> dict:
 
 def _multipart(content_type: str, body: bytes) -> dict[str, bytes]:
     """name -> value of a multipart/form-data body (what the openai client uploads)."""
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
-    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True) for part in message.iter_parts()}
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body
+    )
+    return {
+        part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+        for part in message.iter_parts()
+    }
 
 
 class _Server(ThreadingHTTPServer):
@@ -358,7 +478,13 @@ class _Handler(BaseHTTPRequestHandler):
             if owner.api_key is not None and self.headers.get("Authorization") != f"Bearer {owner.api_key}":
                 return self._send(401, _error("Incorrect API key provided", "invalid_request_error", "invalid_api_key"))
             names = owner.models or ["fake-model"]
-            self._send(200, {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "prefab-tests"} for n in names]})
+            self._send(
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": n, "object": "model", "created": 0, "owned_by": "prefab-tests"} for n in names],
+                },
+            )
         elif self.path.rstrip("/") == "/stats":
             self._send(200, owner.stats())
         elif self.path.startswith(("/v1/files/", "/v1/batches")) and owner.batch_api:
@@ -389,7 +515,9 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         if owner.api_key is not None and self.headers.get("Authorization") != f"Bearer {owner.api_key}":
             return self._send(401, _error("Incorrect API key provided", "invalid_request_error", "invalid_api_key"))
-        parts = path.split("/")[2:]  # ["files"] / ["files", id, "content"] / ["batches"] / ["batches", id] / ["batches", id, "cancel"]
+        parts = path.split("/")[
+            2:
+        ]  # ["files"] / ["files", id, "content"] / ["batches"] / ["batches", id] / ["batches", id, "cancel"]
         post = self.command == "POST"
         if post and parts == ["files"]:
             form = _multipart(self.headers.get("Content-Type", ""), body)
@@ -397,15 +525,27 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(400, _error("expected a file with purpose batch", "invalid_request_error"))
             file_id = owner._new_id("file")
             owner.files[file_id] = form["file"]
-            return self._send(200, {"id": file_id, "object": "file", "bytes": len(form["file"]), "created_at": int(time.time()),
-                                    "filename": "batch.jsonl", "purpose": "batch", "status": "processed"})
+            return self._send(
+                200,
+                {
+                    "id": file_id,
+                    "object": "file",
+                    "bytes": len(form["file"]),
+                    "created_at": int(time.time()),
+                    "filename": "batch.jsonl",
+                    "purpose": "batch",
+                    "status": "processed",
+                },
+            )
         if not post and len(parts) == 3 and parts[0] == "files" and parts[2] == "content" and parts[1] in owner.files:
             return self._send_raw(200, owner.files[parts[1]], content_type="application/octet-stream")
         if post and parts == ["batches"]:
             return self._send(*owner._create_batch(json.loads(body or b"{}")))
         if not post and parts == ["batches"]:
             listed = [_public(b) for b in reversed(owner.batches.values())]
-            return self._send(200, {"object": "list", "data": listed, "first_id": None, "last_id": None, "has_more": False})
+            return self._send(
+                200, {"object": "list", "data": listed, "first_id": None, "last_id": None, "has_more": False}
+            )
         if len(parts) >= 2 and parts[0] == "batches" and parts[1] in owner.batches:
             with owner._batch_lock:
                 if not post and len(parts) == 2:
@@ -423,7 +563,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(401, _error("Incorrect API key provided", "invalid_request_error", "invalid_api_key"))
             return "401"
         if owner.models is not None and request.get("model") not in owner.models:
-            self._send(404, _error(f"The model {request.get('model')!r} does not exist", "invalid_request_error", "model_not_found"))
+            self._send(
+                404,
+                _error(
+                    f"The model {request.get('model')!r} does not exist", "invalid_request_error", "model_not_found"
+                ),
+            )
             return "404"
         if not owner.json_schema and (request.get("response_format") or {}).get("type") == "json_schema":
             self._send(400, _error("response_format type 'json_schema' is not supported", "invalid_request_error"))
@@ -453,8 +598,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return "reset"
         if name in ("429", "500", "503"):
-            messages = {"429": ("Rate limit reached", "rate_limit_exceeded"), "500": ("The server had an error", "server_error"),
-                        "503": ("The engine is currently overloaded", "server_error")}
+            messages = {
+                "429": ("Rate limit reached", "rate_limit_exceeded"),
+                "500": ("The server had an error", "server_error"),
+                "503": ("The engine is currently overloaded", "server_error"),
+            }
             text, kind = messages[name]
             self._send(int(name), _error(text, kind), headers={"Retry-After": arg} if arg else None)
             return name
@@ -462,7 +610,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(int(name), _error(f"scripted {name}", "invalid_request_error"))
             return name
         if name == "malformed":
-            self._send_raw(200, b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"message": {"content": "trunc')
+            self._send_raw(
+                200,
+                b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"message": {"content": "trunc',
+            )
             return "malformed"
         if name == "html":
             page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1><hr>nginx</body></html>"
@@ -470,10 +621,12 @@ class _Handler(BaseHTTPRequestHandler):
             return "html"
         payload = completion(request, owner.respond(request) if name == "badlogprobs" else reply)
         if name in ("wrongjson", "nochoices", "nomessage", "badlogprobs"):
-            wrong = {"wrongjson": {"status": "error", "detail": "upstream connect error"},
-                     "nochoices": {**payload, "choices": []},
-                     "nomessage": {**payload, "choices": [{"index": 0, "finish_reason": "stop"}]},
-                     "badlogprobs": _bad_logprobs(payload)}[name]
+            wrong = {
+                "wrongjson": {"status": "error", "detail": "upstream connect error"},
+                "nochoices": {**payload, "choices": []},
+                "nomessage": {**payload, "choices": [{"index": 0, "finish_reason": "stop"}]},
+                "badlogprobs": _bad_logprobs(payload),
+            }[name]
             self._send(200, wrong)
             return name
         if name == "truncated":
@@ -487,11 +640,21 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
         self._send_raw(status, json.dumps(payload).encode(), headers=headers)
 
-    def _send_raw(self, status: int, data: bytes, headers: dict | None = None, length: int | None = None,
-                  content_type: str = "application/json") -> None:
+    def _send_raw(
+        self,
+        status: int,
+        data: bytes,
+        headers: dict | None = None,
+        length: int | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         """Status line, headers and body in one write (no Nagle/delayed-ACK stalls)."""
-        lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}", f"Content-Type: {content_type}",
-                 f"Content-Length: {len(data) if length is None else length}", "x-request-id: req-fake"]
+        lines = [
+            f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(data) if length is None else length}",
+            "x-request-id: req-fake",
+        ]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if self.close_connection:
             lines.append("Connection: close")
@@ -513,23 +676,34 @@ def completion(request: dict, reply) -> dict:
     finish = reply.get("finish_reason")
     if isinstance(content, str) and finish is None:
         finish = "stop"
-        for stop in ([request["stop"]] if isinstance(request.get("stop"), str) else request.get("stop") or []):
+        for stop in [request["stop"]] if isinstance(request.get("stop"), str) else request.get("stop") or []:
             if stop and stop in content:
                 content = content[: content.index(stop)]
         limit = request.get("max_tokens") or request.get("max_completion_tokens")
         words = content.split(" ")
         if limit and len(words) > limit:
             content, finish = " ".join(words[:limit]), "length"
-    prompt_tokens = sum(_ntokens(m.get("content") if isinstance(m.get("content"), str) else json.dumps(m.get("content")))
-                        for m in request.get("messages") or [] if isinstance(m, dict))
+    prompt_tokens = sum(
+        _ntokens(m.get("content") if isinstance(m.get("content"), str) else json.dumps(m.get("content")))
+        for m in request.get("messages") or []
+        if isinstance(m, dict)
+    )
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": _ntokens(content or ""), **(reply.get("usage") or {})}
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     message = {"role": "assistant", "content": content, "refusal": reply.get("refusal")}
     choice = {"index": 0, "message": message, "finish_reason": finish or "stop", "logprobs": None}
     if request.get("logprobs"):
-        choice["logprobs"] = {"content": reply.get("logprobs") or _logprobs(content or "", request.get("top_logprobs") or 0)}
-    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": request.get("model", "fake-model"),
-            "choices": [choice], "usage": usage}
+        choice["logprobs"] = {
+            "content": reply.get("logprobs") or _logprobs(content or "", request.get("top_logprobs") or 0)
+        }
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", "fake-model"),
+        "choices": [choice],
+        "usage": usage,
+    }
 
 
 def _bad_logprobs(payload: dict) -> dict:
@@ -541,7 +715,9 @@ def _logprobs(content: str, top: int) -> list[dict]:
     out = []
     for i, word in enumerate(content.split(" ")):
         lp = -0.1 * (i % 5)
-        alts = [{"token": word, "logprob": lp, "bytes": None}] + [{"token": f"alt{j}", "logprob": lp - j - 1, "bytes": None} for j in range(top - 1)]
+        alts = [{"token": word, "logprob": lp, "bytes": None}] + [
+            {"token": f"alt{j}", "logprob": lp - j - 1, "bytes": None} for j in range(top - 1)
+        ]
         out.append({"token": word, "logprob": lp, "bytes": None, "top_logprobs": alts[:top]})
     return out
 
@@ -550,18 +726,29 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="OpenAI-compatible test server on 127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
-    parser.add_argument("--fault", action="append", default=[], metavar="ACTION=RATE", help="e.g. 429:1=0.1 or reset=0.05")
+    parser.add_argument(
+        "--fault", action="append", default=[], metavar="ACTION=RATE", help="e.g. 429:1=0.1 or reset=0.05"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hang-s", type=float, default=30.0)
     parser.add_argument("--no-bodies", action="store_true", help="do not keep request bodies (long benchmarks)")
-    parser.add_argument("--structured", action="store_true", help="answer json_schema requests with JSON of the schema (judges)")
+    parser.add_argument(
+        "--structured", action="store_true", help="answer json_schema requests with JSON of the schema (judges)"
+    )
     args = parser.parse_args(argv)
     rates = {}
     for item in args.fault:
         action, _, rate = item.rpartition("=")
         rates[action] = float(rate)
-    server = OpenAIServer(args.port, latency=args.latency, fault_rates=rates, seed=args.seed, hang_s=args.hang_s,
-                          keep_bodies=not args.no_bodies, respond=structured_respond if args.structured else None)
+    server = OpenAIServer(
+        args.port,
+        latency=args.latency,
+        fault_rates=rates,
+        seed=args.seed,
+        hang_s=args.hang_s,
+        keep_bodies=not args.no_bodies,
+        respond=structured_respond if args.structured else None,
+    )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     server.start()

@@ -16,9 +16,17 @@ pytestmark = pytest.mark.server
 
 def pending_for(client, dataset_id) -> dict[str, dict]:
     """external id -> record of the annotator's queue as the UI asks for it: records still pending, which they have not answered."""
-    body = {"filters": {"and": [{"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": ["pending"]},
-                                {"type": "terms", "scope": {"entity": "record", "property": "status"}, "values": ["pending"]}]}}
-    r = client.api.http_client.post(f"/api/v1/me/datasets/{dataset_id}/records/search", json=body, params={"limit": 100})
+    body = {
+        "filters": {
+            "and": [
+                {"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": ["pending"]},
+                {"type": "terms", "scope": {"entity": "record", "property": "status"}, "values": ["pending"]},
+            ]
+        }
+    }
+    r = client.api.http_client.post(
+        f"/api/v1/me/datasets/{dataset_id}/records/search", json=body, params={"limit": 100}
+    )
     r.raise_for_status()
     return {item["record"]["external_id"]: item["record"] for item in r.json()["items"]}
 
@@ -33,7 +41,7 @@ def exact_posterior(*priors: float) -> list[float]:
     """One annotator (accuracy p ~ Beta(7, 3), the default prior) agreed with the judge on pairs of these priors: each
     pair's P(the judge's side), by integrating over p on a grid (the model's answer, computed another way)."""
     p = np.linspace(0.0005, 0.9995, 2000)
-    weight = p ** 6 * (1 - p) ** 2  # Beta(7, 3), unnormalised
+    weight = p**6 * (1 - p) ** 2  # Beta(7, 3), unnormalised
     agree = [q * p + (1 - q) * (1 - p) for q in priors]  # P(the label says "chosen") given p
     joint = weight * np.prod(agree, axis=0)
     return [float(np.sum(joint / a * q * p) / np.sum(joint)) for q, a in zip(priors, agree)]
@@ -46,7 +54,12 @@ def adaptive_run(tmp_path, name: str, labeling: LabelingConfig, priors: dict[int
     pairs = run.read("pairs")
     human = pairs.filter(pl.col("route") == "human")["pair_id"].to_list()
     confidence = {human[i]: p for i, p in priors.items()}
-    run.write("pairs", pairs.with_columns(pl.col("pair_id").replace_strict(confidence, default=None, return_dtype=pl.Float64).alias("confidence")))
+    run.write(
+        "pairs",
+        pairs.with_columns(
+            pl.col("pair_id").replace_strict(confidence, default=None, return_dtype=pl.Float64).alias("confidence")
+        ),
+    )
     texts = dict(run.read("candidates").select("candidate_id", "text").iter_rows())
     chosen = {p: texts[c] for p, c in pairs.select("pair_id", "chosen_id").iter_rows()}
     rejected = {p: texts[r] for p, r in pairs.select("pair_id", "rejected_id").iter_rows()}
@@ -59,7 +72,9 @@ def test_a_pair_is_asked_again_until_settled_never_of_the_same_annotator(argilla
     sure, unsure = human[0], human[1]
     assert prefab("push", "--run", run.path).exit_code == 0
     dataset = argilla_client.datasets(name=run.path.name, workspace="prefab")
-    assert dataset.settings.distribution.min_submitted == 3  # max_labels_per_pair: Argilla keeps a record for more opinions
+    assert (
+        dataset.settings.distribution.min_submitted == 3
+    )  # max_labels_per_pair: Argilla keeps a record for more opinions
     assert on_server(argilla_client, dataset.id) == set(human)
 
     first, second = annotator(argilla_client, "first"), annotator(argilla_client, "second")

@@ -14,7 +14,6 @@ from pathlib import Path
 import polars as pl
 import psutil
 import pytest
-
 from labeling_fixtures import free_port, server_pids, stored
 from labeling_runs import make_run
 
@@ -38,8 +37,14 @@ def own_server(monkeypatch):
 
 
 def prefab_process(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.commands.cli", *map(str, args)], cwd=ROOT, env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.commands.cli", *map(str, args)],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def kill_server(home: Path) -> None:
@@ -54,8 +59,10 @@ def connected(pid: int, home: Path) -> bool:
     """Whether process pid holds a connection to the server of this home (it is talking to it)."""
     port = int(json.loads((home / "server.json").read_text())["url"].rsplit(":", 1)[1].split("/")[0])
     try:
-        return any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
-                   for c in psutil.Process(pid).net_connections(kind="tcp"))
+        return any(
+            c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+        )
     except psutil.NoSuchProcess:
         return False
 
@@ -72,13 +79,19 @@ def pushed(client, name: str) -> int:
 
 def stored_records(home: Path, name: str) -> int:
     """Records of the dataset in the database, read while the server processes are down."""
-    return int(stored(home, "SELECT count(*) FROM records JOIN datasets ON datasets.id = records.dataset_id "
-                            f"WHERE datasets.name = '{name}'"))
+    return int(
+        stored(
+            home,
+            "SELECT count(*) FROM records JOIN datasets ON datasets.id = records.dataset_id "
+            f"WHERE datasets.name = '{name}'",
+        )
+    )
 
 
 def test_server_dies_during_push_and_pull(own_server, tmp_path):
-    from labeling import launcher
     from argilla._models import UserResponseModel
+
+    from labeling import launcher
 
     run, _ = make_run(tmp_path / "faulty", N_PAIRS, human_every=1)
     push = prefab_process("push", "--run", run.path)
@@ -101,8 +114,10 @@ def test_server_dies_during_push_and_pull(own_server, tmp_path):
 
     records = sorted(client.datasets("faulty", workspace="prefab").records, key=lambda r: r.id)[:40]
     for record in records:
-        client.api.records.create_record_response(record._server_id, UserResponseModel(
-            values={"preference": {"value": "a"}}, status="submitted", user_id=client.me.id))
+        client.api.records.create_record_response(
+            record._server_id,
+            UserResponseModel(values={"preference": {"value": "a"}}, status="submitted", user_id=client.me.id),
+        )
     pull = prefab_process("pull", "--run", run.path)
     while not connected(pull.pid, own_server):  # kill it once the pull is talking to it, with 1000 records to read
         assert pull.poll() is None, pull.stdout.read()

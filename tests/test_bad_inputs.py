@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import snapshot_dir
 
 CASES = yaml.safe_load((Path(__file__).parent / "bad_inputs" / "cases.yaml").read_text())
@@ -19,8 +18,9 @@ CASES = yaml.safe_load((Path(__file__).parent / "bad_inputs" / "cases.yaml").rea
 @pytest.fixture(scope="module")
 def existing_run(tmp_path_factory):
     """A run that already holds prompts, as a user's would when they make a mistake."""
-    from pipeline.commands.cli import cli
     from click.testing import CliRunner
+
+    from pipeline.commands.cli import cli
 
     root = tmp_path_factory.mktemp("existing")
     src = root / "prompts.jsonl"
@@ -114,7 +114,9 @@ def test_user_error_leaves_a_complete_stage_complete(tmp_path, prefab):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Question {i}?"}) + "\n" for i in range(3)))
     config = tmp_path / "c.yaml"
-    config.write_text(f"run: {tmp_path / 'run'}\ningest:\n  paths: [{prompts}]\ndedup:\n  semantic: false\n  clusters: null\n")
+    config.write_text(
+        f"run: {tmp_path / 'run'}\ningest:\n  paths: [{prompts}]\ndedup:\n  semantic: false\n  clusters: null\n"
+    )
     assert prefab("run", config).exit_code == 0
     run_dir = tmp_path / "run"
     manifest = json.loads((run_dir / "manifest.json").read_text())

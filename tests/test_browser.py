@@ -7,17 +7,25 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from labeling_fixtures import make_user, unique
 from labeling_runs import make_run
 from test_adaptive_labeling import pending_for
+
 from labeling.settings import LabelingConfig
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 GUIDELINES = "Pick the response whose sum is correct; a shorter answer is fine."
 
 
@@ -33,14 +41,18 @@ def browser():
         browser.close()
 
 
-def test_annotator_labels_a_pair_in_the_browser_and_pull_maps_it_back(browser, labeling_server, argilla_client, prefab, tmp_path):
+def test_annotator_labels_a_pair_in_the_browser_and_pull_maps_it_back(
+    browser, labeling_server, argilla_client, prefab, tmp_path
+):
     run, _ = make_run(tmp_path / unique("browser"), 4, labeling=LabelingConfig(guidelines=GUIDELINES))
     assert prefab("push", "--run", run.path).exit_code == 0
     user, password = make_user(argilla_client, "prefab", name=unique("annotator"))
 
     page = sign_in(browser, labeling_server["url"], user.username, password, run.path.name)
     prompt = page.get_by_text("Question number").first.inner_text()
-    response_a = page.locator(".text_field_component", has_text="Response A").locator(".content-area").inner_text().strip()
+    response_a = (
+        page.locator(".text_field_component", has_text="Response A").locator(".content-area").inner_text().strip()
+    )
     page.get_by_text("Guidelines", exact=True).first.click()
     page.get_by_text(GUIDELINES).wait_for()
 

@@ -8,16 +8,22 @@ import pytest
 from gold_judge import ControlledJudge, gold_pairs, judge_section, write_jsonl
 from quality_runs import make_run
 
-from pipeline.stages.calibrate import coverage_curve, pick_threshold
 from pipeline.core.runner import run_step
+from pipeline.stages.calibrate import coverage_curve, pick_threshold
 
 
 def calibrated_run(tmp_path, server, pairs, *, pairwise=False, route=None, run_pairs=None):
     gold = write_jsonl(tmp_path / "gold.jsonl", pairs)
     answers = {p["prompt"]: [p["chosen"], p["rejected"]] for p in run_pairs or []}
-    run, config = make_run(tmp_path / "run", list(answers) or ["unused prompt"], answers or None,
-                           judge=judge_section(server, pairwise), calibrate={"gold": [str(gold)]},
-                           pair={"strategy": "best_vs_worst"}, route=route or {"audit_share": 0})
+    run, config = make_run(
+        tmp_path / "run",
+        list(answers) or ["unused prompt"],
+        answers or None,
+        judge=judge_section(server, pairwise),
+        calibrate={"gold": [str(gold)]},
+        pair={"strategy": "best_vs_worst"},
+        route=route or {"audit_share": 0},
+    )
     run_step("calibrate", config, run)
     return run, config
 
@@ -41,7 +47,10 @@ def test_calibration_recovers_the_judges_set_accuracy(tmp_path, openai_server, a
     # table is kept for push
     for half, shorter in (("accuracy_chosen_shorter", True), ("accuracy_chosen_longer", False)):
         rights = [judge.right(p["prompt"]) for p in pairs if (len(p["chosen"]) < len(p["rejected"])) == shorter]
-        assert 0 < len(rights) < 300 and row[half] == pytest.approx(sum(rights) / len(rights), abs=1e-4), (half, row[half])
+        assert 0 < len(rights) < 300 and row[half] == pytest.approx(sum(rights) / len(rights), abs=1e-4), (
+            half,
+            row[half],
+        )
     assert run.read("gold").height == 300
 
 
@@ -78,8 +87,9 @@ def test_routing_to_a_target_meets_it_on_held_out_gold(tmp_path, openai_server):
     calibration, held_out = pairs[:350], pairs[350:]
     judge = ControlledJudge(pairs, accuracy=0.75, informative=True)
     openai_server.respond = judge
-    run, config = calibrated_run(tmp_path, openai_server, calibration, route={"target_accuracy": 0.85, "audit_share": 0},
-                                 run_pairs=held_out)
+    run, config = calibrated_run(
+        tmp_path, openai_server, calibration, route={"target_accuracy": 0.85, "audit_share": 0}, run_pairs=held_out
+    )
     for stage in ("judge", "pair", "route"):
         run_step(stage, config, run)
     routed = run.read("pairs")
@@ -103,8 +113,13 @@ def test_routing_to_a_target_meets_it_on_held_out_gold(tmp_path, openai_server):
 def test_uninformative_confidence_cannot_reach_a_high_target(tmp_path, openai_server):
     pairs = gold_pairs(300)
     openai_server.respond = ControlledJudge(pairs, accuracy=0.75, informative=False)
-    run, config = calibrated_run(tmp_path, openai_server, pairs[:200], route={"target_accuracy": 0.9, "audit_share": 0,
-                                                                             "human_budget": 30}, run_pairs=pairs[200:])
+    run, config = calibrated_run(
+        tmp_path,
+        openai_server,
+        pairs[:200],
+        route={"target_accuracy": 0.9, "audit_share": 0, "human_budget": 30},
+        run_pairs=pairs[200:],
+    )
     for stage in ("judge", "pair", "route"):
         run_step(stage, config, run)
     info = run.stage_info("route")["routing"]
@@ -113,16 +128,23 @@ def test_uninformative_confidence_cannot_reach_a_high_target(tmp_path, openai_se
     assert (routed["route"] == "human").sum() == 30  # the budget holds; the rest are auto and say why
     assert routed.filter(pl.col("route") == "auto")["route_reason"].str.starts_with("over_budget:below_target").all()
     least_sure = routed.sort("confidence").head(30)
-    assert (least_sure["route"] == "human").all() or routed.filter(pl.col("route") == "human")["confidence"].max() <= \
-        routed.filter(pl.col("route") == "auto")["confidence"].min() + 1e-9
+    assert (least_sure["route"] == "human").all() or routed.filter(pl.col("route") == "human")[
+        "confidence"
+    ].max() <= routed.filter(pl.col("route") == "auto")["confidence"].min() + 1e-9
 
 
 def test_without_gold_routing_says_accuracy_is_unknown(tmp_path, openai_server):
     pairs = gold_pairs(20)
     openai_server.respond = ControlledJudge(pairs, accuracy=0.8)
     answers = {p["prompt"]: [p["chosen"], p["rejected"]] for p in pairs}
-    run, config = make_run(tmp_path / "run", list(answers), answers, judge=judge_section(openai_server),
-                           pair={}, route={"target_accuracy": 0.9, "margin_threshold": 1.0, "audit_share": 0})
+    run, config = make_run(
+        tmp_path / "run",
+        list(answers),
+        answers,
+        judge=judge_section(openai_server),
+        pair={},
+        route={"target_accuracy": 0.9, "margin_threshold": 1.0, "audit_share": 0},
+    )
     for stage in ("judge", "pair", "route"):
         run_step(stage, config, run)
     info = run.stage_info("route")["routing"]
@@ -145,9 +167,18 @@ def test_calibrate_command_and_bad_gold(tmp_path, openai_server, prefab):
     openai_server.respond = ControlledJudge(pairs, accuracy=0.8, seed=3)
     run, config = make_run(tmp_path / "run", ["q"], judge=judge_section(openai_server, pairwise=True))
     run.update_manifest(config=config.model_dump(mode="json"))
-    gold = write_jsonl(tmp_path / "g.jsonl", [{"prompt": [{"role": "user", "content": p["prompt"]}],
-                                               "chosen": [{"role": "assistant", "content": p["chosen"]}],
-                                               "rejected": p["rejected"], "source": "mine"} for p in pairs])
+    gold = write_jsonl(
+        tmp_path / "g.jsonl",
+        [
+            {
+                "prompt": [{"role": "user", "content": p["prompt"]}],
+                "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                "rejected": p["rejected"],
+                "source": "mine",
+            }
+            for p in pairs
+        ],
+    )
     result = prefab("calibrate", "--run", run.path, "--gold", gold)
     assert result.exit_code == 0, result.output
     assert "ctl pointwise accuracy" in result.output
@@ -164,8 +195,14 @@ def test_report_shows_the_calibration(tmp_path, openai_server):
 
     pairs = gold_pairs(200)
     openai_server.respond = ControlledJudge(pairs, accuracy=0.75)
-    run, config = calibrated_run(tmp_path, openai_server, pairs[:120], pairwise=True,
-                                 route={"target_accuracy": 0.8, "audit_share": 0}, run_pairs=pairs[120:])
+    run, config = calibrated_run(
+        tmp_path,
+        openai_server,
+        pairs[:120],
+        pairwise=True,
+        route={"target_accuracy": 0.8, "audit_share": 0},
+        run_pairs=pairs[120:],
+    )
     for stage in ("judge", "pair", "route"):
         run_step(stage, config, run)
     page = render(run)

@@ -9,13 +9,26 @@ from openai_server import OpenAIServer, structured_respond
 
 
 def write_config(tmp_path, server_url, *, judge: dict | None = None, generator: dict | None = None, **sections) -> str:
-    model = {"backend": "openai", "model": "fake-model", "base_url": server_url, "api_key_env": "CHECK_KEY", "timeout": 10}
-    config = {"run": str(tmp_path / "run"), "ingest": {"paths": ["prompts.jsonl"]},
-              "generate": {"generators": [{"name": "gen", **model, **(generator or {})}]}, **sections}
+    model = {
+        "backend": "openai",
+        "model": "fake-model",
+        "base_url": server_url,
+        "api_key_env": "CHECK_KEY",
+        "timeout": 10,
+    }
+    config = {
+        "run": str(tmp_path / "run"),
+        "ingest": {"paths": ["prompts.jsonl"]},
+        "generate": {"generators": [{"name": "gen", **model, **(generator or {})}]},
+        **sections,
+    }
     if judge is not None:
         settings = {k: v for k, v in judge.items() if k != "model"}
-        config["judge"] = {"judges": [{"name": "judge", **model, **judge.get("model", {})}],
-                           "aspects": [{"name": "helpfulness"}], **settings}
+        config["judge"] = {
+            "judges": [{"name": "judge", **model, **judge.get("model", {})}],
+            "aspects": [{"name": "helpfulness"}],
+            **settings,
+        }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -68,7 +81,12 @@ def test_a_server_that_ignores_the_schema_is_a_warning(prefab, tmp_path):
         result = prefab("check", write_config(tmp_path, server.url, judge={}))
     assert result.exit_code == 0, result.output
     [line] = warnings(result)
-    assert "judge judge" in line and "structured output" in line and "ignores the schema" in line and "asks again up to 2 times" in line
+    assert (
+        "judge judge" in line
+        and "structured output" in line
+        and "ignores the schema" in line
+        and "asks again up to 2 times" in line
+    )
 
 
 def test_no_logprobs_fails_where_the_judge_scores_by_them(prefab, tmp_path):
@@ -105,8 +123,10 @@ def test_a_rejected_key_fails_before_any_completion(prefab, tmp_path, monkeypatc
     assert result.exit_code != 0
     lines = problems(result)
     assert len(lines) == 2  # the generator and the judge
-    assert all("key accepted" in line and "HTTP 401" in line and "fix: set CHECK_KEY to a key this server accepts" in line
-               for line in lines)
+    assert all(
+        "key accepted" in line and "HTTP 401" in line and "fix: set CHECK_KEY to a key this server accepts" in line
+        for line in lines
+    )
 
 
 def test_an_unset_key_variable_and_an_unreachable_server(prefab, tmp_path, monkeypatch):
@@ -135,7 +155,9 @@ def test_batch_api(prefab, tmp_path):
 
 def test_a_local_model_that_does_not_load(prefab, tmp_path):
     with OpenAIServer() as server:
-        config = write_config(tmp_path, server.url, judge={"reward_models": [{"name": "rm", "model": str(tmp_path / "no-such-model")}]})
+        config = write_config(
+            tmp_path, server.url, judge={"reward_models": [{"name": "rm", "model": str(tmp_path / "no-such-model")}]}
+        )
         result = prefab("check", config)
     assert result.exit_code != 0
     [line] = problems(result)

@@ -22,9 +22,19 @@ def tiny_checkpoint(out: Path, seed: int) -> Path:
     from pipeline.models.embedded import resolve_llm
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm("embedded:smollm2"))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
@@ -54,10 +64,11 @@ def greedy(path: Path, max_tokens: int) -> str:
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**inputs, do_sample=False, max_new_tokens=max_tokens)
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def test_a_checkpoint_retrained_in_place_is_asked_again(tmp_path, prefab):
@@ -75,11 +86,27 @@ def _retrained_in_place(tmp_path, prefab):
     model = tiny_checkpoint(tmp_path / "tiny", seed=0)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": PROMPT}) + "\n")
-    gen = {"name": "tiny", "backend": "transformers", "model": str(model), "device": "cpu", "batch_size": 1,
-           "temperatures": [0.0], "n": 1, "max_tokens": 6}
+    gen = {
+        "name": "tiny",
+        "backend": "transformers",
+        "model": str(model),
+        "device": "cpu",
+        "batch_size": 1,
+        "temperatures": [0.0],
+        "n": 1,
+        "max_tokens": 6,
+    }
     config = tmp_path / "config.yaml"
-    config.write_text(json.dumps({"run": str(tmp_path / "run"), "stages": ["ingest", "generate"], "ingest": {"paths": [str(prompts)]},
-                                  "generate": {"generators": [gen]}}))
+    config.write_text(
+        json.dumps(
+            {
+                "run": str(tmp_path / "run"),
+                "stages": ["ingest", "generate"],
+                "ingest": {"paths": [str(prompts)]},
+                "generate": {"generators": [gen]},
+            }
+        )
+    )
     run = Run(tmp_path / "run")
 
     result = prefab("run", config)
@@ -116,7 +143,11 @@ def test_fingerprint_follows_the_files_of_the_folder(tmp_path):
     (folder / "checkpoint-2").mkdir()  # a trainer's intermediate checkpoint is not the model that loads
     (folder / "checkpoint-2" / "model.safetensors").write_bytes(b"other")
     assert fingerprint(folder) == before
-    for name in ("model.safetensors", "config.json", "tokenizer_config.json"):  # weights, config and tokenizer all count
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer_config.json",
+    ):  # weights, config and tokenizer all count
         (folder / name).write_bytes(b"changed")
         after = fingerprint(folder)
         assert after != before, name
@@ -137,11 +168,18 @@ def test_cache_keys_of_other_models_are_unchanged_and_a_local_one_carries_its_fi
     from pipeline.models.llm import cache_key, cache_keys
 
     request = Request([{"role": "user", "content": "hi"}], temperature=0.0, max_tokens=4)
-    for spec in (ModelSpec(backend="transformers", model="embedded:smollm2"), ModelSpec(backend="openai", model="gpt-4o-mini")):
-        assert cache_key(spec, request) == request_key({"backend": spec.backend, "model": spec.model, **request.payload()})
+    for spec in (
+        ModelSpec(backend="transformers", model="embedded:smollm2"),
+        ModelSpec(backend="openai", model="gpt-4o-mini"),
+    ):
+        assert cache_key(spec, request) == request_key(
+            {"backend": spec.backend, "model": spec.model, **request.payload()}
+        )
     folder = tmp_path / "ckpt"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     local = ModelSpec(backend="transformers", model=str(folder))
-    key = request_key({"backend": "transformers", "model": str(folder), "checkpoint": fingerprint(folder), **request.payload()})
+    key = request_key(
+        {"backend": "transformers", "model": str(folder), "checkpoint": fingerprint(folder), **request.payload()}
+    )
     assert cache_key(local, request) == key and cache_keys(local, [request, request]) == [key, key]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.core.config import load_config, config_model
+from pipeline.core.config import config_model, load_config
 from pipeline.core.errors import ConfigError
 
 BASE = """run: {run}
@@ -29,21 +29,46 @@ def test_demo_config_is_valid():
 @pytest.mark.parametrize(
     "text, expected",
     [
-        (BASE.replace("temperatures", "temperaturs"), ["line 7", "generate.generators.0.temperaturs", "did you mean 'temperatures'"]),
+        (
+            BASE.replace("temperatures", "temperaturs"),
+            ["line 7", "generate.generators.0.temperaturs", "did you mean 'temperatures'"],
+        ),
         (BASE.replace("[0.3, 0.7]", "hot"), ["line 7", "generate.generators.0.temperatures"]),
         (BASE.replace("[0.3, 0.7]", "[0.3, 7]"), ["outside 0..2"]),
         (BASE.replace("ingest:\n  paths: [data/prompts/single_turn.jsonl]\n", ""), ["ingest: required key is missing"]),
         (BASE + "jduge: null\n", ["jduge: unknown key", "did you mean 'judge'"]),
-        (BASE.replace("backend: transformers", "backend: openai\n      model: gpt\n      api_key_env: sk-abcdef123"), ["looks like a key itself"]),
+        (
+            BASE.replace("backend: transformers", "backend: openai\n      model: gpt\n      api_key_env: sk-abcdef123"),
+            ["looks like a key itself"],
+        ),
         ("run: [unclosed\n", ["not valid YAML"]),
         # names that key tables and ids: a second one would silently merge with the first
-        (BASE + "    - backend: transformers\n      temperatures: [1.0]\n",
-         ["line 5", "generate.generators", "generators[0] and generators[1] share the name 'embedded:smollm2'", "`name:`"]),
-        (BASE.replace("    - backend", "    - name: g\n      model: ./a\n      backend") + "    - name: g\n      model: ./b\n",
-         ["generators[0] and generators[1] share the name 'g'"]),
-        (BASE.replace("[0.3, 0.7]", "[0.3, 0.7, 0.3]"), ["line 7", "temperatures[0] and temperatures[2] share the temperature 0.3", "n:"]),
-        (BASE + "judge:\n  judges:\n    - name: j\n    - name: j\n      model: ./other\n", ["line 9", "judges[0] and judges[1] share the name 'j'"]),
-        (BASE + "judge:\n  aspects:\n    - name: a\n    - name: a\n", ["judge.aspects", "aspects[0] and aspects[1] share the name 'a'"]),
+        (
+            BASE + "    - backend: transformers\n      temperatures: [1.0]\n",
+            [
+                "line 5",
+                "generate.generators",
+                "generators[0] and generators[1] share the name 'embedded:smollm2'",
+                "`name:`",
+            ],
+        ),
+        (
+            BASE.replace("    - backend", "    - name: g\n      model: ./a\n      backend")
+            + "    - name: g\n      model: ./b\n",
+            ["generators[0] and generators[1] share the name 'g'"],
+        ),
+        (
+            BASE.replace("[0.3, 0.7]", "[0.3, 0.7, 0.3]"),
+            ["line 7", "temperatures[0] and temperatures[2] share the temperature 0.3", "n:"],
+        ),
+        (
+            BASE + "judge:\n  judges:\n    - name: j\n    - name: j\n      model: ./other\n",
+            ["line 9", "judges[0] and judges[1] share the name 'j'"],
+        ),
+        (
+            BASE + "judge:\n  aspects:\n    - name: a\n    - name: a\n",
+            ["judge.aspects", "aspects[0] and aspects[1] share the name 'a'"],
+        ),
     ],
 )
 def test_config_errors(tmp_path, text, expected):
@@ -80,18 +105,25 @@ def test_the_run_snapshot_gives_back_the_config_exactly(tmp_path, path):
     (a default 5 that came back as 5.0 changed the judge's rubric text, so `prefab judge --run` repaid every call)."""
     import json
 
-    from pipeline.stages.judge import scoring_requests
-    from pipeline.models.llm import cache_key
     from pipeline.core.runner import snapshot
+    from pipeline.models.llm import cache_key
+    from pipeline.stages.judge import scoring_requests
 
     if path == "defaults":
-        path = write(tmp_path, BASE + "judge: {judges: [{backend: openai, model: m}]}\nembed: {}\npair: {}\nroute: {}\n")
+        path = write(
+            tmp_path, BASE + "judge: {judges: [{backend: openai, model: m}]}\nembed: {}\npair: {}\nroute: {}\n"
+        )
     config = load_config(path)
     data = snapshot(config)
     data.pop("source")
     again = config_model().model_validate(json.loads(json.dumps(data)))
-    assert json.dumps(again.model_dump(mode="json"), sort_keys=True) == json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    assert json.dumps(again.model_dump(mode="json"), sort_keys=True) == json.dumps(
+        config.model_dump(mode="json"), sort_keys=True
+    )
     items = [([{"role": "user", "content": "hi"}], "hello")]
     for a, b in zip(config.judge.judges, again.judge.judges):
-        keys = [[cache_key(spec, r) for r in scoring_requests(spec, items, c.judge.aspects, c.judge)] for spec, c in ((a, config), (b, again))]
+        keys = [
+            [cache_key(spec, r) for r in scoring_requests(spec, items, c.judge.aspects, c.judge)]
+            for spec, c in ((a, config), (b, again))
+        ]
         assert keys[0] == keys[1]

@@ -6,19 +6,31 @@ import polars as pl
 import pytest
 from quality_runs import make_run
 
-from pipeline.stages import dedup
 from pipeline.core.config import DedupConfig
-from pipeline.stages.dedup import balanced_quota, dedup_prompts, exact_duplicates, near_duplicates, sample_clusters
-from pipeline.stages.embed import embed_texts, prompt_text
 from pipeline.core.errors import ConfigError
 from pipeline.core.queries import active_prompts
+from pipeline.stages import dedup
+from pipeline.stages.dedup import balanced_quota, dedup_prompts, exact_duplicates, near_duplicates, sample_clusters
+from pipeline.stages.embed import embed_texts, prompt_text
 
-PYTHON = ["How do I reverse a list in Python?", "How do I sort a dictionary by value in Python?",
-          "What does the yield keyword do in Python?", "How do I read a CSV file with Python's csv module?"]
-COOKING = ["How long should I boil an egg for a runny yolk?", "What can I use instead of buttermilk when baking pancakes?",
-           "How do I keep pasta from sticking together while cooking?", "What is the best way to caramelize onions?"]
-SPACE = ["Why does the Moon always show the same face to Earth?", "How far away is the nearest star to the Sun?",
-         "What is a black hole's event horizon?", "Why is Mars red?"]
+PYTHON = [
+    "How do I reverse a list in Python?",
+    "How do I sort a dictionary by value in Python?",
+    "What does the yield keyword do in Python?",
+    "How do I read a CSV file with Python's csv module?",
+]
+COOKING = [
+    "How long should I boil an egg for a runny yolk?",
+    "What can I use instead of buttermilk when baking pancakes?",
+    "How do I keep pasta from sticking together while cooking?",
+    "What is the best way to caramelize onions?",
+]
+SPACE = [
+    "Why does the Moon always show the same face to Earth?",
+    "How far away is the nearest star to the Sun?",
+    "What is a black hole's event horizon?",
+    "Why is Mars red?",
+]
 
 
 def unit(x):
@@ -45,8 +57,12 @@ def test_near_duplicates_found_and_point_to_an_earlier_kept_row(n):
 
 
 def test_semantic_duplicates_and_clusters_with_the_real_model(tmp_path):
-    texts = PYTHON + COOKING + SPACE + ["how do i reverse a list in python?", "How can I reverse a Python list?",
-                                        "Why is Mars red in color?"]
+    texts = (
+        PYTHON
+        + COOKING
+        + SPACE
+        + ["how do i reverse a list in python?", "How can I reverse a Python list?", "Why is Mars red in color?"]
+    )
     run, config = make_run(tmp_path / "run", texts, dedup={"threshold": 0.9, "clusters": 3})
     counts = dedup.step(config, run)
     out = run.read("prompts")
@@ -104,10 +120,19 @@ def test_target_size_through_the_stage_keeps_every_topic(tmp_path):
 
 def test_prompts_of_a_kept_source_are_never_sampled_out_and_count_towards_the_target(tmp_path):
     texts = PYTHON + COOKING + SPACE
-    run, config = make_run(tmp_path / "run", texts, dedup={"clusters": 3, "target_size": 6, "keep_sources": [str(tmp_path / "space.jsonl")]})
-    run.write("prompts", run.read("prompts").with_columns(
-        source=pl.when(pl.col("messages").list.first().struct.field("content").is_in(SPACE)).then(pl.lit(str(tmp_path / "space.jsonl")))
-        .otherwise(pl.lit(str(tmp_path / "other.jsonl")))))
+    run, config = make_run(
+        tmp_path / "run",
+        texts,
+        dedup={"clusters": 3, "target_size": 6, "keep_sources": [str(tmp_path / "space.jsonl")]},
+    )
+    run.write(
+        "prompts",
+        run.read("prompts").with_columns(
+            source=pl.when(pl.col("messages").list.first().struct.field("content").is_in(SPACE))
+            .then(pl.lit(str(tmp_path / "space.jsonl")))
+            .otherwise(pl.lit(str(tmp_path / "other.jsonl")))
+        ),
+    )
     counts = dedup.step(config, run)
     active = active_prompts(run.read("prompts"))
     assert counts["active"] == 6 and (active["source"] == str(tmp_path / "space.jsonl")).sum() == len(SPACE)

@@ -8,8 +8,12 @@ from quality_runs import make_run
 from pipeline.stages import embed
 from pipeline.stages.embed import cluster_stats, embed_texts, near_identical, vendi_score
 
-TEXTS = ["How do I reverse a list in Python?", "What is the capital of France?", "Write a haiku about autumn leaves.",
-         "How can I reverse a Python list?"]
+TEXTS = [
+    "How do I reverse a list in Python?",
+    "What is the capital of France?",
+    "Write a haiku about autumn leaves.",
+    "How can I reverse a Python list?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,9 @@ def test_vectors_match_sentence_transformers_and_carry_meaning(model, tmp_path):
 
 def test_second_run_reads_the_cache_without_loading_the_model(model, tmp_path, monkeypatch):
     first = embed_texts(TEXTS, cache_dir=tmp_path)
-    monkeypatch.setattr(embed, "load_model", lambda *a, **k: pytest.fail("cached texts must not load or call the model"))
+    monkeypatch.setattr(
+        embed, "load_model", lambda *a, **k: pytest.fail("cached texts must not load or call the model")
+    )
     again = embed_texts(list(reversed(TEXTS)) + [TEXTS[0]], cache_dir=tmp_path)
     np.testing.assert_array_equal(again, np.concatenate([first[::-1], first[:1]]))
     # the cache is keyed by model too: another model name is a miss
@@ -62,7 +68,11 @@ def test_vendi_score_is_the_effective_number_of_distinct_items():
 
 
 def test_cluster_stats_entropy_and_coverage():
-    assert cluster_stats([0, 0, 1, 1, 2, 2], covered=[0, 1]) == {"clusters": 3, "cluster_entropy": 1.0, "cluster_coverage": 0.6667}
+    assert cluster_stats([0, 0, 1, 1, 2, 2], covered=[0, 1]) == {
+        "clusters": 3,
+        "cluster_entropy": 1.0,
+        "cluster_coverage": 0.6667,
+    }
     skewed = cluster_stats([0] * 98 + [1, 2])
     assert skewed["cluster_entropy"] < 0.2
 
@@ -73,8 +83,14 @@ def test_near_identical_only_within_a_prompt():
 
 
 def test_embed_stage_writes_vectors_scores_and_diversity(model, tmp_path):
-    answers = {TEXTS[0]: ["Use my_list.reverse() or my_list[::-1].", "Use my_list.reverse()  or my_list[::-1].", "Paris is in France."],
-               TEXTS[1]: ["Paris.", None]}
+    answers = {
+        TEXTS[0]: [
+            "Use my_list.reverse() or my_list[::-1].",
+            "Use my_list.reverse()  or my_list[::-1].",
+            "Paris is in France.",
+        ],
+        TEXTS[1]: ["Paris.", None],
+    }
     run, config = make_run(tmp_path / "run", TEXTS, answers, embed={})
     counts = embed.step(config, run)
     emb = run.read("embeddings")
@@ -92,8 +108,15 @@ def test_embed_stage_writes_vectors_scores_and_diversity(model, tmp_path):
 def test_embed_in_parts_writes_what_one_part_writes(model, tmp_path):
     """Parts of one prompt each (the stage's memory bound) give the same tables and counts as one part; the Vendi
     score, summed over parts as X^T X, equals the score of all prompt vectors at once."""
-    answers = {TEXTS[0]: ["Use my_list.reverse() or my_list[::-1].", "Use my_list.reverse()  or my_list[::-1].", "Paris is in France."],
-               TEXTS[1]: ["Paris.", None], TEXTS[3]: ["Slice it: xs[::-1]."]}
+    answers = {
+        TEXTS[0]: [
+            "Use my_list.reverse() or my_list[::-1].",
+            "Use my_list.reverse()  or my_list[::-1].",
+            "Paris is in France.",
+        ],
+        TEXTS[1]: ["Paris.", None],
+        TEXTS[3]: ["Slice it: xs[::-1]."],
+    }
     outputs = []
     for size in (1, 1000):
         run, config = make_run(tmp_path / f"run{size}", TEXTS, answers, embed={"part_size": size})
@@ -106,7 +129,9 @@ def test_embed_in_parts_writes_what_one_part_writes(model, tmp_path):
     # encoded in other batches, a vector may differ in its last bits: ids and flags equal, numbers within 1e-6
     for a, b, numbers in zip(one_tables, all_tables, ("vector", "relevance")):
         assert a.drop(numbers).equals(b.drop(numbers))
-    assert np.allclose(np.array(one_tables[0]["vector"].to_list()), np.array(all_tables[0]["vector"].to_list()), atol=1e-6)
+    assert np.allclose(
+        np.array(one_tables[0]["vector"].to_list()), np.array(all_tables[0]["vector"].to_list()), atol=1e-6
+    )
     assert np.allclose(one_tables[1]["relevance"].to_numpy(), all_tables[1]["relevance"].to_numpy(), atol=1e-6)
     prompt_vectors = np.array(all_tables[0].filter(pl.col("kind") == "prompt")["vector"].to_list())
     assert all_counts["vendi_score"] == round(vendi_score(prompt_vectors), 3)

@@ -13,10 +13,9 @@ import pytest
 from labeling_runs import make_run
 
 from pipeline.core.config import ModelSpec
-
-from training.settings import ExportConfig
 from pipeline.core.errors import InputError, ModelError
 from training.eval import evaluate, length_controlled, prompt_score, read_prompts, win_rates
+from training.settings import ExportConfig
 
 pytestmark = pytest.mark.training
 
@@ -77,7 +76,9 @@ def test_read_prompts_from_any_export_format(tmp_path):
         prompts = read_prompts(run.path / "exports" / name)
         assert sorted(map(json.dumps, prompts)) == sorted(json.dumps([dict(x) for x in m]) for m in expected), name
     plain = tmp_path / "plain.jsonl"
-    plain.write_text('{"prompt": "Say hi."}\n{"prompt": "Say hi."}\n{"messages": [{"role": "user", "content": "Bye?"}]}\n')
+    plain.write_text(
+        '{"prompt": "Say hi."}\n{"prompt": "Say hi."}\n{"messages": [{"role": "user", "content": "Bye?"}]}\n'
+    )
     assert read_prompts(plain) == [[{"role": "user", "content": "Say hi."}], [{"role": "user", "content": "Bye?"}]]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"question": "where is the prompt?"}\n')
@@ -88,6 +89,7 @@ def test_read_prompts_from_any_export_format(tmp_path):
 
 
 # ---------------------------------------------------------------- a tiny real evaluation
+
 
 def perturbed_smollm2(out: Path) -> Path:
     """A copy of SmolLM2 with slightly perturbed weights, saved at out: answers that differ from the base's."""
@@ -122,12 +124,31 @@ def _longer_wins(request: dict) -> str:
 
 def test_tiny_real_eval(candidate_model, openai_server, prefab, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
-                               ("Name a colour.", "What is 2 + 2?", "Write one word about the sea.", "Say hello in French.")))
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": p}) + "\n"
+            for p in ("Name a colour.", "What is 2 + 2?", "Write one word about the sea.", "Say hello in French.")
+        )
+    )
     openai_server.respond = _longer_wins
     out = tmp_path / "eval"
-    result = prefab("eval", "--base", "embedded:smollm2", "--candidate", candidate_model, "--prompts", prompts,
-                    "--judge", "length-judge", "--judge-base-url", openai_server.url, "--max-tokens", "16", "--out", out)
+    result = prefab(
+        "eval",
+        "--base",
+        "embedded:smollm2",
+        "--candidate",
+        candidate_model,
+        "--prompts",
+        prompts,
+        "--judge",
+        "length-judge",
+        "--judge-base-url",
+        openai_server.url,
+        "--max-tokens",
+        "16",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "eval.json").read_text())
     rows = [json.loads(line) for line in (out / "eval_rows.jsonl").read_text().splitlines()]
@@ -139,14 +160,25 @@ def test_tiny_real_eval(candidate_model, openai_server, prefab, tmp_path):
         assert r["verdict_ab"] == r["verdict_ba"]
     assert summary["win_rate"]["rate"] == pytest.approx(sum(r["score"] for r in rows) / 4)
     # asked again: answers and verdicts come from the caches, the judge is not called
-    evaluate("embedded:smollm2", str(candidate_model), read_prompts(prompts),
-             ModelSpec(name="length-judge", backend="openai", model="length-judge", base_url=openai_server.url), out, max_tokens=16)
+    evaluate(
+        "embedded:smollm2",
+        str(candidate_model),
+        read_prompts(prompts),
+        ModelSpec(name="length-judge", backend="openai", model="length-judge", base_url=openai_server.url),
+        out,
+        max_tokens=16,
+    )
     assert openai_server.total == 8
     # a judge that always picks the first response is caught by the order swap: every prompt a tie
     openai_server.respond = lambda request: json.dumps({"rationale": "first", "winner": "A"})
-    biased = evaluate("embedded:smollm2", str(candidate_model), read_prompts(prompts),
-                      ModelSpec(name="first-judge", backend="openai", model="first-judge", base_url=openai_server.url),
-                      out, max_tokens=16)  # same folder: the answers come from its cache
+    biased = evaluate(
+        "embedded:smollm2",
+        str(candidate_model),
+        read_prompts(prompts),
+        ModelSpec(name="first-judge", backend="openai", model="first-judge", base_url=openai_server.url),
+        out,
+        max_tokens=16,
+    )  # same folder: the answers come from its cache
     assert biased["tie"]["count"] == 4 and biased["win_rate"]["rate"] == 0.5
 
 
@@ -163,18 +195,21 @@ def implicit_margins(policy, reference, path: Path, beta: float, max_length: int
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0].float()
         per_token = torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
-        return float(per_token[start - 1:].sum())
+        return float(per_token[start - 1 :].sum())
 
     margins = []
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        prompt = tokenizer(tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True),
-                           add_special_tokens=False)["input_ids"]
+        prompt = tokenizer(
+            tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        )["input_ids"]
         rewards = []
         for side in ("chosen", "rejected"):
-            ids = tokenizer(tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=False),
-                            add_special_tokens=False)["input_ids"]
-            assert ids[:len(prompt)] == prompt
+            ids = tokenizer(
+                tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=False), add_special_tokens=False
+            )["input_ids"]
+            assert ids[: len(prompt)] == prompt
             ids = ids[:max_length]
             rewards.append(beta * (logp(models[0], ids, len(prompt)) - logp(models[1], ids, len(prompt))))
         margins.append(rewards[0] - rewards[1])
@@ -193,13 +228,17 @@ def test_implicit_reward_accuracy_on_the_test_split(candidate_model, tmp_path):
     export(run, ExportConfig(test_share=0.5, formats=["trl-dpo"]))
     train, test = (run.path / "exports" / f"dpo_{split}.jsonl" for split in ("train", "test"))
     held_out = [json.loads(line)["pair_id"] for line in test.read_text().splitlines()]
-    assert len(held_out) == 3 and not set(held_out) & {json.loads(line)["pair_id"] for line in train.read_text().splitlines()}
+    assert len(held_out) == 3 and not set(held_out) & {
+        json.loads(line)["pair_id"] for line in train.read_text().splitlines()
+    }
 
     same = reward_accuracy("embedded:smollm2", "embedded:smollm2", test, max_length=64)
     assert same["pairs"] == 3 and same["accuracy"] == 0.0 and same["margin"] == 0.0  # policy == reference: no reward
     other = reward_accuracy(str(candidate_model), "embedded:smollm2", test, max_length=64)
     margins = implicit_margins(str(candidate_model), resolve_llm("embedded:smollm2"), test, beta=0.1, max_length=64)
-    assert other["pairs"] == 3 and min(map(abs, margins)) > 1e-3, margins  # no margin so small that float noise could flip it
+    assert other["pairs"] == 3 and min(map(abs, margins)) > 1e-3, (
+        margins
+    )  # no margin so small that float noise could flip it
     assert other["accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 3, abs=1e-6), (other, margins)
     assert other["margin"] == pytest.approx(sum(margins) / 3, abs=1e-4), (other, margins)
 
@@ -209,7 +248,9 @@ def test_eval_bad_input(prefab, tmp_path):
     prompts.write_text('{"prompt": "hi"}\n')
     result = prefab("eval", "--base", "embedded:smollm2", "--candidate", tmp_path / "no-model", "--prompts", prompts)
     assert result.exit_code != 0 and "does not exist" in result.output and "Traceback" not in result.output
-    result = prefab("eval", "--base", "embedded:smollm2", "--candidate", "embedded:smollm2", "--prompts", tmp_path / "none.jsonl")
+    result = prefab(
+        "eval", "--base", "embedded:smollm2", "--candidate", "embedded:smollm2", "--prompts", tmp_path / "none.jsonl"
+    )
     assert result.exit_code != 0 and "does not exist" in result.output
     with pytest.raises(ModelError):
         from pipeline.models.checkpoints import fingerprint

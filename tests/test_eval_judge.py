@@ -14,7 +14,6 @@ from labeling_runs import make_run
 from test_eval import perturbed_smollm2
 
 from pipeline.core.config import JudgeConfig, ModelSpec
-
 from training.settings import ExportConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,9 +43,30 @@ def test_the_embedded_judge_judges_every_prompt(held_out, tmp_path):
     test = run.path / "exports" / "dpo_test.jsonl"
     log = tmp_path / "log"
     with open(log, "w") as out:
-        result = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "eval", "--base", "embedded:smollm2", "--candidate", str(candidate),
-                                 "--prompts", str(test), "--test", str(test), "--max-tokens", "16", "--out", str(tmp_path / "eval")],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=900)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.commands.cli",
+                "eval",
+                "--base",
+                "embedded:smollm2",
+                "--candidate",
+                str(candidate),
+                "--prompts",
+                str(test),
+                "--test",
+                str(test),
+                "--max-tokens",
+                "16",
+                "--out",
+                str(tmp_path / "eval"),
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=900,
+        )
     text = log.read_text()
     assert result.returncode == 0, text[-3000:]
     summary = json.loads((tmp_path / "eval" / "eval.json").read_text())
@@ -57,7 +77,9 @@ def test_the_embedded_judge_judges_every_prompt(held_out, tmp_path):
     assert any(r["base"] != r["candidate"] for r in rows)
     assert re.search(r"prompts judged\s+│\s+3", text) and re.search(r"failed\s+│\s+0", text), text[-3000:]
     assert "implicit reward accuracy" in text and "{'eval_" not in text, text[-3000:]
-    for line in re.findall(r".*: done \d+/\d+ in .*", text):  # a step's rate is at most its count over its (rounded) time
+    for line in re.findall(
+        r".*: done \d+/\d+ in .*", text
+    ):  # a step's rate is at most its count over its (rounded) time
         m = re.search(r"done (\d+)/\d+ in (?:(\d+)m)?(\d+)s \(([\d.]+)/s", line)
         seconds = int(m[3]) + 60 * int(m[2] or 0) if m else 0
         if seconds >= 2:
@@ -75,8 +97,19 @@ def test_eval_takes_the_runs_judge_settings(held_out, openai_server, prefab, tmp
     run.update_manifest(config=snapshot(config))
     openai_server.respond = lambda request: json.dumps({"rationale": "first", "winner": "A"})
     openai_server.keep_bodies = True
-    result = prefab("eval", "--run", run.path, "--base", "embedded:smollm2", "--candidate", candidate, "--max-tokens", "16",
-                    "--out", tmp_path / "eval")
+    result = prefab(
+        "eval",
+        "--run",
+        run.path,
+        "--base",
+        "embedded:smollm2",
+        "--candidate",
+        candidate,
+        "--max-tokens",
+        "16",
+        "--out",
+        tmp_path / "eval",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert summary["judge"] == "served" and summary["judge_scoring"] == "json" and summary["judged"] == 3

@@ -2,26 +2,39 @@
 prompt; human labels override the judge; bad input fails clearly and leaves the previous export alone."""
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
 from conftest import snapshot_dir
 from labeling_runs import make_run
 
-from training.settings import ExportConfig
 from pipeline.core.errors import ExportError
 from pipeline.core.schema import TABLES
 from pipeline.core.store import Run, candidate_id, pair_id
 from training.export import export, select_pairs
+from training.settings import ExportConfig
 
 
 def add_labels(run: Run, labels: dict[str, list[str]]) -> None:
     """labels table rows: pair_id -> one label per annotator ("chosen" | "rejected" | "tie" | "both_bad")."""
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    rows = [{"pair_id": pid, "annotator": f"annotator-{k}", "status": "submitted", "label": label, "rationale": None,
-             "updated_at": now, "label_ab": None, "rating_chosen": None, "rating_rejected": None, "missing_since": None}
-            for pid, values in labels.items() for k, label in enumerate(values)]
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        {
+            "pair_id": pid,
+            "annotator": f"annotator-{k}",
+            "status": "submitted",
+            "label": label,
+            "rationale": None,
+            "updated_at": now,
+            "label_ab": None,
+            "rating_chosen": None,
+            "rating_rejected": None,
+            "missing_since": None,
+        }
+        for pid, values in labels.items()
+        for k, label in enumerate(values)
+    ]
     run.write("labels", pl.DataFrame(rows, schema=TABLES["labels"]))
 
 
@@ -31,10 +44,25 @@ def add_second_pairs(run: Run) -> None:
     new_c, new_p = [], []
     for pair in pairs.iter_rows(named=True):
         cid = candidate_id(pair["prompt_id"], "gen-mid", {"temperature": 1.0}, 0)
-        new_c.append({**candidates.filter(pl.col("candidate_id") == pair["chosen_id"]).row(0, named=True),
-                      "candidate_id": cid, "model": "gen-mid", "text": f"A middling answer to {pair['prompt_id']}."})
-        new_p.append({**pair, "pair_id": pair_id(pair["chosen_id"], cid), "rejected_id": cid, "rejected_score": 3.0,
-                      "margin": pair["chosen_score"] - 3.0, "route": "auto", "strategy": "all_above_margin"})
+        new_c.append(
+            {
+                **candidates.filter(pl.col("candidate_id") == pair["chosen_id"]).row(0, named=True),
+                "candidate_id": cid,
+                "model": "gen-mid",
+                "text": f"A middling answer to {pair['prompt_id']}.",
+            }
+        )
+        new_p.append(
+            {
+                **pair,
+                "pair_id": pair_id(pair["chosen_id"], cid),
+                "rejected_id": cid,
+                "rejected_score": 3.0,
+                "margin": pair["chosen_score"] - 3.0,
+                "route": "auto",
+                "strategy": "all_above_margin",
+            }
+        )
     run.write("candidates", pl.concat([candidates, pl.DataFrame(new_c, schema=TABLES["candidates"])]))
     run.write("pairs", pl.concat([pairs, pl.DataFrame(new_p, schema=TABLES["pairs"])]))
     assert prompts.height == pairs.height
@@ -51,7 +79,9 @@ def labeled_run(tmp_path):
     run, config = make_run(tmp_path / "run", n_pairs=8)
     pairs = run.read("pairs")
     human = pairs.filter(pl.col("route") == "human")["pair_id"].to_list()
-    add_labels(run, {human[0]: ["chosen"], human[1]: ["rejected", "rejected"], human[2]: ["tie"], human[3]: ["both_bad"]})
+    add_labels(
+        run, {human[0]: ["chosen"], human[1]: ["rejected", "rejected"], human[2]: ["tie"], human[3]: ["both_bad"]}
+    )
     return run, config, pairs, human
 
 
@@ -92,12 +122,21 @@ def test_openai_dpo_lines_have_the_documented_shape(labeled_run):
         assert set(row) == {"input", "preferred_output", "non_preferred_output"}
         assert set(row["input"]) <= {"messages", "tools", "parallel_tool_calls"}
         messages = row["input"]["messages"]
-        assert messages and all(set(m) == {"role", "content"} and m["role"] in ("system", "developer", "user", "assistant")
-                                and isinstance(m["content"], str) and m["content"] for m in messages)
+        assert messages and all(
+            set(m) == {"role", "content"}
+            and m["role"] in ("system", "developer", "user", "assistant")
+            and isinstance(m["content"], str)
+            and m["content"]
+            for m in messages
+        )
         assert messages[-1]["role"] == "user"
         for side in ("preferred_output", "non_preferred_output"):
             assert isinstance(row[side], list) and len(row[side]) == 1
-            assert set(row[side][0]) == {"role", "content"} and row[side][0]["role"] == "assistant" and row[side][0]["content"]
+            assert (
+                set(row[side][0]) == {"role", "content"}
+                and row[side][0]["role"] == "assistant"
+                and row[side][0]["content"]
+            )
         assert row["preferred_output"][0]["content"] != row["non_preferred_output"][0]["content"]
     assert not (run.path / "exports" / "dpo_train.jsonl").exists()
 
@@ -153,14 +192,28 @@ def test_a_pair_the_route_stage_dropped_is_left_out_under_its_reason_even_if_lab
     run, _ = make_run(tmp_path / "run", n_pairs=4, human_every=2)  # pairs 0 and 2 human, 1 and 3 auto
     pairs = run.read("pairs")
     ids = pairs["pair_id"].to_list()
-    run.write("pairs", pairs.with_columns(
-        route=pl.when(pl.col("pair_id").is_in(ids[:2])).then(pl.lit("dropped")).otherwise(pl.col("route")),
-        route_reason=pl.when(pl.col("pair_id").is_in(ids[:2])).then(pl.lit("both_incorrect")).otherwise(pl.col("route_reason"))))
+    run.write(
+        "pairs",
+        pairs.with_columns(
+            route=pl.when(pl.col("pair_id").is_in(ids[:2])).then(pl.lit("dropped")).otherwise(pl.col("route")),
+            route_reason=pl.when(pl.col("pair_id").is_in(ids[:2]))
+            .then(pl.lit("both_incorrect"))
+            .otherwise(pl.col("route_reason")),
+        ),
+    )
     counts = export(run, ExportConfig(test_share=0.0))
     assert counts["dropped"] == {"both_incorrect": 2, "awaiting_labels": 1} and counts["by_source"] == {"auto": 1}
     # labeled before the verifier found both answers wrong: a preference between two wrong answers is still left out
-    labeled = pl.DataFrame({"pair_id": [ids[0]], "preference": ["chosen"], "agreement": [1.0], "n_labels": [1],
-                            "human_confidence": [0.9], "method": ["majority"]})
+    labeled = pl.DataFrame(
+        {
+            "pair_id": [ids[0]],
+            "preference": ["chosen"],
+            "agreement": [1.0],
+            "n_labels": [1],
+            "human_confidence": [0.9],
+            "method": ["majority"],
+        }
+    )
     selected, dropped = select_pairs(run.read("pairs"), labeled, ExportConfig())
     assert dropped == {"both_incorrect": 2, "awaiting_labels": 1} and ids[0] not in selected["pair_id"].to_list()
 
@@ -177,8 +230,14 @@ def test_selection_by_source_margin_and_length(labeled_run):
     # max_tokens, counted with the embedded tokenizer: one rambling answer pushes its pair over
     long_pair = pairs.filter(pl.col("route") == "auto").row(0, named=True)
     candidates = run.read("candidates")
-    run.write("candidates", candidates.with_columns(text=pl.when(pl.col("candidate_id") == long_pair["rejected_id"])
-                                                    .then(pl.lit("and so on " * 100)).otherwise(pl.col("text"))))
+    run.write(
+        "candidates",
+        candidates.with_columns(
+            text=pl.when(pl.col("candidate_id") == long_pair["rejected_id"])
+            .then(pl.lit("and so on " * 100))
+            .otherwise(pl.col("text"))
+        ),
+    )
     counts = export(run, ExportConfig(max_tokens=200, test_share=0.0))
     assert counts["dropped"]["over_max_tokens"] == 1 and counts["exported"] == 5
     assert long_pair["pair_id"] not in (run.path / "exports" / "dpo_train.jsonl").read_text()
@@ -190,8 +249,20 @@ def test_standard_strings_and_saved_hf_dataset(labeled_run, prefab, tmp_path):
     from datasets import load_from_disk
 
     run, *_ = labeled_run
-    result = prefab("export", "--run", run.path, "--format", "trl-dpo", "--format", "sft", "--standard", "--test-share", "0",
-                    "--save-hf", tmp_path / "hf")
+    result = prefab(
+        "export",
+        "--run",
+        run.path,
+        "--format",
+        "trl-dpo",
+        "--format",
+        "sft",
+        "--standard",
+        "--test-share",
+        "0",
+        "--save-hf",
+        tmp_path / "hf",
+    )
     assert result.exit_code == 0, result.output
     rows = read_jsonl(run.path / "exports" / "dpo_train.jsonl")
     assert all(isinstance(r["prompt"], str) and r["prompt"].endswith("<|im_start|>assistant\n") for r in rows)
@@ -225,15 +296,25 @@ def test_pair_with_equal_sides_is_an_error_unless_dropped(labeled_run, prefab):
     auto = pairs.filter(pl.col("route") == "auto").row(0, named=True)
     candidates = run.read("candidates")
     chosen_text = candidates.filter(pl.col("candidate_id") == auto["chosen_id"])["text"][0]
-    run.write("candidates", candidates.with_columns(
-        text=pl.when(pl.col("candidate_id") == auto["rejected_id"]).then(pl.lit(chosen_text)).otherwise(pl.col("text"))))
+    run.write(
+        "candidates",
+        candidates.with_columns(
+            text=pl.when(pl.col("candidate_id") == auto["rejected_id"])
+            .then(pl.lit(chosen_text))
+            .otherwise(pl.col("text"))
+        ),
+    )
     result = prefab("export", "--run", run.path)
     assert result.exit_code != 0 and auto["pair_id"] in result.output and "same text" in result.output
     assert "--drop-equal" in result.output or "drop_equal" in result.output
     assert snapshot_dir(run.path / "exports") == before
     result = prefab("export", "--run", run.path, "--drop-equal")
     assert result.exit_code == 0, result.output
-    assert auto["pair_id"] not in (run.path / "exports" / "dpo_train.jsonl").read_text() + (run.path / "exports" / "dpo_test.jsonl").read_text()
+    assert (
+        auto["pair_id"]
+        not in (run.path / "exports" / "dpo_train.jsonl").read_text()
+        + (run.path / "exports" / "dpo_test.jsonl").read_text()
+    )
 
 
 def test_missing_table_and_failed_candidate(tmp_path, prefab):
@@ -242,7 +323,10 @@ def test_missing_table_and_failed_candidate(tmp_path, prefab):
     assert result.exit_code != 0 and "does not exist" in result.output
     candidates = run.read("candidates")
     failed = run.read("pairs").filter(pl.col("route") == "auto")["rejected_id"][0]
-    run.write("candidates", candidates.with_columns(text=pl.when(pl.col("candidate_id") == failed).then(None).otherwise(pl.col("text"))))
+    run.write(
+        "candidates",
+        candidates.with_columns(text=pl.when(pl.col("candidate_id") == failed).then(None).otherwise(pl.col("text"))),
+    )
     result = prefab("export", "--run", run.path)
     assert result.exit_code != 0 and "has no text" in result.output and "--retry-failed" in result.output
     assert not (run.path / "exports").exists()
@@ -276,5 +360,7 @@ def test_nothing_to_export_fails_before_loading_the_tokenizer(labeled_run, prefa
     monkeypatch.setattr(training.export, "load_tokenizer", no_tokenizer)
     result = prefab("export", "--run", run.path, "--source", "human")
     assert result.exit_code == 2 and "nothing to export" in result.output, result.output
-    reason, fix = ("the run has no pairs", "prefab pair") if emptied == "pairs" else ("awaiting_labels=4", "prefab push/pull")
+    reason, fix = (
+        ("the run has no pairs", "prefab pair") if emptied == "pairs" else ("awaiting_labels=4", "prefab push/pull")
+    )
     assert reason in result.output and fix in result.output

@@ -12,14 +12,26 @@ pytestmark = pytest.mark.faults
 
 N_PROMPTS = 2000
 MAX_RETRIES = 4
-FAULTS = {"429": 0.05, "429:0.2": 0.03, "500": 0.05, "503": 0.03, "hang": 0.03, "reset": 0.03, "malformed": 0.02, "truncated": 0.02,
-          "html": 0.01, "wrongjson": 0.01, "nochoices": 0.01, "nomessage": 0.01}  # the last four: 200s that are not completions
+FAULTS = {
+    "429": 0.05,
+    "429:0.2": 0.03,
+    "500": 0.05,
+    "503": 0.03,
+    "hang": 0.03,
+    "reset": 0.03,
+    "malformed": 0.02,
+    "truncated": 0.02,
+    "html": 0.01,
+    "wrongjson": 0.01,
+    "nochoices": 0.01,
+    "nomessage": 0.01,
+}  # the last four: 200s that are not completions
 
 
 def config_text(tmp_path, url) -> str:
-    return f"""run: {tmp_path / 'run'}
+    return f"""run: {tmp_path / "run"}
 ingest:
-  paths: [{tmp_path / 'prompts.jsonl'}]
+  paths: [{tmp_path / "prompts.jsonl"}]
 generate:
   generators:
     - name: flaky
@@ -40,7 +52,9 @@ def test_run_over_flaky_api(tmp_path, openai_server, prefab, monkeypatch):
     monkeypatch.setenv("PREFAB_FAULTS_KEY", "test-key")
     openai_server.fault_rates = FAULTS
     openai_server.hang_s = 3
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Question number {i}: why?"}) + "\n" for i in range(N_PROMPTS)))
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"Question number {i}: why?"}) + "\n" for i in range(N_PROMPTS))
+    )
     cfg = tmp_path / "run.yaml"
     cfg.write_text(config_text(tmp_path, openai_server.url))
 
@@ -70,4 +84,8 @@ def test_run_over_flaky_api(tmp_path, openai_server, prefab, monkeypatch):
     assert openai_server.total - before == failed.height
     again = Run(tmp_path / "run").read("candidates")
     assert again["error"].null_count() == N_PROMPTS
-    assert again.select("candidate_id", "prompt_id").sort("candidate_id").equals(candidates.select("candidate_id", "prompt_id").sort("candidate_id"))
+    assert (
+        again.select("candidate_id", "prompt_id")
+        .sort("candidate_id")
+        .equals(candidates.select("candidate_id", "prompt_id").sort("candidate_id"))
+    )

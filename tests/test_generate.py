@@ -17,30 +17,65 @@ from openai_server import default_respond
 
 from pipeline.core.cache import CallCache
 from pipeline.core.config import GeneratorSpec
-from pipeline.stages.generate import generate
 from pipeline.core.schema import TABLES
 from pipeline.core.store import Run, prompt_id
+from pipeline.stages.generate import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def prompts_frame(texts: list[str]) -> pl.DataFrame:
-    rows = [{"prompt_id": prompt_id([{"role": "user", "content": t}]), "messages": [{"role": "user", "content": t}], "source": "test",
-             "source_line": i + 1, "category": None, "duplicate_of": None, "cluster": None} for i, t in enumerate(texts)]
+    rows = [
+        {
+            "prompt_id": prompt_id([{"role": "user", "content": t}]),
+            "messages": [{"role": "user", "content": t}],
+            "source": "test",
+            "source_line": i + 1,
+            "category": None,
+            "duplicate_of": None,
+            "cluster": None,
+        }
+        for i, t in enumerate(texts)
+    ]
     return pl.DataFrame(rows, schema=TABLES["prompts"])
 
 
 def generator(server, **kw) -> GeneratorSpec:
-    kw = {"name": "fake", "backend": "openai", "model": "fake-model", "base_url": server.url, "max_retries": 1, "timeout": 5, **kw}
+    kw = {
+        "name": "fake",
+        "backend": "openai",
+        "model": "fake-model",
+        "base_url": server.url,
+        "max_retries": 1,
+        "timeout": 5,
+        **kw,
+    }
     return GeneratorSpec(**kw)
 
 
 def write_config(tmp_path: Path, server, n_prompts: int, part_size: int = 2000, **gen) -> Path:
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": f"Prompt number {i}: tell me about topic {i}."}) + "\n" for i in range(n_prompts)))
-    gen = {"name": "fake", "backend": "openai", "model": "fake-model", "base_url": server.url, "temperatures": [0.3, 1.0],
-           "n": 2, "max_tokens": 40, "max_retries": 1, "timeout": 5, **gen}
-    config = {"run": str(tmp_path / "run"), "stages": ["ingest", "generate"], "ingest": {"paths": [str(prompts)]}, "generate": {"generators": [gen], "part_size": part_size}}
+    prompts.write_text(
+        "".join(json.dumps({"prompt": f"Prompt number {i}: tell me about topic {i}."}) + "\n" for i in range(n_prompts))
+    )
+    gen = {
+        "name": "fake",
+        "backend": "openai",
+        "model": "fake-model",
+        "base_url": server.url,
+        "temperatures": [0.3, 1.0],
+        "n": 2,
+        "max_tokens": 40,
+        "max_retries": 1,
+        "timeout": 5,
+        **gen,
+    }
+    config = {
+        "run": str(tmp_path / "run"),
+        "stages": ["ingest", "generate"],
+        "ingest": {"paths": [str(prompts)]},
+        "generate": {"generators": [gen], "part_size": part_size},
+    }
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
@@ -59,8 +94,10 @@ def test_every_prompt_temperature_and_sample_gets_a_candidate(fake_backend, tmp_
     seeds = Counter((r.messages[0]["content"], r.temperature, r.seed) for r in fake_backend.requests)
     assert set(s for _, _, s in seeds) == {10, 11} and max(seeds.values()) == 1
     first = df.filter(pl.col("prompt_id") == prompts["prompt_id"][0], pl.col("temperature") == 0.3).sort("sample_index")
-    assert first["text"].to_list() == [default_respond({"messages": [{"role": "user", "content": "What is rust?"}], "temperature": 0.3, "seed": s})
-                                       for s in (10, 11)]
+    assert first["text"].to_list() == [
+        default_respond({"messages": [{"role": "user", "content": "What is rust?"}], "temperature": 0.3, "seed": s})
+        for s in (10, 11)
+    ]
     assert df["prompt_tokens"].to_list() == [3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2] and (df["completion_tokens"] > 0).all()
 
     again = generate(prompts, [spec], cache)
@@ -78,18 +115,26 @@ def test_stage_writes_candidates_counts_tokens_and_cost_and_reruns_for_free(open
     info = run.stage_info("generate")
     assert info["status"] == "complete" and info["calls"] == 20 and info["cached"] == 0 and info["failed"] == 0
     assert info["prompt_tokens"] == df["prompt_tokens"].sum() > 0
-    assert info["cost_usd"] == pytest.approx((df["prompt_tokens"].sum() * 1000 + df["completion_tokens"].sum() * 2000) / 1e6)
+    assert info["cost_usd"] == pytest.approx(
+        (df["prompt_tokens"].sum() * 1000 + df["completion_tokens"].sum() * 2000) / 1e6
+    )
 
     result = prefab("run", config)  # complete stages are skipped
     assert result.exit_code == 0 and "nothing" in result.output
     result = prefab("generate", "--run", tmp_path / "run")  # an explicit re-run comes from the cache
     assert result.exit_code == 0, result.output
-    assert openai_server.total == 20 and run.stage_info("generate")["calls"] == 0 and run.stage_info("generate")["cached"] == 20
+    assert (
+        openai_server.total == 20
+        and run.stage_info("generate")["calls"] == 0
+        and run.stage_info("generate")["cached"] == 20
+    )
     assert run.read("candidates").equals(df)
 
 
 @pytest.mark.parametrize("fault", ["html", "wrongjson", "nochoices", "nomessage", "malformed"])
-def test_a_200_that_is_not_a_completion_is_a_recorded_failure_not_a_crash(openai_server, tmp_path, prefab, fault, fast_backoff):
+def test_a_200_that_is_not_a_completion_is_a_recorded_failure_not_a_crash(
+    openai_server, tmp_path, prefab, fault, fast_backoff
+):
     """A proxy's error page or a misrouted base_url answering 200: retried within max_retries, then recorded
     with its reason like a 500; the table is written and a rerun does not crash either."""
     broken = "Prompt number 1: tell me about topic 1."
@@ -115,7 +160,10 @@ def test_failures_are_recorded_kept_and_retried_on_request(openai_server, tmp_pa
     df = run.read("candidates")
     failed = df.filter(pl.col("error").is_not_null())
     assert df.height == 4 and failed.height == 2
-    assert failed["error"].to_list() == ["HTTP 503: The engine is currently overloaded"] * 2 and failed["text"].null_count() == 2
+    assert (
+        failed["error"].to_list() == ["HTTP 503: The engine is currently overloaded"] * 2
+        and failed["text"].null_count() == 2
+    )
     assert run.stage_info("generate")["failed"] == 2
 
     # a plain re-run keeps the recorded failures and calls nothing
@@ -143,8 +191,13 @@ def test_kill_9_mid_generate_then_resume_repeats_no_finished_call(openai_server,
     config = write_config(tmp_path / "a", openai_server, n_prompts, concurrency=concurrency)
     cache_path = tmp_path / "a" / "run" / "cache.sqlite"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.commands.cli", "run", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while _cached(cache_path) < total // 4:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -158,7 +211,13 @@ def test_kill_9_mid_generate_then_resume_repeats_no_finished_call(openai_server,
     assert total // 4 <= len(finished) < total
     before = openai_server.total
 
-    result = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.commands.cli", "run", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     # no finished request was sent again; every other one exactly once more
     assert openai_server.total - before == total - len(finished)
@@ -166,7 +225,9 @@ def test_kill_9_mid_generate_then_resume_repeats_no_finished_call(openai_server,
     assert not finished & set(sent_after) and max(sent_after.values()) == 1
     resumed = run.read("candidates")
     assert run.stage_info("generate")["status"] == "complete"
-    assert run.stage_info("generate")["cached"] == len(finished) and run.stage_info("generate")["calls"] == total - len(finished)
+    assert run.stage_info("generate")["cached"] == len(finished) and run.stage_info("generate")["calls"] == total - len(
+        finished
+    )
 
     # identical to a run that was never interrupted
     (tmp_path / "b").mkdir()
@@ -186,8 +247,13 @@ def test_kill_9_mid_streamed_generate_resumes_after_its_written_parts(openai_ser
     config = write_config(tmp_path / "a", openai_server, n_prompts, part_size=5, concurrency=4)
     parts = tmp_path / "a" / "run" / ".parts" / "candidates"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.commands.cli", "run", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while len(list(parts.glob("*.parquet"))) < 2:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -201,16 +267,28 @@ def test_kill_9_mid_streamed_generate_resumes_after_its_written_parts(openai_ser
     finished = {json.dumps(r, sort_keys=True) for r in _cached_requests(tmp_path / "a" / "run" / "cache.sqlite")}
     before = openai_server.total
 
-    result = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.commands.cli", "run", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     sent_after = Counter(_request_of(b) for b in openai_server.bodies[before:])
-    assert not finished & set(sent_after) and max(sent_after.values()) == 1 and openai_server.total - before == total - len(finished)
+    assert (
+        not finished & set(sent_after)
+        and max(sent_after.values()) == 1
+        and openai_server.total - before == total - len(finished)
+    )
     info = run.stage_info("generate")
     assert info["parts_resumed"] == written and info["cached"] == len(finished) - 20 * written
     assert not parts.exists()
 
     (tmp_path / "b").mkdir()
-    assert prefab("run", write_config(tmp_path / "b", openai_server, n_prompts, part_size=5, concurrency=4)).exit_code == 0
+    assert (
+        prefab("run", write_config(tmp_path / "b", openai_server, n_prompts, part_size=5, concurrency=4)).exit_code == 0
+    )
     fresh = Run(tmp_path / "b" / "run").read("candidates")
     assert run.read("candidates").drop("latency_s").equals(fresh.drop("latency_s")) and fresh.height == total
 

@@ -7,20 +7,27 @@ import re
 
 import polars as pl
 import pytest
+from labeling_fixtures import unique
 from labeling_runs import make_run
 from test_push_pull import annotator, labels_frame, my_records, respond
 
 from labeling.aggregate import annotator_quality, dawid_skene, gold_verdicts
 from labeling.push import gold_record_id
 from labeling.settings import LabelingConfig
-from pipeline.stages.gold import read_gold
 from pipeline.core.config import CalibrateConfig
-from labeling_fixtures import unique
+from pipeline.stages.gold import read_gold
 
 
 def add_gold(run, tmp_path, n=12):
-    rows = [{"prompt": f"Extra question {k}: what is {k} times 3?", "chosen": f"{3 * k}.", "rejected": f"{3 * k + 2}, roughly.",
-             "source": "test-gold"} for k in range(n)]
+    rows = [
+        {
+            "prompt": f"Extra question {k}: what is {k} times 3?",
+            "chosen": f"{3 * k}.",
+            "rejected": f"{3 * k + 2}, roughly.",
+            "source": "test-gold",
+        }
+        for k in range(n)
+    ]
     path = tmp_path / "gold.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run.write("gold", read_gold(CalibrateConfig(gold=[str(path)])))
@@ -32,7 +39,10 @@ def test_dawid_skene_weighs_annotators_by_gold_and_gives_confidences():
     # every pair is labeled by bad and one other; gold shows bad for what they are
     rows, gold = [], []
     for i in range(30):
-        rows += [(f"p{i}", "bad", "rejected"), (f"p{i}", "good" if i % 2 else "fair", "chosen" if i % 2 or i % 6 else "rejected")]
+        rows += [
+            (f"p{i}", "bad", "rejected"),
+            (f"p{i}", "good" if i % 2 else "fair", "chosen" if i % 2 or i % 6 else "rejected"),
+        ]
     for i in range(8):
         gold += [(f"g{i}", "bad", "rejected"), (f"g{i}", "good", "chosen"), (f"g{i}", "fair", "chosen")]
     resolved, reliability = dawid_skene(labels_frame(rows), "drop", 1, None, labels_frame(gold))
@@ -49,10 +59,14 @@ def test_dawid_skene_weighs_annotators_by_gold_and_gives_confidences():
 def test_judges_vote_on_gold_by_majority_of_consistent_answered_verdicts():
     """With judges_vote, the judges' verdicts on gold come from calibrate's gold_judgments, decided as on the
     run's pairs: the majority of the judges whose verdict held in both orders; a failed call is no vote."""
-    rows = [("g1", "a-failed", None, None, "HTTP 500"), ("g1", "b-dissents", "rejected", "rejected", None),
-            ("g1", "c", "chosen", "chosen", None), ("g1", "d", "chosen", "chosen", None),
-            ("g2", "c", "chosen", "rejected", None),  # flipped with the order: no vote
-            ("g3", "b-dissents", "tie", "tie", None)]
+    rows = [
+        ("g1", "a-failed", None, None, "HTTP 500"),
+        ("g1", "b-dissents", "rejected", "rejected", None),
+        ("g1", "c", "chosen", "chosen", None),
+        ("g1", "d", "chosen", "chosen", None),
+        ("g2", "c", "chosen", "rejected", None),  # flipped with the order: no vote
+        ("g3", "b-dissents", "tie", "tie", None),
+    ]
     frame = pl.DataFrame(rows, schema=["gold_id", "judge", "verdict_ab", "verdict_ba", "error"], orient="row")
     assert gold_verdicts(frame) == {gold_record_id("g1"): "chosen", gold_record_id("g3"): "tie"}
     assert gold_verdicts(frame.clear()) == {}
@@ -61,7 +75,9 @@ def test_judges_vote_on_gold_by_majority_of_consistent_answered_verdicts():
 @pytest.mark.server
 def test_gold_is_mixed_in_unmarked_and_measures_annotators(argilla_client, prefab, tmp_path):
     labeling = LabelingConfig(gold_share=0.4, min_gold_answers=3, min_annotator_accuracy=0.7, judge_hint="none")
-    run, _ = make_run(tmp_path / unique("gold"), 16, labeling=labeling, with_vectors=False)  # its vectors are random 8-d ones
+    run, _ = make_run(
+        tmp_path / unique("gold"), 16, labeling=labeling, with_vectors=False
+    )  # its vectors are random 8-d ones
     run.update_manifest(config={**run.manifest()["config"], "labeling": labeling.model_dump(mode="json")})
     gold_rows = add_gold(run, tmp_path)
     result = prefab("push", "--run", run.path)
@@ -82,7 +98,10 @@ def test_gold_is_mixed_in_unmarked_and_measures_annotators(argilla_client, prefa
     assert not any("gold" in json.dumps(r).lower() for r in full)
 
     better = {g["chosen"] for g in gold_rows} | set(
-        run.read("candidates").filter(pl.col("candidate_id").is_in(run.read("pairs")["chosen_id"].to_list()))["text"].to_list())
+        run.read("candidates")
+        .filter(pl.col("candidate_id").is_in(run.read("pairs")["chosen_id"].to_list()))["text"]
+        .to_list()
+    )
     for client, right in ((careful, True), (careless, False)):
         for record in my_records(client, dataset.id):
             a_better = record["fields"]["response_a"] in better
@@ -105,7 +124,9 @@ def test_gold_is_mixed_in_unmarked_and_measures_annotators(argilla_client, prefa
 
     result = prefab("export", "--run", run.path, "--source", "human")
     assert result.exit_code == 0, result.output
-    exported = (run.path / "exports" / "dpo_train.jsonl").read_text() + (run.path / "exports" / "dpo_test.jsonl").read_text()
+    exported = (run.path / "exports" / "dpo_train.jsonl").read_text() + (
+        run.path / "exports" / "dpo_test.jsonl"
+    ).read_text()
     assert "Extra question" not in exported
     card = (run.path / "exports" / "README.md").read_text()
     assert "Estimated label accuracy" in card and "one-coin Bayesian model" in card and "(flagged)" in card
@@ -117,4 +138,6 @@ def test_gold_is_mixed_in_unmarked_and_measures_annotators(argilla_client, prefa
     result = prefab("report", "--run", run.path)
     assert result.exit_code == 0, result.output
     html = (run.path / "report.html").read_text()
-    assert 'alt="annotator accuracy stated vs measured"' in html and f"{stated / 100:.1%}</strong> right as stated" in html
+    assert (
+        'alt="annotator accuracy stated vs measured"' in html and f"{stated / 100:.1%}</strong> right as stated" in html
+    )

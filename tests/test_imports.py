@@ -43,12 +43,22 @@ def test_pipeline_imports_nothing_of_labeling_or_training_by_name_or_by_string()
         if not name.startswith("pipeline"):
             continue
         assert not {m for m in imports_of(path, modules) if not m.startswith("pipeline")}, name
-        strings = {n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        strings = {
+            n.value
+            for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        }
         named = {s for s in strings if s.startswith(("labeling.", "training.")) and s.split(":")[0] in modules}
         assert not named, f"{name} names {named}"
 
 
-LAYERS = {"core": 0, "models": 1, "sandbox": 1, "stages": 2, "commands": 3}  # a layer imports only layers below it, and itself
+LAYERS = {
+    "core": 0,
+    "models": 1,
+    "sandbox": 1,
+    "stages": 2,
+    "commands": 3,
+}  # a layer imports only layers below it, and itself
 
 
 def layer(module: str) -> str:
@@ -64,7 +74,11 @@ def test_pipeline_layers_import_only_downwards():
         if not name.startswith("pipeline"):
             continue
         for target in imports_of(path, modules):
-            if target.startswith("pipeline") and layer(target) != layer(name) and LAYERS[layer(target)] >= LAYERS[layer(name)]:
+            if (
+                target.startswith("pipeline")
+                and layer(target) != layer(name)
+                and LAYERS[layer(target)] >= LAYERS[layer(name)]
+            ):
                 wrong.append(f"{name} ({layer(name)}) imports {target} ({layer(target)})")
     assert not wrong, "\n".join(wrong)
 
@@ -77,7 +91,7 @@ def test_no_import_cycle():
 
     def visit(node: str) -> None:
         if node in path_stack:
-            cycle = path_stack[path_stack.index(node):] + [node]
+            cycle = path_stack[path_stack.index(node) :] + [node]
             pytest.fail("import cycle: " + " -> ".join(cycle))
         if node in done:
             return
@@ -111,12 +125,25 @@ print("imported", len({names!r}))
 
 
 def test_stages_commands_and_report_sections_come_from_the_registry():
-    from pipeline.core import registry
     from pipeline.commands.cli import cli
+    from pipeline.core import registry
 
     stages = registry.stages()
-    assert list(stages) == ["ingest", "dedup", "generate", "judge", "embed", "verify", "pair", "calibrate", "route", "push", "export",
-                            "train", "report"]
+    assert list(stages) == [
+        "ingest",
+        "dedup",
+        "generate",
+        "judge",
+        "embed",
+        "verify",
+        "pair",
+        "calibrate",
+        "route",
+        "push",
+        "export",
+        "train",
+        "report",
+    ]
     assert all(callable(s.step) for s in stages.values())
     assert stages["push"].step.__module__ == "labeling.push" and stages["train"].step.__module__ == "training.train"
     names = {c.name for c in registry.commands()}
@@ -129,7 +156,9 @@ def test_stages_commands_and_report_sections_come_from_the_registry():
 @pytest.mark.parametrize("module", ["training.cli", "labeling.cli", "training.eval", "labeling.commands_data"])
 def test_each_package_module_imports_on_its_own(module):
     """Imported first, in a fresh interpreter: no module depends on pipeline.commands.cli having loaded it."""
-    result = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -156,9 +185,17 @@ def test_the_server_side_is_argilla_unmodified_plus_its_search_engine():
                 imported.update({(a.asname or a.name).split(".")[0]: a.name for a in node.names})
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.update({a.asname or a.name: node.module for a in node.names})
-        patched = [ast.unparse(target) for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
-                   for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
-                   if isinstance(target, ast.Attribute) and imported.get(root_name(target), "").startswith(foreign)]
-        setattrs = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "setattr"]
+        patched = [
+            ast.unparse(target)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            if isinstance(target, ast.Attribute) and imported.get(root_name(target), "").startswith(foreign)
+        ]
+        setattrs = [
+            ast.unparse(n)
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "setattr"
+        ]
         assert not patched and not setattrs, (path.name, patched, setattrs)
     assert not (ROOT / "labeling" / "argilla_speedups.py").exists()

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from conftest import snapshot_dir
+
 from pipeline.core.store import Run
 
 
@@ -25,16 +25,46 @@ def test_sample_prompts_ingest(tmp_path, prefab):
     assert chats.height >= 30
     roles = chats["messages"].to_list()[0]
     assert roles[-1]["role"] == "user"
-    assert set(prompts["category"].drop_nulls()) >= {"coding", "math", "writing", "advice", "facts", "reasoning", "safety"}
+    assert set(prompts["category"].drop_nulls()) >= {
+        "coding",
+        "math",
+        "writing",
+        "advice",
+        "facts",
+        "reasoning",
+        "safety",
+    }
 
 
 def test_formats_and_duplicates(tmp_path, prefab):
-    rows = [{"instruction": "Name a prime.", "topic": "math"}, {"instruction": "  Name   a prime. "}, {"instruction": "Say hi."}]
+    rows = [
+        {"instruction": "Name a prime.", "topic": "math"},
+        {"instruction": "  Name   a prime. "},
+        {"instruction": "Say hi."},
+    ]
     write_jsonl(tmp_path / "a.jsonl", rows)
     pl.DataFrame({"question": ["What is DPO?", "Say hi."]}).write_csv(tmp_path / "b.csv")
-    pl.DataFrame({"conversation": [[{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Hi!"}, {"from": "human", "value": "Tell me a joke"}]]}).write_parquet(tmp_path / "c.parquet")
-    result = prefab("ingest", "--run", tmp_path / "run", tmp_path / "a.jsonl", tmp_path / "b.csv", tmp_path / "c.parquet",
-                    "--system-prompt", "Be brief.")
+    pl.DataFrame(
+        {
+            "conversation": [
+                [
+                    {"from": "human", "value": "Hello"},
+                    {"from": "gpt", "value": "Hi!"},
+                    {"from": "human", "value": "Tell me a joke"},
+                ]
+            ]
+        }
+    ).write_parquet(tmp_path / "c.parquet")
+    result = prefab(
+        "ingest",
+        "--run",
+        tmp_path / "run",
+        tmp_path / "a.jsonl",
+        tmp_path / "b.csv",
+        tmp_path / "c.parquet",
+        "--system-prompt",
+        "Be brief.",
+    )
     assert result.exit_code == 0, result.output
     run = Run(tmp_path / "run")
     prompts = run.read("prompts")
@@ -61,8 +91,16 @@ def test_saved_hf_dataset(tmp_path, prefab):
         (b'{"prompt": "ok"}\n{"prompt": "broken"\n', ":2", "malformed JSON"),
         (b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n', ":2", "invalid UTF-8"),
         (b'{"prompt": "ok"}\n{"prompt": "   "}\n', ":2", "empty prompt"),
-        (b'{"prompt": "ok"}\n{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}\n', ":2", "invalid role order"),
-        (b'{"prompt": "ok"}\n{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n', ":2", "end with a user turn"),
+        (
+            b'{"prompt": "ok"}\n{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}\n',
+            ":2",
+            "invalid role order",
+        ),
+        (
+            b'{"prompt": "ok"}\n{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n',
+            ":2",
+            "end with a user turn",
+        ),
         (b'{"prompt": "ok"}\n{"body": "no prompt column"}\n', ":2", "no prompt column"),
     ],
 )
@@ -104,25 +142,38 @@ def test_byte_order_mark_json_array_and_multiline_csv_keep_their_lines(tmp_path,
     (tmp_path / "b.csv").write_bytes(bom + b'prompt,category\n"Two\nlines.",poetry\nAfter it.,\n')
     (tmp_path / "c.json").write_text('[\n  {"prompt": "Array one."},\n\n  {"prompt": "Array\\ntwo."}\n]\n')
     (tmp_path / "d.tsv").write_text("prompt\tcategory\nTabs, and a comma.\tpunctuation\n")
-    result = prefab("ingest", "--run", tmp_path / "run", *(tmp_path / n for n in ("a.jsonl", "b.csv", "c.json", "d.tsv")))
+    result = prefab(
+        "ingest", "--run", tmp_path / "run", *(tmp_path / n for n in ("a.jsonl", "b.csv", "c.json", "d.tsv"))
+    )
     assert result.exit_code == 0, result.output
     prompts = Run(tmp_path / "run").read("prompts")
-    where = {(Path(s).name, line): (m[-1]["content"], c) for s, line, m, c in
-             prompts.select("source", "source_line", "messages", "category").iter_rows()}
-    assert where == {("a.jsonl", 1): ("From a BOM file.", None), ("a.jsonl", 2): ("Second.", None),
-                     ("b.csv", 2): ("Two\nlines.", "poetry"), ("b.csv", 4): ("After it.", None),
-                     ("c.json", 2): ("Array one.", None), ("c.json", 4): ("Array\ntwo.", None),
-                     ("d.tsv", 2): ("Tabs, and a comma.", "punctuation")}
+    where = {
+        (Path(s).name, line): (m[-1]["content"], c)
+        for s, line, m, c in prompts.select("source", "source_line", "messages", "category").iter_rows()
+    }
+    assert where == {
+        ("a.jsonl", 1): ("From a BOM file.", None),
+        ("a.jsonl", 2): ("Second.", None),
+        ("b.csv", 2): ("Two\nlines.", "poetry"),
+        ("b.csv", 4): ("After it.", None),
+        ("c.json", 2): ("Array one.", None),
+        ("c.json", 4): ("Array\ntwo.", None),
+        ("d.tsv", 2): ("Tabs, and a comma.", "punctuation"),
+    }
 
 
 def test_a_very_long_prompt_is_kept_with_a_warning(tmp_path, prefab):
     from pipeline.stages.ingest import LARGE_PROMPT_CHARS
 
-    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Short."}, {"prompt": "x" * (LARGE_PROMPT_CHARS + 1)}, {"prompt": "Fine."}])
+    src = write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": "Short."}, {"prompt": "x" * (LARGE_PROMPT_CHARS + 1)}, {"prompt": "Fine."}]
+    )
     result = prefab("ingest", "--run", tmp_path / "run", src)
     assert result.exit_code == 0, result.output
     assert "warning: 1 prompt(s) longer than" in result.output and f"{src}:2" in result.output
     assert Run(tmp_path / "run").read("prompts").height == 3
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["ingest"]["large_prompts"] == 1
-    quiet = prefab("ingest", "--run", tmp_path / "run2", write_jsonl(tmp_path / "q.jsonl", [{"prompt": "x" * LARGE_PROMPT_CHARS}]))
+    quiet = prefab(
+        "ingest", "--run", tmp_path / "run2", write_jsonl(tmp_path / "q.jsonl", [{"prompt": "x" * LARGE_PROMPT_CHARS}])
+    )
     assert quiet.exit_code == 0 and "warning" not in quiet.output

@@ -10,11 +10,11 @@ import re
 import pytest
 from quality_runs import make_run
 
-from pipeline.stages import judge
 from pipeline.core.cache import CallCache
-from pipeline.core.config import AspectSpec, Config, JudgeConfig, ModelSpec
-from pipeline.stages.judge import judge_pairs, overall_score, pair_confidence, parse_rubric, parse_verdict
+from pipeline.core.config import AspectSpec, JudgeConfig, ModelSpec
 from pipeline.core.queries import candidate_scores
+from pipeline.stages import judge
+from pipeline.stages.judge import judge_pairs, overall_score, pair_confidence, parse_rubric, parse_verdict
 
 ASPECTS = JudgeConfig().aspects
 NAMES = [a.name for a in ASPECTS]
@@ -29,7 +29,15 @@ def response_of(request) -> str:
 
 
 def server_spec(server, name="judge", **kw) -> dict:
-    return {"name": name, "backend": "openai", "model": f"{name}-model", "base_url": server.url, "max_retries": 0, "timeout": 10, **kw}
+    return {
+        "name": name,
+        "backend": "openai",
+        "model": f"{name}-model",
+        "base_url": server.url,
+        "max_retries": 0,
+        "timeout": 10,
+        **kw,
+    }
 
 
 def fake_spec(name="judge") -> dict:
@@ -48,18 +56,21 @@ def test_parse_rubric_accepts_json_fences_and_prose_around_it():
     assert parse_rubric(json.dumps({n: "3" for n in NAMES}), ASPECTS)[0]["score"] == 3.0
 
 
-@pytest.mark.parametrize("text, error", [
-    ("I think it is a good answer.", "no JSON"),
-    ("", "empty"),
-    (None, "empty"),
-    ('{"helpfulness": {"score": 4', "no JSON"),
-    ("[1, 2]", "expected a JSON object"),
-    (json.dumps({n: {"score": 4} for n in NAMES[:-1]}), "'truthfulness' is missing"),
-    (rated(7), "outside 1 to 5"),
-    (rated(0), "outside 1 to 5"),
-    (json.dumps({n: {"score": "great"} for n in NAMES}), "helpfulness"),
-    (json.dumps({n: {"score": float("nan")} for n in NAMES}), "outside"),
-])
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("I think it is a good answer.", "no JSON"),
+        ("", "empty"),
+        (None, "empty"),
+        ('{"helpfulness": {"score": 4', "no JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        (json.dumps({n: {"score": 4} for n in NAMES[:-1]}), "'truthfulness' is missing"),
+        (rated(7), "outside 1 to 5"),
+        (rated(0), "outside 1 to 5"),
+        (json.dumps({n: {"score": "great"} for n in NAMES}), "helpfulness"),
+        (json.dumps({n: {"score": float("nan")} for n in NAMES}), "outside"),
+    ],
+)
 def test_parse_rubric_says_what_is_wrong(text, error):
     with pytest.raises(ValueError, match=re.escape(error)):
         parse_rubric(text, ASPECTS)
@@ -121,8 +132,12 @@ def scripted_judge(request):
 @pytest.fixture
 def judged(openai_server, tmp_path):
     openai_server.respond = scripted_judge
-    run, config = make_run(tmp_path / "run", ["Say something."], {"Say something.": ANSWERS},
-                           judge={"judges": [server_spec(openai_server)], "parse_retries": 2})
+    run, config = make_run(
+        tmp_path / "run",
+        ["Say something."],
+        {"Say something.": ANSWERS},
+        judge={"judges": [server_spec(openai_server)], "parse_retries": 2},
+    )
     counts = judge.step(config, run)
     rows = run.read("judgments").join(run.read("candidates").select("candidate_id", "text"), on="candidate_id")
     return run, config, counts, {r["text"]: r for r in rows.iter_rows(named=True)}
@@ -132,7 +147,9 @@ def test_valid_answers_are_scored_with_rationales(judged):
     _, _, counts, rows = judged
     good = rows["GOOD answer"]
     assert good["overall"] == pytest.approx(4.25) and good["error"] is None
-    assert [a["score"] for a in good["aspects"]] == [5, 4, 4, 4] and all(a["rationale"] == "ok" for a in good["aspects"])
+    assert [a["score"] for a in good["aspects"]] == [5, 4, 4, 4] and all(
+        a["rationale"] == "ok" for a in good["aspects"]
+    )
     assert rows["PROSE answer"]["overall"] == 2.0
     assert counts["judgments"] == 6 and counts["scored"] == 3 and counts["failed"] == 3
 
@@ -153,7 +170,11 @@ def test_bad_answers_get_a_null_score_with_raw_text_and_reason(judged, openai_se
     refused = rows["REFUSE answer"]
     assert refused["overall"] is None and "refused: I can't help" in refused["error"]
     missing = rows["MISSING answer"]
-    assert missing["overall"] is None and "'honesty' is missing" in missing["error"] and missing["raw"].startswith('{"helpfulness"')
+    assert (
+        missing["overall"] is None
+        and "'honesty' is missing" in missing["error"]
+        and missing["raw"].startswith('{"helpfulness"')
+    )
     # each unparseable one was asked 1 + parse_retries times, each with its own seed; a refusal is an answer
     # the client already judged final (as for generators): asked once
     for text in ("RANGE answer", "MISSING answer"):
@@ -184,8 +205,12 @@ def test_without_structured_output_the_prompt_asks_for_json(fake_backend, tmp_pa
     """Turned off in the config, or a backend that does not honour response_format (transformers)."""
     fake_backend.json_schema = json_schema
     fake_backend.respond = lambda r: rated(3)
-    run, config = make_run(tmp_path / "run", ["Hi"], {"Hi": ["Hello!"]},
-                           judge={"judges": [fake_spec()], "structured_output": structured_output})
+    run, config = make_run(
+        tmp_path / "run",
+        ["Hi"],
+        {"Hi": ["Hello!"]},
+        judge={"judges": [fake_spec()], "structured_output": structured_output},
+    )
     judge.step(config, run)
     [request] = fake_backend.requests
     assert request.response_format is None
@@ -203,8 +228,12 @@ def test_ensemble_records_agreement(fake_backend, tmp_path):
         return rated(base)
 
     fake_backend.respond = two_judges
-    run, config = make_run(tmp_path / "run", ["Q"], {"Q": ["short", "medium answer", "a much longer answer"]},
-                           judge={"judges": [fake_spec("first"), fake_spec("second")]})
+    run, config = make_run(
+        tmp_path / "run",
+        ["Q"],
+        {"Q": ["short", "medium answer", "a much longer answer"]},
+        judge={"judges": [fake_spec("first"), fake_spec("second")]},
+    )
     counts = judge.step(config, run)
     df = run.read("judgments")
     assert df.height == 6 and sorted(df["judge"].unique()) == ["first", "second"]
@@ -217,9 +246,13 @@ def test_ensemble_records_agreement(fake_backend, tmp_path):
 def test_same_model_as_generator_is_warned_about(fake_backend, tmp_path, capsys):
     """The judge stage prints the warning (naming only the judge that is also a generator) and counts it."""
     fake_backend.respond = lambda r: rated(4)
-    run, config = make_run(tmp_path / "run", ["Hi"], {"Hi": ["Hello!"]},
-                           generate={"generators": [{"name": "gen", "backend": "fake", "model": "j1-model"}]},
-                           judge={"judges": [fake_spec("j1"), fake_spec("j2")]})
+    run, config = make_run(
+        tmp_path / "run",
+        ["Hi"],
+        {"Hi": ["Hello!"]},
+        generate={"generators": [{"name": "gen", "backend": "fake", "model": "j1-model"}]},
+        judge={"judges": [fake_spec("j1"), fake_spec("j2")]},
+    )
     capsys.readouterr()
     counts = judge.step(config, run)
     shown = capsys.readouterr()
@@ -233,6 +266,7 @@ def test_same_model_as_generator_is_warned_about(fake_backend, tmp_path, capsys)
 
 def pair_server(backend, decide):
     """decide(first_text, second_text) -> 'A' | 'B' | 'tie' (or a raw reply string)."""
+
     def respond(request):
         user = request["messages"][-1]["content"]
         a = user.split("## Response A\n\n", 1)[1].split("\n\n## Response B\n\n")[0]
@@ -253,17 +287,26 @@ def pairwise(tmp_path, items, **cfg):
         cache.close()
 
 
-ITEMS = [([{"role": "user", "content": "Q1"}], "GOOD one", "bad one"), ([{"role": "user", "content": "Q2"}], "bad two", "GOOD two")]
+ITEMS = [
+    ([{"role": "user", "content": "Q1"}], "GOOD one", "bad one"),
+    ([{"role": "user", "content": "Q2"}], "bad two", "GOOD two"),
+]
 
 
 def test_pairwise_judges_both_orders_and_maps_verdicts_back(fake_backend, tmp_path):
     pair_server(fake_backend, lambda a, b: "A" if "GOOD" in a else "B" if "GOOD" in b else "tie")
     rows = pairwise(tmp_path, ITEMS + [([{"role": "user", "content": "Q3"}], "same", "same too")])
     assert [(r["verdict_ab"], r["verdict_ba"], r["consistent"], r["confidence"]) for r in rows] == [
-        ("chosen", "chosen", True, 1.0), ("rejected", "rejected", True, 1.0), ("tie", "tie", True, 1.0)]
+        ("chosen", "chosen", True, 1.0),
+        ("rejected", "rejected", True, 1.0),
+        ("tie", "tie", True, 1.0),
+    ]
     assert len(fake_backend.requests) == 6  # 3 pairs x 2 orders
-    orders = [(r.messages[-1]["content"].index("GOOD one") < r.messages[-1]["content"].index("bad one"))
-              for r in fake_backend.requests if "GOOD one" in r.messages[-1]["content"]]
+    orders = [
+        (r.messages[-1]["content"].index("GOOD one") < r.messages[-1]["content"].index("bad one"))
+        for r in fake_backend.requests
+        if "GOOD one" in r.messages[-1]["content"]
+    ]
     assert sorted(orders) == [False, True]  # shown once in each order
     assert json.loads(rows[0]["raw"])["ab"] == '{"rationale": "because", "winner": "A"}'
 
@@ -285,11 +328,18 @@ def test_pairwise_failure_is_recorded_not_raised(fake_backend, tmp_path):
 
 def test_pairwise_confidence_from_logprobs(fake_backend, tmp_path):
     def respond(request):
-        content = json.dumps({"rationale": "r", "winner": "A" if "GOOD one" in request["messages"][-1]["content"].split("## Response B")[0] else "B"})
+        content = json.dumps(
+            {
+                "rationale": "r",
+                "winner": "A" if "GOOD one" in request["messages"][-1]["content"].split("## Response B")[0] else "B",
+            }
+        )
         prob = 0.9 if "GOOD one" in request["messages"][-1]["content"].split("## Response B")[0] else 0.6
-        tokens = [{"token": '{"', "logprob": -0.01, "bytes": None, "top_logprobs": []},
-                  {"token": content[-3:-2], "logprob": math.log(prob), "bytes": None, "top_logprobs": []},
-                  {"token": '"}', "logprob": -0.01, "bytes": None, "top_logprobs": []}]
+        tokens = [
+            {"token": '{"', "logprob": -0.01, "bytes": None, "top_logprobs": []},
+            {"token": content[-3:-2], "logprob": math.log(prob), "bytes": None, "top_logprobs": []},
+            {"token": '"}', "logprob": -0.01, "bytes": None, "top_logprobs": []},
+        ]
         return {"content": content, "logprobs": tokens}
 
     fake_backend.respond = respond
@@ -302,9 +352,16 @@ def test_pairwise_confidence_from_logprobs(fake_backend, tmp_path):
 
 
 def test_embedded_smollm2_as_judge_never_fails_the_batch(tmp_path):
-    run, config = make_run(tmp_path / "run", ["What is 2 + 2?"], {"What is 2 + 2?": ["4", "2 + 2 equals 4."]},
-                           judge={"judges": [{"name": "smol", "model": "embedded:smollm2", "batch_size": 4}],
-                                  "max_tokens": 16, "parse_retries": 1})
+    run, config = make_run(
+        tmp_path / "run",
+        ["What is 2 + 2?"],
+        {"What is 2 + 2?": ["4", "2 + 2 equals 4."]},
+        judge={
+            "judges": [{"name": "smol", "model": "embedded:smollm2", "batch_size": 4}],
+            "max_tokens": 16,
+            "parse_retries": 1,
+        },
+    )
     counts = judge.step(config, run)
     df = run.read("judgments")
     assert df.height == 2 and counts["judgments"] == 2
@@ -325,7 +382,10 @@ def test_embedded_smollm2_as_judge_never_fails_the_batch(tmp_path):
 def token_reply(probs: dict[str, float], text=None) -> dict:
     tops = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in probs.items()]
     first = max(probs, key=probs.get)
-    return {"content": text or first, "logprobs": [{"token": first, "logprob": math.log(probs[first]), "bytes": None, "top_logprobs": tops}]}
+    return {
+        "content": text or first,
+        "logprobs": [{"token": first, "logprob": math.log(probs[first]), "bytes": None, "top_logprobs": tops}],
+    }
 
 
 def test_logprob_scoring_weights_the_digits(openai_server, tmp_path):
@@ -339,10 +399,19 @@ def test_logprob_scoring_weights_the_digits(openai_server, tmp_path):
 
     openai_server.respond = respond
     # the failing one first: its null scores must not decide the column's type for the others
-    run, config = make_run(tmp_path / "run", ["Q"], {"Q": ["SILENT answer", "GOOD answer", "POOR answer"]},
-                           judge={"judges": [server_spec(openai_server)], "scoring": "logprobs"})
+    run, config = make_run(
+        tmp_path / "run",
+        ["Q"],
+        {"Q": ["SILENT answer", "GOOD answer", "POOR answer"]},
+        judge={"judges": [server_spec(openai_server)], "scoring": "logprobs"},
+    )
     judge.step(config, run)
-    rows = {r["text"]: r for r in run.read("judgments").join(run.read("candidates").select("candidate_id", "text"), on="candidate_id").iter_rows(named=True)}
+    rows = {
+        r["text"]: r
+        for r in run.read("judgments")
+        .join(run.read("candidates").select("candidate_id", "text"), on="candidate_id")
+        .iter_rows(named=True)
+    }
     assert rows["GOOD answer"]["overall"] == pytest.approx((5 * 0.6 + 4 * 0.2) / 0.8)
     assert [a["score"] for a in rows["GOOD answer"]["aspects"]] == [pytest.approx(4.75)] * 4
     assert rows["POOR answer"]["overall"] == pytest.approx((1 * 0.3 + 2 * 0.1) / 0.4)
@@ -350,7 +419,12 @@ def test_logprob_scoring_weights_the_digits(openai_server, tmp_path):
     silent = rows["SILENT answer"]
     assert silent["overall"] is None and silent["error"].startswith("unparseable: helpfulness: none of")
     for sent in openai_server.bodies:  # they arrive concurrently, in any order
-        assert sent["max_tokens"] == 1 and sent["logprobs"] is True and sent["top_logprobs"] == 20 and "response_format" not in sent
+        assert (
+            sent["max_tokens"] == 1
+            and sent["logprobs"] is True
+            and sent["top_logprobs"] == 20
+            and "response_format" not in sent
+        )
     asks = sorted(b["messages"][-1]["content"].rsplit("\n\n", 1)[1] for b in openai_server.bodies)
     assert asks.count("helpfulness score (1-5):") == 3 and len(set(asks)) == 4
     assert openai_server.total == 12  # 3 candidates x 4 aspects, no retries (the distribution would not change)
@@ -364,17 +438,25 @@ def test_logprob_scoring_needs_single_digit_scales():
 def test_logprob_pairwise_with_a_first_position_bias(fake_backend, tmp_path):
     fake_backend.respond = lambda request: token_reply({"A": 0.7, "B": 0.3})
     rows = pairwise(tmp_path, ITEMS, scoring="logprobs")
-    assert [(r["verdict_ab"], r["verdict_ba"], r["consistent"], r["confidence"]) for r in rows] == [("chosen", "rejected", False, 0.0)] * 2
+    assert [(r["verdict_ab"], r["verdict_ba"], r["consistent"], r["confidence"]) for r in rows] == [
+        ("chosen", "rejected", False, 0.0)
+    ] * 2
     fake_backend.respond = lambda request: token_reply({"A": 0.52, "B": 0.48})
     rows = pairwise(tmp_path / "again", ITEMS, scoring="logprobs")
     assert all(r["verdict_ab"] == r["verdict_ba"] == "tie" and r["consistent"] for r in rows)
 
 
 def test_embedded_smollm2_logprob_judge_gives_graded_scores(tmp_path):
-    run, config = make_run(tmp_path / "run", ["What is the capital of France?"],
-                           {"What is the capital of France?": ["The capital of France is Paris.", "I like turtles."]},
-                           judge={"judges": [{"name": "smol", "model": "embedded:smollm2", "batch_size": 8}], "scoring": "logprobs",
-                                  "aspects": [{"name": "helpfulness"}, {"name": "truthfulness"}]})
+    run, config = make_run(
+        tmp_path / "run",
+        ["What is the capital of France?"],
+        {"What is the capital of France?": ["The capital of France is Paris.", "I like turtles."]},
+        judge={
+            "judges": [{"name": "smol", "model": "embedded:smollm2", "batch_size": 8}],
+            "scoring": "logprobs",
+            "aspects": [{"name": "helpfulness"}, {"name": "truthfulness"}],
+        },
+    )
     counts = judge.step(config, run)
     df = run.read("judgments")
     assert counts["scored"] == 2  # digits are always among the top tokens: no null scores
@@ -388,11 +470,18 @@ def test_a_failed_call_is_not_asked_again_by_the_judge(openai_server, tmp_path, 
     """One policy with generate: the client spends max_retries on a bad answer (here 2, so 3 requests), then
     the judge records the failure; it does not multiply that budget by parse_retries."""
     openai_server.respond = lambda r: {"fault": fault} if response_of(r) == "BROKEN answer" else rated(4)
-    run, config = make_run(tmp_path / "run", ["Say something."], {"Say something.": ["BROKEN answer", "GOOD answer"]},
-                           judge={"judges": [server_spec(openai_server, max_retries=2)], "parse_retries": 2})
+    run, config = make_run(
+        tmp_path / "run",
+        ["Say something."],
+        {"Say something.": ["BROKEN answer", "GOOD answer"]},
+        judge={"judges": [server_spec(openai_server, max_retries=2)], "parse_retries": 2},
+    )
     judge.step(config, run)
     assert sum(response_of(b) == "BROKEN answer" for b in openai_server.bodies) == 3
-    rows = {r["text"]: r for r in run.read("judgments").join(run.read("candidates"), on="candidate_id").iter_rows(named=True)}
+    rows = {
+        r["text"]: r
+        for r in run.read("judgments").join(run.read("candidates"), on="candidate_id").iter_rows(named=True)
+    }
     assert rows["BROKEN answer"]["overall"] is None and rows["BROKEN answer"]["error"].startswith("call failed: ")
     assert "(3 attempts)" in rows["BROKEN answer"]["error"]
     assert rows["GOOD answer"]["overall"] == 4.0
@@ -400,8 +489,12 @@ def test_a_failed_call_is_not_asked_again_by_the_judge(openai_server, tmp_path, 
 
 def test_a_judge_whose_every_call_fails_stops_the_run_loudly(openai_server, tmp_path, prefab):
     openai_server.fault_rates = {"nochoices": 1.0}
-    run, config = make_run(tmp_path / "run", ["Say something."], {"Say something.": ["ONE answer", "TWO answer"]},
-                           judge={"judges": [server_spec(openai_server)]})
+    run, config = make_run(
+        tmp_path / "run",
+        ["Say something."],
+        {"Say something.": ["ONE answer", "TWO answer"]},
+        judge={"judges": [server_spec(openai_server)]},
+    )
     with pytest.raises(Exception) as raised:
         judge.step(config, run)
     assert "every one of the 2 judge calls failed" in str(raised.value) and "no choices" in str(raised.value)
@@ -424,8 +517,13 @@ def test_the_embedded_judge_scores_where_its_top_20_tokens_hold_no_digit(tmp_pat
     pair = read_gold(CalibrateConfig(gold=[str(root / "data" / "gold" / "demo.jsonl")])).row(0, named=True)
     cache = CallCache(tmp_path / "cache.sqlite")
     try:
-        rows = judge.judge_by_logprobs(demo.judges[0], [(pair["messages"], pair["chosen"]), (pair["messages"], pair["rejected"])],
-                                       demo.aspects, cache, demo)
+        rows = judge.judge_by_logprobs(
+            demo.judges[0],
+            [(pair["messages"], pair["chosen"]), (pair["messages"], pair["rejected"])],
+            demo.aspects,
+            cache,
+            demo,
+        )
     finally:
         cache.close()
     assert [r["error"] for r in rows] == [None, None]

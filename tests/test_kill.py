@@ -15,8 +15,8 @@ from pathlib import Path
 import polars as pl
 import psutil
 import pytest
-
 from openai_server import OpenAIServer, default_respond
+
 from pipeline.core.store import Run
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -48,7 +48,9 @@ def respond(request: dict):
     kind = kind_of(request)
     user = request["messages"][-1]["content"]
     if kind == "rubric":
-        return json.dumps({name: {"rationale": "fine", "score": 1 + _h(user + name) % 5} for name in ("helpfulness", "honesty")})
+        return json.dumps(
+            {name: {"rationale": "fine", "score": 1 + _h(user + name) % 5} for name in ("helpfulness", "honesty")}
+        )
     if kind == "pairwise":
         a = user.split("## Response A\n\n", 1)[1].split("\n\n## Response B\n\n")[0]
         b = user.split("## Response B\n\n", 1)[1]
@@ -61,7 +63,7 @@ def config(tmp_path: Path, name: str, url: str, workspace: str) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"""run: {tmp_path / name}
 ingest:
-  paths: [{tmp_path / 'prompts.jsonl'}]
+  paths: [{tmp_path / "prompts.jsonl"}]
 generate:
   generators:
     - name: gen
@@ -88,8 +90,14 @@ export: {{test_share: 0.2}}
 
 def spawn(*args) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "pipeline.commands.cli", *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.commands.cli", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def finish(*args) -> None:
@@ -150,8 +158,10 @@ def talking_to(pid: int, url: str) -> bool:
     """Whether process pid holds a connection to the server at url."""
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     try:
-        return any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
-                   for c in psutil.Process(pid).net_connections(kind="tcp"))
+        return any(
+            c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+        )
     except psutil.NoSuchProcess:
         return False
 
@@ -171,7 +181,11 @@ def comparable(run_dir: Path) -> dict:
     for path in sorted(run_dir.glob("*.parquet")):
         df = pl.read_parquet(path).drop(drop.get(path.stem, []), strict=False)
         key = df.columns[0]
-        out[path.stem] = df.sort(df.columns[: 2 if path.stem in ("judgments", "labels", "embeddings") else 1]).to_dicts() if key else df
+        out[path.stem] = (
+            df.sort(df.columns[: 2 if path.stem in ("judgments", "labels", "embeddings") else 1]).to_dicts()
+            if key
+            else df
+        )
     for path in sorted((run_dir / "exports").glob("*.jsonl")):
         out[path.name] = sorted(path.read_text().splitlines())
     return out
@@ -184,8 +198,14 @@ def answer_some(client, dataset_name: str, workspace: str, n: int) -> None:
     dataset = client.datasets(dataset_name, workspace=workspace)
     records = sorted(dataset.records, key=lambda r: r.id)[:n]
     for i, record in enumerate(records):
-        client.api.records.create_record_response(record._server_id, UserResponseModel(
-            values={"preference": {"value": ["a", "b", "tie", "both_bad"][i % 4]}}, status="submitted", user_id=client.me.id))
+        client.api.records.create_record_response(
+            record._server_id,
+            UserResponseModel(
+                values={"preference": {"value": ["a", "b", "tie", "both_bad"][i % 4]}},
+                status="submitted",
+                user_id=client.me.id,
+            ),
+        )
 
 
 def test_kill_nine_everywhere_then_resume(tmp_path, openai_server, argilla_client, labeling_server, monkeypatch):
@@ -196,7 +216,9 @@ def test_kill_nine_everywhere_then_resume(tmp_path, openai_server, argilla_clien
     workspace = unique("kill")
     openai_server.respond = respond
     openai_server.latency = 0.1
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Explain idea number {i} briefly."}) + "\n" for i in range(N_PROMPTS)))
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"Explain idea number {i} briefly."}) + "\n" for i in range(N_PROMPTS))
+    )
 
     # the uninterrupted reference
     reference = config(tmp_path, "reference", openai_server.url, workspace)
@@ -209,7 +231,14 @@ def test_kill_nine_everywhere_then_resume(tmp_path, openai_server, argilla_clien
     killed_cfg = config(tmp_path, "killed", openai_server.url, workspace)
     run_dir = tmp_path / "killed"
     stages = ["generate", "judge", "embed", "route", "push", "export"]
-    before = {"generate": "ingest", "judge": "generate", "embed": "judge", "route": "pair", "push": "route", "export": "push"}
+    before = {
+        "generate": "ingest",
+        "judge": "generate",
+        "embed": "judge",
+        "route": "pair",
+        "push": "route",
+        "export": "push",
+    }
     landed, kill_times = {}, []
     for stage in stages:
         landed[stage] = 0
@@ -219,14 +248,18 @@ def test_kill_nine_everywhere_then_resume(tmp_path, openai_server, argilla_clien
             if stage in MODEL_STAGES:
                 # kill once this process has had a few answers and a moment more: calls finished well
                 # before the kill and calls in flight at it, both every time
-                trigger = after_answers(openai_server, MODEL_STAGES[stage], spawned_at, rng.randint(1, 4), rng.uniform(0.25, 0.4))
+                trigger = after_answers(
+                    openai_server, MODEL_STAGES[stage], spawned_at, rng.randint(1, 4), rng.uniform(0.25, 0.4)
+                )
             else:
                 ready_at = []
                 delay = rng.uniform(0.05, 1.5)
+
                 def trigger(prev=before[stage]):
                     if not ready_at and complete(run_dir, prev):
                         ready_at.append(time.time())
                     return bool(ready_at) and time.time() - ready_at[0] >= delay
+
             killed = kill_when(proc, trigger, kills=kill_times)
             landed[stage] += killed and not complete(run_dir, stage)
             assert_tables_whole(run_dir)
@@ -243,7 +276,11 @@ def test_kill_nine_everywhere_then_resume(tmp_path, openai_server, argilla_clien
 
     for killed_at in kill_times:
         finished = {key for arrived, answered, key in openai_server.answered if received(arrived, answered, killed_at)}
-        asked_after = {OpenAIServer.request_key(body) for body, at in zip(openai_server.bodies, openai_server.arrivals) if at > killed_at}
+        asked_after = {
+            OpenAIServer.request_key(body)
+            for body, at in zip(openai_server.bodies, openai_server.arrivals)
+            if at > killed_at
+        }
         assert not finished & asked_after, f"{len(finished & asked_after)} finished calls asked again after a kill"
     # and in all, only about the calls in flight at the model-stage kills were asked twice (with nothing
     # cached, each killed process would ask again everything its predecessors had finished: hundreds)
@@ -296,10 +333,12 @@ def test_a_kill_repays_only_the_calls_in_flight(tmp_path, openai_server, monkeyp
     openai_server.latency = 0.05
     rng = random.Random(12)
     n = 1500
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Tell me fact number {i}."}) + "\n" for i in range(n)))
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"Tell me fact number {i}."}) + "\n" for i in range(n))
+    )
     cfg = tmp_path / "gen.yaml"
-    cfg.write_text(f"""run: {tmp_path / 'run'}
-ingest: {{paths: [{tmp_path / 'prompts.jsonl'}]}}
+    cfg.write_text(f"""run: {tmp_path / "run"}
+ingest: {{paths: [{tmp_path / "prompts.jsonl"}]}}
 generate:
   generators:
     - {{name: gen, model: gen-model, backend: openai, base_url: {openai_server.url}, api_key_env: PREFAB_KILL_KEY,
@@ -309,8 +348,11 @@ generate:
     kills = []
     for _ in range(3):
         proc = spawn("generate", "--run", tmp_path / "run", "--config", cfg)
-        assert kill_when(proc, after_answers(openai_server, "gen-model", time.monotonic(), rng.randint(60, 200), rng.uniform(0.0, 0.2)),
-                         kills=kills)
+        assert kill_when(
+            proc,
+            after_answers(openai_server, "gen-model", time.monotonic(), rng.randint(60, 200), rng.uniform(0.0, 0.2)),
+            kills=kills,
+        )
     finish("generate", "--run", tmp_path / "run", "--config", cfg)
     assert Run(tmp_path / "run").read("candidates")["error"].null_count() == n
 
@@ -325,7 +367,9 @@ generate:
         in_flight = {key for key in sent if first_answer.get(key, killed_at) >= killed_at - CLIENT_LAG_S}
         repaid = sent & {key for at, key in requests if at > killed_at}
         lag = max([killed_at - first_answer[key] for key in repaid if key in first_answer] or [0.0])
-        measured.append(f"kill {k}: {len(repaid)} repaid, {len(in_flight)} in flight, oldest repaid answer {lag:.3f} s before the kill")
+        measured.append(
+            f"kill {k}: {len(repaid)} repaid, {len(in_flight)} in flight, oldest repaid answer {lag:.3f} s before the kill"
+        )
         assert len(repaid) <= KILL_CONCURRENCY, measured
         assert repaid <= in_flight, measured
     print("; ".join(measured))

@@ -13,16 +13,18 @@ from labeling_runs import make_run
 from labeling.aggregate import bayesian, dawid_skene, prior_of, resolve_run
 from labeling.posterior import Prior, fit
 from labeling.queue import plan, worth
-from training.settings import ExportConfig
 from labeling.settings import LabelingConfig
 from pipeline.core.schema import TABLES
 from training.export import export
+from training.settings import ExportConfig
 
 
 def labels(rows: list[tuple]) -> pl.DataFrame:
     """A labels table of submitted labels: (pair_id, annotator, label)."""
-    return pl.DataFrame([{"pair_id": p, "annotator": a, "status": "submitted", "label": lab} for p, a, lab in rows],
-                        schema=TABLES["labels"])
+    return pl.DataFrame(
+        [{"pair_id": p, "annotator": a, "status": "submitted", "label": lab} for p, a, lab in rows],
+        schema=TABLES["labels"],
+    )
 
 
 PRIOR = prior_of(LabelingConfig())
@@ -46,7 +48,9 @@ def test_one_annotator_without_gold_stays_at_the_prior_however_consistent():
     resolved, model = bayesian(labels(rows), "drop", 1, None, prior=PRIOR, pair_prior={})
     assert resolved["confidence"].mean() == pytest.approx(PRIOR.mean, abs=0.02)
     mean, low, high = model.accuracy("solo")
-    assert mean == pytest.approx(PRIOR.mean, abs=0.03) and high - low > 0.3  # the Beta(7, 3) prior's own 90% interval: 0.44-0.89
+    assert (
+        mean == pytest.approx(PRIOR.mean, abs=0.03) and high - low > 0.3
+    )  # the Beta(7, 3) prior's own 90% interval: 0.44-0.89
     stated = model.stated(resolved["pair_id"].to_list(), resolved["preference"].to_list())
     assert stated["low"] < 0.6 and stated["high"] > 0.8
 
@@ -63,7 +67,9 @@ def test_gold_answers_measure_an_annotator_and_move_the_confidence():
 
 def test_the_judges_calibrated_confidence_is_each_pairs_prior():
     """One label against a judge that gold shows right 90% of the time on this pair: Bayes' rule with the prior."""
-    resolved, _ = bayesian(labels([("p1", "ann", "rejected")]), "drop", 1, None, prior=Prior(0.7, 1e6), pair_prior={"p1": 0.9})
+    resolved, _ = bayesian(
+        labels([("p1", "ann", "rejected")]), "drop", 1, None, prior=Prior(0.7, 1e6), pair_prior={"p1": 0.9}
+    )
     # P(chosen | label rejected) = 0.9 * 0.3 / (0.9 * 0.3 + 0.1 * 0.7) = 0.794: the judge's side wins, with that confidence
     assert resolved.row(0, named=True)["preference"] == "chosen"
     assert resolved["confidence"][0] == pytest.approx(0.27 / 0.34, abs=0.01)
@@ -103,15 +109,22 @@ def test_export_after_one_label_states_assumed_accuracy_with_an_interval(tmp_pat
 
 def queue_inputs(confidences: dict[str, float | None], counts: dict[str, int], resolved_conf: dict[str, float]):
     """(human pairs with the judge's confidence, resolved with the labels' confidence, labels: counts[p] per pair)."""
-    human = pl.DataFrame({"pair_id": list(confidences), "confidence": list(confidences.values())},
-                         schema={"pair_id": pl.String, "confidence": pl.Float64})
-    resolved = pl.DataFrame([{"pair_id": p, "confidence": c} for p, c in resolved_conf.items()], schema=TABLES["resolved"])
+    human = pl.DataFrame(
+        {"pair_id": list(confidences), "confidence": list(confidences.values())},
+        schema={"pair_id": pl.String, "confidence": pl.Float64},
+    )
+    resolved = pl.DataFrame(
+        [{"pair_id": p, "confidence": c} for p, c in resolved_conf.items()], schema=TABLES["resolved"]
+    )
     return human, resolved, labels([(p, f"ann{k}", "chosen") for p, n in counts.items() for k in range(n)])
 
 
 def test_queue_asks_again_only_below_the_target_and_never_past_the_maximum():
-    human, resolved, given = queue_inputs({"a": 0.6, "b": 0.6, "c": 0.6, "d": 0.7, "e": 0.55},
-                                          {"a": 1, "b": 2, "c": 3, "d": 1}, {"a": 0.95, "b": 0.8, "c": 0.8, "d": 0.85})
+    human, resolved, given = queue_inputs(
+        {"a": 0.6, "b": 0.6, "c": 0.6, "d": 0.7, "e": 0.55},
+        {"a": 1, "b": 2, "c": 3, "d": 1},
+        {"a": 0.95, "b": 0.8, "c": 0.8, "d": 0.85},
+    )
     queue = plan(human, resolved, given, {"a", "b", "c", "d", "e"}, target=0.9, max_labels=3, budget=None)
     state = dict(queue.select("pair_id", "state").iter_rows())
     assert state == {"a": "settled", "b": "queued", "c": "max_labels", "d": "queued", "e": "queued"}
@@ -128,7 +141,9 @@ def test_queue_keeps_within_the_label_budget_least_confident_first():
     # 1 label spent, 5 left; least confident first: b (0.55) may take 3, then d and c (3 each) do not fit in the 2 left,
     # and a (0.75 after its label) may take 2 more
     assert state == {"a": "queued", "b": "queued", "c": "not_started", "d": "not_started"}
-    worst_case = sum(3 - n for n, s in zip(queue["labels"], queue["state"]) if s == "queued") + int(queue["labels"].sum())
+    worst_case = sum(3 - n for n, s in zip(queue["labels"], queue["state"]) if s == "queued") + int(
+        queue["labels"].sum()
+    )
     assert worst_case <= 6
 
 
@@ -149,8 +164,9 @@ def test_the_budget_goes_where_labels_buy_most_not_to_the_least_confident():
     # y (0.7, unlabeled) can get one from "good"; the budget pays for one more pair
     human, resolved, given = queue_inputs({"x": 0.55, "y": 0.7}, {}, {"x": 0.62})
     given = labels([("x", "good", "chosen")])
-    queue = plan(human, resolved, given, {"x", "y"}, target=0.9, max_labels=2, budget=3,
-                 accuracy={"good": 0.9, "weak": 0.6})
+    queue = plan(
+        human, resolved, given, {"x", "y"}, target=0.9, max_labels=2, budget=3, accuracy={"good": 0.9, "weak": 0.6}
+    )
     state = dict(queue.select("pair_id", "state").iter_rows())
     assert state == {"x": "over_budget", "y": "queued"}, queue
     worths = dict(queue.select("pair_id", "worth").iter_rows())
@@ -159,8 +175,13 @@ def test_the_budget_goes_where_labels_buy_most_not_to_the_least_confident():
 
 
 def test_a_pair_labeled_mostly_tie_or_both_bad_resolves_by_count_without_a_confidence():
-    rows = [("p1", "a", "both_bad"), ("p1", "b", "both_bad"), ("p1", "c", "chosen"),
-            ("p2", "a", "tie"), ("p2", "b", "chosen")]
+    rows = [
+        ("p1", "a", "both_bad"),
+        ("p1", "b", "both_bad"),
+        ("p1", "c", "chosen"),
+        ("p2", "a", "tie"),
+        ("p2", "b", "chosen"),
+    ]
     resolved, _ = bayesian(labels(rows), "drop", 1, None, prior=PRIOR, pair_prior={})
     got = {r["pair_id"]: (r["preference"], r["status"], r["confidence"]) for r in resolved.iter_rows(named=True)}
     # p1: two of three say both are bad; p2: one side against one "tie" is not mostly sideless, so the side wins

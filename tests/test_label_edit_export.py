@@ -4,7 +4,6 @@ import json
 
 import polars as pl
 import pytest
-
 from labeling_fixtures import unique
 from labeling_runs import make_run
 from test_push_pull import annotator, my_records, pick, respond
@@ -40,10 +39,13 @@ def test_edited_label_flips_the_export(argilla_client, prefab, tmp_path):
     assert (line["chosen"][-1]["content"], line["rejected"][-1]["content"]) == (judge_chosen, judge_rejected)
 
     # then edits the answer in Argilla: the other response is better
-    response_id = next(r for r in my_records(ann, dataset.id) if r["external_id"] == pair["pair_id"])["responses"][0]["id"]
+    response_id = next(r for r in my_records(ann, dataset.id) if r["external_id"] == pair["pair_id"])["responses"][0][
+        "id"
+    ]
     other = "b" if agree == "a" else "a"
-    ann.api.http_client.put(f"/api/v1/responses/{response_id}",
-                            json={"values": {"preference": {"value": other}}, "status": "submitted"}).raise_for_status()
+    ann.api.http_client.put(
+        f"/api/v1/responses/{response_id}", json={"values": {"preference": {"value": other}}, "status": "submitted"}
+    ).raise_for_status()
     assert prefab("pull", "--run", run.path).exit_code == 0
     assert run.read("labels").filter(pl.col("pair_id") == pair["pair_id"])["label"].to_list() == ["rejected"]
     result = prefab("export", "--run", run.path, "--source", "human", "--test-share", "0")

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.server
 
 def test_twenty_annotators_submit_concurrently_and_nothing_is_lost(labeling_server):
     result = load_test(labeling_server["url"], labeling_server["api_key"], annotators=20, records=50)
-    print(f"\n20 annotators, {result['sent']} responses: p50 {result['p50_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms, "
-          f"{result['responses_per_s']:.0f} responses/s")
+    print(
+        f"\n20 annotators, {result['sent']} responses: p50 {result['p50_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms, "
+        f"{result['responses_per_s']:.0f} responses/s"
+    )
     assert result["errors"] == []
     assert result["sent"] == 1000 and result["stored"] == 1000 and result["mismatched"] == 0

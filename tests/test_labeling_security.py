@@ -4,7 +4,6 @@ works without credentials. Each refusal has a positive control, so a server that
 
 import httpx
 import pytest
-
 from labeling_fixtures import answer, login, make_user, unique
 
 pytestmark = pytest.mark.server
@@ -19,15 +18,19 @@ def world(argilla_client, labeling_server):
     other, other_pw = make_user(argilla_client, ws_a)
     admin, admin_pw = make_user(argilla_client, ws_a, role="admin")
     rg.Workspace(name=ws_b, client=argilla_client).create()
-    settings = rg.Settings(fields=[rg.TextField(name="prompt")], questions=[rg.LabelQuestion(name="pref", labels=["a", "b"])])
+    settings = rg.Settings(
+        fields=[rg.TextField(name="prompt")], questions=[rg.LabelQuestion(name="pref", labels=["a", "b"])]
+    )
     datasets = {}
     for ws in (ws_a, ws_b):
         ds = rg.Dataset(name=unique("sec"), workspace=ws, settings=settings, client=argilla_client).create()
         ds.records.log([{"id": "r1", "prompt": "one"}, {"id": "r2", "prompt": "two"}])
         datasets[ws] = (str(ds.id), str(next(iter(ds.records))._server_id))
-    clients = {"annotator": login(labeling_server, annotator.username, annotator_pw),
-               "other": login(labeling_server, other.username, other_pw),
-               "admin": login(labeling_server, admin.username, admin_pw)}
+    clients = {
+        "annotator": login(labeling_server, annotator.username, annotator_pw),
+        "other": login(labeling_server, other.username, other_pw),
+        "admin": login(labeling_server, admin.username, admin_pw),
+    }
     yield {"a": datasets[ws_a], "b": datasets[ws_b], "ws_a": ws_a, "ws_b": ws_b, **clients, "annotator_user": annotator}
     for client in clients.values():
         client.close()
@@ -53,12 +56,16 @@ def test_annotator_reaches_no_admin_endpoint(world):
     assert http.get("/me").status_code == 200  # positive control
     refused = [
         http.get("/users"),
-        http.post("/users", json={"username": unique("x"), "password": "12345678abc", "first_name": "x", "role": "owner"}),
+        http.post(
+            "/users", json={"username": unique("x"), "password": "12345678abc", "first_name": "x", "role": "owner"}
+        ),
         http.post("/workspaces", json={"name": unique("ws")}),
         http.delete(f"/datasets/{a_id}"),
         http.post(f"/datasets/{a_id}/records/search", json={}),  # search with everyone's responses
         http.put(f"/datasets/{a_id}/records/bulk", json={"items": [{"fields": {"prompt": "injected"}}]}),
-        http.post(f"/datasets/{a_id}/metadata-properties", json={"name": "m", "title": "m", "settings": {"type": "terms"}}),
+        http.post(
+            f"/datasets/{a_id}/metadata-properties", json={"name": "m", "title": "m", "settings": {"type": "terms"}}
+        ),
         http.patch(f"/datasets/{a_id}", json={"guidelines": "changed by an annotator"}),
     ]
     assert [r.status_code for r in refused] == [403] * len(refused), [r.text for r in refused]
@@ -70,13 +77,17 @@ def test_annotator_never_sees_another_annotators_answers(world, argilla_http):
     a_id, a_record = world["a"]
     mine, theirs = str(world["annotator_user"].id), str(world["other"].get("/me").json()["id"])
     listed = world["annotator"].post(f"/me/datasets/{a_id}/records/search", json={}).json()["items"]
-    other_record = next(i["record"]["id"] for i in listed if i["record"]["id"] != a_record)  # r2: no other test answers it
+    other_record = next(
+        i["record"]["id"] for i in listed if i["record"]["id"] != a_record
+    )  # r2: no other test answers it
     assert answer(world["other"], other_record, "b").status_code == 201
     assert answer(world["annotator"], other_record, "a").status_code == 201
 
     def responses(http, path):
         found = http.post(path, json={}, params={"include": "responses"}).json()["items"]
-        return [r for item in found if item["record"]["id"] == other_record for r in item["record"].get("responses", [])]
+        return [
+            r for item in found if item["record"]["id"] == other_record for r in item["record"].get("responses", [])
+        ]
 
     assert {r["user_id"] for r in responses(argilla_http, f"/datasets/{a_id}/records/search")} >= {mine, theirs}
     seen = responses(world["annotator"], f"/me/datasets/{a_id}/records/search")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from labeling_fixtures import answer, login, make_user, pref_dataset, unique
 
 from labeling import launcher
-from labeling_fixtures import answer, login, make_user, pref_dataset, unique
 from pipeline.core.errors import LabelingError
 
 pytestmark = pytest.mark.server
@@ -72,8 +72,12 @@ def submit(http, record_id: str, label: str) -> None:
 def submitted_labels(argilla_client, dataset) -> dict:
     """external id -> submitted `pref` value, read back through the SDK."""
     fresh = argilla_client.datasets(dataset.name, workspace=dataset.workspace.name)
-    return {record.id: response.value for record in fresh.records(with_responses=True) for response in record.responses
-            if response.question_name == "pref" and getattr(response.status, "value", response.status) == "submitted"}
+    return {
+        record.id: response.value
+        for record in fresh.records(with_responses=True)
+        for response in record.responses
+        if response.question_name == "pref" and getattr(response.status, "value", response.status) == "submitted"
+    }
 
 
 def test_restart_and_kill_9_lose_no_submitted_response(labeling_server, argilla_client):
@@ -105,8 +109,16 @@ def test_restart_and_kill_9_lose_no_submitted_response(labeling_server, argilla_
         assert all(after[name] and after[name] != before[name] for name in killed)
         assert (after["worker"], after["redis"]) == (before["worker"], before["redis"])
         assert submitted_labels(argilla_client, dataset) == {"r0": "a", "r1": "b"}
-        queue = http.post(f"/me/datasets/{dataset.id}/records/search", json={"filters": {"and": [
-            {"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": ["pending"]}]}}).json()
+        queue = http.post(
+            f"/me/datasets/{dataset.id}/records/search",
+            json={
+                "filters": {
+                    "and": [
+                        {"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": ["pending"]}
+                    ]
+                }
+            },
+        ).json()
         assert sorted(item["record"]["external_id"] for item in queue["items"]) == ["r2", "r3"]
     finally:
         http.close()
@@ -174,5 +186,7 @@ def test_a_home_keeps_the_database_it_was_made_with(tmp_path):
     assert launcher._database_kind(tmp_path / "new", {}, None, None) == "postgresql"
     assert launcher._database_kind(tmp_path / "new", {}, "sqlite", None) == "sqlite"
     assert launcher._database_kind(tmp_path / "new", {}, None, "postgresql://u:p@db/argilla") == "external"
-    assert launcher.database_name(tmp_path, {"database": "external", "database_url": "postgresql://u:secret@db/argilla"}) \
+    assert (
+        launcher.database_name(tmp_path, {"database": "external", "database_url": "postgresql://u:secret@db/argilla"})
         == "postgresql (postgresql://u:***@db/argilla)"
+    )

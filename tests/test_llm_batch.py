@@ -18,8 +18,8 @@ from test_llm_openai import ask, cache  # noqa: F401 (a fixture, used by name)
 from pipeline.core.cache import CallCache
 from pipeline.core.config import ModelSpec
 from pipeline.core.errors import ConfigError, ModelError
-from pipeline.models.llm import call_llm, check_spec
 from pipeline.core.store import Run
+from pipeline.models.llm import call_llm, check_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "logprobs", "error")
@@ -44,7 +44,9 @@ def uploaded_lines(server) -> list[list[dict]]:
 
 def test_answers_equal_the_realtime_ones_and_come_from_the_cache_after(openai_server, cache, tmp_path):
     openai_server.batch_polls = 3
-    requests = [ask(f"question {i}", temperature=t) for i in range(6) for t in (0.2, 0.9)] + [ask("probs", logprobs=True, top_logprobs=2)]
+    requests = [ask(f"question {i}", temperature=t) for i in range(6) for t in (0.2, 0.9)] + [
+        ask("probs", logprobs=True, top_logprobs=2)
+    ]
     results = call_llm(batch_spec(openai_server), requests, cache, "batch")
     assert len(openai_server.batches) == 1 and openai_server.total == len(requests)
     [(batch_id, status, size)] = journal(cache.path)
@@ -76,16 +78,24 @@ def test_requests_are_split_into_files_of_batch_max_requests(openai_server, cach
 def test_per_request_failures_are_recorded_and_asked_again_next_run(openai_server, cache):
     def respond(request):
         text = request["messages"][-1]["content"]
-        faults = {"bad request": {"fault": "400"}, "broken": {"fault": "500"}, "dropped": {"fault": "reset"},
-                  "refused": {"content": None, "refusal": "I can't help with that"}}
+        faults = {
+            "bad request": {"fault": "400"},
+            "broken": {"fault": "500"},
+            "dropped": {"fault": "reset"},
+            "refused": {"content": None, "refusal": "I can't help with that"},
+        }
         return faults.get(text) or default_respond(request)
 
     openai_server.respond = respond
     requests = [ask("fine"), ask("bad request"), ask("broken"), ask("dropped"), ask("refused")]
     results = call_llm(batch_spec(openai_server), requests, cache, "batch")
     assert results[0].error is None and results[0].text
-    assert [r.error for r in results[1:]] == ["HTTP 400: scripted 400", "HTTP 500: scripted 500",
-                                              "batch error server_error: scripted reset", "refused: I can't help with that"]
+    assert [r.error for r in results[1:]] == [
+        "HTTP 400: scripted 400",
+        "HTTP 500: scripted 500",
+        "batch error server_error: scripted reset",
+        "refused: I can't help with that",
+    ]
     assert all(r.text is None for r in results[1:])
     assert len(cache) == 1  # failures are not cached
     counts = openai_server.batches[journal(cache.path)[0][0]]["request_counts"]
@@ -115,7 +125,9 @@ def test_an_expired_batch_keeps_what_ran_and_asks_the_rest_again(openai_server, 
 
 
 def test_a_failed_batch_gives_each_request_its_validation_errors(openai_server, cache):
-    openai_server.batch_outcomes.append({"errors": [{"code": "invalid_request", "line": 2, "message": "max_tokens is too large", "param": None}]})
+    openai_server.batch_outcomes.append(
+        {"errors": [{"code": "invalid_request", "line": 2, "message": "max_tokens is too large", "param": None}]}
+    )
     requests = [ask(f"invalid {i}") for i in range(3)]
     results = call_llm(batch_spec(openai_server), requests, cache, "batch")
     [(batch_id, status, _)] = journal(cache.path)
@@ -157,11 +169,29 @@ def test_batch_settings_belong_to_the_openai_backend_and_one_server():
 
 def write_config(tmp_path: Path, server, n_prompts: int, **gen) -> Path:
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": f"Prompt number {i}: tell me about topic {i}."}) + "\n" for i in range(n_prompts)))
-    gen = {"name": "fake", "backend": "openai", "model": "fake-model", "base_url": server.url, "temperatures": [0.3, 1.0],
-           "n": 2, "max_tokens": 40, "max_retries": 1, "timeout": 5, "mode": "batch", "batch_poll_s": 0.3, **gen}
-    config = {"run": str(tmp_path / "run"), "stages": ["ingest", "generate"], "ingest": {"paths": [str(prompts)]},
-              "generate": {"generators": [gen]}}
+    prompts.write_text(
+        "".join(json.dumps({"prompt": f"Prompt number {i}: tell me about topic {i}."}) + "\n" for i in range(n_prompts))
+    )
+    gen = {
+        "name": "fake",
+        "backend": "openai",
+        "model": "fake-model",
+        "base_url": server.url,
+        "temperatures": [0.3, 1.0],
+        "n": 2,
+        "max_tokens": 40,
+        "max_retries": 1,
+        "timeout": 5,
+        "mode": "batch",
+        "batch_poll_s": 0.3,
+        **gen,
+    }
+    config = {
+        "run": str(tmp_path / "run"),
+        "stages": ["ingest", "generate"],
+        "ingest": {"paths": [str(prompts)]},
+        "generate": {"generators": [gen]},
+    }
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
@@ -177,8 +207,13 @@ def test_a_killed_run_waits_for_its_batch_instead_of_paying_again(openai_server,
     config = write_config(tmp_path / "a", openai_server, 6)  # 6 prompts x 2 temperatures x 2 samples
     cache_path = tmp_path / "a" / "run" / "cache.sqlite"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.commands.cli", "run", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while not openai_server.batches or next(iter(openai_server.batches.values()))["_retrieves"] < 1:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -228,7 +263,9 @@ def test_a_cancelled_batch_keeps_what_ran(openai_server, cache):
     openai_server.batch_polls = 10**6
     requests = [ask(f"cancelled {i}") for i in range(9)]
     results = []
-    waiter = threading.Thread(target=lambda: results.extend(call_llm(batch_spec(openai_server, batch_poll_s=0.3), requests, cache, "batch")))
+    waiter = threading.Thread(
+        target=lambda: results.extend(call_llm(batch_spec(openai_server, batch_poll_s=0.3), requests, cache, "batch"))
+    )
     waiter.start()
     deadline = time.monotonic() + 30
     while not openai_server.batches:

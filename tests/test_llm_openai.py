@@ -45,7 +45,12 @@ def test_results_in_order_with_tokens_then_all_from_cache(openai_server, cache):
 
 
 def test_max_tokens_and_stop_are_sent(openai_server, cache):
-    results = call_llm(spec_for(openai_server), [ask("one two three four five six", max_tokens=3), ask("alpha beta gamma", stop=["beta"])], cache, "t")
+    results = call_llm(
+        spec_for(openai_server),
+        [ask("one two three four five six", max_tokens=3), ask("alpha beta gamma", stop=["beta"])],
+        cache,
+        "t",
+    )
     assert results[0].finish_reason == "length" and results[0].completion_tokens == 3
     assert "beta" not in results[1].text and "alpha" in results[1].text
     sent = {b["messages"][0]["content"]: b for b in openai_server.bodies}
@@ -59,7 +64,9 @@ def test_429_retry_after_is_honoured(openai_server, cache):
     elapsed = time.monotonic() - started
     assert result.error is None
     assert openai_server.statuses == {"429": 1, "200": 1}
-    assert elapsed >= 1.2  # waited what the server asked, not the client's 0.5 s backoff (how fast is bench/'s question)
+    assert (
+        elapsed >= 1.2
+    )  # waited what the server asked, not the client's 0.5 s backoff (how fast is bench/'s question)
 
 
 def test_429_without_retry_after_backs_off_exponentially(openai_server, cache):
@@ -93,9 +100,13 @@ def test_a_200_that_is_not_a_chat_completion_is_retried_then_recorded(openai_ser
     assert len(cache) == 1  # the failure is not cached: a later run asks again
 
 
-def test_logprobs_of_another_shape_are_a_malformed_answer_for_a_request_that_asked_for_them(openai_server, cache, fast_backoff):
+def test_logprobs_of_another_shape_are_a_malformed_answer_for_a_request_that_asked_for_them(
+    openai_server, cache, fast_backoff
+):
     openai_server.script("badlogprobs", "badlogprobs")
-    [result] = call_llm(spec_for(openai_server, max_retries=1), [ask("probs", logprobs=True, top_logprobs=2)], cache, "t")
+    [result] = call_llm(
+        spec_for(openai_server, max_retries=1), [ask("probs", logprobs=True, top_logprobs=2)], cache, "t"
+    )
     assert result.text is None and result.error.startswith("malformed answer: ") and "logprobs" in result.error
     assert result.error.endswith("(2 attempts)") and len(cache) == 0
 
@@ -114,7 +125,18 @@ def test_the_html_error_page_is_named_in_the_reason(openai_server, cache, fast_b
 def test_max_retries_bounds_every_attempt_whatever_failed(openai_server, cache, max_retries, fast_backoff):
     """Mixed failures in one call: statuses, a reset, a timeout and 200s that are not completions all count
     against one budget of 1 + max_retries requests."""
-    mixed = ["500:0.01", "html", "503:0.01", "nochoices", "reset", "wrongjson", "429:0.01", "hang:2", "malformed", "nomessage"]
+    mixed = [
+        "500:0.01",
+        "html",
+        "503:0.01",
+        "nochoices",
+        "reset",
+        "wrongjson",
+        "429:0.01",
+        "hang:2",
+        "malformed",
+        "nomessage",
+    ]
     openai_server.script(*mixed[: 1 + max_retries])  # exactly the budget: one more would be an "ok"
     [result] = call_llm(spec_for(openai_server, max_retries=max_retries, timeout=0.3), [ask("mixed")], cache, "t")
     assert openai_server.prompt_counts["mixed"] == 1 + max_retries
@@ -177,7 +199,9 @@ def test_failures_come_back_with_reasons_and_are_not_cached(openai_server, cache
     assert results[1].error == "HTTP 500: The server had an error (2 attempts)" and results[1].text is None
     assert results[2].error == "HTTP 400: scripted 400"
     assert results[3].error == "refused: I can't help with that"
-    assert openai_server.prompt_counts["broken"] == 2 and openai_server.prompt_counts["bad request"] == 1  # 400 is not retried
+    assert (
+        openai_server.prompt_counts["broken"] == 2 and openai_server.prompt_counts["bad request"] == 1
+    )  # 400 is not retried
     assert len(cache) == 1
 
     openai_server.respond = default_respond
@@ -195,7 +219,12 @@ def test_rejected_key_unknown_model_or_missing_key_variable_raise(cache, monkeyp
 
         monkeypatch.setenv("TEST_KEY", "right-key")
         with pytest.raises(ModelError, match="does not exist"):
-            call_llm(ModelSpec(backend="openai", model="no-such-model", base_url=server.url, api_key_env="TEST_KEY"), [ask("q")], cache, "t")
+            call_llm(
+                ModelSpec(backend="openai", model="no-such-model", base_url=server.url, api_key_env="TEST_KEY"),
+                [ask("q")],
+                cache,
+                "t",
+            )
         [ok] = call_llm(spec_for(server, api_key_env="TEST_KEY"), [ask("q")], cache, "t")
         assert ok.error is None
 
@@ -244,13 +273,20 @@ def test_identical_requests_are_called_once(openai_server, cache):
 
 
 def test_response_format_and_logprobs_pass_through(openai_server, cache):
-    schema = {"type": "json_schema", "json_schema": {"name": "score", "schema": {"type": "object", "properties": {"score": {"type": "integer"}}}}}
+    schema = {
+        "type": "json_schema",
+        "json_schema": {"name": "score", "schema": {"type": "object", "properties": {"score": {"type": "integer"}}}},
+    }
     openai_server.respond = lambda request: '{"score": 4}' if request.get("response_format") == schema else "no schema"
-    [result] = call_llm(spec_for(openai_server), [ask("judge this", response_format=schema, logprobs=True, top_logprobs=2)], cache, "t")
+    [result] = call_llm(
+        spec_for(openai_server), [ask("judge this", response_format=schema, logprobs=True, top_logprobs=2)], cache, "t"
+    )
     assert result.text == '{"score": 4}'
     assert openai_server.bodies[0]["logprobs"] is True and openai_server.bodies[0]["top_logprobs"] == 2
     assert result.logprobs[0]["token"] == '{"score":' and len(result.logprobs[0]["top_logprobs"]) == 2
-    [again] = call_llm(spec_for(openai_server), [ask("judge this", response_format=schema, logprobs=True, top_logprobs=2)], cache, "t")
+    [again] = call_llm(
+        spec_for(openai_server), [ask("judge this", response_format=schema, logprobs=True, top_logprobs=2)], cache, "t"
+    )
     assert again.cached and again.logprobs == result.logprobs
 
 

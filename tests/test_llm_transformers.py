@@ -34,7 +34,9 @@ def batch(model, tmp_path_factory):
         chat("What is the capital of France?", temperature=0),
         chat("Write one word about the sea.", temperature=1.0, seed=1),
         chat("Write one word about the sea.", temperature=1.0, seed=2),
-        chat("List three fruits, one per line.", temperature=0, max_tokens=16, stop=["\n"], logprobs=True, top_logprobs=3),
+        chat(
+            "List three fruits, one per line.", temperature=0, max_tokens=16, stop=["\n"], logprobs=True, top_logprobs=3
+        ),
     ]
     return cache, requests, call_llm(SPEC, requests, cache, "test")
 
@@ -46,15 +48,21 @@ def test_answers_with_token_counts(model, batch):
         assert result.error is None and not result.cached and result.text.strip()
         assert 1 <= result.completion_tokens <= request.max_tokens
         assert result.finish_reason in ("stop", "length")
-        assert result.prompt_tokens == len(tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        assert result.prompt_tokens == len(
+            tokenizer.apply_chat_template(
+                request.messages, add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
 
 
 def test_greedy_matches_model_generate(model, batch):
     model_, tokenizer, _ = model
     _, requests, results = batch
-    inputs = tokenizer.apply_chat_template(requests[0].messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        requests[0].messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model_.generate(**inputs, do_sample=False, max_new_tokens=8)
-    assert results[0].text == tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert results[0].text == tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in results[0].text
 
 
@@ -86,4 +94,9 @@ def test_missing_model_path_is_a_model_error(tmp_path):
     from pipeline.core.errors import ModelError
 
     with pytest.raises(ModelError, match="does not exist"):
-        call_llm(ModelSpec(backend="transformers", model=str(tmp_path / "nope")), [chat("hi")], CallCache(tmp_path / "c.sqlite"), "t")
+        call_llm(
+            ModelSpec(backend="transformers", model=str(tmp_path / "nope")),
+            [chat("hi")],
+            CallCache(tmp_path / "c.sqlite"),
+            "t",
+        )

@@ -16,15 +16,20 @@ pytestmark = pytest.mark.server
 def test_printed_next_steps_run_as_printed_in_a_new_shell(labeling_server, prefab, tmp_path, monkeypatch):
     project = tmp_path / "project"
     (project / ".prefab").mkdir(parents=True)
-    (project / ".prefab" / "labeling").symlink_to(labeling_server["home"])  # the project's server, as `make demo` leaves it
+    (project / ".prefab" / "labeling").symlink_to(
+        labeling_server["home"]
+    )  # the project's server, as `make demo` leaves it
     monkeypatch.chdir(project)
     run, _ = make_run(project / "runs" / unique("steps"), 4)
     assert prefab("push", "--run", run.path).exit_code == 0
     assert run.stage_info("push")["labeling_home"] == str(labeling_server["home"].resolve())
 
     text = demo_instructions(f"runs/{run.path.name}")
-    steps = [line.strip().split("  ")[0] for line in text.splitlines() if " pull --run " in line or " export --run " in line
-             or line.strip().endswith(" labeling down")]
+    steps = [
+        line.strip().split("  ")[0]
+        for line in text.splitlines()
+        if " pull --run " in line or " export --run " in line or line.strip().endswith(" labeling down")
+    ]
     pull, export = steps[0], steps[1]
     assert pull.split()[0] == f"{sys.prefix}/bin/prefab"  # not on this shell's PATH: printed as a path that runs
     shell = {k: v for k, v in os.environ.items() if not k.startswith(("PREFAB_", "ARGILLA_", "VIRTUAL_ENV"))}
@@ -36,6 +41,15 @@ def test_printed_next_steps_run_as_printed_in_a_new_shell(labeling_server, prefa
     assert (run.path / "exports" / "README.md").exists()
 
     # the project's own home is found from its directory: status reports the running server, not "not running"
-    status = subprocess.run(f"{sys.prefix}/bin/prefab labeling status", shell=True, cwd=project, env=shell, capture_output=True,
-                            text=True, timeout=120)
-    assert status.returncode == 0 and labeling_server["url"] in status.stdout and "not running" not in status.stdout, status.stdout
+    status = subprocess.run(
+        f"{sys.prefix}/bin/prefab labeling status",
+        shell=True,
+        cwd=project,
+        env=shell,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert status.returncode == 0 and labeling_server["url"] in status.stdout and "not running" not in status.stdout, (
+        status.stdout
+    )

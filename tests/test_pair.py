@@ -5,12 +5,12 @@ import polars as pl
 import pytest
 from quality_runs import candidates_frame, judgments_frame, make_run, prompts_frame
 
-from pipeline.stages import pair
 from pipeline.core.config import PairConfig
 from pipeline.core.errors import RunError
-from pipeline.stages.pair import build_pairs
 from pipeline.core.schema import TABLES
 from pipeline.core.store import pair_id
+from pipeline.stages import pair
+from pipeline.stages.pair import build_pairs
 
 Q = "Explain recursion."
 
@@ -43,15 +43,22 @@ def test_best_vs_worst():
     assert got == [("b", "c", 4)]
     row = out.row(0, named=True)
     assert row["pair_id"] == pair_id(row["chosen_id"], row["rejected_id"]) and row["strategy"] == "best_vs_worst"
-    assert row["chosen_score"] == 5 and row["rejected_score"] == 1 and row["route"] is None and row["similarity"] is None
+    assert (
+        row["chosen_score"] == 5 and row["rejected_score"] == 1 and row["route"] is None and row["similarity"] is None
+    )
 
 
 def test_best_vs_random_picks_a_lower_rated_one_deterministically():
     answers, scores = {Q: ["a", "b", "c", "d", "e"]}, {Q: [5, 3, 2, 1, 5]}
     picks = {run_strategy(answers, scores, strategy="best_vs_random", seed=s)[0][0] for s in range(12)}
-    assert len({c for c, _, _ in picks}) == 1 and picks <= {(c, r, 5 - s) for c in "ae" for r, s in zip("bcd", [3, 2, 1])}
+    assert len({c for c, _, _ in picks}) == 1 and picks <= {
+        (c, r, 5 - s) for c in "ae" for r, s in zip("bcd", [3, 2, 1])
+    }
     assert {r for _, r, _ in picks} == {"b", "c", "d"}  # never the other 5 (a tie); every lower one is reachable
-    assert run_strategy(answers, scores, strategy="best_vs_random", seed=3)[0] == run_strategy(answers, scores, strategy="best_vs_random", seed=3)[0]
+    assert (
+        run_strategy(answers, scores, strategy="best_vs_random", seed=3)[0]
+        == run_strategy(answers, scores, strategy="best_vs_random", seed=3)[0]
+    )
 
 
 def test_best_vs_random_does_not_depend_on_other_prompts_or_row_order():
@@ -59,8 +66,11 @@ def test_best_vs_random_does_not_depend_on_other_prompts_or_row_order():
     scores = {Q: [5, 3, 2, 1], "Other?": [1, 2]}
     cands, judgments, _ = setup(answers, scores)
     full = build_pairs(cands, scores_of(judgments), PairConfig(strategy="best_vs_random", seed=7))
-    alone = build_pairs(cands.filter(pl.col("prompt_id") == full["prompt_id"][0]).reverse(), scores_of(judgments),
-                        PairConfig(strategy="best_vs_random", seed=7))
+    alone = build_pairs(
+        cands.filter(pl.col("prompt_id") == full["prompt_id"][0]).reverse(),
+        scores_of(judgments),
+        PairConfig(strategy="best_vs_random", seed=7),
+    )
     assert alone.row(0) == full.row(0)
 
 
@@ -105,7 +115,11 @@ def test_min_margin_and_min_chosen_score():
 def test_max_similarity_skips_near_identical_rejected():
     cands, judgments, text = setup({Q: ["a", "b", "c"]}, {Q: [5, 3, 1]})
     ids = {t: c for c, t in text.items()}
-    v = {ids["a"]: np.array([1, 0], np.float32), ids["b"]: np.array([0.6, 0.8], np.float32), ids["c"]: np.array([0.99, 0.141], np.float32)}
+    v = {
+        ids["a"]: np.array([1, 0], np.float32),
+        ids["b"]: np.array([0.6, 0.8], np.float32),
+        ids["c"]: np.array([0.99, 0.141], np.float32),
+    }
     out = build_pairs(cands, scores_of(judgments), PairConfig(max_similarity=0.9), v)
     assert [(text[c], text[r]) for c, r in out.select("chosen_id", "rejected_id").iter_rows()] == [("a", "b")]
     assert out["similarity"].to_list() == [pytest.approx(0.6)]
@@ -117,7 +131,10 @@ def test_stage_uses_active_prompts_and_needs_embeddings_for_max_similarity(tmp_p
     answers = {Q: ["a", "b"], "Dropped?": ["x", "y"]}
     run, config = make_run(tmp_path / "run", list(answers), answers, pair={"max_similarity": 0.9})
     prompts = run.read("prompts").with_columns(
-        pl.when(pl.col("messages").list.last().struct.field("content") == "Dropped?").then(pl.lit("max_per_cluster")).alias("excluded_reason"))
+        pl.when(pl.col("messages").list.last().struct.field("content") == "Dropped?")
+        .then(pl.lit("max_per_cluster"))
+        .alias("excluded_reason")
+    )
     run.write("prompts", prompts)
     cands = run.read("candidates")
     run.write("judgments", judgments_frame(dict(zip(cands["candidate_id"], [5.0, 1.0, 5.0, 1.0]))))

@@ -27,15 +27,28 @@ def billed_respond(usage: Counter):
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm("embedded:smollm2"))
 
     def respond(request: dict) -> dict:
-        h = int(hashlib.sha256(json.dumps([request["messages"], request.get("temperature"), request.get("seed")]).encode()).hexdigest(), 16)
+        h = int(
+            hashlib.sha256(
+                json.dumps([request["messages"], request.get("temperature"), request.get("seed")]).encode()
+            ).hexdigest(),
+            16,
+        )
         if request.get("response_format"):
             kind = "judge"
-            content = json.dumps({a: {"rationale": " ".join(WORDS[(h >> i) % 7:][: 5 + (h >> (i + 3)) % 21]), "score": 1 + h % 5}
-                                  for i, a in enumerate(ASPECTS)})
+            content = json.dumps(
+                {
+                    a: {"rationale": " ".join(WORDS[(h >> i) % 7 :][: 5 + (h >> (i + 3)) % 21]), "score": 1 + h % 5}
+                    for i, a in enumerate(ASPECTS)
+                }
+            )
         else:
             kind = "generate"
-            content = " ".join((WORDS * 3)[h % 5:][: 15 + h % 31])
-        prompt = len(tokenizer.apply_chat_template(request["messages"], add_generation_prompt=True, tokenize=True, return_dict=False))
+            content = " ".join((WORDS * 3)[h % 5 :][: 15 + h % 31])
+        prompt = len(
+            tokenizer.apply_chat_template(
+                request["messages"], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
         completion = len(tokenizer(content, add_special_tokens=False)["input_ids"])
         usage[kind, "prompt_tokens"] += prompt
         usage[kind, "completion_tokens"] += completion
@@ -47,15 +60,44 @@ def billed_respond(usage: Counter):
 
 def write_config(tmp_path: Path, server, n_prompts: int, **top) -> Path:
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}: " + "explain, briefly, " * (i % 6) + f"topic number {i}."}) + "\n"
-                               for i in range(n_prompts)))
-    model = {"backend": "openai", "base_url": server.url, "max_retries": 0, "timeout": 10, "tokenizer": "embedded:smollm2"}
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": f"Question {i}: " + "explain, briefly, " * (i % 6) + f"topic number {i}."}) + "\n"
+            for i in range(n_prompts)
+        )
+    )
+    model = {
+        "backend": "openai",
+        "base_url": server.url,
+        "max_retries": 0,
+        "timeout": 10,
+        "tokenizer": "embedded:smollm2",
+    }
     config = {
-        "run": str(tmp_path / "run"), "stages": ["ingest", "generate", "judge"], "ingest": {"paths": [str(prompts)]},
-        "generate": {"generators": [{**model, "name": "gen", "model": "gen-model", "temperatures": [0.3, 1.0], "n": 1, "max_tokens": 64,
-                                     "price_per_mtok_in": 1.0, "price_per_mtok_out": 4.0}]},
-        "judge": {"judges": [{**model, "name": "judge", "model": "judge-model", "price_per_mtok_in": 3.0, "price_per_mtok_out": 15.0}],
-                  "aspects": [{"name": a} for a in ASPECTS], "pairwise": False},
+        "run": str(tmp_path / "run"),
+        "stages": ["ingest", "generate", "judge"],
+        "ingest": {"paths": [str(prompts)]},
+        "generate": {
+            "generators": [
+                {
+                    **model,
+                    "name": "gen",
+                    "model": "gen-model",
+                    "temperatures": [0.3, 1.0],
+                    "n": 1,
+                    "max_tokens": 64,
+                    "price_per_mtok_in": 1.0,
+                    "price_per_mtok_out": 4.0,
+                }
+            ]
+        },
+        "judge": {
+            "judges": [
+                {**model, "name": "judge", "model": "judge-model", "price_per_mtok_in": 3.0, "price_per_mtok_out": 15.0}
+            ],
+            "aspects": [{"name": a} for a in ASPECTS],
+            "pairwise": False,
+        },
         **top,
     }
     path = tmp_path / "config.yaml"
@@ -75,7 +117,7 @@ def test_plan_with_a_sample_is_within_15_percent_of_what_the_run_then_uses(opena
 
     result = prefab("plan", config, "--sample", "20", "--json")
     assert result.exit_code == 0, result.output
-    plan = json.loads(result.output[result.output.index("{"):])
+    plan = json.loads(result.output[result.output.index("{") :])
     assert (usage["generate", "calls"], usage["judge", "calls"]) == (20, 20)
     rows = {r["stage"]: r for r in plan["rows"]}
     assert rows["generate"]["calls"] == 80 and rows["generate"]["cached"] == 20 and rows["judge"]["calls"] == 80
@@ -91,7 +133,7 @@ def test_plan_with_a_sample_is_within_15_percent_of_what_the_run_then_uses(opena
     assert rows["generate"]["cost_usd"] == pytest.approx(generate["cost_usd"], rel=0.15)
 
     result = prefab("plan", config, "--json")  # after the run: everything is cached, nothing left to spend
-    plan = json.loads(result.output[result.output.index("{"):])
+    plan = json.loads(result.output[result.output.index("{") :])
     assert plan["total"]["cached"] == plan["total"]["calls"] == 160 and plan["total"]["to_spend_usd"] == 0
     assert plan["spent_usd"] == pytest.approx(generate["cost_usd"] + plan["rows"][1]["cost_usd"], rel=1e-6)
 
@@ -122,4 +164,6 @@ def test_a_run_stops_before_its_budget_and_resumes_without_repaying(openai_serve
     config.write_text(json.dumps(spec))
     result = prefab("run", config)
     assert result.exit_code == 0, result.output
-    assert usage["generate", "calls"] == 80 and run.read("candidates").height == 80  # the finished calls came from the cache
+    assert (
+        usage["generate", "calls"] == 80 and run.read("candidates").height == 80
+    )  # the finished calls came from the cache

@@ -17,15 +17,18 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline.stages import embed
-
-from pipeline.models import llm_transformers, ray_cluster
 from pipeline.core.config import ModelSpec
 from pipeline.core.store import open_run
+from pipeline.models import llm_transformers, ray_cluster
+from pipeline.stages import embed
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = ["What is the capital of France?", "Write one sentence about the sea.",
-           "Name three fruits.", "Explain in a few words why the sky is blue, as if to a child."]
+PROMPTS = [
+    "What is the capital of France?",
+    "Write one sentence about the sea.",
+    "Name three fruits.",
+    "Explain in a few words why the sky is blue, as if to a child.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +63,29 @@ def local_run(tmp_path_factory):
 def write_config(tmp_path: Path, name: str, ray: dict | None = None) -> Path:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    generator = {"name": "smollm2", "model": "embedded:smollm2", "temperatures": [0, 1.0], "max_tokens": 12,
-                 "batch_size": 3, "device": "cpu"}
+    generator = {
+        "name": "smollm2",
+        "model": "embedded:smollm2",
+        "temperatures": [0, 1.0],
+        "max_tokens": 12,
+        "batch_size": 3,
+        "device": "cpu",
+    }
     judge = {"name": "judge", "model": "embedded:smollm2", "batch_size": 4, "device": "cpu"}
     on_ray = {"ray": ray} if ray else {}
-    config = {"run": str(tmp_path / name), "stages": ["ingest", "generate", "judge", "embed"], "ingest": {"paths": [str(prompts)]},
-              "generate": {"generators": [{**generator, **on_ray}]},
-              "judge": {"judges": [{**judge, **on_ray}], "scoring": "logprobs", "aspects": [{"name": "helpfulness"}], "pairwise": False},
-              "embed": {"batch_size": 4, "device": "cpu", **on_ray}}
+    config = {
+        "run": str(tmp_path / name),
+        "stages": ["ingest", "generate", "judge", "embed"],
+        "ingest": {"paths": [str(prompts)]},
+        "generate": {"generators": [{**generator, **on_ray}]},
+        "judge": {
+            "judges": [{**judge, **on_ray}],
+            "scoring": "logprobs",
+            "aspects": [{"name": "helpfulness"}],
+            "pairwise": False,
+        },
+        "embed": {"batch_size": 4, "device": "cpu", **on_ray},
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
@@ -128,18 +146,49 @@ def test_a_cluster_that_ray_start_made_is_joined_at_its_address(local_run, tmp_p
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     temp = tempfile.mkdtemp(prefix="ray")  # Ray's sockets live here: a short path (a socket path holds 107 bytes)
-    head = subprocess.Popen([Path(sys.executable).with_name("ray"), "start", "--head", "--block", "--port", str(port),
-                             "--ray-client-server-port", str(free_port()), "--num-cpus", "2", "--object-store-memory", str(200 * 2**20),
-                             "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", temp],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    head = subprocess.Popen(
+        [
+            Path(sys.executable).with_name("ray"),
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(port),
+            "--ray-client-server-port",
+            str(free_port()),
+            "--num-cpus",
+            "2",
+            "--object-store-memory",
+            str(200 * 2**20),
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--temp-dir",
+            temp,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         config = write_config(tmp_path, "cluster", {"address": f"127.0.0.1:{port}", "replicas": 2, "num_cpus": 1})
-        run = subprocess.Popen([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.commands.cli", "run", str(config)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         out, err = run.communicate(timeout=300)
         assert run.returncode == 0, out + err
-        asked = subprocess.run([sys.executable, "-c", SEEN_BY_THE_CLUSTER.replace("ADDRESS", repr(f"127.0.0.1:{port}"))],
-                               env=env, capture_output=True, text=True, timeout=120)
+        asked = subprocess.run(
+            [sys.executable, "-c", SEEN_BY_THE_CLUSTER.replace("ADDRESS", repr(f"127.0.0.1:{port}"))],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert asked.returncode == 0, asked.stderr
         seen = json.loads(asked.stdout.strip().splitlines()[-1])
     finally:
@@ -167,9 +216,17 @@ def test_an_unreachable_cluster_fails_before_any_work_naming_the_address(tmp_pat
     """In a fresh process (this one has joined a Ray already), against a port where nothing listens."""
     port = free_port()
     config = write_config(tmp_path, "away", {"address": f"127.0.0.1:{port}"})
-    done = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "run", str(config)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.commands.cli", "run", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
-    assert f"no Ray cluster answers at ray.address '127.0.0.1:{port}'" in done.stderr and "ray start --head" in done.stderr
+    assert (
+        f"no Ray cluster answers at ray.address '127.0.0.1:{port}'" in done.stderr and "ray start --head" in done.stderr
+    )
     assert open_run(tmp_path / "away").read_or_empty("candidates").is_empty()
 
 

@@ -11,7 +11,15 @@ from quality_runs import make_run
 
 from pipeline.stages import report
 
-SECTION_TITLES = ["Overview", "Prompts, dedup and diversity", "Candidates", "Judge scores", "Pairs and routing", "Judge consistency", "Failures"]
+SECTION_TITLES = [
+    "Overview",
+    "Prompts, dedup and diversity",
+    "Candidates",
+    "Judge scores",
+    "Pairs and routing",
+    "Judge consistency",
+    "Failures",
+]
 
 
 def fake_llm(request):
@@ -41,22 +49,36 @@ def demo_like_run(tmp_path_factory):
 
     tmp_path = tmp_path_factory.mktemp("report")
     with OpenAIServer(respond=fake_llm) as openai_server:
-        return _pipeline_run(tmp_path, openai_server, lambda *args: CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False))
+        return _pipeline_run(
+            tmp_path,
+            openai_server,
+            lambda *args: CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False),
+        )
 
 
 def _pipeline_run(tmp_path, openai_server, prefab):
     prompts = tmp_path / "prompts.jsonl"
-    texts = ["How do I reverse a list in Python?", "How can I reverse a Python list?", "What is the capital of France?",
-             "Write a haiku about the sea.", "Explain photosynthesis simply.", "How do I boil an egg?", "Why is the sky blue?",
-             "Give me three tips for a job interview."]
+    texts = [
+        "How do I reverse a list in Python?",
+        "How can I reverse a Python list?",
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        "Explain photosynthesis simply.",
+        "How do I boil an egg?",
+        "Why is the sky blue?",
+        "Give me three tips for a job interview.",
+    ]
     prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
     server = {"backend": "openai", "base_url": openai_server.url, "max_retries": 0}
     config = {
-        "run": str(tmp_path / "run"), "ingest": {"paths": [str(prompts)]},
+        "run": str(tmp_path / "run"),
+        "ingest": {"paths": [str(prompts)]},
         "dedup": {"threshold": 0.9, "clusters": 3},
         "generate": {"generators": [{"name": "gen-a", "model": "gen-a", "temperatures": [0.2, 0.9], "n": 2, **server}]},
         "judge": {"judges": [{"name": "judge-a", "model": "judge-a", **server}], "parse_retries": 1},
-        "embed": {}, "pair": {"strategy": "best_vs_worst"}, "route": {"margin_threshold": 1.0, "audit_share": 0.2},
+        "embed": {},
+        "pair": {"strategy": "best_vs_worst"},
+        "route": {"margin_threshold": 1.0, "audit_share": 0.2},
     }
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
@@ -109,7 +131,8 @@ def test_sections_from_other_modules_and_a_broken_one(tmp_path, monkeypatch):
         "def good(run):\n    return section('Extra', table_html([{'k': 1}]))\n"
         "def absent(run):\n    return None\n"
         "def broken(run):\n    raise KeyError('no such column')\n"
-        "sections = [good, absent, broken]\n")
+        "sections = [good, absent, broken]\n"
+    )
     # registered as another installed package would: an entry point in the `prefab.report` group
     info = tmp_path / "extra_report-0.1.dist-info"
     info.mkdir()

@@ -19,8 +19,9 @@ PROMPTS = {
     "What is 2 + 2?": ("2 + 2 = 4.", "It is 5."),
     "Say hello in French.": ("Bonjour !", "Hello."),
 }
-GOLD = [{"prompt": p, "chosen": a, "rejected": b} for p, (a, b) in PROMPTS.items()] + \
-       [{"prompt": "Give me a fruit.", "chosen": "An apple.", "rejected": "A chair."}]
+GOLD = [{"prompt": p, "chosen": a, "rejected": b} for p, (a, b) in PROMPTS.items()] + [
+    {"prompt": "Give me a fruit.", "chosen": "An apple.", "rejected": "A chair."}
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +50,21 @@ def direct_reward(path: str, prompt: str, response: str) -> float:
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-                                        tokenize=True, return_dict=True, return_tensors="pt")
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
     with torch.inference_mode():
         return float(model(**ids).logits[0, 0])
 
 
 @pytest.fixture(scope="module")
 def direct(reward_model):
-    texts = {(p, r) for p, pair in PROMPTS.items() for r in pair} | {(g["prompt"], g[k]) for g in GOLD for k in ("chosen", "rejected")}
+    texts = {(p, r) for p, pair in PROMPTS.items() for r in pair} | {
+        (g["prompt"], g[k]) for g in GOLD for k in ("chosen", "rejected")
+    }
     return {key: direct_reward(reward_model, *key) for key in texts}
 
 
@@ -70,8 +77,8 @@ def test_a_causal_lm_is_not_taken_for_a_reward_model():
 
 
 def test_batched_scores_match_one_at_a_time_and_come_from_the_cache_after(reward_model, direct, tmp_path, monkeypatch):
-    from pipeline.models import reward
     from pipeline.core.cache import CallCache
+    from pipeline.models import reward
 
     items = [([{"role": "user", "content": p}], r) for p, r in sorted(direct)]
     cache = CallCache(tmp_path / "cache.sqlite")
@@ -94,15 +101,25 @@ def test_a_run_pairs_by_reward_and_calibrates_the_reward_model_on_gold(reward_mo
     src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in PROMPTS])
     gold = write_jsonl(tmp_path / "gold.jsonl", GOLD)
     fake_backend.respond = lambda body: PROMPTS[body["messages"][-1]["content"]][body["seed"]]
-    config = config_model().model_validate({
-        "run": str(tmp_path / "run"), "ingest": {"paths": [str(src)]},
-        "generate": {"generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]},
-        "judge": {"reward_models": [{"name": "rm", "model": reward_model, "batch_size": 4}], "pairwise": False},
-        "pair": {}, "calibrate": {"gold": [str(gold)]}, "route": {"audit_share": 0}})
+    config = config_model().model_validate(
+        {
+            "run": str(tmp_path / "run"),
+            "ingest": {"paths": [str(src)]},
+            "generate": {
+                "generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]
+            },
+            "judge": {"reward_models": [{"name": "rm", "model": reward_model, "batch_size": 4}], "pairwise": False},
+            "pair": {},
+            "calibrate": {"gold": [str(gold)]},
+            "route": {"audit_share": 0},
+        }
+    )
     run = Run(config.run)
     run_pipeline(config, run)
 
-    judgments = run.read("judgments").join(run.read("candidates").select("candidate_id", "prompt_id", "text"), on="candidate_id")
+    judgments = run.read("judgments").join(
+        run.read("candidates").select("candidate_id", "prompt_id", "text"), on="candidate_id"
+    )
     assert set(judgments["judge"]) == {"rm"}
     prompt_of = {pid: m[-1]["content"] for pid, m in run.read("prompts").select("prompt_id", "messages").iter_rows()}
     for row in judgments.iter_rows(named=True):
@@ -117,7 +134,9 @@ def test_a_run_pairs_by_reward_and_calibrates_the_reward_model_on_gold(reward_mo
         assert (text[row["chosen_id"]], text[row["rejected_id"]]) == (high, low)  # the higher reward is chosen
         assert row["margin"] == pytest.approx(direct[(prompt, high)] - direct[(prompt, low)], abs=1e-4)
 
-    calibration = run.read("calibration").filter((pl.col("judge") == "rm") & (pl.col("method") == "pointwise") & (pl.col("source") == "all"))
+    calibration = run.read("calibration").filter(
+        (pl.col("judge") == "rm") & (pl.col("method") == "pointwise") & (pl.col("source") == "all")
+    )
     right = sum(direct[(g["prompt"], g["chosen"])] > direct[(g["prompt"], g["rejected"])] for g in GOLD)
     assert calibration.select("n", "accuracy").row(0) == (len(GOLD), pytest.approx(right / len(GOLD)))
 
@@ -129,44 +148,80 @@ def test_prefab_trains_a_reward_model_on_an_export_and_a_run_scores_with_it(tmp_
     import subprocess
     import sys
 
+    import torch
     from labeling_runs import make_run
     from safetensors.torch import load_file
 
-    import torch
-
-    from training.settings import ExportConfig
     from pipeline.models.embedded import resolve_llm
     from training.export import export
+    from training.settings import ExportConfig
 
     source, _ = make_run(tmp_path / "source", n_pairs=4, human_every=100)
     source.write("pairs", source.read("pairs").with_columns(route=pl.lit("auto")))
     export(source, ExportConfig(test_share=0.25))
     out = tmp_path / "rm"
-    sets = [f"--set={k}={v}" for k, v in {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 128, "learning_rate": 1e-4,
-                                          "save_strategy": "no", "logging_steps": 1}.items()]
-    result = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "train", "reward", "--data", str(source.path / "exports" / "dpo_train.jsonl"),
-                             "--eval-data", str(source.path / "exports" / "dpo_test.jsonl"), "--output-dir", str(out), *sets],
-                            capture_output=True, text=True, timeout=900)
+    sets = [
+        f"--set={k}={v}"
+        for k, v in {
+            "max_steps": 2,
+            "per_device_train_batch_size": 2,
+            "max_length": 128,
+            "learning_rate": 1e-4,
+            "save_strategy": "no",
+            "logging_steps": 1,
+        }.items()
+    ]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.commands.cli",
+            "train",
+            "reward",
+            "--data",
+            str(source.path / "exports" / "dpo_train.jsonl"),
+            "--eval-data",
+            str(source.path / "exports" / "dpo_test.jsonl"),
+            "--output-dir",
+            str(out),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     losses = [h["loss"] for h in metrics["log_history"] if "loss" in h]
     assert metrics["steps"] == 2 and len(losses) == 2 and all(l > 0 for l in losses)  # noqa: E741
     assert metrics["accuracy"] is not None and metrics["eval_accuracy"] is not None
-    trained, base = load_file(str(out / "model.safetensors")), load_file(str(Path(resolve_llm("embedded:smollm2")) / "model.safetensors"))
+    trained, base = (
+        load_file(str(out / "model.safetensors")),
+        load_file(str(Path(resolve_llm("embedded:smollm2")) / "model.safetensors")),
+    )
     body = [k for k in base if k in trained]
     assert sum(not torch.equal(trained[k], base[k]) for k in body) > 100 and "score.weight" in trained
 
     # the trained model scores a run
     src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in PROMPTS])
     fake_backend.respond = lambda body: PROMPTS[body["messages"][-1]["content"]][body["seed"]]
-    config = config_model().model_validate({
-        "run": str(tmp_path / "run"), "ingest": {"paths": [str(src)]},
-        "generate": {"generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]},
-        "judge": {"reward_models": [{"name": "trained", "model": str(out)}], "pairwise": False}, "pair": {}})
+    config = config_model().model_validate(
+        {
+            "run": str(tmp_path / "run"),
+            "ingest": {"paths": [str(src)]},
+            "generate": {
+                "generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]
+            },
+            "judge": {"reward_models": [{"name": "trained", "model": str(out)}], "pairwise": False},
+            "pair": {},
+        }
+    )
     run = Run(config.run)
     run_pipeline(config, run)
     judgments = run.read("judgments").join(run.read("candidates").select("candidate_id", "text"), on="candidate_id")
     prompt_of = {a: p for p, pair in PROMPTS.items() for a in pair}
     for row in judgments.iter_rows(named=True):
-        assert row["judge"] == "trained" and row["overall"] == pytest.approx(direct_reward(str(out), prompt_of[row["text"]], row["text"]), abs=1e-4)
+        assert row["judge"] == "trained" and row["overall"] == pytest.approx(
+            direct_reward(str(out), prompt_of[row["text"]], row["text"]), abs=1e-4
+        )
     assert run.read("pairs").height == len(PROMPTS)

@@ -15,21 +15,57 @@ pytestmark = pytest.mark.training
 
 def rounds_config(tmp_path: Path, judge_url: str, rounds: int = 2) -> Config:
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
-                               ("Name a fruit.", "What is 3 + 4?", "Say something about the sky.", "Give me a verb.")))
-    return config_model().model_validate({
-        "run": str(tmp_path / "rounds"),
-        "ingest": {"paths": [str(prompts)]},
-        "generate": {"generators": [{"name": "smol", "backend": "transformers", "model": "embedded:smollm2",
-                                     "temperatures": [0.7, 1.3], "n": 1, "max_tokens": 12, "batch_size": 8}]},
-        "judge": {"judges": [{"name": "judge", "backend": "openai", "model": "judge-model", "base_url": judge_url, "max_retries": 0}],
-                  "parse_retries": 0},
-        "pair": {"strategy": "best_vs_worst"},
-        "route": {"margin_threshold": 0.0, "audit_share": 0.0},
-        "export": {"sources": ["auto"], "test_share": 0.0, "drop_equal": True},
-        "train": {"method": "dpo", "rounds": rounds, "overrides": {"max_steps": 1, "per_device_train_batch_size": 1, "max_length": 48,
-                                                                   "save_strategy": "no", "learning_rate": 1e-4}},
-    })
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": p}) + "\n"
+            for p in ("Name a fruit.", "What is 3 + 4?", "Say something about the sky.", "Give me a verb.")
+        )
+    )
+    return config_model().model_validate(
+        {
+            "run": str(tmp_path / "rounds"),
+            "ingest": {"paths": [str(prompts)]},
+            "generate": {
+                "generators": [
+                    {
+                        "name": "smol",
+                        "backend": "transformers",
+                        "model": "embedded:smollm2",
+                        "temperatures": [0.7, 1.3],
+                        "n": 1,
+                        "max_tokens": 12,
+                        "batch_size": 8,
+                    }
+                ]
+            },
+            "judge": {
+                "judges": [
+                    {
+                        "name": "judge",
+                        "backend": "openai",
+                        "model": "judge-model",
+                        "base_url": judge_url,
+                        "max_retries": 0,
+                    }
+                ],
+                "parse_retries": 0,
+            },
+            "pair": {"strategy": "best_vs_worst"},
+            "route": {"margin_threshold": 0.0, "audit_share": 0.0},
+            "export": {"sources": ["auto"], "test_share": 0.0, "drop_equal": True},
+            "train": {
+                "method": "dpo",
+                "rounds": rounds,
+                "overrides": {
+                    "max_steps": 1,
+                    "per_device_train_batch_size": 1,
+                    "max_length": 48,
+                    "save_strategy": "no",
+                    "learning_rate": 1e-4,
+                },
+            },
+        }
+    )
 
 
 def test_round_config_swaps_in_the_policy(tmp_path):
@@ -41,7 +77,12 @@ def test_round_config_swaps_in_the_policy(tmp_path):
     assert first.train.rounds == 1 and "model" not in first.train.overrides
     second = round_config(config, 2, "/models/round-1")
     spec = second.generate.generators[0]
-    assert (spec.model, spec.backend, spec.name, spec.temperatures) == ("/models/round-1", "transformers", "policy-round-2", [0.7, 1.3])
+    assert (spec.model, spec.backend, spec.name, spec.temperatures) == (
+        "/models/round-1",
+        "transformers",
+        "policy-round-2",
+        [0.7, 1.3],
+    )
     assert second.train.overrides["model"] == "/models/round-1" and second.train.overrides["max_steps"] == 1
     assert config.generate.generators[0].model == "embedded:smollm2"  # the parent config is untouched
 
@@ -61,9 +102,8 @@ def _judge(request: dict) -> str:
 
 @pytest.mark.slow
 def test_two_rounds_on_policy(tmp_path, openai_server):
-    from safetensors.torch import load_file
-
     import torch
+    from safetensors.torch import load_file
 
     from pipeline.core.store import Run
     from training.rounds import run_rounds

@@ -9,13 +9,12 @@ import random
 import shutil
 import subprocess
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-
 from labeling_fixtures import free_port, login, make_user, unique
 
 pytestmark = pytest.mark.server
@@ -33,7 +32,10 @@ def make_rows():
             "id": f"rec-{i:02d}",
             "prompt": f"Tell me about {animal} number {i}" + (" and the state-of-the-art" if i % 5 == 0 else ""),
             "answer": f"Answer {i}: {animal} are great" + (" catalogue" if i == 3 else ""),
-            "chat": [{"role": "user", "content": f"hello {'zebra' if i == 7 else 'world'}"}, {"role": "assistant", "content": "hi"}],
+            "chat": [
+                {"role": "user", "content": f"hello {'zebra' if i == 7 else 'world'}"},
+                {"role": "assistant", "content": "hi"},
+            ],
             "metadata": {},
             "vector": [rng.uniform(-1, 1) for _ in range(4)],
             "pref": ["a", "b", "tie"][i % 3],
@@ -42,7 +44,11 @@ def make_rows():
             "quality": (i % 5) + 1,
         }
         if i % 7 != 6:  # some records have no metadata: sorted last, not counted in metrics
-            row["metadata"] = {"cluster": f"c{i % 3}" if i % 11 else ["c1", "c2"], "length": i * 10, "margin": round(i / 8, 3)}
+            row["metadata"] = {
+                "cluster": f"c{i % 3}" if i % 11 else ["c1", "c2"],
+                "length": i * 10,
+                "margin": round(i / 8, 3),
+            }
         rows.append(row)
     return rows
 
@@ -83,10 +89,15 @@ def data(backend):
     bob, bob_pw = make_user(client, workspace)
     settings = rg.Settings(
         fields=[rg.TextField(name="prompt"), rg.TextField(name="answer"), rg.ChatField(name="chat", required=False)],
-        questions=[rg.LabelQuestion(name="pref", labels=["a", "b", "tie"]),
-                   rg.RatingQuestion(name="quality", values=[1, 2, 3, 4, 5], required=False)],
-        metadata=[rg.TermsMetadataProperty(name="cluster"), rg.IntegerMetadataProperty(name="length"),
-                  rg.FloatMetadataProperty(name="margin")],
+        questions=[
+            rg.LabelQuestion(name="pref", labels=["a", "b", "tie"]),
+            rg.RatingQuestion(name="quality", values=[1, 2, 3, 4, 5], required=False),
+        ],
+        metadata=[
+            rg.TermsMetadataProperty(name="cluster"),
+            rg.IntegerMetadataProperty(name="length"),
+            rg.FloatMetadataProperty(name="margin"),
+        ],
         vectors=[rg.VectorField(name="vec", dimensions=4)],
         distribution=rg.TaskDistribution(min_submitted=1),
     )
@@ -95,27 +106,48 @@ def data(backend):
     records = []
     for i, row in enumerate(rows):
         responses = []
-        for user, status, values, ratings in ((alice, "submitted", ALICE_SUBMITS, ALICE_RATINGS), (alice, "draft", ALICE_DRAFTS, {}),
-                                              (bob, "submitted", BOB_SUBMITS, BOB_RATINGS)):
+        for user, status, values, ratings in (
+            (alice, "submitted", ALICE_SUBMITS, ALICE_RATINGS),
+            (alice, "draft", ALICE_DRAFTS, {}),
+            (bob, "submitted", BOB_SUBMITS, BOB_RATINGS),
+        ):
             if i in values:
                 responses.append(rg.Response("pref", values[i], user_id=user.id, status=status))
                 if i in ratings:
                     responses.append(rg.Response("quality", ratings[i], user_id=user.id, status=status))
         if i in ALICE_DISCARDS:
             responses.append(rg.Response("pref", "a", user_id=alice.id, status="discarded"))
-        records.append(rg.Record(
-            id=row["id"], fields={"prompt": row["prompt"], "answer": row["answer"], "chat": row["chat"]},
-            metadata=row["metadata"], vectors={"vec": row["vector"]}, responses=responses,
-            suggestions=[rg.Suggestion("pref", row["pref"], score=row["pref_score"], agent=row["agent"]),
-                         rg.Suggestion("quality", row["quality"], agent="judge-1")],
-        ))
+        records.append(
+            rg.Record(
+                id=row["id"],
+                fields={"prompt": row["prompt"], "answer": row["answer"], "chat": row["chat"]},
+                metadata=row["metadata"],
+                vectors={"vec": row["vector"]},
+                responses=responses,
+                suggestions=[
+                    rg.Suggestion("pref", row["pref"], score=row["pref_score"], agent=row["agent"]),
+                    rg.Suggestion("quality", row["quality"], agent="judge-1"),
+                ],
+            )
+        )
     dataset.records.log(records)
     server_ids = {r.id: str(r._server_id) for r in dataset.records}
     alice_http = login(backend, alice.username, alice_pw)
     bob_http = login(backend, bob.username, bob_pw)
-    owner_http = httpx.Client(base_url=backend["url"] + "/api/v1", headers={"X-Argilla-Api-Key": backend["api_key"]}, timeout=60)
-    yield {"dataset": dataset, "rows": rows, "ids": server_ids, "by_server_id": {v: k for k, v in server_ids.items()},
-           "alice": alice, "bob": bob, "alice_http": alice_http, "bob_http": bob_http, "owner": owner_http}
+    owner_http = httpx.Client(
+        base_url=backend["url"] + "/api/v1", headers={"X-Argilla-Api-Key": backend["api_key"]}, timeout=60
+    )
+    yield {
+        "dataset": dataset,
+        "rows": rows,
+        "ids": server_ids,
+        "by_server_id": {v: k for k, v in server_ids.items()},
+        "alice": alice,
+        "bob": bob,
+        "alice_http": alice_http,
+        "bob_http": bob_http,
+        "owner": owner_http,
+    }
     for http in (alice_http, bob_http, owner_http):
         http.close()
 
@@ -126,7 +158,9 @@ def sdk_ids(data, **query) -> list[str]:
     return [r.id for r in data["dataset"].records(query=rg.Query(**query))]
 
 
-def search(http, data, body: dict, me: bool = False, items: list | None = None, **params) -> tuple[list[str], int, list]:
+def search(
+    http, data, body: dict, me: bool = False, items: list | None = None, **params
+) -> tuple[list[str], int, list]:
     """POST records/search (the UI's call when me=True); returns (external ids, total, scores).
 
     Pass `items=[]` to get the raw result items appended to it."""
@@ -137,7 +171,11 @@ def search(http, data, body: dict, me: bool = False, items: list | None = None, 
     found = response.json()["items"]
     if items is not None:
         items.extend(found)
-    return [data["by_server_id"][item["record"]["id"]] for item in found], response.json()["total"], [i.get("query_score") for i in found]
+    return (
+        [data["by_server_id"][item["record"]["id"]] for item in found],
+        response.json()["total"],
+        [i.get("query_score") for i in found],
+    )
 
 
 def where(data, predicate) -> set[str]:
@@ -175,8 +213,9 @@ def test_metadata_range_filters(data):
 def test_suggestion_value_score_and_agent_filters(data):
     assert set(sdk_ids(data, filter=("pref.suggestion", "==", "tie"))) == where(data, lambda i, r: r["pref"] == "tie")
     assert set(sdk_ids(data, filter=("pref.score", ">=", 0.7))) == where(data, lambda i, r: r["pref_score"] >= 0.7)
-    assert set(sdk_ids(data, filter=[("pref.agent", "==", "judge-2"), ("pref.score", "<=", 0.3)])) == \
-        where(data, lambda i, r: r["agent"] == "judge-2" and r["pref_score"] <= 0.3)
+    assert set(sdk_ids(data, filter=[("pref.agent", "==", "judge-2"), ("pref.score", "<=", 0.3)])) == where(
+        data, lambda i, r: r["agent"] == "judge-2" and r["pref_score"] <= 0.3
+    )
     # rating suggestions filter by range
     assert set(sdk_ids(data, filter=("quality.suggestion", ">=", 4))) == where(data, lambda i, r: r["quality"] >= 4)
 
@@ -184,17 +223,25 @@ def test_suggestion_value_score_and_agent_filters(data):
 def test_response_status_filters_without_user(data):
     answered = set(ALICE_SUBMITS) | set(ALICE_DRAFTS) | set(ALICE_DISCARDS) | set(BOB_SUBMITS)
     rid = lambda i: f"rec-{i:02d}"  # noqa: E731
-    assert set(sdk_ids(data, filter=("response.status", "==", "submitted"))) == {rid(i) for i in set(ALICE_SUBMITS) | set(BOB_SUBMITS)}
+    assert set(sdk_ids(data, filter=("response.status", "==", "submitted"))) == {
+        rid(i) for i in set(ALICE_SUBMITS) | set(BOB_SUBMITS)
+    }
     assert set(sdk_ids(data, filter=("response.status", "==", "draft"))) == {rid(i) for i in ALICE_DRAFTS}
     assert set(sdk_ids(data, filter=("response.status", "==", "discarded"))) == {rid(i) for i in ALICE_DISCARDS}
-    assert set(sdk_ids(data, filter=("response.status", "==", "pending"))) == {rid(i) for i in range(N) if i not in answered}
-    assert set(sdk_ids(data, filter=("response.status", "in", ["pending", "discarded"]))) == \
-        {rid(i) for i in range(N) if i not in answered or i in ALICE_DISCARDS}
+    assert set(sdk_ids(data, filter=("response.status", "==", "pending"))) == {
+        rid(i) for i in range(N) if i not in answered
+    }
+    assert set(sdk_ids(data, filter=("response.status", "in", ["pending", "discarded"]))) == {
+        rid(i) for i in range(N) if i not in answered or i in ALICE_DISCARDS
+    }
 
 
 def test_response_value_filter(data):
-    expected = {f"rec-{i:02d}" for i in range(N)
-                if ALICE_SUBMITS.get(i) == "a" or ALICE_DRAFTS.get(i) == "a" or i in ALICE_DISCARDS or BOB_SUBMITS.get(i) == "a"}
+    expected = {
+        f"rec-{i:02d}"
+        for i in range(N)
+        if ALICE_SUBMITS.get(i) == "a" or ALICE_DRAFTS.get(i) == "a" or i in ALICE_DISCARDS or BOB_SUBMITS.get(i) == "a"
+    }
     assert set(sdk_ids(data, filter=("pref.response", "==", "a"))) == expected
 
 
@@ -227,7 +274,7 @@ def test_text_query_on_one_field_and_bm25_order(data):
     ids, total, scores = search(data["owner"], data, {"query": {"text": {"q": "state | cats"}}})
     assert total == len(where(data, lambda i, r: i % 5 == 0 or i % 4 == 0))
     both = where(data, lambda i, r: i % 5 == 0 and i % 4 == 0)
-    assert set(ids[:len(both)]) == both and scores == sorted(scores, reverse=True)
+    assert set(ids[: len(both)]) == both and scores == sorted(scores, reverse=True)
 
 
 def test_query_syntax_as_lucene_simple_query_parser_reads_it(data):
@@ -240,7 +287,9 @@ def test_query_syntax_as_lucene_simple_query_parser_reads_it(data):
     assert set(sdk_ids(data, query="cats (great | zebra)")) == cats  # not (cats great) | zebra
     assert set(sdk_ids(data, query="cats|dogs")) == where(data, lambda i, r: i % 4 in (0, 1))
     assert set(sdk_ids(data, query="zebr~1")) == {"rec-07"}  # one deletion
-    assert sdk_ids(data, query="zebar~1") == [] and set(sdk_ids(data, query="zebar~2")) == {"rec-07"}  # a swap is 2 edits
+    assert sdk_ids(data, query="zebar~1") == [] and set(sdk_ids(data, query="zebar~2")) == {
+        "rec-07"
+    }  # a swap is 2 edits
     assert sdk_ids(data, query='"tell about"') == [] and len(sdk_ids(data, query='"tell about"~1')) == N
     assert set(sdk_ids(data, query='"cats great')) == cats  # the stray quote is dropped: two terms
     assert sdk_ids(data, query="number-great") == []  # one term's words in one field (number: prompt, great: answer)
@@ -267,10 +316,15 @@ def texts(backend):
     client = rg.Argilla(api_url=backend["url"], api_key=backend["api_key"])
     workspace = unique("ws-text")
     rg.Workspace(name=workspace, client=client).create()
-    settings = rg.Settings(fields=[rg.TextField(name="text")], questions=[rg.LabelQuestion(name="ok", labels=["y", "n"])],
-                           metadata=[rg.TermsMetadataProperty(name="code")])
+    settings = rg.Settings(
+        fields=[rg.TextField(name="text")],
+        questions=[rg.LabelQuestion(name="ok", labels=["y", "n"])],
+        metadata=[rg.TermsMetadataProperty(name="code")],
+    )
     dataset = rg.Dataset(name=unique("scripts"), workspace=workspace, settings=settings, client=client).create()
-    dataset.records.log([{"id": key, "text": value, "code": code} for (key, value), code in zip(MULTILINGUAL.items(), CODES)])
+    dataset.records.log(
+        [{"id": key, "text": value, "code": code} for (key, value), code in zip(MULTILINGUAL.items(), CODES)]
+    )
     return dataset
 
 
@@ -313,16 +367,26 @@ def expected_order(data, *keys) -> list[str]:
 def test_sort_by_metadata_puts_missing_last(data):
     length = lambda r: r["metadata"].get("length")  # noqa: E731
     for order in ("asc", "desc"):
-        ids, total, scores = search(data["owner"], data, sort_body(({"entity": "metadata", "metadata_property": "length"}, order)))
-        assert total == N and ids[:N - 5] == expected_order(data, (length, order == "desc"))[:N - 5]
-        assert {i for i in ids[N - 5:]} == {r["id"] for r in data["rows"] if not r["metadata"]}
+        ids, total, scores = search(
+            data["owner"], data, sort_body(({"entity": "metadata", "metadata_property": "length"}, order))
+        )
+        assert total == N and ids[: N - 5] == expected_order(data, (length, order == "desc"))[: N - 5]
+        assert {i for i in ids[N - 5 :]} == {r["id"] for r in data["rows"] if not r["metadata"]}
         assert all(s is None for s in scores)  # like ES: no score when sorting by a field
 
 
 def test_sort_by_suggestion_score_then_metadata(data):
-    ids, _, _ = search(data["owner"], data, sort_body(({"entity": "suggestion", "question": "pref", "property": "score"}, "desc"),
-                                                     ({"entity": "metadata", "metadata_property": "margin"}, "asc")))
-    assert ids == expected_order(data, (lambda r: r["pref_score"], True), (lambda r: r["metadata"].get("margin"), False))
+    ids, _, _ = search(
+        data["owner"],
+        data,
+        sort_body(
+            ({"entity": "suggestion", "question": "pref", "property": "score"}, "desc"),
+            ({"entity": "metadata", "metadata_property": "margin"}, "asc"),
+        ),
+    )
+    assert ids == expected_order(
+        data, (lambda r: r["pref_score"], True), (lambda r: r["metadata"].get("margin"), False)
+    )
 
 
 def test_sort_by_inserted_and_updated_time(data):
@@ -341,13 +405,25 @@ def test_sort_by_rating_response_averages_users(data):
 
     ids, _, _ = search(data["owner"], data, sort_body(({"entity": "response", "question": "quality"}, "desc")))
     rated = [r for r in data["rows"] if avg(r) is not None]
-    assert [avg(next(r for r in rated if r["id"] == i)) for i in ids[:len(rated)]] == sorted((avg(r) for r in rated), reverse=True)
-    assert set(ids[len(rated):]) == {r["id"] for r in data["rows"]} - {r["id"] for r in rated}
+    assert [avg(next(r for r in rated if r["id"] == i)) for i in ids[: len(rated)]] == sorted(
+        (avg(r) for r in rated), reverse=True
+    )
+    assert set(ids[len(rated) :]) == {r["id"] for r in data["rows"]} - {r["id"] for r in rated}
 
 
 def test_pagination_and_totals(data):
-    body = {"filters": {"and": [{"type": "terms", "scope": {"entity": "metadata", "metadata_property": "cluster"}, "values": ["c0", "c2"]}]},
-            **sort_body(({"entity": "metadata", "metadata_property": "margin"}, "asc"))}
+    body = {
+        "filters": {
+            "and": [
+                {
+                    "type": "terms",
+                    "scope": {"entity": "metadata", "metadata_property": "cluster"},
+                    "values": ["c0", "c2"],
+                }
+            ]
+        },
+        **sort_body(({"entity": "metadata", "metadata_property": "margin"}, "asc")),
+    }
     full, total, _ = search(data["owner"], data, body)
     assert total == len(full) == len(where(data, lambda i, r: {"c0", "c2"} & set(cluster_values(r))))
     pages = []
@@ -359,13 +435,21 @@ def test_pagination_and_totals(data):
 
 
 def test_ui_queue_is_per_user_pending_in_a_stable_shuffled_order(data):
-    body = {"query": {}, "filters": {"and": [
-        {"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": ["pending"]},
-        {"type": "terms", "scope": {"entity": "record", "property": "status"}, "values": ["pending"]}]}}
+    body = {
+        "query": {},
+        "filters": {
+            "and": [
+                {"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": ["pending"]},
+                {"type": "terms", "scope": {"entity": "record", "property": "status"}, "values": ["pending"]},
+            ]
+        },
+    }
     completed = set(ALICE_SUBMITS) | set(BOB_SUBMITS)
     alice_seen = set(ALICE_SUBMITS) | set(ALICE_DRAFTS) | set(ALICE_DISCARDS)
     alice, total, _ = search(data["alice_http"], data, body, me=True)
-    assert set(alice) == {f"rec-{i:02d}" for i in range(N) if i not in completed and i not in alice_seen} and total == len(alice)
+    assert set(alice) == {
+        f"rec-{i:02d}" for i in range(N) if i not in completed and i not in alice_seen
+    } and total == len(alice)
     again, _, _ = search(data["alice_http"], data, body, me=True)
     assert again == alice  # stable for one annotator
     bob, _, _ = search(data["bob_http"], data, body, me=True)
@@ -374,8 +458,12 @@ def test_ui_queue_is_per_user_pending_in_a_stable_shuffled_order(data):
     # user's own, so annotators working at once do not label the same records in the same order; here the
     # shuffle is md5(user:dataset:record)
     for queue, user in ((alice, data["alice"]), (bob, data["bob"])):
+
         def rank(rid, user=user):
-            return hashlib.md5(f"{user.id}:{data['dataset'].id}:{data['ids'][rid].replace('-', '')}".encode()).hexdigest()
+            return hashlib.md5(
+                f"{user.id}:{data['dataset'].id}:{data['ids'][rid].replace('-', '')}".encode()
+            ).hexdigest()
+
         assert queue == sorted(queue, key=rank)
     mine, theirs = [rid for rid in alice if rid in set(bob)], [rid for rid in bob if rid in set(alice)]
     assert mine not in [theirs[k:] + theirs[:k] for k in range(len(theirs))]  # two shuffles, not one order rotated
@@ -385,14 +473,20 @@ def test_ui_queue_is_per_user_pending_in_a_stable_shuffled_order(data):
 
 def test_ui_status_and_response_filters_are_per_user(data):
     def me(http, values):
-        body = {"filters": {"and": [{"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": values}]}}
+        body = {
+            "filters": {
+                "and": [{"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": values}]
+            }
+        }
         return set(search(http, data, body, me=True)[0])
 
     rid = lambda keys: {f"rec-{i:02d}" for i in keys}  # noqa: E731
     assert me(data["alice_http"], ["submitted"]) == rid(ALICE_SUBMITS)
     assert me(data["bob_http"], ["submitted"]) == rid(BOB_SUBMITS)
     assert me(data["alice_http"], ["draft", "discarded"]) == rid(list(ALICE_DRAFTS) + ALICE_DISCARDS)
-    body = {"filters": {"and": [{"type": "terms", "scope": {"entity": "response", "question": "pref"}, "values": ["a"]}]}}
+    body = {
+        "filters": {"and": [{"type": "terms", "scope": {"entity": "response", "question": "pref"}, "values": ["a"]}]}
+    }
     assert set(search(data["bob_http"], data, body, me=True)[0]) == rid(BOB_SUBMITS)
     body = {"filters": {"and": [{"type": "range", "scope": {"entity": "response", "question": "quality"}, "ge": 4}]}}
     assert set(search(data["bob_http"], data, body, me=True)[0]) == rid(i for i, v in BOB_RATINGS.items() if v >= 4)
@@ -403,8 +497,11 @@ def test_ui_status_and_response_filters_are_per_user(data):
 
 def cosine_order(data, query, candidates, least=False):
     q = np.asarray(query) * (-1 if least else 1)
-    score = {r["id"]: (1 + float(np.dot(r["vector"], q) / (np.linalg.norm(r["vector"]) * np.linalg.norm(q)))) / 2
-             for r in data["rows"] if r["id"] in candidates}
+    score = {
+        r["id"]: (1 + float(np.dot(r["vector"], q) / (np.linalg.norm(r["vector"]) * np.linalg.norm(q)))) / 2
+        for r in data["rows"]
+        if r["id"] in candidates
+    }
     return sorted(score, key=lambda k: -score[k]), score
 
 
@@ -414,18 +511,30 @@ def test_most_and_least_similar_with_filters(data):
     query = [0.5, -0.2, 0.9, 0.1]
     everything = {r["id"] for r in data["rows"]}
     for least in (False, True):
-        got = [(r.id, s) for r, s in data["dataset"].records(query=rg.Query(similar=rg.Similar("vec", query, most_similar=not least)))]
+        got = [
+            (r.id, s)
+            for r, s in data["dataset"].records(
+                query=rg.Query(similar=rg.Similar("vec", query, most_similar=not least))
+            )
+        ]
         order, score = cosine_order(data, query, everything, least)
         assert [i for i, _ in got] == order
         assert all(math.isclose(s, score[i], rel_tol=1e-4) for i, s in got)
     c0 = where(data, lambda i, r: "c0" in cluster_values(r))
-    got = [r.id for r, _ in data["dataset"].records(query=rg.Query(similar=rg.Similar("vec", query), filter=("metadata.cluster", "==", "c0")))]
+    got = [
+        r.id
+        for r, _ in data["dataset"].records(
+            query=rg.Query(similar=rg.Similar("vec", query), filter=("metadata.cluster", "==", "c0"))
+        )
+    ]
     assert got == cosine_order(data, query, c0)[0]
 
 
 def test_similar_to_a_record_excludes_it_and_respects_text(data):
     record_id = data["ids"]["rec-04"]
-    body = {"query": {"vector": {"name": "vec", "record_id": record_id, "order": "most_similar"}, "text": {"q": "cats"}}}
+    body = {
+        "query": {"vector": {"name": "vec", "record_id": record_id, "order": "most_similar"}, "text": {"q": "cats"}}
+    }
     ids, total, _ = search(data["owner"], data, body, limit=5)
     cats = where(data, lambda i, r: i % 4 == 0) - {"rec-04"}
     expected = cosine_order(data, data["rows"][4]["vector"], cats)[0][:5]
@@ -452,17 +561,28 @@ def test_user_progress_counts_only_that_users_responses(data):
 
 
 def test_metadata_metrics(data):
-    props = {p["name"]: p["id"] for p in data["owner"].get(f"/me/datasets/{data['dataset'].id}/metadata-properties").json()["items"]}
+    props = {
+        p["name"]: p["id"]
+        for p in data["owner"].get(f"/me/datasets/{data['dataset'].id}/metadata-properties").json()["items"]
+    }
     terms = data["owner"].get(f"/metadata-properties/{props['cluster']}/metrics").json()
     values = [v for r in data["rows"] for v in cluster_values(r)]
     counts = {t: sum(t in cluster_values(r) for r in data["rows"]) for t in set(values)}
     assert terms["total"] == len(values)
     assert [(v["term"], v["count"]) for v in terms["values"]] == sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     lengths = [r["metadata"]["length"] for r in data["rows"] if r["metadata"]]
-    assert data["owner"].get(f"/metadata-properties/{props['length']}/metrics").json() == {"type": "integer", "min": min(lengths), "max": max(lengths)}
+    assert data["owner"].get(f"/metadata-properties/{props['length']}/metrics").json() == {
+        "type": "integer",
+        "min": min(lengths),
+        "max": max(lengths),
+    }
     margins = [r["metadata"]["margin"] for r in data["rows"] if r["metadata"]]
     metrics = data["owner"].get(f"/metadata-properties/{props['margin']}/metrics").json()
-    assert metrics["type"] == "float" and math.isclose(metrics["min"], min(margins)) and math.isclose(metrics["max"], max(margins))
+    assert (
+        metrics["type"] == "float"
+        and math.isclose(metrics["min"], min(margins))
+        and math.isclose(metrics["max"], max(margins))
+    )
 
 
 # ---------------------------------------------------------------- typed equality and dates, as the ES engine reads them
@@ -476,19 +596,30 @@ def record_filter(data, flt: dict) -> set[str]:
 def test_equality_on_numbers_compares_numbers(data):
     """A numeric field is mapped as a number in ES (argilla-server 2.8.0 commons.py:202-204, integer -> long and
     float -> float; :230, suggestion score -> float), and a term query on it compares values, not their text."""
-    assert set(sdk_ids(data, filter=("metadata.margin", "==", 1))) == where(data, lambda i, r: r["metadata"].get("margin") == 1.0)
+    assert set(sdk_ids(data, filter=("metadata.margin", "==", 1))) == where(
+        data, lambda i, r: r["metadata"].get("margin") == 1.0
+    )
     assert set(sdk_ids(data, filter=("metadata.margin", "==", 1))) == {"rec-08"}
     assert set(sdk_ids(data, filter=("metadata.length", "in", ["50", "70.0"]))) == {"rec-05", "rec-07"}
     assert set(sdk_ids(data, filter=("pref.score", "==", 0))) == where(data, lambda i, r: r["pref_score"] == 0)
-    assert record_filter(data, {"type": "terms", "scope": {"entity": "metadata", "metadata_property": "length"},
-                                "values": ["not a number"]}) == set()
+    assert (
+        record_filter(
+            data,
+            {
+                "type": "terms",
+                "scope": {"entity": "metadata", "metadata_property": "length"},
+                "values": ["not a number"],
+            },
+        )
+        == set()
+    )
 
 
 def test_date_filters_read_dates_as_es_does(data):
     """Record dates are ES date fields (commons.py:666, date_nanos, read as strict_date_optional_time||epoch_millis):
     partial dates and epoch milliseconds are bounds too, and an inclusive upper bound rounds up what it leaves out
     (`le` today takes in today); a date that cannot be read matches nothing instead of failing the request."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     everyone = {row["id"] for row in data["rows"]}
     scope = {"entity": "record", "property": "inserted_at"}
 
@@ -502,20 +633,45 @@ def test_date_filters_read_dates_as_es_does(data):
     assert dated(ge=(now - timedelta(hours=2)).timestamp() * 1000) == everyone  # epoch milliseconds
     assert dated(ge=str(int((now + timedelta(hours=2)).timestamp() * 1000))) == set()
     assert dated(le="yesterday") == set()
-    assert record_filter(data, {"type": "terms", "scope": scope, "values": [now.strftime("%Y-%m-%d"), "not a date"]}) == set()
+    assert (
+        record_filter(data, {"type": "terms", "scope": scope, "values": [now.strftime("%Y-%m-%d"), "not a date"]})
+        == set()
+    )
 
 
 # ---------------------------------------------------------------- no request the SDK or the UI can send ends in a 500
 
 GRID_SCOPES = [
-    *({"entity": "record", "property": p} for p in ("id", "external_id", "inserted_at", "updated_at", "status", "nope")),
+    *(
+        {"entity": "record", "property": p}
+        for p in ("id", "external_id", "inserted_at", "updated_at", "status", "nope")
+    ),
     *({"entity": "metadata", "metadata_property": p} for p in ("cluster", "length", "margin", "nope")),
-    *({"entity": "suggestion", "question": q, "property": p} for q in ("pref", "quality", "nope") for p in ("value", "score", "agent", "type")),
+    *(
+        {"entity": "suggestion", "question": q, "property": p}
+        for q in ("pref", "quality", "nope")
+        for p in ("value", "score", "agent", "type")
+    ),
     *({"entity": "response", "question": q} for q in ("pref", "quality", "nope")),
     {"entity": "response", "property": "status"},
 ]
 GRID_VALUES = ["a", "5", "5.0", "-1", "1e309", "nan", "2024-05-01", "2024-05", "1714521600000", "", "rec-03", "☃", "c1"]
-GRID_QUERIES = ["*", "cats", "cats | (dogs", '"a b"~x', "~~", "-", "+|", "(((", "x~99", "\\", "\"", "*cats", "a*b*", "☃~1"]
+GRID_QUERIES = [
+    "*",
+    "cats",
+    "cats | (dogs",
+    '"a b"~x',
+    "~~",
+    "-",
+    "+|",
+    "(((",
+    "x~99",
+    "\\",
+    '"',
+    "*cats",
+    "a*b*",
+    "☃~1",
+]
 
 
 def test_no_filter_sort_or_query_in_the_grid_ends_in_a_500(data):
@@ -535,16 +691,29 @@ def test_no_filter_sort_or_query_in_the_grid_ends_in_a_500(data):
             failures.append((path.split("/")[1], json.dumps(body)[:300], response.status_code))
 
     for scope in GRID_SCOPES:
-        for http, path in ((owner, f"/datasets/{dataset_id}/records/search"), (alice, f"/me/datasets/{dataset_id}/records/search")):
+        for http, path in (
+            (owner, f"/datasets/{dataset_id}/records/search"),
+            (alice, f"/me/datasets/{dataset_id}/records/search"),
+        ):
             ask(http, path, {"filters": {"and": [{"type": "terms", "scope": scope, "values": GRID_VALUES}]}})
-            for low, high in (("1", "5"), ("2024-01-01", "2024-12-31"), ("a", "b"), ("0", "1714521600000"), ("x", None)):
+            for low, high in (
+                ("1", "5"),
+                ("2024-01-01", "2024-12-31"),
+                ("a", "b"),
+                ("0", "1714521600000"),
+                ("x", None),
+            ):
                 ask(http, path, {"filters": {"and": [{"type": "range", "scope": scope, "ge": low, "le": high}]}})
             for order in ("asc", "desc"):
                 ask(http, path, {"sort": [{"scope": scope, "order": order}]})
                 ask(http, path, {"query": {"text": {"q": "cats"}}, "sort": [{"scope": scope, "order": order}]})
     for q in GRID_QUERIES:
         for field in (None, "prompt", "chat", "nope"):
-            ask(owner, f"/datasets/{dataset_id}/records/search", {"query": {"text": {"q": q, **({"field": field} if field else {})}}})
+            ask(
+                owner,
+                f"/datasets/{dataset_id}/records/search",
+                {"query": {"text": {"q": q, **({"field": field} if field else {})}}},
+            )
     assert not failures, "\n".join(map(str, failures))
 
 
@@ -552,11 +721,16 @@ def test_a_terms_property_sorts_as_text_by_code_point(texts, backend):
     """commons.py:200 maps a terms property as a keyword: sorted as text by code point, numbers in it too ("10" <
     "100" < "9"), with or without a text query."""
     expected = [key for key, _ in sorted(zip(MULTILINGUAL, CODES), key=lambda kv: str(kv[1]))]
-    with httpx.Client(base_url=backend["url"] + "/api/v1", headers={"X-Argilla-Api-Key": backend["api_key"]}, timeout=60) as http:
+    with httpx.Client(
+        base_url=backend["url"] + "/api/v1", headers={"X-Argilla-Api-Key": backend["api_key"]}, timeout=60
+    ) as http:
         by_id = {str(r._server_id): r.id for r in texts.records}
         for body in ({}, {"query": {"text": {"q": "*"}}}):
             for order in ("asc", "desc"):
-                body = {**body, "sort": [{"scope": {"entity": "metadata", "metadata_property": "code"}, "order": order}]}
+                body = {
+                    **body,
+                    "sort": [{"scope": {"entity": "metadata", "metadata_property": "code"}, "order": order}],
+                }
                 found = http.post(f"/datasets/{texts.id}/records/search", json=body, params={"limit": 50})
                 assert found.status_code == 200, found.text
                 got = [by_id[item["record"]["id"]] for item in found.json()["items"]]
@@ -587,12 +761,21 @@ def relevance(backend):
     client = rg.Argilla(api_url=backend["url"], api_key=backend["api_key"])
     workspace = unique("ws-bm25")
     rg.Workspace(name=workspace, client=client).create()
-    settings = rg.Settings(fields=[rg.TextField(name="text"), rg.TextField(name="category", required=False)],
-                           questions=[rg.LabelQuestion(name="ok", labels=["y", "n"])], metadata=[rg.TermsMetadataProperty(name="tag")])
+    settings = rg.Settings(
+        fields=[rg.TextField(name="text"), rg.TextField(name="category", required=False)],
+        questions=[rg.LabelQuestion(name="ok", labels=["y", "n"])],
+        metadata=[rg.TermsMetadataProperty(name="tag")],
+    )
     dataset = rg.Dataset(name=unique("bm25"), workspace=workspace, settings=settings, client=client).create()
-    dataset.records.log([{"id": key, "text": text_value, **({"category": note} if note else {}), "tag": tag}
-                         for key, (text_value, note, tag) in RELEVANCE.items()])
-    with httpx.Client(base_url=backend["url"] + "/api/v1", headers={"X-Argilla-Api-Key": backend["api_key"]}, timeout=60) as http:
+    dataset.records.log(
+        [
+            {"id": key, "text": text_value, **({"category": note} if note else {}), "tag": tag}
+            for key, (text_value, note, tag) in RELEVANCE.items()
+        ]
+    )
+    with httpx.Client(
+        base_url=backend["url"] + "/api/v1", headers={"X-Argilla-Api-Key": backend["api_key"]}, timeout=60
+    ) as http:
         yield dataset, http, {str(r._server_id): r.id for r in dataset.records}
 
 
@@ -628,25 +811,43 @@ def ranked(relevance, body: dict) -> dict[str, float]:
 
 
 def test_text_scores_are_bm25_over_each_fields_index_statistics(relevance):
-    for q, only in (("cat | bird", None), ("cat", None), ("dog | fish", None), ("dog", "category"), ("cat | bird", "text")):
+    for q, only in (
+        ("cat | bird", None),
+        ("cat", None),
+        ("dog | fish", None),
+        ("dog", "category"),
+        ("cat | bird", "text"),
+    ):
         expected = es_bm25(q.split(" | "), only)
         got = ranked(relevance, {"query": {"text": {"q": q, **({"field": only} if only else {})}}})
-        assert got.keys() == expected.keys() and list(got.values()) == sorted(got.values(), reverse=True), (q, only, got, expected)
+        assert got.keys() == expected.keys() and list(got.values()) == sorted(got.values(), reverse=True), (
+            q,
+            only,
+            got,
+            expected,
+        )
         assert all(math.isclose(got[k], expected[k], rel_tol=1e-6) for k in expected), (q, only, got, expected)
     # a filter narrows the records, not the statistics they are scored with (an index keeps them for all)
     few = {"and": [{"type": "terms", "scope": {"entity": "metadata", "metadata_property": "tag"}, "values": ["few"]}]}
     expected = {k: v for k, v in es_bm25(["cat", "bird"]).items() if RELEVANCE[k][2] == "few"}
     got = ranked(relevance, {"query": {"text": {"q": "cat | bird"}}, "filters": few})
-    assert got.keys() == expected.keys() and all(math.isclose(got[k], expected[k], rel_tol=1e-6) for k in expected), (got, expected)
+    assert got.keys() == expected.keys() and all(math.isclose(got[k], expected[k], rel_tol=1e-6) for k in expected), (
+        got,
+        expected,
+    )
     # the statistics follow the records: one added (counted on its own), then one changed (all counted again)
     dataset, records = relevance[0], dict(RELEVANCE)
     for key, value in (("r9", ("cat cat cat", "", "many")), ("r8", ("fish cat", "fish", "many"))):
-        dataset.records.log([{"id": key, "text": value[0], **({"category": value[1]} if value[1] else {}), "tag": value[2]}])
+        dataset.records.log(
+            [{"id": key, "text": value[0], **({"category": value[1]} if value[1] else {}), "tag": value[2]}]
+        )
         relevance[2].update({str(r._server_id): r.id for r in dataset.records})
         records[key] = value
         expected = es_bm25(["cat"], records=records)
         got = ranked(relevance, {"query": {"text": {"q": "cat"}}})
-        assert got.keys() == expected.keys() and all(math.isclose(got[k], expected[k], rel_tol=1e-6) for k in expected), (key, got, expected)
+        assert got.keys() == expected.keys() and all(
+            math.isclose(got[k], expected[k], rel_tol=1e-6) for k in expected
+        ), (key, got, expected)
 
 
 # 1 edit from "xat": ten substitutions first alphabetically, two more after them, a deletion and an insertion
@@ -660,7 +861,9 @@ def near_words(backend):
     client = rg.Argilla(api_url=backend["url"], api_key=backend["api_key"])
     workspace = unique("ws-fuzzy")
     rg.Workspace(name=workspace, client=client).create()
-    settings = rg.Settings(fields=[rg.TextField(name="text")], questions=[rg.LabelQuestion(name="ok", labels=["y", "n"])])
+    settings = rg.Settings(
+        fields=[rg.TextField(name="text")], questions=[rg.LabelQuestion(name="ok", labels=["y", "n"])]
+    )
     dataset = rg.Dataset(name=unique("fuzzy"), workspace=workspace, settings=settings, client=client).create()
     dataset.records.log([{"id": word, "text": f"the {word}"} for word in NEAR_XAT])
     return dataset
@@ -671,8 +874,31 @@ def test_a_fuzzy_term_stands_for_at_most_ten_index_terms(near_words):
     the query term (boost 1 - edits / min(lengths): a deletion from a 3-letter word weighs more than a
     substitution), the alphabetically first among equals (TopTermsRewrite), and matches the records holding them."""
     assert text_ids(near_words, "xat~1") == {"bat", "cat", "eat", "fat", "hat", "mat", "oat", "pat", "rat", "sat"}
-    assert text_ids(near_words, "xat~1 | tat") == {"bat", "cat", "eat", "fat", "hat", "mat", "oat", "pat", "rat", "sat", "tat"}
-    assert text_ids(near_words, "at~1") == {"at", "bat", "cat", "eat", "fat", "hat", "mat", "oat", "pat", "rat"}  # itself first
+    assert text_ids(near_words, "xat~1 | tat") == {
+        "bat",
+        "cat",
+        "eat",
+        "fat",
+        "hat",
+        "mat",
+        "oat",
+        "pat",
+        "rat",
+        "sat",
+        "tat",
+    }
+    assert text_ids(near_words, "at~1") == {
+        "at",
+        "bat",
+        "cat",
+        "eat",
+        "fat",
+        "hat",
+        "mat",
+        "oat",
+        "pat",
+        "rat",
+    }  # itself first
 
 
 def test_the_ascii_tokenizer_splits_words_as_unicode_segmentation_does():
@@ -691,6 +917,11 @@ for _ in range(100_000):
 assert se.tokenize("Don't stop: 3.5 km/h, e.g. 1,000;2 'a") == ["don't", "stop", "3.5", "km", "h", "e.g", "1,000;2", "a"]
 """
     python = next(launcher.venv_dir().glob("bin/python"))
-    result = subprocess.run([str(python), "-c", code], cwd=Path(__file__).resolve().parent.parent / "labeling" / "server",
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(python), "-c", code],
+        cwd=Path(__file__).resolve().parent.parent / "labeling" / "server",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from test_kill import config, respond
 
 pytestmark = pytest.mark.server
@@ -41,7 +40,9 @@ def test_no_secret_in_outputs_or_logs(tmp_path, openai_server, labeling_server, 
     monkeypatch.setenv("PREFAB_KILL_KEY", SECRET)
     openai_server.api_key = SECRET  # the fake API refuses calls without the key: proves it was sent
     openai_server.respond = respond
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Tell me fact {i}."}) + "\n" for i in range(6)))
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"Tell me fact {i}."}) + "\n" for i in range(6))
+    )
     cfg = config(tmp_path, "secure", openai_server.url, unique("sec"))
     result = prefab("run", cfg)
     assert result.exit_code == 0, result.output

@@ -45,18 +45,29 @@ def install(site: Path) -> None:
 
 def prefab(site: Path, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
-    return subprocess.run([sys.executable, "-m", "pipeline.commands.cli", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.commands.cli", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_stage_from_another_package_brings_its_own_section_and_runs_in_prefab_run(tmp_path):
     site = tmp_path / "site"
     install(site)
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("An Apple a day?", "Pears or apples?", "Why is the sky blue?")))
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": p}) + "\n" for p in ("An Apple a day?", "Pears or apples?", "Why is the sky blue?")
+        )
+    )
     config = tmp_path / "run.yaml"
-    config.write_text(f"run: {tmp_path / 'run'}\nstages: [ingest, wordcount]\ningest: {{paths: [{prompts}]}}\n"
-                      "wordcount: {word: apple}\n")
+    config.write_text(
+        f"run: {tmp_path / 'run'}\nstages: [ingest, wordcount]\ningest: {{paths: [{prompts}]}}\n"
+        "wordcount: {word: apple}\n"
+    )
 
     result = prefab(site, "run", config)
     assert result.returncode == 0, result.stderr
@@ -67,8 +78,10 @@ def test_a_stage_from_another_package_brings_its_own_section_and_runs_in_prefab_
     assert manifest["config"]["wordcount"] == {"word": "apple", "case_sensitive": False}
 
     # its section is validated by its own settings model: a wrong key is refused, naming the file and line
-    config.write_text(f"run: {tmp_path / 'run2'}\nstages: [ingest, wordcount]\ningest: {{paths: [{prompts}]}}\n"
-                      "wordcount:\n  word: apple\n  case_sensitiv: true\n")
+    config.write_text(
+        f"run: {tmp_path / 'run2'}\nstages: [ingest, wordcount]\ningest: {{paths: [{prompts}]}}\n"
+        "wordcount:\n  word: apple\n  case_sensitiv: true\n"
+    )
     result = prefab(site, "run", config)
     assert result.returncode != 0
     assert f"{config}:6" in result.stderr and "case_sensitiv" in result.stderr, result.stderr

@@ -24,8 +24,13 @@ print("EXIT", code, "HEAVY", sorted(m for m in {heavy!r} if m in sys.modules))
 
 def run_prefab(*args) -> tuple[int, list, str]:
     """(exit code, heavy modules imported, output) of one command in a fresh interpreter."""
-    result = subprocess.run([sys.executable, "-c", CODE.format(args=[str(a) for a in args], heavy=HEAVY)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", CODE.format(args=[str(a) for a in args], heavy=HEAVY)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     last = [line for line in result.stdout.splitlines() if line.startswith("EXIT ")]
     assert last, result.stdout[-2000:] + result.stderr[-2000:]
     _, code, _, heavy = last[-1].split(" ", 3)
@@ -34,7 +39,11 @@ def run_prefab(*args) -> tuple[int, list, str]:
 
 def test_status_report_and_export_import_no_torch(tmp_path):
     run, _ = make_run(tmp_path / "run", n_pairs=6)
-    for args in (["status", "--run", run.path], ["report", "--run", run.path], ["export", "--run", run.path, "--source", "auto"]):
+    for args in (
+        ["status", "--run", run.path],
+        ["report", "--run", run.path],
+        ["export", "--run", run.path, "--source", "auto"],
+    ):
         code, heavy, output = run_prefab(*args)
         assert code == 0 and heavy == [], (args, heavy, output[-1500:])
     card = (run.path / "exports" / "README.md").read_text()

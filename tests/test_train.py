@@ -3,8 +3,8 @@
 processes, and clear errors for bad input."""
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,16 +14,23 @@ import polars as pl
 import pytest
 from labeling_runs import make_run
 
-from training.settings import ExportConfig
 from pipeline.core.errors import ConfigError
 from training.export import export
+from training.settings import ExportConfig
 
 pytestmark = pytest.mark.training
 
 ROOT = Path(__file__).resolve().parent.parent
 # tiny: 2 steps of one short example each, no checkpoints unless a test asks
-TINY = {"max_steps": 2, "per_device_train_batch_size": 1, "max_length": 48, "learning_rate": 1e-4, "save_strategy": "no",
-        "logging_steps": 1, "seed": 0}
+TINY = {
+    "max_steps": 2,
+    "per_device_train_batch_size": 1,
+    "max_length": 48,
+    "learning_rate": 1e-4,
+    "save_strategy": "no",
+    "logging_steps": 1,
+    "seed": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +51,8 @@ def base_weights():
 
 
 def changed_tensors(model_dir: Path, base: dict) -> int:
-    from safetensors.torch import load_file
-
     import torch
+    from safetensors.torch import load_file
 
     trained = load_file(str(model_dir / "model.safetensors"))
     assert trained.keys() == base.keys()
@@ -105,17 +111,21 @@ def test_sft_two_steps_on_assistant_tokens(exports, base_weights, tmp_path, monk
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm("embedded:smollm2"))
     header = tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    answers = {m["content"] for line in (exports / "sft_train.jsonl").read_text().splitlines()
-               for m in json.loads(line)["messages"] if m["role"] == "assistant"}
+    answers = {
+        m["content"]
+        for line in (exports / "sft_train.jsonl").read_text().splitlines()
+        for m in json.loads(line)["messages"]
+        if m["role"] == "assistant"
+    }
     assert len(seen) == 2
     for batch_ids, batch_labels in seen:
         for ids, labels in zip(batch_ids, batch_labels):
-            starts = [i + len(header) for i in range(len(ids)) if ids[i:i + len(header)] == header]
+            starts = [i + len(header) for i in range(len(ids)) if ids[i : i + len(header)] == header]
             assert len(starts) == 1, tokenizer.decode(ids)  # one assistant turn (not cut off by max_length)
-            stop = ids.index(end, starts[0]) + 1 if end in ids[starts[0]:] else len(ids)
+            stop = ids.index(end, starts[0]) + 1 if end in ids[starts[0] :] else len(ids)
             want = [t if starts[0] <= i < stop else -100 for i, t in enumerate(ids)]
             assert labels == want, (tokenizer.decode(ids), [tokenizer.decode([t]) for t in labels if t != -100])
-            assert tokenizer.decode(ids[starts[0]:stop]).removesuffix("<|im_end|>") in answers
+            assert tokenizer.decode(ids[starts[0] : stop]).removesuffix("<|im_end|>") in answers
 
 
 def test_sft_prompt_completion_with_lora_is_merged(exports, base_weights, tmp_path):
@@ -124,8 +134,11 @@ def test_sft_prompt_completion_with_lora_is_merged(exports, base_weights, tmp_pa
     from training.train import train_sft
 
     out = tmp_path / "sft-lora"
-    metrics = train_sft(exports / "sft_pc_train.jsonl", None,
-                        {**TINY, "max_steps": 1, "output_dir": str(out), "lora": {"r": 4, "lora_alpha": 8}, "learning_rate": 1e-2})
+    metrics = train_sft(
+        exports / "sft_pc_train.jsonl",
+        None,
+        {**TINY, "max_steps": 1, "output_dir": str(out), "lora": {"r": 4, "lora_alpha": 8}, "learning_rate": 1e-2},
+    )
     assert metrics["lora"] and (out / "adapter" / "adapter_config.json").exists()
     assert changed_tensors(out, base_weights) > 0  # the merged checkpoint differs from the base
     model = AutoModelForCausalLM.from_pretrained(out)  # a plain checkpoint, usable as the next generator
@@ -138,9 +151,28 @@ def test_two_processes_with_torchrun(exports, tmp_path):
     (On CPU, TrainingArguments leaves them NOT_PARALLEL, each training alone; this does not show data parallelism.)"""
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "training.train", "dpo",
-           "--data", str(exports / "dpo_train.jsonl"), "--output-dir", str(out), "--set", "max_steps=1",
-           "--set", "per_device_train_batch_size=1", "--set", "max_length=48", "--set", "save_strategy=no"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "training.train",
+        "dpo",
+        "--data",
+        str(exports / "dpo_train.jsonl"),
+        "--output-dir",
+        str(out),
+        "--set",
+        "max_steps=1",
+        "--set",
+        "per_device_train_batch_size=1",
+        "--set",
+        "max_length=48",
+        "--set",
+        "save_strategy=no",
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -156,18 +188,31 @@ def test_accelerate_configs_load():
 
     names = {p.name for p in (ROOT / "training" / "accelerate").glob("*.yaml")}
     assert names == {"ddp.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml", "fsdp.yaml"}
-    kinds = {name: str(load_config_from_file(str(ROOT / "training" / "accelerate" / name)).distributed_type) for name in names}
-    assert kinds == {"ddp.yaml": "DistributedType.MULTI_GPU", "deepspeed_zero2.yaml": "DistributedType.DEEPSPEED",
-                     "deepspeed_zero3.yaml": "DistributedType.DEEPSPEED", "fsdp.yaml": "DistributedType.FSDP"}
+    kinds = {
+        name: str(load_config_from_file(str(ROOT / "training" / "accelerate" / name)).distributed_type)
+        for name in names
+    }
+    assert kinds == {
+        "ddp.yaml": "DistributedType.MULTI_GPU",
+        "deepspeed_zero2.yaml": "DistributedType.DEEPSPEED",
+        "deepspeed_zero3.yaml": "DistributedType.DEEPSPEED",
+        "fsdp.yaml": "DistributedType.FSDP",
+    }
 
 
 # ---------------------------------------------------------------- configuration
 
+
 def test_every_trl_field_is_settable_and_typos_are_caught(tmp_path):
     from training.train import load_train_config, parse_sets
 
-    args, settings = load_train_config("dpo", None, parse_sets(["learning_rate=3e-6", "beta=0.25", "save_strategy=no",
-                                                                   "loss_type=[sigmoid, sft]", "model=/some/where"]))
+    args, settings = load_train_config(
+        "dpo",
+        None,
+        parse_sets(
+            ["learning_rate=3e-6", "beta=0.25", "save_strategy=no", "loss_type=[sigmoid, sft]", "model=/some/where"]
+        ),
+    )
     assert args.learning_rate == 3e-6 and args.beta == 0.25 and args.loss_type == ["sigmoid", "sft"]
     assert str(args.save_strategy.value) == "no" and settings["model"] == "/some/where"
     bad = tmp_path / "bad.yaml"
@@ -188,6 +233,7 @@ def test_every_trl_field_is_settable_and_typos_are_caught(tmp_path):
 
 
 # ---------------------------------------------------------------- bad input, through the CLI
+
 
 def test_bad_input_is_a_clear_error(exports, prefab, tmp_path):
     def fails(*args, expect):
@@ -231,16 +277,21 @@ def test_bad_input_is_a_clear_error(exports, prefab, tmp_path):
 
 def test_module_entry_point_reports_errors_without_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "training.train", "dpo", "--data", str(tmp_path / "none.jsonl")],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "training.train", "dpo", "--data", str(tmp_path / "none.jsonl")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_train_stage_records_metrics_in_the_manifest(tmp_path):
     """`prefab run` stage "train": trains on the run's export, metrics into the manifest, report section."""
-    from training.settings import TrainConfig
     from pipeline.core.runner import run_step
     from training.report import report_section
+    from training.settings import TrainConfig
 
     run, config = make_run(tmp_path / "run", n_pairs=3, human_every=100)
     run.write("pairs", run.read("pairs").with_columns(route=pl.lit("auto")))

@@ -12,20 +12,41 @@ from labeling_runs import make_run
 from test_export import add_second_pairs
 from test_train import changed_tensors, losses
 
-from training.settings import ExportConfig
 from pipeline.core.errors import ConfigError, ExportError
 from training.export import export, kto_weights
+from training.settings import ExportConfig
 
 pytestmark = pytest.mark.training
 
-KTO_TINY = {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 48, "learning_rate": 1e-4, "save_strategy": "no",
-            "logging_steps": 1, "seed": 0}
+KTO_TINY = {
+    "max_steps": 2,
+    "per_device_train_batch_size": 2,
+    "max_length": 48,
+    "learning_rate": 1e-4,
+    "save_strategy": "no",
+    "logging_steps": 1,
+    "seed": 0,
+}
 # 2 prompts a step, 2 completions each; seed 0 samples a right and a wrong answer in one group, so the advantage is
 # not zero and the weights move (a step where every completion scores the same has no gradient)
-GRPO_TINY = {"max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 2, "max_completion_length": 8,
-             "learning_rate": 1e-4, "save_strategy": "no", "logging_steps": 1, "seed": 0}
-QUESTIONS = [("What is 10 - 9?", "1"), ("What is 12 - 5?", "7"), ("What is 3 + 4?", "7"), ("What is 6 - 2?", "4"),
-             ("What is 2 + 2?", "4"), ("What is 9 - 3?", "6")]
+GRPO_TINY = {
+    "max_steps": 2,
+    "per_device_train_batch_size": 4,
+    "num_generations": 2,
+    "max_completion_length": 8,
+    "learning_rate": 1e-4,
+    "save_strategy": "no",
+    "logging_steps": 1,
+    "seed": 0,
+}
+QUESTIONS = [
+    ("What is 10 - 9?", "1"),
+    ("What is 12 - 5?", "7"),
+    ("What is 3 + 4?", "7"),
+    ("What is 6 - 2?", "4"),
+    ("What is 2 + 2?", "4"),
+    ("What is 9 - 3?", "6"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +57,13 @@ def run(tmp_path_factory):
     run.write("pairs", run.read("pairs").with_columns(route=pl.lit("auto")))
     add_second_pairs(run)
     prompts = run.read("prompts")
-    run.write("prompts", prompts.with_columns(messages=pl.Series([[{"role": "user", "content": q}] for q, _ in QUESTIONS]),
-                                              reference_answer=pl.Series([a for _, a in QUESTIONS])))
+    run.write(
+        "prompts",
+        prompts.with_columns(
+            messages=pl.Series([[{"role": "user", "content": q}] for q, _ in QUESTIONS]),
+            reference_answer=pl.Series([a for _, a in QUESTIONS]),
+        ),
+    )
     counts = export(run, ExportConfig(test_share=0.25, formats=["trl-dpo", "kto", "grpo"]))
     run.counts = counts
     return run
@@ -58,7 +84,11 @@ def test_kto_export_reads_back_unpaired_and_weighted(run):
     assert rows[0]["prompt"][-1]["role"] == "user" and rows[0]["completion"][0]["role"] == "assistant"
     # one row per candidate: the shared chosen side once, each rejected side once
     assert len({r["candidate_id"] for r in rows}) == len(rows) == 18
-    assert sum(r["label"] for r in rows) == 6 and run.counts["kto"]["desirable"] == 6 and run.counts["kto"]["undesirable"] == 12
+    assert (
+        sum(r["label"] for r in rows) == 6
+        and run.counts["kto"]["desirable"] == 6
+        and run.counts["kto"]["undesirable"] == 12
+    )
     # the same split by prompt as the pairs
     splits = json.loads((out / "splits.json").read_text())
     dpo_test = {r["prompt_id"] for r in read(out / "dpo_test.jsonl")}
@@ -93,7 +123,9 @@ def test_kto_trains_two_steps_with_balanced_weights(run, tmp_path, capsys):
 
     out = tmp_path / "kto"
     exports = run.path / "exports"
-    metrics = train_kto(exports / "kto_train.jsonl", None, {**KTO_TINY, "output_dir": str(out)}, eval_data=exports / "kto_test.jsonl")
+    metrics = train_kto(
+        exports / "kto_train.jsonl", None, {**KTO_TINY, "output_dir": str(out)}, eval_data=exports / "kto_test.jsonl"
+    )
     assert metrics["steps"] == 2 and len(losses(out)) == 2 and all(math.isfinite(l) for l in losses(out))  # noqa: E741
     n_d, n_u = run.counts["kto"]["train_desirable"], run.counts["kto"]["train_undesirable"]
     assert (metrics["desirable_weight"], metrics["undesirable_weight"]) == kto_weights(n_d, n_u) != (1.0, 1.0)
@@ -125,11 +157,16 @@ def _base() -> dict:
 
 # ---------------------------------------------------------------- the reward
 
+
 def test_verifier_scores_math_and_code():
     from training.rewards import verifier
 
     chat = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
-    assert verifier(None, [chat("10 - 9 = 1, so the answer is $\\boxed{1}$."), chat("The answer is 2.")], reference_answer=["1", "1"]) == [1.0, 0.0]
+    assert verifier(
+        None,
+        [chat("10 - 9 = 1, so the answer is $\\boxed{1}$."), chat("The answer is 2.")],
+        reference_answer=["1", "1"],
+    ) == [1.0, 0.0]
     assert verifier(None, ["I cannot say.", "3/4"], reference_answer=["0.75", "$\\frac{3}{4}$"]) == [0.0, 1.0]
     tests = "def test_double():\n    assert double(2) == 4\n\ndef test_zero():\n    assert double(0) == 0\n"
     good = "Here it is:\n```python\ndef double(x):\n    return 2 * x\n```\nDone."
@@ -137,12 +174,15 @@ def test_verifier_scores_math_and_code():
     scores = verifier(None, [chat(good), chat(bad), chat("no code at all")], tests=[tests] * 3)
     assert scores == [1.0, 0.0, 0.0]
     assert verifier(None, ["def double(x): return x"], tests=[tests]) == [0.5]  # no fence: the whole text is the code
-    assert verifier(None, ["```py\ndef double(x):\n    return x + x\n"], tests=[tests]) == [1.0]  # an unclosed block runs to the end
+    assert verifier(None, ["```py\ndef double(x):\n    return x + x\n"], tests=[tests]) == [
+        1.0
+    ]  # an unclosed block runs to the end
     # a row with no ground truth has no reward (None: GRPOTrainer leaves it out), a reference that does not parse neither
     assert verifier(None, ["4", "4"], reference_answer=[None, "\\frac{"], tests=[None, None]) == [None, None]
 
 
 # ---------------------------------------------------------------- bad input
+
 
 def test_bad_input_is_a_clear_error(run, prefab, tmp_path):
     def fails(*args, expect):
@@ -177,7 +217,14 @@ def test_bad_input_is_a_clear_error(run, prefab, tmp_path):
     no_truth = tmp_path / "grpo_no_truth.jsonl"
     no_truth.write_text(json.dumps({**grpo[0], "reference_answer": None}) + "\n")
     fails("grpo", "--data", no_truth, expect=[f"{no_truth}:1", "neither a reference_answer nor tests"])
-    fails("grpo", "--data", exports / "grpo_train.jsonl", "--set", "num_generations=3", expect=["divisible by num_generations"])
+    fails(
+        "grpo",
+        "--data",
+        exports / "grpo_train.jsonl",
+        "--set",
+        "num_generations=3",
+        expect=["divisible by num_generations"],
+    )
 
 
 def test_grpo_export_without_ground_truth_fails_and_keeps_the_previous_export(tmp_path):
@@ -193,7 +240,9 @@ def test_grpo_export_without_ground_truth_fails_and_keeps_the_previous_export(tm
 def test_kto_and_grpo_configs_take_every_trl_field():
     from training.train import load_train_config, parse_sets
 
-    args, settings = load_train_config("kto", None, parse_sets(["desirable_weight=1.5", "loss_type=apo_zero_unpaired", "balance=false"]))
+    args, settings = load_train_config(
+        "kto", None, parse_sets(["desirable_weight=1.5", "loss_type=apo_zero_unpaired", "balance=false"])
+    )
     assert type(args).__name__ == "KTOConfig" and args.desirable_weight == 1.5 and args.loss_type == "apo_zero_unpaired"
     assert settings["balance"] is False
     args, _ = load_train_config("grpo", None, parse_sets(["num_generations=4", "beta=0.04", "temperature=0.7"]))
@@ -212,7 +261,9 @@ def test_standard_strings_through_the_cli(prefab, tmp_path):
     run, _ = make_run(tmp_path / "run", n_pairs=4, human_every=100)
     run.write("pairs", run.read("pairs").with_columns(route=pl.lit("auto")))
     run.write("prompts", run.read("prompts").with_columns(reference_answer=pl.lit("2")))
-    result = prefab("export", "--run", run.path, "--format", "trl-dpo", "--format", "kto", "--format", "grpo", "--standard")
+    result = prefab(
+        "export", "--run", run.path, "--format", "trl-dpo", "--format", "kto", "--format", "grpo", "--standard"
+    )
     assert result.exit_code == 0, result.output
     out = run.path / "exports"
     for stem, model in (("dpo", TrlDpoText), ("kto", KtoText), ("grpo", GrpoText)):

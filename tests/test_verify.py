@@ -9,12 +9,12 @@ import threading
 import polars as pl
 import pytest
 
-from pipeline.stages import verify
 from pipeline.core.config import VerifyConfig, config_model
 from pipeline.core.errors import InputError
-from pipeline.stages.ingest import ingest
 from pipeline.core.runner import run_pipeline
 from pipeline.core.store import Run, prompt_id
+from pipeline.stages import verify
+from pipeline.stages.ingest import ingest
 
 # math-verify's limits set and cancel SIGALRM's timer, which pytest-timeout's default (signal) method also uses:
 # a watchdog thread keeps these tests under the suite's time limit
@@ -23,29 +23,32 @@ pytestmark = pytest.mark.timeout(900, method="thread")
 # ---------------------------------------------------------------- math-verify's verdicts
 
 
-@pytest.mark.parametrize("reference, response, status, answer", [
-    ("42", "6 × 7 = 42, so the answer is 42.", "correct", "42"),
-    ("42", "First 40, then 41, and finally $\\boxed{42}$.", "correct", "42"),
-    ("42", "The answer is 41.", "incorrect", "41"),
-    ("-9", "x = -9", "correct", "-9"),
-    ("1/2", "It comes to 0.5.", "correct", "0.5"),
-    ("1/2", "It comes to $\\frac{2}{4}$.", "correct", "\\frac{2}{4}"),
-    ("$\\frac{7}{12}$", "1/3 + 1/4 = 7/12", "correct", "7/12"),
-    ("$\\frac{7}{12}$", "1/3 + 1/4 = 2/7", "incorrect", "2/7"),
-    ("0.6", "The share is $\\frac{3}{5}$.", "correct", "\\frac{3}{5}"),
-    ("17.50", "14 pens cost $17.5 in total.", "correct", "17.5"),
-    ("3.375", "The volume is 3.38.", "incorrect", "3.38"),
-    ("$x = 8$", "So x is $8$.", "correct", "8"),
-    ("$\\{2, 3\\}$", "The solutions are $\\{3, 2\\}$.", "correct", "\\{3, 2\\}"),
-    ("$\\{2, 3\\}$", "The solutions are $\\{2, -3\\}$.", "incorrect", "\\{2, -3\\}"),
-    ("$(-\\infty, 6)$", "In interval notation: $(-\\infty, 6)$", "correct", "(-\\infty, 6)"),
-    ("$(-\\infty, 6)$", "In interval notation: $(-\\infty, 6]$", "incorrect", "(-\\infty, 6]"),
-    ("$2\\sqrt{2}$", "The diagonal is $\\sqrt{8}$.", "correct", "\\sqrt{8}"),
-    ("$9\\pi$", "The area is $3\\pi$.", "incorrect", "3\\pi"),
-    ("$x^2 - 3x - 10$", "Expanding gives $\\boxed{x^2 - 3x - 10}$.", "correct", "x^2 - 3x - 10"),
-    ("42", "I am not sure how to solve this.", "unparseable", None),
-    ("42", "", "unparseable", None),
-])
+@pytest.mark.parametrize(
+    "reference, response, status, answer",
+    [
+        ("42", "6 × 7 = 42, so the answer is 42.", "correct", "42"),
+        ("42", "First 40, then 41, and finally $\\boxed{42}$.", "correct", "42"),
+        ("42", "The answer is 41.", "incorrect", "41"),
+        ("-9", "x = -9", "correct", "-9"),
+        ("1/2", "It comes to 0.5.", "correct", "0.5"),
+        ("1/2", "It comes to $\\frac{2}{4}$.", "correct", "\\frac{2}{4}"),
+        ("$\\frac{7}{12}$", "1/3 + 1/4 = 7/12", "correct", "7/12"),
+        ("$\\frac{7}{12}$", "1/3 + 1/4 = 2/7", "incorrect", "2/7"),
+        ("0.6", "The share is $\\frac{3}{5}$.", "correct", "\\frac{3}{5}"),
+        ("17.50", "14 pens cost $17.5 in total.", "correct", "17.5"),
+        ("3.375", "The volume is 3.38.", "incorrect", "3.38"),
+        ("$x = 8$", "So x is $8$.", "correct", "8"),
+        ("$\\{2, 3\\}$", "The solutions are $\\{3, 2\\}$.", "correct", "\\{3, 2\\}"),
+        ("$\\{2, 3\\}$", "The solutions are $\\{2, -3\\}$.", "incorrect", "\\{2, -3\\}"),
+        ("$(-\\infty, 6)$", "In interval notation: $(-\\infty, 6)$", "correct", "(-\\infty, 6)"),
+        ("$(-\\infty, 6)$", "In interval notation: $(-\\infty, 6]$", "incorrect", "(-\\infty, 6]"),
+        ("$2\\sqrt{2}$", "The diagonal is $\\sqrt{8}$.", "correct", "\\sqrt{8}"),
+        ("$9\\pi$", "The area is $3\\pi$.", "incorrect", "3\\pi"),
+        ("$x^2 - 3x - 10$", "Expanding gives $\\boxed{x^2 - 3x - 10}$.", "correct", "x^2 - 3x - 10"),
+        ("42", "I am not sure how to solve this.", "unparseable", None),
+        ("42", "", "unparseable", None),
+    ],
+)
 def test_math_verify_scores_answers_in_several_notations(reference, response, status, answer):
     [result] = verify.check_many([(reference, response)], timeout_s=5, float_rounding=6)
     assert (result["status"], result["answer"], result["error"]) == (status, answer, None)
@@ -54,9 +57,15 @@ def test_math_verify_scores_answers_in_several_notations(reference, response, st
 
 @pytest.mark.parametrize("reference", ["forty-two", "$\\frac{1}{$", "x^2+1"])
 def test_a_reference_that_does_not_parse_is_an_error_on_the_row_not_a_crash(reference):
-    results = verify.check_many([(reference, "The answer is 42."), ("42", "The answer is 42.")], timeout_s=5, float_rounding=6)
+    results = verify.check_many(
+        [(reference, "The answer is 42."), ("42", "The answer is 42.")], timeout_s=5, float_rounding=6
+    )
     assert results[0]["status"] == "error" and results[0]["reference"] is None and results[0]["answer"] is None
-    assert repr(reference) in results[0]["error"] and "does not parse as math" in results[0]["error"] and "$...$" in results[0]["error"]
+    assert (
+        repr(reference) in results[0]["error"]
+        and "does not parse as math" in results[0]["error"]
+        and "$...$" in results[0]["error"]
+    )
     assert results[1]["status"] == "correct"  # the next row is checked as usual
 
 
@@ -71,10 +80,13 @@ def test_a_check_that_runs_over_its_limit_is_an_error_never_incorrect():
 def test_off_the_main_thread_checks_still_run_with_their_time_limit():
     """math-verify's SIGALRM limit raises a ValueError outside the main thread; the stage runs the checks in a child process."""
     prompts = pl.DataFrame({"prompt_id": ["p1", "p2"], "reference_answer": ["1/2", HUGE[0]]})
-    candidates = pl.DataFrame({"candidate_id": ["a", "b", "c"], "prompt_id": ["p1", "p1", "p2"],
-                               "text": ["It is 0.5", "It is 0.4", HUGE[1]]})
+    candidates = pl.DataFrame(
+        {"candidate_id": ["a", "b", "c"], "prompt_id": ["p1", "p1", "p2"], "text": ["It is 0.5", "It is 0.4", HUGE[1]]}
+    )
     out = {}
-    thread = threading.Thread(target=lambda: out.update(table=verify.verify_candidates(prompts, candidates, VerifyConfig(timeout_s=1))))
+    thread = threading.Thread(
+        target=lambda: out.update(table=verify.verify_candidates(prompts, candidates, VerifyConfig(timeout_s=1)))
+    )
     thread.start()
     thread.join(120)
     table = out["table"]
@@ -87,8 +99,10 @@ def test_every_reference_in_the_math_prompts_parses_and_checks_both_ways():
     assert len(rows) >= 60 and len({r["prompt"] for r in rows}) == len(rows)
     items = []
     for r in rows:
-        items += [(r["answer"], f"Let me work it out. The final answer is $\\boxed{{{r['answer'].strip('$')}}}$."),
-                  (r["answer"], "The final answer is $\\boxed{123457}$.")]
+        items += [
+            (r["answer"], f"Let me work it out. The final answer is $\\boxed{{{r['answer'].strip('$')}}}$."),
+            (r["answer"], "The final answer is $\\boxed{123457}$."),
+        ]
     results = verify.check_many(items, timeout_s=5, float_rounding=6)
     assert [r["status"] for r in results] == ["correct", "incorrect"] * len(rows)
 
@@ -102,14 +116,27 @@ def write_jsonl(path, rows):
 
 
 def test_ingest_reads_reference_answers_from_a_mapped_column(tmp_path, prefab):
-    src = write_jsonl(tmp_path / "m.jsonl", [{"prompt": "2+2?", "answer": 4}, {"prompt": "Half of 1?", "answer": "$\\frac{1}{2}$"},
-                                             {"prompt": "Say hi."}, {"prompt": "0.1 + 0.2?", "answer": 0.3}, {"prompt": "Blank?", "answer": " "}])
+    src = write_jsonl(
+        tmp_path / "m.jsonl",
+        [
+            {"prompt": "2+2?", "answer": 4},
+            {"prompt": "Half of 1?", "answer": "$\\frac{1}{2}$"},
+            {"prompt": "Say hi."},
+            {"prompt": "0.1 + 0.2?", "answer": 0.3},
+            {"prompt": "Blank?", "answer": " "},
+        ],
+    )
     assert prefab("ingest", "--run", tmp_path / "run", src).exit_code == 0
     prompts = Run(tmp_path / "run").read("prompts")
     assert prompts["reference_answer"].to_list() == ["4", "$\\frac{1}{2}$", None, "0.3", None]
     assert Run(tmp_path / "run").stage_info("ingest")["with_reference_answer"] == 3
-    pl.DataFrame({"question": ["3*3?"], "solution_value": ["9"], "answer": ["not this one"]}).write_csv(tmp_path / "m.csv")
-    assert prefab("ingest", "--run", tmp_path / "csv", tmp_path / "m.csv", "--answer-column", "solution_value").exit_code == 0
+    pl.DataFrame({"question": ["3*3?"], "solution_value": ["9"], "answer": ["not this one"]}).write_csv(
+        tmp_path / "m.csv"
+    )
+    assert (
+        prefab("ingest", "--run", tmp_path / "csv", tmp_path / "m.csv", "--answer-column", "solution_value").exit_code
+        == 0
+    )
     assert Run(tmp_path / "csv").read("prompts")["reference_answer"].to_list() == ["9"]
 
 
@@ -123,9 +150,23 @@ def test_a_reference_answer_of_the_wrong_type_is_a_bad_row_with_file_and_line(tm
 
 def test_a_prompts_table_from_before_reference_answers_and_tests_still_reads(tmp_path):
     run = Run(tmp_path / "run")
-    old = pl.DataFrame({"prompt_id": ["p"], "messages": [[{"role": "user", "content": "hi"}]], "source": ["s"], "source_line": [1],
-                        "category": [None], "duplicate_of": [None], "cluster": [None], "excluded_reason": [None]},
-                       schema={k: v for k, v in __import__("pipeline.core.schema").core.schema.TABLES["prompts"].items() if k not in ("reference_answer", "tests")})
+    old = pl.DataFrame(
+        {
+            "prompt_id": ["p"],
+            "messages": [[{"role": "user", "content": "hi"}]],
+            "source": ["s"],
+            "source_line": [1],
+            "category": [None],
+            "duplicate_of": [None],
+            "cluster": [None],
+            "excluded_reason": [None],
+        },
+        schema={
+            k: v
+            for k, v in __import__("pipeline.core.schema").core.schema.TABLES["prompts"].items()
+            if k not in ("reference_answer", "tests")
+        },
+    )
     run.path.mkdir()
     old.write_parquet(run.table_path("prompts"))
     assert run.read("prompts").select("reference_answer", "tests").row(0) == (None, None)
@@ -136,12 +177,21 @@ def test_a_prompts_table_from_before_reference_answers_and_tests_still_reads(tmp
 PROBLEMS = {  # prompt -> (reference, a right response, a wrong response)
     "What is 17 × 23?": ("391", "17 × 23 = 391.", "17 × 23 = 401."),
     "Add 1/3 and 1/4.": ("$\\frac{7}{12}$", "The sum is $\\frac{7}{12}$.", "The sum is $\\frac{2}{7}$."),
-    "Solve x^2 - 5x + 6 = 0 as a set.": ("$\\{2, 3\\}$", "The roots are $\\{3, 2\\}$.", "The roots are $\\{-2, -3\\}$."),
+    "Solve x^2 - 5x + 6 = 0 as a set.": (
+        "$\\{2, 3\\}$",
+        "The roots are $\\{3, 2\\}$.",
+        "The roots are $\\{-2, -3\\}$.",
+    ),
     "Write 7/8 as a decimal.": ("0.875", "7/8 = 0.875", "I would rather not say."),
 }
 NO_REFERENCE = "Describe a triangle."
 BAD_REFERENCE = "What is the answer to everything?"
-BOTH_WRONG = ("What is 10 - 4?", "6", "4", "2")  # prompt, reference, and two wrong answers: no pair of them can teach anything
+BOTH_WRONG = (
+    "What is 10 - 4?",
+    "6",
+    "4",
+    "2",
+)  # prompt, reference, and two wrong answers: no pair of them can teach anything
 
 
 def math_run(tmp_path, fake_backend, mode="prefer", both_wrong=False, **sections):
@@ -159,19 +209,34 @@ def math_run(tmp_path, fake_backend, mode="prefer", both_wrong=False, **sections
         content = body["messages"][-1]["content"]
         if body["model"] == "gen-model":  # sample 0 (seed 0) answers right, sample 1 wrong
             return texts[content][body["seed"]]
-        if "## Response to rate" in content:  # a judge that rates every second sample (the wrong answers) 5, the others 1
+        if (
+            "## Response to rate" in content
+        ):  # a judge that rates every second sample (the wrong answers) 5, the others 1
             response = content.split("## Response to rate\n\n", 1)[1]
             return json.dumps({"helpfulness": {"rationale": "r", "score": 5 if response in wrong else 1}})
         return json.dumps({"rationale": "r", "winner": "A"})  # pairwise: always the first shown, so inconsistent
 
     fake_backend.respond = respond
-    judge = {"judges": [{"name": "j", "backend": "fake", "model": "judge-model"}], "aspects": [{"name": "helpfulness"}],
-             "parse_retries": 0}
-    config = config_model().model_validate({
-        "run": str(tmp_path / "run"), "ingest": {"paths": [str(src)]},
-        "generate": {"generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]},
-        "judge": judge, "verify": {"mode": mode}, "pair": {}, "route": {"audit_share": 0, "margin_threshold": 1.0},
-        "export": {"test_share": 0, "formats": ["trl-dpo"], "min_margin": 2.0}, **sections})
+    judge = {
+        "judges": [{"name": "j", "backend": "fake", "model": "judge-model"}],
+        "aspects": [{"name": "helpfulness"}],
+        "parse_retries": 0,
+    }
+    config = config_model().model_validate(
+        {
+            "run": str(tmp_path / "run"),
+            "ingest": {"paths": [str(src)]},
+            "generate": {
+                "generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]
+            },
+            "judge": judge,
+            "verify": {"mode": mode},
+            "pair": {},
+            "route": {"audit_share": 0, "margin_threshold": 1.0},
+            "export": {"test_share": 0, "formats": ["trl-dpo"], "min_margin": 2.0},
+            **sections,
+        }
+    )
     run = Run(config.run)
     return run, config, texts
 
@@ -206,13 +271,18 @@ def test_a_run_routes_verified_pairs_auto_against_the_judge_and_exports_them(tmp
     assert set(judged["route"].to_list()) == {"human"}  # this judge's pairwise verdicts contradict its scores
     # the pairwise judge was asked about the two judged pairs only (both orders), never about a verified one
     pairwise = [r for r in fake_backend.requests if "## Response A" in r.messages[-1]["content"]]
-    assert len(pairwise) == 4 and not any(w in r.messages[-1]["content"] for r in pairwise for _, _, w in PROBLEMS.values())
+    assert len(pairwise) == 4 and not any(
+        w in r.messages[-1]["content"] for r in pairwise for _, _, w in PROBLEMS.values()
+    )
     assert run.stage_info("route")["reason_verified"] == 4
 
     from labeling.push import to_push
     from labeling.settings import LabelingConfig
 
-    for routes in (["human"], ["human", "auto"]):  # nobody is asked about a verified pair, even when auto pairs are pushed
+    for routes in (
+        ["human"],
+        ["human", "auto"],
+    ):  # nobody is asked about a verified pair, even when auto pairs are pushed
         assert set(to_push(pairs, LabelingConfig(routes=routes))["pair_id"]) == set(judged["pair_id"])
 
     exported = [json.loads(line) for line in open(run.path / "exports" / "dpo_train.jsonl")]
@@ -242,7 +312,9 @@ def test_a_pair_of_two_wrong_answers_reaches_neither_people_nor_the_export(tmp_p
     info = run.stage_info("route")
     assert (info["human"], info["auto"], info["dropped"], info["reason_both_incorrect"]) == (2, 4, 1, 1)
     pairwise = [r for r in fake_backend.requests if "## Response A" in r.messages[-1]["content"]]
-    assert len(pairwise) == 4 and not any(BOTH_WRONG[0] in r.messages[-1]["content"] for r in pairwise)  # no judge call for it
+    assert len(pairwise) == 4 and not any(
+        BOTH_WRONG[0] in r.messages[-1]["content"] for r in pairwise
+    )  # no judge call for it
 
     from labeling.push import to_push
     from labeling.settings import LabelingConfig
@@ -251,14 +323,20 @@ def test_a_pair_of_two_wrong_answers_reaches_neither_people_nor_the_export(tmp_p
         assert set(to_push(pairs, LabelingConfig(routes=routes))["pair_id"]) == set(human["pair_id"])
     assert run.stage_info("export")["dropped"] == {"both_incorrect": 1, "awaiting_labels": 2}
     exported = [json.loads(line) for line in open(run.path / "exports" / "dpo_train.jsonl")]
-    assert {(e["chosen"][-1]["content"], e["rejected"][-1]["content"]) for e in exported} == \
-        {(right, wrong) for _, right, wrong in PROBLEMS.values()}
+    assert {(e["chosen"][-1]["content"], e["rejected"][-1]["content"]) for e in exported} == {
+        (right, wrong) for _, right, wrong in PROBLEMS.values()
+    }
     assert "dropped: both_incorrect | 1" in (run.path / "exports" / "README.md").read_text()
 
 
 def test_mode_only_pairs_verified_prompts_alone_without_a_judge(tmp_path, fake_backend):
-    run, config, _ = math_run(tmp_path, fake_backend, mode="only", judge=None,
-                              stages=["ingest", "generate", "verify", "pair", "route", "report"])
+    run, config, _ = math_run(
+        tmp_path,
+        fake_backend,
+        mode="only",
+        judge=None,
+        stages=["ingest", "generate", "verify", "pair", "route", "report"],
+    )
     run_pipeline(config, run)
     pairs = run.read("pairs")
     assert pairs.height == 4 and set(pairs["strategy"]) == {"verified"} and set(pairs["route_reason"]) == {"verified"}
@@ -269,8 +347,8 @@ def test_mode_only_pairs_verified_prompts_alone_without_a_judge(tmp_path, fake_b
 
 
 def test_pair_before_verify_says_to_run_verify(tmp_path, fake_backend):
-    from pipeline.stages import pair
     from pipeline.core.errors import RunError
+    from pipeline.stages import pair
 
     run, config, _ = math_run(tmp_path, fake_backend)
     run_pipeline(config, run, until="judge")
@@ -285,7 +363,9 @@ def test_mode_off_records_the_checks_and_lets_the_judge_pair(tmp_path, fake_back
     assert run.read("verifications").height == 10
     pairs = run.read("pairs")
     assert "verified" not in pairs["strategy"].to_list()
-    assert chosen_rejected(run, pairs) >= {(wrong, right) for _, right, wrong in PROBLEMS.values()}  # the judge's (wrong) choice
+    assert chosen_rejected(run, pairs) >= {
+        (wrong, right) for _, right, wrong in PROBLEMS.values()
+    }  # the judge's (wrong) choice
 
 
 # ---------------------------------------------------------------- resume
@@ -326,22 +406,34 @@ def test_a_killed_verify_resumes_where_it_stopped_and_reuses_what_still_matches(
 
     # a corrected reference answer: only that prompt's candidates are checked again
     prompts = run.read("prompts")
-    fixed = prompts.with_columns(pl.when(pl.col("reference_answer") == "forty-two").then(pl.lit("42"))
-                                 .otherwise(pl.col("reference_answer")).alias("reference_answer"))
+    fixed = prompts.with_columns(
+        pl.when(pl.col("reference_answer") == "forty-two")
+        .then(pl.lit("42"))
+        .otherwise(pl.col("reference_answer"))
+        .alias("reference_answer")
+    )
     run.write("prompts", fixed)
     run_pipeline(config, run, start="verify", until="verify")
     assert sorted(text for _, text in checked) == ["41", "42"]
-    bad = run.read("verifications").filter(pl.col("prompt_id") == prompt_id([{"role": "user", "content": BAD_REFERENCE}]))
+    bad = run.read("verifications").filter(
+        pl.col("prompt_id") == prompt_id([{"role": "user", "content": BAD_REFERENCE}])
+    )
     assert sorted(bad["status"].to_list()) == ["correct", "incorrect"]
 
 
 # ---------------------------------------------------------------- verified code (the sandbox, pipeline/sandbox/bwrap.py)
 
 TASKS = {  # prompt -> (tests, right code, wrong code)
-    "Write `add(a, b)`.": ("assert add(2, 3) == 5\nassert add(-1, 1) == 0\n",
-                           "Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\nDone.", "```python\ndef add(a, b):\n    return abs(a) + b\n```"),
-    "Write `square(x)`.": ("def test_small():\n    assert square(3) == 9\n\ndef test_negative():\n    assert square(-2) == 4\n",
-                           "def square(x):\n    return x * x\n", "```python\ndef square(x):\n    while True:\n        pass\n```"),
+    "Write `add(a, b)`.": (
+        "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n",
+        "Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\nDone.",
+        "```python\ndef add(a, b):\n    return abs(a) + b\n```",
+    ),
+    "Write `square(x)`.": (
+        "def test_small():\n    assert square(3) == 9\n\ndef test_negative():\n    assert square(-2) == 4\n",
+        "def square(x):\n    return x * x\n",
+        "```python\ndef square(x):\n    while True:\n        pass\n```",
+    ),
 }
 
 
@@ -355,7 +447,10 @@ def sandbox_available():
 
 
 def test_the_code_is_the_first_fenced_block_else_the_whole_text():
-    assert verify.extract_code("Sure:\n```python\ndef f():\n    return 1\n```\nand\n```python\nx = 2\n```") == "def f():\n    return 1\n"
+    assert (
+        verify.extract_code("Sure:\n```python\ndef f():\n    return 1\n```\nand\n```python\nx = 2\n```")
+        == "def f():\n    return 1\n"
+    )
     assert verify.extract_code("```\nprint(1)\n```") == "print(1)\n"
     assert verify.extract_code("```py\ndef f(): pass") == "def f(): pass"  # cut off by max_tokens
     assert verify.extract_code("def f():\n    return 1") == "def f():\n    return 1"
@@ -364,15 +459,21 @@ def test_the_code_is_the_first_fenced_block_else_the_whole_text():
 def test_tests_are_read_and_checked_at_ingest(tmp_path):
     from pipeline.core.config import IngestConfig
 
-    src = write_jsonl(tmp_path / "code.jsonl", [
-        {"prompt": "Write f.", "tests": "assert f() == 1\n"},
-        {"prompt": "Write g.", "tests": ["assert g(1) == 2", "assert g(2) == 3"]},  # a list of assert lines
-        {"prompt": "Write h.", "tests": "assert h( == 1"},  # does not compile
-        {"prompt": "Write k.", "tests": "x = 1"},  # holds no test
-        {"prompt": "Write m.", "test_code": 7},
-    ])
+    src = write_jsonl(
+        tmp_path / "code.jsonl",
+        [
+            {"prompt": "Write f.", "tests": "assert f() == 1\n"},
+            {"prompt": "Write g.", "tests": ["assert g(1) == 2", "assert g(2) == 3"]},  # a list of assert lines
+            {"prompt": "Write h.", "tests": "assert h( == 1"},  # does not compile
+            {"prompt": "Write k.", "tests": "x = 1"},  # holds no test
+            {"prompt": "Write m.", "test_code": 7},
+        ],
+    )
     prompts, bad, counts = ingest(IngestConfig(paths=[str(src)], skip_bad_rows=True))
-    assert prompts["tests"].to_list() == ["assert f() == 1\n", "assert g(1) == 2\nassert g(2) == 3"] and counts["with_tests"] == 2
+    assert (
+        prompts["tests"].to_list() == ["assert f() == 1\n", "assert g(1) == 2\nassert g(2) == 3"]
+        and counts["with_tests"] == 2
+    )
     assert bad.select("source_line", "field").rows() == [(3, "tests"), (4, "tests"), (5, "test_code")]
     assert "do not compile" in bad["error"][0] and "no assert" in bad["error"][1] and "Python text" in bad["error"][2]
     with pytest.raises(InputError, match=r"code.jsonl:3.*tests"):
@@ -383,11 +484,19 @@ def test_a_run_pairs_code_that_passes_its_tests_against_code_that_does_not(tmp_p
     src = write_jsonl(tmp_path / "code.jsonl", [{"prompt": p, "tests": t} for p, (t, _, _) in TASKS.items()])
     texts = {p: (right, wrong) for p, (_, right, wrong) in TASKS.items()}
     fake_backend.respond = lambda body: texts[body["messages"][-1]["content"]][body["seed"]]
-    config = config_model().model_validate({
-        "run": str(tmp_path / "run"), "ingest": {"paths": [str(src)]},
-        "generate": {"generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]},
-        "verify": {"mode": "only", "code_wall_s": 3, "code_cpu_s": 2}, "pair": {}, "route": {},
-        "export": {"test_share": 0, "formats": ["trl-dpo"]}})
+    config = config_model().model_validate(
+        {
+            "run": str(tmp_path / "run"),
+            "ingest": {"paths": [str(src)]},
+            "generate": {
+                "generators": [{"name": "gen", "backend": "fake", "model": "gen-model", "temperatures": [0.7], "n": 2}]
+            },
+            "verify": {"mode": "only", "code_wall_s": 3, "code_cpu_s": 2},
+            "pair": {},
+            "route": {},
+            "export": {"test_share": 0, "formats": ["trl-dpo"]},
+        }
+    )
     run = Run(config.run)
     run_pipeline(config, run)
 
@@ -396,8 +505,13 @@ def test_a_run_pairs_code_that_passes_its_tests_against_code_that_does_not(tmp_p
     assert {by_text[right]["status"] for right, _ in texts.values()} == {"correct"}
     assert [by_text[right]["score"] for right, _ in texts.values()] == [1.0, 1.0]
     add_wrong, square_wrong = by_text[texts["Write `add(a, b)`."][1]], by_text[texts["Write `square(x)`."][1]]
-    assert (add_wrong["status"], add_wrong["score"]) == ("incorrect", 0.5) and add_wrong["error"].startswith("failed")  # one test of two
-    assert square_wrong["status"] == "incorrect" and square_wrong["error"].split(":")[0] in ("timeout", "cpu_time")  # a hostile loop ends as a failed candidate
+    assert (add_wrong["status"], add_wrong["score"]) == ("incorrect", 0.5) and add_wrong["error"].startswith(
+        "failed"
+    )  # one test of two
+    assert square_wrong["status"] == "incorrect" and square_wrong["error"].split(":")[0] in (
+        "timeout",
+        "cpu_time",
+    )  # a hostile loop ends as a failed candidate
     assert set(checks["verifier"]) == {"code"} and run.stage_info("verify")["code_runs"] == 4
 
     pairs = run.read("pairs")
@@ -405,12 +519,14 @@ def test_a_run_pairs_code_that_passes_its_tests_against_code_that_does_not(tmp_p
     assert set(pairs["route_reason"]) == {"verified"}
     exported = [json.loads(line) for line in (run.path / "exports" / "dpo_train.jsonl").read_text().splitlines()]
     assert len(exported) == 2
-    from training.settings import ExportConfig
     from training.export import export
+    from training.settings import ExportConfig
 
     export(run, ExportConfig(formats=["grpo"], test_share=0, out_dir=str(tmp_path / "grpo")))
     prompt_set = [json.loads(line) for line in (tmp_path / "grpo" / "grpo_train.jsonl").read_text().splitlines()]
-    assert sorted(r["tests"] for r in prompt_set) == sorted(t for t, _, _ in TASKS.values()) and {r["reference_answer"] for r in prompt_set} == {None}
+    assert sorted(r["tests"] for r in prompt_set) == sorted(t for t, _, _ in TASKS.values()) and {
+        r["reference_answer"] for r in prompt_set
+    } == {None}
 
     # resumed: nothing is run again while the tests and texts are the same
     from pipeline.sandbox import bwrap as sandbox

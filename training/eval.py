@@ -16,18 +16,19 @@ import math
 import tempfile
 from pathlib import Path
 
-from pipeline.models.backends import Result
 from pipeline.core.config import EMBEDDED_LLM, JudgeConfig, ModelSpec
 from pipeline.core.errors import InputError, unreadable
 from pipeline.core.jsonl import json_lines
 from pipeline.core.prompts import BadRow, prompt_messages
 from pipeline.core.stats import wilson
 from pipeline.core.store import atomic_write_text, content_id, prompt_id
+from pipeline.models.backends import Result
 
 SCORE = {"chosen": 1.0, "tie": 0.5, "rejected": 0.0}  # "chosen" = the candidate's answer, shown first in order ab
 
 
 # ---------------------------------------------------------------- statistics
+
 
 def prompt_score(verdict_ab: str | None, verdict_ba: str | None) -> float | None:
     """Candidate's score on one prompt from the two orders (a missing order counts the other alone)."""
@@ -44,15 +45,25 @@ def win_rates(scores: list[float], alpha: float = 0.05, seed: int = 0) -> dict:
     out: dict = {"n": n}
     if n == 0:
         return out
-    counts = {"win": sum(s > 0.5 for s in scores), "tie": sum(s == 0.5 for s in scores), "loss": sum(s < 0.5 for s in scores)}
+    counts = {
+        "win": sum(s > 0.5 for s in scores),
+        "tie": sum(s == 0.5 for s in scores),
+        "loss": sum(s < 0.5 for s in scores),
+    }
     for name, k in counts.items():
         low, high = wilson(k, n, alpha=alpha, digits=None)
         out[name] = {"count": int(k), "rate": k / n, "ci": [low, high]}
     values = np.asarray(scores, dtype=float)
     rate = float(values.mean())
     if n > 1 and values.std() > 0:
-        res = bootstrap((values,), np.mean, confidence_level=1 - alpha, n_resamples=2000, method="percentile",
-                        random_state=np.random.default_rng(seed))
+        res = bootstrap(
+            (values,),
+            np.mean,
+            confidence_level=1 - alpha,
+            n_resamples=2000,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+        )
         ci = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
     else:
         ci = [rate, rate]
@@ -75,7 +86,12 @@ def length_controlled(scores: list[float], length_diffs: list[float], alpha: flo
     d = np.asarray(length_diffs, dtype=float)
     raw = float(y.mean()) if len(y) else None
     if len(y) < 3 or d.std() == 0 or y.std() == 0:
-        return {"rate": raw, "ci": None, "length_coef": None, "note": "not identifiable (too few prompts or no variation): raw win rate"}
+        return {
+            "rate": raw,
+            "ci": None,
+            "length_coef": None,
+            "note": "not identifiable (too few prompts or no variation): raw win rate",
+        }
     x = np.tanh(d / d.std())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -83,19 +99,33 @@ def length_controlled(scores: list[float], length_diffs: list[float], alpha: flo
             fit = sm.GLM(y, sm.add_constant(x), family=sm.families.Binomial()).fit()
             low, high = fit.conf_int(alpha=alpha)[0]
         except Exception as e:  # perfect separation, no convergence
-            return {"rate": raw, "ci": None, "length_coef": None, "note": f"regression failed ({type(e).__name__}): raw win rate"}
+            return {
+                "rate": raw,
+                "ci": None,
+                "length_coef": None,
+                "note": f"regression failed ({type(e).__name__}): raw win rate",
+            }
     sigmoid = lambda v: float(1 / (1 + math.exp(-v)))  # noqa: E731
-    return {"rate": sigmoid(fit.params[0]), "ci": [sigmoid(low), sigmoid(high)], "length_coef": float(fit.params[1]), "note": None}
+    return {
+        "rate": sigmoid(fit.params[0]),
+        "ci": [sigmoid(low), sigmoid(high)],
+        "length_coef": float(fit.params[1]),
+        "note": None,
+    }
 
 
 # ---------------------------------------------------------------- prompts
+
 
 def read_prompts(path: str | Path, limit: int | None = None) -> list[list[dict]]:
     """Held-out prompts as chat messages from a JSONL file: an export's test split (any format) or
     {"prompt": str | messages} / {"messages": [...]} rows. Duplicates are dropped."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"prompts file {path} does not exist", hint="pass an export's test split, e.g. runs/demo/exports/dpo_test.jsonl")
+        raise InputError(
+            f"prompts file {path} does not exist",
+            hint="pass an export's test split, e.g. runs/demo/exports/dpo_test.jsonl",
+        )
     out, seen = [], set()
     try:
         for i, row, problem in json_lines(path):
@@ -121,14 +151,20 @@ def _messages_of(row, where: str) -> list[dict]:
             raise BadRow("line", f"expected a JSON object, got {type(row).__name__}")
         return prompt_messages(row, prompt_columns=("prompt", "input"), messages_columns=("messages",), answered=True)
     except BadRow as e:
-        raise InputError(f"{e.field}: {e}", where=where,
-                         hint='a line holds `prompt` (text or a chat), `messages` or `input.messages`: '
-                              'write {"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}') from None
+        raise InputError(
+            f"{e.field}: {e}",
+            where=where,
+            hint="a line holds `prompt` (text or a chat), `messages` or `input.messages`: "
+            'write {"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}',
+        ) from None
 
 
 # ---------------------------------------------------------------- models
 
-def answer(model: str, prompts: list[list[dict]], out_dir: Path, *, max_tokens: int, batch_size: int = 8) -> list[Result]:
+
+def answer(
+    model: str, prompts: list[list[dict]], out_dir: Path, *, max_tokens: int, batch_size: int = 8
+) -> list[Result]:
     """The model's greedy answers, cached per model; a local checkpoint's answers are keyed by its files too
     (pipeline/models/checkpoints.py: fingerprint), so one retrained in place answers afresh."""
     from pipeline.core.cache import CallCache
@@ -144,14 +180,16 @@ def answer(model: str, prompts: list[list[dict]], out_dir: Path, *, max_tokens: 
         cache.close()
 
 
-def reward_accuracy(candidate: str, base: str, test_file: str | Path, *, beta: float = 0.1, max_length: int | None = 512) -> dict:
+def reward_accuracy(
+    candidate: str, base: str, test_file: str | Path, *, beta: float = 0.1, max_length: int | None = 512
+) -> dict:
     """DPO implicit-reward accuracy of the candidate (policy) against the base (reference) on held-out pairs,
     computed by TRL's DPOTrainer.evaluate so it matches what training logs."""
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from training import formats
     from pipeline.models.checkpoints import load_tokenizer, model_path
+    from training import formats
     from training.load import load_data
 
     dataset, fmt = load_data(test_file, "dpo")
@@ -162,20 +200,47 @@ def reward_accuracy(candidate: str, base: str, test_file: str | Path, *, beta: f
     from training.progress import evaluate_with_progress
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = DPOConfig(output_dir=tmp, beta=beta, max_length=max_length, per_device_eval_batch_size=4, report_to="none",
-                         bf16=torch.cuda.is_available(), activation_checkpointing=False)
-        trainer = DPOTrainer(model=cand, ref_model=AutoModelForCausalLM.from_pretrained(ref), args=args,
-                             train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer)
+        args = DPOConfig(
+            output_dir=tmp,
+            beta=beta,
+            max_length=max_length,
+            per_device_eval_batch_size=4,
+            report_to="none",
+            bf16=torch.cuda.is_available(),
+            activation_checkpointing=False,
+        )
+        trainer = DPOTrainer(
+            model=cand,
+            ref_model=AutoModelForCausalLM.from_pretrained(ref),
+            args=args,
+            train_dataset=dataset,
+            eval_dataset=dataset,
+            processing_class=tokenizer,
+        )
         metrics = evaluate_with_progress(trainer, "implicit reward accuracy")
-    return {"pairs": len(dataset), "beta": beta, "accuracy": metrics.get("eval_rewards/accuracies"),
-            "margin": metrics.get("eval_rewards/margins")}
+    return {
+        "pairs": len(dataset),
+        "beta": beta,
+        "accuracy": metrics.get("eval_rewards/accuracies"),
+        "margin": metrics.get("eval_rewards/margins"),
+    }
 
 
 # ---------------------------------------------------------------- the evaluation
 
-def evaluate(base: str, candidate: str, prompts: list[list[dict]], judge: ModelSpec, out_dir: str | Path, *,
-             judge_config: JudgeConfig | None = None, max_tokens: int = 256, test_file: str | Path | None = None,
-             beta: float = 0.1) -> dict:
+
+def evaluate(
+    base: str,
+    candidate: str,
+    prompts: list[list[dict]],
+    judge: ModelSpec,
+    out_dir: str | Path,
+    *,
+    judge_config: JudgeConfig | None = None,
+    max_tokens: int = 256,
+    test_file: str | Path | None = None,
+    beta: float = 0.1,
+) -> dict:
     """Answer, judge in both orders, score; write eval.json and eval_rows.jsonl into out_dir; return the summary.
     Without judge_config, the judge gets the settings default_judge_config gives its kind of model."""
     from pipeline.core.cache import CallCache
@@ -201,18 +266,30 @@ def evaluate(base: str, candidate: str, prompts: list[list[dict]], judge: ModelS
         if row["error"]:
             continue
         v = next(verdicts)
-        row.update(verdict_ab=v["verdict_ab"], verdict_ba=v["verdict_ba"], score=prompt_score(v["verdict_ab"], v["verdict_ba"]),
-                   judge_error=v["error"])
+        row.update(
+            verdict_ab=v["verdict_ab"],
+            verdict_ba=v["verdict_ba"],
+            score=prompt_score(v["verdict_ab"], v["verdict_ba"]),
+            judge_error=v["error"],
+        )
         row["length_diff"] = _length(c) - _length(b)
         if row["score"] is not None:
             scores.append(row["score"])
             diffs.append(row["length_diff"])
     summary = {
-        "base": base, "candidate": candidate, "judge": judge.label, "judge_scoring": judge_config.scoring, "prompts": len(prompts),
-        "judged": len(scores), "failed": len(prompts) - len(scores),
+        "base": base,
+        "candidate": candidate,
+        "judge": judge.label,
+        "judge_scoring": judge_config.scoring,
+        "prompts": len(prompts),
+        "judged": len(scores),
+        "failed": len(prompts) - len(scores),
         **win_rates(scores),
         "length_controlled": length_controlled(scores, diffs),
-        "mean_length": {"base": _mean([_length(a) for a in base_answers]), "candidate": _mean([_length(a) for a in cand_answers])},
+        "mean_length": {
+            "base": _mean([_length(a) for a in base_answers]),
+            "candidate": _mean([_length(a) for a in cand_answers]),
+        },
     }
     if test_file:
         summary["reward_accuracy"] = reward_accuracy(candidate, base, test_file, beta=beta)
@@ -245,8 +322,9 @@ def default_judge_config(judge: ModelSpec) -> JudgeConfig:
     return JudgeConfig(judges=[judge], scoring="logprobs" if judge.backend == "transformers" else "json")
 
 
-def choose_judge(configured: JudgeConfig | None, name: str | None = None, base_url: str | None = None,
-                 api_key_env: str | None = None) -> tuple[ModelSpec, JudgeConfig]:
+def choose_judge(
+    configured: JudgeConfig | None, name: str | None = None, base_url: str | None = None, api_key_env: str | None = None
+) -> tuple[ModelSpec, JudgeConfig]:
     """The judge of an evaluation and its settings: a run's (or config's) judge, by name or its first, with the run's
     judge settings, as the pipeline judged; or the model named (embedded:smollm2 by default) with default_judge_config."""
     if configured is not None and not base_url:
@@ -278,7 +356,9 @@ def print_summary(summary: dict) -> None:
     rows["mean length base / candidate"] = f"{summary['mean_length']['base']} / {summary['mean_length']['candidate']}"
     if "reward_accuracy" in summary:
         ra = summary["reward_accuracy"]
-        rows["implicit reward accuracy"] = f"{ra['accuracy']:.1%} of {ra['pairs']} test pairs" if ra["accuracy"] is not None else "n/a"
+        rows["implicit reward accuracy"] = (
+            f"{ra['accuracy']:.1%} of {ra['pairs']} test pairs" if ra["accuracy"] is not None else "n/a"
+        )
     table(f"eval {Path(summary['candidate']).name} vs {Path(summary['base']).name} (judge {summary['judge']})", rows)
 
 

@@ -150,7 +150,10 @@ class KtoText(_KtoMeta):
     label: StrictBool
 
 
-KTO_RATIO = (1.0, 4 / 3)  # TRL's guidance: desirable_weight*n_desirable / (undesirable_weight*n_undesirable) in this range
+KTO_RATIO = (
+    1.0,
+    4 / 3,
+)  # TRL's guidance: desirable_weight*n_desirable / (undesirable_weight*n_undesirable) in this range
 
 
 def kto_weights(n_desirable: int, n_undesirable: int) -> tuple[float, float]:
@@ -173,7 +176,9 @@ class _GrpoTruth(Line):
     @model_validator(mode="after")
     def _has_truth(self):
         if not (self.reference_answer or "").strip() and not (self.tests or "").strip():
-            raise ValueError("the row has neither a reference_answer nor tests, so the verifier reward has nothing to check")
+            raise ValueError(
+                "the row has neither a reference_answer nor tests, so the verifier reward has nothing to check"
+            )
         return self
 
 
@@ -199,7 +204,13 @@ TRAIN_FORMATS = {
     "kto": [KtoChat, KtoText],
     "grpo": [GrpoChat, GrpoText],
 }
-EXPORT_FORMAT = {"dpo": "trl-dpo", "reward": "trl-dpo", "sft": "sft", "kto": "kto", "grpo": "grpo"}  # the `prefab export --format` of each method
+EXPORT_FORMAT = {
+    "dpo": "trl-dpo",
+    "reward": "trl-dpo",
+    "sft": "sft",
+    "kto": "kto",
+    "grpo": "grpo",
+}  # the `prefab export --format` of each method
 
 
 def describe(error: ValidationError) -> str:
@@ -223,7 +234,10 @@ def read_jsonl(path: str | Path, method: str) -> tuple[list[dict], type[Line]]:
     """Rows of a training file and the format they are in; InputError naming file:line:field otherwise."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"data file {path} does not exist", hint="export one first: prefab export --run RUN (files land in RUN/exports/)")
+        raise InputError(
+            f"data file {path} does not exist",
+            hint="export one first: prefab export --run RUN (files land in RUN/exports/)",
+        )
     if path.is_dir():
         raise InputError(f"{path} is a directory, not a JSONL file", hint="pass e.g. runs/demo/exports/dpo_train.jsonl")
     rows = []
@@ -235,23 +249,36 @@ def read_jsonl(path: str | Path, method: str) -> tuple[list[dict], type[Line]]:
     except OSError as e:
         raise unreadable(path, e) from None
     if not rows:
-        raise InputError(f"{path} holds no examples", where=str(path), hint="re-export with looser selection (prefab export --help)")
+        raise InputError(
+            f"{path} holds no examples", where=str(path), hint="re-export with looser selection (prefab export --help)"
+        )
     candidates = TRAIN_FORMATS[method]
     keys = set(rows[0]) if isinstance(rows[0], dict) else set()
     matching = [m for m in candidates if {k for k, f in m.model_fields.items() if f.is_required()} <= keys]
-    model = next((m for m in matching if _valid(m, rows[0])), matching[0] if matching else None)  # chat or standard: the one line 1 fits
+    model = next(
+        (m for m in matching if _valid(m, rows[0])), matching[0] if matching else None
+    )  # chat or standard: the one line 1 fits
     if model is None:
-        expected = " or ".join("{" + ", ".join(k for k, f in m.model_fields.items() if f.is_required()) + "}" for m in candidates)
+        expected = " or ".join(
+            "{" + ", ".join(k for k, f in m.model_fields.items() if f.is_required()) + "}" for m in candidates
+        )
         hint = f"export it with `prefab export --format {EXPORT_FORMAT[method]}`"
         if "preferred_output" in keys:
             hint = "this is an OpenAI preference file; " + hint
-        raise InputError(f"line 1 has keys {sorted(keys)}, not a {method} training format (expected {expected})",
-                         where=f"{path}:1", hint=hint)
+        raise InputError(
+            f"line 1 has keys {sorted(keys)}, not a {method} training format (expected {expected})",
+            where=f"{path}:1",
+            hint=hint,
+        )
     for i, row in enumerate(rows, 1):
         try:
             model.model_validate(row)
         except ValidationError as e:
-            raise InputError(describe(e), where=f"{path}:{i}", hint=f"every line must have the shape of line 1 ({model.__name__}); re-export the file with prefab export") from None
+            raise InputError(
+                describe(e),
+                where=f"{path}:{i}",
+                hint=f"every line must have the shape of line 1 ({model.__name__}); re-export the file with prefab export",
+            ) from None
     return rows, model
 
 

@@ -19,7 +19,9 @@ def show_progress(trainer):
         display = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            if state.is_world_process_zero and os.environ.get("RANK", "0") == "0":  # one display, as the CLI's one summary
+            if (
+                state.is_world_process_zero and os.environ.get("RANK", "0") == "0"
+            ):  # one display, as the CLI's one summary
                 self.display = progress_bar("train", state.max_steps)
                 self.advance = self.display.__enter__()
                 self.advance(state.global_step, cached=True)  # steps of a resumed checkpoint were not trained here
@@ -38,7 +40,14 @@ def show_progress(trainer):
             if self.display:
                 if "loss" in logs:
                     self.fields["loss"] = f"loss {float(logs['loss']):.4f}"
-                accuracy = next((logs[k] for k in ("rewards/accuracies", "eval_rewards/accuracies", "accuracy", "eval_accuracy") if k in logs), None)
+                accuracy = next(
+                    (
+                        logs[k]
+                        for k in ("rewards/accuracies", "eval_rewards/accuracies", "accuracy", "eval_accuracy")
+                        if k in logs
+                    ),
+                    None,
+                )
                 if accuracy is not None:
                     self.fields["accuracy"] = f"reward accuracy {float(accuracy):.2f}"
                 elif logs.get("reward") is not None:  # GRPO: the verifier's mean reward

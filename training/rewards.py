@@ -24,7 +24,9 @@ def math_scores(items: list[tuple[str, str]], timeout_s: int = 5, float_rounding
 
     with math_checker() as check:
         results = check(items, timeout_s, float_rounding)
-    return [None if r["status"] == "error" and r["reference"] is None else float(r["status"] == "correct") for r in results]
+    return [
+        None if r["status"] == "error" and r["reference"] is None else float(r["status"] == "correct") for r in results
+    ]
 
 
 def code_scores(items: list[tuple[str, str]]) -> list[float]:
@@ -65,5 +67,8 @@ def check_ground_truth(path: str | Path, rows: list[dict], timeout_s: int = 5) -
             if ref not in seen:
                 seen[ref] = parse_reference(ref, timeout_s)[1]
             if seen[ref]:
-                raise InputError(seen[ref], where=f"{path}:{i}",
-                                 hint=f"fix or drop the row ({REFERENCE_HINT}); `prefab verify` lists such references by source line")
+                raise InputError(
+                    seen[ref],
+                    where=f"{path}:{i}",
+                    hint=f"fix or drop the row ({REFERENCE_HINT}); `prefab verify` lists such references by source line",
+                )

@@ -12,10 +12,9 @@ stages and rounds that are complete.
 from pathlib import Path
 
 from pipeline.core.config import Config
-
-from training.settings import TrainConfig
 from pipeline.core.errors import ConfigError
 from pipeline.core.store import Run
+from training.settings import TrainConfig
 
 
 def round_config(config: Config, r: int, policy: str | None) -> Config:
@@ -45,7 +44,10 @@ def run_rounds(config: Config, *, force: bool = False) -> list[dict]:
         raise ConfigError("rounds need `generate:` and `train:` sections", hint="see data/configs/rounds.yaml")
     missing = [s for s in ("generate", "judge", "pair", "export", "train") if s not in planned(config)]
     if missing:
-        raise ConfigError(f"rounds need the stages {', '.join(missing)} in the config", hint="add their sections (or list them in `stages`)")
+        raise ConfigError(
+            f"rounds need the stages {', '.join(missing)} in the config",
+            hint="add their sections (or list them in `stages`)",
+        )
     parent = Run(config.run)
     parent.path.mkdir(parents=True, exist_ok=True)
     history, policy = [], None
@@ -56,11 +58,26 @@ def run_rounds(config: Config, *, force: bool = False) -> list[dict]:
         run_pipeline(sub, run, force=force)
         train_info = run.stage_info("train")
         trained = train_info.get("model_dir") or str(run.path / "train" / tc.method)
-        entry = {"round": r, "run": str(run.path), "generator": policy or ",".join(g.label for g in config.generate.generators),
-                 "base": train_info.get("base_model"), "trained": trained,
-                 **{k: train_info.get(k) for k in ("last_loss", "reward_accuracy", "eval_rewards/accuracies", "test_reward_accuracy", "win_rate", "lc_win_rate")
-                    if train_info.get(k) is not None},
-                 "pairs": run.stage_info("export").get("exported")}
+        entry = {
+            "round": r,
+            "run": str(run.path),
+            "generator": policy or ",".join(g.label for g in config.generate.generators),
+            "base": train_info.get("base_model"),
+            "trained": trained,
+            **{
+                k: train_info.get(k)
+                for k in (
+                    "last_loss",
+                    "reward_accuracy",
+                    "eval_rewards/accuracies",
+                    "test_reward_accuracy",
+                    "win_rate",
+                    "lc_win_rate",
+                )
+                if train_info.get(k) is not None
+            },
+            "pairs": run.stage_info("export").get("exported"),
+        }
         history.append(entry)
         parent.update_manifest(rounds=history)
         policy = trained

@@ -6,8 +6,11 @@ from pydantic import Field
 
 from pipeline.core.config import Strict
 
+
 class ExportConfig(Strict):
-    formats: list[Literal["trl-dpo", "openai-dpo", "sft", "kto", "grpo"]] = Field(default_factory=lambda: ["trl-dpo", "openai-dpo", "sft"])
+    formats: list[Literal["trl-dpo", "openai-dpo", "sft", "kto", "grpo"]] = Field(
+        default_factory=lambda: ["trl-dpo", "openai-dpo", "sft"]
+    )
     sources: list[Literal["human", "auto"]] = Field(default_factory=lambda: ["human", "auto"])
     min_margin: float = 0.0
     conversational: bool = True

@@ -17,18 +17,15 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core.config import EMBEDDED_LLM
-from pipeline.core.errors import ConfigError, InputError, ModelError, unreadable
-from pipeline.core.store import atomic_write_text
-from training import formats
+from pipeline.core.config import EMBEDDED_LLM, Config
+from pipeline.core.errors import ConfigError, InputError, unreadable
+from pipeline.core.stage import Stage
+from pipeline.core.store import Run, atomic_write_text
 from pipeline.models.checkpoints import load_tokenizer, model_path
+from training import formats
 from training.load import load_data
 from training.progress import evaluate_with_progress, show_progress
-from pipeline.core.stage import Stage
-from pipeline.core.config import Config
-from pipeline.core.store import Run
 from training.settings import TrainConfig
-
 
 CONFIGS = Path(__file__).parent / "configs"
 PREFAB_KEYS = {"model": EMBEDDED_LLM, "ref_model": None, "lora": None, "eval_data": None}
@@ -56,14 +53,19 @@ def parse_sets(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r} is not key=value", hint="e.g. --set learning_rate=1e-5 --set max_steps=10")
+            raise ConfigError(
+                f"--set {item!r} is not key=value", hint="e.g. --set learning_rate=1e-5 --set max_steps=10"
+            )
         out[key.strip()] = Raw(value)
     return out
 
 
 def read_yaml(path: Path) -> tuple[dict, object]:
     if not path.exists():
-        raise ConfigError(f"training config {path} does not exist", hint=f"pass one of {', '.join(str(p) for p in sorted(CONFIGS.glob('*.yaml')))}")
+        raise ConfigError(
+            f"training config {path} does not exist",
+            hint=f"pass one of {', '.join(str(p) for p in sorted(CONFIGS.glob('*.yaml')))}",
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -72,7 +74,9 @@ def read_yaml(path: Path) -> tuple[dict, object]:
         data, node = yaml.safe_load(text), yaml.compose(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", where=f"{path}:{mark.line + 1}" if mark else str(path)) from None
+        raise ConfigError(
+            f"not valid YAML: {getattr(e, 'problem', e)}", where=f"{path}:{mark.line + 1}" if mark else str(path)
+        ) from None
     if data is None:
         return {}, node
     if not isinstance(data, dict):
@@ -101,7 +105,9 @@ def _typed(cls, key: str, value, where: str):
             return adapter.validate_python(candidate)
         except ValidationError as e:
             error = error or e
-    raise ConfigError(f"{key}: {error.errors()[0]['msg']} (got {value!r})", where=where, hint=f"{key} is of type {hint}")
+    raise ConfigError(
+        f"{key}: {error.errors()[0]['msg']} (got {value!r})", where=where, hint=f"{key} is of type {hint}"
+    )
 
 
 def load_train_config(method: str, config_path: str | Path | None = None, overrides: dict | None = None):
@@ -119,9 +125,13 @@ def load_train_config(method: str, config_path: str | Path | None = None, overri
             where = f"{path}:{_line_of(node, [key])}" if source != "--set" else "--set"
             if key not in valid:
                 close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
-                raise ConfigError(f"unknown training setting {key!r} (not a {cls.__name__} field nor one of {', '.join(prefab_keys)})",
-                                  where=where, hint=f"did you mean {close[0]!r}?" if close else
-                                  f"see the {cls.__name__} fields in TRL's documentation")
+                raise ConfigError(
+                    f"unknown training setting {key!r} (not a {cls.__name__} field nor one of {', '.join(prefab_keys)})",
+                    where=where,
+                    hint=f"did you mean {close[0]!r}?"
+                    if close
+                    else f"see the {cls.__name__} fields in TRL's documentation",
+                )
             if key == "chat_template_path" and source != "--set" and value and (path.parent / value).exists():
                 value = str((path.parent / value).resolve())  # shipped next to the YAML file
             if key in prefab_keys:
@@ -152,7 +162,10 @@ def lora_config(settings: dict | None, task_type: str = "CAUSAL_LM"):
     for key in settings:
         if key not in valid:
             close = difflib.get_close_matches(key, sorted(valid), n=1)
-            raise ConfigError(f"unknown LoRA setting lora.{key}", hint=f"did you mean {close[0]!r}?" if close else "see peft.LoraConfig")
+            raise ConfigError(
+                f"unknown LoRA setting lora.{key}",
+                hint=f"did you mean {close[0]!r}?" if close else "see peft.LoraConfig",
+            )
     return LoraConfig(**{"task_type": task_type, "target_modules": "all-linear", **settings})
 
 
@@ -162,7 +175,9 @@ def last_checkpoint(output_dir: str, resume: bool | str | None):
         return None
     if isinstance(resume, str) and resume not in ("true", "True", "1"):
         if not Path(resume).is_dir():
-            raise InputError(f"checkpoint {resume} does not exist", hint=f"checkpoints are the checkpoint-N folders in {output_dir}")
+            raise InputError(
+                f"checkpoint {resume} does not exist", hint=f"checkpoints are the checkpoint-N folders in {output_dir}"
+            )
         return resume
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -190,9 +205,13 @@ def save_outputs(trainer, tokenizer, method: str, data, base: str, lora: bool) -
     if method in ("dpo", "kto", "grpo"):
         metrics["beta"] = trainer.args.beta
     if method == "kto":
-        metrics.update(desirable_weight=trainer.args.desirable_weight, undesirable_weight=trainer.args.undesirable_weight)
+        metrics.update(
+            desirable_weight=trainer.args.desirable_weight, undesirable_weight=trainer.args.undesirable_weight
+        )
     if trainer.is_world_process_zero():
-        atomic_write_text(out / "metrics.json", json.dumps({**metrics, "log_history": trainer.state.log_history}, indent=1))
+        atomic_write_text(
+            out / "metrics.json", json.dumps({**metrics, "log_history": trainer.state.log_history}, indent=1)
+        )
     return metrics
 
 
@@ -201,9 +220,13 @@ def summarize(history: list[dict], method: str) -> dict:
     steps = [h for h in history if "loss" in h]
     final = next((h for h in reversed(history) if "train_runtime" in h), {})
     evals = [h for h in history if any(k.startswith("eval_") for k in h)]
-    out = {"steps": final.get("step", steps[-1]["step"] if steps else 0), "train_loss": final.get("train_loss"),
-           "first_loss": steps[0]["loss"] if steps else None, "last_loss": steps[-1]["loss"] if steps else None,
-           "train_runtime_s": final.get("train_runtime")}
+    out = {
+        "steps": final.get("step", steps[-1]["step"] if steps else 0),
+        "train_loss": final.get("train_loss"),
+        "first_loss": steps[0]["loss"] if steps else None,
+        "last_loss": steps[-1]["loss"] if steps else None,
+        "train_runtime_s": final.get("train_runtime"),
+    }
     tokens = steps[-1].get("num_tokens") if steps else None
     if tokens and final.get("train_runtime"):
         out["train_tokens_per_s"] = round(tokens / final["train_runtime"], 2)
@@ -217,7 +240,14 @@ def summarize(history: list[dict], method: str) -> dict:
     if method == "grpo" and steps:  # the verifier's mean reward over each step's completions
         out["first_reward"], out["last_reward"] = steps[0].get("reward"), steps[-1].get("reward")
     if evals:
-        keep = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_mean_token_accuracy", "eval_accuracy", "eval_margin")
+        keep = (
+            "eval_loss",
+            "eval_rewards/accuracies",
+            "eval_rewards/margins",
+            "eval_mean_token_accuracy",
+            "eval_accuracy",
+            "eval_margin",
+        )
         out.update({k: v for k, v in evals[-1].items() if k in keep})
     return out
 
@@ -226,7 +256,9 @@ def train_dpo(data, config_path=None, overrides: dict | None = None, *, eval_dat
     """Direct preference optimisation on a trl-dpo export (TRL's DPOTrainer, as in trl/scripts/dpo.py)."""
     from trl import DPOTrainer
 
-    args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare("dpo", data, config_path, overrides, eval_data)
+    args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare(
+        "dpo", data, config_path, overrides, eval_data
+    )
 
     # The reference model: a frozen copy of the base unless one is named; with LoRA, TRL disables the
     # adapter instead of keeping a copy; with precompute_ref_log_probs it is only used once, up front.
@@ -252,7 +284,9 @@ def train_sft(data, config_path=None, overrides: dict | None = None, *, eval_dat
     """
     from trl import SFTTrainer
 
-    args, settings, train_dataset, fmt, eval_dataset, base, tokenizer = prepare("sft", data, config_path, overrides, eval_data)
+    args, settings, train_dataset, fmt, eval_dataset, base, tokenizer = prepare(
+        "sft", data, config_path, overrides, eval_data
+    )
     if fmt is not formats.SftChat and args.assistant_only_loss:
         args.assistant_only_loss = False  # prompt/completion data: completion_only_loss does the same job
 
@@ -276,24 +310,35 @@ def train_kto(data, config_path=None, overrides: dict | None = None, *, eval_dat
 
     from training.formats import KTO_RATIO, kto_weights
 
-    args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare("kto", data, config_path, overrides, eval_data)
+    args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare(
+        "kto", data, config_path, overrides, eval_data
+    )
     n_desirable = sum(train_dataset["label"])
     n_undesirable = len(train_dataset) - n_desirable
     if not n_desirable or not n_undesirable:
-        raise InputError(f"{data} holds only {'un' if not n_desirable else ''}desirable rows (label "
-                         f"{'false' if not n_desirable else 'true'}); KTO needs both", where=str(data),
-                         hint="export more pairs (prefab export --format kto), whose chosen side is label true and rejected false")
+        raise InputError(
+            f"{data} holds only {'un' if not n_desirable else ''}desirable rows (label "
+            f"{'false' if not n_desirable else 'true'}); KTO needs both",
+            where=str(data),
+            hint="export more pairs (prefab export --format kto), whose chosen side is label true and rejected false",
+        )
     if args.loss_type != "apo_zero_unpaired" and args.per_device_train_batch_size < 2:
-        raise ConfigError(f"per_device_train_batch_size is {args.per_device_train_batch_size}; KTO estimates its KL term from the "
-                          "other completions of a batch, so it needs at least 2", hint="--set per_device_train_batch_size=2")
+        raise ConfigError(
+            f"per_device_train_batch_size is {args.per_device_train_batch_size}; KTO estimates its KL term from the "
+            "other completions of a batch, so it needs at least 2",
+            hint="--set per_device_train_batch_size=2",
+        )
     weighted = args.desirable_weight * n_desirable / (args.undesirable_weight * n_undesirable)
     if settings["balance"] and not KTO_RATIO[0] <= weighted <= KTO_RATIO[1]:
         args.desirable_weight, args.undesirable_weight = kto_weights(n_desirable, n_undesirable)
         from pipeline.core.progress import console
 
-        console.print(f"kto: {n_desirable} desirable / {n_undesirable} undesirable rows: desirable_weight "
-                      f"{args.desirable_weight}, undesirable_weight {args.undesirable_weight} (TRL's range; balance: false keeps yours)",
-                      markup=False, highlight=False)
+        console.print(
+            f"kto: {n_desirable} desirable / {n_undesirable} undesirable rows: desirable_weight "
+            f"{args.desirable_weight}, undesirable_weight {args.undesirable_weight} (TRL's range; balance: false keeps yours)",
+            markup=False,
+            highlight=False,
+        )
     ref_model = reference_model(settings, args)
 
     trainer = KTOTrainer(
@@ -316,10 +361,14 @@ def train_grpo(data, config_path=None, overrides: dict | None = None, *, eval_da
 
     from training.rewards import verifier
 
-    args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare("grpo", data, config_path, overrides, eval_data, read=read_grpo)
+    args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare(
+        "grpo", data, config_path, overrides, eval_data, read=read_grpo
+    )
     if settings["ref_model"]:
-        raise ConfigError("GRPO takes no ref_model: with beta > 0 GRPOTrainer keeps its own copy of the base as the reference",
-                          hint="remove ref_model (and set beta > 0 for a KL penalty)")
+        raise ConfigError(
+            "GRPO takes no ref_model: with beta > 0 GRPOTrainer keeps its own copy of the base as the reference",
+            hint="remove ref_model (and set beta > 0 for a KL penalty)",
+        )
 
     trainer = GRPOTrainer(
         model=base,
@@ -340,7 +389,9 @@ def train_reward(data, config_path=None, overrides: dict | None = None, *, eval_
     from transformers import AutoModelForSequenceClassification
     from trl import RewardTrainer
 
-    args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare("reward", data, config_path, overrides, eval_data)
+    args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare(
+        "reward", data, config_path, overrides, eval_data
+    )
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, **(args.model_init_kwargs or {}))
     model.config.pad_token_id = tokenizer.pad_token_id
 
@@ -364,7 +415,9 @@ def read_grpo(path, method: str):
 
     rows, fmt = formats.read_jsonl(path, method)
     check_ground_truth(path, rows)
-    return Dataset.from_list([{**r, "reference_answer": r.get("reference_answer"), "tests": r.get("tests")} for r in rows]), fmt
+    return Dataset.from_list(
+        [{**r, "reference_answer": r.get("reference_answer"), "tests": r.get("tests")} for r in rows]
+    ), fmt
 
 
 def prepare(method: str, data, config_path, overrides: dict | None, eval_data, read=load_data):
@@ -376,14 +429,18 @@ def prepare(method: str, data, config_path, overrides: dict | None, eval_data, r
     eval_path = eval_data or settings["eval_data"]
     eval_dataset = read(eval_path, method)[0] if eval_path else None
     base = model_path(settings["model"])
-    tokenizer = load_tokenizer(base, chat=formats.is_chat(fmt), chat_template_path=getattr(args, "chat_template_path", None))
+    tokenizer = load_tokenizer(
+        base, chat=formats.is_chat(fmt), chat_template_path=getattr(args, "chat_template_path", None)
+    )
     need_eval_data(args, eval_dataset)
     return args, settings, train_dataset, fmt, eval_dataset, base, tokenizer
 
 
 def need_eval_data(args, eval_dataset) -> None:
     if args.eval_strategy != "no" and eval_dataset is None:
-        raise ConfigError(f"eval_strategy is {args.eval_strategy!r} but no eval data was given", hint="pass --eval-data FILE")
+        raise ConfigError(
+            f"eval_strategy is {args.eval_strategy!r} but no eval data was given", hint="pass --eval-data FILE"
+        )
 
 
 def reference_model(settings: dict, args):
@@ -433,20 +490,28 @@ def train(method: str, data, config_path=None, overrides: dict | None = None, **
 
 def step(config: Config, run: Run) -> dict:
     """Stage "train" of `prefab run`: train on the run's export, metrics into the manifest."""
-    from training.settings import TrainConfig
     from pipeline.core.errors import RunError
+    from training.settings import TrainConfig
 
     tc = config.train or TrainConfig()
     exports = Path(config.export.out_dir) if config.export and config.export.out_dir else run.path / "exports"
     stem = "dpo" if tc.method == "reward" else tc.method  # dpo_ (dpo, reward), sft_, kto_, grpo_train.jsonl
     data = exports / f"{stem}_train.jsonl"
     if not data.exists():
-        raise RunError(f"{data} does not exist", hint=f"run the export stage first: prefab export --run {run.path} --format "
-                                                      f"{formats.EXPORT_FORMAT[tc.method]}")
+        raise RunError(
+            f"{data} does not exist",
+            hint=f"run the export stage first: prefab export --run {run.path} --format "
+            f"{formats.EXPORT_FORMAT[tc.method]}",
+        )
     test = exports / f"{stem}_test.jsonl"
     overrides = {"output_dir": str(run.path / "train" / tc.method), **tc.overrides}
-    metrics = train(tc.method, data, config.resolve(tc.config) if tc.config else None, overrides,
-                    eval_data=test if test.exists() else None)
+    metrics = train(
+        tc.method,
+        data,
+        config.resolve(tc.config) if tc.config else None,
+        overrides,
+        eval_data=test if test.exists() else None,
+    )
     out = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and v is not None}
     if tc.evaluate and test.exists():
         out.update(evaluate_after_training(config, run, metrics, test))
@@ -456,17 +521,28 @@ def step(config: Config, run: Run) -> dict:
 def evaluate_after_training(config, run, metrics: dict, test: Path) -> dict:
     """`train.evaluate`: win rate of the trained model against its base on the held-out prompts."""
     from pipeline.core.config import ModelSpec
-    from training.settings import TrainConfig
     from training.eval import evaluate, print_summary, read_prompts
+    from training.settings import TrainConfig
 
     tc = config.train or TrainConfig()
     judge = config.judge.judges[0] if config.judge else ModelSpec()
-    summary = evaluate(metrics["base_model"], metrics["model_dir"], read_prompts(test, tc.eval_prompts), judge, run.path / "eval",
-                       judge_config=config.judge, max_tokens=tc.eval_max_tokens,
-                       test_file=test if metrics["method"] == "dpo" else None, beta=metrics.get("beta") or 0.1)
+    summary = evaluate(
+        metrics["base_model"],
+        metrics["model_dir"],
+        read_prompts(test, tc.eval_prompts),
+        judge,
+        run.path / "eval",
+        judge_config=config.judge,
+        max_tokens=tc.eval_max_tokens,
+        test_file=test if metrics["method"] == "dpo" else None,
+        beta=metrics.get("beta") or 0.1,
+    )
     print_summary(summary)
-    out = {"eval_prompts": summary["judged"], "win_rate": (summary.get("win_rate") or {}).get("rate"),
-           "lc_win_rate": summary["length_controlled"]["rate"]}
+    out = {
+        "eval_prompts": summary["judged"],
+        "win_rate": (summary.get("win_rate") or {}).get("rate"),
+        "lc_win_rate": summary["length_controlled"]["rate"],
+    }
     if "reward_accuracy" in summary:
         out["test_reward_accuracy"] = summary["reward_accuracy"]["accuracy"]
     return {k: v for k, v in out.items() if v is not None}

@@ -8,7 +8,6 @@ Argilla's own app, migration command or rq worker, unmodified.
 
 import os
 import sys
-from typing import List
 
 import search_engine  # labeling/server/, next to this file
 from argilla_server.settings import settings
@@ -44,14 +43,23 @@ def setup() -> None:
     if os.environ.get("PREFAB_OWNER_USERNAME"):
         from argilla_server.cli.database.users.create import _create
 
-        asyncio.run(_create(first_name="Owner", username=os.environ["PREFAB_OWNER_USERNAME"], role="owner",
-                            password=os.environ["PREFAB_OWNER_PASSWORD"], api_key=os.environ["PREFAB_OWNER_API_KEY"]))
+        asyncio.run(
+            _create(
+                first_name="Owner",
+                username=os.environ["PREFAB_OWNER_USERNAME"],
+                role="owner",
+                password=os.environ["PREFAB_OWNER_PASSWORD"],
+                api_key=os.environ["PREFAB_OWNER_API_KEY"],
+            )
+        )
 
 
-def main(argv: List[str]) -> None:
+def main(argv: list[str]) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="main.py", description="Run Argilla with the prefab-sql search engine registered.")
+    parser = argparse.ArgumentParser(
+        prog="main.py", description="Run Argilla with the prefab-sql search engine registered."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     server = sub.add_parser("server")
     server.add_argument("--host", default="127.0.0.1")
@@ -65,7 +73,9 @@ def main(argv: List[str]) -> None:
     args = parser.parse_args(argv)
 
     if settings.search_engine != search_engine.ENGINE_NAME:
-        raise SystemExit(f"ARGILLA_SEARCH_ENGINE must be {search_engine.ENGINE_NAME!r} (got {settings.search_engine!r})")
+        raise SystemExit(
+            f"ARGILLA_SEARCH_ENGINE must be {search_engine.ENGINE_NAME!r} (got {settings.search_engine!r})"
+        )
     if args.command == "prepare":
         prepare()
     elif args.command == "setup":
@@ -81,12 +91,12 @@ def main(argv: List[str]) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((args.host, args.port))
-        uvicorn.Server(uvicorn.Config("argilla_server:app", host=args.host, port=args.port,
-                                      access_log=not args.no_access_log)).run(sockets=[sock])
+        uvicorn.Server(
+            uvicorn.Config("argilla_server:app", host=args.host, port=args.port, access_log=not args.no_access_log)
+        ).run(sockets=[sock])
     else:
-        from rq import Worker
-
         from argilla_server.jobs.queues import DEFAULT_QUEUE, HIGH_QUEUE, REDIS_CONNECTION
+        from rq import Worker
 
         Worker([HIGH_QUEUE, DEFAULT_QUEUE], connection=REDIS_CONNECTION).work(with_scheduler=False)
 

@@ -36,16 +36,12 @@ import itertools
 import math
 import re
 from collections import Counter
-from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, List, Optional, Union
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import numpy as np
 import regex
-from sqlalchemy import Float, Text, and_, case, cast, event, exists, false, func, literal, or_, select, text, true
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import create_async_engine
-
 from argilla_server.enums import MetadataPropertyType, RecordSortField, ResponseStatusFilter, SimilarityOrder, SortOrder
 from argilla_server.models import Field, MetadataProperty, Question, Record, Response, Suggestion, Vector
 from argilla_server.search_engine import (
@@ -64,6 +60,9 @@ from argilla_server.search_engine import (
     TextQuery,
 )
 from argilla_server.settings import settings
+from sqlalchemy import Float, Text, and_, case, cast, event, exists, false, func, literal, or_, select, text, true
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import create_async_engine
 
 ENGINE_NAME = "prefab-sql"
 MAX_TERMS = 2**14  # the ES engine's max_terms_size
@@ -77,8 +76,11 @@ def db_engine():
     if _engine is None:
         _engine = create_async_engine(settings.database_url, **settings.database_engine_args)
         if _engine.dialect.name == "sqlite":  # PostgreSQL has md5() built in; SQLite gets Python's (a public hook)
-            event.listen(_engine.sync_engine, "connect",
-                         lambda conn, _: conn.create_function("prefab_md5", 1, _md5_hex, deterministic=True))
+            event.listen(
+                _engine.sync_engine,
+                "connect",
+                lambda conn, _: conn.create_function("prefab_md5", 1, _md5_hex, deterministic=True),
+            )
     return _engine
 
 
@@ -115,18 +117,27 @@ class _Sqlite:
         je, txt, num = self.elems(col, *keys)
         agg = (func.max if desc else func.min)(num if numeric else txt)
         scalar = func.json_extract(col, path)  # a keyword sorts as text in ES, numbers in it too ("10" < "9")
-        return case((func.json_type(col, path) == "array", select(agg).select_from(je).scalar_subquery()),
-                    else_=scalar if numeric else cast(scalar, Text))
+        return case(
+            (func.json_type(col, path) == "array", select(agg).select_from(je).scalar_subquery()),
+            else_=scalar if numeric else cast(scalar, Text),
+        )
 
     def matches(self, col, keys, flt, numeric: bool = False):
         """A terms/range filter on a JSON value; scalars are read directly, arrays (any element) through json_each."""
         path = self._path(keys)
         kind = func.json_type(col, path)
         je, txt, num = self.elems(col, *keys)
-        scalar_txt = case((kind == "true", "true"), (kind == "false", "false"), else_=cast(func.json_extract(col, path), Text))
+        scalar_txt = case(
+            (kind == "true", "true"), (kind == "false", "false"), else_=cast(func.json_extract(col, path), Text)
+        )
         scalar_num = case((kind.in_(["integer", "real"]), func.json_extract(col, path)))
-        return or_(and_(kind != "array", _values_condition(flt, scalar_txt, scalar_num, numeric)),
-                   and_(kind == "array", exists(select(literal(1)).select_from(je).where(_values_condition(flt, txt, num, numeric)))))
+        return or_(
+            and_(kind != "array", _values_condition(flt, scalar_txt, scalar_num, numeric)),
+            and_(
+                kind == "array",
+                exists(select(literal(1)).select_from(je).where(_values_condition(flt, txt, num, numeric))),
+            ),
+        )
 
     def json_text(self, col):
         return cast(col, Text)
@@ -194,7 +205,7 @@ _HAS_WORD = regex.compile(r"\w")
 _ASCII_WORD = re.compile(r"[A-Za-z0-9_]+(?:(?:(?<=[A-Za-z])[:.'](?=[A-Za-z])|(?<=[0-9])[,;.'](?=[0-9]))[A-Za-z0-9_]+)*")
 
 
-def tokenize(value: str) -> List[str]:
+def tokenize(value: str) -> list[str]:
     """ES's standard analyzer: the words of Unicode text segmentation (UAX #29, as Lucene's StandardTokenizer;
     a Chinese ideograph or a hiragana is a word of its own, a combining mark stays with its letter),
     lowercased, accents kept."""
@@ -203,7 +214,7 @@ def tokenize(value: str) -> List[str]:
     return _words(value)
 
 
-def _words(value: str) -> List[str]:
+def _words(value: str) -> list[str]:
     return [t.lower() for t in _WORD_BREAKS.split(value) if _HAS_WORD.search(t)]
 
 
@@ -258,9 +269,11 @@ def _parse(q: str, i: int, end: int):
             elif close == i + 1:
                 current, i = None, close + 1
             else:
-                tokens = tokenize(_unescape(q[i + 1:close]))
+                tokens = tokenize(_unescape(q[i + 1 : close]))
                 # consumePhrase: `"..."~N` is a slop, `"..."~` at the very end is none
-                slop, i = _edits(q, close + 1, end) if q.startswith("~", close + 1) and close + 2 < end else (0, close + 1)
+                slop, i = (
+                    _edits(q, close + 1, end) if q.startswith("~", close + 1) and close + 2 < end else (0, close + 1)
+                )
                 add(("phrase", tokens, slop) if tokens else None)
         elif c in "+|":
             if current is None and top is not None:
@@ -308,7 +321,7 @@ def _edits(q: str, i: int, end: int) -> tuple[int, int]:
     j = i + 1
     while j < end and q[j] not in _TOKEN_ENDS:
         j += 1
-    digits = q[i + 1:j]
+    digits = q[i + 1 : j]
     try:
         edits = int(digits) if digits else 2
     except ValueError:
@@ -347,12 +360,12 @@ def _token(q: str, i: int, end: int) -> tuple:
     return (("terms", tokens) if tokens else None), i
 
 
-def _phrase_in(tokens: List[str], phrase: List[str], slop: int) -> bool:
+def _phrase_in(tokens: list[str], phrase: list[str], slop: int) -> bool:
     """A sloppy phrase (Lucene's SloppyPhraseMatcher): each term at its own position p_k, and the spread of
     p_k - k at most `slop` (0: consecutive, in order)."""
     n = len(phrase)
     if slop == 0:
-        return any(tokens[i:i + n] == phrase for i in range(len(tokens) - n + 1))
+        return any(tokens[i : i + n] == phrase for i in range(len(tokens) - n + 1))
     where = [[p for p, t in enumerate(tokens) if t == term] for term in phrase]
     if not all(where):
         return False
@@ -367,7 +380,7 @@ def _phrase_in(tokens: List[str], phrase: List[str], slop: int) -> bool:
     return False
 
 
-def query_matches(node, doc: Dict[str, List[str]]) -> bool:
+def query_matches(node, doc: dict[str, list[str]]) -> bool:
     """Does a record (field -> its tokens) match the query tree? A term, phrase, prefix or fuzzy term is
     looked for in each field (ES: one query per field, most_fields), so all tokens of one term are in one."""
     kind = node[0]
@@ -404,7 +417,7 @@ def _has_fuzzy(node) -> bool:
     return _has_fuzzy(node[1]) if node[0] == "not" else node[0] == "fuzzy"
 
 
-def expand_fuzzy(node, stats: Dict[str, "FieldStats"], max_expansions: int = 10):
+def expand_fuzzy(node, stats: dict[str, "FieldStats"], max_expansions: int = 10):
     """The query with each fuzzy term bound, per field, to the index terms it stands for: as Lucene's FuzzyQuery
     with fuzzy_max_expansions 10 (commons.py:119), the `max_expansions` terms of the field nearest to it (boost
     1 - edits / min(length of either)), the alphabetically first among equals (TopTermsRewrite's order)."""
@@ -428,7 +441,7 @@ def expand_fuzzy(node, stats: Dict[str, "FieldStats"], max_expansions: int = 10)
     return (*node[:3], expanded)
 
 
-def _required_terms(node) -> List[str]:
+def _required_terms(node) -> list[str]:
     """Text every match contains (a SQL LIKE prefilter): the terms and prefixes of an `and` of them."""
     if node[0] == "and":
         return list(dict.fromkeys(t for n in node[1] for t in _required_terms(n)))
@@ -459,6 +472,7 @@ def bm25(tf: int, dl: int, avgdl: float, df: int, n: int, k1: float = 1.2, b: fl
 class FieldStats:
     """What an index keeps per field for BM25: documents with the field (Lucene's docCount), their tokens in
     all (sumTotalTermFreq), and the documents holding each token (docFreq)."""
+
     docs: int = 0
     tokens: int = 0
     df: Counter = dataclasses.field(default_factory=Counter)
@@ -468,7 +482,7 @@ class FieldStats:
         return self.tokens / self.docs if self.docs else 1.0
 
 
-def count_fields(stats: Dict[str, FieldStats], doc: Dict[str, List[str]]) -> None:
+def count_fields(stats: dict[str, FieldStats], doc: dict[str, list[str]]) -> None:
     """Add one tokenized record (field -> tokens) to the per-field statistics."""
     for name, tokens in doc.items():
         if tokens:
@@ -478,7 +492,7 @@ def count_fields(stats: Dict[str, FieldStats], doc: Dict[str, List[str]]) -> Non
             field.df.update(set(tokens))
 
 
-def score(node, doc: Dict[str, List[str]], stats: Dict[str, FieldStats]) -> float:
+def score(node, doc: dict[str, list[str]], stats: dict[str, FieldStats]) -> float:
     """A matching record's score as ES computes it for simple_query_string over several fields: every clause
     that matches adds its score (bool query); a term's score is summed over the fields it is in (dis_max with
     tie_breaker 1); all words of one term must be in one field; prefix and `*` score 1 per field (constant-score
@@ -496,8 +510,13 @@ def score(node, doc: Dict[str, List[str]], stats: Dict[str, FieldStats]) -> floa
         if not query_matches(node, {name: tokens}):
             continue
         if kind in ("terms", "phrase"):
-            field = stats.get(name) or FieldStats(1, len(tokens), Counter(set(tokens)))  # a record newer than the statistics
-            total += sum(bm25(tokens.count(t), len(tokens), field.avgdl, max(field.df[t], 1), max(field.docs, 1)) for t in node[1])
+            field = stats.get(name) or FieldStats(
+                1, len(tokens), Counter(set(tokens))
+            )  # a record newer than the statistics
+            total += sum(
+                bm25(tokens.count(t), len(tokens), field.avgdl, max(field.df[t], 1), max(field.docs, 1))
+                for t in node[1]
+            )
         else:
             total += 1.0
     return total
@@ -506,7 +525,7 @@ def score(node, doc: Dict[str, List[str]], stats: Dict[str, FieldStats]) -> floa
 # ---------------------------------------------------------------- the engine
 
 
-def _as_uuid(value) -> Optional[UUID]:
+def _as_uuid(value) -> UUID | None:
     try:
         return value if isinstance(value, UUID) else UUID(str(value))
     except ValueError:
@@ -516,7 +535,7 @@ def _as_uuid(value) -> Optional[UUID]:
 _PARTIAL_DATE = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 
 
-def _as_datetime(value, upper: bool = False) -> Optional[datetime]:
+def _as_datetime(value, upper: bool = False) -> datetime | None:
     """A date as Elasticsearch reads a date field's bound (format strict_date_optional_time||epoch_millis):
     ISO 8601, UTC unless said, down to a year alone, or epoch milliseconds. An upper bound (`lte`) rounds up
     what the value leaves out, as ES does: `le 2024-05-01` takes in the whole day. None when unreadable (ES
@@ -533,8 +552,13 @@ def _as_datetime(value, upper: bool = False) -> Optional[datetime]:
             start = datetime(year, month or 1, day or 1)
             if not upper:
                 return start
-            end = (start + timedelta(days=1) if day else datetime(year + (month == 12), month % 12 + 1, 1) if month
-                   else datetime(year + 1, 1, 1))
+            end = (
+                start + timedelta(days=1)
+                if day
+                else datetime(year + (month == 12), month % 12 + 1, 1)
+                if month
+                else datetime(year + 1, 1, 1)
+            )
             return end - timedelta(microseconds=1)
         parsed = datetime.fromisoformat(text_value.replace("Z", "+00:00"))
     except ValueError:
@@ -546,7 +570,7 @@ def _as_datetime(value, upper: bool = False) -> Optional[datetime]:
         step = {1: timedelta(hours=1), 2: timedelta(minutes=1), 3: timedelta(seconds=1)}.get(units)
         if step:
             parsed += step - timedelta(microseconds=1)
-    return parsed.astimezone(timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
+    return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
 
 
 class _Context:
@@ -560,21 +584,29 @@ class _Context:
         self._metadata = None
         self._fields = None
 
-    async def questions(self) -> Dict[str, dict]:
+    async def questions(self) -> dict[str, dict]:
         if self._questions is None:
-            rows = await self.conn.execute(select(Question.id, Question.name, Question.settings).where(Question.dataset_id == self.dataset_id))
+            rows = await self.conn.execute(
+                select(Question.id, Question.name, Question.settings).where(Question.dataset_id == self.dataset_id)
+            )
             self._questions = {r.name: {"id": r.id, "type": (r.settings or {}).get("type")} for r in rows}
         return self._questions
 
-    async def metadata_types(self) -> Dict[str, str]:
+    async def metadata_types(self) -> dict[str, str]:
         if self._metadata is None:
-            rows = await self.conn.execute(select(MetadataProperty.name, MetadataProperty.settings).where(MetadataProperty.dataset_id == self.dataset_id))
+            rows = await self.conn.execute(
+                select(MetadataProperty.name, MetadataProperty.settings).where(
+                    MetadataProperty.dataset_id == self.dataset_id
+                )
+            )
             self._metadata = {r.name: (r.settings or {}).get("type") for r in rows}
         return self._metadata
 
-    async def fields(self) -> Dict[str, str]:
+    async def fields(self) -> dict[str, str]:
         if self._fields is None:
-            rows = await self.conn.execute(select(Field.name, Field.settings).where(Field.dataset_id == self.dataset_id))
+            rows = await self.conn.execute(
+                select(Field.name, Field.settings).where(Field.dataset_id == self.dataset_id)
+            )
             self._fields = {r.name: (r.settings or {}).get("type") for r in rows}
         return self._fields
 
@@ -594,7 +626,7 @@ def _text_range(column, flt):
     return and_(true(), *bounds)
 
 
-def _as_number(value) -> Optional[float]:
+def _as_number(value) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -684,10 +716,18 @@ async def _where(ctx: _Context, flt) -> Any:
             if question is None or question["type"] not in INDEXED_QUESTION_TYPES:
                 return false()
             je, txt, num = ctx.d.elems(Response.values, scope.question, "value")
-            return exists(select(literal(1)).select_from(Response, je)
-                          .where(Response.record_id == Record.id, *by_user,
-                                 _values_condition(flt, txt, num, question["type"] == "rating")))
-        status_text = cast(Response.status, Text)  # an enum on PostgreSQL: compared as text, an unknown status is no error
+            return exists(
+                select(literal(1))
+                .select_from(Response, je)
+                .where(
+                    Response.record_id == Record.id,
+                    *by_user,
+                    _values_condition(flt, txt, num, question["type"] == "rating"),
+                )
+            )
+        status_text = cast(
+            Response.status, Text
+        )  # an enum on PostgreSQL: compared as text, an unknown status is no error
         if scope.property == "status" and isinstance(flt, TermsFilter):
             values = [str(v) for v in flt.values]
             parts = []
@@ -699,7 +739,9 @@ async def _where(ctx: _Context, flt) -> Any:
                 parts.append(exists(select(literal(1)).where(Response.record_id == Record.id, *status, *by_user)))
             return or_(*parts)
         if scope.property == "status":
-            return exists(select(literal(1)).where(Response.record_id == Record.id, *by_user, _text_range(status_text, flt)))
+            return exists(
+                select(literal(1)).where(Response.record_id == Record.id, *by_user, _text_range(status_text, flt))
+            )
         return false()  # no such property of a response in ES's mapping: nothing matches
 
     raise ValueError(f"Cannot process request for search scope {scope}")
@@ -752,8 +794,14 @@ def _split_pending_user(flt) -> tuple:
     filters = list(flt.filters) if isinstance(flt, AndFilter) else [flt] if flt else []
     for f in filters:
         scope = getattr(f, "scope", None)
-        if isinstance(f, TermsFilter) and isinstance(scope, ResponseFilterScope) and scope.property == "status" \
-                and not scope.question and scope.user is not None and {str(v) for v in f.values} == {"pending"}:
+        if (
+            isinstance(f, TermsFilter)
+            and isinstance(scope, ResponseFilterScope)
+            and scope.property == "status"
+            and not scope.question
+            and scope.user is not None
+            and {str(v) for v in f.values} == {"pending"}
+        ):
             return scope.user.id, [g for g in filters if g is not f]
     return None, filters
 
@@ -768,14 +816,16 @@ async def _count(conn, where_a, pending_user) -> int:
     total = (await conn.execute(select(func.count()).select_from(Record).where(where_a))).scalar()
     if pending_user is not None:
         answered = select(Response.record_id).where(Response.user_id == pending_user)
-        total -= (await conn.execute(select(func.count()).select_from(Record).where(where_a, Record.id.in_(answered)))).scalar()
+        total -= (
+            await conn.execute(select(func.count()).select_from(Record).where(where_a, Record.id.in_(answered)))
+        ).scalar()
     return total
 
 
-_stats_cache: Dict[Any, tuple] = {}  # dataset id -> (fingerprint, field -> FieldStats)
+_stats_cache: dict[Any, tuple] = {}  # dataset id -> (fingerprint, field -> FieldStats)
 
 
-async def _dataset_stats(ctx: _Context) -> Dict[str, FieldStats]:
+async def _dataset_stats(ctx: _Context) -> dict[str, FieldStats]:
     """BM25 statistics of every searchable field over the whole dataset, as an index keeps them (not only the
     rows a filter left). Counted by tokenizing every record once, then kept while the records' fields stay
     the same (count, newest insert and total length of the fields: one indexed scan per query; responses and
@@ -784,7 +834,9 @@ async def _dataset_stats(ctx: _Context) -> Dict[str, FieldStats]:
     searched = tuple(sorted((name, kind) for name, kind in fields.items() if kind != "image"))
     of_dataset = Record.dataset_id == ctx.dataset_id
     shape = [func.count(), func.sum(func.length(ctx.d.json_text(Record.fields)))]
-    count, length, newest = (await ctx.conn.execute(select(*shape, func.max(Record.inserted_at)).where(of_dataset))).one()
+    count, length, newest = (
+        await ctx.conn.execute(select(*shape, func.max(Record.inserted_at)).where(of_dataset))
+    ).one()
     fingerprint = (searched, count, length, newest)
     cached = _stats_cache.get(ctx.dataset_id)
     if cached and cached[0] == fingerprint:
@@ -794,11 +846,13 @@ async def _dataset_stats(ctx: _Context) -> Dict[str, FieldStats]:
         before = (await ctx.conn.execute(select(*shape).where(of_dataset, Record.inserted_at <= cached[0][3]))).one()
         if tuple(before) == cached[0][1:3]:
             since = cached[0][3]
-    stats: Dict[str, FieldStats] = copy.deepcopy(cached[1]) if since is not None else {}
+    stats: dict[str, FieldStats] = copy.deepcopy(cached[1]) if since is not None else {}
     query = select(Record.fields).where(of_dataset, *([Record.inserted_at > since] if since is not None else []))
     result = await ctx.conn.stream(query.execution_options(yield_per=1000))
     async for row in result:
-        count_fields(stats, {name: tokenize(_field_text(kind, (row.fields or {}).get(name))) for name, kind in searched})
+        count_fields(
+            stats, {name: tokenize(_field_text(kind, (row.fields or {}).get(name))) for name, kind in searched}
+        )
     _stats_cache[ctx.dataset_id] = (fingerprint, stats)
     return stats
 
@@ -807,7 +861,7 @@ async def _dataset_stats(ctx: _Context) -> Dict[str, FieldStats]:
 class SQLSearchEngine(SearchEngine):
     """Answers Argilla's search-engine calls with SQL over Argilla's own tables."""
 
-    _vector_cache: Dict[Any, dict] = {}
+    _vector_cache: dict[Any, dict] = {}
 
     @classmethod
     async def new_instance(cls) -> "SQLSearchEngine":
@@ -867,7 +921,11 @@ class SQLSearchEngine(SearchEngine):
         if dataset.is_draft:
             return {}
         async with db_engine().connect() as conn:
-            rows = (await conn.execute(select(Record.status, func.count()).where(Record.dataset_id == dataset.id).group_by(Record.status))).all()
+            rows = (
+                await conn.execute(
+                    select(Record.status, func.count()).where(Record.dataset_id == dataset.id).group_by(Record.status)
+                )
+            ).all()
         counts = {str(getattr(status, "value", status)): n for status, n in rows}
         return {"total": sum(counts.values()), **counts} if counts else {"total": 0}
 
@@ -875,10 +933,14 @@ class SQLSearchEngine(SearchEngine):
         if dataset.is_draft:
             return {}
         async with db_engine().connect() as conn:
-            rows = (await conn.execute(
-                select(Response.status, func.count()).join(Record, Record.id == Response.record_id)
-                .where(Record.dataset_id == dataset.id, Response.user_id == user.id).group_by(Response.status)
-            )).all()
+            rows = (
+                await conn.execute(
+                    select(Response.status, func.count())
+                    .join(Record, Record.id == Response.record_id)
+                    .where(Record.dataset_id == dataset.id, Response.user_id == user.id)
+                    .group_by(Response.status)
+                )
+            ).all()
         counts = {str(getattr(status, "value", status)): n for status, n in rows}
         return {"total": sum(counts.values()), **counts} if counts else {"total": 0}
 
@@ -892,20 +954,35 @@ class SQLSearchEngine(SearchEngine):
                 if total == 0:
                     return TermsMetrics(total=0)
                 count = func.count(func.distinct(Record.id))
-                rows = (await conn.execute(
-                    base.add_columns(txt.label("term"), count.label("n")).where(txt.is_not(None))
-                    .group_by(txt).order_by(count.desc(), txt.asc()).limit(min(total, MAX_TERMS))
-                )).all()
+                rows = (
+                    await conn.execute(
+                        base.add_columns(txt.label("term"), count.label("n"))
+                        .where(txt.is_not(None))
+                        .group_by(txt)
+                        .order_by(count.desc(), txt.asc())
+                        .limit(min(total, MAX_TERMS))
+                    )
+                ).all()
                 return TermsMetrics(total=total, values=[TermsMetrics.TermCount(term=t, count=n) for t, n in rows])
             low, high = (await conn.execute(base.add_columns(func.min(num), func.max(num)))).one()
         if metadata_property.type == MetadataPropertyType.integer:
-            return IntegerMetadataMetrics(min=None if low is None else int(low), max=None if high is None else int(high))
+            return IntegerMetadataMetrics(
+                min=None if low is None else int(low), max=None if high is None else int(high)
+            )
         return FloatMetadataMetrics(min=low, max=high)
 
     # ------------------------------------------------------------ search
 
-    async def search(self, dataset, query: Optional[Union[TextQuery, str]] = None, filter=None, sort=None,
-                     offset: int = 0, limit: int = 100, user_id: Optional[Union[str, UUID]] = None) -> SearchResponses:
+    async def search(
+        self,
+        dataset,
+        query: TextQuery | str | None = None,
+        filter=None,
+        sort=None,
+        offset: int = 0,
+        limit: int = 100,
+        user_id: str | UUID | None = None,
+    ) -> SearchResponses:
         if isinstance(query, str):
             query = TextQuery(q=query)
         async with db_engine().connect() as conn:
@@ -923,9 +1000,15 @@ class SQLSearchEngine(SearchEngine):
                 order_by = [ctx.d.rank(seed), Record.id]
             else:
                 order_by = _order_by(keys, sort or []) + [Record.inserted_at.asc(), Record.id.asc()]
-            ids = (await conn.execute(select(Record.id).where(where).order_by(*order_by).offset(offset).limit(limit))).scalars().all()
+            ids = (
+                (await conn.execute(select(Record.id).where(where).order_by(*order_by).offset(offset).limit(limit)))
+                .scalars()
+                .all()
+            )
             total = await _count(conn, where_a, pending_user)
-        return SearchResponses(items=[SearchResponseItem(record_id=rid, score=None if sort else 1.0) for rid in ids], total=total)
+        return SearchResponses(
+            items=[SearchResponseItem(record_id=rid, score=None if sort else 1.0) for rid in ids], total=total
+        )
 
     async def _text_matches(self, ctx: _Context, query: TextQuery, where, extra_columns=()) -> tuple:
         """Rows of records matching `where` and the text query, with their BM25 scores."""
@@ -942,11 +1025,19 @@ class SQLSearchEngine(SearchEngine):
         if _has_fuzzy(node):
             node = expand_fuzzy(node, await _dataset_stats(ctx))
         if query.field:
-            haystack = ctx.d.json_text(ctx.d.field_text(Record.fields, query.field)) if fields[query.field] == "chat" else ctx.d.field_text(Record.fields, query.field)
+            haystack = (
+                ctx.d.json_text(ctx.d.field_text(Record.fields, query.field))
+                if fields[query.field] == "chat"
+                else ctx.d.field_text(Record.fields, query.field)
+            )
         else:
             haystack = ctx.d.json_text(Record.fields)
         prefilter = [haystack.icontains(term, autoescape=True) for term in _required_terms(node)]
-        rows = (await ctx.conn.execute(select(Record.id, Record.fields, Record.inserted_at, *extra_columns).where(where, *prefilter))).all()
+        rows = (
+            await ctx.conn.execute(
+                select(Record.id, Record.fields, Record.inserted_at, *extra_columns).where(where, *prefilter)
+            )
+        ).all()
 
         matched = []
         for row in rows:
@@ -972,21 +1063,30 @@ class SQLSearchEngine(SearchEngine):
                 rows = present + missing
         else:
             rows.sort(key=lambda r: scores[r.id], reverse=True)
-        page = rows[offset:offset + limit]
-        return SearchResponses(items=[SearchResponseItem(record_id=r.id, score=None if sort else scores[r.id]) for r in page],
-                               total=len(rows))
+        page = rows[offset : offset + limit]
+        return SearchResponses(
+            items=[SearchResponseItem(record_id=r.id, score=None if sort else scores[r.id]) for r in page],
+            total=len(rows),
+        )
 
     # ------------------------------------------------------------ vectors
 
     async def _vectors(self, conn, vector_settings) -> dict:
         """All vectors of one vector settings as a normalized matrix, reloaded when rows change."""
         key = vector_settings.id
-        count, newest = (await conn.execute(
-            select(func.count(), func.max(Vector.updated_at)).where(Vector.vector_settings_id == key))).one()
+        count, newest = (
+            await conn.execute(
+                select(func.count(), func.max(Vector.updated_at)).where(Vector.vector_settings_id == key)
+            )
+        ).one()
         cached = self._vector_cache.get(key)
         if cached and cached["count"] == count and cached["newest"] == newest:
             return cached
-        rows = (await conn.execute(select(Vector.record_id, cast(Vector.value, Text)).where(Vector.vector_settings_id == key))).all()
+        rows = (
+            await conn.execute(
+                select(Vector.record_id, cast(Vector.value, Text)).where(Vector.vector_settings_id == key)
+            )
+        ).all()
         dims = vector_settings.dimensions
         matrix = np.zeros((len(rows), dims), dtype=np.float32)
         for i, (_rid, raw) in enumerate(rows):
@@ -996,13 +1096,28 @@ class SQLSearchEngine(SearchEngine):
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
         matrix = matrix / np.where(norms == 0, 1, norms)
         ids = [rid for rid, _ in rows]
-        cached = {"count": count, "newest": newest, "ids": ids, "index": {rid: i for i, rid in enumerate(ids)}, "matrix": matrix}
+        cached = {
+            "count": count,
+            "newest": newest,
+            "ids": ids,
+            "index": {rid: i for i, rid in enumerate(ids)},
+            "matrix": matrix,
+        }
         self._vector_cache[key] = cached
         return cached
 
-    async def similarity_search(self, dataset, vector_settings, value: Optional[List[float]] = None, record=None,
-                                query: Optional[Union[TextQuery, str]] = None, filter=None, max_results: int = 100,
-                                order: SimilarityOrder = SimilarityOrder.most_similar, threshold: Optional[float] = None) -> SearchResponses:
+    async def similarity_search(
+        self,
+        dataset,
+        vector_settings,
+        value: list[float] | None = None,
+        record=None,
+        query: TextQuery | str | None = None,
+        filter=None,
+        max_results: int = 100,
+        order: SimilarityOrder = SimilarityOrder.most_similar,
+        threshold: float | None = None,
+    ) -> SearchResponses:
         if bool(value) == bool(record):
             raise ValueError("Must provide either vector value or record to compute the similarity search")
         vector_value = value

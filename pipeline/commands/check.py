@@ -14,12 +14,15 @@ Each check is a row: ok, warn (the run works, in a lesser way the detail names) 
 from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.models.backends import Request
 from pipeline.core.errors import PrefabError
+from pipeline.models.backends import Request
 
 Status = Literal["ok", "warn", "fail"]
 
-SAMPLE = ([{"role": "user", "content": "What is 2 + 2?"}], "2 + 2 = 4.")  # the (conversation, response) judges are asked about
+SAMPLE = (
+    [{"role": "user", "content": "What is 2 + 2?"}],
+    "2 + 2 = 4.",
+)  # the (conversation, response) judges are asked about
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,9 @@ def run_checks(config) -> list[Check]:
         rows += model_checks(spec, f"judge {spec.label}", judge)
     for spec in judge.reward_models if judge else []:
         rows += _reward_model(spec)
-    if config.embed is not None or (config.dedup is not None and config.dedup.enabled and (config.dedup.semantic or config.dedup.clusters)):
+    if config.embed is not None or (
+        config.dedup is not None and config.dedup.enabled and (config.dedup.semantic or config.dedup.clusters)
+    ):
         rows += _embedder(config)
     for check in registry.checks():
         rows += check(config)
@@ -94,12 +99,18 @@ def _server(spec, subject: str, judge) -> list[Check]:
         def row(check: str, status: Status, detail: str = "", fix: str = "") -> None:
             rows.append(Check(subject, where, check, status, detail, fix))
 
-        key_fix = (f"set {spec.api_key_env or 'OPENAI_API_KEY'} to a key this server accepts"
-                   + ("" if spec.api_key_env else " (or name another variable in the model's `api_key_env:`)"))
+        key_fix = f"set {spec.api_key_env or 'OPENAI_API_KEY'} to a key this server accepts" + (
+            "" if spec.api_key_env else " (or name another variable in the model's `api_key_env:`)"
+        )
         try:
             served = [model.id for model in client.models.list()]
         except openai.APIConnectionError as e:  # timeouts too
-            row("reachable", "fail", _cause(e), f"start the server, or correct `base_url:` (prefab asked {where}/models)")
+            row(
+                "reachable",
+                "fail",
+                _cause(e),
+                f"start the server, or correct `base_url:` (prefab asked {where}/models)",
+            )
             return rows
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             row("reachable", "ok")
@@ -119,21 +130,46 @@ def _server(spec, subject: str, judge) -> list[Check]:
         if isinstance(answer, Exception):
             cause = answer.__cause__
             if isinstance(cause, (openai.AuthenticationError, openai.PermissionDeniedError)):
-                row("key accepted", "fail", f"the chat completion answered HTTP {cause.status_code}: {_message(cause)}", key_fix)
+                row(
+                    "key accepted",
+                    "fail",
+                    f"the chat completion answered HTTP {cause.status_code}: {_message(cause)}",
+                    key_fix,
+                )
             else:
                 listed = f"; it lists {', '.join(served)}" if served else ""
-                fix = (f"set `model: {served[0]}`" if served and len(served) == 1 else "set `model:` to a name the server lists"
-                       if served else "set `model:` to a name the server serves")
+                fix = (
+                    f"set `model: {served[0]}`"
+                    if served and len(served) == 1
+                    else "set `model:` to a name the server lists"
+                    if served
+                    else "set `model:` to a name the server serves"
+                )
                 row("model served", "fail", f"{answer.message}{listed}", fix)
             return rows
         if answer.error:
             if served is not None and spec.model not in served:
-                row("model served", "warn", f"not among {', '.join(served)} at /models; the chat completion below tells")
-            row("chat completion", "fail", answer.error, "see the server's log; `prefab run` records this error on every call")
+                row(
+                    "model served", "warn", f"not among {', '.join(served)} at /models; the chat completion below tells"
+                )
+            row(
+                "chat completion",
+                "fail",
+                answer.error,
+                "see the server's log; `prefab run` records this error on every call",
+            )
             return rows
         if served is not None and spec.model not in served:  # llama.cpp's server answers any name with the model it has
-            row("model served", "warn", f"not among {', '.join(served) or 'none'} at /models, but the server answers for it")
-        row("chat completion", "ok", f"{answer.text[:40]!r} in {answer.latency_s:.2f}s" if answer.latency_s else repr(answer.text[:40]))
+            row(
+                "model served",
+                "warn",
+                f"not among {', '.join(served) or 'none'} at /models, but the server answers for it",
+            )
+        row(
+            "chat completion",
+            "ok",
+            f"{answer.text[:40]!r} in {answer.latency_s:.2f}s" if answer.latency_s else repr(answer.text[:40]),
+        )
         if judge is not None:
             rows += [Check(subject, where, *r) for r in _judge_checks(spec, judge)]
         if spec.mode == "batch":
@@ -150,30 +186,55 @@ def _judge_checks(spec, judge) -> list[tuple]:
         answer = _ask(spec, scoring_requests(spec, [SAMPLE], judge.aspects, judge)[0])
         if isinstance(answer, Exception) or answer.error:
             reason = answer.message if isinstance(answer, Exception) else answer.error
-            rows.append(("structured output", "fail", f"a json_schema response_format was refused: {reason}",
-                         "set `structured_output: false` under `judge:` (prefab then asks for the JSON in the prompt and parses "
-                         f"the answer, asking again up to parse_retries={judge.parse_retries} times), or serve the judge with "
-                         "structured outputs on (vLLM, llama.cpp's llama-server)"))
+            rows.append(
+                (
+                    "structured output",
+                    "fail",
+                    f"a json_schema response_format was refused: {reason}",
+                    "set `structured_output: false` under `judge:` (prefab then asks for the JSON in the prompt and parses "
+                    f"the answer, asking again up to parse_retries={judge.parse_retries} times), or serve the judge with "
+                    "structured outputs on (vLLM, llama.cpp's llama-server)",
+                )
+            )
         else:
             try:
                 parse_rubric(answer.text, judge.aspects)
                 rows.append(("structured output", "ok", "answered JSON of the rubric's schema"))
             except ValueError as e:
-                rows.append(("structured output", "warn", f"taken, but the answer is not the rubric's JSON ({e}): the server "
-                             f"ignores the schema; prefab parses the answer and asks again up to {judge.parse_retries} times"))
+                rows.append(
+                    (
+                        "structured output",
+                        "warn",
+                        f"taken, but the answer is not the rubric's JSON ({e}): the server "
+                        f"ignores the schema; prefab parses the answer and asks again up to {judge.parse_retries} times",
+                    )
+                )
     if judge.scoring == "logprobs" or judge.logprobs:
         by_token = judge.scoring == "logprobs"
         request = scoring_requests(spec, [SAMPLE], judge.aspects, judge.model_copy(update={"scoring": "logprobs"}))[0]
         answer = _ask(spec, request)
         if isinstance(answer, Exception) or answer.error or not answer.logprobs:
-            reason = ("none in the answer" if not isinstance(answer, Exception) and not answer.error
-                      else answer.message if isinstance(answer, Exception) else answer.error)
+            reason = (
+                "none in the answer"
+                if not isinstance(answer, Exception) and not answer.error
+                else answer.message
+                if isinstance(answer, Exception)
+                else answer.error
+            )
             if by_token:
-                rows.append(("logprobs", "fail", f"asked for {request.top_logprobs} per token: {reason}; every judgment needs them",
-                             "serve the judge where logprobs are returned (vLLM, llama.cpp's llama-server), or set `scoring: json` "
-                             "under `judge:` (a JSON answer per candidate)"))
+                rows.append(
+                    (
+                        "logprobs",
+                        "fail",
+                        f"asked for {request.top_logprobs} per token: {reason}; every judgment needs them",
+                        "serve the judge where logprobs are returned (vLLM, llama.cpp's llama-server), or set `scoring: json` "
+                        "under `judge:` (a JSON answer per candidate)",
+                    )
+                )
             else:
-                rows.append(("logprobs", "warn", f"{reason}: pairwise confidence then comes from the two verdicts alone"))
+                rows.append(
+                    ("logprobs", "warn", f"{reason}: pairwise confidence then comes from the two verdicts alone")
+                )
         else:
             top = len(answer.logprobs[0]["top_logprobs"])
             aspect = judge.aspects[0]
@@ -181,7 +242,9 @@ def _judge_checks(spec, judge) -> list[tuple]:
                 token_distribution(answer, {str(k) for k in range(int(aspect.min), int(aspect.max) + 1)})
                 rows.append(("logprobs", "ok", f"{top} alternatives per token"))
             except ValueError as e:
-                rows.append(("logprobs", "warn" if by_token else "ok", f"{top} alternatives per token; on a sample answer: {e}"))
+                rows.append(
+                    ("logprobs", "warn" if by_token else "ok", f"{top} alternatives per token; on a sample answer: {e}")
+                )
     return rows
 
 
@@ -205,7 +268,9 @@ def _ask(spec, request: Request):
 
     got = []
     if spec.backend == "openai":
-        spec = spec.model_copy(update={"mode": "realtime"})  # the Batch API is checked apart; a probe wants its answer now
+        spec = spec.model_copy(
+            update={"mode": "realtime"}
+        )  # the Batch API is checked apart; a probe wants its answer now
     try:
         backend(spec.backend).run(spec, [request], lambda _, result: got.append(result))
     except ModelError as e:
@@ -239,7 +304,14 @@ def _load(subject: str, where: str, check: str, load) -> Check:
     except PrefabError as e:
         return Check(subject, where, check, "fail", e.message, e.hint or "")
     except (OSError, ValueError, RuntimeError) as e:  # what transformers and torch raise for a broken model folder
-        return Check(subject, where, check, "fail", f"{type(e).__name__}: {e}", "pass a model directory holding config.json and weights")
+        return Check(
+            subject,
+            where,
+            check,
+            "fail",
+            f"{type(e).__name__}: {e}",
+            "pass a model directory holding config.json and weights",
+        )
     return Check(subject, where, check, "ok", detail)
 
 
@@ -263,7 +335,13 @@ def show(rows: list[Check]) -> None:
     console.print(table)
     for r in rows:  # whole lines too: a narrow terminal or a log folds the table's cells
         if r.status == "warn":
-            console.print(f"warning: {r.subject} ({r.where}): {r.check}: {r.detail}", style="yellow", soft_wrap=True, markup=False, highlight=False)
+            console.print(
+                f"warning: {r.subject} ({r.where}): {r.check}: {r.detail}",
+                style="yellow",
+                soft_wrap=True,
+                markup=False,
+                highlight=False,
+            )
 
 
 def problems(rows: list[Check]) -> PrefabError | None:

@@ -47,14 +47,20 @@ class PrefabGroup(click.Group):
             click.secho(f"error: {e}", err=True, fg="red")
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.secho("interrupted: finished calls are cached; run the same command again to resume", err=True, fg="yellow")
+            click.secho(
+                "interrupted: finished calls are cached; run the same command again to resume", err=True, fg="yellow"
+            )
             ctx.exit(130)
 
 
 @click.group(cls=PrefabGroup)
 @click.version_option(package_name="prefab")
-@click.option("-v", "--verbose", is_flag=True,
-              help="Show third-party progress bars and warnings (transformers, datasets, TRL); else warnings go to RUN/logs/third_party.log.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show third-party progress bars and warnings (transformers, datasets, TRL); else warnings go to RUN/logs/third_party.log.",
+)
 def cli(verbose):
     """prefab: preference data for LLM post-training, from prompts to a labeled, trained-on dataset."""
     from pipeline.core.progress import progress_interval, quiet_third_party
@@ -87,15 +93,19 @@ def run(config_path, start, until, run_dir, force):
 @cli.command(name="plan")
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
 @click.option("--run", "run_dir", help="Override the run directory of the config.")
-@click.option("--sample", type=click.IntRange(min=0), default=0, show_default=True,
-              help="First make this many calls per generator, and judge them, to measure answer lengths (cached: the run does not pay again).")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="First make this many calls per generator, and judge them, to measure answer lengths (cached: the run does not pay again).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_command(config_path, run_dir, sample, as_json):
     """Estimate a run's calls, tokens and cost per stage and model, and what the call cache already holds, before spending."""
-    from pipeline.core.cache import run_cache
-    from pipeline.core.config import load_config
-    from pipeline.core.cache import spending_limit
     from pipeline.commands.plan import plan_run, print_plan
+    from pipeline.core.cache import run_cache, spending_limit
+    from pipeline.core.config import load_config
 
     config = load_config(config_path)
     if run_dir:
@@ -138,7 +148,9 @@ def check_command(config_path):
 @click.option("--messages-column", help="Column holding a chat (list of {role, content}).")
 @click.option("--answer-column", help="Column holding a reference answer, for the verify stage.")
 @click.option("--limit", type=int, help="Keep at most this many prompts.")
-def ingest(run_dir, config_path, paths, skip_bad_rows, system_prompt, prompt_column, messages_column, answer_column, limit):
+def ingest(
+    run_dir, config_path, paths, skip_bad_rows, system_prompt, prompt_column, messages_column, answer_column, limit
+):
     """Read prompts (JSONL, CSV, Parquet, a saved HF dataset dir, or hf:NAME) into the run."""
     from pipeline.core.config import IngestConfig, config_model
     from pipeline.core.store import Run
@@ -147,8 +159,15 @@ def ingest(run_dir, config_path, paths, skip_bad_rows, system_prompt, prompt_col
         config = load_run_config(run_dir, config_path)
     else:
         config = config_model()(run=run_dir, ingest=IngestConfig(paths=list(paths)))
-    overrides = {"paths": list(paths) or None, "skip_bad_rows": skip_bad_rows or None, "system_prompt": system_prompt,
-                 "prompt_column": prompt_column, "messages_column": messages_column, "answer_column": answer_column, "limit": limit}
+    overrides = {
+        "paths": list(paths) or None,
+        "skip_bad_rows": skip_bad_rows or None,
+        "system_prompt": system_prompt,
+        "prompt_column": prompt_column,
+        "messages_column": messages_column,
+        "answer_column": answer_column,
+        "limit": limit,
+    }
     config.ingest = config.ingest.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     stage_command("ingest", config, Run(run_dir))
 
@@ -167,8 +186,13 @@ def generate(run_dir, config_path, retry_failed):
 @cli.command()
 @run_option
 @config_option
-@click.option("--gold", "gold", multiple=True, type=click.Path(dir_okay=False),
-              help="Gold file (TRL preference JSONL/CSV/Parquet: prompt, chosen, rejected); repeat for several.")
+@click.option(
+    "--gold",
+    "gold",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Gold file (TRL preference JSONL/CSV/Parquet: prompt, chosen, rejected); repeat for several.",
+)
 @click.option("--limit", type=int, help="At most this many gold pairs per file (a seeded sample).")
 def calibrate(run_dir, config_path, gold, limit):
     """Measure every configured judge on human-labeled gold pairs: accuracy, consistency, biases, accuracy-coverage curves."""
@@ -230,7 +254,12 @@ def status(run_dir, as_json):
         if not info:
             continue
         counts = {k: v for k, v in info.items() if isinstance(v, (int, float)) and k != "seconds"}
-        table.add_row(name, info.get("status", "?"), str(info.get("seconds", "")), ", ".join(f"{k}={v}" for k, v in counts.items()))
+        table.add_row(
+            name,
+            info.get("status", "?"),
+            str(info.get("seconds", "")),
+            ", ".join(f"{k}={v}" for k, v in counts.items()),
+        )
     console.print(table)
     tables = Table(title="tables")
     tables.add_column("table")

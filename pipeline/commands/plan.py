@@ -13,9 +13,9 @@ import statistics
 
 import polars as pl
 
-from pipeline.models.backends import DEFAULT_MAX_TOKENS, estimate_prompt_tokens
 from pipeline.core.cache import CallCache
 from pipeline.core.config import Config
+from pipeline.models.backends import DEFAULT_MAX_TOKENS, estimate_prompt_tokens
 from pipeline.models.llm import cache_keys, call_cost, call_llm
 
 
@@ -40,7 +40,11 @@ def plan_run(config: Config, cache: CallCache | None, sample: int = 0) -> dict:
     stages = planned(config)
     prompts = _prompts(config, run)
     read = prompts.height
-    target = config.dedup.target_size if config.dedup is not None and "dedup" in stages and not run.is_complete("dedup") else None
+    target = (
+        config.dedup.target_size
+        if config.dedup is not None and "dedup" in stages and not run.is_complete("dedup")
+        else None
+    )
     if target and target < prompts.height:  # dedup will keep about this many: plan on as many, spread over the input
         prompts = prompts[_spread(list(range(prompts.height)), target)]
     rows, expected, answers = [], {}, []
@@ -57,9 +61,18 @@ def plan_run(config: Config, cache: CallCache | None, sample: int = 0) -> dict:
     if "route" in stages and judge is not None and judge.pairwise:
         items = _pair_items(config, run, prompts, expected)
         rows += [_plan_pairwise(spec, judge, items, cache) for spec in (judge.judges if judge is not None else [])]
-    total = {k: sum(r[k] for r in rows) for k in ("calls", "cached", "prompt_tokens", "completion_tokens", "cost_usd", "to_spend_usd")}
-    return {"rows": rows, "total": total, "prompts": prompts.height, "prompts_read": read, "spent_usd": cache.spent_usd() if cache else 0.0,
-            "budget_usd": config.budget_usd}
+    total = {
+        k: sum(r[k] for r in rows)
+        for k in ("calls", "cached", "prompt_tokens", "completion_tokens", "cost_usd", "to_spend_usd")
+    }
+    return {
+        "rows": rows,
+        "total": total,
+        "prompts": prompts.height,
+        "prompts_read": read,
+        "spent_usd": cache.spent_usd() if cache else 0.0,
+        "budget_usd": config.budget_usd,
+    }
 
 
 def _prompts(config: Config, run) -> pl.DataFrame:
@@ -77,8 +90,18 @@ def _conversation(messages) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def _row(stage: str, spec, requests: list, prompt_tokens: list[float], completion_tokens: list[float], hits: dict,
-         keys: list[str | None], weights: list[float], counted: str, basis: str) -> dict:
+def _row(
+    stage: str,
+    spec,
+    requests: list,
+    prompt_tokens: list[float],
+    completion_tokens: list[float],
+    hits: dict,
+    keys: list[str | None],
+    weights: list[float],
+    counted: str,
+    basis: str,
+) -> dict:
     """Sum a stage's planned requests (each standing for `weight` calls); cached ones count their recorded tokens."""
     calls = cached = p_all = c_all = p_new = c_new = 0.0
     for request, p, c, key, w in zip(requests, prompt_tokens, completion_tokens, keys, weights):
@@ -89,9 +112,18 @@ def _row(stage: str, spec, requests: list, prompt_tokens: list[float], completio
         else:
             p_new, c_new = p_new + w * p, c_new + w * c
         calls, p_all, c_all = calls + w, p_all + w * p, c_all + w * c
-    return {"stage": stage, "model": spec.label, "calls": round(calls), "cached": round(cached), "prompt_tokens": round(p_all),
-            "completion_tokens": round(c_all), "cost_usd": round(call_cost(spec, p_all, c_all), 6),
-            "to_spend_usd": round(call_cost(spec, p_new, c_new), 6), "prompt_tokens_by": counted, "completion_tokens_by": basis}
+    return {
+        "stage": stage,
+        "model": spec.label,
+        "calls": round(calls),
+        "cached": round(cached),
+        "prompt_tokens": round(p_all),
+        "completion_tokens": round(c_all),
+        "cost_usd": round(call_cost(spec, p_all, c_all), 6),
+        "to_spend_usd": round(call_cost(spec, p_new, c_new), 6),
+        "prompt_tokens_by": counted,
+        "completion_tokens_by": basis,
+    }
 
 
 def _measured(hits: dict, keys) -> list[int]:
@@ -126,10 +158,22 @@ def _plan_generate(spec, prompts: pl.DataFrame, cache, sample: int):
         sampled = [(requests[i].messages, r.text) for i, r in zip(pick, results) if r.error is None]
         hits.update((keys[i], r.cache_row()) for i, r in zip(pick, results) if r.error is None)
     count, counted = token_counter(spec)
-    per_prompt = dict(zip(prompts["prompt_id"].to_list(), count([_conversation(m) for m in prompts["messages"].to_list()])))
+    per_prompt = dict(
+        zip(prompts["prompt_id"].to_list(), count([_conversation(m) for m in prompts["messages"].to_list()]))
+    )
     expected, basis = _expected(_measured(hits, dict.fromkeys(keys)), spec.max_tokens or DEFAULT_MAX_TOKENS)
-    row = _row("generate", spec, requests, [per_prompt[row["prompt_id"]] for _, row, _ in planned], [expected] * len(requests),
-               hits, keys, [1] * len(requests), counted, basis)
+    row = _row(
+        "generate",
+        spec,
+        requests,
+        [per_prompt[row["prompt_id"]] for _, row, _ in planned],
+        [expected] * len(requests),
+        hits,
+        keys,
+        [1] * len(requests),
+        counted,
+        basis,
+    )
     return row, expected, sampled
 
 
@@ -140,8 +184,11 @@ def _candidate_items(config: Config, run, prompts: pl.DataFrame, expected: dict)
         messages = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
         ok = run.read("candidates").filter(pl.col("text").is_not_null() & pl.col("prompt_id").is_in(list(messages)))
         return [(_conversation(messages[p]), text, 1, 0) for p, text in ok.select("prompt_id", "text").iter_rows()]
-    return [(_conversation(m), "", len(g.temperatures) * g.n, expected.get(g.label, g.max_tokens or DEFAULT_MAX_TOKENS))
-            for m in prompts["messages"].to_list() for g in (config.generate.generators if config.generate else [])]
+    return [
+        (_conversation(m), "", len(g.temperatures) * g.n, expected.get(g.label, g.max_tokens or DEFAULT_MAX_TOKENS))
+        for m in prompts["messages"].to_list()
+        for g in (config.generate.generators if config.generate else [])
+    ]
 
 
 def _pair_items(config: Config, run, prompts: pl.DataFrame, expected: dict) -> list[tuple]:
@@ -151,7 +198,10 @@ def _pair_items(config: Config, run, prompts: pl.DataFrame, expected: dict) -> l
     if run.has("pairs") and run.has("candidates"):
         text = dict(run.read("candidates").select("candidate_id", "text").iter_rows())
         pairs = run.read("pairs").filter(pl.col("prompt_id").is_in(list(messages)))
-        return [(_conversation(messages[p]), text[c], text[r], 1, 0) for p, c, r in pairs.select("prompt_id", "chosen_id", "rejected_id").iter_rows()]
+        return [
+            (_conversation(messages[p]), text[c], text[r], 1, 0)
+            for p, c, r in pairs.select("prompt_id", "chosen_id", "rejected_id").iter_rows()
+        ]
     generators = config.generate.generators if config.generate else []
     k = sum(len(g.temperatures) * g.n for g in generators)
     if k < 2:
@@ -167,13 +217,21 @@ def _plan_judge(spec, cfg, items: list[tuple], cache, sampled: list[tuple]) -> d
     per_item = len(cfg.aspects) if cfg.scoring == "logprobs" else 1
     sampled_results = []
     if sampled and cache is not None:  # judge the sampled answers, as the judge stage will (the same requests)
-        sampled_results = call_llm(spec, [attempt_request(r, cfg, 0) for r in scoring_requests(spec, sampled, cfg.aspects, cfg)], cache,
-                                   f"sample {spec.label}")
-    requests = [attempt_request(r, cfg, 0) for r in scoring_requests(spec, [(m, t) for m, t, _, _ in items], cfg.aspects, cfg)]
+        sampled_results = call_llm(
+            spec,
+            [attempt_request(r, cfg, 0) for r in scoring_requests(spec, sampled, cfg.aspects, cfg)],
+            cache,
+            f"sample {spec.label}",
+        )
+    requests = [
+        attempt_request(r, cfg, 0) for r in scoring_requests(spec, [(m, t) for m, t, _, _ in items], cfg.aspects, cfg)
+    ]
     weights = [w for _, _, w, _ in items for _ in range(per_item)]
     extra = [x for _, _, _, x in items for _ in range(per_item)]
     keys, hits = _lookup(spec, requests, cache, real=bool(items) and items[0][3] == 0)
-    measured = [r.completion_tokens for r in sampled_results if r.completion_tokens is not None] + _measured(hits, dict.fromkeys(keys))
+    measured = [r.completion_tokens for r in sampled_results if r.completion_tokens is not None] + _measured(
+        hits, dict.fromkeys(keys)
+    )
     expected, basis = (1.0, "one token") if cfg.scoring == "logprobs" else _expected(measured, cfg.max_tokens)
     return _judge_row("judge", spec, requests, extra, weights, keys, hits, expected, basis)
 
@@ -186,7 +244,9 @@ def _plan_pairwise(spec, cfg, items: list[tuple], cache) -> dict:
     extra = [x for *_, x in items for _ in range(2)]
     keys, hits = _lookup(spec, requests, cache, real=bool(items) and items[0][4] == 0)
     by_token = cfg.scoring == "logprobs"
-    expected, basis = (1.0, "one token") if by_token else _expected(_measured(hits, dict.fromkeys(keys)), cfg.max_tokens)
+    expected, basis = (
+        (1.0, "one token") if by_token else _expected(_measured(hits, dict.fromkeys(keys)), cfg.max_tokens)
+    )
     return _judge_row("route", spec, requests, extra, weights, keys, hits, expected, basis)
 
 
@@ -209,22 +269,50 @@ def print_plan(plan: dict) -> None:
 
     from pipeline.core.progress import console
 
-    kept = "" if plan["prompts"] == plan["prompts_read"] else f" (of {plan['prompts_read']:,} read: dedup's target_size)"
-    table = Table(title=f"plan: {plan['prompts']:,} prompts{kept}", caption="prompt tokens by the model's tokenizer, or at 4 characters a "
-                  "token; completion tokens the mean of measured answers (--sample N measures), or max_tokens (an upper bound)")
+    kept = (
+        "" if plan["prompts"] == plan["prompts_read"] else f" (of {plan['prompts_read']:,} read: dedup's target_size)"
+    )
+    table = Table(
+        title=f"plan: {plan['prompts']:,} prompts{kept}",
+        caption="prompt tokens by the model's tokenizer, or at 4 characters a "
+        "token; completion tokens the mean of measured answers (--sample N measures), or max_tokens (an upper bound)",
+    )
     for col in ("stage", "model", "calls", "cached", "prompt tokens", "by", "completion tokens", "by", "to spend"):
         table.add_column(col, justify="left" if col in ("stage", "model", "by") else "right")
     for r in plan["rows"]:
-        table.add_row(r["stage"], r["model"], f"{r['calls']:,}", f"{r['cached']:,}", f"{r['prompt_tokens']:,}", r["prompt_tokens_by"],
-                      f"{r['completion_tokens']:,}", r["completion_tokens_by"], f"${r['to_spend_usd']:,.4f}")
+        table.add_row(
+            r["stage"],
+            r["model"],
+            f"{r['calls']:,}",
+            f"{r['cached']:,}",
+            f"{r['prompt_tokens']:,}",
+            r["prompt_tokens_by"],
+            f"{r['completion_tokens']:,}",
+            r["completion_tokens_by"],
+            f"${r['to_spend_usd']:,.4f}",
+        )
     t = plan["total"]
-    table.add_row("total", "", f"{t['calls']:,}", f"{t['cached']:,}", f"{t['prompt_tokens']:,}", "", f"{t['completion_tokens']:,}", "",
-                  f"${t['to_spend_usd']:,.4f}", style="bold")
+    table.add_row(
+        "total",
+        "",
+        f"{t['calls']:,}",
+        f"{t['cached']:,}",
+        f"{t['prompt_tokens']:,}",
+        "",
+        f"{t['completion_tokens']:,}",
+        "",
+        f"${t['to_spend_usd']:,.4f}",
+        style="bold",
+    )
     console.print(table)
     spent, budget = plan["spent_usd"], plan["budget_usd"]
     line = f"spent so far: ${spent:,.4f}; still to spend: ${t['to_spend_usd']:,.4f}"
     if budget is not None:
         fits = spent + t["to_spend_usd"] <= budget
-        line += f"; budget_usd {budget:g}: " + ("fits" if fits else f"[red]short by ${spent + t['to_spend_usd'] - budget:,.4f}[/red] "
-                                                 "(the run stops before a call that could pass it; finished calls are kept)")
+        line += f"; budget_usd {budget:g}: " + (
+            "fits"
+            if fits
+            else f"[red]short by ${spent + t['to_spend_usd'] - budget:,.4f}[/red] "
+            "(the run stops before a call that could pass it; finished calls are kept)"
+        )
     console.print(line)

@@ -57,7 +57,9 @@ class CallCache:
             "CREATE TABLE IF NOT EXISTS batches (batch_id TEXT PRIMARY KEY, server TEXT, keys TEXT, status TEXT DEFAULT 'open', "
             "created REAL DEFAULT ((julianday('now') - 2440587.5) * 86400.0))"
         )
-        if "cost_usd" not in {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}:  # a cache from before costs were kept
+        if "cost_usd" not in {
+            row[1] for row in self._db.execute("PRAGMA table_info(calls)")
+        }:  # a cache from before costs were kept
             try:
                 self._db.execute("ALTER TABLE calls ADD COLUMN cost_usd REAL DEFAULT 0")
             except sqlite3.OperationalError as e:  # another process added it first
@@ -92,7 +94,13 @@ class CallCache:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO calls (key, kind, request, response, cost_usd) VALUES (?, ?, ?, ?, ?)",
-                (key, kind, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False), cost_usd),
+                (
+                    key,
+                    kind,
+                    json.dumps(request, ensure_ascii=False),
+                    json.dumps(response, ensure_ascii=False),
+                    cost_usd,
+                ),
             )
             if self._spent is not None:
                 self._spent += cost_usd
@@ -107,14 +115,17 @@ class CallCache:
     def add_batch(self, batch_id: str, server: str, keys: list[str]) -> None:
         """Record a batch job the moment the provider accepted it: a restarted run then collects it, not resubmits."""
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO batches (batch_id, server, keys) VALUES (?, ?, ?)",
-                             (batch_id, server, json.dumps(keys)))
+            self._db.execute(
+                "INSERT OR REPLACE INTO batches (batch_id, server, keys) VALUES (?, ?, ?)",
+                (batch_id, server, json.dumps(keys)),
+            )
 
     def open_batches(self, server: str) -> list[tuple[str, list[str]]]:
         """(batch_id, custom_ids) of the batches submitted to `server` and not yet collected, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT batch_id, keys FROM batches WHERE server = ? AND status = 'open' ORDER BY created",
-                                    (server,)).fetchall()
+            rows = self._db.execute(
+                "SELECT batch_id, keys FROM batches WHERE server = ? AND status = 'open' ORDER BY created", (server,)
+            ).fetchall()
         return [(batch_id, json.loads(keys)) for batch_id, keys in rows]
 
     def close_batch(self, batch_id: str, status: str) -> None:

@@ -26,8 +26,10 @@ def distinct(values: list, field: str, what: str, fix: str) -> None:
     """Refuse a value that keys a table or an id twice: the second would silently merge with (or overwrite) the first."""
     for i, value in enumerate(values):
         if value in values[:i]:
-            raise ValueError(f"{field}[{values.index(value)}] and {field}[{i}] share the {what} {value!r}, "
-                             f"which keys their rows in the run's tables: {fix}")
+            raise ValueError(
+                f"{field}[{values.index(value)}] and {field}[{i}] share the {what} {value!r}, "
+                f"which keys their rows in the run's tables: {fix}"
+            )
 
 
 class RayConfig(Strict):
@@ -59,10 +61,14 @@ class ModelSpec(Strict):
     tpm: float | None = Field(None, gt=0)  # tokens per minute
     timeout: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0, le=50)
-    mode: Literal["realtime", "batch"] = "realtime"  # batch: the provider's Batch API (cheaper, answers within batch_window)
+    mode: Literal["realtime", "batch"] = (
+        "realtime"  # batch: the provider's Batch API (cheaper, answers within batch_window)
+    )
     batch_poll_s: float = Field(30.0, gt=0)  # seconds between status checks of submitted batches
     batch_window: str = "24h"  # completion_window asked of the provider (OpenAI accepts only 24h)
-    batch_max_requests: int = Field(50_000, ge=1)  # requests per batch file (OpenAI's limit; a file also stays under 190 MB)
+    batch_max_requests: int = Field(
+        50_000, ge=1
+    )  # requests per batch file (OpenAI's limit; a file also stays under 190 MB)
     # transformers backend
     batch_size: int = Field(8, ge=1)
     device: str | None = None  # cpu, cuda, cuda:1...
@@ -70,7 +76,9 @@ class ModelSpec(Strict):
     # any backend
     price_per_mtok_in: float = Field(0.0, ge=0)  # USD per million prompt tokens
     price_per_mtok_out: float = Field(0.0, ge=0)  # USD per million completion tokens
-    tokenizer: str | None = None  # for `prefab plan`'s token counts: a local tokenizer dir or embedded:smollm2 (default: the model's own on transformers)
+    tokenizer: str | None = (
+        None  # for `prefab plan`'s token counts: a local tokenizer dir or embedded:smollm2 (default: the model's own on transformers)
+    )
 
     @property
     def label(self) -> str:
@@ -101,8 +109,10 @@ class ModelSpec(Strict):
         for name, other in backends().items():
             for field in sorted(other.fields - mine.fields):
                 if getattr(self, field) != type(self).model_fields[field].default:
-                    raise ValueError(f"`{field}` is a setting of the {name} backend, and this model's backend is {self.backend}: "
-                                     f"remove `{field}`, or set `backend: {name}`")
+                    raise ValueError(
+                        f"`{field}` is a setting of the {name} backend, and this model's backend is {self.backend}: "
+                        f"remove `{field}`, or set `backend: {name}`"
+                    )
         if self.backend == "openai" and self.model.startswith("embedded:"):
             raise ValueError("the openai backend needs a served model name in `model`, not an embedded one")
         return self
@@ -140,7 +150,9 @@ class IngestConfig(Strict):
     prompt_column: str | None = None  # plain-text prompt column (default: prompt/instruction/question/text)
     messages_column: str | None = None  # chat column (default: messages/conversation)
     category_column: str | None = None
-    answer_column: str | None = None  # reference answer for the verify stage (default: reference_answer/answer/final_answer)
+    answer_column: str | None = (
+        None  # reference answer for the verify stage (default: reference_answer/answer/final_answer)
+    )
     tests_column: str | None = None  # Python tests for the verify stage (default: tests/test_code/unit_tests)
     system_prompt: str | None = None
     split: str = "train"  # HF datasets
@@ -155,7 +167,9 @@ class DedupConfig(Strict):
     clusters: int | None = Field(8, ge=1)
     max_per_cluster: int | None = Field(None, ge=1)  # at most this many prompts per topic cluster
     target_size: int | None = Field(None, ge=1)  # keep about this many prompts, balanced across clusters
-    keep_sources: list[str] = Field(default_factory=list)  # input files whose prompts are never sampled out (duplicates still go)
+    keep_sources: list[str] = Field(
+        default_factory=list
+    )  # input files whose prompts are never sampled out (duplicates still go)
     seed: int = 0  # k-means and cluster sampling
 
 
@@ -166,8 +180,12 @@ class GenerateConfig(Strict):
     @field_validator("generators")
     @classmethod
     def _distinct(cls, v):
-        distinct([g.label for g in v], "generators", "name",
-                 "set a distinct `name:` on each (one without a name is named by its `model`), or merge them into one generator")
+        distinct(
+            [g.label for g in v],
+            "generators",
+            "name",
+            "set a distinct `name:` on each (one without a name is named by its `model`), or merge them into one generator",
+        )
         return v
 
 
@@ -222,18 +240,29 @@ class JudgeConfig(Strict):
     # json: a JSON answer with a rationale per aspect; logprobs: one token per aspect, the score weighted by the
     # probabilities of the scale's digits (G-Eval style; always parseable, for small local judges; no rationale)
     scoring: Literal["json", "logprobs"] = "json"
-    part_size: int = Field(2000, ge=1)  # candidates per part written as the stage goes (its memory; what a restart skips)
+    part_size: int = Field(
+        2000, ge=1
+    )  # candidates per part written as the stage goes (its memory; what a restart skips)
 
     @field_validator("judges")
     @classmethod
     def _distinct_judges(cls, v):
-        distinct([j.label for j in v], "judges", "name", "set a distinct `name:` on each (one without a name is named by its `model`)")
+        distinct(
+            [j.label for j in v],
+            "judges",
+            "name",
+            "set a distinct `name:` on each (one without a name is named by its `model`)",
+        )
         return v
 
     @model_validator(mode="after")
     def _distinct_scorers(self):
-        distinct([j.label for j in self.judges] + [r.label for r in self.reward_models], "judges and reward_models", "name",
-                 "set a distinct `name:` on each (one without a name is named by its `model`)")
+        distinct(
+            [j.label for j in self.judges] + [r.label for r in self.reward_models],
+            "judges and reward_models",
+            "name",
+            "set a distinct `name:` on each (one without a name is named by its `model`)",
+        )
         return self
 
     @property
@@ -259,8 +288,10 @@ class JudgeConfig(Strict):
         if self.scoring == "logprobs":
             for a in self.aspects:
                 if not (float(a.min).is_integer() and float(a.max).is_integer() and 0 <= a.min and a.max <= 9):
-                    raise ValueError(f"aspect {a.name!r}: scoring: logprobs needs a scale of whole numbers within 0..9 "
-                                     f"(one token per score), got {a.min:g}..{a.max:g}")
+                    raise ValueError(
+                        f"aspect {a.name!r}: scoring: logprobs needs a scale of whole numbers within 0..9 "
+                        f"(one token per score), got {a.min:g}..{a.max:g}"
+                    )
         return self
 
 
@@ -269,7 +300,9 @@ class EmbedConfig(Strict):
     batch_size: int = Field(64, ge=1)
     device: str | None = None
     ray: RayConfig | None = None  # encode on a Ray cluster's replicas (the embed stage and dedup's prompt vectors)
-    near_identical: float = Field(0.98, gt=0, le=1)  # cosine at which two candidates of a prompt are flagged near-identical
+    near_identical: float = Field(
+        0.98, gt=0, le=1
+    )  # cosine at which two candidates of a prompt are flagged near-identical
     part_size: int = Field(2000, ge=1)  # prompts (with their candidates) per part written as the stage goes
 
 
@@ -340,7 +373,9 @@ class Config(Strict):
     run: str  # run directory
     seed: int = 0
     stages: list[str] | None = None  # default: every configured stage in pipeline order
-    budget_usd: float | None = Field(None, ge=0)  # the most this run's model calls may cost (model prices); `prefab plan` estimates it
+    budget_usd: float | None = Field(
+        None, ge=0
+    )  # the most this run's model calls may cost (model prices); `prefab plan` estimates it
     ingest: IngestConfig
     dedup: DedupConfig | None = None
     generate: GenerateConfig | None = None
@@ -363,9 +398,13 @@ class Config(Strict):
         value = self.section(section)
         if value is None:
             where = str(self.source) if self.source else f"{Path(self.run) / 'manifest.json'} (the run's config)"
-            raise ConfigError(f"the config has no `{section}:` section", where=where,
-                              hint=hint or f"add `{section}:` to the config (`{section}: {{}}` takes the defaults, see "
-                                           "data/configs/demo.yaml) and pass it with --config CONFIG.yaml")
+            raise ConfigError(
+                f"the config has no `{section}:` section",
+                where=where,
+                hint=hint
+                or f"add `{section}:` to the config (`{section}: {{}}` takes the defaults, see "
+                "data/configs/demo.yaml) and pass it with --config CONFIG.yaml",
+            )
         return value
 
     def resolve(self, path: str) -> Path:
@@ -393,7 +432,9 @@ def load_config(path: str | Path) -> Config:
     """Read and validate a run config; raise ConfigError naming file, line and key."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"config file {path} does not exist", hint="pass the path of a YAML file, e.g. data/configs/demo.yaml")
+        raise ConfigError(
+            f"config file {path} does not exist", hint="pass the path of a YAML file, e.g. data/configs/demo.yaml"
+        )
     try:
         text = path.read_text(encoding="utf-8")
         node = yaml.compose(text)
@@ -405,7 +446,9 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where, hint="check indentation and quoting") from e
+        raise ConfigError(
+            f"not valid YAML: {getattr(e, 'problem', e)}", where=where, hint="check indentation and quoting"
+        ) from e
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping of sections (run:, ingest:, generate:, ...)", where=str(path))
     try:
@@ -421,7 +464,9 @@ def _config_error(path: Path, node, error: ValidationError) -> ConfigError:
     lines = []
     first_line = None
     hint = None
-    errors = [dict(e, loc=[p for p in e["loc"] if not (isinstance(p, str) and "[" in p)]) for e in error.errors()]  # drop union tags
+    errors = [
+        dict(e, loc=[p for p in e["loc"] if not (isinstance(p, str) and "[" in p)]) for e in error.errors()
+    ]  # drop union tags
     typos = set()  # (parent, valid key) pairs explained by a misspelt key: their "missing" is noise
     for err in errors:
         if err["type"] == "extra_forbidden":
@@ -456,8 +501,11 @@ def _config_error(path: Path, node, error: ValidationError) -> ConfigError:
             quiet = err["type"] == "value_error" and isinstance(got, (list, dict))
             msg = f"{where}{key}: {err['msg']}" + ("" if quiet else f" (got {got!r})")
         lines.append(msg)
-    return ConfigError("invalid config:\n  " + "\n  ".join(lines), where=f"{path}:{first_line}" if first_line else str(path),
-                       hint=hint or "see data/configs/demo.yaml for a complete example")
+    return ConfigError(
+        "invalid config:\n  " + "\n  ".join(lines),
+        where=f"{path}:{first_line}" if first_line else str(path),
+        hint=hint or "see data/configs/demo.yaml for a complete example",
+    )
 
 
 def _line_of(node, loc) -> int | None:
@@ -504,10 +552,16 @@ def _inner_model(annotation):
 
 def _check_secrets(config: Config, path: Path, node) -> None:
     """A key written into the config would be copied into the run directory: refuse it."""
-    for section, specs in (("generate", config.generate and config.generate.generators), ("judge", config.judge and config.judge.judges)):
+    for section, specs in (
+        ("generate", config.generate and config.generate.generators),
+        ("judge", config.judge and config.judge.judges),
+    ):
         for i, spec in enumerate(specs or []):
             env = spec.api_key_env
             if env and (env.startswith("sk-") or len(env) > 64):
                 line = _line_of(node, [section, "generators" if section == "generate" else "judges", i, "api_key_env"])
-                raise ConfigError(f"{section}[{i}].api_key_env looks like a key itself, not a variable name",
-                                  where=f"{path}:{line}", hint="export the key as e.g. OPENAI_API_KEY and write `api_key_env: OPENAI_API_KEY`")
+                raise ConfigError(
+                    f"{section}[{i}].api_key_env looks like a key itself, not a variable name",
+                    where=f"{path}:{line}",
+                    hint="export the key as e.g. OPENAI_API_KEY and write `api_key_env: OPENAI_API_KEY`",
+                )

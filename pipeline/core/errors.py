@@ -38,7 +38,9 @@ def unreadable(path, error: OSError, kind: type[PrefabError] = InputError) -> Pr
         hint = "pass a file, not a directory"
     else:
         hint = "check the path and its permissions"
-    reason = error.strerror or str(error).split(": ")[0]  # polars' OSErrors carry only a message that ends with the path
+    reason = (
+        error.strerror or str(error).split(": ")[0]
+    )  # polars' OSErrors carry only a message that ends with the path
     return kind(f"cannot read the file: {reason}", where=str(path), hint=hint)
 
 

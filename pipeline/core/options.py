@@ -7,9 +7,16 @@ import click
 
 from pipeline.core.errors import ConfigError
 
-run_option = click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory, e.g. runs/demo.")
-config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                             help="Run config (YAML); defaults to the snapshot stored in the run's manifest.")
+run_option = click.option(
+    "--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory, e.g. runs/demo."
+)
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Run config (YAML); defaults to the snapshot stored in the run's manifest.",
+)
 
 
 def load_run_config(run_dir: str, config_path: str | None):

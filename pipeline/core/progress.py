@@ -16,7 +16,16 @@ from rich.table import Table
 from pipeline.core.errors import ConfigError
 
 console = Console(stderr=True)
-THIRD_PARTY = ("torch", "transformers", "trl", "datasets", "accelerate", "peft", "sentence_transformers", "huggingface_hub")
+THIRD_PARTY = (
+    "torch",
+    "transformers",
+    "trl",
+    "datasets",
+    "accelerate",
+    "peft",
+    "sentence_transformers",
+    "huggingface_hub",
+)
 third_party_log: list[Path] = []  # where quieted warnings go: the run's logs/third_party.log, once a stage opens a run
 
 
@@ -59,16 +68,28 @@ def progress_bar(description: str, total: int | None):
         with _log_lines(count):
             yield count.advance
         return
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}")]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta {task.fields[eta]}"),
+    ]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total, rate="", eta="-:--:--")
 
         def advance(n: int = 1, note: str | None = None, cached: bool = False):
             count.advance(n, note, cached)
             rate, eta = count.rate(), count.eta()
-            progress.update(task, description=count.title(), completed=count.done, rate=f"{rate:.1f}/s" if rate else "",
-                            eta=str(timedelta(seconds=round(eta))) if eta is not None else "-:--:--")
+            progress.update(
+                task,
+                description=count.title(),
+                completed=count.done,
+                rate=f"{rate:.1f}/s" if rate else "",
+                eta=str(timedelta(seconds=round(eta))) if eta is not None else "-:--:--",
+            )
 
         yield advance
 
@@ -109,8 +130,10 @@ class _Count:
         total = "?" if self.total is None else f"{self.total:,}"
         share = f" ({self.done / self.total:.0%})" if self.total else ""
         rate, eta = self.rate(), self.eta()
-        return (f"{self.title()}: {self.done:,}/{total}{share}, {f'{rate:.2f}/s' if rate else 'rate -'}, "
-                f"eta {duration(eta) if eta is not None else '-'}, elapsed {duration(self.elapsed())}")
+        return (
+            f"{self.title()}: {self.done:,}/{total}{share}, {f'{rate:.2f}/s' if rate else 'rate -'}, "
+            f"eta {duration(eta) if eta is not None else '-'}, elapsed {duration(self.elapsed())}"
+        )
 
 
 def duration(seconds: float) -> str:
@@ -133,8 +156,10 @@ def progress_interval() -> float:
     except ValueError:
         value = 0.0
     if not value > 0:
-        raise ConfigError(f"PREFAB_PROGRESS_INTERVAL={raw!r} is not a number of seconds above 0",
-                          hint="set it to e.g. 30 (the default), or unset it")
+        raise ConfigError(
+            f"PREFAB_PROGRESS_INTERVAL={raw!r} is not a number of seconds above 0",
+            hint="set it to e.g. 30 (the default), or unset it",
+        )
     return value
 
 
@@ -165,8 +190,10 @@ def _log_lines(count: _Count):
         stop.set()
         reporter.join()
         rate = count.rate()
-        end = (f"{count.title()}: {'done' if ok else 'stopped at'} {count.done:,}/{'?' if count.total is None else f'{count.total:,}'} "
-               f"in {duration(count.elapsed())}")
+        end = (
+            f"{count.title()}: {'done' if ok else 'stopped at'} {count.done:,}/{'?' if count.total is None else f'{count.total:,}'} "
+            f"in {duration(count.elapsed())}"
+        )
         details = [f"{rate:.2f}/s" if rate else None, f"{count.cached:,} from earlier work" if count.cached else None]
         log_line(end + (f" ({', '.join(d for d in details if d)})" if any(details) else ""))
 

@@ -17,9 +17,16 @@ class BadRow(Exception):
         self.field = field
 
 
-def prompt_messages(record: dict, *, prompt_column: str | None = None, messages_column: str | None = None,
-                    system_prompt: str | None = None, answered: bool = False, prompt_columns=PROMPT_COLUMNS,
-                    messages_columns=MESSAGES_COLUMNS) -> list[dict]:
+def prompt_messages(
+    record: dict,
+    *,
+    prompt_column: str | None = None,
+    messages_column: str | None = None,
+    system_prompt: str | None = None,
+    answered: bool = False,
+    prompt_columns=PROMPT_COLUMNS,
+    messages_columns=MESSAGES_COLUMNS,
+) -> list[dict]:
     """The record's prompt as checked chat messages (roles aliased, contents stripped).
 
     The messages column (named, or the first of `messages_columns` present) comes before the prompt column (named,
@@ -45,9 +52,12 @@ def prompt_messages(record: dict, *, prompt_column: str | None = None, messages_
             raise BadRow(prompt_col, f"expected text, got {type(value).__name__}")
     else:
         wanted = messages_column or prompt_column
-        raise BadRow(wanted or "prompt",
-                     f"missing column {wanted!r}" if wanted else
-                     f"no prompt column (looked for {', '.join([*prompt_columns, *messages_columns])}; found {', '.join(map(str, record))})")
+        raise BadRow(
+            wanted or "prompt",
+            f"missing column {wanted!r}"
+            if wanted
+            else f"no prompt column (looked for {', '.join([*prompt_columns, *messages_columns])}; found {', '.join(map(str, record))})",
+        )
     if answered:
         while messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]
@@ -95,9 +105,11 @@ def check_chat(messages: list[dict], field: str | None) -> None:
     for i, m in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
         if m["role"] != expected:
-            raise BadRow(f"{field}[{i + offset}].role",
-                         f"invalid role order: expected {expected!r} at turn {i + offset}, got {m['role']!r} "
-                         "(chats go [system], user, assistant, user, ...)")
+            raise BadRow(
+                f"{field}[{i + offset}].role",
+                f"invalid role order: expected {expected!r} at turn {i + offset}, got {m['role']!r} "
+                "(chats go [system], user, assistant, user, ...)",
+            )
     if turns[-1]["role"] != "user":
         raise BadRow(f"{field}[{len(messages) - 1}].role", "a chat must end with a user turn for the model to answer")
 

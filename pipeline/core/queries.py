@@ -16,10 +16,15 @@ def answered(candidates: pl.LazyFrame) -> pl.LazyFrame:
 
 def messages_of(prompts: pl.LazyFrame, prompt_ids: pl.Series) -> pl.DataFrame:
     """prompt_id, messages of these prompts alone (a part's lookup: the prompts table is never held whole)."""
-    return prompts.select("prompt_id", "messages").filter(pl.col("prompt_id").is_in(prompt_ids.unique().implode())).collect()
+    return (
+        prompts.select("prompt_id", "messages")
+        .filter(pl.col("prompt_id").is_in(prompt_ids.unique().implode()))
+        .collect()
+    )
 
 
 def candidate_scores(judgments: pl.DataFrame) -> pl.DataFrame:
     """candidate_id -> score: mean overall over the judges that gave one (null when none did)."""
-    return judgments.group_by("candidate_id").agg(pl.col("overall").mean().alias("score"),
-                                                  pl.col("overall").null_count().alias("failed_judges"))
+    return judgments.group_by("candidate_id").agg(
+        pl.col("overall").mean().alias("score"), pl.col("overall").null_count().alias("failed_judges")
+    )

@@ -24,8 +24,10 @@ from pipeline.core.stage import Stage
 def _load(group: str) -> dict:
     found = {ep.name: ep.load() for ep in entry_points(group=group)}
     if not found:
-        raise ConfigError(f"nothing is registered under the entry point group {group!r}",
-                          hint="install prefab so its entry points are known: pip install -e . (or make venv)")
+        raise ConfigError(
+            f"nothing is registered under the entry point group {group!r}",
+            hint="install prefab so its entry points are known: pip install -e . (or make venv)",
+        )
     return found
 
 
@@ -35,8 +37,10 @@ def stages() -> dict[str, Stage]:
     found = _load("prefab.stages")
     for name, stage in found.items():
         if not isinstance(stage, Stage) or stage.name != name:
-            raise ConfigError(f"the entry point prefab.stages:{name} is not a Stage named {name!r}: {stage!r}",
-                              hint="register `NAME = \"package.module:STAGE\"` with STAGE = Stage(name=\"NAME\", ...)")
+            raise ConfigError(
+                f"the entry point prefab.stages:{name} is not a Stage named {name!r}: {stage!r}",
+                hint='register `NAME = "package.module:STAGE"` with STAGE = Stage(name="NAME", ...)',
+            )
     return dict(sorted(found.items(), key=lambda item: item[1].order))
 
 
@@ -87,8 +91,11 @@ def backend(name: str):
     """The backend registered as `name`, or a ConfigError naming the known ones."""
     known = backends()
     if name not in known:
-        raise ConfigError(f"unknown backend {name!r}", hint=f"known backends: {', '.join(sorted(known))} "
-                                                            "(a package adds one under the entry point group prefab.backends)")
+        raise ConfigError(
+            f"unknown backend {name!r}",
+            hint=f"known backends: {', '.join(sorted(known))} "
+            "(a package adds one under the entry point group prefab.backends)",
+        )
     return known[name]
 
 

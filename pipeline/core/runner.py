@@ -9,9 +9,9 @@ import hashlib
 import json
 
 from pipeline.core import registry
+from pipeline.core.cache import spending_limit
 from pipeline.core.config import Config
 from pipeline.core.errors import ConfigError
-from pipeline.core.cache import spending_limit
 from pipeline.core.progress import stage_lines, third_party_log
 from pipeline.core.store import Run
 
@@ -36,7 +36,9 @@ def planned(config: Config) -> list[str]:
         if unknown:
             raise ConfigError(f"unknown stage(s) {unknown} in `stages`", hint=f"valid stages: {', '.join(stages)}")
         return [s for s in stages if s in config.stages]
-    return [name for name, stage in stages.items() if stage.section is None or config.section(stage.section) is not None]
+    return [
+        name for name, stage in stages.items() if stage.section is None or config.section(stage.section) is not None
+    ]
 
 
 def run_step(stage: str, config: Config, run: Run, **options) -> dict:
@@ -58,14 +60,18 @@ def snapshot(config: Config) -> dict:
     return data
 
 
-def run_pipeline(config: Config, run: Run, *, start: str | None = None, until: str | None = None, force: bool = False) -> list[str]:
+def run_pipeline(
+    config: Config, run: Run, *, start: str | None = None, until: str | None = None, force: bool = False
+) -> list[str]:
     """Run the planned stages; returns the ones that ran."""
     stages = planned(config)
     for name in (start, until):
         if name and name not in stages:
-            raise ConfigError(f"stage {name!r} is not planned by this config", hint=f"planned stages: {', '.join(stages)}")
+            raise ConfigError(
+                f"stage {name!r} is not planned by this config", hint=f"planned stages: {', '.join(stages)}"
+            )
     if start:
-        stages = stages[stages.index(start):]
+        stages = stages[stages.index(start) :]
     if until:
         stages = stages[: stages.index(until) + 1]
     ran: list[str] = []
@@ -74,6 +80,7 @@ def run_pipeline(config: Config, run: Run, *, start: str | None = None, until: s
         fresh = info.get("status") == "complete" and info.get("config_hash") == section_hash(config, stage)
         if fresh and not ran and not force and not (start and stage == start):
             from pipeline.core.progress import console
+
             console.print(f"[dim]{stage}: complete, skipped[/dim]")
             continue
         run_step(stage, config, run)

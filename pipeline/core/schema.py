@@ -167,8 +167,18 @@ TABLES: dict[str, dict[str, pl.DataType | type[pl.DataType]]] = {  # a class (pl
         "position_a": pl.Float64,  # pairwise: share of decided verdicts that named A (0.5: no position bias)
         "accuracy_chosen_shorter": pl.Float64,  # length bias: accuracy where people preferred the shorter response
         "accuracy_chosen_longer": pl.Float64,
-        "curve": pl.List(pl.Struct({"threshold": pl.Float64, "coverage": pl.Float64, "n": pl.Int64,
-                                    "accuracy": pl.Float64, "low": pl.Float64, "high": pl.Float64})),
+        "curve": pl.List(
+            pl.Struct(
+                {
+                    "threshold": pl.Float64,
+                    "coverage": pl.Float64,
+                    "n": pl.Int64,
+                    "accuracy": pl.Float64,
+                    "low": pl.Float64,
+                    "high": pl.Float64,
+                }
+            )
+        ),
     },
     "annotators": {  # written by pull: each annotator's quality, measured on the gold pairs mixed into their queue
         "annotator": pl.String,
@@ -196,8 +206,14 @@ TABLES: dict[str, dict[str, pl.DataType | type[pl.DataType]]] = {  # a class (pl
 TABLES["gold_labels"] = TABLES["labels"]  # annotators' answers on gold records (pair_id is the record's id)
 
 # columns added after runs were first written: a table from before reads with them null
-ADDED = {"prompts": ("reference_answer", "tests"), "pair_judgments": ("p_chosen_ab", "p_chosen_ba"), "pairs": ("confidence", "signal_value"), "resolved": ("confidence", "method"),
-         "annotators": ("reliability_low", "reliability_high", "basis"), "queue": ("worth",)}
+ADDED = {
+    "prompts": ("reference_answer", "tests"),
+    "pair_judgments": ("p_chosen_ab", "p_chosen_ba"),
+    "pairs": ("confidence", "signal_value"),
+    "resolved": ("confidence", "method"),
+    "annotators": ("reliability_low", "reliability_high", "basis"),
+    "queue": ("worth",),
+}
 
 
 def empty(name: str) -> pl.DataFrame:

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -16,7 +16,17 @@ import polars as pl
 from pipeline.core import schema
 from pipeline.core.errors import ModelError, PrefabError, RunError
 
-VERSIONED = ["prefab", "polars", "openai", "transformers", "torch", "sentence-transformers", "trl", "argilla", "datasets"]
+VERSIONED = [
+    "prefab",
+    "polars",
+    "openai",
+    "transformers",
+    "torch",
+    "sentence-transformers",
+    "trl",
+    "argilla",
+    "datasets",
+]
 
 
 _UMASK = os.umask(0)
@@ -72,12 +82,17 @@ class Run:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        nearest = next((p for p in (self.path, *self.path.parents) if p.exists()), None)  # above it, all are directories
+        nearest = next(
+            (p for p in (self.path, *self.path.parents) if p.exists()), None
+        )  # above it, all are directories
         file = nearest if nearest is not None and not nearest.is_dir() else None
         if file is not None:  # refused before any stage starts, so nothing is recorded as failed
             problem = "is a file, not a directory" if file == self.path else f"{file} is a file, not a directory"
-            raise RunError(problem, where=str(self.path),
-                           hint="the run is a directory: pass a new or existing directory (--run DIR, or `run:` in the config)")
+            raise RunError(
+                problem,
+                where=str(self.path),
+                hint="the run is a directory: pass a new or existing directory (--run DIR, or `run:` in the config)",
+            )
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -114,7 +129,10 @@ class Run:
     def _existing(self, name: str) -> Path:
         path = self.table_path(name)
         if not path.exists():
-            raise RunError(f"{path} does not exist", hint=f"run the stage that writes {name!r} first (prefab status --run {self.path})")
+            raise RunError(
+                f"{path} does not exist",
+                hint=f"run the stage that writes {name!r} first (prefab status --run {self.path})",
+            )
         return path
 
     def height(self, name: str) -> int:
@@ -132,9 +150,12 @@ class Run:
             e.where = e.where or str(path)
             raise
         except (pl.exceptions.PolarsError, OSError) as e:
-            raise RunError(f"not a readable Parquet table ({str(e).splitlines()[0]})", where=str(path),
-                           hint="it was damaged or replaced outside prefab: re-run the stage that writes it "
-                                "(prefab run CONFIG --from STAGE, or the stage's own command)") from None
+            raise RunError(
+                f"not a readable Parquet table ({str(e).splitlines()[0]})",
+                where=str(path),
+                hint="it was damaged or replaced outside prefab: re-run the stage that writes it "
+                "(prefab run CONFIG --from STAGE, or the stage's own command)",
+            ) from None
 
     def read_or_empty(self, name: str) -> pl.DataFrame:
         return self.read(name) if self.has(name) else schema.empty(name)
@@ -152,16 +173,24 @@ class Run:
     def manifest(self) -> dict:
         if not self.manifest_path.exists():
             return {"stages": {}}
-        hint = ("it was cut short or edited outside prefab: restore it from a backup, or move it aside and run the stages "
-                "again (`prefab run CONFIG`; the tables stay, model calls come from the cache)")
+        hint = (
+            "it was cut short or edited outside prefab: restore it from a backup, or move it aside and run the stages "
+            "again (`prefab run CONFIG`; the tables stay, model calls come from the cache)"
+        )
         try:
             data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise RunError(f"not valid JSON ({e.msg}, line {e.lineno} column {e.colno})", where=str(self.manifest_path), hint=hint) from None
+            raise RunError(
+                f"not valid JSON ({e.msg}, line {e.lineno} column {e.colno})", where=str(self.manifest_path), hint=hint
+            ) from None
         except UnicodeDecodeError as e:
-            raise RunError(f"not valid UTF-8 ({e.reason} at byte {e.start})", where=str(self.manifest_path), hint=hint) from None
+            raise RunError(
+                f"not valid UTF-8 ({e.reason} at byte {e.start})", where=str(self.manifest_path), hint=hint
+            ) from None
         if not isinstance(data, dict):
-            raise RunError(f"expected a JSON object, got {type(data).__name__}", where=str(self.manifest_path), hint=hint)
+            raise RunError(
+                f"expected a JSON object, got {type(data).__name__}", where=str(self.manifest_path), hint=hint
+            )
         return data
 
     def update_manifest(self, **fields) -> dict:
@@ -196,18 +225,25 @@ class Run:
             raise
         except BaseException as e:
             if self.path.is_dir():
-                self.record_stage(name, status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0],
-                                  seconds=round(time.time() - started, 3))
+                self.record_stage(
+                    name,
+                    status="failed",
+                    error=f"{type(e).__name__}: {e}".splitlines()[0],
+                    seconds=round(time.time() - started, 3),
+                )
             raise
-        self.record_stage(name, status="complete", finished_at=_now(), seconds=round(time.time() - started, 3),
-                          error=None, **info)
+        self.record_stage(
+            name, status="complete", finished_at=_now(), seconds=round(time.time() - started, 3), error=None, **info
+        )
 
     def every_call_failed(self, stage: str, table: str, what: str, example: str, retry: str, **counts) -> PrefabError:
         """A stage that did its work but has nothing to hand on: the failures stay in its table, its status
         says failed, and the error (a ModelError) is returned for the caller to raise."""
-        error = ModelError(f"every one of the {counts['failed']} {what} failed ({example[:160]}); they are recorded in {table}",
-                           where=str(self.table_path(table)),
-                           hint=f"fix what the error says (base_url, model, API key, server), then `{retry}`")
+        error = ModelError(
+            f"every one of the {counts['failed']} {what} failed ({example[:160]}); they are recorded in {table}",
+            where=str(self.table_path(table)),
+            hint=f"fix what the error says (base_url, model, API key, server), then `{retry}`",
+        )
         self.record_stage(stage, status="failed", error=error.message, finished_at=_now(), **counts)
         return error
 
@@ -246,8 +282,10 @@ class TableParts:
         paths = [self.path(i, k) for i, k in enumerate(keys)]
         if paths:
             # the streaming engine with small row groups keeps memory flat in the number of parts (the default held ~a third)
-            atomic_write(self.run.table_path(self.name),
-                         lambda p: pl.scan_parquet(paths).sink_parquet(p, engine="streaming", row_group_size=ROW_GROUP))
+            atomic_write(
+                self.run.table_path(self.name),
+                lambda p: pl.scan_parquet(paths).sink_parquet(p, engine="streaming", row_group_size=ROW_GROUP),
+            )
         else:
             self.run.write(self.name, schema.empty(self.name))
         self.clear()
@@ -256,7 +294,9 @@ class TableParts:
 def open_run(path: str | Path, *, must_exist: bool = True) -> Run:
     run = Run(path)
     if must_exist and not run.path.is_dir():
-        raise RunError(f"run directory {run.path} does not exist", hint="create it with `prefab ingest` or `prefab run CONFIG`")
+        raise RunError(
+            f"run directory {run.path} does not exist", hint="create it with `prefab ingest` or `prefab run CONFIG`"
+        )
     return run
 
 
@@ -271,4 +311,4 @@ def package_versions() -> dict:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -17,13 +17,16 @@ def model_path(name: str) -> str:
     checked here, before transformers or TRL fails on it deep inside a load."""
     path = resolve_llm(name)
     if Path(path).is_dir() and not (Path(path) / "config.json").exists():
-        raise ModelError(f"{path} holds no config.json, so it is not a model checkpoint",
-                         hint="pass the directory that `save_pretrained` wrote (config.json + weights), or embedded:smollm2")
+        raise ModelError(
+            f"{path} holds no config.json, so it is not a model checkpoint",
+            hint="pass the directory that `save_pretrained` wrote (config.json + weights), or embedded:smollm2",
+        )
     return path
 
 
-def load_tokenizer(name: str | None = None, *, chat: bool = False, chat_template_path: str | None = None,
-                   hint: str | None = None):
+def load_tokenizer(
+    name: str | None = None, *, chat: bool = False, chat_template_path: str | None = None, hint: str | None = None
+):
     """A model's tokenizer alone, without its weights (token counts, exports, trainers), loaded afresh on each call
     (trainers change it). `name` is a model or tokenizer directory, embedded:smollm2 (the default) or a hub name;
     `hint` says how to fix a tokenizer that does not load. With `chat`, a tokenizer without a chat template is
@@ -36,12 +39,16 @@ def load_tokenizer(name: str | None = None, *, chat: bool = False, chat_template
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise ModelError(f"could not load the tokenizer of {name!r} from {path}: {e}",
-                         hint=hint or "pass a model directory holding tokenizer files (tokenizer.json), or embedded:smollm2") from e
+        raise ModelError(
+            f"could not load the tokenizer of {name!r} from {path}: {e}",
+            hint=hint or "pass a model directory holding tokenizer files (tokenizer.json), or embedded:smollm2",
+        ) from e
     if chat and not tokenizer.chat_template and not chat_template_path:
-        raise ModelError(f"the tokenizer of {path} has no chat template, so conversational data cannot be rendered",
-                         hint="train a chat (instruct) model, set chat_template_path (SFT), or export standard strings: "
-                              "prefab export --standard")
+        raise ModelError(
+            f"the tokenizer of {path} has no chat template, so conversational data cannot be rendered",
+            hint="train a chat (instruct) model, set chat_template_path (SFT), or export standard strings: "
+            "prefab export --standard",
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -91,7 +91,9 @@ def resolve_embedder(name: str) -> str:
     if name == EMBEDDED_EMBEDDER:
         return str(minilm_path())
     if name.startswith("embedded:"):
-        raise ModelError(f"unknown embedded embedding model {name!r}", hint=f"the embedded one is {EMBEDDED_EMBEDDER!r}")
+        raise ModelError(
+            f"unknown embedded embedding model {name!r}", hint=f"the embedded one is {EMBEDDED_EMBEDDER!r}"
+        )
     return _local_or_hub(name)
 
 
@@ -99,10 +101,14 @@ def _local_or_hub(name: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir() and path.suffix != ".gguf":
-            raise ModelError(f"model path {path} is a file, not a model directory", hint="pass the directory holding config.json")
+            raise ModelError(
+                f"model path {path} is a file, not a model directory", hint="pass the directory holding config.json"
+            )
         return str(path)
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name and name.count("/") != 1
     if looks_like_path or os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ModelError(f"model path {name} does not exist",
-                         hint="pass an existing directory, a hub name like org/model while online, or embedded:smollm2")
+        raise ModelError(
+            f"model path {name} does not exist",
+            hint="pass an existing directory, a hub name like org/model while online, or embedded:smollm2",
+        )
     return name  # a hub name the user asked for explicitly

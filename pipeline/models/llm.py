@@ -22,12 +22,12 @@ BudgetError, with every finished call kept.
 import time
 from contextlib import contextmanager
 
-from pipeline.models.backends import DEFAULT_MAX_TOKENS, Request, Result, most_prompt_tokens
 from pipeline.core.cache import CallCache, request_key, spending_allowed
 from pipeline.core.config import ModelSpec
 from pipeline.core.errors import BudgetError, ModelError
 from pipeline.core.progress import progress_bar
 from pipeline.core.registry import backend
+from pipeline.models.backends import DEFAULT_MAX_TOKENS, Request, Result, most_prompt_tokens
 from pipeline.models.checkpoints import identity
 
 _UNSET = object()
@@ -37,8 +37,14 @@ def cache_key(spec: ModelSpec, request: Request, checkpoint=_UNSET) -> str:
     """The request's key in a call cache. `checkpoint` is identity(spec.model) (computed here when not given: pass it
     for many requests, or use cache_keys): a local checkpoint's fingerprint, absent from the keys of other models."""
     checkpoint = identity(spec.model) if checkpoint is _UNSET else checkpoint
-    return request_key({"backend": spec.backend, "model": spec.model, **({"checkpoint": checkpoint} if checkpoint else {}),
-                        **request.payload()})
+    return request_key(
+        {
+            "backend": spec.backend,
+            "model": spec.model,
+            **({"checkpoint": checkpoint} if checkpoint else {}),
+            **request.payload(),
+        }
+    )
 
 
 def cache_keys(spec: ModelSpec, requests: list[Request]) -> list[str]:
@@ -88,11 +94,18 @@ def call_llm(spec: ModelSpec, requests: list[Request], cache: CallCache, descrip
     work = [(key, requests[idx[0]]) for key, idx in todo.items()]
     with own_ticker(description, len(requests), done, tick) as tick:
         for start, stop in _slices(spec, work, cache):
+
             def finish(j: int, result: Result, start=start) -> None:
                 key, request = work[start + j]
                 if result.error is None:
-                    _save(cache, key, request.payload(), result.cache_row(), spec.backend,
-                          call_cost(spec, result.prompt_tokens, result.completion_tokens))
+                    _save(
+                        cache,
+                        key,
+                        request.payload(),
+                        result.cache_row(),
+                        spec.backend,
+                        call_cost(spec, result.prompt_tokens, result.completion_tokens),
+                    )
                 for i in todo[key]:
                     results[i] = result
                 tick(len(todo[key]))
@@ -121,10 +134,12 @@ def _slices(spec: ModelSpec, work: list[tuple[str, Request]], cache: CallCache):
         while stop < min(len(work), start + size) and (left := left - most_cost(spec, work[stop][1])) >= 0:
             stop += 1
         if stop == start:
-            raise BudgetError(f"budget_usd {budget:g} reached: this run's calls cost ${cache.spent_usd():.4f} so far, and the next call "
-                              f"({spec.label}) could cost up to ${most_cost(spec, work[start][1]):.4f}; {len(work) - start} call(s) not made",
-                              hint="every finished call is kept in the run's cache; raise budget_usd in the config (`prefab plan CONFIG` "
-                                   "estimates what the rest costs) and run the same command again")
+            raise BudgetError(
+                f"budget_usd {budget:g} reached: this run's calls cost ${cache.spent_usd():.4f} so far, and the next call "
+                f"({spec.label}) could cost up to ${most_cost(spec, work[start][1]):.4f}; {len(work) - start} call(s) not made",
+                hint="every finished call is kept in the run's cache; raise budget_usd in the config (`prefab plan CONFIG` "
+                "estimates what the rest costs) and run the same command again",
+            )
         yield start, stop
         start = stop
 
@@ -137,8 +152,10 @@ def _save(cache: CallCache, key: str, request: dict, response: dict, kind: str, 
     try:
         cache.put(key, request, response, kind, cost_usd)
     except Exception as e:
-        raise ModelError(f"could not write the call cache {cache.path}: {e}",
-                         hint="check free disk space and permissions of the run directory") from e
+        raise ModelError(
+            f"could not write the call cache {cache.path}: {e}",
+            hint="check free disk space and permissions of the run directory",
+        ) from e
 
 
 @contextmanager

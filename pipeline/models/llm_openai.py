@@ -33,17 +33,30 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 
-from pipeline.models.backends import DEFAULT_MAX_TOKENS, Request, Result, estimate_prompt_tokens
 from pipeline.core.cache import request_key
 from pipeline.core.errors import ConfigError, ModelError
 from pipeline.core.progress import console, progress_bar
+from pipeline.models.backends import DEFAULT_MAX_TOKENS, Request, Result, estimate_prompt_tokens
 
 
 class OpenAIBackend:
     """The backend (pipeline/models/backends.py): `backend: openai` in a model's config."""
 
-    fields = frozenset({"base_url", "api_key_env", "concurrency", "rpm", "tpm", "timeout", "max_retries",
-                        "mode", "batch_poll_s", "batch_window", "batch_max_requests"})
+    fields = frozenset(
+        {
+            "base_url",
+            "api_key_env",
+            "concurrency",
+            "rpm",
+            "tpm",
+            "timeout",
+            "max_retries",
+            "mode",
+            "batch_poll_s",
+            "batch_window",
+            "batch_max_requests",
+        }
+    )
     json_schema = True
     top_logprobs = 20  # the most OpenAI-compatible servers return
     journal = True  # batch mode records its batch ids in the run (CallCache.add_batch)
@@ -51,8 +64,10 @@ class OpenAIBackend:
     def check(self, spec) -> None:
         api_key(spec)
         if spec.mode == "batch" and len(spec.base_urls) > 1:
-            raise ConfigError(f"model {spec.label!r} has mode: batch and {len(spec.base_urls)} base_urls; a batch goes to one server",
-                              hint="give one `base_url`, or use `mode: realtime` to spread calls over several")
+            raise ConfigError(
+                f"model {spec.label!r} has mode: batch and {len(spec.base_urls)} base_urls; a batch goes to one server",
+                hint="give one `base_url`, or use `mode: realtime` to spread calls over several",
+            )
 
     def run(self, spec, requests: list[Request], finish, journal=None) -> None:
         if spec.mode == "batch":
@@ -67,8 +82,10 @@ def api_key(spec) -> str:
         return os.environ.get("OPENAI_API_KEY", "not-needed")
     value = os.environ.get(spec.api_key_env)
     if not value:
-        raise ConfigError(f"environment variable {spec.api_key_env} is not set (api_key_env of model {spec.label!r})",
-                          hint=f"export {spec.api_key_env}=... before running")
+        raise ConfigError(
+            f"environment variable {spec.api_key_env} is not set (api_key_env of model {spec.label!r})",
+            hint=f"export {spec.api_key_env}=... before running",
+        )
     return value
 
 
@@ -102,9 +119,16 @@ async def _call_all(spec, requests: list[Request], finish) -> None:
 
     key = api_key(spec)
     limits = httpx2.Limits(max_connections=spec.concurrency + 8, max_keepalive_connections=spec.concurrency + 8)
-    clients = [openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=spec.timeout,  # _one retries
-                                  http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=spec.timeout))
-               for url in (spec.base_urls or [None])]
+    clients = [
+        openai.AsyncOpenAI(
+            base_url=url,
+            api_key=key,
+            max_retries=0,
+            timeout=spec.timeout,  # _one retries
+            http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=spec.timeout),
+        )
+        for url in (spec.base_urls or [None])
+    ]
     estimates = [_estimate_tokens(r) for r in requests] if spec.tpm else None
     rpm = _limiter(spec.rpm)
     tpm = _limiter(spec.tpm, max(estimates) if estimates else 1.0)
@@ -156,7 +180,9 @@ async def _one(client, spec, request: Request) -> Result:
         # argument through its type-driven transform and builds a pydantic object of the answer, together more
         # client CPU per call than all of prefab's own work (bench/bench_generate.py). cast_to=object gives the JSON
         # as parsed, or the body as text when it is not JSON; auth, status errors and timeouts stay the SDK's.
-        response = await client.post("/chat/completions", cast_to=object, body={"model": spec.model, **request.payload()})
+        response = await client.post(
+            "/chat/completions", cast_to=object, body={"model": spec.model, **request.payload()}
+        )
         return _result(response, _first_choice(response), request, time.perf_counter() - started)
 
     try:
@@ -166,13 +192,19 @@ async def _one(client, spec, request: Request) -> Result:
             if not _retryable(error) or not spec.max_retries:
                 raise
             await asyncio.sleep(_wait(error, 1))
-            async for attempt in AsyncRetrying(retry=retry_if_exception(_retryable), stop=stop_after_attempt(spec.max_retries),
-                                               wait=_backoff, reraise=True):
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_retryable),
+                stop=stop_after_attempt(spec.max_retries),
+                wait=_backoff,
+                reraise=True,
+            ):
                 with attempt:
                     return await ask()
     except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-        raise ModelError(f"{client.base_url} refused model {spec.model!r}: HTTP {e.status_code}: {_message(e)}",
-                         hint="check the model name, base_url and the API key variable (api_key_env)") from e
+        raise ModelError(
+            f"{client.base_url} refused model {spec.model!r}: HTTP {e.status_code}: {_message(e)}",
+            hint="check the model name, base_url and the API key variable (api_key_env)",
+        ) from e
     except openai.APITimeoutError:
         return failed(f"timed out after {spec.timeout}s")
     except openai.APIStatusError as e:
@@ -181,7 +213,9 @@ async def _one(client, spec, request: Request) -> Result:
         cause = e.__cause__ or e
         return failed(f"connection error: {type(cause).__name__}: {cause}")
     except (_Malformed, json.JSONDecodeError, openai.APIResponseValidationError) as e:
-        return failed(f"malformed answer: {e}" if isinstance(e, _Malformed) else f"malformed answer: {type(e).__name__}: {e}")
+        return failed(
+            f"malformed answer: {e}" if isinstance(e, _Malformed) else f"malformed answer: {type(e).__name__}: {e}"
+        )
     except Exception as e:  # one bad call must not stop the others; its reason is kept
         return failed(f"{type(e).__name__}: {e}")
 
@@ -196,21 +230,37 @@ def _result(response: dict, choice: dict, request: Request, latency: float | Non
     content = message.get("content")
     if not isinstance(content, str):  # a refusal or a tool call: an answer, not a fault; asking again gives the same
         refusal = message.get("refusal")
-        return Result(error=f"refused: {refusal}" if refusal else "response has no text", finish_reason=finish_reason,
-                      latency_s=latency, **tokens)
+        return Result(
+            error=f"refused: {refusal}" if refusal else "response has no text",
+            finish_reason=finish_reason,
+            latency_s=latency,
+            **tokens,
+        )
     logprobs = _logprobs(choice) if request.logprobs else None
-    return Result(content, finish_reason=finish_reason, latency_s=None if latency is None else round(latency, 4),
-                  logprobs=logprobs, **tokens)
+    return Result(
+        content,
+        finish_reason=finish_reason,
+        latency_s=None if latency is None else round(latency, 4),
+        logprobs=logprobs,
+        **tokens,
+    )
 
 
 def _logprobs(choice: dict) -> list[dict]:
     """[{token, logprob, top_logprobs: [{token, logprob}]}] of the answer's tokens; _Malformed when they are another shape."""
     try:
-        return [{"token": t["token"], "logprob": t["logprob"],
-                 "top_logprobs": [{"token": a["token"], "logprob": a["logprob"]} for a in (t.get("top_logprobs") or [])]}
-                for t in ((choice.get("logprobs") or {}).get("content") or [])]
+        return [
+            {
+                "token": t["token"],
+                "logprob": t["logprob"],
+                "top_logprobs": [{"token": a["token"], "logprob": a["logprob"]} for a in (t.get("top_logprobs") or [])],
+            }
+            for t in ((choice.get("logprobs") or {}).get("content") or [])
+        ]
     except (AttributeError, KeyError, TypeError) as e:
-        raise _Malformed(f"HTTP 200 whose logprobs are not a list of tokens: {_snippet(_dump(choice.get('logprobs')))}") from e
+        raise _Malformed(
+            f"HTTP 200 whose logprobs are not a list of tokens: {_snippet(_dump(choice.get('logprobs')))}"
+        ) from e
 
 
 class _Malformed(Exception):
@@ -249,7 +299,9 @@ def _retryable(error: BaseException) -> bool:
     """What is worth asking again: timeouts, dropped connections, 408/409/429/5xx, and 200s that are not completions."""
     import openai
 
-    if isinstance(error, (_Malformed, json.JSONDecodeError, openai.APIResponseValidationError, openai.APIConnectionError)):
+    if isinstance(
+        error, (_Malformed, json.JSONDecodeError, openai.APIResponseValidationError, openai.APIConnectionError)
+    ):
         return True
     if not isinstance(error, openai.APIStatusError):
         return False
@@ -311,15 +363,22 @@ def _message(error) -> str:
 ENDPOINT = "/v1/chat/completions"
 MAX_FILE_BYTES = 190 * 1024 * 1024  # OpenAI takes batch files up to 200 MB
 FINAL = ("completed", "failed", "expired", "cancelled")
-NOT_REACHED = {"expired": "batch expired before this request ran", "cancelled": "batch was cancelled before this request ran"}
+NOT_REACHED = {
+    "expired": "batch expired before this request ran",
+    "cancelled": "batch was cancelled before this request ran",
+}
 
 
 def run_batches(spec, requests: list[Request], finish, journal=None) -> None:
     """Answer requests through batches (resuming those `journal` holds for this server), calling finish(i, result) per request."""
     import openai
 
-    client = openai.OpenAI(base_url=spec.base_urls[0] if spec.base_urls else None, api_key=api_key(spec),
-                           max_retries=spec.max_retries, timeout=spec.timeout)
+    client = openai.OpenAI(
+        base_url=spec.base_urls[0] if spec.base_urls else None,
+        api_key=api_key(spec),
+        max_retries=spec.max_retries,
+        timeout=spec.timeout,
+    )
     server = str(client.base_url)
     bodies = [{"model": spec.model, **r.payload()} for r in requests]
     index = {request_key(body): j for j, body in enumerate(bodies)}  # custom_id -> request
@@ -339,17 +398,23 @@ def run_batches(spec, requests: list[Request], finish, journal=None) -> None:
             for i in mine:
                 del left[i]
         if waiting:
-            console.print(f"{spec.label}: waiting for {len(waiting)} batch(es) an earlier run submitted "
-                          f"({sum(map(len, waiting.values()))} requests)")
+            console.print(
+                f"{spec.label}: waiting for {len(waiting)} batch(es) an earlier run submitted "
+                f"({sum(map(len, waiting.values()))} requests)"
+            )
         for chunk in _files(((i, bodies[index[i]]) for i in left), spec.batch_max_requests):
             data = b"".join(line for _, line in chunk)
             uploaded = client.files.create(file=("prefab-batch.jsonl", data), purpose="batch")
-            batch = client.batches.create(input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window=spec.batch_window)
+            batch = client.batches.create(
+                input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window=spec.batch_window
+            )
             if journal is not None:
                 journal.add_batch(batch.id, server, [i for i, _ in chunk])
             waiting[batch.id] = [i for i, _ in chunk]
-            console.print(f"{spec.label}: submitted batch {batch.id} ({len(chunk)} requests); "
-                          "a stopped run, started again, collects it")
+            console.print(
+                f"{spec.label}: submitted batch {batch.id} ({len(chunk)} requests); "
+                "a stopped run, started again, collects it"
+            )
         _collect_all(client, spec, waiting, requests, index, finish, journal)
 
 
@@ -357,7 +422,12 @@ def _files(lines, most: int):
     """The batch JSONL lines, in files of at most `most` lines and MAX_FILE_BYTES: [(custom_id, line bytes)]."""
     chunk, size = [], 0
     for custom_id, body in lines:
-        line = json.dumps({"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}, ensure_ascii=False).encode() + b"\n"
+        line = (
+            json.dumps(
+                {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}, ensure_ascii=False
+            ).encode()
+            + b"\n"
+        )
         if chunk and (len(chunk) >= most or size + len(line) > MAX_FILE_BYTES):
             yield chunk
             chunk, size = [], 0
@@ -382,7 +452,9 @@ def _collect_all(client, spec, waiting: dict, requests, index: dict, finish, jou
                 statuses[batch.status] += 1
                 counts = batch.request_counts
                 if batch.status not in FINAL:
-                    running[batch_id] = min(len(waiting[batch_id]), (counts.completed or 0) + (counts.failed or 0)) if counts else 0
+                    running[batch_id] = (
+                        min(len(waiting[batch_id]), (counts.completed or 0) + (counts.failed or 0)) if counts else 0
+                    )
                     failing += (counts.failed or 0) if counts else 0
                     continue
                 failed += _collect(client, batch, waiting.pop(batch_id), requests, index, done, finish)
@@ -392,7 +464,9 @@ def _collect_all(client, spec, waiting: dict, requests, index: dict, finish, jou
                 _stop_if_no_model(batch, spec, str(client.base_url))
             now = len(done) + sum(running.values())
             note = "batches: " + ", ".join(f"{n} {status}" for status, n in statuses.items())
-            advance(now - shown, note=f"({note}; {failed + failing} requests failed)" if failed + failing else f"({note})")
+            advance(
+                now - shown, note=f"({note}; {failed + failing} requests failed)" if failed + failing else f"({note})"
+            )
             shown = now
             if waiting:
                 time.sleep(spec.batch_poll_s)
@@ -431,16 +505,25 @@ def _line_result(record: dict, request: Request) -> Result:
     """One line of an output or error file: {"custom_id", "response": {"status_code", "body"}, "error"}."""
     error = record.get("error")
     if isinstance(error, dict) and error:
-        if error.get("code") in ("batch_expired", "batch_cancelled"):  # OpenAI lists what it never ran in the error file
+        if error.get("code") in (
+            "batch_expired",
+            "batch_cancelled",
+        ):  # OpenAI lists what it never ran in the error file
             return Result(error=NOT_REACHED[error["code"].removeprefix("batch_")])
         return Result(error=f"batch error {error.get('code')}: {error.get('message')}")
     response = record.get("response") or {}
     status, body = response.get("status_code"), response.get("body")
     if status != 200:
-        message = body.get("error", {}).get("message") if isinstance(body, dict) and isinstance(body.get("error"), dict) else None
+        message = (
+            body.get("error", {}).get("message")
+            if isinstance(body, dict) and isinstance(body.get("error"), dict)
+            else None
+        )
         return Result(error=f"HTTP {status}: {message or _snippet(json.dumps(body))}")
     if not isinstance(body, dict):
-        return Result(error=f"malformed answer: a 200 line whose body is not a chat completion: {_snippet(json.dumps(body))}")
+        return Result(
+            error=f"malformed answer: a 200 line whose body is not a chat completion: {_snippet(json.dumps(body))}"
+        )
     try:
         return _result(body, _first_choice(body), request, None)
     except _Malformed as e:
@@ -457,7 +540,10 @@ def _why_unanswered(batch) -> str:
 
 def _errors(batch, most: int = 3) -> str:
     errors = list(getattr(batch.errors, "data", None) or [])
-    text = "; ".join(f"line {e.line}: {e.code}: {e.message}" if e.line is not None else f"{e.code}: {e.message}" for e in errors[:most])
+    text = "; ".join(
+        f"line {e.line}: {e.code}: {e.message}" if e.line is not None else f"{e.code}: {e.message}"
+        for e in errors[:most]
+    )
     return text + (f"; and {len(errors) - most} more" if len(errors) > most else "")
 
 
@@ -465,8 +551,10 @@ def _stop_if_no_model(batch, spec, server: str) -> None:
     """A batch refused for its model fails every request the same way: stop, as the realtime backend does."""
     errors = getattr(batch.errors, "data", None) or []
     if batch.status == "failed" and any(e.code == "model_not_found" for e in errors):
-        raise ModelError(f"{server} refused model {spec.model!r}: batch {batch.id} failed: {_errors(batch)}",
-                         hint="check the model name, base_url and the API key variable (api_key_env)")
+        raise ModelError(
+            f"{server} refused model {spec.model!r}: batch {batch.id} failed: {_errors(batch)}",
+            hint="check the model name, base_url and the API key variable (api_key_env)",
+        )
 
 
 @contextmanager
@@ -477,16 +565,22 @@ def _stops(server: str, spec):
     try:
         yield
     except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-        raise ModelError(f"{server} refused the key for model {spec.model!r}: HTTP {e.status_code}: {_message(e)}",
-                         hint="check base_url and the API key variable (api_key_env)") from e
+        raise ModelError(
+            f"{server} refused the key for model {spec.model!r}: HTTP {e.status_code}: {_message(e)}",
+            hint="check base_url and the API key variable (api_key_env)",
+        ) from e
     except openai.NotFoundError as e:
-        raise ModelError(f"{server} has no Batch API here: {e.request.method} {e.request.url.path} answered HTTP 404: {_message(e)}",
-                         hint="use `mode: realtime` with this server (vLLM runs batch files offline, with `vllm run-batch`), "
-                              "or point base_url at a provider with /v1/files and /v1/batches") from e
+        raise ModelError(
+            f"{server} has no Batch API here: {e.request.method} {e.request.url.path} answered HTTP 404: {_message(e)}",
+            hint="use `mode: realtime` with this server (vLLM runs batch files offline, with `vllm run-batch`), "
+            "or point base_url at a provider with /v1/files and /v1/batches",
+        ) from e
     except (openai.APIStatusError, openai.APIConnectionError) as e:
-        raise ModelError(f"the Batch API at {server} failed: {type(e).__name__}: {_message(e)}",
-                         hint="run the same command again: the batches already submitted are recorded in the run and are "
-                              "collected, not paid for again") from e
+        raise ModelError(
+            f"the Batch API at {server} failed: {type(e).__name__}: {_message(e)}",
+            hint="run the same command again: the batches already submitted are recorded in the run and are "
+            "collected, not paid for again",
+        ) from e
 
 
 backend = OpenAIBackend()  # registered under the prefab.backends entry point (pyproject.toml)

@@ -10,9 +10,9 @@ same batches go to replicas on a Ray cluster (pipeline/models/ray_cluster.py).
 import math
 import time
 
+from pipeline.core.errors import ModelError
 from pipeline.models.backends import DEFAULT_MAX_TOKENS, Request, Result
 from pipeline.models.checkpoints import identity, load_tokenizer
-from pipeline.core.errors import ModelError
 
 
 class TransformersBackend:
@@ -20,7 +20,9 @@ class TransformersBackend:
 
     fields = frozenset({"batch_size", "device", "ray"})
     json_schema = False
-    top_logprobs = 100  # it holds every logit: logprob judges look deeper, so a small judge whose top 20 has no digit still scores
+    top_logprobs = (
+        100  # it holds every logit: logprob judges look deeper, so a small judge whose top 20 has no digit still scores
+    )
 
     def check(self, spec) -> None:
         from pipeline.models.embedded import resolve_llm
@@ -50,8 +52,14 @@ class TransformersBackend:
             for j, result in zip(batches[k], results):
                 finish(j, result)
 
-        run_batches(spec.ray, load_model, (spec.model, replica_device(spec.ray, spec.device)), answer_batch,
-                    [([ids[j] for j in batch], [requests[j] for j in batch]) for batch in batches], done)
+        run_batches(
+            spec.ray,
+            load_model,
+            (spec.model, replica_device(spec.ray, spec.device)),
+            answer_batch,
+            [([ids[j] for j in batch], [requests[j] for j in batch]) for batch in batches],
+            done,
+        )
 
 
 def make_batches(tokenizer, requests: list[Request], batch_size: int) -> tuple[list[list[int]], list[list[int]]]:
@@ -79,7 +87,10 @@ def answer_batch(loaded: tuple, ids: list[list[int]], requests: list[Request]) -
 
 def chat_token_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
     """The prompt tokens a chat model is given: its chat template, ending where the assistant's answer starts."""
-    prompts = [tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) for messages in conversations]
+    prompts = [
+        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        for messages in conversations
+    ]
     return tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
 
@@ -107,8 +118,10 @@ def load_model(name: str, device: str | None = None, head: str = "AutoModelForCa
             dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
             model = getattr(transformers, head).from_pretrained(path, dtype=dtype).to(device).eval()
         except (OSError, ValueError) as e:
-            raise ModelError(f"could not load model {name!r} from {path}: {e}",
-                             hint="pass a directory holding config.json and weights, or embedded:smollm2") from e
+            raise ModelError(
+                f"could not load model {name!r} from {path}: {e}",
+                hint="pass a directory holding config.json and weights, or embedded:smollm2",
+            ) from e
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -117,7 +130,6 @@ def load_model(name: str, device: str | None = None, head: str = "AutoModelForCa
 
 
 def _generate_batch(model, tokenizer, device, ids: list[list[int]], requests: list[Request]) -> list[dict]:
-    import torch
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
     enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)
@@ -127,11 +139,21 @@ def _generate_batch(model, tokenizer, device, ids: list[list[int]], requests: li
     want_logprobs = any(r.logprobs for r in requests)
     stopper = _RowStop(tokenizer, width, max_tokens, stops)
     eos = model.generation_config.eos_token_id
-    config = GenerationConfig(do_sample=False, max_new_tokens=max(max_tokens), pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=eos, bos_token_id=model.generation_config.bos_token_id,
-                              return_dict_in_generate=True, output_logits=want_logprobs)
-    out = model.generate(**enc, generation_config=config, logits_processor=LogitsProcessorList([_RowSampler(requests, device)]),
-                         stopping_criteria=StoppingCriteriaList([stopper]))
+    config = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=max(max_tokens),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos,
+        bos_token_id=model.generation_config.bos_token_id,
+        return_dict_in_generate=True,
+        output_logits=want_logprobs,
+    )
+    out = model.generate(
+        **enc,
+        generation_config=config,
+        logits_processor=LogitsProcessorList([_RowSampler(requests, device)]),
+        stopping_criteria=StoppingCriteriaList([stopper]),
+    )
     eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
     results = []
     for row, request in enumerate(requests):
@@ -162,7 +184,9 @@ def _logprobs(tokenizer, logits, row: int, tokens: list[int], top: int) -> list[
         entry = {"token": tokenizer.decode([token]), "logprob": float(logp[token]), "top_logprobs": []}
         if top:
             values, indices = logp.topk(top)
-            entry["top_logprobs"] = [{"token": tokenizer.decode([i]), "logprob": float(v)} for v, i in zip(values.tolist(), indices.tolist())]
+            entry["top_logprobs"] = [
+                {"token": tokenizer.decode([i]), "logprob": float(v)} for v, i in zip(values.tolist(), indices.tolist())
+            ]
         out.append(entry)
     return out
 
@@ -222,7 +246,9 @@ class _RowStop:
                 continue
             hit = n >= self.max_tokens[row]
             if not hit and self.stops[row]:
-                tail = self.tokenizer.decode(input_ids[row, self.width :][-self.tail :].tolist(), skip_special_tokens=True)
+                tail = self.tokenizer.decode(
+                    input_ids[row, self.width :][-self.tail :].tolist(), skip_special_tokens=True
+                )
                 hit = any(s in tail for s in self.stops[row])
             if hit:
                 self.done_at[row] = n

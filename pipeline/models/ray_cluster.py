@@ -28,8 +28,10 @@ def connect(settings) -> None:
 
     if ray.is_initialized():
         if _joined is not None and settings.address != _joined:
-            raise ConfigError(f"ray.address {settings.address!r}: this run already joined the Ray cluster at {_joined!r}",
-                              hint="one run uses one Ray cluster: give every `ray:` of the config the same address")
+            raise ConfigError(
+                f"ray.address {settings.address!r}: this run already joined the Ray cluster at {_joined!r}",
+                hint="one run uses one Ray cluster: give every `ray:` of the config the same address",
+            )
         return
     if settings.address == "local":
         ray.init(logging_level="warning")
@@ -38,15 +40,21 @@ def connect(settings) -> None:
         try:
             ray.init(address=settings.address, logging_level="warning")
         except (ConnectionError, RuntimeError) as e:
-            raise ConfigError(f"could not join the Ray cluster at ray.address {settings.address!r}: {e}", hint=_AUTH + _START) from None
+            raise ConfigError(
+                f"could not join the Ray cluster at ray.address {settings.address!r}: {e}", hint=_AUTH + _START
+            ) from None
     _joined = settings.address
 
 
-_AUTH = ("if it has Ray's token authentication on (`ray start` turns it on where ~/.ray/auth_token exists), set "
-         "RAY_AUTH_MODE=token here and the cluster's token in RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it); else ")
-_START = ("start Ray first (`ray start --head` on the head node, `ray start --address HEAD:6379` on the others), "
-          "then set ray.address to auto on a node of the cluster, HEAD:6379, or ray://HEAD:10001 from elsewhere; "
-          "or `address: local` for a Ray instance on this machine alone")
+_AUTH = (
+    "if it has Ray's token authentication on (`ray start` turns it on where ~/.ray/auth_token exists), set "
+    "RAY_AUTH_MODE=token here and the cluster's token in RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it); else "
+)
+_START = (
+    "start Ray first (`ray start --head` on the head node, `ray start --address HEAD:6379` on the others), "
+    "then set ray.address to auto on a node of the cluster, HEAD:6379, or ray://HEAD:10001 from elsewhere; "
+    "or `address: local` for a Ray instance on this machine alone"
+)
 
 
 def _probe(address: str) -> None:
@@ -60,7 +68,9 @@ def _probe(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as e:
-        raise ConfigError(f"no Ray cluster answers at ray.address {address!r} ({e.strerror or e})", hint=_START) from None
+        raise ConfigError(
+            f"no Ray cluster answers at ray.address {address!r} ({e.strerror or e})", hint=_START
+        ) from None
 
 
 def replica_device(settings, device: str | None) -> str:
@@ -119,9 +129,11 @@ def run_batches(settings, load: Callable, args: tuple, work: Callable, batches: 
         raise
     except ray.exceptions.RayActorError as e:
         release()
-        raise ModelError(f"a Ray replica of {args[0]!r} died: {e}",
-                         hint="every batch that finished is kept; run the same command again (lower batch_size, or "
-                              "raise ray.num_gpus/num_cpus, if it ran out of memory)") from None
+        raise ModelError(
+            f"a Ray replica of {args[0]!r} died: {e}",
+            hint="every batch that finished is kept; run the same command again (lower batch_size, or "
+            "raise ray.num_gpus/num_cpus, if it ran out of memory)",
+        ) from None
 
 
 def _replicas(settings, load: Callable, args: tuple) -> list:
@@ -138,9 +150,11 @@ def _replicas(settings, load: Callable, args: tuple) -> list:
     for resource, each in (("GPU", settings.num_gpus), ("CPU", settings.num_cpus)):
         if each * settings.replicas > have.get(resource, 0):
             field = f"num_{resource.lower()}s"
-            raise ConfigError(f"ray: {settings.replicas} replicas × {field} {each:g} need {each * settings.replicas:g} {resource}s, "
-                              f"and the Ray cluster has {have.get(resource, 0):g}",
-                              hint=f"lower ray.replicas or ray.{field}, or add nodes (`ray start --address HEAD:6379` on each)")
+            raise ConfigError(
+                f"ray: {settings.replicas} replicas × {field} {each:g} need {each * settings.replicas:g} {resource}s, "
+                f"and the Ray cluster has {have.get(resource, 0):g}",
+                hint=f"lower ray.replicas or ray.{field}, or add nodes (`ray start --address HEAD:6379` on each)",
+            )
     threads = max(1, int(settings.num_cpus)) if settings.num_gpus == 0 else None
     remote = ray.remote(Replica).options(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus)
     _pool.update(key=key, actors=[remote.remote(load, args, threads) for _ in range(settings.replicas)])

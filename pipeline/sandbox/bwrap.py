@@ -49,7 +49,9 @@ class Limits:
     output_bytes: int = 16_000  # stdout+stderr kept in the result
     results_bytes: int = 1_000_000  # per-test results channel
     site_packages: bool = False  # let the code import this environment's installed packages (starts ~10 ms slower)
-    read_only: tuple[str, ...] = ()  # host paths shown read-only at the same place (data the tests need); a Unix socket in one can still be connected to
+    read_only: tuple[
+        str, ...
+    ] = ()  # host paths shown read-only at the same place (data the tests need); a Unix socket in one can still be connected to
 
 
 @dataclass
@@ -68,7 +70,15 @@ class Result:
         return asdict(self)
 
 
-SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")  # programs and shared libraries, nothing else of the host
+SYSTEM_DIRS = (
+    "usr",
+    "bin",
+    "sbin",
+    "lib",
+    "lib32",
+    "lib64",
+    "libx32",
+)  # programs and shared libraries, nothing else of the host
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 NAMESPACES = ("--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try")
 INSTALL_HINT = "install bubblewrap: `make bubblewrap` (or `apt-get install bubblewrap`)"
@@ -96,12 +106,29 @@ def bwrap_command(limits: Limits, uid: int | None) -> list[str]:
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
     interpreter = os.path.realpath(sys.executable)
-    if not os.access(interpreter, os.R_OK | os.X_OK):  # bwrap could not show it, and would say only "execvp: No such file"
-        raise SandboxError(f"the sandbox cannot show this Python to the code: {sys.executable} is {interpreter}, which uid "
-                           f"{os.getuid()} cannot read", hint="run prefab from a virtual environment made with a Python this "
-                                                             "user can read (e.g. `/usr/bin/python3 -m venv .venv`)")
-    args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",  # --dev's tmpfs has no size limit: not writable
-             "--size", str(limits.disk_mb * 1024 * 1024), "--perms", "1777", "--tmpfs", "/tmp"]
+    if not os.access(
+        interpreter, os.R_OK | os.X_OK
+    ):  # bwrap could not show it, and would say only "execvp: No such file"
+        raise SandboxError(
+            f"the sandbox cannot show this Python to the code: {sys.executable} is {interpreter}, which uid "
+            f"{os.getuid()} cannot read",
+            hint="run prefab from a virtual environment made with a Python this "
+            "user can read (e.g. `/usr/bin/python3 -m venv .venv`)",
+        )
+    args += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--remount-ro",
+        "/dev",  # --dev's tmpfs has no size limit: not writable
+        "--size",
+        str(limits.disk_mb * 1024 * 1024),
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/tmp",
+    ]
     made = set()  # after the tmpfs on /tmp: a venv, or data, under /tmp is mounted over it, not hidden by it
     covered = tuple(f"/{name}/" for name in SYSTEM_DIRS)
     shown = [os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *limits.read_only)]
@@ -117,16 +144,30 @@ def bwrap_command(limits: Limits, uid: int | None) -> list[str]:
     if uid is not None:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
-            raise SandboxError("setpriv (util-linux) is not installed: as root the sandbox needs it to drop to an unused uid",
-                               hint="apt-get install util-linux")
-        args += [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"]
-    flags = ["-I"] if limits.site_packages else ["-I", "-S"]  # isolated mode: no PYTHON* variables, no user site, no cwd on sys.path
+            raise SandboxError(
+                "setpriv (util-linux) is not installed: as root the sandbox needs it to drop to an unused uid",
+                hint="apt-get install util-linux",
+            )
+        args += [
+            setpriv,
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ]
+    flags = (
+        ["-I"] if limits.site_packages else ["-I", "-S"]
+    )  # isolated mode: no PYTHON* variables, no user site, no cwd on sys.path
     return args + [sys.executable, *flags, "/sandbox_runner.py"]
 
 
 def run(code: str, tests: str, limits: Limits = Limits()) -> Result:
     """One candidate against one prompt's tests. Raises SandboxError only when the machine cannot isolate."""
-    uid = random.SystemRandom().randrange(*UID_RANGE) if os.getuid() == 0 else None  # not the seeded generator: forked workers share its draws
+    uid = (
+        random.SystemRandom().randrange(*UID_RANGE) if os.getuid() == 0 else None
+    )  # not the seeded generator: forked workers share its draws
     args = bwrap_command(limits, uid)
     job_fd, output_fd, errors_fd = os.memfd_create("job"), os.memfd_create("output"), os.memfd_create("bwrap")
     results_r, results_w = os.pipe()
@@ -136,8 +177,16 @@ def run(code: str, tests: str, limits: Limits = Limits()) -> Result:
         os.lseek(job_fd, 0, os.SEEK_SET)
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(args, stdin=job_fd, stdout=errors_fd, stderr=errors_fd, pass_fds=(results_w, output_fd),
-                                    env={}, cwd="/", start_new_session=True)
+            proc = subprocess.Popen(
+                args,
+                stdin=job_fd,
+                stdout=errors_fd,
+                stderr=errors_fd,
+                pass_fds=(results_w, output_fd),
+                env={},
+                cwd="/",
+                start_new_session=True,
+            )
         finally:
             os.close(results_w)
         try:
@@ -155,12 +204,19 @@ def run(code: str, tests: str, limits: Limits = Limits()) -> Result:
                 continue  # a torn line from a process killed mid-write, or junk the code wrote
         if not events and killed_for is None:  # the runner never reached the code: bwrap could not set up
             message = os.pread(errors_fd, 4000, 0).decode(errors="replace").strip()
-            raise SandboxError(f"cannot isolate code on this machine (bwrap exit {proc.returncode}): {message}",
-                               hint="the sandbox needs either root or unprivileged user namespaces (in a container: "
-                                    "docker run --privileged, or a seccomp profile that permits unshare and mount)")
-        report = {"events": events, "exit": proc.returncode if proc.returncode >= 0 else 128 - proc.returncode,
-                  "killed_for": killed_for, "seconds": seconds, "output_bytes": os.fstat(output_fd).st_size,
-                  "output": os.pread(output_fd, limits.output_bytes, 0).decode("utf-8", "replace")}
+            raise SandboxError(
+                f"cannot isolate code on this machine (bwrap exit {proc.returncode}): {message}",
+                hint="the sandbox needs either root or unprivileged user namespaces (in a container: "
+                "docker run --privileged, or a seccomp profile that permits unshare and mount)",
+            )
+        report = {
+            "events": events,
+            "exit": proc.returncode if proc.returncode >= 0 else 128 - proc.returncode,
+            "killed_for": killed_for,
+            "seconds": seconds,
+            "output_bytes": os.fstat(output_fd).st_size,
+            "output": os.pread(output_fd, limits.output_bytes, 0).decode("utf-8", "replace"),
+        }
     finally:
         for fd in (job_fd, output_fd, errors_fd, results_r):
             os.close(fd)
@@ -211,8 +267,19 @@ def run_many(jobs, workers: int | None = None, limits: Limits = Limits()) -> lis
         return list(pool.map(lambda job: run(job[0], job[1], limits), jobs))
 
 
-REASONS = ("timeout", "cpu_time", "memory", "output_too_large", "killed", "syntax_error", "code_error", "tests_invalid",
-           "no_tests", "sandbox_error", "failed")
+REASONS = (
+    "timeout",
+    "cpu_time",
+    "memory",
+    "output_too_large",
+    "killed",
+    "syntax_error",
+    "code_error",
+    "tests_invalid",
+    "no_tests",
+    "sandbox_error",
+    "failed",
+)
 KILLED = {signal.SIGXCPU: "cpu_time", signal.SIGXFSZ: "output_too_large", signal.SIGKILL: "killed"}
 
 
@@ -224,23 +291,34 @@ def summarize(report: dict, limits: Limits) -> Result:
         if kind == "plan" and not names:
             names = [str(n) for n in event.get("tests", [])]
         elif kind == "test" and event.get("name") in names and event.get("name") not in outcomes:
-            outcomes[event["name"]] = {"name": event["name"], "ok": event.get("ok") is True, "error": event.get("error")}
+            outcomes[event["name"]] = {
+                "name": event["name"],
+                "ok": event.get("ok") is True,
+                "error": event.get("error"),
+            }
         elif kind == "fatal" and fatal is None:
             fatal = event
         elif kind == "done":
             done = True
     exit_code = report["exit"]
     if report["killed_for"]:
-        reason, detail = report["killed_for"], {"timeout": f"wall time over {limits.wall_s:g} s",
-                                                 "output_too_large": "too much written to the results channel"}[report["killed_for"]]
+        reason, detail = (
+            report["killed_for"],
+            {
+                "timeout": f"wall time over {limits.wall_s:g} s",
+                "output_too_large": "too much written to the results channel",
+            }[report["killed_for"]],
+        )
     elif fatal:
         reason, detail = fatal.get("reason"), str(fatal.get("detail", ""))
         reason = reason if reason in REASONS else "killed"  # the code shares the results pipe: trust no free text
     elif not done:
         signum = exit_code - 128 if exit_code > 128 else None
         reason = KILLED.get(signum, "killed") if signum else "killed"
-        detail = {"cpu_time": f"CPU time over {limits.cpu_s} s", "output_too_large": f"a file or the output went over {limits.file_mb} MiB",
-                  }.get(reason, f"the code ended the sandbox early (exit status {exit_code})")
+        detail = {
+            "cpu_time": f"CPU time over {limits.cpu_s} s",
+            "output_too_large": f"a file or the output went over {limits.file_mb} MiB",
+        }.get(reason, f"the code ended the sandbox early (exit status {exit_code})")
     else:
         reason, detail = None, ""
     tests = [outcomes.get(n, {"name": n, "ok": False, "error": f"not run: {reason or 'no result'}"}) for n in names]
@@ -250,10 +328,21 @@ def summarize(report: dict, limits: Limits) -> Result:
         reason = "memory" if any(e.startswith("MemoryError") for e in errors) else "failed"
         detail = f"{len(tests) - passed} of {len(tests)} tests failed; first: {errors[0]}"
     output_truncated = report["output_bytes"] > limits.output_bytes
-    if reason and report["output_bytes"] >= limits.file_mb * 1024 * 1024:  # killed by SIGXFSZ, or the code caught the EFBIG
+    if (
+        reason and report["output_bytes"] >= limits.file_mb * 1024 * 1024
+    ):  # killed by SIGXFSZ, or the code caught the EFBIG
         reason, detail = "output_too_large", f"the output went over {limits.file_mb} MiB"
-    return Result(score=passed / len(tests) if tests else 0.0, passed=passed, total=len(tests), reason=reason, detail=detail,
-                  tests=tests, output=report["output"], output_truncated=output_truncated, seconds=round(report["seconds"], 3))
+    return Result(
+        score=passed / len(tests) if tests else 0.0,
+        passed=passed,
+        total=len(tests),
+        reason=reason,
+        detail=detail,
+        tests=tests,
+        output=report["output"],
+        output_truncated=output_truncated,
+        seconds=round(report["seconds"], 3),
+    )
 
 
 def validate_tests(tests: str, where: str | None = None) -> None:
@@ -261,8 +350,11 @@ def validate_tests(tests: str, where: str | None = None) -> None:
     try:
         tree = ast.parse(tests, "tests")
     except SyntaxError as e:
-        raise InputError(f"the tests do not compile: {e.msg} (line {e.lineno} of the tests)", where=where,
-                         hint="tests are Python: top-level asserts or test_* functions") from None
+        raise InputError(
+            f"the tests do not compile: {e.msg} (line {e.lineno} of the tests)",
+            where=where,
+            hint="tests are Python: top-level asserts or test_* functions",
+        ) from None
 
     def is_test(node) -> bool:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -270,5 +362,8 @@ def validate_tests(tests: str, where: str | None = None) -> None:
         return not isinstance(node, ast.ClassDef) and any(isinstance(n, ast.Assert) for n in ast.walk(node))
 
     if not any(is_test(n) for n in tree.body):
-        raise InputError("the tests hold no assert statement and no test_* function", where=where,
-                         hint="write e.g. `assert f(2) == 4` or `def test_f(): assert f(2) == 4`")
+        raise InputError(
+            "the tests hold no assert statement and no test_* function",
+            where=where,
+            hint="write e.g. `assert f(2) == 4` or `def test_f(): assert f(2) == 4`",
+        )

@@ -63,7 +63,7 @@ def plan(tests: str):
     for node in tree.body:
         module = _ast.Module(body=[node], type_ignores=[])
         if not isinstance(node, (_ast.FunctionDef, _ast.AsyncFunctionDef, _ast.ClassDef)) and asserts(node):
-            source = lines[node.lineno - 1][node.col_offset:].strip()
+            source = lines[node.lineno - 1][node.col_offset :].strip()
             units.append(("test", f"line {node.lineno}: {source[:80]}", module, None))
         elif isinstance(node, (_ast.FunctionDef, _ast.AsyncFunctionDef)) and node.name.startswith("test"):
             units.append(("test", node.name, module, node.name))

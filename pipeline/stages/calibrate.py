@@ -22,16 +22,14 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.cache import run_cache
-from pipeline.stages.judge import judge_pairs
-from pipeline.models.llm import check_spec
+from pipeline.core.config import CalibrateConfig, Config
 from pipeline.core.progress import summary
 from pipeline.core.schema import TABLES
-from pipeline.core.stats import wilson
 from pipeline.core.stage import Stage
-from pipeline.core.config import Config
+from pipeline.core.stats import wilson
 from pipeline.core.store import Run
-from pipeline.core.config import CalibrateConfig
-
+from pipeline.models.llm import check_spec
+from pipeline.stages.judge import judge_pairs
 
 SIGNALS = ("margin", "pairwise", "ensemble")
 VALUE = {"chosen": 1.0, "tie": 0.5, "rejected": 0.0}
@@ -46,9 +44,15 @@ def accuracy_stats(values: list[float]) -> dict:
     n = len(values)
     decided = [v for v in values if v != 0.5]
     low, high = wilson(sum(values), n)
-    return {"n": n, "accuracy": round(sum(values) / n, 4) if n else None, "accuracy_low": low, "accuracy_high": high,
-            "accuracy_no_ties": round(sum(decided) / len(decided), 4) if decided else None, "n_no_ties": len(decided),
-            "tie_rate": round(1 - len(decided) / n, 4) if n else None}
+    return {
+        "n": n,
+        "accuracy": round(sum(values) / n, 4) if n else None,
+        "accuracy_low": low,
+        "accuracy_high": high,
+        "accuracy_no_ties": round(sum(decided) / len(decided), 4) if decided else None,
+        "n_no_ties": len(decided),
+        "tie_rate": round(1 - len(decided) / n, 4) if n else None,
+    }
 
 
 def coverage_curve(confidence: list[float], correct: list[float], points: int = CURVE_POINTS) -> list[dict]:
@@ -58,15 +62,25 @@ def coverage_curve(confidence: list[float], correct: list[float], points: int = 
     order = np.argsort(-np.asarray(confidence), kind="stable")
     conf = np.asarray(confidence)[order]
     hits = np.cumsum(np.asarray(correct)[order])
-    ends = [i for i in range(len(conf)) if i == len(conf) - 1 or conf[i + 1] < conf[i]]  # all pairs with the same confidence
+    ends = [
+        i for i in range(len(conf)) if i == len(conf) - 1 or conf[i + 1] < conf[i]
+    ]  # all pairs with the same confidence
     if len(ends) > points:
         ends = sorted({ends[round(k * (len(ends) - 1) / (points - 1))] for k in range(points)})
     curve = []
     for i in ends:
         n = i + 1
         low, high = wilson(float(hits[i]), n)
-        curve.append({"threshold": round(float(conf[i]), 6), "coverage": round(n / len(conf), 4), "n": n,
-                      "accuracy": round(float(hits[i]) / n, 4), "low": low, "high": high})
+        curve.append(
+            {
+                "threshold": round(float(conf[i]), 6),
+                "coverage": round(n / len(conf), 4),
+                "n": n,
+                "accuracy": round(float(hits[i]) / n, 4),
+                "low": low,
+                "high": high,
+            }
+        )
     return curve
 
 
@@ -127,8 +141,13 @@ def support(margins: list[float | None], verdicts: list[dict], span: float) -> d
         margin = float(1 / (1 + np.exp(-np.mean(scored))))
     elif scored and span > 0:
         margin = min(1.0, max(0.0, 0.5 + float(np.mean(scored)) / (2 * span)))
-    return {"margin": margin, "pairwise": float(np.mean(orders)) if orders else None,
-            "ensemble": float(np.mean([1.0 if v > 0.5 else 0.0 if v < 0.5 else 0.5 for v in votes])) if len(votes) >= 2 else None}
+    return {
+        "margin": margin,
+        "pairwise": float(np.mean(orders)) if orders else None,
+        "ensemble": float(np.mean([1.0 if v > 0.5 else 0.0 if v < 0.5 else 0.5 for v in votes]))
+        if len(votes) >= 2
+        else None,
+    }
 
 
 def decide(margins: list[float | None], verdicts: list[dict], span: float) -> dict[str, tuple[float, float] | None]:
@@ -169,7 +188,10 @@ def gold_calls(n_gold: int, judge_cfg) -> int:
     `scoring: logprobs`), and both orders judged pairwise."""
     from pipeline.core.config import RewardModelSpec
 
-    point = sum(1 if isinstance(s, RewardModelSpec) or judge_cfg.scoring == "json" else len(judge_cfg.aspects) for s in judge_cfg.scorers)
+    point = sum(
+        1 if isinstance(s, RewardModelSpec) or judge_cfg.scoring == "json" else len(judge_cfg.aspects)
+        for s in judge_cfg.scorers
+    )
     return 2 * n_gold * (point + (len(judge_cfg.judges) if judge_cfg.pairwise else 0))
 
 
@@ -186,16 +208,41 @@ def judge_gold(gold: pl.DataFrame, judge_cfg, cache, tick=None) -> pl.DataFrame:
         check_spec(spec)
     frames = []
     for label in dict.fromkeys([*pointwise, *pairwise]):
-        points = (score_candidates(pointwise[label], [x for c, a, b in zip(chats, chosen, rejected) for x in ((c, a), (c, b))], judge_cfg, cache,
-                                   tick) if label in pointwise else [{"overall": None, "error": None}] * (2 * gold.height))
-        pairs = judge_pairs(pairwise[label], list(zip(chats, chosen, rejected)), cache, judge_cfg, tick) if label in pairwise else [{}] * gold.height
+        points = (
+            score_candidates(
+                pointwise[label],
+                [x for c, a, b in zip(chats, chosen, rejected) for x in ((c, a), (c, b))],
+                judge_cfg,
+                cache,
+                tick,
+            )
+            if label in pointwise
+            else [{"overall": None, "error": None}] * (2 * gold.height)
+        )
+        pairs = (
+            judge_pairs(pairwise[label], list(zip(chats, chosen, rejected)), cache, judge_cfg, tick)
+            if label in pairwise
+            else [{}] * gold.height
+        )
         rows = []
         for k, gold_id in enumerate(gold["gold_id"].to_list()):
             a, b, p = points[2 * k], points[2 * k + 1], pairs[k]
-            errors = [f"pointwise: {x['error']}" for x in (a, b) if x["error"]] + ([f"pairwise: {p['error']}"] if p.get("error") else [])
-            rows.append({"gold_id": gold_id, "judge": label, "chosen_score": a["overall"], "rejected_score": b["overall"],
-                         "verdict_ab": p.get("verdict_ab"), "verdict_ba": p.get("verdict_ba"), "p_chosen_ab": p.get("p_chosen_ab"),
-                         "p_chosen_ba": p.get("p_chosen_ba"), "error": "; ".join(errors) or None})
+            errors = [f"pointwise: {x['error']}" for x in (a, b) if x["error"]] + (
+                [f"pairwise: {p['error']}"] if p.get("error") else []
+            )
+            rows.append(
+                {
+                    "gold_id": gold_id,
+                    "judge": label,
+                    "chosen_score": a["overall"],
+                    "rejected_score": b["overall"],
+                    "verdict_ab": p.get("verdict_ab"),
+                    "verdict_ba": p.get("verdict_ba"),
+                    "p_chosen_ab": p.get("p_chosen_ab"),
+                    "p_chosen_ba": p.get("p_chosen_ba"),
+                    "error": "; ".join(errors) or None,
+                }
+            )
         frames.append(pl.DataFrame(rows, schema=TABLES["gold_judgments"]))
     return pl.concat(frames)
 
@@ -208,67 +255,137 @@ def gold_signals(gold: pl.DataFrame, judgments: pl.DataFrame, span: float) -> pl
     rows = []
     for gold_id, source in gold.select("gold_id", "source").iter_rows():
         judged = by_gold.get(gold_id, [])
-        margins = [r["chosen_score"] - r["rejected_score"] for r in judged
-                   if r["chosen_score"] is not None and r["rejected_score"] is not None]
+        margins = [
+            r["chosen_score"] - r["rejected_score"]
+            for r in judged
+            if r["chosen_score"] is not None and r["rejected_score"] is not None
+        ]
         verdicts = [r for r in judged if r["verdict_ab"] is not None or r["verdict_ba"] is not None]
         for name, result in decide(margins, verdicts, span).items():
             if result is not None:
-                rows.append({"gold_id": gold_id, "source": source, "signal": name, "confidence": round(result[0], 6), "correct": result[1]})
+                rows.append(
+                    {
+                        "gold_id": gold_id,
+                        "source": source,
+                        "signal": name,
+                        "confidence": round(result[0], 6),
+                        "correct": result[1],
+                    }
+                )
     return pl.DataFrame(rows, schema=TABLES["gold_signals"])
 
 
 def _row(judge: str, method: str, source: str, values: list[float], failures: int, **extra) -> dict:
-    return {"judge": judge, "method": method, "signal": None, "source": source, "failures": failures, "consistency": None,
-            "position_a": None, "accuracy_chosen_shorter": None, "accuracy_chosen_longer": None, "curve": [],
-            **accuracy_stats(values), **extra}
+    return {
+        "judge": judge,
+        "method": method,
+        "signal": None,
+        "source": source,
+        "failures": failures,
+        "consistency": None,
+        "position_a": None,
+        "accuracy_chosen_shorter": None,
+        "accuracy_chosen_longer": None,
+        "curve": [],
+        **accuracy_stats(values),
+        **extra,
+    }
 
 
 def _length_bias(values: list[float], shorter: list[bool]) -> dict:
     short = [v for v, s in zip(values, shorter) if s]
     long = [v for v, s in zip(values, shorter) if not s]
-    return {"accuracy_chosen_shorter": round(float(np.mean(short)), 4) if short else None,
-            "accuracy_chosen_longer": round(float(np.mean(long)), 4) if long else None}
+    return {
+        "accuracy_chosen_shorter": round(float(np.mean(short)), 4) if short else None,
+        "accuracy_chosen_longer": round(float(np.mean(long)), 4) if long else None,
+    }
 
 
 def judge_rows(gold: pl.DataFrame, judgments: pl.DataFrame, source: str) -> list[dict]:
     """Calibration rows of each judge's pointwise, pairwise and pairwise_prob decisions (and their ensemble)."""
-    shorter = dict(zip(gold["gold_id"].to_list(), (gold["chosen"].str.len_chars() < gold["rejected"].str.len_chars()).to_list()))
+    shorter = dict(
+        zip(gold["gold_id"].to_list(), (gold["chosen"].str.len_chars() < gold["rejected"].str.len_chars()).to_list())
+    )
     ids = set(gold["gold_id"].to_list())
     rows = []
     ensemble: dict[str, list[float]] = {}
     for (judge,), group in judgments.filter(pl.col("gold_id").is_in(list(ids))).group_by("judge", maintain_order=True):
         records = list(group.iter_rows(named=True))
-        point = [(r["gold_id"], VALUE["chosen"] if r["chosen_score"] > r["rejected_score"] else VALUE["rejected"]
-                  if r["chosen_score"] < r["rejected_score"] else 0.5)
-                 for r in records if r["chosen_score"] is not None and r["rejected_score"] is not None]
+        point = [
+            (
+                r["gold_id"],
+                VALUE["chosen"]
+                if r["chosen_score"] > r["rejected_score"]
+                else VALUE["rejected"]
+                if r["chosen_score"] < r["rejected_score"]
+                else 0.5,
+            )
+            for r in records
+            if r["chosen_score"] is not None and r["rejected_score"] is not None
+        ]
         values = [v for _, v in point]
-        if point or any(r["error"] and "pointwise" in r["error"] for r in records):  # a pairwise-only judge has no pointwise row
-            rows.append(_row(judge, "pointwise", source, values, len(records) - len(point),
-                             **_length_bias(values, [shorter[g] for g, _ in point])))
+        if point or any(
+            r["error"] and "pointwise" in r["error"] for r in records
+        ):  # a pairwise-only judge has no pointwise row
+            rows.append(
+                _row(
+                    judge,
+                    "pointwise",
+                    source,
+                    values,
+                    len(records) - len(point),
+                    **_length_bias(values, [shorter[g] for g, _ in point]),
+                )
+            )
         for g, v in point:
             ensemble.setdefault(g, []).append(v)
         both = [r for r in records if r["verdict_ab"] is not None and r["verdict_ba"] is not None]
-        if not any(r["verdict_ab"] is not None or r["verdict_ba"] is not None for r in records) and not any(r["error"] and "pairwise" in r["error"] for r in records):
+        if not any(r["verdict_ab"] is not None or r["verdict_ba"] is not None for r in records) and not any(
+            r["error"] and "pairwise" in r["error"] for r in records
+        ):
             continue  # pairwise judging is off
         values = [(VALUE[r["verdict_ab"]] + VALUE[r["verdict_ba"]]) / 2 for r in both]
-        named_a = [v == "chosen" for r in both for v in (r["verdict_ab"],) if v != "tie"] + \
-                  [v == "rejected" for r in both for v in (r["verdict_ba"],) if v != "tie"]
+        named_a = [v == "chosen" for r in both for v in (r["verdict_ab"],) if v != "tie"] + [
+            v == "rejected" for r in both for v in (r["verdict_ba"],) if v != "tie"
+        ]
         trials = [VALUE[r[k]] for r in both for k in ("verdict_ab", "verdict_ba")]  # ties and no-ties count per verdict
         decided = [t for t in trials if t != 0.5]
-        rows.append(_row(judge, "pairwise", source, values, len(records) - len(both),
-                         tie_rate=round(1 - len(decided) / len(trials), 4) if trials else None, n_no_ties=len(decided),
-                         accuracy_no_ties=round(float(np.mean(decided)), 4) if decided else None,
-                         consistency=round(float(np.mean([r["verdict_ab"] == r["verdict_ba"] for r in both])), 4) if both else None,
-                         position_a=round(float(np.mean(named_a)), 4) if named_a else None,
-                         **_length_bias(values, [shorter[r["gold_id"]] for r in both])))
+        rows.append(
+            _row(
+                judge,
+                "pairwise",
+                source,
+                values,
+                len(records) - len(both),
+                tie_rate=round(1 - len(decided) / len(trials), 4) if trials else None,
+                n_no_ties=len(decided),
+                accuracy_no_ties=round(float(np.mean(decided)), 4) if decided else None,
+                consistency=round(float(np.mean([r["verdict_ab"] == r["verdict_ba"] for r in both])), 4)
+                if both
+                else None,
+                position_a=round(float(np.mean(named_a)), 4) if named_a else None,
+                **_length_bias(values, [shorter[r["gold_id"]] for r in both]),
+            )
+        )
         for r, v in zip(both, values):
             ensemble.setdefault(r["gold_id"], []).append(1.0 if v > 0.5 else 0.0 if v < 0.5 else 0.5)
-        probs = [(r["gold_id"], (r["p_chosen_ab"] + r["p_chosen_ba"]) / 2) for r in both
-                 if r["p_chosen_ab"] is not None and r["p_chosen_ba"] is not None]
+        probs = [
+            (r["gold_id"], (r["p_chosen_ab"] + r["p_chosen_ba"]) / 2)
+            for r in both
+            if r["p_chosen_ab"] is not None and r["p_chosen_ba"] is not None
+        ]
         if probs:
             values = [1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5 for _, p in probs]
-            rows.append(_row(judge, "pairwise_prob", source, values, len(records) - len(probs),
-                             **_length_bias(values, [shorter[g] for g, _ in probs])))
+            rows.append(
+                _row(
+                    judge,
+                    "pairwise_prob",
+                    source,
+                    values,
+                    len(records) - len(probs),
+                    **_length_bias(values, [shorter[g] for g, _ in probs]),
+                )
+            )
     if judgments["judge"].n_unique() > 1 and ensemble:
         values = []
         for votes in ensemble.values():
@@ -285,14 +402,28 @@ def signal_rows(signals: pl.DataFrame, source: str, n_gold: int) -> list[dict]:
         if part.is_empty():
             continue
         conf, correct = part["confidence"].to_list(), part["correct"].to_list()
-        rows.append(_row("routing", "signal", source, correct, n_gold - part.height, signal=name, curve=coverage_curve(conf, correct)))
+        rows.append(
+            _row(
+                "routing",
+                "signal",
+                source,
+                correct,
+                n_gold - part.height,
+                signal=name,
+                curve=coverage_curve(conf, correct),
+            )
+        )
     return rows
 
 
 def calibration_table(gold: pl.DataFrame, judgments: pl.DataFrame, signals: pl.DataFrame) -> pl.DataFrame:
     """Per judge (and routing signal) and per gold source, plus "all" pooling the sources."""
-    groups = [("all", gold)] if gold["source"].n_unique() == 1 else [("all", gold)] + [
-        (s, gold.filter(pl.col("source") == s)) for s in sorted(gold["source"].unique().to_list())]
+    groups = (
+        [("all", gold)]
+        if gold["source"].n_unique() == 1
+        else [("all", gold)]
+        + [(s, gold.filter(pl.col("source") == s)) for s in sorted(gold["source"].unique().to_list())]
+    )
     rows = []
     for source, part in groups:
         rows += judge_rows(part, judgments, source)
@@ -304,7 +435,9 @@ def calibrate(gold: pl.DataFrame, judge_cfg, cache) -> tuple[pl.DataFrame, pl.Da
     """(gold_judgments, gold_signals, calibration) for the gold pairs; one progress display over every judge's calls."""
     from pipeline.models.llm import ticker
 
-    labels = ", ".join(dict.fromkeys(s.label for s in [*judge_cfg.scorers, *(judge_cfg.judges if judge_cfg.pairwise else [])]))
+    labels = ", ".join(
+        dict.fromkeys(s.label for s in [*judge_cfg.scorers, *(judge_cfg.judges if judge_cfg.pairwise else [])])
+    )
     with ticker(f"calibrate {labels}", gold_calls(gold.height, judge_cfg)) as tick:
         judgments = judge_gold(gold, judge_cfg, cache, tick)
     signals = gold_signals(gold, judgments, score_span(judge_cfg))
@@ -317,7 +450,9 @@ def headline(calibration: pl.DataFrame) -> dict:
     for r in calibration.filter((pl.col("source") == "all") & (pl.col("method") != "signal")).iter_rows(named=True):
         key = f"{r['judge']} {r['method']}"
         if r["accuracy"] is not None:
-            out[f"{key} accuracy"] = f"{r['accuracy']:.3f} [{r['accuracy_low']:.2f}, {r['accuracy_high']:.2f}] (n={r['n']})"
+            out[f"{key} accuracy"] = (
+                f"{r['accuracy']:.3f} [{r['accuracy_low']:.2f}, {r['accuracy_high']:.2f}] (n={r['n']})"
+            )
         if r["consistency"] is not None:
             out[f"{key} consistency"] = r["consistency"]
         if r["position_a"] is not None:
@@ -329,7 +464,10 @@ def step(config: Config, run: Run, **_) -> dict:
     from pipeline.core.config import JudgeConfig
     from pipeline.stages.gold import read_gold
 
-    config.require("calibrate", hint="no gold pairs to calibrate on: add a `calibrate: {gold: [FILE.jsonl]}` section or pass --gold FILE")
+    config.require(
+        "calibrate",
+        hint="no gold pairs to calibrate on: add a `calibrate: {gold: [FILE.jsonl]}` section or pass --gold FILE",
+    )
     judge_cfg = config.judge or JudgeConfig()
     gold = read_gold(config.calibrate, resolve=config.resolve)
     cache = run_cache(run.path)
@@ -341,8 +479,13 @@ def step(config: Config, run: Run, **_) -> dict:
     run.write("gold_judgments", judgments)
     run.write("gold_signals", signals)
     run.write("calibration", table)
-    counts = {"gold_pairs": gold.height, "sources": gold["source"].n_unique(), "judges": len(judge_cfg.judges), "reward_models": len(judge_cfg.reward_models),
-              "failures": judgments.filter(pl.col("error").is_not_null()).height}
+    counts = {
+        "gold_pairs": gold.height,
+        "sources": gold["source"].n_unique(),
+        "judges": len(judge_cfg.judges),
+        "reward_models": len(judge_cfg.reward_models),
+        "failures": judgments.filter(pl.col("error").is_not_null()).height,
+    }
     summary("calibrate", counts | headline(table))
     return counts
 

@@ -14,15 +14,13 @@ Later stages read `pipeline.core.queries.active_prompts(prompts)`.
 import numpy as np
 import polars as pl
 
-from pipeline.stages.embed import embed_model, embed_texts, prompt_text
+from pipeline.core.config import Config, DedupConfig
 from pipeline.core.errors import ConfigError
 from pipeline.core.progress import summary
 from pipeline.core.queries import active_prompts
 from pipeline.core.stage import Stage
-from pipeline.core.config import Config
 from pipeline.core.store import Run
-from pipeline.core.config import DedupConfig
-
+from pipeline.stages.embed import embed_model, embed_texts, prompt_text
 
 OWN_REASONS = ("duplicate", "near_duplicate", "max_per_cluster", "target_size")
 FLAT_MAX = 5_000  # up to here an exact flat index is fast enough
@@ -131,7 +129,9 @@ def balanced_quota(sizes: dict[int, int], target: int) -> dict[int, int]:
     return quota
 
 
-def sample_clusters(clusters: list[int], max_per_cluster: int | None, target_size: int | None, seed: int = 0) -> list[str | None]:
+def sample_clusters(
+    clusters: list[int], max_per_cluster: int | None, target_size: int | None, seed: int = 0
+) -> list[str | None]:
     """excluded_reason per row (None = kept) after capping clusters; random but seeded within a cluster."""
     rng = np.random.default_rng(seed)
     members: dict[int, list[int]] = {}
@@ -149,12 +149,14 @@ def sample_clusters(clusters: list[int], max_per_cluster: int | None, target_siz
     if target_size is not None:
         quota = balanced_quota({c: len(r) for c, r in members.items()}, target_size)
         for c, rows in members.items():
-            for i in rows[quota[c]:]:
+            for i in rows[quota[c] :]:
                 out[i] = "target_size"
     return out
 
 
-def dedup_prompts(prompts: pl.DataFrame, vectors: np.ndarray | None, cfg, keep: frozenset = frozenset()) -> pl.DataFrame:
+def dedup_prompts(
+    prompts: pl.DataFrame, vectors: np.ndarray | None, cfg, keep: frozenset = frozenset()
+) -> pl.DataFrame:
     """The prompts with duplicate_of, cluster and excluded_reason filled (re-running gives the same result). Prompts
     whose source is in `keep` are deduplicated but never sampled out; they count towards target_size."""
     texts = [prompt_text(m) for m in prompts["messages"].to_list()]
@@ -223,14 +225,22 @@ def step(config: Config, run: Run, **_) -> dict:
     if cfg.semantic or cfg.clusters:
         texts = [prompt_text(m) for m in prompts["messages"].to_list()]
         cfg_embed = config.embed
-        vectors = embed_texts(texts, embed_model(config), run.path, description="embed prompts",
-                              batch_size=cfg_embed.batch_size if cfg_embed else 64, device=cfg_embed.device if cfg_embed else None,
-                              ray=cfg_embed.ray if cfg_embed else None)
+        vectors = embed_texts(
+            texts,
+            embed_model(config),
+            run.path,
+            description="embed prompts",
+            batch_size=cfg_embed.batch_size if cfg_embed else 64,
+            device=cfg_embed.device if cfg_embed else None,
+            ray=cfg_embed.ray if cfg_embed else None,
+        )
     keep = frozenset(str(config.resolve(path)) for path in cfg.keep_sources)
     unknown = keep - set(prompts["source"].unique().to_list())
     if unknown:
-        raise ConfigError(f"dedup.keep_sources names {', '.join(sorted(unknown))}, which no prompt of the run comes from",
-                          hint=f"use a path of ingest.paths; the run's sources: {', '.join(sorted(prompts['source'].unique().to_list()))}")
+        raise ConfigError(
+            f"dedup.keep_sources names {', '.join(sorted(unknown))}, which no prompt of the run comes from",
+            hint=f"use a path of ingest.paths; the run's sources: {', '.join(sorted(prompts['source'].unique().to_list()))}",
+        )
     out = run.write("prompts", dedup_prompts(prompts, vectors, cfg, keep))
     reasons = out["excluded_reason"].value_counts()
     counts = {"prompts": out.height, "active": active_prompts(out).height}

@@ -18,15 +18,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.core.config import EMBEDDED_EMBEDDER
+from pipeline.core.config import EMBEDDED_EMBEDDER, Config, EmbedConfig
 from pipeline.core.errors import ModelError
-from pipeline.core.schema import TABLES, empty
 from pipeline.core.progress import summary
+from pipeline.core.schema import TABLES, empty
 from pipeline.core.stage import Stage
-from pipeline.core.config import Config
 from pipeline.core.store import Run
-from pipeline.core.config import EmbedConfig
-
 
 VECTOR_CACHE = "vectors.sqlite"
 CHUNK = 2048  # texts encoded between cache writes (and progress updates)
@@ -51,14 +48,18 @@ class VectorCache:
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vector BLOB, PRIMARY KEY (model, hash))")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vector BLOB, PRIMARY KEY (model, hash))"
+        )
 
     def get_many(self, model: str, hashes: list[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
         for i in range(0, len(hashes), 900):
             chunk = hashes[i : i + 900]
             marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(f"SELECT hash, vector FROM vectors WHERE model = ? AND hash IN ({marks})", [model, *chunk])
+            rows = self._db.execute(
+                f"SELECT hash, vector FROM vectors WHERE model = ? AND hash IN ({marks})", [model, *chunk]
+            )
             out.update(rows)
         return out
 
@@ -87,12 +88,23 @@ def _load_model(model: str, device: str | None):
     try:
         return SentenceTransformer(path, device=device)
     except Exception as e:  # missing files, bad config, no network for a hub name
-        raise ModelError(f"could not load embedding model {model!r}: {e}",
-                         hint="pass a sentence-transformers model directory, or embedded:all-minilm-l6-v2") from e
+        raise ModelError(
+            f"could not load embedding model {model!r}: {e}",
+            hint="pass a sentence-transformers model directory, or embedded:all-minilm-l6-v2",
+        ) from e
 
 
-def embed_texts(texts: list[str], model: str = EMBEDDED_EMBEDDER, cache_dir: str | Path | None = None, *,
-                batch_size: int = 64, device: str | None = None, ray=None, description: str = "embed", tick=None) -> np.ndarray:
+def embed_texts(
+    texts: list[str],
+    model: str = EMBEDDED_EMBEDDER,
+    cache_dir: str | Path | None = None,
+    *,
+    batch_size: int = 64,
+    device: str | None = None,
+    ray=None,
+    description: str = "embed",
+    tick=None,
+) -> np.ndarray:
     """Normalised float32 vectors, one row per text; cached texts are not encoded again (nor the model loaded).
     With `ray` (a RayConfig) the chunks are encoded by replicas on a Ray cluster, and cached here as they return.
     A stage embedding in parts passes its progress `tick` (pipeline.models.llm.ticker) for one bar over all of them."""
@@ -111,6 +123,7 @@ def embed_texts(texts: list[str], model: str = EMBEDDED_EMBEDDER, cache_dir: str
         # longest first, like encode() does inside one call, so chunking costs no extra padding
         order = sorted(todo, key=lambda h: -len(todo[h]))
         with own_ticker(description, len(order), 0, tick) as advance:
+
             def keep(chunk: list[str], vecs: np.ndarray) -> None:
                 if cache:
                     cache.put_many(model, chunk, vecs)
@@ -127,8 +140,14 @@ def embed_texts(texts: list[str], model: str = EMBEDDED_EMBEDDER, cache_dir: str
 
                 size = max(batch_size, min(CHUNK, -(-len(order) // ray.replicas)))  # every replica gets work
                 chunks = [order[i : i + size] for i in range(0, len(order), size)]
-                run_batches(ray, load_model, (model, replica_device(ray, device)), encode,
-                            [([todo[h] for h in chunk], batch_size) for chunk in chunks], lambda k, vecs: keep(chunks[k], vecs))
+                run_batches(
+                    ray,
+                    load_model,
+                    (model, replica_device(ray, device)),
+                    encode,
+                    [([todo[h] for h in chunk], batch_size) for chunk in chunks],
+                    lambda k, vecs: keep(chunks[k], vecs),
+                )
     if cache:
         cache.close()
     if not texts:
@@ -137,8 +156,9 @@ def embed_texts(texts: list[str], model: str = EMBEDDED_EMBEDDER, cache_dir: str
 
 
 def encode(st, texts: list[str], batch_size: int) -> np.ndarray:
-    return st.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                     show_progress_bar=False).astype(np.float32, copy=False)
+    return st.encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    ).astype(np.float32, copy=False)
 
 
 def embed_model(config) -> str:
@@ -147,8 +167,14 @@ def embed_model(config) -> str:
 
 
 def vectors_frame(ids: list[str], kind: str, model: str, vectors: np.ndarray) -> pl.DataFrame:
-    return pl.DataFrame({"id": ids, "kind": [kind] * len(ids), "model": [model] * len(ids),
-                         "vector": pl.Series("vector", vectors).cast(pl.List(pl.Float32))})
+    return pl.DataFrame(
+        {
+            "id": ids,
+            "kind": [kind] * len(ids),
+            "model": [model] * len(ids),
+            "vector": pl.Series("vector", vectors).cast(pl.List(pl.Float32)),
+        }
+    )
 
 
 def vector_matrix(embeddings: pl.DataFrame, ids: list[str]) -> np.ndarray | None:
@@ -163,6 +189,7 @@ def vector_matrix(embeddings: pl.DataFrame, ids: list[str]) -> np.ndarray | None
 
 
 # embedding scores
+
 
 def relevance(prompt_vectors: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
     """Row-wise cosine of each candidate with its prompt (both normalised)."""
@@ -225,9 +252,9 @@ def cluster_stats(clusters: list[int | None] | pl.Series, covered: list[int | No
 def step(config: Config, run: Run, **_) -> dict:
     """Embed prompts and their candidates part by part (embed.part_size prompts), writing embeddings and
     candidate_scores in parts; the Vendi score is summed over parts as X^T X, so no part holds every vector."""
-    from pipeline.models.llm import ticker
     from pipeline.core.queries import active_prompts, answered
     from pipeline.core.store import TableParts
+    from pipeline.models.llm import ticker
 
     cfg = config.require("embed")
     model = cfg.model
@@ -240,22 +267,41 @@ def step(config: Config, run: Run, **_) -> dict:
     keys: list[str] = []
     gram, n_active, relevance_sum, twins = None, 0, 0.0, 0
     with ticker("embed", n_prompts + n_candidates) as tick:
-        for index, part in enumerate(run.parts("prompts", cfg.part_size)):  # streamed: one part's prompts and candidates
+        for index, part in enumerate(
+            run.parts("prompts", cfg.part_size)
+        ):  # streamed: one part's prompts and candidates
             cands = candidates.filter(pl.col("prompt_id").is_in(part["prompt_id"])).collect()
             p_texts, c_texts = [prompt_text(m) for m in part["messages"].to_list()], cands["text"].to_list()
-            vecs = embed_texts(p_texts + c_texts, model, run.path, batch_size=cfg.batch_size, device=cfg.device, ray=cfg.ray,
-                               tick=tick)
-            p_vecs, c_vecs = vecs[: len(p_texts)], vecs[len(p_texts):]
+            vecs = embed_texts(
+                p_texts + c_texts, model, run.path, batch_size=cfg.batch_size, device=cfg.device, ray=cfg.ray, tick=tick
+            )
+            p_vecs, c_vecs = vecs[: len(p_texts)], vecs[len(p_texts) :]
             p_ids, c_ids = part["prompt_id"].to_list(), cands["candidate_id"].to_list()
             keys.append("rows")
-            vectors.write(index, "rows", pl.concat([vectors_frame(p_ids, "prompt", model, p_vecs)]
-                                                   + ([vectors_frame(c_ids, "candidate", model, c_vecs)] if c_ids else [])))
+            vectors.write(
+                index,
+                "rows",
+                pl.concat(
+                    [vectors_frame(p_ids, "prompt", model, p_vecs)]
+                    + ([vectors_frame(c_ids, "candidate", model, c_vecs)] if c_ids else [])
+                ),
+            )
             row_of = {pid: i for i, pid in enumerate(p_ids)}
             c_prompts = cands["prompt_id"].to_list()
             rel = relevance(p_vecs[[row_of[p] for p in c_prompts]], c_vecs) if c_ids else np.zeros(0)
             near = near_identical(c_prompts, c_vecs, cfg.near_identical) if c_ids else []
-            scores.write(index, "rows", pl.DataFrame({"candidate_id": c_ids, "relevance": rel.astype(np.float64),
-                                                      "near_identical_to": [c_ids[t] if t is not None else None for t in near]}, schema=TABLES["candidate_scores"]))
+            scores.write(
+                index,
+                "rows",
+                pl.DataFrame(
+                    {
+                        "candidate_id": c_ids,
+                        "relevance": rel.astype(np.float64),
+                        "near_identical_to": [c_ids[t] if t is not None else None for t in near],
+                    },
+                    schema=TABLES["candidate_scores"],
+                ),
+            )
             relevance_sum, twins = relevance_sum + float(rel.sum()), twins + sum(t is not None for t in near)
             active_rows = active_prompts(part.with_row_index("i"))["i"].to_list()
             active = p_vecs[active_rows].astype(np.float64)
@@ -273,7 +319,9 @@ def step(config: Config, run: Run, **_) -> dict:
     counts["vendi_score"] = round(vendi_from_gram(gram, n_active), 3) if gram is not None else 0.0
     active = active_prompts(run.scan("prompts")).select("prompt_id", "cluster")
     generated = active.join(candidates.select("prompt_id").unique(), on="prompt_id", how="semi")
-    counts.update(cluster_stats(active.select("cluster").collect().to_series(), generated.select("cluster").collect().to_series()))
+    counts.update(
+        cluster_stats(active.select("cluster").collect().to_series(), generated.select("cluster").collect().to_series())
+    )
     summary("embed", counts)
     return counts
 

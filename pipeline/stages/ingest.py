@@ -20,20 +20,27 @@ from pipeline.core import schema
 from pipeline.core.config import Config, IngestConfig
 from pipeline.core.errors import InputError, unreadable
 from pipeline.core.jsonl import json_lines
-from pipeline.core.prompts import BadRow, prompt_messages
 from pipeline.core.progress import console, summary
-from pipeline.core.store import Run, TableParts, normalize_messages, prompt_id
+from pipeline.core.prompts import BadRow, prompt_messages
 from pipeline.core.stage import Stage
-
+from pipeline.core.store import Run, TableParts, normalize_messages, prompt_id
 
 CATEGORY_COLUMNS = ["category", "topic", "task"]
-ANSWER_COLUMNS = ["reference_answer", "answer", "final_answer"]  # a reference answer the verify stage checks candidates against
+ANSWER_COLUMNS = [
+    "reference_answer",
+    "answer",
+    "final_answer",
+]  # a reference answer the verify stage checks candidates against
 TESTS_COLUMNS = ["tests", "test_code", "unit_tests"]  # Python tests the verify stage runs each candidate's code against
 LARGE_PROMPT_CHARS = 100_000  # about 25k tokens: above it a prompt is kept with a warning
-csv.field_size_limit(2**31 - 1)  # process-wide, set once: the default (128 KiB) would refuse a long prompt; LARGE_PROMPT_CHARS warns instead
+csv.field_size_limit(
+    2**31 - 1
+)  # process-wide, set once: the default (128 KiB) would refuse a long prompt; LARGE_PROMPT_CHARS warns instead
 
 
-PART_ROWS = 10_000  # prompts held before they are written as a part of the table: ingest's memory, whatever the input's size
+PART_ROWS = (
+    10_000  # prompts held before they are written as a part of the table: ingest's memory, whatever the input's size
+)
 
 
 def step(config: Config, run: Run) -> dict:
@@ -74,7 +81,11 @@ def ingest(cfg: IngestConfig, resolve=Path) -> tuple[pl.DataFrame, pl.DataFrame,
     rows = list(read_prompts(cfg, resolve, bad, large, counts))
     checked(cfg, large, kept=len(rows))
     prompts = pl.DataFrame(rows, schema=schema.TABLES["prompts"])
-    return prompts, pl.DataFrame(bad, schema=schema.TABLES["bad_rows"]), prompt_counts(prompts.lazy(), bad, large, counts)
+    return (
+        prompts,
+        pl.DataFrame(bad, schema=schema.TABLES["bad_rows"]),
+        prompt_counts(prompts.lazy(), bad, large, counts),
+    )
 
 
 def read_prompts(cfg: IngestConfig, resolve, bad: list, large: list, counts: dict):
@@ -93,8 +104,11 @@ def read_prompts(cfg: IngestConfig, resolve, bad: list, large: list, counts: dic
                     large.append(f"{source}:{line} ({size:,} characters)")
             except BadRow as e:
                 if not cfg.skip_bad_rows:
-                    raise InputError(f"{e.field}: {e}", where=f"{source}:{line}",
-                                     hint="fix the row, or pass --skip-bad-rows to record bad rows in bad_rows.parquet and go on") from None
+                    raise InputError(
+                        f"{e.field}: {e}",
+                        where=f"{source}:{line}",
+                        hint="fix the row, or pass --skip-bad-rows to record bad rows in bad_rows.parquet and go on",
+                    ) from None
                 bad.append({"source": str(source), "source_line": line, "field": e.field, "error": str(e)})
                 continue
             if cfg.limit and len(seen) >= cfg.limit:
@@ -109,19 +123,42 @@ def read_prompts(cfg: IngestConfig, resolve, bad: list, large: list, counts: dic
 def checked(cfg: IngestConfig, large: list, kept: int) -> None:
     """Warn about very long prompts; refuse an input that gave none."""
     if large:
-        console.print(f"warning: {len(large)} prompt(s) longer than {LARGE_PROMPT_CHARS:,} characters, kept: "
-                      f"{'; '.join(large[:3])}{' ...' if len(large) > 3 else ''}. Check they are prompts, not whole documents.",
-                      style="yellow", markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            f"warning: {len(large)} prompt(s) longer than {LARGE_PROMPT_CHARS:,} characters, kept: "
+            f"{'; '.join(large[:3])}{' ...' if len(large) > 3 else ''}. Check they are prompts, not whole documents.",
+            style="yellow",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if not kept:
-        raise InputError("no valid prompts were read", where=", ".join(cfg.paths),
-                         hint="check the paths and the prompt/messages column names (prompt_column:, messages_column:)")
+        raise InputError(
+            "no valid prompts were read",
+            where=", ".join(cfg.paths),
+            hint="check the paths and the prompt/messages column names (prompt_column:, messages_column:)",
+        )
 
 
 def prompt_counts(prompts: pl.LazyFrame, bad: list, large: list, counts: dict) -> dict:
-    n, chats, answers, tests = prompts.select(pl.len(), (pl.col("messages").list.len() > 1).sum(), pl.col("reference_answer").is_not_null().sum(),
-                                              pl.col("tests").is_not_null().sum()).collect().row(0)
-    return {"prompts": n, "exact_duplicates_dropped": counts["exact_duplicates_dropped"], "bad_rows": len(bad), "chats": int(chats),
-            "large_prompts": len(large), "with_reference_answer": int(answers), "with_tests": int(tests)}
+    n, chats, answers, tests = (
+        prompts.select(
+            pl.len(),
+            (pl.col("messages").list.len() > 1).sum(),
+            pl.col("reference_answer").is_not_null().sum(),
+            pl.col("tests").is_not_null().sum(),
+        )
+        .collect()
+        .row(0)
+    )
+    return {
+        "prompts": n,
+        "exact_duplicates_dropped": counts["exact_duplicates_dropped"],
+        "bad_rows": len(bad),
+        "chats": int(chats),
+        "large_prompts": len(large),
+        "with_reference_answer": int(answers),
+        "with_tests": int(tests),
+    }
 
 
 def expand_paths(cfg: IngestConfig, resolve) -> list:
@@ -133,8 +170,11 @@ def expand_paths(cfg: IngestConfig, resolve) -> list:
         path = resolve(raw)
         matches = sorted(glob.glob(str(path))) if any(c in raw for c in "*?[") else [str(path)] if path.exists() else []
         if not matches:
-            raise InputError(f"input {raw!r} does not exist", where="ingest.paths",
-                             hint="give a JSONL/CSV/Parquet file, a glob, a saved HF dataset directory, or hf:NAME")
+            raise InputError(
+                f"input {raw!r} does not exist",
+                where="ingest.paths",
+                hint="give a JSONL/CSV/Parquet file, a glob, a saved HF dataset directory, or hf:NAME",
+            )
         out.extend(Path(m) for m in matches)
     return out
 
@@ -165,8 +205,11 @@ def detect_format(source) -> str:
         return "csv"
     if suffix in (".parquet", ".pq"):
         return "parquet"
-    raise InputError(f"cannot tell the format of {source} from its extension", where="ingest.paths",
-                     hint="use .jsonl, .csv or .parquet, or set `format:` in the ingest section")
+    raise InputError(
+        f"cannot tell the format of {source} from its extension",
+        where="ingest.paths",
+        hint="use .jsonl, .csv or .parquet, or set `format:` in the ingest section",
+    )
 
 
 def read_json(path: Path):
@@ -191,7 +234,9 @@ def read_json_array(path: Path) -> list[tuple[int, object]] | None:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise InputError(f"invalid UTF-8 at byte {e.start}", where=f"{path}:{line}", hint="re-save the file as UTF-8") from None
+        raise InputError(
+            f"invalid UTF-8 at byte {e.start}", where=f"{path}:{line}", hint="re-save the file as UTF-8"
+        ) from None
     try:
         json.loads(text)
     except json.JSONDecodeError as e:
@@ -199,9 +244,12 @@ def read_json_array(path: Path) -> list[tuple[int, object]] | None:
             json.loads(text.split("\n", 1)[0])
             return None
         except json.JSONDecodeError:
-            raise InputError(f"malformed JSON array: {e.msg} at column {e.colno}", where=f"{path}:{e.lineno}",
-                             hint=f"fix the JSON at that line; or convert the array to JSON Lines, one record a line: "
-                                  f"jq -c '.[]' {path} > {Path(path).with_suffix('.jsonl')}") from None
+            raise InputError(
+                f"malformed JSON array: {e.msg} at column {e.colno}",
+                where=f"{path}:{e.lineno}",
+                hint=f"fix the JSON at that line; or convert the array to JSON Lines, one record a line: "
+                f"jq -c '.[]' {path} > {Path(path).with_suffix('.jsonl')}",
+            ) from None
     decoder, gap = json.JSONDecoder(), re.compile(r"[\s,]*")
     out, line, last = [], 1, 0
     i = gap.match(text, text.index("[") + 1).end()
@@ -233,15 +281,24 @@ def read_csv(path: Path):
             for values in reader:
                 if values:  # a blank line is no row
                     if len(values) != len(header):
-                        yield start, BadRow("line", f"{len(values)} fields, but the header has {len(header)} "
-                                                    "(quote a field that holds the separator)")
+                        yield (
+                            start,
+                            BadRow(
+                                "line",
+                                f"{len(values)} fields, but the header has {len(header)} "
+                                "(quote a field that holds the separator)",
+                            ),
+                        )
                     else:
                         yield start, {k: v if v != "" else None for k, v in zip(header, values)}
                 start = reader.line_num + 1
         except csv.Error as e:
-            raise InputError(f"malformed CSV: {e}", where=f"{path}:{reader.line_num}",
-                             hint="check the quoting on that line: a field with a quote, comma or line break is "
-                                  "written in double quotes, with inner quotes doubled") from None
+            raise InputError(
+                f"malformed CSV: {e}",
+                where=f"{path}:{reader.line_num}",
+                hint="check the quoting on that line: a field with a quote, comma or line break is "
+                "written in double quotes, with inner quotes doubled",
+            ) from None
 
 
 def read_parquet(path: Path):
@@ -261,8 +318,11 @@ def check_utf8(path: Path) -> None:
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise InputError(f"invalid UTF-8 at byte {e.start} of the line", where=f"{path}:{number}",
-                                 hint="re-save the file as UTF-8") from None
+                raise InputError(
+                    f"invalid UTF-8 at byte {e.start} of the line",
+                    where=f"{path}:{number}",
+                    hint="re-save the file as UTF-8",
+                ) from None
 
 
 def read_hf(source, cfg: IngestConfig):
@@ -275,26 +335,38 @@ def read_hf(source, cfg: IngestConfig):
             ds = datasets.load_from_disk(str(source))
             if isinstance(ds, datasets.DatasetDict):
                 if cfg.split not in ds:
-                    raise InputError(f"split {cfg.split!r} not found (have {list(ds)})", where=str(source), hint="set `split:` in the ingest section")
+                    raise InputError(
+                        f"split {cfg.split!r} not found (have {list(ds)})",
+                        where=str(source),
+                        hint="set `split:` in the ingest section",
+                    )
                 ds = ds[cfg.split]
     except InputError:
         raise
     except Exception as e:
-        raise InputError(f"cannot load dataset: {str(e).splitlines()[0]}", where=str(source),
-                         hint="pass a directory written by Dataset.save_to_disk, or hf:NAME while online") from None
+        raise InputError(
+            f"cannot load dataset: {str(e).splitlines()[0]}",
+            where=str(source),
+            hint="pass a directory written by Dataset.save_to_disk, or hf:NAME while online",
+        ) from None
     for i, record in enumerate(ds):
         yield i + 1, record
 
 
 def to_prompt(record: dict, cfg: IngestConfig) -> dict:
     """One source record -> prompt row fields (prompt_id, messages, category)."""
-    messages = prompt_messages(record, prompt_column=cfg.prompt_column, messages_column=cfg.messages_column,
-                               system_prompt=cfg.system_prompt)
+    messages = prompt_messages(
+        record, prompt_column=cfg.prompt_column, messages_column=cfg.messages_column, system_prompt=cfg.system_prompt
+    )
     category_col = cfg.category_column or next((c for c in CATEGORY_COLUMNS if c in record), None)
     category = record.get(category_col) if category_col else None
-    return {"prompt_id": prompt_id(messages), "messages": messages,
-            "category": str(category) if category is not None else None, "reference_answer": reference_answer(record, cfg),
-            "tests": code_tests(record, cfg)}
+    return {
+        "prompt_id": prompt_id(messages),
+        "messages": messages,
+        "category": str(category) if category is not None else None,
+        "reference_answer": reference_answer(record, cfg),
+        "tests": code_tests(record, cfg),
+    }
 
 
 def reference_answer(record: dict, cfg: IngestConfig) -> str | None:
@@ -304,8 +376,11 @@ def reference_answer(record: dict, cfg: IngestConfig) -> str | None:
     if value is None or value != value or (isinstance(value, str) and not value.strip()):  # absent, null, NaN, blank
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise BadRow(column, f"expected the reference answer as text or a number, got {type(value).__name__} "
-                             "(write a set or an interval as LaTeX text, e.g. \"$\\{1, 2\\}$\")")
+        raise BadRow(
+            column,
+            f"expected the reference answer as text or a number, got {type(value).__name__} "
+            '(write a set or an interval as LaTeX text, e.g. "$\\{1, 2\\}$")',
+        )
     return value.strip() if isinstance(value, str) else str(value)
 
 
@@ -322,7 +397,9 @@ def code_tests(record: dict, cfg: IngestConfig) -> str | None:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         value = "\n".join(value)  # a list of assert lines, as some code datasets keep them
     if not isinstance(value, str):
-        raise BadRow(column, f"expected the tests as Python text (or a list of assert lines), got {type(value).__name__}")
+        raise BadRow(
+            column, f"expected the tests as Python text (or a list of assert lines), got {type(value).__name__}"
+        )
     try:
         validate_tests(value)
     except InputError as e:

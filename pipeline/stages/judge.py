@@ -28,16 +28,14 @@ import polars as pl
 from pydantic import BaseModel, ValidationError
 
 from pipeline.core.cache import run_cache
-from pipeline.models.llm import Request, Result, call_llm, check_spec
+from pipeline.core.config import Config, JudgeConfig
 from pipeline.core.progress import console, summary
 from pipeline.core.queries import answered, messages_of
 from pipeline.core.registry import backend
 from pipeline.core.schema import TABLES, empty
 from pipeline.core.stage import Stage
-from pipeline.core.config import Config
 from pipeline.core.store import Run
-from pipeline.core.config import JudgeConfig
-
+from pipeline.models.llm import Request, Result, call_llm, check_spec
 
 DEFAULT_DESCRIPTIONS = {  # after UltraFeedback's annotation guidelines
     "helpfulness": "Does it fulfil the task: correct, informative, useful, at the right level of detail?",
@@ -98,7 +96,10 @@ def _scale(aspect) -> str:
 
 
 def rubric_messages(aspects, messages: list[dict], response: str) -> list[dict]:
-    lines = [f"- {a.name} ({_scale(a)}): {a.description or DEFAULT_DESCRIPTIONS.get(a.name, '')}".rstrip(": ") for a in aspects]
+    lines = [
+        f"- {a.name} ({_scale(a)}): {a.description or DEFAULT_DESCRIPTIONS.get(a.name, '')}".rstrip(": ")
+        for a in aspects
+    ]
     example = json.dumps({a.name: {"rationale": "...", "score": a.max} for a in aspects})
     system = RUBRIC_SYSTEM.format(aspects="\n".join(lines), example=example)
     user = f"## Conversation\n\n{render_conversation(messages)}\n\n## Response to rate\n\n{response}"
@@ -107,11 +108,24 @@ def rubric_messages(aspects, messages: list[dict], response: str) -> list[dict]:
 
 def rubric_schema(aspects) -> dict:
     """OpenAI `response_format` (strict json_schema) for the rubric answer."""
-    props = {a.name: {"type": "object", "additionalProperties": False, "required": ["rationale", "score"],
-                      "properties": {"rationale": {"type": "string"},
-                                     "score": {"type": "number", "minimum": a.min, "maximum": a.max}}}
-             for a in aspects}
-    schema = {"type": "object", "properties": props, "required": [a.name for a in aspects], "additionalProperties": False}
+    props = {
+        a.name: {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["rationale", "score"],
+            "properties": {
+                "rationale": {"type": "string"},
+                "score": {"type": "number", "minimum": a.min, "maximum": a.max},
+            },
+        }
+        for a in aspects
+    }
+    schema = {
+        "type": "object",
+        "properties": props,
+        "required": [a.name for a in aspects],
+        "additionalProperties": False,
+    }
     return {"type": "json_schema", "json_schema": {"name": "rubric", "strict": True, "schema": schema}}
 
 
@@ -120,9 +134,19 @@ def pairwise_messages(messages: list[dict], a: str, b: str) -> list[dict]:
     return [{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": user}]
 
 
-PAIRWISE_SCHEMA = {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True, "schema": {
-    "type": "object", "additionalProperties": False, "required": ["rationale", "winner"],
-    "properties": {"rationale": {"type": "string"}, "winner": {"type": "string", "enum": ["A", "B", "tie"]}}}}}
+PAIRWISE_SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "verdict",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["rationale", "winner"],
+            "properties": {"rationale": {"type": "string"}, "winner": {"type": "string", "enum": ["A", "B", "tie"]}},
+        },
+    },
+}
 
 
 # ---------------------------------------------------------------- parsing
@@ -214,14 +238,18 @@ def ask_parsed(spec, base_requests: list[Request], parse, cache, cfg, descriptio
     generators and judges); it is recorded, and the next judge run asks again (failures are not cached).
     Returns per request {"value" (parsed or None), "raw", "error", "attempts", "result"}.
     """
-    out: list[dict] = [{"value": None, "raw": None, "error": None, "attempts": 0, "result": None} for _ in base_requests]
+    out: list[dict] = [
+        {"value": None, "raw": None, "error": None, "attempts": 0, "result": None} for _ in base_requests
+    ]
     pending = list(range(len(base_requests)))
     for attempt in range(cfg.parse_retries + 1):
         if not pending:
             break
         requests = [attempt_request(base_requests[i], cfg, attempt) for i in pending]
         label = description if attempt == 0 else f"{description} (retry {attempt}: {len(pending)})"
-        results = call_llm(spec, requests, cache, label, tick=tick if attempt == 0 else None)  # retries: a bar of their own
+        results = call_llm(
+            spec, requests, cache, label, tick=tick if attempt == 0 else None
+        )  # retries: a bar of their own
         still = []
         for i, result in zip(pending, results):
             slot = out[i]
@@ -243,29 +271,58 @@ def scoring_requests(spec, items: list[tuple[list[dict], str]], aspects, cfg) ->
     or with `scoring: logprobs` one single-token request per item and aspect. `prefab plan` counts these too."""
     if cfg.scoring == "logprobs":
         depth = backend(spec.backend).top_logprobs
-        return [Request(aspect_messages(a, messages, response), max_tokens=1, logprobs=True, top_logprobs=depth)
-                for messages, response in items for a in aspects]
+        return [
+            Request(aspect_messages(a, messages, response), max_tokens=1, logprobs=True, top_logprobs=depth)
+            for messages, response in items
+            for a in aspects
+        ]
     structured = cfg.structured_output and backend(spec.backend).json_schema
-    return [Request(rubric_messages(aspects, messages, response), max_tokens=cfg.max_tokens,
-                    response_format=rubric_schema(aspects) if structured else None) for messages, response in items]
+    return [
+        Request(
+            rubric_messages(aspects, messages, response),
+            max_tokens=cfg.max_tokens,
+            response_format=rubric_schema(aspects) if structured else None,
+        )
+        for messages, response in items
+    ]
 
 
 def judge_candidates(spec, items: list[tuple[list[dict], str]], aspects, cache, cfg, tick=None) -> list[dict]:
     """Judgment rows (without ids) for (messages, response) items: aspects, overall, rationale, raw, error."""
     if cfg.scoring == "logprobs":
         return judge_by_logprobs(spec, items, aspects, cache, cfg, tick)
-    answers = ask_parsed(spec, scoring_requests(spec, items, aspects, cfg), lambda result: parse_rubric(result.text, aspects), cache, cfg,
-                         f"judge {spec.label}", tick)
+    answers = ask_parsed(
+        spec,
+        scoring_requests(spec, items, aspects, cfg),
+        lambda result: parse_rubric(result.text, aspects),
+        cache,
+        cfg,
+        f"judge {spec.label}",
+        tick,
+    )
     rows = []
     for ans in answers:
         scores = ans["value"]
         if scores is None:
-            rows.append({"aspects": [{"name": a.name, "score": None, "rationale": None} for a in aspects], "overall": None,
-                         "rationale": None, "raw": ans["raw"], "error": f"{ans['error']} (after {ans['attempts']} attempt(s))"})
+            rows.append(
+                {
+                    "aspects": [{"name": a.name, "score": None, "rationale": None} for a in aspects],
+                    "overall": None,
+                    "rationale": None,
+                    "raw": ans["raw"],
+                    "error": f"{ans['error']} (after {ans['attempts']} attempt(s))",
+                }
+            )
         else:
-            rows.append({"aspects": scores, "overall": round(overall_score(scores, aspects), 6),
-                         "rationale": "\n".join(f"{s['name']}: {s['rationale']}" for s in scores if s["rationale"]),
-                         "raw": ans["raw"], "error": None})
+            rows.append(
+                {
+                    "aspects": scores,
+                    "overall": round(overall_score(scores, aspects), 6),
+                    "rationale": "\n".join(f"{s['name']}: {s['rationale']}" for s in scores if s["rationale"]),
+                    "raw": ans["raw"],
+                    "error": None,
+                }
+            )
     return rows
 
 
@@ -288,8 +345,10 @@ def token_distribution(result: Result, allowed) -> dict[str, float]:
 def aspect_messages(aspect, messages: list[dict], response: str) -> list[dict]:
     description = aspect.description or DEFAULT_DESCRIPTIONS.get(aspect.name, "")
     system = ASPECT_SYSTEM.format(name=aspect.name, description=description, lo=f"{aspect.min:g}", hi=f"{aspect.max:g}")
-    user = (f"## Conversation\n\n{render_conversation(messages)}\n\n## Response to rate\n\n{response}\n\n"
-            f"{aspect.name} score ({aspect.min:g}-{aspect.max:g}):")
+    user = (
+        f"## Conversation\n\n{render_conversation(messages)}\n\n## Response to rate\n\n{response}\n\n"
+        f"{aspect.name} score ({aspect.min:g}-{aspect.max:g}):"
+    )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -315,13 +374,33 @@ def judge_by_logprobs(spec, items: list[tuple[list[dict], str]], aspects, cache,
             mass = sum(probs.values())
             score = sum(int(t) * p for t, p in probs.items()) / mass
             raw[a.name] = {t: round(p, 6) for t, p in sorted(probs.items())}
-            scores.append({"name": a.name, "score": round(score, 6), "rationale": f"probability-weighted over {len(probs)} score tokens (mass {mass:.3f})"})
+            scores.append(
+                {
+                    "name": a.name,
+                    "score": round(score, 6),
+                    "rationale": f"probability-weighted over {len(probs)} score tokens (mass {mass:.3f})",
+                }
+            )
         if errors:
-            rows.append({"aspects": [{"name": a.name, "score": None, "rationale": None} for a in aspects], "overall": None,
-                         "rationale": None, "raw": json.dumps(raw), "error": "unparseable: " + "; ".join(errors)})
+            rows.append(
+                {
+                    "aspects": [{"name": a.name, "score": None, "rationale": None} for a in aspects],
+                    "overall": None,
+                    "rationale": None,
+                    "raw": json.dumps(raw),
+                    "error": "unparseable: " + "; ".join(errors),
+                }
+            )
         else:
-            rows.append({"aspects": scores, "overall": round(overall_score(scores, aspects), 6), "rationale": None,
-                         "raw": json.dumps(raw), "error": None})
+            rows.append(
+                {
+                    "aspects": scores,
+                    "overall": round(overall_score(scores, aspects), 6),
+                    "rationale": None,
+                    "raw": json.dumps(raw),
+                    "error": None,
+                }
+            )
     return rows
 
 
@@ -337,7 +416,9 @@ def _verdict_prob(result: Result) -> float | None:
 SIGN = {"chosen": 1, "rejected": -1, "tie": 0}
 
 
-def pair_confidence(ab: str | None, ba: str | None, p_ab: float | None = None, p_ba: float | None = None) -> float | None:
+def pair_confidence(
+    ab: str | None, ba: str | None, p_ab: float | None = None, p_ba: float | None = None
+) -> float | None:
     """1 when both orders agree (scaled by verdict-token probabilities when known), 0.5 for a tie against a
     winner, 0 for opposite winners, None when an order has no verdict."""
     if ab is None or ba is None:
@@ -362,10 +443,19 @@ def pair_requests(spec, items: list[tuple[list[dict], str, str]], cfg) -> list[R
     for messages, first, second in items:
         for a, b in ((first, second), (second, first)):
             if by_token:
-                base.append(Request(pairwise_token_messages(messages, a, b), max_tokens=1, logprobs=True, top_logprobs=depth))
+                base.append(
+                    Request(pairwise_token_messages(messages, a, b), max_tokens=1, logprobs=True, top_logprobs=depth)
+                )
             else:
-                base.append(Request(pairwise_messages(messages, a, b), max_tokens=cfg.max_tokens, logprobs=want_logprobs,
-                                    top_logprobs=depth, response_format=PAIRWISE_SCHEMA if structured else None))
+                base.append(
+                    Request(
+                        pairwise_messages(messages, a, b),
+                        max_tokens=cfg.max_tokens,
+                        logprobs=want_logprobs,
+                        top_logprobs=depth,
+                        response_format=PAIRWISE_SCHEMA if structured else None,
+                    )
+                )
     return base
 
 
@@ -379,8 +469,15 @@ def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg, tick
     want_logprobs = by_token or bool(cfg.logprobs)
     base = pair_requests(spec, items, cfg)
     parse = token_verdict if by_token else (lambda result: json_verdict(result, want_logprobs))
-    answers = ask_parsed(spec, base, parse, cache, cfg.model_copy(update={"parse_retries": 0}) if by_token else cfg, f"pairwise {spec.label}",
-                         tick)
+    answers = ask_parsed(
+        spec,
+        base,
+        parse,
+        cache,
+        cfg.model_copy(update={"parse_retries": 0}) if by_token else cfg,
+        f"pairwise {spec.label}",
+        tick,
+    )
     rows = []
     for k in range(len(items)):
         ab, ba = answers[2 * k], answers[2 * k + 1]
@@ -388,22 +485,28 @@ def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg, tick
         v_ab = {"A": "chosen", "B": "rejected", "tie": "tie"}.get(w_ab)
         v_ba = {"A": "rejected", "B": "chosen", "tie": "tie"}.get(w_ba)
         errors = [f"{order}: {a['error']}" for order, a in (("ab", ab), ("ba", ba)) if a["value"] is None]
-        rows.append({
-            "verdict_ab": v_ab, "verdict_ba": v_ba,
-            "consistent": (v_ab == v_ba) if v_ab and v_ba else None,
-            "confidence": pair_confidence(v_ab, v_ba, p_ab, p_ba),
-            "raw": json.dumps({"ab": ab["raw"], "ba": ba["raw"]}, ensure_ascii=False),
-            "error": "; ".join(errors) or None,
-            # P(chosen wins) in each order: A's probability when chosen is shown first, B's when it is second; their
-            # mean cancels a constant preference for a position (the calibration measures whether that helps)
-            "p_chosen_ab": a_ab, "p_chosen_ba": None if a_ba is None else round(1 - a_ba, 6),
-        })
+        rows.append(
+            {
+                "verdict_ab": v_ab,
+                "verdict_ba": v_ba,
+                "consistent": (v_ab == v_ba) if v_ab and v_ba else None,
+                "confidence": pair_confidence(v_ab, v_ba, p_ab, p_ba),
+                "raw": json.dumps({"ab": ab["raw"], "ba": ba["raw"]}, ensure_ascii=False),
+                "error": "; ".join(errors) or None,
+                # P(chosen wins) in each order: A's probability when chosen is shown first, B's when it is second; their
+                # mean cancels a constant preference for a position (the calibration measures whether that helps)
+                "p_chosen_ab": a_ab,
+                "p_chosen_ba": None if a_ba is None else round(1 - a_ba, 6),
+            }
+        )
     return rows
 
 
 def pairwise_token_messages(messages: list[dict], a: str, b: str) -> list[dict]:
-    user = (f"## Conversation\n\n{render_conversation(messages)}\n\n## Response A\n\n{a}\n\n## Response B\n\n{b}\n\n"
-            "Better response (A or B):")
+    user = (
+        f"## Conversation\n\n{render_conversation(messages)}\n\n## Response A\n\n{a}\n\n## Response B\n\n{b}\n\n"
+        "Better response (A or B):"
+    )
     return [{"role": "system", "content": PAIRWISE_TOKEN_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -443,8 +546,10 @@ def score_candidates(spec, items: list[tuple[list[dict], str]], cfg, cache, tick
     if isinstance(spec, RewardModelSpec):
         from pipeline.models.reward import reward_scores
 
-        return [{"aspects": [], "overall": r["overall"], "rationale": None, "raw": None, "error": r["error"]}
-                for r in reward_scores(spec, items, cache, f"reward {spec.label}", tick)]
+        return [
+            {"aspects": [], "overall": r["overall"], "rationale": None, "raw": None, "error": r["error"]}
+            for r in reward_scores(spec, items, cache, f"reward {spec.label}", tick)
+        ]
     return judge_candidates(spec, items, cfg.aspects, cache, cfg, tick)
 
 
@@ -457,7 +562,7 @@ def judge_agreement(judgments: pl.LazyFrame | pl.DataFrame) -> dict:
     judgments = judgments.lazy().select("candidate_id", "judge", "overall").collect()
     wide = judgments.filter(pl.col("overall").is_not_null()).pivot(on="judge", index="candidate_id", values="overall")
     for i, a in enumerate(judges):
-        for b in judges[i + 1:]:
+        for b in judges[i + 1 :]:
             if a not in wide.columns or b not in wide.columns:
                 continue
             both = wide.select(a, b).drop_nulls()
@@ -475,37 +580,54 @@ def step(config: Config, run: Run, **_) -> dict:
     labels = [j.label for j in cfg.scorers]
     n_candidates = answered(run.scan("candidates")).select(pl.len()).collect().item()
     for label in same_model_warning(config):
-        console.print(f"[yellow]warning: judge {label!r} is also a generator; a model tends to prefer its own answers. "
-                      "Use a different judge model where you can.[/yellow]")
+        console.print(
+            f"[yellow]warning: judge {label!r} is also a generator; a model tends to prefer its own answers. "
+            "Use a different judge model where you can.[/yellow]"
+        )
     if not cfg.reward_models:
         for spec in cfg.judges:
             check_spec(spec)
     from pipeline.core.config import RewardModelSpec
-    from pipeline.models.llm import part_size, ticker
     from pipeline.core.store import TableParts, content_id
+    from pipeline.models.llm import part_size, ticker
 
-    per_item = [1 if isinstance(spec, RewardModelSpec) or cfg.scoring == "json" else len(cfg.aspects) for spec in cfg.scorers]
+    per_item = [
+        1 if isinstance(spec, RewardModelSpec) or cfg.scoring == "json" else len(cfg.aspects) for spec in cfg.scorers
+    ]
     settings = cfg.model_dump(mode="json")
     parts, keys, resumed = TableParts(run, "judgments"), [], 0
     cache = run_cache(run.path)
     try:
         with ticker(f"judge {', '.join(labels)}", sum(per_item) * n_candidates) as tick:
-            for index, part in enumerate(run.parts("candidates", part_size(cfg.part_size, cfg.judges, run.height("candidates")), where=answered)):
+            for index, part in enumerate(
+                run.parts("candidates", part_size(cfg.part_size, cfg.judges, run.height("candidates")), where=answered)
+            ):
                 keys.append(content_id("judgments", part["candidate_id"].to_list(), settings)[:12])
                 if parts.has(index, keys[-1]):
                     resumed += 1
                     tick(sum(per_item) * part.height, cached=True)
                     continue
                 # each part's own messages: a join of the two tables held every prompt in its hash table
-                part = part.join(messages_of(run.scan("prompts"), part["prompt_id"]), on="prompt_id", how="inner", maintain_order="left")
-                items = [([{"role": m["role"], "content": m["content"]} for m in messages], t)
-                         for messages, t in zip(part["messages"].to_list(), part["text"].to_list())]
+                part = part.join(
+                    messages_of(run.scan("prompts"), part["prompt_id"]),
+                    on="prompt_id",
+                    how="inner",
+                    maintain_order="left",
+                )
+                items = [
+                    ([{"role": m["role"], "content": m["content"]} for m in messages], t)
+                    for messages, t in zip(part["messages"].to_list(), part["text"].to_list())
+                ]
                 frames = []
                 for spec in cfg.scorers:
                     rows = score_candidates(spec, items, cfg, cache, tick)
                     # the table's schema, not inference: a first row of null scores must not make the column null-typed
-                    frames.append(pl.DataFrame([{"candidate_id": c, "judge": spec.label, **r} for c, r in zip(part["candidate_id"], rows)],
-                                               schema=TABLES["judgments"]))
+                    frames.append(
+                        pl.DataFrame(
+                            [{"candidate_id": c, "judge": spec.label, **r} for c, r in zip(part["candidate_id"], rows)],
+                            schema=TABLES["judgments"],
+                        )
+                    )
                 parts.write(index, keys[-1], pl.concat(frames) if frames else empty("judgments"))
     finally:
         cache.close()
@@ -513,19 +635,39 @@ def step(config: Config, run: Run, **_) -> dict:
     df = run.scan("judgments")
     height, scored = df.select(pl.len(), pl.col("overall").is_not_null().sum()).collect().row(0)
     failed = df.filter(pl.col("overall").is_null())
-    counts = {"judgments": height, "scored": scored, "failed": height - scored, "judges": len(labels),
-              "same_model_judges": len(same_model_warning(config)), "parts_resumed": resumed}
+    counts = {
+        "judgments": height,
+        "scored": scored,
+        "failed": height - scored,
+        "judges": len(labels),
+        "same_model_judges": len(same_model_warning(config)),
+        "parts_resumed": resumed,
+    }
     if scored:
         counts["mean_overall"] = round(float(df.select(pl.col("overall").mean()).collect().item()), 4)
     counts.update(judge_agreement(df))
-    errors = (failed.with_columns(pl.col("error").str.extract(r"^([^:]+: [^:(]{0,40})")).group_by("error").len()
-              .sort("len", descending=True).head(3).collect())
+    errors = (
+        failed.with_columns(pl.col("error").str.extract(r"^([^:]+: [^:(]{0,40})"))
+        .group_by("error")
+        .len()
+        .sort("len", descending=True)
+        .head(3)
+        .collect()
+    )
     summary("judge", {**counts, **{f"error: {e}": n for e, n in errors.iter_rows()}})
     first_error = failed.select("error").head(1).collect()
-    all_calls_failed = height and not scored and failed.select(pl.col("error").str.starts_with("call failed").all()).collect().item()
+    all_calls_failed = (
+        height and not scored and failed.select(pl.col("error").str.starts_with("call failed").all()).collect().item()
+    )
     if all_calls_failed:  # unparseable answers are answers: kept, not fatal
-        raise run.every_call_failed("judge", "judgments", "judge calls", f"the first: {first_error.item()}",
-                                    f"prefab judge --run {run.path}", **counts)
+        raise run.every_call_failed(
+            "judge",
+            "judgments",
+            "judge calls",
+            f"the first: {first_error.item()}",
+            f"prefab judge --run {run.path}",
+            **counts,
+        )
     return counts
 
 

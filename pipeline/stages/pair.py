@@ -23,14 +23,11 @@ judge pair whose two answers are both wrong comes only from a prompt without a c
 import numpy as np
 import polars as pl
 
+from pipeline.core.config import Config, PairConfig
 from pipeline.core.errors import RunError
 from pipeline.core.progress import summary
-from pipeline.core.store import content_id, pair_id
 from pipeline.core.stage import Stage
-from pipeline.core.config import Config
-from pipeline.core.store import Run
-from pipeline.core.config import PairConfig
-
+from pipeline.core.store import Run, content_id, pair_id
 
 EPS = 1e-9
 VERIFIED = "verified"  # the strategy of a pair decided by the verifier
@@ -76,11 +73,19 @@ def pairs_for_prompt(prompt_id: str, cands: list[dict], cfg, similarity=None) ->
         return True, sim
 
     def make(chosen, rejected, sim) -> dict:
-        return {"pair_id": pair_id(chosen["candidate_id"], rejected["candidate_id"]), "prompt_id": prompt_id,
-                "chosen_id": chosen["candidate_id"], "rejected_id": rejected["candidate_id"],
-                "chosen_score": chosen["score"], "rejected_score": rejected["score"],
-                "margin": chosen["score"] - rejected["score"], "similarity": sim, "strategy": cfg.strategy,
-                "route": None, "route_reason": None}
+        return {
+            "pair_id": pair_id(chosen["candidate_id"], rejected["candidate_id"]),
+            "prompt_id": prompt_id,
+            "chosen_id": chosen["candidate_id"],
+            "rejected_id": rejected["candidate_id"],
+            "chosen_score": chosen["score"],
+            "rejected_score": rejected["score"],
+            "margin": chosen["score"] - rejected["score"],
+            "similarity": sim,
+            "strategy": cfg.strategy,
+            "route": None,
+            "route_reason": None,
+        }
 
     def chosen_ok(c) -> bool:
         return cfg.min_chosen_score is None or c["score"] + EPS >= cfg.min_chosen_score
@@ -90,7 +95,7 @@ def pairs_for_prompt(prompt_id: str, cands: list[dict], cfg, similarity=None) ->
         for i, chosen in enumerate(cands):
             if not chosen_ok(chosen):
                 break  # sorted: no later candidate qualifies either
-            for rejected in cands[i + 1:]:
+            for rejected in cands[i + 1 :]:
                 ok, sim = eligible(chosen, rejected)
                 if ok:
                     pair = make(chosen, rejected, sim)
@@ -117,7 +122,9 @@ def pairs_for_prompt(prompt_id: str, cands: list[dict], cfg, similarity=None) ->
     raise ValueError(f"unknown pair strategy {cfg.strategy!r}")
 
 
-def verified_pairs_for_prompt(prompt_id: str, cands: list[dict], cfg, reject_unparseable: bool = True, similarity=None) -> list[dict]:
+def verified_pairs_for_prompt(
+    prompt_id: str, cands: list[dict], cfg, reject_unparseable: bool = True, similarity=None
+) -> list[dict]:
     """Correct against incorrect pairs of one prompt. cands: [{candidate_id, text, status, score}], score the judge's
     (None when unscored), status from the verifications table."""
     wrong = wrong_statuses(reject_unparseable)
@@ -128,12 +135,19 @@ def verified_pairs_for_prompt(prompt_id: str, cands: list[dict], cfg, reject_unp
 
     def make(chosen, rejected) -> dict:
         both = chosen["score"] is not None and rejected["score"] is not None
-        return {"pair_id": pair_id(chosen["candidate_id"], rejected["candidate_id"]), "prompt_id": prompt_id,
-                "chosen_id": chosen["candidate_id"], "rejected_id": rejected["candidate_id"],
-                "chosen_score": chosen["score"], "rejected_score": rejected["score"],
-                "margin": chosen["score"] - rejected["score"] if both else None,
-                "similarity": similarity(chosen["candidate_id"], rejected["candidate_id"]) if similarity else None,
-                "strategy": VERIFIED, "route": None, "route_reason": None}
+        return {
+            "pair_id": pair_id(chosen["candidate_id"], rejected["candidate_id"]),
+            "prompt_id": prompt_id,
+            "chosen_id": chosen["candidate_id"],
+            "rejected_id": rejected["candidate_id"],
+            "chosen_score": chosen["score"],
+            "rejected_score": rejected["score"],
+            "margin": chosen["score"] - rejected["score"] if both else None,
+            "similarity": similarity(chosen["candidate_id"], rejected["candidate_id"]) if similarity else None,
+            "strategy": VERIFIED,
+            "route": None,
+            "route_reason": None,
+        }
 
     options = [(c, r) for c in correct for r in rejected if not _same_text(c["text"], r["text"])]
     if not options:
@@ -147,16 +161,25 @@ def verified_pairs_for_prompt(prompt_id: str, cands: list[dict], cfg, reject_unp
     return [make(best, mine[0])]
 
 
-def build_pairs(candidates: pl.DataFrame, scores: pl.DataFrame, cfg, vectors: dict[str, np.ndarray] | None = None,
-                prompt_ids: list[str] | None = None, verifications: pl.DataFrame | None = None, verify=None) -> pl.DataFrame:
+def build_pairs(
+    candidates: pl.DataFrame,
+    scores: pl.DataFrame,
+    cfg,
+    vectors: dict[str, np.ndarray] | None = None,
+    prompt_ids: list[str] | None = None,
+    verifications: pl.DataFrame | None = None,
+    verify=None,
+) -> pl.DataFrame:
     """The pairs table (route columns empty) from candidates, their scores (candidate_id, score) and,
     optionally, candidate vectors (for similarity). prompt_ids limits and orders the prompts. With verifications
     and a verify config whose mode is not off, verified pairs first (see the module docstring)."""
     from pipeline.core.schema import TABLES
 
-    joined = (candidates.filter(pl.col("text").is_not_null())
-              .join(scores.select("candidate_id", "score"), on="candidate_id", how="inner")
-              .filter(pl.col("score").is_not_null() & pl.col("score").is_not_nan()))
+    joined = (
+        candidates.filter(pl.col("text").is_not_null())
+        .join(scores.select("candidate_id", "score"), on="candidate_id", how="inner")
+        .filter(pl.col("score").is_not_null() & pl.col("score").is_not_nan())
+    )
 
     def similarity(a: str, b: str) -> float | None:
         if not vectors or a not in vectors or b not in vectors:
@@ -168,16 +191,24 @@ def build_pairs(candidates: pl.DataFrame, scores: pl.DataFrame, cfg, vectors: di
         groups.setdefault(row["prompt_id"], []).append(row)
     checked: dict[str, list[dict]] = {}
     if verify is not None and verify.mode != "off" and verifications is not None:
-        verdicts = (candidates.filter(pl.col("text").is_not_null())
-                    .join(verifications.select("candidate_id", "status"), on="candidate_id", how="inner")
-                    .join(scores.select("candidate_id", "score").with_columns(pl.col("score").fill_nan(None)), on="candidate_id", how="left"))
+        verdicts = (
+            candidates.filter(pl.col("text").is_not_null())
+            .join(verifications.select("candidate_id", "status"), on="candidate_id", how="inner")
+            .join(
+                scores.select("candidate_id", "score").with_columns(pl.col("score").fill_nan(None)),
+                on="candidate_id",
+                how="left",
+            )
+        )
         for row in verdicts.select("prompt_id", "candidate_id", "text", "status", "score").iter_rows(named=True):
             checked.setdefault(row["prompt_id"], []).append(row)
     judged = verify is None or verify.mode != "only"
     order = prompt_ids if prompt_ids is not None else list(dict.fromkeys([*checked, *groups]))
     rows = []
     for p in order:
-        verified = verified_pairs_for_prompt(p, checked[p], cfg, verify.reject_unparseable, similarity) if p in checked else []
+        verified = (
+            verified_pairs_for_prompt(p, checked[p], cfg, verify.reject_unparseable, similarity) if p in checked else []
+        )
         rows += verified or (pairs_for_prompt(p, groups[p], cfg, similarity) if judged and p in groups else [])
     return pl.DataFrame(rows, schema=TABLES["pairs"], orient="row") if rows else pl.DataFrame(schema=TABLES["pairs"])
 
@@ -194,8 +225,8 @@ def candidate_vectors(run, model: str | None = None) -> dict[str, np.ndarray]:
 
 
 def step(config: Config, run: Run, **_) -> dict:
-    from pipeline.stages.embed import embed_model
     from pipeline.core.queries import active_prompts, candidate_scores
+    from pipeline.stages.embed import embed_model
 
     cfg = config.require("pair")
     candidates = run.read("candidates")
@@ -203,22 +234,34 @@ def step(config: Config, run: Run, **_) -> dict:
     verifications = None
     if verify is not None and verify.mode != "off":
         if not run.has("verifications"):
-            raise RunError("the config has a verify: section, but the run has no verifications",
-                           hint=f"run `prefab verify --run {run.path}` first, or set `verify: {{mode: off}}`")
+            raise RunError(
+                "the config has a verify: section, but the run has no verifications",
+                hint=f"run `prefab verify --run {run.path}` first, or set `verify: {{mode: off}}`",
+            )
         verifications = run.read("verifications")
     # the judge's scores: needed unless only verified pairs are made
-    judgments = run.read_or_empty("judgments") if verify is not None and (verify.mode == "only" or config.judge is None) else run.read("judgments")
+    judgments = (
+        run.read_or_empty("judgments")
+        if verify is not None and (verify.mode == "only" or config.judge is None)
+        else run.read("judgments")
+    )
     vectors = candidate_vectors(run, embed_model(config))
     if cfg.max_similarity is not None and not vectors:
-        raise RunError("pair.max_similarity needs candidate vectors, but the run has no embeddings",
-                       hint=f"run `prefab embed --run {run.path}` first (or add an embed: section), or drop max_similarity")
+        raise RunError(
+            "pair.max_similarity needs candidate vectors, but the run has no embeddings",
+            hint=f"run `prefab embed --run {run.path}` first (or add an embed: section), or drop max_similarity",
+        )
     prompt_ids = active_prompts(run.read("prompts"))["prompt_id"].to_list()
     scores = candidate_scores(judgments)
     pairs = build_pairs(candidates, scores, cfg, vectors, prompt_ids, verifications, verify)
     run.write("pairs", pairs)
     with_scores = scores.filter(pl.col("score").is_not_null())
-    counts = {"pairs": pairs.height, "prompts_with_pair": pairs["prompt_id"].n_unique() if pairs.height else 0,
-              "prompts": len(prompt_ids), "scored_candidates": with_scores.height}
+    counts = {
+        "pairs": pairs.height,
+        "prompts_with_pair": pairs["prompt_id"].n_unique() if pairs.height else 0,
+        "prompts": len(prompt_ids),
+        "scored_candidates": with_scores.height,
+    }
     if verifications is not None:
         counts["verified_pairs"] = int((pairs["strategy"] == VERIFIED).sum())
     if pairs["margin"].drop_nulls().len():

@@ -33,16 +33,22 @@ the human share. Without gold the accuracy of auto pairs is unknown, and the sta
 import numpy as np
 import polars as pl
 
-from pipeline.stages.calibrate import SIGNALS, calibrated_draws, calibrator, coverage_curve, outward, pick_threshold, score_span, support
-from pipeline.stages.pair import VERIFIED, is_verified, wrong_statuses
+from pipeline.core.config import Config, RouteConfig
 from pipeline.core.progress import console, summary
 from pipeline.core.queries import messages_of
-from pipeline.core.store import content_id
 from pipeline.core.stage import Stage
-from pipeline.core.config import Config
-from pipeline.core.store import Run
-from pipeline.core.config import RouteConfig
-
+from pipeline.core.store import Run, content_id
+from pipeline.stages.calibrate import (
+    SIGNALS,
+    calibrated_draws,
+    calibrator,
+    coverage_curve,
+    outward,
+    pick_threshold,
+    score_span,
+    support,
+)
+from pipeline.stages.pair import VERIFIED, is_verified, wrong_statuses
 
 DROPPED = "dropped"  # the route of a pair that is neither labeled automatically nor by people
 BOTH_INCORRECT = "both_incorrect"  # its reason: the verifier found both answers wrong
@@ -56,7 +62,9 @@ def audit_pick(pair_id: str, seed: int, share: float) -> bool:
     return int(content_id("audit", seed, pair_id), 16) / 16**16 < share
 
 
-def both_incorrect(pairs: pl.DataFrame, verifications: pl.DataFrame | None, reject_unparseable: bool = True) -> set[str]:
+def both_incorrect(
+    pairs: pl.DataFrame, verifications: pl.DataFrame | None, reject_unparseable: bool = True
+) -> set[str]:
     """Ids of the pairs whose two answers the verifier found wrong; none without verifications."""
     if verifications is None or verifications.is_empty() or pairs.is_empty():
         return set()
@@ -67,7 +75,9 @@ def both_incorrect(pairs: pl.DataFrame, verifications: pl.DataFrame | None, reje
 def pair_reasons(pair: dict, pair_rows: list[dict], judge_margins: list[float | None], cfg) -> list[str]:
     reasons = []
     verdicts = pair_rows
-    if any(r["verdict_ab"] is None or r["verdict_ba"] is None for r in verdicts) or any(m is None for m in judge_margins):
+    if any(r["verdict_ab"] is None or r["verdict_ba"] is None for r in verdicts) or any(
+        m is None for m in judge_margins
+    ):
         reasons.append("judge_failed")
     if any(r["consistent"] is False for r in verdicts):
         reasons.append("inconsistent")
@@ -94,7 +104,10 @@ def pair_evidence(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: 
     for row in pair_judgments.iter_rows(named=True):
         by_pair.setdefault(row["pair_id"], []).append(row)
     judges = judgments["judge"].unique().sort().to_list() if judgments.height else []
-    score = {(r["candidate_id"], r["judge"]): r["overall"] for r in judgments.select("candidate_id", "judge", "overall").iter_rows(named=True)}
+    score = {
+        (r["candidate_id"], r["judge"]): r["overall"]
+        for r in judgments.select("candidate_id", "judge", "overall").iter_rows(named=True)
+    }
     for pair in pairs.iter_rows(named=True):
         margins = []
         for j in judges:
@@ -107,7 +120,9 @@ def pair_evidence(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: 
 def choose_signal(gold_signals: pl.DataFrame, cfg) -> tuple[str | None, dict | None]:
     """(signal, its threshold point on the gold curve for the target, if any); "best" takes the largest coverage,
     or without a target the first signal the gold has."""
-    names = [cfg.signal] if cfg.signal != "best" else [s for s in SIGNALS if s in gold_signals["signal"].unique().to_list()]
+    names = (
+        [cfg.signal] if cfg.signal != "best" else [s for s in SIGNALS if s in gold_signals["signal"].unique().to_list()]
+    )
     best = (None, None)
     for name in names:
         part = gold_signals.filter(pl.col("signal") == name)
@@ -115,15 +130,24 @@ def choose_signal(gold_signals: pl.DataFrame, cfg) -> tuple[str | None, dict | N
             continue
         if cfg.target_accuracy is None:
             return name, None
-        point = pick_threshold(coverage_curve(part["confidence"].to_list(), part["correct"].to_list()), cfg.target_accuracy)
+        point = pick_threshold(
+            coverage_curve(part["confidence"].to_list(), part["correct"].to_list()), cfg.target_accuracy
+        )
         if best[0] is None or (point and (best[1] is None or point["coverage"] > best[1]["coverage"])):
             best = (name, point)
     return best
 
 
-def route_pairs(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: pl.DataFrame, cfg,
-                gold_signals: pl.DataFrame | None = None, span: float = 4.0, verifications: pl.DataFrame | None = None,
-                reject_unparseable: bool = True) -> tuple[pl.DataFrame, dict]:
+def route_pairs(
+    pairs: pl.DataFrame,
+    pair_judgments: pl.DataFrame,
+    judgments: pl.DataFrame,
+    cfg,
+    gold_signals: pl.DataFrame | None = None,
+    span: float = 4.0,
+    verifications: pl.DataFrame | None = None,
+    reject_unparseable: bool = True,
+) -> tuple[pl.DataFrame, dict]:
     """The pairs with route, route_reason and confidence filled, and what the routing decided (threshold, predicted accuracy).
     verifications: the verify stage's table, whose verdicts drop the pairs with two wrong answers."""
     hopeless = both_incorrect(pairs, verifications, reject_unparseable)
@@ -152,8 +176,14 @@ def route_pairs(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: pl
     human = [i for i, (_, reasons, _, _) in enumerate(decided) if reasons]
     over: set[int] = set()
     if cfg.human_budget is not None and len(human) > cfg.human_budget:
-        ranked = sorted(human, key=lambda i: (*uncertainty_key(decided[i][1], decided[i][2], decided[i][0]["margin"]), decided[i][0]["pair_id"]))
-        over = set(ranked[cfg.human_budget:])
+        ranked = sorted(
+            human,
+            key=lambda i: (
+                *uncertainty_key(decided[i][1], decided[i][2], decided[i][0]["margin"]),
+                decided[i][0]["pair_id"],
+            ),
+        )
+        over = set(ranked[cfg.human_budget :])
     routes, why = [], []
     for i, (pair, reasons, _, _) in enumerate(decided):
         if pair["strategy"] == VERIFIED:
@@ -176,17 +206,30 @@ def route_pairs(pairs: pl.DataFrame, pair_judgments: pl.DataFrame, judgments: pl
         for i, p in zip(known, estimate([values[i] for i in known]) if known else []):
             confidence[i] = float(p)
         auto = [i for i in known if routes[i] == "auto"]
-        info = {"signal": signal, "accuracy": "estimated on gold",
-                **predicted_accuracy(part, [values[i] for i in auto])}
+        info = {
+            "signal": signal,
+            "accuracy": "estimated on gold",
+            **predicted_accuracy(part, [values[i] for i in auto]),
+        }
         if targeted:
-            info |= {"target_accuracy": cfg.target_accuracy, "threshold": point["threshold"] if point else None,
-                     "target_reached_on_gold": point is not None}
+            info |= {
+                "target_accuracy": cfg.target_accuracy,
+                "threshold": point["threshold"] if point else None,
+                "target_reached_on_gold": point is not None,
+            }
             if point:
-                info |= {"gold_accuracy_above_threshold": point["accuracy"], "gold_low": point["low"], "gold_high": point["high"],
-                         "gold_coverage": point["coverage"]}
-    routed = pairs.with_columns(pl.Series("route", routes, dtype=pl.String), pl.Series("route_reason", why, dtype=pl.String),
-                                pl.Series("confidence", confidence, dtype=pl.Float64),
-                                pl.Series("signal_value", values if calibrated else [None] * len(values), dtype=pl.Float64))
+                info |= {
+                    "gold_accuracy_above_threshold": point["accuracy"],
+                    "gold_low": point["low"],
+                    "gold_high": point["high"],
+                    "gold_coverage": point["coverage"],
+                }
+    routed = pairs.with_columns(
+        pl.Series("route", routes, dtype=pl.String),
+        pl.Series("route_reason", why, dtype=pl.String),
+        pl.Series("confidence", confidence, dtype=pl.Float64),
+        pl.Series("signal_value", values if calibrated else [None] * len(values), dtype=pl.Float64),
+    )
     info["human_share"] = round(routes.count("human") / len(routes), 4) if routes else None
     return routed, info
 
@@ -202,27 +245,43 @@ def predicted_accuracy(gold: pl.DataFrame, auto_values: list[float], seed: int =
     draws = calibrated_draws(conf, correct, auto_values, BOOTSTRAP, seed)
     shares = (rng.random(draws.shape) < draws).mean(axis=1)
     # the spread of the refits, centred on the fit: a refit on resampled gold is noisier than the fit on all of it
-    low, high = np.percentile(shares - shares.mean(), [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2]) + np.mean(auto_confidence)
+    low, high = np.percentile(shares - shares.mean(), [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2]) + np.mean(
+        auto_confidence
+    )
     low, high = outward(low, high, len(auto_values))
-    return {"auto_predicted_accuracy": round(float(np.mean(auto_confidence)), 4), "auto_low": round(float(low), 4),
-            "auto_high": round(float(high), 4), "auto_level": LEVEL}
+    return {
+        "auto_predicted_accuracy": round(float(np.mean(auto_confidence)), 4),
+        "auto_low": round(float(low), 4),
+        "auto_high": round(float(high), 4),
+        "auto_level": LEVEL,
+    }
 
 
-def pairwise_table(pairs: pl.DataFrame, candidates: pl.LazyFrame, prompts: pl.LazyFrame, judge_cfg, cache, tick=None) -> pl.DataFrame:
+def pairwise_table(
+    pairs: pl.DataFrame, candidates: pl.LazyFrame, prompts: pl.LazyFrame, judge_cfg, cache, tick=None
+) -> pl.DataFrame:
     """pair_judgments for these pairs and every pairwise judge; only these pairs' texts and messages are read."""
-    from pipeline.stages.judge import judge_pairs
     from pipeline.core.schema import TABLES
+    from pipeline.stages.judge import judge_pairs
 
     ids = pl.concat([pairs["chosen_id"], pairs["rejected_id"]]).unique().implode()
-    text = dict(candidates.filter(pl.col("candidate_id").is_in(ids)).select("candidate_id", "text").collect().iter_rows())
+    text = dict(
+        candidates.filter(pl.col("candidate_id").is_in(ids)).select("candidate_id", "text").collect().iter_rows()
+    )
     messages = dict(messages_of(prompts, pairs["prompt_id"]).iter_rows())
-    items = [([{"role": m["role"], "content": m["content"]} for m in messages[p]], text[c], text[r])
-             for p, c, r in pairs.select("prompt_id", "chosen_id", "rejected_id").iter_rows()]
+    items = [
+        ([{"role": m["role"], "content": m["content"]} for m in messages[p]], text[c], text[r])
+        for p, c, r in pairs.select("prompt_id", "chosen_id", "rejected_id").iter_rows()
+    ]
     frames = []
     for spec in judge_cfg.judges:
         rows = judge_pairs(spec, items, cache, judge_cfg, tick)
-        frames.append(pl.DataFrame([{"pair_id": p, "judge": spec.label, **r} for p, r in zip(pairs["pair_id"].to_list(), rows)],
-                                   schema=TABLES["pair_judgments"]))
+        frames.append(
+            pl.DataFrame(
+                [{"pair_id": p, "judge": spec.label, **r} for p, r in zip(pairs["pair_id"].to_list(), rows)],
+                schema=TABLES["pair_judgments"],
+            )
+        )
     return pl.concat(frames) if frames else pl.DataFrame(schema=TABLES["pair_judgments"])
 
 
@@ -230,8 +289,8 @@ def judge_pairs_in_parts(run, pairs: pl.DataFrame, judge_cfg) -> pl.DataFrame:
     """pairwise_table part by part (judge.part_size pairs), each part written as it is done and skipped on restart,
     then the parts as the pair_judgments table."""
     from pipeline.core.cache import run_cache
-    from pipeline.models.llm import part_size, ticker
     from pipeline.core.store import TableParts, content_id
+    from pipeline.models.llm import part_size, ticker
 
     prompts, candidates = run.scan("prompts"), run.scan("candidates")
     per_pair = 2 * len(judge_cfg.judges)
@@ -243,7 +302,11 @@ def judge_pairs_in_parts(run, pairs: pl.DataFrame, judge_cfg) -> pl.DataFrame:
             size = part_size(judge_cfg.part_size, judge_cfg.judges, pairs.height)
             for index, start in enumerate(range(0, pairs.height, size)):
                 part = pairs[start : start + size]
-                keys.append(content_id("pair_judgments", part.select("pair_id", "chosen_id", "rejected_id").rows(), settings)[:12])
+                keys.append(
+                    content_id("pair_judgments", part.select("pair_id", "chosen_id", "rejected_id").rows(), settings)[
+                        :12
+                    ]
+                )
                 if parts.has(index, keys[-1]):
                     tick(per_pair * part.height, cached=True)
                     continue
@@ -266,8 +329,10 @@ def pairwise_stats(pair_judgments: pl.DataFrame) -> dict:
         if agreed.height:
             out["pairwise_agrees_with_scores"] = round(float((agreed["verdict_ab"] == "chosen").mean()), 4)
     if pair_judgments["judge"].n_unique() > 1:
-        per_pair = both.group_by("pair_id").agg(pl.col("judge").n_unique().alias("n"),
-                                                (pl.col("verdict_ab") + "|" + pl.col("verdict_ba")).n_unique().alias("distinct"))
+        per_pair = both.group_by("pair_id").agg(
+            pl.col("judge").n_unique().alias("n"),
+            (pl.col("verdict_ab") + "|" + pl.col("verdict_ba")).n_unique().alias("distinct"),
+        )
         full = per_pair.filter(pl.col("n") == pair_judgments["judge"].n_unique())
         if full.height:
             out["pairwise_judges_agree"] = round(float((full["distinct"] == 1).mean()), 4)
@@ -282,7 +347,9 @@ def step(config: Config, run: Run, **_) -> dict:
     judgments = run.read_or_empty("judgments")
     pair_judgments = empty("pair_judgments")
     verify = config.verify  # as the pair stage: with mode off, the verdicts are recorded but decide nothing
-    verifications = run.read("verifications") if verify is not None and verify.mode != "off" and run.has("verifications") else None
+    verifications = (
+        run.read("verifications") if verify is not None and verify.mode != "off" and run.has("verifications") else None
+    )
     reject_unparseable = verify.reject_unparseable if verify is not None else True
     hopeless = both_incorrect(pairs, verifications, reject_unparseable)
     # the verifier decided the others: no judge call for them
@@ -291,19 +358,27 @@ def step(config: Config, run: Run, **_) -> dict:
         pair_judgments = judge_pairs_in_parts(run, judged, config.judge)
     gold_signals = run.read("gold_signals") if run.has("gold_signals") else None
     if cfg.target_accuracy is not None and gold_signals is None:
-        console.print("[yellow]route.target_accuracy is set but the run has no calibration on gold: routing by margin_threshold, "
-                      "and the accuracy of the auto pairs is unknown. Add a `calibrate: {gold: [FILE]}` section.[/yellow]")
+        console.print(
+            "[yellow]route.target_accuracy is set but the run has no calibration on gold: routing by margin_threshold, "
+            "and the accuracy of the auto pairs is unknown. Add a `calibrate: {gold: [FILE]}` section.[/yellow]"
+        )
     span = score_span(config.judge) if config.judge is not None else 4.0
-    routed, info = route_pairs(pairs, pair_judgments, judgments, cfg, gold_signals, span, verifications, reject_unparseable)
+    routed, info = route_pairs(
+        pairs, pair_judgments, judgments, cfg, gold_signals, span, verifications, reject_unparseable
+    )
     routed = run.write("pairs", routed)
     counts = {"pairs": routed.height, **{r: int((routed["route"] == r).sum()) for r in ("auto", "human", DROPPED)}}
-    reasons = routed.select(pl.col("route_reason").str.replace(r"^over_budget:.*", "over_budget").str.split(",")).explode("route_reason")
+    reasons = routed.select(
+        pl.col("route_reason").str.replace(r"^over_budget:.*", "over_budget").str.split(",")
+    ).explode("route_reason")
     counts.update({f"reason_{r}": n for r, n in reasons["route_reason"].value_counts(sort=True).iter_rows() if r})
     counts.update(pairwise_stats(pair_judgments))
     counts["routing"] = info
     if info.get("target_reached_on_gold") is False:
-        console.print(f"[yellow]no threshold of the {info['signal']} signal reaches {cfg.target_accuracy:.0%} on gold at the lower bound "
-                      "of its interval: every pair is routed to people (within the budget)[/yellow]")
+        console.print(
+            f"[yellow]no threshold of the {info['signal']} signal reaches {cfg.target_accuracy:.0%} on gold at the lower bound "
+            "of its interval: every pair is routed to people (within the budget)[/yellow]"
+        )
     summary("route", {k: v for k, v in counts.items() if k != "routing"} | {f"routing {k}": v for k, v in info.items()})
     return counts
 

@@ -25,23 +25,20 @@ killed stage picks up where it stopped.
 """
 
 import importlib.metadata
-import re
 import multiprocessing
+import re
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
 import polars as pl
 
+from pipeline.core.config import Config, VerifyConfig
 from pipeline.core.progress import console, progress_bar, summary
 from pipeline.core.queries import active_prompts
 from pipeline.core.schema import TABLES
-from pipeline.core.store import content_id
 from pipeline.core.stage import Stage
-from pipeline.core.config import Config
-from pipeline.core.store import Run
-from pipeline.core.config import VerifyConfig
-
+from pipeline.core.store import Run, content_id
 
 SANDBOX_VERSION = "1"  # part of a code check's key: bump when the sandbox's verdicts change
 CHUNK = 256  # candidates checked between two writes of the table
@@ -84,16 +81,26 @@ def check(gold: list, text: str, timeout_s: int = 5, float_rounding: int = 6) ->
     except TimeoutException:
         return {"status": "error", "answer": None, "error": f"extracting the final answer took over {timeout_s} s"}
     except Exception as e:  # noqa: BLE001
-        return {"status": "error", "answer": None, "error": f"math-verify could not read the response: {type(e).__name__}: {e}"[:300]}
+        return {
+            "status": "error",
+            "answer": None,
+            "error": f"math-verify could not read the response: {type(e).__name__}: {e}"[:300],
+        }
     if not answer:
         return {"status": "unparseable", "answer": None, "error": None}
-    shown = next((a for a in reversed(answer) if isinstance(a, str)), None)  # the text it matched; str(sympy) can be slow
+    shown = next(
+        (a for a in reversed(answer) if isinstance(a, str)), None
+    )  # the text it matched; str(sympy) can be slow
     try:
         ok = verify(gold, answer, float_rounding=float_rounding, timeout_seconds=timeout_s, raise_on_error=True)
     except TimeoutException:
         return {"status": "error", "answer": shown, "error": f"comparing with the reference took over {timeout_s} s"}
     except Exception as e:  # noqa: BLE001
-        return {"status": "error", "answer": shown, "error": f"math-verify could not compare: {type(e).__name__}: {e}"[:300]}
+        return {
+            "status": "error",
+            "answer": shown,
+            "error": f"math-verify could not compare: {type(e).__name__}: {e}"[:300],
+        }
     return {"status": "correct" if ok else "incorrect", "answer": shown, "error": None}
 
 
@@ -140,27 +147,48 @@ def run_code(items: list[tuple[str, str]], cfg) -> list[dict]:
 
     limits = Limits(wall_s=cfg.code_wall_s, cpu_s=cfg.code_cpu_s, memory_mb=cfg.code_memory_mb)
     results = run_many([(extract_code(text), tests) for tests, text in items], workers=cfg.code_workers, limits=limits)
-    return [{"status": "correct" if r.total and r.passed == r.total else "incorrect", "answer": None, "reference": None,
-             "error": None if r.reason is None else f"{r.reason}: {r.detail}"[:300], "score": r.score} for r in results]
+    return [
+        {
+            "status": "correct" if r.total and r.passed == r.total else "incorrect",
+            "answer": None,
+            "reference": None,
+            "error": None if r.reason is None else f"{r.reason}: {r.detail}"[:300],
+            "score": r.score,
+        }
+        for r in results
+    ]
 
 
 def check_key(verifier: str, truth: str, text: str, cfg, version: str) -> str:
-    settings = (cfg.timeout_s, cfg.float_rounding) if verifier == "math" else (cfg.code_wall_s, cfg.code_cpu_s, cfg.code_memory_mb)
+    settings = (
+        (cfg.timeout_s, cfg.float_rounding)
+        if verifier == "math"
+        else (cfg.code_wall_s, cfg.code_cpu_s, cfg.code_memory_mb)
+    )
     return content_id("verify", verifier, version, truth, text, *settings)
 
 
-def verify_candidates(prompts: pl.DataFrame, candidates: pl.DataFrame, cfg, previous: pl.DataFrame | None = None,
-                      save=None) -> pl.DataFrame:
+def verify_candidates(
+    prompts: pl.DataFrame, candidates: pl.DataFrame, cfg, previous: pl.DataFrame | None = None, save=None
+) -> pl.DataFrame:
     """The verifications table for the candidates (with text) of prompts that have tests (code) or else a reference
     answer (math).
 
     previous: an earlier table, whose rows are reused while their key matches; save(table) is called after each
     CHUNK of new checks (the stage writes the table there, so a killed run resumes)."""
-    prompts = prompts.with_columns(*(pl.lit(None, pl.String).alias(c) for c in ("reference_answer", "tests") if c not in prompts.columns))
-    truths = {p: ("code", tests) if tests is not None else ("math", ref)
-              for p, ref, tests in prompts.select("prompt_id", "reference_answer", "tests").iter_rows() if tests is not None or ref is not None}
-    todo = [(c, p, *truths[p], t) for c, p, t in candidates.select("candidate_id", "prompt_id", "text").iter_rows()
-            if p in truths and t is not None]
+    prompts = prompts.with_columns(
+        *(pl.lit(None, pl.String).alias(c) for c in ("reference_answer", "tests") if c not in prompts.columns)
+    )
+    truths = {
+        p: ("code", tests) if tests is not None else ("math", ref)
+        for p, ref, tests in prompts.select("prompt_id", "reference_answer", "tests").iter_rows()
+        if tests is not None or ref is not None
+    }
+    todo = [
+        (c, p, *truths[p], t)
+        for c, p, t in candidates.select("candidate_id", "prompt_id", "text").iter_rows()
+        if p in truths and t is not None
+    ]
     kept = {}
     if previous is not None:
         kept = {(r["candidate_id"], r["check_key"]): r for r in previous.iter_rows(named=True)}
@@ -179,14 +207,16 @@ def verify_candidates(prompts: pl.DataFrame, candidates: pl.DataFrame, cfg, prev
 
     with math_checker() as check_math, progress_bar("verify", len(missing)) as advance:
         for start in range(0, len(missing), CHUNK):
-            chunk = missing[start:start + CHUNK]
+            chunk = missing[start : start + CHUNK]
             results = {}
             for verifier in ("math", "code"):
                 mine = [(i, key) for i, key in chunk if todo[i][2] == verifier]
                 if not mine:
                     continue
                 items = [(todo[i][3], todo[i][4]) for i, _ in mine]
-                found = run_code(items, cfg) if verifier == "code" else check_math(items, cfg.timeout_s, cfg.float_rounding)
+                found = (
+                    run_code(items, cfg) if verifier == "code" else check_math(items, cfg.timeout_s, cfg.float_rounding)
+                )
                 results.update({i: (key, result) for (i, key), result in zip(mine, found)})
             for i, (key, result) in results.items():
                 c, p, verifier, _, _ = todo[i]
@@ -201,37 +231,66 @@ def counts_of(table: pl.DataFrame, prompts: pl.DataFrame, candidates: pl.DataFra
     checkable = prompts.filter(pl.col("reference_answer").is_not_null() | pl.col("tests").is_not_null())
     status = dict(table["status"].value_counts().iter_rows()) if table.height else {}
     by_verifier = dict(table["verifier"].value_counts().iter_rows()) if table.height else {}
-    bad = table.filter((pl.col("verifier") == "math") & (pl.col("status") == "error") & pl.col("reference").is_null())["prompt_id"].unique()
+    bad = table.filter((pl.col("verifier") == "math") & (pl.col("status") == "error") & pl.col("reference").is_null())[
+        "prompt_id"
+    ].unique()
     checked = candidates.filter(pl.col("prompt_id").is_in(checkable["prompt_id"].implode()))
-    return {"prompts_with_tests": prompts["tests"].drop_nulls().len(),
-            "prompts_with_reference": prompts.filter(pl.col("tests").is_null())["reference_answer"].drop_nulls().len(),
-            "candidates_checked": table.height, "math_checks": int(by_verifier.get("math", 0)), "code_runs": int(by_verifier.get("code", 0)),
-            **{s if s != "error" else "errors": int(status.get(s, 0)) for s in STATUSES},  # the manifest has its own `error`
-            "bad_references": bad.len(),
-            "skipped_failed_candidates": int(checked["text"].null_count()), "reused": reused}
+    return {
+        "prompts_with_tests": prompts["tests"].drop_nulls().len(),
+        "prompts_with_reference": prompts.filter(pl.col("tests").is_null())["reference_answer"].drop_nulls().len(),
+        "candidates_checked": table.height,
+        "math_checks": int(by_verifier.get("math", 0)),
+        "code_runs": int(by_verifier.get("code", 0)),
+        **{
+            s if s != "error" else "errors": int(status.get(s, 0)) for s in STATUSES
+        },  # the manifest has its own `error`
+        "bad_references": bad.len(),
+        "skipped_failed_candidates": int(checked["text"].null_count()),
+        "reused": reused,
+    }
 
 
 def step(config: Config, run: Run, **_) -> dict:
     """Check every candidate of a prompt with tests or a reference answer; write `verifications` as it goes."""
-    cfg = config.require("verify", hint="add `verify: {}` (math answers checked with math-verify, code run against tests) to the config")
+    cfg = config.require(
+        "verify", hint="add `verify: {}` (math answers checked with math-verify, code run against tests) to the config"
+    )
     prompts = active_prompts(run.read("prompts"))
     candidates = run.read("candidates")
     previous = run.read("verifications") if run.has("verifications") else None
     table = verify_candidates(prompts, candidates, cfg, previous, save=lambda df: run.write("verifications", df))
     table = run.write("verifications", table)
-    reused = 0 if previous is None else table.join(previous.select("candidate_id", "check_key"), on=["candidate_id", "check_key"]).height
+    reused = (
+        0
+        if previous is None
+        else table.join(previous.select("candidate_id", "check_key"), on=["candidate_id", "check_key"]).height
+    )
     counts = counts_of(table, prompts, candidates, reused)
     if not counts["prompts_with_reference"] and not counts["prompts_with_tests"]:
-        console.print("[yellow]verify: no prompt has a reference answer or tests, so nothing was checked. Ingest reads them from "
-                      "a `reference_answer`, `answer` or `final_answer` column and a `tests`, `test_code` or `unit_tests` column; "
-                      "map others with `ingest.answer_column` (--answer-column) and `ingest.tests_column`[/yellow]")
+        console.print(
+            "[yellow]verify: no prompt has a reference answer or tests, so nothing was checked. Ingest reads them from "
+            "a `reference_answer`, `answer` or `final_answer` column and a `tests`, `test_code` or `unit_tests` column; "
+            "map others with `ingest.answer_column` (--answer-column) and `ingest.tests_column`[/yellow]"
+        )
     if counts["bad_references"]:
-        bad = table.filter((pl.col("verifier") == "math") & (pl.col("status") == "error") & pl.col("reference").is_null()).unique("prompt_id", maintain_order=True)
+        bad = table.filter(
+            (pl.col("verifier") == "math") & (pl.col("status") == "error") & pl.col("reference").is_null()
+        ).unique("prompt_id", maintain_order=True)
         where = prompts.select("prompt_id", "source", "source_line")
-        lines = [f"{s}:{n}: {e}" for s, n, e in bad.join(where, on="prompt_id").select("source", "source_line", "error").iter_rows()]
-        console.print(f"warning: {counts['bad_references']} reference answer(s) do not parse; their candidates are recorded as "
-                      f"errors in verifications.parquet and make no verified pair:\n  " + "\n  ".join(lines[:5])
-                      + ("\n  ..." if len(lines) > 5 else ""), style="yellow", markup=False, highlight=False, soft_wrap=True)
+        lines = [
+            f"{s}:{n}: {e}"
+            for s, n, e in bad.join(where, on="prompt_id").select("source", "source_line", "error").iter_rows()
+        ]
+        console.print(
+            f"warning: {counts['bad_references']} reference answer(s) do not parse; their candidates are recorded as "
+            f"errors in verifications.parquet and make no verified pair:\n  "
+            + "\n  ".join(lines[:5])
+            + ("\n  ..." if len(lines) > 5 else ""),
+            style="yellow",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     summary("verify", counts)
     return counts
 

@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PIP := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: venv argilla chromium bubblewrap demo test test-fast bench clean-demo
+.PHONY: venv argilla chromium bubblewrap demo test test-fast lint bench clean-demo
 
 venv: $(VENV)/.installed
 
@@ -41,8 +41,14 @@ demo: venv argilla bubblewrap
 	$(BIN)/prefab run data/configs/demo.yaml
 	@$(BIN)/python -c "from labeling.push import demo_instructions; print(demo_instructions('runs/demo'))"
 
-test: venv argilla chromium bubblewrap
+test: venv argilla chromium bubblewrap lint
 	$(BIN)/python -m pytest
+
+# ruff (lint and format, 120 columns) over the code, mypy over pipeline/: settings in pyproject.toml.
+lint: venv
+	$(BIN)/ruff check pipeline labeling training tests bench
+	$(BIN)/ruff format --check pipeline labeling training tests bench
+	$(BIN)/mypy
 
 # The day-to-day part: no labeling server, no browser, no training, no fault marathon (make test runs all of it).
 test-fast: venv bubblewrap

@@ -12,12 +12,17 @@ Each check is a row: ok, warn (the run works, in a lesser way the detail names) 
 """
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pipeline.core.errors import PrefabError
-from pipeline.models.backends import Request
+from pipeline.models.backends import Request, Result
+
+if TYPE_CHECKING:
+    from pipeline.core.errors import ModelError
 
 Status = Literal["ok", "warn", "fail"]
+# (check, status, detail, fix) of a row whose subject and where the caller knows; detail and fix may be left out
+CheckRow = tuple[str, Status] | tuple[str, Status, str] | tuple[str, Status, str, str]
 
 SAMPLE = (
     [{"role": "user", "content": "What is 2 + 2?"}],
@@ -102,8 +107,9 @@ def _server(spec, subject: str, judge) -> list[Check]:
         key_fix = f"set {spec.api_key_env or 'OPENAI_API_KEY'} to a key this server accepts" + (
             "" if spec.api_key_env else " (or name another variable in the model's `api_key_env:`)"
         )
+        served: list[str] | None
         try:
-            served = [model.id for model in client.models.list()]
+            models = [model.id for model in client.models.list()]
         except openai.APIConnectionError as e:  # timeouts too
             row(
                 "reachable",
@@ -121,9 +127,10 @@ def _server(spec, subject: str, judge) -> list[Check]:
             row("reachable", "ok")
             row("model served", "warn", f"/models answered HTTP {e.status_code}: {_message(e)}; not listed")
         else:
+            served = models
             row("reachable", "ok")
             row("key accepted", "ok")
-            if spec.model in served:
+            if spec.model in models:
                 row("model served", "ok", spec.model)
 
         answer = _ask(spec, Request(SAMPLE[0], max_tokens=16, temperature=0.0))
@@ -165,6 +172,7 @@ def _server(spec, subject: str, judge) -> list[Check]:
                 "warn",
                 f"not among {', '.join(served) or 'none'} at /models, but the server answers for it",
             )
+        assert answer.text is not None  # an answer without error has its text (llm_openai._result)
         row(
             "chat completion",
             "ok",
@@ -177,11 +185,12 @@ def _server(spec, subject: str, judge) -> list[Check]:
         return rows
 
 
-def _judge_checks(spec, judge) -> list[tuple]:
-    """(check, status, detail, fix) for what a judge asks beyond a plain completion: its answer's JSON schema, logprobs."""
+def _judge_checks(spec, judge) -> list[CheckRow]:
+    """(check, status, detail, fix) for what a judge asks beyond a plain completion: its answer's JSON schema,
+    logprobs."""
     from pipeline.stages.judge import parse_rubric, scoring_requests, token_distribution
 
-    rows = []
+    rows: list[CheckRow] = []
     if judge.scoring == "json" and judge.structured_output:
         answer = _ask(spec, scoring_requests(spec, [SAMPLE], judge.aspects, judge)[0])
         if isinstance(answer, Exception) or answer.error:
@@ -191,9 +200,9 @@ def _judge_checks(spec, judge) -> list[tuple]:
                     "structured output",
                     "fail",
                     f"a json_schema response_format was refused: {reason}",
-                    "set `structured_output: false` under `judge:` (prefab then asks for the JSON in the prompt and parses "
-                    f"the answer, asking again up to parse_retries={judge.parse_retries} times), or serve the judge with "
-                    "structured outputs on (vLLM, llama.cpp's llama-server)",
+                    "set `structured_output: false` under `judge:` (prefab then asks for the JSON in the prompt "
+                    f"and parses the answer, asking again up to parse_retries={judge.parse_retries} times), or serve "
+                    "the judge with structured outputs on (vLLM, llama.cpp's llama-server)",
                 )
             )
         else:
@@ -206,7 +215,8 @@ def _judge_checks(spec, judge) -> list[tuple]:
                         "structured output",
                         "warn",
                         f"taken, but the answer is not the rubric's JSON ({e}): the server "
-                        f"ignores the schema; prefab parses the answer and asks again up to {judge.parse_retries} times",
+                        "ignores the schema; prefab parses the answer and asks again up to "
+                        f"{judge.parse_retries} times",
                     )
                 )
     if judge.scoring == "logprobs" or judge.logprobs:
@@ -227,8 +237,8 @@ def _judge_checks(spec, judge) -> list[tuple]:
                         "logprobs",
                         "fail",
                         f"asked for {request.top_logprobs} per token: {reason}; every judgment needs them",
-                        "serve the judge where logprobs are returned (vLLM, llama.cpp's llama-server), or set `scoring: json` "
-                        "under `judge:` (a JSON answer per candidate)",
+                        "serve the judge where logprobs are returned (vLLM, llama.cpp's llama-server), or set "
+                        "`scoring: json` under `judge:` (a JSON answer per candidate)",
                     )
                 )
             else:
@@ -248,7 +258,7 @@ def _judge_checks(spec, judge) -> list[tuple]:
     return rows
 
 
-def _batch_api(client, spec) -> list[tuple]:
+def _batch_api(client, spec) -> list[CheckRow]:
     """The Batch API is there (listing batches costs nothing); its errors as the batch backend words them."""
     from pipeline.core.errors import ModelError
     from pipeline.models.llm_openai import _stops
@@ -261,12 +271,12 @@ def _batch_api(client, spec) -> list[tuple]:
     return [("batch API", "ok", "/batches answers")]
 
 
-def _ask(spec, request: Request):
+def _ask(spec, request: Request) -> "Result | ModelError":
     """One completion through the backend's own call: its Result, or the ModelError that would stop a run."""
     from pipeline.core.errors import ModelError
     from pipeline.core.registry import backend
 
-    got = []
+    got: list[Result] = []
     if spec.backend == "openai":
         spec = spec.model_copy(
             update={"mode": "realtime"}
@@ -298,7 +308,8 @@ def _embedder(config) -> list[Check]:
 
 
 def _load(subject: str, where: str, check: str, load) -> Check:
-    """Load a local model as its stage does (`load` returns the row's detail): a row, with the loader's own hint where it fails."""
+    """Load a local model as its stage does (`load` returns the row's detail): a row, with the loader's own hint where
+    it fails."""
     try:
         detail = load() or ""
     except PrefabError as e:

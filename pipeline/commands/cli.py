@@ -59,7 +59,8 @@ class PrefabGroup(click.Group):
     "-v",
     "--verbose",
     is_flag=True,
-    help="Show third-party progress bars and warnings (transformers, datasets, TRL); else warnings go to RUN/logs/third_party.log.",
+    help="Show third-party progress bars and warnings (transformers, datasets, TRL); "
+    "else warnings go to RUN/logs/third_party.log.",
 )
 def cli(verbose):
     """prefab: preference data for LLM post-training, from prompts to a labeled, trained-on dataset."""
@@ -98,11 +99,13 @@ def run(config_path, start, until, run_dir, force):
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="First make this many calls per generator, and judge them, to measure answer lengths (cached: the run does not pay again).",
+    help="First make this many calls per generator, and judge them, to measure answer lengths "
+    "(cached: the run does not pay again).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_command(config_path, run_dir, sample, as_json):
-    """Estimate a run's calls, tokens and cost per stage and model, and what the call cache already holds, before spending."""
+    """Estimate a run's calls, tokens and cost per stage and model, and what the call cache already holds, before
+    spending."""
     from pipeline.commands.plan import plan_run, print_plan
     from pipeline.core.cache import run_cache, spending_limit
     from pipeline.core.config import load_config
@@ -195,7 +198,8 @@ def generate(run_dir, config_path, retry_failed):
 )
 @click.option("--limit", type=int, help="At most this many gold pairs per file (a seeded sample).")
 def calibrate(run_dir, config_path, gold, limit):
-    """Measure every configured judge on human-labeled gold pairs: accuracy, consistency, biases, accuracy-coverage curves."""
+    """Measure every configured judge on human-labeled gold pairs: accuracy, consistency, biases, accuracy-coverage
+    curves."""
     from pipeline.core.config import CalibrateConfig
     from pipeline.core.store import Run
 

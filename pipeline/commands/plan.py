@@ -10,6 +10,7 @@ prompts and the expected answer lengths. Calibration on gold pairs is not counte
 """
 
 import statistics
+from collections.abc import Sequence
 
 import polars as pl
 
@@ -49,7 +50,7 @@ def plan_run(config: Config, cache: CallCache | None, sample: int = 0) -> dict:
         prompts = prompts[_spread(list(range(prompts.height)), target)]
     rows, expected, answers = [], {}, []
     if "generate" in stages:
-        for spec in config.generate.generators:
+        for spec in config.require("generate").generators:
             row, expected[spec.label], sampled = _plan_generate(spec, prompts, cache, sample)
             rows.append(row)
             answers += sampled
@@ -93,18 +94,18 @@ def _conversation(messages) -> list[dict]:
 def _row(
     stage: str,
     spec,
-    requests: list,
-    prompt_tokens: list[float],
-    completion_tokens: list[float],
+    requests: Sequence,
+    prompt_tokens: Sequence[float],
+    completion_tokens: Sequence[float],
     hits: dict,
-    keys: list[str | None],
-    weights: list[float],
+    keys: Sequence[str | None],
+    weights: Sequence[float],
     counted: str,
     basis: str,
 ) -> dict:
     """Sum a stage's planned requests (each standing for `weight` calls); cached ones count their recorded tokens."""
     calls = cached = p_all = c_all = p_new = c_new = 0.0
-    for request, p, c, key, w in zip(requests, prompt_tokens, completion_tokens, keys, weights):
+    for _request, p, c, key, w in zip(requests, prompt_tokens, completion_tokens, keys, weights, strict=True):
         hit = hits.get(key) if key is not None else None
         if hit is not None:
             p, c = hit.get("prompt_tokens") or p, hit.get("completion_tokens") or c
@@ -155,11 +156,15 @@ def _plan_generate(spec, prompts: pl.DataFrame, cache, sample: int):
     if sample and cache is not None:
         pick = _spread([i for i, k in enumerate(keys) if k not in hits], sample)
         results = call_llm(spec, [requests[i] for i in pick], cache, f"sample {spec.label}")
-        sampled = [(requests[i].messages, r.text) for i, r in zip(pick, results) if r.error is None]
-        hits.update((keys[i], r.cache_row()) for i, r in zip(pick, results) if r.error is None)
+        sampled = [(requests[i].messages, r.text) for i, r in zip(pick, results, strict=True) if r.error is None]
+        hits.update((keys[i], r.cache_row()) for i, r in zip(pick, results, strict=True) if r.error is None)
     count, counted = token_counter(spec)
     per_prompt = dict(
-        zip(prompts["prompt_id"].to_list(), count([_conversation(m) for m in prompts["messages"].to_list()]))
+        zip(
+            prompts["prompt_id"].to_list(),
+            count([_conversation(m) for m in prompts["messages"].to_list()]),
+            strict=True,
+        )
     )
     expected, basis = _expected(_measured(hits, dict.fromkeys(keys)), spec.max_tokens or DEFAULT_MAX_TOKENS)
     row = _row(
@@ -181,7 +186,7 @@ def _candidate_items(config: Config, run, prompts: pl.DataFrame, expected: dict)
     """(messages, response, calls it stands for, tokens to add for the response): the real candidates once
     generated, else one stand-in per prompt and generator, as long as that generator's expected answer."""
     if run.has("candidates"):
-        messages = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
+        messages = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list(), strict=True))
         ok = run.read("candidates").filter(pl.col("text").is_not_null() & pl.col("prompt_id").is_in(list(messages)))
         return [(_conversation(messages[p]), text, 1, 0) for p, text in ok.select("prompt_id", "text").iter_rows()]
     return [
@@ -194,7 +199,7 @@ def _candidate_items(config: Config, run, prompts: pl.DataFrame, expected: dict)
 def _pair_items(config: Config, run, prompts: pl.DataFrame, expected: dict) -> list[tuple]:
     """(messages, first, second, calls it stands for, tokens to add for the two responses): the real pairs once
     built, else per prompt one pair (best_vs_*) or every two candidates (all_above_margin: an upper bound)."""
-    messages = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
+    messages = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list(), strict=True))
     if run.has("pairs") and run.has("candidates"):
         text = dict(run.read("candidates").select("candidate_id", "text").iter_rows())
         pairs = run.read("pairs").filter(pl.col("prompt_id").is_in(list(messages)))
@@ -251,7 +256,8 @@ def _plan_pairwise(spec, cfg, items: list[tuple], cache) -> dict:
 
 
 def _lookup(spec, requests, cache, real: bool) -> tuple[list, dict]:
-    """Cache keys and hits of requests built from real candidates or pairs (the stage's own requests); stand-ins have none."""
+    """Cache keys and hits of requests built from real candidates or pairs (the stage's own requests); stand-ins have
+    none."""
     if cache is None or not real:
         return [None] * len(requests), {}
     keys = cache_keys(spec, requests)
@@ -260,7 +266,7 @@ def _lookup(spec, requests, cache, real: bool) -> tuple[list, dict]:
 
 def _judge_row(stage, spec, requests, extra, weights, keys, hits, expected, basis) -> dict:
     count, counted = token_counter(spec)
-    prompt_tokens = [n + x for n, x in zip(count([r.messages for r in requests]), extra)]
+    prompt_tokens = [n + x for n, x in zip(count([r.messages for r in requests]), extra, strict=True)]
     return _row(stage, spec, requests, prompt_tokens, [expected] * len(requests), hits, keys, weights, counted, basis)
 
 

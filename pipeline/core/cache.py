@@ -50,11 +50,13 @@ class CallCache:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, kind TEXT, request TEXT, response TEXT, "
-            "created REAL DEFAULT ((julianday('now') - 2440587.5) * 86400.0), "  # unix seconds; unixepoch('subsec') needs SQLite 3.42
+            # unix seconds; unixepoch('subsec') needs SQLite 3.42
+            "created REAL DEFAULT ((julianday('now') - 2440587.5) * 86400.0), "
             "cost_usd REAL DEFAULT 0)"
         )
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS batches (batch_id TEXT PRIMARY KEY, server TEXT, keys TEXT, status TEXT DEFAULT 'open', "
+            "CREATE TABLE IF NOT EXISTS batches (batch_id TEXT PRIMARY KEY, server TEXT, keys TEXT, "
+            "status TEXT DEFAULT 'open', "
             "created REAL DEFAULT ((julianday('now') - 2440587.5) * 86400.0))"
         )
         if "cost_usd" not in {

@@ -7,7 +7,7 @@ Secrets are referenced by environment-variable name (`api_key_env`), never store
 import difflib
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -23,7 +23,8 @@ class Strict(BaseModel):
 
 
 def distinct(values: list, field: str, what: str, fix: str) -> None:
-    """Refuse a value that keys a table or an id twice: the second would silently merge with (or overwrite) the first."""
+    """Refuse a value that keys a table or an id twice: the second would silently merge with (or overwrite) the
+    first."""
     for i, value in enumerate(values):
         if value in values[:i]:
             raise ValueError(
@@ -33,8 +34,8 @@ def distinct(values: list, field: str, what: str, fix: str) -> None:
 
 
 class RayConfig(Strict):
-    """Run a local model stage on a Ray cluster (pipeline/models/ray_cluster.py): `replicas` actors, each loading the model
-    once and answering whole batches, with the same answers as a local run."""
+    """Run a local model stage on a Ray cluster (pipeline/models/ray_cluster.py): `replicas` actors, each loading the
+    model once and answering whole batches, with the same answers as a local run."""
 
     # auto: the cluster `ray start` made on this machine; HOST:6379 on the cluster's network; ray://HOST:10001 (Ray
     # Client) from elsewhere; local: the Ray this process already joined, else a new one on this machine alone
@@ -76,9 +77,9 @@ class ModelSpec(Strict):
     # any backend
     price_per_mtok_in: float = Field(0.0, ge=0)  # USD per million prompt tokens
     price_per_mtok_out: float = Field(0.0, ge=0)  # USD per million completion tokens
-    tokenizer: str | None = (
-        None  # for `prefab plan`'s token counts: a local tokenizer dir or embedded:smollm2 (default: the model's own on transformers)
-    )
+    # for `prefab plan`'s token counts: a local tokenizer dir or embedded:smollm2 (default: the model's own on
+    # transformers)
+    tokenizer: str | None = None
 
     @property
     def label(self) -> str:
@@ -184,7 +185,8 @@ class GenerateConfig(Strict):
             [g.label for g in v],
             "generators",
             "name",
-            "set a distinct `name:` on each (one without a name is named by its `model`), or merge them into one generator",
+            "set a distinct `name:` on each (one without a name is named by its `model`), "
+            "or merge them into one generator",
         )
         return v
 
@@ -320,8 +322,8 @@ class VerifyConfig(Strict):
     """
 
     mode: Literal["prefer", "only", "off"] = "prefer"
-    # math-verify's own per-call limit (SIGALRM, whole seconds) on extracting an answer and on comparing two; a check that
-    # runs over is recorded as an error, never as incorrect
+    # math-verify's own per-call limit (SIGALRM, whole seconds) on extracting an answer and on comparing two; a check
+    # that runs over is recorded as an error, never as incorrect
     timeout_s: int = Field(5, ge=1, le=600)
     float_rounding: int = Field(6, ge=0, le=15)  # decimals compared
     reject_unparseable: bool = True  # a candidate with no final answer may be the rejected side of a verified pair
@@ -464,7 +466,7 @@ def _config_error(path: Path, node, error: ValidationError) -> ConfigError:
     lines = []
     first_line = None
     hint = None
-    errors = [
+    errors: list[dict[str, Any]] = [
         dict(e, loc=[p for p in e["loc"] if not (isinstance(p, str) and "[" in p)]) for e in error.errors()
     ]  # drop union tags
     typos = set()  # (parent, valid key) pairs explained by a misspelt key: their "missing" is noise

@@ -31,7 +31,8 @@ class InputError(PrefabError):
 
 
 def unreadable(path, error: OSError, kind: type[PrefabError] = InputError) -> PrefabError:
-    """A file the system will not let us read (permissions, a directory): the user's to fix, so an error, not a crash."""
+    """A file the system will not let us read (permissions, a directory): the user's to fix, so an error, not a
+    crash."""
     if isinstance(error, PermissionError):
         hint = f"give your user read access (ls -l {path}; chmod u+r {path}) or copy the file somewhere readable"
     elif isinstance(error, IsADirectoryError):

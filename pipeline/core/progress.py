@@ -98,7 +98,8 @@ class _Count:
     """What a progress display shows: done of total, the part done here (not cached), rate and ETA."""
 
     def __init__(self, description: str, total: int | None):
-        self.description, self.total, self.note = description, total, None
+        self.description, self.total = description, total
+        self.note: str | None = None
         self.done = self.cached = 0
         self.started = time.monotonic()
 
@@ -190,10 +191,8 @@ def _log_lines(count: _Count):
         stop.set()
         reporter.join()
         rate = count.rate()
-        end = (
-            f"{count.title()}: {'done' if ok else 'stopped at'} {count.done:,}/{'?' if count.total is None else f'{count.total:,}'} "
-            f"in {duration(count.elapsed())}"
-        )
+        total = "?" if count.total is None else f"{count.total:,}"
+        end = f"{count.title()}: {'done' if ok else 'stopped at'} {count.done:,}/{total} in {duration(count.elapsed())}"
         details = [f"{rate:.2f}/s" if rate else None, f"{count.cached:,} from earlier work" if count.cached else None]
         log_line(end + (f" ({', '.join(d for d in details if d)})" if any(details) else ""))
 

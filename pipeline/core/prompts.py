@@ -56,7 +56,8 @@ def prompt_messages(
             wanted or "prompt",
             f"missing column {wanted!r}"
             if wanted
-            else f"no prompt column (looked for {', '.join([*prompt_columns, *messages_columns])}; found {', '.join(map(str, record))})",
+            else f"no prompt column (looked for {', '.join([*prompt_columns, *messages_columns])}; "
+            f"found {', '.join(map(str, record))})",
         )
     if answered:
         while messages and messages[-1]["role"] == "assistant":

@@ -1,10 +1,14 @@
 """Queries over run tables that several stages share, kept apart so that stages import them without
 importing each other (dedup and embed, judge and pair)."""
 
+from typing import TypeVar
+
 import polars as pl
 
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 
-def active_prompts(prompts: pl.DataFrame) -> pl.DataFrame:
+
+def active_prompts(prompts: Frame) -> Frame:
     """Prompts that go on to generation: not a duplicate, not sampled out."""
     return prompts.filter(pl.col("duplicate_of").is_null() & pl.col("excluded_reason").is_null())
 

@@ -6,7 +6,8 @@ plugins), so that pipeline/ names no other package:
 - `prefab.commands`: a list of click commands added to `prefab`;
 - `prefab.report`: a list of functions `(run) -> html | None`, sections of report.html;
 - `prefab.status`: a list of functions `(run) -> rich renderable | None`, shown by `prefab status` after the stages;
-- `prefab.checks`: a list of functions `(config) -> [pipeline.commands.check.Check]`, rows `prefab check` adds to its own;
+- `prefab.checks`: a list of functions `(config) -> [pipeline.commands.check.Check]`, rows `prefab check` adds to its
+  own;
 - `prefab.backends`: a model backend (pipeline/models/backends.py says what one is); the entry point's name is what
   `backend:` in a model's config names. The built-in ones, openai and transformers, register the same way;
   `register_backend` adds one at run time (tests register an in-process fake).
@@ -83,7 +84,8 @@ def unregister_backend(name: str) -> None:
 
 
 def backends() -> dict:
-    """backend name -> backend: those of installed packages (prefab's own included), then those registered at run time."""
+    """backend name -> backend: those of installed packages (prefab's own included), then those registered at run
+    time."""
     return {**_entry_point_backends(), **_registered}
 
 

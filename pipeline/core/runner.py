@@ -21,7 +21,7 @@ def section_hash(config: Config, stage: str) -> str:
     stages = registry.stages()
     names = list(stages)
     upto = names[: names.index(stage) + 1]
-    data = {s: _dump(config.section(stages[s].section)) for s in upto if stages[s].section}
+    data = {s: _dump(config.section(section)) for s in upto if (section := stages[s].section)}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

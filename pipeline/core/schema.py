@@ -3,9 +3,13 @@
 Columns may be added by a later stage only through this module, so every reader agrees.
 """
 
+from typing import TypeVar
+
 import polars as pl
 
 from pipeline.core.errors import RunError
+
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)  # what conform takes, and gives back
 
 MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
 ASPECT = pl.Struct({"name": pl.String, "score": pl.Float64, "rationale": pl.String})
@@ -20,8 +24,10 @@ TABLES: dict[str, dict[str, pl.DataType | type[pl.DataType]]] = {  # a class (pl
         "duplicate_of": pl.String,  # prompt_id of the kept copy, null when kept
         "cluster": pl.Int32,  # topic cluster, null before clustering
         "excluded_reason": pl.String,  # set by dedup: duplicate | near_duplicate | max_per_cluster | target_size
-        "reference_answer": pl.String,  # the source's reference answer (math), checked by the verify stage; null without one
-        "tests": pl.String,  # the source's Python tests (code), run against each candidate by the verify stage; null without
+        # the source's reference answer (math), checked by the verify stage; null without one
+        "reference_answer": pl.String,
+        # the source's Python tests (code), run against each candidate by the verify stage; null without
+        "tests": pl.String,
     },
     "bad_rows": {
         "source": pl.String,
@@ -75,14 +81,17 @@ TABLES: dict[str, dict[str, pl.DataType | type[pl.DataType]]] = {  # a class (pl
         "relevance": pl.Float64,  # cosine of the candidate with its prompt
         "near_identical_to": pl.String,  # an earlier candidate of the same prompt with cosine >= embed.near_identical
     },
-    "verifications": {  # verify: each candidate's final answer against its prompt's reference (math-verify), or its code against the tests
+    # verify: each candidate's final answer against its prompt's reference (math-verify), or its code against the tests
+    "verifications": {
         "candidate_id": pl.String,
         "prompt_id": pl.String,
         "verifier": pl.String,  # "math" | "code"
         "status": pl.String,  # "correct" | "incorrect" | "unparseable" (no final answer found) | "error" (see error)
         "answer": pl.String,  # math: the final answer math-verify extracted, null when none; code: null
-        "reference": pl.String,  # math: the reference as math-verify read it (sympy), null when it could not; code: null
-        "error": pl.String,  # math: a reference that does not parse, a check that timed out; code: why not every test passed
+        # math: the reference as math-verify read it (sympy), null when it could not; code: null
+        "reference": pl.String,
+        # math: a reference that does not parse, a check that timed out; code: why not every test passed
+        "error": pl.String,
         "score": pl.Float64,  # math: 1 or 0; code: the share of tests passed; null on an error
         "check_key": pl.String,  # hash of reference, candidate text and settings: a row is reused while it matches
     },
@@ -98,8 +107,10 @@ TABLES: dict[str, dict[str, pl.DataType | type[pl.DataType]]] = {  # a class (pl
         "strategy": pl.String,  # the pair strategy, or "verified" (a correct against an incorrect final answer)
         "route": pl.String,  # "auto" | "human" | "dropped" (neither: no label is worth having, route_reason says why)
         "route_reason": pl.String,
-        "confidence": pl.Float64,  # calibrated probability that chosen is the better side (null without gold calibration)
-        "signal_value": pl.Float64,  # the routing signal's value that `confidence` calibrates (null without gold calibration)
+        # calibrated probability that chosen is the better side (null without gold calibration)
+        "confidence": pl.Float64,
+        # the routing signal's value that `confidence` calibrates (null without gold calibration)
+        "signal_value": pl.Float64,
     },
     "labels": {
         "pair_id": pl.String,
@@ -119,7 +130,8 @@ TABLES: dict[str, dict[str, pl.DataType | type[pl.DataType]]] = {  # a class (pl
         "preference": pl.String,  # majority label, "chosen" | "rejected" | "tie" | "both_bad" | null
         "agreement": pl.Float64,  # share of annotators who gave the majority label
         "status": pl.String,  # "resolved" | "split" (tied vote, dropped) | "pending" (< min_submitted) | "discarded"
-        "confidence": pl.Float64,  # probability the preference is right (bayesian or dawid_skene posterior; majority: agreement share)
+        # probability the preference is right (bayesian or dawid_skene posterior; majority: agreement share)
+        "confidence": pl.Float64,
         "method": pl.String,  # "bayesian" | "dawid_skene" | "majority"
     },
     "gold": {  # gold pairs (human-labeled), read by calibrate
@@ -199,7 +211,8 @@ TABLES: dict[str, dict[str, pl.DataType | type[pl.DataType]]] = {  # a class (pl
         "pair_id": pl.String,
         "labels": pl.Int32,  # submitted labels so far
         "confidence": pl.Float64,  # probability its label is right now (the judge's calibrated one before any label)
-        "worth": pl.Float64,  # most expected accuracy per further label (labeling/queue.py); 0: no label would change it
+        # most expected accuracy per further label (labeling/queue.py); 0: no label would change it
+        "worth": pl.Float64,
         "state": pl.String,  # queued | settled | max_labels | closed | over_budget | not_started (labeling/queue.py)
     },
 }
@@ -220,7 +233,7 @@ def empty(name: str) -> pl.DataFrame:
     return pl.DataFrame(schema=TABLES[name])
 
 
-def conform(name: str, df: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+def conform(name: str, df: Frame) -> Frame:
     """Cast to the table's schema, in its column order; fail on a missing or extra column (a LazyFrame: when the
     casts run, for its types; at once for its columns)."""
     schema = TABLES[name]

@@ -281,7 +281,8 @@ class TableParts:
         """Parts 0..n-1 (by their keys), in order, into RUN/NAME.parquet without holding them in memory."""
         paths = [self.path(i, k) for i, k in enumerate(keys)]
         if paths:
-            # the streaming engine with small row groups keeps memory flat in the number of parts (the default held ~a third)
+            # the streaming engine with small row groups keeps memory flat in the number of parts (the default held
+            # ~a third)
             atomic_write(
                 self.run.table_path(self.name),
                 lambda p: pl.scan_parquet(paths).sink_parquet(p, engine="streaming", row_group_size=ROW_GROUP),

@@ -17,7 +17,8 @@ CHARS_PER_TOKEN = 4  # English text in the common BPE vocabularies; the estimate
 
 
 def estimate_prompt_tokens(messages: list[dict]) -> int:
-    """Prompt tokens without the model's tokenizer: ~4 characters a token, plus a few for each message's role markers."""
+    """Prompt tokens without the model's tokenizer: ~4 characters a token, plus a few for each message's role
+    markers."""
     chars = sum(len(c) if isinstance(c := m.get("content") or "", str) else len(json.dumps(c)) for m in messages)
     return chars // CHARS_PER_TOKEN + 4 * len(messages) + 1
 

@@ -21,6 +21,7 @@ BudgetError, with every finished call kept.
 
 import time
 from contextlib import contextmanager
+from typing import cast
 
 from pipeline.core.cache import CallCache, request_key, spending_allowed
 from pipeline.core.config import ModelSpec
@@ -53,7 +54,8 @@ def cache_keys(spec: ModelSpec, requests: list[Request]) -> list[str]:
     return [cache_key(spec, r, checkpoint) for r in requests]
 
 
-def call_cost(spec: ModelSpec, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+def call_cost(spec: ModelSpec, prompt_tokens: float | None, completion_tokens: float | None) -> float:
+    """Dollars for the tokens (a plan passes expected counts: fractions of a token)."""
     return ((prompt_tokens or 0) * spec.price_per_mtok_in + (completion_tokens or 0) * spec.price_per_mtok_out) / 1e6
 
 
@@ -89,7 +91,7 @@ def call_llm(spec: ModelSpec, requests: list[Request], cache: CallCache, descrip
     if not todo:
         if tick and done:
             tick(done, cached=True)
-        return results
+        return cast(list[Result], results)  # every request was a cache hit
     chosen = backend(spec.backend)  # an unknown name fails here, before the progress bar
     work = [(key, requests[idx[0]]) for key, idx in todo.items()]
     with own_ticker(description, len(requests), done, tick) as tick:
@@ -115,7 +117,7 @@ def call_llm(spec: ModelSpec, requests: list[Request], cache: CallCache, descrip
                 chosen.run(spec, batch, finish, journal=cache)
             else:
                 chosen.run(spec, batch, finish)
-    return results
+    return cast(list[Result], results)  # a backend calls finish for each of its requests (backends.Backend.run)
 
 
 def _slices(spec: ModelSpec, work: list[tuple[str, Request]], cache: CallCache):
@@ -135,10 +137,11 @@ def _slices(spec: ModelSpec, work: list[tuple[str, Request]], cache: CallCache):
             stop += 1
         if stop == start:
             raise BudgetError(
-                f"budget_usd {budget:g} reached: this run's calls cost ${cache.spent_usd():.4f} so far, and the next call "
-                f"({spec.label}) could cost up to ${most_cost(spec, work[start][1]):.4f}; {len(work) - start} call(s) not made",
-                hint="every finished call is kept in the run's cache; raise budget_usd in the config (`prefab plan CONFIG` "
-                "estimates what the rest costs) and run the same command again",
+                f"budget_usd {budget:g} reached: this run's calls cost ${cache.spent_usd():.4f} so far, and the "
+                f"next call ({spec.label}) could cost up to ${most_cost(spec, work[start][1]):.4f}; "
+                f"{len(work) - start} call(s) not made",
+                hint="every finished call is kept in the run's cache; raise budget_usd in the config "
+                "(`prefab plan CONFIG` estimates what the rest costs) and run the same command again",
             )
         yield start, stop
         start = stop
@@ -172,9 +175,9 @@ def own_ticker(description: str, total: int, done: int, given=None):
 
 @contextmanager
 def ticker(description: str, total: int, done: int = 0):
-    """A progress bar updated at most ~10 times a second: at 1,000+ calls/s per-call updates would cost more than the calls.
-    tick(n, cached=True) counts work answered without being done here (the cache, an earlier run's parts): shown as
-    done, left out of the rate."""
+    """A progress bar updated at most ~10 times a second: at 1,000+ calls/s per-call updates would cost more than the
+    calls. tick(n, cached=True) counts work answered without being done here (the cache, an earlier run's parts):
+    shown as done, left out of the rate."""
     with progress_bar(description, total) as advance:
         if done:
             advance(done, cached=True)

@@ -3,8 +3,9 @@ through `openai.AsyncOpenAI`.
 
 A call whose first attempt fails enters one retry loop (tenacity), which bounds all its attempts by
 1 + max_retries, whatever failed: 408/409/429/5xx (honouring Retry-After), timeouts, connection errors, and 200s
-that are not a chat completion (HTML, JSON of another shape, no choices); exponential backoff otherwise. `concurrency` requests are in flight across all
-base_urls, which take turns (round robin); rpm/tpm limits (aiolimiter) pace first attempts, not retries.
+that are not a chat completion (HTML, JSON of another shape, no choices); exponential backoff otherwise.
+`concurrency` requests are in flight across all base_urls, which take turns (round robin); rpm/tpm limits
+(aiolimiter) pace first attempts, not retries.
 A rejected key or a model the server does not have stops every call: ModelError.
 
 `mode: batch` sends the requests to the provider's Batch API instead, which answers within `batch_window`
@@ -32,6 +33,7 @@ import random
 import time
 from collections import Counter
 from contextlib import contextmanager
+from typing import Final
 
 from pipeline.core.cache import request_key
 from pipeline.core.errors import ConfigError, ModelError
@@ -142,6 +144,7 @@ async def _call_all(spec, requests: list[Request], finish) -> None:
             if rpm:
                 await rpm.acquire()
             if tpm:
+                assert estimates is not None  # both are set by spec.tpm
                 await tpm.acquire(estimates[j])
             try:
                 result = await _one(clients[j % len(clients)], spec, requests[j])
@@ -186,7 +189,8 @@ async def _one(client, spec, request: Request) -> Result:
         return _result(response, _first_choice(response), request, time.perf_counter() - started)
 
     try:
-        try:  # most calls succeed at once: ask without the retry loop, whose cost per call was a tenth of the throughput
+        # most calls succeed at once: ask without the retry loop, whose cost per call was a tenth of the throughput
+        try:
             return await ask()
         except Exception as error:
             if not _retryable(error) or not spec.max_retries:
@@ -200,6 +204,7 @@ async def _one(client, spec, request: Request) -> Result:
             ):
                 with attempt:
                     return await ask()
+            raise  # not reached: the retries end in an answer or (reraise=True) raise the last error
     except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
         raise ModelError(
             f"{client.base_url} refused model {spec.model!r}: HTTP {e.status_code}: {_message(e)}",
@@ -224,7 +229,9 @@ def _result(response: dict, choice: dict, request: Request, latency: float | Non
     """The Result of a chat completion's JSON (realtime, or one line of a batch's output, where latency is unknown)."""
     usage = response.get("usage")
     usage = usage if isinstance(usage, dict) else {}
-    tokens = {k: v for k in ("prompt_tokens", "completion_tokens") if isinstance(v := usage.get(k), int)}
+    prompt_tokens, completion_tokens = (
+        v if isinstance(v := usage.get(k), int) else None for k in ("prompt_tokens", "completion_tokens")
+    )
     finish_reason = choice.get("finish_reason")
     message = choice["message"]
     content = message.get("content")
@@ -234,7 +241,8 @@ def _result(response: dict, choice: dict, request: Request, latency: float | Non
             error=f"refused: {refusal}" if refusal else "response has no text",
             finish_reason=finish_reason,
             latency_s=latency,
-            **tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
         )
     logprobs = _logprobs(choice) if request.logprobs else None
     return Result(
@@ -242,12 +250,14 @@ def _result(response: dict, choice: dict, request: Request, latency: float | Non
         finish_reason=finish_reason,
         latency_s=None if latency is None else round(latency, 4),
         logprobs=logprobs,
-        **tokens,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
     )
 
 
 def _logprobs(choice: dict) -> list[dict]:
-    """[{token, logprob, top_logprobs: [{token, logprob}]}] of the answer's tokens; _Malformed when they are another shape."""
+    """[{token, logprob, top_logprobs: [{token, logprob}]}] of the answer's tokens; _Malformed when they are another
+    shape."""
     try:
         return [
             {
@@ -360,7 +370,7 @@ def _message(error) -> str:
 
 # mode: batch
 
-ENDPOINT = "/v1/chat/completions"
+ENDPOINT: Final = "/v1/chat/completions"
 MAX_FILE_BYTES = 190 * 1024 * 1024  # OpenAI takes batch files up to 200 MB
 FINAL = ("completed", "failed", "expired", "cancelled")
 NOT_REACHED = {
@@ -370,7 +380,8 @@ NOT_REACHED = {
 
 
 def run_batches(spec, requests: list[Request], finish, journal=None) -> None:
-    """Answer requests through batches (resuming those `journal` holds for this server), calling finish(i, result) per request."""
+    """Answer requests through batches (resuming those `journal` holds for this server), calling finish(i, result) per
+    request."""
     import openai
 
     client = openai.OpenAI(
@@ -420,7 +431,8 @@ def run_batches(spec, requests: list[Request], finish, journal=None) -> None:
 
 def _files(lines, most: int):
     """The batch JSONL lines, in files of at most `most` lines and MAX_FILE_BYTES: [(custom_id, line bytes)]."""
-    chunk, size = [], 0
+    chunk: list[tuple[str, bytes]] = []
+    size = 0
     for custom_id, body in lines:
         line = (
             json.dumps(

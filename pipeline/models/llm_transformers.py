@@ -39,7 +39,9 @@ class TransformersBackend:
         loaded = load_model(spec.model, spec.device)
         ids, batches = make_batches(loaded[1], requests, spec.batch_size)
         for batch in batches:
-            for j, result in zip(batch, answer_batch(loaded, [ids[j] for j in batch], [requests[j] for j in batch])):
+            for j, result in zip(
+                batch, answer_batch(loaded, [ids[j] for j in batch], [requests[j] for j in batch]), strict=True
+            ):
                 finish(j, result)
 
     def _run_on_ray(self, spec, requests: list[Request], finish) -> None:
@@ -49,7 +51,7 @@ class TransformersBackend:
         ids, batches = make_batches(load_tokenizer(spec.model, hint=TOKENIZER_HINT), requests, spec.batch_size)
 
         def done(k: int, results: list[Result]) -> None:
-            for j, result in zip(batches[k], results):
+            for j, result in zip(batches[k], results, strict=True):
                 finish(j, result)
 
         run_batches(
@@ -185,7 +187,8 @@ def _logprobs(tokenizer, logits, row: int, tokens: list[int], top: int) -> list[
         if top:
             values, indices = logp.topk(top)
             entry["top_logprobs"] = [
-                {"token": tokenizer.decode([i]), "logprob": float(v)} for v, i in zip(values.tolist(), indices.tolist())
+                {"token": tokenizer.decode([i]), "logprob": float(v)}
+                for v, i in zip(values.tolist(), indices.tolist(), strict=True)
             ]
         out.append(entry)
     return out

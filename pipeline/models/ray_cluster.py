@@ -11,6 +11,7 @@ does (`make venv` or one image; Ray wants the same Ray and Python versions every
 exist on the driver (its tokenizer makes the batches) and on every node.
 """
 
+import logging
 import socket
 from collections.abc import Callable
 
@@ -34,11 +35,11 @@ def connect(settings) -> None:
             )
         return
     if settings.address == "local":
-        ray.init(logging_level="warning")
+        ray.init(logging_level=logging.WARNING)
     else:
         _probe(settings.address)
         try:
-            ray.init(address=settings.address, logging_level="warning")
+            ray.init(address=settings.address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError) as e:
             raise ConfigError(
                 f"could not join the Ray cluster at ray.address {settings.address!r}: {e}", hint=_AUTH + _START
@@ -48,7 +49,8 @@ def connect(settings) -> None:
 
 _AUTH = (
     "if it has Ray's token authentication on (`ray start` turns it on where ~/.ray/auth_token exists), set "
-    "RAY_AUTH_MODE=token here and the cluster's token in RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it); else "
+    "RAY_AUTH_MODE=token here and the cluster's token in RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it); "
+    "else "
 )
 _START = (
     "start Ray first (`ray start --head` on the head node, `ray start --address HEAD:6379` on the others), "

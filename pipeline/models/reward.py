@@ -119,7 +119,7 @@ def reward_scores(
             ) -> None:  # committed per batch: a kill loses one batch at most
                 latency = (time.perf_counter() - started[0]) / len(batch)
                 started[0] = time.perf_counter()
-                for b, reward in zip(batch, rewards):
+                for b, reward in zip(batch, rewards, strict=True):
                     j = todo[b]
                     hits[keys[j]] = {"reward": reward}
                     cache.put(

@@ -49,9 +49,8 @@ class Limits:
     output_bytes: int = 16_000  # stdout+stderr kept in the result
     results_bytes: int = 1_000_000  # per-test results channel
     site_packages: bool = False  # let the code import this environment's installed packages (starts ~10 ms slower)
-    read_only: tuple[
-        str, ...
-    ] = ()  # host paths shown read-only at the same place (data the tests need); a Unix socket in one can still be connected to
+    # host paths shown read-only at the same place (data the tests need); a Unix socket in one can still be connected to
+    read_only: tuple[str, ...] = ()
 
 
 @dataclass
@@ -97,7 +96,8 @@ def bwrap_command(limits: Limits, uid: int | None) -> list[str]:
         args += ["--setenv", name, value]
     if uid is None:
         args += ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
-    else:  # setpriv needs these three to change uid and empty the bounding set; the change to a non-root uid clears them
+    else:
+        # setpriv needs these three to change uid and empty the bounding set; the change to a non-root uid clears them
         args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
     for name in SYSTEM_DIRS:
         path = "/" + name
@@ -285,7 +285,10 @@ KILLED = {signal.SIGXCPU: "cpu_time", signal.SIGXFSZ: "output_too_large", signal
 
 def summarize(report: dict, limits: Limits) -> Result:
     """The runner's events and exit status -> a Result with one reason that says what stopped the code."""
-    names, outcomes, fatal, done = [], {}, None, False
+    names: list[str] = []
+    outcomes: dict[str, dict] = {}
+    fatal: dict | None = None
+    done = False
     for event in report["events"]:
         kind = event.get("event")
         if kind == "plan" and not names:

@@ -17,9 +17,11 @@ The accuracy-coverage curve of each signal (accuracy of the gold pairs at or abo
 """
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
+from numpy.typing import ArrayLike
 
 from pipeline.core.cache import run_cache
 from pipeline.core.config import CalibrateConfig, Config
@@ -56,7 +58,8 @@ def accuracy_stats(values: list[float]) -> dict:
 
 
 def coverage_curve(confidence: list[float], correct: list[float], points: int = CURVE_POINTS) -> list[dict]:
-    """Accuracy (with its interval) of the pairs whose confidence is at or above each threshold, most confident first."""
+    """Accuracy (with its interval) of the pairs whose confidence is at or above each threshold, most confident
+    first."""
     if not confidence:
         return []
     order = np.argsort(-np.asarray(confidence), kind="stable")
@@ -85,12 +88,13 @@ def coverage_curve(confidence: list[float], correct: list[float], points: int = 
 
 
 def pick_threshold(curve: list[dict], target: float) -> dict | None:
-    """The curve point with the largest coverage whose accuracy's lower bound reaches the target; None when none does."""
+    """The curve point with the largest coverage whose accuracy's lower bound reaches the target; None when none
+    does."""
     ok = [p for p in curve if p["low"] is not None and p["low"] >= target]
     return max(ok, key=lambda p: p["coverage"]) if ok else None
 
 
-def calibrator(confidence: list[float], correct: list[float]):
+def calibrator(confidence: ArrayLike, correct: ArrayLike) -> Callable[[ArrayLike], np.ndarray]:
     """confidence -> estimated probability the automatic label is right (isotonic regression on gold)."""
     from sklearn.isotonic import IsotonicRegression
 
@@ -131,7 +135,7 @@ def order_values(row: dict) -> list[float]:
     return out
 
 
-def support(margins: list[float | None], verdicts: list[dict], span: float) -> dict[str, float | None]:
+def support(margins: list[float | None], verdicts: list[dict], span: float | None) -> dict[str, float | None]:
     """How strongly the judges back the pair's first response ("chosen") over the second, by each signal (0..1)."""
     scored = [m for m in margins if m is not None]
     orders = [v for row in verdicts for v in order_values(row)]
@@ -139,7 +143,7 @@ def support(margins: list[float | None], verdicts: list[dict], span: float) -> d
     margin = None
     if scored and span is None:  # reward models: Bradley-Terry, P(first preferred) = sigmoid(reward margin)
         margin = float(1 / (1 + np.exp(-np.mean(scored))))
-    elif scored and span > 0:
+    elif scored and span is not None and span > 0:
         margin = min(1.0, max(0.0, 0.5 + float(np.mean(scored)) / (2 * span)))
     return {
         "margin": margin,
@@ -150,7 +154,9 @@ def support(margins: list[float | None], verdicts: list[dict], span: float) -> d
     }
 
 
-def decide(margins: list[float | None], verdicts: list[dict], span: float) -> dict[str, tuple[float, float] | None]:
+def decide(
+    margins: list[float | None], verdicts: list[dict], span: float | None
+) -> dict[str, tuple[float, float] | None]:
     """For a gold pair given as (gold chosen, gold rejected): per signal, (confidence, correct) of the automatic label.
 
     The label is the side the mean pointwise margin picks (as the pair stage orients pairs), or the pairwise
@@ -159,14 +165,15 @@ def decide(margins: list[float | None], verdicts: list[dict], span: float) -> di
     s = support(margins, verdicts, span)
     scored = [m for m in margins if m is not None]
     lean = float(np.mean(scored)) if scored else (s["pairwise"] - 0.5 if s["pairwise"] is not None else None)
-    out = {}
+    out: dict[str, tuple[float, float] | None] = {}
     for name in SIGNALS:
-        if s[name] is None or lean is None:
+        value = s[name]
+        if value is None or lean is None:
             out[name] = None
         elif lean == 0:
             out[name] = (0.5, 0.5)
         else:
-            out[name] = (s[name], 1.0) if lean > 0 else (1 - s[name], 0.0)
+            out[name] = (value, 1.0) if lean > 0 else (1 - value, 0.0)
     return out
 
 
@@ -211,7 +218,7 @@ def judge_gold(gold: pl.DataFrame, judge_cfg, cache, tick=None) -> pl.DataFrame:
         points = (
             score_candidates(
                 pointwise[label],
-                [x for c, a, b in zip(chats, chosen, rejected) for x in ((c, a), (c, b))],
+                [x for c, a, b in zip(chats, chosen, rejected, strict=True) for x in ((c, a), (c, b))],
                 judge_cfg,
                 cache,
                 tick,
@@ -220,7 +227,7 @@ def judge_gold(gold: pl.DataFrame, judge_cfg, cache, tick=None) -> pl.DataFrame:
             else [{"overall": None, "error": None}] * (2 * gold.height)
         )
         pairs = (
-            judge_pairs(pairwise[label], list(zip(chats, chosen, rejected)), cache, judge_cfg, tick)
+            judge_pairs(pairwise[label], list(zip(chats, chosen, rejected, strict=True)), cache, judge_cfg, tick)
             if label in pairwise
             else [{}] * gold.height
         )
@@ -247,7 +254,7 @@ def judge_gold(gold: pl.DataFrame, judge_cfg, cache, tick=None) -> pl.DataFrame:
     return pl.concat(frames)
 
 
-def gold_signals(gold: pl.DataFrame, judgments: pl.DataFrame, span: float) -> pl.DataFrame:
+def gold_signals(gold: pl.DataFrame, judgments: pl.DataFrame, span: float | None) -> pl.DataFrame:
     """`gold_signals`: per gold pair and routing signal, the confidence and correctness of the automatic label."""
     by_gold: dict[str, list[dict]] = {}
     for row in judgments.iter_rows(named=True):
@@ -293,8 +300,8 @@ def _row(judge: str, method: str, source: str, values: list[float], failures: in
 
 
 def _length_bias(values: list[float], shorter: list[bool]) -> dict:
-    short = [v for v, s in zip(values, shorter) if s]
-    long = [v for v, s in zip(values, shorter) if not s]
+    short = [v for v, s in zip(values, shorter, strict=True) if s]
+    long = [v for v, s in zip(values, shorter, strict=True) if not s]
     return {
         "accuracy_chosen_shorter": round(float(np.mean(short)), 4) if short else None,
         "accuracy_chosen_longer": round(float(np.mean(long)), 4) if long else None,
@@ -304,7 +311,11 @@ def _length_bias(values: list[float], shorter: list[bool]) -> dict:
 def judge_rows(gold: pl.DataFrame, judgments: pl.DataFrame, source: str) -> list[dict]:
     """Calibration rows of each judge's pointwise, pairwise and pairwise_prob decisions (and their ensemble)."""
     shorter = dict(
-        zip(gold["gold_id"].to_list(), (gold["chosen"].str.len_chars() < gold["rejected"].str.len_chars()).to_list())
+        zip(
+            gold["gold_id"].to_list(),
+            (gold["chosen"].str.len_chars() < gold["rejected"].str.len_chars()).to_list(),
+            strict=True,
+        )
     )
     ids = set(gold["gold_id"].to_list())
     rows = []
@@ -367,7 +378,7 @@ def judge_rows(gold: pl.DataFrame, judgments: pl.DataFrame, source: str) -> list
                 **_length_bias(values, [shorter[r["gold_id"]] for r in both]),
             )
         )
-        for r, v in zip(both, values):
+        for r, v in zip(both, values, strict=True):
             ensemble.setdefault(r["gold_id"], []).append(1.0 if v > 0.5 else 0.0 if v < 0.5 else 0.5)
         probs = [
             (r["gold_id"], (r["p_chosen_ab"] + r["p_chosen_ba"]) / 2)
@@ -464,12 +475,12 @@ def step(config: Config, run: Run, **_) -> dict:
     from pipeline.core.config import JudgeConfig
     from pipeline.stages.gold import read_gold
 
-    config.require(
+    settings: CalibrateConfig = config.require(
         "calibrate",
         hint="no gold pairs to calibrate on: add a `calibrate: {gold: [FILE.jsonl]}` section or pass --gold FILE",
     )
     judge_cfg = config.judge or JudgeConfig()
-    gold = read_gold(config.calibrate, resolve=config.resolve)
+    gold = read_gold(settings, resolve=config.resolve)
     cache = run_cache(run.path)
     try:
         judgments, signals, table = calibrate(gold, judge_cfg, cache)

@@ -51,6 +51,7 @@ def _index(vectors: np.ndarray, seed: int = 0):
     import faiss
 
     n, d = vectors.shape
+    index: faiss.Index
     if n <= FLAT_MAX:
         index = faiss.IndexFlatIP(d)
     else:
@@ -182,7 +183,7 @@ def dedup_prompts(
                 dup_of[free[j]], reasons[free[j]] = ids[free[p]], "near_duplicate"
         free = [i for i in free if dup_of[i] is None]
 
-    cluster = [None] * len(ids)
+    cluster: list[int] | None = None  # each prompt's topic, where clustering ran
     if cfg.clusters and vectors is not None and free:
         import faiss
 
@@ -198,7 +199,7 @@ def dedup_prompts(
     kept = sum(sources[i] in keep for i in free)
     free = [i for i in free if sources[i] not in keep]
     target = max(cfg.target_size - kept, 0) if cfg.target_size else None
-    if cfg.clusters and vectors is not None and free:
+    if cluster is not None and free:  # clustering ran (on a superset of these prompts)
         if cfg.max_per_cluster or cfg.target_size:
             sampled = sample_clusters([cluster[i] for i in free], cfg.max_per_cluster, target, cfg.seed)
             for j, r in enumerate(sampled):
@@ -211,7 +212,7 @@ def dedup_prompts(
 
     return prompts.with_columns(
         pl.Series("duplicate_of", dup_of, dtype=pl.String),
-        pl.Series("cluster", cluster, dtype=pl.Int32),
+        pl.Series("cluster", cluster if cluster is not None else [None] * len(ids), dtype=pl.Int32),
         pl.Series("excluded_reason", reasons, dtype=pl.String),
     )
 
@@ -239,7 +240,8 @@ def step(config: Config, run: Run, **_) -> dict:
     if unknown:
         raise ConfigError(
             f"dedup.keep_sources names {', '.join(sorted(unknown))}, which no prompt of the run comes from",
-            hint=f"use a path of ingest.paths; the run's sources: {', '.join(sorted(prompts['source'].unique().to_list()))}",
+            hint="use a path of ingest.paths; the run's sources: "
+            f"{', '.join(sorted(prompts['source'].unique().to_list()))}",
         )
     out = run.write("prompts", dedup_prompts(prompts, vectors, cfg, keep))
     reasons = out["excluded_reason"].value_counts()

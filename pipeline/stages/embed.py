@@ -64,7 +64,7 @@ class VectorCache:
         return out
 
     def put_many(self, model: str, hashes: list[str], vectors: np.ndarray) -> None:
-        rows = [(model, h, v.tobytes()) for h, v in zip(hashes, vectors.astype(np.float32, copy=False))]
+        rows = [(model, h, v.tobytes()) for h, v in zip(hashes, vectors.astype(np.float32, copy=False), strict=True)]
         self._db.execute("BEGIN")
         self._db.executemany("INSERT OR REPLACE INTO vectors (model, hash, vector) VALUES (?, ?, ?)", rows)
         self._db.execute("COMMIT")
@@ -114,7 +114,7 @@ def embed_texts(
     cache = VectorCache(Path(cache_dir) / VECTOR_CACHE) if cache_dir is not None else None
     found = cache.get_many(model, list(set(hashes))) if cache else {}
     todo: dict[str, str] = {}
-    for h, t in zip(hashes, texts):
+    for h, t in zip(hashes, texts, strict=True):
         if h not in found and h not in todo:
             todo[h] = t
     if tick and len(texts) > len(todo):
@@ -127,7 +127,7 @@ def embed_texts(
             def keep(chunk: list[str], vecs: np.ndarray) -> None:
                 if cache:
                     cache.put_many(model, chunk, vecs)
-                found.update((h, v.tobytes()) for h, v in zip(chunk, vecs))
+                found.update((h, v.tobytes()) for h, v in zip(chunk, vecs, strict=True))
                 advance(len(chunk))
 
             if ray is None:
@@ -181,7 +181,7 @@ def vector_matrix(embeddings: pl.DataFrame, ids: list[str]) -> np.ndarray | None
     """Rows of the embeddings table in the order of ids; None when any id has no vector."""
     if embeddings.is_empty() or not ids:
         return None
-    lookup = dict(zip(embeddings["id"].to_list(), range(embeddings.height)))
+    lookup = dict(zip(embeddings["id"].to_list(), range(embeddings.height), strict=True))
     if any(i not in lookup for i in ids):
         return None
     rows = embeddings[[lookup[i] for i in ids]]

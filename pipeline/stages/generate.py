@@ -28,7 +28,7 @@ def plan(prompts: pl.DataFrame, generators: list[GeneratorSpec]) -> list[tuple[G
     out = []
     for spec in generators:
         stop = list(spec.stop)
-        for prompt_id, messages in zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()):
+        for prompt_id, messages in zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list(), strict=True):
             messages = [{"role": m["role"], "content": m["content"]} for m in messages]
             for temperature in spec.temperatures:
                 params = {
@@ -69,7 +69,7 @@ def generate_part(
     for spec in generators:
         mine = [j for j, (s, row, _) in enumerate(planned) if s is spec and row["candidate_id"] not in kept]
         results = call_llm(spec, [planned[j][2] for j in mine], cache, f"generate {spec.label}", tick=tick)
-        for j, result in zip(mine, results):
+        for j, result in zip(mine, results, strict=True):
             cached += result.cached
             calls += not result.cached
             rows[j] = {
@@ -107,7 +107,10 @@ def table_counts(candidates: pl.LazyFrame, generators: list[GeneratorSpec]) -> d
         .collect()
     )
     price = {g.label: g for g in generators}
-    counts = {"candidates": int(by_model["candidates"].sum() or 0), "failed": int(by_model["failed"].sum() or 0)}
+    counts: dict[str, int | float] = {
+        "candidates": int(by_model["candidates"].sum() or 0),
+        "failed": int(by_model["failed"].sum() or 0),
+    }
     counts["ok"] = counts["candidates"] - counts["failed"]
     counts["prompt_tokens"] = int(by_model["prompt_tokens"].sum() or 0)
     counts["completion_tokens"] = int(by_model["completion_tokens"].sum() or 0)
@@ -154,7 +157,8 @@ def generate(
 
 
 def step(config: Config, run: Run, retry_failed: bool = False) -> dict:
-    """Generate part by part (cache first), writing each part as it is done; then the parts become the candidates table."""
+    """Generate part by part (cache first), writing each part as it is done; then the parts become the candidates
+    table."""
     section = config.require(
         "generate", hint="add `generate: {generators: [{backend: transformers, model: embedded:smollm2}]}`"
     )

@@ -45,7 +45,9 @@ PART_ROWS = (
 
 def step(config: Config, run: Run) -> dict:
     """Read the sources as a stream, writing the prompts in parts, then the parts as the prompts table."""
-    bad, large, counts = [], [], {"exact_duplicates_dropped": 0}
+    bad: list[dict] = []  # bad_rows rows
+    large: list[str] = []  # where the very long prompts are
+    counts = {"exact_duplicates_dropped": 0}
     parts = TableParts(run, "prompts")
     parts.clear()  # ingest makes no calls: a killed one starts over
     keys, rows = [], []
@@ -77,7 +79,9 @@ def step(config: Config, run: Run) -> dict:
 def ingest(cfg: IngestConfig, resolve=Path) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """Read every source into memory (`prefab plan`, tests); returns (prompts, bad_rows, counts). Raises InputError
     on the first bad row unless cfg.skip_bad_rows."""
-    bad, large, counts = [], [], {"exact_duplicates_dropped": 0}
+    bad: list[dict] = []
+    large: list[str] = []
+    counts = {"exact_duplicates_dropped": 0}
     rows = list(read_prompts(cfg, resolve, bad, large, counts))
     checked(cfg, large, kept=len(rows))
     prompts = pl.DataFrame(rows, schema=schema.TABLES["prompts"])
@@ -88,7 +92,7 @@ def ingest(cfg: IngestConfig, resolve=Path) -> tuple[pl.DataFrame, pl.DataFrame,
     )
 
 
-def read_prompts(cfg: IngestConfig, resolve, bad: list, large: list, counts: dict):
+def read_prompts(cfg: IngestConfig, resolve, bad: list[dict], large: list[str], counts: dict):
     """Yield each new prompt row, in input order, up to cfg.limit; exact duplicates are counted in `counts` and
     dropped, bad rows recorded in `bad` (or raised), prompts over LARGE_PROMPT_CHARS named in `large`. Rows past
     the limit are still checked."""
@@ -161,8 +165,8 @@ def prompt_counts(prompts: pl.LazyFrame, bad: list, large: list, counts: dict) -
     }
 
 
-def expand_paths(cfg: IngestConfig, resolve) -> list:
-    out = []
+def expand_paths(cfg: IngestConfig, resolve) -> list[str | Path]:
+    out: list[str | Path] = []  # hf:NAME as written, files as paths
     for raw in cfg.paths:
         if raw.startswith("hf:"):
             out.append(raw)
@@ -251,13 +255,19 @@ def read_json_array(path: Path) -> list[tuple[int, object]] | None:
                 f"jq -c '.[]' {path} > {Path(path).with_suffix('.jsonl')}",
             ) from None
     decoder, gap = json.JSONDecoder(), re.compile(r"[\s,]*")
+
+    def after_gap(at: int) -> int:
+        found = gap.match(text, at)
+        assert found is not None  # [\s,]* matches anywhere, if only the empty string
+        return found.end()
+
     out, line, last = [], 1, 0
-    i = gap.match(text, text.index("[") + 1).end()
+    i = after_gap(text.index("[") + 1)
     while text[i] != "]":
         item, end = decoder.raw_decode(text, i)
         line, last = line + text.count("\n", last, i), i
         out.append((line, item))
-        i = gap.match(text, end).end()
+        i = after_gap(end)
     return out
 
 
@@ -290,7 +300,7 @@ def read_csv(path: Path):
                             ),
                         )
                     else:
-                        yield start, {k: v if v != "" else None for k, v in zip(header, values)}
+                        yield start, {k: v if v != "" else None for k, v in zip(header, values, strict=True)}
                 start = reader.line_num + 1
         except csv.Error as e:
             raise InputError(
@@ -372,7 +382,9 @@ def to_prompt(record: dict, cfg: IngestConfig) -> dict:
 def reference_answer(record: dict, cfg: IngestConfig) -> str | None:
     """The row's reference answer as text (a JSON number too), or None: a prompt without one is simply not verified."""
     column = cfg.answer_column or next((c for c in ANSWER_COLUMNS if c in record), None)
-    value = record.get(column) if column else None
+    if not column:
+        return None
+    value = record.get(column)
     if value is None or value != value or (isinstance(value, str) and not value.strip()):  # absent, null, NaN, blank
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -391,7 +403,9 @@ def code_tests(record: dict, cfg: IngestConfig) -> str | None:
     from pipeline.sandbox.bwrap import validate_tests
 
     column = cfg.tests_column or next((c for c in TESTS_COLUMNS if c in record), None)
-    value = record.get(column) if column else None
+    if not column:
+        return None
+    value = record.get(column)
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, list) and all(isinstance(v, str) for v in value):

@@ -197,7 +197,7 @@ def parse_rubric(text: str | None, aspects) -> list[dict]:
 def overall_score(scores: list[dict], aspects) -> float:
     """Weighted mean on the aspects' own scale (each aspect normalised first, so 1-5 and 1-10 mix fairly)."""
     total = sum(a.weight for a in aspects)
-    norm = sum(a.weight * (s["score"] - a.min) / (a.max - a.min) for s, a in zip(scores, aspects)) / total
+    norm = sum(a.weight * (s["score"] - a.min) / (a.max - a.min) for s, a in zip(scores, aspects, strict=True)) / total
     lo = sum(a.weight * a.min for a in aspects) / total
     hi = sum(a.weight * a.max for a in aspects) / total
     return lo + norm * (hi - lo)
@@ -251,7 +251,7 @@ def ask_parsed(spec, base_requests: list[Request], parse, cache, cfg, descriptio
             spec, requests, cache, label, tick=tick if attempt == 0 else None
         )  # retries: a bar of their own
         still = []
-        for i, result in zip(pending, results):
+        for i, result in zip(pending, results, strict=True):
             slot = out[i]
             slot.update(attempts=attempt + 1, result=result, raw=result.text)
             if result.error is not None:
@@ -359,7 +359,7 @@ def judge_by_logprobs(spec, items: list[tuple[list[dict], str]], aspects, cache,
     scales = [{str(k) for k in range(int(a.min), int(a.max) + 1)} for a in aspects] * len(items)
     once = cfg.model_copy(update={"parse_retries": 0})  # the distribution is the same on every try
     answers = ask_parsed(spec, base, lambda result: result, cache, once, f"judge {spec.label}", tick)
-    rows = []
+    rows: list[dict] = []
     for k in range(len(items)):
         scores, raw, errors = [], {}, []
         for j, a in enumerate(aspects):
@@ -482,8 +482,8 @@ def judge_pairs(spec, items: list[tuple[list[dict], str, str]], cache, cfg, tick
     for k in range(len(items)):
         ab, ba = answers[2 * k], answers[2 * k + 1]
         (w_ab, p_ab, a_ab), (w_ba, p_ba, a_ba) = ab["value"] or (None, None, None), ba["value"] or (None, None, None)
-        v_ab = {"A": "chosen", "B": "rejected", "tie": "tie"}.get(w_ab)
-        v_ba = {"A": "rejected", "B": "chosen", "tie": "tie"}.get(w_ba)
+        v_ab = None if w_ab is None else {"A": "chosen", "B": "rejected", "tie": "tie"}.get(w_ab)
+        v_ba = None if w_ba is None else {"A": "rejected", "B": "chosen", "tie": "tie"}.get(w_ba)
         errors = [f"{order}: {a['error']}" for order, a in (("ab", ab), ("ba", ba)) if a["value"] is None]
         rows.append(
             {
@@ -540,7 +540,8 @@ def same_model_warning(config) -> list[str]:
 
 
 def score_candidates(spec, items: list[tuple[list[dict], str]], cfg, cache, tick=None) -> list[dict]:
-    """Pointwise scores of (messages, response) items by one scorer: an LLM judge's rubric, or a reward model's reward."""
+    """Pointwise scores of (messages, response) items by one scorer: an LLM judge's rubric, or a reward model's
+    reward."""
     from pipeline.core.config import RewardModelSpec
 
     if isinstance(spec, RewardModelSpec):
@@ -556,7 +557,7 @@ def score_candidates(spec, items: list[tuple[list[dict], str]], cfg, cache, tick
 def judge_agreement(judgments: pl.LazyFrame | pl.DataFrame) -> dict:
     """Between every two judges: Spearman correlation of overall scores and share of exact agreement."""
     judges = sorted(judgments.lazy().select(pl.col("judge").unique()).collect()["judge"].to_list())
-    out = {}
+    out: dict[str, float | None] = {}
     if len(judges) < 2:  # one judge: no table of every score is read
         return out
     judgments = judgments.lazy().select("candidate_id", "judge", "overall").collect()
@@ -616,7 +617,7 @@ def step(config: Config, run: Run, **_) -> dict:
                 )
                 items = [
                     ([{"role": m["role"], "content": m["content"]} for m in messages], t)
-                    for messages, t in zip(part["messages"].to_list(), part["text"].to_list())
+                    for messages, t in zip(part["messages"].to_list(), part["text"].to_list(), strict=True)
                 ]
                 frames = []
                 for spec in cfg.scorers:
@@ -624,7 +625,10 @@ def step(config: Config, run: Run, **_) -> dict:
                     # the table's schema, not inference: a first row of null scores must not make the column null-typed
                     frames.append(
                         pl.DataFrame(
-                            [{"candidate_id": c, "judge": spec.label, **r} for c, r in zip(part["candidate_id"], rows)],
+                            [
+                                {"candidate_id": c, "judge": spec.label, **r}
+                                for c, r in zip(part["candidate_id"], rows, strict=True)
+                            ],
                             schema=TABLES["judgments"],
                         )
                     )

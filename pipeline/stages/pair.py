@@ -10,8 +10,8 @@ Rules for all: ties are dropped (chosen must score strictly higher), `min_chosen
 rejected, never the same candidate nor the same text on both sides. Deterministic given `seed`: the random
 choice for a prompt depends only on the seed and the prompt id, not on the other prompts.
 
-Verified pairs (with a `verify:` section, pipeline/stages/verify.py): a prompt with a correct and an incorrect candidate is
-paired correct (chosen) against incorrect (rejected) by the same strategy, the judge's score only ordering each side
+Verified pairs (with a `verify:` section, pipeline/stages/verify.py): a prompt with a correct and an incorrect candidate
+is paired correct (chosen) against incorrect (rejected) by the same strategy, the judge's score only ordering each side
 (best_vs_worst: the best-scored correct one against the worst-scored incorrect one; all_above_margin: every correct
 one against every incorrect one). They get strategy "verified"; the judge's thresholds (min_margin,
 min_chosen_score, max_similarity) do not apply, since the judge does not decide them. Their scores and margin are the
@@ -27,6 +27,7 @@ from pipeline.core.config import Config, PairConfig
 from pipeline.core.errors import RunError
 from pipeline.core.progress import summary
 from pipeline.core.stage import Stage
+from pipeline.core.stats import series_mean
 from pipeline.core.store import Run, content_id, pair_id
 
 EPS = 1e-9
@@ -221,7 +222,7 @@ def candidate_vectors(run, model: str | None = None) -> dict[str, np.ndarray]:
     if emb.is_empty():
         return {}
     matrix = np.asarray(emb["vector"].to_list(), dtype=np.float32)
-    return dict(zip(emb["id"].to_list(), matrix))
+    return dict(zip(emb["id"].to_list(), matrix, strict=True))
 
 
 def step(config: Config, run: Run, **_) -> dict:
@@ -256,7 +257,7 @@ def step(config: Config, run: Run, **_) -> dict:
     pairs = build_pairs(candidates, scores, cfg, vectors, prompt_ids, verifications, verify)
     run.write("pairs", pairs)
     with_scores = scores.filter(pl.col("score").is_not_null())
-    counts = {
+    counts: dict[str, int | float] = {
         "pairs": pairs.height,
         "prompts_with_pair": pairs["prompt_id"].n_unique() if pairs.height else 0,
         "prompts": len(prompt_ids),
@@ -265,9 +266,9 @@ def step(config: Config, run: Run, **_) -> dict:
     if verifications is not None:
         counts["verified_pairs"] = int((pairs["strategy"] == VERIFIED).sum())
     if pairs["margin"].drop_nulls().len():
-        counts["mean_margin"] = round(float(pairs["margin"].mean()), 4)
+        counts["mean_margin"] = round(series_mean(pairs["margin"]), 4)
     if pairs["similarity"].drop_nulls().len():
-        counts["mean_similarity"] = round(float(pairs["similarity"].mean()), 4)
+        counts["mean_similarity"] = round(series_mean(pairs["similarity"]), 4)
     summary("pair", counts)
     return counts
 

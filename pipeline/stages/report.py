@@ -29,6 +29,7 @@ import polars as pl
 from pipeline.core.config import Config
 from pipeline.core.progress import console
 from pipeline.core.stage import Stage
+from pipeline.core.stats import series_mean
 from pipeline.core.store import Run, atomic_write_text
 
 COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD"]
@@ -84,7 +85,8 @@ def section(title: str, *parts: str, anchor: str | None = None) -> str:
 def metrics_html(values: dict) -> str:
     """A row of big numbers."""
     cells = "".join(
-        f'<div class="metric"><div class="value">{html.escape(_fmt(v))}</div><div class="label">{html.escape(str(k))}</div></div>'
+        f'<div class="metric"><div class="value">{html.escape(_fmt(v))}</div>'
+        f'<div class="label">{html.escape(str(k))}</div></div>'
         for k, v in values.items()
         if v is not None
     )
@@ -237,7 +239,7 @@ def scores_section(run: Run) -> str | None:
                 "judgments": j.height,
                 "scored": ok.height,
                 "failed": j.height - ok.height,
-                "mean overall": float(ok["overall"].mean()) if ok.height else None,
+                "mean overall": series_mean(ok["overall"]) if ok.height else None,
             }
         )
     ]
@@ -247,7 +249,7 @@ def scores_section(run: Run) -> str | None:
         models = sorted(ok["model"].drop_nulls().unique().to_list())
         fig, axes = figure(ncols=len(aspects) + 1, width=3.2, height=3.0)
         axes = axes if isinstance(axes, list) else [axes]
-        for ax, name in zip(axes, aspects + ["overall"]):
+        for ax, name in zip(axes, aspects + ["overall"], strict=True):
             for k, model in enumerate(models):
                 vals = (
                     (
@@ -285,7 +287,10 @@ def scores_section(run: Run) -> str | None:
         )
         note = ""
         if corr is not None and not math.isnan(corr):
-            note = f"<p>Spearman correlation of length and score: {corr:.3f} (strongly positive hints at a length-biased judge).</p>"
+            note = (
+                f"<p>Spearman correlation of length and score: {corr:.3f} "
+                "(strongly positive hints at a length-biased judge).</p>"
+            )
         parts.append(plot_html(fig, "length vs score") + note)
     agreement = {k: v for k, v in _stage(run, "judge").items() if k.startswith("agreement_")}
     if agreement:
@@ -379,7 +384,8 @@ def consistency_section(run: Run) -> str | None:
         .rename({"verdict_ab": "chosen shown first", "verdict_ba": "rejected shown first", "len": "pairs"})
     )
     parts.append(
-        "<p>Each pair is judged twice with the responses swapped; a consistent judge names the same winner both times.</p>"
+        "<p>Each pair is judged twice with the responses swapped; "
+        "a consistent judge names the same winner both times.</p>"
     )
     parts.append(table_html(matrix))
     conf = pj["confidence"].drop_nulls().to_list()
@@ -451,7 +457,8 @@ def calibration_section(run: Run) -> str | None:
     if routing.get("auto_predicted_accuracy") is not None:
         parts.append(
             f"<p>Auto-labeled pairs are predicted right {routing['auto_predicted_accuracy']:.1%} of the time "
-            f"({routing.get('auto_level', 0.95):.0%} interval {routing['auto_low']:.1%} to {routing['auto_high']:.1%}, from resampling the gold pairs), "
+            f"({routing.get('auto_level', 0.95):.0%} interval {routing['auto_low']:.1%} to {routing['auto_high']:.1%}, "
+            "from resampling the gold pairs), "
             "assuming the run's pairs are like the gold ones.</p>"
         )
     if routing.get("target_reached_on_gold") is False:
@@ -465,8 +472,8 @@ def calibration_section(run: Run) -> str | None:
         fig, (left, right) = figure(ncols=2, width=5.5, height=max(2.5, 0.35 * judges.height + 1))
         acc = judges["accuracy"].fill_null(0).to_list()
         err = [
-            [a - (lo or a) for a, lo in zip(acc, judges["accuracy_low"].to_list())],
-            [(hi or a) - a for a, hi in zip(acc, judges["accuracy_high"].to_list())],
+            [a - (lo or a) for a, lo in zip(acc, judges["accuracy_low"].to_list(), strict=True)],
+            [(hi or a) - a for a, hi in zip(acc, judges["accuracy_high"].to_list(), strict=True)],
         ]
         left.barh(labels, acc, xerr=err, color=COLORS[0])
         left.axvline(0.5, color="grey", ls="--", lw=1)
@@ -484,7 +491,8 @@ def calibration_section(run: Run) -> str | None:
     signals = table.filter((pl.col("method") == "signal") & (pl.col("source") == "all"))
     if signals.height:
         fig, ax = figure(width=6.5)
-        for color, r in zip(COLORS, signals.iter_rows(named=True)):
+        # strict=False: a colour per signal, from a palette longer than the list of signals
+        for color, r in zip(COLORS, signals.iter_rows(named=True), strict=False):
             curve = r["curve"] or []
             ax.plot(
                 [p["coverage"] for p in curve],
@@ -527,10 +535,10 @@ def calibration_section(run: Run) -> str | None:
         "accuracy_chosen_longer",
     ]
     parts.append(
-        "<p>Accuracy counts a tie as half; the interval is Wilson's 95%. Consistency: the same winner with the responses "
-        "swapped. Length bias shows as a gap between accuracy where people preferred the shorter response and the longer. "
-        "pairwise_prob compares the chosen response's probability across both orders, which cancels a constant position "
-        "preference.</p>"
+        "<p>Accuracy counts a tie as half; the interval is Wilson's 95%. Consistency: the same winner with the "
+        "responses swapped. Length bias shows as a gap between accuracy where people preferred the shorter response "
+        "and the longer. pairwise_prob compares the chosen response's probability across both orders, which cancels "
+        "a constant position preference.</p>"
     )
     parts.append(table_html(table.select(cols), max_rows=200))
     return section("Calibration on gold", *parts, anchor="calibration")
@@ -547,11 +555,15 @@ SECTIONS = [
     failures_section,
 ]
 
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-h1{margin-bottom:0}section{margin:2em 0;border-top:1px solid #ddd}img{max-width:100%}
-table{border-collapse:collapse;font-size:13px;margin:0.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
-.metrics{display:flex;flex-wrap:wrap;gap:1.5em;margin:1em 0}.metric .value{font-size:1.6em;font-weight:600}.metric .label{color:#666;font-size:0.85em}
-nav a{margin-right:1em}"""
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}\n"
+    "h1{margin-bottom:0}section{margin:2em 0;border-top:1px solid #ddd}img{max-width:100%}\n"
+    "table{border-collapse:collapse;font-size:13px;margin:0.5em 0}"
+    "td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}\n"
+    ".metrics{display:flex;flex-wrap:wrap;gap:1.5em;margin:1em 0}"
+    ".metric .value{font-size:1.6em;font-weight:600}.metric .label{color:#666;font-size:0.85em}\n"
+    "nav a{margin-right:1em}"
+)
 
 
 def all_sections() -> list:
@@ -582,8 +594,10 @@ def render(run: Run) -> str:
         else ""
     )
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(str(run.path))} &middot; {stamp}</p>{cfg_html}{''.join(parts)}</body></html>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(str(run.path))} &middot; {stamp}</p>"
+        f"{cfg_html}{''.join(parts)}</body></html>"
     )
 
 

@@ -30,6 +30,8 @@ is right, and the stage records the threshold, the predicted accuracy of the aut
 the human share. Without gold the accuracy of auto pairs is unknown, and the stage says so.
 """
 
+from typing import Any
+
 import numpy as np
 import polars as pl
 
@@ -37,6 +39,7 @@ from pipeline.core.config import Config, RouteConfig
 from pipeline.core.progress import console, summary
 from pipeline.core.queries import messages_of
 from pipeline.core.stage import Stage
+from pipeline.core.stats import series_mean
 from pipeline.core.store import Run, content_id
 from pipeline.stages.calibrate import (
     SIGNALS,
@@ -123,7 +126,7 @@ def choose_signal(gold_signals: pl.DataFrame, cfg) -> tuple[str | None, dict | N
     names = (
         [cfg.signal] if cfg.signal != "best" else [s for s in SIGNALS if s in gold_signals["signal"].unique().to_list()]
     )
-    best = (None, None)
+    best: tuple[str | None, dict | None] = (None, None)
     for name in names:
         part = gold_signals.filter(pl.col("signal") == name)
         if part.is_empty():
@@ -144,17 +147,18 @@ def route_pairs(
     judgments: pl.DataFrame,
     cfg,
     gold_signals: pl.DataFrame | None = None,
-    span: float = 4.0,
+    span: float | None = 4.0,
     verifications: pl.DataFrame | None = None,
     reject_unparseable: bool = True,
 ) -> tuple[pl.DataFrame, dict]:
-    """The pairs with route, route_reason and confidence filled, and what the routing decided (threshold, predicted accuracy).
-    verifications: the verify stage's table, whose verdicts drop the pairs with two wrong answers."""
+    """The pairs with route, route_reason and confidence filled, and what the routing decided (threshold, predicted
+    accuracy). verifications: the verify stage's table, whose verdicts drop the pairs with two wrong answers."""
     hopeless = both_incorrect(pairs, verifications, reject_unparseable)
-    calibrated = gold_signals is not None and not gold_signals.is_empty()
+    gold = gold_signals if gold_signals is not None and not gold_signals.is_empty() else None
+    calibrated = gold is not None
     targeted = calibrated and cfg.target_accuracy is not None
-    signal, point = choose_signal(gold_signals, cfg) if calibrated else (None, None)
-    decided = []
+    signal, point = choose_signal(gold, cfg) if gold is not None else (None, None)
+    decided: list[tuple[dict, list[str], float | None, float | None]] = []  # (pair, reasons, confidence, value)
     for pair, margins, rows in pair_evidence(pairs, pair_judgments, judgments):
         if pair["strategy"] == VERIFIED or pair["pair_id"] in hopeless:
             decided.append((pair, [], 1.0 if pair["strategy"] == VERIFIED else None, None))
@@ -184,32 +188,38 @@ def route_pairs(
             ),
         )
         over = set(ranked[cfg.human_budget :])
-    routes, why = [], []
+    routes: list[str] = []
+    why: list[str] = []
     for i, (pair, reasons, _, _) in enumerate(decided):
         if pair["strategy"] == VERIFIED:
-            routes.append("auto"), why.append(VERIFIED)
+            routes.append("auto")
+            why.append(VERIFIED)
         elif pair["pair_id"] in hopeless:
-            routes.append(DROPPED), why.append(BOTH_INCORRECT)
+            routes.append(DROPPED)
+            why.append(BOTH_INCORRECT)
         elif not reasons:
-            routes.append("auto"), why.append("confident")
+            routes.append("auto")
+            why.append("confident")
         elif i in over:
-            routes.append("auto"), why.append("over_budget:" + ",".join(reasons))
+            routes.append("auto")
+            why.append("over_budget:" + ",".join(reasons))
         else:
-            routes.append("human"), why.append(",".join(reasons))
+            routes.append("human")
+            why.append(",".join(reasons))
     values = [d[3] for d in decided]
     confidence = [1.0 if pair["strategy"] == VERIFIED else None for pair, _, _, _ in decided]
     info: dict = {"accuracy": "unknown: no gold calibration (add a calibrate: section with gold pairs)"}
-    if calibrated:
-        part = gold_signals.filter(pl.col("signal") == signal)
+    if gold is not None:
+        part = gold.filter(pl.col("signal") == signal)
         estimate = calibrator(part["confidence"].to_list(), part["correct"].to_list())
-        known = [i for i, v in enumerate(values) if v is not None]
-        for i, p in zip(known, estimate([values[i] for i in known]) if known else []):
+        known = {i: v for i, v in enumerate(values) if v is not None}  # index -> signal value, where there is one
+        for i, p in zip(known, estimate(list(known.values())) if known else [], strict=True):
             confidence[i] = float(p)
         auto = [i for i in known if routes[i] == "auto"]
         info = {
             "signal": signal,
             "accuracy": "estimated on gold",
-            **predicted_accuracy(part, [values[i] for i in auto]),
+            **predicted_accuracy(part, [known[i] for i in auto]),
         }
         if targeted:
             info |= {
@@ -278,7 +288,10 @@ def pairwise_table(
         rows = judge_pairs(spec, items, cache, judge_cfg, tick)
         frames.append(
             pl.DataFrame(
-                [{"pair_id": p, "judge": spec.label, **r} for p, r in zip(pairs["pair_id"].to_list(), rows)],
+                [
+                    {"pair_id": p, "judge": spec.label, **r}
+                    for p, r in zip(pairs["pair_id"].to_list(), rows, strict=True)
+                ],
                 schema=TABLES["pair_judgments"],
             )
         )
@@ -322,12 +335,12 @@ def pairwise_stats(pair_judgments: pl.DataFrame) -> dict:
     if pair_judgments.is_empty():
         return {}
     both = pair_judgments.filter(pl.col("consistent").is_not_null())
-    out = {"pairwise_failed": pair_judgments.height - both.height}
+    out: dict[str, int | float] = {"pairwise_failed": pair_judgments.height - both.height}
     if both.height:
-        out["pairwise_consistency"] = round(float(both["consistent"].mean()), 4)
+        out["pairwise_consistency"] = round(series_mean(both["consistent"]), 4)
         agreed = both.filter(pl.col("consistent"))
         if agreed.height:
-            out["pairwise_agrees_with_scores"] = round(float((agreed["verdict_ab"] == "chosen").mean()), 4)
+            out["pairwise_agrees_with_scores"] = round(series_mean(agreed["verdict_ab"] == "chosen"), 4)
     if pair_judgments["judge"].n_unique() > 1:
         per_pair = both.group_by("pair_id").agg(
             pl.col("judge").n_unique().alias("n"),
@@ -335,7 +348,7 @@ def pairwise_stats(pair_judgments: pl.DataFrame) -> dict:
         )
         full = per_pair.filter(pl.col("n") == pair_judgments["judge"].n_unique())
         if full.height:
-            out["pairwise_judges_agree"] = round(float((full["distinct"] == 1).mean()), 4)
+            out["pairwise_judges_agree"] = round(series_mean(full["distinct"] == 1), 4)
     return out
 
 
@@ -367,7 +380,10 @@ def step(config: Config, run: Run, **_) -> dict:
         pairs, pair_judgments, judgments, cfg, gold_signals, span, verifications, reject_unparseable
     )
     routed = run.write("pairs", routed)
-    counts = {"pairs": routed.height, **{r: int((routed["route"] == r).sum()) for r in ("auto", "human", DROPPED)}}
+    counts: dict[str, Any] = {
+        "pairs": routed.height,
+        **{r: int((routed["route"] == r).sum()) for r in ("auto", "human", DROPPED)},
+    }
     reasons = routed.select(
         pl.col("route_reason").str.replace(r"^over_budget:.*", "over_budget").str.split(",")
     ).explode("route_reason")
@@ -376,8 +392,8 @@ def step(config: Config, run: Run, **_) -> dict:
     counts["routing"] = info
     if info.get("target_reached_on_gold") is False:
         console.print(
-            f"[yellow]no threshold of the {info['signal']} signal reaches {cfg.target_accuracy:.0%} on gold at the lower bound "
-            "of its interval: every pair is routed to people (within the budget)[/yellow]"
+            f"[yellow]no threshold of the {info['signal']} signal reaches {cfg.target_accuracy:.0%} on gold at the "
+            "lower bound of its interval: every pair is routed to people (within the budget)[/yellow]"
         )
     summary("route", {k: v for k, v in counts.items() if k != "routing"} | {f"routing {k}": v for k, v in info.items()})
     return counts

@@ -19,9 +19,9 @@ math-verify limits each parse and comparison with SIGALRM, which Python allows o
 a ValueError elsewhere, and turning the limit off would let one hostile answer hang the run). Called from any
 other thread, the checks run in one child process, whose main thread it is.
 
-Resumable: each row carries a key of the reference or tests, the candidate's text, the settings and the verifier's version;
-a row whose key still matches is reused, and the table is rewritten (atomically) every CHUNK candidates, so a
-killed stage picks up where it stopped.
+Resumable: each row carries a key of the reference or tests, the candidate's text, the settings and the verifier's
+version; a row whose key still matches is reused, and the table is rewritten (atomically) every CHUNK candidates, so
+a killed stage picks up where it stopped.
 """
 
 import importlib.metadata
@@ -105,7 +105,8 @@ def check(gold: list, text: str, timeout_s: int = 5, float_rounding: int = 6) ->
 
 
 def check_many(items: list[tuple[str, str]], timeout_s: int, float_rounding: int) -> list[dict]:
-    """(reference, text) -> {status, answer, reference, error, score}, each reference parsed once. Needs the main thread."""
+    """(reference, text) -> {status, answer, reference, error, score}, each reference parsed once. Needs the main
+    thread."""
     references: dict[str, tuple] = {}
     out = []
     for reference, text in items:
@@ -136,13 +137,15 @@ _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | 
 
 
 def extract_code(text: str) -> str:
-    """The candidate's code: its first fenced block (```python, or an unclosed one cut by max_tokens), else the whole text."""
+    """The candidate's code: its first fenced block (```python, or an unclosed one cut by max_tokens), else the whole
+    text."""
     found = _FENCE.search(text)
     return found.group(1) if found else text
 
 
 def run_code(items: list[tuple[str, str]], cfg) -> list[dict]:
-    """(tests, text) -> {status, answer, reference, error, score}: the code of each text against its tests in the sandbox."""
+    """(tests, text) -> {status, answer, reference, error, score}: the code of each text against its tests in the
+    sandbox."""
     from pipeline.sandbox.bwrap import Limits, run_many
 
     limits = Limits(wall_s=cfg.code_wall_s, cpu_s=cfg.code_cpu_s, memory_mb=cfg.code_memory_mb)
@@ -195,7 +198,7 @@ def verify_candidates(
     versions = {"math": importlib.metadata.version("math-verify"), "code": SANDBOX_VERSION}
     rows: list[dict | None] = [None] * len(todo)
     missing = []
-    for i, (c, p, verifier, truth, text) in enumerate(todo):
+    for i, (c, _, verifier, truth, text) in enumerate(todo):
         key = check_key(verifier, truth, text, cfg, versions[verifier])
         if (c, key) in kept:
             rows[i] = kept[(c, key)]
@@ -217,7 +220,7 @@ def verify_candidates(
                 found = (
                     run_code(items, cfg) if verifier == "code" else check_math(items, cfg.timeout_s, cfg.float_rounding)
                 )
-                results.update({i: (key, result) for (i, key), result in zip(mine, found)})
+                results.update({i: (key, result) for (i, key), result in zip(mine, found, strict=True)})
             for i, (key, result) in results.items():
                 c, p, verifier, _, _ = todo[i]
                 rows[i] = {"candidate_id": c, "prompt_id": p, "verifier": verifier, **result, "check_key": key}
@@ -268,9 +271,9 @@ def step(config: Config, run: Run, **_) -> dict:
     counts = counts_of(table, prompts, candidates, reused)
     if not counts["prompts_with_reference"] and not counts["prompts_with_tests"]:
         console.print(
-            "[yellow]verify: no prompt has a reference answer or tests, so nothing was checked. Ingest reads them from "
-            "a `reference_answer`, `answer` or `final_answer` column and a `tests`, `test_code` or `unit_tests` column; "
-            "map others with `ingest.answer_column` (--answer-column) and `ingest.tests_column`[/yellow]"
+            "[yellow]verify: no prompt has a reference answer or tests, so nothing was checked. Ingest reads them "
+            "from a `reference_answer`, `answer` or `final_answer` column and a `tests`, `test_code` or `unit_tests` "
+            "column; map others with `ingest.answer_column` (--answer-column) and `ingest.tests_column`[/yellow]"
         )
     if counts["bad_references"]:
         bad = table.filter(

@@ -1,6 +1,7 @@
-"""Local checkpoints (pipeline/models/checkpoints.py): a tiny causal LM retrained in place is asked again by the generate
-stage in the same run directory (its cache keys carry the checkpoint's fingerprint, and the in-process loader reloads
-it), and a rerun without a change comes from the cache. The fingerprint covers the folder's files, not its subfolders;
+"""Local checkpoints (pipeline/models/checkpoints.py): a tiny causal LM retrained in place is asked again by the
+generate stage in the same run directory (its cache keys carry the checkpoint's fingerprint, and the in-process loader
+reloads it), and a rerun without a change comes from the cache. The fingerprint covers the folder's files, not its
+subfolders;
 keys of models that are not local checkpoints are unchanged."""
 
 import json
@@ -15,7 +16,8 @@ PROMPT = "Name a colour."
 
 
 def tiny_checkpoint(out: Path, seed: int) -> Path:
-    """A Llama of hidden size 8, one layer, random weights (seeded), with the embedded SmolLM2's tokenizer: ~2 MB, no hub."""
+    """A Llama of hidden size 8, one layer, random weights (seeded), with the embedded SmolLM2's tokenizer: ~2 MB,
+    no hub."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -128,6 +130,15 @@ def _retrained_in_place(tmp_path, prefab):
     info = run.stage_info("generate")
     assert info["calls"] == 0 and info["cached"] == 1
     assert run.read("candidates")["text"].to_list() == second
+
+    # `prefab run` sees it too: the stage is complete until the checkpoint changes, then it runs again
+    result = prefab("run", config)
+    assert result.exit_code == 0 and "ran nothing" in result.output, result.output
+    retrain_in_place(model, seed=2)
+    result = prefab("run", config)
+    assert result.exit_code == 0 and "ran generate" in result.output, result.output
+    assert run.stage_info("generate")["calls"] == 1
+    assert run.read("candidates")["text"].to_list() == [greedy(model, 6)]
 
 
 def test_fingerprint_follows_the_files_of_the_folder(tmp_path):

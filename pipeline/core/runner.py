@@ -17,11 +17,16 @@ from pipeline.core.store import Run
 
 
 def section_hash(config: Config, stage: str) -> str:
-    """Hash of the config that a stage (and the stages before it) depends on."""
+    """Hash of the config that a stage (and the stages before it) depends on, and of their other inputs (a local
+    checkpoint's fingerprint) where they have any."""
     stages = registry.stages()
     names = list(stages)
     upto = names[: names.index(stage) + 1]
-    data = {s: _dump(config.section(section)) for s in upto if (section := stages[s].section)}
+    data: dict = {s: _dump(config.section(section)) for s in upto if (section := stages[s].section)}
+    for s in upto:
+        inputs = stages[s].inputs
+        if inputs and (found := inputs(config)):
+            data[f"{s}:inputs"] = found
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

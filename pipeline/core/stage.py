@@ -22,3 +22,6 @@ class Stage:
     section: str | None = None  # the config section it reads; None: it needs none
     settings: type[BaseModel] | None = None  # that section's model
     required: bool = False  # every config must have the section (ingest: a run starts from prompts)
+    # what its output depends on besides its section: e.g. the fingerprints of the local checkpoints it calls, so
+    # that `prefab run` runs it again after one is retrained in place; {} when nothing
+    inputs: Callable[[Any], dict[str, str]] | None = None

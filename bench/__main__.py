@@ -18,7 +18,10 @@ from rich.table import Table
 HERE = Path(__file__).parent
 
 
-CHILD = "import importlib, json, sys; rows = importlib.import_module('bench.' + sys.argv[1]).main(); open(sys.argv[2], 'w').write(json.dumps(rows, default=str))"
+CHILD = (
+    "import importlib, json, sys; rows = importlib.import_module('bench.' + sys.argv[1]).main(); "
+    "open(sys.argv[2], 'w').write(json.dumps(rows, default=str))"
+)
 
 
 def run_one(module: str) -> list[dict]:

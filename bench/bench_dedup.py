@@ -126,7 +126,8 @@ def main() -> list[dict]:
     print(f"{'n':>8} {'seconds':>8} {'peak MiB':>9} {'recall':>7} {'-> orig':>7} {'flagged':>8} {'planted':>8}")
     for r in (small, large):
         print(
-            f"{r['n']:>8} {r['seconds']:>8} {r['peak_mib']:>9} {r['recall']:>7} {r['points_to_original']:>7} {r['flagged']:>8} {r['planted']:>8}"
+            f"{r['n']:>8} {r['seconds']:>8} {r['peak_mib']:>9} {r['recall']:>7} {r['points_to_original']:>7} "
+            f"{r['flagged']:>8} {r['planted']:>8}"
         )
     print(f"doubling n: time x{growth:.2f} (target < 3)")
     return rows

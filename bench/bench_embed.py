@@ -7,7 +7,8 @@ than the first. Texts are distinct (no help from de-duplication): the demo promp
 Each side runs ROUNDS times, interleaved, and keeps its best wall time, so a noisy neighbour does not decide
 the ratio; the CPU time of the process (all threads) is printed too, as a second view on a shared machine.
 
-    python -m bench.bench_embed            (2,000 texts and 3 rounds by default; BENCH_EMBED_ROUNDS; BENCH_EMBED_TEXTS=... to change)
+    python -m bench.bench_embed            (2,000 texts and 3 rounds by default;
+                                           BENCH_EMBED_ROUNDS; BENCH_EMBED_TEXTS=... to change)
 """
 
 import json
@@ -100,9 +101,9 @@ def main() -> list[dict]:
     for r in rows:
         print(f"{r['name']:40} {r['value']:>12} {r['baseline']:>12} {r['ratio']:>8}  {r['target']}")
     print(
-        f"(all rounds, wall s: encode {[round(t, 2) for t in direct_times]}, embed_texts {[round(t, 2) for t in ours_times]}; "
-        f"CPU s: encode {[round(t, 2) for t in direct_cpu]}, embed_texts {[round(t, 2) for t in ours_cpu]}; "
-        f"best-CPU ratio {min(direct_cpu) / min(ours_cpu):.3f})"
+        f"(all rounds, wall s: encode {[round(t, 2) for t in direct_times]}, embed_texts "
+        f"{[round(t, 2) for t in ours_times]}; CPU s: encode {[round(t, 2) for t in direct_cpu]}, embed_texts "
+        f"{[round(t, 2) for t in ours_cpu]}; best-CPU ratio {min(direct_cpu) / min(ours_cpu):.3f})"
     )
     return rows
 

@@ -250,8 +250,8 @@ def bench_transformers(n: int, threads: int | None) -> list[dict]:
             ratio = ours / direct
             rows.append(
                 {
-                    "name": f"transformers backend ({device}, {torch.get_num_threads()} threads): {n} prompts, batch {spec.batch_size}, "
-                    f"max_tokens {LLM_MAX_TOKENS}, {label}",
+                    "name": f"transformers backend ({device}, {torch.get_num_threads()} threads): {n} prompts, batch "
+                    f"{spec.batch_size}, max_tokens {LLM_MAX_TOKENS}, {label}",
                     "value": round(ours, 1),
                     "baseline": round(direct, 1),
                     "ratio": round(ratio, 3),

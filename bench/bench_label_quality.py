@@ -126,7 +126,8 @@ def draw_judge(rng, n: int):
 
 
 def simulate(seed: int) -> dict:
-    """Everything random in one seed, drawn once: the judge on run and gold pairs, every pair's two labels, the queues."""
+    """Everything random in one seed, drawn once: the judge on run and gold pairs, every pair's two labels,
+    the queues."""
     rng = np.random.default_rng(seed)
     run_s, run_right = draw_judge(rng, N_RUN)
     gold_s, gold_right = draw_judge(rng, N_GOLD)
@@ -253,7 +254,8 @@ def calibrated_arm(sim: dict, cal: dict, budget: int, use_gold: bool = True) -> 
 
 
 def bayes_accuracy(sim: dict) -> np.ndarray:
-    """Per run pair, the best expected accuracy any rule can get from its two labels, knowing the truth's prior and the annotators."""
+    """Per run pair, the best expected accuracy any rule can get from its two labels,
+    knowing the truth's prior and the annotators."""
     q = judge_p_right(2 * (sim["run_s"] - 0.5))
     p1, p2 = ANNOTATOR_ACCURACY[sim["ann"][:, 0]], ANNOTATOR_ACCURACY[sim["ann"][:, 1]]
     total = np.zeros(N_RUN)
@@ -283,7 +285,7 @@ def simulation() -> list[dict]:
     acc = {arm: [] for arm in arms}
     used = {arm: [] for arm in arms}
     reliabilities = []
-    for sim, cal in zip(sims, cals):
+    for sim, cal in zip(sims, cals, strict=True):
         acc["a"].append(float(np.mean(sim["run_right"])))
         used["a"].append(0)
         routed = margin_routed(sim, BUDGET)
@@ -321,12 +323,12 @@ def simulation() -> list[dict]:
     reached_d = None
     for budget in SWEEP:
         bound_d[budget] = float(
-            np.mean([calibrated_bound(sim, cal, b, budget) for sim, cal, b in zip(sims, cals, bayes)])
+            np.mean([calibrated_bound(sim, cal, b, budget) for sim, cal, b in zip(sims, cals, bayes, strict=True)])
         )
         if budget == BUDGET:
             sweep_d[budget] = acc["d"]
         elif budget == SWEEP[-1] or (reached_d is None and bound_d[budget] >= TARGET_ACCURACY - BOUND_SLACK):
-            sweep_d[budget] = [calibrated_arm(sim, cal, budget)[0] for sim, cal in zip(sims, cals)]
+            sweep_d[budget] = [calibrated_arm(sim, cal, budget)[0] for sim, cal in zip(sims, cals, strict=True)]
         if reached_d is None and budget in sweep_d and np.mean(sweep_d[budget]) >= TARGET_ACCURACY:
             reached_d = budget
     reached_b = next((b for b in SWEEP if np.mean(sweep_b[b]) >= TARGET_ACCURACY), None)
@@ -347,7 +349,8 @@ def simulation() -> list[dict]:
     print(f"{'arm':42} {'accuracy (mean)':>15} {'min':>7} {'human labels':>13}   per seed")
     for arm in arms:
         print(
-            f"{names[arm]:42} {mean[arm]:>15.4f} {low[arm]:>7.4f} {np.mean(used[arm]):>13.0f}   {[round(v, 4) for v in acc[arm]]}"
+            f"{names[arm]:42} {mean[arm]:>15.4f} {low[arm]:>7.4f} {np.mean(used[arm]):>13.0f}   "
+            f"{[round(v, 4) for v in acc[arm]]}"
         )
     picks = [cal["pick"] for cal in cals]
     print(
@@ -449,8 +452,8 @@ def simulation() -> list[dict]:
     # why a miss is a miss of the method or of the simulation: no rule can beat the Bayes bound at this budget
     print(
         f"Bayes bound for (d)'s routing at {BUDGET} labels: {bound_d[BUDGET]:.4f}, i.e. at most "
-        f"{bound_d[BUDGET] - mean['b']:+.4f} over (b) and {bound_d[BUDGET] - mean['c']:+.4f} over (c) for any aggregation; "
-        f"at {SWEEP[-1]} labels: {bound_d[SWEEP[-1]]:.4f}"
+        f"{bound_d[BUDGET] - mean['b']:+.4f} over (b) and {bound_d[BUDGET] - mean['c']:+.4f} over (c) for any "
+        f"aggregation; at {SWEEP[-1]} labels: {bound_d[SWEEP[-1]]:.4f}"
     )
     rows.append(
         {
@@ -556,7 +559,7 @@ def honesty_seed(seed: int, condition: str) -> dict:
     sided = resolved.filter(pl.col("preference").is_in(["chosen", "rejected"]) & (pl.col("status") == "resolved"))
     pairs, prefs = sided["pair_id"].to_list(), sided["preference"].to_list()
     stated = model.stated(pairs, prefs, seed=seed)
-    truth = np.array([(p == "chosen") == run_right[int(i[1:])] for i, p in zip(pairs, prefs)])
+    truth = np.array([(p == "chosen") == run_right[int(i[1:])] for i, p in zip(pairs, prefs, strict=True)])
     gold_frame = pl.DataFrame({"confidence": gold_s, "correct": gold_right.astype(float)})
     auto_info = predicted_accuracy(gold_frame, run_s[auto].tolist(), seed=seed)
     return {
@@ -574,7 +577,8 @@ def honesty() -> list[dict]:
     started = time.perf_counter()
     rows = []
     print(
-        f"honesty: {len(HONESTY_SEEDS)} seeds per condition; stated = mean confidence of the labels, true = the share right"
+        f"honesty: {len(HONESTY_SEEDS)} seeds per condition; stated = mean confidence of the labels, "
+        "true = the share right"
     )
     print(f"{'condition':40} {'source':6} {'bias':>8} {'target':>7} {'sd':>7} {'coverage':>9} {'target':>7}")
     for condition, (_, _, _, _, human_bias) in CONDITIONS.items():
@@ -585,13 +589,14 @@ def honesty() -> list[dict]:
             coverage = float(np.mean((low <= true) & (true <= high)))
             ok = abs(bias) <= bias_target and coverage >= COVERAGE
             print(
-                f"{condition:40} {source:6} {bias:>+8.4f} {bias_target:>7.2f} {np.std(stated - true):>7.4f} {coverage:>9.2f} "
-                f"{COVERAGE:>7.2f}  {'met' if ok else 'MISSED'}",
+                f"{condition:40} {source:6} {bias:>+8.4f} {bias_target:>7.2f} {np.std(stated - true):>7.4f} "
+                f"{coverage:>9.2f} {COVERAGE:>7.2f}  {'met' if ok else 'MISSED'}",
                 flush=True,
             )
             rows.append(
                 {
-                    "name": f"honesty, {condition}, {source}: bias of stated accuracy (mean over {len(HONESTY_SEEDS)} seeds)",
+                    "name": f"honesty, {condition}, {source}: bias of stated accuracy (mean over {len(HONESTY_SEEDS)} "
+                    "seeds)",
                     "value": round(bias, 4),
                     "baseline": None,
                     "ratio": None,
@@ -631,7 +636,8 @@ def oracle_accuracy(sim: dict, votes: dict[int, list[tuple[int, bool]]]) -> floa
 
 def sequential_plan(q: np.ndarray, used: frozenset, price: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(value, accuracy, labels) expected under the best plan for pairs right with P = q on the judge's side, when a
-    label costs `price` in accuracy, the annotators in `used` have labeled them and the next is uniform among the rest."""
+    label costs `price` in accuracy, the annotators in `used` have labeled them and the next is uniform among the
+    rest."""
     stop = np.maximum(q, 1 - q)
     free = [a for a in range(len(ANNOTATORS)) if a not in used]
     if not free:
@@ -665,7 +671,8 @@ def adaptive_bound(sims: list[dict]) -> dict:
 
 
 def adaptive_arm(sim: dict, cal: dict) -> tuple[dict, dict]:
-    """(budget -> final accuracy, budget -> with true parameters) of (e) for one seed, at every EFFICIENCY_SWEEP budget."""
+    """(budget -> final accuracy, budget -> with true parameters) of (e) for one seed,
+    at every EFFICIENCY_SWEEP budget."""
     import polars as pl
 
     from labeling.queue import plan, priority
@@ -713,7 +720,7 @@ def adaptive_arm(sim: dict, cal: dict) -> tuple[dict, dict]:
         if spent % EFFICIENCY_SWEEP[1] == 0:
             accuracy[spent] = final_accuracy(sim, resolved)
             votes: dict[int, list[tuple[int, bool]]] = {}
-            for i, a, w in zip(ids, who, what):
+            for i, a, w in zip(ids, who, what, strict=True):
                 votes.setdefault(i, []).append((a, w == "chosen"))
             oracle[spent] = oracle_accuracy(sim, votes)
     last = max(accuracy)
@@ -728,17 +735,19 @@ def efficiency() -> list[dict]:
     sims = [simulate(seed) for seed in SEEDS]
     cals = [calibration(sim) for sim in sims]
     bayes = [bayes_accuracy(sim) for sim in sims]
-    adaptive = [adaptive_arm(sim, cal) for sim, cal in zip(sims, cals)]
+    adaptive = [adaptive_arm(sim, cal) for sim, cal in zip(sims, cals, strict=True)]
     e_bound = adaptive_bound(sims)
     e_acc = {b: float(np.mean([a[0][b] for a in adaptive])) for b in EFFICIENCY_SWEEP}
     e_oracle = {b: float(np.mean([a[1][b] for a in adaptive])) for b in EFFICIENCY_SWEEP}
     d_acc, d_bound, reached_d = {}, {}, None
     for budget in EFFICIENCY_SWEEP:
         d_bound[budget] = float(
-            np.mean([calibrated_bound(sim, cal, b, budget) for sim, cal, b in zip(sims, cals, bayes)])
+            np.mean([calibrated_bound(sim, cal, b, budget) for sim, cal, b in zip(sims, cals, bayes, strict=True)])
         )
         if budget == CHECK_AT or (reached_d is None and d_bound[budget] >= EFFICIENCY_TARGET - BOUND_SLACK):
-            d_acc[budget] = float(np.mean([calibrated_arm(sim, cal, budget)[0] for sim, cal in zip(sims, cals)]))
+            d_acc[budget] = float(
+                np.mean([calibrated_arm(sim, cal, budget)[0] for sim, cal in zip(sims, cals, strict=True)])
+            )
             if reached_d is None and d_acc[budget] >= EFFICIENCY_TARGET:
                 reached_d = budget
     reached_e = next((b for b in EFFICIENCY_SWEEP if e_acc[b] >= EFFICIENCY_TARGET), None)
@@ -746,22 +755,25 @@ def efficiency() -> list[dict]:
         f"efficiency: seeds {list(SEEDS)}, final-label accuracy over {N_RUN} run pairs, 10% of each budget gold answers"
     )
     print(
-        f"{'labels':>7} {'(d) fixed 2':>12} {'(d) bound':>10} {'(e) adaptive':>13} {'(e) true params':>16} {'(e) bound':>10}"
+        f"{'labels':>7} {'(d) fixed 2':>12} {'(d) bound':>10} {'(e) adaptive':>13} {'(e) true params':>16} "
+        f"{'(e) bound':>10}"
     )
     for budget in EFFICIENCY_SWEEP:
         d = f"{d_acc[budget]:.4f}" if budget in d_acc else "-"
         print(
-            f"{budget:>7} {d:>12} {d_bound[budget]:>10.4f} {e_acc[budget]:>13.4f} {e_oracle[budget]:>16.4f} {e_bound[budget]:>10.4f}"
+            f"{budget:>7} {d:>12} {d_bound[budget]:>10.4f} {e_acc[budget]:>13.4f} {e_oracle[budget]:>16.4f} "
+            f"{e_bound[budget]:>10.4f}"
         )
     ratio = reached_e / reached_d if reached_e is not None and reached_d else None
     gain = e_acc[CHECK_AT] - d_acc[CHECK_AT]
     print(
-        f"labels to reach {EFFICIENCY_TARGET}: (e) {reached_e}, (d) {reached_d}, ratio {ratio}; at {CHECK_AT} labels (e) - (d) = "
-        f"{gain:+.4f} ({time.perf_counter() - started:.1f} s)"
+        f"labels to reach {EFFICIENCY_TARGET}: (e) {reached_e}, (d) {reached_d}, ratio {ratio}; at {CHECK_AT} labels "
+        f"(e) - (d) = {gain:+.4f} ({time.perf_counter() - started:.1f} s)"
     )
     return [
         {
-            "name": f"human labels to reach {EFFICIENCY_TARGET} final-label accuracy, (e) adaptive vs (d) fixed 2 per pair",
+            "name": f"human labels to reach {EFFICIENCY_TARGET} final-label accuracy, "
+            "(e) adaptive vs (d) fixed 2 per pair",
             "value": reached_e,
             "baseline": reached_d,
             "ratio": round(ratio, 3) if ratio is not None else None,
@@ -890,7 +902,8 @@ def gold_part() -> list[dict]:
     rows = []
     print(f"embedded judge on {gold.height} gold pairs ({GOLD_LIMIT} per file at most), {seconds:.0f} s")
     print(
-        f"{'file':20} {'method':14} {'n':>4} {'accuracy':>9} {'consistency':>11} {'picks A':>8} {'longer':>7}  references"
+        f"{'file':20} {'method':14} {'n':>4} {'accuracy':>9} {'consistency':>11} {'picks A':>8} {'longer':>7}  "
+        "references"
     )
     for stem in GOLD_FILES:
         part = gold.filter(pl.col("source") == stem)
@@ -910,8 +923,8 @@ def gold_part() -> list[dict]:
             r = found.row(0, named=True)
             ref = references(stem)
             print(
-                f"{stem:20} {method:14} {r['n']:>4} {_f(r['accuracy']):>9} {_f(r['consistency']):>11} {_f(r['position_a']):>8} "
-                f"{longer:>7.3f}  {ref}"
+                f"{stem:20} {method:14} {r['n']:>4} {_f(r['accuracy']):>9} {_f(r['consistency']):>11} "
+                f"{_f(r['position_a']):>8} {longer:>7.3f}  {ref}"
             )
             rows.append(
                 {

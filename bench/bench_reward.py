@@ -96,7 +96,8 @@ def bench_reward() -> dict:
             best["direct"] = max(best["direct"], len(data) / (time.perf_counter() - started))
     ratio = best["prefab"] / best["direct"]
     print(
-        f"reward model: prefab {best['prefab']:.1f} texts/s, direct model(**batch) loop {best['direct']:.1f} texts/s, ratio {ratio:.2f}"
+        f"reward model: prefab {best['prefab']:.1f} texts/s, direct model(**batch) loop {best['direct']:.1f} texts/s, "
+        f"ratio {ratio:.2f}"
     )
     return {
         "name": f"reward-model scoring, {TEXTS} texts, batch {BATCH} (vs direct model(**batch) loop)",
@@ -130,7 +131,8 @@ def bench_math() -> dict:
         verify(parse(reference), parse(text), timeout_seconds=None)
     direct = len(pairs) / (time.perf_counter() - started)
     print(
-        f"math: prefab check_many {prefab:.0f} checks/s, direct parse+verify {direct:.0f} checks/s, ratio {prefab / direct:.2f}"
+        f"math: prefab check_many {prefab:.0f} checks/s, direct parse+verify {direct:.0f} checks/s, "
+        f"ratio {prefab / direct:.2f}"
     )
     return {
         "name": f"math-verify checks/s, {CHECKS} answers (vs direct parse + verify)",

@@ -1,5 +1,6 @@
-"""Code runs per second in the sandbox (pipeline/sandbox/bwrap.py) vs a bare `subprocess.run([sys.executable, "-c", ...])`
-of the same code and tests, side by side in one run: one at a time, then concurrently with run_many.
+"""Code runs per second in the sandbox (pipeline/sandbox/bwrap.py) vs a bare
+`subprocess.run([sys.executable, "-c", ...])` of the same code and tests, side by side in one run: one at a time, then
+concurrently with run_many.
 
 The bare run is what a verifier without isolation would do: one interpreter per candidate, no namespaces, no
 limits, no per-test results. The sandbox adds bubblewrap (namespaces, mounts, its PID namespace's init), setpriv

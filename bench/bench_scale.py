@@ -32,8 +32,10 @@ async def main():
     semaphore = asyncio.Semaphore(concurrency)
     async def one(i):
         async with semaphore:
-            r = await client.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": f"Bare prompt {i}"}],
-                                                     temperature=0.3, max_tokens=64, seed=0)
+            r = await client.chat.completions.create(
+                model="fake-model", messages=[{"role": "user", "content": f"Bare prompt {i}"}],
+                temperature=0.3, max_tokens=64, seed=0,
+            )
             return r.choices[0].message.content
     answers = await asyncio.gather(*(one(i) for i in range(n)))
     assert all(answers)
@@ -130,8 +132,8 @@ def main() -> list[dict]:
                 got.update(calls=calls, per_call_ms=1000 * got["wall_s"] / calls, per_core=calls / got["cpu_s"])
                 results[n] = got
                 print(
-                    f"  prefab run, {n:,} prompts ({calls:,} calls): {got['wall_s']:.0f} s, {got['per_call_ms']:.2f} ms/call, "
-                    f"peak RSS {got['rss_mib']:.0f} MiB, {got['per_core']:.0f} calls per CPU-second",
+                    f"  prefab run, {n:,} prompts ({calls:,} calls): {got['wall_s']:.0f} s, {got['per_call_ms']:.2f} "
+                    f"ms/call, peak RSS {got['rss_mib']:.0f} MiB, {got['per_core']:.0f} calls per CPU-second",
                     flush=True,
                 )
     finally:
@@ -163,7 +165,8 @@ def main() -> list[dict]:
         ratio = got["per_core"] / bare_per_core
         rows.append(
             {
-                "name": f"client calls per CPU-second, {n:,} prompts, vs a bare AsyncOpenAI loop ({BARE_CALLS:,} calls)",
+                "name": f"client calls per CPU-second, {n:,} prompts, vs a bare AsyncOpenAI loop ({BARE_CALLS:,} "
+                "calls)",
                 "value": round(got["per_core"], 1),
                 "baseline": round(bare_per_core, 1),
                 "ratio": round(ratio, 3),

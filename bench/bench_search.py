@@ -159,7 +159,8 @@ def grow_with_sql(db_path: str, dataset_id: str, target: int, annotator: str, su
         ):
             db.execute(
                 f"INSERT INTO {table} (id, record_id, inserted_at, updated_at, {columns}) "
-                f"SELECT lower(hex(randomblob(16))), m.new, t.inserted_at, t.updated_at, {', '.join('t.' + c.strip() for c in columns.split(','))} "
+                "SELECT lower(hex(randomblob(16))), m.new, t.inserted_at, t.updated_at, "
+                f"{', '.join('t.' + c.strip() for c in columns.split(','))} "
                 f"FROM {table} t JOIN copy_map m ON m.old = t.record_id"
             )
         user = annotator.replace("-", "")
@@ -177,7 +178,8 @@ def grow_with_sql(db_path: str, dataset_id: str, target: int, annotator: str, su
             ),
         )
         db.execute(
-            "UPDATE records SET status = 'completed' WHERE dataset_id = ? AND id IN (SELECT record_id FROM responses WHERE user_id = ?)",
+            "UPDATE records SET status = 'completed' "
+            "WHERE dataset_id = ? AND id IN (SELECT record_id FROM responses WHERE user_id = ?)",
             (dataset, user),
         )
 
@@ -438,7 +440,8 @@ def main() -> list[dict]:
             row(f"similarity + filter p95, {n}", p95(similar), base, "info", None),
             row(f"annotator metrics p95, {n}", p95(progress), base, "info", None),
             row(
-                f"20 annotators at a human pace (5-20 s), submit p95 ({human['sent']} responses in {HUMAN_SECONDS:.0f} s, none lost)",
+                f"20 annotators at a human pace (5-20 s), submit p95 "
+                f"({human['sent']} responses in {HUMAN_SECONDS:.0f} s, none lost)",
                 human["p95_ms"],
                 alone,
                 "< 300 ms",

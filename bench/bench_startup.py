@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE = os.environ.get("BENCH_STARTUP_BASE", "HEAD")
 REPEAT = int(os.environ.get("BENCH_STARTUP_REPEAT", "3"))
 CODE = "import sys; from {} import cli; cli(args=sys.argv[1:], prog_name='prefab')"
-MAKE_RUN = "import sys, pathlib; sys.path.insert(0, 'tests'); from labeling_runs import make_run; make_run(pathlib.Path(sys.argv[1]), n_pairs=12)"
+MAKE_RUN = (
+    "import sys, pathlib; sys.path.insert(0, 'tests'); from labeling_runs import make_run; "
+    "make_run(pathlib.Path(sys.argv[1]), n_pairs=12)"
+)
 
 
 def own_entry_points(tree: Path, where: Path) -> dict:

@@ -129,7 +129,8 @@ def main() -> list[dict]:
     best, base = max(ours), max(plain)
     ratio = best / base
     print(
-        f"{torch.cuda.get_device_name()}: prefab train dpo {best:.0f} tok/s, plain TRL {base:.0f} tok/s, ratio {ratio:.3f}"
+        f"{torch.cuda.get_device_name()}: prefab train dpo {best:.0f} tok/s, plain TRL {base:.0f} tok/s, "
+        f"ratio {ratio:.3f}"
     )
     return [
         {

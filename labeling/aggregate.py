@@ -55,7 +55,8 @@ def _break_tie(pair_id: str, leaders: list[str], tie_rule: str, judge: dict | No
 def _resolve(
     labels: pl.DataFrame, method: str, tie_rule: str, min_submitted: int, judge: dict | None, probas=None
 ) -> pl.DataFrame:
-    """One row per pair: its preference, status and confidence, from vote counts (majority) or posteriors (dawid_skene)."""
+    """One row per pair: its preference, status and confidence,
+    from vote counts (majority) or posteriors (dawid_skene)."""
     rows = []
     for (pair_id,), group in labels.group_by("pair_id", maintain_order=True):
         votes = submitted(group)["label"].to_list()
@@ -140,7 +141,7 @@ def dawid_skene(
         # an annotator's reliability: how probable, after the fit, the labels they gave are (gold tasks: their truth)
         right = [
             float(probas.at[t, label]) if label in probas.columns else 0.0
-            for t, label in zip(frame["task"], frame["label"])
+            for t, label in zip(frame["task"], frame["label"], strict=True)
         ]
         reliability = {
             w: round(float(v), 4) for w, v in pd.Series(right).groupby(frame["worker"].to_numpy()).mean().items()
@@ -181,7 +182,7 @@ def bayesian(
     model = fit(
         data, prior, pair_prior, {g: GOLD_TRUTH for g in gold["pair_id"].unique().to_list()}, prior_draws=prior_draws
     )
-    p_chosen = dict(zip(model.tasks, model.p_chosen.tolist()))
+    p_chosen = dict(zip(model.tasks, model.p_chosen.tolist(), strict=True))
     rows = []
     for (pair_id,), group in labels.group_by("pair_id", maintain_order=True):
         votes = submitted(group)["label"].to_list()
@@ -218,7 +219,8 @@ def bayesian(
 def annotator_quality(
     labels: pl.DataFrame, gold_labels: pl.DataFrame, reliability: dict, *, min_accuracy: float, min_gold: int
 ) -> pl.DataFrame:
-    """The `annotators` table: accuracy on gold (wrong, tie and both-bad all miss), agreement, speed, reliability, flag."""
+    """The `annotators` table: accuracy on gold (wrong, tie and both-bad all miss),
+    agreement, speed, reliability, flag."""
     run, gold = submitted(labels), submitted(gold_labels)
     both = pl.concat([run.select("annotator", "updated_at"), gold.select("annotator", "updated_at")])
     names = sorted(set(both["annotator"].to_list()))
@@ -300,7 +302,8 @@ class Resolution:
 
 
 def pair_priors(pairs: pl.DataFrame) -> dict[str, float]:
-    """P(chosen) of each pair before any person: the judge's confidence calibrated on gold (route), where there is one."""
+    """P(chosen) of each pair before any person: the judge's confidence calibrated on gold (route),
+    where there is one."""
     if "confidence" not in pairs.columns or pairs.is_empty():
         return {}
     return dict(pairs.filter(pl.col("confidence").is_not_null()).select("pair_id", "confidence").iter_rows())
@@ -325,7 +328,7 @@ def pair_prior_draws(run, pairs: pl.DataFrame, seed: int = 0) -> dict | None:
         CALIBRATION_DRAWS,
         seed,
     )
-    return dict(zip(known["pair_id"].to_list(), draws.T))
+    return dict(zip(known["pair_id"].to_list(), draws.T, strict=True))
 
 
 def resolve_labels(

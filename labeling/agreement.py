@@ -137,7 +137,7 @@ def judge_vs_human(resolved: pl.DataFrame, judge: dict[str, str]) -> dict:
     def score(items):
         if not items:
             return {"agreement": None, "kappa": None, "n": 0}
-        j, h = zip(*items)
+        j, h = zip(*items, strict=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             kappa = cohen_kappa_score(j, h, labels=["chosen", "rejected", "tie"]) if len(items) >= 2 else None

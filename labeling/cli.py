@@ -54,7 +54,8 @@ def labeling_group():
     help="Server processes sharing the port (default one per core up to 4, or the previous start's).",
 )
 def up(home, host, port, database, database_url, redis_url, demo, workers):
-    """Start (or reuse) the Argilla server, its worker, redis and PostgreSQL; wait until healthy; print how to log in."""
+    """Start (or reuse) the Argilla server, its worker, redis and PostgreSQL; wait until healthy;
+    print how to log in."""
     import warnings
 
     from labeling import launcher
@@ -124,7 +125,8 @@ def status(home, as_json):
         click.echo(f"external Argilla {info['url']}: {'healthy' if info['healthy'] else 'NOT answering'}")
     else:
         click.echo(
-            f"{info['url'] or '(never started)'}: {'healthy' if info['healthy'] else 'not healthy'}  (home: {info['home']})"
+            f"{info['url'] or '(never started)'}: {'healthy' if info['healthy'] else 'not healthy'}  (home: "
+            f"{info['home']})"
         )
         click.echo(f"  database {info['database'] or '(none yet)'}")
         for name, pid in info["pids"].items():

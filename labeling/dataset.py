@@ -17,11 +17,15 @@ response was A from the candidate ids in the record (opaque hashes without the r
 
 import math
 import random
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from labeling.settings import LabelingConfig
 from pipeline.core.config import Config
+
+if TYPE_CHECKING:
+    import argilla as rg
 
 PREFERENCE = "preference"
 RATIONALE = "rationale"
@@ -133,7 +137,7 @@ def prompt_vectors(embeddings: pl.DataFrame, model: str | None) -> tuple[dict[st
     models = prompts["model"].unique(maintain_order=True).to_list()
     chosen_model = model if model in models else models[0]
     rows = prompts.filter(pl.col("model") == chosen_model)
-    vectors = dict(zip(rows["id"].to_list(), rows["vector"].to_list()))
+    vectors = dict(zip(rows["id"].to_list(), rows["vector"].to_list(), strict=True))
     return vectors, len(rows["vector"][0])
 
 
@@ -191,8 +195,8 @@ def build_records(
     low = min((a.min for a in aspects), default=1.0)
     high = max((a.max for a in aspects), default=5.0)
     judges = [j.label for j in config.judge.judges] if config.judge else []
-    messages = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
-    clusters = dict(zip(prompts["prompt_id"].to_list(), prompts["cluster"].to_list()))
+    messages = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list(), strict=True))
+    clusters = dict(zip(prompts["prompt_id"].to_list(), prompts["cluster"].to_list(), strict=True))
     cand = {
         row["candidate_id"]: row for row in candidates.select("candidate_id", "text", "model").iter_rows(named=True)
     }

@@ -689,7 +689,7 @@ def client(home=None):
         ) from e
 
 
-# ---------------------------------------------------------------- accounts (through the API, so they work on any Argilla)
+# ---------------------------------------------------------------- accounts (by the API, so they work on any Argilla)
 
 DEMO_ANNOTATORS = [
     ("annotator-1", "annotator-1-demo"),

@@ -72,7 +72,8 @@ class Fit:
     def stated(self, pair_ids: list[str], preferences: list[str], seed: int = 0) -> dict:
         """Of these pairs resolved as `preferences` (chosen/rejected): the expected share right (their mean confidence)
         and a LEVEL interval for the share that is right. The interval's spread comes from the draws and each label's
-        own chance; it is centred on the stated share, since refits on resampled gold are noisier than the fit itself."""
+        own chance; it is centred on the stated share, since refits on resampled gold are noisier than the fit
+        itself."""
         if not pair_ids:
             return {"pairs": 0, "stated": None, "low": None, "high": None}
         idx = self.index(pair_ids)

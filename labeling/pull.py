@@ -35,7 +35,7 @@ def responses_frame(records: list[dict], users: dict[str, str]) -> pl.DataFrame:
                 continue  # drafts are work in progress
             values = response.get("values") or {}
 
-            def value(name):
+            def value(name, values=values):
                 return (values.get(name) or {}).get("value")
 
             rows.append(
@@ -216,8 +216,8 @@ def update_queue(
     resolved: pl.DataFrame,
     annotators: pl.DataFrame,
 ) -> dict:
-    """Adaptive redundancy after a pull: the queue planned from the labels just saved, and the dataset's run records made
-    its `queued` pairs (labeling/queue.py says why this way). Gold records are not in the queue and stay."""
+    """Adaptive redundancy after a pull: the queue planned from the labels just saved, and the dataset's run records
+    made its `queued` pairs (labeling/queue.py says why this way). Gold records are not in the queue and stay."""
     from labeling.push import DELETE_BATCH, add_pairs, queue_plan
     from labeling.queue import answered, budget_info
 
@@ -236,7 +236,7 @@ def update_queue(
         for i in range(0, len(ids), DELETE_BATCH):
             batch = ids[i : i + DELETE_BATCH]
             call(
-                lambda: client.api.http_client.delete(
+                lambda batch=batch: client.api.http_client.delete(
                     f"/api/v1/datasets/{dataset.id}/records", params={"ids": ",".join(batch)}
                 )
             )
@@ -248,7 +248,8 @@ def update_queue(
 
 
 def human_accuracy(resolution, resolved: pl.DataFrame) -> dict:
-    """The stated accuracy of the resolved human labels (chosen/rejected), its 90% interval and whether it is measured."""
+    """The stated accuracy of the resolved human labels (chosen/rejected), its 90% interval
+    and whether it is measured."""
     sided = resolved.filter(pl.col("preference").is_in(["chosen", "rejected"]) & (pl.col("status") == "resolved"))
     stated = resolution.stated(sided["pair_id"].to_list(), sided["preference"].to_list())
     if stated["stated"] is None:

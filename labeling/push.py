@@ -185,7 +185,7 @@ def fetch_records(client, dataset, responses: bool = True) -> list[dict]:
     include = {"include": ["responses"]} if responses else {}
     while True:
         page = call(
-            lambda: client.api.http_client.get(
+            lambda offset=offset: client.api.http_client.get(
                 f"/api/v1/datasets/{dataset.id}/records", params={**include, "offset": offset, "limit": PAGE}
             )
         )
@@ -225,7 +225,7 @@ def upsert(client, dataset, records: list[dict], advance=lambda n: None) -> int:
     before = record_count(client, dataset)
     for i in range(0, len(records), BATCH):
         batch = records[i : i + BATCH]
-        call(lambda: http.put(url, json={"items": batch}, timeout=BATCH_TIMEOUT))
+        call(lambda batch=batch: http.put(url, json={"items": batch}, timeout=BATCH_TIMEOUT))
         advance(len(batch))
     return record_count(client, dataset) - before
 
@@ -287,7 +287,7 @@ def gold_frames(
     verdicts: dict[str, list[dict]] = {}
     for j in judged.iter_rows(named=True):
         verdicts.setdefault(j["gold_id"], []).append(j)
-    cluster_of = dict(zip(prompts["prompt_id"].to_list(), prompts["cluster"].to_list()))
+    cluster_of = dict(zip(prompts["prompt_id"].to_list(), prompts["cluster"].to_list(), strict=True))
     clusters = [cluster_of.get(p) for p in selected["prompt_id"].to_list()] or [None]
     models = candidates.filter(
         pl.col("candidate_id").is_in(selected["chosen_id"].to_list() + selected["rejected_id"].to_list())
@@ -406,7 +406,8 @@ def add_pairs(run: Run, config: Config, client, dataset, pair_ids: list[str]) ->
 
 
 def push(run: Run, config: Config, client) -> dict:
-    """Push the pairs of the configured routes (human by default), with gold pairs mixed in, to the run's Argilla dataset.
+    """Push the pairs of the configured routes (human by default), with gold pairs mixed in, to the run's Argilla
+    dataset.
 
     With adaptive redundancy, only the pairs the queue holds (all of them, unless a label budget limits it)."""
     labeling = config.labeling or LabelingConfig()
@@ -452,10 +453,11 @@ def push(run: Run, config: Config, client) -> dict:
             )
             if found.shape[1] != dims:
                 raise LabelingError(
-                    f"gold prompts embed to {found.shape[1]} dimensions with {model}, the run's prompt vectors have {dims}",
+                    f"gold prompts embed to {found.shape[1]} dimensions with {model}, "
+                    f"the run's prompt vectors have {dims}",
                     hint="re-run `prefab embed` so that the run's vectors come from its configured model",
                 )
-            vectors |= dict(zip(g_prompts["prompt_id"].to_list(), found.tolist()))
+            vectors |= dict(zip(g_prompts["prompt_id"].to_list(), found.tolist(), strict=True))
         selected = pl.concat([selected, g_pairs])
         prompts = pl.concat([prompts.select(g_prompts.columns), g_prompts])
         candidates = pl.concat([candidates.select(g_cands.columns), g_cands])

@@ -93,7 +93,7 @@ def worths(
         groups.setdefault(key, []).append(r)
     out = [0.0] * len(rows)
     for (pool, depth), members in groups.items():
-        for r, w in zip(members, worth([rows[r]["confidence"] for r in members], pool, depth)):
+        for r, w in zip(members, worth([rows[r]["confidence"] for r in members], pool, depth), strict=True):
             out[r] = round(float(w), 6)
     return out
 
@@ -135,7 +135,7 @@ def plan(
         else:
             conf = max(prior, 1 - prior) if prior is not None else 0.5
         rows.append({"pair_id": pair_id, "labels": k, "confidence": round(conf, 6), "worth": 0.0, "state": None})
-    for row, w in zip(rows, worths(rows, who_labeled(labels), accuracy or {}, newcomer, max_labels)):
+    for row, w in zip(rows, worths(rows, who_labeled(labels), accuracy or {}, newcomer, max_labels), strict=True):
         row["worth"] = w
     spent = sum(n.get(r["pair_id"], 0) for r in rows)
     left = None if budget is None else budget - spent

@@ -1,6 +1,7 @@
 """The run report's section on human labels: counts, resolution, agreement, and where humans and judge part.
 
-Registered as `sections` under the `prefab.report` entry point (pyproject.toml); absent tables make the section disappear.
+Registered as `sections` under the `prefab.report` entry point (pyproject.toml); absent tables make the section
+disappear.
 """
 
 import polars as pl
@@ -75,12 +76,13 @@ def labels_section(run) -> str | None:
         fig, (left, right) = figure(ncols=2, width=5.0)
         annotators = sorted(submitted["annotator"].unique().to_list())
         bottom = [0] * len(annotators)
-        for color, cat in zip(COLORS, CATEGORIES):
+        # COLORS is the report's whole palette (10), longer than the 4 categories: each takes the next colour
+        for color, cat in zip(COLORS, CATEGORIES, strict=False):
             counts = [
                 submitted.filter((pl.col("annotator") == a) & (pl.col("label") == cat)).height for a in annotators
             ]
             left.bar(annotators, counts, bottom=bottom, label=cat, color=color)
-            bottom = [b + c for b, c in zip(bottom, counts)]
+            bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
         left.set_title("labels per annotator")
         left.legend(fontsize=8)
         left.tick_params(axis="x", rotation=30)
@@ -142,8 +144,8 @@ def annotators_section(run) -> str | None:
         fig, ax = figure(width=6.0, height=max(2.2, 0.4 * measured.height + 1))
         acc = measured["gold_accuracy"].to_list()
         err = [
-            [a - lo for a, lo in zip(acc, measured["gold_low"].to_list())],
-            [hi - a for a, hi in zip(acc, measured["gold_high"].to_list())],
+            [a - lo for a, lo in zip(acc, measured["gold_low"].to_list(), strict=True)],
+            [hi - a for a, hi in zip(acc, measured["gold_high"].to_list(), strict=True)],
         ]
         colors = [COLORS[3] if f else COLORS[2] for f in measured["flagged"].to_list()]
         ax.barh(measured["annotator"].to_list(), acc, xerr=err, color=colors)
@@ -192,8 +194,8 @@ def stated_vs_measured(run, quality: pl.DataFrame) -> str:
         est,
         [v - 0.15 for v in y],
         xerr=[
-            [e - lo for e, lo in zip(est, stated["reliability_low"].to_list())],
-            [hi - e for e, hi in zip(est, stated["reliability_high"].to_list())],
+            [e - lo for e, lo in zip(est, stated["reliability_low"].to_list(), strict=True)],
+            [hi - e for e, hi in zip(est, stated["reliability_high"].to_list(), strict=True)],
         ],
         fmt="o",
         color=COLORS[0],
@@ -207,14 +209,14 @@ def stated_vs_measured(run, quality: pl.DataFrame) -> str:
             acc,
             rows,
             xerr=[
-                [a - lo for a, lo in zip(acc, gold["gold_low"].to_list())],
-                [hi - a for a, hi in zip(acc, gold["gold_high"].to_list())],
+                [a - lo for a, lo in zip(acc, gold["gold_low"].to_list(), strict=True)],
+                [hi - a for a, hi in zip(acc, gold["gold_high"].to_list(), strict=True)],
             ],
             fmt="s",
             color=COLORS[2],
             label="measured on gold (95%)",
         )
-    ax.set_yticks(y, [f"{n} ({b})" for n, b in zip(names, stated["basis"].to_list())])
+    ax.set_yticks(y, [f"{n} ({b})" for n, b in zip(names, stated["basis"].to_list(), strict=True)])
     ax.set_xlim(0, 1.02)
     ax.invert_yaxis()
     ax.legend(fontsize=8, loc="lower left")

@@ -21,7 +21,8 @@ class LabelingConfig(Strict):
     routes: list[Literal["human", "auto"]] = Field(default_factory=lambda: ["human"])
     tie_rule: Literal["drop", "tie", "judge"] = "drop"
     gold_share: float = Field(0.1, ge=0, lt=1)  # share of the dataset that is gold pairs (from calibrate), unmarked
-    # bayesian: a prior on annotator accuracy, the calibrated judge as each pair's prior, gold answers (labeling/posterior.py);
+    # bayesian: a prior on annotator accuracy, the calibrated judge as each pair's prior,
+    # gold answers (labeling/posterior.py);
     # dawid_skene: crowd-kit's, weighing annotators by a fitted confusion matrix; majority: vote counts
     aggregation: Literal["bayesian", "dawid_skene", "majority"] = "bayesian"
     # the assumed accuracy of an annotator nothing is known about yet; published single-annotator agreement on

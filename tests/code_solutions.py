@@ -190,7 +190,10 @@ def anagram_groups(words):
 """,
     "fizzbuzz": """
 def fizzbuzz(n):
-    return ["FizzBuzz" if i % 15 == 0 else "Fizz" if i % 3 == 0 else "Buzz" if i % 5 == 0 else str(i) for i in range(1, n + 1)]
+    return [
+        "FizzBuzz" if i % 15 == 0 else "Fizz" if i % 3 == 0 else "Buzz" if i % 5 == 0 else str(i)
+        for i in range(1, n + 1)
+    ]
 """,
     "parse_duration": """
 import re
@@ -238,7 +241,9 @@ def median(nums):
     "valid_ipv4": """
 def valid_ipv4(text):
     parts = text.split(".")
-    return len(parts) == 4 and all(p.isdigit() and p.isascii() and (p == "0" or not p.startswith("0")) and int(p) <= 255 for p in parts)
+    return len(parts) == 4 and all(
+        p.isdigit() and p.isascii() and (p == "0" or not p.startswith("0")) and int(p) <= 255 for p in parts
+    )
 """,
     "wrap_text": """
 def wrap_text(text, width):

@@ -78,7 +78,8 @@ def fake_backend():
 
 
 def pytest_collection_modifyitems(items):
-    """A test that uses the embedded Argilla server is a `server` test, marked or not (make test-fast leaves them out)."""
+    """A test that uses the embedded Argilla server is a `server` test, marked or not
+    (make test-fast leaves them out)."""
     for item in items:
         if "labeling_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.server)

@@ -49,7 +49,7 @@ def make_run(
             }
         )
         ids = []
-        for j, (model, score) in enumerate((("gen-big", 4.5 - (i % 3) * 0.5), ("gen-small", 2.0 + (i % 2)))):
+        for _j, (model, score) in enumerate((("gen-big", 4.5 - (i % 3) * 0.5), ("gen-small", 2.0 + (i % 2)))):
             cid = candidate_id(pid, model, {"temperature": 0.7}, 0)
             text = f"Answer {i} from {model}: {2 * i}." + ("x" * long_text)
             candidates.append(

@@ -616,7 +616,10 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return "malformed"
         if name == "html":
-            page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1><hr>nginx</body></html>"
+            page = (
+                b"<html><head><title>502 Bad Gateway</title></head>"
+                b"<body><h1>502 Bad Gateway</h1><hr>nginx</body></html>"
+            )
             self._send_raw(200, page, content_type="text/html")
             return "html"
         payload = completion(request, owner.respond(request) if name == "badlogprobs" else reply)

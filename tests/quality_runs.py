@@ -30,7 +30,7 @@ def prompts_frame(texts: list[str]) -> pl.DataFrame:
 def candidates_frame(prompts: pl.DataFrame, answers: dict[str, list[str | None]], model: str = "gen") -> pl.DataFrame:
     """answers: prompt text -> candidate texts (None = a failed call)."""
     rows = []
-    for pid, messages in zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()):
+    for pid, messages in zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list(), strict=True):
         for i, text in enumerate(answers.get(messages[-1]["content"], [])):
             rows.append(
                 {

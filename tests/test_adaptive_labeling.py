@@ -15,7 +15,8 @@ pytestmark = pytest.mark.server
 
 
 def pending_for(client, dataset_id) -> dict[str, dict]:
-    """external id -> record of the annotator's queue as the UI asks for it: records still pending, which they have not answered."""
+    """external id -> record of the annotator's queue as the UI asks for it: records still pending,
+    which they have not answered."""
     body = {
         "filters": {
             "and": [
@@ -44,11 +45,12 @@ def exact_posterior(*priors: float) -> list[float]:
     weight = p**6 * (1 - p) ** 2  # Beta(7, 3), unnormalised
     agree = [q * p + (1 - q) * (1 - p) for q in priors]  # P(the label says "chosen") given p
     joint = weight * np.prod(agree, axis=0)
-    return [float(np.sum(joint / a * q * p) / np.sum(joint)) for q, a in zip(priors, agree)]
+    return [float(np.sum(joint / a * q * p) / np.sum(joint)) for q, a in zip(priors, agree, strict=True)]
 
 
 def adaptive_run(tmp_path, name: str, labeling: LabelingConfig, priors: dict[int, float]):
-    """A run of 8 pairs, 4 routed to people, whose human pairs carry the judge's calibrated confidence (priors by index)."""
+    """A run of 8 pairs, 4 routed to people, whose human pairs carry the judge's calibrated confidence
+    (priors by index)."""
     run, _ = make_run(tmp_path / unique(name), 8, labeling=labeling)
     run.update_manifest(config={**run.manifest()["config"], "labeling": labeling.model_dump(mode="json")})
     pairs = run.read("pairs")
@@ -91,7 +93,8 @@ def test_a_pair_is_asked_again_until_settled_never_of_the_same_annotator(argilla
     resolved = {r["pair_id"]: r for r in run.read("resolved").iter_rows(named=True)}
     assert resolved[sure]["confidence"] == pytest.approx(exact_posterior(0.85, 0.55)[0], abs=0.015)
     assert resolved[unsure]["confidence"] == pytest.approx(exact_posterior(0.85, 0.55)[1], abs=0.015)
-    # the settled pair left the queue, its label kept in the run; the other waits for another opinion, not from the first
+    # the settled pair left the queue, its label kept in the run; the other waits for another opinion,
+    # not from the first
     assert on_server(argilla_client, dataset.id) == set(human) - {sure}
     assert run.read("labels").filter(pl.col("pair_id") == sure).height == 1
     assert unsure not in pending_for(first, dataset.id)

@@ -77,7 +77,9 @@ def unreadable(paths: list[Path]):
 def test_bad_input(case, tmp_path, existing_run, cli_runner, monkeypatch):
     from pipeline.commands.cli import cli
 
-    subst = lambda s: s.replace("{dir}", str(tmp_path)).replace("{run}", str(existing_run))
+    def subst(s):
+        return s.replace("{dir}", str(tmp_path)).replace("{run}", str(existing_run))
+
     for name, value in (case.get("env") or {}).items():
         if value is None:
             monkeypatch.delenv(name, raising=False)

@@ -95,7 +95,7 @@ def test_routing_to_a_target_meets_it_on_held_out_gold(tmp_path, openai_server):
     routed = run.read("pairs")
     info = run.stage_info("route")["routing"]
     assert info["target_reached_on_gold"] and info["signal"] == "margin"
-    text = dict(zip(run.read("candidates")["candidate_id"], run.read("candidates")["text"]))
+    text = dict(zip(run.read("candidates")["candidate_id"], run.read("candidates")["text"], strict=True))
     better = {p["chosen"] for p in held_out}
     auto = routed.filter(pl.col("route") == "auto")
     measured = sum(text[c] in better for c in auto["chosen_id"]) / auto.height

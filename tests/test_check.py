@@ -76,7 +76,8 @@ def test_no_json_schema_fails_and_names_the_fallback(prefab, tmp_path):
 
 
 def test_a_server_that_ignores_the_schema_is_a_warning(prefab, tmp_path):
-    """The default test server answers plain text whatever the response_format: the run works, parsing and asking again."""
+    """The default test server answers plain text whatever the response_format: the run works,
+    parsing and asking again."""
     with OpenAIServer() as server:
         result = prefab("check", write_config(tmp_path, server.url, judge={}))
     assert result.exit_code == 0, result.output

@@ -121,7 +121,7 @@ def test_the_run_snapshot_gives_back_the_config_exactly(tmp_path, path):
         config.model_dump(mode="json"), sort_keys=True
     )
     items = [([{"role": "user", "content": "hi"}], "hello")]
-    for a, b in zip(config.judge.judges, again.judge.judges):
+    for a, b in zip(config.judge.judges, again.judge.judges, strict=True):
         keys = [
             [cache_key(spec, r) for r in scoring_requests(spec, items, c.judge.aspects, c.judge)]
             for spec, c in ((a, config), (b, again))

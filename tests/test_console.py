@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 def prefab(*args, cwd=ROOT) -> str:
-    """`prefab ARGS` in a fresh interpreter, with none of the variables that quiet third parties inherited; its console output."""
+    """`prefab ARGS` in a fresh interpreter, with none of the variables that quiet third parties inherited;
+    its console output."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -46,7 +47,8 @@ def prefab(*args, cwd=ROOT) -> str:
 
 
 def run_slice(tmp_path: Path, *flags) -> str:
-    """ingest -> generate (embedded SmolLM2, 3 prompts, 4 tokens) -> embed, as `prefab [flags] run`; the console output."""
+    """ingest -> generate (embedded SmolLM2, 3 prompts, 4 tokens) -> embed, as `prefab [flags] run`;
+    the console output."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "p.jsonl").write_text(
         "".join(json.dumps({"prompt": p}) + "\n" for p in ("Say hi.", "Name a colour.", "Count to three."))
@@ -54,7 +56,8 @@ def run_slice(tmp_path: Path, *flags) -> str:
     config = tmp_path / "c.yaml"
     config.write_text(
         f"run: {tmp_path / 'run'}\ningest: {{paths: [{tmp_path / 'p.jsonl'}]}}\n"
-        "generate:\n  generators:\n    - {name: smollm2, model: 'embedded:smollm2', temperatures: [0.3], max_tokens: 4}\n"
+        "generate:\n  generators:\n"
+        "    - {name: smollm2, model: 'embedded:smollm2', temperatures: [0.3], max_tokens: 4}\n"
         "embed: {}\n"
     )
     return prefab(*flags, "run", str(config))

@@ -67,7 +67,7 @@ def test_semantic_duplicates_and_clusters_with_the_real_model(tmp_path):
     counts = dedup.step(config, run)
     out = run.read("prompts")
     assert out.height == len(texts)  # nothing dropped
-    by_text = {prompt_text(m): row for m, row in zip(out["messages"].to_list(), out.iter_rows(named=True))}
+    by_text = {prompt_text(m): row for m, row in zip(out["messages"].to_list(), out.iter_rows(named=True), strict=True)}
     first = by_text[PYTHON[0]]["prompt_id"]
     assert by_text["how do i reverse a list in python?"]["duplicate_of"] == first
     assert by_text["how do i reverse a list in python?"]["excluded_reason"] == "duplicate"
@@ -97,11 +97,11 @@ def test_rerun_is_idempotent_and_follows_a_new_threshold(tmp_path):
 def test_cluster_balanced_sampling_marks_rows_instead_of_dropping():
     clusters = [0] * 10 + [1] * 3 + [2] * 5
     capped = sample_clusters(clusters, max_per_cluster=4, target_size=None, seed=0)
-    kept = [c for c, r in zip(clusters, capped) if r is None]
+    kept = [c for c, r in zip(clusters, capped, strict=True) if r is None]
     assert sorted(kept) == [0] * 4 + [1] * 3 + [2] * 4
     assert capped.count("max_per_cluster") == 7
     target = sample_clusters(clusters, max_per_cluster=None, target_size=9, seed=0)
-    kept = [c for c, r in zip(clusters, target) if r is None]
+    kept = [c for c, r in zip(clusters, target, strict=True) if r is None]
     assert len(kept) == 9 and kept.count(1) == 3 and kept.count(0) == 3 and kept.count(2) == 3
     assert sample_clusters(clusters, 4, None, seed=0) == capped  # seeded
     assert sample_clusters(clusters, 4, None, seed=1) != capped

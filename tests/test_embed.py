@@ -98,7 +98,7 @@ def test_embed_stage_writes_vectors_scores_and_diversity(model, tmp_path):
     assert emb.filter(pl.col("kind") == "candidate").height == 4  # the failed candidate has no text, no vector
     assert set(emb["model"]) == {"embedded:all-minilm-l6-v2"} and emb["vector"].list.len().unique().to_list() == [384]
     scores = run.read("candidate_scores").join(run.read("candidates").select("candidate_id", "text"), on="candidate_id")
-    rel = dict(zip(scores["text"], scores["relevance"]))
+    rel = dict(zip(scores["text"], scores["relevance"], strict=True))
     assert rel["Use my_list.reverse() or my_list[::-1]."] > rel["Paris is in France."] + 0.2  # relevance to the prompt
     twins = scores.filter(pl.col("near_identical_to").is_not_null())
     assert twins["text"].to_list() == ["Use my_list.reverse()  or my_list[::-1]."]
@@ -127,7 +127,7 @@ def test_embed_in_parts_writes_what_one_part_writes(model, tmp_path):
     (one_counts, one_tables), (all_counts, all_tables) = outputs
     assert one_counts == all_counts
     # encoded in other batches, a vector may differ in its last bits: ids and flags equal, numbers within 1e-6
-    for a, b, numbers in zip(one_tables, all_tables, ("vector", "relevance")):
+    for a, b, numbers in zip(one_tables, all_tables, ("vector", "relevance"), strict=True):
         assert a.drop(numbers).equals(b.drop(numbers))
     assert np.allclose(
         np.array(one_tables[0]["vector"].to_list()), np.array(all_tables[0]["vector"].to_list()), atol=1e-6

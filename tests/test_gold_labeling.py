@@ -48,11 +48,11 @@ def test_dawid_skene_weighs_annotators_by_gold_and_gives_confidences():
     resolved, reliability = dawid_skene(labels_frame(rows), "drop", 1, None, labels_frame(gold))
     # every pair is a 1-1 split that majority cannot resolve; Dawid-Skene sides with whoever is not "bad"
     other = {p: label for p, who, label in rows if who != "bad"}
-    assert dict(zip(resolved["pair_id"], resolved["preference"])) == other
+    assert dict(zip(resolved["pair_id"], resolved["preference"], strict=True)) == other
     assert min(reliability["good"], reliability["fair"]) > 0.8 and reliability["bad"] < 0.5
     assert resolved["confidence"].min() > 0.5 and resolved["method"][0] == "dawid_skene"
     quality = annotator_quality(labels_frame(rows), labels_frame(gold), reliability, min_accuracy=0.7, min_gold=5)
-    flagged = dict(zip(quality["annotator"], quality["flagged"]))
+    flagged = dict(zip(quality["annotator"], quality["flagged"], strict=True))
     assert flagged == {"bad": True, "fair": False, "good": False}
 
 

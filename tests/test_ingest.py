@@ -97,7 +97,8 @@ def test_saved_hf_dataset(tmp_path, prefab):
             "invalid role order",
         ),
         (
-            b'{"prompt": "ok"}\n{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n',
+            b'{"prompt": "ok"}\n'
+            b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n',
             ":2",
             "end with a user turn",
         ),

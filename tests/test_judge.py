@@ -240,7 +240,7 @@ def test_ensemble_records_agreement(fake_backend, tmp_path):
     assert counts["agreement_first_vs_second_exact"] == pytest.approx(2 / 3, abs=1e-3)
     assert counts["agreement_first_vs_second_spearman"] == pytest.approx(-0.5)
     scores = candidate_scores(df).join(run.read("candidates").select("candidate_id", "text"), on="candidate_id")
-    assert dict(zip(scores["text"], scores["score"]))["short"] == pytest.approx(3.5)
+    assert dict(zip(scores["text"], scores["score"], strict=True))["short"] == pytest.approx(3.5)
 
 
 def test_same_model_as_generator_is_warned_about(fake_backend, tmp_path, capsys):

@@ -59,7 +59,10 @@ def respond(request: dict):
 
 
 def config(tmp_path: Path, name: str, url: str, workspace: str) -> Path:
-    llm = f"backend: openai\n      base_url: {url}\n      api_key_env: PREFAB_KILL_KEY\n      concurrency: {CONCURRENCY}\n      max_retries: 0"
+    llm = (
+        f"backend: openai\n      base_url: {url}\n      api_key_env: PREFAB_KILL_KEY\n"
+        f"      concurrency: {CONCURRENCY}\n      max_retries: 0"
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"""run: {tmp_path / name}
 ingest:
@@ -167,7 +170,8 @@ def talking_to(pid: int, url: str) -> bool:
 
 
 def written_since(path: Path, since: float) -> bool:
-    """Whether the table file was (re)written after `since` (time.time()): replaced whole, so its mtime is the write's."""
+    """Whether the table file was (re)written after `since` (time.time()): replaced whole,
+    so its mtime is the write's."""
     try:
         return path.stat().st_mtime >= since
     except FileNotFoundError:
@@ -255,7 +259,7 @@ def test_kill_nine_everywhere_then_resume(tmp_path, openai_server, argilla_clien
                 ready_at = []
                 delay = rng.uniform(0.05, 1.5)
 
-                def trigger(prev=before[stage]):
+                def trigger(prev=before[stage], ready_at=ready_at, delay=delay):
                     if not ready_at and complete(run_dir, prev):
                         ready_at.append(time.time())
                     return bool(ready_at) and time.time() - ready_at[0] >= delay
@@ -278,7 +282,7 @@ def test_kill_nine_everywhere_then_resume(tmp_path, openai_server, argilla_clien
         finished = {key for arrived, answered, key in openai_server.answered if received(arrived, answered, killed_at)}
         asked_after = {
             OpenAIServer.request_key(body)
-            for body, at in zip(openai_server.bodies, openai_server.arrivals)
+            for body, at in zip(openai_server.bodies, openai_server.arrivals, strict=True)
             if at > killed_at
         }
         assert not finished & asked_after, f"{len(finished & asked_after)} finished calls asked again after a kill"
@@ -300,7 +304,7 @@ def test_kill_nine_everywhere_then_resume(tmp_path, openai_server, argilla_clien
         linger = rng.uniform(0.05, 0.15) if point == "talking+" else 0.0
         seen = []
 
-        def trigger(point=point, started=started, linger=linger, seen=seen):
+        def trigger(point=point, started=started, linger=linger, seen=seen, proc=proc):
             if point.startswith("talking"):
                 if not seen and talking_to(proc.pid, labeling_server["url"]):
                     seen.append(time.time())
@@ -356,7 +360,10 @@ generate:
     finish("generate", "--run", tmp_path / "run", "--config", cfg)
     assert Run(tmp_path / "run").read("candidates")["error"].null_count() == n
 
-    requests = [(at, OpenAIServer.request_key(body)) for body, at in zip(openai_server.bodies, openai_server.arrivals)]
+    requests = [
+        (at, OpenAIServer.request_key(body))
+        for body, at in zip(openai_server.bodies, openai_server.arrivals, strict=True)
+    ]
     first_answer = {}
     for _, at, key in openai_server.answered:
         first_answer.setdefault(key, at)
@@ -368,7 +375,8 @@ generate:
         repaid = sent & {key for at, key in requests if at > killed_at}
         lag = max([killed_at - first_answer[key] for key in repaid if key in first_answer] or [0.0])
         measured.append(
-            f"kill {k}: {len(repaid)} repaid, {len(in_flight)} in flight, oldest repaid answer {lag:.3f} s before the kill"
+            f"kill {k}: {len(repaid)} repaid, {len(in_flight)} in flight, "
+            f"oldest repaid answer {lag:.3f} s before the kill"
         )
         assert len(repaid) <= KILL_CONCURRENCY, measured
         assert repaid <= in_flight, measured

@@ -70,7 +70,8 @@ def test_the_judges_calibrated_confidence_is_each_pairs_prior():
     resolved, _ = bayesian(
         labels([("p1", "ann", "rejected")]), "drop", 1, None, prior=Prior(0.7, 1e6), pair_prior={"p1": 0.9}
     )
-    # P(chosen | label rejected) = 0.9 * 0.3 / (0.9 * 0.3 + 0.1 * 0.7) = 0.794: the judge's side wins, with that confidence
+    # P(chosen | label rejected) = 0.9 * 0.3 / (0.9 * 0.3 + 0.1 * 0.7) = 0.794: the judge's side wins,
+    # with that confidence
     assert resolved.row(0, named=True)["preference"] == "chosen"
     assert resolved["confidence"][0] == pytest.approx(0.27 / 0.34, abs=0.01)
 
@@ -89,7 +90,7 @@ def test_the_stated_interval_covers_the_truth_in_a_simulation():
             rows.append((f"p{i}", str(who), "chosen" if truth[f"p{i}"] == right else "rejected"))
     model = fit(labels(rows), PRIOR, prior)
     preference = ["chosen" if p >= 0.5 else "rejected" for p in model.p_chosen]
-    true_share = np.mean([(pref == "chosen") == truth[t] for t, pref in zip(model.tasks, preference)])
+    true_share = np.mean([(pref == "chosen") == truth[t] for t, pref in zip(model.tasks, preference, strict=True)])
     stated = model.stated(model.tasks, preference)
     assert abs(stated["stated"] - true_share) < 0.02 and stated["low"] <= true_share <= stated["high"]
     assert [round(model.accuracy(w)[0], 1) for w in ("a60", "a80", "a90")] == [0.6, 0.8, 0.9]
@@ -141,7 +142,7 @@ def test_queue_keeps_within_the_label_budget_least_confident_first():
     # 1 label spent, 5 left; least confident first: b (0.55) may take 3, then d and c (3 each) do not fit in the 2 left,
     # and a (0.75 after its label) may take 2 more
     assert state == {"a": "queued", "b": "queued", "c": "not_started", "d": "not_started"}
-    worst_case = sum(3 - n for n, s in zip(queue["labels"], queue["state"]) if s == "queued") + int(
+    worst_case = sum(3 - n for n, s in zip(queue["labels"], queue["state"], strict=True) if s == "queued") + int(
         queue["labels"].sum()
     )
     assert worst_case <= 6

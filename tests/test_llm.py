@@ -176,7 +176,8 @@ def test_an_unknown_backend_names_the_known_ones(fake_backend, tmp_path):
 
 
 def test_a_backend_from_an_entry_point_answers(monkeypatch, cache):
-    """What another package registers under `prefab.backends` (here the fake, as an installed entry point would name it)."""
+    """What another package registers under `prefab.backends` (here the fake,
+    as an installed entry point would name it)."""
     monkeypatch.setattr(
         registry,
         "entry_points",
@@ -190,7 +191,10 @@ def test_a_backend_from_an_entry_point_answers(monkeypatch, cache):
         registry._entry_point_backends.cache_clear()
 
 
-CONFIG = "run: {run}\ningest:\n  paths: [x.jsonl]\ngenerate:\n  generators:\n    - name: g\n      backend: {backend}\n{extra}"
+CONFIG = (
+    "run: {run}\ningest:\n  paths: [x.jsonl]\n"
+    "generate:\n  generators:\n    - name: g\n      backend: {backend}\n{extra}"
+)
 
 
 @pytest.mark.parametrize(

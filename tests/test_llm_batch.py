@@ -1,5 +1,5 @@
-"""Batch mode of the openai backend (pipeline/models/llm_openai.py, mode: batch): the real `openai` client against the files
-and batches endpoints of a real HTTP server on 127.0.0.1 (tests/openai_server.py)."""
+"""Batch mode of the openai backend (pipeline/models/llm_openai.py, mode: batch): the real `openai` client against the
+files and batches endpoints of a real HTTP server on 127.0.0.1 (tests/openai_server.py)."""
 
 import json
 import os
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from openai_server import OpenAIServer, default_respond
 from pydantic import ValidationError
-from test_llm_openai import ask, cache  # noqa: F401 (a fixture, used by name)
+from test_llm_openai import ask, cache_fixture  # noqa: F401 (the fixture "cache", used by name)
 
 from pipeline.core.cache import CallCache
 from pipeline.core.config import ModelSpec

@@ -1,4 +1,5 @@
-"""The openai backend (pipeline/models/llm_openai.py) through call_llm: the real `openai` client against a real HTTP server on 127.0.0.1."""
+"""The openai backend (pipeline/models/llm_openai.py) through call_llm: the real `openai` client against a real HTTP
+server on 127.0.0.1."""
 
 import asyncio
 import time
@@ -22,8 +23,8 @@ def ask(text: str, **kw) -> Request:
     return Request([{"role": "user", "content": text}], **{"temperature": 0.7, "max_tokens": 50, "seed": 0, **kw})
 
 
-@pytest.fixture
-def cache(tmp_path):
+@pytest.fixture(name="cache")
+def cache_fixture(tmp_path):
     c = CallCache(tmp_path / "cache.sqlite")
     yield c
     c.close()

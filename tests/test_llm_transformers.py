@@ -1,4 +1,5 @@
-"""The transformers backend (pipeline/models/llm_transformers.py) through call_llm on the real embedded model (SmolLM2-135M-Instruct): a few short generations."""
+"""The transformers backend (pipeline/models/llm_transformers.py) through call_llm on the real embedded model
+(SmolLM2-135M-Instruct): a few short generations."""
 
 from dataclasses import replace
 
@@ -44,7 +45,7 @@ def batch(model, tmp_path_factory):
 def test_answers_with_token_counts(model, batch):
     _, tokenizer, _ = model
     _, requests, results = batch
-    for request, result in zip(requests, results):
+    for request, result in zip(requests, results, strict=True):
         assert result.error is None and not result.cached and result.text.strip()
         assert 1 <= result.completion_tokens <= request.max_tokens
         assert result.finish_reason in ("stop", "length")

@@ -19,7 +19,7 @@ def setup(answers: dict[str, list], scores: dict[str, list]):
     """answers/scores: prompt -> texts / scores in the same order."""
     prompts = prompts_frame(list(answers))
     cands = candidates_frame(prompts, answers)
-    by_prompt = dict(zip(prompts["prompt_id"], prompts["messages"].list.last().struct.field("content")))
+    by_prompt = dict(zip(prompts["prompt_id"], prompts["messages"].list.last().struct.field("content"), strict=True))
     score_of = {}
     for row in cands.iter_rows(named=True):
         score_of[row["candidate_id"]] = scores[by_prompt[row["prompt_id"]]][row["sample_index"]]
@@ -52,7 +52,7 @@ def test_best_vs_random_picks_a_lower_rated_one_deterministically():
     answers, scores = {Q: ["a", "b", "c", "d", "e"]}, {Q: [5, 3, 2, 1, 5]}
     picks = {run_strategy(answers, scores, strategy="best_vs_random", seed=s)[0][0] for s in range(12)}
     assert len({c for c, _, _ in picks}) == 1 and picks <= {
-        (c, r, 5 - s) for c in "ae" for r, s in zip("bcd", [3, 2, 1])
+        (c, r, 5 - s) for c in "ae" for r, s in zip("bcd", [3, 2, 1], strict=True)
     }
     assert {r for _, r, _ in picks} == {"b", "c", "d"}  # never the other 5 (a tie); every lower one is reachable
     assert (
@@ -137,7 +137,7 @@ def test_stage_uses_active_prompts_and_needs_embeddings_for_max_similarity(tmp_p
     )
     run.write("prompts", prompts)
     cands = run.read("candidates")
-    run.write("judgments", judgments_frame(dict(zip(cands["candidate_id"], [5.0, 1.0, 5.0, 1.0]))))
+    run.write("judgments", judgments_frame(dict(zip(cands["candidate_id"], [5.0, 1.0, 5.0, 1.0], strict=True))))
     with pytest.raises(RunError, match="needs candidate vectors"):
         pair.step(config, run)
     config.pair.max_similarity = None

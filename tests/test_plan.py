@@ -141,7 +141,8 @@ def test_plan_with_a_sample_is_within_15_percent_of_what_the_run_then_uses(opena
 def test_a_run_stops_before_its_budget_and_resumes_without_repaying(openai_server, tmp_path, prefab):
     usage = Counter()
     openai_server.respond = billed_respond(usage)
-    budget = 0.5  # a call costs about $0.018 at these prices, and at most $0.034 (every prompt byte a token, all 64 output tokens)
+    # a call costs about $0.018 at these prices, and at most $0.034 (every prompt byte a token, all 64 output tokens)
+    budget = 0.5
     config = write_config(tmp_path, openai_server, 40, budget_usd=budget)
     spec = json.loads(config.read_text())
     spec["generate"]["generators"][0].update(price_per_mtok_in=100.0, price_per_mtok_out=400.0, concurrency=2)

@@ -75,7 +75,7 @@ def test_records_hold_pairs_in_their_shown_order(tmp_path):
         config=config,
     )
     assert [r["external_id"] for r in records] == pairs["pair_id"].to_list()
-    for record, pair in zip(records, pairs.iter_rows(named=True)):
+    for record, pair in zip(records, pairs.iter_rows(named=True), strict=True):
         meta = record["metadata"]
         a_chosen = ds.a_is_chosen(pair["pair_id"])
         assert (
@@ -491,7 +491,8 @@ def test_pull_maps_answers_back_resolves_and_measures_agreement(argilla, prefab,
     assert stats["raw_agreement"] == pytest.approx(2 / 3, abs=1e-3)
     assert stats["cohen_kappa"]["|".join(sorted([n1, n2]))]["n"] == 3
     # judge: pair 0 chosen, 1 tie, 2 chosen, 3 tie (tests/labeling_runs.py); humans: chosen, -, tie, -
-    # Cohen's kappa by its formula on (chosen, chosen), (chosen, tie): observed 1/2, expected (2 * 1 + 0 * 1) / 2 ** 2 = 1/2
+    # Cohen's kappa by its formula on (chosen, chosen), (chosen, tie): observed 1/2,
+    # expected (2 * 1 + 0 * 1) / 2 ** 2 = 1/2
     observed, expected = 1 / 2, (2 * 1 + 0 * 1) / 2**2
     kappa = (observed - expected) / (1 - expected)
     assert stats["judge_human"]["with_ties"] == {"agreement": 0.5, "kappa": pytest.approx(kappa, abs=1e-4), "n": 2}

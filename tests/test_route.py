@@ -69,7 +69,7 @@ def test_each_reason():
     )
     scores = {f"c{i}": 5.0 for i in range(1, 7)} | {f"r{i}": 2.0 for i in range(1, 7)} | {"r6": None}
     out, _ = route_pairs(pairs, pj, judgments_frame(scores), RouteConfig(margin_threshold=1.0, audit_share=0))
-    got = dict(zip(out["pair_id"], zip(out["route"], out["route_reason"])))
+    got = dict(zip(out["pair_id"], zip(out["route"], out["route_reason"], strict=True), strict=True))
     assert got == {
         "ok": ("auto", "confident"),
         "close": ("human", "low_margin"),
@@ -154,7 +154,7 @@ def test_human_budget_keeps_the_most_uncertain():
         ]
     )
     out, _ = route_pairs(pairs, pj, judgments_frame({"c": 5.0, "r": 2.0}), RouteConfig(human_budget=3, audit_share=0))
-    got = dict(zip(out["pair_id"], zip(out["route"], out["route_reason"])))
+    got = dict(zip(out["pair_id"], zip(out["route"], out["route_reason"], strict=True), strict=True))
     assert got == {
         "fail": ("human", "judge_failed"),
         "flip": ("human", "inconsistent"),
@@ -205,7 +205,7 @@ def test_a_pair_of_two_wrong_answers_is_dropped_and_spends_no_budget():
     out, info = route_pairs(
         pairs, no_verdicts(), scores, RouteConfig(human_budget=2, audit_share=0), verifications=verifications
     )
-    got = dict(zip(out["pair_id"], zip(out["route"], out["route_reason"])))
+    got = dict(zip(out["pair_id"], zip(out["route"], out["route_reason"], strict=True), strict=True))
     # the two dropped pairs are the most uncertain by margin, yet the budget of 2 goes to the pairs people can decide
     assert got == {
         "wrong": ("dropped", "both_incorrect"),
@@ -248,7 +248,9 @@ def scored_run(tmp_path, openai_server, **route_cfg):
     cands = run.read("candidates")
     run.write(
         "judgments",
-        judgments_frame({c: 5.0 if t in GOOD else 1.0 for c, t in zip(cands["candidate_id"], cands["text"])}, "pj"),
+        judgments_frame(
+            {c: 5.0 if t in GOOD else 1.0 for c, t in zip(cands["candidate_id"], cands["text"], strict=True)}, "pj"
+        ),
     )
     pair.step(config, run)
     return run, config

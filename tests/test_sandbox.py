@@ -91,7 +91,8 @@ def test_correct_code_passes_every_test():
 def test_partly_correct_code_gets_its_share_and_a_failure_does_not_hide_the_rest():
     code = "def sign(x):\n    return 1 if x > 0 else -1\n"  # wrong for 0
     tests = (
-        "import math\n\ndef test_pos():\n    assert sign(5) == 1\n\ndef test_zero():\n    assert sign(0) == 0, 'zero'\n\n"
+        "import math\n\ndef test_pos():\n    assert sign(5) == 1\n\n"
+        "def test_zero():\n    assert sign(0) == 0, 'zero'\n\n"
         "def test_neg():\n    assert sign(-2) == -1\n\ndef test_raises():\n    raise ValueError('boom')\n"
     )
     r = run(code, tests)
@@ -121,7 +122,10 @@ def test_a_loop_of_asserts_is_one_test_and_setup_is_not_a_test():
 
 def test_async_test_functions_are_awaited():
     code = "async def fetch(x):\n    return x + 1\n"
-    tests = "async def test_ok():\n    assert await fetch(1) == 2\n\nasync def test_wrong():\n    assert await fetch(1) == 3\n"
+    tests = (
+        "async def test_ok():\n    assert await fetch(1) == 2\n\n"
+        "async def test_wrong():\n    assert await fetch(1) == 3\n"
+    )
     assert [t["ok"] for t in run(code, tests).tests] == [True, False]
 
 
@@ -383,7 +387,8 @@ def test_no_capabilities_no_new_privileges_and_an_unused_uid():
     tests = (
         "def test_status():\n"
         "    status = dict(line.split(':\\t', 1) for line in open('/proc/self/status').read().splitlines())\n"
-        "    assert [int(status[k], 16) for k in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb')] == [0] * 5, status\n"
+        "    assert [int(status[k], 16) for k in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb')] == [0] * 5, "
+        "status\n"
         "    assert status['NoNewPrivs'] == '1'\n"
         "def test_uid():\n" + uid_test
     )
@@ -414,7 +419,8 @@ def test_the_code_does_not_see_prefabs_environment(monkeypatch):
     tests = (
         "def test_env():\n    assert 'OPENAI_API_KEY' not in os.environ\n"
         "def test_parent_hidden():\n    assert not os.path.exists(f'/proc/{PARENT}')\n"
-        "def test_only_sandbox_pids():\n    assert sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == [1, 2]\n"
+        "def test_only_sandbox_pids():\n"
+        "    assert sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == [1, 2]\n"
         f"def test_host_files_hidden():\n    assert not os.path.exists({str(ROOT / 'README.md')!r})\n"
         "    assert not os.path.exists('/etc/passwd')\n"
         "    assert not os.path.exists('/run') and not os.path.exists('/var') and not os.path.exists('/home')\n"
@@ -440,7 +446,8 @@ def test_no_network_and_a_loopback_of_its_own():
         code = f"import socket\nPORT = {port}\n"
         tests = (
             "def test_connect():\n    socket.create_connection(('127.0.0.1', PORT), timeout=2).sendall(b'leak')\n"
-            "def test_udp():\n    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'leak', ('127.0.0.1', PORT))\n"
+            "def test_udp():\n"
+            "    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'leak', ('127.0.0.1', PORT))\n"
             "def test_outside():\n    socket.create_connection(('1.1.1.1', 53), timeout=2)\n"
             "def test_dns():\n    socket.getaddrinfo('example.com', 80)\n"
             "def test_port_free_here():\n    socket.socket().bind(('127.0.0.1', PORT))\n"
@@ -623,7 +630,8 @@ def test_works_for_an_unprivileged_prefab_too(outside, venv_under_tmp):
         "def test_no_nested_user_namespace():\n"  # bwrap --disable-userns: no namespace of its own to mount in
         "    libc = ctypes.CDLL(None, use_errno=True)\n"
         "    assert libc.unshare(0x10000000) == 0, os.strerror(ctypes.get_errno())\n"
-        "def test_root_and_dev_read_only():\n"  # bwrap's own tmpfs root and /dev belong to this user: remounted read-only
+        # bwrap's own tmpfs root and /dev belong to this user: remounted read-only
+        "def test_root_and_dev_read_only():\n"
         "    for path in ('/probe', '/dev/probe', '/dev/shm/probe'):\n"
         "        try:\n"
         "            open(path, 'w').write('x')\n"
@@ -694,10 +702,10 @@ def test_every_coding_task_is_solvable_and_its_tests_catch_a_wrong_answer():
         assert f"`{t['entry_point']}(" in t["prompt"]
     limits = Limits(wall_s=10, cpu_s=5)
     right = run_many([(SOLUTIONS[t["entry_point"]], t["tests"]) for t in tasks], workers=2, limits=limits)
-    assert {t["entry_point"]: (r.reason, r.detail) for t, r in zip(tasks, right) if r.score < 1} == {}
+    assert {t["entry_point"]: (r.reason, r.detail) for t, r in zip(tasks, right, strict=True) if r.score < 1} == {}
     wrong = run_many(
         [(f"def {t['entry_point']}(*args, **kwargs):\n    return None\n", t["tests"]) for t in tasks],
         workers=2,
         limits=limits,
     )
-    assert [t["entry_point"] for t, r in zip(tasks, wrong) if r.score == 1] == []
+    assert [t["entry_point"] for t, r in zip(tasks, wrong, strict=True) if r.score == 1] == []

@@ -323,7 +323,10 @@ def texts(backend):
     )
     dataset = rg.Dataset(name=unique("scripts"), workspace=workspace, settings=settings, client=client).create()
     dataset.records.log(
-        [{"id": key, "text": value, "code": code} for (key, value), code in zip(MULTILINGUAL.items(), CODES)]
+        [
+            {"id": key, "text": value, "code": code}
+            for (key, value), code in zip(MULTILINGUAL.items(), CODES, strict=True)
+        ]
     )
     return dataset
 
@@ -335,8 +338,8 @@ def text_ids(dataset, q: str) -> set[str]:
 
 
 def test_text_in_every_script_is_split_into_words_as_es_does(texts):
-    """ES's standard analyzer (commons.py:169, text fields with no analyzer named: the standard one) splits words by Unicode
-    text segmentation: each Chinese ideograph and hiragana alone, katakana runs together, combining marks
+    """ES's standard analyzer (commons.py:169, text fields with no analyzer named: the standard one) splits words by
+    Unicode text segmentation: each Chinese ideograph and hiragana alone, katakana runs together, combining marks
     kept with their letter; lowercased, accents kept."""
     assert text_ids(texts, "京") == {"zh-1", "ja"}
     assert text_ids(texts, "北京") == {"zh-1"}  # both ideographs, anywhere (zh-2 has 北 only, ja 京 only)
@@ -720,7 +723,7 @@ def test_no_filter_sort_or_query_in_the_grid_ends_in_a_500(data):
 def test_a_terms_property_sorts_as_text_by_code_point(texts, backend):
     """commons.py:200 maps a terms property as a keyword: sorted as text by code point, numbers in it too ("10" <
     "100" < "9"), with or without a text query."""
-    expected = [key for key, _ in sorted(zip(MULTILINGUAL, CODES), key=lambda kv: str(kv[1]))]
+    expected = [key for key, _ in sorted(zip(MULTILINGUAL, CODES, strict=True), key=lambda kv: str(kv[1]))]
     with httpx.Client(
         base_url=backend["url"] + "/api/v1", headers={"X-Argilla-Api-Key": backend["api_key"]}, timeout=60
     ) as http:
@@ -914,7 +917,9 @@ alphabet = "aZ9_0x1 .:,;-/!?()\t\n\""
 for _ in range(100_000):
     text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
     assert se.tokenize(text) == se._words(text), (text, se.tokenize(text), se._words(text))
-assert se.tokenize("Don't stop: 3.5 km/h, e.g. 1,000;2 'a") == ["don't", "stop", "3.5", "km", "h", "e.g", "1,000;2", "a"]
+assert se.tokenize("Don't stop: 3.5 km/h, e.g. 1,000;2 'a") == [
+    "don't", "stop", "3.5", "km", "h", "e.g", "1,000;2", "a"
+]
 """
     python = next(launcher.venv_dir().glob("bin/python"))
     result = subprocess.run(

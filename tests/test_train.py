@@ -119,7 +119,7 @@ def test_sft_two_steps_on_assistant_tokens(exports, base_weights, tmp_path, monk
     }
     assert len(seen) == 2
     for batch_ids, batch_labels in seen:
-        for ids, labels in zip(batch_ids, batch_labels):
+        for ids, labels in zip(batch_ids, batch_labels, strict=True):
             starts = [i + len(header) for i in range(len(ids)) if ids[i : i + len(header)] == header]
             assert len(starts) == 1, tokenizer.decode(ids)  # one assistant turn (not cut off by max_length)
             stop = ids.index(end, starts[0]) + 1 if end in ids[starts[0] :] else len(ids)

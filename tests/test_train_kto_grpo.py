@@ -177,7 +177,8 @@ def test_verifier_scores_math_and_code():
     assert verifier(None, ["```py\ndef double(x):\n    return x + x\n"], tests=[tests]) == [
         1.0
     ]  # an unclosed block runs to the end
-    # a row with no ground truth has no reward (None: GRPOTrainer leaves it out), a reference that does not parse neither
+    # a row with no ground truth has no reward (None: GRPOTrainer leaves it out),
+    # a reference that does not parse neither
     assert verifier(None, ["4", "4"], reference_answer=[None, "\\frac{"], tests=[None, None]) == [None, None]
 
 

@@ -78,7 +78,8 @@ def test_a_check_that_runs_over_its_limit_is_an_error_never_incorrect():
 
 
 def test_off_the_main_thread_checks_still_run_with_their_time_limit():
-    """math-verify's SIGALRM limit raises a ValueError outside the main thread; the stage runs the checks in a child process."""
+    """math-verify's SIGALRM limit raises a ValueError outside the main thread;
+    the stage runs the checks in a child process."""
     prompts = pl.DataFrame({"prompt_id": ["p1", "p2"], "reference_answer": ["1/2", HUGE[0]]})
     candidates = pl.DataFrame(
         {"candidate_id": ["a", "b", "c"], "prompt_id": ["p1", "p1", "p2"], "text": ["It is 0.5", "It is 0.4", HUGE[1]]}
@@ -252,7 +253,7 @@ def test_a_run_routes_verified_pairs_auto_against_the_judge_and_exports_them(tmp
 
     checks = run.read("verifications").join(run.read("candidates").select("candidate_id", "text"), on="candidate_id")
     status = dict(checks.select("text", "status").iter_rows())
-    for ref, right, wrong in PROBLEMS.values():
+    for _ref, right, _wrong in PROBLEMS.values():
         assert status[right] == "correct"
     assert [status[w] for _, _, w in PROBLEMS.values()] == ["incorrect", "incorrect", "incorrect", "unparseable"]
     assert not set(texts[NO_REFERENCE]) & set(status)  # not checked: no reference
@@ -421,7 +422,7 @@ def test_a_killed_verify_resumes_where_it_stopped_and_reuses_what_still_matches(
     assert sorted(bad["status"].to_list()) == ["correct", "incorrect"]
 
 
-# ---------------------------------------------------------------- verified code (the sandbox, pipeline/sandbox/bwrap.py)
+# ---------------------------------------------------------------- verified code (sandbox: pipeline/sandbox/bwrap.py)
 
 TASKS = {  # prompt -> (tests, right code, wrong code)
     "Write `add(a, b)`.": (

@@ -77,7 +77,8 @@ def export(
     save_hf,
     push_to_hub,
 ):
-    """Write the run's pairs as TRL DPO, OpenAI DPO, SFT and KTO JSONL, and a GRPO prompt set, split by prompt, with a dataset card."""
+    """Write the run's pairs as TRL DPO, OpenAI DPO, SFT and KTO JSONL, and a GRPO prompt set, split by prompt,
+    with a dataset card."""
     from pipeline.core.config import IngestConfig, config_model
     from pipeline.core.store import open_run
     from training.export import step
@@ -129,7 +130,8 @@ def export(
     "--data",
     required=True,
     type=click.Path(dir_okay=False),
-    help="Exported JSONL: dpo_train.jsonl (dpo, reward), sft_train.jsonl or sft_pc_train.jsonl (sft), kto_train.jsonl (kto), grpo_train.jsonl (grpo).",
+    help="Exported JSONL: dpo_train.jsonl (dpo, reward), sft_train.jsonl or sft_pc_train.jsonl (sft), kto_train.jsonl "
+    "(kto), grpo_train.jsonl (grpo).",
 )
 @click.option(
     "--config",
@@ -153,7 +155,8 @@ def export(
 )
 @click.option("--resume", is_flag=True, help="Resume from the newest checkpoint in the output dir.")
 def train(method, data, config_path, sets, model, output_dir, eval_data, resume):
-    """Train with TRL's DPOTrainer, SFTTrainer, KTOTrainer, GRPOTrainer (the verifier as reward) or RewardTrainer (a reward model for judge.reward_models) on an exported JSONL file; metrics.json beside the model."""
+    """Train with TRL's DPOTrainer, SFTTrainer, KTOTrainer, GRPOTrainer (the verifier as reward) or RewardTrainer
+    (a reward model for judge.reward_models) on an exported JSONL file; metrics.json beside the model."""
     from contextlib import nullcontext
 
     from pipeline.core.progress import stage_lines, summary
@@ -180,7 +183,8 @@ def train(method, data, config_path, sets, model, output_dir, eval_data, resume)
 @click.option(
     "--prompts",
     type=click.Path(dir_okay=False),
-    help="Held-out prompts: an export's test split or {prompt}/{messages} JSONL (default with --run: its dpo_test.jsonl).",
+    help="Held-out prompts: an export's test split or {prompt}/{messages} JSONL (default with --run: "
+    "its dpo_test.jsonl).",
 )
 @click.option(
     "--run",
@@ -269,7 +273,8 @@ def evaluate(
 @click.option("--rounds", type=int, help="Override train.rounds.")
 @click.option("--force", is_flag=True, help="Re-run stages even when complete (model calls still come from the cache).")
 def rounds(config_path, run_dir, rounds, force):
-    """Iterative on-policy DPO: generate, judge, pair, export, train (and eval), with each round's model generating the next."""
+    """Iterative on-policy DPO: generate, judge, pair, export, train (and eval),
+    with each round's model generating the next."""
     from pipeline.core.config import load_config
     from pipeline.core.progress import summary
     from training.rounds import run_rounds

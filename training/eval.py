@@ -2,8 +2,8 @@
 
 Both models answer held-out prompts (pipeline.models.llm, transformers backend, greedy); the pairwise judge of
 pipeline.stages.judge compares each pair of answers in both orders, with the judge settings a run used (its config's
-`judge:` section), or for a model alone `scoring: logprobs` where it is local or embedded. Each prompt scores 1 (candidate wins both
-orders), 0 (base wins both) or in between (ties, or the judge flipping with the order). Reported:
+`judge:` section), or for a model alone `scoring: logprobs` where it is local or embedded. Each prompt scores 1
+(candidate wins both orders), 0 (base wins both) or in between (ties, or the judge flipping with the order). Reported:
 win/tie/loss rates with Wilson intervals, the win rate (ties half) with a bootstrap interval, and a
 length-controlled win rate: a logistic regression of the score on the (tanh-squashed, standardised)
 length difference, read at zero difference, as length-controlled AlpacaEval does, so a candidate does not
@@ -144,8 +144,8 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[list[dict]]
 
 
 def _messages_of(row, where: str) -> list[dict]:
-    """The prompt of a line (pipeline/core/prompts.py): `prompt` (text or a chat), `messages` (an SFT chat: the prompt is
-    what comes before the answer) or `input.messages` (OpenAI's preference format)."""
+    """The prompt of a line (pipeline/core/prompts.py): `prompt` (text or a chat), `messages` (an SFT chat: the prompt
+    is what comes before the answer) or `input.messages` (OpenAI's preference format)."""
     try:
         if not isinstance(row, dict):
             raise BadRow("line", f"expected a JSON object, got {type(row).__name__}")
@@ -252,7 +252,7 @@ def evaluate(
     base_answers = answer(base, prompts, out_dir, max_tokens=max_tokens)
     cand_answers = answer(candidate, prompts, out_dir, max_tokens=max_tokens)
     rows, items = [], []
-    for messages, b, c in zip(prompts, base_answers, cand_answers):
+    for messages, b, c in zip(prompts, base_answers, cand_answers, strict=True):
         rows.append({"prompt": messages, "base": b.text, "candidate": c.text, "error": b.error or c.error})
         if not rows[-1]["error"]:
             items.append((messages, c.text or "", b.text or ""))
@@ -262,7 +262,7 @@ def evaluate(
     finally:
         cache.close()
     scores, diffs = [], []
-    for row, b, c in zip(rows, base_answers, cand_answers):
+    for row, b, c in zip(rows, base_answers, cand_answers, strict=True):
         if row["error"]:
             continue
         v = next(verdicts)
@@ -326,7 +326,8 @@ def choose_judge(
     configured: JudgeConfig | None, name: str | None = None, base_url: str | None = None, api_key_env: str | None = None
 ) -> tuple[ModelSpec, JudgeConfig]:
     """The judge of an evaluation and its settings: a run's (or config's) judge, by name or its first, with the run's
-    judge settings, as the pipeline judged; or the model named (embedded:smollm2 by default) with default_judge_config."""
+    judge settings, as the pipeline judged; or the model named (embedded:smollm2 by default) with
+    default_judge_config."""
     if configured is not None and not base_url:
         by_label = {j.label: j for j in configured.judges}
         if name is None and configured.judges:

@@ -89,7 +89,8 @@ def select_pairs(pairs: pl.DataFrame, preferences: pl.DataFrame, config: ExportC
             dropped[reason] = dropped.get(reason, 0) + n
         df = df.filter(~mask)
 
-    # left out by the route stage (pipeline/stages/route.py: both answers verified wrong), under its reason, even if labeled
+    # left out by the route stage (pipeline/stages/route.py: both answers verified wrong), under its reason,
+    # even if labeled
     left_out = pl.col("route") == "dropped"
     for reason in df.filter(left_out)["route_reason"].fill_null("dropped").unique(maintain_order=True).to_list():
         drop(left_out & (pl.col("route_reason").fill_null("dropped") == reason), reason)
@@ -363,9 +364,9 @@ def kto_rows(kto: pl.DataFrame, conversational: bool, tokenizer) -> list[dict]:
 
 
 def grpo_frame(run: Run, df: pl.DataFrame, config: ExportConfig) -> tuple[pl.DataFrame, int]:
-    """The run's active prompts that carry a verifier's ground truth (a reference answer, or tests), each in the split its
-    pairs are in (others split the same seeded way), so no prompt of a test file is trained on. A reference the verify
-    stage could not parse is left out (counted, the second value): it would reward nothing."""
+    """The run's active prompts that carry a verifier's ground truth (a reference answer, or tests), each in the split
+    its pairs are in (others split the same seeded way), so no prompt of a test file is trained on. A reference the
+    verify stage could not parse is left out (counted, the second value): it would reward nothing."""
     from pipeline.core.queries import active_prompts
 
     given = [pl.col(c).str.strip_chars().fill_null("") != "" for c in ("reference_answer", "tests")]
@@ -557,7 +558,8 @@ def check_not_empty(df: pl.DataFrame, pairs: pl.DataFrame, dropped: dict, run: R
     if df.height == 0:
         reasons = ", ".join(f"{k}={v}" for k, v in dropped.items()) or "the run has no pairs"
         hint = (
-            "label the human-routed pairs (prefab push/pull), add --source auto, lower --min-margin or raise --max-tokens"
+            "label the human-routed pairs (prefab push/pull), add --source auto, "
+            "lower --min-margin or raise --max-tokens"
             if pairs.height
             else f"make pairs first: prefab pair --run {run.path} (a lower pair.min_margin gives more)"
         )
@@ -631,13 +633,15 @@ def dataset_card(
         f"- generators: {', '.join(f'`{g}`' for g in generators) or 'n/a'}",
         f"- judge(s): {', '.join(f'`{j}`' for j in judges) or 'n/a'}",
         f"- export config hash: `{config_hash}`; sources: {', '.join(config.sources)}; min judge margin (auto pairs): "
-        f"{config.min_margin}; ties: {config.ties}; both bad: {config.both_bad}; max tokens: {config.max_tokens or 'none'} "
+        f"{config.min_margin}; ties: {config.ties}; both bad: {config.both_bad}; max tokens: "
+        f"{config.max_tokens or 'none'} "
         + (
             f"(tokenizer `{config.tokenizer or EMBEDDED_LLM}`)"
             if "prompt_tokens" in df.columns
             else "(tokens not counted)"
         ),
-        f"- split by prompt, seed {config.seed}: {counts['train']} train / {counts['test']} test pairs; no prompt is in both",
+        f"- split by prompt, seed {config.seed}: {counts['train']} train / {counts['test']} test pairs; "
+        "no prompt is in both",
         "- human labels override the judge: where annotators preferred the judge's rejected response the sides are "
         f"swapped ({counts['human_swapped']} pair(s))",
         "",
@@ -673,19 +677,22 @@ def dataset_card(
             agree.append(f"- judge = human ({kind.replace('_', ' ')}): {v['agreement']:.3f} over {v.get('n')} pairs")
     if df["agreement"].drop_nulls().len():
         agree.append(
-            f"- mean share of annotators agreeing with the majority (exported human pairs): {df['agreement'].drop_nulls().mean():.3f}"
+            "- mean share of annotators agreeing with the majority (exported human pairs): "
+            f"{df['agreement'].drop_nulls().mean():.3f}"
         )
     lines += ["", "## Agreement", ""] + (agree or ["no human labels in this export"])
     unit = "tokens" if "prompt_tokens" in df.columns else "chars"
     chosen_longer = (df[f"chosen_{unit}"] > df[f"rejected_{unit}"]).mean()
     lines += [
         "",
-        f"## Lengths ({'tokens' if unit == 'tokens' else 'characters; tokens with --tokenizer'}: min / median / mean / max)",
+        f"## Lengths ({'tokens' if unit == 'tokens' else 'characters; tokens with --tokenizer'}: "
+        "min / median / mean / max)",
         "",
         f"- prompt: {_stats(df[f'prompt_{unit}'])}",
         f"- chosen: {_stats(df[f'chosen_{unit}'])}",
         f"- rejected: {_stats(df[f'rejected_{unit}'])}",
-        f"- chosen longer than rejected: {chosen_longer:.1%} of pairs (far from 50% means a length bias a model can learn)",
+        f"- chosen longer than rejected: {chosen_longer:.1%} of pairs (far from 50% means a length bias a model can "
+        "learn)",
         "",
     ]
     return "\n".join(front + lines)
@@ -701,17 +708,18 @@ def kto_lines(kto: dict | None) -> list[str]:
         "",
         "## KTO (unpaired)",
         "",
-        f"- desirable (chosen, label true): {kto['desirable']} rows ({n_d} train); undesirable (rejected, label false): "
-        f"{kto['undesirable']} rows ({n_u} train); one row per candidate, a text chosen in one pair and rejected in another left out",
-        f"- TRL's KTOTrainer wants desirable_weight × n_desirable / (undesirable_weight × n_undesirable) within [1, 4/3] "
-        f"(KTO paper, Eq. 8); here, with weights 1.0, it is {n_d / n_u:.3f}"
+        f"- desirable (chosen, label true): {kto['desirable']} rows ({n_d} train); undesirable (rejected, label "
+        f"false): {kto['undesirable']} rows ({n_u} train); one row per candidate, "
+        "a text chosen in one pair and rejected in another left out",
+        "- TRL's KTOTrainer wants desirable_weight × n_desirable / (undesirable_weight × n_undesirable) within [1, "
+        f"4/3] (KTO paper, Eq. 8); here, with weights 1.0, it is {n_d / n_u:.3f}"
         if n_d and n_u
         else "- the train split lacks one of the two labels: KTO needs both desirable and undesirable rows",
     ]
     if (d_w, u_w) != (1.0, 1.0):
         out.append(
-            f"- train with `desirable_weight: {d_w}` and `undesirable_weight: {u_w}` (ratio {d_w * n_d / (u_w * n_u):.3f}); "
-            "`prefab train kto` sets them itself unless `balance: false`"
+            f"- train with `desirable_weight: {d_w}` and `undesirable_weight: {u_w}` (ratio "
+            f"{d_w * n_d / (u_w * n_u):.3f}); `prefab train kto` sets them itself unless `balance: false`"
         )
     elif n_d and n_u:
         out.append("- balanced enough: keep both weights at 1.0")
@@ -725,9 +733,9 @@ def grpo_lines(grpo: dict | None) -> list[str]:
         "",
         "## GRPO prompt set",
         "",
-        f"- {grpo['prompts']} prompts ({grpo['train']} train / {grpo['test']} test): the run's prompts with a verifier's ground "
-        f"truth, {grpo['with_reference']} with a reference answer (math-verify), {grpo['with_tests']} with tests (the code sandbox); "
-        "a prompt is in the same split as its pairs",
+        f"- {grpo['prompts']} prompts ({grpo['train']} train / {grpo['test']} test): the run's prompts with a "
+        f"verifier's ground truth, {grpo['with_reference']} with a reference answer (math-verify), "
+        f"{grpo['with_tests']} with tests (the code sandbox); a prompt is in the same split as its pairs",
         "- `prefab train grpo` rewards a completion with the same verifier: 1.0 for "
         "a correct final answer, else 0.0; for code, the share of tests passed",
     ]
@@ -743,9 +751,9 @@ def accuracy_lines(run: Run, df: pl.DataFrame, resolution=None, labeling: Labeli
     verified = df.filter(by_verifier)
     if verified.height:
         out.append(
-            f"- verified ({verified.height} pairs): assumed right as far as the reference answers are: the chosen response's "
-            "final answer matches the prompt's reference answer and the rejected one's does not (math-verify); not "
-            "measured on gold"
+            f"- verified ({verified.height} pairs): assumed right as far as the reference answers are: the chosen "
+            "response's final answer matches the prompt's reference answer and the rejected one's does not "
+            "(math-verify); not measured on gold"
         )
     for source in ("human", "auto"):
         part = df.filter((pl.col("source") == source) & ~by_verifier)
@@ -757,13 +765,14 @@ def accuracy_lines(run: Run, df: pl.DataFrame, resolution=None, labeling: Labeli
         elif source == "auto" and known.len() == part.height:
             level = routing.get("auto_level", 0.95)
             interval = (
-                f"; {level:.0%} interval for all auto pairs of the run {routing['auto_low']:.1%} to {routing['auto_high']:.1%}"
+                f"; {level:.0%} interval for all auto pairs of the run {routing['auto_low']:.1%} to "
+                f"{routing['auto_high']:.1%}"
                 if routing.get("auto_low") is not None
                 else ""
             )
             out.append(
-                f"- auto ({part.height} pairs): {known.mean():.1%} right, measured: the judges' confidence calibrated on "
-                f"{run.stage_info('calibrate').get('gold_pairs', '?')} human-labeled gold pairs, signal "
+                f"- auto ({part.height} pairs): {known.mean():.1%} right, measured: the judges' confidence calibrated "
+                f"on {run.stage_info('calibrate').get('gold_pairs', '?')} human-labeled gold pairs, signal "
                 f"`{routing.get('signal', '?')}`{interval}; assumes the run's pairs are like the gold ones"
             )
         else:
@@ -775,12 +784,14 @@ def accuracy_lines(run: Run, df: pl.DataFrame, resolution=None, labeling: Labeli
         for r in run.read("annotators").iter_rows(named=True):
             flag = " (flagged)" if r["flagged"] else ""
             measured = (
-                f"measured {r['gold_accuracy']:.1%} right on {r['gold_answers']} gold pairs [{r['gold_low']:.2f}, {r['gold_high']:.2f}]"
+                f"measured {r['gold_accuracy']:.1%} right on {r['gold_answers']} gold pairs [{r['gold_low']:.2f}, "
+                f"{r['gold_high']:.2f}]"
                 if r["gold_answers"]
                 else "no gold answers yet"
             )
             estimated = (
-                f"; estimated {r['reliability']:.1%} [{r['reliability_low']:.2f}, {r['reliability_high']:.2f}] ({r['basis']})"
+                f"; estimated {r['reliability']:.1%} [{r['reliability_low']:.2f}, "
+                f"{r['reliability_high']:.2f}] ({r['basis']})"
                 if r.get("reliability_low") is not None
                 else ""
             )
@@ -802,21 +813,22 @@ def human_line(part: pl.DataFrame, known: pl.Series, resolution, labeling: Label
         assumed = stated["assumed"]
         basis = (
             (
-                f"assumed: annotator accuracy from the prior {resolution.prior.describe()} (labeling.prior_accuracy), moved by "
-                f"{gold} gold answer(s) and by agreement; fewer than {labeling.min_gold_answers} gold answers for "
-                f"{', '.join(assumed)}"
+                f"assumed: annotator accuracy from the prior {resolution.prior.describe()} (labeling.prior_accuracy), "
+                f"moved by {gold} gold answer(s) and by agreement; fewer than {labeling.min_gold_answers} gold answers "
+                f"for {', '.join(assumed)}"
             )
             if assumed
             else f"measured: every annotator's accuracy rests on gold answers ({gold} in all)"
         )
         return (
-            f"- human ({n} pairs): {stated['stated']:.1%} right, 90% interval {stated['low']:.1%} to {stated['high']:.1%}; "
-            f"{basis} (one-coin Bayesian model, the judge's calibrated confidence as each pair's prior)"
+            f"- human ({n} pairs): {stated['stated']:.1%} right, 90% interval {stated['low']:.1%} to "
+            f"{stated['high']:.1%}; {basis} (one-coin Bayesian model, the judge's calibrated confidence as each pair's "
+            "prior)"
         )
     if method == "dawid_skene":
         return (
-            f"- human ({n} pairs): {known.mean():.1%} by Dawid-Skene's posterior (crowd-kit), not an honest probability with "
-            "few labels, one annotator or no gold answers: no interval"
+            f"- human ({n} pairs): {known.mean():.1%} by Dawid-Skene's posterior (crowd-kit), not an honest "
+            "probability with few labels, one annotator or no gold answers: no interval"
         )
     return f"- human ({n} pairs): {known.mean():.1%} of annotators behind the majority (agreement, not a probability)"
 

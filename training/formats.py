@@ -277,7 +277,8 @@ def read_jsonl(path: str | Path, method: str) -> tuple[list[dict], type[Line]]:
             raise InputError(
                 describe(e),
                 where=f"{path}:{i}",
-                hint=f"every line must have the shape of line 1 ({model.__name__}); re-export the file with prefab export",
+                hint=f"every line must have the shape of line 1 ({model.__name__}); "
+                "re-export the file with prefab export",
             ) from None
     return rows, model
 

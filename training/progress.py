@@ -7,10 +7,10 @@ from pathlib import Path
 
 
 def show_progress(trainer):
-    """One progress display (pipeline.core.progress: a bar on a terminal, plain lines in a log) with the step, loss and (DPO)
-    reward accuracy or (GRPO) mean reward, in place of the Trainer's tqdm bar and printed log dicts; every log line also
-    goes to OUTPUT_DIR/trainer_log.jsonl as it comes (a TrainerCallback: transformers' public extension point).
-    Returns the callback; its close() ends the display if training stops with an error."""
+    """One progress display (pipeline.core.progress: a bar on a terminal, plain lines in a log) with the step, loss and
+    (DPO) reward accuracy or (GRPO) mean reward, in place of the Trainer's tqdm bar and printed log dicts; every log
+    line also goes to OUTPUT_DIR/trainer_log.jsonl as it comes (a TrainerCallback: transformers' public extension
+    point). Returns the callback; its close() ends the display if training stops with an error."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
     from pipeline.core.progress import progress_bar
@@ -70,7 +70,8 @@ def show_progress(trainer):
 
 
 def evaluate_with_progress(trainer, description: str) -> dict:
-    """trainer.evaluate() with prefab's progress over its batches in place of the Trainer's bar and printed metrics dict."""
+    """trainer.evaluate() with prefab's progress over its batches
+    in place of the Trainer's bar and printed metrics dict."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
     from pipeline.core.progress import progress_bar

@@ -88,7 +88,8 @@ KEYS = [
 
 
 def training_section(run: Run) -> str | None:
-    """Trained models of the run (metrics.json), the eval against the base, and iterative rounds; None before training."""
+    """Trained models of the run (metrics.json), the eval against the base, and iterative rounds;
+    None before training."""
     from pipeline.stages.report import metrics_html, section, table_html
 
     files = _metrics_files(run)

@@ -1,8 +1,8 @@
 """GRPO's reward: the verifier that labels the run's pairs, so the training signal and the data agree.
 
 A completion for a prompt with a reference answer gets 1.0 when math-verify finds its final answer equal to the
-reference (pipeline/stages/verify.py `check`), else 0.0; for a prompt with tests, the share of tests its code passes in the
-sandbox (pipeline/sandbox/bwrap.py `run`); a row with neither gets None, which GRPOTrainer leaves out of the sum.
+reference (pipeline/stages/verify.py `check`), else 0.0; for a prompt with tests, the share of tests its code passes in
+the sandbox (pipeline/sandbox/bwrap.py `run`); a row with neither gets None, which GRPOTrainer leaves out of the sum.
 """
 
 from pathlib import Path
@@ -46,9 +46,9 @@ def verifier(prompts, completions, reference_answer=None, tests=None, **_) -> li
     scores: list[float | None] = [None] * n
     math = [i for i in range(n) if references[i] and not tests[i]]
     code = [i for i in range(n) if tests[i]]
-    for i, score in zip(math, math_scores([(references[i], texts[i]) for i in math]) if math else []):
+    for i, score in zip(math, math_scores([(references[i], texts[i]) for i in math]) if math else [], strict=True):
         scores[i] = score
-    for i, score in zip(code, code_scores([(tests[i], texts[i]) for i in code]) if code else []):
+    for i, score in zip(code, code_scores([(tests[i], texts[i]) for i in code]) if code else [], strict=True):
         scores[i] = score
     return scores
 
@@ -70,5 +70,6 @@ def check_ground_truth(path: str | Path, rows: list[dict], timeout_s: int = 5) -
                 raise InputError(
                     seen[ref],
                     where=f"{path}:{i}",
-                    hint=f"fix or drop the row ({REFERENCE_HINT}); `prefab verify` lists such references by source line",
+                    hint=f"fix or drop the row ({REFERENCE_HINT}); `prefab verify` lists such references by source "
+                    "line",
                 )

@@ -5,7 +5,8 @@ The training config is TRL's own DPOConfig / SFTConfig / KTOConfig / GRPOConfig:
 file (training/configs/*.yaml) or with `--set key=value`, plus four prefab keys: `model` (base model,
 default the embedded SmolLM2), `ref_model` (DPO/KTO reference; default a frozen copy of the base, or the
 base with the adapter disabled under LoRA), `lora` (peft LoraConfig fields; off when absent) and
-`eval_data`; KTO adds `balance`. Works under `accelerate launch -m training.train ...` for multi-GPU (training/accelerate/).
+`eval_data`; KTO adds `balance`. Works under `accelerate launch -m training.train ...` for multi-GPU
+(training/accelerate/).
 """
 
 import dataclasses
@@ -29,7 +30,8 @@ from training.settings import TrainConfig
 
 CONFIGS = Path(__file__).parent / "configs"
 PREFAB_KEYS = {"model": EMBEDDED_LLM, "ref_model": None, "lora": None, "eval_data": None}
-# KTO: set the smaller side's weight from the data when desirable/undesirable are out of TRL's range (training/export.py)
+# KTO: set the smaller side's weight from the data when desirable/undesirable are out of TRL's range
+# (training/export.py)
 METHOD_KEYS = {"kto": {"balance": True}}
 METHODS = ("dpo", "sft", "kto", "grpo", "reward")
 
@@ -126,7 +128,8 @@ def load_train_config(method: str, config_path: str | Path | None = None, overri
             if key not in valid:
                 close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
                 raise ConfigError(
-                    f"unknown training setting {key!r} (not a {cls.__name__} field nor one of {', '.join(prefab_keys)})",
+                    f"unknown training setting {key!r} (not a {cls.__name__} field nor one of "
+                    f"{', '.join(prefab_keys)})",
                     where=where,
                     hint=f"did you mean {close[0]!r}?"
                     if close
@@ -335,7 +338,8 @@ def train_kto(data, config_path=None, overrides: dict | None = None, *, eval_dat
 
         console.print(
             f"kto: {n_desirable} desirable / {n_undesirable} undesirable rows: desirable_weight "
-            f"{args.desirable_weight}, undesirable_weight {args.undesirable_weight} (TRL's range; balance: false keeps yours)",
+            f"{args.desirable_weight}, undesirable_weight {args.undesirable_weight} (TRL's range; balance: "
+            "false keeps yours)",
             markup=False,
             highlight=False,
         )

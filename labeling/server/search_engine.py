@@ -784,7 +784,7 @@ def _sortable(value) -> tuple:
 
 def _order_by(keys: list, sort: list) -> list:
     clauses = []
-    for key, order in zip(keys, sort):
+    for key, order in zip(keys, sort, strict=True):
         clauses += [key.is_(None), key.desc() if order.order == SortOrder.desc else key.asc()]
     return clauses
 

@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import os
-import pydoc
 import sys
 from pathlib import Path
 
@@ -214,12 +213,20 @@ def calibrate(run_dir, config_path, gold, limit):
     stage_command("calibrate", config, Run(run_dir))
 
 
+def docstring_line(path: str) -> str | None:
+    """The first line of a module's docstring where the file opens with one (pydoc.synopsis does this too, but
+    importing pydoc alone costs `prefab --help` more than reading the line)."""
+    with open(path, encoding="utf-8") as source:
+        line = source.readline().strip()
+    return line.strip('"').strip() or None if line.startswith('"""') else None
+
+
 def stage_command_for(stage: str, module: str) -> click.Command:
     """`prefab STAGE --run RUN [--config CONFIG]` for a registered stage with no command of its own. Its help is the
-    first line of the stage module's docstring, read without importing the module (pydoc.synopsis), so that
+    first line of the stage module's docstring, read from the file without importing the module, so that
     `prefab --help` stays fast; the stage itself is loaded when the command runs."""
     spec = importlib.util.find_spec(module)
-    summary = (pydoc.synopsis(spec.origin) if spec and spec.origin else None) or f"Run the {stage} stage."
+    summary = (docstring_line(spec.origin) if spec and spec.origin else None) or f"Run the {stage} stage."
 
     @click.command(name=stage, help=summary)
     @run_option

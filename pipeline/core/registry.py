@@ -17,9 +17,12 @@ A new stage, command, report section or backend elsewhere (another package too) 
 
 from functools import cache
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.stage import Stage
+
+if TYPE_CHECKING:
+    from pipeline.core.stage import Stage
 
 
 def _load(group: str) -> dict:
@@ -33,8 +36,10 @@ def _load(group: str) -> dict:
 
 
 @cache
-def stages() -> dict[str, Stage]:
+def stages() -> "dict[str, Stage]":
     """stage name -> Stage, in pipeline order."""
+    from pipeline.core.stage import Stage  # here, not at the top: `prefab --help` reads the registry, not the stages
+
     found = _load("prefab.stages")
     for name, stage in found.items():
         if not isinstance(stage, Stage) or stage.name != name:

@@ -9,9 +9,10 @@ command of its own (pipeline/commands/cli.py). A stage's help is its module's do
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+if TYPE_CHECKING:  # pydantic is not imported for this: the registry reads stages while `prefab --help` starts
+    from pydantic import BaseModel
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class Stage:
     order: int  # its place in `prefab run`
     step: Callable[..., dict[str, Any]]  # step(config, run, **options) -> counts for the manifest
     section: str | None = None  # the config section it reads; None: it needs none
-    settings: type[BaseModel] | None = None  # that section's model
+    settings: "type[BaseModel] | None" = None  # that section's model
     required: bool = False  # every config must have the section (ingest: a run starts from prompts)
     # what its output depends on besides its section: e.g. the fingerprints of the local checkpoints it calls, so
     # that `prefab run` runs it again after one is retrained in place; {} when nothing

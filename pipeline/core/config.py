@@ -148,7 +148,7 @@ class GeneratorSpec(ModelSpec):
 class IngestConfig(Strict):
     paths: list[str] = Field(min_length=1)  # files, globs, saved HF dataset dirs, or hf:NAME
     format: Literal["auto", "jsonl", "csv", "parquet", "hf"] = "auto"
-    prompt_column: str | None = None  # plain-text prompt column (default: prompt/instruction/question/text)
+    prompt_column: str | None = None  # the prompt column, a text or a chat (default: prompt/instruction/question/text)
     messages_column: str | None = None  # chat column (default: messages/conversation)
     category_column: str | None = None
     answer_column: str | None = (

@@ -69,7 +69,8 @@ def worth(confidence: list[float], pool: tuple[tuple[float, int], ...], depth: i
 
 
 def who_labeled(labels: pl.DataFrame) -> dict[str, set[str]]:
-    """The annotators whose submitted labels each run pair has."""
+    """The annotators whose submitted labels each run pair has (one label per annotator and pair, so their number is
+    the pair's labels; a label gone from the server still counts: it was given)."""
     return {p: set(a) for p, a in submitted(labels).group_by("pair_id").agg("annotator").iter_rows()}
 
 
@@ -98,12 +99,6 @@ def worths(
     return out
 
 
-def labels_so_far(labels: pl.DataFrame) -> dict[str, int]:
-    """Submitted labels per run pair (a label gone from the server still counts: it was given)."""
-    counts = submitted(labels).group_by("pair_id").len()
-    return dict(counts.iter_rows())
-
-
 def plan(
     human: pl.DataFrame,
     resolved: pl.DataFrame,
@@ -125,7 +120,8 @@ def plan(
     (would need labels the budget cannot pay for), closed (left the queue below the target; never asked again),
     not_started (over budget with no label yet: pushed once the budget allows).
     """
-    n = labels_so_far(labels)
+    labeled_by = who_labeled(labels)
+    n = {pair_id: len(annotators) for pair_id, annotators in labeled_by.items()}
     confidence = dict(resolved.filter(pl.col("confidence").is_not_null()).select("pair_id", "confidence").iter_rows())
     rows = []
     for pair_id, prior in human.select("pair_id", "confidence").iter_rows():
@@ -135,26 +131,28 @@ def plan(
         else:
             conf = max(prior, 1 - prior) if prior is not None else 0.5
         rows.append({"pair_id": pair_id, "labels": k, "confidence": round(conf, 6), "worth": 0.0, "state": None})
-    for row, w in zip(rows, worths(rows, who_labeled(labels), accuracy or {}, newcomer, max_labels), strict=True):
+    for row, w in zip(rows, worths(rows, labeled_by, accuracy or {}, newcomer, max_labels), strict=True):
         row["worth"] = w
-    spent = sum(n.get(r["pair_id"], 0) for r in rows)
-    left = None if budget is None else budget - spent
-    for row in sorted(rows, key=lambda r: (-r["worth"], r["confidence"], r["pair_id"])):
-        k = row["labels"]
+    table = pl.DataFrame(rows, schema=TABLES["queue"], orient="row") if rows else empty("queue")
+    left = None if budget is None else budget - int(table["labels"].sum())
+    states = {}
+    for row in priority(table).iter_rows(named=True):
+        k, pair_id = row["labels"], row["pair_id"]
         if row["confidence"] >= target and k:
-            row["state"] = "settled"
+            states[pair_id] = "settled"
         elif k >= max_labels:
-            row["state"] = "max_labels"
-        elif k and row["pair_id"] not in on_server:
-            row["state"] = "closed"
+            states[pair_id] = "max_labels"
+        elif k and pair_id not in on_server:
+            states[pair_id] = "closed"
         elif left is not None and max_labels - k > left:
-            row["state"] = "over_budget" if k else "not_started"
+            states[pair_id] = "over_budget" if k else "not_started"
         else:
-            row["state"] = "queued"
+            states[pair_id] = "queued"
             if left is not None:
                 left -= max_labels - k
-    table = pl.DataFrame(rows, schema=TABLES["queue"], orient="row") if rows else empty("queue")
-    return table.sort("pair_id")
+    return table.with_columns(pl.col("pair_id").replace_strict(states, return_dtype=pl.String).alias("state")).sort(
+        "pair_id"
+    )
 
 
 def priority(queue: pl.DataFrame) -> pl.DataFrame:

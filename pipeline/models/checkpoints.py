@@ -72,6 +72,12 @@ def fingerprint(path: str | Path) -> str:
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 
+def local_fingerprints(models: list[str]) -> dict[str, str]:
+    """model name -> fingerprint, for those of `models` that are local checkpoints (a stage's `inputs`)."""
+    found = {model: identity(model) for model in models}
+    return {model: stamp for model, stamp in found.items() if stamp}
+
+
 def identity(name: str) -> str | None:
     """What a cache key holds besides a model's name: the fingerprint where the name is a local checkpoint (a folder
     or a file); None for a hub, remote or embedded model, whose name says it all (so their keys are what they were)."""

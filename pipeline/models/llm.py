@@ -31,27 +31,17 @@ from pipeline.core.registry import backend
 from pipeline.models.backends import DEFAULT_MAX_TOKENS, Request, Result, most_prompt_tokens
 from pipeline.models.checkpoints import identity
 
-_UNSET = object()
-
-
-def cache_key(spec: ModelSpec, request: Request, checkpoint=_UNSET) -> str:
-    """The request's key in a call cache. `checkpoint` is identity(spec.model) (computed here when not given: pass it
-    for many requests, or use cache_keys): a local checkpoint's fingerprint, absent from the keys of other models."""
-    checkpoint = identity(spec.model) if checkpoint is _UNSET else checkpoint
-    return request_key(
-        {
-            "backend": spec.backend,
-            "model": spec.model,
-            **({"checkpoint": checkpoint} if checkpoint else {}),
-            **request.payload(),
-        }
-    )
-
 
 def cache_keys(spec: ModelSpec, requests: list[Request]) -> list[str]:
-    """cache_key of each request, the model's files looked at once."""
+    """Each request's key in a call cache: the model and the request, and a local checkpoint's fingerprint (its files
+    looked at once), absent from the keys of other models."""
     checkpoint = identity(spec.model)
-    return [cache_key(spec, r, checkpoint) for r in requests]
+    model = {"backend": spec.backend, "model": spec.model, **({"checkpoint": checkpoint} if checkpoint else {})}
+    return [request_key({**model, **r.payload()}) for r in requests]
+
+
+def cache_key(spec: ModelSpec, request: Request) -> str:
+    return cache_keys(spec, [request])[0]
 
 
 def call_cost(spec: ModelSpec, prompt_tokens: float | None, completion_tokens: float | None) -> float:

@@ -20,7 +20,7 @@ from pipeline.core.queries import active_prompts
 from pipeline.core.schema import TABLES
 from pipeline.core.stage import Stage
 from pipeline.core.store import Run, TableParts, candidate_id, content_id
-from pipeline.models.checkpoints import identity
+from pipeline.models.checkpoints import local_fingerprints
 from pipeline.models.llm import Request, call_cost, call_llm, check_spec, part_size, ticker
 
 
@@ -225,9 +225,7 @@ def step(config: Config, run: Run, retry_failed: bool = False) -> dict:
 
 def local_checkpoints(config: Config) -> dict[str, str]:
     """The fingerprints of the local checkpoints the generators name (a retrained one makes the stage stale)."""
-    section = config.generate
-    found = {g.model: identity(g.model) for g in section.generators} if section else {}
-    return {model: stamp for model, stamp in found.items() if stamp}
+    return local_fingerprints([g.model for g in config.generate.generators] if config.generate else [])
 
 
 STAGE = Stage(

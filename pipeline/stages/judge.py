@@ -35,7 +35,7 @@ from pipeline.core.registry import backend
 from pipeline.core.schema import TABLES, empty
 from pipeline.core.stage import Stage
 from pipeline.core.store import Run
-from pipeline.models.checkpoints import identity
+from pipeline.models.checkpoints import local_fingerprints
 from pipeline.models.llm import Request, Result, call_llm, check_spec
 
 DEFAULT_DESCRIPTIONS = {  # after UltraFeedback's annotation guidelines
@@ -680,9 +680,9 @@ def local_checkpoints(config: Config) -> dict[str, str]:
     """The fingerprints of the local checkpoints the judges and reward models name (a retrained one makes the stage
     and those after it stale)."""
     section = config.judge
-    models = [j.model for j in section.judges] + [r.model for r in section.reward_models] if section else []
-    found = {model: identity(model) for model in models}
-    return {model: stamp for model, stamp in found.items() if stamp}
+    return local_fingerprints(
+        [j.model for j in section.judges] + [r.model for r in section.reward_models] if section else []
+    )
 
 
 STAGE = Stage(name="judge", order=40, step=step, section="judge", settings=JudgeConfig, inputs=local_checkpoints)

@@ -194,3 +194,65 @@ def test_cache_keys_of_other_models_are_unchanged_and_a_local_one_carries_its_fi
         {"backend": "transformers", "model": str(folder), "checkpoint": fingerprint(folder), **request.payload()}
     )
     assert cache_key(local, request) == key and cache_keys(local, [request, request]) == [key, key]
+
+
+def test_an_embedder_retrained_in_place_encodes_again(tmp_path, prefab, monkeypatch):
+    """The vector cache keys a local embedder by its files too: retrained in place, the same texts are encoded by the
+    new weights (and dedup, which embeds, runs again under `prefab run`); unchanged, they come from the cache."""
+    import shutil
+
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.models.embedded import resolve_embedder
+    from pipeline.stages import embed
+    from pipeline.stages.embed import VECTOR_CACHE, VectorCache, cache_name, embed_texts, text_hash
+
+    embedder = tmp_path / "embedder"
+    shutil.copytree(resolve_embedder("embedded:all-minilm-l6-v2"), embedder)
+    prompts = tmp_path / "prompts.jsonl"
+    texts = ["Name a colour.", "Write a haiku about rain.", "What is 2 + 2?"]
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "run": str(tmp_path / "run"),
+                "stages": ["ingest", "dedup"],
+                "ingest": {"paths": [str(prompts)]},
+                "dedup": {"semantic": True, "clusters": 2},
+                "embed": {"model": str(embedder)},
+            }
+        )
+    )
+    run = Run(tmp_path / "run")
+    result = prefab("run", config)
+    assert result.exit_code == 0, result.output
+    before = embed_texts(texts, str(embedder), run.path)
+
+    result = prefab("run", config)
+    assert result.exit_code == 0 and "ran nothing" in result.output, result.output
+
+    st = SentenceTransformer(str(embedder), device="cpu")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in st.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    st.save(str(embedder))
+    fresh = st.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+
+    after = embed_texts(texts, str(embedder), run.path)
+    assert not np.allclose(after, before, atol=1e-3)  # not the old weights' cached vectors
+    assert np.allclose(after, fresh, atol=1e-5)  # the retrained weights' own
+    result = prefab("run", config)
+    assert result.exit_code == 0 and "ran dedup" in result.output, result.output
+    cache = VectorCache(run.path / VECTOR_CACHE)
+    assert len(cache.get_many(cache_name(str(embedder)), [text_hash(t) for t in texts])) == 3
+    cache.close()
+
+    def no_load(*args):
+        raise AssertionError("the model was loaded: the cache was not used")
+
+    monkeypatch.setattr(embed, "load_model", no_load)
+    assert np.allclose(embed_texts(texts, str(embedder), run.path), after)  # unchanged: from the cache

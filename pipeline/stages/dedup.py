@@ -20,7 +20,7 @@ from pipeline.core.progress import summary
 from pipeline.core.queries import active_prompts
 from pipeline.core.stage import Stage
 from pipeline.core.store import Run
-from pipeline.stages.embed import embed_model, embed_texts, prompt_text
+from pipeline.stages.embed import embed_model, embed_texts, local_embedder, prompt_text
 
 OWN_REASONS = ("duplicate", "near_duplicate", "max_per_cluster", "target_size")
 FLAT_MAX = 5_000  # up to here an exact flat index is fast enough
@@ -253,4 +253,10 @@ def step(config: Config, run: Run, **_) -> dict:
     return counts
 
 
-STAGE = Stage(name="dedup", order=20, step=step, section="dedup", settings=DedupConfig)
+def embedder_inputs(config: Config) -> dict[str, str]:
+    """The local embedder's fingerprint where dedup embeds (semantic or clusters): retrained, the stage is stale."""
+    cfg = config.dedup
+    return local_embedder(config) if cfg is not None and cfg.enabled and (cfg.semantic or cfg.clusters) else {}
+
+
+STAGE = Stage(name="dedup", order=20, step=step, section="dedup", settings=DedupConfig, inputs=embedder_inputs)

@@ -4,7 +4,8 @@
 embed after judging, pair for similarity). Vectors are L2-normalised, so a dot product is a cosine.
 The vector cache is a SQLite file in the run directory (`vectors.sqlite`, WAL, one row per text and
 model): a second run over the same texts loads no model and encodes nothing, and a killed run keeps
-every chunk it had finished.
+every chunk it had finished. A local model folder is keyed with its fingerprint (pipeline/models/checkpoints.py),
+so an embedder retrained in place encodes again instead of serving its old weights' vectors.
 
 The embed stage writes `embeddings` (vectors), `candidate_scores` (relevance to the prompt, near-identical
 siblings) and dataset-diversity numbers (Vendi score, cluster coverage and entropy) into the manifest.
@@ -24,6 +25,7 @@ from pipeline.core.progress import summary
 from pipeline.core.schema import TABLES, empty
 from pipeline.core.stage import Stage
 from pipeline.core.store import Run
+from pipeline.models.checkpoints import identity, local_fingerprints
 
 VECTOR_CACHE = "vectors.sqlite"
 CHUNK = 2048  # texts encoded between cache writes (and progress updates)
@@ -73,13 +75,20 @@ class VectorCache:
         self._db.close()
 
 
+def cache_name(model: str) -> str:
+    """The model's key in the vector cache: its name, and for a local folder the fingerprint of its files too."""
+    stamp = identity(model)
+    return f"{model}@{stamp}" if stamp else model
+
+
 def load_model(model: str = EMBEDDED_EMBEDDER, device: str | None = None):
-    """The SentenceTransformer for a name or path (the embedded one resolved locally); loaded once per process."""
-    return _load_model(model, device)
+    """The SentenceTransformer for a name or path (the embedded one resolved locally); loaded once per process, and
+    again when a local folder's files change."""
+    return _load_model(model, device, identity(model))
 
 
 @functools.lru_cache(maxsize=4)
-def _load_model(model: str, device: str | None):
+def _load_model(model: str, device: str | None, stamp: str | None):
     from sentence_transformers import SentenceTransformer
 
     from pipeline.models.embedded import resolve_embedder
@@ -112,7 +121,8 @@ def embed_texts(
 
     hashes = [text_hash(t) for t in texts]
     cache = VectorCache(Path(cache_dir) / VECTOR_CACHE) if cache_dir is not None else None
-    found = cache.get_many(model, list(set(hashes))) if cache else {}
+    key = cache_name(model)
+    found = cache.get_many(key, list(set(hashes))) if cache else {}
     todo: dict[str, str] = {}
     for h, t in zip(hashes, texts, strict=True):
         if h not in found and h not in todo:
@@ -126,7 +136,7 @@ def embed_texts(
 
             def keep(chunk: list[str], vecs: np.ndarray) -> None:
                 if cache:
-                    cache.put_many(model, chunk, vecs)
+                    cache.put_many(key, chunk, vecs)
                 found.update((h, v.tobytes()) for h, v in zip(chunk, vecs, strict=True))
                 advance(len(chunk))
 
@@ -164,6 +174,11 @@ def encode(st, texts: list[str], batch_size: int) -> np.ndarray:
 def embed_model(config) -> str:
     """The embedding model a run uses (the embed section's, else the embedded default)."""
     return config.embed.model if config.embed is not None else EMBEDDED_EMBEDDER
+
+
+def local_embedder(config: Config) -> dict[str, str]:
+    """The fingerprint of the embedder where it is a local folder (retrained in place, the stage is stale)."""
+    return local_fingerprints([embed_model(config)])
 
 
 def vectors_frame(ids: list[str], kind: str, model: str, vectors: np.ndarray) -> pl.DataFrame:
@@ -326,4 +341,4 @@ def step(config: Config, run: Run, **_) -> dict:
     return counts
 
 
-STAGE = Stage(name="embed", order=50, step=step, section="embed", settings=EmbedConfig)
+STAGE = Stage(name="embed", order=50, step=step, section="embed", settings=EmbedConfig, inputs=local_embedder)

@@ -67,15 +67,15 @@ def backend(request, labeling_server):
     if request.param == "postgresql":
         yield labeling_server
         return
-    from labeling import launcher
+    from labeling.launcher import lifecycle
 
     home = Path(tempfile.mkdtemp(prefix="prefab-labeling-sqlite-"))
     try:
-        info = launcher.up(home, port=free_port(), database="sqlite")
+        info = lifecycle.up(home, port=free_port(), database="sqlite")
         owner = json.loads((home / "owner.json").read_text())
         yield {**info, "home": home, "api_key": owner["api_key"]}
     finally:
-        launcher.down(home)
+        lifecycle.down(home)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -908,20 +908,20 @@ def test_the_ascii_tokenizer_splits_words_as_unicode_segmentation_does():
     """tokenize's ASCII fast path against the general UAX #29 split (the regex package) on 100,000 random ASCII strings.
     Apostrophes are left out of the draw: at a word's start regex keeps "'a" whole, where UAX #29 (WB999) and
     Lucene break it off, as the fast path does."""
-    from labeling import launcher
+    from labeling.launcher import bootstrap
 
     code = r"""
-import random, search_engine as se
+import random, search.query as se
 rng = random.Random(0)
 alphabet = "aZ9_0x1 .:,;-/!?()\t\n\""
 for _ in range(100_000):
     text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
-    assert se.tokenize(text) == se._words(text), (text, se.tokenize(text), se._words(text))
+    assert se.tokenize(text) == se.words(text), (text, se.tokenize(text), se.words(text))
 assert se.tokenize("Don't stop: 3.5 km/h, e.g. 1,000;2 'a") == [
     "don't", "stop", "3.5", "km", "h", "e.g", "1,000;2", "a"
 ]
 """
-    python = next(launcher.venv_dir().glob("bin/python"))
+    python = next(bootstrap.venv_dir().glob("bin/python"))
     result = subprocess.run(
         [str(python), "-c", code],
         cwd=Path(__file__).resolve().parent.parent / "labeling" / "server",

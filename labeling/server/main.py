@@ -1,4 +1,4 @@
-"""The process entry the launcher (labeling/launcher.py) runs with the server venv's python:
+"""The process entry the launcher (labeling/launcher/) runs with the server venv's python:
 
     python labeling/server/main.py setup|server|worker
 
@@ -9,8 +9,8 @@ Argilla's own app, migration command or rq worker, unmodified.
 import os
 import sys
 
-import search_engine  # labeling/server/, next to this file
 from argilla_server.settings import settings
+from search.engine import ENGINE_NAME  # labeling/server/search/: importing it registers the engine
 
 EXTRA_INDEXES = [  # the queue walks (dataset, status, id) in id order; counts read indexes only
     "CREATE INDEX IF NOT EXISTS prefab_records_queue ON records (dataset_id, status, id)",
@@ -72,10 +72,8 @@ def main(argv: list[str]) -> None:
     sub.add_parser("setup")
     args = parser.parse_args(argv)
 
-    if settings.search_engine != search_engine.ENGINE_NAME:
-        raise SystemExit(
-            f"ARGILLA_SEARCH_ENGINE must be {search_engine.ENGINE_NAME!r} (got {settings.search_engine!r})"
-        )
+    if settings.search_engine != ENGINE_NAME:
+        raise SystemExit(f"ARGILLA_SEARCH_ENGINE must be {ENGINE_NAME!r} (got {settings.search_engine!r})")
     if args.command == "prepare":
         prepare()
     elif args.command == "setup":

@@ -146,19 +146,19 @@ def measure(client, tmp: Path) -> list[dict]:
 
 
 def main() -> list[dict]:
-    from labeling import launcher
+    from labeling.launcher import accounts, bootstrap, lifecycle, processes
 
     # a SIGTERM must still stop the server this bench started (the finally below)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory() as tmp:
-        if launcher.external():  # ARGILLA_API_URL names a server: measure there
-            return measure(launcher.client(), Path(tmp))
+        if bootstrap.external():  # ARGILLA_API_URL names a server: measure there
+            return measure(accounts.client(), Path(tmp))
         home = Path(tmp) / "labeling"  # else a server of our own, so nothing else competes for it
-        launcher.up(home=home, port=launcher._free_port())
+        lifecycle.up(home=home, port=processes.free_port())
         try:
-            return measure(launcher.client(home), Path(tmp))
+            return measure(accounts.client(home), Path(tmp))
         finally:
-            launcher.down(home)
+            lifecycle.down(home)
 
 
 if __name__ == "__main__":

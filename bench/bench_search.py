@@ -214,11 +214,11 @@ def grow_with_psql(home: str, dataset_id: str, target: int, annotator: str, subm
     """grow_with_sql on the embedded PostgreSQL, through its psql."""
     import subprocess
 
-    from labeling import launcher
+    from labeling.launcher import lifecycle
 
     base = int(
         subprocess.run(
-            [*launcher.psql(home), "-tAc", f"SELECT count(*) FROM records WHERE dataset_id = '{dataset_id}'"],
+            [*lifecycle.psql(home), "-tAc", f"SELECT count(*) FROM records WHERE dataset_id = '{dataset_id}'"],
             check=True,
             capture_output=True,
             text=True,
@@ -232,7 +232,7 @@ def grow_with_psql(home: str, dataset_id: str, target: int, annotator: str, subm
         "submitted": submitted,
     }
     subprocess.run(
-        [*launcher.psql(home), "-v", "ON_ERROR_STOP=1", *(f"-v{k}={v}" for k, v in variables.items())],
+        [*lifecycle.psql(home), "-v", "ON_ERROR_STOP=1", *(f"-v{k}={v}" for k, v in variables.items())],
         input=PG_GROW,
         check=True,
         capture_output=True,
@@ -353,13 +353,13 @@ def row(name, value, baseline, target, ok, unit="ms"):
 def main() -> list[dict]:
     import argilla as rg
 
-    from labeling import launcher
+    from labeling.launcher import lifecycle, processes
 
     home = tempfile.mkdtemp(prefix="prefab-bench-search-")
     for key in ("ARGILLA_API_URL", "ARGILLA_API_KEY"):
         os.environ.pop(key, None)
     try:
-        info = launcher.up(home, port=launcher._free_port(), database=DATABASE)
+        info = lifecycle.up(home, port=processes.free_port(), database=DATABASE)
         key = json.loads(open(f"{home}/owner.json").read())["api_key"]
         url = info["url"]
         client = rg.Argilla(api_url=url, api_key=key)
@@ -456,7 +456,7 @@ def main() -> list[dict]:
             ),
         ]
     finally:
-        launcher.down(home)
+        lifecycle.down(home)
         shutil.rmtree(home, ignore_errors=True)
 
 

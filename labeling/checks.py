@@ -6,11 +6,11 @@ from pipeline.commands.check import Check
 
 def labeling_server(config) -> list[Check]:
     """The server the push stage would use answers its health check; a run without the push stage needs none."""
-    from labeling import launcher
+    from labeling.launcher import lifecycle
 
     if config.labeling is None or (config.stages is not None and "push" not in config.stages):
         return []
-    info = launcher.status()
+    info = lifecycle.status()
     where = info.get("url") or f"home {info.get('home')} (never started)"
     if info["healthy"]:
         return [Check("labeling server", where, "answers", "ok")]

@@ -58,11 +58,11 @@ def up(home, host, port, database, database_url, redis_url, demo, workers):
     print how to log in."""
     import warnings
 
-    from labeling import launcher
+    from labeling.launcher import accounts, lifecycle
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        info = launcher.up(
+        info = lifecycle.up(
             home,
             host=host,
             port=port,
@@ -78,20 +78,20 @@ def up(home, host, port, database, database_url, redis_url, demo, workers):
         click.echo(f"using the existing Argilla at {info['url']} (ARGILLA_API_URL); nothing started")
         return
     click.echo(f"Argilla is running at {info['url']}  (home: {info['home']})")
-    click.echo(f"labels are kept in {launcher.database_name(Path(info['home']), info)}")
+    click.echo(f"labels are kept in {lifecycle.database_name(Path(info['home']), info)}")
     owner = info.get("new_owner")
     if owner and not owner.get("demo"):
         click.secho("owner account created; its password and API key are shown this once:", fg="yellow")
         click.echo(f"  username: {owner['username']}\n  password: {owner['password']}\n  api key:  {owner['api_key']}")
         click.echo(f"  (kept, readable only by you, in {info['owner']['file']})")
     elif info["owner"].get("demo"):
-        creds = launcher.DEMO_OWNER
+        creds = accounts.DEMO_OWNER
         click.echo(f"demo owner: {creds['username']} / {creds['password']}  (api key {creds['api_key']})")
     else:
         click.echo(f"owner: {info['owner']['username']}; its credentials are in {info['owner']['file']}")
     if demo:
         click.echo("demo annotators (workspace prefab):")
-        for name, password in launcher.demo_annotators(home=home):
+        for name, password in accounts.demo_annotators(home=home):
             click.echo(f"  {name} / {password}")
     click.echo(
         f"open {info['url']} and log in; add annotators with `prefab labeling users add NAME --workspace prefab`"
@@ -102,12 +102,12 @@ def up(home, host, port, database, database_url, redis_url, demo, workers):
 @home_option
 def down(home):
     """Stop the servers, worker, redis and postgres that `up` started (by pid); data stays in the home."""
-    from labeling import launcher
+    from labeling.launcher import bootstrap, lifecycle
 
-    if launcher.external():
+    if bootstrap.external():
         click.echo("ARGILLA_API_URL is set: the external Argilla is not ours to stop")
         return
-    stopped = launcher.down(home)
+    stopped = lifecycle.down(home)
     click.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
 
 
@@ -116,9 +116,9 @@ def down(home):
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(home, as_json):
     """Show the database, whether the server, worker, redis and postgres run, and whether the server answers."""
-    from labeling import launcher
+    from labeling.launcher import lifecycle
 
-    info = launcher.status(home)
+    info = lifecycle.status(home)
     if as_json:
         click.echo(json.dumps(info, indent=2))
     elif info.get("external"):
@@ -140,9 +140,9 @@ def status(home, as_json):
 @click.option("-n", "--lines", type=int, default=40, show_default=True, help="Lines from the end of each log.")
 def logs(home, lines):
     """Print the end of the server, worker, redis and setup logs."""
-    from labeling import launcher
+    from labeling.launcher import lifecycle
 
-    click.echo(launcher.logs(home, lines) or "no logs yet")
+    click.echo(lifecycle.logs(home, lines) or "no logs yet")
 
 
 @labeling_group.group()
@@ -158,9 +158,9 @@ def users():
 @home_option
 def users_add(name, role, workspace, password, home):
     """Create an account; prints its password once."""
-    from labeling import launcher
+    from labeling.launcher import accounts
 
-    chosen = launcher.add_user(name, role, workspace, password, home)
+    chosen = accounts.add_user(name, role, workspace, password, home)
     click.echo(f"created {role} {name}" + (f" in workspace {workspace}" if workspace else ""))
     if not password:
         click.echo(f"password: {chosen}  (shown once)")
@@ -170,9 +170,9 @@ def users_add(name, role, workspace, password, home):
 @home_option
 def users_list(home):
     """List accounts with their role and workspaces."""
-    from labeling import launcher
+    from labeling.launcher import accounts
 
-    for user in launcher.list_users(home):
+    for user in accounts.list_users(home):
         click.echo(f"{user['username']:24s} {user['role']:10s} {', '.join(user['workspaces'])}")
 
 
@@ -181,9 +181,9 @@ def users_list(home):
 @home_option
 def users_remove(name, home):
     """Delete an account."""
-    from labeling import launcher
+    from labeling.launcher import accounts
 
-    launcher.remove_user(name, home)
+    accounts.remove_user(name, home)
     click.echo(f"removed {name}")
 
 

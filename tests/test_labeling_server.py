@@ -13,7 +13,7 @@ import httpx
 import pytest
 from labeling_fixtures import answer, login, make_user, pref_dataset, unique
 
-from labeling import launcher
+from labeling.launcher import accounts, lifecycle
 from pipeline.core.errors import LabelingError
 
 pytestmark = pytest.mark.server
@@ -32,7 +32,7 @@ def listening_addresses(port: int) -> set[str]:
 
 
 def test_up_runs_healthy_on_embedded_postgresql_on_loopback_only(labeling_server, prefab):
-    info = launcher.status(labeling_server["home"])
+    info = lifecycle.status(labeling_server["home"])
     assert info["healthy"] and all(info["pids"].values()), info
     assert set(info["pids"]) >= {"postgres", "redis", "worker", "server"}
     assert info["database"] == f"postgresql (embedded, {labeling_server['home'] / 'postgres'})"
@@ -57,7 +57,7 @@ def test_owner_credentials_are_random_private_and_work(labeling_server):
     for name in ("owner.json", "secret.key", "server.json"):
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
     owner = json.loads((home / "owner.json").read_text())
-    assert owner["password"] != launcher.DEMO_OWNER["password"] and len(owner["api_key"]) > 30
+    assert owner["password"] != accounts.DEMO_OWNER["password"] and len(owner["api_key"]) > 30
     me = httpx.get(labeling_server["url"] + "/api/v1/me", headers={"X-Argilla-Api-Key": owner["api_key"]})
     assert me.status_code == 200 and me.json()["role"] == "owner"
     assert httpx.get(labeling_server["url"] + "/api/v1/me", headers={"X-Argilla-Api-Key": "nope"}).status_code == 401
@@ -88,24 +88,24 @@ def test_restart_and_kill_9_lose_no_submitted_response(labeling_server, argilla_
     http = login(labeling_server, annotator.username, password)
     try:
         submit(http, ids["r0"], "a")
-        servers = [name for name in launcher.status(home)["pids"] if name.startswith("server")]
-        assert servers[0] == "server" and len(servers) == launcher.default_servers()
-        stopped = launcher.down(home)
-        assert stopped == [*reversed(servers), "worker", "redis", "postgres"] and not launcher.status(home)["healthy"]
-        assert not any(launcher.status(home)["pids"].values())
-        launcher.up(home)
+        servers = [name for name in lifecycle.status(home)["pids"] if name.startswith("server")]
+        assert servers[0] == "server" and len(servers) == lifecycle.default_servers()
+        stopped = lifecycle.down(home)
+        assert stopped == [*reversed(servers), "worker", "redis", "postgres"] and not lifecycle.status(home)["healthy"]
+        assert not any(lifecycle.status(home)["pids"].values())
+        lifecycle.up(home)
         assert submitted_labels(argilla_client, dataset) == {"r0": "a"}
         submit(http, ids["r1"], "b")  # the bearer token outlives the restart (persistent secret key)
 
-        before = launcher.status(home)["pids"]
+        before = lifecycle.status(home)["pids"]
         killed = [*servers, "postgres"]
         for name in killed:  # every server process and the database die at once, mid-session
             os.kill(before[name], signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while any(launcher.status(home)["pids"][name] for name in killed) and time.monotonic() < deadline:
+        while any(lifecycle.status(home)["pids"][name] for name in killed) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(launcher.status(home)["pids"][name] for name in killed)
-        after = launcher.up(home)["pids"]
+        assert not any(lifecycle.status(home)["pids"][name] for name in killed)
+        after = lifecycle.up(home)["pids"]
         assert all(after[name] and after[name] != before[name] for name in killed)
         assert (after["worker"], after["redis"]) == (before["worker"], before["redis"])
         assert submitted_labels(argilla_client, dataset) == {"r0": "a", "r1": "b"}
@@ -122,30 +122,30 @@ def test_restart_and_kill_9_lose_no_submitted_response(labeling_server, argilla_
         assert sorted(item["record"]["external_id"] for item in queue["items"]) == ["r2", "r3"]
     finally:
         http.close()
-        launcher.up(home)  # leave the session server running whatever happened
+        lifecycle.up(home)  # leave the session server running whatever happened
 
 
 def test_up_refuses_a_busy_port_and_warns_off_loopback(labeling_server, tmp_path):
-    assert launcher.status(labeling_server["home"])["healthy"]  # the port is really taken
+    assert lifecycle.status(labeling_server["home"])["healthy"]  # the port is really taken
     try:
         with pytest.warns(UserWarning, match="0.0.0.0"), pytest.raises(LabelingError, match="already in use"):
-            launcher.up(tmp_path / "other", host="0.0.0.0", port=labeling_server["port"])
+            lifecycle.up(tmp_path / "other", host="0.0.0.0", port=labeling_server["port"])
         assert not (tmp_path / "other" / "run").exists() or not any((tmp_path / "other" / "run").iterdir())
     finally:
-        launcher.down(tmp_path / "other")  # never leave a server on 0.0.0.0 behind, whatever happened
+        lifecycle.down(tmp_path / "other")  # never leave a server on 0.0.0.0 behind, whatever happened
 
 
 def test_external_argilla_is_used_when_configured(labeling_server, monkeypatch, tmp_path):
     monkeypatch.setenv("ARGILLA_API_URL", labeling_server["url"])
     monkeypatch.setenv("ARGILLA_API_KEY", labeling_server["api_key"])
     monkeypatch.setenv("PREFAB_LABELING_HOME", str(tmp_path / "unused"))
-    assert launcher.up() == {"url": labeling_server["url"], "external": True}
-    assert launcher.status()["healthy"] and launcher.down() == []
-    assert launcher.client().me.username == "owner"
+    assert lifecycle.up() == {"url": labeling_server["url"], "external": True}
+    assert lifecycle.status()["healthy"] and lifecycle.down() == []
+    assert accounts.client().me.username == "owner"
     assert not (tmp_path / "unused").exists()
     monkeypatch.setenv("ARGILLA_API_KEY", "wrong")
     with pytest.raises(LabelingError):
-        launcher.client()
+        accounts.client()
 
 
 def test_cli_status_logs_and_users(labeling_server, prefab):
@@ -176,17 +176,17 @@ def test_a_home_keeps_the_database_it_was_made_with(tmp_path):
     (old / "argilla").mkdir(parents=True)
     (old / "argilla" / "argilla.db").write_bytes(b"")
     with pytest.warns(UserWarning, match="keeps its SQLite database"):
-        assert launcher._database_kind(old, {}, None, None) == "sqlite"
+        assert lifecycle.database_kind(old, {}, None, None) == "sqlite"
     with pytest.raises(LabelingError, match="holds its labels in sqlite") as refused:
-        launcher._database_kind(old, {}, "postgresql", None)
+        lifecycle.database_kind(old, {}, "postgresql", None)
     assert "--home" in refused.value.hint
-    assert launcher._database_kind(old, {"database": "sqlite"}, "sqlite", None) == "sqlite"
+    assert lifecycle.database_kind(old, {"database": "sqlite"}, "sqlite", None) == "sqlite"
     with pytest.raises(LabelingError, match="holds its labels in postgresql"):
-        launcher._database_kind(tmp_path / "new", {"database": "postgresql"}, "sqlite", None)
-    assert launcher._database_kind(tmp_path / "new", {}, None, None) == "postgresql"
-    assert launcher._database_kind(tmp_path / "new", {}, "sqlite", None) == "sqlite"
-    assert launcher._database_kind(tmp_path / "new", {}, None, "postgresql://u:p@db/argilla") == "external"
+        lifecycle.database_kind(tmp_path / "new", {"database": "postgresql"}, "sqlite", None)
+    assert lifecycle.database_kind(tmp_path / "new", {}, None, None) == "postgresql"
+    assert lifecycle.database_kind(tmp_path / "new", {}, "sqlite", None) == "sqlite"
+    assert lifecycle.database_kind(tmp_path / "new", {}, None, "postgresql://u:p@db/argilla") == "external"
     assert (
-        launcher.database_name(tmp_path, {"database": "external", "database_url": "postgresql://u:secret@db/argilla"})
+        lifecycle.database_name(tmp_path, {"database": "external", "database_url": "postgresql://u:secret@db/argilla"})
         == "postgresql (postgresql://u:***@db/argilla)"
     )

@@ -64,7 +64,7 @@ def make_data(tmp: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from labeling_runs import make_run
 
-    from training.export import export
+    from training.export.stage import export
     from training.settings import ExportConfig
 
     run, _ = make_run(tmp / "run", PAIRS, human_every=PAIRS + 1, long_text=1200)

@@ -78,7 +78,7 @@ def test_training_shows_one_bar_and_logs_the_rest(tmp_path):
     import polars as pl
     from labeling_runs import make_run
 
-    from training.export import export
+    from training.export.stage import export
     from training.settings import ExportConfig
 
     run, _ = make_run(tmp_path / "run", n_pairs=3, human_every=100)

@@ -68,7 +68,7 @@ def test_length_controlled_win_rate_removes_a_length_bias():
 def test_read_prompts_from_any_export_format(tmp_path):
     run, _ = make_run(tmp_path / "run", n_pairs=3, human_every=100)
     run.write("pairs", run.read("pairs").with_columns(route=pl.lit("auto")))
-    from training.export import export
+    from training.export.stage import export
 
     export(run, ExportConfig(test_share=0.0))
     expected = [m[:2] for m in run.read("prompts")["messages"].to_list()]
@@ -221,7 +221,7 @@ def test_implicit_reward_accuracy_on_the_test_split(candidate_model, tmp_path):
     positive, and the mean margin."""
     from pipeline.models.embedded import resolve_llm
     from training.eval import reward_accuracy
-    from training.export import export
+    from training.export.stage import export
 
     run, _ = make_run(tmp_path / "run", n_pairs=6, human_every=100)
     run.write("pairs", run.read("pairs").with_columns(route=pl.lit("auto")))

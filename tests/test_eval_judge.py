@@ -25,7 +25,7 @@ def held_out(tmp_path_factory):
     """A run (with its config snapshot) whose export holds a DPO test split of 3 pairs, and a candidate model: a
     copy of SmolLM2 with slightly perturbed weights, so the two models' answers differ."""
     from pipeline.core.runner import snapshot
-    from training.export import export
+    from training.export.stage import export
 
     root = tmp_path_factory.mktemp("eval-judge")
     run, config = make_run(root / "run", n_pairs=6, human_every=100)

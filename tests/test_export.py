@@ -12,7 +12,8 @@ from labeling_runs import make_run
 from pipeline.core.errors import ExportError
 from pipeline.core.schema import TABLES
 from pipeline.core.store import Run, candidate_id, pair_id
-from training.export import export, select_pairs
+from training.export.selection import select_pairs
+from training.export.stage import export
 from training.settings import ExportConfig
 
 
@@ -349,7 +350,7 @@ def test_no_file_with_an_invalid_line_is_written(labeled_run):
 @pytest.mark.parametrize("emptied", ["pairs", "labels"])
 def test_nothing_to_export_fails_before_loading_the_tokenizer(labeled_run, prefab, monkeypatch, emptied):
     """Loading the tokenizer takes most of an export's time and memory: an export with nothing to write stops first."""
-    import training.export
+    import training.export.stage
 
     run, *_ = labeled_run
     run.write(emptied, run.read(emptied).clear())
@@ -357,7 +358,7 @@ def test_nothing_to_export_fails_before_loading_the_tokenizer(labeled_run, prefa
     def no_tokenizer(name):
         raise AssertionError("the tokenizer was loaded for an export with nothing to write")
 
-    monkeypatch.setattr(training.export, "load_tokenizer", no_tokenizer)
+    monkeypatch.setattr(training.export.stage, "load_tokenizer", no_tokenizer)
     result = prefab("export", "--run", run.path, "--source", "human")
     assert result.exit_code == 2 and "nothing to export" in result.output, result.output
     reason, fix = (

@@ -15,7 +15,7 @@ from labeling.posterior import Prior, fit
 from labeling.queue import plan, worth
 from labeling.settings import LabelingConfig
 from pipeline.core.schema import TABLES
-from training.export import export
+from training.export.stage import export
 from training.settings import ExportConfig
 
 

@@ -153,7 +153,7 @@ def test_prefab_trains_a_reward_model_on_an_export_and_a_run_scores_with_it(tmp_
     from safetensors.torch import load_file
 
     from pipeline.models.embedded import resolve_llm
-    from training.export import export
+    from training.export.stage import export
     from training.settings import ExportConfig
 
     source, _ = make_run(tmp_path / "source", n_pairs=4, human_every=100)

@@ -15,7 +15,7 @@ import pytest
 from labeling_runs import make_run
 
 from pipeline.core.errors import ConfigError
-from training.export import export
+from training.export.stage import export
 from training.settings import ExportConfig
 
 pytestmark = pytest.mark.training

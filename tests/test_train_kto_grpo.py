@@ -13,7 +13,8 @@ from test_export import add_second_pairs
 from test_train import changed_tensors, losses
 
 from pipeline.core.errors import ConfigError, ExportError
-from training.export import export, kto_weights
+from training.export.stage import export
+from training.formats import kto_weights
 from training.settings import ExportConfig
 
 pytestmark = pytest.mark.training

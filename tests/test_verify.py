@@ -520,7 +520,7 @@ def test_a_run_pairs_code_that_passes_its_tests_against_code_that_does_not(tmp_p
     assert set(pairs["route_reason"]) == {"verified"}
     exported = [json.loads(line) for line in (run.path / "exports" / "dpo_train.jsonl").read_text().splitlines()]
     assert len(exported) == 2
-    from training.export import export
+    from training.export.stage import export
     from training.settings import ExportConfig
 
     export(run, ExportConfig(formats=["grpo"], test_share=0, out_dir=str(tmp_path / "grpo")))

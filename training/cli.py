@@ -81,7 +81,7 @@ def export(
     with a dataset card."""
     from pipeline.core.config import IngestConfig, config_model
     from pipeline.core.store import open_run
-    from training.export import step
+    from training.export.stage import step
     from training.settings import ExportConfig
 
     run = open_run(run_dir)

@@ -31,7 +31,7 @@ from training.settings import TrainConfig
 CONFIGS = Path(__file__).parent / "configs"
 PREFAB_KEYS = {"model": EMBEDDED_LLM, "ref_model": None, "lora": None, "eval_data": None}
 # KTO: set the smaller side's weight from the data when desirable/undesirable are out of TRL's range
-# (training/export.py)
+# (training/export/card.py)
 METHOD_KEYS = {"kto": {"balance": True}}
 METHODS = ("dpo", "sft", "kto", "grpo", "reward")
 

@@ -58,9 +58,9 @@ from labeling_fixtures import argilla_client, argilla_http, labeling_server  # n
 @pytest.fixture
 def fast_backoff(monkeypatch):
     """Pauses of 10 ms between a call's attempts, for tests about what is retried rather than how long it waits."""
-    import pipeline.models.llm_openai
+    import pipeline.models.openai_api.realtime
 
-    monkeypatch.setattr(pipeline.models.llm_openai, "BACKOFF_S", (0.01, 0.01))
+    monkeypatch.setattr(pipeline.models.openai_api.realtime, "BACKOFF_S", (0.01, 0.01))
 
 
 @pytest.fixture

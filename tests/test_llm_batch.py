@@ -1,4 +1,4 @@
-"""Batch mode of the openai backend (pipeline/models/llm_openai.py, mode: batch): the real `openai` client against the
+"""Batch mode of the openai backend (pipeline/models/openai_api/batch.py): the real `openai` client against the
 files and batches endpoints of a real HTTP server on 127.0.0.1 (tests/openai_server.py)."""
 
 import json

@@ -1,4 +1,4 @@
-"""The openai backend (pipeline/models/llm_openai.py) through call_llm: the real `openai` client against a real HTTP
+"""The openai backend (pipeline/models/openai_api/) through call_llm: the real `openai` client against a real HTTP
 server on 127.0.0.1."""
 
 import asyncio

@@ -95,7 +95,8 @@ def _server(spec, subject: str, judge) -> list[Check]:
     """The checks of one model on one base_url; a check that fails stops the ones that need it."""
     import openai
 
-    from pipeline.models.llm_openai import _message, api_key
+    from pipeline.models.openai_api.backend import api_key
+    from pipeline.models.openai_api.responses import error_message
 
     with openai.OpenAI(base_url=spec.base_url, api_key=api_key(spec), max_retries=0, timeout=spec.timeout) as client:
         where = str(client.base_url).rstrip("/")
@@ -120,12 +121,12 @@ def _server(spec, subject: str, judge) -> list[Check]:
             return rows
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             row("reachable", "ok")
-            row("key accepted", "fail", f"HTTP {e.status_code}: {_message(e)}", key_fix)
+            row("key accepted", "fail", f"HTTP {e.status_code}: {error_message(e)}", key_fix)
             return rows
         except openai.APIStatusError as e:  # a server without /v1/models: the chat completion below tells
             served = None
             row("reachable", "ok")
-            row("model served", "warn", f"/models answered HTTP {e.status_code}: {_message(e)}; not listed")
+            row("model served", "warn", f"/models answered HTTP {e.status_code}: {error_message(e)}; not listed")
         else:
             served = models
             row("reachable", "ok")
@@ -140,7 +141,7 @@ def _server(spec, subject: str, judge) -> list[Check]:
                 row(
                     "key accepted",
                     "fail",
-                    f"the chat completion answered HTTP {cause.status_code}: {_message(cause)}",
+                    f"the chat completion answered HTTP {cause.status_code}: {error_message(cause)}",
                     key_fix,
                 )
             else:
@@ -172,7 +173,7 @@ def _server(spec, subject: str, judge) -> list[Check]:
                 "warn",
                 f"not among {', '.join(served) or 'none'} at /models, but the server answers for it",
             )
-        assert answer.text is not None  # an answer without error has its text (llm_openai._result)
+        assert answer.text is not None  # an answer without error has its text (openai_api.responses.completion_result)
         row(
             "chat completion",
             "ok",
@@ -261,10 +262,10 @@ def _judge_checks(spec, judge) -> list[CheckRow]:
 def _batch_api(client, spec) -> list[CheckRow]:
     """The Batch API is there (listing batches costs nothing); its errors as the batch backend words them."""
     from pipeline.core.errors import ModelError
-    from pipeline.models.llm_openai import _stops
+    from pipeline.models.openai_api.batch import stops
 
     try:
-        with _stops(str(client.base_url), spec):
+        with stops(str(client.base_url), spec):
             client.batches.list(limit=1)
     except ModelError as e:
         return [("batch API", "fail", e.message, e.hint or "")]

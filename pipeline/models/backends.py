@@ -2,7 +2,7 @@
 
 The shape of llm's Model or httpx's transport: a backend answers requests and says when each is done;
 pipeline.models.llm wraps the call cache around any of them, and pipeline.core.registry finds them by name. The
-built-in backends are pipeline/models/llm_openai.py and pipeline/models/llm_transformers.py; another package adds
+built-in backends are pipeline/models/openai_api/ and pipeline/models/llm_transformers.py; another package adds
 one under the entry point group `prefab.backends`, and tests register an in-process fake
 (tests/fake_backend.py) the same way.
 """

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from labeling.agreement import CATEGORIES, submitted
+from labeling.agreement import CATEGORIES, judge_labels, submitted
 from pipeline.core.schema import TABLES, empty
 from pipeline.core.stats import wilson
 
@@ -103,8 +103,8 @@ def dawid_skene(
     judge_votes: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, dict]:
     """Resolved pairs with Dawid-Skene posteriors, and each annotator's estimated reliability."""
-    import pandas as pd
-    from crowdkit.aggregation import DawidSkene
+    import pandas as pd  # start-up: pandas
+    from crowdkit.aggregation import DawidSkene  # start-up: crowdkit
 
     run = submitted(labels).select("pair_id", "annotator", "label")
     gold = submitted(gold_labels).select("pair_id", "annotator", "label") if gold_labels is not None else run.clear()
@@ -150,7 +150,7 @@ def dawid_skene(
 
 
 def prior_of(labeling) -> "Prior":
-    from labeling.posterior import Prior
+    from labeling.posterior import Prior  # start-up: pydantic, rich.console, rich.progress, rich.table, scipy, yaml
 
     return Prior(labeling.prior_accuracy, labeling.prior_strength)
 
@@ -172,7 +172,10 @@ def bayesian(
     A pair whose labels are mostly "tie" or "both_bad" resolves to the commoner of the two, by count and with no
     confidence: the model knows annotators' accuracy on which side is better, not on whether both are.
     """
-    from labeling.posterior import SIDES, fit
+    from labeling.posterior import (  # start-up: pydantic, rich.console, rich.progress, rich.table, scipy, yaml
+        SIDES,
+        fit,
+    )
 
     run = submitted(labels).select("pair_id", "annotator", "label")
     gold = submitted(gold_labels).select("pair_id", "annotator", "label") if gold_labels is not None else run.clear()
@@ -268,8 +271,8 @@ def judge_vote_rows(pair_ids: list[str], verdicts: dict[str, str]) -> pl.DataFra
 def gold_verdicts(gold_judgments: pl.DataFrame) -> dict[str, str]:
     """Gold record id -> the judges' pairwise verdict on it (measured by calibrate), decided as on the run's
     pairs: verdicts that held in both orders, no failed call, the majority over judges."""
-    from labeling.dataset import pairwise_verdicts
-    from labeling.push import gold_record_id
+    from labeling.dataset import pairwise_verdicts  # start-up: pydantic, yaml
+    from labeling.push import gold_record_id  # start-up: httpx, pydantic, rich.console, rich.progress, rich.table, yaml
 
     if gold_judgments.is_empty():
         return {}
@@ -312,7 +315,9 @@ def pair_priors(pairs: pl.DataFrame) -> dict[str, float]:
 def pair_prior_draws(run, pairs: pl.DataFrame, seed: int = 0) -> dict | None:
     """Each pair's prior under CALIBRATION_DRAWS refits of the judge's calibration on resampled gold pairs (the signal
     route chose), so that the stated accuracy of human labels carries the calibration's own uncertainty."""
-    from pipeline.stages.calibrate import calibrated_draws
+    from pipeline.stages.calibrate import (  # start-up: pydantic, rich.console, rich.progress, rich.table, yaml
+        calibrated_draws,
+    )
 
     signal = (run.stage_info("route").get("routing") or {}).get("signal")
     if not signal or not run.has("gold_signals") or "signal_value" not in pairs.columns:
@@ -405,8 +410,6 @@ def resolve_labels(
 
 def resolve_run(run, labeling) -> Resolution:
     """The run's labels resolved as they are now: the one resolution pull and export share."""
-    from labeling.agreement import judge_labels
-
     pairs = run.read_or_empty("pairs")
     judge = judge_labels(pairs, run.read_or_empty("pair_judgments"))
     return resolve_labels(

@@ -32,9 +32,9 @@ def _number(x) -> float | None:
 
 def inter_annotator(labels: pl.DataFrame) -> dict:
     """Agreement among annotators over submitted labels (one label per pair and annotator)."""
-    import krippendorff
-    from sklearn.metrics import cohen_kappa_score
-    from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
+    import krippendorff  # start-up: krippendorff
+    from sklearn.metrics import cohen_kappa_score  # start-up: sklearn
+    from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa  # start-up: statsmodels
 
     rows = submitted(labels)
     annotators = sorted(rows["annotator"].unique().to_list())
@@ -110,7 +110,7 @@ def inter_annotator(labels: pl.DataFrame) -> dict:
 
 def judge_labels(pairs: pl.DataFrame, pair_judgments: pl.DataFrame) -> dict[str, str]:
     """pair_id -> the judge's verdict relative to the pair: chosen / rejected / tie."""
-    from labeling.dataset import pairwise_verdicts
+    from labeling.dataset import pairwise_verdicts  # start-up: pydantic, yaml
 
     verdicts = pairwise_verdicts(pair_judgments)
     out = {}
@@ -126,7 +126,7 @@ def judge_labels(pairs: pl.DataFrame, pair_judgments: pl.DataFrame) -> dict[str,
 
 def judge_vs_human(resolved: pl.DataFrame, judge: dict[str, str]) -> dict:
     """The judge's verdict against the resolved human preference. "both_bad" has no judge counterpart."""
-    from sklearn.metrics import cohen_kappa_score
+    from sklearn.metrics import cohen_kappa_score  # start-up: sklearn
 
     human = {
         r["pair_id"]: r["preference"] for r in resolved.filter(pl.col("preference").is_not_null()).iter_rows(named=True)

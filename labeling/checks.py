@@ -1,13 +1,12 @@
 """What `prefab check CONFIG` asks of labeling (registered under the entry point group `prefab.checks`): a config
 whose run pushes pairs to people needs the labeling server answering."""
 
+from labeling.launcher import lifecycle
 from pipeline.commands.check import Check
 
 
 def labeling_server(config) -> list[Check]:
     """The server the push stage would use answers its health check; a run without the push stage needs none."""
-    from labeling.launcher import lifecycle
-
     if config.labeling is None or (config.stages is not None and "push" not in config.stages):
         return []
     info = lifecycle.status()

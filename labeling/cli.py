@@ -1,6 +1,7 @@
 """`prefab labeling ...`: the embedded Argilla server and its accounts. Each docstring is the command's help."""
 
 import json
+import warnings
 from pathlib import Path
 
 import click
@@ -56,9 +57,7 @@ def labeling_group():
 def up(home, host, port, database, database_url, redis_url, demo, workers):
     """Start (or reuse) the Argilla server, its worker, redis and PostgreSQL; wait until healthy;
     print how to log in."""
-    import warnings
-
-    from labeling.launcher import accounts, lifecycle
+    from labeling.launcher import accounts, lifecycle  # start-up: labeling.launcher
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -102,7 +101,7 @@ def up(home, host, port, database, database_url, redis_url, demo, workers):
 @home_option
 def down(home):
     """Stop the servers, worker, redis and postgres that `up` started (by pid); data stays in the home."""
-    from labeling.launcher import bootstrap, lifecycle
+    from labeling.launcher import bootstrap, lifecycle  # start-up: labeling.launcher
 
     if bootstrap.external():
         click.echo("ARGILLA_API_URL is set: the external Argilla is not ours to stop")
@@ -116,7 +115,7 @@ def down(home):
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(home, as_json):
     """Show the database, whether the server, worker, redis and postgres run, and whether the server answers."""
-    from labeling.launcher import lifecycle
+    from labeling.launcher import lifecycle  # start-up: labeling.launcher
 
     info = lifecycle.status(home)
     if as_json:
@@ -140,7 +139,7 @@ def status(home, as_json):
 @click.option("-n", "--lines", type=int, default=40, show_default=True, help="Lines from the end of each log.")
 def logs(home, lines):
     """Print the end of the server, worker, redis and setup logs."""
-    from labeling.launcher import lifecycle
+    from labeling.launcher import lifecycle  # start-up: labeling.launcher
 
     click.echo(lifecycle.logs(home, lines) or "no logs yet")
 
@@ -158,7 +157,7 @@ def users():
 @home_option
 def users_add(name, role, workspace, password, home):
     """Create an account; prints its password once."""
-    from labeling.launcher import accounts
+    from labeling.launcher import accounts  # start-up: labeling.launcher
 
     chosen = accounts.add_user(name, role, workspace, password, home)
     click.echo(f"created {role} {name}" + (f" in workspace {workspace}" if workspace else ""))
@@ -170,7 +169,7 @@ def users_add(name, role, workspace, password, home):
 @home_option
 def users_list(home):
     """List accounts with their role and workspaces."""
-    from labeling.launcher import accounts
+    from labeling.launcher import accounts  # start-up: labeling.launcher
 
     for user in accounts.list_users(home):
         click.echo(f"{user['username']:24s} {user['role']:10s} {', '.join(user['workspaces'])}")
@@ -181,7 +180,7 @@ def users_list(home):
 @home_option
 def users_remove(name, home):
     """Delete an account."""
-    from labeling.launcher import accounts
+    from labeling.launcher import accounts  # start-up: labeling.launcher
 
     accounts.remove_user(name, home)
     click.echo(f"removed {name}")

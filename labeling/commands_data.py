@@ -2,15 +2,15 @@
 
 import click
 
+from pipeline.core.errors import ConfigError
 from pipeline.core.options import config_option, load_run_config, run_option, stage_command
 
 
 def _with_labeling(config, **overrides):
     """The run config with CLI overrides of its labeling section, validated like the YAML."""
-    from pydantic import ValidationError
+    from pydantic import ValidationError  # start-up: pydantic
 
-    from labeling.settings import LabelingConfig
-    from pipeline.core.errors import ConfigError
+    from labeling.settings import LabelingConfig  # start-up: pydantic, yaml
 
     base = (config.labeling or LabelingConfig()).model_dump()
     try:
@@ -47,7 +47,7 @@ def _with_labeling(config, **overrides):
 )
 def push(run_dir, config_path, routes, dataset, workspace, judge_hint, no_suggestions, gold_share):
     """Push the pairs routed to humans (and unmarked gold pairs) to Argilla; pushing again updates the same records."""
-    from pipeline.core.store import Run
+    from pipeline.core.store import Run  # start-up: polars
 
     config = _with_labeling(
         load_run_config(run_dir, config_path),
@@ -73,21 +73,20 @@ def push(run_dir, config_path, routes, dataset, workspace, judge_hint, no_sugges
 )
 def pull(run_dir, config_path, watch, interval):
     """Pull submitted and discarded labels from Argilla, mapped back to chosen/rejected, and resolve them."""
-    from labeling.pull import print_summary, pull_stage
-    from labeling.pull import watch as watch_labels
-    from labeling.push import connect
-    from pipeline.core.progress import console
-    from pipeline.core.store import open_run
+    import labeling.pull  # start-up: httpx, numpy, polars, pydantic, rich.console, rich.progress, rich.table, yaml
+    import labeling.push  # start-up: httpx, numpy, polars, pydantic, rich.console, rich.progress, rich.table, yaml
+    from pipeline.core.progress import console  # start-up: rich.console, rich.progress, rich.table
+    from pipeline.core.store import open_run  # start-up: polars
 
     run = open_run(run_dir)
     config = load_run_config(run_dir, config_path)
-    client = connect(run)
+    client = labeling.push.connect(run)
     if not watch:
-        print_summary(pull_stage(run, config, client))
+        labeling.pull.print_summary(labeling.pull.pull_stage(run, config, client))
         return
     console.print(f"pulling every {interval:g}s; Ctrl-C stops")
     try:
-        watch_labels(run, config, client, interval)
+        labeling.pull.watch(run, config, client, interval)
     except KeyboardInterrupt:  # a second Ctrl-C, in the middle of a pull; tables are replaced atomically
         pass
     console.print("stopped; every label pulled so far is saved")

@@ -86,7 +86,7 @@ def settings(config: LabelingConfig, vector_dims: int | None, client) -> "rg.Set
     imported here, not with the module: it takes seconds, and loading the stages (pipeline/core/registry.py) for
     `prefab status` or any one stage must not pay for it.
     """
-    import argilla as rg
+    import argilla as rg  # start-up: argilla
 
     metadata = []
     for name, (kind, visible) in METADATA.items():

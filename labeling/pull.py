@@ -14,7 +14,19 @@ import polars as pl
 from labeling.aggregate import pair_prior_draws, pair_priors, resolve_labels
 from labeling.agreement import agreement, judge_labels
 from labeling.dataset import LABELS, PREFERENCE, RATING_A, RATING_B, RATIONALE, a_is_chosen, to_label
-from labeling.push import call, fetch_records, gold_mapping, server_errors, usernames
+from labeling.push import (
+    DELETE_BATCH,
+    add_pairs,
+    call,
+    dataset_name,
+    fetch_records,
+    find_dataset,
+    gold_mapping,
+    queue_plan,
+    server_errors,
+    usernames,
+)
+from labeling.queue import OUT_OF_QUEUE, answered, budget_info
 from labeling.settings import LabelingConfig
 from pipeline.core.config import Config
 from pipeline.core.errors import LabelingError
@@ -135,8 +147,6 @@ def merge_labels(
 
 def pull(run: Run, config: Config, client) -> dict:
     """Fetch, map, merge and resolve; write labels and resolved; return counts and agreement."""
-    from labeling.push import dataset_name, find_dataset
-
     labeling = config.labeling or LabelingConfig()
     name = run.stage_info("push").get("dataset") or dataset_name(config, run)
     dataset = find_dataset(client, name, labeling.workspace)
@@ -154,8 +164,6 @@ def pull(run: Run, config: Config, client) -> dict:
     old = run.read_or_empty("labels")
     taken_out = set()
     if run.has("queue"):  # pairs prefab took out of the queue (labeling/queue.py): their records are gone on purpose
-        from labeling.queue import OUT_OF_QUEUE
-
         taken_out = set(run.read("queue").filter(pl.col("state").is_in(OUT_OF_QUEUE))["pair_id"].to_list())
     labels = merge_labels(old, to_labels(responses.filter(~is_gold), pairs), now, taken_out)
     gold_pairs = pl.DataFrame(
@@ -218,9 +226,6 @@ def update_queue(
 ) -> dict:
     """Adaptive redundancy after a pull: the queue planned from the labels just saved, and the dataset's run records
     made its `queued` pairs (labeling/queue.py says why this way). Gold records are not in the queue and stay."""
-    from labeling.push import DELETE_BATCH, add_pairs, queue_plan
-    from labeling.queue import answered, budget_info
-
     labeling = config.labeling or LabelingConfig()
     queue = queue_plan(config, pairs, labels, resolved, annotators, {r["external_id"] for r in records})
     queued = set(queue.filter(pl.col("state") == "queued")["pair_id"].to_list())

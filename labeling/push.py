@@ -11,6 +11,7 @@ idempotent, so a retried batch cannot duplicate anything.
 """
 
 import os
+import random
 import shutil
 import sys
 import warnings
@@ -22,6 +23,8 @@ import polars as pl
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from labeling.dataset import build_records, prompt_vectors, settings
+from labeling.launcher import accounts, bootstrap, lifecycle
+from labeling.queue import budget_info, plan
 from labeling.settings import LabelingConfig, labeling_target
 from pipeline.core.config import Config
 from pipeline.core.errors import LabelingError
@@ -29,6 +32,7 @@ from pipeline.core.progress import progress_bar, summary
 from pipeline.core.schema import TABLES
 from pipeline.core.stage import Stage
 from pipeline.core.store import Run, candidate_id, content_id, pair_id, prompt_id
+from pipeline.stages.embed import embed_texts, prompt_text
 from pipeline.stages.pair import is_verified
 
 BATCH = 256  # the server takes up to 500, but per record a 500 batch is slower (see above)
@@ -96,10 +100,8 @@ def server_errors():
 def connect(run: Run | None = None):
     """The argilla.Argilla client for the configured server, with a clear error when it is down. With a run: the
     embedded server it pushed to (its home is in the manifest, never its key), unless the environment names one."""
-    from labeling.launcher.accounts import client
-
     with server_errors():
-        return client(server_home(run))
+        return accounts.client(server_home(run))
 
 
 def server_home(run: Run | None) -> Path | None:
@@ -117,9 +119,9 @@ def server_home(run: Run | None) -> Path | None:
 
 def server_address(client) -> dict:
     """Where the run's labels live, for later commands: the server's URL and, when embedded, its home."""
-    from labeling.launcher.bootstrap import default_home, external
-
-    return {"url": client.api_url} | ({} if external() else {"labeling_home": str(default_home().resolve())})
+    return {"url": client.api_url} | (
+        {} if bootstrap.external() else {"labeling_home": str(bootstrap.default_home().resolve())}
+    )
 
 
 def dataset_name(config: Config, run: Run) -> str:
@@ -136,7 +138,7 @@ def find_dataset(client, name: str, workspace: str):
 
 
 def ensure_workspace(client, name: str):
-    import argilla as rg
+    import argilla as rg  # start-up: argilla
 
     workspace = client.workspaces(name=name)
     if workspace is None:
@@ -146,7 +148,7 @@ def ensure_workspace(client, name: str):
 
 def ensure_dataset(client, name: str, workspace: str, wanted):
     """Reuse the dataset when its fields and questions match; create it otherwise. Returns (dataset, created)."""
-    import argilla as rg
+    import argilla as rg  # start-up: argilla
 
     ensure_workspace(client, workspace)
     dataset = find_dataset(client, name, workspace)
@@ -276,8 +278,6 @@ def gold_frames(
     and takes a cluster, generators and routing reason drawn from the pairs it is mixed with; the people's
     answer stays in the run.
     """
-    import random
-
     gold = gold.sort(
         pl.col("gold_id").map_elements(lambda g: content_id("gold-pick", seed, g), return_dtype=pl.String)
     ).head(n)
@@ -370,8 +370,6 @@ def queue_plan(
 ) -> pl.DataFrame:
     """The queue (labeling/queue.py) for the run's human pairs, from its labels, their resolution and the annotators'
     estimated accuracy (an annotator without an estimate counts at the prior's)."""
-    from labeling.queue import plan
-
     labeling = config.labeling or LabelingConfig()
     accuracy = {
         a: r if r is not None else labeling.prior_accuracy
@@ -442,8 +440,6 @@ def push(run: Run, config: Config, client) -> dict:
             run, gold, selected, prompts, candidates, n_gold, config.seed
         )
         if vectors:  # every record has a prompt vector, or none has: a missing one would single gold out
-            from pipeline.stages.embed import embed_texts, prompt_text
-
             model = embed_model or embeddings["model"][0]
             found = embed_texts(
                 [prompt_text(m) for m in g_prompts["messages"].to_list()],
@@ -484,8 +480,6 @@ def push(run: Run, config: Config, client) -> dict:
         **server_address(client),
     }
     if queue is not None:
-        from labeling.queue import budget_info
-
         run.write("queue", queue)
         counts |= {"held_back": routed - (selected.height - n_gold)} | budget_info(queue, labeling.label_budget)
     summary(
@@ -526,8 +520,6 @@ def demo_instructions(
     (dataset and workspace the push used), so the Makefile needs only the run directory:
         python -c "from labeling.push import demo_instructions; print(demo_instructions('runs/demo'))"
     """
-    from labeling.launcher import accounts, lifecycle
-
     push_info = Run(run_dir).stage_info("push")
     url = url or lifecycle.status().get("url") or "http://127.0.0.1:6900"
     annotators = accounts.DEMO_ANNOTATORS if annotators is None else annotators

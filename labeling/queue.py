@@ -183,7 +183,7 @@ SHOWN = 30  # pairs listed by `prefab status`; the queue table has them all
 
 def queue_status(run):
     """`prefab status`: where the human pairs stand: labels so far, confidence, and what each still needs."""
-    from rich.table import Table
+    from rich.table import Table  # start-up: rich.table
 
     if not run.has("queue"):
         return None

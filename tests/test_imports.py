@@ -201,3 +201,110 @@ def test_the_server_side_is_argilla_unmodified_plus_its_search_engine():
         ]
         assert not patched and not setattrs, (path, patched, setattrs)
     assert not (ROOT / "labeling" / "argilla_speedups.py").exists()
+
+
+HEAVY = (  # each takes 15 ms or more to import on a 2-core machine (measured one by one after click; in the server's
+    # venv, argilla_server.cli after the search engine, which has loaded the rest of argilla_server)
+    "torch transformers trl peft datasets accelerate safetensors tokenizers huggingface_hub sentence_transformers "
+    "matplotlib polars pyarrow numpy pandas scipy sklearn statsmodels krippendorff crowdkit faiss math_verify ray "
+    "openai httpx httpx2 argilla argilla_server.cli pydantic yaml asyncio rich.table rich.console rich.progress "
+    "urllib.request "
+    # and project modules that every `prefab` command (`--help` too) would load otherwise, measured after the CLI's
+    # own imports: check loads the model modules whose servers it asks (about 30 ms), the launcher its process and
+    # account helpers (8 to 10 ms), stage the dataclass machinery (3 to 4 ms)
+    "pipeline.commands.check labeling.launcher pipeline.core.stage"
+).split()
+
+
+def heavy(module: str) -> set[str]:
+    return {h for h in HEAVY if module == h or module.startswith(h + ".")}
+
+
+def imported_names(node, package: str) -> list[str]:
+    """The modules an import statement may load, relative imports resolved against the file's package."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    base = node.module or ""
+    if node.level:
+        parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join(parts + ([node.module] if node.module else []))
+    return [base] + [f"{base}.{a.name}" for a in node.names]
+
+
+def module_level_imports(tree: ast.Module) -> list:
+    """Import statements that run when the module is imported (not in a function, not under TYPE_CHECKING)."""
+    found = []
+
+    def walk(body):
+        for node in body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                found.append(node)
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+                walk(node.body + node.orelse)
+            elif isinstance(node, ast.Try):
+                walk(node.body + node.orelse + node.finalbody + [n for h in node.handlers for n in h.body])
+
+    walk(tree.body)
+    return found
+
+
+def test_a_function_local_import_defers_something_slow_and_says_so():
+    """An import inside a function is there to keep start-up fast: it loads a slow package (HEAVY, or a project module
+    that loads one at import) that the module does not load already, and carries a `# start-up:` comment. Any other
+    belongs at the top of the module."""
+    modules = project_modules()
+    package_of = {n: n if p.name == "__init__.py" else n.rpartition(".")[0] for n, p in modules.items()}
+    trees = {name: ast.parse(path.read_text()) for name, path in modules.items()}
+    loads: dict[str, set[str]] = {}
+
+    def slow(name: str) -> set[str]:
+        """The slow packages a project module loads when imported (itself, its parents, what they import)."""
+        if name not in loads:
+            loads[name] = set()
+            parent = name.rpartition(".")[0]
+            found = set(slow(parent)) if parent in modules else set()
+            for node in module_level_imports(trees[name]):
+                for target in imported_names(node, package_of[name]):
+                    found |= heavy(target) | (slow(target) if target in modules else set())
+            loads[name] = found
+        return loads[name]
+
+    wrong = []
+    for name, path in modules.items():
+        lines = path.read_text().splitlines()
+        already = slow(name)
+        for fn in ast.walk(trees[name]):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                    continue
+                deferred = set()
+                for target in imported_names(node, package_of[name]):
+                    deferred |= heavy(target) | (slow(target) if target in modules else set())
+                where = f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}"
+                if not deferred - already:
+                    wrong.append(f"{where}: loads nothing slow the module has not loaded; import it at the top")
+                elif "# start-up:" not in lines[node.lineno - 1]:
+                    wrong.append(f"{where}: say what it defers, `# start-up: {', '.join(sorted(deferred - already))}`")
+    assert not wrong, f"{len(wrong)} function-local imports:\n" + "\n".join(wrong)
+
+
+def test_prefab_help_loads_nothing_slow():
+    """What every command pays before it starts: `prefab --help` (which reads every package's commands) in a fresh
+    interpreter loads none of HEAVY."""
+    code = """
+import sys
+from pipeline.commands.cli import cli
+try:
+    cli(args=["--help"], prog_name="prefab")
+except SystemExit:
+    pass
+print("LOADED", sorted(sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    line = [x for x in result.stdout.splitlines() if x.startswith("LOADED ")]
+    assert line, result.stdout[-2000:] + result.stderr[-2000:]
+    loaded = set(ast.literal_eval(line[-1].removeprefix("LOADED ")))
+    assert "labeling.cli" in loaded and "training.cli" in loaded  # the packages' commands were read
+    assert not {m for m in loaded if heavy(m)}, sorted(m for m in loaded if heavy(m))

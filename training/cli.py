@@ -1,6 +1,8 @@
 """`prefab export`, `prefab train`, `prefab eval`, `prefab rounds`: thin commands over training/*.py."""
 
 import os
+from contextlib import nullcontext
+from pathlib import Path
 
 import click
 
@@ -79,10 +81,10 @@ def export(
 ):
     """Write the run's pairs as TRL DPO, OpenAI DPO, SFT and KTO JSONL, and a GRPO prompt set, split by prompt,
     with a dataset card."""
-    from pipeline.core.config import IngestConfig, config_model
-    from pipeline.core.store import open_run
-    from training.export.stage import step
-    from training.settings import ExportConfig
+    import training.export.stage  # start-up: numpy, polars, pydantic, rich.console, rich.progress, rich.table, yaml
+    from pipeline.core.config import IngestConfig, config_model  # start-up: pydantic, yaml
+    from pipeline.core.store import open_run  # start-up: polars
+    from training.settings import ExportConfig  # start-up: pydantic, yaml
 
     run = open_run(run_dir)
     record = stage_command
@@ -96,7 +98,7 @@ def export(
 
         def record(stage, config, run, **options):
             with run.stage(stage) as info:
-                info.update(step(config, run, **options))
+                info.update(training.export.stage.step(config, run, **options))
             return info
 
     overrides = {
@@ -157,11 +159,9 @@ def export(
 def train(method, data, config_path, sets, model, output_dir, eval_data, resume):
     """Train with TRL's DPOTrainer, SFTTrainer, KTOTrainer, GRPOTrainer (the verifier as reward) or RewardTrainer
     (a reward model for judge.reward_models) on an exported JSONL file; metrics.json beside the model."""
-    from contextlib import nullcontext
-
-    from pipeline.core.progress import stage_lines, summary
-    from training.train import parse_sets
-    from training.train import train as run_training
+    from pipeline.core.progress import stage_lines, summary  # start-up: rich.console, rich.progress, rich.table
+    from training.train import parse_sets  # start-up: polars, pydantic, yaml
+    from training.train import train as run_training  # start-up: polars, pydantic, yaml
 
     overrides = parse_sets(list(sets))
     if model:
@@ -236,12 +236,15 @@ def evaluate(
     out_dir,
 ):
     """Win rate of a trained model against its base on held-out prompts, judged pairwise in both orders."""
-    from pathlib import Path
-
-    from pipeline.core.config import load_config
-    from pipeline.core.progress import stage_lines
-    from training.eval import choose_judge, default_out, print_summary, read_prompts
-    from training.eval import evaluate as run_eval
+    from pipeline.core.config import load_config  # start-up: pydantic, yaml
+    from pipeline.core.progress import stage_lines  # start-up: rich.console, rich.progress, rich.table
+    from training.eval import (  # start-up: polars, pydantic, yaml
+        choose_judge,
+        default_out,
+        print_summary,
+        read_prompts,
+    )
+    from training.eval import evaluate as run_eval  # start-up: polars, pydantic, yaml
 
     config = load_run_config(run_dir, config_path) if run_dir else load_config(config_path) if config_path else None
     if prompts is None:
@@ -275,10 +278,10 @@ def evaluate(
 def rounds(config_path, run_dir, rounds, force):
     """Iterative on-policy DPO: generate, judge, pair, export, train (and eval),
     with each round's model generating the next."""
-    from pipeline.core.config import load_config
-    from pipeline.core.progress import summary
-    from training.rounds import run_rounds
-    from training.settings import TrainConfig
+    from pipeline.core.config import load_config  # start-up: pydantic, yaml
+    from pipeline.core.progress import summary  # start-up: rich.console, rich.progress, rich.table
+    from training.rounds import run_rounds  # start-up: polars, pydantic, yaml
+    from training.settings import TrainConfig  # start-up: pydantic, yaml
 
     config = load_config(config_path)
     if run_dir:

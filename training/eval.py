@@ -14,8 +14,10 @@ beta * (log pi(y|x) - log pi_ref(y|x)) ranks the chosen response above the rejec
 import json
 import math
 import tempfile
+import warnings
 from pathlib import Path
 
+from pipeline.core.cache import CallCache
 from pipeline.core.config import EMBEDDED_LLM, JudgeConfig, ModelSpec
 from pipeline.core.errors import InputError, unreadable
 from pipeline.core.jsonl import json_lines
@@ -23,6 +25,10 @@ from pipeline.core.prompts import BadRow, prompt_messages
 from pipeline.core.stats import wilson
 from pipeline.core.store import atomic_write_text, content_id, prompt_id
 from pipeline.models.backends import Result
+from pipeline.models.checkpoints import load_tokenizer, model_path
+from training import formats
+from training.load import load_data
+from training.progress import evaluate_with_progress
 
 SCORE = {"chosen": 1.0, "tie": 0.5, "rejected": 0.0}  # "chosen" = the candidate's answer, shown first in order ab
 
@@ -38,8 +44,8 @@ def prompt_score(verdict_ab: str | None, verdict_ba: str | None) -> float | None
 
 def win_rates(scores: list[float], alpha: float = 0.05, seed: int = 0) -> dict:
     """Win/tie/loss rates (Wilson intervals) and the win rate with ties counted half (bootstrap interval)."""
-    import numpy as np
-    from scipy.stats import bootstrap
+    import numpy as np  # start-up: numpy
+    from scipy.stats import bootstrap  # start-up: scipy
 
     n = len(scores)
     out: dict = {"n": n}
@@ -77,10 +83,8 @@ def length_controlled(scores: list[float], length_diffs: list[float], alpha: flo
     Falls back to the raw win rate (with a note) when the regression is not identified: fewer than 3
     prompts, no length variation, or outcomes the length separates perfectly.
     """
-    import warnings
-
-    import numpy as np
-    import statsmodels.api as sm
+    import numpy as np  # start-up: numpy
+    import statsmodels.api as sm  # start-up: statsmodels
 
     y = np.asarray(scores, dtype=float)
     d = np.asarray(length_diffs, dtype=float)
@@ -167,8 +171,7 @@ def answer(
 ) -> list[Result]:
     """The model's greedy answers, cached per model; a local checkpoint's answers are keyed by its files too
     (pipeline/models/checkpoints.py: fingerprint), so one retrained in place answers afresh."""
-    from pipeline.core.cache import CallCache
-    from pipeline.models.llm import Request, call_llm, check_spec
+    from pipeline.models.llm import Request, call_llm, check_spec  # start-up: rich.console, rich.progress, rich.table
 
     spec = ModelSpec(backend="transformers", model=model, batch_size=batch_size)
     check_spec(spec)  # a model that is not there fails before its cache is made
@@ -185,19 +188,13 @@ def reward_accuracy(
 ) -> dict:
     """DPO implicit-reward accuracy of the candidate (policy) against the base (reference) on held-out pairs,
     computed by TRL's DPOTrainer.evaluate so it matches what training logs."""
-    from transformers import AutoModelForCausalLM
-    from trl import DPOConfig, DPOTrainer
-
-    from pipeline.models.checkpoints import load_tokenizer, model_path
-    from training import formats
-    from training.load import load_data
+    from transformers import AutoModelForCausalLM  # start-up: transformers
+    from trl import DPOConfig, DPOTrainer  # start-up: trl
 
     dataset, fmt = load_data(test_file, "dpo")
     cand, ref = model_path(candidate), model_path(base)
     tokenizer = load_tokenizer(cand, chat=formats.is_chat(fmt))
-    import torch
-
-    from training.progress import evaluate_with_progress
+    import torch  # start-up: torch
 
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(
@@ -243,8 +240,7 @@ def evaluate(
 ) -> dict:
     """Answer, judge in both orders, score; write eval.json and eval_rows.jsonl into out_dir; return the summary.
     Without judge_config, the judge gets the settings default_judge_config gives its kind of model."""
-    from pipeline.core.cache import CallCache
-    from pipeline.stages.judge import judge_pairs
+    from pipeline.stages.judge import judge_pairs  # start-up: rich.console, rich.progress, rich.table
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -339,7 +335,7 @@ def choose_judge(
 
 
 def print_summary(summary: dict) -> None:
-    from pipeline.core.progress import summary as table
+    from pipeline.core.progress import summary as table  # start-up: rich.console, rich.progress, rich.table
 
     def pct(d):
         if not d or d.get("rate") is None:

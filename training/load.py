@@ -7,7 +7,7 @@ from training import formats
 
 
 def load_data(data: str | Path, method: str):
-    from datasets import Dataset
+    from datasets import Dataset  # start-up: datasets
 
     rows, fmt = formats.read_jsonl(data, method)
     return Dataset.from_list(rows), fmt

@@ -11,9 +11,13 @@ def show_progress(trainer):
     (DPO) reward accuracy or (GRPO) mean reward, in place of the Trainer's tqdm bar and printed log dicts; every log
     line also goes to OUTPUT_DIR/trainer_log.jsonl as it comes (a TrainerCallback: transformers' public extension
     point). Returns the callback; its close() ends the display if training stops with an error."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+    from transformers.trainer_callback import (  # start-up: transformers
+        PrinterCallback,
+        ProgressCallback,
+        TrainerCallback,
+    )
 
-    from pipeline.core.progress import progress_bar
+    from pipeline.core.progress import progress_bar  # start-up: rich.console, rich.progress, rich.table
 
     class StepProgress(TrainerCallback):
         display = None
@@ -72,9 +76,13 @@ def show_progress(trainer):
 def evaluate_with_progress(trainer, description: str) -> dict:
     """trainer.evaluate() with prefab's progress over its batches
     in place of the Trainer's bar and printed metrics dict."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+    from transformers.trainer_callback import (  # start-up: transformers
+        PrinterCallback,
+        ProgressCallback,
+        TrainerCallback,
+    )
 
-    from pipeline.core.progress import progress_bar
+    from pipeline.core.progress import progress_bar  # start-up: rich.console, rich.progress, rich.table
 
     class Batches(TrainerCallback):
         def on_prediction_step(self, args, state, control, **kwargs):

@@ -21,7 +21,10 @@ def _metrics_files(run: Run) -> list[Path]:
 
 def _curves(history: list[dict], title: str) -> str:
     """Training (and eval) loss per step; reward accuracy and margin per step for DPO."""
-    from pipeline.stages.report import figure, plot_html
+    from pipeline.stages.report import (  # start-up: pydantic, rich.console, rich.progress, rich.table, yaml
+        figure,
+        plot_html,
+    )
 
     steps = [h for h in history if "loss" in h and "step" in h]
     evals = [h for h in history if "eval_loss" in h]
@@ -90,7 +93,11 @@ KEYS = [
 def training_section(run: Run) -> str | None:
     """Trained models of the run (metrics.json), the eval against the base, and iterative rounds;
     None before training."""
-    from pipeline.stages.report import metrics_html, section, table_html
+    from pipeline.stages.report import (  # start-up: pydantic, rich.console, rich.progress, rich.table, yaml
+        metrics_html,
+        section,
+        table_html,
+    )
 
     files = _metrics_files(run)
     rounds = run.manifest().get("rounds")

@@ -8,6 +8,7 @@ the sandbox (pipeline/sandbox/bwrap.py `run`); a row with neither gets None, whi
 from pathlib import Path
 
 from pipeline.core.errors import InputError
+from pipeline.sandbox.bwrap import run_many, validate_tests
 
 
 def completion_text(completion) -> str:
@@ -20,7 +21,9 @@ def completion_text(completion) -> str:
 def math_scores(items: list[tuple[str, str]], timeout_s: int = 5, float_rounding: int = 6) -> list[float | None]:
     """(reference, text) -> 1.0 correct, 0.0 otherwise, None when the reference does not parse (no signal, not a
     penalty). math-verify's time limit needs the main thread: from another one the checks run in a child process."""
-    from pipeline.stages.verify import math_checker
+    from pipeline.stages.verify import (  # start-up: polars, pydantic, rich.console, rich.progress, rich.table, yaml
+        math_checker,
+    )
 
     with math_checker() as check:
         results = check(items, timeout_s, float_rounding)
@@ -31,8 +34,9 @@ def math_scores(items: list[tuple[str, str]], timeout_s: int = 5, float_rounding
 
 def code_scores(items: list[tuple[str, str]]) -> list[float]:
     """(tests, text) -> share of tests the completion's code passes in the sandbox."""
-    from pipeline.sandbox.bwrap import run_many
-    from pipeline.stages.verify import extract_code
+    from pipeline.stages.verify import (  # start-up: polars, pydantic, rich.console, rich.progress, rich.table, yaml
+        extract_code,
+    )
 
     return [r.score for r in run_many([(extract_code(text), tests) for tests, text in items])]
 
@@ -55,8 +59,10 @@ def verifier(prompts, completions, reference_answer=None, tests=None, **_) -> li
 
 def check_ground_truth(path: str | Path, rows: list[dict], timeout_s: int = 5) -> None:
     """Before training: every reference answer parses and every test compiles, or an InputError naming file:line."""
-    from pipeline.sandbox.bwrap import validate_tests
-    from pipeline.stages.verify import REFERENCE_HINT, parse_reference
+    from pipeline.stages.verify import (  # start-up: polars, pydantic, rich.console, rich.progress, rich.table, yaml
+        REFERENCE_HINT,
+        parse_reference,
+    )
 
     seen: dict[str, str | None] = {}
     for i, row in enumerate(rows, 1):

@@ -36,8 +36,8 @@ def round_config(config: Config, r: int, policy: str | None) -> Config:
 
 def run_rounds(config: Config, *, force: bool = False) -> list[dict]:
     """Run every round in order; returns (and records in the parent manifest) one summary per round."""
-    from pipeline.core.progress import console
-    from pipeline.core.runner import planned, run_pipeline
+    from pipeline.core.progress import console  # start-up: rich.console, rich.progress, rich.table
+    from pipeline.core.runner import planned, run_pipeline  # start-up: rich.console, rich.progress, rich.table
 
     tc = config.train or TrainConfig()
     if config.generate is None or config.train is None:

@@ -17,15 +17,20 @@ import typing
 from pathlib import Path
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
-from pipeline.core.config import EMBEDDED_LLM, Config
-from pipeline.core.errors import ConfigError, InputError, unreadable
+from pipeline.commands.cli import cli
+from pipeline.core.config import EMBEDDED_LLM, Config, ModelSpec, _line_of
+from pipeline.core.errors import ConfigError, InputError, RunError, unreadable
 from pipeline.core.stage import Stage
 from pipeline.core.store import Run, atomic_write_text
 from pipeline.models.checkpoints import load_tokenizer, model_path
 from training import formats
+from training.eval import evaluate, print_summary, read_prompts
+from training.formats import KTO_RATIO, kto_weights
 from training.load import load_data
 from training.progress import evaluate_with_progress, show_progress
+from training.rewards import check_ground_truth, verifier
 from training.settings import TrainConfig
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -38,7 +43,7 @@ METHODS = ("dpo", "sft", "kto", "grpo", "reward")
 
 def trl_config_class(method: str):
     """TRL's own config dataclass; all five are in TRL 1.16's stable API (`from trl import ...`)."""
-    import trl
+    import trl  # start-up: trl
 
     if method not in METHODS:
         raise ConfigError(f"unknown training method {method!r}", hint=f"use `prefab train {'|'.join(METHODS)}`")
@@ -88,8 +93,6 @@ def read_yaml(path: Path) -> tuple[dict, object]:
 
 def _typed(cls, key: str, value, where: str):
     """Coerce a value to the dataclass field's type (so `--set learning_rate=1e-5` is a float)."""
-    from pydantic import TypeAdapter, ValidationError
-
     if isinstance(value, Raw):  # try the text as typed first ("no" is a strategy), then as YAML ([a, b], {k: v}, null)
         parsed = yaml.safe_load(value) if value.strip() else None
         candidates = [parsed, str(value)] if isinstance(parsed, (dict, list)) else [str(value), parsed]
@@ -114,8 +117,6 @@ def _typed(cls, key: str, value, where: str):
 
 def load_train_config(method: str, config_path: str | Path | None = None, overrides: dict | None = None):
     """(TRL config, prefab settings) from the YAML file (default training/configs/<method>.yaml) and overrides."""
-    from pipeline.core.config import _line_of
-
     cls = trl_config_class(method)
     path = Path(config_path) if config_path else CONFIGS / f"{method}.yaml"
     data, node = read_yaml(path)
@@ -144,7 +145,7 @@ def load_train_config(method: str, config_path: str | Path | None = None, overri
     settings = {k: merged.pop(k, default) for k, default in prefab_keys.items()}
     merged.setdefault("output_dir", f"runs/train/{method}")
     merged.setdefault("report_to", "none")
-    import torch
+    import torch  # start-up: torch
 
     if not torch.cuda.is_available():
         merged.setdefault("bf16", False)  # TRL defaults to bf16, which needs a GPU
@@ -159,7 +160,7 @@ def load_train_config(method: str, config_path: str | Path | None = None, overri
 def lora_config(settings: dict | None, task_type: str = "CAUSAL_LM"):
     if not settings:
         return None
-    from peft import LoraConfig
+    from peft import LoraConfig  # start-up: peft
 
     valid = {f.name for f in dataclasses.fields(LoraConfig)}
     for key in settings:
@@ -182,11 +183,11 @@ def last_checkpoint(output_dir: str, resume: bool | str | None):
                 f"checkpoint {resume} does not exist", hint=f"checkpoints are the checkpoint-N folders in {output_dir}"
             )
         return resume
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers.trainer_utils import get_last_checkpoint  # start-up: transformers
 
     found = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
     if found is None:
-        from pipeline.core.progress import console
+        from pipeline.core.progress import console  # start-up: rich.console, rich.progress, rich.table
 
         console.print(f"[yellow]no checkpoint in {output_dir}; training from the start[/yellow]")
     return found
@@ -257,7 +258,7 @@ def summarize(history: list[dict], method: str) -> dict:
 
 def train_dpo(data, config_path=None, overrides: dict | None = None, *, eval_data=None, resume=False) -> dict:
     """Direct preference optimisation on a trl-dpo export (TRL's DPOTrainer, as in trl/scripts/dpo.py)."""
-    from trl import DPOTrainer
+    from trl import DPOTrainer  # start-up: trl
 
     args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare(
         "dpo", data, config_path, overrides, eval_data
@@ -285,7 +286,7 @@ def train_sft(data, config_path=None, overrides: dict | None = None, *, eval_dat
     `messages` files train on the assistant turns only (assistant_only_loss, set in sft.yaml);
     prompt/completion files on the completion only (TRL's default for that format).
     """
-    from trl import SFTTrainer
+    from trl import SFTTrainer  # start-up: trl
 
     args, settings, train_dataset, fmt, eval_dataset, base, tokenizer = prepare(
         "sft", data, config_path, overrides, eval_data
@@ -309,9 +310,7 @@ def train_kto(data, config_path=None, overrides: dict | None = None, *, eval_dat
 
     Unbalanced labels get the smaller side's weight raised into TRL's range (`balance`, on by default; the dataset
     card states the same weights); weights already in range, or `balance: false`, are kept as given."""
-    from trl import KTOTrainer
-
-    from training.formats import KTO_RATIO, kto_weights
+    from trl import KTOTrainer  # start-up: trl
 
     args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare(
         "kto", data, config_path, overrides, eval_data
@@ -334,7 +333,7 @@ def train_kto(data, config_path=None, overrides: dict | None = None, *, eval_dat
     weighted = args.desirable_weight * n_desirable / (args.undesirable_weight * n_undesirable)
     if settings["balance"] and not KTO_RATIO[0] <= weighted <= KTO_RATIO[1]:
         args.desirable_weight, args.undesirable_weight = kto_weights(n_desirable, n_undesirable)
-        from pipeline.core.progress import console
+        from pipeline.core.progress import console  # start-up: rich.console, rich.progress, rich.table
 
         console.print(
             f"kto: {n_desirable} desirable / {n_undesirable} undesirable rows: desirable_weight "
@@ -361,9 +360,7 @@ def train_grpo(data, config_path=None, overrides: dict | None = None, *, eval_da
     """GRPO on a grpo export: the model samples completions for each prompt and learns from the verifier's reward
     (training/rewards.py: math-verify against the reference answer, or the sandboxed tests), TRL's GRPOTrainer as in
     trl/scripts/grpo.py."""
-    from trl import GRPOTrainer
-
-    from training.rewards import verifier
+    from trl import GRPOTrainer  # start-up: trl
 
     args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare(
         "grpo", data, config_path, overrides, eval_data, read=read_grpo
@@ -390,8 +387,8 @@ def train_reward(data, config_path=None, overrides: dict | None = None, *, eval_
     """A reward model from a trl-dpo export (TRL's RewardTrainer, as in trl/scripts/reward_modeling.py): the base model
     with a one-output score head, trained so that chosen outscores rejected (Bradley-Terry). The saved folder is a
     sequence-classification model that `judge.reward_models` scores with (pipeline/models/reward.py)."""
-    from transformers import AutoModelForSequenceClassification
-    from trl import RewardTrainer
+    from transformers import AutoModelForSequenceClassification  # start-up: transformers
+    from trl import RewardTrainer  # start-up: trl
 
     args, settings, train_dataset, _, eval_dataset, base, tokenizer = prepare(
         "reward", data, config_path, overrides, eval_data
@@ -413,9 +410,7 @@ def train_reward(data, config_path=None, overrides: dict | None = None, *, eval_
 def read_grpo(path, method: str):
     """A grpo file as (dataset, format), every reference parsing and every test compiling, and both ground-truth columns
     present (null where absent), so the reward function gets both lists."""
-    from datasets import Dataset
-
-    from training.rewards import check_ground_truth
+    from datasets import Dataset  # start-up: datasets
 
     rows, fmt = formats.read_jsonl(path, method)
     check_ground_truth(path, rows)
@@ -451,7 +446,7 @@ def reference_model(settings: dict, args):
     """The named ref_model, else None: TRL then keeps a frozen copy of the base (with LoRA: the base, adapter off)."""
     if not settings["ref_model"]:
         return None
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # start-up: transformers
 
     return AutoModelForCausalLM.from_pretrained(model_path(settings["ref_model"]), **(args.model_init_kwargs or {}))
 
@@ -474,7 +469,7 @@ def fit(trainer, tokenizer, method: str, data, base: str, settings: dict, resume
 
 def log_third_party_warnings(output_dir: str) -> None:
     """Quieted third-party warnings of a `prefab train` outside a run go beside the model (in a run, to RUN/logs)."""
-    from pipeline.core.progress import third_party_log
+    from pipeline.core.progress import third_party_log  # start-up: rich.console, rich.progress, rich.table
 
     if not third_party_log:
         third_party_log.append(Path(output_dir) / "logs" / "third_party.log")
@@ -494,9 +489,6 @@ def train(method: str, data, config_path=None, overrides: dict | None = None, **
 
 def step(config: Config, run: Run) -> dict:
     """Stage "train" of `prefab run`: train on the run's export, metrics into the manifest."""
-    from pipeline.core.errors import RunError
-    from training.settings import TrainConfig
-
     tc = config.train or TrainConfig()
     exports = Path(config.export.out_dir) if config.export and config.export.out_dir else run.path / "exports"
     stem = "dpo" if tc.method == "reward" else tc.method  # dpo_ (dpo, reward), sft_, kto_, grpo_train.jsonl
@@ -524,10 +516,6 @@ def step(config: Config, run: Run) -> dict:
 
 def evaluate_after_training(config, run, metrics: dict, test: Path) -> dict:
     """`train.evaluate`: win rate of the trained model against its base on the held-out prompts."""
-    from pipeline.core.config import ModelSpec
-    from training.eval import evaluate, print_summary, read_prompts
-    from training.settings import TrainConfig
-
     tc = config.train or TrainConfig()
     judge = config.judge.judges[0] if config.judge else ModelSpec()
     summary = evaluate(
@@ -556,8 +544,6 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m training.train dpo --data FILE ...`: the entry point `accelerate launch -m` runs.
 
     Same as `prefab train ...` (through the prefab CLI group, so errors print without a traceback)."""
-    from pipeline.commands.cli import cli
-
     cli.main(args=["train", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m training.train")
 
 

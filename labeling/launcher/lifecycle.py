@@ -8,8 +8,6 @@ import secrets
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import warnings
 from pathlib import Path
 
@@ -110,6 +108,8 @@ def _setup(python: Path, env: dict, home: Path, demo: bool) -> dict | None:
 
 
 def _health(url: str, api_key: str | None, timeout: float = 2) -> bool:
+    import urllib.request  # start-up: urllib.request (http.client, ssl), else loaded by every prefab command
+
     request = urllib.request.Request(url.rstrip("/") + "/api/v1/status", headers={"X-Argilla-Api-Key": api_key or ""})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

@@ -6,10 +6,16 @@ It imports the search engine (which registers itself through `SearchEngine.regis
 Argilla's own app, migration command or rq worker, unmodified.
 """
 
+import argparse
 import os
+import socket
 import sys
 
+import uvicorn
+from argilla_server.database import sync_engine
+from argilla_server.jobs.queues import DEFAULT_QUEUE, HIGH_QUEUE, REDIS_CONNECTION
 from argilla_server.settings import settings
+from rq import Worker
 from search.engine import ENGINE_NAME  # labeling/server/search/: importing it registers the engine
 
 EXTRA_INDEXES = [  # the queue walks (dataset, status, id) in id order; counts read indexes only
@@ -22,8 +28,6 @@ EXTRA_INDEXES = [  # the queue walks (dataset, status, id) in id order; counts r
 
 def prepare() -> None:
     """After Argilla's migrations: indexes our queries use, and WAL so reads never wait on writes (SQLite)."""
-    from argilla_server.database import sync_engine
-
     with sync_engine.begin() as conn:
         if sync_engine.dialect.name == "sqlite":
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -34,14 +38,14 @@ def prepare() -> None:
 def setup() -> None:
     """One process for what `labeling up` needs before starting (importing argilla_server takes seconds):
     Argilla's own migration command, our indexes, and the owner account when PREFAB_OWNER_* are set."""
-    import asyncio
+    import asyncio  # start-up: asyncio
 
-    from argilla_server.cli.database.migrate import migrate_db
+    from argilla_server.cli.database.migrate import migrate_db  # start-up: argilla_server.cli
 
     migrate_db(revision="head")
     prepare()
     if os.environ.get("PREFAB_OWNER_USERNAME"):
-        from argilla_server.cli.database.users.create import _create
+        from argilla_server.cli.database.users.create import _create  # start-up: argilla_server.cli
 
         asyncio.run(
             _create(
@@ -55,8 +59,6 @@ def setup() -> None:
 
 
 def main(argv: list[str]) -> None:
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="main.py", description="Run Argilla with the prefab-sql search engine registered."
     )
@@ -79,10 +81,6 @@ def main(argv: list[str]) -> None:
     elif args.command == "setup":
         setup()
     elif args.command == "server":
-        import socket
-
-        import uvicorn
-
         # SO_REUSEPORT: several server processes (one per core, on PostgreSQL) share the port
         family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -93,9 +91,6 @@ def main(argv: list[str]) -> None:
             uvicorn.Config("argilla_server:app", host=args.host, port=args.port, access_log=not args.no_access_log)
         ).run(sockets=[sock])
     else:
-        from argilla_server.jobs.queues import DEFAULT_QUEUE, HIGH_QUEUE, REDIS_CONNECTION
-        from rq import Worker
-
         Worker([HIGH_QUEUE, DEFAULT_QUEUE], connection=REDIS_CONNECTION).work(with_scheduler=False)
 
 

@@ -12,13 +12,13 @@ Each check is a row: ok, warn (the run works, in a lesser way the detail names) 
 """
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from pipeline.core.errors import PrefabError
+from pipeline.core import registry
+from pipeline.core.errors import ModelError, PrefabError
+from pipeline.models import llm_transformers, ray_cluster, reward
 from pipeline.models.backends import Request, Result
-
-if TYPE_CHECKING:
-    from pipeline.core.errors import ModelError
+from pipeline.models.openai_api.responses import error_message
 
 Status = Literal["ok", "warn", "fail"]
 # (check, status, detail, fix) of a row whose subject and where the caller knows; detail and fix may be left out
@@ -44,8 +44,6 @@ class Check:
 
 def run_checks(config) -> list[Check]:
     """Every check the config calls for, in the order a run meets them."""
-    from pipeline.core import registry
-
     rows: list[Check] = []
     generators = config.generate.generators if config.generate else []
     judge = config.judge
@@ -66,9 +64,7 @@ def run_checks(config) -> list[Check]:
 
 def model_checks(spec, subject: str, judge) -> list[Check]:
     """The rows of one generator or judge (`judge`: the judge section, for a judge)."""
-    from pipeline.core.registry import backend
-
-    chosen = backend(spec.backend)
+    chosen = registry.backend(spec.backend)
     try:
         chosen.check(spec)  # what the run checks first: the key's variable, a Ray cluster, a local model's path
     except PrefabError as e:
@@ -79,9 +75,9 @@ def model_checks(spec, subject: str, judge) -> list[Check]:
             rows += _server(spec.model_copy(update={"base_url": url, "max_retries": 0}), subject, judge)
         return rows
     if spec.backend == "transformers" and spec.ray is None:
-        from pipeline.models.llm_transformers import load_model
-
-        return [_load(subject, spec.model, "loads", lambda: f"on {load_model(spec.model, spec.device)[2]}")]
+        return [
+            _load(subject, spec.model, "loads", lambda: f"on {llm_transformers.load_model(spec.model, spec.device)[2]}")
+        ]
     return [Check(subject, _where(spec), "configured", "ok", f"backend {spec.backend} accepts the model")]
 
 
@@ -93,10 +89,9 @@ def _where(spec) -> str:
 
 def _server(spec, subject: str, judge) -> list[Check]:
     """The checks of one model on one base_url; a check that fails stops the ones that need it."""
-    import openai
+    import openai  # start-up: openai
 
-    from pipeline.models.openai_api.backend import api_key
-    from pipeline.models.openai_api.responses import error_message
+    from pipeline.models.openai_api.backend import api_key  # start-up: asyncio, rich.console, rich.progress, rich.table
 
     with openai.OpenAI(base_url=spec.base_url, api_key=api_key(spec), max_retries=0, timeout=spec.timeout) as client:
         where = str(client.base_url).rstrip("/")
@@ -189,7 +184,11 @@ def _server(spec, subject: str, judge) -> list[Check]:
 def _judge_checks(spec, judge) -> list[CheckRow]:
     """(check, status, detail, fix) for what a judge asks beyond a plain completion: its answer's JSON schema,
     logprobs."""
-    from pipeline.stages.judge import parse_rubric, scoring_requests, token_distribution
+    from pipeline.stages.judge import (  # start-up: polars, pydantic, rich.console, rich.progress, rich.table, yaml
+        parse_rubric,
+        scoring_requests,
+        token_distribution,
+    )
 
     rows: list[CheckRow] = []
     if judge.scoring == "json" and judge.structured_output:
@@ -261,8 +260,7 @@ def _judge_checks(spec, judge) -> list[CheckRow]:
 
 def _batch_api(client, spec) -> list[CheckRow]:
     """The Batch API is there (listing batches costs nothing); its errors as the batch backend words them."""
-    from pipeline.core.errors import ModelError
-    from pipeline.models.openai_api.batch import stops
+    from pipeline.models.openai_api.batch import stops  # start-up: rich.console, rich.progress, rich.table
 
     try:
         with stops(str(client.base_url), spec):
@@ -272,40 +270,42 @@ def _batch_api(client, spec) -> list[CheckRow]:
     return [("batch API", "ok", "/batches answers")]
 
 
-def _ask(spec, request: Request) -> "Result | ModelError":
+def _ask(spec, request: Request) -> Result | ModelError:
     """One completion through the backend's own call: its Result, or the ModelError that would stop a run."""
-    from pipeline.core.errors import ModelError
-    from pipeline.core.registry import backend
-
     got: list[Result] = []
     if spec.backend == "openai":
         spec = spec.model_copy(
             update={"mode": "realtime"}
         )  # the Batch API is checked apart; a probe wants its answer now
     try:
-        backend(spec.backend).run(spec, [request], lambda _, result: got.append(result))
+        registry.backend(spec.backend).run(spec, [request], lambda _, result: got.append(result))
     except ModelError as e:
         return e
     return got[0]
 
 
 def _reward_model(spec) -> list[Check]:
-    from pipeline.models.reward import load
-
-    return [_load(f"reward model {spec.label}", spec.model, "loads", lambda: f"on {load(spec)[2]}")]
+    return [_load(f"reward model {spec.label}", spec.model, "loads", lambda: f"on {reward.load(spec)[2]}")]
 
 
 def _embedder(config) -> list[Check]:
-    from pipeline.stages.embed import embed_model, load_model
+    from pipeline.stages import (  # start-up: numpy, polars, pydantic, rich.console, rich.progress, rich.table, yaml
+        embed,
+    )
 
-    name = embed_model(config)
+    name = embed.embed_model(config)
     device = config.embed.device if config.embed else None
     ray = config.embed.ray if config.embed else None
     if ray is not None:
-        from pipeline.models.ray_cluster import connect
-
-        return [_load(f"embedder {name}", f"Ray {ray.address or 'local'}", "cluster reachable", lambda: connect(ray))]
-    return [_load(f"embedder {name}", name, "loads", lambda: f"on {load_model(name, device).device}")]
+        return [
+            _load(
+                f"embedder {name}",
+                f"Ray {ray.address or 'local'}",
+                "cluster reachable",
+                lambda: ray_cluster.connect(ray),
+            )
+        ]
+    return [_load(f"embedder {name}", name, "loads", lambda: f"on {embed.load_model(name, device).device}")]
 
 
 def _load(subject: str, where: str, check: str, load) -> Check:
@@ -334,9 +334,9 @@ def _cause(error: BaseException) -> str:
 
 def show(rows: list[Check]) -> None:
     """The table of checks, on prefab's console."""
-    from rich.table import Table
+    from rich.table import Table  # start-up: rich.table
 
-    from pipeline.core.progress import console
+    from pipeline.core.progress import console  # start-up: rich.console, rich.progress, rich.table
 
     table = Table(title="prefab check")
     for column in ("model or server", "where", "check", "result", "detail"):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.core import registry
 from pipeline.core.errors import ConfigError, PrefabError
 from pipeline.core.options import config_option, load_run_config, run_option, stage_command
 
@@ -20,8 +21,6 @@ class PrefabGroup(click.Group):
 
     def _plugins(self) -> None:
         if not self.plugins_loaded:
-            from pipeline.core import registry
-
             self.plugins_loaded = True
             for command in registry.commands():
                 self.add_command(command)
@@ -63,7 +62,10 @@ class PrefabGroup(click.Group):
 )
 def cli(verbose):
     """prefab: preference data for LLM post-training, from prompts to a labeled, trained-on dataset."""
-    from pipeline.core.progress import progress_interval, quiet_third_party
+    from pipeline.core.progress import (  # start-up: rich.console, rich.progress, rich.table
+        progress_interval,
+        quiet_third_party,
+    )
 
     progress_interval()  # a bad PREFAB_PROGRESS_INTERVAL fails now, not when the first long step starts
     if not verbose:
@@ -78,9 +80,11 @@ def cli(verbose):
 @click.option("--force", is_flag=True, help="Re-run stages even when complete (model calls still come from the cache).")
 def run(config_path, start, until, run_dir, force):
     """Run the configured stages in order, skipping what is already complete."""
-    from pipeline.core.config import load_config
-    from pipeline.core.runner import run_pipeline
-    from pipeline.core.store import Run
+    from pipeline.core.config import load_config  # start-up: pydantic, yaml
+    from pipeline.core.runner import (  # start-up: polars, pydantic, rich.console, rich.progress, rich.table, yaml
+        run_pipeline,
+    )
+    from pipeline.core.store import Run  # start-up: polars
 
     config = load_config(config_path)
     if run_dir:
@@ -105,21 +109,16 @@ def run(config_path, start, until, run_dir, force):
 def plan_command(config_path, run_dir, sample, as_json):
     """Estimate a run's calls, tokens and cost per stage and model, and what the call cache already holds, before
     spending."""
-    from pipeline.commands.plan import plan_run, print_plan
-    from pipeline.core.cache import run_cache, spending_limit
-    from pipeline.core.config import load_config
+    from pipeline.commands.plan import (  # start-up: polars, pydantic, rich.console, rich.progress, rich.table, yaml
+        plan_command,
+        print_plan,
+    )
+    from pipeline.core.config import load_config  # start-up: pydantic, yaml
 
     config = load_config(config_path)
     if run_dir:
         config.run = run_dir
-    cache_path = Path(config.run) / "cache.sqlite"
-    cache = run_cache(config.run) if sample or cache_path.exists() else None  # a plan alone creates nothing
-    try:
-        with spending_limit(config.budget_usd):
-            result = plan_run(config, cache, sample)
-    finally:
-        if cache is not None:
-            cache.close()
+    result = plan_command(config, sample)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -131,8 +130,8 @@ def plan_command(config_path, run_dir, sample, as_json):
 def check_command(config_path):
     """Before spending: ask every model server the config names (key, model, completion, structured output, logprobs,
     Batch API), load its local models and ask the labeling server; exit non-zero with the fix for each problem."""
-    from pipeline.commands.check import problems, run_checks, show
-    from pipeline.core.config import load_config
+    from pipeline.commands.check import problems, run_checks, show  # start-up: pipeline.commands.check
+    from pipeline.core.config import load_config  # start-up: pydantic, yaml
 
     rows = run_checks(load_config(config_path))
     show(rows)
@@ -154,8 +153,8 @@ def ingest(
     run_dir, config_path, paths, skip_bad_rows, system_prompt, prompt_column, messages_column, answer_column, limit
 ):
     """Read prompts (JSONL, CSV, Parquet, a saved HF dataset dir, or hf:NAME) into the run."""
-    from pipeline.core.config import IngestConfig, config_model
-    from pipeline.core.store import Run
+    from pipeline.core.config import IngestConfig, config_model  # start-up: pydantic, yaml
+    from pipeline.core.store import Run  # start-up: polars
 
     if config_path or not paths:
         config = load_run_config(run_dir, config_path)
@@ -180,7 +179,7 @@ def ingest(
 @click.option("--retry-failed", is_flag=True, help="Call again the candidates whose call failed.")
 def generate(run_dir, config_path, retry_failed):
     """Generate candidate responses: every generator x temperature x sample."""
-    from pipeline.core.store import Run
+    from pipeline.core.store import Run  # start-up: polars
 
     stage_command("generate", load_run_config(run_dir, config_path), Run(run_dir), retry_failed=retry_failed)
 
@@ -199,8 +198,8 @@ def generate(run_dir, config_path, retry_failed):
 def calibrate(run_dir, config_path, gold, limit):
     """Measure every configured judge on human-labeled gold pairs: accuracy, consistency, biases, accuracy-coverage
     curves."""
-    from pipeline.core.config import CalibrateConfig
-    from pipeline.core.store import Run
+    from pipeline.core.config import CalibrateConfig  # start-up: pydantic, yaml
+    from pipeline.core.store import Run  # start-up: polars
 
     config = load_run_config(run_dir, config_path)
     if gold:
@@ -232,7 +231,7 @@ def stage_command_for(stage: str, module: str) -> click.Command:
     @run_option
     @config_option
     def command(run_dir, config_path):
-        from pipeline.core.store import Run
+        from pipeline.core.store import Run  # start-up: polars
 
         stage_command(stage, load_run_config(run_dir, config_path), Run(run_dir))
 
@@ -244,12 +243,11 @@ def stage_command_for(stage: str, module: str) -> click.Command:
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest's stage info as JSON.")
 def status(run_dir, as_json):
     """Show what each stage of a run holds: status, rows, time."""
-    from rich.table import Table
+    from rich.table import Table  # start-up: rich.table
 
-    from pipeline.core import registry
-    from pipeline.core.progress import console
-    from pipeline.core.schema import TABLES
-    from pipeline.core.store import open_run
+    from pipeline.core.progress import console  # start-up: rich.console, rich.progress, rich.table
+    from pipeline.core.schema import TABLES  # start-up: polars
+    from pipeline.core.store import open_run  # start-up: polars
 
     run = open_run(run_dir)
     stages = run.manifest().get("stages", {})

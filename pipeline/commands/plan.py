@@ -11,13 +11,24 @@ prompts and the expected answer lengths. Calibration on gold pairs is not counte
 
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 
 import polars as pl
+from rich.table import Table
 
-from pipeline.core.cache import CallCache
+from pipeline.core import runner
+from pipeline.core.cache import CallCache, run_cache, spending_limit
 from pipeline.core.config import Config
+from pipeline.core.progress import console
+from pipeline.core.queries import active_prompts
+from pipeline.core.store import Run
 from pipeline.models.backends import DEFAULT_MAX_TOKENS, estimate_prompt_tokens
+from pipeline.models.checkpoints import load_tokenizer
 from pipeline.models.llm import cache_keys, call_cost, call_llm
+from pipeline.models.llm_transformers import TOKENIZER_HINT, chat_token_ids
+from pipeline.stages import generate
+from pipeline.stages.ingest import ingest
+from pipeline.stages.judge import attempt_request, pair_requests, scoring_requests
 
 
 def token_counter(spec):
@@ -25,20 +36,26 @@ def token_counter(spec):
     name = spec.tokenizer or (spec.model if spec.backend == "transformers" else None)
     if name is None:
         return (lambda conversations: [estimate_prompt_tokens(c) for c in conversations]), "4 chars"
-    from pipeline.models.checkpoints import load_tokenizer
-    from pipeline.models.llm_transformers import TOKENIZER_HINT, chat_token_ids
-
     tokenizer = load_tokenizer(name, hint=TOKENIZER_HINT)
     return (lambda conversations: [len(ids) for ids in chat_token_ids(tokenizer, conversations)]), "tokenizer"
 
 
+def plan_command(config: Config, sample: int = 0) -> dict:
+    """`prefab plan`: plan_run with the run's call cache where there is one (or where `sample` calls are to be made
+    and kept), under the config's spending limit. A plan alone creates nothing in the run directory."""
+    cache = run_cache(config.run) if sample or (Path(config.run) / "cache.sqlite").exists() else None
+    try:
+        with spending_limit(config.budget_usd):
+            return plan_run(config, cache, sample)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
 def plan_run(config: Config, cache: CallCache | None, sample: int = 0) -> dict:
     """{"rows": one per stage and model, "total", "spent_usd", "budget_usd"}; `sample` calls go through `cache`."""
-    from pipeline.core.runner import planned
-    from pipeline.core.store import Run
-
     run = Run(config.run)
-    stages = planned(config)
+    stages = runner.planned(config)
     prompts = _prompts(config, run)
     read = prompts.height
     target = (
@@ -78,12 +95,8 @@ def plan_run(config: Config, cache: CallCache | None, sample: int = 0) -> dict:
 
 def _prompts(config: Config, run) -> pl.DataFrame:
     """The run's kept prompts once ingested (and deduplicated), else what ingest would read."""
-    from pipeline.core.queries import active_prompts
-
     if run.has("prompts"):
         return active_prompts(run.read("prompts"))
-    from pipeline.stages.ingest import ingest
-
     return ingest(config.ingest, resolve=config.resolve)[0]
 
 
@@ -146,9 +159,7 @@ def _spread(indices: list[int], n: int) -> list[int]:
 
 def _plan_generate(spec, prompts: pl.DataFrame, cache, sample: int):
     """(row, expected completion tokens of one answer, [(messages, text)] of the sampled answers)."""
-    from pipeline.stages.generate import plan
-
-    planned = plan(prompts, [spec])
+    planned = generate.plan(prompts, [spec])
     requests = [r for _, _, r in planned]
     keys = cache_keys(spec, requests)
     sampled = []
@@ -217,8 +228,6 @@ def _pair_items(config: Config, run, prompts: pl.DataFrame, expected: dict) -> l
 
 
 def _plan_judge(spec, cfg, items: list[tuple], cache, sampled: list[tuple]) -> dict:
-    from pipeline.stages.judge import attempt_request, scoring_requests
-
     per_item = len(cfg.aspects) if cfg.scoring == "logprobs" else 1
     sampled_results = []
     if sampled and cache is not None:  # judge the sampled answers, as the judge stage will (the same requests)
@@ -242,8 +251,6 @@ def _plan_judge(spec, cfg, items: list[tuple], cache, sampled: list[tuple]) -> d
 
 
 def _plan_pairwise(spec, cfg, items: list[tuple], cache) -> dict:
-    from pipeline.stages.judge import attempt_request, pair_requests
-
     requests = [attempt_request(r, cfg, 0) for r in pair_requests(spec, [(m, a, b) for m, a, b, _, _ in items], cfg)]
     weights = [w for *_, w, _ in items for _ in range(2)]
     extra = [x for *_, x in items for _ in range(2)]
@@ -271,10 +278,6 @@ def _judge_row(stage, spec, requests, extra, weights, keys, hits, expected, basi
 
 
 def print_plan(plan: dict) -> None:
-    from rich.table import Table
-
-    from pipeline.core.progress import console
-
     kept = (
         "" if plan["prompts"] == plan["prompts_read"] else f" (of {plan['prompts_read']:,} read: dedup's target_size)"
     )

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from pipeline.core import registry
 from pipeline.core.errors import ConfigError, unreadable
 
 EMBEDDED_LLM = "embedded:smollm2"
@@ -94,20 +95,16 @@ class ModelSpec(Strict):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v):
-        from pipeline.core.registry import backend
-
         try:
-            backend(v)
+            registry.backend(v)
         except ConfigError as e:
             raise ValueError(f"{e.message}; {e.hint}") from None
         return v
 
     @model_validator(mode="after")
     def _check_backend(self):
-        from pipeline.core.registry import backend, backends
-
-        mine = backend(self.backend)
-        for name, other in backends().items():
+        mine = registry.backend(self.backend)
+        for name, other in registry.backends().items():
             for field in sorted(other.fields - mine.fields):
                 if getattr(self, field) != type(self).model_fields[field].default:
                     raise ValueError(
@@ -121,9 +118,7 @@ class ModelSpec(Strict):
     def on_backend(self, new: str, /, **update):
         """This model moved to the backend `new`, with `update` applied: the settings only its old backend reads go
         back to their defaults (the new one would refuse them)."""
-        from pipeline.core.registry import backend
-
-        dropped = backend(self.backend).fields - backend(new).fields
+        dropped = registry.backend(self.backend).fields - registry.backend(new).fields
         return type(self).model_validate({**self.model_dump(exclude=dropped), **update, "backend": new})
 
 
@@ -421,8 +416,6 @@ class Config(Strict):
 def config_model() -> type[Config]:
     """The root config model with one section per registered stage (pipeline/core/stage.py), validated by the
     stage's settings model: a package's stage brings its own section; a key no stage reads is refused."""
-    from pipeline.core import registry
-
     fields: dict = {}
     for stage in registry.stages().values():
         if stage.section and stage.settings:

@@ -21,8 +21,8 @@ config_option = click.option(
 
 def load_run_config(run_dir: str, config_path: str | None):
     """The config given, or the one the run was made with (its manifest snapshot)."""
-    from pipeline.core.config import config_model, load_config
-    from pipeline.core.store import open_run
+    from pipeline.core.config import config_model, load_config  # start-up: pydantic, yaml
+    from pipeline.core.store import open_run  # start-up: polars
 
     if config_path:
         config = load_config(config_path)
@@ -39,6 +39,8 @@ def load_run_config(run_dir: str, config_path: str | None):
 
 
 def stage_command(stage: str, config, run, **options) -> dict:
-    from pipeline.core.runner import run_step
+    from pipeline.core.runner import (  # start-up: polars, pydantic, rich.console, rich.progress, rich.table, yaml
+        run_step,
+    )
 
     return run_step(stage, config, run, **options)

@@ -38,7 +38,7 @@ def _load(group: str) -> dict:
 @cache
 def stages() -> "dict[str, Stage]":
     """stage name -> Stage, in pipeline order."""
-    from pipeline.core.stage import Stage  # here, not at the top: `prefab --help` reads the registry, not the stages
+    from pipeline.core.stage import Stage  # start-up: pipeline.core.stage (`prefab --help` reads no stage)
 
     found = _load("prefab.stages")
     for name, stage in found.items():

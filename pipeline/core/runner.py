@@ -12,7 +12,7 @@ from pipeline.core import registry
 from pipeline.core.cache import spending_limit
 from pipeline.core.config import Config
 from pipeline.core.errors import ConfigError
-from pipeline.core.progress import stage_lines, third_party_log
+from pipeline.core.progress import console, stage_lines, third_party_log
 from pipeline.core.store import Run
 
 
@@ -84,8 +84,6 @@ def run_pipeline(
         info = run.stage_info(stage)
         fresh = info.get("status") == "complete" and info.get("config_hash") == section_hash(config, stage)
         if fresh and not ran and not force and not (start and stage == start):
-            from pipeline.core.progress import console
-
             console.print(f"[dim]{stage}: complete, skipped[/dim]")
             continue
         run_step(stage, config, run)

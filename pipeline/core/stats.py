@@ -17,7 +17,7 @@ def wilson(successes: float, n: int, alpha: float = 0.05, digits: int | None = 4
     (None, None) for no trials. Rounded to `digits` places (None: unrounded)."""
     if n == 0:
         return None, None
-    from statsmodels.stats.proportion import proportion_confint
+    from statsmodels.stats.proportion import proportion_confint  # start-up: statsmodels
 
     low, high = proportion_confint(successes, n, alpha=alpha, method="wilson")
     if digits is None:

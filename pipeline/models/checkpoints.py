@@ -32,7 +32,7 @@ def load_tokenizer(
     `hint` says how to fix a tokenizer that does not load. With `chat`, a tokenizer without a chat template is
     refused, unless `chat_template_path` is to give it one: conversational data cannot be rendered without. A
     tokenizer without a pad token pads with its end-of-sequence token."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # start-up: transformers
 
     name = name or EMBEDDED_LLM
     path = resolve_llm(name)

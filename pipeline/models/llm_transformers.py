@@ -13,6 +13,8 @@ import time
 from pipeline.core.errors import ModelError
 from pipeline.models.backends import DEFAULT_MAX_TOKENS, Request, Result
 from pipeline.models.checkpoints import identity, load_tokenizer
+from pipeline.models.embedded import resolve_llm
+from pipeline.models.ray_cluster import connect, replica_device, run_batches
 
 
 class TransformersBackend:
@@ -25,12 +27,8 @@ class TransformersBackend:
     )
 
     def check(self, spec) -> None:
-        from pipeline.models.embedded import resolve_llm
-
         resolve_llm(spec.model)
         if spec.ray is not None:
-            from pipeline.models.ray_cluster import connect
-
             connect(spec.ray)  # an unreachable cluster fails here, before any work
 
     def run(self, spec, requests: list[Request], finish) -> None:
@@ -46,8 +44,6 @@ class TransformersBackend:
 
     def _run_on_ray(self, spec, requests: list[Request], finish) -> None:
         """The local run's batches, made here with the model's tokenizer and sent whole to the replicas."""
-        from pipeline.models.ray_cluster import replica_device, run_batches
-
         ids, batches = make_batches(load_tokenizer(spec.model, hint=TOKENIZER_HINT), requests, spec.batch_size)
 
         def done(k: int, results: list[Result]) -> None:
@@ -74,7 +70,7 @@ def make_batches(tokenizer, requests: list[Request], batch_size: int) -> tuple[l
 
 def answer_batch(loaded: tuple, ids: list[list[int]], requests: list[Request]) -> list[Result]:
     """One batch on a loaded (model, tokenizer, device); each row's latency is the batch's time shared by its rows."""
-    import torch
+    import torch  # start-up: torch
 
     model, tokenizer, device = loaded
     started = time.perf_counter()
@@ -104,16 +100,14 @@ _LOADED: dict[tuple[str, str, str], tuple[str | None, tuple]] = {}  # (path, dev
 def load_model(name: str, device: str | None = None, head: str = "AutoModelForCausalLM"):
     """(model, tokenizer, device), loaded once per process, device and head (transformers' Auto class: a reward
     model is an AutoModelForSequenceClassification), and again where a local checkpoint was retrained since."""
-    import torch
-
-    from pipeline.models.embedded import resolve_llm
+    import torch  # start-up: torch
 
     path = resolve_llm(name)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     key, stamp = (path, device, head), identity(path)
     if key not in _LOADED or _LOADED[key][0] != stamp:
-        import transformers
-        from transformers import AutoTokenizer
+        import transformers  # start-up: transformers
+        from transformers import AutoTokenizer  # start-up: transformers
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
@@ -132,7 +126,7 @@ def load_model(name: str, device: str | None = None, head: str = "AutoModelForCa
 
 
 def _generate_batch(model, tokenizer, device, ids: list[list[int]], requests: list[Request]) -> list[dict]:
-    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList  # start-up: transformers
 
     enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)
     width = enc["input_ids"].shape[1]
@@ -178,7 +172,7 @@ def _generate_batch(model, tokenizer, device, ids: list[list[int]], requests: li
 
 
 def _logprobs(tokenizer, logits, row: int, tokens: list[int], top: int) -> list[dict]:
-    import torch
+    import torch  # start-up: torch
 
     out = []
     for step, token in enumerate(tokens):
@@ -199,7 +193,7 @@ class _RowSampler:
     from the row's own seeded generator, so argmax draws from the row's distribution. Temperature 0 = greedy."""
 
     def __init__(self, requests: list[Request], device: str):
-        import torch
+        import torch  # start-up: torch
 
         temps = [1.0 if r.temperature is None else float(r.temperature) for r in requests]
         self.rows = [i for i, t in enumerate(temps) if t > 0]
@@ -213,7 +207,7 @@ class _RowSampler:
             self.generators.append(g)
 
     def __call__(self, input_ids, scores):
-        import torch
+        import torch  # start-up: torch
 
         if not self.rows:
             return scores
@@ -239,7 +233,7 @@ class _RowStop:
         self.tail = max((len(s) for row in stops for s in row), default=0) + 8
 
     def __call__(self, input_ids, scores, **kwargs):
-        import torch
+        import torch  # start-up: torch
 
         n = input_ids.shape[1] - self.width
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)

@@ -25,7 +25,7 @@ def connect(settings) -> None:
     """Join the cluster `settings.address` names, once per process. A Ray this process already joined (a script
     or notebook that called ray.init) is used as it is: that is also how `address: local` takes options."""
     global _joined
-    import ray
+    import ray  # start-up: ray
 
     if ray.is_initialized():
         if _joined is not None and settings.address != _joined:
@@ -87,7 +87,7 @@ class Replica:
 
     def __init__(self, load: Callable, args: tuple, threads: int | None):
         if threads:
-            import torch
+            import torch  # start-up: torch
 
             torch.set_num_threads(threads)  # the CPUs Ray gave this replica, not every core of the node
         try:
@@ -104,7 +104,7 @@ class Replica:
 def run_batches(settings, load: Callable, args: tuple, work: Callable, batches: list[tuple], done: Callable) -> None:
     """work(load(*args), *batches[k]) on the replicas, each batch whole; done(k, answer) in the driver as each
     returns (in finishing order). Two batches wait at each replica, so it never idles on the driver."""
-    import ray
+    import ray  # start-up: ray
 
     actors = _replicas(settings, load, args)
     pending: dict = {}
@@ -141,7 +141,7 @@ def run_batches(settings, load: Callable, args: tuple, work: Callable, batches: 
 def _replicas(settings, load: Callable, args: tuple) -> list:
     """The replicas for this model and these settings, started once per process (a different model's go first:
     they hold the GPUs these need)."""
-    import ray
+    import ray  # start-up: ray
 
     key = (load.__module__, load.__qualname__, args, settings.model_dump_json())
     if _pool.get("key") == key:
@@ -165,7 +165,7 @@ def _replicas(settings, load: Callable, args: tuple) -> list:
 
 def release() -> None:
     """Stop this process's replicas (their GPUs go back to the cluster); the Ray connection stays."""
-    import ray
+    import ray  # start-up: ray
 
     for actor in _pool.pop("actors", []):
         ray.kill(actor)

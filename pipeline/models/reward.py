@@ -13,12 +13,13 @@ import time
 from pipeline.core.cache import CallCache, request_key
 from pipeline.core.errors import ModelError
 from pipeline.models.checkpoints import identity, model_path
+from pipeline.models.llm_transformers import load_model
 
 
 def check_reward_model(path: str, name: str) -> None:
     """A reward model must say it is one: a ...ForSequenceClassification architecture with one label. A causal LM
     would load with a freshly initialised (random) head and give random scores without a word."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # start-up: transformers
 
     try:
         config = AutoConfig.from_pretrained(path)
@@ -39,8 +40,6 @@ def check_reward_model(path: str, name: str) -> None:
 
 def load(spec):
     """(model, tokenizer, device), once per process and device (pipeline/models/llm_transformers.py's loader)."""
-    from pipeline.models.llm_transformers import load_model
-
     check_reward_model(model_path(spec.model), spec.label)
     model, tokenizer, device = load_model(spec.model, spec.device, head="AutoModelForSequenceClassification")
     model.config.pad_token_id = tokenizer.pad_token_id  # where the model reads the last non-pad token
@@ -58,7 +57,7 @@ def encode(tokenizer, messages: list[dict], response: str, max_length: int) -> l
 def score_batches(model, tokenizer, device, ids: list[list[int]], batch_size: int, done=None) -> list[float]:
     """Rewards of tokenized texts, batched by length (right padding; the model finds each row's last token).
     done(indices, rewards) after each batch."""
-    import torch
+    import torch  # start-up: torch
 
     out: list[float] = [0.0] * len(ids)
     order = sorted(range(len(ids)), key=lambda j: len(ids[j]))
@@ -88,7 +87,7 @@ def reward_scores(
     spec, items: list[tuple[list[dict], str]], cache: CallCache, description: str, tick=None
 ) -> list[dict]:
     """{overall: reward, error} per (messages, response), from the cache where scored before; `tick` as call_llm's."""
-    from pipeline.models.llm import own_ticker
+    from pipeline.models.llm import own_ticker  # start-up: pydantic, rich.console, rich.progress, rich.table, yaml
 
     stamp = identity(spec.model) or model_path(spec.model)  # a local checkpoint's files; a hub name stands for itself
     keys = [

@@ -128,7 +128,7 @@ def main() -> None:
             if function:
                 result = namespace[function]()
                 if hasattr(result, "__await__"):  # async def test_...: run it, or it would pass unrun
-                    import asyncio
+                    import asyncio  # start-up: asyncio
 
                     asyncio.run(result)
             if kind == "test":

@@ -24,14 +24,15 @@ import polars as pl
 from numpy.typing import ArrayLike
 
 from pipeline.core.cache import run_cache
-from pipeline.core.config import CalibrateConfig, Config
+from pipeline.core.config import CalibrateConfig, Config, JudgeConfig, RewardModelSpec
 from pipeline.core.progress import summary
 from pipeline.core.schema import TABLES
 from pipeline.core.stage import Stage
 from pipeline.core.stats import wilson
 from pipeline.core.store import Run
-from pipeline.models.llm import check_spec
-from pipeline.stages.judge import judge_pairs
+from pipeline.models.llm import check_spec, ticker
+from pipeline.stages.gold import read_gold
+from pipeline.stages.judge import judge_pairs, score_candidates
 
 SIGNALS = ("margin", "pairwise", "ensemble")
 VALUE = {"chosen": 1.0, "tie": 0.5, "rejected": 0.0}
@@ -96,7 +97,7 @@ def pick_threshold(curve: list[dict], target: float) -> dict | None:
 
 def calibrator(confidence: ArrayLike, correct: ArrayLike) -> Callable[[ArrayLike], np.ndarray]:
     """confidence -> estimated probability the automatic label is right (isotonic regression on gold)."""
-    from sklearn.isotonic import IsotonicRegression
+    from sklearn.isotonic import IsotonicRegression  # start-up: sklearn
 
     model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
     model.fit(np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float))
@@ -193,8 +194,6 @@ def score_span(judge_cfg) -> float | None:
 def gold_calls(n_gold: int, judge_cfg) -> int:
     """Calls calibrate makes on n_gold pairs (before parse retries): both responses scored (one call per aspect with
     `scoring: logprobs`), and both orders judged pairwise."""
-    from pipeline.core.config import RewardModelSpec
-
     point = sum(
         1 if isinstance(s, RewardModelSpec) or judge_cfg.scoring == "json" else len(judge_cfg.aspects)
         for s in judge_cfg.scorers
@@ -205,8 +204,6 @@ def gold_calls(n_gold: int, judge_cfg) -> int:
 def judge_gold(gold: pl.DataFrame, judge_cfg, cache, tick=None) -> pl.DataFrame:
     """`gold_judgments`: every scorer's pointwise scores of both responses (LLM judges' rubric, or reward models)
     and every LLM judge's pairwise verdicts in both orders. `tick` (pipeline.models.llm.ticker) counts the calls."""
-    from pipeline.stages.judge import score_candidates
-
     chats = [[{"role": m["role"], "content": m["content"]} for m in msgs] for msgs in gold["messages"].to_list()]
     chosen, rejected = gold["chosen"].to_list(), gold["rejected"].to_list()
     pointwise = {spec.label: spec for spec in judge_cfg.scorers}
@@ -444,8 +441,6 @@ def calibration_table(gold: pl.DataFrame, judgments: pl.DataFrame, signals: pl.D
 
 def calibrate(gold: pl.DataFrame, judge_cfg, cache) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(gold_judgments, gold_signals, calibration) for the gold pairs; one progress display over every judge's calls."""
-    from pipeline.models.llm import ticker
-
     labels = ", ".join(
         dict.fromkeys(s.label for s in [*judge_cfg.scorers, *(judge_cfg.judges if judge_cfg.pairwise else [])])
     )
@@ -472,9 +467,6 @@ def headline(calibration: pl.DataFrame) -> dict:
 
 
 def step(config: Config, run: Run, **_) -> dict:
-    from pipeline.core.config import JudgeConfig
-    from pipeline.stages.gold import read_gold
-
     settings: CalibrateConfig = config.require(
         "calibrate",
         hint="no gold pairs to calibrate on: add a `calibrate: {gold: [FILE.jsonl]}` section or pass --gold FILE",

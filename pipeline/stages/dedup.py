@@ -48,7 +48,7 @@ def exact_duplicates(texts: list[str]) -> list[int | None]:
 def _index(vectors: np.ndarray, seed: int = 0):
     """Exact flat index for small n; beyond, an inverted file of ~CELL-vector lists with an HNSW coarse
     quantizer, trained on a fixed-size sample: building and searching grow about linearly with n."""
-    import faiss
+    import faiss  # start-up: faiss
 
     n, d = vectors.shape
     index: faiss.Index
@@ -96,7 +96,7 @@ def near_duplicates(vectors: np.ndarray, threshold: float, seed: int = 0) -> np.
 def kmeans(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(cluster id per row, unit centroids), 0 the largest cluster. scikit-learn's k-means++ with a few
     restarts: a single random start (faiss) splits small topic sets badly."""
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # start-up: sklearn
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     k = min(k, len(vectors))
@@ -185,7 +185,7 @@ def dedup_prompts(
 
     cluster: list[int] | None = None  # each prompt's topic, where clustering ran
     if cfg.clusters and vectors is not None and free:
-        import faiss
+        import faiss  # start-up: faiss
 
         labels, centroids = kmeans(vectors[free], cfg.clusters, cfg.seed)
         # every prompt, copies included, gets the topic of its nearest centroid

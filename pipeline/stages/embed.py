@@ -22,10 +22,14 @@ import polars as pl
 from pipeline.core.config import EMBEDDED_EMBEDDER, Config, EmbedConfig
 from pipeline.core.errors import ModelError
 from pipeline.core.progress import summary
+from pipeline.core.queries import active_prompts, answered
 from pipeline.core.schema import TABLES, empty
 from pipeline.core.stage import Stage
-from pipeline.core.store import Run
+from pipeline.core.store import Run, TableParts
 from pipeline.models.checkpoints import identity, local_fingerprints
+from pipeline.models.embedded import resolve_embedder
+from pipeline.models.llm import own_ticker, ticker
+from pipeline.models.ray_cluster import replica_device, run_batches
 
 VECTOR_CACHE = "vectors.sqlite"
 CHUNK = 2048  # texts encoded between cache writes (and progress updates)
@@ -89,9 +93,7 @@ def load_model(model: str = EMBEDDED_EMBEDDER, device: str | None = None):
 
 @functools.lru_cache(maxsize=4)
 def _load_model(model: str, device: str | None, stamp: str | None):
-    from sentence_transformers import SentenceTransformer
-
-    from pipeline.models.embedded import resolve_embedder
+    from sentence_transformers import SentenceTransformer  # start-up: sentence_transformers
 
     path = resolve_embedder(model)
     try:
@@ -117,8 +119,6 @@ def embed_texts(
     """Normalised float32 vectors, one row per text; cached texts are not encoded again (nor the model loaded).
     With `ray` (a RayConfig) the chunks are encoded by replicas on a Ray cluster, and cached here as they return.
     A stage embedding in parts passes its progress `tick` (pipeline.models.llm.ticker) for one bar over all of them."""
-    from pipeline.models.llm import own_ticker
-
     hashes = [text_hash(t) for t in texts]
     cache = VectorCache(Path(cache_dir) / VECTOR_CACHE) if cache_dir is not None else None
     key = cache_name(model)
@@ -146,8 +146,6 @@ def embed_texts(
                     chunk = order[i : i + CHUNK]
                     keep(chunk, encode(st, [todo[h] for h in chunk], batch_size))
             else:
-                from pipeline.models.ray_cluster import replica_device, run_batches
-
                 size = max(batch_size, min(CHUNK, -(-len(order) // ray.replicas)))  # every replica gets work
                 chunks = [order[i : i + size] for i in range(0, len(order), size)]
                 run_batches(
@@ -267,10 +265,6 @@ def cluster_stats(clusters: list[int | None] | pl.Series, covered: list[int | No
 def step(config: Config, run: Run, **_) -> dict:
     """Embed prompts and their candidates part by part (embed.part_size prompts), writing embeddings and
     candidate_scores in parts; the Vendi score is summed over parts as X^T X, so no part holds every vector."""
-    from pipeline.core.queries import active_prompts, answered
-    from pipeline.core.store import TableParts
-    from pipeline.models.llm import ticker
-
     cfg = config.require("embed")
     model = cfg.model
     candidates = answered(run.scan("candidates") if run.has("candidates") else empty("candidates").lazy())

@@ -15,7 +15,7 @@ import polars as pl
 
 from pipeline.core.cache import CallCache, run_cache
 from pipeline.core.config import Config, GenerateConfig, GeneratorSpec
-from pipeline.core.progress import summary
+from pipeline.core.progress import console, summary
 from pipeline.core.queries import active_prompts
 from pipeline.core.schema import TABLES
 from pipeline.core.stage import Stage
@@ -214,8 +214,6 @@ def step(config: Config, run: Run, retry_failed: bool = False) -> dict:
             **counts,
         )
     if counts["failed"]:
-        from pipeline.core.progress import console
-
         console.print(
             f"[yellow]{counts['failed']} failed call(s) recorded with their error; "
             f"`prefab generate --run {run.path} --retry-failed` calls them again[/yellow]"

@@ -24,6 +24,7 @@ from pipeline.core.progress import console, summary
 from pipeline.core.prompts import BadRow, prompt_messages
 from pipeline.core.stage import Stage
 from pipeline.core.store import Run, TableParts, normalize_messages, prompt_id
+from pipeline.sandbox.bwrap import validate_tests
 
 CATEGORY_COLUMNS = ["category", "topic", "task"]
 ANSWER_COLUMNS = [
@@ -336,7 +337,7 @@ def check_utf8(path: Path) -> None:
 
 
 def read_hf(source, cfg: IngestConfig):
-    import datasets
+    import datasets  # start-up: datasets
 
     try:
         if isinstance(source, str):
@@ -399,9 +400,6 @@ def reference_answer(record: dict, cfg: IngestConfig) -> str | None:
 def code_tests(record: dict, cfg: IngestConfig) -> str | None:
     """The row's Python tests (asserts or test_* functions), checked to compile here: a broken test is the input's
     fault, named by its line, not a failure charged to every candidate later."""
-    from pipeline.core.errors import InputError
-    from pipeline.sandbox.bwrap import validate_tests
-
     column = cfg.tests_column or next((c for c in TESTS_COLUMNS if c in record), None)
     if not column:
         return None

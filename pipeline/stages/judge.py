@@ -28,15 +28,16 @@ import polars as pl
 from pydantic import BaseModel, ValidationError
 
 from pipeline.core.cache import run_cache
-from pipeline.core.config import Config, JudgeConfig
+from pipeline.core.config import Config, JudgeConfig, RewardModelSpec
 from pipeline.core.progress import console, summary
 from pipeline.core.queries import answered, messages_of
 from pipeline.core.registry import backend
 from pipeline.core.schema import TABLES, empty
 from pipeline.core.stage import Stage
-from pipeline.core.store import Run
+from pipeline.core.store import Run, TableParts, content_id
 from pipeline.models.checkpoints import local_fingerprints
-from pipeline.models.llm import Request, Result, call_llm, check_spec
+from pipeline.models.llm import Request, Result, call_llm, check_spec, part_size, ticker
+from pipeline.models.reward import reward_scores
 
 DEFAULT_DESCRIPTIONS = {  # after UltraFeedback's annotation guidelines
     "helpfulness": "Does it fulfil the task: correct, informative, useful, at the right level of detail?",
@@ -543,11 +544,7 @@ def same_model_warning(config) -> list[str]:
 def score_candidates(spec, items: list[tuple[list[dict], str]], cfg, cache, tick=None) -> list[dict]:
     """Pointwise scores of (messages, response) items by one scorer: an LLM judge's rubric, or a reward model's
     reward."""
-    from pipeline.core.config import RewardModelSpec
-
     if isinstance(spec, RewardModelSpec):
-        from pipeline.models.reward import reward_scores
-
         return [
             {"aspects": [], "overall": r["overall"], "rationale": None, "raw": None, "error": r["error"]}
             for r in reward_scores(spec, items, cache, f"reward {spec.label}", tick)
@@ -589,10 +586,6 @@ def step(config: Config, run: Run, **_) -> dict:
     if not cfg.reward_models:
         for spec in cfg.judges:
             check_spec(spec)
-    from pipeline.core.config import RewardModelSpec
-    from pipeline.core.store import TableParts, content_id
-    from pipeline.models.llm import part_size, ticker
-
     per_item = [
         1 if isinstance(spec, RewardModelSpec) or cfg.scoring == "json" else len(cfg.aspects) for spec in cfg.scorers
     ]

@@ -26,9 +26,12 @@ import polars as pl
 from pipeline.core.config import Config, PairConfig
 from pipeline.core.errors import RunError
 from pipeline.core.progress import summary
+from pipeline.core.queries import active_prompts, candidate_scores
+from pipeline.core.schema import TABLES
 from pipeline.core.stage import Stage
 from pipeline.core.stats import series_mean
 from pipeline.core.store import Run, content_id, pair_id
+from pipeline.stages.embed import embed_model
 
 EPS = 1e-9
 VERIFIED = "verified"  # the strategy of a pair decided by the verifier
@@ -174,8 +177,6 @@ def build_pairs(
     """The pairs table (route columns empty) from candidates, their scores (candidate_id, score) and,
     optionally, candidate vectors (for similarity). prompt_ids limits and orders the prompts. With verifications
     and a verify config whose mode is not off, verified pairs first (see the module docstring)."""
-    from pipeline.core.schema import TABLES
-
     joined = (
         candidates.filter(pl.col("text").is_not_null())
         .join(scores.select("candidate_id", "score"), on="candidate_id", how="inner")
@@ -226,9 +227,6 @@ def candidate_vectors(run, model: str | None = None) -> dict[str, np.ndarray]:
 
 
 def step(config: Config, run: Run, **_) -> dict:
-    from pipeline.core.queries import active_prompts, candidate_scores
-    from pipeline.stages.embed import embed_model
-
     cfg = config.require("pair")
     candidates = run.read("candidates")
     verify = config.verify

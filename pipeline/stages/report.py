@@ -26,8 +26,10 @@ from datetime import UTC, datetime
 
 import polars as pl
 
+from pipeline.core import registry
 from pipeline.core.config import Config
 from pipeline.core.progress import console
+from pipeline.core.queries import active_prompts
 from pipeline.core.stage import Stage
 from pipeline.core.stats import series_mean
 from pipeline.core.store import Run, atomic_write_text
@@ -41,7 +43,7 @@ COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA
 def figure(ncols: int = 1, width: float = 6.0, height: float = 3.2):
     """A matplotlib figure with ncols axes side by side: a plain Figure, no pyplot (no display, no global state,
     and a third less import time for `prefab report`)."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # start-up: matplotlib
 
     fig = Figure(figsize=(width * ncols, height))
     axes = fig.subplots(1, ncols, squeeze=False)
@@ -134,8 +136,6 @@ def overview_section(run: Run) -> str | None:
 def prompts_section(run: Run) -> str | None:
     if not run.has("prompts"):
         return None
-    from pipeline.core.queries import active_prompts
-
     prompts = run.read("prompts")
     active = active_prompts(prompts)
     reasons = (
@@ -567,8 +567,6 @@ STYLE = (
 
 
 def all_sections() -> list:
-    from pipeline.core import registry
-
     return SECTIONS + registry.report_sections()
 
 

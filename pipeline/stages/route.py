@@ -35,12 +35,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from pipeline.core.cache import run_cache
 from pipeline.core.config import Config, RouteConfig
 from pipeline.core.progress import console, summary
 from pipeline.core.queries import messages_of
+from pipeline.core.schema import TABLES, empty
 from pipeline.core.stage import Stage
 from pipeline.core.stats import series_mean
-from pipeline.core.store import Run, content_id
+from pipeline.core.store import Run, TableParts, content_id
+from pipeline.models.llm import part_size, ticker
 from pipeline.stages.calibrate import (
     SIGNALS,
     calibrated_draws,
@@ -51,6 +54,7 @@ from pipeline.stages.calibrate import (
     score_span,
     support,
 )
+from pipeline.stages.judge import judge_pairs
 from pipeline.stages.pair import VERIFIED, is_verified, wrong_statuses
 
 DROPPED = "dropped"  # the route of a pair that is neither labeled automatically nor by people
@@ -271,9 +275,6 @@ def pairwise_table(
     pairs: pl.DataFrame, candidates: pl.LazyFrame, prompts: pl.LazyFrame, judge_cfg, cache, tick=None
 ) -> pl.DataFrame:
     """pair_judgments for these pairs and every pairwise judge; only these pairs' texts and messages are read."""
-    from pipeline.core.schema import TABLES
-    from pipeline.stages.judge import judge_pairs
-
     ids = pl.concat([pairs["chosen_id"], pairs["rejected_id"]]).unique().implode()
     text = dict(
         candidates.filter(pl.col("candidate_id").is_in(ids)).select("candidate_id", "text").collect().iter_rows()
@@ -301,10 +302,6 @@ def pairwise_table(
 def judge_pairs_in_parts(run, pairs: pl.DataFrame, judge_cfg) -> pl.DataFrame:
     """pairwise_table part by part (judge.part_size pairs), each part written as it is done and skipped on restart,
     then the parts as the pair_judgments table."""
-    from pipeline.core.cache import run_cache
-    from pipeline.core.store import TableParts, content_id
-    from pipeline.models.llm import part_size, ticker
-
     prompts, candidates = run.scan("prompts"), run.scan("candidates")
     per_pair = 2 * len(judge_cfg.judges)
     settings = judge_cfg.model_dump(mode="json")
@@ -353,8 +350,6 @@ def pairwise_stats(pair_judgments: pl.DataFrame) -> dict:
 
 
 def step(config: Config, run: Run, **_) -> dict:
-    from pipeline.core.schema import empty
-
     cfg = config.require("route")
     pairs = run.read("pairs")
     judgments = run.read_or_empty("judgments")

@@ -39,6 +39,7 @@ from pipeline.core.queries import active_prompts
 from pipeline.core.schema import TABLES
 from pipeline.core.stage import Stage
 from pipeline.core.store import Run, content_id
+from pipeline.sandbox.bwrap import Limits, run_many
 
 SANDBOX_VERSION = "1"  # part of a code check's key: bump when the sandbox's verdicts change
 CHUNK = 256  # candidates checked between two writes of the table
@@ -49,8 +50,8 @@ REFERENCE_HINT = "write it as a number, a fraction or LaTeX in $...$ (e.g. 3/4, 
 def parse_reference(reference: str, timeout_s: int) -> tuple[list | None, str | None]:
     """(parsed reference, None), or (None, what is wrong with it). No fallback to the raw string: a reference that
     math-verify cannot read as math would otherwise match only the same characters."""
-    from math_verify import parse
-    from math_verify.errors import TimeoutException
+    from math_verify import parse  # start-up: math_verify
+    from math_verify.errors import TimeoutException  # start-up: math_verify
 
     try:
         parsed = parse(reference, fallback_mode="no_fallback", parsing_timeout=timeout_s, raise_on_error=True)
@@ -66,15 +67,15 @@ def parse_reference(reference: str, timeout_s: int) -> tuple[list | None, str | 
 def extraction() -> list:
     """Where a final answer is looked for in a response: \\boxed{} first, then "final answer is" and the like, then the
     last LaTeX or plain expression (math-verify's own extraction; we add no rules)."""
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig  # start-up: math_verify
 
     return [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
 
 
 def check(gold: list, text: str, timeout_s: int = 5, float_rounding: int = 6) -> dict:
     """One response against a parsed reference: {status, answer, error}."""
-    from math_verify import parse, verify
-    from math_verify.errors import TimeoutException
+    from math_verify import parse, verify  # start-up: math_verify
+    from math_verify.errors import TimeoutException  # start-up: math_verify
 
     try:
         answer = parse(text, extraction_config=extraction(), parsing_timeout=timeout_s, raise_on_error=True)
@@ -146,8 +147,6 @@ def extract_code(text: str) -> str:
 def run_code(items: list[tuple[str, str]], cfg) -> list[dict]:
     """(tests, text) -> {status, answer, reference, error, score}: the code of each text against its tests in the
     sandbox."""
-    from pipeline.sandbox.bwrap import Limits, run_many
-
     limits = Limits(wall_s=cfg.code_wall_s, cpu_s=cfg.code_cpu_s, memory_mb=cfg.code_memory_mb)
     results = run_many([(extract_code(text), tests) for tests, text in items], workers=cfg.code_workers, limits=limits)
     return [

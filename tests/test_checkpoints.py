@@ -60,6 +60,14 @@ def retrain_in_place(path: Path, seed: int) -> None:
     model.save_pretrained(path)
 
 
+def write_config(tmp_path: Path, prompts: Path, stages: list[str], **sections) -> Path:
+    """A run config in tmp_path: its run directory, the stages, ingest reading `prompts`, and `sections`."""
+    config = tmp_path / "config.yaml"
+    body = {"run": str(tmp_path / "run"), "stages": stages, "ingest": {"paths": [str(prompts)]}, **sections}
+    config.write_text(json.dumps(body))
+    return config
+
+
 def greedy(path: Path, max_tokens: int) -> str:
     """The answer transformers' own generate gives: what the backend must give at temperature 0."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -98,17 +106,7 @@ def _retrained_in_place(tmp_path, prefab):
         "n": 1,
         "max_tokens": 6,
     }
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "run": str(tmp_path / "run"),
-                "stages": ["ingest", "generate"],
-                "ingest": {"paths": [str(prompts)]},
-                "generate": {"generators": [gen]},
-            }
-        )
-    )
+    config = write_config(tmp_path, prompts, ["ingest", "generate"], generate={"generators": [gen]})
     run = Run(tmp_path / "run")
 
     result = prefab("run", config)
@@ -214,17 +212,8 @@ def test_an_embedder_retrained_in_place_encodes_again(tmp_path, prefab, monkeypa
     prompts = tmp_path / "prompts.jsonl"
     texts = ["Name a colour.", "Write a haiku about rain.", "What is 2 + 2?"]
     prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "run": str(tmp_path / "run"),
-                "stages": ["ingest", "dedup"],
-                "ingest": {"paths": [str(prompts)]},
-                "dedup": {"semantic": True, "clusters": 2},
-                "embed": {"model": str(embedder)},
-            }
-        )
+    config = write_config(
+        tmp_path, prompts, ["ingest", "dedup"], dedup={"semantic": True, "clusters": 2}, embed={"model": str(embedder)}
     )
     run = Run(tmp_path / "run")
     result = prefab("run", config)

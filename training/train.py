@@ -20,7 +20,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline.commands.cli import cli
-from pipeline.core.config import EMBEDDED_LLM, Config, ModelSpec, _line_of
+from pipeline.core.config import EMBEDDED_LLM, Config, ModelSpec, line_of
 from pipeline.core.errors import ConfigError, InputError, RunError, unreadable
 from pipeline.core.stage import Stage
 from pipeline.core.store import Run, atomic_write_text
@@ -125,7 +125,7 @@ def load_train_config(method: str, config_path: str | Path | None = None, overri
     merged: dict = {}
     for source, values in ((str(path), data), ("--set", overrides or {})):
         for key, value in values.items():
-            where = f"{path}:{_line_of(node, [key])}" if source != "--set" else "--set"
+            where = f"{path}:{line_of(node, [key])}" if source != "--set" else "--set"
             if key not in valid:
                 close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
                 raise ConfigError(

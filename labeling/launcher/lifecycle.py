@@ -10,6 +10,7 @@ import subprocess
 import time
 import warnings
 from pathlib import Path
+from urllib.error import URLError
 
 from labeling.launcher import accounts, bootstrap, processes
 from pipeline.core.errors import LabelingError
@@ -108,13 +109,13 @@ def _setup(python: Path, env: dict, home: Path, demo: bool) -> dict | None:
 
 
 def _health(url: str, api_key: str | None, timeout: float = 2) -> bool:
-    import urllib.request  # start-up: urllib.request (http.client, ssl), else loaded by every prefab command
+    from urllib.request import Request, urlopen  # start-up: urllib.request
 
-    request = urllib.request.Request(url.rstrip("/") + "/api/v1/status", headers={"X-Argilla-Api-Key": api_key or ""})
+    request = Request(url.rstrip("/") + "/api/v1/status", headers={"X-Argilla-Api-Key": api_key or ""})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urlopen(request, timeout=timeout) as response:
             return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
+    except (URLError, OSError, ValueError):
         return False
 
 

@@ -7,6 +7,7 @@ Argilla's own app, migration command or rq worker, unmodified.
 """
 
 import argparse
+import asyncio
 import os
 import socket
 import sys
@@ -38,8 +39,6 @@ def prepare() -> None:
 def setup() -> None:
     """One process for what `labeling up` needs before starting (importing argilla_server takes seconds):
     Argilla's own migration command, our indexes, and the owner account when PREFAB_OWNER_* are set."""
-    import asyncio  # start-up: asyncio
-
     from argilla_server.cli.database.migrate import migrate_db  # start-up: argilla_server.cli
 
     migrate_db(revision="head")

@@ -110,7 +110,7 @@ def plan_command(config_path, run_dir, sample, as_json):
     """Estimate a run's calls, tokens and cost per stage and model, and what the call cache already holds, before
     spending."""
     from pipeline.commands.plan import (  # start-up: polars, pydantic, rich.console, rich.progress, rich.table, yaml
-        plan_command,
+        plan_with_cache,
         print_plan,
     )
     from pipeline.core.config import load_config  # start-up: pydantic, yaml
@@ -118,7 +118,7 @@ def plan_command(config_path, run_dir, sample, as_json):
     config = load_config(config_path)
     if run_dir:
         config.run = run_dir
-    result = plan_command(config, sample)
+    result = plan_with_cache(config, sample)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

@@ -40,7 +40,7 @@ def token_counter(spec):
     return (lambda conversations: [len(ids) for ids in chat_token_ids(tokenizer, conversations)]), "tokenizer"
 
 
-def plan_command(config: Config, sample: int = 0) -> dict:
+def plan_with_cache(config: Config, sample: int = 0) -> dict:
     """`prefab plan`: plan_run with the run's call cache where there is one (or where `sample` calls are to be made
     and kept), under the config's spending limit. A plan alone creates nothing in the run directory."""
     cache = run_cache(config.run) if sample or (Path(config.run) / "cache.sqlite").exists() else None

@@ -475,7 +475,7 @@ def _config_error(path: Path, node, error: ValidationError) -> ConfigError:
         if err["type"] == "missing" and (tuple(loc[:-1]), loc[-1]) in typos:
             continue
         key = ".".join(str(p) for p in loc)
-        line = _line_of(node, loc)
+        line = line_of(node, loc)
         first_line = first_line or line
         where = f"line {line}, " if line else ""
         if err["type"] == "extra_forbidden":
@@ -503,7 +503,7 @@ def _config_error(path: Path, node, error: ValidationError) -> ConfigError:
     )
 
 
-def _line_of(node, loc) -> int | None:
+def line_of(node, loc) -> int | None:
     """1-based line of the YAML node at loc (or of its closest existing parent)."""
     line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
@@ -554,7 +554,7 @@ def _check_secrets(config: Config, path: Path, node) -> None:
         for i, spec in enumerate(specs or []):
             env = spec.api_key_env
             if env and (env.startswith("sk-") or len(env) > 64):
-                line = _line_of(node, [section, "generators" if section == "generate" else "judges", i, "api_key_env"])
+                line = line_of(node, [section, "generators" if section == "generate" else "judges", i, "api_key_env"])
                 raise ConfigError(
                     f"{section}[{i}].api_key_env looks like a key itself, not a variable name",
                     where=f"{path}:{line}",

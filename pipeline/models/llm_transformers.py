@@ -57,6 +57,7 @@ class TransformersBackend:
             answer_batch,
             [([ids[j] for j in batch], [requests[j] for j in batch]) for batch in batches],
             done,
+            stamp=identity(resolve_llm(spec.model)),
         )
 
 

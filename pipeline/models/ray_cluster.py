@@ -101,12 +101,22 @@ class Replica:
         return work(self.model, *args)
 
 
-def run_batches(settings, load: Callable, args: tuple, work: Callable, batches: list[tuple], done: Callable) -> None:
+def run_batches(
+    settings,
+    load: Callable,
+    args: tuple,
+    work: Callable,
+    batches: list[tuple],
+    done: Callable,
+    stamp: str | None = None,
+) -> None:
     """work(load(*args), *batches[k]) on the replicas, each batch whole; done(k, answer) in the driver as each
-    returns (in finishing order). Two batches wait at each replica, so it never idles on the driver."""
+    returns (in finishing order). Two batches wait at each replica, so it never idles on the driver. `stamp` is
+    what the model's files are now (pipeline/models/checkpoints.py): a local model retrained in place gets new
+    replicas instead of the ones holding its old weights."""
     import ray  # start-up: ray
 
-    actors = _replicas(settings, load, args)
+    actors = _replicas(settings, load, args, stamp)
     pending: dict = {}
     queue = iter(enumerate(batches))
 
@@ -138,12 +148,12 @@ def run_batches(settings, load: Callable, args: tuple, work: Callable, batches: 
         ) from None
 
 
-def _replicas(settings, load: Callable, args: tuple) -> list:
-    """The replicas for this model and these settings, started once per process (a different model's go first:
-    they hold the GPUs these need)."""
+def _replicas(settings, load: Callable, args: tuple, stamp: str | None) -> list:
+    """The replicas for this model, its files and these settings, started once per process (a different model's go
+    first: they hold the GPUs these need)."""
     import ray  # start-up: ray
 
-    key = (load.__module__, load.__qualname__, args, settings.model_dump_json())
+    key = (load.__module__, load.__qualname__, args, stamp, settings.model_dump_json())
     if _pool.get("key") == key:
         return _pool["actors"]
     release()

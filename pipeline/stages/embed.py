@@ -155,6 +155,7 @@ def embed_texts(
                     encode,
                     [([todo[h] for h in chunk], batch_size) for chunk in chunks],
                     lambda k, vecs: keep(chunks[k], vecs),
+                    stamp=identity(model),
                 )
     if cache:
         cache.close()

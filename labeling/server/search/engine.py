@@ -19,9 +19,9 @@ from argilla_server.search_engine import (
 )
 from sqlalchemy import Text, and_, cast, func, literal, select, true
 
+from . import filters
 from .dialects import Context, db_engine, dialect, rank
-from .filters import answered_by, count, order_by, sort_key, sortable, split_pending_user, where
-from .query import expand_fuzzy, field_text, has_fuzzy, parse_query, query_matches, required_terms, tokenize
+from .query import expand_fuzzy, has_fuzzy, parse_query, query_matches, required_terms, tokenize, value_text
 from .scoring import dataset_stats, score
 
 ENGINE_NAME = "prefab-sql"
@@ -158,25 +158,26 @@ class SQLSearchEngine(SearchEngine):
             query = TextQuery(q=query)
         async with db_engine().connect() as conn:
             ctx = Context(conn, dataset)
-            keys = [await sort_key(ctx, order) for order in sort or []]
+            keys = [await filters.sort_key(ctx, order) for order in sort or []]
             seed = f"{user_id}:{dataset.id}" if user_id else None
             if query is not None:  # a blank text matches nothing, as in ES
-                condition = and_(Record.dataset_id == dataset.id, await where(ctx, filter) if filter else true())
+                matching = await filters.where(ctx, filter) if filter else true()
+                condition = and_(Record.dataset_id == dataset.id, matching)
                 return await self._text_search(ctx, query, condition, keys, sort or [], seed, offset, limit)
 
-            pending_user, others = split_pending_user(filter)
-            where_a = and_(Record.dataset_id == dataset.id, *[await where(ctx, f) for f in others])
-            condition = and_(where_a, ~answered_by(pending_user)) if pending_user else where_a
+            pending_user, others = filters.split_pending_user(filter)
+            where_a = and_(Record.dataset_id == dataset.id, *[await filters.where(ctx, f) for f in others])
+            condition = and_(where_a, ~filters.answered_by(pending_user)) if pending_user else where_a
             if seed and not sort:
                 ordering = [ctx.d.rank(seed), Record.id]
             else:
-                ordering = order_by(keys, sort or []) + [Record.inserted_at.asc(), Record.id.asc()]
+                ordering = filters.order_by(keys, sort or []) + [Record.inserted_at.asc(), Record.id.asc()]
             ids = (
                 (await conn.execute(select(Record.id).where(condition).order_by(*ordering).offset(offset).limit(limit)))
                 .scalars()
                 .all()
             )
-            total = await count(conn, where_a, pending_user)
+            total = await filters.count(conn, where_a, pending_user)
         return SearchResponses(
             items=[SearchResponseItem(record_id=rid, score=None if sort else 1.0) for rid in ids], total=total
         )
@@ -212,7 +213,7 @@ class SQLSearchEngine(SearchEngine):
 
         matched = []
         for row in rows:
-            doc = {name: tokenize(field_text(kind, (row.fields or {}).get(name))) for name, kind in searched.items()}
+            doc = {name: tokenize(value_text(kind, (row.fields or {}).get(name))) for name, kind in searched.items()}
             if query_matches(node, doc):
                 matched.append((row, doc))
         if not matched:
@@ -230,7 +231,7 @@ class SQLSearchEngine(SearchEngine):
             for i, order in reversed(list(enumerate(sort))):
                 present = [r for r in rows if getattr(r, f"k{i}") is not None]
                 missing = [r for r in rows if getattr(r, f"k{i}") is None]
-                present.sort(key=lambda r: sortable(getattr(r, f"k{i}")), reverse=order.order == SortOrder.desc)
+                present.sort(key=lambda r: filters.sortable(getattr(r, f"k{i}")), reverse=order.order == SortOrder.desc)
                 rows = present + missing
         else:
             rows.sort(key=lambda r: scores[r.id], reverse=True)
@@ -312,7 +313,8 @@ class SQLSearchEngine(SearchEngine):
             allowed = None
             if filter is not None or query is not None:
                 ctx = Context(conn, dataset)
-                condition = and_(Record.dataset_id == dataset.id, await where(ctx, filter) if filter else true())
+                matching = await filters.where(ctx, filter) if filter else true()
+                condition = and_(Record.dataset_id == dataset.id, matching)
                 if query is not None:
                     rows, _ = await self._text_matches(ctx, query, condition)
                     allowed = [r.id for r in rows]

@@ -270,7 +270,8 @@ def required_terms(node) -> list[str]:
     return []
 
 
-def field_text(field_type: str, value: Any) -> str:
+def value_text(field_type: str, value: Any) -> str:
+    """The searchable text of a record's field value: a chat's roles and turns, nothing of an image."""
     if value is None:
         return ""
     if field_type == "chat" and isinstance(value, list):

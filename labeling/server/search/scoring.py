@@ -13,7 +13,7 @@ from argilla_server.models import Record
 from sqlalchemy import func, select
 
 from .dialects import Context
-from .query import field_text, query_matches, tokenize
+from .query import query_matches, tokenize, value_text
 
 
 def bm25(tf: int, dl: int, avgdl: float, df: int, n: int, k1: float = 1.2, b: float = 0.75) -> float:
@@ -104,6 +104,6 @@ async def dataset_stats(ctx: Context) -> dict[str, FieldStats]:
     query = select(Record.fields).where(of_dataset, *([Record.inserted_at > since] if since is not None else []))
     result = await ctx.conn.stream(query.execution_options(yield_per=1000))
     async for row in result:
-        count_fields(stats, {name: tokenize(field_text(kind, (row.fields or {}).get(name))) for name, kind in searched})
+        count_fields(stats, {name: tokenize(value_text(kind, (row.fields or {}).get(name))) for name, kind in searched})
     _stats_cache[ctx.dataset_id] = (fingerprint, stats)
     return stats

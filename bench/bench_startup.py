@@ -65,6 +65,10 @@ def main() -> list[dict]:
             rows = []
             runs = {}
             envs = {"base": own_entry_points(base_tree, Path(tmp) / "base-entry-points"), "head": None}
+            for tree in (base_tree, ROOT):  # both sides start from fresh bytecode, as an installed copy does (with
+                # PYTHONDONTWRITEBYTECODE set, a fresh worktree would otherwise compile every module on every run)
+                packages = [p for p in ("pipeline", "labeling", "training") if (tree / p).is_dir()]
+                subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], cwd=tree, check=True)
             for label, tree in (("base", base_tree), ("head", ROOT)):  # each side reads a run its own code wrote
                 runs[label] = Path(tmp) / f"run-{label}"
                 subprocess.run(

@@ -38,10 +38,10 @@ def imports_of(path: Path, modules: dict) -> set[str]:
         if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
         for n in ast.walk(block)
     }
-    found = set()
+    package, found = package_of(path), set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in typing_only:
-            found.update(n for n in imported_names(node, package_of(path)) if n in modules)
+            found.update(n for n in imported_names(node, package) if n in modules)
     return found
 
 
@@ -264,9 +264,16 @@ def test_a_function_local_import_defers_something_slow_and_says_so():
     that loads one at import) that the module does not load already, and carries a `# start-up:` comment. Any other
     belongs at the top of the module."""
     modules = project_modules()
-    package_of = {n: n if p.name == "__init__.py" else n.rpartition(".")[0] for n, p in modules.items()}
-    trees = {name: ast.parse(path.read_text()) for name, path in modules.items()}
+    sources = {name: path.read_text() for name, path in modules.items()}
+    trees = {name: ast.parse(source) for name, source in sources.items()}
     loads: dict[str, set[str]] = {}
+
+    def loaded_by(node, name: str) -> set[str]:
+        """The slow packages an import statement in module `name` loads."""
+        found = set()
+        for target in imported_names(node, package_of(modules[name])):
+            found |= heavy(target) | (slow(target) if target in modules else set())
+        return found
 
     def slow(name: str) -> set[str]:
         """The slow packages a project module loads when imported (itself, its parents, what they import)."""
@@ -275,14 +282,13 @@ def test_a_function_local_import_defers_something_slow_and_says_so():
             parent = name.rpartition(".")[0]
             found = set(slow(parent)) if parent in modules else set()
             for node in module_level_imports(trees[name]):
-                for target in imported_names(node, package_of[name]):
-                    found |= heavy(target) | (slow(target) if target in modules else set())
+                found |= loaded_by(node, name)
             loads[name] = found
         return loads[name]
 
     wrong = []
     for name, path in modules.items():
-        lines = path.read_text().splitlines()
+        lines = sources[name].splitlines()
         already = slow(name)
         for fn in ast.walk(trees[name]):
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -290,19 +296,17 @@ def test_a_function_local_import_defers_something_slow_and_says_so():
             for node in ast.walk(fn):
                 if not isinstance(node, (ast.Import, ast.ImportFrom)):
                     continue
-                deferred = set()
-                for target in imported_names(node, package_of[name]):
-                    deferred |= heavy(target) | (slow(target) if target in modules else set())
+                deferred = loaded_by(node, name) - already
                 where = f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}"
-                if not deferred - already:
+                line = lines[node.lineno - 1]
+                if not deferred:
                     wrong.append(f"{where}: loads nothing slow the module has not loaded; import it at the top")
-                elif "# start-up:" not in lines[node.lineno - 1]:
-                    wrong.append(f"{where}: say what it defers, `# start-up: {', '.join(sorted(deferred - already))}`")
+                elif "# start-up:" not in line:
+                    wrong.append(f"{where}: say what it defers, `# start-up: {', '.join(sorted(deferred))}`")
                 else:
-                    said = lines[node.lineno - 1].split("# start-up:")[1].split("(")[0]
-                    named = {n.strip() for n in said.split(",")}
-                    if not named or not named <= deferred - already:
-                        wrong.append(f"{where}: names {sorted(named)}; it defers {sorted(deferred - already)}")
+                    named = {n.strip() for n in line.split("# start-up:")[1].split("(")[0].split(",")}
+                    if not named <= deferred:
+                        wrong.append(f"{where}: names {sorted(named)}; it defers {sorted(deferred)}")
     assert not wrong, f"{len(wrong)} function-local imports:\n" + "\n".join(wrong)
 
 

@@ -150,7 +150,8 @@ def test_two_processes_with_torchrun(exports, tmp_path):
     """Two processes through the module entry point `accelerate launch -m` uses: they train, and one of them reports.
     (On CPU, TrainingArguments leaves them NOT_PARALLEL, each training alone; this does not show data parallelism.)"""
     out = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # TMPDIR: torchrun leaves its torchelastic_* folder behind
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     cmd = [
         sys.executable,
         "-m",

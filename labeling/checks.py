@@ -2,14 +2,17 @@
 whose run pushes pairs to people needs the labeling server answering."""
 
 from labeling.launcher import lifecycle
+from labeling.push import server_home
 from pipeline.commands.check import Check
+from pipeline.core.store import Run
 
 
 def labeling_server(config) -> list[Check]:
-    """The server the push stage would use answers its health check; a run without the push stage needs none."""
+    """The server the push stage would use answers its health check: for a run that pushed already, the server it
+    pushed to, as push and pull use. A run without the push stage needs none."""
     if config.labeling is None or (config.stages is not None and "push" not in config.stages):
         return []
-    info = lifecycle.status()
+    info = lifecycle.status(server_home(Run(config.run)))
     where = info.get("url") or f"home {info.get('home')} (never started)"
     if info["healthy"]:
         return [Check("labeling server", where, "answers", "ok")]

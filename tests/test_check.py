@@ -174,3 +174,25 @@ def test_a_labeling_server_that_is_down(prefab, tmp_path, monkeypatch):
     [line] = problems(with_labeling)
     assert line.startswith("labeling server") and "fix: prefab labeling up" in line
     assert without.exit_code == 0, without.output
+
+
+@pytest.mark.server
+def test_the_labeling_check_asks_the_server_the_run_pushed_to(prefab, tmp_path, monkeypatch, labeling_server):
+    """A run that pushed records its labeling home, and push and pull go back to that server; so does the check, in
+    a shell whose own default home never started a server."""
+    from pipeline.core.store import Run
+
+    for name in ("PREFAB_HOME", "PREFAB_LABELING_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.chdir(tmp_path)  # no project .prefab/ here: the default home is under HOME
+    monkeypatch.setenv("COLUMNS", "200")  # the table's URL cell unfolded
+    with OpenAIServer() as server:
+        config = write_config(tmp_path, server.url, labeling={"dataset": "x"})
+        before = prefab("check", config)
+        Run(tmp_path / "run").record_stage("push", labeling_home=str(labeling_server["home"]))
+        after = prefab("check", config)
+    assert before.exit_code != 0 and "never started here" in before.output
+    assert after.exit_code == 0, after.output
+    [row] = [line for line in after.output.splitlines() if "labeling server" in line]
+    assert labeling_server["url"] in row and "ok" in row

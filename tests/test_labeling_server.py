@@ -109,6 +109,8 @@ def test_restart_and_kill_9_lose_no_submitted_response(labeling_server, argilla_
         assert all(after[name] and after[name] != before[name] for name in killed)
         assert (after["worker"], after["redis"]) == (before["worker"], before["redis"])
         assert submitted_labels(argilla_client, dataset) == {"r0": "a", "r1": "b"}
+        # each process's TMPDIR is emptied when it starts: the UI statics of killed ones do not pile up
+        assert {p.name for p in (home / "tmp").iterdir()} <= {"setup", "worker", *servers}
         queue = http.post(
             f"/me/datasets/{dataset.id}/records/search",
             json={

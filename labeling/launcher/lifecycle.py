@@ -36,7 +36,6 @@ def _server_env(home: Path, state: dict) -> dict:
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
-            "TMPDIR": str(home / "tmp"),
         }
     )
     if state.get("database_url"):
@@ -45,6 +44,15 @@ def _server_env(home: Path, state: dict) -> dict:
         # PostgreSQL's 100 connections
         env.update({"ARGILLA_DATABASE_POSTGRESQL_POOL_SIZE": "4", "ARGILLA_DATABASE_POSTGRESQL_MAX_OVERFLOW": "4"})
     return env
+
+
+def _own_tmp(home: Path, name: str) -> dict:
+    """TMPDIR for one process of the home, emptied before it starts: importing Argilla's app copies its UI statics
+    (14 MB) into TMPDIR, and only a server that exits cleanly removes them."""
+    tmp = home / "tmp" / name
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return {"TMPDIR": str(tmp)}
 
 
 def _run_step(
@@ -56,7 +64,9 @@ def _run_step(
     secret: bool = False,
     hint: str = "check --database-url; the home holds the labels, so to start afresh move it aside, not away",
 ) -> str:
-    result = subprocess.run([str(python), *args], env=env, cwd=home, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(python), *args], env={**env, **_own_tmp(home, "setup")}, cwd=home, capture_output=True, text=True
+    )
     with open(home / "logs" / "setup.log", "a") as log:
         output = (
             "(output holds credentials: not logged)\n"
@@ -315,13 +325,11 @@ def _setup_once(python: Path, env: dict, home: Path, state: dict, demo: bool) ->
 def _start_servers(python: Path, env: dict, home: Path, state: dict) -> list[subprocess.Popen]:
     """Start the worker and the server processes that are not running; returns the server processes started."""
     if not processes.running(home, "worker"):
-        processes.start(home, "worker", [str(python), str(ENTRY), "worker", "--tag", str(home)], env, str(home))
+        worker = [str(python), str(ENTRY), "worker", "--tag", str(home)]
+        processes.start(home, "worker", worker, {**env, **_own_tmp(home, "worker")}, str(home))
     started = []
     for name in _server_names(state["servers"]):
         if not processes.running(home, name):
-            tmp = home / "tmp" / name  # Argilla copies its UI statics into TMPDIR on each start
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
             started.append(
                 processes.start(
                     home,
@@ -337,7 +345,7 @@ def _start_servers(python: Path, env: dict, home: Path, state: dict) -> list[sub
                         "--tag",
                         str(home),
                     ],
-                    {**env, "TMPDIR": str(tmp)},
+                    {**env, **_own_tmp(home, name)},
                     str(home),
                 )
             )

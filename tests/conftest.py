@@ -1,6 +1,8 @@
 """Shared fixtures. Tests never reach a model hub: HF_HUB_OFFLINE is forced here."""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,14 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "labeling_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.server)
+
+
+DISK_GB = 7  # the most the suite wrote at once under the temp folder (docs/tests.md)
+
+
+def pytest_report_header(config):
+    """Free space where the tests write, in the header: a full disk fails model saves deep in the run."""
+    root = Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir())
+    free = shutil.disk_usage(root).free / 2**30
+    short = f": fewer than the {DISK_GB} GB the suite may write there" if free < DISK_GB else ""
+    return f"free under {root}: {free:.1f} GB{short}"

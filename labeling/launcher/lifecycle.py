@@ -198,6 +198,8 @@ def _prepare_home(home) -> Path:
     home = Path(home or bootstrap.default_home()).resolve()
     for sub in ("run", "logs", "tmp", "argilla", "redis"):
         (home / sub).mkdir(parents=True, exist_ok=True)
+    for stale in (home / "tmp").glob("tmp*"):  # UI statics of a worker or setup step that shared tmp/: none runs there
+        shutil.rmtree(stale, ignore_errors=True)
     os.chmod(home, 0o711 if os.geteuid() == 0 else 0o700)  # as root, PostgreSQL's own user must pass through it
     return home
 

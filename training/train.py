@@ -19,7 +19,6 @@ from pathlib import Path
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from pipeline.commands.cli import cli
 from pipeline.core.config import EMBEDDED_LLM, Config, ModelSpec, line_of
 from pipeline.core.errors import ConfigError, InputError, RunError, unreadable
 from pipeline.core.stage import Stage
@@ -540,15 +539,13 @@ def evaluate_after_training(config, run, metrics: dict, test: Path) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m training.train dpo --data FILE ...`: the entry point `accelerate launch -m` runs.
-
-    Same as `prefab train ...` (through the prefab CLI group, so errors print without a traceback)."""
-    cli.main(args=["train", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m training.train")
-
-
 if __name__ == "__main__":
-    main()
+    # `python -m training.train dpo --data FILE ...`, the entry point `accelerate launch -m` runs: `prefab train ...`
+    # through the prefab CLI group (errors print without a traceback). Imported here, so that loading the stage
+    # does not load the CLI.
+    from pipeline.commands.cli import cli
+
+    cli.main(args=["train", *sys.argv[1:]], prog_name="python -m training.train")
 
 
 STAGE = Stage(name="train", order=110, step=step, section="train", settings=TrainConfig)
